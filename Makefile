@@ -1,0 +1,37 @@
+# Every target sets itself up: `make test` / `make train` on a fresh clone need only Python 3.11.
+PYTHON ?= python3.11
+VENV := .venv
+PY := $(VENV)/bin/python
+STAMP := $(VENV)/.installed
+# Two host devices let pmap use both CPU cores (ignored on GPU/TPU).
+export XLA_FLAGS ?= --xla_force_host_platform_device_count=2
+
+.PHONY: install test test-slow train evaluate figures bench clean
+
+install: $(STAMP)
+
+$(STAMP): pyproject.toml
+	@command -v $(PYTHON) >/dev/null || { echo "need $(PYTHON) on PATH (set PYTHON=...)"; exit 1; }
+	test -d $(VENV) || $(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install --quiet --upgrade pip
+	$(PY) -m pip install --quiet -e '.[dev]'
+	touch $(STAMP)
+
+test: install
+	$(PY) -m pytest -q
+
+test-slow: install
+	$(PY) -m pytest -q -m slow
+
+# Until the learner lands: zero-shot evaluation of a random policy on every rware_15 test task.
+train: install
+	$(PY) -m mtmarl.evaluate policy=random +tasks=rware_15 split=test
+
+figures: install
+	$(PY) experiment_scripts/plot_task_splits.py --out docs
+
+bench: install
+	$(PY) benchmarks/env_throughput.py
+
+clean:
+	rm -rf $(VENV) outputs

@@ -1,0 +1,25 @@
+"""mtmarl: compiled multi-task offline multi-agent RL in JAX.
+
+On CPU, XLA exposes one device however many cores there are, and one jitted
+program does not keep both cores of a small machine busy; ``pmap`` over forced
+host devices does (measured: about 2x env throughput on 2 cores). So, unless
+the user already chose (``XLA_FLAGS`` with a device count, or
+``MTMARL_HOST_DEVICES``), importing mtmarl before JAX asks for one host device
+per core, at most 8. This has no effect on GPU/TPU runs.
+"""
+
+import os as _os
+import sys as _sys
+
+__version__ = "0.1.0"
+
+
+def _default_host_devices() -> None:
+    flags = _os.environ.get("XLA_FLAGS", "")
+    if "jax" in _sys.modules or "xla_force_host_platform_device_count" in flags:
+        return
+    count = _os.environ.get("MTMARL_HOST_DEVICES") or str(min(_os.cpu_count() or 1, 8))
+    _os.environ["XLA_FLAGS"] = f"{flags} --xla_force_host_platform_device_count={count}".strip()
+
+
+_default_host_devices()

@@ -1,0 +1,34 @@
+"""LevelBasedForaging: Jumanji's grid observation, flattened.
+
+The grid view (agent levels, food levels, accessibility; each (2fov+1)^2) has
+a size fixed by the field of view alone, unlike the vector view whose size
+grows with agents and food, so one network reads every task of a set.
+"""
+
+from __future__ import annotations
+
+import jax.numpy as jnp
+from jumanji.environments import LevelBasedForaging
+from jumanji.environments.routing.lbf.generator import RandomGenerator
+
+from mtmarl.envs.base import MultiAgentEnv
+
+# Per-channel divisors: agent levels (<= 4 in our tasks), food levels (<= the
+# sum of the levels of the agents that may load it), accessibility (0/1).
+CHANNEL_SCALE = (4.0, 8.0, 1.0)
+
+
+class LbfEnv(MultiAgentEnv):
+    name = "lbf"
+
+    def __init__(self, grid: int, agents: int, food: int, level: int = 2,
+                 fov: int = 2, coop: bool = False, horizon: int = 100):
+        gen = RandomGenerator(grid_size=grid, num_agents=agents, num_food=food, fov=fov,
+                              max_agent_level=level, force_coop=bool(coop))
+        env = LevelBasedForaging(generator=gen, time_limit=horizon, grid_observation=True)
+        super().__init__(env, horizon)
+
+    def agents_view(self, state, raw_obs):
+        view = raw_obs.agents_view.astype(jnp.float32)  # (n, 3, k, k)
+        view = view / jnp.asarray(CHANNEL_SCALE)[None, :, None, None]
+        return view.reshape(view.shape[0], -1)

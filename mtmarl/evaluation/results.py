@@ -1,0 +1,82 @@
+"""Evaluation results: summary rows, a printed table and marl-eval JSON.
+
+``results.json`` follows the layout marl-eval (``id-marl-eval``) reads:
+``{env: {task: {algorithm: {"seed_<s>": {"absolute_metrics": {metric: [..]}}}}}}``
+with per-episode returns under ``return`` so that bootstrap statistics can be
+computed later; the split and reference of each task are in ``summary.json``.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from mtmarl.evaluation.rollout import EpisodeStats
+
+
+def summarise(task: dict[str, Any], stats: EpisodeStats, reference: float | None) -> dict[str, Any]:
+    """One row: mean and standard error of the return (and normalised, if possible)."""
+    returns = np.asarray(stats.returns, dtype=np.float64)
+    n = returns.size
+    stderr = float(returns.std(ddof=1) / math.sqrt(n)) if n > 1 else float("nan")
+    row = {**task, "episodes": n, "mean_return": float(returns.mean()), "stderr": stderr,
+           "mean_length": float(np.mean(stats.lengths)), "reference": reference,
+           "normalised_return": None, "normalised_stderr": None,
+           "returns": returns.tolist()}
+    if reference is not None:
+        row["normalised_return"] = row["mean_return"] / reference
+        row["normalised_stderr"] = stderr / abs(reference)
+    return row
+
+
+def to_marl_eval(rows: list[dict[str, Any]], algorithm: str, seed: int) -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for row in rows:
+        metrics = {"return": row["returns"], "mean_episode_return": [row["mean_return"]],
+                   "episode_count": [row["episodes"]], "mean_episode_length": [row["mean_length"]]}
+        if row["normalised_return"] is not None:
+            metrics["normalised_return"] = [r / row["reference"] for r in row["returns"]]
+            metrics["mean_normalised_return"] = [row["normalised_return"]]
+        seeds = out.setdefault(row["env"], {}).setdefault(row["name"], {}).setdefault(algorithm, {})
+        seeds[f"seed_{seed}"] = {"absolute_metrics": metrics}
+    return out
+
+
+def write_results(run_dir: str | Path, rows: list[dict[str, Any]], algorithm: str, seed: int) -> Path:
+    run_dir = Path(run_dir)
+    run_dir.mkdir(parents=True, exist_ok=True)
+    path = run_dir / "results.json"
+    path.write_text(json.dumps(to_marl_eval(rows, algorithm, seed), indent=1))
+    summary = [{k: v for k, v in row.items() if k != "returns"} for row in rows]
+    (run_dir / "summary.json").write_text(json.dumps(summary, indent=1))
+    return path
+
+
+def print_table(rows: list[dict[str, Any]], title: str) -> None:
+    from rich.console import Console
+    from rich.table import Table
+
+    table = Table(title=title)
+    for col in ("task", "split", "agents", "episodes", "mean return", "stderr", "normalised"):
+        table.add_column(col, justify="left" if col in ("task", "split") else "right")
+    for row in rows:
+        norm = "n/a" if row["normalised_return"] is None else (
+            f"{row['normalised_return']:.3f} ± {row['normalised_stderr']:.3f}")
+        table.add_row(row["name"], row.get("split", ""), str(row["agents"]), str(row["episodes"]),
+                      f"{row['mean_return']:.3f}", f"{row['stderr']:.3f}", norm)
+    console = Console()
+    console.print(table)
+    missing = [row["name"] for row in rows if row["normalised_return"] is None]
+    if missing:
+        console.print(f"[yellow]No reference return for {len(missing)} task(s) "
+                      f"({', '.join(missing)}): raw returns reported, not normalised.[/yellow]")
+    for split in sorted({row.get("split", "") for row in rows}):
+        norms = [r["normalised_return"] for r in rows if r.get("split", "") == split
+                 and r["normalised_return"] is not None]
+        if norms:
+            console.print(f"mean normalised return ({split or 'all'}): {np.mean(norms):.3f} "
+                          f"over {len(norms)} task(s)")

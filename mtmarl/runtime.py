@@ -1,0 +1,33 @@
+"""Process-level set-up shared by the command-line entry points."""
+
+from __future__ import annotations
+
+import functools
+import os
+import sys
+from pathlib import Path
+from typing import Callable
+
+import jax
+
+from mtmarl.errors import UserInputError
+
+CACHE_DIR = Path(os.environ.get("MTMARL_CACHE", Path.home() / ".cache" / "mtmarl"))
+
+
+def enable_compilation_cache() -> None:
+    """Persist XLA executables: Jumanji envs take 5-20 s each to compile on CPU."""
+    jax.config.update("jax_compilation_cache_dir", str(CACHE_DIR / "xla"))
+    jax.config.update("jax_persistent_cache_min_compile_time_secs", 1.0)
+
+
+def user_errors_exit(fn: Callable) -> Callable:
+    """Print a :class:`UserInputError` as one line and exit 2 instead of a traceback."""
+    @functools.wraps(fn)
+    def wrapper(*args, **kwargs):
+        try:
+            return fn(*args, **kwargs)
+        except UserInputError as err:
+            print(f"error: {err}", file=sys.stderr)
+            sys.exit(2)
+    return wrapper
