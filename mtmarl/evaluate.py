@@ -10,6 +10,8 @@ directory; ``render=true`` adds one GIF per task.
 
 from __future__ import annotations
 
+import re
+import sys
 import time
 import zlib
 from pathlib import Path
@@ -26,12 +28,17 @@ from mtmarl.evaluation.references import load_references, reference_for
 from mtmarl.evaluation.render import record_episode, save_gif
 from mtmarl.evaluation.results import print_table, summarise, write_results
 from mtmarl.evaluation.rollout import make_evaluator
-from mtmarl.runtime import enable_compilation_cache, user_errors_exit
+from mtmarl.runtime import enable_compilation_cache, quote_task_overrides, user_errors_exit
 
 
 def task_key(seed: int, spec: task_registry.TaskSpec) -> jax.Array:
     """A task's evaluation key depends on the seed and the task, not on its set or position."""
     return jax.random.fold_in(jax.random.PRNGKey(seed), zlib.crc32(spec.adhoc.encode()))
+
+
+def file_safe(name: str) -> str:
+    """Ad-hoc task names contain ':', ',' and '='; keep file names portable."""
+    return re.sub(r"[^A-Za-z0-9._-]+", "_", name)
 
 
 def resolve_task_set(cfg: DictConfig) -> task_registry.TaskSet:
@@ -94,7 +101,7 @@ def run(cfg: DictConfig) -> list[dict[str, Any]]:
             for spec in task_set.split(split):
                 env = task_set.padded(spec)
                 states = record_episode(env, policy, params, task_key(cfg.seed, spec), cfg.render_max_steps)
-                gif = save_gif(env, states, run_dir / f"{spec.name}.gif")
+                gif = save_gif(env, states, run_dir / f"{file_safe(spec.name)}.gif")
                 print(f"animation: {gif}")
     print(f"results: {path}")
     return rows
@@ -106,4 +113,5 @@ def main(cfg: DictConfig) -> None:
 
 
 if __name__ == "__main__":
+    sys.argv = quote_task_overrides(sys.argv)
     main()

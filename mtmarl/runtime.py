@@ -31,3 +31,18 @@ def user_errors_exit(fn: Callable) -> Callable:
             print(f"error: {err}", file=sys.stderr)
             sys.exit(2)
     return wrapper
+
+
+def quote_task_overrides(argv: list[str], keys: tuple[str, ...] = ("task",)) -> list[str]:
+    """Let ``task=rware:rows=2,cols=5`` through Hydra's override grammar.
+
+    Unquoted, Hydra reads the commas as a list and rejects the inner ``=``;
+    quoting the value keeps the ad-hoc task syntax typeable as documented.
+    """
+    out = []
+    for arg in argv:
+        key, eq, value = arg.partition("=")
+        if eq and key.lstrip("+~") in keys and value and value[0] not in "'\"":
+            arg = f"{key}='{value}'"
+        out.append(arg)
+    return out

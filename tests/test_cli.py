@@ -1,0 +1,59 @@
+"""The command lines a researcher types: results files, GIFs and one-line errors for bad input."""
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+TASK = "connector:grid=5,agents=2,horizon=8"
+
+
+def run(*args, cwd=ROOT):
+    env = {**os.environ, "XLA_FLAGS": "--xla_force_host_platform_device_count=2",
+           "PYTHONWARNINGS": "ignore"}
+    return subprocess.run([sys.executable, "-m", *args], cwd=cwd, env=env,
+                          capture_output=True, text=True, timeout=600)
+
+
+def test_evaluate_adhoc_task_writes_results_and_gif(tmp_path):
+    refs = tmp_path / "refs.json"
+    refs.write_text(json.dumps({TASK: {"return": 0.5}}))
+    out = tmp_path / "run"
+    proc = run("mtmarl.evaluate", f"task={TASK}", "eval.episodes=6", "render=true",
+               "render_max_steps=4", f"references={refs}", f"hydra.run.dir={out}")
+    assert proc.returncode == 0, proc.stderr
+    results = json.loads((out / "results.json").read_text())
+    metrics = results["connector"][TASK]["random"]["seed_0"]["absolute_metrics"]
+    assert metrics["episode_count"] == [6] and len(metrics["return"]) == 6
+    mean = sum(metrics["return"]) / 6
+    assert metrics["mean_normalised_return"][0] == pytest.approx(mean / 0.5)
+    assert (out / "connector_grid_5_agents_2_horizon_8.gif").stat().st_size > 0
+    assert "mean return" in proc.stdout
+
+
+@pytest.mark.parametrize("args,message", [
+    (["+tasks=nope"], "rware_15"),                                  # Hydra lists the valid sets
+    (["task=rware:rows=2,colz=5,height=8,agents=6"], "colz"),
+    (["task=lbf:grid=8,agents=2,food"], "food"),
+    (["task=warehouse:rows=2"], "valid envs"),
+    (["+tasks=lbf_5", "tasks.num_train=9"], "num_train=9"),
+    (["+tasks=lbf_5", "split=validation"], "validation"),
+    (["eval.episodez=3"], "episodez"),
+    (["policy=random"], "no tasks given"),
+])
+def test_evaluate_bad_input_is_one_clear_error(args, message):
+    proc = run("mtmarl.evaluate", *args, "hydra.run.dir=/tmp/mtmarl-test-bad-input")
+    assert proc.returncode != 0
+    assert message in proc.stderr + proc.stdout
+    assert "Traceback" not in proc.stderr
+
+
+def test_tasks_cli_json():
+    proc = run("mtmarl.tasks", "connector_10", "--json")
+    assert proc.returncode == 0, proc.stderr
+    desc = json.loads(proc.stdout)
+    assert desc["name"] == "connector_10" and len(desc["train"]) == 10 and len(desc["test"]) == 8

@@ -1,0 +1,127 @@
+"""Compiled evaluator vs a plain Python rollout; device-count invariance; results files."""
+
+import json
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from mtmarl import envs
+from mtmarl.errors import UserInputError
+from mtmarl.evaluation.policies import RANDOM, Policy, uniform_legal
+from mtmarl.evaluation.references import load_references, reference_for
+from mtmarl.evaluation.results import summarise, to_marl_eval
+from mtmarl.evaluation.rollout import EpisodeStats, episode_keys, make_evaluator
+from mtmarl.tasks import TaskSpec
+
+# Connector keeps paying its step penalty after an episode has ended, so a
+# return that ran past the first end would be visibly wrong.
+SPEC = TaskSpec.parse("connector:grid=5,agents=3,horizon=12")
+
+
+def _counting_act(params, obs, carry, key):
+    """Recurrent policy: on odd steps of its own clock, the highest legal action; else random."""
+    num_actions = obs.action_mask.shape[-1]
+    highest = num_actions - 1 - jnp.argmax(obs.action_mask[:, ::-1], axis=-1)
+    actions = jnp.where(carry % 2 == 1, highest, uniform_legal(key, obs.action_mask))
+    return actions, carry + params
+
+
+COUNTING = Policy(init_carry=lambda params, n: jnp.int32(0), act=_counting_act)
+
+
+def python_rollout(env, policy, params, key, num_episodes):
+    """Reference: one episode at a time, a Python loop of single steps."""
+    reset, step = jax.jit(env.reset), jax.jit(env.step)
+    act = jax.jit(policy.act)
+    returns, lengths = [], []
+    for ep_key in episode_keys(key, num_episodes):
+        reset_key, act_key = jax.random.split(ep_key)
+        state, ts = reset(reset_key)
+        carry = policy.init_carry(params, env.num_agents)
+        ret, length = 0.0, 0
+        for t in range(env.horizon):
+            actions, carry = act(params, ts.observation, carry, jax.random.fold_in(act_key, t))
+            state, ts = step(state, actions)
+            ret += float(ts.reward)
+            length += 1
+            if bool(ts.done):
+                break
+        returns.append(ret)
+        lengths.append(length)
+    return np.array(returns), np.array(lengths)
+
+
+@pytest.fixture(scope="module")
+def env():
+    return envs.PaddedEnv(SPEC.build(), num_agents=5)
+
+
+@pytest.mark.parametrize("policy,params", [(RANDOM, ()), (COUNTING, jnp.int32(1))])
+def test_matches_python_loop(env, policy, params):
+    key = jax.random.PRNGKey(3)
+    stats = make_evaluator(env, policy, 6, num_devices=1)(params, key)
+    ref_returns, ref_lengths = python_rollout(env, policy, params, key, 6)
+    np.testing.assert_allclose(stats.returns, ref_returns, rtol=1e-5, atol=1e-5)
+    np.testing.assert_array_equal(stats.lengths, ref_lengths)
+    assert (ref_lengths < env.horizon).any(), "some episode should end early for this check to bite"
+
+
+def test_device_count_does_not_change_returns(env):
+    assert jax.local_device_count() == 2
+    key = jax.random.PRNGKey(7)
+    one = make_evaluator(env, RANDOM, 9, num_devices=1)((), key)
+    two = make_evaluator(env, RANDOM, 9, num_devices=2)((), key)  # 9 episodes: padded to 10
+    assert one.returns.shape == two.returns.shape == (9,)
+    np.testing.assert_allclose(one.returns, two.returns, rtol=1e-6)
+    np.testing.assert_array_equal(one.lengths, two.lengths)
+
+
+def test_padding_does_not_change_returns(env):
+    key = jax.random.PRNGKey(11)
+    # Random draws differ in shape between the two, so use a deterministic policy.
+    noop = Policy(lambda p, n: (), lambda p, obs, c, k: (jnp.zeros(obs.active.shape, jnp.int32), c))
+    a = make_evaluator(env, noop, 4, 1)((), key)
+    b = make_evaluator(env.inner, noop, 4, 1)((), key)
+    np.testing.assert_allclose(a.returns, b.returns)
+    np.testing.assert_array_equal(a.lengths, b.lengths)
+
+
+def test_uniform_legal_only_picks_legal_and_covers_them():
+    mask = jnp.array([[True, False, True, False, True], [False, False, False, True, False]])
+    draws = jax.vmap(lambda k: uniform_legal(k, mask))(jax.random.split(jax.random.PRNGKey(0), 3000))
+    counts = np.stack([np.bincount(draws[:, i], minlength=5) for i in range(2)])
+    assert (counts[~np.asarray(mask)] == 0).all()
+    np.testing.assert_allclose(counts[0, [0, 2, 4]] / 3000, 1 / 3, atol=0.04)
+    assert (counts[1, 3] == 3000)
+
+
+def test_summary_and_normalisation(tmp_path):
+    stats = EpisodeStats(returns=np.array([1.0, 2.0, 3.0, 6.0]), lengths=np.array([5, 5, 6, 7]))
+    info = {"name": SPEC.name, "task": SPEC.adhoc, "env": "connector", "split": "test", "agents": 3}
+    row = summarise(info, stats, reference=4.0)
+    assert row["mean_return"] == pytest.approx(3.0)
+    assert row["stderr"] == pytest.approx(np.std([1, 2, 3, 6], ddof=1) / 2)
+    assert row["normalised_return"] == pytest.approx(0.75)
+    raw = summarise(info, stats, reference=None)
+    assert raw["normalised_return"] is None
+
+    out = to_marl_eval([row, raw | {"name": "other"}], algorithm="random", seed=2)
+    metrics = out["connector"][SPEC.name]["random"]["seed_2"]["absolute_metrics"]
+    assert metrics["return"] == [1.0, 2.0, 3.0, 6.0]
+    assert metrics["episode_count"] == [4]
+    assert metrics["normalised_return"] == pytest.approx([0.25, 0.5, 0.75, 1.5])
+    assert "normalised_return" not in out["connector"]["other"]["random"]["seed_2"]["absolute_metrics"]
+
+
+def test_references_file(tmp_path):
+    path = tmp_path / "references.json"
+    path.write_text(json.dumps({SPEC.adhoc: {"return": 2.5}, "named-task": 4}))
+    refs = load_references(path)
+    assert reference_for(SPEC, refs) == 2.5
+    assert reference_for(TaskSpec.parse("connector:grid=6,agents=2"), refs) is None
+    assert load_references(tmp_path / "missing.json") == {}
+    path.write_text("{not json")
+    with pytest.raises(UserInputError, match="malformed"):
+        load_references(path)
