@@ -1,0 +1,52 @@
+"""``python -m mtmarl.data stats <vault | task set> [--hist out.png]``: dataset cards of vaults."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+
+from mtmarl.errors import UserInputError
+
+
+def main(argv: list[str] | None = None) -> int:
+    from mtmarl.data import stats
+
+    parser = argparse.ArgumentParser(prog="python -m mtmarl.data", description=__doc__.split("\n")[0])
+    sub = parser.add_subparsers(dest="command", required=True)
+    p = sub.add_parser("stats", help="transitions, episodes and return distribution per vault")
+    p.add_argument("target", help="a .vlt (or .vlt/<uid>) directory, a task set name, or an ad-hoc task")
+    p.add_argument("--root", default=str(stats.DEFAULT_ROOT),
+                   help="vault root for task sets (default: %(default)s)")
+    p.add_argument("--hist", default=None, help="save a histogram of episode returns to this PNG")
+    p.add_argument("--json", action="store_true", help="print JSON instead of a table")
+    p.add_argument("--no-verify", dest="verify", action="store_false",
+                   help="skip the sha256 check of files listed in mtmarl.json")
+    p.add_argument("--validate", action="store_true",
+                   help="also check shapes against the task's env (builds each env; slow for RWARE)")
+    args = parser.parse_args(argv)
+    try:
+        cards, missing = stats.collect(args.target, args.root, verify=args.verify, validate=args.validate)
+        if args.hist and cards:
+            out = stats.save_histogram(cards, args.hist)
+    except UserInputError as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 2
+    if args.json:
+        print(json.dumps({"vaults": [{k: v for k, v in c.items() if k != "returns"} for c in cards],
+                          "missing": missing}, indent=2))
+    else:
+        stats.print_table(cards, f"datasets: {args.target}", missing)
+    if args.hist:
+        if cards:
+            print(f"histogram saved to {out}", file=sys.stderr)
+        else:
+            print("no vault found: histogram not written", file=sys.stderr)
+    if missing and not cards:
+        print(f"error: no vault found for {args.target} under {args.root}", file=sys.stderr)
+        return 1
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

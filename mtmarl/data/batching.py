@@ -1,0 +1,252 @@
+"""Task-balanced sequence batching over padded per-task buffers (seed 004, section 2.2).
+
+All training tasks live on device in one set of arrays stacked over tasks and
+padded to the set's longest dataset ``L``, most agents ``N`` and largest
+observation ``O``, with each task's true length in ``lengths``; sampling a
+batch is then one gather with static shapes, so the whole sampler runs under
+``jax.jit`` (and inside a ``lax.scan`` of updates).
+
+Padded agents (beyond a task's own agent count) see zero observations, may
+only take the no-op (action 0), carry action 0 and are flagged
+``active=False``, matching ``mtmarl.envs.padding.PaddedEnv`` at evaluation.
+
+A batch of ``B`` sequences of ``T`` steps over ``M`` tasks (``balanced=True``):
+every task gives ``q = B // M`` sequences and the ``r = B - q*M`` leftover ones
+go round-robin to tasks ``(u*r + j) mod M``, ``j < r``, at update ``u``, so over
+any ``M`` consecutive updates every task gets exactly ``q*M + r`` sequences.
+Start positions are uniform over ``[0, lengths[m] - T]``: sequences may cross
+episode boundaries, marked by ``resets`` (the step is the first of an episode).
+With ``shuffle=True`` each sequence gets its own random order of all ``N``
+agents (active and padded alike), the same for all its ``T`` steps. Ablations:
+``balanced=False`` draws the whole batch from one uniformly random task,
+``shuffle=False`` keeps dataset order, ``mask=False`` marks padded agents as
+active (the network and the losses then treat them as real agents; ``real``
+still holds the true mask for metrics).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Mapping, NamedTuple, Sequence
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from mtmarl.errors import UserInputError
+
+NOOP = 0  # the only legal action of a padded agent (mtmarl.envs.base.NOOP)
+
+
+class Buffers(NamedTuple):
+    """All tasks' data, stacked over tasks ``M`` and padded (a pytree of device arrays)."""
+
+    obs: jax.Array          # (M, L, N, O) float32, zeros for padded agents/features/steps
+    actions: jax.Array      # (M, L, N) int32, NOOP for padded agents
+    rewards: jax.Array      # (M, L) float32 team reward
+    terminals: jax.Array    # (M, L) bool: the episode ended at this step (no bootstrap)
+    truncations: jax.Array  # (M, L) bool: the episode was cut at this step (bootstrap impossible)
+    legals: jax.Array       # (M, L, N, A) bool, only NOOP for padded agents
+    first: jax.Array        # (M, L) bool: this step is the first of an episode
+    active: jax.Array       # (M, N) bool: real agents of each task
+    lengths: jax.Array      # (M,) int32 steps of each task's data
+
+    @property
+    def num_tasks(self) -> int:
+        return self.obs.shape[0]
+
+    @property
+    def num_agents(self) -> int:
+        return self.obs.shape[2]
+
+    @property
+    def num_actions(self) -> int:
+        return self.legals.shape[-1]
+
+
+class Batch(NamedTuple):
+    """B sequences of T steps; the agent axis is already shuffled (``perm``)."""
+
+    obs: jax.Array          # (B, T, N, O)
+    actions: jax.Array      # (B, T, N) int32
+    rewards: jax.Array      # (B, T) team reward
+    terminals: jax.Array    # (B, T) bool
+    truncations: jax.Array  # (B, T) bool
+    discounts: jax.Array    # (B, T) float32 = 1 - terminals
+    legals: jax.Array       # (B, T, N, A) bool
+    active: jax.Array       # (B, T, N) bool: agents the network and the losses count (all True if mask=False)
+    real: jax.Array         # (B, T, N) bool: true agent mask (for metrics; equals active when mask=True)
+    resets: jax.Array       # (B, T) bool: first step of an episode
+    task_ids: jax.Array     # (B,) int32 -- metrics / per-task loss weighting only, never a model input
+    starts: jax.Array       # (B,) int32 start step in the task's data (diagnostics)
+    perm: jax.Array         # (B, N) int32: batch agent j is dataset agent perm[b, j]
+
+
+@dataclasses.dataclass(frozen=True)
+class SamplerConfig:
+    batch_size: int = 64
+    seq_len: int = 20
+    balanced: bool = True   # task-balanced batches (else one random task per batch)
+    shuffle: bool = True    # random agent order per sequence
+    mask: bool = True       # padded agents inactive (else counted as real agents)
+
+    def __post_init__(self):
+        if self.batch_size < 1 or self.seq_len < 1:
+            raise UserInputError(f"batch_size and seq_len must be >= 1, got {self.batch_size}, {self.seq_len}")
+
+
+# ---------------------------------------------------------------- building buffers
+
+_KEYS = ("obs", "actions", "rewards", "terminals", "truncations", "legals")
+
+
+def _task_arrays(task: Mapping, i: int) -> dict:
+    missing = [k for k in _KEYS if k not in task]
+    if missing:
+        raise UserInputError(f"task {i}: missing arrays {missing}; need {list(_KEYS)}")
+    obs = np.asarray(task["obs"], np.float32)
+    if obs.ndim != 3:
+        raise UserInputError(f"task {i}: obs must be (T, N, O), got shape {obs.shape}")
+    L, n = obs.shape[:2]
+    actions = np.asarray(task["actions"]).astype(np.int32)
+    legals = np.asarray(task["legals"]).astype(bool)
+    # Team reward / episode flags: (L,) or per agent (L, N) (og-marl vaults store them per agent;
+    # cooperative tasks give every agent the same reward, so the mean is that reward).
+    rewards = np.asarray(task["rewards"], np.float32)
+    rewards = rewards.mean(-1) if rewards.ndim == 2 else rewards
+    flags = {}
+    for k in ("terminals", "truncations"):
+        f = np.asarray(task[k]).astype(bool)
+        flags[k] = f.any(-1) if f.ndim == 2 else f
+    shapes = {"actions": (actions.shape, (L, n)), "legals": (legals.shape[:2], (L, n)),
+              "rewards": (rewards.shape, (L,)), "terminals": (flags["terminals"].shape, (L,)),
+              "truncations": (flags["truncations"].shape, (L,))}
+    for k, (have, want) in shapes.items():
+        if tuple(have) != want:
+            raise UserInputError(f"task {i}: {k} has shape {have}, expected {want} to match obs {obs.shape}")
+    return dict(obs=obs, actions=actions, rewards=rewards, legals=legals, **flags)
+
+
+def make_buffers(tasks: Sequence[Mapping], seq_len: int, num_agents: int | None = None,
+                 obs_dim: int | None = None) -> Buffers:
+    """Stack per-task datasets into padded device ``Buffers``.
+
+    Each task is a mapping of time-major arrays: ``obs`` (L_i, N_i, O_i),
+    ``actions`` (L_i, N_i), ``rewards`` (L_i,) or (L_i, N_i), ``terminals`` and
+    ``truncations`` (L_i,) or (L_i, N_i), ``legals`` (L_i, N_i, A). Episodes are
+    stored back to back: the step after a terminal/truncated one starts a new
+    episode. Every task needs at least ``seq_len`` steps and the same ``A``.
+    """
+    if not tasks:
+        raise UserInputError("no tasks given")
+    data = [_task_arrays(t, i) for i, t in enumerate(tasks)]
+    acts = {d["legals"].shape[-1] for d in data}
+    if len(acts) != 1:
+        raise UserInputError(f"tasks disagree on the number of actions: {sorted(acts)}")
+    (A,) = acts
+    lens = [d["obs"].shape[0] for d in data]
+    short = [i for i, n in enumerate(lens) if n < seq_len]
+    if short:
+        raise UserInputError(f"tasks {short} have fewer than seq_len={seq_len} steps ({[lens[i] for i in short]})")
+    N = max(d["obs"].shape[1] for d in data) if num_agents is None else int(num_agents)
+    O = max(d["obs"].shape[2] for d in data) if obs_dim is None else int(obs_dim)
+    M, L = len(data), max(lens)
+    obs = np.zeros((M, L, N, O), np.float32)
+    actions = np.full((M, L, N), NOOP, np.int32)
+    rewards = np.zeros((M, L), np.float32)
+    terminals = np.zeros((M, L), bool)
+    truncations = np.zeros((M, L), bool)
+    legals = np.zeros((M, L, N, A), bool)
+    legals[..., NOOP] = True
+    first = np.zeros((M, L), bool)
+    active = np.zeros((M, N), bool)
+    for m, d in enumerate(data):
+        n_m, (l_m, _, o_m) = d["obs"].shape[1], d["obs"].shape
+        if n_m > N or o_m > O:
+            raise UserInputError(f"task {m} has {n_m} agents / {o_m} features, more than the padding {N} / {O}")
+        obs[m, :l_m, :n_m, :o_m] = d["obs"]
+        actions[m, :l_m, :n_m] = d["actions"]
+        legals[m, :l_m, :n_m] = d["legals"]
+        rewards[m, :l_m] = d["rewards"]
+        terminals[m, :l_m] = d["terminals"]
+        truncations[m, :l_m] = d["truncations"]
+        first[m, 0] = True
+        first[m, 1:l_m] = d["terminals"][:-1] | d["truncations"][:-1]
+        active[m, :n_m] = True
+    return Buffers(*map(jnp.asarray, (obs, actions, rewards, terminals, truncations, legals, first, active,
+                                      np.asarray(lens, np.int32))))
+
+
+def return_range(tasks: Sequence[Mapping], gamma: float) -> tuple[float, float]:
+    """Min and max discounted return-to-go over all steps of all tasks (numpy, host side).
+
+    A guide for the HL-Gauss support ``[v_min, v_max]`` (truncated episodes are
+    treated as ending there, so this is a range of the data, not of true values).
+    """
+    lo, hi = np.inf, -np.inf
+    for i, t in enumerate(tasks):
+        d = _task_arrays(t, i)
+        ends = d["terminals"] | d["truncations"]
+        g, out = 0.0, np.empty_like(d["rewards"])
+        for s in range(len(out) - 1, -1, -1):
+            g = d["rewards"][s] + (0.0 if ends[s] else gamma * g)
+            out[s] = g
+        lo, hi = min(lo, float(out.min())), max(hi, float(out.max()))
+    return lo, hi
+
+
+# ---------------------------------------------------------------- sampling
+
+def task_assignment(step, batch_size: int, num_tasks: int, balanced: bool = True, key=None) -> jax.Array:
+    """Task id of each of the ``batch_size`` sequences at update ``step`` (jit-compatible).
+
+    Balanced: ``q = B // M`` per task (ids ``0..M-1`` repeated ``q`` times), then
+    ``r`` extras for tasks ``(step*r + j) mod M``. Unbalanced: one task drawn
+    uniformly with ``key`` for the whole batch.
+    """
+    if not balanced:
+        return jnp.full((batch_size,), jax.random.randint(key, (), 0, num_tasks), jnp.int32)
+    q, r = divmod(batch_size, num_tasks)
+    base = jnp.tile(jnp.arange(num_tasks, dtype=jnp.int32), q)
+    offset = (jnp.asarray(step, jnp.int32) * r) % num_tasks
+    extra = (offset + jnp.arange(r, dtype=jnp.int32)) % num_tasks
+    return jnp.concatenate([base, extra])
+
+
+def sample(buffers: Buffers, key: jax.Array, step, cfg: SamplerConfig) -> Batch:
+    """One batch for update ``step`` (an int or traced int32); jit with ``cfg`` static."""
+    B, T = cfg.batch_size, cfg.seq_len
+    M, N = buffers.num_tasks, buffers.num_agents
+    k_task, k_start, k_perm = jax.random.split(key, 3)
+    task = task_assignment(step, B, M, cfg.balanced, k_task)
+    n_starts = jnp.maximum(buffers.lengths[task] - T + 1, 1)  # make_buffers guarantees lengths >= T
+    start = jax.random.randint(k_start, (B,), 0, n_starts, dtype=jnp.int32)
+    if cfg.shuffle:
+        perm = jax.vmap(lambda k: jax.random.permutation(k, N))(jax.random.split(k_perm, B)).astype(jnp.int32)
+    else:
+        perm = jnp.broadcast_to(jnp.arange(N, dtype=jnp.int32), (B, N))
+    t_idx = start[:, None] + jnp.arange(T, dtype=jnp.int32)          # (B, T)
+    m3, t3, a3 = task[:, None, None], t_idx[:, :, None], perm[:, None, :]  # broadcast to (B, T, N)
+    m2 = task[:, None]
+    real = jnp.broadcast_to(buffers.active[task[:, None], perm][:, None, :], (B, T, N))
+    terminals = buffers.terminals[m2, t_idx]
+    return Batch(
+        obs=buffers.obs[m3, t3, a3],
+        actions=buffers.actions[m3, t3, a3],
+        rewards=buffers.rewards[m2, t_idx],
+        terminals=terminals,
+        truncations=buffers.truncations[m2, t_idx],
+        discounts=1.0 - terminals.astype(jnp.float32),
+        legals=buffers.legals[m3, t3, a3],
+        active=real if cfg.mask else jnp.ones_like(real),
+        real=real,
+        resets=buffers.first[m2, t_idx],
+        task_ids=task,
+        starts=start,
+        perm=perm,
+    )
+
+
+def make_sampler(cfg: SamplerConfig):
+    """``jax.jit``-ed ``(buffers, key, step) -> Batch`` for this config."""
+    return jax.jit(lambda buffers, key, step: sample(buffers, key, step, cfg))

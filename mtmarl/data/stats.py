@@ -1,0 +1,138 @@
+"""Dataset cards: transitions, episodes and the episode-return distribution of vaults.
+
+``python -m mtmarl.data stats <vault path | task set | ad-hoc task> [--hist out.png]``
+prints one row per dataset (a ``.vlt`` may hold several uids, e.g. og-marl's
+Good/Medium/Poor). For a task set, each training task's vault is looked up at
+``<root>/<env>/<task name>.vlt`` and missing ones are listed.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Any, Sequence
+
+import numpy as np
+
+from mtmarl.data import vault as V
+from mtmarl.errors import UserInputError
+
+QUANTILES = (0.05, 0.25, 0.5, 0.75, 0.95)
+DEFAULT_ROOT = Path(__file__).resolve().parents[2] / "vault_data"
+
+
+def summarise(returns: np.ndarray) -> dict[str, Any]:
+    """Episodes and mean/std/min/max/quantiles of episode returns (None when there are none)."""
+    out = V.return_stats(returns)
+    returns = np.asarray(returns, np.float64)
+    for q in QUANTILES:
+        out[f"q{int(q * 100):02d}"] = float(np.quantile(returns, q)) if returns.size else None
+    return out
+
+
+def vault_cards(path: str | os.PathLike, spec=None, *, verify: bool = True) -> list[dict[str, Any]]:
+    """One card per dataset of a ``.vlt`` (or uid) directory."""
+    path = Path(path)
+    if (path / V.FBX_META_FILE).is_file():
+        uids = [path.name]
+        path = path.parent
+    else:
+        uids = V.list_uids(path)
+        if not uids:
+            V.resolve(path)  # raises with the reason
+    cards = []
+    for uid in uids:
+        desc = V.describe_vault(path, spec, uid=uid, verify=verify)
+        cards.append({**desc, **summarise(desc["returns"])})
+    return cards
+
+
+def task_set_cards(name: str, root: str | os.PathLike, *, verify: bool = True,
+                   validate: bool = False) -> tuple[list[dict[str, Any]], list[str]]:
+    """Cards for every training task of a task set (or an ad-hoc task), and missing vault paths."""
+    from mtmarl import tasks
+
+    task_set = tasks.load(name)
+    cards, missing = [], []
+    for spec in task_set.train:
+        vlt = V.vault_path(root, spec)
+        if not V.list_uids(vlt):
+            missing.append(f"{spec.name}: {vlt}")
+            continue
+        for card in vault_cards(vlt, spec if validate else None, verify=verify):
+            card["task"] = spec.name
+            cards.append(card)
+    return cards, missing
+
+
+def _fmt(x: Any) -> str:
+    if x is None:
+        return "-"
+    if isinstance(x, float):
+        return f"{x:.4g}"
+    return str(x)
+
+
+COLUMNS = ("task", "uid", "transitions", "episodes", "mean", "std", "min", "q05", "q25", "q50", "q75",
+           "q95", "max")
+
+
+def print_table(cards: Sequence[dict[str, Any]], title: str, missing: Sequence[str] = (),
+                console=None) -> None:
+    from rich.console import Console
+    from rich.table import Table
+
+    console = console or Console(width=max(160, Console().width))
+    table = Table(title=title)
+    for col in COLUMNS:
+        table.add_column(col, justify="left" if col in ("task", "uid") else "right")
+    for card in cards:
+        table.add_row(*(_fmt(card.get(col)) for col in COLUMNS))
+    console.print(table)
+    if missing:
+        console.print(f"[bold red]missing vaults ({len(missing)}):[/]")
+        for line in missing:
+            console.print(f"  {line}", markup=False)
+
+
+def save_histogram(cards: Sequence[dict[str, Any]], out: str | os.PathLike, bins: int = 30) -> Path:
+    """Histogram of episode returns, one series per dataset."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(7, 4))
+    for card in cards:
+        if len(card["returns"]):
+            ax.hist(card["returns"], bins=bins, alpha=0.5, label=f"{card['task']}/{card['uid']}")
+    ax.set_xlabel("episode return")
+    ax.set_ylabel("episodes")
+    if len(cards) <= 12:
+        ax.legend(fontsize="small")
+    fig.tight_layout()
+    out = Path(out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(out, dpi=120)
+    plt.close(fig)
+    return out
+
+
+def collect(target: str, root: str | os.PathLike, *, verify: bool = True,
+            validate: bool = False) -> tuple[list[dict[str, Any]], list[str]]:
+    """Cards for a vault path, else for a task set / ad-hoc task name."""
+    path = Path(target)
+    if path.exists():
+        spec = None
+        if validate:
+            from mtmarl.tasks import TaskSpec
+
+            vlt = path if not (path / V.FBX_META_FILE).is_file() else path.parent
+            meta = V.read_metadata(vlt)
+            if meta is None:
+                raise UserInputError(f"--validate needs {vlt / V.META_FILE} to know the task")
+            spec = TaskSpec.parse(meta["task"]["adhoc"])
+        return vault_cards(path, spec, verify=verify), []
+    if "/" in target or target.endswith(".vlt"):
+        raise UserInputError(f"vault {target} does not exist")
+    return task_set_cards(target, root, verify=verify, validate=validate)

@@ -1,0 +1,238 @@
+"""``mtmarl.hub``: pack a vault, then download it from an HTTP server on 127.0.0.1.
+
+The server (a ``ThreadingHTTPServer`` in a thread) serves byte strings by path,
+honours ``Range``/``If-Range``, records each request's headers, and can drop the
+connection half-way through a file or ignore Range requests (answering 200).
+The vault is synthetic (right shapes for a Connector task, no env rollout) and
+written without building the env, so this file needs no compilation.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import http.server
+import io
+import json
+import threading
+import zipfile
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from mtmarl import hub
+from mtmarl.data import vault as V
+from mtmarl.errors import UserInputError
+
+
+class Handler(http.server.BaseHTTPRequestHandler):
+    files: dict[str, bytes] = {}
+    log: list[dict] = []
+    drop_next: set[str] = set()  # paths whose next response is cut half-way
+    ignore_range: bool = False
+
+    def log_message(self, *args):  # keep pytest output clean
+        pass
+
+    def do_GET(self):
+        type(self).log.append({"path": self.path, **{k.lower(): v for k, v in self.headers.items()}})
+        body = self.files.get(self.path)
+        if body is None:
+            self.send_error(404)
+            return
+        etag = '"' + hashlib.sha256(body).hexdigest()[:16] + '"'
+        start, status = 0, 200
+        rng = self.headers.get("Range")
+        if rng and not self.ignore_range and self.headers.get("If-Range", etag) == etag:
+            start = int(rng.split("=")[1].split("-")[0])
+            if start >= len(body):
+                self.send_response(416)
+                self.send_header("Content-Range", f"bytes */{len(body)}")
+                self.send_header("Content-Length", "0")
+                self.end_headers()
+                return
+            status = 206
+        payload = body[start:]
+        self.send_response(status)
+        self.send_header("Content-Length", str(len(payload)))
+        self.send_header("ETag", etag)
+        if status == 206:
+            self.send_header("Content-Range", f"bytes {start}-{len(body) - 1}/{len(body)}")
+        self.end_headers()
+        if self.path in self.drop_next:
+            self.drop_next.discard(self.path)
+            self.wfile.write(payload[: len(payload) // 2])
+            self.wfile.flush()
+            self.close_connection = True
+            return
+        self.wfile.write(payload)
+
+
+@pytest.fixture
+def server():
+    Handler.files, Handler.log, Handler.drop_next, Handler.ignore_range = {}, [], set(), False
+    srv = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+    thread = threading.Thread(target=srv.serve_forever, daemon=True)
+    thread.start()
+    yield f"http://127.0.0.1:{srv.server_address[1]}"
+    srv.shutdown()
+    srv.server_close()
+    thread.join(5)
+
+
+def _make_vault(root: Path, env: str = "connector", task: str = "toy", steps: int = 300, seed: int = 0) -> Path:
+    """A ``<root>/<env>/<task>.vlt`` with mtmarl.json (sha256s), written with Flashbax directly."""
+    rng = np.random.default_rng(seed)
+    tree = {"observations": rng.normal(size=(1, steps, 2, 16)).astype(np.float32),  # incompressible-ish
+            "actions": rng.integers(0, 5, (1, steps, 2)).astype(np.uint8),
+            "rewards": np.zeros((1, steps, 2), np.float32),
+            "terminals": np.zeros((1, steps, 2), bool), "truncations": np.zeros((1, steps, 2), bool),
+            "infos": {"legals": np.ones((1, steps, 2, 5), bool)}}
+    tree["truncations"][:, 9::10] = True
+    vlt = root / env / f"{task}.vlt"
+    vlt.mkdir(parents=True)
+    V._fbx_write(vlt, "default", tree, {})
+    meta = {"format": 1, "task": {"adhoc": f"{env}:grid=5,agents=2", "name": task, "env": env},
+            "agents": 2, "obs_dim": 16, "num_actions": 5, "state_dim": 0,
+            "datasets": {"default": {"sha256": V._file_hashes(vlt, "default")}}}
+    (vlt / V.META_FILE).write_text(json.dumps(meta))
+    return vlt
+
+
+@pytest.fixture
+def packed(tmp_path):
+    """(zip bytes, its sha256, the source vault)."""
+    vlt = _make_vault(tmp_path / "src")
+    zip_path = tmp_path / "toy.zip"
+    sha = hub.pack(vlt, zip_path)
+    assert sha == hashlib.sha256(zip_path.read_bytes()).hexdigest()
+    return zip_path.read_bytes(), sha, vlt
+
+
+def _tree_bytes(vlt: Path) -> dict[str, bytes]:
+    return {p.relative_to(vlt).as_posix(): p.read_bytes() for p in sorted(vlt.rglob("*")) if p.is_file()}
+
+
+def test_pack_is_reproducible_and_cli_prints_sha(tmp_path, packed, capsys):
+    data, sha, vlt = packed
+    names = zipfile.ZipFile(io.BytesIO(data)).namelist()
+    assert "toy.vlt/mtmarl.json" in names and "toy.vlt/default/metadata.json" in names
+    assert hub.main(["pack", str(vlt), str(tmp_path / "again.zip")]) == 0
+    assert capsys.readouterr().out.split()[0] == sha
+    assert hub.main(["pack", str(vlt / "default"), str(tmp_path / "x.zip")]) == 2
+
+
+def test_download_extracts_and_skips_present(tmp_path, server, packed):
+    data, sha, src = packed
+    Handler.files["/data/toy.zip"] = data
+    root = tmp_path / "vault_data"
+    result = hub.download(f"{server}/data/toy.zip", root, sha256=sha, progress=False)
+    assert result == [(root / "connector" / "toy.vlt", "installed")]
+    assert _tree_bytes(root / "connector" / "toy.vlt") == _tree_bytes(src)
+    out = V.read_vault(root / "connector" / "toy.vlt")  # checksums and shapes pass
+    assert out["observations"].shape == (1, 300, 2, 16)
+    assert not list((root / ".downloads").iterdir()) and not list(root.glob(".extract-*"))
+
+    requests = len(Handler.log)
+    assert hub.download(f"{server}/data/toy.zip", root, progress=False)[0][1].startswith("skipped")
+    assert len(Handler.log) == requests  # nothing fetched
+    assert hub.main(["download", f"{server}/data/toy.zip", "--to", str(root), "--quiet"]) == 0
+
+
+def test_checksum_mismatch_keeps_existing_data(tmp_path, server, packed):
+    data, sha, _ = packed
+    root = tmp_path / "vault_data"
+    good = _make_vault(root, seed=1)  # an existing, valid vault at the same place
+    before = _tree_bytes(good)
+    Handler.files["/toy.zip"] = data
+    with pytest.raises(hub.DownloadError, match="checksum mismatch"):
+        hub.download(f"{server}/toy.zip", root, sha256="0" * 64, force=True, progress=False)
+    assert _tree_bytes(good) == before
+    assert not list((root / ".downloads").iterdir())  # the bad download is discarded
+
+    # A manifest names the expected sha256 too; a corrupt zip never replaces good data either.
+    manifest = tmp_path / "manifest.json"
+    manifest.write_text(json.dumps({"toy.zip": "f" * 64}))
+    assert hub.main(["download", f"{server}/toy.zip", "--to", str(root), "--force", "--quiet",
+                     "--manifest", str(manifest)]) == 2
+    Handler.files["/bad.zip"] = data[:-200]
+    with pytest.raises(hub.DownloadError, match="not a valid zip"):
+        hub.download(f"{server}/bad.zip", root, force=True, progress=False)
+    assert _tree_bytes(good) == before
+
+
+def test_interrupted_download_resumes(tmp_path, server, packed):
+    data, sha, src = packed
+    Handler.files["/toy.zip"] = data
+    Handler.drop_next.add("/toy.zip")
+    root = tmp_path / "vault_data"
+    with pytest.raises(hub.DownloadError, match="interrupted.*resume"):
+        hub.download(f"{server}/toy.zip", root, sha256=sha, progress=False)
+    parts = list((root / ".downloads").glob("*.part"))
+    assert len(parts) == 1
+    have = parts[0].stat().st_size
+    assert 0 < have < len(data)
+    assert not (root / "connector").exists()
+
+    result = hub.download(f"{server}/toy.zip", root, sha256=sha, progress=False)
+    assert result[0][1] == "installed"
+    assert "range" not in Handler.log[0]
+    assert Handler.log[1]["range"] == f"bytes={have}-" and "if-range" in Handler.log[1]
+    assert not parts[0].exists()
+    assert _tree_bytes(root / "connector" / "toy.vlt") == _tree_bytes(src)
+
+
+def test_resume_within_one_call_and_server_ignoring_range(tmp_path, server, packed):
+    data, sha, _ = packed
+    Handler.files["/toy.zip"] = data
+    Handler.drop_next.add("/toy.zip")
+    root = tmp_path / "a"
+    assert hub.download(f"{server}/toy.zip", root, sha256=sha, retries=1, progress=False)[0][1] == "installed"
+    assert [("range" in r) for r in Handler.log] == [False, True]
+
+    # A server that answers 200 to a Range request: the partial file is restarted, not appended to.
+    Handler.log.clear()
+    Handler.drop_next.add("/toy.zip")
+    Handler.ignore_range = True
+    root = tmp_path / "b"
+    with pytest.raises(hub.DownloadError):
+        hub.download(f"{server}/toy.zip", root, sha256=sha, progress=False)
+    assert hub.download(f"{server}/toy.zip", root, sha256=sha, progress=False)[0][1] == "installed"
+    assert "range" in Handler.log[1]
+
+
+def test_sources_and_bad_input(tmp_path, server, packed, monkeypatch):
+    data, sha, _ = packed
+    monkeypatch.delenv("HF_ENDPOINT", raising=False)
+    src = hub.resolve_source("ogmarl:alberdice/rware/tiny-2ag")
+    assert src.url == ("https://huggingface.co/datasets/InstaDeepAI/og-marl/resolve/main/"
+                       "prior_work/alberdice/rware/tiny-2ag.zip")
+    assert (src.env, src.scenario) == ("rware", "tiny-2ag")
+    assert hub.resolve_source("ogmarl:core/smac_v1/3m").url.endswith("/resolve/main/core/smac_v1/3m.zip")
+
+    # hf:// and ogmarl: honour HF_ENDPOINT: serve the zip where the Hub URL scheme puts it.
+    monkeypatch.setenv("HF_ENDPOINT", server)
+    Handler.files["/datasets/someone/vaults/resolve/main/sets/toy.zip"] = data
+    root = tmp_path / "vault_data"
+    res = hub.download("hf://someone/vaults/sets/toy.zip", root, sha256=sha, progress=False)
+    assert res == [(root / "connector" / "toy.vlt", "installed")]
+    Handler.files["/datasets/InstaDeepAI/og-marl/resolve/main/prior_work/alberdice/rware/toy.zip"] = data
+    res = hub.download("ogmarl:alberdice/rware/toy", root, progress=False)
+    assert res == [(root / "rware" / "toy.vlt", "installed")]  # the og-marl name sets the env
+
+    # file:// URLs work too.
+    zip_path = tmp_path / "toy.zip"
+    zip_path.write_bytes(data)
+    res = hub.download(zip_path.as_uri(), tmp_path / "c", sha256=sha, progress=False)
+    assert res[0][1] == "installed"
+
+    for bad in ("ftp://example.com/x.zip", "just-a-name", "ogmarl:rware/tiny", "hf://only/two"):
+        with pytest.raises(UserInputError):
+            hub.download(bad, root, progress=False)
+    with pytest.raises(UserInputError, match="HTTP 404"):
+        hub.download(f"{server}/missing.zip", root, progress=False)
+    with pytest.raises(UserInputError, match="cannot read"):
+        hub.download((tmp_path / "nope.zip").as_uri(), root, progress=False)
+    with pytest.raises(UserInputError, match="64 hex"):
+        hub.download(f"{server}/toy.zip", root, sha256="abc", progress=False)
+    assert hub.main(["download", "gopher://x", "--to", str(root)]) == 2
