@@ -1,0 +1,243 @@
+"""Shared pieces of the offline algorithms: config, train state, optimiser, Polyak
+targets, the update step, masked/task-balanced reductions and ICQ batch softmax.
+
+An algorithm is built with ``make_algo(name, algo_cfg, net_cfg, n_actions)``
+and is a bundle of pure functions over the shared Sable network:
+
+* ``init(key, sample_batch) -> TrainState``
+* ``loss(params, target_params, batch, key) -> (scalar, metrics)``
+* ``update(state, batch, key) -> (state, metrics)`` (grad, clip, Adam, Polyak)
+* ``act(params, carry, obs, action_mask, active, reset, key, greedy=False)``
+  -> (actions, Outputs, carry): one recurrent step, agents decoded in a fresh
+  random order every call (the order is random in training too; a fixed
+  order at evaluation is a known fault of og-marl's Oryx).
+
+Loss reduction (seed 004 eq. 1): with ``task_mean=True`` each task's elements
+are averaged (masked mean over its active agents and valid steps) and the
+per-task means are averaged over the tasks present in the batch; with
+``task_mean=False`` it is one masked mean over the batch (equal to eq. 1 in
+expectation for a balanced batch only when tasks have equal agent counts).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import importlib
+from pathlib import Path
+from typing import Any, Callable, NamedTuple
+
+import jax
+import jax.numpy as jnp
+import optax
+
+from mtmarl.errors import UserInputError
+from mtmarl.networks.sable import NEG, SableConfig, SableNet, make_sable
+
+ALGOS = ("mt_oryx", "mt_cql_sable", "mt_bc_sable")
+CONFIG_DIR = Path(__file__).resolve().parents[2] / "configs" / "algo"
+
+
+@dataclasses.dataclass(frozen=True)
+class AlgoConfig:
+    """Fields shared by all algorithms (see configs/algo/*.yaml for documentation)."""
+
+    name: str = ""
+    lr: float = 3e-4
+    max_grad_norm: float = 10.0
+    gamma: float = 0.99
+    tau: float = 0.005
+    task_mean: bool = True
+    # value learning (ignored by BC)
+    hl_gauss: bool = True
+    v_min: float = -10.0
+    v_max: float = 10.0
+    num_bins: int = 51
+    sigma_ratio: float = 0.75
+    # batching (mtmarl.data.batching.SamplerConfig)
+    batch_size: int = 64
+    seq_len: int = 20
+    balanced: bool = True
+    shuffle: bool = True
+    mask: bool = True
+
+    def __post_init__(self):
+        if not 0.0 <= self.tau <= 1.0:
+            raise UserInputError(f"tau must be in [0, 1], got {self.tau}")
+        if not 0.0 <= self.gamma <= 1.0:
+            raise UserInputError(f"gamma must be in [0, 1], got {self.gamma}")
+        if self.hl_gauss and (self.num_bins < 2 or not self.v_max > self.v_min):
+            raise UserInputError("HL-Gauss needs num_bins >= 2 and v_max > v_min")
+
+    @classmethod
+    def from_dict(cls, d: dict):
+        names = {f.name for f in dataclasses.fields(cls)}
+        unknown = set(d) - names
+        if unknown:
+            raise UserInputError(f"unknown {cls.__name__} keys {sorted(unknown)}; known: {sorted(names)}")
+        return cls(**d)
+
+    def sampler(self):
+        from mtmarl.data.batching import SamplerConfig
+
+        return SamplerConfig(self.batch_size, self.seq_len, self.balanced, self.shuffle, self.mask)
+
+
+class TrainState(NamedTuple):
+    params: Any
+    target_params: Any      # None for algorithms without a target network (BC)
+    opt_state: Any
+    step: jax.Array
+
+
+@dataclasses.dataclass(frozen=True)
+class Algo:
+    name: str
+    cfg: AlgoConfig
+    net: SableNet
+    init: Callable
+    loss: Callable
+    update: Callable
+    act: Callable
+    tx: optax.GradientTransformation
+
+
+# ---------------------------------------------------------------- building
+
+def network_for(cfg: AlgoConfig, net_cfg: SableConfig, n_actions: int, value_learning: bool = True) -> SableNet:
+    """The Sable net with its Q head set by the algorithm config (HL-Gauss bins or scalar)."""
+    if value_learning and cfg.hl_gauss:
+        net_cfg = dataclasses.replace(net_cfg, q_bins=cfg.num_bins, v_min=cfg.v_min, v_max=cfg.v_max,
+                                      sigma_ratio=cfg.sigma_ratio)
+    else:
+        net_cfg = dataclasses.replace(net_cfg, q_bins=0)
+    return make_sable(net_cfg, n_actions)
+
+
+def make_optimizer(cfg: AlgoConfig) -> optax.GradientTransformation:
+    return optax.chain(optax.clip_by_global_norm(cfg.max_grad_norm), optax.adam(cfg.lr))
+
+
+def polyak(online, target, tau: float):
+    """target <- tau * online + (1 - tau) * target, leaf by leaf."""
+    return jax.tree.map(lambda o, t: tau * o + (1.0 - tau) * t, online, target)
+
+
+def make_init(net: SableNet, tx: optax.GradientTransformation, with_target: bool):
+    def init(key, sample_batch) -> TrainState:
+        params = net.init(key, sample_batch.obs)
+        target = jax.tree.map(jnp.array, params) if with_target else None
+        return TrainState(params, target, tx.init(params), jnp.zeros((), jnp.int32))
+    return init
+
+
+def make_update(loss_fn: Callable, tx: optax.GradientTransformation, tau: float):
+    """``update(state, batch, key)``: one gradient step on ``loss_fn`` then a Polyak target update."""
+
+    def update(state: TrainState, batch, key):
+        (loss, metrics), grads = jax.value_and_grad(loss_fn, has_aux=True)(
+            state.params, state.target_params, batch, key)
+        updates, opt_state = tx.update(grads, state.opt_state, state.params)
+        params = optax.apply_updates(state.params, updates)
+        target = None if state.target_params is None else polyak(params, state.target_params, tau)
+        metrics = dict(metrics, loss=loss, grad_norm=optax.tree.norm(grads))
+        return TrainState(params, target, opt_state, state.step + 1), metrics
+
+    return update
+
+
+def make_act(net: SableNet):
+    """Recurrent acting with a fresh random agent order each step (see module docstring)."""
+
+    def act(params, carry, obs, action_mask, active, reset, key, greedy=False):
+        k_order, k_act = jax.random.split(key)
+        order = jax.random.permutation(k_order, obs.shape[0])
+        return net.act(params, carry, obs, action_mask, active, reset, k_act, order=order, greedy=greedy)
+
+    return act
+
+
+def load_algo_config(name: str, **overrides) -> AlgoConfig:
+    """``configs/algo/<name>.yaml`` (plus overrides) as that algorithm's config dataclass."""
+    from omegaconf import OmegaConf
+
+    path = CONFIG_DIR / f"{name}.yaml"
+    if name not in ALGOS or not path.exists():
+        raise UserInputError(f"no algorithm {name!r}; known: {list(ALGOS)}")
+    module = importlib.import_module(f"mtmarl.algos.{name}")
+    return module.Config.from_dict({**OmegaConf.to_container(OmegaConf.load(path)), **overrides})
+
+
+def make_algo(name: str, cfg: AlgoConfig | dict | None, net_cfg: SableConfig, n_actions: int) -> Algo:
+    """Build algorithm ``name`` (one of ALGOS). ``cfg``: its Config, a dict of overrides of the yaml, or None."""
+    if name not in ALGOS:
+        raise UserInputError(f"no algorithm {name!r}; known: {list(ALGOS)}")
+    module = importlib.import_module(f"mtmarl.algos.{name}")
+    if not isinstance(cfg, AlgoConfig):
+        cfg = load_algo_config(name, **(cfg or {}))
+    return module.make(cfg, net_cfg, n_actions)
+
+
+# ---------------------------------------------------------------- reductions
+
+def masked_mean(x, weight):
+    """sum(x * w) / sum(w) (0 if all weights are 0); entries with w == 0 never reach the result or grads."""
+    w = weight.astype(jnp.float32)
+    x = jnp.where(w > 0, x, 0.0)
+    return jnp.sum(x * w) / jnp.maximum(jnp.sum(w), 1e-8)
+
+
+def task_mean(x, weight, task_ids, enabled: bool = True):
+    """Seed 004 eq. 1 over a batch: mean over tasks present of each task's masked mean.
+
+    ``x``/``weight`` are (B, ...) with per-sample ``task_ids`` (B,). Tasks are
+    grouped by comparing ids (no static task count needed); a task whose
+    weights are all zero does not count as present. ``enabled=False`` gives
+    the plain ``masked_mean``.
+    """
+    if not enabled:
+        return masked_mean(x, weight)
+    w = weight.astype(jnp.float32)
+    x = jnp.where(w > 0, x, 0.0)
+    axes = tuple(range(1, x.ndim))
+    num, den = jnp.sum(x * w, axis=axes), jnp.sum(w, axis=axes)       # (B,)
+    same = (task_ids[:, None] == task_ids[None, :]).astype(jnp.float32)  # (B, B)
+    t_num, t_den, count = same @ num, same @ den, same.sum(-1)          # per sample: its task's totals
+    present = t_den > 0
+    per_task = jnp.where(present, t_num / jnp.maximum(t_den, 1e-8), 0.0)
+    share = jnp.where(present, 1.0 / count, 0.0)  # each task's samples share one vote
+    return jnp.sum(share * per_task) / jnp.maximum(jnp.sum(share), 1e-8)
+
+
+def batch_softmax(x, mask, temperature: float, axis: int = 0):
+    """Softmax of ``x / temperature`` along the batch ``axis`` over entries with ``mask`` (ICQ weights).
+
+    Masked-out entries get weight 0 and do not change the others; a slice with
+    no valid entry is all zeros. Weights of each slice sum to 1.
+    """
+    z = jnp.where(mask, x / temperature, -jnp.inf)
+    zmax = jnp.max(z, axis=axis, keepdims=True)
+    zmax = jnp.where(jnp.isfinite(zmax), zmax, 0.0)
+    e = jnp.where(mask, jnp.exp(z - zmax), 0.0)
+    return e / jnp.maximum(jnp.sum(e, axis=axis, keepdims=True), 1e-30)
+
+
+# ---------------------------------------------------------------- small helpers
+
+def take_action(x, actions):
+    """x (..., A, *rest) at the given actions (...) -> (..., *rest)."""
+    idx = actions.reshape(actions.shape + (1,) * (x.ndim - actions.ndim))
+    return jnp.take_along_axis(x, idx.astype(jnp.int32), axis=actions.ndim).squeeze(actions.ndim)
+
+
+def td_valid(batch):
+    """(B, T-1) bool: step t has a usable TD target from step t+1 of the same sequence.
+
+    Steps that end an episode by truncation (not termination) are dropped: the
+    next step belongs to a new episode, so there is nothing to bootstrap from.
+    """
+    return batch.terminals[:, :-1] | ~batch.resets[:, 1:]
+
+
+def legal_log_softmax(logits, legals):
+    """log pi over legal actions (illegal logits are already NEG in Sable outputs)."""
+    return jax.nn.log_softmax(jnp.where(legals, logits, NEG), axis=-1)

@@ -1,0 +1,38 @@
+"""MT BC-Sable: autoregressive behaviour cloning with the Sable policy head.
+
+Loss: cross-entropy of each active agent's dataset action under its
+teacher-forced logits (agent k conditions on the dataset actions of the
+agents before it in the batch's shuffled order), reduced per task and then
+over tasks (``common.task_mean``). No critic and no target network.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+
+from mtmarl.algos import common
+from mtmarl.networks.sable import SableConfig, SableNet
+
+
+@dataclasses.dataclass(frozen=True)
+class Config(common.AlgoConfig):
+    name: str = "mt_bc_sable"
+    hl_gauss: bool = False  # BC learns no values; kept for a uniform config
+
+
+def loss(params, target_params, batch, key, cfg: Config, net: SableNet):
+    del target_params, key
+    out, _ = net.apply_train(params, batch.obs, batch.actions, batch.legals, batch.active, batch.resets)
+    logp = common.legal_log_softmax(out.logits, batch.legals)          # (B, T, N, A)
+    nll = -common.take_action(logp, batch.actions)                      # (B, T, N)
+    total = common.task_mean(nll, batch.active, batch.task_ids, cfg.task_mean)
+    greedy = (out.logits.argmax(-1) == batch.actions)
+    return total, {"bc_loss": total, "accuracy": common.masked_mean(greedy, batch.active)}
+
+
+def make(cfg: Config, net_cfg: SableConfig, n_actions: int) -> common.Algo:
+    net = common.network_for(cfg, net_cfg, n_actions, value_learning=False)
+    tx = common.make_optimizer(cfg)
+    bound = lambda p, tp, b, k: loss(p, tp, b, k, cfg, net)  # noqa: E731
+    return common.Algo(cfg.name, cfg, net, common.make_init(net, tx, with_target=False), bound,
+                       common.make_update(bound, tx, cfg.tau), common.make_act(net), tx)

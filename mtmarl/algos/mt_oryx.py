@@ -1,0 +1,93 @@
+"""MT Oryx: sequential (autoregressive) ICQ on Sable, as in Oryx (Formanek et al. 2025).
+
+Agent k's policy logits and Q(s, a^k | a^{<k}) come from the decoder, teacher-
+forced on the dataset actions of earlier agents in the batch's shuffled order.
+
+Critic (ICQ in-sample target): for agent i at step t,
+  y = r_t + gamma * (1 - terminal_t) * n * w * Q_target(t+1, i, a_data),
+  w = softmax over the batch axis of Q_target(t+1, i, a_data) / value_temperature,
+computed separately for every (t, agent-slot) position over the ``n`` valid
+batch entries there (active at t and t+1, non-terminal, with a TD target), so
+the weights of a position sum to 1 and ``n * w`` averages to 1. Loss:
+HL-Gauss cross-entropy (``hl_gauss=true``) or 0.5 * squared error.
+
+Policy: advantage-weighted log-likelihood of the dataset action,
+  A = Q(s, a_data) - sum_a pi(a|s) Q(s, a)   (policy-weighted baseline),
+  weight = n * softmax over the batch axis of A / policy_temperature,
+with A and the weights held constant (no gradient into Q through the policy
+loss). Total = critic_coef * critic + policy, each reduced per task then over
+tasks (``common.task_mean``).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+
+import jax
+import jax.numpy as jnp
+
+from mtmarl.algos import common
+from mtmarl.networks.sable import SableConfig, SableNet
+
+
+@dataclasses.dataclass(frozen=True)
+class Config(common.AlgoConfig):
+    name: str = "mt_oryx"
+    value_temperature: float = 1000.0  # ICQ critic-target softmax temperature (large = near-uniform)
+    policy_temperature: float = 0.1    # ICQ policy advantage softmax temperature
+    critic_coef: float = 1.0           # weight of the critic loss in the total
+
+
+def icq_weights(x, mask, temperature: float):
+    """ICQ batch weights: softmax over axis 0 among ``mask``-ed entries (sum to 1 per position)."""
+    return common.batch_softmax(x, mask, temperature, axis=0)
+
+
+def loss(params, target_params, batch, key, cfg: Config, net: SableNet):
+    del key
+    args = (batch.obs, batch.actions, batch.legals, batch.active, batch.resets)
+    out, _ = net.apply_train(params, *args)
+    tgt, _ = net.apply_train(target_params, *args)
+    q = net.q_values(out.q, batch.legals)                                  # (B, T, N, A), illegal NEG
+    q_data = common.take_action(q, batch.actions)                          # (B, T, N)
+    qt_data = jax.lax.stop_gradient(common.take_action(net.q_values(tgt.q, batch.legals), batch.actions))
+
+    # ---- critic: in-sample ICQ target from the next step
+    valid = batch.active[:, :-1] & common.td_valid(batch)[..., None]       # (B, T-1, N) has a target
+    boot = valid & batch.active[:, 1:] & ~batch.terminals[:, :-1, None]     # entries that bootstrap
+    w_next = icq_weights(qt_data[:, 1:], boot, cfg.value_temperature)
+    n_boot = boot.sum(0, keepdims=True)
+    next_v = jnp.where(boot, n_boot * w_next * qt_data[:, 1:], 0.0)
+    target = jax.lax.stop_gradient(batch.rewards[:, :-1, None] + cfg.gamma * batch.discounts[:, :-1, None] * next_v)
+    if net.cfg.q_bins:
+        critic = net.cfg.hl_gauss.loss(common.take_action(out.q[:, :-1], batch.actions[:, :-1]), target)
+    else:
+        critic = 0.5 * jnp.square(q_data[:, :-1] - target)
+    critic_loss = common.task_mean(critic, valid, batch.task_ids, cfg.task_mean)
+
+    # ---- policy: advantage-weighted likelihood with batch-softmax weights
+    logp = common.legal_log_softmax(out.logits, batch.legals)
+    pi = jnp.exp(logp)
+    baseline = jnp.sum(jnp.where(batch.legals, pi * q, 0.0), axis=-1)
+    adv = jax.lax.stop_gradient(q_data - baseline)
+    act_mask = batch.active
+    w_pol = icq_weights(adv, act_mask, cfg.policy_temperature)
+    coef = jax.lax.stop_gradient(act_mask.sum(0, keepdims=True) * w_pol)
+    logp_data = common.take_action(logp, batch.actions)
+    policy_loss = common.task_mean(-coef * logp_data, act_mask, batch.task_ids, cfg.task_mean)
+
+    total = cfg.critic_coef * critic_loss + policy_loss
+    return total, {"critic_loss": critic_loss, "policy_loss": policy_loss,
+                   "q_data": common.masked_mean(q_data, act_mask),
+                   "advantage": common.masked_mean(adv, act_mask),
+                   "td_target": common.masked_mean(target, valid),
+                   "policy_weight_max": jnp.max(jnp.where(act_mask, coef, 0.0)),
+                   "nll": common.masked_mean(-logp_data, act_mask)}
+
+
+def make(cfg: Config, net_cfg: SableConfig, n_actions: int) -> common.Algo:
+    net = common.network_for(cfg, net_cfg, n_actions)
+    tx = common.make_optimizer(cfg)
+    bound = lambda p, tp, b, k: loss(p, tp, b, k, cfg, net)  # noqa: E731
+    return common.Algo(cfg.name, cfg, net, common.make_init(net, tx, with_target=True), bound,
+                       common.make_update(bound, tx, cfg.tau), common.make_act(net), tx)

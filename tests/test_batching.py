@@ -1,0 +1,184 @@
+"""Task-balanced batching: counts, round-robin rotation, contiguity, shuffling, padding, ablations."""
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from mtmarl.data.batching import SamplerConfig, make_buffers, make_sampler, return_range, task_assignment
+from mtmarl.errors import UserInputError
+
+A = 5
+# (steps, agents, obs features, episode length): lengths differ so the stacked arrays need time padding
+SPECS = [(40, 2, 3, 7), (23, 3, 5, 5), (57, 4, 4, 11)]
+
+
+def _task(m, L, n, o, ep):
+    rng = np.random.default_rng(m)
+    t = np.arange(L)[:, None, None]
+    obs = (1000 * (m + 1) + t + 0.1 * np.arange(n)[None, :, None] + 0.01 * np.arange(o)[None, None, :])
+    legals = rng.random((L, n, A)) < 0.6
+    legals[..., 0] = True
+    actions = np.argmax(legals * rng.random((L, n, A)), -1)
+    end = (np.arange(L) % ep) == ep - 1
+    return dict(obs=obs.astype(np.float32), actions=actions, legals=legals,
+                rewards=np.broadcast_to((m + 1) * 100.0 + np.arange(L)[:, None], (L, n)),  # per-agent copies
+                terminals=end & (np.arange(L) % 2 == 0), truncations=end & (np.arange(L) % 2 == 1))
+
+
+@pytest.fixture(scope="module", autouse=True)
+def _fast_compiles():
+    """Compiles dominate on a shared 2-core CPU; skip heavy XLA passes (semantics unchanged) here."""
+    old = jax.config.read("jax_disable_most_optimizations")
+    jax.config.update("jax_disable_most_optimizations", True)
+    yield
+    jax.config.update("jax_disable_most_optimizations", old)
+
+
+TASKS = [_task(m, *s) for m, s in enumerate(SPECS)]
+T = 6
+
+
+@pytest.fixture(scope="module")
+def buffers():
+    return make_buffers(TASKS, seq_len=T)
+
+
+def test_buffers_padding(buffers):
+    M, L, N, O = buffers.obs.shape
+    assert (M, L, N, O) == (3, 57, 4, 5)
+    np.testing.assert_array_equal(buffers.lengths, [40, 23, 57])
+    act = np.asarray(buffers.active)
+    np.testing.assert_array_equal(act, [[1, 1, 0, 0], [1, 1, 1, 0], [1, 1, 1, 1]])
+    obs, leg = np.asarray(buffers.obs), np.asarray(buffers.legals)
+    assert (obs[0, :, 2:] == 0).all() and (obs[0, :, :, 3:] == 0).all() and (obs[2, :, :, 4:] == 0).all()
+    assert (obs[0, 40:] == 0).all() and (obs[1, :, 3:] == 0).all() and (obs[1, :23, :3, 4] != 0).all()
+    assert leg[0, :, 2:, 0].all() and not leg[0, :, 2:, 1:].any()
+    np.testing.assert_array_equal(np.asarray(buffers.rewards)[1, :23], 200.0 + np.arange(23))
+    first = np.asarray(buffers.first)[0, :40]
+    assert first[0] and first[7] and first[14] and not first[6] and first.sum() == 6
+    with pytest.raises(UserInputError):
+        make_buffers(TASKS, seq_len=24)  # task 1 has 23 steps
+    lo, hi = return_range(TASKS[:1], 0.0)
+    assert (lo, hi) == (100.0, 139.0)
+
+
+@pytest.mark.parametrize("B,M", [(7, 3), (8, 3), (3, 5), (6, 3)])
+def test_task_counts_round_robin(B, M):
+    q, r = divmod(B, M)
+    assign = jax.jit(task_assignment, static_argnums=(1, 2))
+    totals = np.zeros(M, int)
+    for step in range(3 * M):
+        counts = np.bincount(np.asarray(assign(step, B, M)), minlength=M)
+        extra = {(step * r + j) % M for j in range(r)}
+        np.testing.assert_array_equal(counts, [q + (m in extra) for m in range(M)])
+        totals += counts
+        if step % M == M - 1:  # every window of M consecutive updates is fair
+            assert (totals == totals[0]).all(), totals
+    assert totals.sum() == 3 * M * B
+
+
+def _check_batch(batch, buffers):
+    """Every sequence is a contiguous slice of its own task's data, agents permuted by batch.perm."""
+    b = jax.tree.map(np.asarray, batch)
+    lengths = np.asarray(buffers.lengths)
+    for i in range(b.obs.shape[0]):
+        m, s, perm = b.task_ids[i], b.starts[i], b.perm[i]
+        src, (L, n, o) = TASKS[m], TASKS[m]["obs"].shape
+        assert 0 <= s <= lengths[m] - T
+        inv = np.argsort(perm)
+        assert sorted(perm) == list(range(4))
+        obs = b.obs[i][:, inv]  # undo the permutation: dataset agent order
+        np.testing.assert_array_equal(obs[:, :n, :o], src["obs"][s:s + T])
+        assert (obs[:, n:] == 0).all() and (obs[:, :, o:] == 0).all()
+        np.testing.assert_array_equal(b.actions[i][:, inv][:, :n], src["actions"][s:s + T])
+        assert (b.actions[i][:, inv][:, n:] == 0).all()
+        legals = b.legals[i][:, inv]
+        np.testing.assert_array_equal(legals[:, :n], src["legals"][s:s + T])
+        assert legals[:, n:, 0].all() and not legals[:, n:, 1:].any()
+        np.testing.assert_array_equal(b.real[i][:, inv], np.broadcast_to(np.arange(4) < n, (T, 4)))
+        np.testing.assert_array_equal(b.rewards[i], src["rewards"][s:s + T, 0])
+        np.testing.assert_array_equal(b.terminals[i], src["terminals"][s:s + T])
+        np.testing.assert_array_equal(b.truncations[i], src["truncations"][s:s + T])
+        ends = src["terminals"] | src["truncations"]
+        first = np.concatenate([[True], ends[:-1]])
+        np.testing.assert_array_equal(b.resets[i], first[s:s + T])
+        np.testing.assert_array_equal(b.discounts[i], 1.0 - src["terminals"][s:s + T])
+
+
+def test_sampled_sequences_are_contiguous_task_slices(buffers):
+    cfg = SamplerConfig(batch_size=8, seq_len=T)
+    sample = make_sampler(cfg)
+    seen_resets = False
+    for step in range(3):
+        batch = sample(buffers, jax.random.key(step), step)
+        assert batch.obs.shape == (8, T, 4, 5) and batch.legals.shape == (8, T, 4, A)
+        _check_batch(batch, buffers)
+        np.testing.assert_array_equal(batch.active, batch.real)
+        seen_resets |= bool(np.asarray(batch.resets)[:, 1:].any())
+    assert seen_resets, "sequences should cross episode boundaries"
+    assert sample._cache_size() == 1  # one compile for all steps: static shapes, traced step
+
+
+def test_permutation_same_over_time_differs_across_samples(buffers):
+    batch = make_sampler(SamplerConfig(batch_size=16, seq_len=T))(buffers, jax.random.key(7), 0)
+    perms = np.asarray(batch.perm)
+    assert len({tuple(p) for p in perms}) > 4, "per-sample permutations should differ"
+    assert (perms != np.arange(4)).any(axis=1).sum() > 8
+    # Same permutation at every step: agent identity (obs 0.1 * agent index) constant over T.
+    obs = np.asarray(batch.obs)
+    agent_code = np.round((obs[..., 0] % 1.0) * 10).astype(int)  # (B, T, N) dataset agent index (real agents)
+    real = np.asarray(batch.real)
+    for i in range(16):
+        for j in range(4):
+            if real[i, 0, j]:
+                assert (agent_code[i, :, j] == perms[i, j]).all()
+    _check_batch(batch, buffers)
+    fixed = make_sampler(SamplerConfig(batch_size=4, seq_len=T, shuffle=False))(buffers, jax.random.key(7), 0)
+    np.testing.assert_array_equal(fixed.perm, np.tile(np.arange(4), (4, 1)))
+    _check_batch(fixed, buffers)
+
+
+def test_padded_agents_and_mask_switch(buffers):
+    batch = make_sampler(SamplerConfig(batch_size=9, seq_len=T))(buffers, jax.random.key(3), 1)
+    pad = ~np.asarray(batch.active)
+    assert pad.any()
+    assert (np.asarray(batch.obs)[pad] == 0).all()
+    leg = np.asarray(batch.legals)[pad]
+    assert leg[:, 0].all() and not leg[:, 1:].any()
+    assert (np.asarray(batch.actions)[pad] == 0).all()
+    # Padded agents appear at varied positions after shuffling.
+    assert len({tuple(np.flatnonzero(p[0])) for p in pad if p[0].any()}) > 1
+    unmasked = make_sampler(SamplerConfig(batch_size=9, seq_len=T, mask=False))(buffers, jax.random.key(3), 1)
+    assert np.asarray(unmasked.active).all()
+    np.testing.assert_array_equal(unmasked.real, batch.real)
+    np.testing.assert_array_equal(unmasked.obs, batch.obs)
+
+
+def test_unbalanced_draws_one_task_per_batch(buffers):
+    sample = make_sampler(SamplerConfig(batch_size=8, seq_len=T, balanced=False))
+    tasks = set()
+    for step in range(12):
+        batch = sample(buffers, jax.random.key(100 + step), step)
+        ids = np.unique(np.asarray(batch.task_ids))
+        assert len(ids) == 1
+        tasks.add(int(ids[0]))
+        _check_batch(batch, buffers)
+    assert tasks == {0, 1, 2}
+
+
+def test_sampler_inside_scan(buffers):
+    """The sampler composes with lax.scan over update steps (as a training loop would use it)."""
+    cfg = SamplerConfig(batch_size=5, seq_len=T)
+
+    @jax.jit
+    def run(key):
+        def body(c, step):
+            from mtmarl.data.batching import sample
+            b = sample(buffers, jax.random.fold_in(key, step), step, cfg)
+            return c, jnp.bincount(b.task_ids, length=3)
+        return jax.lax.scan(body, 0, jnp.arange(6))[1]
+
+    counts = np.asarray(run(jax.random.key(0)))
+    np.testing.assert_array_equal(counts.sum(0), [10, 10, 10])
+    np.testing.assert_array_equal(counts[:3], [[2, 2, 1], [2, 1, 2], [1, 2, 2]])
