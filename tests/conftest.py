@@ -5,3 +5,20 @@ import os
 flags = os.environ.get("XLA_FLAGS", "")
 if "xla_force_host_platform_device_count" not in flags:
     os.environ["XLA_FLAGS"] = f"{flags} --xla_force_host_platform_device_count=2".strip()
+
+
+import jax  # noqa: E402  (after XLA_FLAGS is set)
+import pytest  # noqa: E402
+
+
+@pytest.fixture(autouse=True)
+def _fast_compiles():
+    """Compiles dominate on a 2-core CPU: skip XLA's heavy optimisation passes in tests.
+
+    Each test compares programs compiled under the same setting, so what is
+    checked (equalities against references) does not depend on it.
+    """
+    old = jax.config.read("jax_disable_most_optimizations")
+    jax.config.update("jax_disable_most_optimizations", True)
+    yield
+    jax.config.update("jax_disable_most_optimizations", old)

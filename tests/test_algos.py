@@ -12,13 +12,6 @@ from mtmarl.data.batching import SamplerConfig, make_buffers, sample
 from mtmarl.networks import load_preset
 
 
-@pytest.fixture(scope="module", autouse=True)
-def _fast_compiles():
-    """Compiles dominate on a shared 2-core CPU; skip heavy XLA passes (semantics unchanged) here."""
-    old = jax.config.read("jax_disable_most_optimizations")
-    jax.config.update("jax_disable_most_optimizations", True)
-    yield
-    jax.config.update("jax_disable_most_optimizations", old)
 
 
 A, B, T = 4, 4, 4

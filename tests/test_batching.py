@@ -26,13 +26,6 @@ def _task(m, L, n, o, ep):
                 terminals=end & (np.arange(L) % 2 == 0), truncations=end & (np.arange(L) % 2 == 1))
 
 
-@pytest.fixture(scope="module", autouse=True)
-def _fast_compiles():
-    """Compiles dominate on a shared 2-core CPU; skip heavy XLA passes (semantics unchanged) here."""
-    old = jax.config.read("jax_disable_most_optimizations")
-    jax.config.update("jax_disable_most_optimizations", True)
-    yield
-    jax.config.update("jax_disable_most_optimizations", old)
 
 
 TASKS = [_task(m, *s) for m, s in enumerate(SPECS)]

@@ -10,13 +10,6 @@ import pytest
 from mtmarl.networks import HLGauss
 
 
-@pytest.fixture(scope="module", autouse=True)
-def _fast_compiles():
-    """Compile time dominates on a shared CPU; skip heavy XLA passes for this module only."""
-    old = jax.config.read("jax_disable_most_optimizations")
-    jax.config.update("jax_disable_most_optimizations", True)
-    yield
-    jax.config.update("jax_disable_most_optimizations", old)
 
 
 HL = HLGauss(v_min=-5.0, v_max=15.0, num_bins=41)

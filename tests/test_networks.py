@@ -14,14 +14,6 @@ from mtmarl.networks import retention as R
 from mtmarl.networks.sable import _mask_outputs
 
 
-@pytest.fixture(scope="module", autouse=True)
-def _fast_compiles():
-    """XLA compile time dominates these tiny tests on a shared 2-core CPU; skip heavy optimisation passes
-    (semantics unchanged) for this module only."""
-    old = jax.config.read("jax_disable_most_optimizations")
-    jax.config.update("jax_disable_most_optimizations", True)
-    yield
-    jax.config.update("jax_disable_most_optimizations", old)
 
 
 # ---------------------------------------------------------------- retention core

@@ -241,3 +241,18 @@ def td_valid(batch):
 def legal_log_softmax(logits, legals):
     """log pi over legal actions (illegal logits are already NEG in Sable outputs)."""
     return jax.nn.log_softmax(jnp.where(legals, logits, NEG), axis=-1)
+
+
+def critic_forward(params, target_params, batch, net: SableNet):
+    """Online and target passes; also their scalar Q with illegal actions pushed very low."""
+    args = (batch.obs, batch.actions, batch.legals, batch.active, batch.resets)
+    out, _ = net.apply_train(params, *args)
+    tgt, _ = net.apply_train(target_params, *args)
+    return out, tgt, net.q_values(out.q, batch.legals), net.q_values(tgt.q, batch.legals)
+
+
+def td_error_loss(net: SableNet, out, q, batch, target):
+    """Per-entry TD loss on the taken action for steps 0..T-2: HL-Gauss cross-entropy, or 0.5 squared error."""
+    if net.cfg.q_bins:
+        return net.cfg.hl_gauss.loss(take_action(out.q[:, :-1], batch.actions[:, :-1]), target)
+    return 0.5 * jnp.square(take_action(q[:, :-1], batch.actions[:, :-1]) - target)

@@ -46,17 +46,11 @@ def cql_penalty(q_scalar, legals, actions):
 
 def loss(params, target_params, batch, key, cfg: Config, net: SableNet):
     del key
-    args = (batch.obs, batch.actions, batch.legals, batch.active, batch.resets)
-    out, _ = net.apply_train(params, *args)
-    tgt, _ = net.apply_train(target_params, *args)
-    q = net.q_values(out.q, batch.legals)                                   # (B, T, N, A), illegal NEG
-    q_next = jax.lax.stop_gradient(net.q_values(tgt.q, batch.legals)[:, 1:].max(-1))  # (B, T-1, N)
+    out, _, q, q_tgt = common.critic_forward(params, target_params, batch, net)  # (B, T, N, A)
+    q_next = jax.lax.stop_gradient(q_tgt[:, 1:].max(-1))                    # (B, T-1, N)
     target = batch.rewards[:, :-1, None] + cfg.gamma * batch.discounts[:, :-1, None] * q_next
     target = jax.lax.stop_gradient(target)
-    if net.cfg.q_bins:
-        td = net.cfg.hl_gauss.loss(common.take_action(out.q[:, :-1], batch.actions[:, :-1]), target)
-    else:
-        td = 0.5 * jnp.square(common.take_action(q[:, :-1], batch.actions[:, :-1]) - target)
+    td = common.td_error_loss(net, out, q, batch, target)
     td_w = batch.active[:, :-1] & common.td_valid(batch)[..., None]
     td_loss = common.task_mean(td, td_w, batch.task_ids, cfg.task_mean)
     pen = cql_penalty(q, batch.legals, batch.actions)

@@ -45,12 +45,9 @@ def icq_weights(x, mask, temperature: float):
 
 def loss(params, target_params, batch, key, cfg: Config, net: SableNet):
     del key
-    args = (batch.obs, batch.actions, batch.legals, batch.active, batch.resets)
-    out, _ = net.apply_train(params, *args)
-    tgt, _ = net.apply_train(target_params, *args)
-    q = net.q_values(out.q, batch.legals)                                  # (B, T, N, A), illegal NEG
+    out, _, q, q_tgt = common.critic_forward(params, target_params, batch, net)  # (B, T, N, A)
     q_data = common.take_action(q, batch.actions)                          # (B, T, N)
-    qt_data = jax.lax.stop_gradient(common.take_action(net.q_values(tgt.q, batch.legals), batch.actions))
+    qt_data = jax.lax.stop_gradient(common.take_action(q_tgt, batch.actions))
 
     # ---- critic: in-sample ICQ target from the next step
     valid = batch.active[:, :-1] & common.td_valid(batch)[..., None]       # (B, T-1, N) has a target
@@ -59,10 +56,7 @@ def loss(params, target_params, batch, key, cfg: Config, net: SableNet):
     n_boot = boot.sum(0, keepdims=True)
     next_v = jnp.where(boot, n_boot * w_next * qt_data[:, 1:], 0.0)
     target = jax.lax.stop_gradient(batch.rewards[:, :-1, None] + cfg.gamma * batch.discounts[:, :-1, None] * next_v)
-    if net.cfg.q_bins:
-        critic = net.cfg.hl_gauss.loss(common.take_action(out.q[:, :-1], batch.actions[:, :-1]), target)
-    else:
-        critic = 0.5 * jnp.square(q_data[:, :-1] - target)
+    critic = common.td_error_loss(net, out, q, batch, target)
     critic_loss = common.task_mean(critic, valid, batch.task_ids, cfg.task_mean)
 
     # ---- policy: advantage-weighted likelihood with batch-softmax weights
