@@ -1,0 +1,264 @@
+"""Online collector: train MAPPO per task, record datasets, write reference returns.
+
+    python -m mtmarl.collect +tasks=connector_10 collect.budget=2000000
+    python -m mtmarl.collect task=connector:grid=5,agents=2 collect.budget=200000
+
+For every task of the set (``split``), an Anakin MAPPO (:mod:`mtmarl.online.system`)
+trains for ``collect.budget`` env steps on the task itself (unpadded). After
+every chunk of K updates it logs the mean return of the episodes finished in
+training to ``<log_dir>/<env>/<task>.jsonl`` (plus a PNG of the curve) and, for
+train tasks, records R envs x T steps with the stochastic policy (completed
+episodes only). At the end the final online return is evaluated with
+:func:`mtmarl.evaluation.rollout.make_evaluator` (``eval.episodes`` episodes) and
+merged into ``references.json`` (key: the task's ad-hoc string); train tasks
+get their recordings written as one vault with :func:`mtmarl.data.vault.write_vault`.
+
+Resumable: a task whose outputs exist (vault and reference for train tasks,
+reference for test tasks) is skipped, so a killed run restarts at the task it
+was on (that task starts over).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+import time
+import zlib
+from pathlib import Path
+from typing import Any
+
+import hydra
+import jax
+import numpy as np
+from omegaconf import DictConfig, OmegaConf
+
+from mtmarl import tasks as task_registry
+from mtmarl.data import vault as vault_io
+from mtmarl.errors import UserInputError
+from mtmarl.evaluation.rollout import make_evaluator
+from mtmarl.runtime import enable_compilation_cache, quote_task_overrides, user_errors_exit
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+# --------------------------------------------------------------------------- references
+def read_references(path: Path) -> dict[str, Any]:
+    if not path.is_file():
+        return {}
+    try:
+        data = json.loads(path.read_text())
+    except (OSError, json.JSONDecodeError) as err:
+        raise UserInputError(f"reference file {path} is not valid JSON: {err}") from None
+    if not isinstance(data, dict):
+        raise UserInputError(f"reference file {path}: expected an object keyed by task")
+    return data
+
+
+def merge_reference(path: Path, key: str, entry: dict[str, Any]) -> None:
+    """Add/replace one task's entry, keeping the others; atomic (temp file + rename)."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    data = read_references(path)
+    data[key] = entry
+    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+    tmp.write_text(json.dumps(data, indent=2, sort_keys=True) + "\n")
+    os.replace(tmp, path)
+
+
+# --------------------------------------------------------------------------- helpers
+def task_key(seed: int, spec: task_registry.TaskSpec) -> jax.Array:
+    return jax.random.fold_in(jax.random.PRNGKey(seed), zlib.crc32(spec.adhoc.encode()))
+
+
+def vault_done(root: Path, spec, uid: str) -> bool:
+    return (vault_io.vault_path(root, spec) / uid / vault_io.FBX_META_FILE).is_file()
+
+
+def is_finished(spec, split: str, root: Path, uid: str, references: dict[str, Any], record: bool) -> bool:
+    if spec.adhoc not in references:
+        return False
+    return split != "train" or not record or vault_done(root, spec, uid)
+
+
+def plot_curve(rows: list[dict[str, Any]], path: Path, title: str) -> None:
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(5, 3.2))
+    ax.plot([r["env_steps"] for r in rows], [r["return"] for r in rows], lw=1.5)
+    ax.set_xlabel("env steps")
+    ax.set_ylabel("mean training return")
+    ax.set_title(title, fontsize=9)
+    ax.grid(alpha=0.3)
+    fig.tight_layout()
+    tmp = path.with_name(f".{path.stem}.tmp-{os.getpid()}.png")
+    fig.savefig(tmp, dpi=110)
+    plt.close(fig)
+    os.replace(tmp, path)
+
+
+def concat_experience(parts: list[dict[str, Any]]) -> dict[str, Any]:
+    return jax.tree.map(lambda *xs: np.concatenate(xs, axis=1), *parts)
+
+
+# --------------------------------------------------------------------------- one task
+_SYSTEMS: dict[tuple, Any] = {}
+
+
+def get_system(spec, env, mcfg):
+    """The compiled system for (task, config, devices), built once per process."""
+    from mtmarl.online.system import make_system
+
+    key = (spec.adhoc, mcfg, jax.local_device_count())
+    if key not in _SYSTEMS:
+        _SYSTEMS[key] = make_system(env, mcfg)
+    return _SYSTEMS[key]
+
+
+_EVALUATORS: dict[tuple, Any] = {}
+
+
+def get_evaluator(spec, env, system, greedy: bool, episodes: int, devices):
+    key = (spec.adhoc, system.config, greedy, episodes, devices, jax.local_device_count())
+    if key not in _EVALUATORS:
+        policy = system.greedy_policy if greedy else system.policy
+        _EVALUATORS[key] = make_evaluator(env, policy, episodes, devices)
+    return _EVALUATORS[key]
+
+
+def collect_task(spec, split: str, cfg: DictConfig, root: Path, ref_path: Path, log_dir: Path,
+                 bar=None) -> dict[str, Any]:
+    from mtmarl.online.system import MappoConfig, chunk_summary, to_experience
+
+    env = spec.build()
+    mcfg = MappoConfig.from_mapping(OmegaConf.to_container(cfg.online, resolve=True))
+    if mcfg.critic_input == "state" and env.state_dim == 0:
+        raise UserInputError(f"{spec.name} has no global state; use online.critic_input=obs")
+    system = get_system(spec, env, mcfg)
+    budget = int(cfg.collect.budget)
+    record = bool(cfg.collect.record) and split == "train"
+    key = task_key(cfg.seed, spec)
+    init_key, rec_key, eval_key = jax.random.split(key, 3)
+    state = system.init(init_key)
+
+    log_path = log_dir / spec.env / f"{vault_io.task_dirname(spec)}.jsonl"
+    log_path.parent.mkdir(parents=True, exist_ok=True)
+    rows, parts, steps, chunk, steady_s = [], [], 0, 0, 0.0
+    per_chunk = system.env_steps_per_update * mcfg.updates_per_chunk
+    job = bar.add_task(f"{split}: {spec.name}", total=budget, ret=float("nan")) if bar else None
+    start = time.perf_counter()
+    with open(log_path, "w") as log:  # a restarted task starts its log over
+        while steps < budget:
+            t0 = time.perf_counter()
+            state, metrics = system.train_chunk(state)
+            summary = chunk_summary(metrics)  # blocks on the chunk
+            steps += per_chunk
+            dt = time.perf_counter() - t0
+            if chunk:  # the first chunk includes compilation
+                steady_s += dt
+            row = {"env_steps": steps, "updates": (chunk + 1) * mcfg.updates_per_chunk,
+                   "wall_s": round(time.perf_counter() - start, 3), "chunk_sps": round(per_chunk / dt, 1),
+                   **{k: (None if v != v else round(v, 5)) for k, v in summary.items()}}
+            if record:
+                exp = to_experience(system.record(state, jax.random.fold_in(rec_key, chunk)))
+                parts.append(exp)
+                row["recorded"] = int(sum(p["actions"].shape[1] for p in parts))
+            rows.append(row)
+            log.write(json.dumps(row) + "\n")
+            log.flush()
+            chunk += 1
+            if bar:
+                bar.update(job, completed=min(steps, budget), ret=summary["return"])
+    train_s = time.perf_counter() - start
+    if rows and any(r["return"] is not None for r in rows):
+        plot_curve([r for r in rows if r["return"] is not None], log_path.with_suffix(".png"),
+                   f"MAPPO on {spec.name}")
+
+    evaluate = get_evaluator(spec, env, system, bool(cfg.eval.greedy), int(cfg.eval.episodes),
+                             cfg.eval.devices)
+    stats = jax.device_get(evaluate(system.actor_params(state), eval_key))
+    final = float(np.mean(stats.returns))
+    result = {"name": spec.name, "split": split, "return": final,
+              "std": float(np.std(stats.returns)), "episodes": int(cfg.eval.episodes),
+              "env_steps": steps, "train_seconds": round(train_s, 1),
+              "env_steps_per_second": round(steps / max(train_s, 1e-9), 1),
+              "train_steps_per_second": round((steps - per_chunk) / steady_s, 1) if steady_s else None,
+              "greedy": bool(cfg.eval.greedy), "seed": int(cfg.seed)}
+    if record:
+        exp = concat_experience(parts)
+        meta = {"collector": "mtmarl.collect (Anakin MAPPO)", "online": OmegaConf.to_container(cfg.online),
+                "budget": budget, "seed": int(cfg.seed), "final_return": final,
+                "record_every_updates": mcfg.updates_per_chunk, "learning_curve": str(log_path)}
+        path = vault_io.write_vault(root, spec, exp, meta, uid=str(cfg.collect.uid), overwrite=True)
+        result["vault"] = str(path)
+        result["transitions"] = int(exp["actions"].shape[1])
+    # The reference goes last: its presence (with the vault) marks the task finished.
+    merge_reference(ref_path, spec.adhoc, {k: result[k] for k in
+                                           ("return", "name", "episodes", "std", "env_steps", "seed")})
+    if bar:
+        bar.update(job, completed=budget, ret=final)
+    return result
+
+
+def resolve_task_set(cfg: DictConfig) -> task_registry.TaskSet:
+    if cfg.get("task"):
+        return task_registry.load(str(cfg.task))
+    if cfg.get("tasks") is None:
+        raise UserInputError("no tasks given: add +tasks=<set> (one of "
+                             f"{', '.join(task_registry.available_sets())}) or task=<env:key=value,...>")
+    return task_registry.from_config(OmegaConf.to_container(cfg.tasks, resolve=True))
+
+
+def _path(value, default: Path) -> Path:
+    if value in (None, ""):
+        return default
+    path = Path(str(value))
+    return path if path.is_absolute() else Path.cwd() / path
+
+
+@user_errors_exit
+def run(cfg: DictConfig) -> list[dict[str, Any]]:
+    from rich.console import Console
+    from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
+
+    enable_compilation_cache()
+    if int(cfg.collect.budget) < 1:
+        raise UserInputError(f"collect.budget must be >= 1, got {cfg.collect.budget}")
+    if int(cfg.eval.episodes) < 1:
+        raise UserInputError(f"eval.episodes must be >= 1, got {cfg.eval.episodes}")
+    task_set = resolve_task_set(cfg)
+    split = "train" if cfg.get("task") else str(cfg.split)
+    splits = ["train", "test"] if split == "all" else [split]
+    todo = [(s, spec) for s in splits for spec in task_set.split(s)]
+    root = _path(cfg.collect.root, ROOT / "vault_data")
+    ref_path = _path(cfg.collect.references, root / "references.json")
+    log_dir = _path(cfg.collect.log_dir, root / "logs")
+    uid = str(cfg.collect.uid)
+    console = Console(stderr=True)
+    results = []
+    columns = (TextColumn("{task.description}"), BarColumn(), TextColumn("{task.completed:,.0f} steps"),
+               TextColumn("return {task.fields[ret]:.3f}"), TimeElapsedColumn(), TimeRemainingColumn())
+    with Progress(*columns, console=console, disable=not cfg.collect.progress) as bar:
+        for s, spec in todo:
+            if is_finished(spec, s, root, uid, read_references(ref_path), bool(cfg.collect.record)):
+                console.print(f"skip {s} task {spec.name}: already collected")
+                results.append({"name": spec.name, "split": s, "skipped": True})
+                continue
+            res = collect_task(spec, s, cfg, root, ref_path, log_dir, bar)
+            console.print(f"{s} task {spec.name}: final return {res['return']:.3f} after "
+                          f"{res['env_steps']:,} steps ({res['env_steps_per_second']:,.0f} steps/s)"
+                          + (f", vault {res['vault']} ({res['transitions']:,} transitions)" if "vault" in res else ""))
+            results.append(res)
+    console.print(f"references: {ref_path}")
+    return results
+
+
+@hydra.main(version_base=None, config_path="../configs", config_name="collect")
+def main(cfg: DictConfig) -> None:
+    run(cfg)
+
+
+if __name__ == "__main__":
+    sys.argv = quote_task_overrides(sys.argv)
+    main()

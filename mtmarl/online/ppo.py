@@ -1,0 +1,107 @@
+"""PPO pieces as pure functions: GAE, clipped surrogate, clipped value loss, masked entropy.
+
+Arrays are time-major where time matters (``gae``); the losses take any shape
+and average over all entries (optionally weighted by a 0/1 ``weight`` array,
+e.g. to drop padded agents).
+"""
+
+from __future__ import annotations
+
+from typing import NamedTuple
+
+import jax
+import jax.numpy as jnp
+
+NEG_INF = -1e9
+
+
+def gae(rewards: jax.Array, values: jax.Array, next_values: jax.Array, terminals: jax.Array,
+        dones: jax.Array, gamma: float, lam: float) -> tuple[jax.Array, jax.Array]:
+    """Generalised advantage estimation over a (T, ...) trajectory.
+
+    ``values[t]`` is V(s_t); ``next_values[t]`` is V of the observation that really
+    followed step t (before any auto-reset), so a time-limit truncation still
+    bootstraps. ``terminals[t]`` cuts the bootstrap (the task ended by its rules);
+    ``dones[t]`` (terminal or truncated) cuts the advantage recursion, since the
+    next row belongs to a new episode. Returns (advantages, value targets).
+    """
+    not_term = 1.0 - terminals.astype(values.dtype)
+    not_done = 1.0 - dones.astype(values.dtype)
+    deltas = rewards + gamma * not_term * next_values - values
+
+    def back(carry, x):
+        delta, nd = x
+        adv = delta + gamma * lam * nd * carry
+        return adv, adv
+
+    _, adv = jax.lax.scan(back, jnp.zeros_like(values[0]), (deltas, not_done), reverse=True)
+    return adv, adv + values
+
+
+def masked_log_softmax(logits: jax.Array, action_mask: jax.Array) -> jax.Array:
+    """Log-probabilities with illegal actions at (finite) -1e9, so 0 * logp stays 0."""
+    return jax.nn.log_softmax(jnp.where(action_mask, logits, NEG_INF), axis=-1)
+
+
+def log_prob(logits: jax.Array, action_mask: jax.Array, actions: jax.Array) -> jax.Array:
+    logp = masked_log_softmax(logits, action_mask)
+    return jnp.take_along_axis(logp, actions[..., None].astype(jnp.int32), axis=-1)[..., 0]
+
+
+def entropy(logits: jax.Array, action_mask: jax.Array) -> jax.Array:
+    """Entropy of the masked categorical (illegal actions carry no mass)."""
+    logp = masked_log_softmax(logits, action_mask)
+    return -jnp.sum(jnp.where(action_mask, jnp.exp(logp) * logp, 0.0), axis=-1)
+
+
+def _mean(x: jax.Array, weight: jax.Array | None) -> jax.Array:
+    if weight is None:
+        return jnp.mean(x)
+    weight = jnp.broadcast_to(weight, x.shape).astype(x.dtype)
+    return jnp.sum(x * weight) / jnp.maximum(jnp.sum(weight), 1.0)
+
+
+def clipped_surrogate(logp: jax.Array, old_logp: jax.Array, advantages: jax.Array, clip_eps: float,
+                      weight: jax.Array | None = None) -> jax.Array:
+    """PPO policy loss ``-E[min(r A, clip(r, 1-eps, 1+eps) A)]`` with ``r = exp(logp - old_logp)``."""
+    ratio = jnp.exp(logp - old_logp)
+    unclipped = ratio * advantages
+    clipped = jnp.clip(ratio, 1.0 - clip_eps, 1.0 + clip_eps) * advantages
+    return -_mean(jnp.minimum(unclipped, clipped), weight)
+
+
+def clipped_value_loss(values: jax.Array, old_values: jax.Array, targets: jax.Array, clip_eps: float,
+                       weight: jax.Array | None = None) -> jax.Array:
+    """``0.5 E[max((v - G)^2, (v_old + clip(v - v_old, -eps, eps) - G)^2)]``."""
+    clipped = old_values + jnp.clip(values - old_values, -clip_eps, clip_eps)
+    return 0.5 * _mean(jnp.maximum((values - targets) ** 2, (clipped - targets) ** 2), weight)
+
+
+class LossInfo(NamedTuple):
+    total: jax.Array
+    policy: jax.Array
+    value: jax.Array
+    entropy: jax.Array
+    approx_kl: jax.Array
+    clip_frac: jax.Array
+
+
+def ppo_loss(logits: jax.Array, action_mask: jax.Array, actions: jax.Array, old_logp: jax.Array,
+             advantages: jax.Array, values: jax.Array, old_values: jax.Array, targets: jax.Array,
+             clip_eps: float, vf_coef: float, ent_coef: float,
+             weight: jax.Array | None = None, value_weight: jax.Array | None = None) -> LossInfo:
+    """Total PPO loss = policy + vf_coef * value - ent_coef * entropy, with diagnostics.
+
+    Policy terms are per agent (``logits`` (..., N, A), ``advantages`` broadcast to
+    (..., N)); the value terms have the critic's own shape.
+    """
+    logp = log_prob(logits, action_mask, actions)
+    adv = jnp.broadcast_to(advantages, logp.shape)
+    pol = clipped_surrogate(logp, old_logp, adv, clip_eps, weight)
+    val = clipped_value_loss(values, old_values, targets, clip_eps, value_weight)
+    ent = _mean(entropy(logits, action_mask), weight)
+    log_ratio = logp - old_logp
+    kl = _mean(jnp.exp(log_ratio) - 1.0 - log_ratio, weight)
+    clip_frac = _mean((jnp.abs(jnp.exp(log_ratio) - 1.0) > clip_eps).astype(jnp.float32), weight)
+    total = pol + vf_coef * val - ent_coef * ent
+    return LossInfo(total, pol, val, ent, kl, clip_frac)

@@ -1,0 +1,290 @@
+"""Anakin-style MAPPO: envs and learner in one compiled program per task.
+
+One *chunk* is ``updates_per_chunk`` PPO updates under a ``lax.scan``, ``pmap``-ed
+over devices (each device steps its own ``num_envs`` envs; gradients are
+averaged with ``pmean``). Each update: a fresh reset pool, a ``rollout_len``-step
+rollout of every env (:mod:`mtmarl.online.rollout`), GAE, then ``epochs`` passes
+of ``minibatches`` shuffled minibatches of the PPO loss (:mod:`mtmarl.online.ppo`).
+
+The actor is one MLP shared by every agent, reading only that agent's
+observation (no agent id), so it applies to any agent count; the centralised
+critic reads every agent's observation concatenated (``critic_input=obs``) or
+the env's global state (``critic_input=state``) and predicts the team value.
+
+``record`` plays ``record_envs`` envs (split over devices) for ``record_len``
+steps with the stochastic policy from fresh resets; :func:`to_experience` turns
+that into og-marl's layout, keeping only completed episodes.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+from typing import Any, Callable, NamedTuple, Sequence
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+
+from mtmarl.envs import Observation, TimeStep
+from mtmarl.evaluation.policies import Policy
+from mtmarl.online import ppo
+from mtmarl.online.rollout import EnvBatch, PoolMaker, ResetPool, Transition, rollout, start_from_pool
+
+AXIS = "device"
+
+
+@dataclasses.dataclass(frozen=True)
+class MappoConfig:
+    num_envs: int = 16  # per device
+    rollout_len: int = 32
+    epochs: int = 4
+    minibatches: int = 2
+    lr: float = 5e-4
+    gamma: float = 0.99
+    gae_lambda: float = 0.95
+    clip_eps: float = 0.2
+    ent_coef: float = 0.01
+    vf_coef: float = 0.5
+    max_grad_norm: float = 0.5
+    hidden: tuple[int, ...] = (64, 64)
+    critic_input: str = "obs"  # obs | state
+    resets_per_env: int = 4  # reset pool entries per env per update (wraps if exceeded)
+    updates_per_chunk: int = 10  # K: one compiled call; a recording follows each chunk
+    record_envs: int = 8  # R (total over devices)
+    record_len: int = 128  # T steps per recorded env
+    record_resets: int | None = None  # pool entries per recorded env; None = record_len // 5 + 1
+
+    @classmethod
+    def from_mapping(cls, cfg) -> "MappoConfig":
+        fields = {f.name for f in dataclasses.fields(cls)}
+        unknown = sorted(set(dict(cfg)) - fields)
+        if unknown:
+            from mtmarl.errors import UserInputError
+            raise UserInputError(f"unknown online setting(s) {', '.join(unknown)}; valid: {', '.join(sorted(fields))}")
+        kw = dict(cfg)
+        if "hidden" in kw:
+            kw["hidden"] = tuple(int(h) for h in kw["hidden"])
+        return cls(**kw)
+
+
+class Actor(nn.Module):
+    hidden: Sequence[int]
+    num_actions: int
+
+    @nn.compact
+    def __call__(self, agents_view: jax.Array) -> jax.Array:
+        x = agents_view
+        for h in self.hidden:
+            x = nn.tanh(nn.Dense(h, kernel_init=nn.initializers.orthogonal(math.sqrt(2)))(x))
+        return nn.Dense(self.num_actions, kernel_init=nn.initializers.orthogonal(0.01))(x)
+
+
+class Critic(nn.Module):
+    hidden: Sequence[int]
+
+    @nn.compact
+    def __call__(self, x: jax.Array) -> jax.Array:
+        for h in self.hidden:
+            x = nn.tanh(nn.Dense(h, kernel_init=nn.initializers.orthogonal(math.sqrt(2)))(x))
+        return nn.Dense(1, kernel_init=nn.initializers.orthogonal(1.0))(x)[..., 0]
+
+
+class TrainState(NamedTuple):
+    params: Any  # {"actor": ..., "critic": ...}
+    opt_state: Any
+    envs: EnvBatch
+    key: jax.Array
+    update: jax.Array  # () int32 updates done
+
+
+class UpdateMetrics(NamedTuple):
+    return_sum: jax.Array  # sum of returns of episodes finished during the update's rollout
+    episodes: jax.Array  # how many finished
+    length_sum: jax.Array
+    loss: ppo.LossInfo
+
+
+class System(NamedTuple):
+    config: MappoConfig
+    num_devices: int
+    init: Callable[[jax.Array], TrainState]  # -> state with a leading device axis
+    train_chunk: Callable[[TrainState], tuple[TrainState, UpdateMetrics]]  # metrics (D, K)
+    record: Callable[[TrainState, jax.Array], Transition]  # (D, T, B_dev, ...)
+    policy: Policy  # for make_evaluator, with params = actor params
+    env_steps_per_update: int
+    pools: PoolMaker
+    greedy_policy: Policy  # argmax over legal actions
+
+    def actor_params(self, state: TrainState) -> Any:
+        return jax.tree.map(lambda x: x[0], state.params["actor"])
+
+
+def masked_sample(key: jax.Array, logits: jax.Array, mask: jax.Array) -> jax.Array:
+    return jax.random.categorical(key, jnp.where(mask, logits, ppo.NEG_INF), axis=-1)
+
+
+def make_policy(actor: Actor, greedy: bool = False) -> Policy:
+    """One-episode policy over actor params (the evaluator's interface)."""
+    def act(params, obs: Observation, carry, key):
+        logits = actor.apply(params, obs.agents_view)
+        if greedy:
+            return jnp.argmax(jnp.where(obs.action_mask, logits, ppo.NEG_INF), -1), carry
+        return masked_sample(key, logits, obs.action_mask), carry
+    return Policy(init_carry=lambda params, num_agents: (), act=act)
+
+
+def make_system(env, cfg: MappoConfig, num_devices: int | None = None) -> System:
+    devices = jax.local_devices()[: num_devices or jax.local_device_count()]
+    n_dev = len(devices)
+    if cfg.critic_input not in ("obs", "state"):
+        raise ValueError(f"critic_input must be obs or state, got {cfg.critic_input!r}")
+    if cfg.critic_input == "state" and env.state_dim == 0:
+        raise ValueError(f"{env!r} has no global state; use critic_input=obs")
+    n, o, a = env.num_agents, env.obs_dim, env.num_actions
+    actor, critic = Actor(cfg.hidden, a), Critic(cfg.hidden)
+    critic_dim = n * o if cfg.critic_input == "obs" else env.state_dim
+    tx = optax.chain(optax.clip_by_global_norm(cfg.max_grad_norm), optax.adam(cfg.lr, eps=1e-5))
+    batch_size = cfg.num_envs * cfg.rollout_len
+    if batch_size % cfg.minibatches:
+        raise ValueError(f"num_envs*rollout_len={batch_size} is not divisible by minibatches={cfg.minibatches}")
+    rec_envs = -(-cfg.record_envs // n_dev)
+    rec_resets = cfg.record_resets or cfg.record_len // 5 + 1
+
+    def critic_in(ts_obs: Observation, state: jax.Array) -> jax.Array:
+        if cfg.critic_input == "obs":
+            return ts_obs.agents_view.reshape(ts_obs.agents_view.shape[:-2] + (n * o,))
+        return state
+
+    def value_fn(params, ts: TimeStep) -> jax.Array:
+        return critic.apply(params["critic"], critic_in(ts.observation, ts.state))
+
+    def act_fn(params, ts: TimeStep, key):
+        obs = ts.observation
+        logits = actor.apply(params["actor"], obs.agents_view)
+        keys = jax.random.split(key, logits.shape[0])
+        actions = jax.vmap(masked_sample)(keys, logits, obs.action_mask)
+        return actions, ppo.log_prob(logits, obs.action_mask, actions), value_fn(params, ts)
+
+    def init_one(state_key, param_key, pool: ResetPool):
+        params = {"actor": actor.init(param_key, jnp.zeros((1, o))),
+                  "critic": critic.init(jax.random.fold_in(param_key, 1), jnp.zeros((1, critic_dim)))}
+        return TrainState(params, tx.init(params), start_from_pool(pool), state_key, jnp.int32(0))
+
+    def loss_fn(params, mb: Transition, adv, targets):
+        logits = actor.apply(params["actor"], mb.obs.agents_view)
+        values = critic.apply(params["critic"], critic_in(mb.obs, mb.state))
+        active = mb.obs.active.astype(jnp.float32)
+        info = ppo.ppo_loss(logits, mb.obs.action_mask, mb.actions, mb.logp, adv[:, None], values,
+                            mb.value, targets, cfg.clip_eps, cfg.vf_coef, cfg.ent_coef, weight=active)
+        return info.total, info
+
+    def update(state: TrainState, pool: ResetPool):
+        key, roll_key, shuffle_key = jax.random.split(state.key, 3)
+        envs = state.envs._replace(cursor=jnp.zeros_like(state.envs.cursor))  # fresh pool
+        envs, traj = rollout(env, act_fn, value_fn, state.params, envs, pool, roll_key, cfg.rollout_len)
+        adv, targets = ppo.gae(traj.reward, traj.value, traj.next_value, traj.terminal, traj.done,
+                               cfg.gamma, cfg.gae_lambda)
+        flat = lambda x: x.reshape((batch_size,) + x.shape[2:])
+        data = jax.tree.map(flat, (traj, adv, targets))
+
+        def epoch(carry, ekey):
+            params, opt_state = carry
+            perm = jax.random.permutation(ekey, batch_size)
+            mbs = jax.tree.map(lambda x: x[perm].reshape((cfg.minibatches, -1) + x.shape[1:]), data)
+
+            def minibatch(carry, mb):
+                params, opt_state = carry
+                tr, a, t = mb
+                a = (a - a.mean()) / (a.std() + 1e-8)
+                grads, info = jax.grad(loss_fn, has_aux=True)(params, tr, a, t)
+                grads = jax.lax.pmean(grads, AXIS)
+                upd, opt_state = tx.update(grads, opt_state, params)
+                return (optax.apply_updates(params, upd), opt_state), info
+
+            return jax.lax.scan(minibatch, (params, opt_state), mbs)
+
+        (params, opt_state), infos = jax.lax.scan(
+            epoch, (state.params, state.opt_state), jax.random.split(shuffle_key, cfg.epochs))
+        done = traj.done.astype(jnp.float32)
+        metrics = UpdateMetrics(jax.lax.psum(traj.episode_return.sum(), AXIS), jax.lax.psum(done.sum(), AXIS),
+                                jax.lax.psum(traj.episode_length.sum(), AXIS),
+                                jax.tree.map(lambda x: jax.lax.pmean(x.mean(), AXIS), infos))
+        return TrainState(params, opt_state, envs, key, state.update + 1), metrics
+
+    def chunk(state: TrainState, pools: ResetPool):
+        return jax.lax.scan(update, state, pools)
+
+    def record_one(state: TrainState, pool: ResetPool, key):
+        envs = start_from_pool(pool)
+        _, traj = rollout(env, act_fn, value_fn, state.params, envs, pool, key, cfg.record_len)
+        return traj
+
+    pools = PoolMaker(env, cfg.num_envs * cfg.resets_per_env)
+    pinit = jax.pmap(init_one, in_axes=(0, None, 0), devices=devices, axis_name=AXIS)
+    ptrain = jax.pmap(chunk, devices=devices, axis_name=AXIS)
+    precord = jax.pmap(record_one, devices=devices, axis_name=AXIS)
+
+    def init(key):
+        key, param_key, pool_key = jax.random.split(key, 3)
+        return pinit(jax.random.split(key, n_dev), param_key, pools(pool_key, (n_dev, cfg.num_envs, 1)))
+
+    def train_chunk(state):
+        # The chunk's reset pools come from the state's key stream (device 0's key).
+        pool_key = jax.random.fold_in(np.asarray(jax.device_get(state.key[0])), 0x5EED)
+        return ptrain(state, pools(pool_key, (n_dev, cfg.updates_per_chunk, cfg.num_envs, cfg.resets_per_env)))
+
+    def record(state, key):
+        pool_key, key = jax.random.split(key)
+        return precord(state, pools(pool_key, (n_dev, rec_envs, rec_resets)), jax.random.split(key, n_dev))
+
+    return System(cfg, n_dev, init, train_chunk, record, make_policy(actor),
+                  n_dev * cfg.num_envs * cfg.rollout_len, pools, make_policy(actor, greedy=True))
+
+
+def to_experience(traj: Transition) -> dict[str, Any]:
+    """Recorded (D, T, B, ...) transitions -> og-marl experience (1, L, ...) of completed episodes.
+
+    Each env is one stream starting at a fresh reset; steps after its last
+    episode end are dropped, and the streams are concatenated along time.
+    """
+    traj = jax.device_get(traj)
+    streams = lambda x: np.swapaxes(np.asarray(x), 1, 2).reshape((-1, x.shape[1]) + x.shape[3:])
+    tr = jax.tree.map(streams, traj)  # (D*B, T, ...)
+    done = tr.terminal | tr.truncated
+    pieces = []
+    for i in range(done.shape[0]):
+        ends = np.flatnonzero(done[i])
+        if ends.size:
+            pieces.append((i, ends[-1] + 1))
+    n = tr.actions.shape[-1]
+
+    def cat(x):
+        if not pieces:
+            return np.zeros((0,) + x.shape[2:], x.dtype)
+        return np.concatenate([x[i, :stop] for i, stop in pieces])
+
+    team = lambda x: np.repeat(cat(x)[:, None], n, axis=1)
+    exp = {
+        "observations": cat(tr.obs.agents_view).astype(np.float32),
+        "actions": cat(tr.actions).astype(np.int32),
+        "rewards": team(tr.reward).astype(np.float32),
+        "terminals": team(tr.terminal).astype(np.float32),
+        "truncations": team(tr.truncated).astype(np.float32),
+        "infos": {"legals": cat(tr.obs.action_mask).astype(bool),
+                  "state": cat(tr.state).astype(np.float32)},
+    }
+    return jax.tree.map(lambda x: x[None], exp)
+
+
+def chunk_summary(metrics: UpdateMetrics) -> dict[str, float]:
+    """Host-side summary of one chunk's (D, K) metrics (device 0; they are all-reduced)."""
+    m = jax.tree.map(lambda x: np.asarray(x)[0], jax.device_get(metrics))
+    eps = float(m.episodes.sum())
+    return {"episodes": eps,
+            "return": float(m.return_sum.sum() / eps) if eps else float("nan"),
+            "length": float(m.length_sum.sum() / eps) if eps else float("nan"),
+            "policy_loss": float(m.loss.policy.mean()), "value_loss": float(m.loss.value.mean()),
+            "entropy": float(m.loss.entropy.mean()), "approx_kl": float(m.loss.approx_kl.mean())}
