@@ -1,0 +1,110 @@
+"""Multi-task offline training from vaults, then zero-shot evaluation of the best checkpoint.
+
+    python -m mtmarl.train +algo=mt_oryx +tasks=rware_15                 # ~15 min preset
+    python -m mtmarl.train +algo=mt_bc_sable +tasks=lbf_5 training=quick  # ~1 min smoke run
+    python -m mtmarl.train +algo=mt_oryx +tasks=rware_15 training=paper network.embed_dim=256
+    python -m mtmarl.train +algo=mt_oryx +tasks=rware_15 algo.hl_gauss=false data.balanced=false \\
+        agents.shuffle=false agents.mask=false                            # ablation switches
+    python -m mtmarl.train ... resume=true hydra.run.dir=<run dir>       # continue an interrupted run
+
+Reads ``<data.root>/<env>/<task name>.vlt`` for every training task, trains
+with updates compiled into ``lax.scan`` chunks pmapped over the local devices,
+evaluates train and test tasks every ``training.eval_every`` updates (the best
+checkpoint is chosen on TRAINING tasks only), and finally evaluates the best
+checkpoint with ``eval.episodes`` episodes per task. The run directory gets
+``config.yaml`` (resolved), ``metrics.jsonl``, ``checkpoints/``,
+``results.json`` (marl-eval layout) and ``summary.json`` (per task and split).
+"""
+
+from __future__ import annotations
+
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import hydra
+from omegaconf import DictConfig, OmegaConf
+
+from mtmarl.errors import UserInputError
+from mtmarl.runtime import enable_compilation_cache, quote_task_overrides, user_errors_exit
+
+
+def _resolve(cfg: DictConfig) -> dict[str, Any]:
+    if cfg.get("algo") is None:
+        raise UserInputError("no algorithm given: add +algo=<mt_oryx|mt_cql_sable|mt_bc_sable>")
+    if cfg.eval.episodes < 1:
+        raise UserInputError(f"eval.episodes must be >= 1, got {cfg.eval.episodes}")
+    return OmegaConf.to_container(cfg, resolve=True)
+
+
+@user_errors_exit
+def run(cfg: DictConfig, run_dir: Path | None = None, stop_after: int | None = None) -> list[dict[str, Any]]:
+    from mtmarl.evaluate import evaluate_set, resolve_task_set
+    from mtmarl.evaluation.references import load_references
+    from mtmarl.evaluation.results import print_table, write_results
+    from mtmarl.training.checkpoint import Checkpointer
+    from mtmarl.training.logging import RunLogger
+    from mtmarl.training.loop import CONFIG_NAME, run_training, write_json
+    from mtmarl.training.policy import make_policy
+
+    enable_compilation_cache()
+    plain = _resolve(cfg)
+    task_set = resolve_task_set(cfg)
+    if run_dir is None:
+        run_dir = Path(hydra.core.hydra_config.HydraConfig.get().runtime.output_dir)
+    run_dir.mkdir(parents=True, exist_ok=True)
+    references = load_references(cfg.references)
+    (run_dir / CONFIG_NAME).write_text(OmegaConf.to_yaml(cfg, resolve=True))
+
+    lg = plain["logger"]
+    resuming = bool(plain.get("resume")) and (run_dir / "metrics.jsonl").exists()
+    log = RunLogger(run_dir, int(plain["training"]["updates"]), neptune=bool(lg["neptune"]),
+                    project=lg.get("project"), token=lg.get("api_token"), mode=lg.get("mode"),
+                    tags=tuple(lg.get("tags") or ()) + (plain["algo"]["name"], task_set.name),
+                    config=plain, progress=bool(lg.get("progress", True)), resume_file=resuming)
+    try:
+        out = run_training(plain, task_set, run_dir, references, log=log, stop_after=stop_after)
+        if out["updates"] < int(plain["training"]["updates"]):
+            print(f"stopped after {out['updates']} updates; continue with resume=true hydra.run.dir={run_dir}")
+            return []
+        algo, carry = out["algo"], out["carry"]
+        params, which = carry.state.params, "final"
+        if out["best_step"] is not None:
+            ckpt = Checkpointer(run_dir / "checkpoints")
+            best, _ = ckpt.restore(out["template"], "best")
+            ckpt.close()
+            params, which = best.state.params, f"best (update {out['best_step']})"
+        splits = [s for s in ("train", "test") if task_set.split(s)]
+        start = time.perf_counter()
+        episodes, periodic = int(plain["eval"]["episodes"]), out["evaluator"]
+        if periodic.episodes == episodes and {s for s, _ in periodic.todo} >= set(splits):
+            rows = periodic(params, None, splits)  # reuse the compiled evaluators
+        else:
+            rows = evaluate_set(task_set, splits, make_policy(algo, bool(plain["eval"].get("greedy", False))),
+                                params, episodes, int(plain["seed"]), references,
+                                plain["eval"].get("devices"), progress=bool(lg.get("progress", True)))
+        elapsed = time.perf_counter() - start
+        for row in rows:
+            log.log(out["updates"], {f"{row['split']}/{row['name']}": row["mean_return"]}, prefix="final")
+        path = write_results(run_dir, rows, algorithm=algo.name, seed=int(plain["seed"]))
+        write_json(run_dir / "run.json", {"updates": out["updates"], "best_step": out["best_step"],
+                                          "best_train_score": out["best_score"], "evaluated": which,
+                                          "train_seconds": out["train_seconds"], "eval_seconds": elapsed})
+        log.set_summary("summary/best_step", out["best_step"] if out["best_step"] is not None else -1)
+    finally:
+        log.close()
+    print_table(rows, title=f"{algo.name} on {task_set.name}: {which} params, "
+                            f"{plain['eval']['episodes']} episodes/task ({out['train_seconds']:.0f} s training)")
+    print(f"results: {path}")
+    return rows
+
+
+@hydra.main(version_base=None, config_path="../configs", config_name="train")
+def main(cfg: DictConfig) -> None:
+    run(cfg)
+
+
+if __name__ == "__main__":
+    sys.argv = quote_task_overrides(sys.argv)
+    main()

@@ -1,0 +1,1 @@
+"""Training: compiled learner, evaluation policy adapter, checkpoints and logging."""

@@ -1,0 +1,199 @@
+"""The training run behind ``python -m mtmarl.train``: data, learner, evaluation, checkpoints, results."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import time
+from pathlib import Path
+from typing import Any, Mapping
+
+import jax
+import numpy as np
+
+from mtmarl.algos.common import Algo, load_algo_config, make_algo
+from mtmarl.data.batching import return_range
+from mtmarl.errors import UserInputError
+from mtmarl.evaluation.references import reference_for
+from mtmarl.evaluation.results import summarise
+from mtmarl.evaluation.rollout import make_evaluator
+from mtmarl.networks.sable import SableConfig
+from mtmarl.tasks import TaskSet
+from mtmarl.training.checkpoint import Checkpointer, is_better, train_score
+from mtmarl.training.data import build_buffers, load_task_data
+from mtmarl.training.engine import Carry, Learner
+from mtmarl.training.policy import make_policy
+
+CONFIG_NAME = "config.yaml"  # resolved config, written in the run directory
+ALGO_FILE = "algo.json"      # the exact algorithm + network configs trained (incl. the HL-Gauss support)
+
+
+def build_algo(algo_cfg: Mapping[str, Any], net_cfg: Mapping[str, Any], training: Mapping[str, Any],
+               data_cfg: Mapping[str, Any], agents: Mapping[str, Any], n_actions: int,
+               value_range: tuple[float, float] | None = None) -> Algo:
+    """The algorithm with the CLI's ablation switches and batch overrides mapped onto its config."""
+    algo_cfg = dict(algo_cfg)
+    name = algo_cfg.pop("name", None)
+    if name is None:
+        raise UserInputError("no algorithm given: add +algo=<mt_oryx|mt_cql_sable|mt_bc_sable>")
+    algo_cfg.update(balanced=bool(data_cfg.get("balanced", True)), shuffle=bool(agents.get("shuffle", True)),
+                    mask=bool(agents.get("mask", True)))
+    for key in ("batch_size", "seq_len"):
+        if training.get(key) is not None:
+            algo_cfg[key] = int(training[key])
+    if value_range is not None:
+        algo_cfg["v_min"], algo_cfg["v_max"] = value_range
+    cfg = load_algo_config(name, **algo_cfg)
+    return make_algo(name, cfg, SableConfig.from_dict(dict(net_cfg)), n_actions)
+
+
+def data_value_range(data, gamma: float) -> tuple[float, float]:
+    """HL-Gauss support covering the data's discounted returns, with a margin of 10% (at least 1)."""
+    lo, hi = return_range(data, gamma)
+    margin = max(1.0, 0.1 * (hi - lo))
+    return float(np.floor(lo - margin)), float(np.ceil(hi + margin))
+
+
+class PeriodicEvaluator:
+    """Evaluators compiled once per task and reused at every periodic evaluation.
+
+    ``step=None`` uses each task's plain evaluation key (as ``mtmarl.evaluate``
+    does); periodic evaluations fold the update count into it.
+    """
+
+    def __init__(self, task_set: TaskSet, splits, policy, episodes: int, seed: int,
+                 references: dict[str, float], devices: int | None):
+        from mtmarl.evaluate import task_key
+
+        self.todo = [(split, spec) for split in splits for spec in task_set.split(split)]
+        self.task_set, self.policy, self.episodes = task_set, policy, episodes
+        self.seed, self.references, self.devices = seed, references, devices
+        self.task_key = task_key
+        self._fns: dict[Any, Any] = {}
+
+    def __call__(self, params, step: int | None, splits=None) -> list[dict[str, Any]]:
+        rows = []
+        for split, spec in self.todo:
+            if splits is not None and split not in splits:
+                continue
+            env = self.task_set.padded(spec)
+            fn = self._fns.get(spec)
+            if fn is None:
+                fn = self._fns[spec] = make_evaluator(env, self.policy, self.episodes, self.devices)
+            key = self.task_key(self.seed, spec)
+            if step is not None:
+                key = jax.random.fold_in(key, step)
+            stats = jax.device_get(fn(params, key))
+            info = {"name": spec.name, "task": spec.adhoc, "env": spec.env, "split": split,
+                    "agents": env.inner.num_agents}
+            rows.append(summarise(info, stats, reference_for(spec, self.references)))
+        return rows
+
+
+def eval_metrics(rows: list[dict[str, Any]]) -> dict[str, float]:
+    out: dict[str, float] = {}
+    for split in ("train", "test"):
+        sel = [r for r in rows if r["split"] == split]
+        if not sel:
+            continue
+        out[f"{split}_return"] = float(np.mean([r["mean_return"] for r in sel]))
+        norms = [r["normalised_return"] for r in sel if r["normalised_return"] is not None]
+        if len(norms) == len(sel):
+            out[f"{split}_normalised"] = float(np.mean(norms))
+        for r in sel:
+            out[f"{split}/{r['name']}"] = r["mean_return"]
+    if any(r["split"] == "train" for r in rows):
+        out["train_score"] = train_score(rows)
+    return out
+
+
+def _round_to(every: int, k: int) -> int:
+    return 0 if every <= 0 else max(k, (every // k) * k)
+
+
+def run_training(cfg: Mapping[str, Any], task_set: TaskSet, run_dir: Path, references: dict[str, float],
+                 log=None, stop_after: int | None = None) -> dict[str, Any]:
+    """Train, evaluate periodically, checkpoint; returns the final carry, algo and the best step.
+
+    ``cfg`` is the resolved config as plain containers. ``stop_after`` ends the run
+    after that many updates (tests use it to simulate a crash).
+    """
+    training, seed = cfg["training"], int(cfg["seed"])
+    data = load_task_data(task_set, cfg["data"]["root"], cfg["data"].get("uid"), cfg["data"].get("verify", True))
+    n_actions = {d["legals"].shape[-1] for d in data}.pop()
+    algo = build_algo(cfg["algo"], cfg["network"], training, cfg["data"], cfg["agents"], n_actions)
+    if algo.cfg.hl_gauss and algo.net.cfg.q_bins and training.get("value_range", "data") == "data":
+        algo = build_algo(cfg["algo"], cfg["network"], training, cfg["data"], cfg["agents"], n_actions,
+                          data_value_range(data, algo.cfg.gamma))
+    write_json(run_dir / ALGO_FILE, {"name": algo.name, "n_actions": n_actions, **sable_summary(algo)})
+    buffers = build_buffers(task_set, data, algo.cfg.seq_len)
+    del data
+    K = int(training["updates_per_call"])
+    total = int(training["updates"])
+    if total % K:
+        raise UserInputError(f"training.updates ({total}) must be a multiple of updates_per_call ({K})")
+    learner = Learner(algo, buffers, algo.cfg.sampler(), K, training.get("devices"))
+    log_every = _round_to(int(training["log_every"]), K) or K
+    eval_every = _round_to(int(training["eval_every"]), K)
+    ckpt_every = _round_to(int(training["checkpoint_every"]), K)
+
+    ckpt = Checkpointer(run_dir / "checkpoints", int(training.get("keep_checkpoints", 2)))
+    carry = learner.init(seed)
+    template = carry
+    best, best_step, done = None, None, 0
+    if cfg.get("resume") and ckpt.latest_step() is not None:
+        carry, meta = ckpt.restore(template, "latest")
+        done, best, best_step = int(meta["updates"]), meta.get("best_score"), meta.get("best_step")
+        if log is not None:
+            log.log(done, {"resumed_from": done}, prefix="run")
+    elif cfg.get("resume"):
+        print(f"resume=true but no checkpoint in {ckpt.directory}; starting from scratch")
+
+    policy = make_policy(algo, bool(cfg["eval"].get("greedy", False)))
+    periodic = PeriodicEvaluator(task_set, [s for s in training["eval_splits"] if task_set.split(s)], policy,
+                                 int(training["eval_episodes"]), seed, references, cfg["eval"].get("devices"))
+    rows: list[dict[str, Any]] = []
+
+    def evaluate_and_select(step: int, carry: Carry):
+        nonlocal best, best_step, rows
+        rows = periodic(carry.state.params, step)
+        metrics = eval_metrics(rows)
+        if log is not None:
+            log.log(step, metrics, prefix="eval")
+        score = metrics.get("train_score")
+        if score is not None and is_better(score, best):
+            best, best_step = score, step
+            ckpt.save_best(step, carry, {"updates": step, "score": score, "rows": _strip(rows)})
+
+    t_train = time.perf_counter()
+    while done < total:
+        carry, metrics = learner.run(carry)
+        done += K
+        if log is not None:
+            if done % log_every == 0 or done == total:
+                log.log(done, metrics)
+            log.advance(done)
+        if eval_every and done % eval_every == 0 and done < total:
+            evaluate_and_select(done, carry)
+        if (ckpt_every and done % ckpt_every == 0) or done == total:
+            ckpt.save_latest(done, carry, {"updates": done, "best_score": best, "best_step": best_step})
+        if stop_after is not None and done >= stop_after:
+            break
+    train_seconds = time.perf_counter() - t_train
+    if done >= total:
+        evaluate_and_select(done, carry)  # the final parameters are a candidate for "best" too
+    ckpt.close()
+    return {"carry": carry, "algo": algo, "learner": learner, "evaluator": periodic, "updates": done, "best_step": best_step,
+            "best_score": best, "train_seconds": train_seconds, "template": template}
+
+
+def _strip(rows):
+    return [{k: v for k, v in r.items() if k != "returns"} for r in rows]
+
+
+def write_json(path: Path, obj: Any) -> None:
+    path.write_text(json.dumps(obj, indent=1, default=lambda o: o.item() if hasattr(o, "item") else str(o)))
+
+
+def sable_summary(algo: Algo) -> dict[str, Any]:
+    return {"algo": dataclasses.asdict(algo.cfg), "network": dataclasses.asdict(algo.net.cfg)}

@@ -1,0 +1,69 @@
+"""Trained policies back from a run directory (for evaluation outside the training run).
+
+``load_trained(run_dir)`` rebuilds the algorithm from ``algo.json`` (the exact
+configs trained, including the HL-Gauss support taken from the data), restores
+the best checkpoint (else the latest) and returns an evaluator ``Policy``,
+its params, the algorithm name and the run's task-set config.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+from omegaconf import OmegaConf
+
+from mtmarl.algos.common import load_algo_config, make_algo
+from mtmarl.errors import UserInputError
+from mtmarl.networks.sable import SableConfig
+from mtmarl.training.checkpoint import Checkpointer
+from mtmarl.training.engine import Carry, _ObsOnly as _Obs
+from mtmarl.training.loop import ALGO_FILE, CONFIG_NAME
+from mtmarl.training.policy import make_policy
+
+
+def load_trained(run_dir: str | Path, which: str | None = None, greedy: bool = False):
+    """(policy, params, algo name, info) from a training run directory.
+
+    ``which``: 'best', 'latest' or None (best if there is one, else latest).
+    ``info`` holds ``tasks`` (the run's task-set config, or None for an ad-hoc
+    ``task``), ``task``, ``checkpoint`` (kind and update count) and ``seed``.
+    """
+    run_dir = Path(run_dir)
+    algo_file, cfg_file = run_dir / ALGO_FILE, run_dir / CONFIG_NAME
+    if not algo_file.is_file() or not cfg_file.is_file():
+        raise UserInputError(f"{run_dir} is not a training run directory (no {ALGO_FILE} / {CONFIG_NAME}); "
+                             f"pass the directory `python -m mtmarl.train` wrote")
+    spec = json.loads(algo_file.read_text())
+    cfg = OmegaConf.to_container(OmegaConf.load(cfg_file), resolve=True)
+    algo_cfg = load_algo_config(spec["name"], **{k: v for k, v in spec["algo"].items() if k != "name"})
+    algo = make_algo(spec["name"], algo_cfg, SableConfig.from_dict(spec["network"]), spec["n_actions"])
+
+    obs_dim = _obs_dim(cfg)
+    sample = _Obs(jax.ShapeDtypeStruct((1, 1, 1, obs_dim), jnp.float32))
+    state = jax.eval_shape(algo.init, jax.ShapeDtypeStruct((2,), jnp.uint32), sample)
+    template = Carry(state, jax.ShapeDtypeStruct((2,), jnp.uint32))
+    ckpt = Checkpointer(run_dir / "checkpoints")
+    try:
+        if which is None:
+            which = "best" if ckpt.latest_step("best") is not None else "latest"
+        step = ckpt.latest_step(which)
+        carry, meta = ckpt.restore(template, which)
+    finally:
+        ckpt.close()
+    info = {"tasks": cfg.get("tasks"), "task": cfg.get("task"), "seed": cfg.get("seed", 0),
+            "checkpoint": {"kind": which, "step": step, "meta": meta}}
+    return make_policy(algo, greedy), carry.state.params, spec["name"], info
+
+
+def _obs_dim(cfg: dict[str, Any]) -> int:
+    from mtmarl import tasks as task_registry
+
+    if cfg.get("task"):
+        task_set = task_registry.load(str(cfg["task"]))
+    else:
+        task_set = task_registry.from_config(cfg["tasks"])
+    return task_set.padding["obs_dim"]
