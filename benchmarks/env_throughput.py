@@ -18,7 +18,8 @@ and interleaved run by run:
 Executed steps are B*horizon for (a) and B*max(lengths) for the evaluator (its
 loop stops once every episode has ended; under pmap each device stops on its
 own, so per device). "Useful" steps (sum of lengths) are reported too.
-Overhead = (time per executed step) / (that of (a)) - 1.
+Overhead = (time per executed step) / (that of (a)) - 1, from wall time (median)
+and from process CPU time (robust when other processes share the cores).
 
     python benchmarks/env_throughput.py [--episodes 320] [--quick] [--tasks rware lbf_5/8x8]
 """
@@ -78,9 +79,11 @@ def find(set_name: str, task_name: str):
 
 
 def timed(fn):
-    t0 = time.perf_counter()
+    """(wall s, process CPU s, output). CPU time is robust to other processes
+    competing for the cores; for pmap it sums both devices' threads."""
+    t0, c0 = time.perf_counter(), time.process_time()
     out = jax.block_until_ready(fn())
-    return time.perf_counter() - t0, out
+    return time.perf_counter() - t0, time.process_time() - c0, out
 
 
 def bench_task(set_name: str, task_name: str, B: int, reps: int) -> dict:
@@ -96,14 +99,16 @@ def bench_task(set_name: str, task_name: str, B: int, reps: int) -> dict:
 
     res: dict[str, dict] = {}
     for name, call in calls.items():  # first call = compile + one run; then a warm-up run
-        compile_s, out = timed(call)
+        compile_s, _, out = timed(call)
         # Very short runs are repeated `inner` times per timing so each lasts >= ~0.2 s.
         inner = max(1, int(0.2 / max(timed(call)[0], 1e-4)))
-        res[name] = {"compile_s": compile_s, "out": out, "inner": inner, "times": []}
+        res[name] = {"compile_s": compile_s, "out": out, "inner": inner, "times": [], "cpu_times": []}
     for _ in range(reps):  # interleaved steady-state runs
         for name, call in calls.items():
             n = res[name]["inner"]
-            res[name]["times"].append(timed(lambda: [call() for _ in range(n)])[0] / n)
+            wall, cpu, _ = timed(lambda: [call() for _ in range(n)])
+            res[name]["times"].append(wall / n)
+            res[name]["cpu_times"].append(cpu / n)
 
     per_dev = -(-B // 2)
     for name, r in res.items():
@@ -120,14 +125,16 @@ def bench_task(set_name: str, task_name: str, B: int, reps: int) -> dict:
                 executed = B * iters
             useful = int(lengths.sum())
             r["mean_return"] = float(np.asarray(out.returns).mean())
-        steady = statistics.median(r["times"])
+        steady, cpu = statistics.median(r["times"]), statistics.median(r["cpu_times"])
         r.update(iterations=iters, executed_steps=executed, useful_steps=useful,
-                 steady_s=steady, steps_per_s=executed / steady,
+                 steady_s=steady, min_s=min(r["times"]), cpu_s=cpu,
+                 steps_per_s=executed / steady, cpu_us_per_step=1e6 * cpu / executed,
                  useful_steps_per_s=None if useful is None else useful / steady)
-    base = res["a_raw"]["steps_per_s"]
+    base, base_cpu = res["a_raw"]["steps_per_s"], res["a_raw"]["cpu_us_per_step"]
     for name in ("b_wrap", "c_pad", "d_pad_2dev"):
         if name in res:
             res[name]["overhead_pct"] = 100.0 * (base / res[name]["steps_per_s"] - 1.0)
+            res[name]["cpu_overhead_pct"] = 100.0 * (res[name]["cpu_us_per_step"] / base_cpu - 1.0)
     if "d_pad_2dev" in res:  # same episodes, same results: wall-clock speedup
         res["d_pad_2dev"]["speedup_vs_c"] = res["c_pad"]["steady_s"] / res["d_pad_2dev"]["steady_s"]
     return {"set": set_name, "task": task_name, "task_spec": spec.adhoc, "episodes": B,
@@ -142,7 +149,7 @@ def print_table(rows: list[dict]) -> None:
     table = Table(title=f"env throughput, B={rows[0]['episodes']} episodes, "
                         f"{jax.local_device_count()} device(s)")
     for col in ("task", "variant", "iters", "exec steps", "useful", "compile s", "steady s",
-                "Ksteps/s", "overhead %", "speedup"):
+                "min s", "Ksteps/s", "overhead %", "cpu µs/step", "cpu ovh %", "speedup"):
         table.add_column(col, justify="left" if col in ("task", "variant") else "right")
     for row in rows:
         for i, (name, r) in enumerate(row["variants"].items()):
@@ -150,11 +157,13 @@ def print_table(rows: list[dict]) -> None:
                 f"{row['set']}/{row['task']} ({row['agents']}->{row['padded_agents']}ag)" if i == 0 else "",
                 name, str(r["iterations"]), str(r["executed_steps"]),
                 "" if r["useful_steps"] is None else str(r["useful_steps"]),
-                f"{r['compile_s']:.2f}", f"{r['steady_s']:.3f}", f"{r['steps_per_s'] / 1e3:.1f}",
-                f"{r['overhead_pct']:+.1f}" if "overhead_pct" in r else "",
+                f"{r['compile_s']:.2f}", f"{r['steady_s']:.3f}", f"{r['min_s']:.3f}",
+                f"{r['steps_per_s'] / 1e3:.1f}", f"{r['overhead_pct']:+.1f}" if "overhead_pct" in r else "",
+                f"{r['cpu_us_per_step']:.2f}",
+                f"{r['cpu_overhead_pct']:+.1f}" if "cpu_overhead_pct" in r else "",
                 f"{r['speedup_vs_c']:.2f}x" if "speedup_vs_c" in r else "",
                 end_section=i == len(row["variants"]) - 1)
-    Console(width=150).print(table)
+    Console(width=180).print(table)
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -23,9 +23,9 @@ class EpisodeStats(NamedTuple):
     lengths: jax.Array  # (E,) steps to that end (horizon if it never ended)
 
 
-def episode_keys(key: jax.Array, num_episodes: int) -> jax.Array:
+def episode_keys(key: jax.Array, num_episodes: int, first=0) -> jax.Array:
     """Key i depends on (key, i) only, so padding the episode count changes no episode."""
-    return jax.vmap(jax.random.fold_in, in_axes=(None, 0))(key, jnp.arange(num_episodes))
+    return jax.vmap(jax.random.fold_in, in_axes=(None, 0))(key, first + jnp.arange(num_episodes))
 
 
 def run_episodes(env, policy: Policy, params: Any, keys: jax.Array) -> EpisodeStats:
@@ -67,20 +67,18 @@ def make_evaluator(env, policy: Policy, num_episodes: int,
     n_dev = len(devices)
     per_device = -(-num_episodes // n_dev)
 
-    def batch(params, keys):
-        return run_episodes(env, policy, params, keys)
+    def batch(params, key, first):
+        """Episodes first..first+per_device-1; keys are made inside the compiled program."""
+        return run_episodes(env, policy, params, episode_keys(key, per_device, first))
 
     if n_dev == 1:
         compiled = jax.jit(batch)
+        return lambda params, key: compiled(params, key, 0)
 
-        def evaluate(params, key):
-            return compiled(params, episode_keys(key, num_episodes))
-        return evaluate
-
-    sharded = jax.pmap(batch, in_axes=(None, 0), devices=devices)
+    sharded = jax.pmap(batch, in_axes=(None, None, 0), devices=devices)
+    starts = jnp.arange(n_dev) * per_device
 
     def evaluate(params, key):
-        keys = episode_keys(key, per_device * n_dev).reshape(n_dev, per_device, -1)
-        stats = sharded(params, keys)
+        stats = sharded(params, key, starts)
         return jax.tree.map(lambda x: x.reshape(-1)[:num_episodes], stats)
     return evaluate
