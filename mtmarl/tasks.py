@@ -12,6 +12,7 @@ count and observation size, so one compiled network reads them all.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import dataclasses
 import functools
 import json
@@ -29,14 +30,13 @@ TASKS_DIR = CONFIG_DIR / "tasks"
 
 
 def _parse_value(text: str) -> Any:
+    """Command-line value -> bool, int, float or (otherwise) the string itself."""
     low = text.lower()
     if low in ("true", "false"):
         return low == "true"
     for cast in (int, float):
-        try:
+        with contextlib.suppress(ValueError):
             return cast(text)
-        except ValueError:
-            pass
     return text
 
 
