@@ -22,13 +22,11 @@ from __future__ import annotations
 
 import json
 import os
-import sys
 import time
 import zlib
 from pathlib import Path
 from typing import Any
 
-import hydra
 import jax
 import numpy as np
 from omegaconf import DictConfig, OmegaConf
@@ -37,7 +35,7 @@ from mtmarl import tasks as task_registry
 from mtmarl.data import vault as vault_io
 from mtmarl.errors import UserInputError
 from mtmarl.evaluation.rollout import make_evaluator
-from mtmarl.runtime import enable_compilation_cache, quote_task_overrides, user_errors_exit
+from mtmarl.runtime import enable_compilation_cache, hydra_cli, user_errors_exit
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -254,11 +252,5 @@ def run(cfg: DictConfig) -> list[dict[str, Any]]:
     return results
 
 
-@hydra.main(version_base=None, config_path="../configs", config_name="collect")
-def main(cfg: DictConfig) -> None:
-    run(cfg)
-
-
 if __name__ == "__main__":
-    sys.argv = quote_task_overrides(sys.argv)
-    main()
+    hydra_cli("collect", run)

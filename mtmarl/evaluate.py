@@ -11,7 +11,6 @@ directory; ``render=true`` adds one GIF per task.
 from __future__ import annotations
 
 import re
-import sys
 import time
 import zlib
 from pathlib import Path
@@ -28,7 +27,7 @@ from mtmarl.evaluation.references import load_references, reference_for
 from mtmarl.evaluation.render import record_episode, save_gif
 from mtmarl.evaluation.results import print_table, summarise, write_results
 from mtmarl.evaluation.rollout import make_evaluator
-from mtmarl.runtime import enable_compilation_cache, quote_task_overrides, user_errors_exit
+from mtmarl.runtime import enable_compilation_cache, hydra_cli, user_errors_exit
 
 
 def task_key(seed: int, spec: task_registry.TaskSpec) -> jax.Array:
@@ -107,11 +106,5 @@ def run(cfg: DictConfig) -> list[dict[str, Any]]:
     return rows
 
 
-@hydra.main(version_base=None, config_path="../configs", config_name="evaluate")
-def main(cfg: DictConfig) -> None:
-    run(cfg)
-
-
 if __name__ == "__main__":
-    sys.argv = quote_task_overrides(sys.argv)
-    main()
+    hydra_cli("evaluate", run)

@@ -46,3 +46,14 @@ def quote_task_overrides(argv: list[str], keys: tuple[str, ...] = ("task",)) -> 
             arg = f"{key}='{value}'"
         out.append(arg)
     return out
+
+
+CONFIG_DIR = Path(__file__).resolve().parent.parent / "configs"
+
+
+def hydra_cli(config_name: str, run: Callable) -> None:
+    """Run ``run(cfg)`` as a Hydra app on ``configs/<config_name>.yaml`` (ad-hoc task args quoted)."""
+    import hydra
+
+    sys.argv = quote_task_overrides(sys.argv)
+    hydra.main(version_base=None, config_path=str(CONFIG_DIR), config_name=config_name)(run)()

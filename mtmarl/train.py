@@ -18,7 +18,6 @@ checkpoint with ``eval.episodes`` episodes per task. The run directory gets
 
 from __future__ import annotations
 
-import sys
 import time
 from pathlib import Path
 from typing import Any
@@ -27,7 +26,7 @@ import hydra
 from omegaconf import DictConfig, OmegaConf
 
 from mtmarl.errors import UserInputError
-from mtmarl.runtime import enable_compilation_cache, quote_task_overrides, user_errors_exit
+from mtmarl.runtime import enable_compilation_cache, hydra_cli, user_errors_exit
 
 
 def _resolve(cfg: DictConfig) -> dict[str, Any]:
@@ -100,11 +99,5 @@ def run(cfg: DictConfig, run_dir: Path | None = None, stop_after: int | None = N
     return rows
 
 
-@hydra.main(version_base=None, config_path="../configs", config_name="train")
-def main(cfg: DictConfig) -> None:
-    run(cfg)
-
-
 if __name__ == "__main__":
-    sys.argv = quote_task_overrides(sys.argv)
-    main()
+    hydra_cli("train", run)

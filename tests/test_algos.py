@@ -5,6 +5,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
+from helpers import random_params
 
 from mtmarl.algos import common, mt_cql_sable, mt_oryx
 from mtmarl.algos.common import TrainState, make_algo
@@ -39,17 +40,7 @@ def batch():
 
 
 def _random_params(algo, key, batch):
-    """Random parameters of the real shapes, from one normal draw (compiling the real initialiser, or one
-    draw per leaf, costs more CPU than these tests)."""
-    shapes = jax.eval_shape(algo.net.init, key, batch.obs)
-    leaves, tree = jax.tree.flatten(shapes)
-    flat = jax.random.normal(key, (sum(x.size for x in leaves),))
-    out, i = [], 0
-    for x in leaves:
-        z = flat[i:i + x.size].reshape(x.shape)
-        out.append(z / np.sqrt(x.shape[0]) if x.ndim > 1 else 1.0 + 0.1 * z)
-        i += x.size
-    return jax.tree.unflatten(tree, out)
+    return random_params(algo.net.init, key, batch.obs, 0.1)
 
 
 _CACHE = {}

@@ -7,6 +7,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
+from helpers import random_params
 
 from mtmarl.errors import UserInputError
 from mtmarl.networks import NEG, SableConfig, load_preset, make_sable
@@ -119,18 +120,7 @@ def _batch(seed=0, active=None):
 
 
 def _random_params(net, key):
-    """Random parameters of the real shapes. The properties tested hold for any parameters, and
-    compiling the real initialiser (dozens of truncated-normal draws) costs more CPU than all the
-    forward passes; it is exercised once in test_swiglu_not_zero_init."""
-    shapes = jax.eval_shape(net.init, key, jnp.zeros((1, 1, NA, O)))
-    leaves, tree = jax.tree.flatten(shapes)
-    flat = jax.random.normal(key, (sum(x.size for x in leaves),))
-    out, i = [], 0
-    for x in leaves:
-        z = flat[i:i + x.size].reshape(x.shape)
-        out.append(z / np.sqrt(x.shape[0]) if x.ndim > 1 else 1.0 + 0.2 * z)
-        i += x.size
-    return jax.tree.unflatten(tree, out)
+    return random_params(net.init, key, jnp.zeros((1, 1, NA, O)), 0.2)
 
 
 @pytest.fixture(scope="module")

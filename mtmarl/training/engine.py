@@ -23,7 +23,7 @@ data-parallel approximation, not bit-for-bit the single-device one.
 from __future__ import annotations
 
 import dataclasses
-from typing import Any, NamedTuple
+from typing import NamedTuple
 
 import jax
 import jax.numpy as jnp

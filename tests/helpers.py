@@ -1,0 +1,21 @@
+"""Shared test utilities."""
+
+import jax
+import numpy as np
+
+
+def random_params(init_fn, key, sample_obs, scale_spread: float = 0.1):
+    """Random parameters of the real shapes from one normal draw.
+
+    The properties tested hold for any parameters, and compiling the real
+    initialiser (or one draw per leaf) costs more CPU than the tests themselves.
+    Matrices are scaled by 1/sqrt(fan-in); vectors (norm scales) sit near 1.
+    """
+    leaves, tree = jax.tree.flatten(jax.eval_shape(init_fn, key, sample_obs))
+    flat = jax.random.normal(key, (sum(x.size for x in leaves),))
+    out, i = [], 0
+    for x in leaves:
+        z = flat[i:i + x.size].reshape(x.shape)
+        out.append(z / np.sqrt(x.shape[0]) if x.ndim > 1 else 1.0 + scale_spread * z)
+        i += x.size
+    return jax.tree.unflatten(tree, out)
