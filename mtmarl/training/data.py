@@ -30,16 +30,41 @@ def check_vaults(task_set: TaskSet, root: str | Path) -> None:
 
 
 def load_task_data(task_set: TaskSet, root: str | Path, uid: str | None = None,
-                   verify: bool = True) -> list[dict[str, np.ndarray]]:
-    """Per training task, time-major arrays in the form :func:`make_buffers` reads."""
+                   verify: bool = True, fraction: float = 1.0) -> list[dict[str, np.ndarray]]:
+    """Per training task, time-major arrays in the form :func:`make_buffers` reads.
+
+    ``fraction`` < 1 keeps only the first part of each task's data (see :func:`take_fraction`).
+    """
     check_vaults(task_set, root)
     out = []
     for spec in task_set.train:
         exp = read_vault(vault_path(root, spec), spec, uid=uid, verify=verify)
-        out.append({"obs": exp["observations"][0], "actions": exp["actions"][0],
-                    "rewards": exp["rewards"][0], "terminals": exp["terminals"][0],
-                    "truncations": exp["truncations"][0], "legals": exp["infos"]["legals"][0]})
+        out.append(take_fraction({"obs": exp["observations"][0], "actions": exp["actions"][0],
+                                  "rewards": exp["rewards"][0], "terminals": exp["terminals"][0],
+                                  "truncations": exp["truncations"][0], "legals": exp["infos"]["legals"][0]},
+                                 fraction))
     return out
+
+
+def take_fraction(task: dict[str, np.ndarray], fraction: float) -> dict[str, np.ndarray]:
+    """The first ``fraction`` of a task's timesteps, cut after the last episode that ends within it.
+
+    At least one whole episode is kept; ``fraction=1`` returns the data unchanged.
+    (Dataset-size experiment: the same tasks with fewer transitions.)
+    """
+    fraction = float(fraction)
+    if not 0.0 < fraction <= 1.0:
+        raise UserInputError(f"data.fraction must be in (0, 1], got {fraction}")
+    length = task["obs"].shape[0]
+    if fraction == 1.0 or length == 0:
+        return task
+    done = np.asarray(task["terminals"]).reshape(length, -1).any(1) | \
+        np.asarray(task["truncations"]).reshape(length, -1).any(1)
+    ends = np.flatnonzero(done) + 1                      # exclusive end of every episode
+    keep = max(1, int(round(fraction * length)))
+    inside = ends[ends <= keep]
+    cut = int(inside[-1]) if inside.size else int(ends[0]) if ends.size else keep
+    return {k: v[:cut] for k, v in task.items()}
 
 
 def build_buffers(task_set: TaskSet, data: list[dict[str, Any]], seq_len: int) -> Buffers:

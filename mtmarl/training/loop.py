@@ -119,7 +119,8 @@ def run_training(cfg: Mapping[str, Any], task_set: TaskSet, run_dir: Path, refer
     after that many updates (tests use it to simulate a crash).
     """
     training, seed = cfg["training"], int(cfg["seed"])
-    data = load_task_data(task_set, cfg["data"]["root"], cfg["data"].get("uid"), cfg["data"].get("verify", True))
+    data = load_task_data(task_set, cfg["data"]["root"], cfg["data"].get("uid"), cfg["data"].get("verify", True),
+                          float(cfg["data"].get("fraction", 1.0)))
     n_actions = {d["legals"].shape[-1] for d in data}.pop()
     algo = build_algo(cfg["algo"], cfg["network"], training, cfg["data"], cfg["agents"], n_actions)
     if algo.cfg.hl_gauss and algo.net.cfg.q_bins and training.get("value_range", "data") == "data":
