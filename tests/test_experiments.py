@@ -1,0 +1,284 @@
+"""Experiment machinery: configs compose for every script and preset, aggregation numerics, the runner's
+resumption and crash isolation, and a driver end to end (stand-in trainer fast; real trainer `slow`)."""
+
+import importlib.util
+import json
+import math
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from mtmarl.experiments import runner
+from mtmarl.experiments.analysis import aggregate, score_matrix
+from mtmarl.experiments.config import EXPERIMENTS, PRESETS, compose_experiment, compose_train
+from mtmarl.experiments.driver import check_runs, main
+from mtmarl.experiments.runner import Run, is_finished, run_matrix, train_command
+from mtmarl.experiments.stats import iqm, mean_stderr, percent_change, stratified_bootstrap, summarise_matrix
+from mtmarl.training.data import take_fraction
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def load_script(name: str):
+    spec = importlib.util.spec_from_file_location(f"experiment_{name}", ROOT / "experiment_scripts" / f"{name}.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+# ------------------------------------------------------------------ configs
+
+@pytest.mark.parametrize("preset", PRESETS)
+@pytest.mark.parametrize("name", EXPERIMENTS)
+def test_every_script_config_composes_for_every_preset(name, preset):
+    cfg = compose_experiment(name, [f"budget={preset}"])
+    assert cfg.name == name and cfg.budget.name == preset
+    runs = load_script(name).EXPERIMENT.build(cfg)
+    assert runs and {r.seed for r in runs} == set(cfg.budget.seeds)
+    assert len({(r.overrides, r.seed) for r in runs}) == len(runs)  # no run twice
+    check_runs(cfg, runs[:1] + runs[-1:])  # mtmarl.train composes these runs' configs
+    train = compose_train(runs[0].overrides)
+    assert train.eval.episodes == (32 if preset == "quick" else 320)
+
+
+def test_presets_differ_as_documented():
+    quick, paper = (compose_experiment("task_diversity", [f"budget={p}"]) for p in PRESETS)
+    assert list(paper.budget.seeds) == [0, 1, 2] and list(quick.budget.seeds) == [0]
+    assert list(paper.k.rware_15) == list(range(1, 16)) and list(quick.k.rware_15) == [1, 15]
+    assert compose_train(load_script("task_diversity").build(paper)[0].overrides).training.updates == 200000
+    sizes = load_script("model_size").build(compose_experiment("model_size", ["quick"]))
+    cfg = compose_train(sizes[-1].overrides)
+    assert cfg.network.embed_dim == 768 and cfg.network.n_heads == 4 and cfg.training.updates == 100
+
+
+def test_slurm_launcher_composes():
+    run = Run.make({}, ["training=quick", "+algo=mt_oryx", "+tasks=rware_15"], 1)
+    cmd = train_command(run, Path("/tmp/sweep/seed_1"), "slurm", ["hydra.launcher.timeout_min=30"])
+    assert cmd[1:4] == ["-m", "mtmarl.train", "--multirun"]
+    cfg = compose_train(cmd[4:], hydra_config=True)
+    assert cfg.hydra.launcher._target_.endswith("SlurmLauncher") and cfg.hydra.launcher.timeout_min == 30
+    assert cfg.hydra.sweep.dir == "/tmp/sweep/seed_1" and cfg.seed == 1
+    experiment = compose_experiment("model_size", ["launcher=slurm", 'slurm=["hydra.launcher.partition=gpu"]'])
+    check_runs(experiment, load_script("model_size").build(experiment)[:1])
+
+
+def test_shared_runs_land_in_one_directory():
+    """Table 1's runs are task_diversity's k = M runs; equal overrides give equal directories."""
+    td = load_script("task_diversity").build(compose_experiment("task_diversity", ["quick"]))
+    t1 = load_script("table1").build(compose_experiment("table1", ["quick"]))
+    full = {r.directory("res") for r in td if r.key["k"] > 1}
+    assert {r.directory("res") for r in t1} == full and len(full) == 9
+    assert Run.make({}, ["a=1", "b=2"], 0).config_id != Run.make({}, ["b=2", "a=1"], 0).config_id
+
+
+# ------------------------------------------------------------------ statistics
+
+def test_iqm_and_mean_stderr_against_hand_computed_values():
+    assert iqm(np.arange(8)) == 3.5                      # cut 2 from each end: mean(2, 3, 4, 5)
+    assert iqm([100.0, 1, 2, 3, 4]) == 3.0               # cut 1 from each end: mean(2, 3, 4)
+    assert iqm(np.arange(12).reshape(3, 4)) == 5.5       # over all cells
+    scipy_stats = pytest.importorskip("scipy.stats")
+    x = np.random.default_rng(0).normal(size=37)
+    assert math.isclose(iqm(x), scipy_stats.trim_mean(x, 0.25), rel_tol=1e-12)
+    mean, se = mean_stderr([1.0, 2.0, 3.0, 4.0])
+    assert mean == 2.5 and math.isclose(se, math.sqrt(5 / 3) / 2, rel_tol=1e-12)
+    assert math.isnan(mean_stderr([3.0])[1])
+    assert percent_change(3.0, 2.0) == 50.0 and percent_change(1.0, -2.0) == 150.0
+    assert math.isnan(percent_change(1.0, 0.0))
+
+
+def test_summary_of_a_score_matrix():
+    m = np.array([[1.0, 2.0, 3.0], [2.0, 4.0, 6.0]])     # 2 seeds x 3 tasks
+    s = summarise_matrix(m, reps=500)
+    assert s["mean"] == 3.0 and s["stderr_over"] == "seeds" and (s["runs"], s["tasks"]) == (2, 3)
+    assert math.isclose(s["stderr"], np.std([2.0, 4.0], ddof=1) / math.sqrt(2))
+    one = summarise_matrix(m[:1], reps=10)                # one seed: se over tasks, CI collapses
+    assert one["stderr_over"] == "tasks" and math.isclose(one["stderr"], 1 / math.sqrt(3))
+    assert one["iqm_lo"] == one["iqm_hi"] == one["iqm"] == 2.0
+
+
+def test_stratified_bootstrap_contains_the_estimate_and_shrinks_with_more_runs():
+    rng = np.random.default_rng(1)
+    offsets = np.array([0.0, 1.0, 5.0, 10.0])             # very different tasks
+    few = offsets + rng.normal(size=(3, 4))
+    many = offsets + rng.normal(size=(60, 4))
+    widths = []
+    for m in (few, many):
+        for stat, point in (("iqm", iqm(m)), ("mean", m.mean())):
+            lo, hi = stratified_bootstrap(m, stat, reps=2000)
+            assert lo <= point <= hi
+        lo, hi = stratified_bootstrap(m, "mean", reps=2000)
+        widths.append(hi - lo)
+    assert widths[1] < 0.5 * widths[0]
+    # resampling is within each task: task-to-task differences alone give no width
+    lo, hi = stratified_bootstrap(np.tile(offsets, (5, 1)), "iqm", reps=200)
+    assert lo == hi == iqm(offsets)
+    assert stratified_bootstrap(few, "iqm", seed=3) == stratified_bootstrap(few, "iqm", seed=3)
+
+
+def test_aggregate_groups_and_drops_incomplete_seeds():
+    rec = lambda seed, task, split, value, algo="a": {  # noqa: E731
+        "algo": algo, "seed": seed, "env": "rware", "task": task, "split": split, "return": value,
+        "normalised": value / 10}
+    records = [rec(0, "t1", "test", 1.0), rec(0, "t2", "test", 3.0), rec(1, "t1", "test", 2.0),
+               rec(1, "t2", "test", 4.0), rec(2, "t1", "test", 9.0),  # seed 2 lacks t2: dropped
+               rec(0, "t1", "test", 5.0, "b")]
+    m, seeds, tasks = score_matrix([r for r in records if r["algo"] == "a"], "return")
+    assert seeds == [0, 1] and tasks == ["rware/t1", "rware/t2"] and m.tolist() == [[1, 3], [2, 4]]
+    rows = aggregate(records, ["algo"], reps=100)
+    assert [(r["algo"], r["split"], r["metric"]) for r in rows] == [("a", "test", "normalised"),
+                                                                   ("b", "test", "normalised")]
+    assert math.isclose(rows[0]["mean"], 0.25) and rows[0]["seeds"] == [0, 1]
+    records[0]["normalised"] = None                       # one task without reference: raw returns
+    assert aggregate(records, ["algo"], reps=10)[0]["metric"] == "return"
+
+
+def test_data_fraction_cuts_at_an_episode_end():
+    T = 20
+    trunc = np.zeros((T, 2))
+    trunc[4::5] = 1                                       # episodes of 5 steps
+    task = {"obs": np.arange(T * 6).reshape(T, 2, 3), "terminals": np.zeros((T, 2)), "truncations": trunc}
+    assert [take_fraction(task, f)["obs"].shape[0] for f in (0.05, 0.3, 0.5, 0.7, 1.0)] == [5, 5, 10, 10, 20]
+    assert take_fraction(task, 1.0) is task
+    np.testing.assert_array_equal(take_fraction(task, 0.5)["obs"], task["obs"][:10])
+    from mtmarl.errors import UserInputError
+    with pytest.raises(UserInputError):
+        take_fraction(task, 0.0)
+
+
+# ------------------------------------------------------------------ runner and driver (stand-in trainer)
+
+STAND_IN = """
+import json, sys
+from pathlib import Path
+args = dict(a.split("=", 1) for a in sys.argv[1:])
+if args.get("crash") == "yes":
+    sys.exit("simulated crash")
+run = Path(args["hydra.run.dir"]); run.mkdir(parents=True, exist_ok=True)
+dim, seed = int(args.get("network.embed_dim", 1)), int(args["seed"])
+rows = [{"name": f"t{i}", "env": "rware", "split": split, "mean_return": dim / 64 + i + seed,
+         "normalised_return": None} for split in ("train", "test") for i in range(3)]
+(run / "summary.json").write_text(json.dumps(rows))
+(run / "results.json").write_text("{}")
+(run / "run.json").write_text("{}")
+with open(run.parent.parent / "calls.txt", "a") as f:
+    f.write(run.parent.name + "\\n")
+"""
+
+
+@pytest.fixture
+def stand_in(tmp_path, monkeypatch):
+    """Replace `python -m mtmarl.train` by a script that writes summary files from its overrides."""
+    script = tmp_path / "stand_in.py"
+    script.write_text(STAND_IN)
+    real = runner.train_command
+
+    def command(run, run_dir, launcher="local", slurm=(), python=None):
+        return [sys.executable, str(script), *real(run, run_dir, launcher, slurm, python)[3:]]
+    monkeypatch.setattr(runner, "train_command", command)
+    return tmp_path
+
+
+def test_runner_skips_finished_runs_and_survives_a_crash(stand_in):
+    res = stand_in / "res"
+    runs = [Run.make({"x": 1}, ["crash=no"], 0), Run.make({"x": 2}, ["crash=yes"], 0),
+            Run.make({"x": 3}, ["crash=no", "network.embed_dim=64"], 1)]
+    out = run_matrix(runs, res, manifest=res / "m.json", progress=False)
+    assert [o.status for o in out] == ["finished", "failed", "finished"]
+    assert "simulated crash" in out[1].error and "exit code 1" in out[1].error
+    manifest = json.loads((res / "m.json").read_text())
+    assert [m["status"] for m in manifest] == ["finished", "failed", "finished"]
+    again = run_matrix(runs, res, progress=False, jobs=2)
+    assert [o.status for o in again] == ["skipped", "failed", "skipped"]
+    calls = (res / "runs" / "calls.txt").read_text().split()
+    assert len(calls) == 2 and is_finished(runs[2].directory(res))
+
+
+def mini_task_set(base: Path) -> Path:
+    """Hydra search path with task set 'mini' (the synthetic connector tasks of test_training)."""
+    from test_training import TEST, TRAIN
+
+    from mtmarl.tasks import TaskSpec
+
+    conf = base / "conf" / "tasks"
+    conf.mkdir(parents=True, exist_ok=True)
+    item = lambda label, adhoc: {"name": label, **dict(TaskSpec.parse(adhoc).params)}  # noqa: E731
+    (conf / "mini.yaml").write_text("# @package tasks\n" + json.dumps({
+        "name": "mini", "env": "connector", "num_train": None, "single": None,
+        "train": [item(k, v) for k, v in TRAIN.items()], "test": [item(k, v) for k, v in TEST.items()]}))
+    return base / "conf"
+
+
+def test_driver_end_to_end_with_stand_in_trainer(stand_in, capsys):
+    res = stand_in / "results"
+    search = f'"hydra.searchpath=[file://{mini_task_set(stand_in)}]"'
+    argv = ["quick", f"results={res}", "tasks=mini", "embed_dims=[64,128]", "bootstrap.reps=200",
+            "progress=false", f"extra=[{search}]"]
+    first = main(load_script("model_size").EXPERIMENT, argv)
+    assert [r["status"] for r in first["runs"]] == ["finished", "finished"]
+    out = res / "model_size"
+    for name in ("fig5b_model_size.png", "fig5b_model_size.json", "fig5b_model_size.csv", "model_size.json",
+                 "model_size.csv", "model_size.md", "records.json", "runs.json", "experiment.json"):
+        assert (out / name).is_file(), name
+    rows = json.loads((out / "model_size.json").read_text())["rows"]
+    test64 = next(r for r in rows if r["embed_dim"] == 64 and r["split"] == "test")
+    assert test64["metric"] == "return" and math.isclose(test64["mean"], 2.0)   # 1 + mean(0, 1, 2)
+    test128 = next(r for r in rows if r["embed_dim"] == 128 and r["split"] == "test")
+    assert 0 < test64["parameters"] < test128["parameters"]  # (rware_15 at 64: 116420; seed 004: ~116k)
+    plotted = json.loads((out / "fig5b_model_size.json").read_text())["rows"]
+    assert len(plotted) == 4 and {r["split"] for r in plotted} == {"train", "test"}
+    assert "model_size" in capsys.readouterr().out
+    second = main(load_script("model_size").EXPERIMENT, argv)
+    assert [r["status"] for r in second["runs"]] == ["skipped", "skipped"]
+    assert len((res / "runs" / "calls.txt").read_text().split()) == 2
+
+
+@pytest.mark.parametrize("name", ["task_diversity", *(pytest.param(n, marks=pytest.mark.slow)
+                                                      for n in ("ablations", "table1", "dataset_size"))])
+def test_other_drivers_end_to_end_with_stand_in_trainer(stand_in, name):
+    res = stand_in / "results"
+    argv = ["quick", f"results={res}", "bootstrap.reps=50", "progress=false"]
+    if name == "task_diversity":
+        argv.append("k={lbf_5:[1,5]}")
+    main(load_script(name).EXPERIMENT, argv)
+    files = json.loads((res / name / "experiment.json").read_text())["files"]
+    assert any(f.endswith(".png") for f in files) and all(Path(f).is_file() for f in files)
+    for f in files:
+        if f.endswith(".png"):
+            assert Path(f).with_suffix(".json").is_file() and Path(f).with_suffix(".csv").is_file()
+
+
+# ------------------------------------------------------------------ driver with the real trainer
+
+@pytest.mark.slow
+def test_model_size_driver_with_real_training(tmp_path, monkeypatch):
+    """1 update, 2 evaluation episodes, tiny net, synthetic vaults: the driver's JSON and PNG appear,
+    and a rerun trains nothing."""
+    from test_training import TRAIN, _spec, synthetic_experience  # shared synthetic data
+
+    from mtmarl.data.vault import write_vault
+
+    root = tmp_path / "vault_data"
+    for i, (label, adhoc) in enumerate(TRAIN.items()):
+        write_vault(root, _spec(label, adhoc), synthetic_experience(_spec(label, adhoc), 4, i), {"seed": i})
+    conf = mini_task_set(tmp_path)
+    monkeypatch.setenv("JAX_DISABLE_MOST_OPTIMIZATIONS", "true")
+    train = ["training=quick", "training.updates=1", "training.updates_per_call=1", "training.batch_size=4",
+             "training.seq_len=4", "eval.episodes=2", "logger.neptune=false"]
+    extra = [f"hydra.searchpath=[file://{conf}]", f"data.root={root}"]
+    argv = ["quick", f"results={tmp_path / 'results'}", "tasks=mini", "network=tiny", "embed_dims=[16]",
+            "algos=[mt_bc_sable]", "bootstrap.reps=50", "progress=false",
+            "budget.train=[" + ",".join(f'"{o}"' for o in train) + "]",
+            "extra=[" + ",".join(f'"{o}"' for o in extra) + "]"]
+    experiment = load_script("model_size").EXPERIMENT
+    first = main(experiment, argv)
+    assert [r["status"] for r in first["runs"]] == ["finished"], first["runs"]
+    out = tmp_path / "results" / "model_size"
+    assert (out / "fig5b_model_size.png").stat().st_size > 0
+    rows = json.loads((out / "model_size.json").read_text())["rows"]
+    assert {r["split"] for r in rows} == {"train", "test"} and all(r["runs"] == 1 for r in rows)
+    assert rows[0]["parameters"] > 0
+    second = main(experiment, argv)
+    assert [r["status"] for r in second["runs"]] == ["skipped"]
