@@ -6,7 +6,7 @@ STAMP := $(VENV)/.installed
 # Two host devices let pmap use both CPU cores (ignored on GPU/TPU).
 export XLA_FLAGS ?= --xla_force_host_platform_device_count=2
 
-.PHONY: install test test-slow train evaluate figures bench clean
+.PHONY: install test test-slow train evaluate figures bench clean sweep experiments
 
 install: $(STAMP)
 
@@ -32,6 +32,18 @@ figures: install
 
 bench: install
 	$(PY) benchmarks/env_throughput.py
+
+# Seed 004 Fig. 5b (model size on rware_15) at the quick budget on this machine; SLURM:
+#   make sweep SWEEP_ARGS='paper launcher=slurm jobs=15'   (see README, Experiments)
+SWEEP_ARGS ?= quick
+sweep: install
+	$(PY) experiment_scripts/model_size.py $(SWEEP_ARGS)
+
+# Every experiment of seed 004 at the given budget (runs shared between them are trained once).
+EXPERIMENT_ARGS ?= quick
+experiments: install
+	for e in task_diversity table1 dataset_size model_size ablations; do \
+		$(PY) experiment_scripts/$$e.py $(EXPERIMENT_ARGS) || exit 1; done
 
 clean:
 	rm -rf $(VENV) outputs
