@@ -2,7 +2,7 @@
 
     python experiment_scripts/task_diversity.py quick          # k in {1, M} per set, 3 algorithms, 1 seed
     python experiment_scripts/task_diversity.py paper          # every k = 1..M, 3 seeds
-    python experiment_scripts/task_diversity.py quick 'k={lbf_5:[1,2,3,4,5]}' 'algos=[mt_oryx]'
+    python experiment_scripts/task_diversity.py quick 'task_sets=[lbf_5]' 'k.lbf_5=[1,2,3,4,5]' 'algos=[mt_oryx]'
 
 For every task set in ``k`` (rware_15, lbf_5, connector_10) trains each
 algorithm on the first k training tasks (``tasks.num_train=k``; nested subsets)
@@ -30,8 +30,10 @@ from mtmarl.experiments.stats import percent_change
 
 def build(cfg) -> list[Run]:
     runs = []
-    for task_set, ks in cfg.k.items():
-        M = num_train_tasks(cfg.extra, task_set)
+    for task_set in cfg.task_sets:
+        if task_set not in cfg.k:
+            raise ValueError(f"no k list for {task_set}: add k.{task_set}=[1,...]")
+        ks, M = cfg.k[task_set], num_train_tasks(cfg.extra, task_set)
         for k in ks:
             if not 1 <= int(k) <= M:
                 raise ValueError(f"k={k} is outside 1..{M} for {task_set}")
@@ -47,7 +49,7 @@ def build(cfg) -> list[Run]:
 def st_vs_mt(cfg, rows) -> list[dict]:
     """Per set and algorithm: test mean at k=1 and at k=M, and the % gain; plus the mean over algorithms."""
     out = []
-    for task_set in cfg.k:
+    for task_set in cfg.task_sets:
         M = num_train_tasks(cfg.extra, task_set)
         per_algo = []
         for algo in cfg.algos:
@@ -68,7 +70,7 @@ def st_vs_mt(cfg, rows) -> list[dict]:
 
 def analyse(cfg, records, out: Path) -> list[Path]:
     rows = aggregate(records, ["task_set", "algo", "k"], **bootstrap_args(cfg))
-    meta = {"budget": cfg.budget.name, "k": {s: list(v) for s, v in cfg.k.items()}}
+    meta = {"budget": cfg.budget.name, "k": {s: list(cfg.k[s]) for s in cfg.task_sets}}
     files = report(rows, ["task_set", "algo", "k"], out, "task_diversity",
                    f"Task diversity ({cfg.budget.name} budget)", meta)
     sets = list(dict.fromkeys(r["task_set"] for r in rows))

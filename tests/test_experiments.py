@@ -241,7 +241,7 @@ def test_other_drivers_end_to_end_with_stand_in_trainer(stand_in, name):
     res = stand_in / "results"
     argv = ["quick", f"results={res}", "bootstrap.reps=50", "progress=false"]
     if name == "task_diversity":
-        argv.append("k={lbf_5:[1,5]}")
+        argv += ["task_sets=[lbf_5]", "k.lbf_5=[1,3,5]"]
     main(load_script(name).EXPERIMENT, argv)
     files = json.loads((res / name / "experiment.json").read_text())["files"]
     assert any(f.endswith(".png") for f in files) and all(Path(f).is_file() for f in files)
