@@ -29,6 +29,8 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
+from mtmarl.networks.layers import Dense
+
 
 def head_decays(n_heads: int) -> jax.Array:
     """Fixed per-head decays 1 - 2^(-5-h) (RetNet): heads see horizons of ~32, 64, 128, ... steps."""
@@ -96,6 +98,8 @@ def chunkwise_retention(q, k, v, active, resets, n_agents: int, gamma, causal: b
 
     Shapes as ``naive_retention``; ``state`` (B, H, dk, dv) is the state before the
     first timestep (zeros if None). Returns (out (B, L, H, dv), final state).
+    Always float32: bf16 rounding of the intra-chunk scores, amplified by the per-head
+    RMS norm, moved outputs by ~20% in a test, unlike bf16 projections (~1%).
     """
     B, L, H, dk = q.shape
     dv, N = v.shape[-1], n_agents
@@ -186,18 +190,31 @@ class Ctx(NamedTuple):
 
 
 class MultiScaleRetention(nn.Module):
-    """Retention layer: q from ``xq``, k/v from ``xkv``, per-head RMS norm, swish gate, output projection."""
+    """Retention layer: q and gate from ``xq``, k and v from ``xkv``, per-head RMS norm, swish gate, output.
+
+    The input projections are fused into as few matmuls as the inputs allow (one
+    E x 4E product for self-retention, two E x 2E for cross-retention): fewer,
+    wider products run faster on CPU and their input gradients sum inside the
+    matmul instead of in separate elementwise passes.
+    """
 
     embed_dim: int
     n_heads: int
     causal: bool
+    cross: bool = False          # True: xq and xkv are different streams
+    matmul_dtype: str = "float32"
 
     def setup(self):
         if self.embed_dim % self.n_heads:
             raise ValueError(f"embed_dim {self.embed_dim} is not divisible by n_heads {self.n_heads}")
-        dense = lambda name: nn.Dense(self.embed_dim, use_bias=False, name=name)  # noqa: E731
-        self.wq, self.wk, self.wv, self.wg, self.wo = (dense(n) for n in ("q", "k", "v", "gate", "out"))
-        self.norm_scale = self.param("norm_scale", nn.initializers.ones, (self.embed_dim,))
+        E, md = self.embed_dim, self.matmul_dtype
+        if self.cross:
+            self.qg_proj = Dense(2 * E, use_bias=False, matmul_dtype=md, name="qg")
+            self.kv_proj = Dense(2 * E, use_bias=False, matmul_dtype=md, name="kv")
+        else:
+            self.qkvg_proj = Dense(4 * E, use_bias=False, matmul_dtype=md, name="qkvg")
+        self.wo = Dense(E, use_bias=False, matmul_dtype=md, name="out")
+        self.norm_scale = self.param("norm_scale", nn.initializers.ones, (E,))
 
     @property
     def head_dim(self) -> int:
@@ -205,8 +222,13 @@ class MultiScaleRetention(nn.Module):
 
     def __call__(self, xq, xkv, state, ctx: Ctx):
         """xq, xkv: (B, L, E); state (B, H, dh, dh). Returns (y (B, L, E), new state)."""
+        E = self.embed_dim
+        if self.cross:
+            (q, g), (k, v) = jnp.split(self.qg_proj(xq), 2, -1), jnp.split(self.kv_proj(xkv), 2, -1)
+        else:
+            q, k, v, g = jnp.split(self.qkvg_proj(xq), 4, -1)
         split = lambda x: x.reshape(*x.shape[:-1], self.n_heads, self.head_dim)  # noqa: E731
-        q, k, v = split(self.wq(xq)), split(self.wk(xkv)) / math.sqrt(self.head_dim), split(self.wv(xkv))
+        q, k, v = split(q), split(k) / math.sqrt(self.head_dim), split(v)
         gamma = head_decays(self.n_heads)
         if ctx.mode == "chunk":
             o, state = chunkwise_retention(q, k, v, ctx.active, ctx.resets, ctx.n_agents, gamma,
@@ -219,5 +241,5 @@ class MultiScaleRetention(nn.Module):
             raise ValueError(f"unknown retention mode {ctx.mode!r}")
         # Per-head RMS norm (RetNet's GroupNorm role): retention sums grow with history; normalise each head.
         o = o * jax.lax.rsqrt(jnp.mean(jnp.square(o), axis=-1, keepdims=True) + 1e-6)
-        o = o.reshape(*o.shape[:-2], self.embed_dim) * self.norm_scale
-        return self.wo(nn.swish(self.wg(xq)) * o), state
+        o = o.reshape(*o.shape[:-2], E) * self.norm_scale
+        return self.wo(nn.swish(g) * o), state

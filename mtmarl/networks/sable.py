@@ -35,6 +35,7 @@ import jax.numpy as jnp
 
 from mtmarl.errors import UserInputError
 from mtmarl.networks.hl_gauss import HLGauss
+from mtmarl.networks.layers import MATMUL_DTYPES, Dense
 from mtmarl.networks.retention import Ctx, MultiScaleRetention, decay_state, head_decays
 
 NEG = -1e9  # logit for illegal actions: exp underflows to exactly 0, and no inf - inf NaNs
@@ -53,12 +54,15 @@ class SableConfig:
     v_max: float = 10.0
     sigma_ratio: float = 0.75
     value_head: bool = False    # state-value head on the encoder output
+    matmul_dtype: str = "float32"  # or "bfloat16": bf16 matmul operands, float32 accumulation (networks/layers.py)
 
     def __post_init__(self):
         if self.embed_dim <= 0 or self.n_heads <= 0 or self.embed_dim % self.n_heads:
             raise UserInputError(f"embed_dim ({self.embed_dim}) must be a positive multiple of n_heads ({self.n_heads})")
         if self.n_blocks < 1 or self.chunk_size < 1:
             raise UserInputError("n_blocks and chunk_size must be >= 1")
+        if self.matmul_dtype not in MATMUL_DTYPES:
+            raise UserInputError(f"matmul_dtype must be one of {MATMUL_DTYPES}, got {self.matmul_dtype!r}")
         if self.q_bins == 1 or self.q_bins < 0:
             raise UserInputError(f"q_bins must be 0 (scalar Q) or >= 2, got {self.q_bins}")
 
@@ -87,16 +91,20 @@ def load_preset(name: str, **overrides) -> SableConfig:
 
 
 class SwiGLU(nn.Module):
-    """SwiGLU FFN: W2(silu(W1 x) * W3 x). Default (non-zero) init: zero-init would kill every gradient."""
+    """SwiGLU FFN: W2(silu(W1 x) * W3 x), W1 and W3 fused into one product.
+
+    Default (non-zero) init: a zero-initialised SwiGLU would kill every gradient.
+    """
 
     hidden: int
     out: int
+    matmul_dtype: str = "float32"
 
     @nn.compact
     def __call__(self, x):
-        gate = nn.Dense(self.hidden, use_bias=False, name="w1")(x)
-        up = nn.Dense(self.hidden, use_bias=False, name="w3")(x)
-        return nn.Dense(self.out, use_bias=False, name="w2")(nn.silu(gate) * up)
+        gate, up = jnp.split(Dense(2 * self.hidden, use_bias=False, matmul_dtype=self.matmul_dtype,
+                                   name="w13")(x), 2, -1)
+        return Dense(self.out, use_bias=False, matmul_dtype=self.matmul_dtype, name="w2")(nn.silu(gate) * up)
 
 
 class EncoderBlock(nn.Module):
@@ -104,8 +112,8 @@ class EncoderBlock(nn.Module):
 
     def setup(self):
         c = self.cfg
-        self.ret = MultiScaleRetention(c.embed_dim, c.n_heads, causal=False)
-        self.ffn = SwiGLU(max(1, int(c.ffn_mult * c.embed_dim)), c.embed_dim)
+        self.ret = MultiScaleRetention(c.embed_dim, c.n_heads, causal=False, matmul_dtype=c.matmul_dtype)
+        self.ffn = SwiGLU(max(1, int(c.ffn_mult * c.embed_dim)), c.embed_dim, c.matmul_dtype)
         self.norm1, self.norm2 = nn.RMSNorm(), nn.RMSNorm()
 
     def __call__(self, x, state, ctx: Ctx):
@@ -119,9 +127,10 @@ class DecoderBlock(nn.Module):
 
     def setup(self):
         c = self.cfg
-        self.self_ret = MultiScaleRetention(c.embed_dim, c.n_heads, causal=True)
-        self.cross_ret = MultiScaleRetention(c.embed_dim, c.n_heads, causal=True)
-        self.ffn = SwiGLU(max(1, int(c.ffn_mult * c.embed_dim)), c.embed_dim)
+        md = c.matmul_dtype
+        self.self_ret = MultiScaleRetention(c.embed_dim, c.n_heads, causal=True, matmul_dtype=md)
+        self.cross_ret = MultiScaleRetention(c.embed_dim, c.n_heads, causal=True, cross=True, matmul_dtype=md)
+        self.ffn = SwiGLU(max(1, int(c.ffn_mult * c.embed_dim)), c.embed_dim, md)
         self.norm1, self.norm2, self.norm3 = nn.RMSNorm(), nn.RMSNorm(), nn.RMSNorm()
 
     def __call__(self, x, obs_rep, states, ctx: Ctx):
@@ -133,8 +142,9 @@ class DecoderBlock(nn.Module):
         return self.norm3(x + self.ffn(x)), (s_self, s_cross)
 
 
-def _mlp_head(embed: int, out: int, name: str):
-    return nn.Sequential([nn.Dense(embed), nn.gelu, nn.Dense(out)], name=name)
+def _mlp_head(embed: int, out: int, name: str, matmul_dtype: str):
+    return nn.Sequential([Dense(embed, matmul_dtype=matmul_dtype), nn.gelu,
+                          Dense(out, matmul_dtype=matmul_dtype)], name=name)
 
 
 class SableModule(nn.Module):
@@ -145,14 +155,15 @@ class SableModule(nn.Module):
 
     def setup(self):
         c = self.cfg
-        self.obs_embed = nn.Dense(c.embed_dim, name="obs_embed")
+        md = c.matmul_dtype
+        self.obs_embed = Dense(c.embed_dim, matmul_dtype=md, name="obs_embed")
         self.enc_blocks = [EncoderBlock(c, name=f"enc_{i}") for i in range(c.n_blocks)]
-        self.act_embed = nn.Dense(c.embed_dim, use_bias=False, name="act_embed")
+        self.act_embed = Dense(c.embed_dim, use_bias=False, name="act_embed")  # one-hot input: exact in fp32
         self.dec_blocks = [DecoderBlock(c, name=f"dec_{i}") for i in range(c.n_blocks)]
-        self.policy_head = _mlp_head(c.embed_dim, self.n_actions, "policy_head")
-        self.q_head = _mlp_head(c.embed_dim, self.n_actions * max(c.q_bins, 1), "q_head")
+        self.policy_head = _mlp_head(c.embed_dim, self.n_actions, "policy_head", md)
+        self.q_head = _mlp_head(c.embed_dim, self.n_actions * max(c.q_bins, 1), "q_head", md)
         if c.value_head:
-            self.value_head_ = _mlp_head(c.embed_dim, max(c.q_bins, 1), "value_head")
+            self.value_head_ = _mlp_head(c.embed_dim, max(c.q_bins, 1), "value_head", md)
 
     def encode(self, obs, states, ctx: Ctx):
         x = nn.gelu(self.obs_embed(obs))
@@ -167,7 +178,10 @@ class SableModule(nn.Module):
 
     def decode(self, tokens, obs_rep, states, ctx: Ctx):
         """tokens: shifted actions in [0, A] (A = start); returns raw (logits, q, states)."""
-        x = nn.gelu(self.act_embed(jax.nn.one_hot(tokens, self.n_actions + 1)))
+        # gelu(one_hot(t) @ W) == gelu(W)[t]: embed the A + 1 possible tokens once, then gather rows,
+        # so neither the matmul nor the gelu (and their gradients) run over every token.
+        table = nn.gelu(self.act_embed(jnp.eye(self.n_actions + 1, dtype=jnp.float32)))
+        x = jnp.take(table, tokens, axis=0)
         new = []
         for blk, s in zip(self.dec_blocks, states):
             x, s = blk(x, obs_rep, s, ctx)
