@@ -119,7 +119,8 @@ def chunkwise_retention(q, k, v, active, resets, n_agents: int, gamma, causal: b
         out, s = _chunk(s, *xs, gamma, causal)
         return s, out
 
-    state, outs = jax.lax.scan(body, state, tuple(map(to_chunks, (q, k, v, resets))))
+    # Unrolled: a handful of chunks per sequence, and XLA cost analysis then counts every chunk.
+    state, outs = jax.lax.scan(body, state, tuple(map(to_chunks, (q, k, v, resets))), unroll=True)
     outs = [jnp.swapaxes(outs, 0, 1).reshape(B, n_full * C, N, H, dv)]
     if rem:
         tail = tuple(x[:, n_full * C:] for x in (q, k, v, resets))
