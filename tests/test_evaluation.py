@@ -68,14 +68,20 @@ def test_matches_python_loop(env, policy, params):
     assert (ref_lengths < env.horizon).any(), "some episode should end early for this check to bite"
 
 
-def test_device_count_does_not_change_returns(env):
+def test_device_count_and_batching_do_not_change_returns(env):
+    """Same episodes whether played at once, on 2 devices, or in several fixed-size calls."""
     assert jax.local_device_count() == 2
     key = jax.random.PRNGKey(7)
     one = make_evaluator(env, RANDOM, 9, num_devices=1)((), key)
     two = make_evaluator(env, RANDOM, 9, num_devices=2)((), key)  # 9 episodes: padded to 10
-    assert one.returns.shape == two.returns.shape == (9,)
-    np.testing.assert_allclose(one.returns, two.returns, rtol=1e-6)
-    np.testing.assert_array_equal(one.lengths, two.lengths)
+    calls1 = make_evaluator(env, RANDOM, 9, num_devices=1, batch=4)   # 3 calls of 4, 3 dropped
+    calls2 = make_evaluator(env, RANDOM, 9, num_devices=2, batch=2)   # 3 calls of 2 per device
+    assert (calls1.calls, calls2.calls) == (3, 3)
+    for other in (two, calls1((), key), calls2((), key)):
+        assert one.returns.shape == other.returns.shape == (9,)
+        np.testing.assert_allclose(one.returns, other.returns, rtol=1e-6)
+        np.testing.assert_array_equal(one.lengths, other.lengths)
+    assert len(set(np.round(np.asarray(one.returns), 5))) > 1 or len(set(np.asarray(one.lengths))) > 1
 
 
 def test_padding_does_not_change_returns(env):

@@ -56,29 +56,73 @@ def run_episodes(env, policy: Policy, params: Any, keys: jax.Array) -> EpisodeSt
     return EpisodeStats(ret, length)
 
 
-def make_evaluator(env, policy: Policy, num_episodes: int,
-                   num_devices: int | None = None) -> Callable[[Any, jax.Array], EpisodeStats]:
-    """``evaluate(params, key) -> EpisodeStats`` compiled for ``env``.
+class Evaluator:
+    """``evaluator(params, key) -> EpisodeStats`` of ``num_episodes`` episodes of one env.
+
+    Episodes run in calls of at most ``batch`` episodes per device; the program
+    of one call is compiled once and reused. Because episode i's key depends
+    only on (key, i), the number of calls changes no episode, and evaluators of
+    the same env, policy and ``batch`` run the identical program whatever their
+    episode count (the periodic and final evaluations of a training run share
+    it, and the persistent XLA cache serves it to later runs). ``compile``
+    builds the program ahead of time, so several tasks can compile in parallel
+    threads (see :func:`compile_all`).
+    """
+
+    def __init__(self, env, policy: Policy, num_episodes: int, num_devices: int | None = None,
+                 batch: int | None = None):
+        self.devices = jax.local_devices()[: num_devices or jax.local_device_count()]
+        n_dev = len(self.devices)
+        self.num_episodes = num_episodes
+        per_device = -(-num_episodes // n_dev)
+        self.batch = min(per_device, batch) if batch else per_device
+        self.calls = -(-per_device // self.batch)
+        self.per_device = self.calls * self.batch   # padded up; extra episodes are dropped
+
+        def run(params, key, first):
+            """Episodes first..first+batch-1; keys are made inside the compiled program."""
+            return run_episodes(env, policy, params, episode_keys(key, self.batch, first))
+
+        self._fn = jax.jit(run) if n_dev == 1 else jax.pmap(run, in_axes=(None, None, 0), devices=self.devices)
+        self._compiled = None
+
+    def _firsts(self, call: int):
+        base = call * self.batch
+        if len(self.devices) == 1:
+            return jnp.int32(base)
+        return jnp.arange(len(self.devices), dtype=jnp.int32) * self.per_device + base
+
+    def compile(self, params, key) -> "Evaluator":
+        if self._compiled is None:
+            self._compiled = self._fn.lower(params, key, self._firsts(0)).compile()
+        return self
+
+    def __call__(self, params, key) -> EpisodeStats:
+        self.compile(params, key)
+        parts = [self._compiled(params, key, self._firsts(c)) for c in range(self.calls)]
+        # (calls, [devices,] batch) -> episode order: device-major, then call, then slot
+        stats = jax.tree.map(lambda *xs: jnp.stack(xs, axis=-2), *parts)
+        return jax.tree.map(lambda x: x.reshape(-1)[: self.num_episodes], stats)
+
+
+def make_evaluator(env, policy: Policy, num_episodes: int, num_devices: int | None = None,
+                   batch: int | None = None) -> Evaluator:
+    """``evaluate(params, key) -> EpisodeStats`` compiled for ``env`` (see :class:`Evaluator`).
 
     ``num_devices`` defaults to all local devices; episodes are padded up to a
-    multiple of it and the extra ones dropped.
+    multiple of the devices (and of ``batch``) and the extra ones dropped.
     """
-    devices = jax.local_devices()[: num_devices or jax.local_device_count()]
-    n_dev = len(devices)
-    per_device = -(-num_episodes // n_dev)
+    return Evaluator(env, policy, num_episodes, num_devices, batch)
 
-    def batch(params, key, first):
-        """Episodes first..first+per_device-1; keys are made inside the compiled program."""
-        return run_episodes(env, policy, params, episode_keys(key, per_device, first))
 
-    if n_dev == 1:
-        compiled = jax.jit(batch)
-        return lambda params, key: compiled(params, key, 0)
+def compile_all(evaluators, params, key, threads: int | None = None) -> None:
+    """Compile many evaluators at once (XLA compiles outside the GIL, one per thread)."""
+    from concurrent.futures import ThreadPoolExecutor
 
-    sharded = jax.pmap(batch, in_axes=(None, None, 0), devices=devices)
-    starts = jnp.arange(n_dev) * per_device
-
-    def evaluate(params, key):
-        stats = sharded(params, key, starts)
-        return jax.tree.map(lambda x: x.reshape(-1)[:num_episodes], stats)
-    return evaluate
+    todo = [e for e in evaluators if e._compiled is None]
+    if len(todo) < 2:
+        for e in todo:
+            e.compile(params, key)
+        return
+    with ThreadPoolExecutor(threads or min(len(todo), jax.local_device_count() * 2, 8)) as pool:
+        list(pool.map(lambda e: e.compile(params, key), todo))
