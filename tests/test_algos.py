@@ -149,6 +149,39 @@ def test_task_mean_is_eq1():
     np.testing.assert_allclose(g, [[1 / 6, 1 / 6], [1 / 6, 0], [0.5, 0], [0, 0]], rtol=1e-6)
 
 
+@pytest.mark.parametrize("task_ids", [[0, 1, 0, 1, 1, 2], [1, 1, 1, 1, 1, 1]], ids=["uneven-tasks", "one-task"])
+def test_reductions_across_two_shards_equal_the_whole_batch(task_ids):
+    """Data parallelism (common module docstring): loss shares of 2 shards sum to the single-batch
+    value and their gradients sum to its gradient; metrics and ICQ weights are the global ones."""
+    assert jax.local_device_count() >= 2
+    rng = np.random.default_rng(2)
+    x = jnp.asarray(rng.normal(size=(6, 3, 2)) * 3, jnp.float32)
+    w = jnp.asarray(rng.random((6, 3, 2)) < 0.6).at[3].set(False).at[:, 2, 1].set(False)
+    ids = jnp.asarray(task_ids, jnp.int32)
+
+    def reductions(x, w, ids, axis_name):
+        shares = [common.task_mean(x, w, ids, on, axis_name) for on in (True, False)]
+        grads = [jax.grad(common.task_mean)(x, w, ids, on, axis_name) for on in (True, False)]
+        return (shares, grads, common.masked_mean(x, w, axis_name),
+                common.batch_softmax(x, w, 0.5, axis_name=axis_name),
+                common.global_max(jnp.max(jnp.where(w, x, -9.0)), axis_name))
+
+    whole = jax.jit(reductions, static_argnums=3)(x, w, ids, None)
+    split = lambda a: a.reshape((2, 3) + a.shape[1:])  # noqa: E731
+    sharded = jax.pmap(lambda *a: reductions(*a, "d"), axis_name="d")(split(x), split(w), split(ids))
+    (shares, grads, mean, soft, top), (s_shares, s_grads, s_mean, s_soft, s_top) = whole, sharded
+    for one, two in zip(shares, s_shares):
+        np.testing.assert_allclose(np.sum(two), one, rtol=1e-6)
+    for one, two in zip(grads, s_grads):
+        np.testing.assert_allclose(np.asarray(two).reshape(one.shape), one, rtol=1e-6, atol=1e-8)
+    np.testing.assert_allclose(s_mean, [mean, mean], rtol=1e-6)
+    np.testing.assert_allclose(s_top, [top, top])
+    np.testing.assert_allclose(np.asarray(s_soft).reshape(soft.shape), soft, rtol=1e-6, atol=1e-8)
+    # per-shard normalisation would be wrong here: the shards' own task means differ from the global ones
+    local = [float(common.task_mean(x[i:i + 3], w[i:i + 3], ids[i:i + 3])) for i in (0, 3)]
+    assert abs(np.mean(local) - float(shares[0])) > 1e-3
+
+
 def test_cql_penalty_is_logsumexp_minus_data_q():
     rng = np.random.default_rng(0)
     q = jnp.asarray(rng.normal(size=(5, 4)) * 3)

@@ -5,7 +5,7 @@ An algorithm is built with ``make_algo(name, algo_cfg, net_cfg, n_actions)``
 and is a bundle of pure functions over the shared Sable network:
 
 * ``init(key, sample_batch) -> TrainState``
-* ``loss(params, target_params, batch, key) -> (scalar, metrics)``
+* ``loss(params, target_params, batch, key, axis_name=None) -> (scalar, metrics)``
 * ``update(state, batch, key) -> (state, metrics)`` (grad, clip, Adam, Polyak)
 * ``act(params, carry, obs, action_mask, active, reset, key, greedy=False)``
   -> (actions, Outputs, carry): one recurrent step, agents decoded in a fresh
@@ -17,6 +17,17 @@ are averaged (masked mean over its active agents and valid steps) and the
 per-task means are averaged over the tasks present in the batch; with
 ``task_mean=False`` it is one masked mean over the batch (equal to eq. 1 in
 expectation for a balanced batch only when tasks have equal agent counts).
+
+Data parallelism: every reduction over the batch axis takes an optional
+``axis_name``. ``None`` means the whole batch is here (one device). With the
+name of a ``pmap`` axis over which the batch is sharded, counts, maxima and
+sums over the batch are taken over all shards (``lax.psum``/``pmax``/
+``all_gather`` of quantities that carry no gradient), so every shard sees the
+global normalisers and ICQ weights. A loss term is then returned as this
+shard's *share*: the shares of all shards sum to the single-device value, so
+the global gradient is the ``psum`` (not the mean) of the shards' gradients.
+Metrics (``masked_mean``, ``global_max``) come back as the global value on
+every shard. ``loss(..., axis_name)`` of every algorithm follows this contract.
 """
 
 from __future__ import annotations
@@ -179,46 +190,78 @@ def make_algo(name: str, cfg: AlgoConfig | dict | None, net_cfg: SableConfig, n_
 
 # ---------------------------------------------------------------- reductions
 
-def masked_mean(x, weight):
-    """sum(x * w) / sum(w) (0 if all weights are 0); entries with w == 0 never reach the result or grads."""
+def global_sum(x, axis_name: str | None = None):
+    """``x`` summed over the data-parallel shards (``x`` itself on one device). Never differentiated."""
+    x = jax.lax.stop_gradient(x)
+    return x if axis_name is None else jax.lax.psum(x, axis_name)
+
+
+def global_max(x, axis_name: str | None = None):
+    """``x`` maximised over the data-parallel shards (``x`` itself on one device). Never differentiated."""
+    x = jax.lax.stop_gradient(x)
+    return x if axis_name is None else jax.lax.pmax(x, axis_name)
+
+
+def gather_batch(x, axis_name: str | None = None):
+    """The global batch of ``x``: shards concatenated along axis 0 in device order. Never differentiated."""
+    x = jax.lax.stop_gradient(x)
+    return x if axis_name is None else jax.lax.all_gather(x, axis_name, tiled=True)
+
+
+def masked_mean(x, weight, axis_name: str | None = None):
+    """sum(x * w) / sum(w) over the global batch (0 if all weights are 0), for metrics.
+
+    Entries with w == 0 never reach the result. Returns the same global value on
+    every shard (no gradient through the shard sum: use ``task_mean`` for losses).
+    """
     w = weight.astype(jnp.float32)
     x = jnp.where(w > 0, x, 0.0)
-    return jnp.sum(x * w) / jnp.maximum(jnp.sum(w), 1e-8)
+    return global_sum(jnp.sum(x * w), axis_name) / jnp.maximum(global_sum(jnp.sum(w), axis_name), 1e-8)
 
 
-def task_mean(x, weight, task_ids, enabled: bool = True):
+def task_mean(x, weight, task_ids, enabled: bool = True, axis_name: str | None = None):
     """Seed 004 eq. 1 over a batch: mean over tasks present of each task's masked mean.
 
     ``x``/``weight`` are (B, ...) with per-sample ``task_ids`` (B,). Tasks are
     grouped by comparing ids (no static task count needed); a task whose
     weights are all zero does not count as present. ``enabled=False`` gives
-    the plain ``masked_mean``.
+    the plain masked mean. Entries with weight 0 never reach the result or grads.
+
+    The result is linear in ``x``: sum_i c_i * x_i with coefficients from the
+    weights and task ids of the *global* batch (see the module docstring). With
+    ``axis_name`` it is this shard's share; the shares sum to the global value.
     """
-    if not enabled:
-        return masked_mean(x, weight)
     w = weight.astype(jnp.float32)
     x = jnp.where(w > 0, x, 0.0)
+    if not enabled:
+        return jnp.sum(x * w) / jnp.maximum(global_sum(jnp.sum(w), axis_name), 1e-8)
     axes = tuple(range(1, x.ndim))
-    num, den = jnp.sum(x * w, axis=axes), jnp.sum(w, axis=axes)       # (B,)
-    same = (task_ids[:, None] == task_ids[None, :]).astype(jnp.float32)  # (B, B)
-    t_num, t_den, count = same @ num, same @ den, same.sum(-1)          # per sample: its task's totals
-    present = t_den > 0
-    per_task = jnp.where(present, t_num / jnp.maximum(t_den, 1e-8), 0.0)
-    share = jnp.where(present, 1.0 / count, 0.0)  # each task's samples share one vote
-    return jnp.sum(share * per_task) / jnp.maximum(jnp.sum(share), 1e-8)
+    num, den = jnp.sum(x * w, axis=axes), jnp.sum(w, axis=axes)           # (B,) this shard
+    all_ids, all_den = gather_batch(task_ids, axis_name), gather_batch(den, axis_name)  # (B_global,)
+    same_all = (all_ids[:, None] == all_ids[None, :]).astype(jnp.float32)
+    all_t_den = same_all @ all_den                                       # each sample's task total weight
+    n_tasks = jnp.sum(jnp.where(all_t_den > 0, 1.0 / same_all.sum(-1), 0.0))  # tasks present, globally
+    t_den = (task_ids[:, None] == all_ids[None, :]).astype(jnp.float32) @ all_den  # (B,) this shard
+    per_sample = jnp.where(t_den > 0, num / jnp.maximum(t_den, 1e-8), 0.0)  # its part of its task's mean
+    return jnp.sum(per_sample) / jnp.maximum(n_tasks, 1e-8)
 
 
-def batch_softmax(x, mask, temperature: float, axis: int = 0):
+def batch_softmax(x, mask, temperature: float, axis: int = 0, axis_name: str | None = None):
     """Softmax of ``x / temperature`` along the batch ``axis`` over entries with ``mask`` (ICQ weights).
 
     Masked-out entries get weight 0 and do not change the others; a slice with
-    no valid entry is all zeros. Weights of each slice sum to 1.
+    no valid entry is all zeros. Weights of each slice sum to 1 over the global
+    batch (``axis_name``: the shards' batch axis; ``axis`` must then be 0).
+    No gradient flows through the weights.
     """
+    if axis_name is not None and axis != 0:
+        raise ValueError("a softmax across data-parallel shards must be over the batch axis 0")
+    x = jax.lax.stop_gradient(x)
     z = jnp.where(mask, x / temperature, -jnp.inf)
-    zmax = jnp.max(z, axis=axis, keepdims=True)
+    zmax = global_max(jnp.max(z, axis=axis, keepdims=True), axis_name)
     zmax = jnp.where(jnp.isfinite(zmax), zmax, 0.0)
     e = jnp.where(mask, jnp.exp(z - zmax), 0.0)
-    return e / jnp.maximum(jnp.sum(e, axis=axis, keepdims=True), 1e-30)
+    return e / jnp.maximum(global_sum(jnp.sum(e, axis=axis, keepdims=True), axis_name), 1e-30)
 
 
 # ---------------------------------------------------------------- small helpers

@@ -4,6 +4,8 @@ Loss: cross-entropy of each active agent's dataset action under its
 teacher-forced logits (agent k conditions on the dataset actions of the
 agents before it in the batch's shuffled order), reduced per task and then
 over tasks (``common.task_mean``). No critic and no target network.
+With ``axis_name`` (data parallelism, see ``common``) the means run over the
+global batch and the returned loss is this shard's share.
 """
 
 from __future__ import annotations
@@ -20,19 +22,20 @@ class Config(common.AlgoConfig):
     hl_gauss: bool = False  # BC learns no values; kept for a uniform config
 
 
-def loss(params, target_params, batch, key, cfg: Config, net: SableNet):
+def loss(params, target_params, batch, key, cfg: Config, net: SableNet, axis_name: str | None = None):
     del target_params, key
     out, _ = net.apply_train(params, batch.obs, batch.actions, batch.legals, batch.active, batch.resets)
     logp = common.legal_log_softmax(out.logits, batch.legals)          # (B, T, N, A)
     nll = -common.take_action(logp, batch.actions)                      # (B, T, N)
-    total = common.task_mean(nll, batch.active, batch.task_ids, cfg.task_mean)
+    total = common.task_mean(nll, batch.active, batch.task_ids, cfg.task_mean, axis_name)
     greedy = (out.logits.argmax(-1) == batch.actions)
-    return total, {"bc_loss": total, "accuracy": common.masked_mean(greedy, batch.active)}
+    return total, {"bc_loss": common.global_sum(total, axis_name),
+                   "accuracy": common.masked_mean(greedy, batch.active, axis_name)}
 
 
 def make(cfg: Config, net_cfg: SableConfig, n_actions: int) -> common.Algo:
     net = common.network_for(cfg, net_cfg, n_actions, value_learning=False)
     tx = common.make_optimizer(cfg)
-    bound = lambda p, tp, b, k: loss(p, tp, b, k, cfg, net)  # noqa: E731
+    bound = lambda p, tp, b, k, axis_name=None: loss(p, tp, b, k, cfg, net, axis_name)  # noqa: E731
     return common.Algo(cfg.name, cfg, net, common.make_init(net, tx, with_target=False), bound,
                        common.make_update(bound, tx, cfg.tau), common.make_act(net), tx)

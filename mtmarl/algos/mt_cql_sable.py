@@ -17,6 +17,9 @@ The policy is greedy (or softmax(Q / act_temperature)) over Q, decoded agent
 by agent: ``q_act`` chooses each agent's action from its Q values before the
 next agent is decoded (Sable's own ``act`` samples from the policy logits,
 which CQL never trains).
+
+``axis_name`` (data parallelism, see ``common``): the means run over the global
+batch and the returned loss is this shard's share.
 """
 
 from __future__ import annotations
@@ -44,22 +47,23 @@ def cql_penalty(q_scalar, legals, actions):
     return lse - common.take_action(q_scalar, actions)
 
 
-def loss(params, target_params, batch, key, cfg: Config, net: SableNet):
+def loss(params, target_params, batch, key, cfg: Config, net: SableNet, axis_name: str | None = None):
     del key
+    ax = axis_name
     out, _, q, q_tgt = common.critic_forward(params, target_params, batch, net)  # (B, T, N, A)
     q_next = jax.lax.stop_gradient(q_tgt[:, 1:].max(-1))                    # (B, T-1, N)
     target = batch.rewards[:, :-1, None] + cfg.gamma * batch.discounts[:, :-1, None] * q_next
     target = jax.lax.stop_gradient(target)
     td = common.td_error_loss(net, out, q, batch, target)
     td_w = batch.active[:, :-1] & common.td_valid(batch)[..., None]
-    td_loss = common.task_mean(td, td_w, batch.task_ids, cfg.task_mean)
+    td_loss = common.task_mean(td, td_w, batch.task_ids, cfg.task_mean, ax)
     pen = cql_penalty(q, batch.legals, batch.actions)
-    penalty = common.task_mean(pen, batch.active, batch.task_ids, cfg.task_mean)
+    penalty = common.task_mean(pen, batch.active, batch.task_ids, cfg.task_mean, ax)
     total = td_loss + cfg.alpha * penalty
     q_data = common.take_action(q, batch.actions)
-    return total, {"td_loss": td_loss, "cql_penalty": penalty,
-                   "q_data": common.masked_mean(q_data, batch.active),
-                   "td_target": common.masked_mean(target, td_w)}
+    return total, {"td_loss": common.global_sum(td_loss, ax), "cql_penalty": common.global_sum(penalty, ax),
+                   "q_data": common.masked_mean(q_data, batch.active, ax),
+                   "td_target": common.masked_mean(target, td_w, ax)}
 
 
 def q_act(net: SableNet, temperature: float = 0.0):
@@ -109,7 +113,7 @@ def q_act(net: SableNet, temperature: float = 0.0):
 def make(cfg: Config, net_cfg: SableConfig, n_actions: int) -> common.Algo:
     net = common.network_for(cfg, net_cfg, n_actions)
     tx = common.make_optimizer(cfg)
-    bound = lambda p, tp, b, k: loss(p, tp, b, k, cfg, net)  # noqa: E731
+    bound = lambda p, tp, b, k, axis_name=None: loss(p, tp, b, k, cfg, net, axis_name)  # noqa: E731
     base_act = q_act(net, cfg.act_temperature)
 
     def act(params, carry, obs, action_mask, active, reset, key, greedy=False):

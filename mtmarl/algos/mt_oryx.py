@@ -17,6 +17,10 @@ Policy: advantage-weighted log-likelihood of the dataset action,
 with A and the weights held constant (no gradient into Q through the policy
 loss). Total = critic_coef * critic + policy, each reduced per task then over
 tasks (``common.task_mean``).
+
+With ``axis_name`` (data parallelism, see ``common``) the softmaxes, the counts
+``n`` and every mean run over the global batch, so a sharded update equals the
+single-device one; the returned loss is this shard's share.
 """
 
 from __future__ import annotations
@@ -38,13 +42,14 @@ class Config(common.AlgoConfig):
     critic_coef: float = 1.0           # weight of the critic loss in the total
 
 
-def icq_weights(x, mask, temperature: float):
+def icq_weights(x, mask, temperature: float, axis_name: str | None = None):
     """ICQ batch weights: softmax over axis 0 among ``mask``-ed entries (sum to 1 per position)."""
-    return common.batch_softmax(x, mask, temperature, axis=0)
+    return common.batch_softmax(x, mask, temperature, axis=0, axis_name=axis_name)
 
 
-def loss(params, target_params, batch, key, cfg: Config, net: SableNet):
+def loss(params, target_params, batch, key, cfg: Config, net: SableNet, axis_name: str | None = None):
     del key
+    ax = axis_name
     out, _, q, q_tgt = common.critic_forward(params, target_params, batch, net)  # (B, T, N, A)
     q_data = common.take_action(q, batch.actions)                          # (B, T, N)
     qt_data = jax.lax.stop_gradient(common.take_action(q_tgt, batch.actions))
@@ -52,12 +57,12 @@ def loss(params, target_params, batch, key, cfg: Config, net: SableNet):
     # ---- critic: in-sample ICQ target from the next step
     valid = batch.active[:, :-1] & common.td_valid(batch)[..., None]       # (B, T-1, N) has a target
     boot = valid & batch.active[:, 1:] & ~batch.terminals[:, :-1, None]     # entries that bootstrap
-    w_next = icq_weights(qt_data[:, 1:], boot, cfg.value_temperature)
-    n_boot = boot.sum(0, keepdims=True)
+    w_next = icq_weights(qt_data[:, 1:], boot, cfg.value_temperature, ax)
+    n_boot = common.global_sum(boot.sum(0, keepdims=True), ax)
     next_v = jnp.where(boot, n_boot * w_next * qt_data[:, 1:], 0.0)
     target = jax.lax.stop_gradient(batch.rewards[:, :-1, None] + cfg.gamma * batch.discounts[:, :-1, None] * next_v)
     critic = common.td_error_loss(net, out, q, batch, target)
-    critic_loss = common.task_mean(critic, valid, batch.task_ids, cfg.task_mean)
+    critic_loss = common.task_mean(critic, valid, batch.task_ids, cfg.task_mean, ax)
 
     # ---- policy: advantage-weighted likelihood with batch-softmax weights
     logp = common.legal_log_softmax(out.logits, batch.legals)
@@ -65,23 +70,24 @@ def loss(params, target_params, batch, key, cfg: Config, net: SableNet):
     baseline = jnp.sum(jnp.where(batch.legals, pi * q, 0.0), axis=-1)
     adv = jax.lax.stop_gradient(q_data - baseline)
     act_mask = batch.active
-    w_pol = icq_weights(adv, act_mask, cfg.policy_temperature)
-    coef = jax.lax.stop_gradient(act_mask.sum(0, keepdims=True) * w_pol)
+    w_pol = icq_weights(adv, act_mask, cfg.policy_temperature, ax)
+    coef = jax.lax.stop_gradient(common.global_sum(act_mask.sum(0, keepdims=True), ax) * w_pol)
     logp_data = common.take_action(logp, batch.actions)
-    policy_loss = common.task_mean(-coef * logp_data, act_mask, batch.task_ids, cfg.task_mean)
+    policy_loss = common.task_mean(-coef * logp_data, act_mask, batch.task_ids, cfg.task_mean, ax)
 
     total = cfg.critic_coef * critic_loss + policy_loss
-    return total, {"critic_loss": critic_loss, "policy_loss": policy_loss,
-                   "q_data": common.masked_mean(q_data, act_mask),
-                   "advantage": common.masked_mean(adv, act_mask),
-                   "td_target": common.masked_mean(target, valid),
-                   "policy_weight_max": jnp.max(jnp.where(act_mask, coef, 0.0)),
-                   "nll": common.masked_mean(-logp_data, act_mask)}
+    return total, {"critic_loss": common.global_sum(critic_loss, ax),
+                   "policy_loss": common.global_sum(policy_loss, ax),
+                   "q_data": common.masked_mean(q_data, act_mask, ax),
+                   "advantage": common.masked_mean(adv, act_mask, ax),
+                   "td_target": common.masked_mean(target, valid, ax),
+                   "policy_weight_max": common.global_max(jnp.max(jnp.where(act_mask, coef, 0.0)), ax),
+                   "nll": common.masked_mean(-logp_data, act_mask, ax)}
 
 
 def make(cfg: Config, net_cfg: SableConfig, n_actions: int) -> common.Algo:
     net = common.network_for(cfg, net_cfg, n_actions)
     tx = common.make_optimizer(cfg)
-    bound = lambda p, tp, b, k: loss(p, tp, b, k, cfg, net)  # noqa: E731
+    bound = lambda p, tp, b, k, axis_name=None: loss(p, tp, b, k, cfg, net, axis_name)  # noqa: E731
     return common.Algo(cfg.name, cfg, net, common.make_init(net, tx, with_target=True), bound,
                        common.make_update(bound, tx, cfg.tau), common.make_act(net), tx)

@@ -8,16 +8,18 @@ devices, so the host only dispatches one call per ``K`` updates.
 Data parallelism: the global batch ``B`` is split over the ``D`` devices. All
 devices carry the same PRNG key, so each draws the *same* global batch
 (a cheap gather) and keeps its slice ``[d*B/D, (d+1)*B/D)``; the union of the
-slices is exactly the single-device batch. Gradients (and metrics) are
-averaged with ``lax.pmean`` before the optimiser, so every device applies the
-same update and parameters stay identical.
+slices is exactly the single-device batch.
 
-The averaged gradient equals the single-device gradient when the loss is a
-mean of per-shard losses with equal normalisers: true for task-balanced
-batches with ``task_mean=True`` whenever every shard holds the same number
-of sequences of each task (BC, CQL). ICQ's batch-softmax weights (MT Oryx)
-are normalised within each shard, so there the update is the standard
-data-parallel approximation, not bit-for-bit the single-device one.
+The update is exact, not the usual data-parallel approximation: each
+algorithm's loss is called with the pmap axis name, and every reduction over
+the batch axis (per-task means and their normalisers, ICQ's batch-softmax
+weights and counts, metric means and maxima) is taken over the global batch
+with collectives (``mtmarl.algos.common``). The loss each device returns is its
+share of the global loss (the shares sum to it), so the global gradient is the
+``lax.psum`` of the devices' gradients; metrics come back already global.
+Every device then applies the same clipped Adam step, parameters stay
+identical, and 1 and 2 devices give the same update up to float rounding
+(tests/test_training.py checks all three algorithms).
 """
 
 from __future__ import annotations
@@ -30,7 +32,7 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
-from mtmarl.algos.common import Algo, TrainState, polyak
+from mtmarl.algos.common import Algo, TrainState, global_sum, polyak
 from mtmarl.data.batching import Buffers, SamplerConfig, sample
 from mtmarl.errors import UserInputError
 
@@ -53,7 +55,7 @@ def shard_batch(batch, index, num_devices: int):
 
 
 def make_update_step(algo: Algo, sampler: SamplerConfig, num_devices: int, axis_name: str | None = AXIS):
-    """``step(carry, buffers) -> (carry, metrics)``: sample, grad, pmean, Adam, Polyak (traceable)."""
+    """``step(carry, buffers) -> (carry, metrics)``: sample, grad, psum, Adam, Polyak (traceable)."""
     tx, tau = algo.tx, algo.cfg.tau
 
     def step(carry: Carry, buffers: Buffers):
@@ -63,11 +65,11 @@ def make_update_step(algo: Algo, sampler: SamplerConfig, num_devices: int, axis_
         if num_devices > 1:
             batch = shard_batch(batch, jax.lax.axis_index(axis_name), num_devices)
         (loss, metrics), grads = jax.value_and_grad(algo.loss, has_aux=True)(
-            state.params, state.target_params, batch, k_loss)
-        metrics = dict(metrics, loss=loss)
+            state.params, state.target_params, batch, k_loss, axis_name=axis_name)
+        # loss and grads are this device's shares of the global ones; metrics are already global
+        metrics = dict(metrics, loss=global_sum(loss, axis_name))
         if axis_name is not None:
-            grads = jax.lax.pmean(grads, axis_name)
-            metrics = jax.lax.pmean(metrics, axis_name)
+            grads = jax.lax.psum(grads, axis_name)
         updates, opt_state = tx.update(grads, state.opt_state, state.params)
         params = optax.apply_updates(state.params, updates)
         target = None if state.target_params is None else polyak(params, state.target_params, tau)
@@ -150,12 +152,6 @@ class _ObsOnly(NamedTuple):
     """``algo.init`` only reads ``sample_batch.obs``."""
 
     obs: jax.Array
-
-
-def params_allclose(a, b, rtol=1e-5, atol=1e-6) -> bool:
-    leaves_a, leaves_b = jax.tree.leaves(a), jax.tree.leaves(b)
-    return len(leaves_a) == len(leaves_b) and all(
-        np.allclose(x, y, rtol=rtol, atol=atol) for x, y in zip(leaves_a, leaves_b))
 
 
 def tree_max_abs_diff(a, b) -> float:
