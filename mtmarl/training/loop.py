@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import math
 import time
 from pathlib import Path
 from typing import Any, Mapping
@@ -13,7 +14,7 @@ import numpy as np
 
 from mtmarl.algos.common import Algo, load_algo_config, make_algo
 from mtmarl.data.batching import return_range
-from mtmarl.errors import UserInputError
+from mtmarl.errors import NonFiniteMetricError, UserInputError
 from mtmarl.evaluation.references import reference_for
 from mtmarl.evaluation.results import summarise
 from mtmarl.evaluation.rollout import make_evaluator
@@ -107,6 +108,26 @@ def eval_metrics(rows: list[dict[str, Any]]) -> dict[str, float]:
     return out
 
 
+def check_finite(metrics: Mapping[str, float], carry: Carry, first: int, last: int, ckpt_dir: Path,
+                 last_saved: int | None) -> None:
+    """Raise :class:`NonFiniteMetricError` naming every NaN/inf training metric of updates ``first..last``.
+
+    Metrics of one call are means over its updates, so one bad update shows. The
+    parameters are checked too (a last update with a finite loss could still
+    leave them non-finite); nothing is checkpointed after a failed check.
+    """
+    bad = {k: v for k, v in metrics.items() if not math.isfinite(v)}
+    if not bad and all(np.isfinite(x).all() for x in jax.tree.leaves(carry.state.params)):
+        return
+    what = ("non-finite training metric " + ", ".join(f"{k}={v}" for k, v in sorted(bad.items())) if bad
+            else "non-finite parameters")
+    where = f"update {last}" if first == last else f"updates {first}..{last}"
+    kept = (f"the last good checkpoint is update {last_saved} in {ckpt_dir / 'latest'}" if last_saved is not None
+            else f"no checkpoint was saved yet in {ckpt_dir}")
+    raise NonFiniteMetricError(f"{what} in {where}: training stopped without saving this state; "
+                               f"{kept} (try a lower algo.lr or a wider value support)")
+
+
 def _round_to(every: int, k: int) -> int:
     return 0 if every <= 0 else max(k, (every // k) * k)
 
@@ -167,8 +188,16 @@ def run_training(cfg: Mapping[str, Any], task_set: TaskSet, run_dir: Path, refer
             ckpt.save_best(step, carry, {"updates": step, "score": score, "rows": _strip(rows)})
 
     t_train = time.perf_counter()
+    last_saved = done or None  # a resumed run starts from its latest checkpoint
     while done < total:
         carry, metrics = learner.run(carry)
+        try:
+            check_finite(metrics, carry, done + 1, done + K, ckpt.directory, last_saved)
+        except NonFiniteMetricError:
+            if log is not None:
+                log.log(done + K, metrics)  # the offending values go into metrics.jsonl too
+            ckpt.close()
+            raise
         done += K
         if log is not None:
             if done % log_every == 0 or done == total:
@@ -178,6 +207,7 @@ def run_training(cfg: Mapping[str, Any], task_set: TaskSet, run_dir: Path, refer
             evaluate_and_select(done, carry)
         if (ckpt_every and done % ckpt_every == 0) or done == total:
             ckpt.save_latest(done, carry, {"updates": done, "best_score": best, "best_step": best_step})
+            last_saved = done
         if stop_after is not None and done >= stop_after:
             break
     train_seconds = time.perf_counter() - t_train
