@@ -3,7 +3,10 @@
 ``load_trained(run_dir)`` rebuilds the algorithm from ``algo.json`` (the exact
 configs trained, including the HL-Gauss support taken from the data), restores
 the best checkpoint (else the latest) and returns an evaluator ``Policy``,
-its params, the algorithm name and the run's task-set config.
+its params, the algorithm name and the run's task-set config. The network's
+observation input has the run's padded size (``info["obs_dim"]``): tasks with
+smaller observations are evaluated zero-padded, larger ones do not fit. The
+agent count is free (retention over agents has no maximum).
 """
 
 from __future__ import annotations
@@ -25,14 +28,16 @@ from mtmarl.training.loop import ALGO_FILE, CONFIG_NAME
 from mtmarl.training.policy import make_policy
 
 
-def load_trained(run_dir: str | Path, which: str | None = None, greedy: bool = False):
+def load_trained(run_dir: str | Path, which: str | None = None, greedy: bool | None = None):
     """(policy, params, algo name, info) from a training run directory.
 
     ``which``: 'best', 'latest' or None (best if there is one, else latest).
+    ``greedy``: arg-max actions; None = as the run evaluated (its ``eval.greedy``).
     ``info`` holds ``tasks`` (the run's task-set config, or None for an ad-hoc
-    ``task``), ``task``, ``checkpoint`` (kind and update count) and ``seed``.
+    ``task``), ``task``, ``checkpoint`` (kind and update count), ``seed``,
+    ``obs_dim`` and ``n_actions`` (the network's input and output sizes) and ``greedy``.
     """
-    run_dir = Path(run_dir)
+    run_dir = Path(run_dir).expanduser()
     algo_file, cfg_file = run_dir / ALGO_FILE, run_dir / CONFIG_NAME
     if not algo_file.is_file() or not cfg_file.is_file():
         raise UserInputError(f"{run_dir} is not a training run directory (no {ALGO_FILE} / {CONFIG_NAME}); "
@@ -54,8 +59,11 @@ def load_trained(run_dir: str | Path, which: str | None = None, greedy: bool = F
         carry, meta = ckpt.restore(template, which)
     finally:
         ckpt.close()
+    if greedy is None:
+        greedy = bool((cfg.get("eval") or {}).get("greedy", False))
     info = {"tasks": cfg.get("tasks"), "task": cfg.get("task"), "seed": cfg.get("seed", 0),
-            "checkpoint": {"kind": which, "step": step, "meta": meta}}
+            "checkpoint": {"kind": which, "step": step, "meta": meta}, "obs_dim": obs_dim,
+            "n_actions": int(spec["n_actions"]), "greedy": greedy}
     return make_policy(algo, greedy), carry.state.params, spec["name"], info
 
 
