@@ -35,7 +35,7 @@ from mtmarl.evaluation.policies import POLICIES, Policy
 from mtmarl.evaluation.references import load_references, reference_for
 from mtmarl.evaluation.render import record_episode, save_gif
 from mtmarl.evaluation.results import print_table, summarise, write_results
-from mtmarl.evaluation.rollout import make_evaluator
+from mtmarl.evaluation.rollout import compile_all, make_evaluator
 from mtmarl.runtime import enable_compilation_cache, hydra_cli, user_errors_exit
 
 
@@ -92,14 +92,16 @@ def evaluate_set(task_set: task_registry.TaskSet, splits: list[str], policy: Pol
     from rich.progress import Progress
 
     todo = [(split, spec) for split in splits for spec in task_set.split(split)]
+    envs = [padded_env(task_set, spec, obs_dim) for _, spec in todo]
+    fns = [make_evaluator(env, policy, episodes, devices) for env in envs]
     rows = []
     with Progress(disable=not progress, transient=True) as bar:
-        job = bar.add_task("evaluating", total=len(todo))
-        for split, spec in todo:
+        job = bar.add_task(f"compiling {len(todo)} tasks", total=len(todo))
+        if todo:  # compiles dominate short evaluations: build them all at once, in parallel threads
+            compile_all(fns, params, task_key(seed, todo[0][1]))
+        for (split, spec), env, fn in zip(todo, envs, fns):
             bar.update(job, description=f"{split}: {spec.name}")
-            env = padded_env(task_set, spec, obs_dim)
-            stats = make_evaluator(env, policy, episodes, devices)(params, task_key(seed, spec))
-            stats = jax.device_get(stats)
+            stats = jax.device_get(fn(params, task_key(seed, spec)))
             info = {"name": spec.name, "task": spec.adhoc, "env": spec.env, "split": split,
                     "agents": env.inner.num_agents}
             rows.append(summarise(info, stats, reference_for(spec, references)))

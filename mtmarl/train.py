@@ -39,13 +39,12 @@ def _resolve(cfg: DictConfig) -> dict[str, Any]:
 
 @user_errors_exit
 def run(cfg: DictConfig, run_dir: Path | None = None, stop_after: int | None = None) -> list[dict[str, Any]]:
-    from mtmarl.evaluate import evaluate_set, resolve_task_set
+    from mtmarl.evaluate import resolve_task_set
     from mtmarl.evaluation.references import load_references
     from mtmarl.evaluation.results import print_table, write_results
     from mtmarl.training.checkpoint import Checkpointer
     from mtmarl.training.logging import RunLogger
     from mtmarl.training.loop import CONFIG_NAME, run_training, write_json
-    from mtmarl.training.policy import make_policy
 
     enable_compilation_cache()
     plain = _resolve(cfg)
@@ -76,13 +75,8 @@ def run(cfg: DictConfig, run_dir: Path | None = None, stop_after: int | None = N
             params, which = best.state.params, f"best (update {out['best_step']})"
         splits = [s for s in ("train", "test") if task_set.split(s)]
         start = time.perf_counter()
-        episodes, periodic = int(plain["eval"]["episodes"]), out["evaluator"]
-        if periodic.episodes == episodes and {s for s, _ in periodic.todo} >= set(splits):
-            rows = periodic(params, None, splits)  # reuse the compiled evaluators
-        else:
-            rows = evaluate_set(task_set, splits, make_policy(algo, bool(plain["eval"].get("greedy", False))),
-                                params, episodes, int(plain["seed"]), references,
-                                plain["eval"].get("devices"), progress=bool(lg.get("progress", True)))
+        # The periodic evaluators' compiled programs, run as often as eval.episodes needs.
+        rows = out["evaluator"](params, None, splits, episodes=int(plain["eval"]["episodes"]))
         elapsed = time.perf_counter() - start
         for row in rows:
             log.log(out["updates"], {f"{row['split']}/{row['name']}": row["mean_return"]}, prefix="final")

@@ -253,3 +253,20 @@ def test_cql_acts_greedily_on_q_autoregressively(batch):
     np.testing.assert_allclose(np.asarray(algo.net.q_values(out.q, legals))[p], qv, rtol=2e-4, atol=2e-4)
     live = np.asarray(active)[p]
     np.testing.assert_array_equal(acts[p][live], qv.argmax(-1)[live])
+
+
+@pytest.mark.parametrize("hl", [True, False], ids=["hl_gauss", "scalar"])
+def test_target_q_at_data_actions_equals_gathering_all_actions(batch, hl):
+    """The cheap target path (convert only the dataset action's histogram) gives the full path's numbers."""
+    algo, _, state = _setup("mt_oryx", batch, hl_gauss=hl)
+    params, target = state.params, jax.tree.map(lambda x: x * 1.1, state.params)
+
+    @jax.jit
+    def both(p, t):
+        full = common.critic_forward(p, t, batch, algo.net)[3]
+        cheap = common.critic_forward(p, t, batch, algo.net, target_at_data=True)[3]
+        return common.take_action(full, batch.actions), cheap
+
+    full, cheap = both(params, target)
+    assert cheap.shape == batch.actions.shape
+    np.testing.assert_allclose(cheap, full, rtol=1e-5, atol=1e-5)

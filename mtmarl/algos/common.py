@@ -286,12 +286,22 @@ def legal_log_softmax(logits, legals):
     return jax.nn.log_softmax(jnp.where(legals, logits, NEG), axis=-1)
 
 
-def critic_forward(params, target_params, batch, net: SableNet):
-    """Online and target passes; also their scalar Q with illegal actions pushed very low."""
+def critic_forward(params, target_params, batch, net: SableNet, target_at_data: bool = False):
+    """Online and target passes; also their scalar Q with illegal actions pushed very low.
+
+    ``target_at_data=True`` returns the target's scalar Q at the dataset actions only
+    (..., no action axis): for HL-Gauss that converts one histogram per entry
+    instead of one per action, the same numbers for a fraction of the work.
+    """
     args = (batch.obs, batch.actions, batch.legals, batch.active, batch.resets)
     out, _ = net.apply_train(params, *args)
     tgt, _ = net.apply_train(target_params, *args)
-    return out, tgt, net.q_values(out.q, batch.legals), net.q_values(tgt.q, batch.legals)
+    if target_at_data:
+        q_tgt = take_action(tgt.q, batch.actions)  # dataset actions are legal: no mask needed
+        q_tgt = net.cfg.hl_gauss.to_scalar(q_tgt) if net.cfg.q_bins else q_tgt
+    else:
+        q_tgt = net.q_values(tgt.q, batch.legals)
+    return out, tgt, net.q_values(out.q, batch.legals), q_tgt
 
 
 def td_error_loss(net: SableNet, out, q, batch, target):

@@ -50,9 +50,9 @@ def icq_weights(x, mask, temperature: float, axis_name: str | None = None):
 def loss(params, target_params, batch, key, cfg: Config, net: SableNet, axis_name: str | None = None):
     del key
     ax = axis_name
-    out, _, q, q_tgt = common.critic_forward(params, target_params, batch, net)  # (B, T, N, A)
-    q_data = common.take_action(q, batch.actions)                          # (B, T, N)
-    qt_data = jax.lax.stop_gradient(common.take_action(q_tgt, batch.actions))
+    out, _, q, qt_data = common.critic_forward(params, target_params, batch, net, target_at_data=True)
+    q_data = common.take_action(q, batch.actions)                          # (B, T, N); q is (B, T, N, A)
+    qt_data = jax.lax.stop_gradient(qt_data)
 
     # ---- critic: in-sample ICQ target from the next step
     valid = batch.active[:, :-1] & common.td_valid(batch)[..., None]       # (B, T-1, N) has a target

@@ -10,7 +10,8 @@ not depend on the device count.
 
 from __future__ import annotations
 
-from typing import Any, Callable, NamedTuple
+import copy
+from typing import Any, NamedTuple
 
 import jax
 import jax.numpy as jnp
@@ -84,7 +85,16 @@ class Evaluator:
             return run_episodes(env, policy, params, episode_keys(key, self.batch, first))
 
         self._fn = jax.jit(run) if n_dev == 1 else jax.pmap(run, in_axes=(None, None, 0), devices=self.devices)
-        self._compiled = None
+        self._compiled = [None]  # shared with resized() copies
+
+    def resized(self, num_episodes: int) -> "Evaluator":
+        """The same compiled program for another episode count (more or fewer calls)."""
+        other = copy.copy(self)
+        other.num_episodes = num_episodes
+        per_device = -(-num_episodes // len(self.devices))
+        other.calls = -(-per_device // self.batch)
+        other.per_device = other.calls * self.batch
+        return other
 
     def _firsts(self, call: int):
         base = call * self.batch
@@ -93,13 +103,13 @@ class Evaluator:
         return jnp.arange(len(self.devices), dtype=jnp.int32) * self.per_device + base
 
     def compile(self, params, key) -> "Evaluator":
-        if self._compiled is None:
-            self._compiled = self._fn.lower(params, key, self._firsts(0)).compile()
+        if self._compiled[0] is None:
+            self._compiled[0] = self._fn.lower(params, key, self._firsts(0)).compile()
         return self
 
     def __call__(self, params, key) -> EpisodeStats:
         self.compile(params, key)
-        parts = [self._compiled(params, key, self._firsts(c)) for c in range(self.calls)]
+        parts = [self._compiled[0](params, key, self._firsts(c)) for c in range(self.calls)]
         # (calls, [devices,] batch) -> episode order: device-major, then call, then slot
         stats = jax.tree.map(lambda *xs: jnp.stack(xs, axis=-2), *parts)
         return jax.tree.map(lambda x: x.reshape(-1)[: self.num_episodes], stats)
@@ -119,7 +129,7 @@ def compile_all(evaluators, params, key, threads: int | None = None) -> None:
     """Compile many evaluators at once (XLA compiles outside the GIL, one per thread)."""
     from concurrent.futures import ThreadPoolExecutor
 
-    todo = [e for e in evaluators if e._compiled is None]
+    todo = list({id(e._compiled): e for e in evaluators if e._compiled[0] is None}.values())
     if len(todo) < 2:
         for e in todo:
             e.compile(params, key)

@@ -17,7 +17,7 @@ from mtmarl.data.batching import return_range
 from mtmarl.errors import NonFiniteMetricError, UserInputError
 from mtmarl.evaluation.references import reference_for
 from mtmarl.evaluation.results import summarise
-from mtmarl.evaluation.rollout import make_evaluator
+from mtmarl.evaluation.rollout import compile_all, make_evaluator
 from mtmarl.networks.sable import SableConfig
 from mtmarl.tasks import TaskSet
 from mtmarl.training.checkpoint import Checkpointer, is_better, train_score
@@ -56,10 +56,14 @@ def data_value_range(data, gamma: float) -> tuple[float, float]:
 
 
 class PeriodicEvaluator:
-    """Evaluators compiled once per task and reused at every periodic evaluation.
+    """Evaluators compiled once per task and reused at every periodic and the final evaluation.
 
-    ``step=None`` uses each task's plain evaluation key (as ``mtmarl.evaluate``
-    does); periodic evaluations fold the update count into it.
+    Every task gets one program of ``episodes`` episodes (split over devices);
+    an evaluation with more episodes (the final one) runs it several times
+    (``Evaluator.resized``), so nothing compiles twice. The first evaluation
+    compiles all tasks' programs in parallel threads. ``step=None`` uses each
+    task's plain evaluation key (as ``mtmarl.evaluate`` does); periodic
+    evaluations fold the update count into it.
     """
 
     def __init__(self, task_set: TaskSet, splits, policy, episodes: int, seed: int,
@@ -70,23 +74,30 @@ class PeriodicEvaluator:
         self.task_set, self.policy, self.episodes = task_set, policy, episodes
         self.seed, self.references, self.devices = seed, references, devices
         self.task_key = task_key
+        n_dev = len(jax.local_devices()[: devices or jax.local_device_count()])
+        self.batch = -(-episodes // n_dev)  # episodes per device per compiled call
         self._fns: dict[Any, Any] = {}
 
-    def __call__(self, params, step: int | None, splits=None) -> list[dict[str, Any]]:
+    def _evaluator(self, spec, episodes: int | None):
+        fn = self._fns.get(spec)
+        if fn is None:
+            fn = self._fns[spec] = make_evaluator(self.task_set.padded(spec), self.policy, self.episodes,
+                                                  self.devices, self.batch)
+        return fn if episodes in (None, self.episodes) else fn.resized(episodes)
+
+    def __call__(self, params, step: int | None, splits=None, episodes: int | None = None) -> list[dict[str, Any]]:
+        chosen = [(split, spec) for split, spec in self.todo if splits is None or split in splits]
+        fns = [self._evaluator(spec, episodes) for _, spec in chosen]
+        if chosen:
+            compile_all(fns, params, self.task_key(self.seed, chosen[0][1]))
         rows = []
-        for split, spec in self.todo:
-            if splits is not None and split not in splits:
-                continue
-            env = self.task_set.padded(spec)
-            fn = self._fns.get(spec)
-            if fn is None:
-                fn = self._fns[spec] = make_evaluator(env, self.policy, self.episodes, self.devices)
+        for (split, spec), fn in zip(chosen, fns):
             key = self.task_key(self.seed, spec)
             if step is not None:
                 key = jax.random.fold_in(key, step)
             stats = jax.device_get(fn(params, key))
             info = {"name": spec.name, "task": spec.adhoc, "env": spec.env, "split": split,
-                    "agents": env.inner.num_agents}
+                    "agents": self.task_set.padded(spec).inner.num_agents}
             rows.append(summarise(info, stats, reference_for(spec, self.references)))
         return rows
 
@@ -172,13 +183,15 @@ def run_training(cfg: Mapping[str, Any], task_set: TaskSet, run_dir: Path, refer
         print(f"resume=true but no checkpoint in {ckpt.directory}; starting from scratch")
 
     policy = make_policy(algo, bool(cfg["eval"].get("greedy", False)))
-    periodic = PeriodicEvaluator(task_set, [s for s in training["eval_splits"] if task_set.split(s)], policy,
+    # All splits (the final evaluation covers train and test); periodic ones use training.eval_splits.
+    periodic = PeriodicEvaluator(task_set, [s for s in ("train", "test") if task_set.split(s)], policy,
                                  int(training["eval_episodes"]), seed, references, cfg["eval"].get("devices"))
+    eval_splits = list(training["eval_splits"])
     rows: list[dict[str, Any]] = []
 
     def evaluate_and_select(step: int, carry: Carry):
         nonlocal best, best_step, rows
-        rows = periodic(carry.state.params, step)
+        rows = periodic(carry.state.params, step, eval_splits)
         metrics = eval_metrics(rows)
         if log is not None:
             log.log(step, metrics, prefix="eval")
