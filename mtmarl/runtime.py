@@ -51,9 +51,22 @@ def quote_task_overrides(argv: list[str], keys: tuple[str, ...] = ("task",)) -> 
 CONFIG_DIR = Path(__file__).resolve().parent.parent / "configs"
 
 
+def quiet_library_logs() -> None:
+    """Hydra logs INFO to the console; Orbax (via absl) would flood it with checkpoint-manager lines."""
+    import logging
+
+    for name in ("absl", "orbax", "jax._src.xla_bridge"):
+        logging.getLogger(name).setLevel(logging.WARNING)
+
+
 def hydra_cli(config_name: str, run: Callable) -> None:
     """Run ``run(cfg)`` as a Hydra app on ``configs/<config_name>.yaml`` (ad-hoc task args quoted)."""
     import hydra
 
+    @functools.wraps(run)
+    def task(cfg):
+        quiet_library_logs()  # after Hydra has configured logging
+        return run(cfg)
+
     sys.argv = quote_task_overrides(sys.argv)
-    hydra.main(version_base=None, config_path=str(CONFIG_DIR), config_name=config_name)(run)()
+    hydra.main(version_base=None, config_path=str(CONFIG_DIR), config_name=config_name)(task)()

@@ -135,7 +135,7 @@ def test_engine_learns(reference_run):
 # batch_size 6 over 2 tasks gives the shards of 2 devices tasks [0, 1, 0] and [1, 0, 1]: per-shard task
 # means, counts or ICQ softmaxes differ from the global ones (MT Oryx moved 2e-2 when they were per shard).
 DP_CASES = [
-    pytest.param("mt_bc_sable", {}, id="bc"),
+    pytest.param("mt_bc_sable", {}, id="bc", marks=pytest.mark.slow),
     pytest.param("mt_oryx", {}, id="oryx"),
     pytest.param("mt_cql_sable", {"task_mean": False}, id="cql-plain-mean", marks=pytest.mark.slow),
     pytest.param("mt_oryx", {"balanced": False}, id="oryx-one-task-batches", marks=pytest.mark.slow),
