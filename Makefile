@@ -6,7 +6,7 @@ STAMP := $(VENV)/.installed
 # Two host devices let pmap use both CPU cores (ignored on GPU/TPU).
 export XLA_FLAGS ?= --xla_force_host_platform_device_count=2
 
-.PHONY: install test test-slow train evaluate figures bench clean sweep experiments
+.PHONY: install test test-slow train evaluate figures bench clean sweep experiments data demo-data collect
 
 install: $(STAMP)
 
@@ -44,6 +44,25 @@ EXPERIMENT_ARGS ?= quick
 experiments: install
 	for e in task_diversity table1 dataset_size model_size ablations; do \
 		$(PY) experiment_scripts/$$e.py $(EXPERIMENT_ARGS) || exit 1; done
+
+# Datasets (vault_data/README.md). One device, so results match the recorded ones.
+# demo-data: the bundled data (configs/budget/demo.yaml, about 1 h of one CPU core);
+# data: the full-size benchmark data into vault_data_full/ (configs/budget/full.yaml, hours);
+# collect: any collection, e.g. make collect COLLECT_ARGS='+tasks=lbf_5 collect.budget=500000'.
+DATA_SETS ?= connector_10 lbf_5 rware_15
+DEMO_ROOT ?= vault_data
+FULL_ROOT ?= vault_data_full
+COLLECT_ARGS ?= +budget=demo +tasks=lbf_5
+demo-data: install
+	for s in $(DATA_SETS); do XLA_FLAGS=--xla_force_host_platform_device_count=1 \
+		$(PY) -m mtmarl.collect +budget=demo +tasks=$$s collect.root=$(DEMO_ROOT) collect.progress=false || exit 1; done
+
+data: install
+	for s in $(DATA_SETS); do XLA_FLAGS=--xla_force_host_platform_device_count=1 \
+		$(PY) -m mtmarl.collect +budget=full +tasks=$$s collect.root=$(FULL_ROOT) || exit 1; done
+
+collect: install
+	$(PY) -m mtmarl.collect $(COLLECT_ARGS)
 
 clean:
 	rm -rf $(VENV) outputs

@@ -130,15 +130,23 @@ def collect_task(spec, split: str, cfg: DictConfig, root: Path, ref_path: Path, 
     from mtmarl.online.system import MappoConfig, chunk_summary, to_experience
 
     env = spec.build()
-    mcfg = MappoConfig.from_mapping(OmegaConf.to_container(cfg.online, resolve=True))
+    online = env_online(cfg, spec.env)
+    mcfg = MappoConfig.from_mapping(online)
     if mcfg.critic_input == "state" and env.state_dim == 0:
         raise UserInputError(f"{spec.name} has no global state; use online.critic_input=obs")
     system = get_system(spec, env, mcfg)
-    budget = int(cfg.collect.budget)
+    budget = env_budget(cfg, spec.env)
     record = bool(cfg.collect.record) and split == "train"
     key = task_key(cfg.seed, spec)
     init_key, rec_key, eval_key = jax.random.split(key, 3)
     state = system.init(init_key)
+    evaluate = get_evaluator(spec, env, system, bool(cfg.eval.greedy), int(cfg.eval.episodes),
+                             cfg.eval.devices)
+    initial = None
+    if bool(cfg.collect.get("initial_eval", False)):
+        # The untrained actor (orthogonal init, gain 0.01) is close to uniform over legal actions:
+        # its return is the task's near-random baseline and the start of the learning curve.
+        initial = float(np.mean(jax.device_get(evaluate(system.actor_params(state), eval_key)).returns))
 
     log_path = log_dir / spec.env / f"{vault_io.task_dirname(spec)}.jsonl"
     log_path.parent.mkdir(parents=True, exist_ok=True)
@@ -173,8 +181,6 @@ def collect_task(spec, split: str, cfg: DictConfig, root: Path, ref_path: Path, 
         plot_curve([r for r in rows if r["return"] is not None], log_path.with_suffix(".png"),
                    f"MAPPO on {spec.name}")
 
-    evaluate = get_evaluator(spec, env, system, bool(cfg.eval.greedy), int(cfg.eval.episodes),
-                             cfg.eval.devices)
     stats = jax.device_get(evaluate(system.actor_params(state), eval_key))
     final = float(np.mean(stats.returns))
     result = {"name": spec.name, "split": split, "return": final,
@@ -182,21 +188,40 @@ def collect_task(spec, split: str, cfg: DictConfig, root: Path, ref_path: Path, 
               "env_steps": steps, "train_seconds": round(train_s, 1),
               "env_steps_per_second": round(steps / max(train_s, 1e-9), 1),
               "train_steps_per_second": round((steps - per_chunk) / steady_s, 1) if steady_s else None,
-              "greedy": bool(cfg.eval.greedy), "seed": int(cfg.seed)}
+              "greedy": bool(cfg.eval.greedy), "seed": int(cfg.seed), "initial_return": initial}
     if record:
         exp = concat_experience(parts)
-        meta = {"collector": "mtmarl.collect (Anakin MAPPO)", "online": OmegaConf.to_container(cfg.online),
+        meta = {"collector": "mtmarl.collect (Anakin MAPPO)", "online": online,
                 "budget": budget, "seed": int(cfg.seed), "final_return": final,
                 "record_every_updates": mcfg.updates_per_chunk, "learning_curve": str(log_path)}
         path = vault_io.write_vault(root, spec, exp, meta, uid=str(cfg.collect.uid), overwrite=True)
         result["vault"] = str(path)
         result["transitions"] = int(exp["actions"].shape[1])
     # The reference goes last: its presence (with the vault) marks the task finished.
-    merge_reference(ref_path, spec.adhoc, {k: result[k] for k in
-                                           ("return", "name", "episodes", "std", "env_steps", "seed")})
+    keys = ("return", "name", "split", "episodes", "std", "env_steps", "seed", "train_seconds")
+    entry = {k: result[k] for k in keys}
+    if initial is not None:
+        entry["initial_return"] = initial
+    merge_reference(ref_path, spec.adhoc, entry)
     if bar:
         bar.update(job, completed=budget, ret=final)
     return result
+
+
+def env_budget(cfg: DictConfig, env: str) -> int:
+    """Training env steps per task: ``collect.env_budget.<env>`` if set, else ``collect.budget``."""
+    per_env = cfg.collect.get("env_budget") or {}
+    value = per_env.get(env)
+    return int(cfg.collect.budget if value is None else value)
+
+
+def env_online(cfg: DictConfig, env: str) -> dict[str, Any]:
+    """The MAPPO settings for one env: ``online`` updated with ``online_env.<env>`` (if any)."""
+    online = OmegaConf.to_container(cfg.online, resolve=True)
+    extra = (cfg.get("online_env") or {}).get(env)
+    if extra:
+        online.update(OmegaConf.to_container(extra, resolve=True))
+    return online
 
 
 def resolve_task_set(cfg: DictConfig) -> task_registry.TaskSet:
@@ -221,8 +246,10 @@ def run(cfg: DictConfig) -> list[dict[str, Any]]:
     from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 
     enable_compilation_cache()
-    if int(cfg.collect.budget) < 1:
-        raise UserInputError(f"collect.budget must be >= 1, got {cfg.collect.budget}")
+    for env in ("rware", "lbf", "connector"):
+        if env_budget(cfg, env) < 1:
+            raise UserInputError(f"the collect budget for {env} must be >= 1, got {env_budget(cfg, env)} "
+                                 "(collect.budget / collect.env_budget)")
     if int(cfg.eval.episodes) < 1:
         raise UserInputError(f"eval.episodes must be >= 1, got {cfg.eval.episodes}")
     task_set = resolve_task_set(cfg)

@@ -193,7 +193,7 @@ def make_system(env, cfg: MappoConfig, num_devices: int | None = None) -> System
         def epoch(carry, ekey):
             params, opt_state = carry
             perm = jax.random.permutation(ekey, batch_size)
-            mbs = jax.tree.map(lambda x: x[perm].reshape((cfg.minibatches, -1) + x.shape[1:]), data)
+            mbs = jax.tree.map(lambda x: x[perm].reshape((cfg.minibatches, batch_size // cfg.minibatches) + x.shape[1:]), data)
 
             def minibatch(carry, mb):
                 params, opt_state = carry
@@ -251,7 +251,7 @@ def to_experience(traj: Transition) -> dict[str, Any]:
     episode end are dropped, and the streams are concatenated along time.
     """
     traj = jax.device_get(traj)
-    streams = lambda x: np.swapaxes(np.asarray(x), 1, 2).reshape((-1, x.shape[1]) + x.shape[3:])
+    streams = lambda x: np.swapaxes(np.asarray(x), 1, 2).reshape((x.shape[0] * x.shape[2], x.shape[1]) + x.shape[3:])
     tr = jax.tree.map(streams, traj)  # (D*B, T, ...)
     done = tr.terminal | tr.truncated
     pieces = []
