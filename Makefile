@@ -23,15 +23,18 @@ test: install
 test-slow: install
 	$(PY) -m pytest -q -m slow
 
-# Until the learner lands: zero-shot evaluation of a random policy on every rware_15 test task.
+# The main job: MT Oryx on the bundled rware_15 data (configs/training/default.yaml, ~15 min on 2 cores),
+# then zero-shot on the held-out tasks. Other runs: make train TRAIN_ARGS='+algo=mt_bc_sable +tasks=lbf_5'.
+TRAIN_ARGS ?= +algo=mt_oryx +tasks=rware_15
 train: install
-	$(PY) -m mtmarl.evaluate policy=random +tasks=rware_15 split=test
+	$(PY) -m mtmarl.train $(TRAIN_ARGS)
 
 figures: install
 	$(PY) experiment_scripts/plot_task_splits.py --out docs
 
 bench: install
 	$(PY) benchmarks/env_throughput.py
+	$(PY) benchmarks/train_step.py
 
 # Seed 004 Fig. 5b (model size on rware_15) at the quick budget on this machine; SLURM:
 #   make sweep SWEEP_ARGS='paper launcher=slurm jobs=15'   (see README, Experiments)

@@ -282,3 +282,18 @@ def test_model_size_driver_with_real_training(tmp_path, monkeypatch):
     assert rows[0]["parameters"] > 0
     second = main(experiment, argv)
     assert [r["status"] for r in second["runs"]] == ["skipped"]
+
+
+def test_bad_override_is_one_line_error(capsys):
+    """A malformed override (unquoted list of overrides) exits 2 with one line, not a Hydra traceback."""
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("td", Path(__file__).resolve().parents[1]
+                                                  / "experiment_scripts" / "task_diversity.py")
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    with pytest.raises(SystemExit) as exit_info:
+        mod.main(mod.EXPERIMENT, ["quick", "extra=[training=default]"])
+    assert exit_info.value.code == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("error: task_diversity:") and "\n" not in err and "Traceback" not in err

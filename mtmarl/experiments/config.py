@@ -7,6 +7,8 @@ from typing import Any, Sequence
 
 from omegaconf import DictConfig, OmegaConf
 
+from mtmarl.errors import UserInputError
+
 from mtmarl.runtime import CONFIG_DIR, quote_task_overrides
 
 EXPERIMENT_DIR = CONFIG_DIR / "experiments"
@@ -17,11 +19,16 @@ PRESETS = ("quick", "paper")
 def _compose(config_dir: Path, name: str, overrides: Sequence[str], hydra_config: bool = False) -> DictConfig:
     from hydra import compose, initialize_config_dir
     from hydra.core.global_hydra import GlobalHydra
+    from hydra.errors import HydraException
 
     if GlobalHydra.instance().is_initialized():  # e.g. called from inside a Hydra app
         GlobalHydra.instance().clear()
     with initialize_config_dir(str(config_dir), version_base=None):
-        return compose(name, list(overrides), return_hydra_config=hydra_config)
+        try:
+            return compose(name, list(overrides), return_hydra_config=hydra_config)
+        except HydraException as err:  # bad override syntax, unknown key or group option
+            msg = " ".join(str(err).split())
+            raise UserInputError(f"{name}: {msg}") from None
 
 
 def compose_experiment(name: str, overrides: Sequence[str] = ()) -> DictConfig:
@@ -36,7 +43,7 @@ def compose_experiment(name: str, overrides: Sequence[str] = ()) -> DictConfig:
         overrides[0] = f"budget={overrides[0]}"
     cfg = _compose(EXPERIMENT_DIR, name, overrides)
     if cfg.budget.name not in PRESETS:
-        raise ValueError(f"budget must be one of {PRESETS}, got {cfg.budget.name!r}")
+        raise UserInputError(f"budget must be one of {PRESETS}, got {cfg.budget.name!r}")
     return cfg
 
 

@@ -22,6 +22,7 @@ from omegaconf import DictConfig, OmegaConf
 from mtmarl.experiments.analysis import collect, save_rows
 from mtmarl.experiments.config import compose_experiment, compose_train, plain
 from mtmarl.experiments.runner import Run, is_finished, run_matrix, train_command
+from mtmarl.runtime import user_errors_exit
 
 
 @dataclasses.dataclass(frozen=True)
@@ -58,6 +59,7 @@ def print_matrix(cfg: DictConfig, runs: Sequence[Run]) -> None:
     Console().print(table)
 
 
+@user_errors_exit
 def main(exp: Experiment, argv: Sequence[str] | None = None) -> dict[str, Any]:
     """Run one experiment end to end; returns {"runs": outcome records, "files": written files}."""
     argv = sys.argv[1:] if argv is None else list(argv)
