@@ -17,7 +17,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from mtmarl.experiments.analysis import aggregate, bootstrap_args, find, fmt, metric_label, report
+from mtmarl.experiments.analysis import aggregate, bootstrap_args, find, fmt, metric_label, report, save_markdown
 from mtmarl.experiments.config import run_overrides
 from mtmarl.experiments.driver import Experiment, main
 from mtmarl.experiments.plots import bar_figure
@@ -59,10 +59,7 @@ def analyse(cfg, records, out: Path) -> list[Path]:
         panels = list(dict.fromkeys(b["panel"] for b in bars))
         files.append(bar_figure(out / "fig6_ablations", bars, panels, list(cfg.algos),
                                 f"test {metric_label(rows)}", meta))
-        text = "\n".join(lines) + "\n"
-        (out / "ablation_change.md").write_text(text)
-        files.append(out / "ablation_change.md")
-        print(text)
+        files.append(save_markdown(out / "ablation_change.md", lines))
     return files
 
 

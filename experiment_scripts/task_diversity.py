@@ -20,7 +20,8 @@ from pathlib import Path
 
 import numpy as np
 
-from mtmarl.experiments.analysis import aggregate, bootstrap_args, find, fmt, metric_label, num_train_tasks, report
+from mtmarl.experiments.analysis import (aggregate, bootstrap_args, find, fmt, metric_label, num_train_tasks, report,
+                                         save_markdown)
 from mtmarl.experiments.config import run_overrides
 from mtmarl.experiments.driver import Experiment, main
 from mtmarl.experiments.plots import bar_figure, line_figure
@@ -94,10 +95,7 @@ def analyse(cfg, records, out: Path) -> list[Path]:
         for g in gains:
             lines.append(f"| {g['task_set']} | {g['algo']} | {fmt(g['st'])} | {fmt(g['mt'])} (M={g['M']}) | "
                          f"{fmt(g['gain_percent'], 0)}% |")
-        text = "\n".join(lines) + "\n"
-        (out / "fig1_gain.md").write_text(text)
-        files.append(out / "fig1_gain.md")
-        print(text)
+        files.append(save_markdown(out / "fig1_gain.md", lines))
     return files
 
 

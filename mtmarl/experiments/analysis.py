@@ -120,6 +120,14 @@ def markdown(rows: Sequence[dict[str, Any]], by: Sequence[str]) -> str:
     return "\n".join(lines) + "\n"
 
 
+def save_markdown(path: Path, lines: Sequence[str]) -> Path:
+    """Write a markdown table (one string per line), print it, return the path."""
+    text = "\n".join(lines) + "\n"
+    path.write_text(text)
+    print(text)
+    return path
+
+
 def _jsonable(x: Any) -> Any:
     if isinstance(x, float) and not math.isfinite(x):
         return None
