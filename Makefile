@@ -49,8 +49,8 @@ experiments: install
 		$(PY) experiment_scripts/$$e.py $(EXPERIMENT_ARGS) || exit 1; done
 
 # Datasets (vault_data/README.md). One device, so results match the recorded ones.
-# demo-data: the bundled data (configs/budget/demo.yaml, about 1 h of one CPU core);
-# data: the full-size benchmark data into vault_data_full/ (configs/budget/full.yaml, hours);
+# demo-data: the bundled data (configs/budget/demo.yaml, 73 min of one CPU core measured);
+# data: the full-size benchmark data into vault_data_full/ (configs/budget/full.yaml, ~3.6 h estimated);
 # collect: any collection, e.g. make collect COLLECT_ARGS='+tasks=lbf_5 collect.budget=500000'.
 DATA_SETS ?= connector_10 lbf_5 rware_15
 DEMO_ROOT ?= vault_data

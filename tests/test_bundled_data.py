@@ -1,0 +1,87 @@
+"""Bundled demo data (vault_data/) and the per-env collection budgets that produced it.
+
+The data checks read only JSON metadata (no vault arrays), so they stay fast.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+
+import numpy as np
+import pytest
+from omegaconf import OmegaConf
+
+from mtmarl import collect
+from mtmarl import tasks as task_registry
+from mtmarl.data import vault as vault_io
+from mtmarl.online.system import to_experience
+from mtmarl.online.rollout import Transition
+from mtmarl.envs import Observation
+
+ROOT = collect.ROOT
+DATA = ROOT / "vault_data"
+SETS = ("rware_15", "lbf_5", "connector_10")
+DEMO = OmegaConf.load(ROOT / "configs" / "budget" / "demo.yaml")
+
+
+@pytest.mark.parametrize("set_name", SETS)
+def test_every_train_task_has_a_bundled_vault_matching_its_spec(set_name):
+    for spec in task_registry.load(set_name).split("train"):
+        vlt = vault_io.vault_path(DATA, spec)
+        meta = vault_io.read_metadata(vlt)
+        assert meta is not None, f"no bundled vault for {set_name}/{spec.name} at {vlt}"
+        env = spec.build()
+        assert meta["task"]["adhoc"] == spec.adhoc and meta["task"]["name"] == spec.name
+        assert (meta["agents"], meta["obs_dim"], meta["num_actions"], meta["state_dim"]) == (
+            env.num_agents, env.obs_dim, env.num_actions, env.state_dim), spec.name
+        entry = meta["datasets"][vault_io.DEFAULT_UID]
+        assert entry["transitions"] > 0 and entry["returns"]["episodes"] > 0, spec.name
+        # produced by the recorded demo budget, and every checksummed file is present
+        assert entry["collector"]["budget"] == DEMO.collect.env_budget[spec.env], spec.name
+        uid_dir = vlt / vault_io.DEFAULT_UID
+        assert (uid_dir / vault_io.FBX_META_FILE).is_file()
+        assert entry["sha256"] and all((vlt / f).is_file() for f in entry["sha256"]), spec.name
+    # no leftover temporary vaults from an interrupted write
+    env_dir = DATA / task_registry.load(set_name).env
+    assert not [p for p in env_dir.glob("*.vlt/.*") if p.is_dir()]
+
+
+def test_references_cover_every_task_of_the_bundled_sets():
+    refs = json.loads((DATA / "references.json").read_text())
+    for set_name in SETS:
+        for split in ("train", "test"):
+            for spec in task_registry.load(set_name).split(split):
+                entry = refs.get(spec.adhoc)
+                assert entry is not None, f"no reference for {set_name} {split} task {spec.name}"
+                assert entry["name"] == spec.name and entry["split"] == split
+                assert math.isfinite(entry["return"]) and math.isfinite(entry["initial_return"])
+                assert entry["env_steps"] >= DEMO.collect.env_budget[spec.env]
+
+
+def test_per_env_budget_and_online_settings():
+    cfg = OmegaConf.create({"collect": {"budget": 500, "env_budget": {"rware": 700}},
+                            "online": {"lr": 0.1, "record_len": 128},
+                            "online_env": {"rware": {"record_len": 500}}})
+    assert collect.env_budget(cfg, "rware") == 700 and collect.env_budget(cfg, "lbf") == 500
+    assert collect.env_online(cfg, "rware") == {"lr": 0.1, "record_len": 500}
+    assert collect.env_online(cfg, "lbf") == {"lr": 0.1, "record_len": 128}
+    assert cfg.online.record_len == 128  # the shared settings are not modified
+
+
+def test_to_experience_without_global_state():
+    # RWARE and LBF have no global state (size 0): the stream reshapes must not infer a -1 axis.
+    D, T, B, N, O, A = 1, 6, 2, 3, 4, 5
+    done = np.zeros((D, T, B), bool)
+    done[0, 2, 0] = done[0, 4, 1] = True
+    obs = Observation(np.arange(D * T * B * N * O, dtype=np.float32).reshape(D, T, B, N, O),
+                      np.ones((D, T, B, N, A), bool), np.ones((D, T, B, N), bool),
+                      np.zeros((D, T, B), np.int32))
+    tr = Transition(obs, np.zeros((D, T, B, 0), np.float32), np.ones((D, T, B, N), np.int32),
+                    np.zeros((D, T, B, N)), np.zeros((D, T, B)), np.zeros((D, T, B)),
+                    np.ones((D, T, B), np.float32), done, np.zeros((D, T, B), bool),
+                    np.zeros((D, T, B)), np.zeros((D, T, B)))
+    exp = to_experience(tr)
+    assert exp["observations"].shape == (1, 3 + 5, N, O) and exp["infos"]["state"].shape == (1, 8, 0)
+    np.testing.assert_array_equal(exp["observations"][0, 3], obs.agents_view[0, 0, 1])  # env 1 follows env 0
+    np.testing.assert_array_equal(exp["terminals"][0, :, 0], [0, 0, 1, 0, 0, 0, 0, 1])
