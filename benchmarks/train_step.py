@@ -61,13 +61,19 @@ def synthetic_buffers(n_agents: int, seq_len: int, tasks: int = 3):
     return make_buffers(data, seq_len)
 
 
+def _square(a):
+    return a @ a
+
+
+_SINGLE, _MULTI = jax.jit(_square), jax.pmap(_square)  # built once: every call reuses the compiled programs
+
+
 def matmul_rate(seconds: float = 1.0) -> float:
     """Dense fp32 GFLOP/s now: the best of one big jit matmul and one per device under pmap."""
     n = 2048
     a = jnp.ones((n, n), jnp.float32)
-    single = jax.jit(lambda a: a @ a)
+    single, multi = _SINGLE, _MULTI
     d = jax.local_device_count()
-    multi = jax.pmap(lambda a: a @ a)
     ad = jnp.ones((d, n, n), jnp.float32)
     best = 0.0
     for f, x, mult in ((single, a, 1), (multi, ad, d)):

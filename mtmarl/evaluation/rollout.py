@@ -74,11 +74,9 @@ class Evaluator:
                  batch: int | None = None):
         self.devices = jax.local_devices()[: num_devices or jax.local_device_count()]
         n_dev = len(self.devices)
-        self.num_episodes = num_episodes
         per_device = -(-num_episodes // n_dev)
         self.batch = min(per_device, batch) if batch else per_device
-        self.calls = -(-per_device // self.batch)
-        self.per_device = self.calls * self.batch   # padded up; extra episodes are dropped
+        self._set_episodes(num_episodes)
 
         def run(params, key, first):
             """Episodes first..first+batch-1; keys are made inside the compiled program."""
@@ -87,13 +85,15 @@ class Evaluator:
         self._fn = jax.jit(run) if n_dev == 1 else jax.pmap(run, in_axes=(None, None, 0), devices=self.devices)
         self._compiled = [None]  # shared with resized() copies
 
+    def _set_episodes(self, num_episodes: int) -> None:
+        self.num_episodes = num_episodes
+        self.calls = -(-num_episodes // (len(self.devices) * self.batch))
+        self.per_device = self.calls * self.batch  # padded up; extra episodes are dropped
+
     def resized(self, num_episodes: int) -> "Evaluator":
         """The same compiled program for another episode count (more or fewer calls)."""
         other = copy.copy(self)
-        other.num_episodes = num_episodes
-        per_device = -(-num_episodes // len(self.devices))
-        other.calls = -(-per_device // self.batch)
-        other.per_device = other.calls * self.batch
+        other._set_episodes(num_episodes)
         return other
 
     def _firsts(self, call: int):
@@ -130,9 +130,7 @@ def compile_all(evaluators, params, key, threads: int | None = None) -> None:
     from concurrent.futures import ThreadPoolExecutor
 
     todo = list({id(e._compiled): e for e in evaluators if e._compiled[0] is None}.values())
-    if len(todo) < 2:
-        for e in todo:
-            e.compile(params, key)
+    if not todo:
         return
     with ThreadPoolExecutor(threads or min(len(todo), jax.local_device_count() * 2, 8)) as pool:
         list(pool.map(lambda e: e.compile(params, key), todo))

@@ -79,25 +79,27 @@ class PeriodicEvaluator:
         self._fns: dict[Any, Any] = {}
 
     def _evaluator(self, spec, episodes: int | None):
-        fn = self._fns.get(spec)
-        if fn is None:
-            fn = self._fns[spec] = make_evaluator(self.task_set.padded(spec), self.policy, self.episodes,
-                                                  self.devices, self.batch)
-        return fn if episodes in (None, self.episodes) else fn.resized(episodes)
+        """(evaluator, real agent count) of a task; the padded env is built once per task."""
+        if spec not in self._fns:
+            env = self.task_set.padded(spec)
+            self._fns[spec] = (make_evaluator(env, self.policy, self.episodes, self.devices, self.batch),
+                               env.inner.num_agents)
+        fn, agents = self._fns[spec]
+        return (fn if episodes in (None, self.episodes) else fn.resized(episodes)), agents
 
     def __call__(self, params, step: int | None, splits=None, episodes: int | None = None) -> list[dict[str, Any]]:
         chosen = [(split, spec) for split, spec in self.todo if splits is None or split in splits]
         fns = [self._evaluator(spec, episodes) for _, spec in chosen]
         if chosen:
-            compile_all(fns, params, self.task_key(self.seed, chosen[0][1]))
+            compile_all([fn for fn, _ in fns], params, self.task_key(self.seed, chosen[0][1]))
         rows = []
-        for (split, spec), fn in zip(chosen, fns):
+        for (split, spec), (fn, agents) in zip(chosen, fns):
             key = self.task_key(self.seed, spec)
             if step is not None:
                 key = jax.random.fold_in(key, step)
             stats = jax.device_get(fn(params, key))
             info = {"name": spec.name, "task": spec.adhoc, "env": spec.env, "split": split,
-                    "agents": self.task_set.padded(spec).inner.num_agents}
+                    "agents": agents}
             rows.append(summarise(info, stats, reference_for(spec, self.references)))
         return rows
 
