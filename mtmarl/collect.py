@@ -1,10 +1,12 @@
-"""Online collector: train MAPPO per task, record datasets, write reference returns.
+"""Online collector: train an online learner (MAPPO or Sable) per task, record datasets, write reference returns.
 
     python -m mtmarl.collect +tasks=connector_10 collect.budget=2000000
     python -m mtmarl.collect task=connector:grid=5,agents=2 collect.budget=200000
 
-For every task of the set (``split``), an Anakin MAPPO (:mod:`mtmarl.online.system`)
-trains for ``collect.budget`` env steps on the task itself (unpadded). After
+For every task of the set (``split``), an Anakin online learner trains for
+``collect.budget`` env steps on the task itself (unpadded): MAPPO
+(:mod:`mtmarl.online.system`, ``online=mappo``, the default) or Sable
+(:mod:`mtmarl.online.sable_system`, ``online=sable``). After
 every chunk of K updates it logs the mean return of the episodes finished in
 training to ``<log_dir>/<env>/<task>.jsonl`` (plus a PNG of the curve) and, for
 train tasks, records R envs x T steps with the stochastic policy (completed
@@ -106,11 +108,11 @@ _SYSTEMS: dict[tuple, Any] = {}
 
 def get_system(spec, env, mcfg):
     """The compiled system for (task, config, devices), built once per process."""
-    from mtmarl.online.system import make_system
+    from mtmarl.online.registry import make_online_system
 
     key = (spec.adhoc, mcfg, jax.local_device_count())
     if key not in _SYSTEMS:
-        _SYSTEMS[key] = make_system(env, mcfg)
+        _SYSTEMS[key] = make_online_system(env, mcfg)
     return _SYSTEMS[key]
 
 
@@ -127,12 +129,14 @@ def get_evaluator(spec, env, system, greedy: bool, episodes: int, devices):
 
 def collect_task(spec, split: str, cfg: DictConfig, root: Path, ref_path: Path, log_dir: Path,
                  bar=None) -> dict[str, Any]:
-    from mtmarl.online.system import MappoConfig, chunk_summary, to_experience
+    from mtmarl.online.registry import LABELS, online_config, system_name
+    from mtmarl.online.system import chunk_summary, to_experience
 
     env = spec.build()
     online = env_online(cfg, spec.env)
-    mcfg = MappoConfig.from_mapping(online)
-    if mcfg.critic_input == "state" and env.state_dim == 0:
+    mcfg = online_config(online)
+    label = LABELS[system_name(mcfg)]
+    if getattr(mcfg, "critic_input", None) == "state" and env.state_dim == 0:
         raise UserInputError(f"{spec.name} has no global state; use online.critic_input=obs")
     system = get_system(spec, env, mcfg)
     budget = env_budget(cfg, spec.env)
@@ -179,7 +183,7 @@ def collect_task(spec, split: str, cfg: DictConfig, root: Path, ref_path: Path, 
     train_s = time.perf_counter() - start
     if rows and any(r["return"] is not None for r in rows):
         plot_curve([r for r in rows if r["return"] is not None], log_path.with_suffix(".png"),
-                   f"MAPPO on {spec.name}")
+                   f"{label} on {spec.name}")
 
     stats = jax.device_get(evaluate(system.actor_params(state), eval_key))
     final = float(np.mean(stats.returns))
@@ -188,10 +192,11 @@ def collect_task(spec, split: str, cfg: DictConfig, root: Path, ref_path: Path, 
               "env_steps": steps, "train_seconds": round(train_s, 1),
               "env_steps_per_second": round(steps / max(train_s, 1e-9), 1),
               "train_steps_per_second": round((steps - per_chunk) / steady_s, 1) if steady_s else None,
-              "greedy": bool(cfg.eval.greedy), "seed": int(cfg.seed), "initial_return": initial}
+              "greedy": bool(cfg.eval.greedy), "seed": int(cfg.seed), "initial_return": initial,
+              "system": system_name(mcfg)}
     if record:
         exp = concat_experience(parts)
-        meta = {"collector": "mtmarl.collect (Anakin MAPPO)", "online": online,
+        meta = {"collector": f"mtmarl.collect (Anakin {label})", "online": online,
                 "budget": budget, "seed": int(cfg.seed), "final_return": final,
                 "record_every_updates": mcfg.updates_per_chunk, "learning_curve": str(log_path)}
         path = vault_io.write_vault(root, spec, exp, meta, uid=str(cfg.collect.uid), overwrite=True)
@@ -208,6 +213,80 @@ def collect_task(spec, split: str, cfg: DictConfig, root: Path, ref_path: Path, 
     return result
 
 
+def collect_scripted_task(spec, split: str, cfg: DictConfig, root: Path, ref_path: Path, log_dir: Path,
+                          bar=None) -> dict[str, Any]:
+    """RWARE data from the scripted planner (:mod:`mtmarl.online.scripted_rware`), level by level.
+
+    Each level records ``record_envs`` envs for one horizon at one epsilon (the first level is
+    a careless uniform-random policy); the last level's return is the task's reference.
+    """
+    from mtmarl.online import scripted_rware as scripted
+    from mtmarl.online.rollout import PoolMaker
+    from mtmarl.online.system import to_experience
+
+    scfg = cfg.collect.scripted
+    levels = [float(e) for e in scfg.epsilons]
+    if not levels or any(not 0.0 <= e <= 1.0 for e in levels):
+        raise UserInputError(f"collect.scripted.epsilons must be a non-empty list in [0, 1], got {levels}")
+    env = spec.build()
+    n_envs, length = int(scfg.record_envs), env.horizon
+    resets = length // 20 + 1  # careless episodes end at the first collision, after tens of steps
+    pools = PoolMaker(env, n_envs * resets)
+    record = jax.jit(scripted.rollout, static_argnums=(0, 3))
+    returns = jax.jit(scripted.episode_returns, static_argnums=0)
+    key = task_key(cfg.seed, spec)
+    rec_key, eval_key = jax.random.split(key)
+    eval_keys = jax.random.split(eval_key, int(cfg.eval.episodes))
+    do_record = bool(cfg.collect.record) and split == "train"
+    log_path = log_dir / spec.env / f"{vault_io.task_dirname(spec)}.jsonl"
+    log_path.parent.mkdir(parents=True, exist_ok=True)
+    job = bar.add_task(f"{split}: {spec.name}", total=len(levels), ret=float("nan")) if bar else None
+    start, rows, parts, steps = time.perf_counter(), [], [], 0
+    with open(log_path, "w") as log:
+        for i, eps in enumerate(levels):
+            careless = i == 0
+            k_pool, k_run = jax.random.split(jax.random.fold_in(rec_key, i))
+            traj = record(env, pools(k_pool, (n_envs, resets)), k_run, length, eps, careless)
+            done = np.asarray(traj.terminal | traj.truncated)
+            ret = float(np.asarray(traj.episode_return)[done].mean()) if done.any() else float("nan")
+            steps += n_envs * length
+            row = {"env_steps": steps, "level": i, "epsilon": eps, "careless": careless,
+                   "episodes": int(done.sum()), "return": round(ret, 5),
+                   "collisions": int(np.asarray(traj.terminal).sum()), "wall_s": round(time.perf_counter() - start, 3)}
+            if do_record:
+                parts.append(to_experience(jax.tree.map(lambda x: x[None], traj)))
+                row["recorded"] = int(sum(p["actions"].shape[1] for p in parts))
+            rows.append(row)
+            log.write(json.dumps(row) + "\n")
+            log.flush()
+            if bar:
+                bar.update(job, completed=i + 1, ret=ret)
+    plot_curve(rows, log_path.with_suffix(".png"), f"scripted planner on {spec.name} (epsilon {levels[0]} -> {levels[-1]})")
+    final_returns = np.asarray(returns(env, eval_keys, levels[-1], False))
+    initial = float(np.mean(returns(env, eval_keys, 1.0, True)))
+    final = float(final_returns.mean())
+    train_s = time.perf_counter() - start
+    result = {"name": spec.name, "split": split, "return": final, "std": float(final_returns.std()),
+              "episodes": int(cfg.eval.episodes), "env_steps": steps, "train_seconds": round(train_s, 1),
+              "env_steps_per_second": round(steps / max(train_s, 1e-9), 1), "seed": int(cfg.seed),
+              "initial_return": initial}
+    if do_record:
+        exp = concat_experience(parts)
+        meta = {"collector": "mtmarl.collect (scripted RWARE planner)",
+                "scripted": OmegaConf.to_container(scfg, resolve=True), "seed": int(cfg.seed),
+                "final_return": final, "levels": rows, "learning_curve": str(log_path)}
+        path = vault_io.write_vault(root, spec, exp, meta, uid=str(cfg.collect.uid), overwrite=True)
+        result["vault"] = str(path)
+        result["transitions"] = int(exp["actions"].shape[1])
+    entry = {k: result[k] for k in ("return", "name", "split", "episodes", "std", "env_steps", "seed",
+                                    "train_seconds", "initial_return")}
+    entry["behaviour"] = f"scripted planner, epsilon {levels[-1]}"
+    merge_reference(ref_path, spec.adhoc, entry)  # last: marks the task finished
+    if bar:
+        bar.update(job, completed=len(levels), ret=final)
+    return result
+
+
 def env_budget(cfg: DictConfig, env: str) -> int:
     """Training env steps per task: ``collect.env_budget.<env>`` if set, else ``collect.budget``."""
     per_env = cfg.collect.get("env_budget") or {}
@@ -216,7 +295,7 @@ def env_budget(cfg: DictConfig, env: str) -> int:
 
 
 def env_online(cfg: DictConfig, env: str) -> dict[str, Any]:
-    """The MAPPO settings for one env: ``online`` updated with ``online_env.<env>`` (if any)."""
+    """The online settings for one env: ``online`` updated with ``online_env.<env>`` (if any)."""
     online = OmegaConf.to_container(cfg.online, resolve=True)
     extra = (cfg.get("online_env") or {}).get(env)
     if extra:
@@ -270,7 +349,8 @@ def run(cfg: DictConfig) -> list[dict[str, Any]]:
                 console.print(f"skip {s} task {spec.name}: already collected")
                 results.append({"name": spec.name, "split": s, "skipped": True})
                 continue
-            res = collect_task(spec, s, cfg, root, ref_path, log_dir, bar)
+            scripted = spec.env in (cfg.collect.get("scripted") or {}).get("envs", [])
+            res = (collect_scripted_task if scripted else collect_task)(spec, s, cfg, root, ref_path, log_dir, bar)
             console.print(f"{s} task {spec.name}: final return {res['return']:.3f} after "
                           f"{res['env_steps']:,} steps ({res['env_steps_per_second']:,.0f} steps/s)"
                           + (f", vault {res['vault']} ({res['transitions']:,} transitions)" if "vault" in res else ""))
