@@ -56,6 +56,12 @@ class MappoConfig:
     record_envs: int = 8  # R (total over devices)
     record_len: int = 128  # T steps per recorded env
     record_resets: int | None = None  # pool entries per recorded env; None = record_len // 5 + 1
+    system: str = "mappo"  # the online.system switch (mtmarl/online/registry.py); Sable has its own config
+
+    def __post_init__(self):
+        if self.system != "mappo":
+            from mtmarl.errors import UserInputError
+            raise UserInputError(f"MappoConfig is for online.system=mappo, got {self.system!r}")
 
     @classmethod
     def from_mapping(cls, cfg) -> "MappoConfig":
