@@ -40,7 +40,7 @@ from omegaconf import OmegaConf  # noqa: E402
 from mtmarl.evaluation.rollout import make_evaluator  # noqa: E402
 from mtmarl.online.registry import LABELS, make_online_system, online_config  # noqa: E402
 from mtmarl.online.system import chunk_summary  # noqa: E402
-from mtmarl.runtime import enable_compilation_cache  # noqa: E402
+from mtmarl.runtime import enable_compilation_cache, save_figure  # noqa: E402
 from mtmarl.tasks import TaskSpec  # noqa: E402
 
 DEFAULT_TASKS = ["connector:grid=5,agents=2", "connector:grid=7,agents=3",
@@ -123,10 +123,7 @@ def plot(results: dict, path: Path) -> None:
             ax.grid(alpha=0.3)
             ax.legend(fontsize=8)
     fig.tight_layout()
-    tmp = path.with_name(f".{path.stem}.tmp-{os.getpid()}.png")
-    fig.savefig(tmp, dpi=110)
-    plt.close(fig)
-    os.replace(tmp, path)
+    save_figure(fig, path)
 
 
 def _at(run: dict, key: str, x: float) -> float:

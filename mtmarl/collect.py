@@ -37,7 +37,7 @@ from mtmarl import tasks as task_registry
 from mtmarl.data import vault as vault_io
 from mtmarl.errors import UserInputError
 from mtmarl.evaluation.rollout import make_evaluator
-from mtmarl.runtime import enable_compilation_cache, hydra_cli, user_errors_exit
+from mtmarl.runtime import enable_compilation_cache, hydra_cli, save_figure, user_errors_exit
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -92,10 +92,7 @@ def plot_curve(rows: list[dict[str, Any]], path: Path, title: str) -> None:
     ax.set_title(title, fontsize=9)
     ax.grid(alpha=0.3)
     fig.tight_layout()
-    tmp = path.with_name(f".{path.stem}.tmp-{os.getpid()}.png")
-    fig.savefig(tmp, dpi=110)
-    plt.close(fig)
-    os.replace(tmp, path)
+    save_figure(fig, path)
 
 
 def concat_experience(parts: list[dict[str, Any]]) -> dict[str, Any]:

@@ -70,3 +70,17 @@ def hydra_cli(config_name: str, run: Callable) -> None:
 
     sys.argv = quote_task_overrides(sys.argv)
     hydra.main(version_base=None, config_path=str(CONFIG_DIR), config_name=config_name)(task)()
+
+
+def save_figure(fig, path: Path, dpi: int = 110) -> None:
+    """Write a matplotlib figure atomically (temp file + rename) and close it.
+
+    Long jobs redraw their figures as they go; a crash mid-write must not leave a truncated PNG.
+    """
+    import matplotlib.pyplot as plt
+
+    path = Path(path)
+    tmp = path.with_name(f".{path.stem}.tmp-{os.getpid()}{path.suffix}")
+    fig.savefig(tmp, dpi=dpi)
+    plt.close(fig)
+    os.replace(tmp, path)

@@ -7,12 +7,67 @@ e.g. to drop padded agents).
 
 from __future__ import annotations
 
+import dataclasses
 from typing import NamedTuple
 
 import jax
 import jax.numpy as jnp
+import optax
 
 NEG_INF = -1e9
+
+
+@dataclasses.dataclass(frozen=True)
+class PPOSettings:
+    """What every online PPO system shares: rollouts, optimisation and recording.
+
+    Frozen (hashable), so a compiled system can be cached per config. Subclasses add
+    their network's fields and set ``system`` (the ``online.system`` switch).
+    """
+
+    system: str = ""
+    num_envs: int = 16  # envs per device
+    rollout_len: int = 32
+    epochs: int = 4
+    minibatches: int = 2
+    lr: float = 5e-4
+    gamma: float = 0.99
+    gae_lambda: float = 0.95
+    clip_eps: float = 0.2
+    ent_coef: float = 0.01
+    vf_coef: float = 0.5
+    max_grad_norm: float = 0.5
+    resets_per_env: int = 4  # reset pool entries per env per update (wraps if exceeded)
+    updates_per_chunk: int = 10  # K: one compiled call; a recording follows each chunk
+    record_envs: int = 8  # R (total over devices)
+    record_len: int = 128  # T steps per recorded env
+    record_resets: int | None = None  # pool entries per recorded env; None = record_len // 5 + 1
+
+    SYSTEM = ""  # the subclass's online.system name
+    FOREIGN = ()  # other systems' keys: a typo hint that the preset is wrong
+
+    def __post_init__(self):
+        from mtmarl.errors import UserInputError
+        if self.system != self.SYSTEM:
+            raise UserInputError(f"{type(self).__name__} is for online.system={self.SYSTEM}, got {self.system!r}")
+
+    @classmethod
+    def from_mapping(cls, cfg):
+        """From a config mapping; unknown keys are a user error listing the valid ones."""
+        from mtmarl.errors import UserInputError
+        fields = {f.name for f in dataclasses.fields(cls)}
+        kw = {"system": cls.SYSTEM, **dict(cfg)}
+        unknown = sorted(set(kw) - fields)
+        if unknown:
+            hint = (f" (settings of another system: select its preset, e.g. online={kw['system']})"
+                    if set(cls.FOREIGN) & set(unknown) else "")
+            raise UserInputError(f"unknown online setting(s) {', '.join(unknown)} for {cls.SYSTEM}{hint}; "
+                                 f"valid: {', '.join(sorted(fields))}")
+        return cls(**cls.coerce(kw))
+
+    @staticmethod
+    def coerce(kw: dict) -> dict:
+        return kw
 
 
 def gae(rewards: jax.Array, values: jax.Array, next_values: jax.Array, terminals: jax.Array,
@@ -105,3 +160,28 @@ def ppo_loss(logits: jax.Array, action_mask: jax.Array, actions: jax.Array, old_
     clip_frac = _mean((jnp.abs(jnp.exp(log_ratio) - 1.0) > clip_eps).astype(jnp.float32), weight)
     total = pol + vf_coef * val - ent_coef * ent
     return LossInfo(total, pol, val, ent, kl, clip_frac)
+
+
+def optimise(loss_fn, tx, params, opt_state, data, key: jax.Array, epochs: int, minibatches: int,
+             axis_name: str):
+    """``epochs`` passes of shuffled minibatch steps over ``data`` (a tuple, leading axis = samples).
+
+    ``loss_fn(params, *minibatch) -> (loss, info)``; gradients are averaged over ``axis_name``
+    (the pmap axis). Returns ``((params, opt_state), infos)`` with infos stacked (epochs, minibatches).
+    """
+    n = jax.tree.leaves(data)[0].shape[0]
+
+    def epoch(carry, ekey):
+        perm = jax.random.permutation(ekey, n)
+        mbs = jax.tree.map(lambda x: x[perm].reshape((minibatches, n // minibatches) + x.shape[1:]), data)
+
+        def minibatch(carry, mb):
+            params, opt_state = carry
+            grads, info = jax.grad(loss_fn, has_aux=True)(params, *mb)
+            grads = jax.lax.pmean(grads, axis_name)
+            upd, opt_state = tx.update(grads, opt_state, params)
+            return (optax.apply_updates(params, upd), opt_state), info
+
+        return jax.lax.scan(minibatch, carry, mbs)
+
+    return jax.lax.scan(epoch, (params, opt_state), jax.random.split(key, epochs))

@@ -41,40 +41,28 @@ from mtmarl.networks.retention import Ctx
 from mtmarl.networks.sable import SableConfig, SableModule, SableNet, make_sable
 from mtmarl.online import ppo
 from mtmarl.online.rollout import EnvBatch, PoolMaker, ResetPool, Transition, start_from_pool, step_with_pool
-from mtmarl.online.system import AXIS, UpdateMetrics
+from mtmarl.online.system import AXIS, UpdateMetrics, update_metrics
 
 NETWORK_FIELDS = ("embed_dim", "n_blocks", "n_heads", "chunk_size", "ffn_mult", "matmul_dtype")
 
 
 @dataclasses.dataclass(frozen=True)
-class SableOnlineConfig:
+class SableOnlineConfig(ppo.PPOSettings):
+    """PPO settings (minibatches split the envs, so ``num_envs`` must be divisible by them) + the network."""
+
     system: str = "sable"
-    num_envs: int = 16  # per device
-    rollout_len: int = 32
-    epochs: int = 4
-    minibatches: int = 2  # splits the envs; num_envs must be divisible by it
-    lr: float = 5e-4
-    gamma: float = 0.99
-    gae_lambda: float = 0.95
-    clip_eps: float = 0.2
-    ent_coef: float = 0.01
-    vf_coef: float = 0.5
-    max_grad_norm: float = 0.5
     embed_dim: int = 32
     n_blocks: int = 1
     n_heads: int = 2
     chunk_size: int = 16  # timesteps per chunk of the training pass (speed only)
     ffn_mult: float = 1.0
     matmul_dtype: str = "float32"
-    resets_per_env: int = 4
-    updates_per_chunk: int = 10
-    record_envs: int = 8
-    record_len: int = 128
-    record_resets: int | None = None
+
+    SYSTEM = "sable"
+    FOREIGN = ("hidden", "critic_input")
 
     def __post_init__(self):
-        if self.system != "sable":
-            raise UserInputError(f"SableOnlineConfig is for online.system=sable, got {self.system!r}")
+        super().__post_init__()
         if self.num_envs % self.minibatches:
             raise UserInputError(f"online.num_envs={self.num_envs} is not divisible by "
                                  f"online.minibatches={self.minibatches} (Sable minibatches split the envs)")
@@ -84,17 +72,6 @@ class SableOnlineConfig:
     def network(self) -> SableConfig:
         """Scalar Q (unused here) and a scalar per-agent value head."""
         return SableConfig(**{f: getattr(self, f) for f in NETWORK_FIELDS}, q_bins=0, value_head=True)
-
-    @classmethod
-    def from_mapping(cls, cfg) -> "SableOnlineConfig":
-        fields = {f.name for f in dataclasses.fields(cls)}
-        unknown = sorted(set(dict(cfg)) - fields)
-        if unknown:
-            hint = " (MAPPO settings: select the Sable preset with online=sable)" if \
-                {"hidden", "critic_input"} & set(unknown) else ""
-            raise UserInputError(f"unknown online setting(s) {', '.join(unknown)} for Sable{hint}; "
-                                 f"valid: {', '.join(sorted(fields))}")
-        return cls(**dict(cfg))
 
 
 class TrainState(NamedTuple):
@@ -222,25 +199,9 @@ def make_sable_system(env, cfg: SableOnlineConfig, num_devices: int | None = Non
                                team(traj.done), cfg.gamma, cfg.gae_lambda)
         data = (batch_major(traj), carry0, jnp.swapaxes(adv, 0, 1), jnp.swapaxes(targets, 0, 1))
 
-        def epoch(carry, ekey):
-            perm = jax.random.permutation(ekey, B)
-            mbs = jax.tree.map(lambda x: x[perm].reshape((M, B // M) + x.shape[1:]), data)
-
-            def minibatch(carry, mb):
-                params, opt_state = carry
-                grads, info = jax.grad(loss_fn, has_aux=True)(params, *mb)
-                grads = jax.lax.pmean(grads, AXIS)
-                upd, opt_state = tx.update(grads, opt_state, params)
-                return (optax.apply_updates(params, upd), opt_state), info
-
-            return jax.lax.scan(minibatch, carry, mbs)
-
-        (params, opt_state), infos = jax.lax.scan(
-            epoch, (state.params, state.opt_state), jax.random.split(shuffle_key, cfg.epochs))
-        done = traj.done.astype(jnp.float32)
-        metrics = UpdateMetrics(jax.lax.psum(traj.episode_return.sum(), AXIS), jax.lax.psum(done.sum(), AXIS),
-                                jax.lax.psum(traj.episode_length.sum(), AXIS),
-                                jax.tree.map(lambda x: jax.lax.pmean(x.mean(), AXIS), infos))
+        (params, opt_state), infos = ppo.optimise(loss_fn, tx, state.params, state.opt_state, data, shuffle_key,
+                                                  cfg.epochs, M, AXIS)
+        metrics = update_metrics(traj, infos)
         return TrainState(params, opt_state, envs, carry, key, state.update + 1), metrics
 
     def chunk(state: TrainState, pools: ResetPool):

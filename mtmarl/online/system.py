@@ -37,43 +37,19 @@ AXIS = "device"
 
 
 @dataclasses.dataclass(frozen=True)
-class MappoConfig:
-    num_envs: int = 16  # per device
-    rollout_len: int = 32
-    epochs: int = 4
-    minibatches: int = 2
-    lr: float = 5e-4
-    gamma: float = 0.99
-    gae_lambda: float = 0.95
-    clip_eps: float = 0.2
-    ent_coef: float = 0.01
-    vf_coef: float = 0.5
-    max_grad_norm: float = 0.5
+class MappoConfig(ppo.PPOSettings):
+    system: str = "mappo"
     hidden: tuple[int, ...] = (64, 64)
     critic_input: str = "obs"  # obs | state
-    resets_per_env: int = 4  # reset pool entries per env per update (wraps if exceeded)
-    updates_per_chunk: int = 10  # K: one compiled call; a recording follows each chunk
-    record_envs: int = 8  # R (total over devices)
-    record_len: int = 128  # T steps per recorded env
-    record_resets: int | None = None  # pool entries per recorded env; None = record_len // 5 + 1
-    system: str = "mappo"  # the online.system switch (mtmarl/online/registry.py); Sable has its own config
 
-    def __post_init__(self):
-        if self.system != "mappo":
-            from mtmarl.errors import UserInputError
-            raise UserInputError(f"MappoConfig is for online.system=mappo, got {self.system!r}")
+    SYSTEM = "mappo"
+    FOREIGN = ("embed_dim", "n_blocks", "n_heads", "chunk_size", "ffn_mult", "matmul_dtype")
 
-    @classmethod
-    def from_mapping(cls, cfg) -> "MappoConfig":
-        fields = {f.name for f in dataclasses.fields(cls)}
-        unknown = sorted(set(dict(cfg)) - fields)
-        if unknown:
-            from mtmarl.errors import UserInputError
-            raise UserInputError(f"unknown online setting(s) {', '.join(unknown)}; valid: {', '.join(sorted(fields))}")
-        kw = dict(cfg)
+    @staticmethod
+    def coerce(kw: dict) -> dict:
         if "hidden" in kw:
             kw["hidden"] = tuple(int(h) for h in kw["hidden"])
-        return cls(**kw)
+        return kw
 
 
 class Actor(nn.Module):
@@ -111,6 +87,14 @@ class UpdateMetrics(NamedTuple):
     episodes: jax.Array  # how many finished
     length_sum: jax.Array
     loss: ppo.LossInfo
+
+
+def update_metrics(traj: Transition, infos: ppo.LossInfo) -> UpdateMetrics:
+    """Episode sums over all devices and loss means of one update (inside pmap over ``AXIS``)."""
+    done = traj.done.astype(jnp.float32)
+    return UpdateMetrics(jax.lax.psum(traj.episode_return.sum(), AXIS), jax.lax.psum(done.sum(), AXIS),
+                         jax.lax.psum(traj.episode_length.sum(), AXIS),
+                         jax.tree.map(lambda x: jax.lax.pmean(x.mean(), AXIS), infos))
 
 
 class System(NamedTuple):
@@ -180,6 +164,7 @@ def make_system(env, cfg: MappoConfig, num_devices: int | None = None) -> System
         return TrainState(params, tx.init(params), start_from_pool(pool), state_key, jnp.int32(0))
 
     def loss_fn(params, mb: Transition, adv, targets):
+        adv = (adv - adv.mean()) / (adv.std() + 1e-8)  # per minibatch
         logits = actor.apply(params["actor"], mb.obs.agents_view)
         values = critic.apply(params["critic"], critic_in(mb.obs, mb.state))
         active = mb.obs.active.astype(jnp.float32)
@@ -196,28 +181,9 @@ def make_system(env, cfg: MappoConfig, num_devices: int | None = None) -> System
         flat = lambda x: x.reshape((batch_size,) + x.shape[2:])
         data = jax.tree.map(flat, (traj, adv, targets))
 
-        def epoch(carry, ekey):
-            params, opt_state = carry
-            perm = jax.random.permutation(ekey, batch_size)
-            mbs = jax.tree.map(lambda x: x[perm].reshape((cfg.minibatches, batch_size // cfg.minibatches) + x.shape[1:]), data)
-
-            def minibatch(carry, mb):
-                params, opt_state = carry
-                tr, a, t = mb
-                a = (a - a.mean()) / (a.std() + 1e-8)
-                grads, info = jax.grad(loss_fn, has_aux=True)(params, tr, a, t)
-                grads = jax.lax.pmean(grads, AXIS)
-                upd, opt_state = tx.update(grads, opt_state, params)
-                return (optax.apply_updates(params, upd), opt_state), info
-
-            return jax.lax.scan(minibatch, (params, opt_state), mbs)
-
-        (params, opt_state), infos = jax.lax.scan(
-            epoch, (state.params, state.opt_state), jax.random.split(shuffle_key, cfg.epochs))
-        done = traj.done.astype(jnp.float32)
-        metrics = UpdateMetrics(jax.lax.psum(traj.episode_return.sum(), AXIS), jax.lax.psum(done.sum(), AXIS),
-                                jax.lax.psum(traj.episode_length.sum(), AXIS),
-                                jax.tree.map(lambda x: jax.lax.pmean(x.mean(), AXIS), infos))
+        (params, opt_state), infos = ppo.optimise(loss_fn, tx, state.params, state.opt_state, data, shuffle_key,
+                                                  cfg.epochs, cfg.minibatches, AXIS)
+        metrics = update_metrics(traj, infos)
         return TrainState(params, opt_state, envs, key, state.update + 1), metrics
 
     def chunk(state: TrainState, pools: ResetPool):
