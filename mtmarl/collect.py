@@ -124,6 +124,25 @@ def get_evaluator(spec, env, system, greedy: bool, episodes: int, devices):
     return _EVALUATORS[key]
 
 
+REFERENCE_KEYS = ("return", "name", "split", "episodes", "std", "env_steps", "seed", "train_seconds",
+                  "initial_return")
+
+
+def write_outputs(spec, cfg: DictConfig, root: Path, ref_path: Path, result: dict[str, Any],
+                  parts: list[dict[str, Any]] | None, meta: dict[str, Any], **reference_extra) -> None:
+    """The task's vault (when ``parts`` were recorded), then its reference entry.
+
+    The reference goes last: its presence (with the vault) marks the task finished.
+    """
+    if parts is not None:
+        exp = concat_experience(parts)
+        path = vault_io.write_vault(root, spec, exp, meta, uid=str(cfg.collect.uid), overwrite=True)
+        result["vault"] = str(path)
+        result["transitions"] = int(exp["actions"].shape[1])
+    entry = {k: result[k] for k in REFERENCE_KEYS if result.get(k) is not None}
+    merge_reference(ref_path, spec.adhoc, {**entry, **reference_extra})
+
+
 def collect_task(spec, split: str, cfg: DictConfig, root: Path, ref_path: Path, log_dir: Path,
                  bar=None) -> dict[str, Any]:
     from mtmarl.online.registry import LABELS, online_config, system_name
@@ -191,20 +210,10 @@ def collect_task(spec, split: str, cfg: DictConfig, root: Path, ref_path: Path, 
               "train_steps_per_second": round((steps - per_chunk) / steady_s, 1) if steady_s else None,
               "greedy": bool(cfg.eval.greedy), "seed": int(cfg.seed), "initial_return": initial,
               "system": system_name(mcfg)}
-    if record:
-        exp = concat_experience(parts)
-        meta = {"collector": f"mtmarl.collect (Anakin {label})", "online": online,
-                "budget": budget, "seed": int(cfg.seed), "final_return": final,
-                "record_every_updates": mcfg.updates_per_chunk, "learning_curve": str(log_path)}
-        path = vault_io.write_vault(root, spec, exp, meta, uid=str(cfg.collect.uid), overwrite=True)
-        result["vault"] = str(path)
-        result["transitions"] = int(exp["actions"].shape[1])
-    # The reference goes last: its presence (with the vault) marks the task finished.
-    keys = ("return", "name", "split", "episodes", "std", "env_steps", "seed", "train_seconds")
-    entry = {k: result[k] for k in keys}
-    if initial is not None:
-        entry["initial_return"] = initial
-    merge_reference(ref_path, spec.adhoc, entry)
+    meta = {"collector": f"mtmarl.collect (Anakin {label})", "online": online,
+            "budget": budget, "seed": int(cfg.seed), "final_return": final,
+            "record_every_updates": mcfg.updates_per_chunk, "learning_curve": str(log_path)}
+    write_outputs(spec, cfg, root, ref_path, result, parts if record else None, meta)
     if bar:
         bar.update(job, completed=budget, ret=final)
     return result
@@ -267,18 +276,11 @@ def collect_scripted_task(spec, split: str, cfg: DictConfig, root: Path, ref_pat
               "episodes": int(cfg.eval.episodes), "env_steps": steps, "train_seconds": round(train_s, 1),
               "env_steps_per_second": round(steps / max(train_s, 1e-9), 1), "seed": int(cfg.seed),
               "initial_return": initial}
-    if do_record:
-        exp = concat_experience(parts)
-        meta = {"collector": "mtmarl.collect (scripted RWARE planner)",
-                "scripted": OmegaConf.to_container(scfg, resolve=True), "seed": int(cfg.seed),
-                "final_return": final, "levels": rows, "learning_curve": str(log_path)}
-        path = vault_io.write_vault(root, spec, exp, meta, uid=str(cfg.collect.uid), overwrite=True)
-        result["vault"] = str(path)
-        result["transitions"] = int(exp["actions"].shape[1])
-    entry = {k: result[k] for k in ("return", "name", "split", "episodes", "std", "env_steps", "seed",
-                                    "train_seconds", "initial_return")}
-    entry["behaviour"] = f"scripted planner, epsilon {levels[-1]}"
-    merge_reference(ref_path, spec.adhoc, entry)  # last: marks the task finished
+    meta = {"collector": "mtmarl.collect (scripted RWARE planner)",
+            "scripted": OmegaConf.to_container(scfg, resolve=True), "seed": int(cfg.seed),
+            "final_return": final, "levels": rows, "learning_curve": str(log_path)}
+    write_outputs(spec, cfg, root, ref_path, result, parts if do_record else None, meta,
+                  behaviour=f"scripted planner, epsilon {levels[-1]}")
     if bar:
         bar.update(job, completed=len(levels), ret=final)
     return result

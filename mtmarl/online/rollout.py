@@ -138,6 +138,16 @@ def step_with_pool(env, batch: EnvBatch, actions: jax.Array, pool: ResetPool
     return new, ts
 
 
+def transition(batch: EnvBatch, real: TimeStep, actions: jax.Array, logp: jax.Array, value: jax.Array,
+               next_value: jax.Array) -> Transition:
+    """The record of one step from ``batch`` (before the step) and the real timestep it produced."""
+    ts, done = batch.timestep, real.done
+    return Transition(obs=ts.observation, state=ts.state, actions=actions, logp=logp, value=value,
+                      next_value=next_value, reward=real.reward, terminal=real.terminal, truncated=real.truncated,
+                      episode_return=jnp.where(done, batch.ep_return + real.reward, 0.0),
+                      episode_length=jnp.where(done, batch.ep_length + 1, 0))
+
+
 def rollout(env, act: ActFn, value: ValueFn, params: Any, batch: EnvBatch, pool: ResetPool,
             key: jax.Array, length: int) -> tuple[EnvBatch, Transition]:
     """``length`` steps of the batch under ``act``; transitions are (T, B, ...).
@@ -149,12 +159,6 @@ def rollout(env, act: ActFn, value: ValueFn, params: Any, batch: EnvBatch, pool:
         ts = batch.timestep
         actions, logp, v = act(params, ts, step_key)
         new, real = step_with_pool(env, batch, actions, pool)
-        done = real.done
-        tr = Transition(obs=ts.observation, state=ts.state, actions=actions, logp=logp, value=v,
-                        next_value=value(params, real), reward=real.reward, terminal=real.terminal,
-                        truncated=real.truncated,
-                        episode_return=jnp.where(done, batch.ep_return + real.reward, 0.0),
-                        episode_length=jnp.where(done, batch.ep_length + 1, 0))
-        return new, tr
+        return new, transition(batch, real, actions, logp, v, value(params, real))
 
     return jax.lax.scan(body, batch, jax.random.split(key, length))

@@ -40,7 +40,8 @@ from mtmarl.evaluation.policies import Policy
 from mtmarl.networks.retention import Ctx
 from mtmarl.networks.sable import SableConfig, SableModule, SableNet, make_sable
 from mtmarl.online import ppo
-from mtmarl.online.rollout import EnvBatch, PoolMaker, ResetPool, Transition, start_from_pool, step_with_pool
+from mtmarl.online.rollout import (EnvBatch, PoolMaker, ResetPool, Transition, start_from_pool, step_with_pool,
+                                   transition)
 from mtmarl.online.system import AXIS, UpdateMetrics, update_metrics
 
 NETWORK_FIELDS = ("embed_dim", "n_blocks", "n_heads", "chunk_size", "ffn_mult", "matmul_dtype")
@@ -130,13 +131,7 @@ def sable_rollout(net: SableNet, env, params, batch: EnvBatch, carry, pool: Rese
         ts = batch.timestep
         actions, logp, v, carry = act_batch(net, params, carry, ts, step_key)
         new, real = step_with_pool(env, batch, actions, pool)
-        done = real.done
-        tr = Transition(obs=ts.observation, state=ts.state, actions=actions, logp=logp, value=v,
-                        next_value=encoder_value(net, params, carry, real), reward=real.reward,
-                        terminal=real.terminal, truncated=real.truncated,
-                        episode_return=jnp.where(done, batch.ep_return + real.reward, 0.0),
-                        episode_length=jnp.where(done, batch.ep_length + 1, 0))
-        return (new, carry), tr
+        return (new, carry), transition(batch, real, actions, logp, v, encoder_value(net, params, carry, real))
 
     (batch, carry), traj = jax.lax.scan(body, (batch, carry), jax.random.split(key, length))
     return batch, carry, traj

@@ -26,7 +26,8 @@ import jax.numpy as jnp
 from jumanji.environments.routing.robot_warehouse.constants import _AGENTS, _SHELVES
 
 from mtmarl.envs.rware import RwareEnv
-from mtmarl.online.rollout import ResetPool, Transition, start_from_pool, step_with_pool
+from mtmarl.evaluation.policies import uniform_legal
+from mtmarl.online.rollout import ResetPool, Transition, start_from_pool, step_with_pool, transition
 
 INF = 1 << 20
 NOOP, FORWARD, LEFT, RIGHT, TOGGLE = 0, 1, 2, 3, 4
@@ -93,7 +94,7 @@ def planner_actions(env: RwareEnv, state, key: jax.Array) -> jax.Array:
     return act.astype(jnp.int32)
 
 
-def make_safe(env: RwareEnv, state, actions: jax.Array, safe: jax.Array, key: jax.Array) -> jax.Array:
+def make_safe(state, actions: jax.Array, safe: jax.Array, key: jax.Array) -> jax.Array:
     """Where ``safe``, a FORWARD into a cell held or claimed by another agent becomes a random
     NOOP/LEFT/RIGHT (waiting alone would leave two agents facing each other stuck for ever)."""
     grid, agents = state.grid, state.agents
@@ -122,10 +123,9 @@ def act(env: RwareEnv, state, action_mask: jax.Array, key: jax.Array, epsilon, c
     """
     plan_key, coin_key, rand_key, dodge_key = jax.random.split(key, 4)
     planned = planner_actions(env, state, plan_key)
-    legal = action_mask.astype(jnp.float32)
-    random = jax.random.categorical(rand_key, jnp.log(legal), axis=-1)
+    random = uniform_legal(rand_key, action_mask)
     explore = jax.random.uniform(coin_key, planned.shape) < epsilon
-    return make_safe(env, state, jnp.where(explore, random, planned), ~(explore & careless), dodge_key)
+    return make_safe(state, jnp.where(explore, random, planned), ~(explore & careless), dodge_key)
 
 
 def rollout(env: RwareEnv, pool: ResetPool, key: jax.Array, length: int, epsilon, careless) -> Transition:
@@ -142,12 +142,8 @@ def rollout(env: RwareEnv, pool: ResetPool, key: jax.Array, length: int, epsilon
         actions = jax.vmap(lambda s, m, k: act(env, s, m, k, epsilon, careless))(
             batch.state, ts.observation.action_mask, keys)
         new, real = step_with_pool(env, batch, actions, pool)
-        zero = jnp.zeros_like(real.reward)
-        return new, Transition(
-            obs=ts.observation, state=ts.state, actions=actions, logp=jnp.zeros(actions.shape), value=zero,
-            next_value=zero, reward=real.reward, terminal=real.terminal, truncated=real.truncated,
-            episode_return=jnp.where(real.done, batch.ep_return + real.reward, 0.0),
-            episode_length=jnp.where(real.done, batch.ep_length + 1, 0))
+        zero = jnp.zeros_like(real.reward)  # no value function, no behaviour log-probabilities
+        return new, transition(batch, real, actions, jnp.zeros(actions.shape), zero, zero)
 
     return jax.lax.scan(body, batch, jax.random.split(key, length))[1]
 
