@@ -50,7 +50,10 @@ def test_presets_differ_as_documented():
     assert compose_train(load_script("task_diversity").build(paper)[0].overrides).training.updates == 200000
     sizes = load_script("model_size").build(compose_experiment("model_size", ["quick"]))
     cfg = compose_train(sizes[-1].overrides)
-    assert cfg.network.embed_dim == 768 and cfg.network.n_heads == 4 and cfg.training.updates == 100
+    assert cfg.network.embed_dim == 256 and cfg.network.n_heads == 4 and cfg.training.updates == 1000
+    assert cfg.network.n_blocks == 1 and cfg.training.batch_size == 16  # 'base' net, quick learner batch
+    paper_sizes = load_script("model_size").build(compose_experiment("model_size", ["paper"]))
+    assert {compose_train(r.overrides).network.embed_dim for r in paper_sizes} == {64, 128, 256, 512, 768}
 
 
 def test_slurm_launcher_composes():

@@ -18,6 +18,11 @@ import jax.numpy as jnp
 
 from mtmarl.evaluation.policies import Policy
 
+# XLA CPU backend optimisation level for evaluation programs. Compiles dominate a short evaluation
+# (an RWARE task: 17 s to compile, 2 s to play 32 episodes); level 1 compiled the same program in
+# 12 s and it ran no slower, while level 0 halved the compile but ran 3-4x slower.
+COMPILER_OPTIONS = {"xla_backend_optimization_level": 1}
+
 
 class EpisodeStats(NamedTuple):
     returns: jax.Array  # (E,) team return up to each episode's first end
@@ -104,7 +109,8 @@ class Evaluator:
 
     def compile(self, params, key) -> "Evaluator":
         if self._compiled[0] is None:
-            self._compiled[0] = self._fn.lower(params, key, self._firsts(0)).compile()
+            lowered = self._fn.lower(params, key, self._firsts(0))
+            self._compiled[0] = lowered.compile(compiler_options=COMPILER_OPTIONS)
         return self
 
     def __call__(self, params, key) -> EpisodeStats:
