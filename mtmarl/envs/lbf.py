@@ -7,6 +7,8 @@ grows with agents and food, so one network reads every task of a set.
 
 from __future__ import annotations
 
+import warnings
+
 import jax.numpy as jnp
 from jumanji.environments import LevelBasedForaging
 from jumanji.environments.routing.lbf.generator import RandomGenerator
@@ -16,6 +18,11 @@ from mtmarl.envs.base import MultiAgentEnv
 # Per-channel divisors: agent levels (<= 4 in our tasks), food levels (<= the
 # sum of the levels of the agents that may load it), accessibility (0/1).
 CHANNEL_SCALE = (4.0, 8.0, 1.0)
+
+# jumanji 1.1.2's grid observer writes int32 values into a bool array; jax 0.10 warns on every trace that
+# this will become an error. Harmless with the pinned versions (values are 0/1); silenced so logs stay readable.
+warnings.filterwarnings("ignore", message="scatter inputs have incompatible types: cannot safely cast value "
+                        "from dtype=int32 to dtype=bool", category=FutureWarning)
 
 
 class LbfEnv(MultiAgentEnv):
