@@ -97,9 +97,13 @@ def test_summary_of_a_score_matrix():
     s = summarise_matrix(m, reps=500)
     assert s["mean"] == 3.0 and s["stderr_over"] == "seeds" and (s["runs"], s["tasks"]) == (2, 3)
     assert math.isclose(s["stderr"], np.std([2.0, 4.0], ddof=1) / math.sqrt(2))
-    one = summarise_matrix(m[:1], reps=10)                # one seed: se over tasks, CI collapses
+    one = summarise_matrix(m[:1], reps=500)               # one seed: se and CI over tasks
     assert one["stderr_over"] == "tasks" and math.isclose(one["stderr"], 1 / math.sqrt(3))
-    assert one["iqm_lo"] == one["iqm_hi"] == one["iqm"] == 2.0
+    assert one["iqm"] == 2.0 and one["mean_lo"] < 2.0 < one["mean_hi"]
+    # the mean of 3 resampled tasks out of {1, 2, 3} lies in [1, 3] and reaches both ends
+    assert 1.0 <= one["mean_lo"] <= 1.5 and 2.5 <= one["mean_hi"] <= 3.0
+    same = summarise_matrix(np.full((1, 4), 0.7), reps=50)  # identical tasks: no width
+    assert same["iqm_lo"] == same["iqm_hi"] == 0.7
 
 
 def test_stratified_bootstrap_contains_the_estimate_and_shrinks_with_more_runs():

@@ -108,7 +108,8 @@ def print_rows(rows: Sequence[dict[str, Any]], by: Sequence[str], title: str) ->
     if rows:
         console.print(f"metric: {rows[0]['metric']} return per task; se over seeds"
                       + (" (* = one seed: se over tasks)" if any(r["stderr_over"] == "tasks" for r in rows) else "")
-                      + "; IQM CI: stratified bootstrap over runs per task")
+                      + "; IQM CI: stratified bootstrap over runs per task"
+                      + (" (* = one seed: over tasks)" if any(r["stderr_over"] == "tasks" for r in rows) else ""))
 
 
 def markdown(rows: Sequence[dict[str, Any]], by: Sequence[str]) -> str:

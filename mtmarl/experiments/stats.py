@@ -11,7 +11,9 @@ summaries are reported side by side:
   statistical precipice"): the IQM is the mean of the middle 50% of all cells
   (``int(n / 4)`` cut from each end, as ``scipy.stats.trim_mean(x, 0.25)``);
   each bootstrap replicate resamples the runs with replacement independently
-  for every task, and the interval is the percentile interval of the replicates.
+  for every task, and the interval is the percentile interval of the replicates
+  (with a single seed that would have no width, so the tasks are resampled
+  instead, like the standard error).
 
 The ``rliable`` package implements the same estimators but pulls in arch,
 statsmodels, seaborn, patsy and formulaic (7 packages) for what is a few lines
@@ -91,12 +93,12 @@ def summarise_matrix(matrix, reps: int = 2000, confidence: float = 0.95, seed: i
     mean = float(m.mean())
     if runs > 1:
         _, se = mean_stderr(m.mean(axis=1))
-        over = "seeds"
-    else:
+        over, boot = "seeds", m
+    else:  # one seed: runs within a task cannot vary, so both the se and the CI come from task variation
         _, se = mean_stderr(m.mean(axis=0))
-        over = "tasks"
-    lo, hi = stratified_bootstrap(m, "iqm", reps, confidence, seed)
-    mlo, mhi = stratified_bootstrap(m, "mean", reps, confidence, seed)
+        over, boot = "tasks", m.T  # tasks become the resampled rows of one stratum
+    lo, hi = stratified_bootstrap(boot, "iqm", reps, confidence, seed)
+    mlo, mhi = stratified_bootstrap(boot, "mean", reps, confidence, seed)
     return {"mean": mean, "stderr": se, "stderr_over": over, "iqm": iqm(m), "iqm_lo": lo, "iqm_hi": hi,
             "mean_lo": mlo, "mean_hi": mhi, "runs": runs, "tasks": tasks}
 
