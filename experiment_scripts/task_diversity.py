@@ -69,6 +69,10 @@ def st_vs_mt(cfg, rows) -> list[dict]:
     return out
 
 
+def gain_text(percent: float) -> str:
+    return f"{percent:+.0f}%" if np.isfinite(percent) else "n/a"
+
+
 def analyse(cfg, records, out: Path) -> list[Path]:
     rows = aggregate(records, ["task_set", "algo", "k"], **bootstrap_args(cfg))
     meta = {"budget": cfg.budget.name, "k": {s: list(cfg.k[s]) for s in cfg.task_sets}}
@@ -83,7 +87,7 @@ def analyse(cfg, records, out: Path) -> list[Path]:
     if gains:
         bars = []
         for g in (g for g in gains if g["algo"] == "mean"):
-            note = f"{g['gain_percent']:+.0f}%" if np.isfinite(g["gain_percent"]) else "n/a"
+            note = gain_text(g["gain_percent"])
             bars += [{"panel": "test tasks, mean over algorithms", "category": g["task_set"], "series": "ST (k=1)",
                       "value": g["st"], "err": None, "note": note},
                      {"panel": "test tasks, mean over algorithms", "category": g["task_set"],
@@ -94,7 +98,7 @@ def analyse(cfg, records, out: Path) -> list[Path]:
         lines = ["| task set | algorithm | ST (k=1) | MT (k=M) | gain |", "|---|---|---|---|---|"]
         for g in gains:
             lines.append(f"| {g['task_set']} | {g['algo']} | {fmt(g['st'])} | {fmt(g['mt'])} (M={g['M']}) | "
-                         f"{fmt(g['gain_percent'], 0)}% |")
+                         f"{gain_text(g['gain_percent'])} |")
         files.append(save_markdown(out / "fig1_gain.md", lines))
     return files
 
