@@ -55,7 +55,9 @@ def line_figure(path: Path, rows: Sequence[dict[str, Any]], x: str, series: str,
     handles, names = axes.ravel()[0].get_legend_handles_labels()
     if handles:
         fig.legend(handles, names, loc="lower center", ncol=len(names), frameon=False)
-    fig.text(0.01, 0.005, "lines: mean ± se; bands: IQM 95% stratified bootstrap CI", fontsize=7, alpha=0.7)
+    one_seed = any(r.get("stderr_over") == "tasks" for r in used)
+    fig.text(0.01, 0.005, "lines: mean ± se; bands: IQM 95% stratified bootstrap CI"
+             + (" (one seed: se and CI over tasks)" if one_seed else ""), fontsize=7, alpha=0.7)
     fig.tight_layout(rect=(0, 0.07, 1, 1))
     return _save(fig, path, used, meta)
 
