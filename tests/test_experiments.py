@@ -247,10 +247,14 @@ def test_driver_end_to_end_with_stand_in_trainer(stand_in, capsys):
 def test_other_drivers_end_to_end_with_stand_in_trainer(stand_in, name):
     res = stand_in / "results"
     argv = ["quick", f"results={res}", "bootstrap.reps=50", "progress=false"]
-    if name == "task_diversity":
-        argv += ["task_sets=[lbf_5]", "k.lbf_5=[1,3,5]"]
+    out = name
+    if name == "task_diversity":  # also: `output` redirects the figures and tables, runs stay shared
+        out = "td_lbf"
+        argv += ["task_sets=[lbf_5]", "k.lbf_5=[1,3,5]", f"output={out}"]
     main(load_script(name).EXPERIMENT, argv)
-    files = json.loads((res / name / "experiment.json").read_text())["files"]
+    assert out == name or not (res / name).exists()
+    files = json.loads((res / out / "experiment.json").read_text())["files"]
+    assert all(Path(f).parent == res / out for f in files)
     assert any(f.endswith(".png") for f in files) and all(Path(f).is_file() for f in files)
     for f in files:
         if f.endswith(".png"):

@@ -65,7 +65,7 @@ def main(exp: Experiment, argv: Sequence[str] | None = None) -> dict[str, Any]:
     argv = sys.argv[1:] if argv is None else list(argv)
     cfg = compose_experiment(exp.name, argv)
     runs = exp.build(cfg)
-    out = Path(cfg.results).resolve() / exp.name
+    out = Path(cfg.results).resolve() / (cfg.get("output") or exp.name)
     check_runs(cfg, runs)
     if cfg.dry_run:
         print_matrix(cfg, runs)
