@@ -1,4 +1,4 @@
-"""Online Sable vs shared-parameter MAPPO: learning curves per env step and per second.
+"""Online Sable vs shared-parameter MAPPO (feed-forward or recurrent): learning curves per env step and per second.
 
 Decides which online learner the collector should use on this machine (issue 3):
 both systems train on the same tasks, seeds and env-step budget with their
@@ -14,6 +14,14 @@ initial and final policies are evaluated with the collector's evaluator
         .venv/bin/python experiment_scripts/online_sable_vs_mappo.py \\
         --tasks connector:grid=5,agents=2 connector:grid=7,agents=3 \\
                 lbf:grid=8,agents=2,food=2,level=2,fov=3 --budget 200000 --seeds 0
+
+``--systems`` picks the learners: ``mappo``, ``sable`` and ``mappo_gru`` (MAPPO's
+preset with ``recurrent=true``, the GRU actor), e.g. feed-forward vs recurrent MAPPO:
+
+    XLA_FLAGS=--xla_force_host_platform_device_count=1 taskset -c 1 \\
+        .venv/bin/python experiment_scripts/online_sable_vs_mappo.py --systems mappo mappo_gru \\
+        --tasks lbf:grid=8,agents=2,food=2,level=2,fov=3 connector:grid=7,agents=3 --budget 204800 \\
+        --seeds 0 --out results/online_comparison/recurrent
 
 Writes ``<out>/results.json`` (after every run, so a killed job keeps what
 finished and a rerun skips it), ``<out>/curves.png`` and ``<out>/summary.md``
@@ -38,18 +46,24 @@ import numpy as np  # noqa: E402
 from omegaconf import OmegaConf  # noqa: E402
 
 from mtmarl.evaluation.rollout import make_evaluator  # noqa: E402
-from mtmarl.online.registry import LABELS, make_online_system, online_config  # noqa: E402
+from mtmarl.online.registry import LABELS as SYSTEM_LABELS  # noqa: E402
+from mtmarl.online.registry import make_online_system, online_config  # noqa: E402
 from mtmarl.online.system import chunk_summary  # noqa: E402
 from mtmarl.runtime import enable_compilation_cache, save_figure  # noqa: E402
 from mtmarl.tasks import TaskSpec  # noqa: E402
+
+# learner name -> (preset in configs/online, overrides applied before the command line's)
+PRESETS = {"mappo": ("mappo", []), "sable": ("sable", []), "mappo_gru": ("mappo", ["recurrent=true"])}
+LABELS = {**SYSTEM_LABELS, "mappo_gru": "MAPPO-GRU"}
 
 DEFAULT_TASKS = ["connector:grid=5,agents=2", "connector:grid=7,agents=3",
                  "lbf:grid=8,agents=2,food=2,level=2,fov=3"]
 
 
 def preset(name: str, overrides: list[str]) -> dict:
-    cfg = OmegaConf.load(ROOT / "configs" / "online" / f"{name}.yaml")
-    cfg.merge_with_dotlist(overrides)
+    file, base = PRESETS[name]
+    cfg = OmegaConf.load(ROOT / "configs" / "online" / f"{file}.yaml")
+    cfg.merge_with_dotlist(base + overrides)
     return OmegaConf.to_container(cfg, resolve=True)
 
 
@@ -105,7 +119,7 @@ def plot(results: dict, path: Path) -> None:
 
     tasks = list(results["tasks"])
     fig, axes = plt.subplots(len(tasks), 2, figsize=(10, 3.1 * len(tasks)), squeeze=False)
-    colours = {"mappo": "tab:blue", "sable": "tab:red"}
+    colours = {"mappo": "tab:blue", "sable": "tab:red", "mappo_gru": "tab:green"}
     for row, task in zip(axes, tasks):
         for name, entry in results["tasks"][task].items():
             for i, run in enumerate(entry["runs"]):
@@ -180,12 +194,13 @@ def summarise(entry: dict) -> None:
 def main(argv=None) -> None:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--tasks", nargs="+", default=DEFAULT_TASKS)
-    p.add_argument("--systems", nargs="+", default=["mappo", "sable"], choices=["mappo", "sable"])
+    p.add_argument("--systems", nargs="+", default=["mappo", "sable"], choices=list(PRESETS))
     p.add_argument("--budget", type=int, default=200_000, help="env steps per run")
     p.add_argument("--seeds", type=int, nargs="+", default=[0])
     p.add_argument("--eval-episodes", type=int, default=256)
     p.add_argument("--mappo", nargs="*", default=[], help="overrides of configs/online/mappo.yaml, key=value")
     p.add_argument("--sable", nargs="*", default=[], help="overrides of configs/online/sable.yaml, key=value")
+    p.add_argument("--mappo-gru", nargs="*", default=[], help="overrides of mappo_gru (mappo.yaml, recurrent=true)")
     p.add_argument("--out", type=Path, default=ROOT / "results" / "online_comparison")
     args = p.parse_args(argv)
 

@@ -59,6 +59,8 @@ class Transition(NamedTuple):
 # both over a batch of envs.
 ActFn = Callable[[Any, TimeStep, jax.Array], tuple[jax.Array, jax.Array, jax.Array]]
 ValueFn = Callable[[Any, TimeStep], jax.Array]
+# A recurrent policy: ``act(params, timestep, carry, key) -> (actions, logp, value, carry)``.
+CarriedActFn = Callable[[Any, TimeStep, Any, jax.Array], tuple[jax.Array, jax.Array, jax.Array, Any]]
 
 
 def make_reset_pool(env, key: jax.Array, num_envs: int, per_env: int) -> ResetPool:
@@ -154,11 +156,30 @@ def rollout(env, act: ActFn, value: ValueFn, params: Any, batch: EnvBatch, pool:
 
     Pass a fresh ``pool`` with ``batch.cursor`` zeroed (:func:`fresh_pool`) per chunk.
     """
+    stateless = lambda p, ts, carry, k: (*act(p, ts, k), carry)  # noqa: E731
+    batch, _, traj = carried_rollout(env, stateless, value, params, batch, (), pool, key, length)
+    return batch, traj
 
-    def body(batch: EnvBatch, step_key):
-        ts = batch.timestep
-        actions, logp, v = act(params, ts, step_key)
+
+def reset_where(done: jax.Array, carry: Any) -> Any:
+    """Zero every leaf of a per-env recurrent state (leading axis B) where ``done`` (B,)."""
+    return _where(done, jax.tree.map(jnp.zeros_like, carry), carry)
+
+
+def carried_rollout(env, act: CarriedActFn, value: ValueFn, params: Any, batch: EnvBatch, carry: Any,
+                    pool: ResetPool, key: jax.Array, length: int) -> tuple[EnvBatch, Any, Transition]:
+    """:func:`rollout` for a recurrent policy: ``carry`` (per env, leading axis B) goes from step to step.
+
+    ``act`` returns the carry after its step; where that step ended an episode the carry is
+    zeroed, so the next step (the reset observation) starts from zeros. Returns the carry
+    after the last step alongside the batch.
+    """
+
+    def body(c, step_key):
+        batch, carry = c
+        actions, logp, v, carry = act(params, batch.timestep, carry, step_key)
         new, real = step_with_pool(env, batch, actions, pool)
-        return new, transition(batch, real, actions, logp, v, value(params, real))
+        return (new, reset_where(real.done, carry)), transition(batch, real, actions, logp, v, value(params, real))
 
-    return jax.lax.scan(body, batch, jax.random.split(key, length))
+    (batch, carry), traj = jax.lax.scan(body, (batch, carry), jax.random.split(key, length))
+    return batch, carry, traj

@@ -11,6 +11,19 @@ observation (no agent id), so it applies to any agent count; the centralised
 critic reads every agent's observation concatenated (``critic_input=obs``) or
 the env's global state (``critic_input=state``) and predicts the team value.
 
+``recurrent=true`` makes it the shared-parameter *recurrent* MAPPO: a
+``flax.linen.GRUCell`` (``gru_hidden`` units) between the MLP torso and the
+logits head, so an agent can use its observation history (partial views such
+as LBF's ``fov``); parameters are still shared, the hidden state is per (env,
+agent). Acting carries it across env steps and zeroes it after an episode ends
+(:func:`mtmarl.online.rollout.carried_rollout`). As in online Sable, each update
+stores every env's hidden state at the start of its rollout, and the loss re-runs
+the GRU over the rollout's time axis from it, with the same resets
+(:func:`replay_actor`), so before the first gradient step it reproduces the
+behaviour log-probabilities (tested); PPO minibatches then split the envs, not
+the time steps. The critic stays feed-forward. The default is feed-forward
+(what the bundled data were collected with).
+
 ``record`` plays ``record_envs`` envs (split over devices) for ``record_len``
 steps with the stochastic policy from fresh resets; :func:`to_experience` turns
 that into og-marl's layout, keeping only completed episodes.
@@ -19,6 +32,7 @@ that into og-marl's layout, keeping only completed episodes.
 from __future__ import annotations
 
 import dataclasses
+import functools
 import math
 from typing import Any, Callable, NamedTuple, Sequence
 
@@ -29,9 +43,11 @@ import numpy as np
 import optax
 
 from mtmarl.envs import Observation, TimeStep
+from mtmarl.errors import UserInputError
 from mtmarl.evaluation.policies import Policy
 from mtmarl.online import ppo
-from mtmarl.online.rollout import EnvBatch, PoolMaker, ResetPool, Transition, rollout, start_from_pool
+from mtmarl.online.rollout import (EnvBatch, PoolMaker, ResetPool, Transition, carried_rollout, reset_where,
+                                   start_from_pool)
 
 AXIS = "device"
 
@@ -41,15 +57,39 @@ class MappoConfig(ppo.PPOSettings):
     system: str = "mappo"
     hidden: tuple[int, ...] = (64, 64)
     critic_input: str = "obs"  # obs | state
+    recurrent: bool = False  # GRU actor (minibatches then split the envs)
+    gru_hidden: int = 64
 
     SYSTEM = "mappo"
     FOREIGN = ("embed_dim", "n_blocks", "n_heads", "chunk_size", "ffn_mult", "matmul_dtype")
+
+    def __post_init__(self):
+        super().__post_init__()
+        if self.recurrent and self.num_envs % self.minibatches:
+            raise UserInputError(f"online.num_envs={self.num_envs} is not divisible by online.minibatches="
+                                 f"{self.minibatches} (recurrent MAPPO minibatches split the envs)")
 
     @staticmethod
     def coerce(kw: dict) -> dict:
         if "hidden" in kw:
             kw["hidden"] = tuple(int(h) for h in kw["hidden"])
+        if "recurrent" in kw:
+            if not isinstance(kw["recurrent"], bool):
+                raise UserInputError(f"online.recurrent must be true or false, got {kw['recurrent']!r}")
+        if "gru_hidden" in kw:
+            kw["gru_hidden"] = int(kw["gru_hidden"])
         return kw
+
+
+def torso(x: jax.Array, hidden: Sequence[int]) -> jax.Array:
+    """tanh MLP layers (called inside a compact module, whose Dense_i they become)."""
+    for h in hidden:
+        x = nn.tanh(nn.Dense(h, kernel_init=nn.initializers.orthogonal(math.sqrt(2)))(x))
+    return x
+
+
+def logits_head(x: jax.Array, num_actions: int) -> jax.Array:
+    return nn.Dense(num_actions, kernel_init=nn.initializers.orthogonal(0.01))(x)
 
 
 class Actor(nn.Module):
@@ -58,10 +98,43 @@ class Actor(nn.Module):
 
     @nn.compact
     def __call__(self, agents_view: jax.Array) -> jax.Array:
-        x = agents_view
-        for h in self.hidden:
-            x = nn.tanh(nn.Dense(h, kernel_init=nn.initializers.orthogonal(math.sqrt(2)))(x))
-        return nn.Dense(self.num_actions, kernel_init=nn.initializers.orthogonal(0.01))(x)
+        return logits_head(torso(agents_view, self.hidden), self.num_actions)
+
+
+class RecurrentActor(nn.Module):
+    """MLP torso -> GRU cell -> logits, over any leading axes: ``(h, view) -> (h', logits)``."""
+
+    hidden: Sequence[int]
+    gru_hidden: int
+    num_actions: int
+
+    @nn.compact
+    def __call__(self, h: jax.Array, agents_view: jax.Array) -> tuple[jax.Array, jax.Array]:
+        h, x = nn.GRUCell(self.gru_hidden)(h, torso(agents_view, self.hidden))
+        return h, logits_head(x, self.num_actions)
+
+
+def actor_step(actor: nn.Module, params, carry, agents_view: jax.Array) -> tuple[Any, jax.Array]:
+    """``(carry', logits)`` of one step; the feed-forward actor's carry is ``()`` and passes through."""
+    if isinstance(actor, RecurrentActor):
+        return actor.apply(params, carry, agents_view)
+    return carry, actor.apply(params, agents_view)
+
+
+def replay_actor(actor: RecurrentActor, params, h0: jax.Array, traj: Transition) -> jax.Array:
+    """Logits (B, T, N, A) of batch-major transitions, the GRU re-run from ``h0`` (B, N, G).
+
+    The same steps as acting in :func:`carried_rollout`: the state after a step that
+    ended an episode is zeroed before the next step.
+    """
+    def body(h, x):
+        view, done = x
+        h, logits = actor.apply(params, h, view)
+        return reset_where(done, h), logits
+
+    time_major = lambda x: jnp.swapaxes(x, 0, 1)  # noqa: E731
+    _, logits = jax.lax.scan(body, h0, (time_major(traj.obs.agents_view), time_major(traj.done)))
+    return time_major(logits)
 
 
 class Critic(nn.Module):
@@ -80,6 +153,7 @@ class TrainState(NamedTuple):
     envs: EnvBatch
     key: jax.Array
     update: jax.Array  # () int32 updates done
+    hidden: Any = ()  # recurrent: (B, N, gru_hidden) actor state of every env before its current timestep
 
 
 class UpdateMetrics(NamedTuple):
@@ -116,14 +190,29 @@ def masked_sample(key: jax.Array, logits: jax.Array, mask: jax.Array) -> jax.Arr
     return jax.random.categorical(key, jnp.where(mask, logits, ppo.NEG_INF), axis=-1)
 
 
-def make_policy(actor: Actor, greedy: bool = False) -> Policy:
-    """One-episode policy over actor params (the evaluator's interface)."""
+def act_batch(actor: nn.Module, value_fn: Callable, params, ts: TimeStep, carry, key):
+    """Sampled actions of B envs: ``(actions, logp, value, carry')`` (a :func:`carried_rollout` act)."""
+    obs = ts.observation
+    carry, logits = actor_step(actor, params["actor"], carry, obs.agents_view)
+    keys = jax.random.split(key, logits.shape[0])
+    actions = jax.vmap(masked_sample)(keys, logits, obs.action_mask)
+    return actions, ppo.log_prob(logits, obs.action_mask, actions), value_fn(params, ts), carry
+
+
+def make_policy(actor: nn.Module, greedy: bool = False) -> Policy:
+    """One-episode policy over actor params (the evaluator's interface).
+
+    The recurrent actor's carry is the (N, gru_hidden) hidden state, zeros at the episode's start.
+    """
     def act(params, obs: Observation, carry, key):
-        logits = actor.apply(params, obs.agents_view)
+        carry, logits = actor_step(actor, params, carry, obs.agents_view)
         if greedy:
             return jnp.argmax(jnp.where(obs.action_mask, logits, ppo.NEG_INF), -1), carry
         return masked_sample(key, logits, obs.action_mask), carry
-    return Policy(init_carry=lambda params, num_agents: (), act=act)
+
+    def init_carry(params, num_agents):
+        return jnp.zeros((num_agents, actor.gru_hidden)) if isinstance(actor, RecurrentActor) else ()
+    return Policy(init_carry=init_carry, act=act)
 
 
 def make_system(env, cfg: MappoConfig, num_devices: int | None = None) -> System:
@@ -134,11 +223,12 @@ def make_system(env, cfg: MappoConfig, num_devices: int | None = None) -> System
     if cfg.critic_input == "state" and env.state_dim == 0:
         raise ValueError(f"{env!r} has no global state; use critic_input=obs")
     n, o, a = env.num_agents, env.obs_dim, env.num_actions
-    actor, critic = Actor(cfg.hidden, a), Critic(cfg.hidden)
+    actor = RecurrentActor(cfg.hidden, cfg.gru_hidden, a) if cfg.recurrent else Actor(cfg.hidden, a)
+    critic = Critic(cfg.hidden)
     critic_dim = n * o if cfg.critic_input == "obs" else env.state_dim
     tx = optax.chain(optax.clip_by_global_norm(cfg.max_grad_norm), optax.adam(cfg.lr, eps=1e-5))
     batch_size = cfg.num_envs * cfg.rollout_len
-    if batch_size % cfg.minibatches:
+    if not cfg.recurrent and batch_size % cfg.minibatches:
         raise ValueError(f"num_envs*rollout_len={batch_size} is not divisible by minibatches={cfg.minibatches}")
     rec_envs = -(-cfg.record_envs // n_dev)
     rec_resets = cfg.record_resets or cfg.record_len // 5 + 1
@@ -151,47 +241,56 @@ def make_system(env, cfg: MappoConfig, num_devices: int | None = None) -> System
     def value_fn(params, ts: TimeStep) -> jax.Array:
         return critic.apply(params["critic"], critic_in(ts.observation, ts.state))
 
-    def act_fn(params, ts: TimeStep, key):
-        obs = ts.observation
-        logits = actor.apply(params["actor"], obs.agents_view)
-        keys = jax.random.split(key, logits.shape[0])
-        actions = jax.vmap(masked_sample)(keys, logits, obs.action_mask)
-        return actions, ppo.log_prob(logits, obs.action_mask, actions), value_fn(params, ts)
+    act_fn = functools.partial(act_batch, actor, value_fn)
+
+    def zero_hidden(b: int):
+        return jnp.zeros((b, n, cfg.gru_hidden)) if cfg.recurrent else ()
 
     def init_one(state_key, param_key, pool: ResetPool):
-        params = {"actor": actor.init(param_key, jnp.zeros((1, o))),
+        actor_in = (jnp.zeros((1, cfg.gru_hidden)),) if cfg.recurrent else ()
+        params = {"actor": actor.init(param_key, *actor_in, jnp.zeros((1, o))),
                   "critic": critic.init(jax.random.fold_in(param_key, 1), jnp.zeros((1, critic_dim)))}
-        return TrainState(params, tx.init(params), start_from_pool(pool), state_key, jnp.int32(0))
+        return TrainState(params, tx.init(params), start_from_pool(pool), state_key, jnp.int32(0),
+                          zero_hidden(cfg.num_envs))
 
-    def loss_fn(params, mb: Transition, adv, targets):
+    def loss_fn(params, mb: Transition, adv, targets, h0=None):
+        """Feed-forward: a minibatch of (flattened) steps; recurrent: of whole env rollouts (B', T) + h0."""
         adv = (adv - adv.mean()) / (adv.std() + 1e-8)  # per minibatch
-        logits = actor.apply(params["actor"], mb.obs.agents_view)
+        if cfg.recurrent:
+            logits = replay_actor(actor, params["actor"], h0, mb)
+        else:
+            logits = actor.apply(params["actor"], mb.obs.agents_view)
         values = critic.apply(params["critic"], critic_in(mb.obs, mb.state))
         active = mb.obs.active.astype(jnp.float32)
-        info = ppo.ppo_loss(logits, mb.obs.action_mask, mb.actions, mb.logp, adv[:, None], values,
+        info = ppo.ppo_loss(logits, mb.obs.action_mask, mb.actions, mb.logp, adv[..., None], values,
                             mb.value, targets, cfg.clip_eps, cfg.vf_coef, cfg.ent_coef, weight=active)
         return info.total, info
 
     def update(state: TrainState, pool: ResetPool):
         key, roll_key, shuffle_key = jax.random.split(state.key, 3)
         envs = state.envs._replace(cursor=jnp.zeros_like(state.envs.cursor))  # fresh pool
-        envs, traj = rollout(env, act_fn, value_fn, state.params, envs, pool, roll_key, cfg.rollout_len)
+        h0 = state.hidden
+        envs, hidden, traj = carried_rollout(env, act_fn, value_fn, state.params, envs, h0, pool, roll_key,
+                                             cfg.rollout_len)
         adv, targets = ppo.gae(traj.reward, traj.value, traj.next_value, traj.terminal, traj.done,
                                cfg.gamma, cfg.gae_lambda)
-        flat = lambda x: x.reshape((batch_size,) + x.shape[2:])
-        data = jax.tree.map(flat, (traj, adv, targets))
+        if cfg.recurrent:  # samples = envs (time order kept), each with its stored initial state
+            data = jax.tree.map(lambda x: jnp.swapaxes(x, 0, 1), (traj, adv, targets)) + (h0,)
+        else:
+            data = jax.tree.map(lambda x: x.reshape((batch_size,) + x.shape[2:]), (traj, adv, targets))
 
         (params, opt_state), infos = ppo.optimise(loss_fn, tx, state.params, state.opt_state, data, shuffle_key,
                                                   cfg.epochs, cfg.minibatches, AXIS)
         metrics = update_metrics(traj, infos)
-        return TrainState(params, opt_state, envs, key, state.update + 1), metrics
+        return TrainState(params, opt_state, envs, key, state.update + 1, hidden), metrics
 
     def chunk(state: TrainState, pools: ResetPool):
         return jax.lax.scan(update, state, pools)
 
     def record_one(state: TrainState, pool: ResetPool, key):
         envs = start_from_pool(pool)
-        _, traj = rollout(env, act_fn, value_fn, state.params, envs, pool, key, cfg.record_len)
+        _, _, traj = carried_rollout(env, act_fn, value_fn, state.params, envs, zero_hidden(rec_envs), pool, key,
+                                     cfg.record_len)
         return traj
 
     pools = PoolMaker(env, cfg.num_envs * cfg.resets_per_env)
