@@ -19,3 +19,21 @@ def random_params(init_fn, key, sample_obs, scale_spread: float = 0.1):
         out.append(z / np.sqrt(x.shape[0]) if x.ndim > 1 else 1.0 + scale_spread * z)
         i += x.size
     return jax.tree.unflatten(tree, out)
+
+
+def tiny_collect(tmp_path, task: str, online: dict, budget: int = 64):
+    """One tiny online collection of ``task`` into ``tmp_path/vaults``; returns (result, vault experience, spec)."""
+    from omegaconf import OmegaConf
+
+    from mtmarl import collect
+    from mtmarl.data.vault import read_vault, vault_path
+    from mtmarl.tasks import TaskSpec
+
+    cfg = OmegaConf.create({
+        "task": task, "split": "train", "seed": 0, "online": online, "online_env": {},
+        "collect": {"budget": budget, "root": str(tmp_path / "vaults"), "uid": "default", "references": None,
+                    "log_dir": None, "record": True, "progress": False, "initial_eval": False},
+        "eval": {"episodes": 8, "devices": None, "greedy": False}})
+    (res,) = collect.run(cfg)
+    spec = TaskSpec.parse(task)
+    return res, read_vault(vault_path(tmp_path / "vaults", spec), spec), spec

@@ -6,11 +6,12 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
+from helpers import tiny_collect
 from omegaconf import OmegaConf
 from test_online import ToyEnv  # episodes of 2-4 steps
 
 from mtmarl import collect
-from mtmarl.data.vault import episode_returns, read_vault, vault_path
+from mtmarl.data.vault import episode_returns
 from mtmarl.errors import UserInputError
 from mtmarl.online import ppo
 from mtmarl.online.registry import online_config
@@ -18,7 +19,6 @@ from mtmarl.online.rollout import carried_rollout, make_reset_pool, reset_where,
 from mtmarl.online.system import (Critic, MappoConfig, RecurrentActor, act_batch, chunk_summary, make_policy,
                                   make_system, replay_actor, to_experience)
 from mtmarl.runtime import enable_compilation_cache
-from mtmarl.tasks import TaskSpec
 
 enable_compilation_cache()
 
@@ -152,16 +152,8 @@ def test_system_update_starts_at_the_behaviour_policy():
 
 
 def test_collect_with_recurrent_mappo_writes_a_readable_vault(tmp_path):
-    cfg = OmegaConf.create({
-        "task": TASK, "split": "train", "seed": 0, "online": TINY, "online_env": {},
-        "collect": {"budget": 64, "root": str(tmp_path / "vaults"), "uid": "default", "references": None,
-                    "log_dir": None, "record": True, "progress": False, "initial_eval": False},
-        "eval": {"episodes": 8, "devices": None, "greedy": False}})
-    (res,) = collect.run(cfg)
-    n_dev = jax.local_device_count()
-    assert res["system"] == "mappo" and res["env_steps"] == n_dev * 4 * 8 * 2  # devices * B * T * K
-    spec = TaskSpec.parse(TASK)
-    exp = read_vault(vault_path(tmp_path / "vaults", spec), spec)
+    res, exp, spec = tiny_collect(tmp_path, TASK, TINY)
+    assert res["system"] == "mappo" and res["env_steps"] == jax.local_device_count() * 4 * 8 * 2  # devices*B*T*K
     L = exp["actions"].shape[1]
     assert L == res["transitions"] > 0 and exp["observations"].shape == (1, L, 2, 128)
     assert np.isfinite(res["return"])

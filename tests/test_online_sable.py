@@ -6,10 +6,11 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
+from helpers import tiny_collect
 from omegaconf import OmegaConf
 
 from mtmarl import collect
-from mtmarl.data.vault import episode_returns, read_vault, vault_path
+from mtmarl.data.vault import episode_returns
 from mtmarl.errors import UserInputError
 from mtmarl.online import ppo
 from mtmarl.networks import make_sable
@@ -107,15 +108,8 @@ def test_train_chunk_runs_with_finite_metrics_and_records():
 
 
 def test_collect_with_online_sable_writes_a_readable_vault(tmp_path):
-    cfg = OmegaConf.create({
-        "task": TASK, "split": "train", "seed": 0, "online": TINY, "online_env": {},
-        "collect": {"budget": 64, "root": str(tmp_path / "vaults"), "uid": "default", "references": None,
-                    "log_dir": None, "record": True, "progress": False, "initial_eval": False},
-        "eval": {"episodes": 8, "devices": None, "greedy": False}})
-    (res,) = collect.run(cfg)
-    assert res["system"] == "sable" and res["env_steps"] == 2 * 4 * 8 * 2  # devices * B * T * K
-    spec = TaskSpec.parse(TASK)
-    exp = read_vault(vault_path(tmp_path / "vaults", spec), spec)
+    res, exp, _ = tiny_collect(tmp_path, TASK, TINY)
+    assert res["system"] == "sable" and res["env_steps"] == jax.local_device_count() * 4 * 8 * 2  # devices*B*T*K
     L = exp["actions"].shape[1]
     assert L == res["transitions"] > 0 and exp["observations"].shape == (1, L, 2, 128)
     assert np.isfinite(res["return"])
