@@ -22,7 +22,11 @@ def random_params(init_fn, key, sample_obs, scale_spread: float = 0.1):
 
 
 def tiny_collect(tmp_path, task: str, online: dict, budget: int = 64):
-    """One tiny online collection of ``task`` into ``tmp_path/vaults``; returns (result, vault experience, spec)."""
+    """One tiny online collection of ``task`` into ``tmp_path/vaults``; returns (result, vault experience, spec).
+
+    Checks what every collector must satisfy: env steps = devices x envs x rollout x updates per chunk
+    (``budget`` is one chunk), the vault holds the reported transitions of the task's shape, finite return.
+    """
     from omegaconf import OmegaConf
 
     from mtmarl import collect
@@ -36,4 +40,10 @@ def tiny_collect(tmp_path, task: str, online: dict, budget: int = 64):
         "eval": {"episodes": 8, "devices": None, "greedy": False}})
     (res,) = collect.run(cfg)
     spec = TaskSpec.parse(task)
-    return res, read_vault(vault_path(tmp_path / "vaults", spec), spec), spec
+    exp = read_vault(vault_path(tmp_path / "vaults", spec), spec)
+    env, length = spec.build(), exp["actions"].shape[1]
+    assert res["env_steps"] == jax.local_device_count() * online["num_envs"] * online["rollout_len"] \
+        * online["updates_per_chunk"]
+    assert length == res["transitions"] > 0 and np.isfinite(res["return"])
+    assert exp["observations"].shape == (1, length, env.num_agents, env.obs_dim)
+    return res, exp, spec
