@@ -17,7 +17,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from mtmarl.experiments.analysis import aggregate, bootstrap_args, find, fmt, metric_label, report, save_markdown
+from mtmarl.experiments.analysis import (aggregate, bootstrap_args, find, fmt, metric_label, percent_text, report,
+                                         save_markdown)
 from mtmarl.experiments.config import run_overrides
 from mtmarl.experiments.driver import Experiment, main
 from mtmarl.experiments.plots import bar_figure
@@ -49,12 +50,12 @@ def analyse(cfg, records, out: Path) -> list[Path]:
             if not (ref and abl):
                 continue
             change = percent_change(abl["mean"], ref["mean"])
-            note = f"{change:+.0f}%" if change == change else "n/a"
+            note = percent_text(change)
             bars += [{"panel": name, "category": algo, "series": "with (full)", "value": ref["mean"],
                       "err": ref["stderr"], "note": note, "change_percent": change},
                      {"panel": name, "category": algo, "series": f"without ({name})", "value": abl["mean"],
                       "err": abl["stderr"], "note": note, "change_percent": change}]
-            lines.append(f"| {name} | {algo} | {fmt(ref['mean'])} | {fmt(abl['mean'])} | {fmt(change, 0)}% |")
+            lines.append(f"| {name} | {algo} | {fmt(ref['mean'])} | {fmt(abl['mean'])} | {note} |")
     if bars:
         panels = list(dict.fromkeys(b["panel"] for b in bars))
         files.append(bar_figure(out / "fig6_ablations", bars, panels, list(cfg.algos),

@@ -21,7 +21,7 @@ from pathlib import Path
 import numpy as np
 
 from mtmarl.experiments.analysis import (aggregate, bootstrap_args, find, fmt, metric_label, num_train_tasks, report,
-                                         save_markdown)
+                                         percent_text, save_markdown)
 from mtmarl.experiments.config import run_overrides
 from mtmarl.experiments.driver import Experiment, main
 from mtmarl.experiments.plots import bar_figure, line_figure
@@ -69,10 +69,6 @@ def st_vs_mt(cfg, rows) -> list[dict]:
     return out
 
 
-def gain_text(percent: float) -> str:
-    return f"{percent:+.0f}%" if np.isfinite(percent) else "n/a"
-
-
 def analyse(cfg, records, out: Path) -> list[Path]:
     rows = aggregate(records, ["task_set", "algo", "k"], **bootstrap_args(cfg))
     meta = {"budget": cfg.budget.name, "k": {s: list(cfg.k[s]) for s in cfg.task_sets}}
@@ -87,7 +83,7 @@ def analyse(cfg, records, out: Path) -> list[Path]:
     if gains:
         bars = []
         for g in (g for g in gains if g["algo"] == "mean"):
-            note = gain_text(g["gain_percent"])
+            note = percent_text(g["gain_percent"])
             bars += [{"panel": "test tasks, mean over algorithms", "category": g["task_set"], "series": "ST (k=1)",
                       "value": g["st"], "err": None, "note": note},
                      {"panel": "test tasks, mean over algorithms", "category": g["task_set"],
@@ -98,7 +94,7 @@ def analyse(cfg, records, out: Path) -> list[Path]:
         lines = ["| task set | algorithm | ST (k=1) | MT (k=M) | gain |", "|---|---|---|---|---|"]
         for g in gains:
             lines.append(f"| {g['task_set']} | {g['algo']} | {fmt(g['st'])} | {fmt(g['mt'])} (M={g['M']}) | "
-                         f"{gain_text(g['gain_percent'])} |")
+                         f"{percent_text(g['gain_percent'])} |")
         files.append(save_markdown(out / "fig1_gain.md", lines))
     return files
 

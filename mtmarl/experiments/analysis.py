@@ -86,6 +86,11 @@ def fmt(x: Any, digits: int = 3) -> str:
     return f"{x:.{digits}f}" if isinstance(x, float) else str(x)
 
 
+def percent_text(x: float) -> str:
+    """A signed % change, or 'n/a' when it is undefined (zero or missing base)."""
+    return f"{x:+.0f}%" if x is not None and math.isfinite(x) else "n/a"
+
+
 def table_cells(row: dict[str, Any]) -> tuple[str, str]:
     """'mean ± se' and 'IQM [lo, hi]' strings of an aggregated row (se over tasks marked with *)."""
     mark = "*" if row["stderr_over"] == "tasks" else ""
