@@ -47,8 +47,13 @@ def line_figure(path: Path, rows: Sequence[dict[str, Any]], x: str, series: str,
         ax.set_title(panel["title"], fontsize=10)
         ax.set_xlabel(xlabel)
         ax.set_ylabel(ylabel)
-        if logx:
+        if logx:  # ticks at the plotted values only (matplotlib's minor log labels overlap)
+            from matplotlib.ticker import NullFormatter
             ax.set_xscale("log")
+            ticks = sorted({float(r[x]) for r in sel})
+            ax.set_xticks(ticks, [f"{t / 1e6:.3g}M" if t >= 1e6 else f"{t / 1e3:.3g}k" if t >= 1e3 else f"{t:g}"
+                                  for t in ticks])
+            ax.xaxis.set_minor_formatter(NullFormatter())
         ax.grid(alpha=0.3)
     for ax in axes.ravel()[len(panels):]:
         ax.set_visible(False)
