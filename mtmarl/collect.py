@@ -22,6 +22,7 @@ was on (that task starts over).
 
 from __future__ import annotations
 
+import fcntl
 import json
 import os
 import time
@@ -56,13 +57,20 @@ def read_references(path: Path) -> dict[str, Any]:
 
 
 def merge_reference(path: Path, key: str, entry: dict[str, Any]) -> None:
-    """Add/replace one task's entry, keeping the others; atomic (temp file + rename)."""
+    """Add/replace one task's entry, keeping the others.
+
+    Atomic (temp file + rename) so a crash never leaves half a file, and serialised by an
+    exclusive lock on a sidecar file so collectors of different task sets running at once
+    (``make -j2 data``) never drop each other's entries in the read-modify-write.
+    """
     path.parent.mkdir(parents=True, exist_ok=True)
-    data = read_references(path)
-    data[key] = entry
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    tmp.write_text(json.dumps(data, indent=2, sort_keys=True) + "\n")
-    os.replace(tmp, path)
+    with open(path.with_name(f".{path.name}.lock"), "a") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        data = read_references(path)
+        data[key] = entry
+        tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+        tmp.write_text(json.dumps(data, indent=2, sort_keys=True) + "\n")
+        os.replace(tmp, path)
 
 
 # --------------------------------------------------------------------------- helpers

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import jax
 import jax.numpy as jnp
@@ -209,3 +210,25 @@ def test_collect_writes_vault_references_and_skips_finished(tmp_path):
     (root / "references.json").write_text(json.dumps(refs))
     again = collect.run(cfg)
     assert [bool(r.get("skipped")) for r in again] == [True, False]
+
+
+def _merge_many(path: str, prefix: str, n: int) -> None:
+    for i in range(n):
+        collect.merge_reference(Path(path), f"{prefix}{i}", {"return": float(i)})
+
+
+def test_concurrent_reference_merges_lose_no_entry(tmp_path):
+    # Two collectors (make -j2 data) finishing tasks into one references.json: every
+    # read-modify-write must see the other's entries (an unlocked merge drops some).
+    import multiprocessing as mp
+
+    path = tmp_path / "references.json"
+    ctx = mp.get_context("spawn")
+    procs = [ctx.Process(target=_merge_many, args=(str(path), p, 150)) for p in ("a:", "b:")]
+    for p in procs:
+        p.start()
+    for p in procs:
+        p.join(120)
+        assert p.exitcode == 0
+    refs = json.loads(path.read_text())
+    assert sorted(refs) == sorted(f"{p}{i}" for p in ("a:", "b:") for i in range(150))
