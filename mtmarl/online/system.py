@@ -93,12 +93,18 @@ def logits_head(x: jax.Array, num_actions: int) -> jax.Array:
 
 
 class Actor(nn.Module):
+    """MLP torso -> logits. Same interface as :class:`RecurrentActor`, with an empty carry ``()``
+    passed through, so acting, recording and evaluation never ask which actor they hold."""
+
     hidden: Sequence[int]
     num_actions: int
 
+    def initial_carry(self, lead_shape: tuple[int, ...]) -> tuple:
+        return ()
+
     @nn.compact
-    def __call__(self, agents_view: jax.Array) -> jax.Array:
-        return logits_head(torso(agents_view, self.hidden), self.num_actions)
+    def __call__(self, carry, agents_view: jax.Array) -> tuple[Any, jax.Array]:
+        return carry, logits_head(torso(agents_view, self.hidden), self.num_actions)
 
 
 class RecurrentActor(nn.Module):
@@ -108,17 +114,14 @@ class RecurrentActor(nn.Module):
     gru_hidden: int
     num_actions: int
 
+    def initial_carry(self, lead_shape: tuple[int, ...]) -> jax.Array:
+        """The episode-start state: zeros of ``lead_shape + (gru_hidden,)``."""
+        return jnp.zeros(tuple(lead_shape) + (self.gru_hidden,))
+
     @nn.compact
     def __call__(self, h: jax.Array, agents_view: jax.Array) -> tuple[jax.Array, jax.Array]:
         h, x = nn.GRUCell(self.gru_hidden)(h, torso(agents_view, self.hidden))
         return h, logits_head(x, self.num_actions)
-
-
-def actor_step(actor: nn.Module, params, carry, agents_view: jax.Array) -> tuple[Any, jax.Array]:
-    """``(carry', logits)`` of one step; the feed-forward actor's carry is ``()`` and passes through."""
-    if isinstance(actor, RecurrentActor):
-        return actor.apply(params, carry, agents_view)
-    return carry, actor.apply(params, agents_view)
 
 
 def replay_actor(actor: RecurrentActor, params, h0: jax.Array, traj: Transition) -> jax.Array:
@@ -193,7 +196,7 @@ def masked_sample(key: jax.Array, logits: jax.Array, mask: jax.Array) -> jax.Arr
 def act_batch(actor: nn.Module, value_fn: Callable, params, ts: TimeStep, carry, key):
     """Sampled actions of B envs: ``(actions, logp, value, carry')`` (a :func:`carried_rollout` act)."""
     obs = ts.observation
-    carry, logits = actor_step(actor, params["actor"], carry, obs.agents_view)
+    carry, logits = actor.apply(params["actor"], carry, obs.agents_view)
     keys = jax.random.split(key, logits.shape[0])
     actions = jax.vmap(masked_sample)(keys, logits, obs.action_mask)
     return actions, ppo.log_prob(logits, obs.action_mask, actions), value_fn(params, ts), carry
@@ -205,14 +208,12 @@ def make_policy(actor: nn.Module, greedy: bool = False) -> Policy:
     The recurrent actor's carry is the (N, gru_hidden) hidden state, zeros at the episode's start.
     """
     def act(params, obs: Observation, carry, key):
-        carry, logits = actor_step(actor, params, carry, obs.agents_view)
+        carry, logits = actor.apply(params, carry, obs.agents_view)
         if greedy:
             return jnp.argmax(jnp.where(obs.action_mask, logits, ppo.NEG_INF), -1), carry
         return masked_sample(key, logits, obs.action_mask), carry
 
-    def init_carry(params, num_agents):
-        return jnp.zeros((num_agents, actor.gru_hidden)) if isinstance(actor, RecurrentActor) else ()
-    return Policy(init_carry=init_carry, act=act)
+    return Policy(init_carry=lambda params, num_agents: actor.initial_carry((num_agents,)), act=act)
 
 
 def make_system(env, cfg: MappoConfig, num_devices: int | None = None) -> System:
@@ -243,15 +244,11 @@ def make_system(env, cfg: MappoConfig, num_devices: int | None = None) -> System
 
     act_fn = functools.partial(act_batch, actor, value_fn)
 
-    def zero_hidden(b: int):
-        return jnp.zeros((b, n, cfg.gru_hidden)) if cfg.recurrent else ()
-
     def init_one(state_key, param_key, pool: ResetPool):
-        actor_in = (jnp.zeros((1, cfg.gru_hidden)),) if cfg.recurrent else ()
-        params = {"actor": actor.init(param_key, *actor_in, jnp.zeros((1, o))),
+        params = {"actor": actor.init(param_key, actor.initial_carry((1,)), jnp.zeros((1, o))),
                   "critic": critic.init(jax.random.fold_in(param_key, 1), jnp.zeros((1, critic_dim)))}
         return TrainState(params, tx.init(params), start_from_pool(pool), state_key, jnp.int32(0),
-                          zero_hidden(cfg.num_envs))
+                          actor.initial_carry((cfg.num_envs, n)))
 
     def loss_fn(params, mb: Transition, adv, targets, h0=None):
         """Feed-forward: a minibatch of (flattened) steps; recurrent: of whole env rollouts (B', T) + h0."""
@@ -259,7 +256,7 @@ def make_system(env, cfg: MappoConfig, num_devices: int | None = None) -> System
         if cfg.recurrent:
             logits = replay_actor(actor, params["actor"], h0, mb)
         else:
-            logits = actor.apply(params["actor"], mb.obs.agents_view)
+            _, logits = actor.apply(params["actor"], (), mb.obs.agents_view)
         values = critic.apply(params["critic"], critic_in(mb.obs, mb.state))
         active = mb.obs.active.astype(jnp.float32)
         info = ppo.ppo_loss(logits, mb.obs.action_mask, mb.actions, mb.logp, adv[..., None], values,
@@ -289,7 +286,7 @@ def make_system(env, cfg: MappoConfig, num_devices: int | None = None) -> System
 
     def record_one(state: TrainState, pool: ResetPool, key):
         envs = start_from_pool(pool)
-        _, _, traj = carried_rollout(env, act_fn, value_fn, state.params, envs, zero_hidden(rec_envs), pool, key,
+        _, _, traj = carried_rollout(env, act_fn, value_fn, state.params, envs, actor.initial_carry((rec_envs, n)), pool, key,
                                      cfg.record_len)
         return traj
 
