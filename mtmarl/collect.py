@@ -22,9 +22,7 @@ was on (that task starts over).
 
 from __future__ import annotations
 
-import fcntl
 import json
-import os
 import time
 import zlib
 from pathlib import Path
@@ -37,40 +35,11 @@ from omegaconf import DictConfig, OmegaConf
 from mtmarl import tasks as task_registry
 from mtmarl.data import vault as vault_io
 from mtmarl.errors import UserInputError
+from mtmarl.evaluation.references import merge_entry, read_entries
 from mtmarl.evaluation.rollout import make_evaluator
 from mtmarl.runtime import enable_compilation_cache, hydra_cli, save_figure, user_errors_exit
 
 ROOT = Path(__file__).resolve().parent.parent
-
-
-# --------------------------------------------------------------------------- references
-def read_references(path: Path) -> dict[str, Any]:
-    if not path.is_file():
-        return {}
-    try:
-        data = json.loads(path.read_text())
-    except (OSError, json.JSONDecodeError) as err:
-        raise UserInputError(f"reference file {path} is not valid JSON: {err}") from None
-    if not isinstance(data, dict):
-        raise UserInputError(f"reference file {path}: expected an object keyed by task")
-    return data
-
-
-def merge_reference(path: Path, key: str, entry: dict[str, Any]) -> None:
-    """Add/replace one task's entry, keeping the others.
-
-    Atomic (temp file + rename) so a crash never leaves half a file, and serialised by an
-    exclusive lock on a sidecar file so collectors of different task sets running at once
-    (``make -j2 data``) never drop each other's entries in the read-modify-write.
-    """
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with open(path.with_name(f".{path.name}.lock"), "a") as lock:
-        fcntl.flock(lock, fcntl.LOCK_EX)
-        data = read_references(path)
-        data[key] = entry
-        tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-        tmp.write_text(json.dumps(data, indent=2, sort_keys=True) + "\n")
-        os.replace(tmp, path)
 
 
 # --------------------------------------------------------------------------- helpers
@@ -148,7 +117,7 @@ def write_outputs(spec, cfg: DictConfig, root: Path, ref_path: Path, result: dic
         result["vault"] = str(path)
         result["transitions"] = int(exp["actions"].shape[1])
     entry = {k: result[k] for k in REFERENCE_KEYS if result.get(k) is not None}
-    merge_reference(ref_path, spec.adhoc, {**entry, **reference_extra})
+    merge_entry(ref_path, spec.adhoc, {**entry, **reference_extra})
 
 
 def collect_task(spec, split: str, cfg: DictConfig, root: Path, ref_path: Path, log_dir: Path,
@@ -352,7 +321,7 @@ def run(cfg: DictConfig) -> list[dict[str, Any]]:
                TextColumn("return {task.fields[ret]:.3f}"), TimeElapsedColumn(), TimeRemainingColumn())
     with Progress(*columns, console=console, disable=not cfg.collect.progress) as bar:
         for s, spec in todo:
-            if is_finished(spec, s, root, uid, read_references(ref_path), bool(cfg.collect.record)):
+            if is_finished(spec, s, root, uid, read_entries(ref_path), bool(cfg.collect.record)):
                 console.print(f"skip {s} task {spec.name}: already collected")
                 results.append({"name": spec.name, "split": s, "skipped": True})
                 continue

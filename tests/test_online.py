@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-from pathlib import Path
 
 import jax
 import jax.numpy as jnp
@@ -15,6 +14,7 @@ from omegaconf import OmegaConf
 from mtmarl import collect
 from mtmarl.data.vault import episode_returns, read_vault, vault_path
 from mtmarl.envs import Observation, TimeStep
+from mtmarl.evaluation.references import merge_entry
 from mtmarl.online import ppo
 from mtmarl.online.rollout import make_reset_pool, rollout, start_from_pool, step_with_pool
 from mtmarl.online.system import MappoConfig, chunk_summary, to_experience
@@ -214,7 +214,7 @@ def test_collect_writes_vault_references_and_skips_finished(tmp_path):
 
 def _merge_many(path: str, prefix: str, n: int) -> None:
     for i in range(n):
-        collect.merge_reference(Path(path), f"{prefix}{i}", {"return": float(i)})
+        merge_entry(path, f"{prefix}{i}", {"return": float(i)})
 
 
 def test_concurrent_reference_merges_lose_no_entry(tmp_path):

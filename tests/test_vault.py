@@ -10,6 +10,7 @@ from __future__ import annotations
 import contextlib
 import io
 import json
+import os
 from pathlib import Path
 
 import jax
@@ -256,3 +257,26 @@ def test_stats_cli(tmp_path, written, experience, spec, capsys):
     assert "missing vaults (10)" in captured.out and "6x6-3a" in captured.out
     assert "no vault found" in captured.err
     assert data_main(["stats", str(tmp_path / "nothing.vlt")]) == 2
+
+
+def test_report_joins_references_and_vault_metadata(tmp_path, written, experience, capsys):
+    hand = _returns_by_hand(experience)
+    root = written.parents[2]
+    refs = tmp_path / "refs.json"
+    refs.write_text(json.dumps({TASK: {"return": 2.0, "initial_return": 0.5, "env_steps": 1000,
+                                       "train_seconds": 4.0}}))
+    assert data_main(["report", TASK, "--root", str(root), "--references", str(refs), "--markdown"]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    header = [c.strip() for c in lines[0].strip("| ").split("|")]
+    row = dict(zip(header, (c.strip() for c in lines[2].strip("| ").split("|"))))
+    assert row["split"] == "train" and row["initial return"] == "0.500" and row["final return"] == "2.000"
+    assert row["steps/s"] == "250" and row["transitions"] == str(STEPS) and row["episodes"] == str(len(hand))
+    assert float(row["data mean return"]) == pytest.approx(np.mean(hand), abs=1e-3)
+    on_disk = sum(os.path.getsize(os.path.join(d, f)) for d, _, fs in os.walk(written.parent) for f in fs)
+    assert float(row["vault MiB"]) == pytest.approx(on_disk / 2**20, abs=0.051)
+    assert lines[-1].startswith("1 tasks:") and "no reference" not in lines[-1]
+
+    # A set with neither references nor vaults under the root: listed as missing, exit 1.
+    assert data_main(["report", "connector_10", "--root", str(root), "--references", str(refs)]) == 1
+    captured = capsys.readouterr()
+    assert "no vault: 6x6-3a" in captured.out.replace("\n", " ") and "no reference or vault" in captured.err

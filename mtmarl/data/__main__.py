@@ -1,4 +1,5 @@
-"""``python -m mtmarl.data stats <vault | task set> [--hist out.png]``: dataset cards of vaults."""
+"""``python -m mtmarl.data stats <vault | task set> [--hist out.png]``: dataset cards of vaults;
+``python -m mtmarl.data report <task set> [--markdown]``: references and vault sizes per task."""
 
 from __future__ import annotations
 
@@ -24,7 +25,14 @@ def main(argv: list[str] | None = None) -> int:
                    help="skip the sha256 check of files listed in mtmarl.json")
     p.add_argument("--validate", action="store_true",
                    help="also check shapes against the task's env (builds each env; slow for RWARE)")
+    r = sub.add_parser("report", help="per task: untrained vs final online return, time, vault size")
+    r.add_argument("target", help="a task set name or an ad-hoc task")
+    r.add_argument("--root", default=str(stats.DEFAULT_ROOT), help="vault root (default: %(default)s)")
+    r.add_argument("--references", default=None, help="references file (default: <root>/references.json)")
+    r.add_argument("--markdown", action="store_true", help="print a Markdown table (for a data card)")
     args = parser.parse_args(argv)
+    if args.command == "report":
+        return report(args)
     try:
         cards, missing = stats.collect(args.target, args.root, verify=args.verify, validate=args.validate)
         if args.hist and cards:
@@ -46,6 +54,24 @@ def main(argv: list[str] | None = None) -> int:
         print(f"error: no vault found for {args.target} under {args.root}", file=sys.stderr)
         return 1
     return 0
+
+
+def report(args) -> int:
+    from mtmarl.data import report as R
+
+    try:
+        rows = R.task_rows(args.target, args.root, args.references)
+    except UserInputError as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 2
+    if args.markdown:
+        print(R.markdown(rows))
+    else:
+        R.print_table(rows, f"collection: {args.target} ({args.root})")
+    found = any(r["has_reference"] or r.get("has_vault") for r in rows)
+    if not found:
+        print(f"error: no reference or vault for {args.target} under {args.root}", file=sys.stderr)
+    return 0 if found else 1
 
 
 if __name__ == "__main__":

@@ -8,9 +8,12 @@ each task's return by the online system's final return on it.
 
 from __future__ import annotations
 
+import fcntl
 import json
 import math
+import os
 from pathlib import Path
+from typing import Any
 
 from mtmarl.errors import UserInputError
 from mtmarl.tasks import TaskSpec
@@ -18,14 +21,43 @@ from mtmarl.tasks import TaskSpec
 DEFAULT_PATH = Path(__file__).resolve().parents[2] / "vault_data" / "references.json"
 
 
-def load_references(path: str | Path | None = None) -> dict[str, float]:
-    """Reference returns by task key; an absent file means no references."""
-    path = Path(path) if path else DEFAULT_PATH
+def read_entries(path: str | Path) -> dict[str, Any]:
+    """The whole entries (return, initial_return, env_steps, ...) by task key; {} if no file."""
+    path = Path(path)
     if not path.is_file():
         return {}
     try:
-        raw = json.loads(path.read_text())
-        return {k: float(v["return"] if isinstance(v, dict) else v) for k, v in raw.items()}
+        data = json.loads(path.read_text())
+    except (OSError, json.JSONDecodeError) as err:
+        raise UserInputError(f"reference file {path} is malformed: not valid JSON ({err})") from None
+    if not isinstance(data, dict):
+        raise UserInputError(f"reference file {path} is malformed: expected an object keyed by task")
+    return data
+
+
+def merge_entry(path: str | Path, key: str, entry: dict[str, Any]) -> None:
+    """Add/replace one task's entry, keeping the others.
+
+    Atomic (temp file + rename) so a crash never leaves half a file, and serialised by an
+    exclusive lock on a sidecar file so collectors of different task sets running at once
+    (``make -j2 data``) never drop each other's entries in the read-modify-write.
+    """
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with open(path.with_name(f".{path.name}.lock"), "a") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        data = read_entries(path)
+        data[key] = entry
+        tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+        tmp.write_text(json.dumps(data, indent=2, sort_keys=True) + "\n")
+        os.replace(tmp, path)
+
+
+def load_references(path: str | Path | None = None) -> dict[str, float]:
+    """Reference returns by task key; an absent file means no references."""
+    path = Path(path) if path else DEFAULT_PATH
+    try:
+        return {k: float(v["return"] if isinstance(v, dict) else v) for k, v in read_entries(path).items()}
     except (ValueError, KeyError, TypeError) as err:
         raise UserInputError(f"reference file {path} is malformed: {err}") from None
 
