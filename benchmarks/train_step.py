@@ -88,7 +88,7 @@ def matmul_rate(seconds: float = 1.0) -> float:
 
 def flops_per_update(algo, buffers, sampler) -> float:
     step = make_update_step(algo, sampler, 1, axis_name=None)
-    state = jax.eval_shape(algo.init, jax.ShapeDtypeStruct((2,), jnp.uint32), _ObsOnly(buffers.obs[:1, :1]))
+    state = jax.eval_shape(algo.init, jax.ShapeDtypeStruct((2,), jnp.uint32), _ObsOnly(buffers.decode_obs(buffers.obs[:1, :1])))
     carry = Carry(state, jax.ShapeDtypeStruct((2,), jnp.uint32))
     cost = jax.jit(step).lower(carry, buffers).compile().cost_analysis()
     cost = cost[0] if isinstance(cost, list) else cost

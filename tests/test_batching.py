@@ -5,7 +5,8 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from mtmarl.data.batching import SamplerConfig, make_buffers, make_sampler, return_range, task_assignment
+from mtmarl.data.batching import (SamplerConfig, make_buffers, make_sampler, return_range, task_assignment,
+                                   value_table)
 from mtmarl.errors import UserInputError
 
 A = 5
@@ -175,3 +176,34 @@ def test_sampler_inside_scan(buffers):
     counts = np.asarray(run(jax.random.key(0)))
     np.testing.assert_array_equal(counts.sum(0), [10, 10, 10])
     np.testing.assert_array_equal(counts[:3], [[2, 2, 1], [2, 1, 2], [1, 2, 2]])
+
+
+def test_grid_observations_stored_as_codes_give_identical_batches():
+    # Few distinct values (negative, non-float16-exact ones too) -> uint8 codes + table; >256 -> float32.
+    rng = np.random.default_rng(0)
+    grid = []
+    for m, (L, n, o, ep) in enumerate(SPECS):
+        task = dict(TASKS[m])
+        task["obs"] = (rng.integers(-3, 8, (L, n, o)) * 0.1).astype(np.float32)
+        grid.append(task)
+    compact, plain = make_buffers(grid, seq_len=T), make_buffers(grid, seq_len=T, compact=False)
+    assert compact.obs.dtype == jnp.uint8 and plain.obs.dtype == jnp.float32
+    assert compact.obs_values.shape == (11,) and plain.obs_values is None
+    np.testing.assert_array_equal(compact.decode_obs(compact.obs), plain.obs)  # padding decodes to 0 too
+    cfg = SamplerConfig(batch_size=8, seq_len=T)
+    for step in range(2):
+        a, b = (make_sampler(cfg)(buf, jax.random.key(step), step) for buf in (compact, plain))
+        for x, y in zip(jax.tree.leaves(a), jax.tree.leaves(b)):
+            assert x.dtype == y.dtype
+            np.testing.assert_array_equal(x, y)
+    assert make_buffers(TASKS, seq_len=T).obs.dtype == jnp.float32  # thousands of distinct values
+
+
+def test_value_table_over_chunks_matches_unique():
+    rng = np.random.default_rng(1)
+    arrays = [rng.choice([-0.5, 0.1, 0.25, 1.0], size=(13, 3)).astype(np.float32),
+              rng.choice([0.1, 7.0], size=(5, 2)).astype(np.float32)]
+    expected = np.unique(np.concatenate([a.ravel() for a in arrays] + [np.zeros(1, np.float32)]))
+    np.testing.assert_array_equal(value_table(arrays, chunk=7), expected)
+    assert value_table(arrays, limit=5, chunk=7) is None
+    assert value_table([np.array([0.5, np.nan], np.float32)]) is None

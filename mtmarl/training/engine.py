@@ -137,7 +137,7 @@ class Learner:
         """Fresh parameters and optimiser state (the same for any device count)."""
         key = jax.random.PRNGKey(seed)
         key, k_init, k_sample = jax.random.split(key, 3)
-        sample_obs = self.buffers.obs[:1, : self.sampler.seq_len][:, :, :, :]  # (1, T, N, O)
+        sample_obs = self.buffers.decode_obs(self.buffers.obs[:1, : self.sampler.seq_len])  # (1, T, N, O)
         state = jax.jit(self.algo.init)(k_init, _ObsOnly(sample_obs))
         return jax.device_get(Carry(state, key))
 
