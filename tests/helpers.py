@@ -1,7 +1,20 @@
 """Shared test utilities."""
 
+import importlib.util
+from pathlib import Path
+
 import jax
 import numpy as np
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def load_script(name: str):
+    """An ``experiment_scripts/<name>.py`` module (the folder is not a package)."""
+    spec = importlib.util.spec_from_file_location(f"experiment_{name}", ROOT / "experiment_scripts" / f"{name}.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
 
 
 def random_params(init_fn, key, sample_obs, scale_spread: float = 0.1):

@@ -1,7 +1,6 @@
 """Experiment machinery: configs compose for every script and preset, aggregation numerics, the runner's
 resumption and crash isolation, and a driver end to end (stand-in trainer fast; real trainer `slow`)."""
 
-import importlib.util
 import json
 import math
 import sys
@@ -18,14 +17,7 @@ from mtmarl.experiments.runner import Run, is_finished, run_matrix, train_comman
 from mtmarl.experiments.stats import iqm, mean_stderr, percent_change, stratified_bootstrap, summarise_matrix
 from mtmarl.training.data import take_fraction
 
-ROOT = Path(__file__).resolve().parents[1]
-
-
-def load_script(name: str):
-    spec = importlib.util.spec_from_file_location(f"experiment_{name}", ROOT / "experiment_scripts" / f"{name}.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+from helpers import load_script
 
 
 # ------------------------------------------------------------------ configs
@@ -297,12 +289,7 @@ def test_model_size_driver_with_real_training(tmp_path, monkeypatch):
 
 def test_bad_override_is_one_line_error(capsys):
     """A malformed override (unquoted list of overrides) exits 2 with one line, not a Hydra traceback."""
-    import importlib.util
-
-    spec = importlib.util.spec_from_file_location("td", Path(__file__).resolve().parents[1]
-                                                  / "experiment_scripts" / "task_diversity.py")
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
+    mod = load_script("task_diversity")
     with pytest.raises(SystemExit) as exit_info:
         mod.main(mod.EXPERIMENT, ["quick", "extra=[training=default]"])
     assert exit_info.value.code == 2

@@ -23,6 +23,8 @@ from mtmarl.data.__main__ import main as data_main
 from mtmarl.errors import UserInputError
 from mtmarl.tasks import TaskSpec
 
+from helpers import load_script
+
 TASK = "connector:grid=5,agents=2,horizon=8"
 STEPS = 60
 
@@ -280,3 +282,18 @@ def test_report_joins_references_and_vault_metadata(tmp_path, written, experienc
     assert data_main(["report", "connector_10", "--root", str(root), "--references", str(refs)]) == 1
     captured = capsys.readouterr()
     assert "no vault: 6x6-3a" in captured.out.replace("\n", " ") and "no reference or vault" in captured.err
+
+
+def test_data_card_writes_table_and_figures(tmp_path, written):
+    root = written.parents[2]
+    spec = TaskSpec.parse(TASK)
+    (root / "references.json").write_text(json.dumps({TASK: {"return": 1.5, "initial_return": -0.5}}))
+    log = root / "logs" / spec.env / f"{V.task_dirname(spec)}.jsonl"
+    log.parent.mkdir(parents=True, exist_ok=True)
+    log.write_text("".join(json.dumps({"env_steps": 64 * i, "return": 0.5 * i}) + "\n" for i in range(1, 4)))
+    out = tmp_path / "card"
+    load_script("data_card").main([TASK, "--root", str(root), "--out", str(out)])
+    table = (out / f"{TASK}.md").read_text().splitlines()
+    assert len(table) == 5 and f"| {STEPS} |" in table[2] and "| 1.500 |" in table[2]
+    for fig in ("returns", "curves"):
+        assert (out / f"{TASK}_{fig}.png").stat().st_size > 5000
