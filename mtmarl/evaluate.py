@@ -151,7 +151,7 @@ def run(cfg: DictConfig) -> list[dict[str, Any]]:
         check_trained_fits([s for split in splits for s in task_set.split(split)], obs_dim, info["n_actions"],
                            str(cfg.checkpoint))
     run_dir = Path(hydra.core.hydra_config.HydraConfig.get().runtime.output_dir)
-    references = load_references(cfg.references)
+    references = load_references(cfg.references or (info["references"] if own is not None else None))
 
     start = time.perf_counter()
     rows = evaluate_set(task_set, splits, policy, params, cfg.eval.episodes, cfg.seed,

@@ -40,7 +40,7 @@ def _resolve(cfg: DictConfig) -> dict[str, Any]:
 @user_errors_exit
 def run(cfg: DictConfig, run_dir: Path | None = None, stop_after: int | None = None) -> list[dict[str, Any]]:
     from mtmarl.evaluate import resolve_task_set
-    from mtmarl.evaluation.references import load_references
+    from mtmarl.evaluation.references import default_path, load_references
     from mtmarl.evaluation.results import print_table, write_results
     from mtmarl.training.checkpoint import Checkpointer
     from mtmarl.training.logging import RunLogger
@@ -52,7 +52,7 @@ def run(cfg: DictConfig, run_dir: Path | None = None, stop_after: int | None = N
     if run_dir is None:
         run_dir = Path(hydra.core.hydra_config.HydraConfig.get().runtime.output_dir)
     run_dir.mkdir(parents=True, exist_ok=True)
-    references = load_references(cfg.references)
+    references = load_references(cfg.references or default_path(cfg.data.root))
     (run_dir / CONFIG_NAME).write_text(OmegaConf.to_yaml(cfg, resolve=True))
 
     lg = plain["logger"]

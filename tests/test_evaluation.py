@@ -10,7 +10,7 @@ import pytest
 from mtmarl import envs
 from mtmarl.errors import UserInputError
 from mtmarl.evaluation.policies import RANDOM, Policy, uniform_legal
-from mtmarl.evaluation.references import load_references, reference_for
+from mtmarl.evaluation.references import DEFAULT_PATH, default_path, load_references, reference_for
 from mtmarl.evaluation.results import summarise, to_marl_eval
 from mtmarl.evaluation.rollout import EpisodeStats, episode_keys, make_evaluator
 from mtmarl.tasks import TaskSpec
@@ -131,3 +131,10 @@ def test_references_file(tmp_path):
     path.write_text("{not json")
     with pytest.raises(UserInputError, match="malformed"):
         load_references(path)
+
+
+def test_references_default_to_the_data_roots_own(tmp_path):
+    assert default_path(tmp_path) == DEFAULT_PATH  # a root without references: the bundled ones
+    assert default_path(None) == DEFAULT_PATH
+    (tmp_path / "references.json").write_text(json.dumps({SPEC.adhoc: {"return": 7.0}}))
+    assert reference_for(SPEC, load_references(default_path(str(tmp_path)))) == 7.0

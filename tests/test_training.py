@@ -72,6 +72,8 @@ def data_root(tmp_path_factory):
     for i, (label, adhoc) in enumerate(TRAIN.items()):
         write_vault(root, _spec(label, adhoc), synthetic_experience(_spec(label, adhoc), 12, i),
                     {"policy": "random", "seed": i})
+    # The root's own references (the default for training on this root), for the test task only.
+    (root / "references.json").write_text(json.dumps({TEST["g6-2a"]: {"return": -2.0}}))
     conf = base / "conf" / "tasks"
     conf.mkdir(parents=True)
     item = lambda label, adhoc: {"name": label, **dict(TaskSpec.parse(adhoc).params)}  # noqa: E731
@@ -266,6 +268,9 @@ def test_train_cli_end_to_end(data_root, tmp_path):
         assert metrics["episode_count"] == [4]
     summary = json.loads((out / "summary.json").read_text())
     assert sorted(r["split"] for r in summary) == ["test", "train", "train"]
+    for row in summary:  # normalised by <data.root>/references.json, which covers the test task only
+        expected = row["mean_return"] / -2.0 if row["split"] == "test" else None
+        assert row["normalised_return"] == (None if expected is None else pytest.approx(expected))
     records = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
     train_losses = [r["train/loss"] for r in records if "train/loss" in r]
     assert len(train_losses) == 2 and all(np.isfinite(train_losses))
@@ -278,6 +283,7 @@ def test_train_cli_end_to_end(data_root, tmp_path):
     from mtmarl.training.restore import load_trained
     policy, params, name, info = load_trained(out)
     assert name == "mt_oryx" and info["checkpoint"]["kind"] == "best" and info["tasks"]["name"] == "mini"
+    assert Path(info["references"]) == data_root / "references.json"  # evaluate checkpoint= reuses them
     assert info["checkpoint"]["step"] == run["best_step"] and jax.tree.leaves(params)
 
 

@@ -53,6 +53,16 @@ def merge_entry(path: str | Path, key: str, entry: dict[str, Any]) -> None:
         os.replace(tmp, path)
 
 
+def default_path(data_root: str | Path | None) -> Path:
+    """``<data_root>/references.json`` when it exists, else the bundled ``vault_data/references.json``.
+
+    References belong to the data they came with: the full-size data (``make data``) has its
+    own, made by longer online training, so training on it normalises by them by default.
+    """
+    candidate = Path(data_root) / "references.json" if data_root else None
+    return candidate if candidate is not None and candidate.is_file() else DEFAULT_PATH
+
+
 def load_references(path: str | Path | None = None) -> dict[str, float]:
     """Reference returns by task key; an absent file means no references."""
     path = Path(path) if path else DEFAULT_PATH

@@ -21,6 +21,7 @@ from omegaconf import OmegaConf
 
 from mtmarl.algos.common import load_algo_config, make_algo
 from mtmarl.errors import UserInputError
+from mtmarl.evaluation.references import default_path
 from mtmarl.networks.sable import SableConfig
 from mtmarl.training.checkpoint import Checkpointer
 from mtmarl.training.engine import Carry, _ObsOnly as _Obs
@@ -63,7 +64,9 @@ def load_trained(run_dir: str | Path, which: str | None = None, greedy: bool | N
         greedy = bool((cfg.get("eval") or {}).get("greedy", False))
     info = {"tasks": cfg.get("tasks"), "task": cfg.get("task"), "seed": cfg.get("seed", 0),
             "checkpoint": {"kind": which, "step": step, "meta": meta}, "obs_dim": obs_dim,
-            "n_actions": int(spec["n_actions"]), "greedy": greedy}
+            "n_actions": int(spec["n_actions"]), "greedy": greedy,
+            # the references the run normalised by (its own setting, else its data root's)
+            "references": str(cfg.get("references") or default_path((cfg.get("data") or {}).get("root")))}
     return make_policy(algo, greedy), carry.state.params, spec["name"], info
 
 
