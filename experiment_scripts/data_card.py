@@ -61,8 +61,8 @@ def plot_returns(task_set, rows, root: Path, out: Path, verify: bool) -> None:
 
 def plot_curves(task_set, root: Path, out: Path) -> None:
     specs = list(task_set.train) + list(task_set.test)
-    fig, axes = grid(len(specs), f"{task_set.name}: training return of the collector vs env steps "
-                     "(train tasks blue, test tasks red)")
+    fig, axes = grid(len(specs), f"{task_set.name}: training return of the collector vs env steps, or per "
+                     "epsilon level of the scripted planner (train tasks blue, test tasks red)")
     for ax, spec in zip(axes, specs):
         log = root / "logs" / spec.env / f"{V.task_dirname(spec)}.jsonl"
         ax.set_title(spec.name, fontsize=8)
@@ -72,8 +72,12 @@ def plot_curves(task_set, root: Path, out: Path) -> None:
         points = [json.loads(line) for line in log.read_text().splitlines() if line.strip()]
         points = [p for p in points if p.get("return") is not None]
         color = "tab:blue" if spec in task_set.train else "tab:red"
-        ax.plot([p["env_steps"] for p in points], [p["return"] for p in points], color=color, lw=1.2,
-                marker="o" if len(points) < 20 else None, ms=3)
+        scripted = all("epsilon" in p for p in points)  # one point per epsilon level, not a learner
+        xs = range(len(points)) if scripted else [p["env_steps"] for p in points]
+        ax.plot(xs, [p["return"] for p in points], color=color, lw=1.2, marker="o" if scripted else None, ms=3)
+        if scripted:
+            ax.set_xticks(list(xs), [f"{p['epsilon']:g}" for p in points])
+            ax.set_xlabel("epsilon of the recorded level", fontsize=7)
         ax.tick_params(labelsize=7)
         ax.xaxis.get_offset_text().set_fontsize(7)
     fig.tight_layout()
