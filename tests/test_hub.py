@@ -13,6 +13,7 @@ import hashlib
 import http.server
 import io
 import json
+import shutil
 import threading
 import zipfile
 from pathlib import Path
@@ -236,3 +237,40 @@ def test_sources_and_bad_input(tmp_path, server, packed, monkeypatch):
     with pytest.raises(UserInputError, match="64 hex"):
         hub.download(f"{server}/toy.zip", root, sha256="abc", progress=False)
     assert hub.main(["download", "gopher://x", "--to", str(root)]) == 2
+
+
+def test_training_fetches_only_missing_vaults_from_data_hub(tmp_path, server):
+    from mtmarl.tasks import TaskSet, TaskSpec
+    from mtmarl.training.data import check_vaults, fetch_missing
+
+    names = ("toy", "toy2")
+    for i, name in enumerate(names):
+        vlt = _make_vault(tmp_path / "src", task=name, seed=i)
+        hub.pack(vlt, tmp_path / f"{name}.zip")
+        Handler.files[f"/vaults/connector/{name}.zip"] = (tmp_path / f"{name}.zip").read_bytes()
+    specs = tuple(TaskSpec.create("connector", {"grid": 5, "agents": 2}, name) for name in names)
+    task_set = TaskSet("hubset", "connector", specs, ())
+    root, template = tmp_path / "vault_data", f"{server}/vaults/{{env}}/{{task}}.zip"
+
+    installed = fetch_missing(task_set, root, template)
+    assert sorted(p.name for p, status in installed if status == "installed") == ["toy.vlt", "toy2.vlt"]
+    check_vaults(task_set, root)  # nothing missing now
+    assert _tree_bytes(root / "connector" / "toy2.vlt") == _tree_bytes(tmp_path / "src" / "connector" / "toy2.vlt")
+    requests = len(Handler.log)
+    assert fetch_missing(task_set, root, template) == [] and len(Handler.log) == requests  # all present
+
+    shutil.rmtree(root / "connector" / "toy2.vlt")
+    fetch_missing(task_set, root, template)
+    assert [r["path"] for r in Handler.log[requests:]] == ["/vaults/connector/toy2.zip"]  # only the missing one
+
+    # One archive for the whole set (no placeholders), a bad placeholder, and a source that lacks a task.
+    one = TaskSet("one", "connector", specs[:1], ())
+    Handler.files["/all.zip"] = (tmp_path / "toy.zip").read_bytes()
+    assert fetch_missing(one, tmp_path / "other", f"{server}/all.zip")[0][1] == "installed"
+    with pytest.raises(UserInputError, match="only {env} and {task}"):
+        fetch_missing(task_set, tmp_path / "empty", f"{server}/{{scenario}}.zip")
+    with pytest.raises(UserInputError):
+        fetch_missing(task_set, tmp_path / "empty", f"{server}/nowhere/{{task}}.zip")
+    assert not (tmp_path / "empty" / "connector").exists()
+    with pytest.raises(UserInputError, match="data.hub=x did not provide them"):
+        check_vaults(task_set, tmp_path / "empty", "x")

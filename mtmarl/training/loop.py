@@ -21,7 +21,7 @@ from mtmarl.evaluation.rollout import compile_all, make_evaluator
 from mtmarl.networks.sable import SableConfig
 from mtmarl.tasks import TaskSet
 from mtmarl.training.checkpoint import Checkpointer, is_better, train_score
-from mtmarl.training.data import build_buffers, load_task_data
+from mtmarl.training.data import build_buffers, fetch_missing, load_task_data
 from mtmarl.training.engine import Carry, Learner
 from mtmarl.training.policy import make_policy
 
@@ -153,8 +153,10 @@ def run_training(cfg: Mapping[str, Any], task_set: TaskSet, run_dir: Path, refer
     after that many updates (tests use it to simulate a crash).
     """
     training, seed = cfg["training"], int(cfg["seed"])
+    hub = cfg["data"].get("hub")
+    fetch_missing(task_set, cfg["data"]["root"], hub, cfg["data"].get("hub_manifest"))
     data = load_task_data(task_set, cfg["data"]["root"], cfg["data"].get("uid"), cfg["data"].get("verify", True),
-                          float(cfg["data"].get("fraction", 1.0)))
+                          float(cfg["data"].get("fraction", 1.0)), hub=hub)
     n_actions = {d["legals"].shape[-1] for d in data}.pop()
     algo = build_algo(cfg["algo"], cfg["network"], training, cfg["data"], cfg["agents"], n_actions)
     if algo.cfg.hl_gauss and algo.net.cfg.q_bins and training.get("value_range", "data") == "data":
