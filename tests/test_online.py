@@ -232,3 +232,50 @@ def test_concurrent_reference_merges_lose_no_entry(tmp_path):
         assert p.exitcode == 0
     refs = json.loads(path.read_text())
     assert sorted(refs) == sorted(f"{p}{i}" for p in ("a:", "b:") for i in range(150))
+
+
+_DIE_WHILE_WRITING = """
+import json, os, signal, sys
+import jax
+from omegaconf import OmegaConf
+from mtmarl import collect
+from mtmarl.data import vault as V
+
+real, calls = V._fbx_write, []
+
+def dying(vlt, uid, exp, meta):  # the 2nd vault: write half of it, then die like `kill -9`
+    calls.append(uid)
+    if len(calls) == 2:
+        real(vlt, uid, jax.tree.map(lambda x: x[:, : x.shape[1] // 2], exp), meta)
+        os.kill(os.getpid(), signal.SIGKILL)
+    real(vlt, uid, exp, meta)
+
+V._fbx_write = dying
+collect.run(OmegaConf.create(json.loads(sys.argv[1])))
+"""
+
+
+def test_collector_killed_mid_vault_write_keeps_finished_data_and_resumes(tmp_path):
+    import subprocess
+    import sys
+
+    cfg = collect_cfg(tmp_path)
+    cfg.tasks.train.append({"name": "second", "grid": 5, "agents": 2, "horizon": 50})
+    cfg.tasks.test = []
+    root = tmp_path / "vaults"
+    proc = subprocess.run([sys.executable, "-c", _DIE_WHILE_WRITING, json.dumps(OmegaConf.to_container(cfg))],
+                          capture_output=True, text=True, timeout=600)
+    assert proc.returncode == -9, proc.stderr[-2000:]
+    first, second = collect.resolve_task_set(cfg).train
+    exp = read_vault(vault_path(root, first), first)  # finished before the kill: intact, checksums pass
+    refs = json.loads((root / "references.json").read_text())
+    assert list(refs) == [TASK] and exp["actions"].shape[1] > 0
+    half_written = list(vault_path(root, second).glob(".default.tmp-*"))
+    assert half_written and not (vault_path(root, second) / "default").exists()
+
+    results = collect.run(cfg)  # the rerun skips the finished task and completes the killed one
+    assert [bool(r.get("skipped")) for r in results] == [True, False]
+    again = read_vault(vault_path(root, second), second)
+    assert again["actions"].shape[1] == results[1]["transitions"]
+    assert not list(vault_path(root, second).glob(".default.tmp-*"))  # the dead writer's files are gone
+    assert set(json.loads((root / "references.json").read_text())) == {TASK, second.adhoc}

@@ -405,7 +405,9 @@ def write_vault(path_root: str | os.PathLike, spec, experience: Mapping[str, Any
         raise UserInputError(f"vault {final} already exists (pass overwrite=True to replace it)")
     vlt.mkdir(parents=True, exist_ok=True)
     tmp_uid = f".{uid}.tmp-{os.getpid()}"
-    shutil.rmtree(vlt / tmp_uid, ignore_errors=True)
+    for stale in vlt.glob(f".{uid}.tmp-*"):  # ours, or left by a writer that was killed
+        if stale.name == tmp_uid or not _pid_alive(stale.name.rsplit("-", 1)[-1]):
+            shutil.rmtree(stale, ignore_errors=True)
     _fbx_write(vlt, tmp_uid, _nest(stored), {ENCODING_KEY: encoding})
     if final.exists():
         shutil.rmtree(final)
@@ -433,6 +435,16 @@ def write_vault(path_root: str | os.PathLike, spec, experience: Mapping[str, Any
     meta.setdefault("datasets", {})[uid] = entry
     _write_json_atomic(vlt / META_FILE, _jsonable(meta))
     return final
+
+
+def _pid_alive(pid: str) -> bool:
+    try:
+        os.kill(int(pid), 0)
+    except (ValueError, ProcessLookupError):
+        return False
+    except PermissionError:
+        return True
+    return True
 
 
 def _fbx_write(vlt: Path, uid: str, experience: dict, fbx_metadata: dict) -> None:
