@@ -143,8 +143,8 @@ def _task_arrays(task: Mapping, i: int) -> dict:
 def value_table(arrays: Sequence[np.ndarray], limit: int = 256, chunk: int = 1 << 22) -> np.ndarray | None:
     """Sorted distinct values of all ``arrays`` plus 0 (the padding), or None if more than ``limit``.
 
-    Chunked, and a chunk whose values are all known already costs one ``searchsorted``,
-    so a pass over gigabytes of grid observations takes seconds.
+    Chunked, and a chunk whose values are all known already costs one ``searchsorted``
+    instead of a sort (building lbf_5's full-size buffers, 0.8 GiB of codes, took 23 s).
     """
     seen = np.zeros((1,), np.float32)
     for arr in arrays:
