@@ -116,8 +116,7 @@ def _task_arrays(task: Mapping, i: int) -> dict:
     missing = [k for k in _KEYS if k not in task]
     if missing:
         raise UserInputError(f"task {i}: missing arrays {missing}; need {list(_KEYS)}")
-    obs = np.asarray(task["obs"])
-    obs = obs if obs.dtype == np.float32 else obs.astype(np.float32)
+    obs = np.asarray(task["obs"], np.float32)
     if obs.ndim != 3:
         raise UserInputError(f"task {i}: obs must be (T, N, O), got shape {obs.shape}")
     L, n = obs.shape[:2]

@@ -100,14 +100,7 @@ def markdown(rows: Sequence[dict[str, Any]]) -> str:
 
 
 def print_table(rows: Sequence[dict[str, Any]], title: str) -> None:
-    from rich.console import Console
-    from rich.table import Table
+    from mtmarl.data.stats import rich_table
 
-    console = Console(width=max(160, Console().width))
-    table = Table(title=title)
-    for key, head in COLUMNS:
-        table.add_column(head, justify="left" if key in ("task", "split") else "right")
-    for r in rows:
-        table.add_row(*(_fmt(k, r.get(k)) for k, _ in COLUMNS))
-    console.print(table)
+    console = rich_table(title, [h for _, h in COLUMNS], [[_fmt(k, r.get(k)) for k, _ in COLUMNS] for r in rows])
     console.print(total_line(totals(rows)), markup=False)

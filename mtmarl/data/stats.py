@@ -77,18 +77,23 @@ COLUMNS = ("task", "uid", "transitions", "episodes", "mean", "std", "min", "q05"
            "q95", "max")
 
 
-def print_table(cards: Sequence[dict[str, Any]], title: str, missing: Sequence[str] = (),
-                console=None) -> None:
+def rich_table(title: str, headers: Sequence[str], cells: Sequence[Sequence[str]], left: int = 2):
+    """A wide rich console and a table of ``cells`` (the first ``left`` columns left-aligned)."""
     from rich.console import Console
     from rich.table import Table
 
-    console = console or Console(width=max(160, Console().width))
+    console = Console(width=max(160, Console().width))
     table = Table(title=title)
-    for col in COLUMNS:
-        table.add_column(col, justify="left" if col in ("task", "uid") else "right")
-    for card in cards:
-        table.add_row(*(_fmt(card.get(col)) for col in COLUMNS))
+    for i, head in enumerate(headers):
+        table.add_column(head, justify="left" if i < left else "right")
+    for row in cells:
+        table.add_row(*row)
     console.print(table)
+    return console
+
+
+def print_table(cards: Sequence[dict[str, Any]], title: str, missing: Sequence[str] = ()) -> None:
+    console = rich_table(title, COLUMNS, [[_fmt(card.get(col)) for col in COLUMNS] for card in cards])
     if missing:
         console.print(f"[bold red]missing vaults ({len(missing)}):[/]")
         for line in missing:

@@ -13,14 +13,15 @@ from mtmarl.errors import UserInputError
 from mtmarl.tasks import TaskSet
 
 
-def missing_vaults(task_set: TaskSet, root: str | Path) -> list[Path]:
-    return [vault_path(root, spec) for spec in task_set.train if not vault_path(root, spec).is_dir()]
+def missing_tasks(task_set: TaskSet, root: str | Path) -> list:
+    """Training tasks of the set without a vault under ``root``."""
+    return [spec for spec in task_set.train if not vault_path(root, spec).is_dir()]
 
 
 def check_vaults(task_set: TaskSet, root: str | Path, hub: str | None = None) -> None:
-    missing = missing_vaults(task_set, root)
+    missing = missing_tasks(task_set, root)
     if missing:
-        listing = "\n  ".join(str(p) for p in missing)
+        listing = "\n  ".join(str(vault_path(root, spec)) for spec in missing)
         tried = f"data.hub={hub} did not provide them. " if hub else ""
         raise UserInputError(
             f"{len(missing)} of {len(task_set.train)} training vault(s) of {task_set.name} are missing "
@@ -37,33 +38,36 @@ def fetch_missing(task_set: TaskSet, root: str | Path, hub: str | None,
     ``hub`` is any :mod:`mtmarl.hub` source. With ``{env}`` / ``{task}`` placeholders it names one
     zip per task (e.g. ``https://host/vaults/{env}/{task}.zip``, ``ogmarl:alberdice/{env}/{task}``)
     and only missing tasks are fetched; without, it is one archive holding all of them.
-    Present vaults are never touched; a failed download leaves ``root`` as it was.
+    Present vaults are never touched; a failed download leaves ``root`` as it was. Vaults
+    still missing afterwards raise :func:`check_vaults`' error, naming the source.
     """
-    missing = [spec for spec in task_set.train if not vault_path(root, spec).is_dir()]
+    missing = missing_tasks(task_set, root)
     if not hub or not missing:
         return []
     from mtmarl import hub as hub_io
 
     if "{" not in hub:
-        return hub_io.download(hub, root, manifest=manifest)
-    out = []
-    for spec in missing:
-        try:
-            source = hub.format(env=spec.env, task=task_dirname(spec))
-        except (KeyError, IndexError, ValueError) as err:
-            raise UserInputError(f"data.hub={hub!r}: only {{env}} and {{task}} can be filled in ({err!r})") from None
-        out += hub_io.download(source, root, manifest=manifest, env=spec.env)
+        out = hub_io.download(hub, root, manifest=manifest)
+    else:
+        out = []
+        for spec in missing:
+            try:
+                source = hub.format(env=spec.env, task=task_dirname(spec))
+            except (KeyError, IndexError, ValueError) as err:
+                raise UserInputError(f"data.hub={hub!r}: only {{env}} and {{task}} can be filled in "
+                                     f"({err!r})") from None
+            out += hub_io.download(source, root, manifest=manifest, env=spec.env)
+    check_vaults(task_set, root, hub)
     return out
 
 
 def load_task_data(task_set: TaskSet, root: str | Path, uid: str | None = None,
-                   verify: bool = True, fraction: float = 1.0, hub: str | None = None
-                   ) -> list[dict[str, np.ndarray]]:
+                   verify: bool = True, fraction: float = 1.0) -> list[dict[str, np.ndarray]]:
     """Per training task, time-major arrays in the form :func:`make_buffers` reads.
 
     ``fraction`` < 1 keeps only the first part of each task's data (see :func:`take_fraction`).
     """
-    check_vaults(task_set, root, hub)
+    check_vaults(task_set, root)
     out = []
     for spec in task_set.train:
         exp = read_vault(vault_path(root, spec), spec, uid=uid, verify=verify)

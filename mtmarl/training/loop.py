@@ -153,10 +153,9 @@ def run_training(cfg: Mapping[str, Any], task_set: TaskSet, run_dir: Path, refer
     after that many updates (tests use it to simulate a crash).
     """
     training, seed = cfg["training"], int(cfg["seed"])
-    hub = cfg["data"].get("hub")
-    fetch_missing(task_set, cfg["data"]["root"], hub, cfg["data"].get("hub_manifest"))
+    fetch_missing(task_set, cfg["data"]["root"], cfg["data"].get("hub"), cfg["data"].get("hub_manifest"))
     data = load_task_data(task_set, cfg["data"]["root"], cfg["data"].get("uid"), cfg["data"].get("verify", True),
-                          float(cfg["data"].get("fraction", 1.0)), hub=hub)
+                          float(cfg["data"].get("fraction", 1.0)))
     n_actions = {d["legals"].shape[-1] for d in data}.pop()
     algo = build_algo(cfg["algo"], cfg["network"], training, cfg["data"], cfg["agents"], n_actions)
     if algo.cfg.hl_gauss and algo.net.cfg.q_bins and training.get("value_range", "data") == "data":
