@@ -164,12 +164,14 @@ def test_reductions_across_two_shards_equal_the_whole_batch(task_ids):
         grads = [jax.grad(common.task_mean)(x, w, ids, on, axis_name) for on in (True, False)]
         return (shares, grads, common.masked_mean(x, w, axis_name),
                 common.batch_softmax(x, w, 0.5, axis_name=axis_name),
-                common.global_max(jnp.max(jnp.where(w, x, -9.0)), axis_name))
+                common.global_max(jnp.max(jnp.where(w, x, -9.0)), axis_name),
+                common.task_softmax(x, w, 0.5, ids, axis_name), common.task_scale(x, w, ids, axis_name))
 
     whole = jax.jit(reductions, static_argnums=3)(x, w, ids, None)
     split = lambda a: a.reshape((2, 3) + a.shape[1:])  # noqa: E731
     sharded = jax.pmap(lambda *a: reductions(*a, "d"), axis_name="d")(split(x), split(w), split(ids))
-    (shares, grads, mean, soft, top), (s_shares, s_grads, s_mean, s_soft, s_top) = whole, sharded
+    (shares, grads, mean, soft, top, tsoft, tscale) = whole
+    (s_shares, s_grads, s_mean, s_soft, s_top, s_tsoft, s_tscale) = sharded
     for one, two in zip(shares, s_shares):
         np.testing.assert_allclose(np.sum(two), one, rtol=1e-6)
     for one, two in zip(grads, s_grads):
@@ -177,6 +179,8 @@ def test_reductions_across_two_shards_equal_the_whole_batch(task_ids):
     np.testing.assert_allclose(s_mean, [mean, mean], rtol=1e-6)
     np.testing.assert_allclose(s_top, [top, top])
     np.testing.assert_allclose(np.asarray(s_soft).reshape(soft.shape), soft, rtol=1e-6, atol=1e-8)
+    for one, two in zip((*tsoft, tscale), (*s_tsoft, s_tscale)):  # per-task ICQ weights, counts and scales
+        np.testing.assert_allclose(np.asarray(two).reshape(one.shape), one, rtol=1e-6, atol=1e-8)
     # per-shard normalisation would be wrong here: the shards' own task means differ from the global ones
     local = [float(common.task_mean(x[i:i + 3], w[i:i + 3], ids[i:i + 3])) for i in (0, 3)]
     assert abs(np.mean(local) - float(shares[0])) > 1e-3
@@ -200,25 +204,90 @@ def test_cql_penalty_is_logsumexp_minus_data_q():
     np.testing.assert_allclose(g, soft - np.eye(4)[2], atol=1e-5)
 
 
-def test_icq_weights_sum_to_one_over_batch():
+def test_batch_softmax_sums_to_one_over_batch():
     rng = np.random.default_rng(1)
     x = jnp.asarray(rng.normal(size=(6, 3, 2)) * 5)
     mask = jnp.asarray(rng.random((6, 3, 2)) < 0.7).at[:, 2, 1].set(False)
-    icq = jax.jit(mt_oryx.icq_weights, static_argnums=2)
-    w = np.asarray(icq(x, mask, 0.5))
+    soft = jax.jit(common.batch_softmax, static_argnums=2)
+    w = np.asarray(soft(x, mask, 0.5))
     m = np.asarray(mask)
     assert (w[~m] == 0).all() and (w >= 0).all()
     np.testing.assert_allclose(w.sum(0)[m.any(0)], 1.0, rtol=1e-6)
     assert (w.sum(0)[~m.any(0)] == 0).all()
     # masked entries' values do not matter; the softmax is over the batch axis only
-    w2 = np.asarray(icq(jnp.where(mask, x, 1e6), mask, 0.5))
+    w2 = np.asarray(soft(jnp.where(mask, x, 1e6), mask, 0.5))
     np.testing.assert_allclose(w, w2, rtol=1e-6)
     i, j = 0, 0
     sel = m[:, i, j]
     e = np.exp(np.asarray(x)[sel, i, j] / 0.5 - (np.asarray(x)[sel, i, j] / 0.5).max())
     np.testing.assert_allclose(w[sel, i, j], e / e.sum(), rtol=1e-5)
     # a huge temperature gives uniform weights (og-marl Oryx's critic default is 1000)
-    np.testing.assert_allclose(np.asarray(icq(x, mask, 1e9)).sum(0)[m.any(0)], 1.0, rtol=1e-6)
+    np.testing.assert_allclose(np.asarray(soft(x, mask, 1e9)).sum(0)[m.any(0)], 1.0, rtol=1e-6)
+
+
+def _two_scale_tasks(rng):
+    """8 samples of 2 tasks whose values differ 100x (returns of ~1 and ~100), as (x, mask, ids)."""
+    ids = jnp.array([0, 1, 1, 0, 0, 1, 0, 1], jnp.int32)
+    scale = np.where(np.asarray(ids) == 1, 100.0, 1.0)[:, None, None]
+    x = jnp.asarray(scale * (1.0 + 0.3 * rng.normal(size=(8, 3, 2))), jnp.float32)
+    mask = jnp.asarray(rng.random((8, 3, 2)) < 0.8).at[:, 0, 0].set(True).at[:, 2, 1].set(False)
+    return x, mask, ids
+
+
+def test_per_task_icq_weights_average_one_within_each_task():
+    x, mask, ids = _two_scale_tasks(np.random.default_rng(4))
+    icq = jax.jit(mt_oryx.icq_weights, static_argnums=(2, 4))
+    m, t = np.asarray(mask), np.asarray(ids)
+    for temp in (0.1, 1.0, 1000.0):
+        w = np.asarray(icq(x, mask, temp, ids, True))
+        assert (w[~m] == 0).all()
+        for task in (0, 1):
+            sel = t == task
+            valid = m[sel].any(0)                      # positions where the task has entries
+            mean = w[sel].sum(0)[valid] / m[sel].sum(0)[valid]
+            np.testing.assert_allclose(mean, 1.0, rtol=1e-5)
+        # naive reference: a softmax over one task's valid entries at one position, times their count
+        xs = np.asarray(x)[(t == 0) & m[:, 1, 0], 1, 0] / temp
+        e = np.exp(xs - xs.max())
+        np.testing.assert_allclose(w[(t == 0) & m[:, 1, 0], 1, 0], len(xs) * e / e.sum(), rtol=1e-5)
+    # the batch-wide softmax hands (nearly) all the weight to the task with the larger values
+    w = np.asarray(icq(x, mask, 1.0, ids, False))
+    assert w[t == 0].sum() < 1e-6 * w[t == 1].sum()
+    np.testing.assert_allclose(w.sum(0)[m.any(0)] / m.sum(0)[m.any(0)], 1.0, rtol=1e-5)
+
+
+def test_task_scale_is_each_tasks_std():
+    x, mask, ids = _two_scale_tasks(np.random.default_rng(5))
+    s = np.asarray(jax.jit(common.task_scale)(x, mask, ids))
+    assert s.shape == (8, 1, 1)
+    for b in range(8):
+        sel = np.asarray(ids) == np.asarray(ids)[b]
+        vals = np.asarray(x)[sel][np.asarray(mask)[sel]]
+        np.testing.assert_allclose(s[b, 0, 0], vals.std(), rtol=1e-4)
+    # a constant task hits the floor instead of dividing by zero
+    const = np.asarray(common.task_scale(jnp.ones((4, 2)), jnp.ones((4, 2), bool), jnp.zeros(4, jnp.int32)))
+    np.testing.assert_allclose(const, 1e-3)
+
+
+@pytest.mark.parametrize("switches", [{}, {"per_task_weights": True, "adv_norm": True}], ids=["batch", "per-task"])
+def test_oryx_without_critic_and_flat_weights_is_bc(batch, switches):
+    """The degenerate case is exact: critic weight 0 and a huge policy temperature give BC's loss and gradient."""
+    from mtmarl.algos import mt_bc_sable
+
+    algo = make_algo("mt_oryx", {**OVERRIDES, "critic_coef": 0.0, "policy_temperature": 1e9, **switches}, NET, A)
+    params = _random_params(algo, jax.random.key(7), batch)
+    bc_cfg = mt_bc_sable.Config(**{k: v for k, v in OVERRIDES.items() if k == "lr"})
+    bc = lambda p: mt_bc_sable.loss(p, None, batch, None, bc_cfg, algo.net)[0]  # noqa: E731
+    oryx = lambda p: algo.loss(p, params, batch, jax.random.key(0))[0]  # noqa: E731
+    (l_bc, g_bc), (l_or, g_or) = jax.jit(jax.value_and_grad(bc))(params), jax.jit(jax.value_and_grad(oryx))(params)
+    np.testing.assert_allclose(l_or, l_bc, rtol=1e-6)
+    assert float(l_bc) > 0.1
+    for a, b in zip(jax.tree.leaves(g_or), jax.tree.leaves(g_bc)):
+        np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-7)
+    # and a temperature that is not huge does change the loss (the test can tell the difference)
+    sharp = make_algo("mt_oryx", {**OVERRIDES, "critic_coef": 0.0, "policy_temperature": 1e-3, **switches}, NET, A)
+    l_sharp = jax.jit(lambda p: sharp.loss(p, p, batch, jax.random.key(0))[0])(params)
+    assert abs(float(l_sharp) - float(l_bc)) > 1e-3
 
 
 @pytest.mark.parametrize("name", ["mt_cql_sable", "mt_oryx"])

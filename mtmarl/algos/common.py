@@ -264,6 +264,57 @@ def batch_softmax(x, mask, temperature: float, axis: int = 0, axis_name: str | N
     return e / jnp.maximum(global_sum(jnp.sum(e, axis=axis, keepdims=True), axis_name), 1e-30)
 
 
+def _same_task(task_ids, axis_name: str | None):
+    """(B, B_global) float: 1 where this shard's sample and a global sample share a task."""
+    all_ids = gather_batch(task_ids, axis_name)
+    return (task_ids[:, None] == all_ids[None, :]).astype(jnp.float32)
+
+
+def _task_total(x, same, axis_name: str | None):
+    """For each sample of this shard, ``x`` (B, ...) summed over the global samples of its task."""
+    return jnp.einsum("bg,g...->b...", same, gather_batch(x, axis_name))
+
+
+def task_softmax(x, mask, temperature: float, task_ids, axis_name: str | None = None):
+    """ICQ weights normalised within each task: ``(w, n)`` with ``n * w`` averaging 1 per task.
+
+    Like :func:`batch_softmax` along the batch axis 0 (per position of the other
+    axes), but each sample's softmax runs only over the samples of its own task,
+    and ``n`` is that task's count of valid entries at the position. Without it a
+    batch-wide softmax hands nearly all the weight to the task with the largest
+    values once the critic has learned (issue 14, cause 2). Every task present at
+    a position gets weights summing to 1 there. No gradient flows through them.
+    """
+    x = jax.lax.stop_gradient(x)
+    same = _same_task(task_ids, axis_name)                               # (B, Bg)
+    z = jnp.where(mask, x / temperature, -jnp.inf)
+    z_all = gather_batch(z, axis_name)                                   # (Bg, ...)
+    sel = same.reshape(same.shape + (1,) * (x.ndim - 1)) > 0
+    zmax = jnp.max(jnp.where(sel, z_all[None], -jnp.inf), axis=1)        # (B, ...) its task's max
+    zmax = jnp.where(jnp.isfinite(zmax), zmax, 0.0)
+    e = jnp.where(mask, jnp.exp(z - zmax), 0.0)
+    w = e / jnp.maximum(_task_total(e, same, axis_name), 1e-30)
+    return w, _task_total(mask.astype(jnp.float32), same, axis_name)
+
+
+def task_scale(x, mask, task_ids, axis_name: str | None = None, floor: float = 1e-3):
+    """(B, 1, ...) standard deviation of ``x`` over each sample's task (masked, global batch), at least ``floor``.
+
+    Dividing advantages by it makes a policy temperature mean the same thing on
+    every task and at every stage of critic learning (issue 14: a return of ~7
+    with action effects of a few hundredths gives flat weights at temperature 0.1).
+    """
+    x = jax.lax.stop_gradient(x)
+    w = mask.astype(jnp.float32)
+    axes = tuple(range(1, x.ndim))
+    x = jnp.where(mask, x, 0.0)
+    same = _same_task(task_ids, axis_name)
+    s0, s1, s2 = (_task_total(jnp.sum(v, axis=axes), same, axis_name) for v in (w, x * w, x * x * w))
+    mean = s1 / jnp.maximum(s0, 1.0)
+    var = jnp.maximum(s2 / jnp.maximum(s0, 1.0) - mean * mean, 0.0)
+    return jnp.maximum(jnp.sqrt(var), floor).reshape((-1,) + (1,) * (x.ndim - 1))
+
+
 # ---------------------------------------------------------------- small helpers
 
 def take_action(x, actions):

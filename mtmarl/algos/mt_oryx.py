@@ -40,11 +40,32 @@ class Config(common.AlgoConfig):
     value_temperature: float = 1000.0  # ICQ critic-target softmax temperature (large = near-uniform)
     policy_temperature: float = 0.1    # ICQ policy advantage softmax temperature
     critic_coef: float = 1.0           # weight of the critic loss in the total
+    per_task_weights: bool = False     # ICQ softmaxes within each task's slice of the batch (common.task_softmax)
+    adv_norm: bool = False             # advantages divided by their per-task batch std (common.task_scale)
 
 
-def icq_weights(x, mask, temperature: float, axis_name: str | None = None):
-    """ICQ batch weights: softmax over axis 0 among ``mask``-ed entries (sum to 1 per position)."""
-    return common.batch_softmax(x, mask, temperature, axis=0, axis_name=axis_name)
+def icq_weights(x, mask, temperature: float, task_ids, per_task: bool, axis_name: str | None = None):
+    """ICQ weights ``n * softmax(x / temperature)`` over the batch axis: they average 1 per position.
+
+    ``per_task``: the softmax and the count ``n`` are taken within each task's
+    samples, so the weights average 1 in every task's slice (no task can take
+    the others' weight); else over the whole batch at each position.
+    """
+    if per_task:
+        w, n = common.task_softmax(x, mask, temperature, task_ids, axis_name)
+    else:
+        w = common.batch_softmax(x, mask, temperature, axis=0, axis_name=axis_name)
+        n = common.global_sum(mask.sum(0, keepdims=True), axis_name)
+    return jax.lax.stop_gradient(n * w)
+
+
+def policy_weights(q, q_data, logp, batch, cfg: Config, axis_name: str | None = None):
+    """(advantage, weight) of every entry: the advantage over the policy-weighted baseline, as used."""
+    baseline = jnp.sum(jnp.where(batch.legals, jnp.exp(logp) * q, 0.0), axis=-1)
+    adv = jax.lax.stop_gradient(q_data - baseline)
+    scaled = adv / common.task_scale(adv, batch.active, batch.task_ids, axis_name) if cfg.adv_norm else adv
+    coef = icq_weights(scaled, batch.active, cfg.policy_temperature, batch.task_ids, cfg.per_task_weights, axis_name)
+    return adv, coef
 
 
 def loss(params, target_params, batch, key, cfg: Config, net: SableNet, axis_name: str | None = None):
@@ -57,21 +78,16 @@ def loss(params, target_params, batch, key, cfg: Config, net: SableNet, axis_nam
     # ---- critic: in-sample ICQ target from the next step
     valid = batch.active[:, :-1] & common.td_valid(batch)[..., None]       # (B, T-1, N) has a target
     boot = valid & batch.active[:, 1:] & ~batch.terminals[:, :-1, None]     # entries that bootstrap
-    w_next = icq_weights(qt_data[:, 1:], boot, cfg.value_temperature, ax)
-    n_boot = common.global_sum(boot.sum(0, keepdims=True), ax)
-    next_v = jnp.where(boot, n_boot * w_next * qt_data[:, 1:], 0.0)
+    w_next = icq_weights(qt_data[:, 1:], boot, cfg.value_temperature, batch.task_ids, cfg.per_task_weights, ax)
+    next_v = jnp.where(boot, w_next * qt_data[:, 1:], 0.0)
     target = jax.lax.stop_gradient(batch.rewards[:, :-1, None] + cfg.gamma * batch.discounts[:, :-1, None] * next_v)
     critic = common.td_error_loss(net, out, q, batch, target)
     critic_loss = common.task_mean(critic, valid, batch.task_ids, cfg.task_mean, ax)
 
     # ---- policy: advantage-weighted likelihood with batch-softmax weights
     logp = common.legal_log_softmax(out.logits, batch.legals)
-    pi = jnp.exp(logp)
-    baseline = jnp.sum(jnp.where(batch.legals, pi * q, 0.0), axis=-1)
-    adv = jax.lax.stop_gradient(q_data - baseline)
+    adv, coef = policy_weights(q, q_data, logp, batch, cfg, ax)
     act_mask = batch.active
-    w_pol = icq_weights(adv, act_mask, cfg.policy_temperature, ax)
-    coef = jax.lax.stop_gradient(common.global_sum(act_mask.sum(0, keepdims=True), ax) * w_pol)
     logp_data = common.take_action(logp, batch.actions)
     policy_loss = common.task_mean(-coef * logp_data, act_mask, batch.task_ids, cfg.task_mean, ax)
 

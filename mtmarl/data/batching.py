@@ -213,20 +213,30 @@ def make_buffers(tasks: Sequence[Mapping], seq_len: int, num_agents: int | None 
                    obs_values=None if table is None else jnp.asarray(table, jnp.float32))
 
 
-def return_range(tasks: Sequence[Mapping], gamma: float) -> tuple[float, float]:
-    """Min and max discounted return-to-go over all steps of all tasks (numpy, host side).
+def returns_to_go(rewards: np.ndarray, ends: np.ndarray, gamma: float) -> np.ndarray:
+    """Discounted return-to-go of every step of back-to-back episodes (numpy, host side).
 
-    A guide for the HL-Gauss support ``[v_min, v_max]`` (truncated episodes are
-    treated as ending there, so this is a range of the data, not of true values).
+    ``ends[t]`` marks the last step of an episode (terminal or truncated): a
+    truncated episode is treated as ending there, so these are Monte-Carlo
+    returns of the data, not true values.
+    """
+    rewards = np.asarray(rewards, np.float32)
+    g, out = np.float32(0.0), np.empty(len(rewards), np.float32)
+    for s in range(len(out) - 1, -1, -1):
+        g = rewards[s] + (np.float32(0.0) if ends[s] else gamma * g)  # float32 throughout
+        out[s] = g
+    return out
+
+
+def return_range(tasks: Sequence[Mapping], gamma: float) -> tuple[float, float]:
+    """Min and max discounted return-to-go over all steps of all tasks (:func:`returns_to_go`).
+
+    A guide for the HL-Gauss support ``[v_min, v_max]``.
     """
     lo, hi = np.inf, -np.inf
     for i, t in enumerate(tasks):
         d = _task_arrays(t, i)
-        ends = d["terminals"] | d["truncations"]
-        g, out = 0.0, np.empty_like(d["rewards"])
-        for s in range(len(out) - 1, -1, -1):
-            g = d["rewards"][s] + (0.0 if ends[s] else gamma * g)
-            out[s] = g
+        out = returns_to_go(d["rewards"], d["terminals"] | d["truncations"], gamma)
         lo, hi = min(lo, float(out.min())), max(hi, float(out.max()))
     return lo, hi
 

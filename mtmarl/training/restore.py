@@ -34,9 +34,20 @@ def load_trained(run_dir: str | Path, which: str | None = None, greedy: bool | N
 
     ``which``: 'best', 'latest' or None (best if there is one, else latest).
     ``greedy``: arg-max actions; None = as the run evaluated (its ``eval.greedy``).
+    ``info`` is :func:`load_run`'s plus ``greedy``.
+    """
+    algo, params, cfg, info = load_run(run_dir, which)
+    if greedy is None:
+        greedy = bool((cfg.get("eval") or {}).get("greedy", False))
+    return make_policy(algo, greedy), params, algo.name, {**info, "greedy": greedy}
+
+
+def load_run(run_dir: str | Path, which: str | None = None):
+    """(algo, params, resolved run config, info) of a training run directory (``which`` as above).
+
     ``info`` holds ``tasks`` (the run's task-set config, or None for an ad-hoc
     ``task``), ``task``, ``checkpoint`` (kind and update count), ``seed``,
-    ``obs_dim`` and ``n_actions`` (the network's input and output sizes) and ``greedy``.
+    ``obs_dim`` and ``n_actions`` (the network's input and output sizes) and ``references``.
     """
     run_dir = Path(run_dir).expanduser()
     algo_file, cfg_file = run_dir / ALGO_FILE, run_dir / CONFIG_NAME
@@ -60,21 +71,22 @@ def load_trained(run_dir: str | Path, which: str | None = None, greedy: bool | N
         carry, meta = ckpt.restore(template, which)
     finally:
         ckpt.close()
-    if greedy is None:
-        greedy = bool((cfg.get("eval") or {}).get("greedy", False))
     info = {"tasks": cfg.get("tasks"), "task": cfg.get("task"), "seed": cfg.get("seed", 0),
             "checkpoint": {"kind": which, "step": step, "meta": meta}, "obs_dim": obs_dim,
-            "n_actions": int(spec["n_actions"]), "greedy": greedy,
+            "n_actions": int(spec["n_actions"]),
             # the references the run normalised by (its own setting, else its data root's)
             "references": str(cfg.get("references") or default_path((cfg.get("data") or {}).get("root")))}
-    return make_policy(algo, greedy), carry.state.params, spec["name"], info
+    return algo, carry.state.params, cfg, info
 
 
-def _obs_dim(cfg: dict[str, Any]) -> int:
+def run_task_set(cfg: dict[str, Any]):
+    """The task set a run trained on (its ad-hoc ``task`` or its ``tasks`` config)."""
     from mtmarl import tasks as task_registry
 
     if cfg.get("task"):
-        task_set = task_registry.load(str(cfg["task"]))
-    else:
-        task_set = task_registry.from_config(cfg["tasks"])
-    return task_set.padding["obs_dim"]
+        return task_registry.load(str(cfg["task"]))
+    return task_registry.from_config(cfg["tasks"])
+
+
+def _obs_dim(cfg: dict[str, Any]) -> int:
+    return run_task_set(cfg).padding["obs_dim"]
