@@ -339,3 +339,48 @@ def test_target_q_at_data_actions_equals_gathering_all_actions(batch, hl):
     full, cheap = both(params, target)
     assert cheap.shape == batch.actions.shape
     np.testing.assert_allclose(cheap, full, rtol=1e-5, atol=1e-5)
+
+
+def test_lambda_returns_match_a_naive_loop():
+    """TD(lambda) over 6 steps with a termination (step 1), a cut episode (no target at step 3) and the
+    sequence end: lambda 0 is the one-step target, lambda 1 the return to the sequence end."""
+    rng = np.random.default_rng(3)
+    B, T1, N = 2, 6, 2
+    r = rng.random((B, T1, 1)).astype(np.float32)
+    d = np.ones((B, T1, 1), np.float32)
+    d[:, 1] = 0.0                                            # step 1 terminates its episode
+    v = rng.normal(size=(B, T1, N)).astype(np.float32) * (d > 0)
+    valid = np.ones((B, T1, N), bool)
+    valid[:, 3] = False                                      # step 3 ends by truncation: no target
+    valid[1, :, 1] = False                                   # an inactive agent
+    lr = jax.jit(common.lambda_returns, static_argnums=(4, 5))
+    for lam in (0.0, 0.6, 1.0):
+        g = np.asarray(lr(r, d, v, valid, 0.9, lam))
+        expect = np.zeros_like(v)
+        for b in range(B):
+            for n in range(N):
+                for t in reversed(range(T1)):
+                    tail = expect[b, t + 1, n] if t + 1 < T1 and valid[b, t + 1, n] else v[b, t, n]
+                    expect[b, t, n] = r[b, t, 0] + 0.9 * d[b, t, 0] * ((1 - lam) * v[b, t, n] + lam * tail)
+        np.testing.assert_allclose(g, expect, rtol=1e-5, atol=1e-6)
+        if lam == 0.0:
+            np.testing.assert_allclose(g, r + 0.9 * d * v, rtol=1e-6)
+    # lambda 1: steps 4..5 sum their rewards and bootstrap once at the sequence end
+    g1 = np.asarray(lr(r, d, v, valid, 0.9, 1.0))
+    np.testing.assert_allclose(g1[0, 4, 0], r[0, 4, 0] + 0.9 * (r[0, 5, 0] + 0.9 * v[0, 5, 0]), rtol=1e-5)
+
+
+def test_oryx_td_lambda_changes_only_the_critic_target(batch):
+    """lambda 0 is today's one-step loss exactly; lambda > 0 changes the critic loss, not the policy loss."""
+    base = make_algo("mt_oryx", OVERRIDES, NET, A)
+    params = _random_params(base, jax.random.key(9), batch)
+    metrics = {}
+    for lam in (0.0, 0.8):
+        algo = make_algo("mt_oryx", {**OVERRIDES, "td_lambda": lam}, NET, A)
+        metrics[lam] = jax.jit(lambda p: algo.loss(p, p, batch, jax.random.key(0))[1])(params)
+    ref = jax.jit(lambda p: base.loss(p, p, batch, jax.random.key(0))[1])(params)
+    assert float(metrics[0.0]["critic_loss"]) == float(ref["critic_loss"])
+    assert abs(float(metrics[0.8]["critic_loss"]) - float(ref["critic_loss"])) > 1e-4
+    np.testing.assert_allclose(metrics[0.8]["policy_loss"], ref["policy_loss"], rtol=1e-6)
+    with pytest.raises(Exception, match="td_lambda"):
+        make_algo("mt_oryx", {"td_lambda": 1.5}, NET, A)

@@ -332,6 +332,31 @@ def td_valid(batch):
     return batch.terminals[:, :-1] | ~batch.resets[:, 1:]
 
 
+def lambda_returns(rewards, discounts, next_v, valid, gamma: float, lam: float):
+    """TD(lambda) targets over a sequence: (B, T-1, N) from one-step pieces of steps 0..T-2.
+
+    ``G_t = r_t + gamma * d_t * ((1 - lam) * v_{t+1} + lam * G_{t+1})``, where
+    ``v_{t+1}`` (``next_v``) is the bootstrap value of the next step and ``G_{t+1}``
+    is replaced by ``v_{t+1}`` where step t+1 has no target of its own (``valid``
+    false: the sequence ends, or its episode was cut there). ``lam=0`` is the
+    one-step target; ``lam=1`` the discounted return up to the sequence's end.
+    Returns propagate ``1 / (1 - gamma * lam)`` steps per target-network update
+    instead of one, which is what a short training budget lacks (issue 14).
+    ``rewards`` / ``discounts`` are (B, T-1, 1) or (B, T-1, N).
+    """
+    shape = next_v.shape
+    xs = [jnp.moveaxis(jnp.broadcast_to(x, shape), 1, 0) for x in (rewards, discounts, next_v)]
+    ok_next = jnp.moveaxis(jnp.concatenate([valid[:, 1:], jnp.zeros_like(valid[:, :1])], axis=1), 1, 0)
+
+    def back(g_next, x):
+        r, d, v, ok = x
+        g = r + gamma * d * ((1.0 - lam) * v + lam * jnp.where(ok, g_next, v))
+        return g, g
+
+    _, g = jax.lax.scan(back, jnp.zeros(shape[:1] + shape[2:], next_v.dtype), (*xs, ok_next), reverse=True)
+    return jnp.moveaxis(g, 0, 1)
+
+
 def legal_log_softmax(logits, legals):
     """log pi over legal actions (illegal logits are already NEG in Sable outputs)."""
     return jax.nn.log_softmax(jnp.where(legals, logits, NEG), axis=-1)

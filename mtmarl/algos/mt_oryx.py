@@ -31,6 +31,7 @@ import jax
 import jax.numpy as jnp
 
 from mtmarl.algos import common
+from mtmarl.errors import UserInputError
 from mtmarl.networks.sable import SableConfig, SableNet
 
 
@@ -42,6 +43,15 @@ class Config(common.AlgoConfig):
     critic_coef: float = 1.0           # weight of the critic loss in the total
     per_task_weights: bool = False     # ICQ softmaxes within each task's slice of the batch (common.task_softmax)
     adv_norm: bool = False             # advantages divided by their per-task batch std (common.task_scale)
+    td_lambda: float = 0.0             # critic target: 0 = one-step ICQ target, > 0 = TD(lambda) over the sequence
+
+    def __post_init__(self):
+        super().__post_init__()
+        if not 0.0 <= self.td_lambda <= 1.0:
+            raise UserInputError(f"algo.td_lambda must be in [0, 1], got {self.td_lambda}")
+        for key in ("value_temperature", "policy_temperature"):
+            if not getattr(self, key) > 0:
+                raise UserInputError(f"algo.{key} must be > 0, got {getattr(self, key)}")
 
 
 def icq_weights(x, mask, temperature: float, task_ids, per_task: bool, axis_name: str | None = None):
@@ -80,7 +90,12 @@ def loss(params, target_params, batch, key, cfg: Config, net: SableNet, axis_nam
     boot = valid & batch.active[:, 1:] & ~batch.terminals[:, :-1, None]     # entries that bootstrap
     w_next = icq_weights(qt_data[:, 1:], boot, cfg.value_temperature, batch.task_ids, cfg.per_task_weights, ax)
     next_v = jnp.where(boot, w_next * qt_data[:, 1:], 0.0)
-    target = jax.lax.stop_gradient(batch.rewards[:, :-1, None] + cfg.gamma * batch.discounts[:, :-1, None] * next_v)
+    if cfg.td_lambda > 0:
+        target = common.lambda_returns(batch.rewards[:, :-1, None], batch.discounts[:, :-1, None], next_v, valid,
+                                       cfg.gamma, cfg.td_lambda)
+    else:
+        target = batch.rewards[:, :-1, None] + cfg.gamma * batch.discounts[:, :-1, None] * next_v
+    target = jax.lax.stop_gradient(target)
     critic = common.td_error_loss(net, out, q, batch, target)
     critic_loss = common.task_mean(critic, valid, batch.task_ids, cfg.task_mean, ax)
 

@@ -12,8 +12,8 @@ from mtmarl.errors import UserInputError
 from mtmarl.runtime import CONFIG_DIR, quote_task_overrides
 
 EXPERIMENT_DIR = CONFIG_DIR / "experiments"
-EXPERIMENTS = ("task_diversity", "dataset_size", "model_size", "ablations", "table1")
-PRESETS = ("quick", "paper")
+EXPERIMENTS = ("task_diversity", "dataset_size", "model_size", "ablations", "table1", "learning")
+PRESETS = ("quick", "default", "paper")
 
 
 def _compose(config_dir: Path, name: str, overrides: Sequence[str], hydra_config: bool = False) -> DictConfig:

@@ -1,0 +1,64 @@
+"""Issue 14: learning per update. Oryx variants and BC side by side, with the critic diagnostics of each run.
+
+    python experiment_scripts/learning.py                         # default budget, 1 seed, lbf_5 + rware_15
+    python experiment_scripts/learning.py 'task_sets=[lbf_5]' 'variants={oryx:[+algo=mt_oryx]}'
+
+Trains every ``variants`` entry (configs/experiments/learning.yaml) on every task
+set, then runs ``mtmarl.diagnose`` on each finished run (``diagnose_batches``;
+cached in the run directory). Writes ``results/learning/``: ``learning.{json,csv,md}``
+(normalised train/test return per set and variant) and ``diagnostics.md``
+(Spearman of Q vs the data's return, Q spread over actions, policy-weight spread).
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+from mtmarl.experiments.analysis import aggregate, bootstrap_args, fmt, report, save_markdown
+from mtmarl.experiments.config import run_overrides
+from mtmarl.experiments.driver import Experiment, main
+from mtmarl.experiments.runner import Run, is_finished
+
+DIAG_COLUMNS = ("spearman", "q_state_std", "q_action_spread", "weight_std", "weight_max", "down_weighted", "nll",
+                "uniform_nll")
+
+
+def build(cfg) -> list[Run]:
+    return [Run.make({"tasks": tasks, "variant": name}, run_overrides(cfg, [*extra, f"+tasks={tasks}"]), seed)
+            for tasks in cfg.task_sets for name, extra in cfg.variants.items() for seed in cfg.budget.seeds]
+
+
+def diagnostics(run_dir: Path, batches: int) -> dict | None:
+    """The run's ``mtmarl.diagnose`` summary (computed once, then read from ``diagnostics.json``)."""
+    path = run_dir / "diagnostics.json"
+    if not path.exists():
+        from mtmarl.diagnose import main as diagnose
+
+        diagnose([str(run_dir), "--batches", str(batches)])
+    return json.loads(path.read_text())["summary"]
+
+
+def analyse(cfg, records, out: Path) -> list[Path]:
+    by = ["tasks", "variant"]
+    rows = aggregate(records, by, **bootstrap_args(cfg))
+    meta = {"budget": cfg.budget.name, "variants": {k: list(v) for k, v in cfg.variants.items()}}
+    files = report(rows, by, out, "learning", f"Learning per update ({cfg.budget.name} budget)", meta)
+    if int(cfg.diagnose_batches) <= 0:
+        return files
+    lines = ["| tasks | variant | seed | " + " | ".join(DIAG_COLUMNS) + " |", "|---|---|---|" + "---|" * len(DIAG_COLUMNS)]
+    for run in build(cfg):
+        run_dir = run.directory(cfg.results)
+        if not is_finished(run_dir):
+            continue
+        summary = diagnostics(run_dir, int(cfg.diagnose_batches))
+        lines.append(f"| {run.key['tasks']} | {run.key['variant']} | {run.seed} | "
+                     + " | ".join(fmt(summary.get(c)) for c in DIAG_COLUMNS) + " |")
+    files.append(save_markdown(out / "diagnostics.md", lines))
+    return files
+
+
+EXPERIMENT = Experiment("learning", build, analyse)
+
+if __name__ == "__main__":
+    main(EXPERIMENT)
