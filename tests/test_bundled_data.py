@@ -54,6 +54,18 @@ def test_every_train_task_has_a_bundled_vault_matching_its_spec(set_name):
     assert not [p for p in env_dir.glob("*.vlt/.*") if p.is_dir()]
 
 
+@pytest.mark.parametrize("set_name", SETS)
+def test_every_bundled_vault_spans_low_to_high_returns(set_name):
+    """Mixed quality (seed 004's recipe, issue 14): each training vault's episode returns reach from
+    near the worst to at least the reference level, a spread of more than half the reference return."""
+    refs = json.loads((DATA / "references.json").read_text())
+    for spec in task_registry.load(set_name).split("train"):
+        ret = vault_io.read_metadata(vault_io.vault_path(DATA, spec))["datasets"][vault_io.DEFAULT_UID]["returns"]
+        ref = abs(refs[spec.adhoc]["return"])
+        assert ret["max"] - ret["min"] > 0.5 * ref, (spec.name, ret, ref)
+        assert ret["max"] >= 0.9 * refs[spec.adhoc]["return"] and ret["std"] > 0.1 * ref, (spec.name, ret, ref)
+
+
 def test_references_cover_every_task_of_the_bundled_sets():
     refs = json.loads((DATA / "references.json").read_text())
     for set_name in SETS:
