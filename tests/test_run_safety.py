@@ -122,6 +122,25 @@ def test_no_algorithm_is_one_line(tmp_path, capsys):
     assert "+algo=" in capsys.readouterr().err and not (tmp_path / "run").exists()
 
 
+@pytest.mark.parametrize("config,args,wants", [
+    ("evaluate", ["+eval.episodez=3"], ["eval.episodez", "did you mean eval.episodes"]),
+    ("evaluate", ["+tasks=lbf_5", "+tasks.nmu_train=3"], ["tasks.nmu_train", "tasks.num_train"]),
+    ("collect", ["+collect.budgett=5"], ["collect.budgett", "collect.budget"]),
+    ("collect", ["online=sable", "+online.lrr=1"], ["online.lrr", "online.lr"]),
+])
+def test_unknown_added_keys_of_evaluate_and_collect(config, args, wants, capsys):
+    from hydra import compose, initialize_config_dir
+
+    from mtmarl import collect, evaluate
+
+    with initialize_config_dir(str(ROOT / "configs"), version_base=None):
+        cfg = compose(config, args)
+    with pytest.raises(SystemExit) as exit_:
+        (evaluate if config == "evaluate" else collect).run(cfg)
+    err = capsys.readouterr().err
+    assert exit_.value.code == 2 and "Traceback" not in err and all(w in err for w in wants), err
+
+
 # ----------------------------------------------------------------------------- typed ad-hoc task params
 
 TASK_BAD = [
