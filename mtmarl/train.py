@@ -78,6 +78,10 @@ def run(cfg: DictConfig, run_dir: Path | None = None, stop_after: int | None = N
             print(f"interrupted at update {stop.step} of {plain['training']['updates']}; checkpoint saved. "
                   f"Resume with: {resume_command(_overrides(), run_dir)}", flush=True)
             sys.exit(stop.exit_code)
+        except KeyboardInterrupt:  # a second Ctrl-C: stopped at once, the last periodic checkpoint stands
+            print(f"stopped at once; resume from the last periodic checkpoint with: "
+                  f"{resume_command(_overrides(), run_dir)}", flush=True)
+            sys.exit(130)
 
 
 def _train(cfg: DictConfig, plain: dict[str, Any], task_set, references, run_dir: Path,
@@ -87,6 +91,7 @@ def _train(cfg: DictConfig, plain: dict[str, Any], task_set, references, run_dir
     from mtmarl.training.logging import RunLogger
     from mtmarl.training.loop import run_training, write_json
     from mtmarl.training.rundir import prepare
+    from mtmarl.training.stop import Interrupted, requested
 
     resumed = prepare(run_dir, plain, OmegaConf.to_yaml(cfg, resolve=True))
     lg = plain["logger"]
@@ -100,6 +105,8 @@ def _train(cfg: DictConfig, plain: dict[str, Any], task_set, references, run_dir
         if out["updates"] < int(plain["training"]["updates"]):
             print(f"stopped after {out['updates']} updates; continue with resume=true hydra.run.dir={run_dir}")
             return []
+        if requested() is not None:  # a signal during the last call: training is complete and saved
+            raise Interrupted(requested(), out["updates"])
         algo, carry = out["algo"], out["carry"]
         params, which = carry.state.params, "final"
         if out["best_step"] is not None:

@@ -249,6 +249,16 @@ def test_dir_with_a_run_needs_resume_or_overwrite(tmp_path, finished):
     assert _snapshot(run) == before
 
 
+def test_dir_of_a_run_that_never_trained_can_be_reused(tmp_path):
+    (tmp_path / "config.yaml").write_text("old\n")
+    (tmp_path / "metrics.jsonl").write_text("")
+    assert rundir.prepare(tmp_path, {}, "new\n") is None
+    assert (tmp_path / "config.yaml").read_text() == "new\n"
+    (tmp_path / "metrics.jsonl").write_text('{"step": 4}\n')
+    with pytest.raises(UserInputError, match="already holds a partial run"):
+        rundir.prepare(tmp_path, {}, "new\n")
+
+
 def test_overwrite_removes_old_checkpoints_first(tmp_path):
     run = tmp_path / "run"
     _fake_run(run, 50, True)
@@ -311,8 +321,8 @@ def _params(run_dir: Path):
     return step, tree["params"]
 
 
-@pytest.mark.parametrize("sig,code", [(signal.SIGTERM, 143), pytest.param(signal.SIGINT, 130, marks=pytest.mark.slow)])
-def test_signal_checkpoints_prints_resume_line_and_second_run_is_refused(data_root, tmp_path, sig, code):
+@pytest.mark.parametrize("sig,code", [(signal.SIGTERM, 143), (signal.SIGINT, 130)])
+def test_signal_checkpoints_prints_resume_line_and_second_run_is_refused(data_root, tmp_path, sig, code, capsys):
     """One long run: a second run in its dir is refused at once (the first unharmed); a signal then stops the
     first after its current call with a checkpoint, the exact resume command and exit 128+signal."""
     run = tmp_path / "run"
@@ -342,6 +352,21 @@ def test_signal_checkpoints_prints_resume_line_and_second_run_is_refused(data_ro
     records = [json.loads(ln) for ln in (run / "metrics.jsonl").read_text().splitlines()]
     assert records[-1]["step"] == step
     assert (run / ".lock").read_text() == ""  # released on the way out
+    # The interrupted run is protected: rerunning it needs resume=true, and a resume with a changed config is
+    # refused before anything is written (checked in-process: both refusals come before any compile).
+    from mtmarl import train
+    from mtmarl.runtime import quote_task_overrides
+
+    overrides = quote_task_overrides(_train_cmd(data_root, run, "training.updates=40000")[3:])
+    overrides = [o for o in overrides if not o.startswith("hydra.")]
+    before = _snapshot(run)
+    for extra, want in ((["network.embed_dim=32", "resume=true"], "network.embed_dim (16 -> 32)"),
+                        ([], f"already holds a partial run (checkpoint at update {step})")):
+        with pytest.raises(SystemExit) as exit_:
+            train.run(_compose(overrides + extra), run_dir=run)
+        err = capsys.readouterr().err
+        assert exit_.value.code == 2 and want in err, err
+        assert _snapshot(run) == before, want
 
 
 @pytest.mark.slow

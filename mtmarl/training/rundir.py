@@ -127,7 +127,14 @@ def latest_checkpoint(run_dir: Path) -> int | None:
 
 
 def holds_run(run_dir: Path) -> bool:
-    return any((run_dir / name).exists() for name in RUN_FILES + RUN_DIRS[:1])
+    """True once a run trained here: a checkpoint, a metrics record or results.
+
+    A directory with only ``config.yaml`` (a run that failed while loading its data)
+    holds nothing worth protecting, so starting again there needs no flag.
+    """
+    metrics = run_dir / METRICS_NAME
+    return (latest_checkpoint(run_dir) is not None or (run_dir / "results.json").exists()
+            or (metrics.exists() and metrics.stat().st_size > 0))
 
 
 def _flatten(tree: Any, prefix: str = "") -> dict[str, Any]:
