@@ -141,7 +141,7 @@ TRAIN_RULES: dict[str, Callable[[Any], str | None]] = {
     "training.updates": int_at_least(1),
     "training.updates_per_call": int_at_least(1),
     "training.batch_size": int_at_least(1, optional=True),
-    "training.seq_len": int_at_least(2, optional=True),
+    "training.seq_len": int_at_least(1, optional=True),
     "training.devices": int_at_least(1, optional=True),
     "training.log_every": int_at_least(1),
     "training.eval_every": int_at_least(0),

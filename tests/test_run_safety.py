@@ -61,7 +61,7 @@ TRAIN_BAD = [
     (["training.updates_per_call=0"], ["training.updates_per_call=0"]),
     (["training.batch_size=0"], ["training.batch_size=0"]),
     (["training.batch_size=abc"], ["training.batch_size='abc'"]),
-    (["training.seq_len=1"], ["training.seq_len=1"]),
+    (["training.seq_len=0"], ["training.seq_len=0"]),
     (["training.devices=0"], ["training.devices=0"]),
     (["training.log_every=0"], ["training.log_every=0"]),
     (["training.eval_every=-1"], ["training.eval_every=-1"]),
@@ -210,6 +210,12 @@ def test_second_lock_is_refused_naming_the_owner(tmp_path):
     with RunDirLock(tmp_path / "run"):  # released: free again
         pass
     assert (tmp_path / "run" / ".lock").read_text() == ""
+
+
+def test_unusable_run_dir_is_one_error(tmp_path):
+    (tmp_path / "afile").write_text("x")
+    with pytest.raises(UserInputError, match="cannot use run dir .*afile/run"):
+        RunDirLock(tmp_path / "afile" / "run").acquire()
 
 
 def test_stale_lock_of_a_dead_process_is_taken_over_with_a_warning(tmp_path, capsys):

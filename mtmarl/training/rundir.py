@@ -37,8 +37,11 @@ METRICS_NAME = "metrics.jsonl"
 # What a training run writes; overwrite=true removes exactly these.
 RUN_FILES = (CONFIG_NAME, METRICS_NAME, "algo.json", "run.json", "results.json", "summary.json")
 RUN_DIRS = ("checkpoints", ".neptune")
-# Settings a resume may change: how the run is logged, evaluated at the end, fed, or extended.
+# Settings a resume may change: how the run is logged, evaluated, checkpointed, fed, or extended; none of
+# them changes the parameters trained (devices: data parallelism is exact up to float rounding).
 RESUMABLE_CHANGES = ("resume", "overwrite", "logger", "eval", "training.updates", "training.devices",
+                     "training.log_every", "training.eval_every", "training.eval_episodes",
+                     "training.eval_splits", "training.checkpoint_every", "training.keep_checkpoints",
                      "data.hub", "data.hub_manifest", "data.verify")
 
 
@@ -51,8 +54,12 @@ class RunDirLock:
         self._fd: int | None = None
 
     def acquire(self) -> "RunDirLock":
-        self.run_dir.mkdir(parents=True, exist_ok=True)
-        fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
+        try:
+            self.run_dir.mkdir(parents=True, exist_ok=True)
+            fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
+        except OSError as err:
+            raise UserInputError(f"cannot use run dir {self.run_dir}: {err.strerror or err} "
+                                 f"(choose another hydra.run.dir)") from None
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
