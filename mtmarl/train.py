@@ -54,8 +54,31 @@ def _overrides() -> list[str]:
     return list(HydraConfig.get().overrides.task) if HydraConfig.initialized() else []
 
 
+_STARTED = time.time()  # before Hydra runs: a run dir created after this by Hydra is this process's own
+
+
+def _drop_hydra_dir(run_dir: Path) -> None:
+    """Hydra creates the run dir before calling us; a refused run removes it again if it is new and empty."""
+    try:
+        if run_dir.stat().st_ctime >= _STARTED and not any(run_dir.iterdir()):
+            run_dir.rmdir()
+    except OSError:
+        pass
+
+
 @user_errors_exit
 def run(cfg: DictConfig, run_dir: Path | None = None, stop_after: int | None = None) -> list[dict[str, Any]]:
+    if run_dir is not None:
+        return _run(cfg, run_dir, stop_after)
+    run_dir = Path(hydra.core.hydra_config.HydraConfig.get().runtime.output_dir)
+    try:
+        return _run(cfg, run_dir, stop_after)
+    except UserInputError:
+        _drop_hydra_dir(run_dir)
+        raise
+
+
+def _run(cfg: DictConfig, run_dir: Path, stop_after: int | None) -> list[dict[str, Any]]:
     from mtmarl.evaluate import resolve_task_set
     from mtmarl.evaluation.references import default_path, load_references
     from mtmarl.training.data import check_vaults
@@ -67,8 +90,6 @@ def run(cfg: DictConfig, run_dir: Path | None = None, stop_after: int | None = N
     references = load_references(cfg.references or default_path(cfg.data.root))
     if not plain["data"].get("hub"):
         check_vaults(task_set, plain["data"]["root"])  # data.hub fetches them later, under the lock
-    if run_dir is None:
-        run_dir = Path(hydra.core.hydra_config.HydraConfig.get().runtime.output_dir)
     enable_compilation_cache()
     # Nothing above wrote anything; from here on this process owns the run directory.
     with RunDirLock(run_dir), catch_signals():

@@ -114,6 +114,20 @@ def test_bad_train_config_is_one_line_and_writes_nothing(args, wants, tmp_path, 
     assert not (tmp_path / "run").exists()  # checked before the run dir was created
 
 
+def test_cli_refusal_leaves_no_run_dir_behind(tmp_path):
+    """Through Hydra (which creates the run dir before calling us): a refused run removes the empty dir it got,
+    and keeps a directory that was there before."""
+    old = tmp_path / "old"
+    old.mkdir()
+    for run in (tmp_path / "new", old):
+        proc = subprocess.run([sys.executable, "-m", "mtmarl.train", "+algo=mt_bc_sable", f"task={TASK}",
+                               "+training.updatez=5", f"hydra.run.dir={run}"], cwd=ROOT, env=_env(),
+                              capture_output=True, text=True, timeout=300)
+        assert proc.returncode == 2 and "Traceback" not in proc.stderr
+        assert "unknown config key 'training.updatez'; did you mean training.updates?" in proc.stderr
+    assert not (tmp_path / "new").exists() and old.is_dir()
+
+
 def test_no_algorithm_is_one_line(tmp_path, capsys):
     from mtmarl import train
 
