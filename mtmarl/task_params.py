@@ -73,10 +73,15 @@ SCHEMAS: dict[str, dict[str, Callable[[str, Any], Any]]] = {
 def _rware_layout(p: Mapping[str, Any]) -> None:
     if p["cols"] % 2 == 0:
         raise UserInputError(f"cols={p['cols']} must be odd (RWARE puts an aisle between column pairs)")
-    shelves = p["rows"] * p["cols"] * p["height"] * 2
+    # Jumanji's layout: two shelf columns per cluster, minus the cluster in front of the goals.
+    shelves = 2 * p["height"] * (p["rows"] * p["cols"] - 1)
     request = p.get("request")
+    what = f"request={request}"
+    if request is None and "agents" in p:
+        request, what = p["agents"], f"request (default agents={p['agents']})"
     if request is not None and request > shelves:
-        raise UserInputError(f"request={request} exceeds the {shelves} shelves of this layout")
+        raise UserInputError(f"{what} exceeds the {shelves} shelves of rows={p['rows']}, cols={p['cols']}, "
+                             f"height={p['height']}")
 
 
 def _lbf_layout(p: Mapping[str, Any]) -> None:

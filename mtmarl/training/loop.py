@@ -25,7 +25,6 @@ from mtmarl.training.checkpoint import Checkpointer, is_better, train_score
 from mtmarl.training.data import build_buffers, fetch_missing, load_task_data
 from mtmarl.training.engine import Carry, Learner
 from mtmarl.training.policy import make_policy
-from mtmarl.training.rundir import CONFIG_NAME  # noqa: F401 (re-exported: restore reads it)
 from mtmarl.training.stop import Interrupted, requested
 
 ALGO_FILE = "algo.json"      # the exact algorithm + network configs trained (incl. the HL-Gauss support)
