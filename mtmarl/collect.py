@@ -300,6 +300,9 @@ def run(cfg: DictConfig) -> list[dict[str, Any]]:
     from rich.console import Console
     from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 
+    from mtmarl.config_check import check_keys
+
+    check_keys(OmegaConf.to_container(cfg, resolve=True), "collect")  # +key=... typos (Hydra allows new keys)
     enable_compilation_cache()
     for env in ("rware", "lbf", "connector"):
         if env_budget(cfg, env) < 1:

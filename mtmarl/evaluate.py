@@ -129,6 +129,9 @@ def _trained(cfg: DictConfig):
 
 @user_errors_exit
 def run(cfg: DictConfig) -> list[dict[str, Any]]:
+    from mtmarl.config_check import check_keys
+
+    check_keys(OmegaConf.to_container(cfg, resolve=True), "evaluate")  # +key=... typos (Hydra allows new keys)
     enable_compilation_cache()
     if cfg.eval.episodes < 1:
         raise UserInputError(f"eval.episodes must be >= 1, got {cfg.eval.episodes}")

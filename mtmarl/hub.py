@@ -396,6 +396,7 @@ def download(name: str, to: str | os.PathLike = DEFAULT_ROOT, *, sha256: str | N
         manifest = load_manifest(manifest)
     expected = _expected_sha(name, source, sha256, manifest)
     to = Path(to)
+    check_writable(to)
     env = env or source.env
     if source.scenario and not force:
         candidates = ([to / env / f"{source.scenario}.vlt"] if env
@@ -410,6 +411,22 @@ def download(name: str, to: str | os.PathLike = DEFAULT_ROOT, *, sha256: str | N
         return extract_vaults(zip_path, to, env=env, scenario=source.scenario, force=force)
     finally:
         zip_path.unlink(missing_ok=True)
+
+
+def check_writable(to: Path) -> None:
+    """Fail before downloading (not after) when the vault root cannot be written.
+
+    A probe file is created and removed: permission bits alone say nothing for root
+    or on read-only mounts, so actually writing is the only reliable test.
+    """
+    try:
+        (to / ".downloads").mkdir(parents=True, exist_ok=True)
+        fd, probe = tempfile.mkstemp(dir=to / ".downloads", prefix=".write-test-")
+        os.close(fd)
+        os.unlink(probe)
+    except OSError as err:
+        raise UserInputError(f"cannot write to the vault root --to {to} ({err.strerror or err}); "
+                             f"choose a writable directory") from None
 
 
 def glob_escape(text: str) -> str:

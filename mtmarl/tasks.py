@@ -12,7 +12,6 @@ count and observation size, so one compiled network reads them all.
 from __future__ import annotations
 
 import argparse
-import contextlib
 import dataclasses
 import functools
 import json
@@ -24,20 +23,10 @@ import yaml
 
 from mtmarl import envs
 from mtmarl.errors import UserInputError
+from mtmarl.task_params import check_task
 
 CONFIG_DIR = Path(__file__).resolve().parent.parent / "configs"
 TASKS_DIR = CONFIG_DIR / "tasks"
-
-
-def _parse_value(text: str) -> Any:
-    """Command-line value -> bool, int, float or (otherwise) the string itself."""
-    low = text.lower()
-    if low in ("true", "false"):
-        return low == "true"
-    for cast in (int, float):
-        with contextlib.suppress(ValueError):
-            return cast(text)
-    return text
 
 
 @dataclasses.dataclass(frozen=True)
@@ -55,7 +44,8 @@ class TaskSpec:
             if key not in allowed:
                 raise UserInputError(f"task {label or env}: unknown key {key!r} for {env}; "
                                      f"valid keys: {', '.join(allowed)}")
-        return cls(env, tuple(params.items()), label)
+        # Typed values (ad-hoc strings included) and a layout that can exist, before any env is built.
+        return cls(env, tuple(check_task(env, params, label or env).items()), label)
 
     @classmethod
     def parse(cls, text: str) -> "TaskSpec":
@@ -71,7 +61,7 @@ class TaskSpec:
                 raise UserInputError(f"ad-hoc task {text!r}: malformed item {item!r} (want key=value)")
             if key.strip() in params:
                 raise UserInputError(f"ad-hoc task {text!r}: key {key.strip()!r} given twice")
-            params[key.strip()] = _parse_value(value.strip())
+            params[key.strip()] = value.strip()  # typed by TaskSpec.create (mtmarl.task_params)
         spec = cls.create(env.strip(), params)
         spec.build()  # surface invalid values now, naming the task
         return spec

@@ -6,6 +6,7 @@
     python -m mtmarl.train +algo=mt_oryx +tasks=rware_15 algo.hl_gauss=false data.balanced=false \\
         agents.shuffle=false agents.mask=false                            # ablation switches
     python -m mtmarl.train ... resume=true hydra.run.dir=<run dir>       # continue an interrupted run
+    python -m mtmarl.train ... overwrite=true hydra.run.dir=<run dir>    # replace the run in that dir
 
 Reads ``<data.root>/<env>/<task name>.vlt`` for every training task, trains
 with updates compiled into ``lax.scan`` chunks pmapped over the local devices,
@@ -14,10 +15,16 @@ checkpoint is chosen on TRAINING tasks only), and finally evaluates the best
 checkpoint with ``eval.episodes`` episodes per task. The run directory gets
 ``config.yaml`` (resolved), ``metrics.jsonl``, ``checkpoints/``,
 ``results.json`` (marl-eval layout) and ``summary.json`` (per task and split).
+
+The config is checked before the run directory is touched; the directory is
+then locked for the run (mtmarl.training.rundir), and Ctrl-C / SIGTERM stop
+after the current compiled call with a checkpoint and the resume command
+(mtmarl.training.stop), exiting 130 / 143.
 """
 
 from __future__ import annotations
 
+import sys
 import time
 from pathlib import Path
 from typing import Any
@@ -30,42 +37,97 @@ from mtmarl.runtime import enable_compilation_cache, hydra_cli, user_errors_exit
 
 
 def _resolve(cfg: DictConfig) -> dict[str, Any]:
+    """The resolved config as plain containers, checked before anything is written (mtmarl.config_check)."""
+    from mtmarl.config_check import check_train_config
+
     if cfg.get("algo") is None:
         raise UserInputError("no algorithm given: add +algo=<mt_oryx|mt_cql_sable|mt_bc_sable>")
-    if cfg.eval.episodes < 1:
-        raise UserInputError(f"eval.episodes must be >= 1, got {cfg.eval.episodes}")
-    return OmegaConf.to_container(cfg, resolve=True)
+    plain = OmegaConf.to_container(cfg, resolve=True)
+    check_train_config(plain)
+    return plain
+
+
+def _overrides() -> list[str]:
+    """The command line's overrides (for the resume hint); none when run in-process without Hydra."""
+    from hydra.core.hydra_config import HydraConfig
+
+    return list(HydraConfig.get().overrides.task) if HydraConfig.initialized() else []
+
+
+_STARTED = time.time()  # before Hydra runs: a run dir created after this by Hydra is this process's own
+
+
+def _drop_hydra_dir(run_dir: Path) -> None:
+    """Hydra creates the run dir before calling us; a refused run removes it again if it is new and empty."""
+    try:
+        if run_dir.stat().st_ctime >= _STARTED and not any(run_dir.iterdir()):
+            run_dir.rmdir()
+    except OSError:
+        pass
 
 
 @user_errors_exit
 def run(cfg: DictConfig, run_dir: Path | None = None, stop_after: int | None = None) -> list[dict[str, Any]]:
+    if run_dir is not None:
+        return _run(cfg, run_dir, stop_after)
+    run_dir = Path(hydra.core.hydra_config.HydraConfig.get().runtime.output_dir)
+    try:
+        return _run(cfg, run_dir, stop_after)
+    except UserInputError:
+        _drop_hydra_dir(run_dir)
+        raise
+
+
+def _run(cfg: DictConfig, run_dir: Path, stop_after: int | None) -> list[dict[str, Any]]:
     from mtmarl.evaluate import resolve_task_set
     from mtmarl.evaluation.references import default_path, load_references
+    from mtmarl.training.data import check_vaults
+    from mtmarl.training.rundir import RunDirLock
+    from mtmarl.training.stop import Interrupted, catch_signals, resume_command
+
+    plain = _resolve(cfg)
+    task_set = resolve_task_set(cfg)
+    references = load_references(cfg.references or default_path(cfg.data.root))
+    if not plain["data"].get("hub"):
+        check_vaults(task_set, plain["data"]["root"])  # data.hub fetches them later, under the lock
+    enable_compilation_cache()
+    # Nothing above wrote anything; from here on this process owns the run directory.
+    with RunDirLock(run_dir), catch_signals():
+        try:
+            return _train(cfg, plain, task_set, references, run_dir, stop_after)
+        except Interrupted as stop:
+            print(f"interrupted at update {stop.step} of {plain['training']['updates']}; checkpoint saved. "
+                  f"Resume with: {resume_command(_overrides(), run_dir)}", flush=True)
+            sys.exit(stop.exit_code)
+        except KeyboardInterrupt:  # a second Ctrl-C: stopped at once, the last periodic checkpoint stands
+            print(f"stopped at once; resume from the last periodic checkpoint with: "
+                  f"{resume_command(_overrides(), run_dir)}", flush=True)
+            sys.exit(130)
+
+
+def _train(cfg: DictConfig, plain: dict[str, Any], task_set, references, run_dir: Path,
+           stop_after: int | None) -> list[dict[str, Any]]:
     from mtmarl.evaluation.results import print_table, write_results
     from mtmarl.training.checkpoint import Checkpointer
     from mtmarl.training.logging import RunLogger
-    from mtmarl.training.loop import CONFIG_NAME, run_training, write_json
+    from mtmarl.training.loop import run_training, write_json
+    from mtmarl.training.rundir import prepare
+    from mtmarl.training.stop import Interrupted, requested
 
-    enable_compilation_cache()
-    plain = _resolve(cfg)
-    task_set = resolve_task_set(cfg)
-    if run_dir is None:
-        run_dir = Path(hydra.core.hydra_config.HydraConfig.get().runtime.output_dir)
-    run_dir.mkdir(parents=True, exist_ok=True)
-    references = load_references(cfg.references or default_path(cfg.data.root))
-    (run_dir / CONFIG_NAME).write_text(OmegaConf.to_yaml(cfg, resolve=True))
-
+    resumed = prepare(run_dir, plain, OmegaConf.to_yaml(cfg, resolve=True))
     lg = plain["logger"]
-    resuming = bool(plain.get("resume")) and (run_dir / "metrics.jsonl").exists()
     log = RunLogger(run_dir, int(plain["training"]["updates"]), neptune=bool(lg["neptune"]),
                     project=lg.get("project"), token=lg.get("api_token"), mode=lg.get("mode"),
                     tags=tuple(lg.get("tags") or ()) + (plain["algo"]["name"], task_set.name),
-                    config=plain, progress=bool(lg.get("progress", True)), resume_file=resuming)
+                    config=plain, progress=bool(lg.get("progress", True)), start=resumed or 0,
+                    resume_file=resumed is not None)
     try:
         out = run_training(plain, task_set, run_dir, references, log=log, stop_after=stop_after)
         if out["updates"] < int(plain["training"]["updates"]):
             print(f"stopped after {out['updates']} updates; continue with resume=true hydra.run.dir={run_dir}")
             return []
+        if requested() is not None:  # a signal during the last call: training is complete and saved
+            raise Interrupted(requested(), out["updates"])
         algo, carry = out["algo"], out["carry"]
         params, which = carry.state.params, "final"
         if out["best_step"] is not None:

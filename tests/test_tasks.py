@@ -286,7 +286,7 @@ def test_adhoc_bool_and_string():
     ("rware", ["env:key=value"]),
     ("rware:", ["env:key=value"]),
     ("rware:rows=2,cols=5,height=8", ["agents"]),
-    ("rware:rows=1,cols=4,height=8,agents=2", ["'cols': 4"]),
+    ("rware:rows=1,cols=4,height=8,agents=2", ["cols=4", "odd"]),
 ])
 def test_adhoc_errors_name_the_problem(text, wants):
     with pytest.raises(UserInputError) as err:

@@ -1,5 +1,6 @@
 """``python -m mtmarl.data stats <vault | task set> [--hist out.png]``: dataset cards of vaults;
-``python -m mtmarl.data report <task set> [--markdown]``: references and vault sizes per task."""
+``python -m mtmarl.data report <task set> [--markdown]``: references and vault sizes per task;
+``python -m mtmarl.data export <vault> <out.npz> [--uid UID]``: one vault as a numpy ``.npz``."""
 
 from __future__ import annotations
 
@@ -30,13 +31,23 @@ def main(argv: list[str] | None = None) -> int:
     r.add_argument("--root", default=str(stats.DEFAULT_ROOT), help="vault root (default: %(default)s)")
     r.add_argument("--references", default=None, help="references file (default: <root>/references.json)")
     r.add_argument("--markdown", action="store_true", help="print a Markdown table (for a data card)")
+    e = sub.add_parser("export", help="write one vault as a numpy .npz (og-marl keys, infos/legals, ...)")
+    e.add_argument("vault", help="a .vlt (or .vlt/<uid>) directory")
+    e.add_argument("out", help="output .npz file")
+    e.add_argument("--uid", default=None, help="dataset uid inside the .vlt (default: the only one)")
+    e.add_argument("--no-verify", dest="verify", action="store_false", help="skip the sha256 check")
     args = parser.parse_args(argv)
     if args.command == "report":
         return report(args)
+    if args.command == "export":
+        return export(args)
     try:
         cards, missing = stats.collect(args.target, args.root, verify=args.verify, validate=args.validate)
         if args.hist and cards:
-            out = stats.save_histogram(cards, args.hist)
+            try:
+                out = stats.save_histogram(cards, args.hist)
+            except OSError as err:
+                raise UserInputError(f"--hist {args.hist}: cannot write it ({err.strerror or err})") from None
     except UserInputError as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
@@ -53,6 +64,20 @@ def main(argv: list[str] | None = None) -> int:
     if missing and not cards:
         print(f"error: no vault found for {args.target} under {args.root}", file=sys.stderr)
         return 1
+    return 0
+
+
+def export(args) -> int:
+    from mtmarl.data.vault import export_npz
+
+    try:
+        out, shapes = export_npz(args.vault, args.out, uid=args.uid, verify=args.verify)
+    except UserInputError as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 2
+    for key, shape in shapes.items():
+        print(f"{key}: {shape}")
+    print(f"wrote {out}")
     return 0
 
 

@@ -30,7 +30,9 @@ state ``float32`` (og-marl's convention), actions ``int32``, legals ``bool``.
 count, observation/state size, action count, env and package versions, the
 collector's configuration (free-form), return statistics, and the sha256 of
 every file of the uid directory (checked by :func:`read_vault`). og-marl's own
-vaults have no ``mtmarl.json`` and are read as they are.
+vaults have no ``mtmarl.json`` and are read as they are, with a
+:class:`NoMetadataWarning` (nothing is verified against a checksum, and a
+folder copied without its ``mtmarl.json`` should not pass unnoticed).
 """
 
 from __future__ import annotations
@@ -44,6 +46,7 @@ import json
 import os
 import re
 import shutil
+import warnings
 from pathlib import Path
 from typing import Any, Mapping
 
@@ -480,6 +483,10 @@ def _leaf_names(tree: Mapping, prefix: str = "") -> list[str]:
     return names
 
 
+class NoMetadataWarning(UserWarning):
+    """A vault read without ``mtmarl.json``: no checksums, task or shapes to check it against."""
+
+
 def read_vault(path: str | os.PathLike, spec=None, *, uid: str | None = None,
                verify: bool = True) -> dict[str, Any]:
     """Read one vault (ours or og-marl's) into numpy arrays with og-marl's keys.
@@ -496,6 +503,9 @@ def read_vault(path: str | os.PathLike, spec=None, *, uid: str | None = None,
     vlt, uid = resolve(path, uid)
     base = vlt / uid
     meta = read_metadata(vlt)
+    if meta is None:
+        warnings.warn(f"vault {vlt} has no {META_FILE}: read as an og-marl vault, its files unverified and "
+                      f"its shapes checked only for consistency", NoMetadataWarning, stacklevel=2)
     if verify:
         verify_files(vlt, uid, meta)
     fbx_meta_path = base / FBX_META_FILE
@@ -575,3 +585,34 @@ def describe_vault(path: str | os.PathLike, spec=None, *, uid: str | None = None
     return {"vault": str(vlt / uid), "task": task, "uid": uid,
             "transitions": int(obs.shape[0] * obs.shape[1]), "agents": int(obs.shape[2]),
             "returns": returns, **return_stats(returns)}
+
+
+def flat_arrays(experience: Mapping[str, Any]) -> dict[str, np.ndarray]:
+    """:func:`read_vault`'s nested arrays as ``{"infos/legals": ...}`` (the keys of an exported ``.npz``)."""
+    return {key.replace(".", "/"): np.asarray(value) for key, value in _flatten(experience).items()}
+
+
+def export_npz(path: str | os.PathLike, out: str | os.PathLike, *, uid: str | None = None,
+               verify: bool = True) -> tuple[Path, dict[str, tuple[int, ...]]]:
+    """Write one vault as an uncompressed ``.npz`` (og-marl keys, :func:`read_vault`'s dtypes), atomically.
+
+    Why: numpy is the lowest common denominator for other tools; no Flashbax or tensorstore is
+    needed to read the result (``np.load(out)["observations"]``, shapes ``(1, T, ...)``).
+    """
+    out = Path(out)
+    if out.suffix != ".npz":
+        raise UserInputError(f"export target {out} must end in .npz")
+    if out.is_dir():
+        raise UserInputError(f"export target {out} is a directory")
+    arrays = flat_arrays(read_vault(path, uid=uid, verify=verify))
+    tmp = out.with_name(f".{out.name}.tmp-{os.getpid()}")
+    try:
+        out.parent.mkdir(parents=True, exist_ok=True)
+        with open(tmp, "wb") as f:
+            np.savez(f, **arrays)
+        os.replace(tmp, out)
+    except OSError as err:
+        with contextlib.suppress(OSError):
+            tmp.unlink(missing_ok=True)
+        raise UserInputError(f"export target {out}: cannot write it ({err.strerror or err})") from None
+    return out, {k: v.shape for k, v in arrays.items()}

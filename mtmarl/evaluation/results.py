@@ -15,6 +15,7 @@ from typing import Any
 
 import numpy as np
 
+from mtmarl.atomic import atomic_write_text
 from mtmarl.evaluation.rollout import EpisodeStats
 
 
@@ -50,9 +51,9 @@ def write_results(run_dir: str | Path, rows: list[dict[str, Any]], algorithm: st
     run_dir = Path(run_dir)
     run_dir.mkdir(parents=True, exist_ok=True)
     path = run_dir / "results.json"
-    path.write_text(json.dumps(to_marl_eval(rows, algorithm, seed), indent=1))
+    atomic_write_text(path, json.dumps(to_marl_eval(rows, algorithm, seed), indent=1))
     summary = [{k: v for k, v in row.items() if k != "returns"} for row in rows]
-    (run_dir / "summary.json").write_text(json.dumps(summary, indent=1))
+    atomic_write_text(run_dir / "summary.json", json.dumps(summary, indent=1))
     return path
 
 

@@ -13,6 +13,7 @@ import jax
 import numpy as np
 
 from mtmarl.algos.common import Algo, load_algo_config, make_algo
+from mtmarl.atomic import atomic_write_text
 from mtmarl.data.batching import return_range
 from mtmarl.errors import NonFiniteMetricError, UserInputError
 from mtmarl.evaluation.references import reference_for
@@ -24,8 +25,8 @@ from mtmarl.training.checkpoint import Checkpointer, is_better, train_score
 from mtmarl.training.data import build_buffers, fetch_missing, load_task_data
 from mtmarl.training.engine import Carry, Learner
 from mtmarl.training.policy import make_policy
+from mtmarl.training.stop import Interrupted, requested
 
-CONFIG_NAME = "config.yaml"  # resolved config, written in the run directory
 ALGO_FILE = "algo.json"      # the exact algorithm + network configs trained (incl. the HL-Gauss support)
 
 
@@ -180,6 +181,7 @@ def run_training(cfg: Mapping[str, Any], task_set: TaskSet, run_dir: Path, refer
     if cfg.get("resume") and ckpt.latest_step() is not None:
         carry, meta = ckpt.restore(template, "latest")
         done, best, best_step = int(meta["updates"]), meta.get("best_score"), meta.get("best_step")
+        print(f"resumed from update {done} of {total}")
         if log is not None:
             log.log(done, {"resumed_from": done}, prefix="run")
     elif cfg.get("resume"):
@@ -224,6 +226,12 @@ def run_training(cfg: Mapping[str, Any], task_set: TaskSet, run_dir: Path, refer
         if (ckpt_every and done % ckpt_every == 0) or done == total:
             ckpt.save_latest(done, carry, {"updates": done, "best_score": best, "best_step": best_step})
             last_saved = done
+        signum = requested()  # Ctrl-C / SIGTERM (mtmarl.training.stop): checkpoint this call's result, stop
+        if signum is not None and done < total:
+            if last_saved != done:
+                ckpt.save_latest(done, carry, {"updates": done, "best_score": best, "best_step": best_step})
+            ckpt.close()
+            raise Interrupted(signum, done)
         if stop_after is not None and done >= stop_after:
             break
     train_seconds = time.perf_counter() - t_train
@@ -239,7 +247,7 @@ def _strip(rows):
 
 
 def write_json(path: Path, obj: Any) -> None:
-    path.write_text(json.dumps(obj, indent=1, default=lambda o: o.item() if hasattr(o, "item") else str(o)))
+    atomic_write_text(path, json.dumps(obj, indent=1, default=lambda o: o.item() if hasattr(o, "item") else str(o)))
 
 
 def sable_summary(algo: Algo) -> dict[str, Any]:

@@ -25,7 +25,8 @@ from mtmarl.evaluation.references import default_path
 from mtmarl.networks.sable import SableConfig
 from mtmarl.training.checkpoint import Checkpointer
 from mtmarl.training.engine import Carry, _ObsOnly as _Obs
-from mtmarl.training.loop import ALGO_FILE, CONFIG_NAME
+from mtmarl.training.loop import ALGO_FILE
+from mtmarl.training.rundir import CONFIG_NAME
 from mtmarl.training.policy import make_policy
 
 

@@ -1,0 +1,216 @@
+"""Run-directory ownership: one training per directory, and no run overwritten or changed by accident.
+
+Why: two trainings started in one directory used to interleave their
+checkpoints and metrics, rerunning a finished run silently replaced it (leaving
+its old checkpoints behind), and a resume with a changed config rewrote
+``config.yaml`` before failing, so the original could no longer be resumed.
+
+* :class:`RunDirLock` holds an ``flock`` on ``<run dir>/.lock`` for the whole
+  run; the file names the owner (pid, host, start time). The kernel drops the
+  lock when its process dies, so a lock file still naming an owner while the
+  lock is free is stale and is taken over with a warning.
+* :func:`prepare` runs under the lock before anything is written: a directory
+  holding a run needs ``resume=true`` (same config) or ``overwrite=true``
+  (the old run's files are removed first); a refused request writes nothing.
+"""
+
+from __future__ import annotations
+
+import datetime
+import fcntl
+import json
+import os
+import shutil
+import socket
+import sys
+from pathlib import Path
+from typing import Any, Mapping
+
+import yaml
+
+from mtmarl.atomic import atomic_write_text
+from mtmarl.errors import UserInputError
+
+LOCK_NAME = ".lock"
+CONFIG_NAME = "config.yaml"
+METRICS_NAME = "metrics.jsonl"
+# What a training run writes; overwrite=true removes exactly these.
+RUN_FILES = (CONFIG_NAME, METRICS_NAME, "algo.json", "run.json", "results.json", "summary.json")
+RUN_DIRS = ("checkpoints", ".neptune")
+# Settings a resume may change: how the run is logged, evaluated, checkpointed, fed, or extended; none of
+# them changes the parameters trained (devices: data parallelism is exact up to float rounding).
+RESUMABLE_CHANGES = ("resume", "overwrite", "logger", "eval", "training.updates", "training.devices",
+                     "training.log_every", "training.eval_every", "training.eval_episodes",
+                     "training.eval_splits", "training.checkpoint_every", "training.keep_checkpoints",
+                     "data.hub", "data.hub_manifest", "data.verify")
+
+
+class RunDirLock:
+    """Exclusive ownership of a run directory (a context manager); creates the directory."""
+
+    def __init__(self, run_dir: str | Path):
+        self.run_dir = Path(run_dir)
+        self.path = self.run_dir / LOCK_NAME
+        self._fd: int | None = None
+
+    def acquire(self) -> "RunDirLock":
+        try:
+            self.run_dir.mkdir(parents=True, exist_ok=True)
+            fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
+        except OSError as err:
+            raise UserInputError(f"cannot use run dir {self.run_dir}: {err.strerror or err} "
+                                 f"(choose another hydra.run.dir)") from None
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            owner = _read_owner(fd)
+            os.close(fd)
+            raise UserInputError(f"run dir {self.run_dir} is in use by {_describe(owner)}; wait for that run "
+                                 f"to end or choose another hydra.run.dir") from None
+        stale = _read_owner(fd)
+        if stale:
+            gone = "no longer running" if not _alive(stale) else "did not release it"
+            print(f"warning: taking over the stale lock of {_describe(stale)} in {self.run_dir} ({gone})",
+                  file=sys.stderr)
+        me = {"pid": os.getpid(), "host": socket.gethostname(),
+              "started": datetime.datetime.now().isoformat(timespec="seconds")}
+        os.ftruncate(fd, 0)
+        os.pwrite(fd, json.dumps(me).encode(), 0)
+        os.fsync(fd)
+        self._fd = fd
+        return self
+
+    def release(self) -> None:
+        """Empty the file (a clean exit leaves no owner named), then drop the lock."""
+        if self._fd is None:
+            return
+        os.ftruncate(self._fd, 0)
+        fcntl.flock(self._fd, fcntl.LOCK_UN)
+        os.close(self._fd)
+        self._fd = None
+
+    def __enter__(self) -> "RunDirLock":
+        return self.acquire()
+
+    def __exit__(self, *exc) -> None:
+        self.release()
+
+
+def _read_owner(fd: int) -> dict[str, Any] | None:
+    raw = os.pread(fd, 4096, 0)
+    if not raw.strip():
+        return None
+    try:
+        return json.loads(raw)
+    except ValueError:
+        return {"pid": "?", "host": "?", "started": "?"}
+
+
+def _describe(owner: Mapping[str, Any] | None) -> str:
+    if not owner:
+        return "another process"
+    return f"pid {owner.get('pid')} on {owner.get('host')} (started {owner.get('started')})"
+
+
+def _alive(owner: Mapping[str, Any]) -> bool:
+    if owner.get("host") != socket.gethostname() or not isinstance(owner.get("pid"), int):
+        return False
+    try:
+        os.kill(owner["pid"], 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+# ----------------------------------------------------------------------------------------- run state
+
+def latest_checkpoint(run_dir: Path) -> int | None:
+    """The newest finished periodic checkpoint (Orbax names a finished step directory by its number)."""
+    latest = run_dir / "checkpoints" / "latest"
+    steps = [int(p.name) for p in latest.iterdir() if p.name.isdigit()] if latest.is_dir() else []
+    return max(steps, default=None)
+
+
+def holds_run(run_dir: Path) -> bool:
+    """True once a run trained here: a checkpoint, a metrics record or results.
+
+    A directory with only ``config.yaml`` (a run that failed while loading its data)
+    holds nothing worth protecting, so starting again there needs no flag.
+    """
+    metrics = run_dir / METRICS_NAME
+    return (latest_checkpoint(run_dir) is not None or (run_dir / "results.json").exists()
+            or (metrics.exists() and metrics.stat().st_size > 0))
+
+
+def _flatten(tree: Any, prefix: str = "") -> dict[str, Any]:
+    if not isinstance(tree, Mapping):
+        return {prefix[:-1]: tree}
+    out: dict[str, Any] = {}
+    for key, value in tree.items():
+        out.update(_flatten(value, f"{prefix}{key}."))
+    return out
+
+
+def config_changes(old: Mapping[str, Any], new: Mapping[str, Any]) -> list[str]:
+    """``key (old -> new)`` for every setting that differs, except those a resume may change."""
+    a, b = _flatten(old), _flatten(new)
+    out = []
+    for key in sorted(set(a) | set(b)):
+        if any(key == k or key.startswith(k + ".") for k in RESUMABLE_CHANGES):
+            continue
+        if a.get(key, "<absent>") != b.get(key, "<absent>"):
+            out.append(f"{key} ({a.get(key, '<absent>')!r} -> {b.get(key, '<absent>')!r})")
+    return out
+
+
+def truncate_metrics(path: Path, step: int) -> int:
+    """Drop ``metrics.jsonl`` records after update ``step`` (atomically); returns how many were dropped."""
+    if not path.exists():
+        return 0
+    lines = path.read_text().splitlines()
+    kept = []
+    for line in lines:
+        try:
+            if int(json.loads(line)["step"]) <= step:
+                kept.append(line)
+        except (ValueError, KeyError, TypeError):
+            pass  # a line cut by a kill mid-write
+    atomic_write_text(path, "".join(f"{line}\n" for line in kept))
+    return len(lines) - len(kept)
+
+
+def prepare(run_dir: Path, cfg: Mapping[str, Any], config_text: str) -> int | None:
+    """Apply resume / overwrite to a locked run directory, then write ``config.yaml``.
+
+    Returns the update the run resumes from (None: a fresh start). Every refusal
+    happens before the first write, so a refused directory is left as it was.
+    """
+    resume, overwrite = bool(cfg.get("resume")), bool(cfg.get("overwrite"))
+    start = None
+    if holds_run(run_dir):
+        step = latest_checkpoint(run_dir)
+        if overwrite:
+            for name in RUN_FILES:
+                (run_dir / name).unlink(missing_ok=True)
+            for name in RUN_DIRS:
+                shutil.rmtree(run_dir / name, ignore_errors=True)
+            print(f"overwrite=true: removed the previous run in {run_dir}")
+        elif resume:
+            stored = run_dir / CONFIG_NAME
+            if stored.exists():
+                changes = config_changes(yaml.safe_load(stored.read_text()) or {}, cfg)
+                if changes:
+                    raise UserInputError(
+                        f"resume=true refused: the config differs from {stored} in {'; '.join(changes)}. "
+                        f"Resume with the run's own settings, or start a new run in another hydra.run.dir")
+            start = step or 0
+            truncate_metrics(run_dir / METRICS_NAME, start)
+        else:
+            state = ("a finished run" if (run_dir / "results.json").exists() else
+                     f"a partial run (checkpoint at update {step})" if step is not None else "a partial run")
+            raise UserInputError(f"run dir {run_dir} already holds {state}; pass resume=true to continue it, "
+                                 f"overwrite=true to replace it, or choose another hydra.run.dir")
+    atomic_write_text(run_dir / CONFIG_NAME, config_text)
+    return start

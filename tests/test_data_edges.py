@@ -1,0 +1,100 @@
+"""Issue 15, data side: vaults without mtmarl.json warn, hub checks --to before downloading,
+numpy export round-trips, and bad hub / data command lines are one error line (entry points in-process)."""
+
+import contextlib
+import io
+import shutil
+import zipfile
+
+import numpy as np
+import pytest
+
+from mtmarl import hub
+from mtmarl.data import __main__ as data_cli
+from mtmarl.data.vault import META_FILE, NoMetadataWarning, flat_arrays, read_vault, vault_path, write_vault
+from mtmarl.tasks import TaskSpec
+
+TASK = "connector:grid=5,agents=2,horizon=8"
+
+
+@pytest.fixture(scope="module")
+def vault(tmp_path_factory):
+    from test_training import synthetic_experience
+
+    root = tmp_path_factory.mktemp("edges") / "vault_data"
+    spec = TaskSpec.parse(TASK)
+    write_vault(root, spec, synthetic_experience(spec, 12, 0), {"policy": "random", "seed": 0})
+    return vault_path(root, spec)
+
+
+def _main(fn, argv):
+    err = io.StringIO()
+    with contextlib.redirect_stderr(err):
+        rc = fn(argv)
+    return rc, err.getvalue()
+
+
+def test_export_round_trips_through_the_vault_reader(vault, tmp_path):
+    out = tmp_path / "sub" / "data.npz"
+    rc, err = _main(data_cli.main, ["export", str(vault), str(out)])
+    assert rc == 0, err
+    want = flat_arrays(read_vault(vault))
+    with np.load(out) as got:
+        assert sorted(got.files) == sorted(want) and "infos/legals" in got.files
+        for key, arr in want.items():
+            assert got[key].dtype == arr.dtype, key
+            np.testing.assert_array_equal(got[key], arr, err_msg=key)
+    assert [p.name for p in out.parent.iterdir()] == ["data.npz"]  # no temp file left behind
+
+
+def test_vault_without_metadata_is_read_with_a_warning(vault, tmp_path):
+    copy = tmp_path / vault.name
+    shutil.copytree(vault, copy)
+    (copy / META_FILE).unlink()
+    with pytest.warns(NoMetadataWarning, match=f"has no {META_FILE}"):
+        exp = read_vault(copy)
+    np.testing.assert_array_equal(exp["actions"], read_vault(vault)["actions"])
+
+
+def test_hub_download_checks_destination_before_downloading(tmp_path, monkeypatch):
+    """An unwritable --to fails before any byte is fetched (the old code downloaded, then tracebacked)."""
+    fetched = []
+    monkeypatch.setattr(hub, "download_file", lambda *a, **k: fetched.append(a))
+    (tmp_path / "afile").write_text("x")
+    zip_path = tmp_path / "v.zip"
+    zipfile.ZipFile(zip_path, "w").close()
+    rc, err = _main(hub.main, ["download", zip_path.as_uri(), "--to", str(tmp_path / "afile" / "sub")])
+    assert rc == 2 and "--to" in err and "afile" in err and "Traceback" not in err
+    assert fetched == []
+
+
+BAD = [
+    ("hub", ["download", "nosuch://x.zip"], "nosuch://x.zip"),
+    ("hub", ["download", "file:///nonexistent.zip", "--to", "{tmp}/afile/sub"], "--to"),
+    ("hub", ["download", "file:///nonexistent.zip", "--to", "/proc/mtmarl-nope"], "--to /proc/mtmarl-nope"),
+    ("hub", ["download", "ogmarl:core/x"], "ogmarl:core/x"),
+    ("hub", ["download", "file:///x.zip", "--env", "../x"], "'../x'"),
+    ("hub", ["download", "file:///x.zip", "--manifest", "/nonexistent.json"], "manifest /nonexistent.json"),
+    ("hub", ["download", "file:///x.zip", "--sha256", "xyz", "--to", "{tmp}"], "sha256 'xyz'"),
+    ("hub", ["download", "file:///nonexistent.zip", "--to", "{tmp}"], "/nonexistent.zip"),
+    ("hub", ["pack", "/nonexistent.vlt", "{tmp}/o.zip"], "/nonexistent.vlt"),
+    ("data", ["stats", "/nonexistent.vlt"], "/nonexistent.vlt"),
+    ("data", ["stats", "nosuchset"], "nosuchset"),
+    ("data", ["stats", "connector:grid=2,agents=10"], "grid=2"),
+    ("data", ["stats", "lbf:grid=8,agents=2,food=2,coop=maybe"], "coop='maybe'"),
+    ("data", ["stats", "{vault}", "--hist", "/proc/mtmarl-nope/x.png"], "--hist"),
+    ("data", ["report", "nosuchset"], "nosuchset"),
+    ("data", ["export", "/nonexistent.vlt", "{tmp}/o.npz"], "/nonexistent.vlt"),
+    ("data", ["export", "{vault}", "{tmp}/o.txt"], ".npz"),
+    ("data", ["export", "{vault}", "{tmp}/o.npz", "--uid", "nope"], "'nope'"),
+    ("data", ["export", "{vault}", "/proc/mtmarl-nope/o.npz"], "/proc/mtmarl-nope/o.npz"),
+]
+
+
+@pytest.mark.parametrize("cli,argv,want", BAD, ids=[" ".join(a) for _, a, _ in BAD])
+def test_bad_hub_and_data_commands_are_one_error(cli, argv, want, vault, tmp_path):
+    (tmp_path / "afile").write_text("x")
+    argv = [a.format(tmp=tmp_path, vault=vault) for a in argv]
+    rc, err = _main(hub.main if cli == "hub" else data_cli.main, argv)
+    assert rc != 0 and err.startswith("error: ") and "Traceback" not in err, err
+    assert want.format(tmp=tmp_path) in err, err
