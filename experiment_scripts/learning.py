@@ -1,7 +1,7 @@
 """Issue 14: learning per update. Oryx variants and BC side by side, with the critic diagnostics of each run.
 
     python experiment_scripts/learning.py                         # default budget, 1 seed, lbf_5 + rware_15
-    python experiment_scripts/learning.py 'task_sets=[lbf_5]' 'variants={oryx:[+algo=mt_oryx]}'
+    python experiment_scripts/learning.py 'task_sets=[rware_15]' 'only=[oryx,bc]'
 
 Trains every ``variants`` entry (configs/experiments/learning.yaml) on every task
 set, then runs ``mtmarl.diagnose`` on each finished run (``diagnose_batches``;
@@ -15,6 +15,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+from mtmarl.errors import UserInputError
 from mtmarl.experiments.analysis import aggregate, bootstrap_args, fmt, report, save_markdown
 from mtmarl.experiments.config import run_overrides
 from mtmarl.experiments.driver import Experiment, main
@@ -25,8 +26,12 @@ DIAG_COLUMNS = ("spearman", "q_state_std", "q_action_spread", "weight_std", "wei
 
 
 def build(cfg) -> list[Run]:
-    return [Run.make({"tasks": tasks, "variant": name}, run_overrides(cfg, [*extra, f"+tasks={tasks}"]), seed)
-            for tasks in cfg.task_sets for name, extra in cfg.variants.items() for seed in cfg.budget.seeds]
+    chosen = list(cfg.variants) if cfg.only is None else list(cfg.only)
+    unknown = [v for v in chosen if v not in cfg.variants]
+    if unknown:
+        raise UserInputError(f"only={unknown} names no variant; known: {list(cfg.variants)}")
+    return [Run.make({"task_set": tasks, "variant": name}, run_overrides(cfg, [*cfg.variants[name], f"+tasks={tasks}"]),
+                     seed) for tasks in cfg.task_sets for name in chosen for seed in cfg.budget.seeds]
 
 
 def diagnostics(run_dir: Path, batches: int) -> dict | None:
@@ -40,19 +45,19 @@ def diagnostics(run_dir: Path, batches: int) -> dict | None:
 
 
 def analyse(cfg, records, out: Path) -> list[Path]:
-    by = ["tasks", "variant"]
+    by = ["task_set", "variant"]
     rows = aggregate(records, by, **bootstrap_args(cfg))
     meta = {"budget": cfg.budget.name, "variants": {k: list(v) for k, v in cfg.variants.items()}}
     files = report(rows, by, out, "learning", f"Learning per update ({cfg.budget.name} budget)", meta)
     if int(cfg.diagnose_batches) <= 0:
         return files
-    lines = ["| tasks | variant | seed | " + " | ".join(DIAG_COLUMNS) + " |", "|---|---|---|" + "---|" * len(DIAG_COLUMNS)]
+    lines = ["| task set | variant | seed | " + " | ".join(DIAG_COLUMNS) + " |", "|---|---|---|" + "---|" * len(DIAG_COLUMNS)]
     for run in build(cfg):
         run_dir = run.directory(cfg.results)
         if not is_finished(run_dir):
             continue
         summary = diagnostics(run_dir, int(cfg.diagnose_batches))
-        lines.append(f"| {run.key['tasks']} | {run.key['variant']} | {run.seed} | "
+        lines.append(f"| {run.key['task_set']} | {run.key['variant']} | {run.seed} | "
                      + " | ".join(fmt(summary.get(c)) for c in DIAG_COLUMNS) + " |")
     files.append(save_markdown(out / "diagnostics.md", lines))
     return files

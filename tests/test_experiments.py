@@ -25,6 +25,8 @@ from helpers import load_script
 @pytest.mark.parametrize("preset", PRESETS)
 @pytest.mark.parametrize("name", EXPERIMENTS)
 def test_every_script_config_composes_for_every_preset(name, preset):
+    if preset == "default" and name != "learning":
+        pytest.skip("the 'default' budget (make-train learner) belongs to the learning experiment only")
     cfg = compose_experiment(name, [f"budget={preset}"])
     assert cfg.name == name and cfg.budget.name == preset
     runs = load_script(name).EXPERIMENT.build(cfg)
@@ -32,11 +34,25 @@ def test_every_script_config_composes_for_every_preset(name, preset):
     assert len({(r.overrides, r.seed) for r in runs}) == len(runs)  # no run twice
     check_runs(cfg, runs[:1] + runs[-1:])  # mtmarl.train composes these runs' configs
     train = compose_train(runs[0].overrides)
-    assert train.eval.episodes == (32 if preset == "quick" else 320)
+    assert train.eval.episodes == {"quick": 32, "default": 64, "paper": 320}[preset]
+
+
+def test_learning_experiment_runs_chosen_variants_on_every_set():
+    cfg = compose_experiment("learning", ["task_sets=[lbf_5,rware_15]", "only=[oryx,bc]"])
+    runs = load_script("learning").EXPERIMENT.build(cfg)
+    assert [(r.key["task_set"], r.key["variant"]) for r in runs] == [
+        ("lbf_5", "oryx"), ("lbf_5", "bc"), ("rware_15", "oryx"), ("rware_15", "bc")]
+    train = compose_train(runs[0].overrides)
+    assert train.training.updates == 1500 and train.training.eval_every == 0 and train.algo.name == "mt_oryx"
+    lam = compose_train(load_script("learning").EXPERIMENT.build(
+        compose_experiment("learning", ["only=[oryx_lambda]"]))[0].overrides)
+    assert lam.algo.td_lambda == 0.8
+    with pytest.raises(Exception, match="names no variant"):
+        load_script("learning").EXPERIMENT.build(compose_experiment("learning", ["only=[nope]"]))
 
 
 def test_presets_differ_as_documented():
-    quick, paper = (compose_experiment("task_diversity", [f"budget={p}"]) for p in PRESETS)
+    quick, paper = (compose_experiment("task_diversity", [f"budget={p}"]) for p in ("quick", "paper"))
     assert list(paper.budget.seeds) == [0, 1, 2] and list(quick.budget.seeds) == [0]
     assert list(paper.k.rware_15) == list(range(1, 16)) and list(quick.k.rware_15) == [1, 15]
     assert compose_train(load_script("task_diversity").build(paper)[0].overrides).training.updates == 200000
