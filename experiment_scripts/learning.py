@@ -21,7 +21,7 @@ from mtmarl.experiments.config import run_overrides
 from mtmarl.experiments.driver import Experiment, main
 from mtmarl.experiments.runner import Run, is_finished
 
-DIAG_COLUMNS = ("spearman", "q_state_std", "q_action_spread", "weight_std", "weight_max", "down_weighted", "nll",
+DIAG_COLUMNS = ("spearman", "mc_std", "q_state_std", "q_action_spread", "weight_std", "weight_max", "down_weighted", "nll",
                 "uniform_nll")
 
 

@@ -8,7 +8,8 @@ data (task-balanced, the run's sequence length), for every training task:
 
 * ``spearman``: rank correlation of the critic's Q(s, a_data) with the data's
   Monte-Carlo discounted return-to-go (does the critic order states at all?);
-* ``q_state_std``: spread of Q(s, a_data) across the task's states;
+* ``q_state_std``: spread of Q(s, a_data) across the task's states, beside
+  ``mc_std``, the spread of the Monte-Carlo returns it should follow;
 * ``q_action_spread``: mean (max - min) of Q over the legal actions of one
   state (entries with at least two legal actions): if this is tiny next to the
   advantage temperature, the policy weights are flat and ICQ is BC;
@@ -43,7 +44,7 @@ from mtmarl.data.batching import returns_to_go, sample
 from mtmarl.errors import UserInputError
 from mtmarl.runtime import user_errors_exit
 
-COLUMNS = ("task", "entries", "spearman", "q_state_std", "q_action_spread", "weight_share", "entry_share",
+COLUMNS = ("task", "entries", "spearman", "mc_std", "q_state_std", "q_action_spread", "weight_share", "entry_share",
            "weight_std", "weight_max", "down_weighted", "nll", "uniform_nll", "sampled_return", "greedy_return")
 
 
@@ -102,6 +103,7 @@ def task_stats(recs: dict[str, np.ndarray], task: np.ndarray, mc: np.ndarray, na
                                "uniform_nll": float(recs["uniform_nll"][sel].mean())}
         if "q_data" in recs:
             row["spearman"] = spearman(recs["q_data"][sel], mc[sel])
+            row["mc_std"] = float(mc[sel].std())
             row["q_state_std"] = float(recs["q_data"][sel].std())
             spread = recs["q_action_spread"][sel]
             row["q_action_spread"] = float(np.nanmean(spread)) if np.isfinite(spread).any() else None
