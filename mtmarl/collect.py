@@ -24,7 +24,6 @@ from __future__ import annotations
 
 import json
 import time
-import zlib
 from pathlib import Path
 from typing import Any
 
@@ -36,17 +35,13 @@ from mtmarl import tasks as task_registry
 from mtmarl.data import vault as vault_io
 from mtmarl.errors import UserInputError
 from mtmarl.evaluation.references import merge_entry, read_entries
-from mtmarl.evaluation.rollout import make_evaluator
+from mtmarl.evaluation.rollout import make_evaluator, task_key
 from mtmarl.runtime import enable_compilation_cache, hydra_cli, save_figure, user_errors_exit
 
 ROOT = Path(__file__).resolve().parent.parent
 
 
 # --------------------------------------------------------------------------- helpers
-def task_key(seed: int, spec: task_registry.TaskSpec) -> jax.Array:
-    return jax.random.fold_in(jax.random.PRNGKey(seed), zlib.crc32(spec.adhoc.encode()))
-
-
 def vault_done(root: Path, spec, uid: str) -> bool:
     return (vault_io.vault_path(root, spec) / uid / vault_io.FBX_META_FILE).is_file()
 

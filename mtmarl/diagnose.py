@@ -138,7 +138,7 @@ def collect(algo, params, buffers, mc: np.ndarray, batches: int, seed: int = 0):
 
 def eval_returns(algo, params, task_set, episodes: int, seed: int) -> dict[str, tuple[float, float]]:
     """(sampled, greedy) mean return of ``episodes`` episodes on every training task."""
-    from mtmarl.evaluate import task_key
+    from mtmarl.evaluation.rollout import task_key
     from mtmarl.evaluation.rollout import make_evaluator
     from mtmarl.training.policy import make_policy
 

@@ -20,7 +20,6 @@ from __future__ import annotations
 
 import re
 import time
-import zlib
 from pathlib import Path
 from typing import Any
 
@@ -35,13 +34,8 @@ from mtmarl.evaluation.policies import POLICIES, Policy
 from mtmarl.evaluation.references import load_references, reference_for
 from mtmarl.evaluation.render import record_episode, save_gif
 from mtmarl.evaluation.results import print_table, summarise, write_results
-from mtmarl.evaluation.rollout import compile_all, make_evaluator
+from mtmarl.evaluation.rollout import compile_all, make_evaluator, task_key
 from mtmarl.runtime import enable_compilation_cache, hydra_cli, user_errors_exit
-
-
-def task_key(seed: int, spec: task_registry.TaskSpec) -> jax.Array:
-    """A task's evaluation key depends on the seed and the task, not on its set or position."""
-    return jax.random.fold_in(jax.random.PRNGKey(seed), zlib.crc32(spec.adhoc.encode()))
 
 
 def file_safe(name: str) -> str:

@@ -11,6 +11,7 @@ not depend on the device count.
 from __future__ import annotations
 
 import copy
+import zlib
 from typing import Any, NamedTuple
 
 import jax
@@ -27,6 +28,11 @@ COMPILER_OPTIONS = {"xla_backend_optimization_level": 1}
 class EpisodeStats(NamedTuple):
     returns: jax.Array  # (E,) team return up to each episode's first end
     lengths: jax.Array  # (E,) steps to that end (horizon if it never ended)
+
+
+def task_key(seed: int, spec) -> jax.Array:
+    """A task's evaluation key depends on the seed and the task (``spec.adhoc``), not on its set or position."""
+    return jax.random.fold_in(jax.random.PRNGKey(seed), zlib.crc32(spec.adhoc.encode()))
 
 
 def episode_keys(key: jax.Array, num_episodes: int, first=0) -> jax.Array:

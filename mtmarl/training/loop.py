@@ -69,7 +69,7 @@ class PeriodicEvaluator:
 
     def __init__(self, task_set: TaskSet, splits, policy, episodes: int, seed: int,
                  references: dict[str, float], devices: int | None):
-        from mtmarl.evaluate import task_key
+        from mtmarl.evaluation.rollout import task_key
 
         self.todo = [(split, spec) for split in splits for spec in task_set.split(split)]
         self.task_set, self.policy, self.episodes = task_set, policy, episodes
