@@ -44,6 +44,12 @@ def _resolve(cfg: DictConfig) -> dict[str, Any]:
         raise UserInputError("no algorithm given: add +algo=<mt_oryx|mt_cql_sable|mt_bc_sable>")
     plain = OmegaConf.to_container(cfg, resolve=True)
     check_train_config(plain)
+    # the algorithm's and network's own value checks (dataclass __post_init__), before any file is written
+    from mtmarl.algos.common import load_algo_config
+    from mtmarl.networks.sable import SableConfig
+
+    load_algo_config(plain["algo"]["name"], **{k: v for k, v in plain["algo"].items() if k != "name"})
+    SableConfig.from_dict(dict(plain["network"]))
     return plain
 
 

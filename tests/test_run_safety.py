@@ -93,6 +93,10 @@ TRAIN_BAD = [
     (["task='rware:rows=0,cols=3,height=8,agents=2'"], ["rows='0'", ">= 1"]),
     (["task='connector:grid=5,agents=2,horizon=0'"], ["horizon='0'", ">= 1"]),
     (["task='connector:grid=5,agentz=2'"], ["agentz"]),
+    (["+algo=mt_oryx", "algo.td_lambda=2"], ["algo.td_lambda", "[0, 1]", "got 2"]),
+    (["+algo=mt_oryx", "algo.policy_temperature=0"], ["algo.policy_temperature", "> 0"]),
+    (["+algo=mt_oryx", "algo.gamma=1.5"], ["gamma", "[0, 1]"]),
+    (["network.embed_dim=31"], ["embed_dim (31)", "n_heads"]),
     (["task='connector:grid=5,agents=2'", "data.root=/nonexistent"], ["grid=5,agents=2.vlt", "mtmarl.hub download"]),
 ]
 
