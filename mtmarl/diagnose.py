@@ -63,7 +63,7 @@ def mc_returns(data: list[dict[str, np.ndarray]], length: int, gamma: float) -> 
 def make_probe(algo):
     """Jitted ``probe(params, batch) -> dict`` of per-entry (B, T, N) arrays for the statistics."""
     weights_fn = getattr(importlib.import_module(f"mtmarl.algos.{algo.name}"), "policy_weights", None)
-    has_q = algo.name != "mt_bc_sable"
+    has_q = algo.cfg.learns_values
 
     @jax.jit
     def probe(params, batch):

@@ -35,7 +35,7 @@ from __future__ import annotations
 import dataclasses
 import importlib
 from pathlib import Path
-from typing import Any, Callable, NamedTuple
+from typing import Any, Callable, ClassVar, NamedTuple
 
 import jax
 import jax.numpy as jnp
@@ -52,6 +52,7 @@ CONFIG_DIR = Path(__file__).resolve().parents[2] / "configs" / "algo"
 class AlgoConfig:
     """Fields shared by all algorithms (see configs/algo/*.yaml for documentation)."""
 
+    learns_values: ClassVar[bool] = True  # has a trained Q head (False: imitation only, e.g. BC)
     name: str = ""
     lr: float = 3e-4
     max_grad_norm: float = 10.0
@@ -114,9 +115,9 @@ class Algo:
 
 # ---------------------------------------------------------------- building
 
-def network_for(cfg: AlgoConfig, net_cfg: SableConfig, n_actions: int, value_learning: bool = True) -> SableNet:
+def network_for(cfg: AlgoConfig, net_cfg: SableConfig, n_actions: int) -> SableNet:
     """The Sable net with its Q head set by the algorithm config (HL-Gauss bins or scalar)."""
-    if value_learning and cfg.hl_gauss:
+    if cfg.learns_values and cfg.hl_gauss:
         net_cfg = dataclasses.replace(net_cfg, q_bins=cfg.num_bins, v_min=cfg.v_min, v_max=cfg.v_max,
                                       sigma_ratio=cfg.sigma_ratio)
     else:

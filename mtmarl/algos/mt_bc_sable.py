@@ -11,6 +11,7 @@ global batch and the returned loss is this shard's share.
 from __future__ import annotations
 
 import dataclasses
+from typing import ClassVar
 
 from mtmarl.algos import common
 from mtmarl.networks.sable import SableConfig, SableNet
@@ -18,6 +19,7 @@ from mtmarl.networks.sable import SableConfig, SableNet
 
 @dataclasses.dataclass(frozen=True)
 class Config(common.AlgoConfig):
+    learns_values: ClassVar[bool] = False
     name: str = "mt_bc_sable"
     hl_gauss: bool = False  # BC learns no values; kept for a uniform config
 
@@ -34,7 +36,7 @@ def loss(params, target_params, batch, key, cfg: Config, net: SableNet, axis_nam
 
 
 def make(cfg: Config, net_cfg: SableConfig, n_actions: int) -> common.Algo:
-    net = common.network_for(cfg, net_cfg, n_actions, value_learning=False)
+    net = common.network_for(cfg, net_cfg, n_actions)
     tx = common.make_optimizer(cfg)
     bound = lambda p, tp, b, k, axis_name=None: loss(p, tp, b, k, cfg, net, axis_name)  # noqa: E731
     return common.Algo(cfg.name, cfg, net, common.make_init(net, tx, with_target=False), bound,
