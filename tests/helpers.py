@@ -60,3 +60,15 @@ def tiny_collect(tmp_path, task: str, online: dict, budget: int = 64):
     assert length == res["transitions"] > 0 and np.isfinite(res["return"])
     assert exp["observations"].shape == (1, length, env.num_agents, env.obs_dim)
     return res, exp, spec
+
+
+def synthetic_vault(root, task: str, episodes: int = 12, seed: int = 0):
+    """A vault of random-policy data for ad-hoc ``task`` under ``root`` (numpy only, no env compile); its spec."""
+    from test_training import synthetic_experience
+
+    from mtmarl.data.vault import write_vault
+    from mtmarl.tasks import TaskSpec
+
+    spec = TaskSpec.parse(task)
+    write_vault(root, spec, synthetic_experience(spec, episodes, seed), {"policy": "random", "seed": seed})
+    return spec

@@ -8,23 +8,19 @@ import zipfile
 
 import numpy as np
 import pytest
+from helpers import synthetic_vault
 
 from mtmarl import hub
 from mtmarl.data import __main__ as data_cli
-from mtmarl.data.vault import META_FILE, NoMetadataWarning, flat_arrays, read_vault, vault_path, write_vault
-from mtmarl.tasks import TaskSpec
+from mtmarl.data.vault import META_FILE, NoMetadataWarning, flat_arrays, read_vault, vault_path
 
 TASK = "connector:grid=5,agents=2,horizon=8"
 
 
 @pytest.fixture(scope="module")
 def vault(tmp_path_factory):
-    from test_training import synthetic_experience
-
     root = tmp_path_factory.mktemp("edges") / "vault_data"
-    spec = TaskSpec.parse(TASK)
-    write_vault(root, spec, synthetic_experience(spec, 12, 0), {"policy": "random", "seed": 0})
-    return vault_path(root, spec)
+    return vault_path(root, synthetic_vault(root, TASK))
 
 
 def _main(fn, argv):

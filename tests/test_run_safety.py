@@ -12,8 +12,8 @@ from pathlib import Path
 import jax
 import numpy as np
 import pytest
+from helpers import synthetic_vault
 
-from mtmarl.data.vault import write_vault
 from mtmarl.errors import UserInputError
 from mtmarl.tasks import TaskSpec
 from mtmarl.training import rundir
@@ -26,11 +26,8 @@ TASK = "connector:grid=5,agents=2,horizon=8"
 @pytest.fixture(scope="module")
 def data_root(tmp_path_factory):
     """A vault root holding TASK (random data written with numpy: no env compile)."""
-    from test_training import synthetic_experience
-
     root = tmp_path_factory.mktemp("safety") / "vault_data"
-    spec = TaskSpec.parse(TASK)
-    write_vault(root, spec, synthetic_experience(spec, 12, 0), {"policy": "random", "seed": 0})
+    synthetic_vault(root, TASK)
     return root
 
 
