@@ -460,7 +460,7 @@ def test_diagnose_rows_align_records_with_the_datas_returns(setup, monkeypatch):
     assert set(tasks) == {0, 1} and len(mcs) > 50 and mcs.max() > 0
 
 
-def test_diagnose_cli_on_a_tiny_oryx_run(data_root, tmp_path):
+def test_diagnose_cli_on_a_tiny_oryx_run(data_root, tmp_path, monkeypatch):
     """A 2-task MT Oryx run (stopped at its checkpoint of update 8, no evaluation) diagnosed end to end."""
     from hydra import compose, initialize_config_dir
 
@@ -490,3 +490,13 @@ def test_diagnose_cli_on_a_tiny_oryx_run(data_root, tmp_path):
     md = (out / "diagnostics.md").read_text()
     assert "| g5-2a |" in md and "spearman" in md
     assert json.loads((out / "diagnostics.json").read_text())["rows"] == rows
+    # --eval-episodes evaluates every task once (sampled and greedy), not once per row
+    calls = []
+
+    def fake_returns(algo, params, task_set, episodes, seed):
+        calls.append(episodes)
+        return {spec.name: (float(i), -float(i)) for i, spec in enumerate(task_set.train)}
+
+    monkeypatch.setattr(diagnose, "eval_returns", fake_returns)
+    rows = diagnose.diagnose(out, batches=1, eval_episodes=3)["rows"]
+    assert calls == [3] and [(r["sampled_return"], r["greedy_return"]) for r in rows] == [(0.0, -0.0), (1.0, -1.0)]
