@@ -157,15 +157,35 @@ def make_update(loss_fn: Callable, tx: optax.GradientTransformation, tau: float)
     return update
 
 
-def make_act(net: SableNet):
-    """Recurrent acting with a fresh random agent order each step (see module docstring)."""
+def make_act(net: SableNet, step: Callable | None = None):
+    """Recurrent acting with a fresh random agent order each step (see module docstring).
+
+    ``step`` has ``net.act``'s signature (the default: sample or arg-max the policy head).
+    """
+    step = net.act if step is None else step
 
     def act(params, carry, obs, action_mask, active, reset, key, greedy=False):
         k_order, k_act = jax.random.split(key)
         order = jax.random.permutation(k_order, obs.shape[0])
-        return net.act(params, carry, obs, action_mask, active, reset, k_act, order=order, greedy=greedy)
+        return step(params, carry, obs, action_mask, active, reset, k_act, order=order, greedy=greedy)
 
     return act
+
+
+def assemble(cfg: AlgoConfig, net_cfg: SableConfig, n_actions: int, loss_fn: Callable,
+             act_step: Callable[[SableNet], Callable] | None = None) -> Algo:
+    """An algorithm from its config and ``loss_fn(params, target, batch, key, cfg, net, axis_name)``.
+
+    The shared pieces: the Sable net (Q head per ``cfg``), clipped Adam, a target
+    network exactly when the algorithm learns values, the update step and the
+    random-order ``act`` (``act_step(net)`` replaces the policy-head step, e.g. acting on Q).
+    """
+    net = network_for(cfg, net_cfg, n_actions)
+    tx = make_optimizer(cfg)
+    bound = lambda p, tp, b, k, axis_name=None: loss_fn(p, tp, b, k, cfg, net, axis_name)  # noqa: E731
+    act = make_act(net, None if act_step is None else act_step(net))
+    return Algo(cfg.name, cfg, net, make_init(net, tx, with_target=cfg.learns_values), bound,
+                make_update(bound, tx, cfg.tau), act, tx)
 
 
 def load_algo_config(name: str, **overrides) -> AlgoConfig:

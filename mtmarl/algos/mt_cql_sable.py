@@ -111,15 +111,4 @@ def q_act(net: SableNet, temperature: float = 0.0):
 
 
 def make(cfg: Config, net_cfg: SableConfig, n_actions: int) -> common.Algo:
-    net = common.network_for(cfg, net_cfg, n_actions)
-    tx = common.make_optimizer(cfg)
-    bound = lambda p, tp, b, k, axis_name=None: loss(p, tp, b, k, cfg, net, axis_name)  # noqa: E731
-    base_act = q_act(net, cfg.act_temperature)
-
-    def act(params, carry, obs, action_mask, active, reset, key, greedy=False):
-        k_order, k_act = jax.random.split(key)
-        order = jax.random.permutation(k_order, obs.shape[0])
-        return base_act(params, carry, obs, action_mask, active, reset, k_act, order=order, greedy=greedy)
-
-    return common.Algo(cfg.name, cfg, net, common.make_init(net, tx, with_target=True), bound,
-                       common.make_update(bound, tx, cfg.tau), act, tx)
+    return common.assemble(cfg, net_cfg, n_actions, loss, lambda net: q_act(net, cfg.act_temperature))

@@ -117,8 +117,4 @@ def loss(params, target_params, batch, key, cfg: Config, net: SableNet, axis_nam
 
 
 def make(cfg: Config, net_cfg: SableConfig, n_actions: int) -> common.Algo:
-    net = common.network_for(cfg, net_cfg, n_actions)
-    tx = common.make_optimizer(cfg)
-    bound = lambda p, tp, b, k, axis_name=None: loss(p, tp, b, k, cfg, net, axis_name)  # noqa: E731
-    return common.Algo(cfg.name, cfg, net, common.make_init(net, tx, with_target=True), bound,
-                       common.make_update(bound, tx, cfg.tau), common.make_act(net), tx)
+    return common.assemble(cfg, net_cfg, n_actions, loss)
