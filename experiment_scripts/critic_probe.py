@@ -26,7 +26,7 @@ from mtmarl.diagnose import collect, mc_returns, task_stats
 from mtmarl.experiments.config import compose_train
 from mtmarl.training.data import build_buffers, load_task_data
 from mtmarl.training.engine import Learner
-from mtmarl.training.loop import build_algo, data_value_range
+from mtmarl.training.loop import algo_for_data
 
 STATS = ("spearman", "mc_std", "q_state_std", "q_action_spread", "weight_std", "nll")
 
@@ -41,11 +41,7 @@ def probe_variant(task_set_name: str, overrides: list[str], updates: int, every:
                                  resolve=True)
     task_set = task_registry.from_config(cfg["tasks"])
     data = load_task_data(task_set, cfg["data"]["root"], verify=False)
-    n_actions = data[0]["legals"].shape[-1]
-    algo = build_algo(cfg["algo"], cfg["network"], cfg["training"], cfg["data"], cfg["agents"], n_actions)
-    if algo.cfg.hl_gauss:
-        algo = build_algo(cfg["algo"], cfg["network"], cfg["training"], cfg["data"], cfg["agents"], n_actions,
-                          data_value_range(data, algo.cfg.gamma))
+    algo = algo_for_data(cfg, data)
     buffers = build_buffers(task_set, data, algo.cfg.seq_len)
     mc = mc_returns(data, int(buffers.obs.shape[1]), algo.cfg.gamma)
     names = [spec.name for spec in task_set.train]

@@ -25,6 +25,7 @@ after the current compiled call with a checkpoint and the resume command
 from __future__ import annotations
 
 import sys
+import contextlib
 import time
 from pathlib import Path
 from typing import Any
@@ -65,11 +66,9 @@ _STARTED = time.time()  # before Hydra runs: a run dir created after this by Hyd
 
 def _drop_hydra_dir(run_dir: Path) -> None:
     """Hydra creates the run dir before calling us; a refused run removes it again if it is new and empty."""
-    try:
+    with contextlib.suppress(OSError):  # best effort: the refusal itself is what the user must see
         if run_dir.stat().st_ctime >= _STARTED and not any(run_dir.iterdir()):
             run_dir.rmdir()
-    except OSError:
-        pass
 
 
 @user_errors_exit

@@ -56,6 +56,21 @@ def data_value_range(data, gamma: float) -> tuple[float, float]:
     return float(np.floor(lo - margin)), float(np.ceil(hi + margin))
 
 
+def algo_for_data(cfg: Mapping[str, Any], data) -> Algo:
+    """The run's algorithm, its HL-Gauss support set to the data's return range unless
+    ``training.value_range`` is 'config'."""
+    training = cfg["training"]
+    n_actions = {d["legals"].shape[-1] for d in data}
+    if len(n_actions) != 1:
+        raise UserInputError(f"the training tasks disagree on the number of actions: {sorted(n_actions)}")
+    n_actions = n_actions.pop()
+    algo = build_algo(cfg["algo"], cfg["network"], training, cfg["data"], cfg["agents"], n_actions)
+    if algo.cfg.hl_gauss and algo.net.cfg.q_bins and training.get("value_range", "data") == "data":
+        algo = build_algo(cfg["algo"], cfg["network"], training, cfg["data"], cfg["agents"], n_actions,
+                          data_value_range(data, algo.cfg.gamma))
+    return algo
+
+
 class PeriodicEvaluator:
     """Evaluators compiled once per task and reused at every periodic and the final evaluation.
 
@@ -157,11 +172,8 @@ def run_training(cfg: Mapping[str, Any], task_set: TaskSet, run_dir: Path, refer
     fetch_missing(task_set, cfg["data"]["root"], cfg["data"].get("hub"), cfg["data"].get("hub_manifest"))
     data = load_task_data(task_set, cfg["data"]["root"], cfg["data"].get("uid"), cfg["data"].get("verify", True),
                           float(cfg["data"].get("fraction", 1.0)))
-    n_actions = {d["legals"].shape[-1] for d in data}.pop()
-    algo = build_algo(cfg["algo"], cfg["network"], training, cfg["data"], cfg["agents"], n_actions)
-    if algo.cfg.hl_gauss and algo.net.cfg.q_bins and training.get("value_range", "data") == "data":
-        algo = build_algo(cfg["algo"], cfg["network"], training, cfg["data"], cfg["agents"], n_actions,
-                          data_value_range(data, algo.cfg.gamma))
+    algo = algo_for_data(cfg, data)
+    n_actions = data[0]["legals"].shape[-1]  # all tasks agree (algo_for_data checked)
     write_json(run_dir / ALGO_FILE, {"name": algo.name, "n_actions": n_actions, **sable_summary(algo)})
     buffers = build_buffers(task_set, data, algo.cfg.seq_len)
     del data
