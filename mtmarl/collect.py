@@ -258,6 +258,81 @@ def collect_scripted_task(spec, split: str, cfg: DictConfig, root: Path, ref_pat
     return result
 
 
+def collect_dagger_task(spec, split: str, cfg: DictConfig, root: Path, ref_path: Path, log_dir: Path,
+                        bar=None) -> dict[str, Any]:
+    """RWARE data from a local-view DAgger student of the planner (:mod:`mtmarl.online.dagger`).
+
+    The pure student (sampled actions) is recorded for one horizon of ``record_envs`` envs
+    before the first iteration and after every ``record_every`` iterations, so the vault mixes
+    its qualities from untrained to final in equal parts; the final student's return is the
+    task's reference (test tasks train a student for the reference only).
+    """
+    from mtmarl.online.dagger import DaggerConfig, make_dagger
+    from mtmarl.online.system import to_experience
+
+    dcfg = OmegaConf.to_container(cfg.collect.dagger, resolve=True)
+    every, n_envs = int(dcfg.pop("record_every")), int(dcfg.pop("record_envs"))
+    dcfg.pop("envs", None)
+    if every < 1 or n_envs < 1:
+        raise UserInputError(f"collect.dagger.record_every and record_envs must be >= 1, got {every}, {n_envs}")
+    env = spec.build()
+    dagger = make_dagger(env, DaggerConfig.from_mapping(dcfg))
+    key = task_key(cfg.seed, spec)
+    init_key, it_key, rec_key, eval_key = jax.random.split(key, 4)
+    state = dagger.init(init_key)
+    do_record = bool(cfg.collect.record) and split == "train"
+    evaluate = make_evaluator(env, dagger.greedy_policy if bool(cfg.eval.greedy) else dagger.policy,
+                              int(cfg.eval.episodes), cfg.eval.devices)
+    # The untrained student (orthogonal init, gain 0.01) is close to uniform over legal actions.
+    initial = float(np.mean(jax.device_get(evaluate(state.params, eval_key)).returns))
+    log_path = log_dir / spec.env / f"{vault_io.task_dirname(spec)}.jsonl"
+    log_path.parent.mkdir(parents=True, exist_ok=True)
+    total = dagger.config.iterations
+    job = bar.add_task(f"{split}: {spec.name}", total=total, ret=float("nan")) if bar else None
+    start, rows, parts, labelled = time.perf_counter(), [], [], 0
+    with open(log_path, "w") as log:
+        for it in range(total + 1):  # `it` iterations done so far
+            row: dict[str, Any] = {"iteration": it, "env_steps": labelled}
+            if it % every == 0 or it == total:
+                traj = dagger.record(state.params, jax.random.fold_in(rec_key, it), n_envs, env.horizon)
+                done = np.asarray(traj.terminal | traj.truncated)
+                row["return"] = round(float(np.asarray(traj.episode_return)[done].mean()), 5) if done.any() else None
+                row["collisions"] = int(np.asarray(traj.terminal).sum())
+                if do_record:
+                    parts.append(to_experience(jax.tree.map(lambda x: x[None], traj)))
+                    row["recorded"] = int(sum(p["actions"].shape[1] for p in parts))
+            if it < total:
+                state, m = dagger.iterate(state, jax.random.fold_in(it_key, it))
+                m = jax.device_get(m)
+                labelled += dagger.config.num_envs * dagger.config.steps
+                row.update(loss=round(float(m.loss), 5), accuracy=round(float(m.accuracy), 5),
+                           beta=round(float(m.beta), 5))
+            row["wall_s"] = round(time.perf_counter() - start, 3)
+            rows.append(row)
+            log.write(json.dumps(row) + "\n")
+            log.flush()
+            if bar:
+                bar.update(job, completed=it, ret=row.get("return") or float("nan"))
+    curve = [r for r in rows if r.get("return") is not None]
+    plot_curve([{"env_steps": r["env_steps"], "return": r["return"]} for r in curve],
+               log_path.with_suffix(".png"), f"DAgger student (local view) on {spec.name}")
+    train_s = time.perf_counter() - start
+    stats = jax.device_get(evaluate(state.params, eval_key))
+    final = float(np.mean(stats.returns))
+    result = {"name": spec.name, "split": split, "return": final, "std": float(np.std(stats.returns)),
+              "episodes": int(cfg.eval.episodes), "env_steps": labelled, "train_seconds": round(train_s, 1),
+              "env_steps_per_second": round(labelled / max(train_s, 1e-9), 1), "seed": int(cfg.seed),
+              "initial_return": initial}
+    meta = {"collector": "mtmarl.collect (DAgger student of the RWARE planner, local view)",
+            "dagger": OmegaConf.to_container(cfg.collect.dagger, resolve=True), "seed": int(cfg.seed),
+            "final_return": final, "levels": curve, "learning_curve": str(log_path)}
+    write_outputs(spec, cfg, root, ref_path, result, parts if do_record else None, meta,
+                  behaviour="DAgger student of the planner (local view), sampled actions")
+    if bar:
+        bar.update(job, completed=total, ret=final)
+    return result
+
+
 def env_budget(cfg: DictConfig, env: str) -> int:
     """Training env steps per task: ``collect.env_budget.<env>`` if set, else ``collect.budget``."""
     per_env = cfg.collect.get("env_budget") or {}
@@ -272,6 +347,16 @@ def env_online(cfg: DictConfig, env: str) -> dict[str, Any]:
     if extra:
         online.update(OmegaConf.to_container(extra, resolve=True))
     return online
+
+
+def collector(cfg: DictConfig, env: str):
+    """The collector of one env: DAgger (``collect.dagger.envs``), the planner (``collect.scripted.envs``)
+    or the online learner; naming an env in both lists is an error."""
+    dagger = env in (cfg.collect.get("dagger") or {}).get("envs", [])
+    scripted = env in (cfg.collect.get("scripted") or {}).get("envs", [])
+    if dagger and scripted:
+        raise UserInputError(f"{env} is in both collect.dagger.envs and collect.scripted.envs; pick one")
+    return collect_dagger_task if dagger else collect_scripted_task if scripted else collect_task
 
 
 def resolve_task_set(cfg: DictConfig) -> task_registry.TaskSet:
@@ -323,8 +408,7 @@ def run(cfg: DictConfig) -> list[dict[str, Any]]:
                 console.print(f"skip {s} task {spec.name}: already collected")
                 results.append({"name": spec.name, "split": s, "skipped": True})
                 continue
-            scripted = spec.env in (cfg.collect.get("scripted") or {}).get("envs", [])
-            res = (collect_scripted_task if scripted else collect_task)(spec, s, cfg, root, ref_path, log_dir, bar)
+            res = collector(cfg, spec.env)(spec, s, cfg, root, ref_path, log_dir, bar)
             console.print(f"{s} task {spec.name}: final return {res['return']:.3f} after "
                           f"{res['env_steps']:,} steps ({res['env_steps_per_second']:,.0f} steps/s)"
                           + (f", vault {res['vault']} ({res['transitions']:,} transitions)" if "vault" in res else ""))
