@@ -52,7 +52,7 @@ experiments: install
 
 # Datasets (vault_data/README.md). One device per collector, so results match the recorded ones;
 # each task set is its own target (data-<set>, demo-data-<set>), so `make -j2 data` collects two sets at once.
-# demo-data: the bundled data (configs/budget/demo.yaml, 73 min of one CPU core measured);
+# demo-data: the bundled data (configs/budget/demo.yaml; Connector + LBF 33 min of one CPU core, RWARE DAgger 49 min of shared-core wall time);
 # data: the full-size benchmark data into vault_data_full/ (configs/budget/full.yaml; measured on one core
 #   per set: see README, Datasets);
 # collect: any collection, e.g. make collect COLLECT_ARGS='+tasks=lbf_5 collect.budget=500000'.
