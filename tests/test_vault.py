@@ -274,6 +274,8 @@ def test_report_joins_references_and_vault_metadata(tmp_path, written, experienc
     assert row["split"] == "train" and row["initial return"] == "0.500" and row["final return"] == "2.000"
     assert row["steps/s"] == "250" and row["transitions"] == str(STEPS) and row["episodes"] == str(len(hand))
     assert float(row["data mean return"]) == pytest.approx(np.mean(hand), abs=1e-3)
+    # on the untrained (0.5) .. final (2.0) scale of the references
+    assert float(row["data mean normalised"]) == pytest.approx((np.mean(hand) - 0.5) / 1.5, abs=0.006)
     on_disk = sum(os.path.getsize(os.path.join(d, f)) for d, _, fs in os.walk(written.parent) for f in fs)
     assert float(row["vault MiB"]) == pytest.approx(on_disk / 2**20, abs=0.051)
     assert lines[-1].startswith("1 tasks:") and "no reference" not in lines[-1]

@@ -21,7 +21,7 @@ from mtmarl.evaluation.references import read_entries
 COLUMNS = (("task", "task"), ("split", "split"), ("initial", "initial return"), ("final", "final return"),
            ("env_steps", "env steps"), ("seconds", "collect s"), ("steps_per_s", "steps/s"),
            ("transitions", "transitions"), ("episodes", "episodes"), ("data_mean", "data mean return"),
-           ("mib", "vault MiB"))
+           ("data_norm", "data mean normalised"), ("mib", "vault MiB"))
 
 
 def dir_mib(path: Path) -> float:
@@ -48,8 +48,17 @@ def task_rows(set_name: str, root: str | os.PathLike, references: str | os.PathL
                    "has_reference": bool(entry)}
             if split == "train":
                 row.update(vault_columns(V.vault_path(root, spec)))
+                row["data_norm"] = normalised(row.get("data_mean"), row["initial"], row["final"])
             rows.append(row)
     return rows
+
+
+def normalised(x: float | None, initial: float | None, final: float | None) -> float | None:
+    """``x`` on the task's untrained (0) to final (1) scale: the quality mix of a vault at a glance
+    (near 1: mostly expert data, little for offline RL to improve on over BC; issue 14)."""
+    if x is None or initial is None or final is None or final == initial:
+        return None
+    return (x - initial) / (final - initial)
 
 
 def vault_columns(vlt: Path) -> dict[str, Any]:
@@ -79,7 +88,7 @@ def _fmt(key: str, x: Any) -> str:
     if key == "mib":
         return f"{x:.1f}"
     if isinstance(x, float):
-        return f"{x:.3f}" if key in ("initial", "final", "data_mean") else f"{x:,.0f}"
+        return f"{x:.3f}" if key in ("initial", "final", "data_mean") else f"{x:.2f}" if key == "data_norm" else f"{x:,.0f}"
     return f"{x:,}" if isinstance(x, int) else str(x)
 
 
