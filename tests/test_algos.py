@@ -7,8 +7,9 @@ import numpy as np
 import pytest
 from helpers import random_params
 
-from mtmarl.algos import common, mt_cql_sable, mt_oryx
-from mtmarl.algos.common import TrainState, make_algo
+from mtmarl.algos import common, mt_cql_sable, mt_oryx, registry
+from mtmarl.algos.common import TrainState
+from mtmarl.algos.registry import build as make_algo
 from mtmarl.data.batching import SamplerConfig, make_buffers, sample
 from mtmarl.networks import load_preset
 
@@ -56,10 +57,11 @@ def _setup(name, batch, **extra):
         def make_state(k):  # one small compile for parameters and optimiser state
             params = _random_params(algo, k, batch)
             target = None if name == "mt_bc_sable" else jax.tree.map(jnp.copy, params)
-            return TrainState(params, target, algo.tx.init(params), jnp.zeros((), jnp.int32))
+            return TrainState(params, target, algo.tx.init(params))
 
         state = make_state(jax.random.key(1))
-        _CACHE[key] = (algo, jax.jit(algo.update), state)
+        (stage,) = algo.stages  # one stage, 'train': a clipped-Adam step and a Polyak target update
+        _CACHE[key] = (algo, jax.jit(stage.update), state)
     return _CACHE[key]
 
 
@@ -276,7 +278,7 @@ def test_oryx_without_critic_and_flat_weights_is_bc(batch, switches):
 
     algo = make_algo("mt_oryx", {**OVERRIDES, "critic_coef": 0.0, "policy_temperature": 1e9, **switches}, NET, A)
     params = _random_params(algo, jax.random.key(7), batch)
-    bc_cfg = mt_bc_sable.Config(**{k: v for k, v in OVERRIDES.items() if k == "lr"})
+    bc_cfg = registry.load_config("mt_bc_sable", lr=OVERRIDES["lr"])
     bc = lambda p: mt_bc_sable.loss(p, None, batch, None, bc_cfg, algo.net)[0]  # noqa: E731
     oryx = lambda p: algo.loss(p, params, batch, jax.random.key(0))[0]  # noqa: E731
     (l_bc, g_bc), (l_or, g_or) = jax.jit(jax.value_and_grad(bc))(params), jax.jit(jax.value_and_grad(oryx))(params)

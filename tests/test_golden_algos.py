@@ -47,15 +47,15 @@ def _digest(tree) -> str:
 
 def _train(name):
     """(state after 3 updates, metrics of that call, actions of one step) through the engine."""
-    from mtmarl.algos.common import make_algo
+    from mtmarl.algos.registry import build
     from mtmarl.data.batching import make_buffers
     from mtmarl.networks import load_preset
     from mtmarl.training.engine import Learner
 
     rng = np.random.default_rng(0)
     buffers = make_buffers([_task(rng, 30, 2, 3), _task(rng, 25, 3, 4)], seq_len=OVERRIDES["seq_len"])
-    algo = make_algo(name, OVERRIDES, load_preset("tiny", embed_dim=16, chunk_size=4), A)
-    learner = Learner(algo, buffers, algo.cfg.sampler(), updates_per_call=3, num_devices=1)
+    algo = build(name, OVERRIDES, load_preset("tiny", embed_dim=16, chunk_size=4), A)
+    learner = Learner(algo, buffers, updates_per_call=3, num_devices=1)
     carry, metrics = learner.run(learner.init(0))
     obs = buffers.decode_obs(buffers.obs[1, 5])  # task 1, step 5: 3 agents
     acts, _, _ = jax.jit(algo.act, static_argnames="greedy")(

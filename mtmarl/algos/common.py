@@ -1,16 +1,16 @@
-"""Shared pieces of the offline algorithms: config, train state, optimiser, Polyak
-targets, the update step, masked/task-balanced reductions and ICQ batch softmax.
+"""Shared pieces of the Sable-based offline algorithms: config, train state, optimiser,
+Polyak targets, the gradient stage, masked/task-balanced reductions and ICQ batch softmax.
 
-An algorithm is built with ``make_algo(name, algo_cfg, net_cfg, n_actions)``
-and is a bundle of pure functions over the shared Sable network:
+MT Oryx, MT CQL-Sable and MT BC-Sable differ only in their loss (and CQL in how
+it acts), so :func:`assemble` turns a loss into a full
+:class:`~mtmarl.algos.protocol.Algorithm`: the Sable net, clipped Adam, a target
+network when the algorithm learns values, one stage ``train`` whose update is
+:func:`gradient_stage`, and ``act``, one recurrent step with agents decoded in
+a fresh random order every call (the order is random in training too; a fixed
+order at evaluation is a known fault of og-marl's Oryx). Algorithms are built by
+name through ``mtmarl.algos.registry``.
 
-* ``init(key, sample_batch) -> TrainState``
-* ``loss(params, target_params, batch, key, axis_name=None) -> (scalar, metrics)``
-* ``update(state, batch, key) -> (state, metrics)`` (grad, clip, Adam, Polyak)
-* ``act(params, carry, obs, action_mask, active, reset, key, greedy=False)``
-  -> (actions, Outputs, carry): one recurrent step, agents decoded in a fresh
-  random order every call (the order is random in training too; a fixed
-  order at evaluation is a known fault of og-marl's Oryx).
+A loss is ``loss(params, target_params, batch, key, axis_name=None) -> (scalar, metrics)``.
 
 Loss reduction (seed 004 eq. 1): with ``task_mean=True`` each task's elements
 are averaged (masked mean over its active agents and valid steps) and the
@@ -33,44 +33,66 @@ every shard. ``loss(..., axis_name)`` of every algorithm follows this contract.
 from __future__ import annotations
 
 import dataclasses
-import importlib
-from pathlib import Path
+import difflib
 from typing import Any, Callable, ClassVar, NamedTuple
 
 import jax
 import jax.numpy as jnp
 import optax
 
+from mtmarl.algos.protocol import Algorithm, Stage
 from mtmarl.errors import UserInputError
 from mtmarl.networks.sable import NEG, SableConfig, SableNet, make_sable
 
-ALGOS = ("mt_oryx", "mt_cql_sable", "mt_bc_sable")
-CONFIG_DIR = Path(__file__).resolve().parents[2] / "configs" / "algo"
+
+@dataclasses.dataclass(frozen=True)
+class BatchConfig:
+    """What an algorithm asks of the sampler (``mtmarl.data.batching.SamplerConfig``)."""
+
+    name: str
+    batch_size: int
+    seq_len: int
+    balanced: bool
+    shuffle: bool
+    mask: bool
+
+    @classmethod
+    def from_dict(cls, d: dict):
+        """The config from exactly its keys: an unknown key (a typo) or a missing one is an error naming it."""
+        names = sorted(f.name for f in dataclasses.fields(cls))
+        unknown, missing = sorted(set(d) - set(names)), sorted(set(names) - set(d))
+        if unknown:
+            close = difflib.get_close_matches(unknown[0], names, n=1)
+            hint = f"; did you mean algo.{close[0]}?" if close else ""
+            raise UserInputError(f"unknown config key {', '.join('algo.' + k for k in unknown)} of algorithm "
+                                 f"{d.get('name')!r}{hint} (its keys: {', '.join(names)})")
+        if missing:
+            raise UserInputError(f"algorithm {d.get('name')!r} config ({cls.__module__}.{cls.__name__}) has "
+                                 f"missing keys {missing}: its yaml (configs/algo/<name>.yaml) owns every default")
+        return cls(**d)
+
+    def sampler(self):
+        from mtmarl.data.batching import SamplerConfig
+
+        return SamplerConfig(self.batch_size, self.seq_len, self.balanced, self.shuffle, self.mask)
 
 
 @dataclasses.dataclass(frozen=True)
-class AlgoConfig:
-    """Fields shared by all algorithms (see configs/algo/*.yaml for documentation)."""
+class AlgoConfig(BatchConfig):
+    """Fields shared by the Sable algorithms; their defaults live in configs/algo/<name>.yaml only."""
 
     learns_values: ClassVar[bool] = True  # has a trained Q head (False: imitation only, e.g. BC)
-    name: str = ""
-    lr: float = 3e-4
-    max_grad_norm: float = 10.0
-    gamma: float = 0.99
-    tau: float = 0.005
-    task_mean: bool = True
+    lr: float
+    max_grad_norm: float
+    gamma: float
+    tau: float
+    task_mean: bool
     # value learning (ignored by BC)
-    hl_gauss: bool = True
-    v_min: float = -10.0
-    v_max: float = 10.0
-    num_bins: int = 51
-    sigma_ratio: float = 0.75
-    # batching (mtmarl.data.batching.SamplerConfig)
-    batch_size: int = 64
-    seq_len: int = 20
-    balanced: bool = True
-    shuffle: bool = True
-    mask: bool = True
+    hl_gauss: bool
+    v_min: float
+    v_max: float
+    num_bins: int
+    sigma_ratio: float
 
     def __post_init__(self):
         if not 0.0 <= self.tau <= 1.0:
@@ -80,36 +102,19 @@ class AlgoConfig:
         if self.hl_gauss and (self.num_bins < 2 or not self.v_max > self.v_min):
             raise UserInputError("HL-Gauss needs num_bins >= 2 and v_max > v_min")
 
-    @classmethod
-    def from_dict(cls, d: dict):
-        names = {f.name for f in dataclasses.fields(cls)}
-        unknown = set(d) - names
-        if unknown:
-            raise UserInputError(f"unknown {cls.__name__} keys {sorted(unknown)}; known: {sorted(names)}")
-        return cls(**d)
-
-    def sampler(self):
-        from mtmarl.data.batching import SamplerConfig
-
-        return SamplerConfig(self.batch_size, self.seq_len, self.balanced, self.shuffle, self.mask)
-
 
 class TrainState(NamedTuple):
     params: Any
     target_params: Any      # None for algorithms without a target network (BC)
     opt_state: Any
-    step: jax.Array
 
 
-@dataclasses.dataclass(frozen=True)
-class Algo:
-    name: str
-    cfg: AlgoConfig
+@dataclasses.dataclass(frozen=True, kw_only=True)
+class SableAlgorithm(Algorithm):
+    """An :class:`Algorithm` on one Sable net; ``net``, ``loss`` and ``tx`` are for tools and tests."""
+
     net: SableNet
-    init: Callable
     loss: Callable
-    update: Callable
-    act: Callable
     tx: optax.GradientTransformation
 
 
@@ -135,24 +140,32 @@ def polyak(online, target, tau: float):
 
 
 def make_init(net: SableNet, tx: optax.GradientTransformation, with_target: bool):
-    def init(key, sample_batch) -> TrainState:
-        params = net.init(key, sample_batch.obs)
+    def init(key, sample_obs) -> TrainState:
+        params = net.init(key, sample_obs)
         target = jax.tree.map(jnp.array, params) if with_target else None
-        return TrainState(params, target, tx.init(params), jnp.zeros((), jnp.int32))
+        return TrainState(params, target, tx.init(params))
     return init
 
 
-def make_update(loss_fn: Callable, tx: optax.GradientTransformation, tau: float):
-    """``update(state, batch, key)``: one gradient step on ``loss_fn`` then a Polyak target update."""
+def gradient_stage(loss_fn: Callable, tx: optax.GradientTransformation, tau: float):
+    """A stage update: one clipped-Adam step on ``loss_fn``, then a Polyak target update (if any).
 
-    def update(state: TrainState, batch, key):
+    With ``axis_name`` the loss and gradients are this shard's shares (module
+    docstring): the gradients are summed over the shards before the step, so
+    every device applies the same update.
+    """
+
+    def update(state: TrainState, batch, key, axis_name: str | None = None):
         (loss, metrics), grads = jax.value_and_grad(loss_fn, has_aux=True)(
-            state.params, state.target_params, batch, key)
+            state.params, state.target_params, batch, key, axis_name=axis_name)
+        metrics = dict(metrics, loss=global_sum(loss, axis_name))  # metrics are already global
+        if axis_name is not None:
+            grads = jax.lax.psum(grads, axis_name)
         updates, opt_state = tx.update(grads, state.opt_state, state.params)
         params = optax.apply_updates(state.params, updates)
         target = None if state.target_params is None else polyak(params, state.target_params, tau)
-        metrics = dict(metrics, loss=loss, grad_norm=optax.tree.norm(grads))
-        return TrainState(params, target, opt_state, state.step + 1), metrics
+        metrics["grad_norm"] = optax.tree.norm(grads)
+        return TrainState(params, target, opt_state), metrics
 
     return update
 
@@ -172,41 +185,25 @@ def make_act(net: SableNet, step: Callable | None = None):
     return act
 
 
-def assemble(cfg: AlgoConfig, net_cfg: SableConfig, n_actions: int, loss_fn: Callable,
-             act_step: Callable[[SableNet], Callable] | None = None) -> Algo:
+def assemble(cfg: AlgoConfig, network: dict, n_actions: int, loss_fn: Callable,
+             act_step: Callable[[SableNet], Callable] | None = None) -> SableAlgorithm:
     """An algorithm from its config and ``loss_fn(params, target, batch, key, cfg, net, axis_name)``.
 
     The shared pieces: the Sable net (Q head per ``cfg``), clipped Adam, a target
-    network exactly when the algorithm learns values, the update step and the
-    random-order ``act`` (``act_step(net)`` replaces the policy-head step, e.g. acting on Q).
+    network exactly when the algorithm learns values, one stage ``train`` taking
+    all of ``training.updates``, and the random-order ``act`` (``act_step(net)``
+    replaces the policy-head step, e.g. acting on Q).
     """
-    net = network_for(cfg, net_cfg, n_actions)
+    net = network_for(cfg, SableConfig.from_dict(dict(network)), n_actions)
     tx = make_optimizer(cfg)
     bound = lambda p, tp, b, k, axis_name=None: loss_fn(p, tp, b, k, cfg, net, axis_name)  # noqa: E731
-    act = make_act(net, None if act_step is None else act_step(net))
-    return Algo(cfg.name, cfg, net, make_init(net, tx, with_target=cfg.learns_values), bound,
-                make_update(bound, tx, cfg.tau), act, tx)
-
-
-def load_algo_config(name: str, **overrides) -> AlgoConfig:
-    """``configs/algo/<name>.yaml`` (plus overrides) as that algorithm's config dataclass."""
-    from omegaconf import OmegaConf
-
-    path = CONFIG_DIR / f"{name}.yaml"
-    if name not in ALGOS or not path.exists():
-        raise UserInputError(f"no algorithm {name!r}; known: {list(ALGOS)}")
-    module = importlib.import_module(f"mtmarl.algos.{name}")
-    return module.Config.from_dict({**OmegaConf.to_container(OmegaConf.load(path)), **overrides})
-
-
-def make_algo(name: str, cfg: AlgoConfig | dict | None, net_cfg: SableConfig, n_actions: int) -> Algo:
-    """Build algorithm ``name`` (one of ALGOS). ``cfg``: its Config, a dict of overrides of the yaml, or None."""
-    if name not in ALGOS:
-        raise UserInputError(f"no algorithm {name!r}; known: {list(ALGOS)}")
-    module = importlib.import_module(f"mtmarl.algos.{name}")
-    if not isinstance(cfg, AlgoConfig):
-        cfg = load_algo_config(name, **(cfg or {}))
-    return module.make(cfg, net_cfg, n_actions)
+    spec = {"name": cfg.name, "n_actions": n_actions, "algo": dataclasses.asdict(cfg),
+            "network": dataclasses.asdict(net.cfg)}
+    return SableAlgorithm(
+        name=cfg.name, cfg=cfg, sampler=cfg.sampler(), init=make_init(net, tx, with_target=cfg.learns_values),
+        stages=(Stage("train", gradient_stage(bound, tx, cfg.tau)),),
+        act=make_act(net, None if act_step is None else act_step(net)), init_carry=net.init_carry, spec=spec,
+        value_range_discount=cfg.gamma if cfg.learns_values and cfg.hl_gauss else None, net=net, loss=bound, tx=tx)
 
 
 # ---------------------------------------------------------------- reductions
