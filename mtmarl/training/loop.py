@@ -37,8 +37,7 @@ def build_algo(algo_cfg: Mapping[str, Any], net_cfg: Mapping[str, Any], training
     name = algo_cfg.pop("name", None)
     if name is None:
         raise UserInputError(f"no algorithm given: add +algo=<{'|'.join(registry.names())}>")
-    algo_cfg.update(balanced=bool(data_cfg.get("balanced", True)), shuffle=bool(agents.get("shuffle", True)),
-                    mask=bool(agents.get("mask", True)))
+    algo_cfg.update(balanced=bool(data_cfg["balanced"]), shuffle=bool(agents["shuffle"]), mask=bool(agents["mask"]))
     for key in ("batch_size", "seq_len"):
         if training.get(key) is not None:
             algo_cfg[key] = int(training[key])
@@ -63,7 +62,7 @@ def algo_for_data(cfg: Mapping[str, Any], data) -> Algorithm:
         raise UserInputError(f"the training tasks disagree on the number of actions: {sorted(n_actions)}")
     n_actions = n_actions.pop()
     algo = build_algo(cfg["algo"], cfg["network"], training, cfg["data"], cfg["agents"], n_actions)
-    if algo.value_range_discount is not None and training.get("value_range", "data") == "data":
+    if algo.value_range_discount is not None and training["value_range"] == "data":
         algo = build_algo(cfg["algo"], cfg["network"], training, cfg["data"], cfg["agents"], n_actions,
                           data_value_range(data, algo.value_range_discount))
     return algo
@@ -184,10 +183,9 @@ def run_training(cfg: Mapping[str, Any], task_set: TaskSet, run_dir: Path, refer
     """
     training, seed = cfg["training"], int(cfg["seed"])
     fetch_missing(task_set, cfg["data"]["root"], cfg["data"].get("hub"), cfg["data"].get("hub_manifest"))
-    data = load_task_data(task_set, cfg["data"]["root"], cfg["data"].get("uid"), cfg["data"].get("verify", True),
-                          float(cfg["data"].get("fraction", 1.0)))
+    data = load_task_data(task_set, cfg["data"]["root"], cfg["data"]["uid"], cfg["data"]["verify"],
+                          float(cfg["data"]["fraction"]))
     algo = algo_for_data(cfg, data)
-    n_actions = data[0]["legals"].shape[-1]  # all tasks agree (algo_for_data checked)
     write_json(run_dir / ALGO_FILE, algo.spec)
     buffers = build_buffers(task_set, data, algo.sampler.seq_len)
     del data
@@ -200,7 +198,7 @@ def run_training(cfg: Mapping[str, Any], task_set: TaskSet, run_dir: Path, refer
     eval_every = _round_to(int(training["eval_every"]), K)
     ckpt_every = _round_to(int(training["checkpoint_every"]), K)
 
-    ckpt = Checkpointer(run_dir / "checkpoints", int(training.get("keep_checkpoints", 2)))
+    ckpt = Checkpointer(run_dir / "checkpoints", int(training["keep_checkpoints"]))
     carry = learner.init(seed)
     template = carry
     best, best_step, done = None, None, 0
