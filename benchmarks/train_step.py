@@ -40,7 +40,7 @@ import jax.numpy as jnp  # noqa: E402
 import numpy as np  # noqa: E402
 
 from mtmarl.algos.registry import build as make_algo  # noqa: E402
-from mtmarl.data.batching import SamplerConfig, make_buffers, sample  # noqa: E402
+from mtmarl.data.batching import make_buffers, sample  # noqa: E402
 from mtmarl.networks.sable import load_preset  # noqa: E402
 from mtmarl.training.engine import Carry, Learner, make_update_step  # noqa: E402
 
