@@ -20,6 +20,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
+from helpers import random_task
 
 GOLDEN = Path(__file__).resolve().parent / "golden" / "algos.json"
 NAMES = ("mt_bc_sable", "mt_cql_sable", "mt_oryx")
@@ -28,11 +29,7 @@ OVERRIDES = {"num_bins": 11, "v_min": -3.0, "v_max": 3.0, "batch_size": 4, "seq_
 
 
 def _task(rng, L, n, o):
-    legals = rng.random((L, n, A)) < 0.7
-    legals[..., 0] = True
-    return dict(obs=rng.normal(size=(L, n, o)).astype(np.float32), legals=legals,
-                actions=np.argmax(legals * rng.random((L, n, A)), -1), rewards=rng.random(L),
-                terminals=np.arange(L) % 7 == 6, truncations=np.arange(L) % 11 == 10)
+    return random_task(rng, L, n, o, A)
 
 
 def _digest(tree) -> str:
