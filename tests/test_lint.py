@@ -1,6 +1,7 @@
-"""The code passes ruff with the project's settings (pyproject.toml [tool.ruff]), as CI's `make lint` does.
+"""The code passes ruff and mypy with the project's settings (pyproject.toml [tool.ruff], [tool.mypy]),
+as CI's `make lint` does.
 
-Ruff is a dev dependency (``pip install -e '.[dev]'``); in an environment without it the
+Both are dev dependencies (``pip install -e '.[dev]'``); in an environment without one the
 test is skipped with that reason rather than passing silently.
 """
 
@@ -14,15 +15,22 @@ import pytest
 ROOT = Path(__file__).resolve().parents[1]
 
 
-def _ruff() -> list[str] | None:
-    exe = shutil.which("ruff") or (Path(sys.executable).parent / "ruff")
-    return [str(exe)] if Path(exe).is_file() else None
+def _tool(name: str) -> str:
+    exe = shutil.which(name) or str(Path(sys.executable).parent / name)
+    if not Path(exe).is_file():
+        pytest.skip(f"{name} is not installed (pip install -e '.[dev]')")
+    return exe
+
+
+def _run(*args: str) -> None:
+    proc = subprocess.run(list(args), cwd=ROOT, capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stdout[-4000:] + proc.stderr[-2000:]
 
 
 def test_ruff_check_passes():
-    ruff = _ruff()
-    if ruff is None:
-        pytest.skip("ruff is not installed (pip install -e '.[dev]')")
-    proc = subprocess.run([*ruff, "check", "--no-cache", "."], cwd=ROOT, capture_output=True, text=True,
-                          timeout=300)
-    assert proc.returncode == 0, proc.stdout[-4000:] + proc.stderr[-2000:]
+    _run(_tool("ruff"), "check", "--no-cache", ".")
+
+
+def test_mypy_passes_on_the_typed_core():
+    """mypy on [tool.mypy] files, resolving imports with this interpreter's packages (jax, optax, ...)."""
+    _run(_tool("mypy"), "--python-executable", sys.executable)

@@ -392,7 +392,8 @@ def critic_forward(params, target_params, batch, net: SableNet, target_at_data: 
     tgt, _ = net.apply_train(target_params, *args)
     if target_at_data:
         q_tgt = take_action(tgt.q, batch.actions)  # dataset actions are legal: no mask needed
-        q_tgt = net.cfg.hl_gauss.to_scalar(q_tgt) if net.cfg.q_bins else q_tgt
+        hl = net.cfg.hl_gauss  # None exactly when q_bins == 0 (scalar Q)
+        q_tgt = q_tgt if hl is None else hl.to_scalar(q_tgt)
     else:
         q_tgt = net.q_values(tgt.q, batch.legals)
     return out, tgt, net.q_values(out.q, batch.legals), q_tgt
@@ -400,6 +401,7 @@ def critic_forward(params, target_params, batch, net: SableNet, target_at_data: 
 
 def td_error_loss(net: SableNet, out, q, batch, target):
     """Per-entry TD loss on the taken action for steps 0..T-2: HL-Gauss cross-entropy, or 0.5 squared error."""
-    if net.cfg.q_bins:
-        return net.cfg.hl_gauss.loss(take_action(out.q[:, :-1], batch.actions[:, :-1]), target)
+    hl = net.cfg.hl_gauss  # None exactly when q_bins == 0 (scalar Q)
+    if hl is not None:
+        return hl.loss(take_action(out.q[:, :-1], batch.actions[:, :-1]), target)
     return 0.5 * jnp.square(take_action(q[:, :-1], batch.actions[:, :-1]) - target)

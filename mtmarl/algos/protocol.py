@@ -65,7 +65,7 @@ class Algorithm:
 class StageSpan(NamedTuple):
     """A stage with its update interval ``[start, end)`` (``end`` None: no fixed end)."""
 
-    index: int
+    number: int  # position in ``Algorithm.stages`` (0 = first)
     stage: Stage
     start: int
     end: int | None

@@ -30,16 +30,16 @@ CONFIG_DIR = Path(__file__).resolve().parents[2] / "configs" / "algo"
 
 class Entry(NamedTuple):
     name: str
-    config: type                      # its config dataclass (``from_dict`` names unknown keys)
+    config: Any                       # its config dataclass (``from_dict`` names unknown keys)
     make: Callable[[Any, dict, int], Any]
-    network: type | None = None       # network config dataclass (``from_dict``), checked before a run
+    network: Any = None               # network config dataclass (``from_dict``), checked before a run
     config_file: Path | None = None   # the yaml holding its defaults (None: every key given explicitly)
 
 
 _REGISTRY: dict[str, Entry] = {}
 
 
-def register(name: str, config: type, network: type | None = None, config_file: str | Path | None = None):
+def register(name: str, config: Any, network: Any = None, config_file: str | Path | None = None):
     """Decorator registering ``make(cfg, network_dict, n_actions) -> Algorithm`` under ``name``.
 
     ``config_file`` defaults to ``configs/algo/<name>.yaml`` when that exists.
@@ -79,7 +79,10 @@ def load_config(name: str, **overrides):
     if entry.config_file is not None:
         from omegaconf import OmegaConf
 
-        base = OmegaConf.to_container(OmegaConf.load(entry.config_file))
+        loaded = OmegaConf.to_container(OmegaConf.load(entry.config_file))
+        if not isinstance(loaded, dict):
+            raise UserInputError(f"{entry.config_file} must hold a mapping of algo keys, got {type(loaded).__name__}")
+        base = {str(k): v for k, v in loaded.items()}
     merged = {**base, **overrides, "name": name}
     return entry.config.from_dict(merged)
 
@@ -87,7 +90,9 @@ def load_config(name: str, **overrides):
 def _plain_network(network) -> dict:
     if network is None:
         return {}
-    return dataclasses.asdict(network) if dataclasses.is_dataclass(network) else dict(network)
+    if dataclasses.is_dataclass(network) and not isinstance(network, type):
+        return dataclasses.asdict(network)
+    return dict(network)
 
 
 def check(name: str, algo: Mapping[str, Any], network: Mapping[str, Any] | None) -> None:

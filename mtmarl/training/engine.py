@@ -45,9 +45,10 @@ AXIS = "devices"
 class Carry(NamedTuple):
     """What a run carries between calls (replicated over devices inside the engine)."""
 
-    state: Any      # the algorithm's train state (any pytree)
-    key: jax.Array  # raw uint32 PRNG key (jax.random.PRNGKey), checkpointable as an array
-    step: jax.Array  # int32 updates done (the sampler's task rotation and the stage follow it)
+    # Leaves are device arrays inside the engine, numpy on the host, ShapeDtypeStructs as restore templates.
+    state: Any  # the algorithm's train state (any pytree)
+    key: Any    # raw uint32 PRNG key (jax.random.PRNGKey), checkpointable as an array
+    step: Any   # int32 updates done (the sampler's task rotation and the stage follow it)
 
 
 def shard_batch(batch, index, num_devices: int):
@@ -106,16 +107,16 @@ class Learner:
 
     def _chunk(self, span: StageSpan):
         """The pmapped program of ``K`` updates of one stage, compiled on first use."""
-        if span.index not in self._chunks:
-            step = make_update_step(span.stage, self.sampler, self.num_devices)
+        if span.number not in self._chunks:
+            step = make_update_step(span.stage, self.sampler, len(self.devices))
             K = self.updates_per_call
 
             def chunk(carry, buffers):
                 carry, metrics = jax.lax.scan(lambda c, _: step(c, buffers), carry, None, length=K)
                 return carry, jax.tree.map(jnp.mean, metrics)
 
-            self._chunks[span.index] = jax.pmap(chunk, axis_name=AXIS, devices=self.devices, donate_argnums=(0,))
-        return self._chunks[span.index]
+            self._chunks[span.number] = jax.pmap(chunk, axis_name=AXIS, devices=self.devices, donate_argnums=(0,))
+        return self._chunks[span.number]
 
     def stage(self, done: int) -> StageSpan:
         """The stage that runs after ``done`` updates."""

@@ -250,7 +250,7 @@ def run_training(cfg: Mapping[str, Any], task_set: TaskSet, run_dir: Path, refer
         done += K
         if log is not None:
             if done % log_every == 0 or done == total:
-                log.log(done, {**metrics, "stage": float(stage.index)})
+                log.log(done, {**metrics, "stage": float(stage.number)})
             log.advance(done)
         if eval_every and done % eval_every == 0 and done < total:
             evaluate_and_select(done, carry)
