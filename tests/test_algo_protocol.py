@@ -144,6 +144,7 @@ def test_toy_two_stage_algorithm_trains_and_resumes_across_the_stage_boundary(co
     assert int(carry.state["pretrained"]) == PRETRAIN and int(carry.state["trained"]) == TRAIN
     assert int(carry.step) == PRETRAIN + TRAIN and meta["stage"] == "done"
     assert meta["algorithm"]["name"] == "toy_two_stage" and meta["config"]["task"] == TASK
+    assert "api_token" not in meta["config"]["logger"]  # no secrets in checkpoints
 
     # stopped exactly at the stage boundary (a crash after the checkpoint of update 8), then resumed
     broken = tmp_path / "broken"

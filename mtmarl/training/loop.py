@@ -230,10 +230,13 @@ def run_training(cfg: Mapping[str, Any], task_set: TaskSet, run_dir: Path, refer
             best, best_step = score, step
             ckpt.save_best(step, carry, {**describe(step), "score": score, "rows": _strip(rows)})
 
+    # the run config a checkpoint carries, without secrets (a Neptune token given on the command line)
+    run_config = {**cfg, "logger": {k: v for k, v in (cfg.get("logger") or {}).items() if k != "api_token"}}
+
     def describe(step: int) -> dict[str, Any]:
         """What a checkpoint records besides the arrays: enough to rebuild and evaluate it alone."""
         return {"updates": step, "stage": learner.stage(step).stage.name if step < total else "done",
-                "algorithm": algo.spec, "config": dict(cfg)}
+                "algorithm": algo.spec, "config": run_config}
 
     t_train = time.perf_counter()
     last_saved = done or None  # a resumed run starts from its latest checkpoint
