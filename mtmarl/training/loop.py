@@ -139,8 +139,9 @@ def check_finite(metrics: Mapping[str, float], carry: Carry, first: int, last: i
     """Raise :class:`NonFiniteMetricError` naming every NaN/inf training metric of updates ``first..last``.
 
     Metrics of one call are means over its updates, so one bad update shows. The
-    train state's float arrays (parameters, optimiser state) are checked too (a last update with a finite loss could still
-    leave them non-finite); nothing is checkpointed after a failed check.
+    train state's float arrays (parameters, optimiser state) are checked too (a
+    last update with a finite loss could still leave them non-finite); nothing is
+    checkpointed after a failed check.
     """
     bad = {k: v for k, v in metrics.items() if not math.isfinite(v)}
     floats = [x for x in jax.tree.leaves(carry.state) if np.issubdtype(np.asarray(x).dtype, np.inexact)]
