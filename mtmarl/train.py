@@ -48,7 +48,8 @@ def _resolve(cfg: DictConfig) -> dict[str, Any]:
     plain = OmegaConf.to_container(cfg, resolve=True)
     check_train_config(plain)
     # the algorithm's and network's own value checks (dataclass __post_init__), before any file is written
-    registry.check(plain["algo"]["name"], plain["algo"], plain.get("network"))
+    registry.check(plain["algo"]["name"], plain["algo"], plain.get("network"), int(plain["training"]["updates"]),
+                   int(plain["training"]["updates_per_call"]))
     return plain
 
 

@@ -167,6 +167,15 @@ def test_toy_two_stage_algorithm_trains_and_resumes_across_the_stage_boundary(co
     assert set(params) == {"mu", "w"}  # acting_params: only what act reads
 
 
+def test_stage_counts_that_do_not_fit_training_updates_are_refused_before_the_run_dir_is_made(conf, tmp_path,
+                                                                                             capsys):
+    with pytest.raises(SystemExit) as exit_:
+        _train(conf, tmp_path / "run", "training.updates=4")
+    assert exit_.value.code == 2 and not (tmp_path / "run").exists()
+    assert "training.updates=4 does not fit the stages' update counts {'pretrain': 8, 'train': None}" \
+        in capsys.readouterr().err
+
+
 def test_resume_with_another_algorithm_config_is_refused_naming_the_key(conf, tmp_path):
     from mtmarl.training.loop import check_same_algorithm
 

@@ -95,12 +95,21 @@ def _plain_network(network) -> dict:
     return dict(network)
 
 
-def check(name: str, algo: Mapping[str, Any], network: Mapping[str, Any] | None) -> None:
-    """Raise :class:`UserInputError` for a bad algorithm or network config, before a run writes anything."""
+def check(name: str, algo: Mapping[str, Any], network: Mapping[str, Any] | None,
+          updates: int | None = None, updates_per_call: int = 1) -> None:
+    """Raise :class:`UserInputError` for a bad algorithm or network config, before a run writes anything.
+
+    With ``updates`` the algorithm is also built (no parameters: cheap) and its
+    stages planned over that many updates in calls of ``updates_per_call``.
+    """
+    from mtmarl.algos.protocol import plan_stages
+
     entry = get(name)
-    load_config(name, **{k: v for k, v in algo.items() if k != "name"})
+    cfg = load_config(name, **{k: v for k, v in algo.items() if k != "name"})
     if entry.network is not None:
         entry.network.from_dict(_plain_network(network))
+    if updates is not None:
+        plan_stages(build(name, cfg, network, 2).stages, updates, updates_per_call)
 
 
 def build(name: str, cfg=None, network=None, n_actions: int = 0):
