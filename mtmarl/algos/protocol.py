@@ -13,7 +13,7 @@ pair, with the update split into stages:
   (e.g. pretrain a skill encoder 1000 updates, then train the policy on the rest).
   Every stage update is traced into one ``lax.scan``; with ``axis_name`` (the
   pmap axis) the batch is this device's shard and the update must reduce over
-  the axis itself (see ``mtmarl.algos.common``), so devices stay in step.
+  the axis itself (see ``mtmarl.algos.reductions``), so devices stay in step.
 * ``sampler``: what it needs from a batch (batch size, sequence length, task
   balancing, agent shuffling and masking; ``mtmarl.data.batching.SamplerConfig``).
 * ``act(params, carry, obs, action_mask, active, reset, key, greedy=False)

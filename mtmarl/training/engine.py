@@ -16,7 +16,7 @@ slices is exactly the single-device batch.
 
 The update is exact, not the usual data-parallel approximation: a stage update
 is called with the pmap axis name and reduces over it. For the Sable algorithms
-(``mtmarl.algos.common.gradient_stage``) every reduction over the batch axis
+(``mtmarl.algos.common.gradient_stage``, ``mtmarl.algos.reductions``) every reduction over the batch axis
 (per-task means and their normalisers, ICQ's batch-softmax weights and counts,
 metric means and maxima) is taken over the global batch with collectives, the
 loss each device returns is its share of the global loss, so the global
