@@ -90,6 +90,27 @@ def _from_tree(tree: dict[str, Any], template: Carry) -> Carry:
     return jax.tree.unflatten(jax.tree.structure(template), [find(names) for names, _ in _paths(template)])
 
 
+def _legacy_tree(carry: Carry) -> dict[str, Any]:
+    """The layout of checkpoints written before the algorithm protocol (a Sable ``TrainState``)."""
+    s = carry.state
+    tree = {"params": s.params, "opt_state": s.opt_state, "step": carry.step, "key": carry.key}
+    if s.target_params is not None:
+        tree["target_params"] = s.target_params
+    return tree
+
+
+def _from_legacy(tree: dict[str, Any], template: Carry) -> Carry:
+    s = template.state
+
+    def rebuild(item, like):  # Orbax restores containers as dicts/lists: the template's structure, leaf by leaf
+        return jax.tree.unflatten(jax.tree.structure(like), jax.tree.leaves(item))
+
+    state = type(s)(rebuild(tree["params"], s.params),
+                    None if s.target_params is None else rebuild(tree["target_params"], s.target_params),
+                    rebuild(tree["opt_state"], s.opt_state))
+    return Carry(state, np.asarray(tree["key"]), np.asarray(tree["step"]))
+
+
 class Checkpointer:
     """Periodic + best checkpoints of one run (synchronous saves, so a crash never leaves half a step)."""
 
@@ -147,9 +168,12 @@ class Checkpointer:
         ocp = self.ocp
         manager = self._manager(which)
         step = self._step(which, step)
-        saved = self.meta(which, step).get("structure")
-        if saved is not None and saved != structure(template):
-            algo = (self.meta(which, step).get("algorithm") or {}).get("name", "?")
+        saved_meta = self.meta(which, step)
+        saved = saved_meta.get("structure")
+        if saved is None:  # written before checkpoints described themselves: the old Sable layout
+            return self._restore_legacy(template, which, step)
+        if saved != structure(template):
+            algo = (saved_meta.get("algorithm") or {}).get("name", "?")
             raise UserInputError(f"checkpoint {which}/{step} in {self.directory} holds a train state of algorithm "
                                  f"{algo!r} with structure {saved[:300]}..., not the expected "
                                  f"{structure(template)[:300]}...: restore it with the algorithm and network "
@@ -159,6 +183,18 @@ class Checkpointer:
         out = manager.restore(step, args=ocp.args.Composite(state=ocp.args.StandardRestore(abstract),
                                                             meta=ocp.args.JsonRestore()))
         return _from_tree(out["state"], template), dict(out["meta"])
+
+    def _restore_legacy(self, template: Carry, which: str, step: int) -> tuple[Carry, dict]:
+        ocp = self.ocp
+        if not all(hasattr(template.state, f) for f in ("params", "target_params", "opt_state")):
+            raise UserInputError(f"checkpoint {which}/{step} in {self.directory} predates self-describing "
+                                 f"checkpoints and holds a Sable train state (params, target_params, opt_state); "
+                                 f"the algorithm restoring it has another state")
+        abstract = jax.tree.map(lambda x: x if isinstance(x, jax.ShapeDtypeStruct)
+                                else ocp.utils.to_shape_dtype_struct(np.asarray(x)), _legacy_tree(template))
+        out = self._manager(which).restore(step, args=ocp.args.Composite(state=ocp.args.StandardRestore(abstract),
+                                                                         meta=ocp.args.JsonRestore()))
+        return _from_legacy(out["state"], template), dict(out["meta"])
 
     def close(self) -> None:
         self.latest.close()
