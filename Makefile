@@ -6,7 +6,7 @@ STAMP := $(VENV)/.installed
 # Two host devices let pmap use both CPU cores (ignored on GPU/TPU).
 export XLA_FLAGS ?= --xla_force_host_platform_device_count=2
 
-.PHONY: install test test-slow train evaluate figures bench clean sweep experiments data demo-data collect
+.PHONY: install lint test test-slow train evaluate figures bench clean sweep experiments data demo-data collect
 
 install: $(STAMP)
 
@@ -16,6 +16,10 @@ $(STAMP): pyproject.toml
 	$(PY) -m pip install --quiet --upgrade pip
 	$(PY) -m pip install --quiet -e '.[dev]'
 	touch $(STAMP)
+
+lint: install
+	$(VENV)/bin/ruff check .
+	$(VENV)/bin/mypy
 
 test: install
 	$(PY) -m pytest -q

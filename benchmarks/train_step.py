@@ -39,10 +39,10 @@ import jax  # noqa: E402
 import jax.numpy as jnp  # noqa: E402
 import numpy as np  # noqa: E402
 
-from mtmarl.algos.common import make_algo  # noqa: E402
-from mtmarl.data.batching import SamplerConfig, make_buffers, sample  # noqa: E402
+from mtmarl.algos.registry import build as make_algo  # noqa: E402
+from mtmarl.data.batching import make_buffers, sample  # noqa: E402
 from mtmarl.networks.sable import load_preset  # noqa: E402
-from mtmarl.training.engine import Carry, Learner, _ObsOnly, make_update_step  # noqa: E402
+from mtmarl.training.engine import Carry, Learner, make_update_step  # noqa: E402
 
 OUT = Path(__file__).resolve().parent / "results" / "train_step.json"
 OGMARL_UPS = {2: 4.0, 4: 2.1, 8: 1.0}   # og-marl Oryx, idle machine (guide)
@@ -87,9 +87,9 @@ def matmul_rate(seconds: float = 1.0) -> float:
 
 
 def flops_per_update(algo, buffers, sampler) -> float:
-    step = make_update_step(algo, sampler, 1, axis_name=None)
-    state = jax.eval_shape(algo.init, jax.ShapeDtypeStruct((2,), jnp.uint32), _ObsOnly(buffers.decode_obs(buffers.obs[:1, :1])))
-    carry = Carry(state, jax.ShapeDtypeStruct((2,), jnp.uint32))
+    step = make_update_step(algo.stages[0], sampler, 1, axis_name=None)
+    state = jax.eval_shape(algo.init, jax.ShapeDtypeStruct((2,), jnp.uint32), buffers.decode_obs(buffers.obs[:1, :1]))
+    carry = Carry(state, jax.ShapeDtypeStruct((2,), jnp.uint32), jax.ShapeDtypeStruct((), jnp.int32))
     cost = jax.jit(step).lower(carry, buffers).compile().cost_analysis()
     cost = cost[0] if isinstance(cost, list) else cost
     return float(cost["flops"])
@@ -110,11 +110,11 @@ def sampler_seconds(buffers, sampler, reps: int = 20) -> float:
 
 def bench_setting(n_agents, seq_len, embed, dtype, batch, seconds, calls_per_rep=2):
     net = load_preset("base", embed_dim=embed, matmul_dtype=dtype)
-    algo = make_algo("mt_oryx", None, net, ACTIONS)
+    algo = make_algo("mt_oryx", {"batch_size": batch, "seq_len": seq_len}, net, ACTIONS)
     buffers = synthetic_buffers(n_agents, seq_len)
-    sampler = SamplerConfig(batch, seq_len)
+    sampler = algo.sampler
     K = 5
-    learner = Learner(algo, buffers, sampler, updates_per_call=K)
+    learner = Learner(algo, buffers, updates_per_call=K)
     carry = learner.init(0)
     t0 = time.perf_counter()
     carry, _ = learner.run(carry)  # compile + first call

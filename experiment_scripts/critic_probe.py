@@ -46,7 +46,7 @@ def probe_variant(task_set_name: str, overrides: list[str], updates: int, every:
     mc = mc_returns(data, int(buffers.obs.shape[1]), algo.cfg.gamma)
     names = [spec.name for spec in task_set.train]
     del data
-    learner = Learner(algo, buffers, algo.cfg.sampler(), every)
+    learner = Learner(algo, buffers, every)
     carry, curve, start = learner.init(seed), [], time.perf_counter()
     for done in range(every, updates + 1, every):
         carry, _ = learner.run(carry)

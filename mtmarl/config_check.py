@@ -51,9 +51,13 @@ def reference_tree(config_name: str, top_keys) -> dict[str, Any]:
     return tree
 
 
-def check_keys(cfg: Mapping[str, Any], config_name: str) -> None:
-    """Refuse keys no config file defines (``+training.updatez=5``), suggesting the closest valid key."""
-    _check_level(cfg, reference_tree(config_name, list(cfg)), "")
+def check_keys(cfg: Mapping[str, Any], config_name: str, delegated: tuple[str, ...] = ()) -> None:
+    """Refuse keys no config file defines (``+training.updatez=5``), suggesting the closest valid key.
+
+    ``delegated`` top-level groups are checked by their owner instead (``algo``: the
+    registered algorithm's config class, which may live outside the package).
+    """
+    _check_level({k: v for k, v in cfg.items() if k not in delegated}, reference_tree(config_name, list(cfg)), "")
 
 
 def _check_level(cfg: Mapping[str, Any], ref: Mapping[str, Any], where: str) -> None:
@@ -176,7 +180,7 @@ def check_values(cfg: Mapping[str, Any], rules: Mapping[str, Callable[[Any], str
 
 def check_train_config(cfg: Mapping[str, Any]) -> None:
     """All checks of a ``python -m mtmarl.train`` config (plain containers, resolved) that need no data."""
-    check_keys(cfg, "train")
+    check_keys(cfg, "train", delegated=("algo",))  # mtmarl.algos.registry.check: unknown algo.* keys
     check_values(cfg, TRAIN_RULES)
     training = cfg["training"]
     if training["updates"] % training["updates_per_call"]:

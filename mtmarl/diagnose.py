@@ -30,7 +30,7 @@ with ``policy_weights`` (MT Oryx). Results go to ``diagnostics.json`` and
 from __future__ import annotations
 
 import argparse
-import importlib
+import inspect
 import json
 from pathlib import Path
 from typing import Any
@@ -39,7 +39,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from mtmarl.algos import common
+from mtmarl.algos import common, registry
 from mtmarl.data.batching import returns_to_go, sample
 from mtmarl.errors import UserInputError
 from mtmarl.runtime import user_errors_exit
@@ -62,7 +62,8 @@ def mc_returns(data: list[dict[str, np.ndarray]], length: int, gamma: float) -> 
 
 def make_probe(algo):
     """Jitted ``probe(params, batch) -> dict`` of per-entry (B, T, N) arrays for the statistics."""
-    weights_fn = getattr(importlib.import_module(f"mtmarl.algos.{algo.name}"), "policy_weights", None)
+    # the algorithm module's own policy weights (ICQ's), if it has any: found through the registry
+    weights_fn = getattr(inspect.getmodule(registry.get(algo.name).make), "policy_weights", None)
     has_q = algo.cfg.learns_values
 
     @jax.jit

@@ -41,16 +41,15 @@ def _resolve(cfg: DictConfig) -> dict[str, Any]:
     """The resolved config as plain containers, checked before anything is written (mtmarl.config_check)."""
     from mtmarl.config_check import check_train_config
 
-    if cfg.get("algo") is None:
-        raise UserInputError("no algorithm given: add +algo=<mt_oryx|mt_cql_sable|mt_bc_sable>")
+    from mtmarl.algos import registry
+
+    if cfg.get("algo") is None or cfg.algo.get("name") is None:
+        raise UserInputError(f"no algorithm given: add +algo=<{'|'.join(registry.names())}>")
     plain = OmegaConf.to_container(cfg, resolve=True)
     check_train_config(plain)
     # the algorithm's and network's own value checks (dataclass __post_init__), before any file is written
-    from mtmarl.algos.common import load_algo_config
-    from mtmarl.networks.sable import SableConfig
-
-    load_algo_config(plain["algo"]["name"], **{k: v for k, v in plain["algo"].items() if k != "name"})
-    SableConfig.from_dict(dict(plain["network"]))
+    registry.check(plain["algo"]["name"], plain["algo"], plain.get("network"), int(plain["training"]["updates"]),
+                   int(plain["training"]["updates_per_call"]))
     return plain
 
 
@@ -134,12 +133,12 @@ def _train(cfg: DictConfig, plain: dict[str, Any], task_set, references, run_dir
         if requested() is not None:  # a signal during the last call: training is complete and saved
             raise Interrupted(requested(), out["updates"])
         algo, carry = out["algo"], out["carry"]
-        params, which = carry.state.params, "final"
+        params, which = algo.acting_params(carry.state), "final"
         if out["best_step"] is not None:
             ckpt = Checkpointer(run_dir / "checkpoints")
             best, _ = ckpt.restore(out["template"], "best")
             ckpt.close()
-            params, which = best.state.params, f"best (update {out['best_step']})"
+            params, which = algo.acting_params(best.state), f"best (update {out['best_step']})"
         splits = [s for s in ("train", "test") if task_set.split(s)]
         start = time.perf_counter()
         # The periodic evaluators' compiled programs, run as often as eval.episodes needs.

@@ -17,6 +17,16 @@ def load_script(name: str):
     return module
 
 
+def random_task(rng, L: int, n: int, o: int, A: int) -> dict:
+    """``make_buffers`` input of one task: L steps, n agents, o obs features, A actions (0 always legal),
+    normal observations, uniform rewards, a terminal every 7th step and a truncation every 11th."""
+    legals = rng.random((L, n, A)) < 0.7
+    legals[..., 0] = True
+    return dict(obs=rng.normal(size=(L, n, o)).astype(np.float32), legals=legals,
+                actions=np.argmax(legals * rng.random((L, n, A)), -1), rewards=rng.random(L),
+                terminals=np.arange(L) % 7 == 6, truncations=np.arange(L) % 11 == 10)
+
+
 def random_params(init_fn, key, sample_obs, scale_spread: float = 0.1):
     """Random parameters of the real shapes from one normal draw.
 

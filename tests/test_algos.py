@@ -5,10 +5,11 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
-from helpers import random_params
+from helpers import random_params, random_task
 
-from mtmarl.algos import common, mt_cql_sable, mt_oryx
-from mtmarl.algos.common import TrainState, make_algo
+from mtmarl.algos import common, mt_cql_sable, mt_oryx, registry
+from mtmarl.algos.common import TrainState
+from mtmarl.algos.registry import build as make_algo
 from mtmarl.data.batching import SamplerConfig, make_buffers, sample
 from mtmarl.networks import load_preset
 
@@ -23,11 +24,7 @@ ALGOS = ["mt_bc_sable", "mt_cql_sable", "mt_oryx"]
 
 
 def _task(rng, L, n, o):
-    legals = rng.random((L, n, A)) < 0.7
-    legals[..., 0] = True
-    return dict(obs=rng.normal(size=(L, n, o)).astype(np.float32), legals=legals,
-                actions=np.argmax(legals * rng.random((L, n, A)), -1), rewards=rng.random(L),
-                terminals=np.arange(L) % 7 == 6, truncations=np.arange(L) % 11 == 10)
+    return random_task(rng, L, n, o, A)
 
 
 @pytest.fixture(scope="module")
@@ -56,10 +53,11 @@ def _setup(name, batch, **extra):
         def make_state(k):  # one small compile for parameters and optimiser state
             params = _random_params(algo, k, batch)
             target = None if name == "mt_bc_sable" else jax.tree.map(jnp.copy, params)
-            return TrainState(params, target, algo.tx.init(params), jnp.zeros((), jnp.int32))
+            return TrainState(params, target, algo.tx.init(params))
 
         state = make_state(jax.random.key(1))
-        _CACHE[key] = (algo, jax.jit(algo.update), state)
+        (stage,) = algo.stages  # one stage, 'train': a clipped-Adam step and a Polyak target update
+        _CACHE[key] = (algo, jax.jit(stage.update), state)
     return _CACHE[key]
 
 
@@ -276,7 +274,7 @@ def test_oryx_without_critic_and_flat_weights_is_bc(batch, switches):
 
     algo = make_algo("mt_oryx", {**OVERRIDES, "critic_coef": 0.0, "policy_temperature": 1e9, **switches}, NET, A)
     params = _random_params(algo, jax.random.key(7), batch)
-    bc_cfg = mt_bc_sable.Config(**{k: v for k, v in OVERRIDES.items() if k == "lr"})
+    bc_cfg = registry.load_config("mt_bc_sable", lr=OVERRIDES["lr"])
     bc = lambda p: mt_bc_sable.loss(p, None, batch, None, bc_cfg, algo.net)[0]  # noqa: E731
     oryx = lambda p: algo.loss(p, params, batch, jax.random.key(0))[0]  # noqa: E731
     (l_bc, g_bc), (l_or, g_or) = jax.jit(jax.value_and_grad(bc))(params), jax.jit(jax.value_and_grad(oryx))(params)
@@ -294,14 +292,28 @@ def test_oryx_without_critic_and_flat_weights_is_bc(batch, switches):
 def test_hl_gauss_and_mse_both_run(name, batch):
     hl, update, state = _setup(name, batch)
     _, m_hl = update(state, batch, jax.random.key(0))
-    mse = make_algo(name, {**OVERRIDES, "hl_gauss": False}, NET, A)
+    # Oryx: a huge value temperature makes its ICQ next-step weights n * w exactly uniform (1)
+    flat = {"value_temperature": 1e9} if name == "mt_oryx" else {}
+    mse = make_algo(name, {**OVERRIDES, "hl_gauss": False, **flat}, NET, A)
     assert mse.net.cfg.q_bins == 0 and hl.net.cfg.q_bins == OVERRIDES["num_bins"]
     params = jax.jit(lambda k: _random_params(mse, k, batch))(jax.random.key(1))
     loss, m = jax.jit(mse.loss)(params, params, batch, jax.random.key(0))
     td = "td_loss" if name == "mt_cql_sable" else "critic_loss"
     assert np.isfinite(float(loss)) and float(m[td]) > 0 and np.isfinite(float(m_hl[td]))
-    # MSE critic on a scalar head: 0.5 * (Q - y)^2 with y in the data's reward scale
-    assert m["td_target"] != m_hl["td_target"] or m[td] != m_hl[td]
+    # MSE critic on the scalar head, recomputed from the raw network outputs (target net = online here):
+    # 0.5 * (Q(t, a_data) - y)^2 with y = r + gamma * d * (CQL: max_a Q(t+1, a); Oryx: Q(t+1, a_data))
+    out, _ = mse.net.apply_train(params, batch.obs, batch.actions, batch.legals, batch.active, batch.resets)
+    q = mse.net.q_values(out.q, batch.legals)                                      # (B, T, N, A)
+    q_data = common.take_action(q, batch.actions)
+    valid = batch.active[:, :-1] & common.td_valid(batch)[..., None]
+    if name == "mt_cql_sable":
+        nxt = q[:, 1:].max(-1)
+    else:
+        nxt = jnp.where(valid & batch.active[:, 1:] & ~batch.terminals[:, :-1, None], q_data[:, 1:], 0.0)
+    y = batch.rewards[:, :-1, None] + mse.cfg.gamma * batch.discounts[:, :-1, None] * nxt
+    want = common.task_mean(0.5 * jnp.square(q_data[:, :-1] - y), valid, batch.task_ids)
+    np.testing.assert_allclose(float(m[td]), float(want), rtol=1e-5)
+    np.testing.assert_allclose(float(m["td_target"]), float(common.masked_mean(y, valid)), rtol=1e-5)
 
 
 def test_cql_acts_greedily_on_q_autoregressively(batch):

@@ -78,7 +78,7 @@ def _check_batch(batch, buffers):
     lengths = np.asarray(buffers.lengths)
     for i in range(b.obs.shape[0]):
         m, s, perm = b.task_ids[i], b.starts[i], b.perm[i]
-        src, (L, n, o) = TASKS[m], TASKS[m]["obs"].shape
+        src, (_, n, o) = TASKS[m], TASKS[m]["obs"].shape
         assert 0 <= s <= lengths[m] - T
         inv = np.argsort(perm)
         assert sorted(perm) == list(range(4))

@@ -52,3 +52,17 @@ def test_no_import_cycle_in_the_package():
     graph = import_graph()
     assert "mtmarl.training.loop" in graph and "mtmarl.evaluation.rollout" in graph["mtmarl.training.loop"]
     assert find_cycle(graph) is None, " -> ".join(find_cycle(graph))
+
+
+def test_engine_sees_algorithms_only_through_the_protocol_and_registry():
+    """Training, evaluation and the entry points import no algorithm module (nor the Sable helpers):
+    an algorithm is reached by name through mtmarl.algos.registry, and used through protocol.Algorithm."""
+    graph = import_graph()
+    allowed = {"mtmarl.algos", "mtmarl.algos.protocol", "mtmarl.algos.registry"}
+    engine = [m for m in graph if m.startswith(("mtmarl.training", "mtmarl.evaluation"))
+              or m in ("mtmarl.train", "mtmarl.evaluate")]
+    assert "mtmarl.training.engine" in engine and "mtmarl.training.loop" in engine
+    assert "mtmarl.algos.registry" in graph["mtmarl.training.loop"]
+    for module in engine:
+        algos = {m for m in graph[module] if m.startswith("mtmarl.algos")}
+        assert algos <= allowed, f"{module} imports {sorted(algos - allowed)}"

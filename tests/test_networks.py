@@ -260,10 +260,10 @@ def test_presets_and_param_counts():
         load_preset("nope")
     counts = {}
     for e in (64, 128, 768):  # RWARE-sized inputs: 66 obs features, 5 actions, 12 agents
-        net = make_sable(dataclasses.replace(base, embed_dim=e), 5)
+        net = make_sable(dataclasses.replace(base, embed_dim=e, q_bins=51), 5)  # the algorithms' Q head
         shapes = jax.eval_shape(net.init, jax.random.key(0), jnp.zeros((1, 2, 12, 66)))
         counts[e] = sum(int(np.prod(x.shape)) for x in jax.tree.leaves(shapes))
-    print(f"\nSable params (1 block, 4 heads, 51 HL-Gauss bins, obs 66, 5 actions): "
+    print("\nSable params (1 block, 4 heads, 51 HL-Gauss bins, obs 66, 5 actions): "
           + ", ".join(f"embed {e}: {c:,}" for e, c in counts.items())
           + "  (seed 004 reports 116k at 64, 13M at 768)")
     assert counts[64] < counts[128] < counts[768]

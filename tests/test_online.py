@@ -239,7 +239,7 @@ import json, os, signal, sys
 import jax
 from omegaconf import OmegaConf
 from mtmarl import collect
-from mtmarl.data import vault as V
+from mtmarl.data.vault import write as V  # the module whose write_vault calls _fbx_write
 
 real, calls = V._fbx_write, []
 

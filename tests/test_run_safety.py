@@ -340,7 +340,7 @@ def _params(run_dir: Path):
     step = max(int(p.name) for p in ckpt.iterdir() if p.name.isdigit())
     with ocp.StandardCheckpointer() as c:
         tree = c.restore(ckpt / str(step) / "state")
-    return step, tree["params"]
+    return step, tree["state"]["params"]
 
 
 @pytest.mark.parametrize("sig,code", [(signal.SIGTERM, 143), (signal.SIGINT, 130)])

@@ -85,7 +85,8 @@ def test_scripted_collection_writes_levels_vault_and_reference(tmp_path):
     (res,) = collect.run(cfg)
     exp = read_vault(vault_path(tmp_path, spec), spec)
     assert exp["actions"].shape[1] == res["transitions"] > 500  # level 2: two full 500-step episodes
-    log = [json.loads(x) for x in (tmp_path / "logs" / "rware" / "rows=1,cols=3,height=8,agents=2.jsonl").read_text().splitlines()]
+    log_file = tmp_path / "logs" / "rware" / "rows=1,cols=3,height=8,agents=2.jsonl"
+    log = [json.loads(x) for x in log_file.read_text().splitlines()]
     assert [r["epsilon"] for r in log] == [1.0, 0.2] and log[0]["careless"] and log[1]["collisions"] == 0
     assert log[1]["return"] > log[0]["return"]
     ref = json.loads((tmp_path / "references.json").read_text())[spec.adhoc]

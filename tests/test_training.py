@@ -13,7 +13,7 @@ import numpy as np
 import optax
 import pytest
 
-from mtmarl.algos.common import make_algo
+from mtmarl.algos.registry import build as make_algo
 from mtmarl.data.vault import write_vault
 from mtmarl.errors import UserInputError
 from mtmarl.networks import load_preset
@@ -101,7 +101,7 @@ def setup(data_root, task_set):
 @pytest.fixture(scope="module")
 def learner1(setup):
     algo, buffers = setup
-    return Learner(algo, buffers, algo.cfg.sampler(), K, num_devices=1)
+    return Learner(algo, buffers, K, num_devices=1)
 
 
 def _run(learner, carry, calls):
@@ -126,7 +126,7 @@ def test_data_padded_to_whole_set(setup, task_set):
 
 def test_engine_learns(reference_run):
     carry, losses = reference_run
-    assert int(carry.state.step) == 4 * K
+    assert int(carry.step) == 4 * K
     assert all(np.isfinite(losses)), losses
     assert losses[-1] < losses[0], losses
 
@@ -152,7 +152,7 @@ def test_one_and_two_devices_give_the_same_update(setup, name, extra):
                      load_preset("tiny", embed_dim=16, chunk_size=4), buffers.num_actions)
     runs = []
     for devices in (1, 2):
-        learner = Learner(algo, buffers, algo.cfg.sampler(), 1, num_devices=devices)
+        learner = Learner(algo, buffers, 1, num_devices=devices)
         runs.append(learner.run(learner.init(0)))
     (one, m1), (two, m2) = runs
     # The gradient, seen through Adam's first moment (0.1 * clipped grad after one step): equal to float
@@ -166,7 +166,7 @@ def test_one_and_two_devices_give_the_same_update(setup, name, extra):
     diff = tree_max_abs_diff((two.state.params, two.state.target_params), (one.state.params, one.state.target_params))
     print(f"max |d params| = {diff:.1e}")
     assert diff < 1e-5, diff
-    assert np.array_equal(two.key, one.key) and int(two.state.step) == int(one.state.step) == 1
+    assert np.array_equal(two.key, one.key) and int(two.step) == int(one.step) == 1
     assert m1.keys() == m2.keys() and "loss" in m1 and "grad_norm" in m1
     for k in m1:  # metrics are global means / maxima / sums, not averages of per-shard values
         np.testing.assert_allclose(m2[k], m1[k], rtol=1e-5, atol=1e-6, err_msg=k)
@@ -182,7 +182,7 @@ def test_resume_gives_the_same_params_as_an_uninterrupted_run(learner1, referenc
     ckpt = Checkpointer(tmp_path / "ckpt")
     restored, meta = ckpt.restore(template, "latest")
     ckpt.close()
-    assert meta["updates"] == 2 * K and int(restored.state.step) == 2 * K
+    assert meta["updates"] == 2 * K and int(restored.step) == 2 * K
     resumed, _ = _run(learner1, restored, 2)
     ref, _ = reference_run
     for a, b in zip(jax.tree.leaves(resumed), jax.tree.leaves(ref)):
@@ -328,7 +328,7 @@ def test_check_finite_names_every_bad_metric(tmp_path):
     from mtmarl.training.engine import Carry
     from mtmarl.training.loop import check_finite
 
-    carry = Carry(TrainState({"w": np.ones((2, 3), np.float32)}, None, (), np.int32(0)), np.zeros(2, np.uint32))
+    carry = Carry(TrainState({"w": np.ones((2, 3), np.float32)}, None, ()), np.zeros(2, np.uint32), np.int32(0))
     check_finite({"loss": 1.0, "grad_norm": 0.5}, carry, 5, 8, tmp_path, 4)  # all finite: no error
     with pytest.raises(UserInputError) as err:
         check_finite({"loss": float("nan"), "critic_loss": float("inf"), "nll": 2.0}, carry, 5, 8, tmp_path, 4)

@@ -1,1 +1,2 @@
-"""Offline algorithms: small modules of pure functions (init, loss, act) over the shared Sable network."""
+"""Offline algorithms: the protocol the engine runs (``protocol``), names to builders (``registry``),
+the shared Sable pieces (``common``, ``reductions``) and one module per algorithm."""

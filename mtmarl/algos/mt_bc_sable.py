@@ -14,14 +14,13 @@ import dataclasses
 from typing import ClassVar
 
 from mtmarl.algos import common
+from mtmarl.algos.registry import register
 from mtmarl.networks.sable import SableConfig, SableNet
 
 
 @dataclasses.dataclass(frozen=True)
 class Config(common.AlgoConfig):
     learns_values: ClassVar[bool] = False
-    name: str = "mt_bc_sable"
-    hl_gauss: bool = False  # BC learns no values; kept for a uniform config
 
 
 def loss(params, target_params, batch, key, cfg: Config, net: SableNet, axis_name: str | None = None):
@@ -35,5 +34,6 @@ def loss(params, target_params, batch, key, cfg: Config, net: SableNet, axis_nam
                    "accuracy": common.masked_mean(greedy, batch.active, axis_name)}
 
 
-def make(cfg: Config, net_cfg: SableConfig, n_actions: int) -> common.Algo:
-    return common.assemble(cfg, net_cfg, n_actions, loss)
+@register("mt_bc_sable", Config, network=SableConfig)
+def make(cfg: Config, network: dict, n_actions: int) -> common.SableAlgorithm:
+    return common.assemble(cfg, network, n_actions, loss)

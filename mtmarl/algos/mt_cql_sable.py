@@ -30,15 +30,15 @@ import jax
 import jax.numpy as jnp
 
 from mtmarl.algos import common
+from mtmarl.algos.registry import register
 from mtmarl.networks.retention import Ctx, decay_state, head_decays
 from mtmarl.networks.sable import Outputs, SableConfig, SableModule, SableNet, _mask_outputs
 
 
 @dataclasses.dataclass(frozen=True)
 class Config(common.AlgoConfig):
-    name: str = "mt_cql_sable"
-    alpha: float = 1.0            # CQL penalty weight
-    act_temperature: float = 0.0  # acting: 0 = greedy over Q, > 0 = sample softmax(Q / T)
+    alpha: float  # CQL penalty weight
+    act_temperature: float  # acting: 0 = greedy over Q, > 0 = sample softmax(Q / T)
 
 
 def cql_penalty(q_scalar, legals, actions):
@@ -110,5 +110,6 @@ def q_act(net: SableNet, temperature: float = 0.0):
     return act
 
 
-def make(cfg: Config, net_cfg: SableConfig, n_actions: int) -> common.Algo:
-    return common.assemble(cfg, net_cfg, n_actions, loss, lambda net: q_act(net, cfg.act_temperature))
+@register("mt_cql_sable", Config, network=SableConfig)
+def make(cfg: Config, network: dict, n_actions: int) -> common.SableAlgorithm:
+    return common.assemble(cfg, network, n_actions, loss, lambda net: q_act(net, cfg.act_temperature))

@@ -31,19 +31,19 @@ import jax
 import jax.numpy as jnp
 
 from mtmarl.algos import common
+from mtmarl.algos.registry import register
 from mtmarl.errors import UserInputError
 from mtmarl.networks.sable import SableConfig, SableNet
 
 
 @dataclasses.dataclass(frozen=True)
 class Config(common.AlgoConfig):
-    name: str = "mt_oryx"
-    value_temperature: float = 1000.0  # ICQ critic-target softmax temperature (large = near-uniform)
-    policy_temperature: float = 0.1    # ICQ policy advantage softmax temperature
-    critic_coef: float = 1.0           # weight of the critic loss in the total
-    per_task_weights: bool = False     # ICQ softmaxes within each task's slice of the batch (common.task_softmax)
-    adv_norm: bool = False             # advantages divided by their per-task batch std (common.task_scale)
-    td_lambda: float = 0.0             # critic target: 0 = one-step ICQ target, > 0 = TD(lambda) over the sequence
+    value_temperature: float  # ICQ critic-target softmax temperature (large = near-uniform)
+    policy_temperature: float  # ICQ policy advantage softmax temperature
+    critic_coef: float  # weight of the critic loss in the total
+    per_task_weights: bool  # ICQ softmaxes within each task's slice of the batch (common.task_softmax)
+    adv_norm: bool  # advantages divided by their per-task batch std (common.task_scale)
+    td_lambda: float  # critic target: 0 = one-step ICQ target, > 0 = TD(lambda) over the sequence
 
     def __post_init__(self):
         super().__post_init__()
@@ -116,5 +116,6 @@ def loss(params, target_params, batch, key, cfg: Config, net: SableNet, axis_nam
                    "nll": common.masked_mean(-logp_data, act_mask, ax)}
 
 
-def make(cfg: Config, net_cfg: SableConfig, n_actions: int) -> common.Algo:
-    return common.assemble(cfg, net_cfg, n_actions, loss)
+@register("mt_oryx", Config, network=SableConfig)
+def make(cfg: Config, network: dict, n_actions: int) -> common.SableAlgorithm:
+    return common.assemble(cfg, network, n_actions, loss)

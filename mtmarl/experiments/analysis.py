@@ -175,7 +175,7 @@ def parameter_count(overrides: Sequence[str]) -> int:
     obs_dim, n_actions = _set_shapes(json.dumps(c.get("tasks")), c.get("task"))
     algo = build_algo(c["algo"], c["network"], c["training"], c["data"], c["agents"], n_actions)
     obs = jnp.zeros((1, 1, 1, obs_dim), jnp.float32)
-    shapes = jax.eval_shape(algo.net.init, jax.random.key(0), obs)
+    shapes = algo.acting_params(jax.eval_shape(algo.init, jax.random.key(0), obs))  # what acting reads
     return int(sum(math.prod(x.shape) for x in jax.tree.leaves(shapes)))
 
 

@@ -5,10 +5,15 @@ Layout inside the run directory::
     checkpoints/latest/<step>/   the last ``keep`` periodic checkpoints
     checkpoints/best/<step>/     the checkpoint with the highest training-task score
 
-Each checkpoint holds the learner carry (params, target params, optimiser
-state, update step, PRNG key) and a JSON ``meta`` item (update count, the
-best score so far, the evaluation rows). Restoring the latest one and
-continuing gives the same parameters as a run that was never interrupted.
+Each checkpoint holds the learner carry (the algorithm's train state, whatever
+its pytree, the PRNG key and the update count) and a JSON ``meta`` item: the
+update count, the stage, the best score so far, the algorithm's description
+(``Algorithm.spec``: name, configs, action count), the run's resolved config
+and the carry's structure. It describes itself: ``mtmarl.training.restore``
+rebuilds the algorithm from ``meta`` alone, and restoring into a carry of
+another structure (another algorithm or network) is refused with both named.
+Restoring the latest one and continuing gives the same parameters as a run that
+was never interrupted.
 
 The best checkpoint is chosen by :func:`train_score`, which reads the
 training tasks only: held-out test tasks never influence model selection.
@@ -23,7 +28,6 @@ from typing import Any, Sequence
 import jax
 import numpy as np
 
-from mtmarl.algos.common import TrainState
 from mtmarl.errors import UserInputError
 from mtmarl.training.engine import Carry
 
@@ -46,23 +50,65 @@ def is_better(score: float, best: float | None) -> bool:
     return math.isfinite(score) and (best is None or score > best)
 
 
+def _name(key) -> str:
+    """One step of a pytree key path as a plain name (field, dict key or list index)."""
+    for attr in ("name", "key", "idx"):
+        if hasattr(key, attr):
+            return str(getattr(key, attr))
+    return str(key)
+
+
+def _paths(carry: Carry):
+    return [(tuple(_name(k) for k in path), leaf) for path, leaf in jax.tree_util.tree_flatten_with_path(carry)[0]]
+
+
 def _to_tree(carry: Carry) -> dict[str, Any]:
+    """The carry's leaves as nested dicts named by their paths (``state/params/...``, ``key``, ``step``).
+
+    Generic over any algorithm's train state, and readable without a template.
+    """
+    tree: dict[str, Any] = {}
+    for names, leaf in _paths(carry):
+        node = tree
+        for name in names[:-1]:
+            node = node.setdefault(name, {})
+        node[names[-1]] = leaf
+    return tree
+
+
+def structure(carry: Carry) -> str:
+    """A fingerprint of the carry's pytree structure, stored to refuse restoring into another one."""
+    return str(jax.tree.structure(carry))
+
+
+def _from_tree(tree: dict[str, Any], template: Carry) -> Carry:
+    def find(names):
+        node = tree
+        for name in names:
+            node = node[name]
+        return np.asarray(node)
+    return jax.tree.unflatten(jax.tree.structure(template), [find(names) for names, _ in _paths(template)])
+
+
+def _legacy_tree(carry: Carry) -> dict[str, Any]:
+    """The layout of checkpoints written before the algorithm protocol (a Sable ``TrainState``)."""
     s = carry.state
-    tree = {"params": s.params, "opt_state": s.opt_state, "step": s.step, "key": carry.key}
+    tree = {"params": s.params, "opt_state": s.opt_state, "step": carry.step, "key": carry.key}
     if s.target_params is not None:
         tree["target_params"] = s.target_params
     return tree
 
 
-def _from_tree(tree: dict[str, Any], template: Carry) -> Carry:
+def _from_legacy(tree: dict[str, Any], template: Carry) -> Carry:
     s = template.state
-    # Orbax restores containers as dicts/lists; rebuild the template's structure leaf by leaf.
-    def rebuild(item, like):
+
+    def rebuild(item, like):  # Orbax restores containers as dicts/lists: the template's structure, leaf by leaf
         return jax.tree.unflatten(jax.tree.structure(like), jax.tree.leaves(item))
-    state = TrainState(rebuild(tree["params"], s.params),
-                       None if s.target_params is None else rebuild(tree["target_params"], s.target_params),
-                       rebuild(tree["opt_state"], s.opt_state), np.asarray(tree["step"]))
-    return Carry(state, np.asarray(tree["key"]))
+
+    state = type(s)(rebuild(tree["params"], s.params),
+                    None if s.target_params is None else rebuild(tree["target_params"], s.target_params),
+                    rebuild(tree["opt_state"], s.opt_state))
+    return Carry(state, np.asarray(tree["key"]), np.asarray(tree["step"]))
 
 
 class Checkpointer:
@@ -81,6 +127,7 @@ class Checkpointer:
     def _save(self, manager, step: int, carry: Carry, meta: dict[str, Any]) -> None:
         ocp = self.ocp
         tree = jax.tree.map(np.asarray, _to_tree(carry))
+        meta = {**meta, "structure": structure(carry)}
         manager.save(int(step), args=ocp.args.Composite(state=ocp.args.StandardSave(tree),
                                                         meta=ocp.args.JsonSave(meta)), force=True)
         manager.wait_until_finished()
@@ -99,18 +146,55 @@ class Checkpointer:
             raise UserInputError(f"checkpoint kind must be 'latest' or 'best', got {which!r}")
         return self.latest if which == "latest" else self.best
 
-    def restore(self, template: Carry, which: str = "latest", step: int | None = None) -> tuple[Carry, dict]:
-        """(carry, meta) of checkpoint ``step`` (default: newest) of kind ``which``."""
-        ocp = self.ocp
-        manager = self._manager(which)
-        step = manager.latest_step() if step is None else step
+    def _step(self, which: str, step: int | None) -> int:
+        step = self._manager(which).latest_step() if step is None else step
         if step is None:
             raise UserInputError(f"no {which} checkpoint in {self.directory}")
+        return step
+
+    def meta(self, which: str = "latest", step: int | None = None) -> dict:
+        """The JSON ``meta`` of a checkpoint alone (what to rebuild before restoring the arrays)."""
+        ocp = self.ocp
+        step = self._step(which, step)
+        out = self._manager(which).restore(step, args=ocp.args.Composite(meta=ocp.args.JsonRestore()))
+        return dict(out["meta"])
+
+    def restore(self, template: Carry, which: str = "latest", step: int | None = None) -> tuple[Carry, dict]:
+        """(carry, meta) of checkpoint ``step`` (default: newest) of kind ``which``.
+
+        ``template`` (host arrays or ``jax.ShapeDtypeStruct``) gives the structure;
+        a checkpoint of another structure is refused, naming both.
+        """
+        ocp = self.ocp
+        manager = self._manager(which)
+        step = self._step(which, step)
+        saved_meta = self.meta(which, step)
+        saved = saved_meta.get("structure")
+        if saved is None:  # written before checkpoints described themselves: the old Sable layout
+            return self._restore_legacy(template, which, step)
+        if saved != structure(template):
+            algo = (saved_meta.get("algorithm") or {}).get("name", "?")
+            raise UserInputError(f"checkpoint {which}/{step} in {self.directory} holds a train state of algorithm "
+                                 f"{algo!r} with structure {saved[:300]}..., not the expected "
+                                 f"{structure(template)[:300]}...: restore it with the algorithm and network "
+                                 f"it was trained with (its meta 'algorithm' entry)")
         abstract = jax.tree.map(lambda x: x if isinstance(x, jax.ShapeDtypeStruct)
                                 else ocp.utils.to_shape_dtype_struct(np.asarray(x)), _to_tree(template))
         out = manager.restore(step, args=ocp.args.Composite(state=ocp.args.StandardRestore(abstract),
                                                             meta=ocp.args.JsonRestore()))
         return _from_tree(out["state"], template), dict(out["meta"])
+
+    def _restore_legacy(self, template: Carry, which: str, step: int) -> tuple[Carry, dict]:
+        ocp = self.ocp
+        if not all(hasattr(template.state, f) for f in ("params", "target_params", "opt_state")):
+            raise UserInputError(f"checkpoint {which}/{step} in {self.directory} predates self-describing "
+                                 f"checkpoints and holds a Sable train state (params, target_params, opt_state); "
+                                 f"the algorithm restoring it has another state")
+        abstract = jax.tree.map(lambda x: x if isinstance(x, jax.ShapeDtypeStruct)
+                                else ocp.utils.to_shape_dtype_struct(np.asarray(x)), _legacy_tree(template))
+        out = self._manager(which).restore(step, args=ocp.args.Composite(state=ocp.args.StandardRestore(abstract),
+                                                                         meta=ocp.args.JsonRestore()))
+        return _from_legacy(out["state"], template), dict(out["meta"])
 
     def close(self) -> None:
         self.latest.close()

@@ -1,38 +1,41 @@
 """Anakin-style learner: K updates per call, scanned inside one jit, pmapped over devices.
 
-Every call of :meth:`Learner.run` performs ``K`` gradient updates as one
-``lax.scan`` compiled into one program that ``pmap`` runs on every device.
-Sampling happens inside that program, from the task buffers already on the
-devices, so the host only dispatches one call per ``K`` updates.
+The engine runs any :class:`~mtmarl.algos.protocol.Algorithm` and knows nothing
+else of it: it samples what ``algo.sampler`` asks for, calls the current
+stage's ``update`` and carries the train state, the PRNG key and the update
+count. Every call of :meth:`Learner.run` performs ``K`` updates of one stage as
+one ``lax.scan`` compiled into one program that ``pmap`` runs on every device
+(each stage compiles its own program on first use). Sampling happens inside
+that program, from the task buffers already on the devices, so the host only
+dispatches one call per ``K`` updates.
 
 Data parallelism: the global batch ``B`` is split over the ``D`` devices. All
 devices carry the same PRNG key, so each draws the *same* global batch
 (a cheap gather) and keeps its slice ``[d*B/D, (d+1)*B/D)``; the union of the
 slices is exactly the single-device batch.
 
-The update is exact, not the usual data-parallel approximation: each
-algorithm's loss is called with the pmap axis name, and every reduction over
-the batch axis (per-task means and their normalisers, ICQ's batch-softmax
-weights and counts, metric means and maxima) is taken over the global batch
-with collectives (``mtmarl.algos.common``). The loss each device returns is its
-share of the global loss (the shares sum to it), so the global gradient is the
-``lax.psum`` of the devices' gradients; metrics come back already global.
-Every device then applies the same clipped Adam step, parameters stay
-identical, and 1 and 2 devices give the same update up to float rounding
-(tests/test_training.py checks all three algorithms).
+The update is exact, not the usual data-parallel approximation: a stage update
+is called with the pmap axis name and reduces over it. For the Sable algorithms
+(``mtmarl.algos.common.gradient_stage``, ``mtmarl.algos.reductions``) every reduction over the batch axis
+(per-task means and their normalisers, ICQ's batch-softmax weights and counts,
+metric means and maxima) is taken over the global batch with collectives, the
+loss each device returns is its share of the global loss, so the global
+gradient is the ``lax.psum`` of the devices' gradients, and metrics come back
+already global. Every device then applies the same clipped Adam step,
+parameters stay identical, and 1 and 2 devices give the same update up to
+float rounding (tests/test_training.py checks all three algorithms).
 """
 
 from __future__ import annotations
 
 import dataclasses
-from typing import NamedTuple
+from typing import Any, NamedTuple
 
 import jax
 import jax.numpy as jnp
 import numpy as np
-import optax
 
-from mtmarl.algos.common import Algo, TrainState, global_sum, polyak
+from mtmarl.algos.protocol import Algorithm, Stage, StageSpan, plan_stages, stage_at
 from mtmarl.data.batching import Buffers, SamplerConfig, sample
 from mtmarl.errors import UserInputError
 
@@ -42,8 +45,10 @@ AXIS = "devices"
 class Carry(NamedTuple):
     """What a run carries between calls (replicated over devices inside the engine)."""
 
-    state: TrainState
-    key: jax.Array  # raw uint32 PRNG key (jax.random.PRNGKey), checkpointable as an array
+    # Leaves are device arrays inside the engine, numpy on the host, ShapeDtypeStructs as restore templates.
+    state: Any  # the algorithm's train state (any pytree)
+    key: Any    # raw uint32 PRNG key (jax.random.PRNGKey), checkpointable as an array
+    step: Any   # int32 updates done (the sampler's task rotation and the stage follow it)
 
 
 def shard_batch(batch, index, num_devices: int):
@@ -54,27 +59,16 @@ def shard_batch(batch, index, num_devices: int):
     return jax.tree.map(cut, batch)
 
 
-def make_update_step(algo: Algo, sampler: SamplerConfig, num_devices: int, axis_name: str | None = AXIS):
-    """``step(carry, buffers) -> (carry, metrics)``: sample, grad, psum, Adam, Polyak (traceable)."""
-    tx, tau = algo.tx, algo.cfg.tau
+def make_update_step(stage: Stage, sampler: SamplerConfig, num_devices: int, axis_name: str | None = AXIS):
+    """``step(carry, buffers) -> (carry, metrics)``: sample, shard, the stage's update (traceable)."""
 
     def step(carry: Carry, buffers: Buffers):
-        state = carry.state
-        key, k_sample, k_loss = jax.random.split(carry.key, 3)
-        batch = sample(buffers, k_sample, state.step, sampler)
+        key, k_sample, k_update = jax.random.split(carry.key, 3)
+        batch = sample(buffers, k_sample, carry.step, sampler)
         if num_devices > 1:
             batch = shard_batch(batch, jax.lax.axis_index(axis_name), num_devices)
-        (loss, metrics), grads = jax.value_and_grad(algo.loss, has_aux=True)(
-            state.params, state.target_params, batch, k_loss, axis_name=axis_name)
-        # loss and grads are this device's shares of the global ones; metrics are already global
-        metrics = dict(metrics, loss=global_sum(loss, axis_name))
-        if axis_name is not None:
-            grads = jax.lax.psum(grads, axis_name)
-        updates, opt_state = tx.update(grads, state.opt_state, state.params)
-        params = optax.apply_updates(state.params, updates)
-        target = None if state.target_params is None else polyak(params, state.target_params, tau)
-        metrics["grad_norm"] = optax.tree.norm(grads)
-        return Carry(TrainState(params, target, opt_state, state.step + 1), key), metrics
+        state, metrics = stage.update(carry.state, batch, k_update, axis_name=axis_name)
+        return Carry(state, key, carry.step + 1), metrics
 
     return step
 
@@ -84,38 +78,51 @@ class Learner:
     """Compiled training loop for one algorithm and one set of buffers.
 
     ``init(seed)`` -> host :class:`Carry`; ``run(carry)`` -> (carry, metrics) after
-    ``updates_per_call`` more updates (metrics averaged over them, as numpy).
+    ``updates_per_call`` more updates of the stage due at ``carry.step`` (metrics
+    averaged over them, as numpy). ``updates`` is the run's total, which fixes
+    the stage plan (``mtmarl.algos.protocol.plan_stages``); None leaves the last
+    stage open. Every stage compiles its own program, on its first call.
     Carries passed in and out are host-side (unreplicated) pytrees, so they
-    checkpoint and compare directly; device copies are kept between calls.
+    checkpoint and compare directly.
     """
 
-    algo: Algo
+    algo: Algorithm
     buffers: Buffers
-    sampler: SamplerConfig
     updates_per_call: int = 10
     num_devices: int | None = None
+    updates: int | None = None
 
     def __post_init__(self):
         self.devices = jax.local_devices()[: self.num_devices or jax.local_device_count()]
         self.num_devices = n = len(self.devices)
+        self.sampler = self.algo.sampler
         if self.sampler.batch_size % n:
             raise UserInputError(f"batch_size {self.sampler.batch_size} must be divisible by the "
                                  f"{n} devices (set training.devices or the batch size)")
         if self.updates_per_call < 1:
             raise UserInputError(f"updates_per_call must be >= 1, got {self.updates_per_call}")
-        step = make_update_step(self.algo, self.sampler, n)
-        K = self.updates_per_call
-
-        def chunk(carry, buffers):
-            carry, metrics = jax.lax.scan(lambda c, _: step(c, buffers), carry, None, length=K)
-            return carry, jax.tree.map(jnp.mean, metrics)
-
-        self._chunk = jax.pmap(chunk, axis_name=AXIS, devices=self.devices, donate_argnums=(0,))
+        self.plan = plan_stages(self.algo.stages, self.updates, self.updates_per_call)
+        self._chunks: dict[int, Any] = {}
         self._buffers = self.replicate(self.buffers)
-        self._device_carry = None
-        self._host_carry_id = None
 
-    # ------------------------------------------------------------ replication
+    def _chunk(self, span: StageSpan):
+        """The pmapped program of ``K`` updates of one stage, compiled on first use."""
+        if span.number not in self._chunks:
+            step = make_update_step(span.stage, self.sampler, len(self.devices))
+            K = self.updates_per_call
+
+            def chunk(carry, buffers):
+                carry, metrics = jax.lax.scan(lambda c, _: step(c, buffers), carry, None, length=K)
+                return carry, jax.tree.map(jnp.mean, metrics)
+
+            self._chunks[span.number] = jax.pmap(chunk, axis_name=AXIS, devices=self.devices, donate_argnums=(0,))
+        return self._chunks[span.number]
+
+    def stage(self, done: int) -> StageSpan:
+        """The stage that runs after ``done`` updates."""
+        return stage_at(self.plan, done)
+
+# ------------------------------------------------------------ replication
     def replicate(self, tree):
         """A (D, ...) stacked copy of ``tree`` laid out one slice per device."""
         n = self.num_devices
@@ -134,24 +141,21 @@ class Learner:
 
     # ------------------------------------------------------------ API
     def init(self, seed: int) -> Carry:
-        """Fresh parameters and optimiser state (the same for any device count)."""
+        """Fresh train state (the same for any device count)."""
         key = jax.random.PRNGKey(seed)
         key, k_init, k_sample = jax.random.split(key, 3)
         sample_obs = self.buffers.decode_obs(self.buffers.obs[:1, : self.sampler.seq_len])  # (1, T, N, O)
-        state = jax.jit(self.algo.init)(k_init, _ObsOnly(sample_obs))
-        return jax.device_get(Carry(state, key))
+        state = jax.jit(self.algo.init)(k_init, sample_obs)
+        return jax.device_get(Carry(state, key, np.zeros((), np.int32)))
 
     def run(self, carry: Carry) -> tuple[Carry, dict[str, float]]:
         """``updates_per_call`` updates from ``carry`` (host pytree); returns host carry + metrics."""
+        span = self.stage(int(carry.step))
+        if span.end is not None and int(carry.step) >= span.end:
+            raise UserInputError(f"all {span.end} updates of the stage plan are done; nothing left to run")
         dev = self.replicate(carry)
-        dev, metrics = self._chunk(dev, self._buffers)
+        dev, metrics = self._chunk(span)(dev, self._buffers)
         return self.unreplicate(dev), {k: float(v) for k, v in self.unreplicate(metrics).items()}
-
-
-class _ObsOnly(NamedTuple):
-    """``algo.init`` only reads ``sample_batch.obs``."""
-
-    obs: jax.Array
 
 
 def tree_max_abs_diff(a, b) -> float:

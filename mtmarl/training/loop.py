@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import dataclasses
 import json
 import math
 import time
@@ -12,14 +11,14 @@ from typing import Any, Mapping
 import jax
 import numpy as np
 
-from mtmarl.algos.common import Algo, load_algo_config, make_algo
+from mtmarl.algos import registry
+from mtmarl.algos.protocol import Algorithm
 from mtmarl.atomic import atomic_write_text
 from mtmarl.data.batching import return_range
 from mtmarl.errors import NonFiniteMetricError, UserInputError
 from mtmarl.evaluation.references import reference_for
 from mtmarl.evaluation.results import summarise
 from mtmarl.evaluation.rollout import compile_all, make_evaluator
-from mtmarl.networks.sable import SableConfig
 from mtmarl.tasks import TaskSet
 from mtmarl.training.checkpoint import Checkpointer, is_better, train_score
 from mtmarl.training.data import build_buffers, fetch_missing, load_task_data
@@ -32,21 +31,19 @@ ALGO_FILE = "algo.json"      # the exact algorithm + network configs trained (in
 
 def build_algo(algo_cfg: Mapping[str, Any], net_cfg: Mapping[str, Any], training: Mapping[str, Any],
                data_cfg: Mapping[str, Any], agents: Mapping[str, Any], n_actions: int,
-               value_range: tuple[float, float] | None = None) -> Algo:
+               value_range: tuple[float, float] | None = None) -> Algorithm:
     """The algorithm with the CLI's ablation switches and batch overrides mapped onto its config."""
     algo_cfg = dict(algo_cfg)
     name = algo_cfg.pop("name", None)
     if name is None:
-        raise UserInputError("no algorithm given: add +algo=<mt_oryx|mt_cql_sable|mt_bc_sable>")
-    algo_cfg.update(balanced=bool(data_cfg.get("balanced", True)), shuffle=bool(agents.get("shuffle", True)),
-                    mask=bool(agents.get("mask", True)))
+        raise UserInputError(f"no algorithm given: add +algo=<{'|'.join(registry.names())}>")
+    algo_cfg.update(balanced=bool(data_cfg["balanced"]), shuffle=bool(agents["shuffle"]), mask=bool(agents["mask"]))
     for key in ("batch_size", "seq_len"):
         if training.get(key) is not None:
             algo_cfg[key] = int(training[key])
     if value_range is not None:
         algo_cfg["v_min"], algo_cfg["v_max"] = value_range
-    cfg = load_algo_config(name, **algo_cfg)
-    return make_algo(name, cfg, SableConfig.from_dict(dict(net_cfg)), n_actions)
+    return registry.build(name, algo_cfg, net_cfg, n_actions)
 
 
 def data_value_range(data, gamma: float) -> tuple[float, float]:
@@ -56,7 +53,7 @@ def data_value_range(data, gamma: float) -> tuple[float, float]:
     return float(np.floor(lo - margin)), float(np.ceil(hi + margin))
 
 
-def algo_for_data(cfg: Mapping[str, Any], data) -> Algo:
+def algo_for_data(cfg: Mapping[str, Any], data) -> Algorithm:
     """The run's algorithm, its HL-Gauss support set to the data's return range unless
     ``training.value_range`` is 'config'."""
     training = cfg["training"]
@@ -65,9 +62,9 @@ def algo_for_data(cfg: Mapping[str, Any], data) -> Algo:
         raise UserInputError(f"the training tasks disagree on the number of actions: {sorted(n_actions)}")
     n_actions = n_actions.pop()
     algo = build_algo(cfg["algo"], cfg["network"], training, cfg["data"], cfg["agents"], n_actions)
-    if algo.cfg.hl_gauss and algo.net.cfg.q_bins and training.get("value_range", "data") == "data":
+    if algo.value_range_discount is not None and training["value_range"] == "data":
         algo = build_algo(cfg["algo"], cfg["network"], training, cfg["data"], cfg["agents"], n_actions,
-                          data_value_range(data, algo.cfg.gamma))
+                          data_value_range(data, algo.value_range_discount))
     return algo
 
 
@@ -142,11 +139,13 @@ def check_finite(metrics: Mapping[str, float], carry: Carry, first: int, last: i
     """Raise :class:`NonFiniteMetricError` naming every NaN/inf training metric of updates ``first..last``.
 
     Metrics of one call are means over its updates, so one bad update shows. The
-    parameters are checked too (a last update with a finite loss could still
-    leave them non-finite); nothing is checkpointed after a failed check.
+    train state's float arrays (parameters, optimiser state) are checked too (a
+    last update with a finite loss could still leave them non-finite); nothing is
+    checkpointed after a failed check.
     """
     bad = {k: v for k, v in metrics.items() if not math.isfinite(v)}
-    if not bad and all(np.isfinite(x).all() for x in jax.tree.leaves(carry.state.params)):
+    floats = [x for x in jax.tree.leaves(carry.state) if np.issubdtype(np.asarray(x).dtype, np.inexact)]
+    if not bad and all(np.isfinite(x).all() for x in floats):
         return
     what = ("non-finite training metric " + ", ".join(f"{k}={v}" for k, v in sorted(bad.items())) if bad
             else "non-finite parameters")
@@ -155,6 +154,21 @@ def check_finite(metrics: Mapping[str, float], carry: Carry, first: int, last: i
             else f"no checkpoint was saved yet in {ckpt_dir}")
     raise NonFiniteMetricError(f"{what} in {where}: training stopped without saving this state; "
                                f"{kept} (try a lower algo.lr or a wider value support)")
+
+
+def check_same_algorithm(meta: Mapping[str, Any], algo: Algorithm, where: Path) -> None:
+    """Refuse to resume a checkpoint of another algorithm or configuration, naming what differs."""
+    saved = meta.get("algorithm")
+    if saved is None or saved == json.loads(json.dumps(algo.spec)):
+        return
+    diff = sorted(f"{part}.{k}: checkpoint {saved.get(part, {}).get(k)!r} vs now {v!r}"
+                  for part in ("algo", "network") for k, v in (algo.spec.get(part) or {}).items()
+                  if (saved.get(part) or {}).get(k) != v)
+    if saved.get("name") != algo.name:
+        diff.insert(0, f"name: checkpoint {saved.get('name')!r} vs now {algo.name!r}")
+    raise UserInputError(f"resume=true but the checkpoint in {where} was trained with another algorithm "
+                         f"configuration ({'; '.join(diff) or saved}); resume with the same settings or start "
+                         f"a new run directory")
 
 
 def _round_to(every: int, k: int) -> int:
@@ -170,27 +184,27 @@ def run_training(cfg: Mapping[str, Any], task_set: TaskSet, run_dir: Path, refer
     """
     training, seed = cfg["training"], int(cfg["seed"])
     fetch_missing(task_set, cfg["data"]["root"], cfg["data"].get("hub"), cfg["data"].get("hub_manifest"))
-    data = load_task_data(task_set, cfg["data"]["root"], cfg["data"].get("uid"), cfg["data"].get("verify", True),
-                          float(cfg["data"].get("fraction", 1.0)))
+    data = load_task_data(task_set, cfg["data"]["root"], cfg["data"]["uid"], cfg["data"]["verify"],
+                          float(cfg["data"]["fraction"]))
     algo = algo_for_data(cfg, data)
-    n_actions = data[0]["legals"].shape[-1]  # all tasks agree (algo_for_data checked)
-    write_json(run_dir / ALGO_FILE, {"name": algo.name, "n_actions": n_actions, **sable_summary(algo)})
-    buffers = build_buffers(task_set, data, algo.cfg.seq_len)
+    write_json(run_dir / ALGO_FILE, algo.spec)
+    buffers = build_buffers(task_set, data, algo.sampler.seq_len)
     del data
     K = int(training["updates_per_call"])
     total = int(training["updates"])
     if total % K:
         raise UserInputError(f"training.updates ({total}) must be a multiple of updates_per_call ({K})")
-    learner = Learner(algo, buffers, algo.cfg.sampler(), K, training.get("devices"))
+    learner = Learner(algo, buffers, K, training.get("devices"), updates=total)
     log_every = _round_to(int(training["log_every"]), K) or K
     eval_every = _round_to(int(training["eval_every"]), K)
     ckpt_every = _round_to(int(training["checkpoint_every"]), K)
 
-    ckpt = Checkpointer(run_dir / "checkpoints", int(training.get("keep_checkpoints", 2)))
+    ckpt = Checkpointer(run_dir / "checkpoints", int(training["keep_checkpoints"]))
     carry = learner.init(seed)
     template = carry
     best, best_step, done = None, None, 0
     if cfg.get("resume") and ckpt.latest_step() is not None:
+        check_same_algorithm(ckpt.meta("latest"), algo, ckpt.directory)
         carry, meta = ckpt.restore(template, "latest")
         done, best, best_step = int(meta["updates"]), meta.get("best_score"), meta.get("best_step")
         print(f"resumed from update {done} of {total}")
@@ -208,18 +222,27 @@ def run_training(cfg: Mapping[str, Any], task_set: TaskSet, run_dir: Path, refer
 
     def evaluate_and_select(step: int, carry: Carry):
         nonlocal best, best_step, rows
-        rows = periodic(carry.state.params, step, eval_splits)
+        rows = periodic(algo.acting_params(carry.state), step, eval_splits)
         metrics = eval_metrics(rows)
         if log is not None:
             log.log(step, metrics, prefix="eval")
         score = metrics.get("train_score")
         if score is not None and is_better(score, best):
             best, best_step = score, step
-            ckpt.save_best(step, carry, {"updates": step, "score": score, "rows": _strip(rows)})
+            ckpt.save_best(step, carry, {**describe(step), "score": score, "rows": _strip(rows)})
+
+    # the run config a checkpoint carries, without secrets (a Neptune token given on the command line)
+    run_config = {**cfg, "logger": {k: v for k, v in (cfg.get("logger") or {}).items() if k != "api_token"}}
+
+    def describe(step: int) -> dict[str, Any]:
+        """What a checkpoint records besides the arrays: enough to rebuild and evaluate it alone."""
+        return {"updates": step, "stage": learner.stage(step).stage.name if step < total else "done",
+                "algorithm": algo.spec, "config": run_config}
 
     t_train = time.perf_counter()
     last_saved = done or None  # a resumed run starts from its latest checkpoint
     while done < total:
+        stage = learner.stage(done)
         carry, metrics = learner.run(carry)
         try:
             check_finite(metrics, carry, done + 1, done + K, ckpt.directory, last_saved)
@@ -231,17 +254,17 @@ def run_training(cfg: Mapping[str, Any], task_set: TaskSet, run_dir: Path, refer
         done += K
         if log is not None:
             if done % log_every == 0 or done == total:
-                log.log(done, metrics)
+                log.log(done, {**metrics, "stage": float(stage.number)})
             log.advance(done)
         if eval_every and done % eval_every == 0 and done < total:
             evaluate_and_select(done, carry)
         if (ckpt_every and done % ckpt_every == 0) or done == total:
-            ckpt.save_latest(done, carry, {"updates": done, "best_score": best, "best_step": best_step})
+            ckpt.save_latest(done, carry, {**describe(done), "best_score": best, "best_step": best_step})
             last_saved = done
         signum = requested()  # Ctrl-C / SIGTERM (mtmarl.training.stop): checkpoint this call's result, stop
         if signum is not None and done < total:
             if last_saved != done:
-                ckpt.save_latest(done, carry, {"updates": done, "best_score": best, "best_step": best_step})
+                ckpt.save_latest(done, carry, {**describe(done), "best_score": best, "best_step": best_step})
             ckpt.close()
             raise Interrupted(signum, done)
         if stop_after is not None and done >= stop_after:
@@ -260,7 +283,3 @@ def _strip(rows):
 
 def write_json(path: Path, obj: Any) -> None:
     atomic_write_text(path, json.dumps(obj, indent=1, default=lambda o: o.item() if hasattr(o, "item") else str(o)))
-
-
-def sable_summary(algo: Algo) -> dict[str, Any]:
-    return {"algo": dataclasses.asdict(algo.cfg), "network": dataclasses.asdict(algo.net.cfg)}

@@ -1,23 +1,22 @@
 """An algorithm's recurrent ``act`` seen through the evaluator's :class:`Policy` interface.
 
-The carry is the Sable retention state of one episode. ``algo.act`` decodes
-agents in a fresh random order at every step (as in training); the first step
-of an episode (``step_count == 0``) is flagged as a reset. ``greedy=True``
-takes the arg-max action instead of sampling.
+The carry is the algorithm's recurrent state of one episode (``algo.init_carry``;
+for the Sable algorithms the retention state, with agents decoded in a fresh
+random order at every step, as in training); the first step of an episode
+(``step_count == 0``) is flagged as a reset. ``greedy=True`` takes the arg-max
+action instead of sampling. ``params`` are ``algo.acting_params(state)``.
 """
 
 from __future__ import annotations
 
-from mtmarl.algos.common import Algo
+from mtmarl.algos.protocol import Algorithm
 from mtmarl.evaluation.policies import Policy
 
 
-def make_policy(algo: Algo, greedy: bool = False) -> Policy:
-    net = algo.net
-
+def make_policy(algo: Algorithm, greedy: bool = False) -> Policy:
     def init_carry(params, num_agents):
-        del params, num_agents  # retention states do not depend on the agent count
-        return net.init_carry()
+        del params, num_agents  # recurrent states do not depend on the agent count
+        return algo.init_carry()
 
     def act(params, obs, carry, key):
         reset = obs.step_count == 0

@@ -1,7 +1,8 @@
 """Trained policies back from a run directory (for evaluation outside the training run).
 
-``load_trained(run_dir)`` rebuilds the algorithm from ``algo.json`` (the exact
-configs trained, including the HL-Gauss support taken from the data), restores
+``load_trained(run_dir)`` rebuilds the algorithm from the checkpoint's own
+description (the exact configs trained, including the HL-Gauss support taken
+from the data; older runs: ``algo.json``), restores
 the best checkpoint (else the latest) and returns an evaluator ``Policy``,
 its params, the algorithm name and the run's task-set config. The network's
 observation input has the run's padded size (``info["obs_dim"]``): tasks with
@@ -19,12 +20,11 @@ import jax
 import jax.numpy as jnp
 from omegaconf import OmegaConf
 
-from mtmarl.algos.common import load_algo_config, make_algo
+from mtmarl.algos import registry
 from mtmarl.errors import UserInputError
 from mtmarl.evaluation.references import default_path
-from mtmarl.networks.sable import SableConfig
 from mtmarl.training.checkpoint import Checkpointer
-from mtmarl.training.engine import Carry, _ObsOnly as _Obs
+from mtmarl.training.engine import Carry
 from mtmarl.training.loop import ALGO_FILE
 from mtmarl.training.rundir import CONFIG_NAME
 from mtmarl.training.policy import make_policy
@@ -44,40 +44,51 @@ def load_trained(run_dir: str | Path, which: str | None = None, greedy: bool | N
 
 
 def load_run(run_dir: str | Path, which: str | None = None):
-    """(algo, params, resolved run config, info) of a training run directory (``which`` as above).
+    """(algo, acting params, resolved run config, info) of a training run directory (``which`` as above).
 
+    The checkpoint describes itself (``mtmarl.training.checkpoint``): the
+    algorithm and the run config come from its meta. Checkpoints written before
+    they did fall back to the run directory's ``algo.json`` and ``config.yaml``.
     ``info`` holds ``tasks`` (the run's task-set config, or None for an ad-hoc
-    ``task``), ``task``, ``checkpoint`` (kind and update count), ``seed``,
+    ``task``), ``task``, ``checkpoint`` (kind, update count, stage and meta), ``seed``,
     ``obs_dim`` and ``n_actions`` (the network's input and output sizes) and ``references``.
     """
     run_dir = Path(run_dir).expanduser()
-    algo_file, cfg_file = run_dir / ALGO_FILE, run_dir / CONFIG_NAME
-    if not algo_file.is_file() or not cfg_file.is_file():
-        raise UserInputError(f"{run_dir} is not a training run directory (no {ALGO_FILE} / {CONFIG_NAME}); "
+    if not (run_dir / "checkpoints").is_dir():
+        raise UserInputError(f"{run_dir} is not a training run directory (no checkpoints/); "
                              f"pass the directory `python -m mtmarl.train` wrote")
-    spec = json.loads(algo_file.read_text())
-    cfg = OmegaConf.to_container(OmegaConf.load(cfg_file), resolve=True)
-    algo_cfg = load_algo_config(spec["name"], **{k: v for k, v in spec["algo"].items() if k != "name"})
-    algo = make_algo(spec["name"], algo_cfg, SableConfig.from_dict(spec["network"]), spec["n_actions"])
-
-    obs_dim = _obs_dim(cfg)
-    sample = _Obs(jax.ShapeDtypeStruct((1, 1, 1, obs_dim), jnp.float32))
-    state = jax.eval_shape(algo.init, jax.ShapeDtypeStruct((2,), jnp.uint32), sample)
-    template = Carry(state, jax.ShapeDtypeStruct((2,), jnp.uint32))
     ckpt = Checkpointer(run_dir / "checkpoints")
     try:
         if which is None:
             which = "best" if ckpt.latest_step("best") is not None else "latest"
         step = ckpt.latest_step(which)
+        meta = ckpt.meta(which)
+        spec, cfg = meta.get("algorithm"), meta.get("config")
+        if spec is None or cfg is None:
+            spec, cfg = _legacy_description(run_dir)
+        algo = registry.from_spec(spec)
+        obs_dim = _obs_dim(cfg)
+        sample = jax.ShapeDtypeStruct((1, 1, 1, obs_dim), jnp.float32)
+        state = jax.eval_shape(algo.init, jax.ShapeDtypeStruct((2,), jnp.uint32), sample)
+        template = Carry(state, jax.ShapeDtypeStruct((2,), jnp.uint32), jax.ShapeDtypeStruct((), jnp.int32))
         carry, meta = ckpt.restore(template, which)
     finally:
         ckpt.close()
     info = {"tasks": cfg.get("tasks"), "task": cfg.get("task"), "seed": cfg.get("seed", 0),
-            "checkpoint": {"kind": which, "step": step, "meta": meta}, "obs_dim": obs_dim,
-            "n_actions": int(spec["n_actions"]),
+            "checkpoint": {"kind": which, "step": step, "stage": meta.get("stage"), "meta": meta},
+            "obs_dim": obs_dim, "n_actions": int(spec["n_actions"]),
             # the references the run normalised by (its own setting, else its data root's)
             "references": str(cfg.get("references") or default_path((cfg.get("data") or {}).get("root")))}
-    return algo, carry.state.params, cfg, info
+    return algo, algo.acting_params(carry.state), cfg, info
+
+
+def _legacy_description(run_dir: Path):
+    """(algorithm spec, run config) from the files a run directory kept before checkpoints described themselves."""
+    algo_file, cfg_file = run_dir / ALGO_FILE, run_dir / CONFIG_NAME
+    if not algo_file.is_file() or not cfg_file.is_file():
+        raise UserInputError(f"the checkpoints in {run_dir} do not describe their algorithm and the directory has "
+                             f"no {ALGO_FILE} / {CONFIG_NAME}; pass the directory `python -m mtmarl.train` wrote")
+    return json.loads(algo_file.read_text()), OmegaConf.to_container(OmegaConf.load(cfg_file), resolve=True)
 
 
 def run_task_set(cfg: dict[str, Any]):

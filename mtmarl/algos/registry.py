@@ -1,0 +1,132 @@
+"""Algorithm names -> builders: the one place that maps ``algo.name`` to code.
+
+An algorithm module registers its builder with :func:`register`::
+
+    @register("mt_oryx", Config, network=SableConfig)
+    def make(cfg: Config, network: dict, n_actions: int) -> Algorithm: ...
+
+and ships ``configs/algo/<name>.yaml``, which owns every default of its config
+(the config dataclass declares the fields and checks values, without defaults
+of its own). A module outside the package (a test, a user's plug-in) registers
+the same way once imported, and passes its whole config as overrides (or
+through a Hydra search path holding its yaml).
+
+The built-in modules are imported on first lookup, so importing the registry
+costs nothing and the engine never imports an algorithm by name.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import importlib
+from pathlib import Path
+from typing import Any, Callable, Mapping, NamedTuple
+
+from mtmarl.errors import UserInputError
+
+BUILTIN = ("mt_oryx", "mt_cql_sable", "mt_bc_sable")  # modules mtmarl.algos.<name>
+CONFIG_DIR = Path(__file__).resolve().parents[2] / "configs" / "algo"
+
+
+class Entry(NamedTuple):
+    name: str
+    config: Any                       # its config dataclass (``from_dict`` names unknown keys)
+    make: Callable[[Any, dict, int], Any]
+    network: Any = None               # network config dataclass (``from_dict``), checked before a run
+    config_file: Path | None = None   # the yaml holding its defaults (None: every key given explicitly)
+
+
+_REGISTRY: dict[str, Entry] = {}
+
+
+def register(name: str, config: Any, network: Any = None, config_file: str | Path | None = None):
+    """Decorator registering ``make(cfg, network_dict, n_actions) -> Algorithm`` under ``name``.
+
+    ``config_file`` defaults to ``configs/algo/<name>.yaml`` when that exists.
+    Registering a name twice replaces the entry (re-imported test modules).
+    """
+    def deco(make):
+        path = Path(config_file) if config_file is not None else CONFIG_DIR / f"{name}.yaml"
+        _REGISTRY[name] = Entry(name, config, make, network, path if path.is_file() else None)
+        return make
+    return deco
+
+
+def names() -> list[str]:
+    """Every registered algorithm name (the built-in ones always included)."""
+    _import_builtins()
+    return sorted(_REGISTRY)
+
+
+def get(name: str) -> Entry:
+    if name not in _REGISTRY:
+        _import_builtins()
+    if name not in _REGISTRY:
+        raise UserInputError(f"unknown algorithm algo.name={name!r}; registered: {names()} "
+                             f"(a module of your own registers with mtmarl.algos.registry.register)")
+    return _REGISTRY[name]
+
+
+def _import_builtins() -> None:
+    for module in BUILTIN:
+        importlib.import_module(f"mtmarl.algos.{module}")
+
+
+def load_config(name: str, **overrides):
+    """Algorithm ``name``'s config: its yaml (if any) with ``overrides`` on top, checked by its dataclass."""
+    entry = get(name)
+    base: dict[str, Any] = {}
+    if entry.config_file is not None:
+        from omegaconf import OmegaConf
+
+        loaded = OmegaConf.to_container(OmegaConf.load(entry.config_file))
+        if not isinstance(loaded, dict):
+            raise UserInputError(f"{entry.config_file} must hold a mapping of algo keys, got {type(loaded).__name__}")
+        base = {str(k): v for k, v in loaded.items()}
+    merged = {**base, **overrides, "name": name}
+    return entry.config.from_dict(merged)
+
+
+def _plain_network(network) -> dict:
+    if network is None:
+        return {}
+    if dataclasses.is_dataclass(network) and not isinstance(network, type):
+        return dataclasses.asdict(network)
+    return dict(network)
+
+
+def check(name: str, algo: Mapping[str, Any], network: Mapping[str, Any] | None,
+          updates: int | None = None, updates_per_call: int = 1) -> None:
+    """Raise :class:`UserInputError` for a bad algorithm or network config, before a run writes anything.
+
+    With ``updates`` the algorithm is also built (no parameters: cheap) and its
+    stages planned over that many updates in calls of ``updates_per_call``.
+    """
+    from mtmarl.algos.protocol import plan_stages
+
+    entry = get(name)
+    cfg = load_config(name, **{k: v for k, v in algo.items() if k != "name"})
+    if entry.network is not None:
+        entry.network.from_dict(_plain_network(network))
+    if updates is not None:
+        plan_stages(build(name, cfg, network, 2).stages, updates, updates_per_call)
+
+
+def build(name: str, cfg=None, network=None, n_actions: int = 0):
+    """Algorithm ``name`` for ``n_actions`` actions.
+
+    ``cfg``: its config dataclass, a dict of overrides of its yaml, or None;
+    ``network``: the network config (dataclass or dict; ignored by algorithms without one).
+    """
+    entry = get(name)
+    if not isinstance(cfg, entry.config):
+        cfg = load_config(name, **{k: v for k, v in (cfg or {}).items() if k != "name"})
+    return entry.make(cfg, _plain_network(network), int(n_actions))
+
+
+def from_spec(spec: Mapping[str, Any]):
+    """Rebuild the algorithm a checkpoint describes (``Algorithm.spec``)."""
+    missing = {"name", "algo", "n_actions"} - set(spec)
+    if missing:
+        raise UserInputError(f"algorithm description lacks {sorted(missing)}; got keys {sorted(spec)}")
+    return build(spec["name"], dict(spec["algo"]), spec.get("network"), spec["n_actions"])
