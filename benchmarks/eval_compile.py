@@ -13,9 +13,11 @@ and episode lengths:
 
 Each is timed as a training run uses it: compile, a periodic evaluation
 (``--episodes`` per task) and a final one (``--final-episodes`` per task, the
-same program run several times). "programs" counts XLA backend compiles that
-took over 0.5 s (small eager ops such as key folding compile too and are
-counted apart). The policy is MT Oryx's Sable net (``--network``) with random
+same program run several times). ``evaluator_programs`` counts the compiled
+evaluation programs; ``xla_compile_s`` sums the duration of every XLA backend
+compile in that phase (summed over threads, so it can exceed wall time), and
+compiles over / under 0.5 s are counted apart (small eager ops compile too). The load average at start and end is recorded: on a shared
+machine the two ways may run under different load. The policy is MT Oryx's Sable net (``--network``) with random
 parameters: evaluation cost does not depend on the parameter values, and
 random ones give varied episodes to compare.
 
@@ -29,6 +31,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import platform
 import time
 from pathlib import Path
@@ -70,8 +73,8 @@ class CompileCounter:
 
     def summary(self) -> dict:
         big = [d for d in self.durations if d > 0.5]
-        return {"programs": len(big), "small_compiles": len(self.durations) - len(big),
-                "compile_cpu_s": round(sum(self.durations), 2)}
+        return {"xla_compiles_over_0.5s": len(big), "xla_compiles_under_0.5s": len(self.durations) - len(big),
+                "xla_compile_s": round(sum(self.durations), 2)}
 
 
 def random_params(algo, num_agents: int, obs_dim: int, seed: int = 1):
@@ -101,7 +104,8 @@ def per_task(envs, policy, params, keys, episodes, final, devices, counter):
         print(f"  per-task: periodic evaluation {periodic_s:.1f} s", flush=True)
         last, final_s = timed(lambda: [fn.resized(final)(params, k) for fn, k in zip(fns, keys)])
     stack = lambda parts: jax.tree.map(lambda *xs: np.stack(xs), *jax.device_get(parts))  # noqa: E731
-    return stack(periodic), stack(last), {"compile_s": compile_s, "periodic_s": periodic_s, "final_s": final_s,
+    return stack(periodic), stack(last), {"evaluator_programs": len({id(fn._compiled) for fn in fns}),
+                                          "compile_s": compile_s, "periodic_s": periodic_s, "final_s": final_s,
                                           **counter.summary()}
 
 
@@ -115,7 +119,8 @@ def task_set(envs, policy, params, keys, episodes, final, devices, counter):
         periodic, periodic_s = timed(lambda: fn(params, keys))
         print(f"  set: periodic evaluation {periodic_s:.1f} s", flush=True)
         last, final_s = timed(lambda: fn.resized(final)(params, keys))
-    return jax.device_get(periodic), jax.device_get(last), {"compile_s": compile_s, "periodic_s": periodic_s,
+    return jax.device_get(periodic), jax.device_get(last), {"evaluator_programs": 1,
+                                                            "compile_s": compile_s, "periodic_s": periodic_s,
                                                             "final_s": final_s, **counter.summary()}
 
 
@@ -141,14 +146,15 @@ def main() -> None:
     keys = [task_key(0, s) for s in specs]
     counter = CompileCounter()
     ways = {"set": task_set, "per-task": per_task}
-    results, stats = {}, {}
+    results, stats = {"load_average_at_start": os.getloadavg()[0]}, {}
     for way in args.order.split(","):
         periodic, final, timing = ways[way](envs, policy, params, keys, args.episodes, args.final_episodes,
                                             args.devices, counter)
         timing["total_s"] = timing["compile_s"] + timing["periodic_s"] + timing["final_s"]
-        results[way] = {k: round(v, 2) if isinstance(v, float) else v for k, v in timing.items()}
+        results.setdefault("ways", {})[way] = {k: round(v, 2) if isinstance(v, float) else v
+                                               for k, v in timing.items()}
         stats[way] = (periodic, final)
-        print(f"{way:9s} " + " ".join(f"{k}={v}" for k, v in results[way].items()), flush=True)
+        print(f"{way:9s} " + " ".join(f"{k}={v}" for k, v in results["ways"][way].items()), flush=True)
     if len(stats) == 2:
         (p1, f1), (p2, f2) = stats.values()
         differ = {"periodic": ((p1.returns != p2.returns) | (p1.lengths != p2.lengths)).sum(1),
@@ -158,7 +164,7 @@ def main() -> None:
         results["identical_returns_and_lengths"] = not any(v.any() for v in differ.values())
         print(f"per-task returns and lengths identical: {results['identical_returns_and_lengths']} "
               f"(differing episodes per task: {results['differing_episodes']})")
-    results.update(set=args.set, tasks=len(specs), network=args.network, episodes=args.episodes,
+    results.update(load_average_at_end=os.getloadavg()[0], task_set=args.set, tasks=len(specs), network=args.network, episodes=args.episodes,
                    final_episodes=args.final_episodes, devices=len(jax.local_devices()[: args.devices or
                                                                                   jax.local_device_count()]),
                    backend=jax.default_backend(), cpu=platform.processor() or platform.machine(),

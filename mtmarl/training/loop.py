@@ -23,7 +23,7 @@ from mtmarl.evaluation.rollout import make_task_set_evaluator
 from mtmarl.networks.sable import SableConfig
 from mtmarl.tasks import TaskSet
 from mtmarl.training.checkpoint import Checkpointer, is_better, train_score
-from mtmarl.training.data import build_buffers, fetch_missing, load_task_data
+from mtmarl.training.data import build_buffers, fetch_missing, load_task_data, release_freed_memory
 from mtmarl.training.engine import Carry, Learner
 from mtmarl.training.policy import make_policy
 from mtmarl.training.stop import Interrupted, requested
@@ -187,6 +187,7 @@ def run_training(cfg: Mapping[str, Any], task_set: TaskSet, run_dir: Path, refer
     write_json(run_dir / ALGO_FILE, {"name": algo.name, "n_actions": n_actions, **sable_summary(algo)})
     buffers = build_buffers(task_set, data, algo.cfg.seq_len)
     del data
+    release_freed_memory()  # the decoded vaults' temporaries (peak RSS, see its docstring)
     K = int(training["updates_per_call"])
     total = int(training["updates"])
     if total % K:
