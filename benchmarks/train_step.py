@@ -10,7 +10,11 @@ the og-marl column is rescaled by (matmul rate now / 181.5 GFLOP/s idle).
 
 For each setting the real engine (``training.engine.Learner``: sampling inside
 the compiled ``scan`` of updates, ``pmap`` over all local devices) runs MT Oryx
-on synthetic buffers of the right shapes. FLOPs per update come from XLA's cost
+on synthetic buffers of the right shapes, timed through ``Learner.run`` with as
+many updates per call as ``mtmarl.train`` runs (``training.updates_per_call``,
+or ``--updates-per-call``): the same compiled loop and per-call host work as
+training. (Earlier versions ran 5 updates per call, which on a GPU is mostly
+per-call overhead and read about 3x slower than the training loop.) FLOPs per update come from XLA's cost
 analysis of one update compiled on its own (the retention chunk loop is
 unrolled, so nothing is counted once for many iterations); sampling share is
 the time of the sampler alone over the time of a whole update.
@@ -45,6 +49,7 @@ from mtmarl.networks.sable import load_preset  # noqa: E402
 from mtmarl.training.engine import Carry, Learner, make_update_step  # noqa: E402
 
 OUT = Path(__file__).resolve().parent / "results" / "train_step.json"
+CONFIGS = Path(__file__).resolve().parent.parent / "configs"
 OGMARL_UPS = {2: 4.0, 4: 2.1, 8: 1.0}   # og-marl Oryx, idle machine (guide)
 IDLE_MATMUL = 181.5                      # GFLOP/s, middle of the guide's 170-193
 OBS, ACTIONS, STEPS = 66, 5, 4000        # RWARE-sized observations and actions
@@ -108,12 +113,22 @@ def sampler_seconds(buffers, sampler, reps: int = 20) -> float:
     return (time.perf_counter() - t0) / reps
 
 
-def bench_setting(n_agents, seq_len, embed, dtype, batch, seconds, calls_per_rep=2):
+def trainer_updates_per_call() -> int:
+    """``training.updates_per_call`` of the default training config: what ``mtmarl.train`` runs per call."""
+    import yaml
+
+    return int(yaml.safe_load((CONFIGS / "training" / "default.yaml").read_text())["updates_per_call"])
+
+
+def bench_setting(n_agents, seq_len, embed, dtype, batch, seconds, updates_per_call, calls_per_rep=1):
+    """Updates/s of ``Learner.run``, the call ``mtmarl.train`` makes (host carry in and out, metrics pulled),
+    ``updates_per_call`` updates per call as the trainer's config sets it; so per-call costs count as in
+    training and are not inflated by short calls (5 updates per call read about 3x slow on a GPU)."""
     net = load_preset("base", embed_dim=embed, matmul_dtype=dtype)
     algo = make_algo("mt_oryx", {"batch_size": batch, "seq_len": seq_len}, net, ACTIONS)
     buffers = synthetic_buffers(n_agents, seq_len)
     sampler = algo.sampler
-    K = 5
+    K = updates_per_call
     learner = Learner(algo, buffers, updates_per_call=K)
     carry = learner.init(0)
     t0 = time.perf_counter()
@@ -131,7 +146,7 @@ def bench_setting(n_agents, seq_len, embed, dtype, batch, seconds, calls_per_rep
         rates.append(calls_per_rep * K / (time.perf_counter() - t0))
     ups, limit = statistics.median(rates), statistics.median(mm)
     row = dict(agents=n_agents, seq_len=seq_len, embed=embed, matmul_dtype=dtype, batch=batch,
-               devices=learner.num_devices, updates_per_s=ups, samples_per_s=ups * batch,
+               devices=learner.num_devices, updates_per_call=K, updates_per_s=ups, samples_per_s=ups * batch,
                gflop_per_update=flops / 1e9, gflops=ups * flops / 1e9, matmul_limit_gflops=limit,
                share_of_limit=ups * flops / 1e9 / limit, sampling_share=samp * ups,
                compile_s=compile_s, params=algo.net.param_count(carry.state.params))
@@ -149,6 +164,8 @@ def main():
     p.add_argument("--dtype", nargs="+", default=["float32", "bfloat16"])
     p.add_argument("--batch", type=int, default=64)
     p.add_argument("--seconds", type=float, default=20.0, help="timing per setting")
+    p.add_argument("--updates-per-call", type=int, default=None,
+                   help="updates per compiled call (default: training.updates_per_call of configs/training/default.yaml)")
     p.add_argument("--quick", action="store_true")
     p.add_argument("--out", type=Path, default=OUT)
     a = p.parse_args()
@@ -164,7 +181,7 @@ def main():
     print(f"{'N':>3} {'T':>3} {'E':>4} {'dtype':>8} {'upd/s':>7} {'samp/s':>7} {'GFLOP/up':>8} "
           f"{'GFLOP/s':>8} {'limit':>6} {'%limit':>6} {'sample%':>7} {'vs og':>6}")
     for n, t, e, d in settings:
-        r = bench_setting(n, t, e, d, a.batch, a.seconds)
+        r = bench_setting(n, t, e, d, a.batch, a.seconds, a.updates_per_call or trainer_updates_per_call())
         rows.append(r)
         vs = f"{r['speedup_vs_ogmarl']:.2f}x" if "speedup_vs_ogmarl" in r else "-"
         print(f"{n:>3} {t:>3} {e:>4} {d:>8} {r['updates_per_s']:>7.2f} {r['samples_per_s']:>7.0f} "

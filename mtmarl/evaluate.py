@@ -1,4 +1,4 @@
-"""Zero-shot evaluation of a policy on the tasks of a set (one compiled program per task).
+"""Zero-shot evaluation of a policy on the tasks of a set (all tasks in one compiled program).
 
     python -m mtmarl.evaluate policy=random +tasks=rware_15 split=test
     python -m mtmarl.evaluate task=rware:rows=2,cols=5,height=8,agents=6 eval.episodes=64
@@ -25,6 +25,7 @@ from typing import Any
 
 import hydra
 import jax
+import jax.numpy as jnp
 from omegaconf import DictConfig, OmegaConf
 
 from mtmarl import envs
@@ -34,7 +35,7 @@ from mtmarl.evaluation.policies import POLICIES, Policy
 from mtmarl.evaluation.references import load_references, reference_for
 from mtmarl.evaluation.render import record_episode, save_gif
 from mtmarl.evaluation.results import print_table, summarise, write_results
-from mtmarl.evaluation.rollout import compile_all, make_evaluator, task_key
+from mtmarl.evaluation.rollout import make_task_set_evaluator, task_key
 from mtmarl.runtime import enable_compilation_cache, hydra_cli, user_errors_exit
 
 
@@ -75,31 +76,40 @@ def check_trained_fits(specs, obs_dim: int, n_actions: int, source: str) -> None
                                  f"({source}) outputs {n_actions}")
 
 
+# Episodes per device in one compiled call, summed over the tasks of the set: bounds the memory of the
+# batched env states and policy carries; more episodes run as several calls of the same program.
+CALL_EPISODES = 1024
+
+
+def call_batch(episodes: int, num_tasks: int, num_devices: int) -> int:
+    """Episodes per task per device per call: within :data:`CALL_EPISODES`, split evenly (no padding waste)."""
+    per_device = -(-episodes // num_devices)
+    calls = -(-per_device // max(1, CALL_EPISODES // max(num_tasks, 1)))
+    return -(-per_device // calls)
+
+
 def evaluate_set(task_set: task_registry.TaskSet, splits: list[str], policy: Policy, params: Any,
                  episodes: int, seed: int, references: dict[str, float],
                  devices: int | None = None, progress: bool = True,
                  obs_dim: int | None = None) -> list[dict[str, Any]]:
-    """Evaluate every task of the given splits; one summary row per task.
+    """Evaluate every task of the given splits in one compiled program; one summary row per task.
 
     ``obs_dim``: pad observations to this size instead of the set's (a trained net's input size).
     """
-    from rich.progress import Progress
-
     todo = [(split, spec) for split in splits for spec in task_set.split(split)]
+    if not todo:
+        return []
     envs = [padded_env(task_set, spec, obs_dim) for _, spec in todo]
-    fns = [make_evaluator(env, policy, episodes, devices) for env in envs]
+    n_dev = len(jax.local_devices()[: devices or jax.local_device_count()])
+    fn = make_task_set_evaluator(envs, policy, episodes, devices, call_batch(episodes, len(todo), n_dev))
+    if progress:
+        print(f"evaluating {len(todo)} tasks x {episodes} episodes in one compiled program", flush=True)
+    stats = jax.device_get(fn(params, jnp.stack([task_key(seed, spec) for _, spec in todo])))
     rows = []
-    with Progress(disable=not progress, transient=True) as bar:
-        job = bar.add_task(f"compiling {len(todo)} tasks", total=len(todo))
-        if todo:  # compiles dominate short evaluations: build them all at once, in parallel threads
-            compile_all(fns, params, task_key(seed, todo[0][1]))
-        for (split, spec), env, fn in zip(todo, envs, fns):
-            bar.update(job, description=f"{split}: {spec.name}")
-            stats = jax.device_get(fn(params, task_key(seed, spec)))
-            info = {"name": spec.name, "task": spec.adhoc, "env": spec.env, "split": split,
-                    "agents": env.inner.num_agents}
-            rows.append(summarise(info, stats, reference_for(spec, references)))
-            bar.advance(job)
+    for i, ((split, spec), env) in enumerate(zip(todo, envs)):
+        info = {"name": spec.name, "task": spec.adhoc, "env": spec.env, "split": split,
+                "agents": env.inner.num_agents}
+        rows.append(summarise(info, jax.tree.map(lambda x: x[i], stats), reference_for(spec, references)))
     return rows
 
 

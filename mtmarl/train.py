@@ -90,6 +90,7 @@ def _run(cfg: DictConfig, run_dir: Path, stop_after: int | None) -> list[dict[st
     from mtmarl.training.stop import Interrupted, catch_signals, resume_command
 
     plain = _resolve(cfg)
+    _start_processes(plain.get("distributed"))
     task_set = resolve_task_set(cfg)
     references = load_references(cfg.references or default_path(cfg.data.root))
     if not plain["data"].get("hub"):
@@ -107,6 +108,26 @@ def _run(cfg: DictConfig, run_dir: Path, stop_after: int | None) -> list[dict[st
             print(f"stopped at once; resume from the last periodic checkpoint with: "
                   f"{resume_command(_overrides(), run_dir)}", flush=True)
             sys.exit(130)
+
+
+def _start_processes(dist_cfg) -> None:
+    """``jax.distributed.initialize`` from the ``distributed`` section, before anything touches JAX devices.
+
+    The learner is data-parallel over one process's local devices only (``pmap``); until it runs over a
+    global mesh, several processes would each train the same run into the same directory, so that is refused.
+    """
+    from mtmarl.distributed import initialize, settings
+
+    args = settings(dist_cfg)
+    if args is None:
+        return
+    if args["num_processes"] == 1:
+        initialize(dist_cfg)
+        return
+    raise UserInputError(
+        f"distributed.num_processes={args['num_processes']}: multi-process training is not supported yet "
+        f"(the learner is data-parallel over one process's devices); mtmarl.distributed.initialize starts "
+        f"the runtime (tested with 2 CPU processes), the learner's global mesh is still to come")
 
 
 def _train(cfg: DictConfig, plain: dict[str, Any], task_set, references, run_dir: Path,

@@ -12,7 +12,7 @@ from mtmarl.errors import UserInputError
 from mtmarl.evaluation.policies import RANDOM, Policy, uniform_legal
 from mtmarl.evaluation.references import DEFAULT_PATH, default_path, load_references, reference_for
 from mtmarl.evaluation.results import summarise, to_marl_eval
-from mtmarl.evaluation.rollout import EpisodeStats, episode_keys, make_evaluator
+from mtmarl.evaluation.rollout import EpisodeStats, episode_keys, make_evaluator, make_task_set_evaluator
 from mtmarl.tasks import TaskSpec
 
 # Connector keeps paying its step penalty after an episode has ended, so a
@@ -92,6 +92,75 @@ def test_padding_does_not_change_returns(env):
     b = make_evaluator(env.inner, noop, 4, 1)((), key)
     np.testing.assert_allclose(a.returns, b.returns)
     np.testing.assert_array_equal(a.lengths, b.lengths)
+
+
+# Tasks of one set that differ in grid, agent count and horizon (some episodes hit the time limit, others end
+# early), padded to one shape as a training run pads them.
+SET_SPECS = [TaskSpec.parse(t) for t in ("connector:grid=5,agents=3,horizon=12", "connector:grid=6,agents=2,horizon=7",
+                                         "connector:grid=7,agents=4,horizon=10")]
+
+
+@pytest.fixture(scope="module")
+def set_envs():
+    built = [s.build() for s in SET_SPECS]
+    pad = {"num_agents": max(e.num_agents for e in built), "obs_dim": max(e.obs_dim for e in built),
+           "state_dim": max(e.state_dim for e in built)}
+    return [envs.PaddedEnv(e, **pad) for e in built]
+
+
+def test_task_set_evaluator_matches_per_task_evaluators(set_envs):
+    """All tasks in one program give each task exactly its own evaluator's episodes (same keys), on 1 and
+    2 devices and in several calls (the final evaluation's resized program). COUNTING is recurrent, reads
+    its params and draws random legal actions on even steps."""
+    policy, params = COUNTING, jnp.int32(1)
+    keys = jax.random.split(jax.random.PRNGKey(5), len(set_envs))
+    per_task = [make_evaluator(env, policy, 7, num_devices=1)(params, k) for env, k in zip(set_envs, keys)]
+    one = make_task_set_evaluator(set_envs, policy, 7, num_devices=1)(params, keys)
+    two = make_task_set_evaluator(set_envs, policy, 3, num_devices=2, batch=2)  # 2 per device per call
+    calls = two.resized(7)  # 2 calls of 2 per device: 8 episodes, 1 dropped
+    assert calls.calls == 2
+    for stats in (one, calls(params, keys)):
+        assert stats.returns.shape == stats.lengths.shape == (len(set_envs), 7)
+        for t, ref in enumerate(per_task):
+            np.testing.assert_array_equal(stats.returns[t], ref.returns)
+            np.testing.assert_array_equal(stats.lengths[t], ref.lengths)
+    lengths = np.asarray(one.lengths)
+    horizons = [e.horizon for e in set_envs]
+    assert (lengths <= np.array(horizons)[:, None]).all()
+    assert (lengths == np.array(horizons)[:, None]).any() and (lengths < np.array(horizons)[:, None]).any(), \
+        "need both timeouts and early ends"
+
+
+def test_task_set_evaluator_matches_per_task_with_a_sable_policy(set_envs):
+    """The policy network batched over all tasks' episodes acts as it does per task (bit-identical returns)."""
+    from mtmarl.algos.common import make_algo
+    from mtmarl.networks.sable import SableConfig
+    from mtmarl.training.policy import make_policy
+
+    from helpers import random_params
+
+    net = SableConfig(embed_dim=16, n_blocks=1, n_heads=2, chunk_size=4, q_bins=0, matmul_dtype="bfloat16")
+    algo = make_algo("mt_bc_sable", None, net, set_envs[0].num_actions)
+    obs = jnp.zeros((1, 1, set_envs[0].num_agents, set_envs[0].obs_dim))
+    params = random_params(algo.net.init, jax.random.PRNGKey(0), obs, scale_spread=0.5)
+    policy = make_policy(algo)
+    two_tasks = set_envs[:2]
+    keys = jax.random.split(jax.random.PRNGKey(9), len(two_tasks))
+    both = make_task_set_evaluator(two_tasks, policy, 4, num_devices=1)(params, keys)
+    for t, (env, key) in enumerate(zip(two_tasks, keys)):
+        ref = make_evaluator(env, policy, 4, num_devices=1)(params, key)
+        np.testing.assert_array_equal(both.returns[t], ref.returns)
+        np.testing.assert_array_equal(both.lengths[t], ref.lengths)
+
+
+def test_task_set_evaluator_refuses_tasks_of_different_shapes():
+    a, b = (s.build() for s in SET_SPECS[:2])
+    with pytest.raises(UserInputError, match="num_agents 2 vs 3"):
+        make_task_set_evaluator([envs.PaddedEnv(a), envs.PaddedEnv(b)], RANDOM, 2)
+    with pytest.raises(UserInputError, match="no tasks"):
+        make_task_set_evaluator([], RANDOM, 2)
+    with pytest.raises(UserInputError, match="episodes must be >= 1"):
+        make_task_set_evaluator([envs.PaddedEnv(a)], RANDOM, 0)
 
 
 def test_uniform_legal_only_picks_legal_and_covers_them():

@@ -1,4 +1,4 @@
-"""Compiled zero-shot evaluation: E episodes of one task in one ``jit``.
+"""Compiled zero-shot evaluation: E episodes of one task, or of every task of a set, in one ``jit``.
 
 Each episode is played once from its own key (no auto-reset): the batch of
 episodes advances together inside a ``while_loop`` that stops when every
@@ -17,6 +17,7 @@ from typing import Any, NamedTuple
 import jax
 import jax.numpy as jnp
 
+from mtmarl.errors import UserInputError
 from mtmarl.evaluation.policies import Policy
 
 # XLA CPU backend optimisation level for evaluation programs. Compiles dominate a short evaluation
@@ -68,6 +69,73 @@ def run_episodes(env, policy: Policy, params: Any, keys: jax.Array) -> EpisodeSt
     return EpisodeStats(ret, length)
 
 
+def run_task_episodes(envs, policy: Policy, params: Any, keys: jax.Array) -> EpisodeStats:
+    """Play one episode per key of every task at once (traceable; the caller jits it).
+
+    ``envs``: T padded envs with the same agent, observation, state and action
+    sizes; ``keys``: (T, E) episode keys, row t for ``envs[t]``. The policy runs
+    once per step on all T x E episodes (one traced and compiled copy of the
+    network instead of T), and each task's env steps its own E episodes. An
+    episode counts reward and steps until its first end or its task's horizon,
+    so every task gets exactly what :func:`run_episodes` would give it for the
+    same keys; the loop runs until every task is finished.
+    """
+    check_same_shapes(envs)
+    T = len(envs)
+    if keys.shape[0] != T:
+        raise ValueError(f"got keys for {keys.shape[0]} tasks but {T} envs")
+    num_agents = envs[0].num_agents
+    split = jax.vmap(jax.vmap(jax.random.split))(keys)  # (T, E, 2, key)
+    reset_keys, act_keys = split[:, :, 0], split[:, :, 1]
+    starts = [jax.vmap(env.reset)(k) for env, k in zip(envs, reset_keys)]
+    env_states = tuple(s for s, _ in starts)
+    ts = jax.tree.map(lambda *xs: jnp.stack(xs), *(t for _, t in starts))
+    carry = jax.vmap(jax.vmap(lambda _: policy.init_carry(params, num_agents)))(keys)
+    horizons = jnp.array([env.horizon for env in envs], jnp.int32)[:, None]
+    zeros = jnp.zeros(keys.shape[:2])
+
+    def act_step(key, obs, carry):
+        return policy.act(params, obs, carry, key)
+
+    def body(loop):
+        t, env_states, ts, carry, ret, length, done = loop
+        step_keys = jax.vmap(jax.vmap(jax.random.fold_in, in_axes=(0, None)), in_axes=(0, None))(act_keys, t)
+        actions, carry = jax.vmap(jax.vmap(act_step))(step_keys, ts.observation, carry)
+        # A task whose episodes have all ended keeps its state: nothing of it counts any more, and
+        # skipping its env step saves time while other tasks play on.
+        finished = jnp.all(done | (t >= horizons), axis=1)
+        stepped = [jax.lax.cond(finished[i], lambda s, a, i=i: (s, jax.tree.map(lambda x: x[i], ts)),
+                                jax.vmap(env.step), s, a)
+                   for i, (env, s, a) in enumerate(zip(envs, env_states, actions))]
+        env_states = tuple(s for s, _ in stepped)
+        ts = jax.tree.map(lambda *xs: jnp.stack(xs), *(x for _, x in stepped))
+        live = ~done & (t < horizons)  # steps past a task's horizon never happen in run_episodes
+        ret = ret + jnp.where(live, ts.reward, 0.0)
+        length = length + live
+        return t + 1, env_states, ts, carry, ret, length, done | ts.done
+
+    def cond(loop):
+        t, *_, done = loop
+        return ~jnp.all(done | (t >= horizons))
+
+    init = (jnp.int32(0), env_states, ts, carry, zeros, zeros.astype(jnp.int32), zeros.astype(bool))
+    _, _, _, _, ret, length, _ = jax.lax.while_loop(cond, body, init)
+    return EpisodeStats(ret, length)
+
+
+def check_same_shapes(envs) -> None:
+    """Tasks evaluated in one program must agree on every padded size; say which one does not."""
+    if not envs:
+        raise UserInputError("no tasks to evaluate")
+    first = envs[0]
+    sizes = ("num_agents", "obs_dim", "state_dim", "num_actions")
+    for env in envs[1:]:
+        diff = [f"{k} {getattr(env, k)} vs {getattr(first, k)}" for k in sizes if getattr(env, k) != getattr(first, k)]
+        if diff:
+            raise UserInputError(f"tasks evaluated together must be padded to one shape: {env!r} differs from "
+                                 f"{first!r} in {', '.join(diff)} (pad them with one TaskSet)")
+
+
 class Evaluator:
     """``evaluator(params, key) -> EpisodeStats`` of ``num_episodes`` episodes of one env.
 
@@ -79,19 +147,36 @@ class Evaluator:
     it, and the persistent XLA cache serves it to later runs). ``compile``
     builds the program ahead of time, so several tasks can compile in parallel
     threads (see :func:`compile_all`).
+
+    With ``tasks=True`` (see :func:`make_task_set_evaluator`), ``env`` is a list
+    of padded envs, ``key`` holds one key per task, and every field of the
+    result has a leading task axis: all tasks play in one program.
     """
 
     def __init__(self, env, policy: Policy, num_episodes: int, num_devices: int | None = None,
-                 batch: int | None = None):
+                 batch: int | None = None, tasks: bool = False):
+        if num_episodes < 1:
+            raise UserInputError(f"the number of evaluation episodes must be >= 1, got {num_episodes}")
         self.devices = jax.local_devices()[: num_devices or jax.local_device_count()]
         n_dev = len(self.devices)
         per_device = -(-num_episodes // n_dev)
         self.batch = min(per_device, batch) if batch else per_device
+        self.tasks = tasks
         self._set_episodes(num_episodes)
 
-        def run(params, key, first):
-            """Episodes first..first+batch-1; keys are made inside the compiled program."""
-            return run_episodes(env, policy, params, episode_keys(key, self.batch, first))
+        if tasks:
+            check_same_shapes(env)
+            envs = list(env)
+            self.num_tasks = len(envs)
+
+            def run(params, keys, first):
+                """Episodes first..first+batch-1 of every task."""
+                ep_keys = jax.vmap(lambda k: episode_keys(k, self.batch, first))(keys)
+                return run_task_episodes(envs, policy, params, ep_keys)
+        else:
+            def run(params, key, first):
+                """Episodes first..first+batch-1; keys are made inside the compiled program."""
+                return run_episodes(env, policy, params, episode_keys(key, self.batch, first))
 
         self._fn = jax.jit(run) if n_dev == 1 else jax.pmap(run, in_axes=(None, None, 0), devices=self.devices)
         self._compiled = [None]  # shared with resized() copies
@@ -122,9 +207,13 @@ class Evaluator:
     def __call__(self, params, key) -> EpisodeStats:
         self.compile(params, key)
         parts = [self._compiled[0](params, key, self._firsts(c)) for c in range(self.calls)]
-        # (calls, [devices,] batch) -> episode order: device-major, then call, then slot
+        # ([devices,] [tasks,] batch) per call -> episode order: device-major, then call, then slot
         stats = jax.tree.map(lambda *xs: jnp.stack(xs, axis=-2), *parts)
-        return jax.tree.map(lambda x: x.reshape(-1)[: self.num_episodes], stats)
+        if not self.tasks:
+            return jax.tree.map(lambda x: x.reshape(-1)[: self.num_episodes], stats)
+        if len(self.devices) > 1:  # (devices, tasks, calls, batch) -> (tasks, devices, calls, batch)
+            stats = jax.tree.map(lambda x: jnp.moveaxis(x, 1, 0), stats)
+        return jax.tree.map(lambda x: x.reshape(self.num_tasks, -1)[:, : self.num_episodes], stats)
 
 
 def make_evaluator(env, policy: Policy, num_episodes: int, num_devices: int | None = None,
@@ -135,6 +224,20 @@ def make_evaluator(env, policy: Policy, num_episodes: int, num_devices: int | No
     multiple of the devices (and of ``batch``) and the extra ones dropped.
     """
     return Evaluator(env, policy, num_episodes, num_devices, batch)
+
+
+def make_task_set_evaluator(envs, policy: Policy, num_episodes: int, num_devices: int | None = None,
+                            batch: int | None = None) -> Evaluator:
+    """``evaluate(params, keys) -> EpisodeStats`` of shape (tasks, episodes): all ``envs`` in one program.
+
+    ``envs`` are the tasks of one set padded to the set's shape (``TaskSet.padded``)
+    and ``keys`` is (tasks, 2), one evaluation key per task. Task t's episodes
+    are those :func:`make_evaluator` gives ``envs[t]`` for ``keys[t]`` (see
+    :func:`run_task_episodes`), but the whole set compiles once: one copy of the
+    policy network instead of one per task, and one program for the periodic and
+    final evaluations of a training run.
+    """
+    return Evaluator(list(envs), policy, num_episodes, num_devices, batch, tasks=True)
 
 
 def compile_all(evaluators, params, key, threads: int | None = None) -> None:

@@ -9,6 +9,7 @@ from pathlib import Path
 from typing import Any, Mapping
 
 import jax
+import jax.numpy as jnp
 import numpy as np
 
 from mtmarl.algos import registry
@@ -18,10 +19,10 @@ from mtmarl.data.batching import return_range
 from mtmarl.errors import NonFiniteMetricError, UserInputError
 from mtmarl.evaluation.references import reference_for
 from mtmarl.evaluation.results import summarise
-from mtmarl.evaluation.rollout import compile_all, make_evaluator
+from mtmarl.evaluation.rollout import make_task_set_evaluator
 from mtmarl.tasks import TaskSet
 from mtmarl.training.checkpoint import Checkpointer, is_better, train_score
-from mtmarl.training.data import build_buffers, fetch_missing, load_task_data
+from mtmarl.training.data import build_buffers, fetch_missing, load_task_data, release_freed_memory
 from mtmarl.training.engine import Carry, Learner
 from mtmarl.training.policy import make_policy
 from mtmarl.training.stop import Interrupted, requested
@@ -69,14 +70,17 @@ def algo_for_data(cfg: Mapping[str, Any], data) -> Algorithm:
 
 
 class PeriodicEvaluator:
-    """Evaluators compiled once per task and reused at every periodic and the final evaluation.
+    """One evaluation program for all tasks of the set, reused at every periodic and the final evaluation.
 
-    Every task gets one program of ``episodes`` episodes (split over devices);
-    an evaluation with more episodes (the final one) runs it several times
-    (``Evaluator.resized``), so nothing compiles twice. The first evaluation
-    compiles all tasks' programs in parallel threads. ``step=None`` uses each
-    task's plain evaluation key (as ``mtmarl.evaluate`` does); periodic
-    evaluations fold the update count into it.
+    All tasks (both splits) are padded to the set's shape and played in one
+    compiled program (``make_task_set_evaluator``: one copy of the policy network
+    and one compile instead of one per task) of ``episodes`` episodes per task,
+    split over devices; an evaluation with more episodes (the final one) runs it
+    several times (``Evaluator.resized``), so nothing compiles twice. Asking for
+    some splits only builds a second program for that subset (cached too).
+    ``step=None`` uses each task's plain evaluation key (as ``mtmarl.evaluate``
+    does); periodic evaluations fold the update count into it. Per task, the
+    results are those of the per-task evaluator for the same key.
     """
 
     def __init__(self, task_set: TaskSet, splits, policy, episodes: int, seed: int,
@@ -89,31 +93,37 @@ class PeriodicEvaluator:
         self.task_key = task_key
         n_dev = len(jax.local_devices()[: devices or jax.local_device_count()])
         self.batch = -(-episodes // n_dev)  # episodes per device per compiled call
-        self._fns: dict[Any, Any] = {}
+        self._envs: dict[Any, Any] = {}
+        self._fns: dict[tuple, Any] = {}
 
-    def _evaluator(self, spec, episodes: int | None):
-        """(evaluator, real agent count) of a task; the padded env is built once per task."""
-        if spec not in self._fns:
-            env = self.task_set.padded(spec)
-            self._fns[spec] = (make_evaluator(env, self.policy, self.episodes, self.devices, self.batch),
-                               env.inner.num_agents)
-        fn, agents = self._fns[spec]
-        return (fn if episodes in (None, self.episodes) else fn.resized(episodes)), agents
+    def _env(self, spec):
+        if spec not in self._envs:
+            self._envs[spec] = self.task_set.padded(spec)
+        return self._envs[spec]
+
+    def _evaluator(self, specs: tuple, episodes: int | None):
+        """The compiled evaluator of these tasks (built once per distinct task list)."""
+        if specs not in self._fns:
+            self._fns[specs] = make_task_set_evaluator([self._env(s) for s in specs], self.policy,
+                                                       self.episodes, self.devices, self.batch)
+        fn = self._fns[specs]
+        return fn if episodes in (None, self.episodes) else fn.resized(episodes)
 
     def __call__(self, params, step: int | None, splits=None, episodes: int | None = None) -> list[dict[str, Any]]:
         chosen = [(split, spec) for split, spec in self.todo if splits is None or split in splits]
-        fns = [self._evaluator(spec, episodes) for _, spec in chosen]
-        if chosen:
-            compile_all([fn for fn, _ in fns], params, self.task_key(self.seed, chosen[0][1]))
+        if not chosen:
+            return []
+        keys = [self.task_key(self.seed, spec) for _, spec in chosen]
+        if step is not None:
+            keys = [jax.random.fold_in(key, step) for key in keys]
+        fn = self._evaluator(tuple(spec for _, spec in chosen), episodes)
+        stats = jax.device_get(fn(params, jnp.stack(keys)))
         rows = []
-        for (split, spec), (fn, agents) in zip(chosen, fns):
-            key = self.task_key(self.seed, spec)
-            if step is not None:
-                key = jax.random.fold_in(key, step)
-            stats = jax.device_get(fn(params, key))
+        for i, (split, spec) in enumerate(chosen):
             info = {"name": spec.name, "task": spec.adhoc, "env": spec.env, "split": split,
-                    "agents": agents}
-            rows.append(summarise(info, stats, reference_for(spec, self.references)))
+                    "agents": self._env(spec).inner.num_agents}
+            task_stats = jax.tree.map(lambda x: x[i], stats)
+            rows.append(summarise(info, task_stats, reference_for(spec, self.references)))
         return rows
 
 
@@ -190,6 +200,7 @@ def run_training(cfg: Mapping[str, Any], task_set: TaskSet, run_dir: Path, refer
     write_json(run_dir / ALGO_FILE, algo.spec)
     buffers = build_buffers(task_set, data, algo.sampler.seq_len)
     del data
+    release_freed_memory()  # the decoded vaults' temporaries (peak RSS, see its docstring)
     K = int(training["updates_per_call"])
     total = int(training["updates"])
     if total % K:
