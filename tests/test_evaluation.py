@@ -133,7 +133,7 @@ def test_task_set_evaluator_matches_per_task_evaluators(set_envs):
 
 def test_task_set_evaluator_matches_per_task_with_a_sable_policy(set_envs):
     """The policy network batched over all tasks' episodes acts as it does per task (bit-identical returns)."""
-    from mtmarl.algos.common import make_algo
+    from mtmarl.algos.registry import build as make_algo
     from mtmarl.networks.sable import SableConfig
     from mtmarl.training.policy import make_policy
 
