@@ -32,8 +32,8 @@ import optax
 from mtmarl.errors import UserInputError
 from mtmarl.evaluation.policies import masked_sample
 from mtmarl.online import scripted_rware as planner
-from mtmarl.online.rollout import (EnvBatch, Transition, fresh_pool, make_reset_pool,
-                                   start_from_pool, step_with_pool, transition)
+from mtmarl.online.rollout import (EnvBatch, Transition, fresh_pool, make_reset_pool, rollout,
+                                   start_from_pool, step_with_pool)
 from mtmarl.online.system import Actor, make_policy
 
 
@@ -164,17 +164,14 @@ def make_dagger(env, cfg: DaggerConfig) -> Dagger:
         """``length`` steps of ``envs`` envs under the pure student (sampled actions); (T, B, ...)."""
         pool_key, run_key = jax.random.split(key)
         pool = make_reset_pool(env, pool_key, envs, length // 20 + 2)
-        batch = start_from_pool(pool)
 
-        def body(batch, k):
-            ts = batch.timestep
+        def act(params, ts, k):  # no value function, no behaviour log-probabilities
             _, logits = actor.apply(params, (), ts.observation.agents_view)
             actions = masked_sample(k, logits, ts.observation.action_mask)
-            new, real = step_with_pool(env, batch, actions, pool)
-            zero = jnp.zeros_like(real.reward)
-            return new, transition(batch, real, actions, jnp.zeros(actions.shape), zero, zero)
+            return actions, jnp.zeros(actions.shape), jnp.zeros(actions.shape[:1])
 
-        return jax.lax.scan(body, batch, jax.random.split(run_key, length))[1]
+        no_value = lambda params, ts: jnp.zeros_like(ts.reward)  # noqa: E731
+        return rollout(env, act, no_value, params, start_from_pool(pool), pool, run_key, length)[1]
 
     return Dagger(cfg, actor, jax.jit(init), jax.jit(iterate), jax.jit(record, static_argnums=(2, 3)),
                   make_policy(actor), make_policy(actor, greedy=True))

@@ -107,14 +107,13 @@ def release_freed_memory() -> None:
     measured about 300-400 MB of resident memory for rware_15 that the rest of
     the run (evaluation compiles above all) then adds to.
     """
+    import contextlib
     import ctypes
     import gc
 
     gc.collect()
-    try:
+    with contextlib.suppress(OSError, AttributeError):  # not glibc (macOS, musl): nothing to do
         ctypes.CDLL("libc.so.6").malloc_trim(0)
-    except (OSError, AttributeError):  # not glibc (macOS, musl): nothing to do
-        pass
 
 
 def build_buffers(task_set: TaskSet, data: list[dict[str, Any]], seq_len: int) -> Buffers:
