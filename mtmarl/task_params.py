@@ -107,16 +107,25 @@ LAYOUTS: dict[str, Callable[[Mapping[str, Any]], None]] = {
     "rware": _rware_layout, "lbf": _lbf_layout, "connector": _connector_layout}
 
 
+def _schema_from_signature(env: str) -> dict[str, Callable[[str, Any], Any]]:
+    """Types of a registered env without a schema here (e.g. a test's toy env), from its constructor's
+    annotations: ``int`` and ``bool`` are checked like the built-in envs' keys, anything else is kept."""
+    from mtmarl import envs
+
+    parse = {"int": _int(0), "bool": as_bool}
+    return {k: parse.get(getattr(p.annotation, "__name__", str(p.annotation)), lambda key, value: value) for k, p in envs.env_params(env).items()}
+
+
 def check_task(env: str, params: Mapping[str, Any], label: str) -> dict[str, Any]:
     """``params`` with every value converted to its type; raises naming the task, key and value.
 
     Keys must already be known (``TaskSpec.create`` checks them); the layout is
     checked only when its keys are all given (a missing one is reported by ``envs.make``).
     """
-    schema = SCHEMAS[env]
+    schema = SCHEMAS.get(env) or _schema_from_signature(env)
     try:
         typed = {key: schema[key](key, value) for key, value in params.items()}
-        if all(k in typed for k in LAYOUT_KEYS[env]):
+        if env in LAYOUTS and all(k in typed for k in LAYOUT_KEYS[env]):
             LAYOUTS[env](typed)
     except UserInputError as err:
         raise UserInputError(f"task {label}: {err}") from None

@@ -82,32 +82,14 @@ class TaskSpec:
         """Fields shown by ``python -m mtmarl.tasks`` and stored with results."""
         env = self.build()
         return {"name": self.name, "task": self.adhoc, "env": self.env, "agents": env.num_agents,
-                "layout": _layout(self.env, dict(self.params), env), "obs_dim": env.obs_dim,
+                "layout": env.describe_layout(), "obs_dim": env.obs_dim,
                 "state_dim": env.state_dim, "actions": env.num_actions, "horizon": env.horizon,
-                "property": figure_property(self.env, env), "params": dict(self.params)}
+                "property": env.size_property(), "success": env.spec.has_success, "params": dict(self.params)}
 
 
 @functools.lru_cache(maxsize=None)
 def _build(env: str, params: tuple) -> envs.MultiAgentEnv:
     return envs.make(env, **dict(params))
-
-
-def figure_property(env_name: str, env: envs.MultiAgentEnv) -> int:
-    """The property seed 004 Fig. 3 plots against agent count, per env."""
-    if env_name == "rware":
-        return int(env.jumanji_env.shelf_ids.shape[0])
-    if env_name == "lbf":
-        return int(env.jumanji_env._generator.max_agent_level)
-    return int(env.jumanji_env._generator.grid_size)
-
-
-def _layout(env_name: str, p: dict, env: envs.MultiAgentEnv) -> str:
-    if env_name == "rware":
-        return f"{p['rows']}x{p['cols']} shelf blocks of {p['height']} ({figure_property('rware', env)} shelves)"
-    if env_name == "lbf":
-        coop = ", coop" if p.get("coop") else ""
-        return f"{p['grid']}x{p['grid']}, {p['food']} food, max level {p.get('level', 2)}{coop}"
-    return f"{p['grid']}x{p['grid']} grid"
 
 
 @dataclasses.dataclass(frozen=True)
@@ -153,15 +135,18 @@ class TaskSet:
         return dataclasses.replace(self, name=name, train=train)
 
     @property
+    def env_spec(self) -> envs.EnvSpec:
+        """The shape every task (train and test) is padded to: most agents, entities per group, state."""
+        return envs.EnvSpec.join(t.build().spec for t in self.train + self.test)
+
+    @property
     def padding(self) -> dict[str, int]:
-        """Largest agents/obs/state over *all* tasks (train and test share one shape)."""
-        built = [t.build() for t in self.train + self.test]
-        return {"num_agents": max(e.num_agents for e in built),
-                "obs_dim": max(e.obs_dim for e in built),
-                "state_dim": max(e.state_dim for e in built)}
+        """Sizes of ``env_spec`` (agents, observation row, state), as stored with runs."""
+        spec = self.env_spec
+        return {"num_agents": spec.num_agents, "obs_dim": spec.obs_dim, "state_dim": spec.state_dim}
 
     def padded(self, spec: TaskSpec) -> envs.PaddedEnv:
-        return envs.PaddedEnv(spec.build(), **self.padding)
+        return envs.PaddedEnv(spec.build(), self.env_spec)
 
     def describe(self) -> dict[str, Any]:
         return {"name": self.name, "env": self.env, "padding": self.padding,

@@ -16,6 +16,7 @@ from helpers import synthetic_vault
 from mtmarl.algos import registry
 from mtmarl.algos.common import BatchConfig
 from mtmarl.algos.protocol import Algorithm, Stage, plan_stages, stage_at
+from mtmarl.envs.layout import EnvSpec
 from mtmarl.errors import UserInputError
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -32,10 +33,11 @@ class ToyConfig(BatchConfig):
 
 
 @registry.register("toy_two_stage", ToyConfig)
-def make_toy(cfg: ToyConfig, network: dict, n_actions: int) -> Algorithm:
+def make_toy(cfg: ToyConfig, network: dict, env: EnvSpec) -> Algorithm:
     """Stage 1 tracks the observation mean (a stand-in for pretraining an encoder); stage 2 fits a
     linear policy on the centred observations by cross-entropy. Each stage counts its own updates."""
     del network
+    n_actions = env.num_actions
 
     def init(key, obs):
         o = obs.shape[-1]

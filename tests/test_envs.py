@@ -53,8 +53,8 @@ def rollout(name):
     """(episodes, T+1, ...) numpy records of the raw env, wrapper and padded env."""
     env, episodes = get_env(name), TASKS[name][1]
     raw = env.jumanji_env
-    padded = PaddedEnv(env, env.num_agents + EXTRA_AGENTS, env.obs_dim + EXTRA_OBS,
-                       env.state_dim + EXTRA_STATE)
+    padded = PaddedEnv(env, num_agents=env.num_agents + EXTRA_AGENTS, obs_dim=env.obs_dim + EXTRA_OBS,
+                       state_dim=env.state_dim + EXTRA_STATE)
 
     def record(raw_s, raw_ts, s, ts, ps, pts):
         return dict(raw_state=raw_s, raw_obs=raw_ts.observation, raw_reward=raw_ts.reward,

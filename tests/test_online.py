@@ -94,7 +94,8 @@ class ToyEnv:
     def _ts(self, s: ToyState, reward, done):
         view = jnp.stack([s.ident, s.t.astype(jnp.float32)])[None].repeat(2, 0)
         obs = Observation(view, jnp.ones((2, 3), bool), jnp.ones((2,), bool), s.t)
-        return TimeStep(obs, reward, done & (s.length == 3), done & (s.length != 3), jnp.zeros((0,)))
+        return TimeStep(obs, reward, done & (s.length == 3), done & (s.length != 3), jnp.zeros((0,)),
+                        jnp.zeros((), bool))
 
     def reset(self, key):
         k1, k2 = jax.random.split(key)

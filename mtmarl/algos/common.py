@@ -29,6 +29,7 @@ import optax
 from mtmarl.algos.protocol import Algorithm, Stage
 from mtmarl.algos.reductions import (batch_softmax, gather_batch, global_max, global_sum, masked_mean, task_mean,
                                      task_scale, task_softmax)
+from mtmarl.envs.layout import EnvSpec
 from mtmarl.errors import UserInputError
 from mtmarl.networks.sable import NEG, SableConfig, SableNet, make_sable
 
@@ -173,7 +174,7 @@ def make_act(net: SableNet, step: Callable | None = None):
     return act
 
 
-def assemble(cfg: AlgoConfig, network: dict, n_actions: int, loss_fn: Callable,
+def assemble(cfg: AlgoConfig, network: dict, env: EnvSpec, loss_fn: Callable,
              act_step: Callable[[SableNet], Callable] | None = None) -> SableAlgorithm:
     """An algorithm from its config and ``loss_fn(params, target, batch, key, cfg, net, axis_name)``.
 
@@ -182,10 +183,10 @@ def assemble(cfg: AlgoConfig, network: dict, n_actions: int, loss_fn: Callable,
     all of ``training.updates``, and the random-order ``act`` (``act_step(net)``
     replaces the policy-head step, e.g. acting on Q).
     """
-    net = network_for(cfg, SableConfig.from_dict(dict(network)), n_actions)
+    net = network_for(cfg, SableConfig.from_dict(dict(network)), env.num_actions)
     tx = make_optimizer(cfg)
     bound = lambda p, tp, b, k, axis_name=None: loss_fn(p, tp, b, k, cfg, net, axis_name)  # noqa: E731
-    spec = {"name": cfg.name, "n_actions": n_actions, "algo": dataclasses.asdict(cfg),
+    spec = {"name": cfg.name, "n_actions": env.num_actions, "env": env.to_json(), "algo": dataclasses.asdict(cfg),
             "network": dataclasses.asdict(net.cfg)}
     return SableAlgorithm(
         name=cfg.name, cfg=cfg, sampler=cfg.sampler(), init=make_init(net, tx, with_target=cfg.learns_values),

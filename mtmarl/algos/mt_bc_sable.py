@@ -15,6 +15,7 @@ from typing import ClassVar
 
 from mtmarl.algos import common
 from mtmarl.algos.registry import register
+from mtmarl.envs.layout import EnvSpec
 from mtmarl.networks.sable import SableConfig, SableNet
 
 
@@ -35,5 +36,5 @@ def loss(params, target_params, batch, key, cfg: Config, net: SableNet, axis_nam
 
 
 @register("mt_bc_sable", Config, network=SableConfig)
-def make(cfg: Config, network: dict, n_actions: int) -> common.SableAlgorithm:
-    return common.assemble(cfg, network, n_actions, loss)
+def make(cfg: Config, network: dict, env: EnvSpec) -> common.SableAlgorithm:
+    return common.assemble(cfg, network, env, loss)

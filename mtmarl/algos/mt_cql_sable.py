@@ -31,6 +31,7 @@ import jax.numpy as jnp
 
 from mtmarl.algos import common
 from mtmarl.algos.registry import register
+from mtmarl.envs.layout import EnvSpec
 from mtmarl.networks.retention import Ctx, decay_state, head_decays
 from mtmarl.networks.sable import Outputs, SableConfig, SableModule, SableNet, _mask_outputs
 
@@ -111,5 +112,5 @@ def q_act(net: SableNet, temperature: float = 0.0):
 
 
 @register("mt_cql_sable", Config, network=SableConfig)
-def make(cfg: Config, network: dict, n_actions: int) -> common.SableAlgorithm:
-    return common.assemble(cfg, network, n_actions, loss, lambda net: q_act(net, cfg.act_temperature))
+def make(cfg: Config, network: dict, env: EnvSpec) -> common.SableAlgorithm:
+    return common.assemble(cfg, network, env, loss, lambda net: q_act(net, cfg.act_temperature))

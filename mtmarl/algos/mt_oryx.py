@@ -32,6 +32,7 @@ import jax.numpy as jnp
 
 from mtmarl.algos import common
 from mtmarl.algos.registry import register
+from mtmarl.envs.layout import EnvSpec
 from mtmarl.errors import UserInputError
 from mtmarl.networks.sable import SableConfig, SableNet
 
@@ -117,5 +118,5 @@ def loss(params, target_params, batch, key, cfg: Config, net: SableNet, axis_nam
 
 
 @register("mt_oryx", Config, network=SableConfig)
-def make(cfg: Config, network: dict, n_actions: int) -> common.SableAlgorithm:
-    return common.assemble(cfg, network, n_actions, loss)
+def make(cfg: Config, network: dict, env: EnvSpec) -> common.SableAlgorithm:
+    return common.assemble(cfg, network, env, loss)

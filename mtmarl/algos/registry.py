@@ -3,7 +3,7 @@
 An algorithm module registers its builder with :func:`register`::
 
     @register("mt_oryx", Config, network=SableConfig)
-    def make(cfg: Config, network: dict, n_actions: int) -> Algorithm: ...
+    def make(cfg: Config, network: dict, env: EnvSpec) -> Algorithm: ...
 
 and ships ``configs/algo/<name>.yaml``, which owns every default of its config
 (the config dataclass declares the fields and checks values, without defaults
@@ -22,6 +22,7 @@ import importlib
 from pathlib import Path
 from typing import Any, Callable, Mapping, NamedTuple
 
+from mtmarl.envs.layout import ActionLayout, EnvSpec, ObsLayout
 from mtmarl.errors import UserInputError
 
 BUILTIN = ("mt_oryx", "mt_cql_sable", "mt_bc_sable")  # modules mtmarl.algos.<name>
@@ -40,7 +41,7 @@ _REGISTRY: dict[str, Entry] = {}
 
 
 def register(name: str, config: Any, network: Any = None, config_file: str | Path | None = None):
-    """Decorator registering ``make(cfg, network_dict, n_actions) -> Algorithm`` under ``name``.
+    """Decorator registering ``make(cfg, network_dict, env_spec) -> Algorithm`` under ``name``.
 
     ``config_file`` defaults to ``configs/algo/<name>.yaml`` when that exists.
     Registering a name twice replaces the entry (re-imported test modules).
@@ -112,16 +113,24 @@ def check(name: str, algo: Mapping[str, Any], network: Mapping[str, Any] | None,
         plan_stages(build(name, cfg, network, 2).stages, updates, updates_per_call)
 
 
-def build(name: str, cfg=None, network=None, n_actions: int = 0):
-    """Algorithm ``name`` for ``n_actions`` actions.
+def as_env_spec(env: EnvSpec | int) -> EnvSpec:
+    """An ``EnvSpec``, or just an action count: a flat-observation env of unknown size (tests, old checkpoints)."""
+    if isinstance(env, EnvSpec):
+        return env
+    return EnvSpec(num_agents=0, obs=ObsLayout.flat(0), actions=ActionLayout(basic=max(int(env), 1)))
+
+
+def build(name: str, cfg=None, network=None, env: EnvSpec | int = 1):
+    """Algorithm ``name`` for the (padded) env shape ``env``.
 
     ``cfg``: its config dataclass, a dict of overrides of its yaml, or None;
-    ``network``: the network config (dataclass or dict; ignored by algorithms without one).
+    ``network``: the network config (dataclass or dict; ignored by algorithms without one);
+    ``env``: the task set's ``EnvSpec`` (observation entity groups, actions, agents), or an action count.
     """
     entry = get(name)
     if not isinstance(cfg, entry.config):
         cfg = load_config(name, **{k: v for k, v in (cfg or {}).items() if k != "name"})
-    return entry.make(cfg, _plain_network(network), int(n_actions))
+    return entry.make(cfg, _plain_network(network), as_env_spec(env))
 
 
 def from_spec(spec: Mapping[str, Any]):
@@ -129,4 +138,5 @@ def from_spec(spec: Mapping[str, Any]):
     missing = {"name", "algo", "n_actions"} - set(spec)
     if missing:
         raise UserInputError(f"algorithm description lacks {sorted(missing)}; got keys {sorted(spec)}")
-    return build(spec["name"], dict(spec["algo"]), spec.get("network"), spec["n_actions"])
+    env = EnvSpec.from_json(spec["env"]) if "env" in spec else spec["n_actions"]  # before env specs: a count
+    return build(spec["name"], dict(spec["algo"]), spec.get("network"), env)

@@ -38,9 +38,10 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from mtmarl.envs.layout import EnvSpec
 from mtmarl.errors import UserInputError
 
-NOOP = 0  # the only legal action of a padded agent (mtmarl.envs.base.NOOP)
+NOOP = 0  # the only legal action of a padded agent without a target EnvSpec (mtmarl.envs.base.NOOP)
 
 
 class Buffers(NamedTuple):
@@ -158,8 +159,19 @@ def value_table(arrays: Sequence[np.ndarray], limit: int = 256, chunk: int = 1 <
     return seen
 
 
+def _to_layout(task: dict, spec: EnvSpec, target: EnvSpec) -> dict:
+    """One task's arrays in the padded entity and action layout of ``target`` (identity for flat envs)."""
+    out = dict(task, obs=spec.obs.pad(task["obs"], target.obs))
+    if spec.actions != target.actions:
+        src, valid = spec.actions.action_map(target.actions)
+        out["actions"] = spec.actions.index_in(target.actions)[task["actions"]]
+        out["legals"] = task["legals"][..., src] & valid
+    return out
+
+
 def make_buffers(tasks: Sequence[Mapping], seq_len: int, num_agents: int | None = None,
-                 obs_dim: int | None = None, compact: bool = True) -> Buffers:
+                 obs_dim: int | None = None, compact: bool = True,
+                 specs: Sequence[EnvSpec] | None = None, target: EnvSpec | None = None) -> Buffers:
     """Stack per-task datasets into padded device ``Buffers``.
 
     Each task is a mapping of time-major arrays: ``obs`` (L_i, N_i, O_i),
@@ -168,10 +180,19 @@ def make_buffers(tasks: Sequence[Mapping], seq_len: int, num_agents: int | None 
     stored back to back: the step after a terminal/truncated one starts a new
     episode. Every task needs at least ``seq_len`` steps and the same ``A``.
     ``compact`` stores observations as codes when they allow it (module docstring).
+    ``specs`` (each task's ``EnvSpec``) and ``target`` (the set's) pad observations per
+    entity group and move targeted actions to their padded index, as ``PaddedEnv`` does;
+    ``target`` then also gives the sizes and the no-op of padded agents.
     """
     if not tasks:
         raise UserInputError("no tasks given")
     data = [_task_arrays(t, i) for i, t in enumerate(tasks)]
+    noop = NOOP
+    if target is not None:
+        if specs is None or len(specs) != len(data):
+            raise UserInputError("make_buffers: give one EnvSpec per task with target")
+        data = [_to_layout(d, s, target) for d, s in zip(data, specs)]
+        num_agents, obs_dim, noop = target.num_agents, target.obs_dim, target.actions.noop
     acts = {d["legals"].shape[-1] for d in data}
     if len(acts) != 1:
         raise UserInputError(f"tasks disagree on the number of actions: {sorted(acts)}")
@@ -187,12 +208,12 @@ def make_buffers(tasks: Sequence[Mapping], seq_len: int, num_agents: int | None 
     obs = np.zeros((M, L, N, O), np.float32 if table is None else np.uint8)
     if table is not None:
         obs[:] = np.searchsorted(table, 0.0)
-    actions = np.full((M, L, N), NOOP, np.int32)
+    actions = np.full((M, L, N), noop, np.int32)
     rewards = np.zeros((M, L), np.float32)
     terminals = np.zeros((M, L), bool)
     truncations = np.zeros((M, L), bool)
     legals = np.zeros((M, L, N, A), bool)
-    legals[..., NOOP] = True
+    legals[..., noop] = True
     first = np.zeros((M, L), bool)
     active = np.zeros((M, N), bool)
     for m, d in enumerate(data):

@@ -1,17 +1,28 @@
-"""Environments: Jumanji RWARE, LBF and Connector behind one padded interface."""
+"""Environments: one protocol (``base.MultiAgentEnv`` + ``layout.EnvSpec``), Jumanji RWARE, LBF and
+Connector adapters on it, and padding to a task set's shape. ``register`` adds an env by name."""
 
 from __future__ import annotations
 
 import inspect
 
-from mtmarl.envs.base import NOOP, MultiAgentEnv, Observation, TimeStep
+from mtmarl.envs.base import NOOP, JumanjiEnv, MultiAgentEnv, Observation, TimeStep
 from mtmarl.envs.connector import ConnectorEnv
+from mtmarl.envs.layout import ActionLayout, EntityGroup, EnvSpec, ObsLayout
 from mtmarl.envs.lbf import LbfEnv
 from mtmarl.envs.padding import PaddedEnv
 from mtmarl.envs.rware import RwareEnv
 from mtmarl.errors import UserInputError
 
 ENVS: dict[str, type[MultiAgentEnv]] = {"rware": RwareEnv, "lbf": LbfEnv, "connector": ConnectorEnv}
+
+
+def register(name: str, env_class: type[MultiAgentEnv]) -> type[MultiAgentEnv]:
+    """Make ``env_class`` the env ``name`` of task strings (``name:key=value,...``); its constructor's
+    arguments are the task parameters."""
+    if not (isinstance(env_class, type) and issubclass(env_class, MultiAgentEnv)):
+        raise TypeError(f"env {name!r}: {env_class!r} is not a MultiAgentEnv subclass")
+    ENVS[name] = env_class
+    return env_class
 
 
 def env_params(env: str) -> dict[str, inspect.Parameter]:
@@ -37,5 +48,6 @@ def make(env: str, **params) -> MultiAgentEnv:
         raise UserInputError(f"{env} task {params} is not valid: {err or type(err).__name__}") from None
 
 
-__all__ = ["ENVS", "NOOP", "MultiAgentEnv", "Observation", "PaddedEnv", "TimeStep",
-           "UserInputError", "env_params", "make"]
+__all__ = ["ENVS", "NOOP", "ActionLayout", "EntityGroup", "EnvSpec", "JumanjiEnv", "MultiAgentEnv",
+           "ObsLayout", "Observation", "PaddedEnv", "TimeStep", "UserInputError", "env_params", "make",
+           "register"]

@@ -1,8 +1,15 @@
-"""One multi-agent interface over the Jumanji environments mtmarl uses.
+"""The environment protocol: one multi-agent interface for every env mtmarl steps.
 
 Every environment (and the padded view of it) is a pair of pure functions,
 ``reset(key)`` and ``step(state, actions)``, returning a :class:`TimeStep` whose
-arrays have static shapes, so whole rollouts compile into one ``jit``.
+arrays have static shapes, so whole rollouts compile into one ``jit``. Beside
+them an env declares its shapes as data (:class:`mtmarl.envs.layout.EnvSpec`:
+observation entity groups, targeted actions, no-op, global state, whether it
+reports success), which is all padding, buffers and networks read.
+
+:class:`MultiAgentEnv` is the protocol; :class:`JumanjiEnv` adapts a Jumanji
+environment to it (RWARE, LBF, Connector), converting its observation into a
+flat per-agent row and its rewards into one team reward.
 """
 
 from __future__ import annotations
@@ -15,8 +22,9 @@ import jax
 import jax.numpy as jnp
 from flax import struct
 
-# Index of the "do nothing" action; it is 0 in RWARE, LBF and Connector alike,
-# which is why padded agents can share one convention.
+from mtmarl.envs.layout import ActionLayout, EnvSpec, ObsLayout
+
+# Index of the "do nothing" action of RWARE, LBF and Connector (JumanjiEnv's declared no-op).
 NOOP = 0
 
 
@@ -37,6 +45,7 @@ class TimeStep:
     terminal: chex.Array  # () bool, the episode ended by the task's own rules
     truncated: chex.Array  # () bool, the episode hit the time limit
     state: chex.Array  # (S,) float32 global state; S == 0 when the env has none
+    success: chex.Array  # () bool, the episode was won (envs with EnvSpec.has_success; else False)
 
     @property
     def done(self) -> chex.Array:
@@ -44,6 +53,63 @@ class TimeStep:
 
 
 class MultiAgentEnv(abc.ABC):
+    """The protocol: pure ``reset``/``step`` plus the shapes declared in ``spec``.
+
+    A subclass sets ``name``, ``horizon`` (the time limit) and ``spec`` and
+    implements ``reset``/``step``; everything else derives from ``spec``.
+    """
+
+    name: str = "base"
+    horizon: int
+    spec: EnvSpec
+
+    @abc.abstractmethod
+    def reset(self, key: chex.PRNGKey) -> tuple[Any, TimeStep]:
+        """A new episode: (env state, first time step)."""
+
+    @abc.abstractmethod
+    def step(self, state: Any, actions: chex.Array) -> tuple[Any, TimeStep]:
+        """``actions``: (num_agents,) int32 indices into the action layout."""
+
+    @property
+    def num_agents(self) -> int:
+        return self.spec.num_agents
+
+    @property
+    def obs_dim(self) -> int:
+        return self.spec.obs_dim
+
+    @property
+    def num_actions(self) -> int:
+        return self.spec.num_actions
+
+    @property
+    def state_dim(self) -> int:
+        return self.spec.state_dim
+
+    @property
+    def noop(self) -> int:
+        return self.spec.actions.noop
+
+    def animate(self, states: list, save_path: str) -> None:
+        raise NotImplementedError(f"{type(self).__name__} cannot render episodes")
+
+    def describe_layout(self) -> str:
+        """One line on the task's level (shown by ``python -m mtmarl.tasks``)."""
+        return ""
+
+    def size_property(self) -> int:
+        """The task property seed 004 Fig. 3 plots against agent count (shelves, level, grid size)."""
+        return 0
+
+    def __repr__(self) -> str:
+        return (
+            f"{type(self).__name__}(agents={self.num_agents}, obs={self.obs_dim}, "
+            f"actions={self.num_actions}, state={self.state_dim}, horizon={self.horizon})"
+        )
+
+
+class JumanjiEnv(MultiAgentEnv):
     """A Jumanji environment seen through mtmarl's interface.
 
     Subclasses convert Jumanji's observation into a flat per-agent vector and a
@@ -52,18 +118,17 @@ class MultiAgentEnv(abc.ABC):
     episode; any other end (the time limit) is reported as a truncation.
     """
 
-    name: str = "base"
-
     def __init__(self, jumanji_env: Any, horizon: int):
         self.jumanji_env = jumanji_env
         self.horizon = int(horizon)
-        self.num_agents = int(jumanji_env.num_agents)
-        self.num_actions = int(jumanji_env.action_spec.num_values[0])
+        actions = ActionLayout(basic=int(jumanji_env.action_spec.num_values[0]), noop=NOOP)
+        # The agent count is known now; the sizes come from tracing the conversions, which may read it.
+        self.spec = EnvSpec(int(jumanji_env.num_agents), ObsLayout.flat(0), actions)
         state, ts = jax.eval_shape(jumanji_env.reset, jax.random.PRNGKey(0))
         view = jax.eval_shape(self.agents_view, state, ts.observation)
         gstate = jax.eval_shape(self.global_state, state)
-        self.obs_dim = int(view.shape[-1])
-        self.state_dim = int(gstate.shape[-1])
+        self.spec = EnvSpec(self.spec.num_agents, ObsLayout.flat(int(view.shape[-1])), actions,
+                            state_dim=int(gstate.shape[-1]))
 
     # -- per-env conversions -------------------------------------------------
     @abc.abstractmethod
@@ -102,6 +167,7 @@ class MultiAgentEnv(abc.ABC):
             terminal=ended,
             truncated=last & ~ended,
             state=self.global_state(state),
+            success=jnp.zeros((), bool),
         )
 
     def reset(self, key: chex.PRNGKey) -> tuple[Any, TimeStep]:
@@ -114,9 +180,3 @@ class MultiAgentEnv(abc.ABC):
 
     def animate(self, states: list, save_path: str) -> None:
         self.jumanji_env.animate(states, interval=150, save_path=save_path)
-
-    def __repr__(self) -> str:
-        return (
-            f"{type(self).__name__}(agents={self.num_agents}, obs={self.obs_dim}, "
-            f"actions={self.num_actions}, state={self.state_dim}, horizon={self.horizon})"
-        )

@@ -14,7 +14,7 @@ import jax.numpy as jnp
 from jumanji.environments import Connector
 from jumanji.environments.routing.connector.generator import RandomWalkGenerator
 
-from mtmarl.envs.base import MultiAgentEnv
+from mtmarl.envs.base import JumanjiEnv
 
 RADIUS = 2  # window is (2*RADIUS+1)^2 cells around the agent's head
 OFFSET_SCALE = 10.0  # target offsets are divided by this fixed constant
@@ -43,13 +43,20 @@ def _crop(channels: jax.Array, pos: jax.Array) -> jax.Array:
     return jax.lax.dynamic_slice(padded, (0, pos[0], pos[1]), (NUM_CHANNELS, 2 * r + 1, 2 * r + 1))
 
 
-class ConnectorEnv(MultiAgentEnv):
+class ConnectorEnv(JumanjiEnv):
     name = "connector"
 
     def __init__(self, grid: int, agents: int, horizon: int = 50):
         env = Connector(generator=RandomWalkGenerator(grid_size=grid, num_agents=agents),
                         time_limit=horizon)
         super().__init__(env, horizon)
+
+    def size_property(self) -> int:
+        return int(self.jumanji_env._generator.grid_size)
+
+    def describe_layout(self) -> str:
+        grid = self.size_property()
+        return f"{grid}x{grid} grid"
 
     def agents_view(self, state, raw_obs):
         agents = state.agents

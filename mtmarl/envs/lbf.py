@@ -13,7 +13,7 @@ import jax.numpy as jnp
 from jumanji.environments import LevelBasedForaging
 from jumanji.environments.routing.lbf.generator import RandomGenerator
 
-from mtmarl.envs.base import MultiAgentEnv
+from mtmarl.envs.base import JumanjiEnv
 
 # Per-channel divisors: agent levels (<= 4 in our tasks), food levels (<= the
 # sum of the levels of the agents that may load it), accessibility (0/1).
@@ -25,7 +25,7 @@ warnings.filterwarnings("ignore", message="scatter inputs have incompatible type
                         "from dtype=int32 to dtype=bool", category=FutureWarning)
 
 
-class LbfEnv(MultiAgentEnv):
+class LbfEnv(JumanjiEnv):
     name = "lbf"
 
     def __init__(self, grid: int, agents: int, food: int, level: int = 2,
@@ -34,6 +34,14 @@ class LbfEnv(MultiAgentEnv):
                               max_agent_level=level, force_coop=bool(coop))
         env = LevelBasedForaging(generator=gen, time_limit=horizon, grid_observation=True)
         super().__init__(env, horizon)
+        self._level = (grid, food, level, bool(coop))
+
+    def size_property(self) -> int:
+        return int(self.jumanji_env._generator.max_agent_level)
+
+    def describe_layout(self) -> str:
+        grid, food, level, coop = self._level
+        return f"{grid}x{grid}, {food} food, max level {level}{', coop' if coop else ''}"
 
     def agents_view(self, state, raw_obs):
         view = raw_obs.agents_view.astype(jnp.float32)  # (n, 3, k, k)

@@ -1,48 +1,72 @@
-"""Agent/observation padding so every task of a set shares one shape.
+"""Padding so every task of a set shares one shape: agents, entity groups, targeted actions.
 
-Padded agents sit after the real ones, see zeros, may only take the no-op,
-and are flagged ``active=False`` so losses and metrics can drop them. Their
-actions are cut off before the real environment steps, so they cannot change
-what the real agents see or receive.
+Padded agents sit after the real ones, see zeros, may only take the env's
+no-op, and are flagged ``active=False`` so losses and metrics can drop them.
+Their actions are cut off before the real environment steps, so they cannot
+change what the real agents see or receive. Within an observation row each
+entity group is padded in place (``ObsLayout.pad``: entity k keeps its slot,
+missing entities and features are zeros), and actions that target an entity
+that does not exist in this task are illegal and map to the no-op.
 """
 
 from __future__ import annotations
 
 from typing import Any
 
+import dataclasses
+
 import jax.numpy as jnp
 
-from mtmarl.envs.base import NOOP, MultiAgentEnv, Observation, TimeStep
+from mtmarl.envs.base import MultiAgentEnv, Observation, TimeStep
+from mtmarl.envs.layout import EnvSpec, ObsLayout
 from mtmarl.errors import UserInputError
 
 
-class PaddedEnv:
-    """``env`` seen with ``num_agents`` agents, ``obs_dim`` features, ``state_dim`` state."""
+class PaddedEnv(MultiAgentEnv):
+    """``env`` seen with the shapes of ``spec`` (a task set's joined spec).
 
-    def __init__(self, env: MultiAgentEnv, num_agents: int | None = None,
+    ``num_agents`` / ``obs_dim`` / ``state_dim`` override single sizes (``obs_dim``
+    only for flat observations: e.g. a trained network's input size).
+    """
+
+    def __init__(self, env: MultiAgentEnv, spec: EnvSpec | None = None, *, num_agents: int | None = None,
                  obs_dim: int | None = None, state_dim: int | None = None):
         self.inner = env
-        self.num_agents = env.num_agents if num_agents is None else int(num_agents)
-        self.obs_dim = env.obs_dim if obs_dim is None else int(obs_dim)
-        self.state_dim = env.state_dim if state_dim is None else int(state_dim)
-        for what, have, cap in (("agents", env.num_agents, self.num_agents),
-                                ("observation size", env.obs_dim, self.obs_dim),
-                                ("state size", env.state_dim, self.state_dim)):
+        spec = env.spec if spec is None else spec
+        if obs_dim is not None:
+            if not spec.obs.is_flat:
+                raise UserInputError(f"{env!r} has entity-group observations; pad it with its set's layout, "
+                                     f"not a flat obs_dim={obs_dim}")
+            spec = dataclasses.replace(spec, obs=ObsLayout.flat(obs_dim))
+        spec = dataclasses.replace(spec, num_agents=spec.num_agents if num_agents is None else int(num_agents),
+                                   state_dim=spec.state_dim if state_dim is None else int(state_dim))
+        for what, have, cap in (("agents", env.num_agents, spec.num_agents),
+                                ("observation size", env.obs_dim, spec.obs_dim),
+                                ("state size", env.state_dim, spec.state_dim)):
             if have > cap:
                 raise UserInputError(
                     f"{env!r} has {have} {what} but the padding allows at most {cap}; "
                     f"pad to at least {have} (e.g. evaluate the task on its own).")
-        self.num_actions = env.num_actions
+        env.spec.obs.check_fits(spec.obs)
+        self.spec = spec
+        self._action_src, self._action_valid = env.spec.actions.action_map(spec.actions)
+        self._same_actions = env.spec.actions == spec.actions  # Jumanji envs: no gather needed
         self.horizon = env.horizon
-        self.jumanji_env = env.jumanji_env
+        self.name = env.name
+
+    @property
+    def jumanji_env(self):
+        return self.inner.jumanji_env
 
     def _pad(self, ts: TimeStep) -> TimeStep:
         n, pad_n = self.inner.num_agents, self.num_agents - self.inner.num_agents
         obs = ts.observation
-        noop_only = jnp.zeros((pad_n, self.num_actions), bool).at[:, NOOP].set(True)
+        mask = obs.action_mask if self._same_actions else obs.action_mask[:, self._action_src] & self._action_valid
+        noop_only = jnp.zeros((pad_n, self.num_actions), bool).at[:, self.noop].set(True)
+        view = self.inner.spec.obs.pad(obs.agents_view, self.spec.obs)
         padded = Observation(
-            agents_view=jnp.pad(obs.agents_view, ((0, pad_n), (0, self.obs_dim - obs.agents_view.shape[1]))),
-            action_mask=jnp.concatenate([obs.action_mask, noop_only]),
+            agents_view=jnp.pad(view, ((0, pad_n), (0, 0))),
+            action_mask=jnp.concatenate([mask, noop_only]),
             active=jnp.arange(self.num_agents) < n,
             step_count=obs.step_count,
         )
@@ -54,7 +78,10 @@ class PaddedEnv:
         return state, self._pad(ts)
 
     def step(self, state: Any, actions) -> tuple[Any, TimeStep]:
-        state, ts = self.inner.step(state, actions[: self.inner.num_agents])
+        inner_actions = actions[: self.inner.num_agents]
+        if not self._same_actions:
+            inner_actions = jnp.asarray(self._action_src)[inner_actions]
+        state, ts = self.inner.step(state, inner_actions)
         return state, self._pad(ts)
 
     def animate(self, states: list, save_path: str) -> None:

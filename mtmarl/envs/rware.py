@@ -10,7 +10,7 @@ from jumanji.environments import RobotWarehouse
 from jumanji.environments.routing.robot_warehouse.generator import RandomGenerator
 from jumanji.environments.routing.robot_warehouse.utils import is_collision
 
-from mtmarl.envs.base import MultiAgentEnv
+from mtmarl.envs.base import JumanjiEnv
 
 # Jumanji's view starts with the agent's absolute (x, y) cell; every other
 # feature is a 0/1 flag. Dividing the coordinates by a fixed 16 keeps them near
@@ -18,7 +18,7 @@ from mtmarl.envs.base import MultiAgentEnv
 COORD_SCALE = 16.0
 
 
-class RwareEnv(MultiAgentEnv):
+class RwareEnv(JumanjiEnv):
     name = "rware"
 
     def __init__(self, rows: int, cols: int, height: int, agents: int,
@@ -29,6 +29,14 @@ class RwareEnv(MultiAgentEnv):
             request_queue_size=agents if request is None else request,
         )
         super().__init__(RobotWarehouse(generator=gen, time_limit=horizon), horizon)
+        self._blocks = (rows, cols, height)
+
+    def size_property(self) -> int:
+        return int(self.jumanji_env.shelf_ids.shape[0])
+
+    def describe_layout(self) -> str:
+        rows, cols, height = self._blocks
+        return f"{rows}x{cols} shelf blocks of {height} ({self.size_property()} shelves)"
 
     def agents_view(self, state, raw_obs):
         view = raw_obs.agents_view.astype(jnp.float32)

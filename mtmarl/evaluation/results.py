@@ -31,7 +31,22 @@ def summarise(task: dict[str, Any], stats: EpisodeStats, reference: float | None
     if reference is not None:
         row["normalised_return"] = row["mean_return"] / reference
         row["normalised_stderr"] = stderr / abs(reference)
+    if task.get("success"):
+        wins = np.asarray(stats.successes, dtype=np.float64)
+        row["win_rate"], row["win_rate_ci"] = float(wins.mean()), bootstrap_ci(wins)
+        row["wins"] = wins.astype(bool).tolist()
     return row
+
+
+def bootstrap_ci(values: np.ndarray, level: float = 0.95, seed: int = 0) -> list[float]:
+    """Percentile bootstrap interval of the mean (scipy; a point interval when all values are equal)."""
+    from scipy.stats import bootstrap
+
+    if values.size < 2 or np.all(values == values[0]):
+        return [float(values.mean())] * 2
+    res = bootstrap((values,), np.mean, confidence_level=level, method="percentile", n_resamples=2000,
+                    random_state=np.random.default_rng(seed))
+    return [float(res.confidence_interval.low), float(res.confidence_interval.high)]
 
 
 def to_marl_eval(rows: list[dict[str, Any]], algorithm: str, seed: int) -> dict[str, Any]:
@@ -42,6 +57,9 @@ def to_marl_eval(rows: list[dict[str, Any]], algorithm: str, seed: int) -> dict[
         if row["normalised_return"] is not None:
             metrics["normalised_return"] = [r / row["reference"] for r in row["returns"]]
             metrics["mean_normalised_return"] = [row["normalised_return"]]
+        if "wins" in row:
+            metrics["win_rate"] = [float(w) for w in row["wins"]]
+            metrics["mean_win_rate"] = [row["win_rate"]]
         seeds = out.setdefault(row["env"], {}).setdefault(row["name"], {}).setdefault(algorithm, {})
         seeds[f"seed_{seed}"] = {"absolute_metrics": metrics}
     return out
@@ -52,7 +70,7 @@ def write_results(run_dir: str | Path, rows: list[dict[str, Any]], algorithm: st
     run_dir.mkdir(parents=True, exist_ok=True)
     path = run_dir / "results.json"
     atomic_write_text(path, json.dumps(to_marl_eval(rows, algorithm, seed), indent=1))
-    summary = [{k: v for k, v in row.items() if k != "returns"} for row in rows]
+    summary = [{k: v for k, v in row.items() if k not in ("returns", "wins")} for row in rows]
     atomic_write_text(run_dir / "summary.json", json.dumps(summary, indent=1))
     return path
 
@@ -62,13 +80,19 @@ def print_table(rows: list[dict[str, Any]], title: str) -> None:
     from rich.table import Table
 
     table = Table(title=title)
-    for col in ("task", "split", "agents", "episodes", "mean return", "stderr", "normalised"):
+    wins = any("win_rate" in row for row in rows)
+    for col in ("task", "split", "agents", "episodes", "mean return", "stderr", "normalised") + (
+            ("win rate (95% CI)",) if wins else ()):
         table.add_column(col, justify="left" if col in ("task", "split") else "right")
     for row in rows:
         norm = "n/a" if row["normalised_return"] is None else (
             f"{row['normalised_return']:.3f} ± {row['normalised_stderr']:.3f}")
-        table.add_row(row["name"], row.get("split", ""), str(row["agents"]), str(row["episodes"]),
-                      f"{row['mean_return']:.3f}", f"{row['stderr']:.3f}", norm)
+        cells = [row["name"], row.get("split", ""), str(row["agents"]), str(row["episodes"]),
+                 f"{row['mean_return']:.3f}", f"{row['stderr']:.3f}", norm]
+        if wins:
+            lo, hi = row.get("win_rate_ci", (math.nan, math.nan))
+            cells.append(f"{row['win_rate']:.3f} [{lo:.3f}, {hi:.3f}]" if "win_rate" in row else "n/a")
+        table.add_row(*cells)
     console = Console()
     console.print(table)
     missing = [row["name"] for row in rows if row["normalised_return"] is None]

@@ -29,6 +29,7 @@ COMPILER_OPTIONS = {"xla_backend_optimization_level": 1}
 class EpisodeStats(NamedTuple):
     returns: jax.Array  # (E,) team return up to each episode's first end
     lengths: jax.Array  # (E,) steps to that end (horizon if it never ended)
+    successes: jax.Array  # (E,) bool, the env's success signal (a win) at that end; False if it has none
 
 
 def task_key(seed: int, spec) -> jax.Array:
@@ -52,21 +53,23 @@ def run_episodes(env, policy: Policy, params: Any, keys: jax.Array) -> EpisodeSt
         return policy.act(params, obs, carry, key)
 
     def body(loop):
-        t, env_state, ts, carry, ret, length, done = loop
+        t, env_state, ts, carry, ret, length, won, done = loop
         step_keys = jax.vmap(jax.random.fold_in, in_axes=(0, None))(act_keys, t)
         actions, carry = jax.vmap(act_step)(step_keys, ts.observation, carry)
         env_state, ts = jax.vmap(env.step)(env_state, actions)
         ret = ret + jnp.where(done, 0.0, ts.reward)
         length = length + (~done)
-        return t + 1, env_state, ts, carry, ret, length, done | ts.done
+        won = won | (~done & ts.success)
+        return t + 1, env_state, ts, carry, ret, length, won, done | ts.done
 
     def cond(loop):
         t, *_, done = loop
         return (t < env.horizon) & ~jnp.all(done)
 
-    init = (jnp.int32(0), env_state, ts, carry, zeros, zeros.astype(jnp.int32), zeros.astype(bool))
-    _, _, _, _, ret, length, _ = jax.lax.while_loop(cond, body, init)
-    return EpisodeStats(ret, length)
+    flags = zeros.astype(bool)
+    init = (jnp.int32(0), env_state, ts, carry, zeros, zeros.astype(jnp.int32), flags, flags)
+    _, _, _, _, ret, length, won, _ = jax.lax.while_loop(cond, body, init)
+    return EpisodeStats(ret, length, won)
 
 
 def run_task_episodes(envs, policy: Policy, params: Any, keys: jax.Array) -> EpisodeStats:
@@ -98,7 +101,7 @@ def run_task_episodes(envs, policy: Policy, params: Any, keys: jax.Array) -> Epi
         return policy.act(params, obs, carry, key)
 
     def body(loop):
-        t, env_states, ts, carry, ret, length, done = loop
+        t, env_states, ts, carry, ret, length, won, done = loop
         step_keys = jax.vmap(jax.vmap(jax.random.fold_in, in_axes=(0, None)), in_axes=(0, None))(act_keys, t)
         actions, carry = jax.vmap(jax.vmap(act_step))(step_keys, ts.observation, carry)
         # A task whose episodes have all ended keeps its state: nothing of it counts any more, and
@@ -112,15 +115,17 @@ def run_task_episodes(envs, policy: Policy, params: Any, keys: jax.Array) -> Epi
         live = ~done & (t < horizons)  # steps past a task's horizon never happen in run_episodes
         ret = ret + jnp.where(live, ts.reward, 0.0)
         length = length + live
-        return t + 1, env_states, ts, carry, ret, length, done | ts.done
+        won = won | (live & ts.success)
+        return t + 1, env_states, ts, carry, ret, length, won, done | ts.done
 
     def cond(loop):
         t, *_, done = loop
         return ~jnp.all(done | (t >= horizons))
 
-    init = (jnp.int32(0), env_states, ts, carry, zeros, zeros.astype(jnp.int32), zeros.astype(bool))
-    _, _, _, _, ret, length, _ = jax.lax.while_loop(cond, body, init)
-    return EpisodeStats(ret, length)
+    flags = zeros.astype(bool)
+    init = (jnp.int32(0), env_states, ts, carry, zeros, zeros.astype(jnp.int32), flags, flags)
+    _, _, _, _, ret, length, won, _ = jax.lax.while_loop(cond, body, init)
+    return EpisodeStats(ret, length, won)
 
 
 def check_same_shapes(envs) -> None:

@@ -118,5 +118,5 @@ def release_freed_memory() -> None:
 
 def build_buffers(task_set: TaskSet, data: list[dict[str, Any]], seq_len: int) -> Buffers:
     """Buffers padded to the whole set (train and test), so evaluation shares the training shapes."""
-    pad = task_set.padding
-    return make_buffers(data, seq_len, num_agents=pad["num_agents"], obs_dim=pad["obs_dim"])
+    specs = [spec.build().spec for spec in task_set.train]
+    return make_buffers(data, seq_len, specs=specs, target=task_set.env_spec)

@@ -16,6 +16,7 @@ from mtmarl.algos import registry
 from mtmarl.algos.protocol import Algorithm
 from mtmarl.atomic import atomic_write_text
 from mtmarl.data.batching import return_range
+from mtmarl.envs.layout import EnvSpec
 from mtmarl.errors import NonFiniteMetricError, UserInputError
 from mtmarl.evaluation.references import reference_for
 from mtmarl.evaluation.results import summarise
@@ -31,7 +32,7 @@ ALGO_FILE = "algo.json"      # the exact algorithm + network configs trained (in
 
 
 def build_algo(algo_cfg: Mapping[str, Any], net_cfg: Mapping[str, Any], training: Mapping[str, Any],
-               data_cfg: Mapping[str, Any], agents: Mapping[str, Any], n_actions: int,
+               data_cfg: Mapping[str, Any], agents: Mapping[str, Any], env: EnvSpec | int,
                value_range: tuple[float, float] | None = None) -> Algorithm:
     """The algorithm with the CLI's ablation switches and batch overrides mapped onto its config."""
     algo_cfg = dict(algo_cfg)
@@ -44,7 +45,7 @@ def build_algo(algo_cfg: Mapping[str, Any], net_cfg: Mapping[str, Any], training
             algo_cfg[key] = int(training[key])
     if value_range is not None:
         algo_cfg["v_min"], algo_cfg["v_max"] = value_range
-    return registry.build(name, algo_cfg, net_cfg, n_actions)
+    return registry.build(name, algo_cfg, net_cfg, env)
 
 
 def data_value_range(data, gamma: float) -> tuple[float, float]:
@@ -54,17 +55,19 @@ def data_value_range(data, gamma: float) -> tuple[float, float]:
     return float(np.floor(lo - margin)), float(np.ceil(hi + margin))
 
 
-def algo_for_data(cfg: Mapping[str, Any], data) -> Algorithm:
-    """The run's algorithm, its HL-Gauss support set to the data's return range unless
-    ``training.value_range`` is 'config'."""
+def algo_for_data(cfg: Mapping[str, Any], data, env: EnvSpec | None = None) -> Algorithm:
+    """The run's algorithm for the task set's padded shape ``env``, its HL-Gauss support set to the
+    data's return range unless ``training.value_range`` is 'config'. Without ``env`` the data must
+    agree on one action count and the observations are taken as flat."""
     training = cfg["training"]
-    n_actions = {d["legals"].shape[-1] for d in data}
-    if len(n_actions) != 1:
-        raise UserInputError(f"the training tasks disagree on the number of actions: {sorted(n_actions)}")
-    n_actions = n_actions.pop()
-    algo = build_algo(cfg["algo"], cfg["network"], training, cfg["data"], cfg["agents"], n_actions)
+    if env is None:
+        n_actions = {d["legals"].shape[-1] for d in data}
+        if len(n_actions) != 1:
+            raise UserInputError(f"the training tasks disagree on the number of actions: {sorted(n_actions)}")
+        env = n_actions.pop()
+    algo = build_algo(cfg["algo"], cfg["network"], training, cfg["data"], cfg["agents"], env)
     if algo.value_range_discount is not None and training["value_range"] == "data":
-        algo = build_algo(cfg["algo"], cfg["network"], training, cfg["data"], cfg["agents"], n_actions,
+        algo = build_algo(cfg["algo"], cfg["network"], training, cfg["data"], cfg["agents"], env,
                           data_value_range(data, algo.value_range_discount))
     return algo
 
@@ -196,7 +199,7 @@ def run_training(cfg: Mapping[str, Any], task_set: TaskSet, run_dir: Path, refer
     fetch_missing(task_set, cfg["data"]["root"], cfg["data"].get("hub"), cfg["data"].get("hub_manifest"))
     data = load_task_data(task_set, cfg["data"]["root"], cfg["data"]["uid"], cfg["data"]["verify"],
                           float(cfg["data"]["fraction"]))
-    algo = algo_for_data(cfg, data)
+    algo = algo_for_data(cfg, data, task_set.env_spec)
     write_json(run_dir / ALGO_FILE, algo.spec)
     buffers = build_buffers(task_set, data, algo.sampler.seq_len)
     del data
