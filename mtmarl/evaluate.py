@@ -34,7 +34,7 @@ from mtmarl.errors import UserInputError
 from mtmarl.evaluation.policies import POLICIES, Policy
 from mtmarl.evaluation.references import load_references, reference_for
 from mtmarl.evaluation.render import record_episode, save_gif
-from mtmarl.evaluation.results import print_table, summarise, write_results
+from mtmarl.evaluation.results import print_table, summarise, task_info, write_results
 from mtmarl.evaluation.rollout import make_task_set_evaluator, task_key
 from mtmarl.runtime import enable_compilation_cache, hydra_cli, user_errors_exit
 
@@ -107,9 +107,8 @@ def evaluate_set(task_set: task_registry.TaskSet, splits: list[str], policy: Pol
     stats = jax.device_get(fn(params, jnp.stack([task_key(seed, spec) for _, spec in todo])))
     rows = []
     for i, ((split, spec), env) in enumerate(zip(todo, envs)):
-        info = {"name": spec.name, "task": spec.adhoc, "env": spec.env, "split": split,
-                "agents": env.inner.num_agents}
-        rows.append(summarise(info, jax.tree.map(lambda x: x[i], stats), reference_for(spec, references)))
+        rows.append(summarise(task_info(split, spec, env), jax.tree.map(lambda x: x[i], stats),
+                              reference_for(spec, references)))
     return rows
 
 

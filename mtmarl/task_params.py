@@ -112,8 +112,10 @@ def _schema_from_signature(env: str) -> dict[str, Callable[[str, Any], Any]]:
     annotations: ``int`` and ``bool`` are checked like the built-in envs' keys, anything else is kept."""
     from mtmarl import envs
 
-    parse = {"int": _int(0), "bool": as_bool}
-    return {k: parse.get(getattr(p.annotation, "__name__", str(p.annotation)), lambda key, value: value) for k, p in envs.env_params(env).items()}
+    parse: dict[str, Callable[[str, Any], Any]] = {"int": _int(0), "bool": as_bool}
+    keep = lambda key, value: value  # noqa: E731
+    return {k: parse.get(getattr(p.annotation, "__name__", str(p.annotation)), keep)
+            for k, p in envs.env_params(env).items()}
 
 
 def check_task(env: str, params: Mapping[str, Any], label: str) -> dict[str, Any]:

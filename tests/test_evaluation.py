@@ -173,7 +173,8 @@ def test_uniform_legal_only_picks_legal_and_covers_them():
 
 
 def test_summary_and_normalisation(tmp_path):
-    stats = EpisodeStats(returns=np.array([1.0, 2.0, 3.0, 6.0]), lengths=np.array([5, 5, 6, 7]))
+    stats = EpisodeStats(returns=np.array([1.0, 2.0, 3.0, 6.0]), lengths=np.array([5, 5, 6, 7]),
+                         successes=np.zeros(4, bool))
     info = {"name": SPEC.name, "task": SPEC.adhoc, "env": "connector", "split": "test", "agents": 3}
     row = summarise(info, stats, reference=4.0)
     assert row["mean_return"] == pytest.approx(3.0)

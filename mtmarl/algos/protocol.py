@@ -21,7 +21,7 @@ pair, with the update split into stages:
   episode, ``init_carry()`` its recurrent state at an episode's start, and
   ``acting_params(state)``: the part of the train state that ``act`` reads.
 * ``spec``: plain JSON describing how to rebuild it (name, configs, action
-  count), stored in every checkpoint so a run restores without its config.
+  count and the padded EnvSpec), stored in every checkpoint so a run restores without its config.
 """
 
 from __future__ import annotations

@@ -32,7 +32,7 @@ CONFIG_DIR = Path(__file__).resolve().parents[2] / "configs" / "algo"
 class Entry(NamedTuple):
     name: str
     config: Any                       # its config dataclass (``from_dict`` names unknown keys)
-    make: Callable[[Any, dict, int], Any]
+    make: Callable[[Any, dict, EnvSpec], Any]
     network: Any = None               # network config dataclass (``from_dict``), checked before a run
     config_file: Path | None = None   # the yaml holding its defaults (None: every key given explicitly)
 
@@ -138,5 +138,6 @@ def from_spec(spec: Mapping[str, Any]):
     missing = {"name", "algo", "n_actions"} - set(spec)
     if missing:
         raise UserInputError(f"algorithm description lacks {sorted(missing)}; got keys {sorted(spec)}")
-    env = EnvSpec.from_json(spec["env"]) if "env" in spec else spec["n_actions"]  # before env specs: a count
+    # checkpoints from before env specs hold only the action count
+    env = EnvSpec.from_json(spec["env"]) if "env" in spec else int(spec["n_actions"])
     return build(spec["name"], dict(spec["algo"]), spec.get("network"), env)

@@ -19,6 +19,12 @@ from mtmarl.atomic import atomic_write_text
 from mtmarl.evaluation.rollout import EpisodeStats
 
 
+def task_info(split: str, spec, env) -> dict[str, Any]:
+    """The identifying fields of a result row for task ``spec`` played as (padded) ``env``."""
+    return {"name": spec.name, "task": spec.adhoc, "env": spec.env, "split": split,
+            "agents": getattr(env, "inner", env).num_agents, "success": env.spec.has_success}
+
+
 def summarise(task: dict[str, Any], stats: EpisodeStats, reference: float | None) -> dict[str, Any]:
     """One row: mean and standard error of the return (and normalised, if possible)."""
     returns = np.asarray(stats.returns, dtype=np.float64)

@@ -19,7 +19,7 @@ from mtmarl.data.batching import return_range
 from mtmarl.envs.layout import EnvSpec
 from mtmarl.errors import NonFiniteMetricError, UserInputError
 from mtmarl.evaluation.references import reference_for
-from mtmarl.evaluation.results import summarise
+from mtmarl.evaluation.results import summarise, task_info
 from mtmarl.evaluation.rollout import make_task_set_evaluator
 from mtmarl.tasks import TaskSet
 from mtmarl.training.checkpoint import Checkpointer, is_better, train_score
@@ -123,10 +123,9 @@ class PeriodicEvaluator:
         stats = jax.device_get(fn(params, jnp.stack(keys)))
         rows = []
         for i, (split, spec) in enumerate(chosen):
-            info = {"name": spec.name, "task": spec.adhoc, "env": spec.env, "split": split,
-                    "agents": self._env(spec).inner.num_agents}
             task_stats = jax.tree.map(lambda x: x[i], stats)
-            rows.append(summarise(info, task_stats, reference_for(spec, self.references)))
+            rows.append(summarise(task_info(split, spec, self._env(spec)), task_stats,
+                                  reference_for(spec, self.references)))
         return rows
 
 

@@ -94,7 +94,8 @@ def write_vault(path_root: str | os.PathLike, spec, experience: Mapping[str, Any
         "task": {"adhoc": spec.adhoc, "name": spec.name, "env": spec.env, "params": dict(spec.params)},
         "agents": dims["agents"], "obs_dim": dims["obs"], "num_actions": dims["actions"],
         "state_dim": dims["state"], "horizon": env.horizon,
-        "env": {"class": type(env).__name__, "jumanji_class": type(env.jumanji_env).__name__},
+        "env": {"class": type(env).__name__, "spec": env.spec.to_json(),
+                **({"jumanji_class": type(env.jumanji_env).__name__} if hasattr(env, "jumanji_env") else {})},
         "versions": package_versions(),
     })
     meta.setdefault("datasets", {})[uid] = entry
