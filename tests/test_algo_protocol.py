@@ -55,7 +55,8 @@ def make_toy(cfg: ToyConfig, network: dict, env: EnvSpec) -> Algorithm:
         target = mean(batch.obs.mean(axis=(0, 1, 2)), axis_name)
         mu = state["mu"] + cfg.lr * (target - state["mu"])
         state = {**state, "mu": mu, "pretrained": state["pretrained"] + 1}
-        return state, {"pretrain_gap": jnp.abs(target - mu).mean(), "pretrain_count": state["pretrained"]}
+        return state, {"pretrain_gap": jnp.abs(target - mu).mean(), "pretrain_count": state["pretrained"],
+                       "pretrain_seq_len": jnp.float32(batch.obs.shape[1])}
 
     def train(state, batch, key, axis_name=None):
         del key
@@ -77,7 +78,9 @@ def make_toy(cfg: ToyConfig, network: dict, env: EnvSpec) -> Algorithm:
         return actions.astype(jnp.int32), None, carry + 1
 
     return Algorithm(name=cfg.name, cfg=cfg, sampler=cfg.sampler(), init=init,
-                     stages=(Stage("pretrain", pretrain, cfg.pretrain_updates), Stage("train", train)),
+                     # stage 1 samples its own batches: shorter sequences than the policy stage
+                     stages=(Stage("pretrain", pretrain, cfg.pretrain_updates,
+                                   dataclasses.replace(cfg.sampler(), seq_len=2)), Stage("train", train)),
                      act=act, init_carry=lambda: jnp.zeros((), jnp.int32),
                      acting_params=lambda s: {"mu": s["mu"], "w": s["w"]},
                      spec={"name": cfg.name, "n_actions": n_actions, "algo": dataclasses.asdict(cfg)})
@@ -142,6 +145,7 @@ def test_toy_two_stage_algorithm_trains_and_resumes_across_the_stage_boundary(co
     # each call ran its own stage's update only: counts after the K updates of each call, averaged
     assert [r.get("train/pretrain_count") for r in train] == [2.5, 6.5, None, None]
     assert [r.get("train/train_count") for r in train] == [None, None, 2.5, 6.5]
+    assert [r.get("train/pretrain_seq_len") for r in train] == [2.0, 2.0, None, None]  # the stage's own sampler
     carry, meta = _final_state(straight)
     assert int(carry.state["pretrained"]) == PRETRAIN and int(carry.state["trained"]) == TRAIN
     assert int(carry.step) == PRETRAIN + TRAIN and meta["stage"] == "done"

@@ -33,11 +33,17 @@ from mtmarl.errors import UserInputError
 
 
 class Stage(NamedTuple):
-    """One training phase: ``updates`` calls of ``update`` (None: whatever ``training.updates`` leaves)."""
+    """One training phase: ``updates`` calls of ``update`` (None: whatever ``training.updates`` leaves).
+
+    ``sampler``: this stage's batches when they differ from the algorithm's (e.g. skill discovery on
+    shorter or larger batches than the policy stage); None uses ``Algorithm.sampler``. A stage needs
+    no declaration of the batch fields it reads: fields it ignores are dead code XLA removes.
+    """
 
     name: str
     update: Callable  # (state, batch, key, axis_name=None) -> (state, metrics dict of scalars)
     updates: int | None = None
+    sampler: Any = None  # mtmarl.data.batching.SamplerConfig | None
 
 
 def _state_params(state):

@@ -1,7 +1,7 @@
 """Anakin-style learner: K updates per call, scanned inside one jit, pmapped over devices.
 
 The engine runs any :class:`~mtmarl.algos.protocol.Algorithm` and knows nothing
-else of it: it samples what ``algo.sampler`` asks for, calls the current
+else of it: it samples what ``algo.sampler`` (or the stage's own sampler) asks for, calls the current
 stage's ``update`` and carries the train state, the PRNG key and the update
 count. Every call of :meth:`Learner.run` performs ``K`` updates of one stage as
 one ``lax.scan`` compiled into one program that ``pmap`` runs on every device
@@ -96,9 +96,10 @@ class Learner:
         self.devices = jax.local_devices()[: self.num_devices or jax.local_device_count()]
         self.num_devices = n = len(self.devices)
         self.sampler = self.algo.sampler
-        if self.sampler.batch_size % n:
-            raise UserInputError(f"batch_size {self.sampler.batch_size} must be divisible by the "
-                                 f"{n} devices (set training.devices or the batch size)")
+        for stage in self.algo.stages:
+            if self.sampler_of(stage).batch_size % n:
+                raise UserInputError(f"batch_size {self.sampler_of(stage).batch_size} (stage {stage.name!r}) must "
+                                     f"be divisible by the {n} devices (set training.devices or the batch size)")
         if self.updates_per_call < 1:
             raise UserInputError(f"updates_per_call must be >= 1, got {self.updates_per_call}")
         self.plan = plan_stages(self.algo.stages, self.updates, self.updates_per_call)
@@ -108,7 +109,7 @@ class Learner:
     def _chunk(self, span: StageSpan):
         """The pmapped program of ``K`` updates of one stage, compiled on first use."""
         if span.number not in self._chunks:
-            step = make_update_step(span.stage, self.sampler, len(self.devices))
+            step = make_update_step(span.stage, self.sampler_of(span.stage), len(self.devices))
             K = self.updates_per_call
 
             def chunk(carry, buffers):
@@ -117,6 +118,9 @@ class Learner:
 
             self._chunks[span.number] = jax.pmap(chunk, axis_name=AXIS, devices=self.devices, donate_argnums=(0,))
         return self._chunks[span.number]
+
+    def sampler_of(self, stage: Stage) -> SamplerConfig:
+        return self.sampler if stage.sampler is None else stage.sampler
 
     def stage(self, done: int) -> StageSpan:
         """The stage that runs after ``done`` updates."""

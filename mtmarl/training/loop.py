@@ -200,7 +200,8 @@ def run_training(cfg: Mapping[str, Any], task_set: TaskSet, run_dir: Path, refer
                           float(cfg["data"]["fraction"]))
     algo = algo_for_data(cfg, data, task_set.env_spec)
     write_json(run_dir / ALGO_FILE, algo.spec)
-    buffers = build_buffers(task_set, data, algo.sampler.seq_len)
+    seq_len = max([algo.sampler.seq_len] + [s.sampler.seq_len for s in algo.stages if s.sampler is not None])
+    buffers = build_buffers(task_set, data, seq_len)
     del data
     release_freed_memory()  # the decoded vaults' temporaries (peak RSS, see its docstring)
     K = int(training["updates_per_call"])
