@@ -105,3 +105,9 @@ def test_installed_evaluate_cli_takes_a_user_search_path(cli, tmp_path):
     help_text = cli("-m", "mtmarl.evaluate", "--help")
     assert "tasks: connector_10, lbf_5, rware_15" in help_text
     assert "__pycache__" not in help_text and "__init__" not in help_text
+
+
+def test_installed_hub_cli_runs(cli):
+    """Subpackages (``mtmarl.hub`` with its ``__main__``) are in the wheel too."""
+    out = cli("-m", "mtmarl.hub", "--help")
+    assert "python -m mtmarl.hub" in out and "{download,pack}" in out
