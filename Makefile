@@ -27,7 +27,7 @@ test: install
 test-slow: install
 	$(PY) -m pytest -q -m slow
 
-# The main job: MT Oryx on the bundled rware_15 data (configs/training/default.yaml), then zero-shot on the
+# The main job: MT Oryx on the bundled rware_15 data (mtmarl/configs/training/default.yaml), then zero-shot on the
 # held-out tasks (measured 2026-11-23: 10 min on 2 idle cores with a cold XLA cache, 3.5 GB peak RSS;
 # README, Training).
 # Other runs: make train TRAIN_ARGS='+algo=mt_oryx +tasks=connector_10' or '+algo=mt_bc_sable +tasks=lbf_5'.
@@ -56,8 +56,8 @@ experiments: install
 
 # Datasets (vault_data/README.md). One device per collector, so results match the recorded ones;
 # each task set is its own target (data-<set>, demo-data-<set>), so `make -j2 data` collects two sets at once.
-# demo-data: the bundled data (configs/budget/demo.yaml; Connector + LBF 33 min of one CPU core, RWARE DAgger 49 min of shared-core wall time);
-# data: the full-size benchmark data into vault_data_full/ (configs/budget/full.yaml; measured on one core
+# demo-data: the bundled data (mtmarl/configs/budget/demo.yaml; Connector + LBF 33 min of one CPU core, RWARE DAgger 49 min of shared-core wall time);
+# data: the full-size benchmark data into vault_data_full/ (mtmarl/configs/budget/full.yaml; measured on one core
 #   per set: see README, Datasets);
 # collect: any collection, e.g. make collect COLLECT_ARGS='+tasks=lbf_5 collect.budget=500000'.
 DATA_SETS ?= connector_10 lbf_5 rware_15

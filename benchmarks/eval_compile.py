@@ -43,12 +43,12 @@ import numpy as np
 
 from mtmarl import tasks
 from mtmarl.algos.common import make_algo
+from mtmarl.configs import CONFIG_DIR
 from mtmarl.evaluation.rollout import compile_all, make_evaluator, make_task_set_evaluator, task_key
 from mtmarl.networks.sable import SableConfig
 from mtmarl.training.policy import make_policy
 
 OUT = Path(__file__).resolve().parent / "results"
-CONFIGS = Path(__file__).resolve().parent.parent / "configs"
 
 
 class CompileCounter:
@@ -140,7 +140,7 @@ def main() -> None:
     ts = tasks.load(args.set)
     specs = ts.train + ts.test
     envs = [ts.padded(s) for s in specs]
-    net_cfg = SableConfig.from_dict(OmegaConf.to_container(OmegaConf.load(CONFIGS / "network" / f"{args.network}.yaml")))
+    net_cfg = SableConfig.from_dict(OmegaConf.to_container(OmegaConf.load(CONFIG_DIR / "network" / f"{args.network}.yaml")))
     algo = make_algo("mt_oryx", None, net_cfg, envs[0].num_actions)
     params = random_params(algo, envs[0].num_agents, envs[0].obs_dim)
     policy = make_policy(algo)

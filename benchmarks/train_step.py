@@ -44,12 +44,12 @@ import jax.numpy as jnp  # noqa: E402
 import numpy as np  # noqa: E402
 
 from mtmarl.algos.registry import build as make_algo  # noqa: E402
+from mtmarl.configs import CONFIG_DIR  # noqa: E402
 from mtmarl.data.batching import make_buffers, sample  # noqa: E402
 from mtmarl.networks.sable import load_preset  # noqa: E402
 from mtmarl.training.engine import Carry, Learner, make_update_step  # noqa: E402
 
 OUT = Path(__file__).resolve().parent / "results" / "train_step.json"
-CONFIGS = Path(__file__).resolve().parent.parent / "configs"
 OGMARL_UPS = {2: 4.0, 4: 2.1, 8: 1.0}   # og-marl Oryx, idle machine (guide)
 IDLE_MATMUL = 181.5                      # GFLOP/s, middle of the guide's 170-193
 OBS, ACTIONS, STEPS = 66, 5, 4000        # RWARE-sized observations and actions
@@ -117,7 +117,7 @@ def trainer_updates_per_call() -> int:
     """``training.updates_per_call`` of the default training config: what ``mtmarl.train`` runs per call."""
     import yaml
 
-    return int(yaml.safe_load((CONFIGS / "training" / "default.yaml").read_text())["updates_per_call"])
+    return int(yaml.safe_load((CONFIG_DIR / "training" / "default.yaml").read_text())["updates_per_call"])
 
 
 def bench_setting(n_agents, seq_len, embed, dtype, batch, seconds, updates_per_call, calls_per_rep=1):
@@ -165,7 +165,7 @@ def main():
     p.add_argument("--batch", type=int, default=64)
     p.add_argument("--seconds", type=float, default=20.0, help="timing per setting")
     p.add_argument("--updates-per-call", type=int, default=None,
-                   help="updates per compiled call (default: training.updates_per_call of configs/training/default.yaml)")
+                   help="updates per compiled call (default: training.updates_per_call of mtmarl/configs/training/default.yaml)")
     p.add_argument("--quick", action="store_true")
     p.add_argument("--out", type=Path, default=OUT)
     a = p.parse_args()

@@ -6,7 +6,7 @@
 
 On the full ``tasks`` set (rware_15) trains MT Oryx and MT CQL-Sable as they are
 ('full') and with one component switched off per variant (``variants`` in
-configs/experiments/ablations.yaml: ``algo.hl_gauss=false``;
+mtmarl/configs/experiments/ablations.yaml: ``algo.hl_gauss=false``;
 ``agents.mask=false agents.shuffle=false``; ``data.balanced=false``), and
 reports each variant's test return and its % change against 'full'. Writes
 ``results/ablations/``: ``fig6_ablations.png`` (+ .json/.csv),

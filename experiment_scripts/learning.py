@@ -3,7 +3,7 @@
     python experiment_scripts/learning.py                         # default budget, 1 seed, lbf_5 + rware_15
     python experiment_scripts/learning.py 'task_sets=[rware_15]' 'only=[oryx,bc]'
 
-Trains every ``variants`` entry (configs/experiments/learning.yaml) on every task
+Trains every ``variants`` entry (mtmarl/configs/experiments/learning.yaml) on every task
 set, then runs ``mtmarl.diagnose`` on each finished run (``diagnose_batches``;
 cached in the run directory). Writes ``results/learning/``: ``learning.{json,csv,md}``
 (normalised train/test return per set and variant) and ``diagnostics.md``

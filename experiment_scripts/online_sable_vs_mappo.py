@@ -2,7 +2,7 @@
 
 Decides which online learner the collector should use on this machine (issue 3):
 both systems train on the same tasks, seeds and env-step budget with their
-collector presets (``configs/online/{mappo,sable}.yaml``), and each chunk of K
+collector presets (``mtmarl/configs/online/{mappo,sable}.yaml``), and each chunk of K
 updates logs the mean return of the training episodes that finished in it,
 the env steps so far and the steady training seconds so far. Compilation is
 timed separately: every (task, system) first runs one warm-up chunk from a
@@ -45,6 +45,7 @@ import jax  # noqa: E402
 import numpy as np  # noqa: E402
 from omegaconf import OmegaConf  # noqa: E402
 
+from mtmarl.configs import CONFIG_DIR  # noqa: E402
 from mtmarl.evaluation.rollout import make_evaluator  # noqa: E402
 from mtmarl.online.registry import LABELS as SYSTEM_LABELS  # noqa: E402
 from mtmarl.online.registry import make_online_system, online_config  # noqa: E402
@@ -52,7 +53,7 @@ from mtmarl.online.system import chunk_summary  # noqa: E402
 from mtmarl.runtime import enable_compilation_cache, save_figure  # noqa: E402
 from mtmarl.tasks import TaskSpec  # noqa: E402
 
-# learner name -> (preset in configs/online, overrides applied before the command line's)
+# learner name -> (preset in mtmarl/configs/online, overrides applied before the command line's)
 PRESETS = {"mappo": ("mappo", []), "sable": ("sable", []), "mappo_gru": ("mappo", ["recurrent=true"])}
 LABELS = {**SYSTEM_LABELS, "mappo_gru": "MAPPO-GRU"}
 
@@ -62,7 +63,7 @@ DEFAULT_TASKS = ["connector:grid=5,agents=2", "connector:grid=7,agents=3",
 
 def preset(name: str, overrides: list[str]) -> dict:
     file, base = PRESETS[name]
-    cfg = OmegaConf.load(ROOT / "configs" / "online" / f"{file}.yaml")
+    cfg = OmegaConf.load(CONFIG_DIR / "online" / f"{file}.yaml")
     cfg.merge_with_dotlist(base + overrides)
     return OmegaConf.to_container(cfg, resolve=True)
 
@@ -198,8 +199,8 @@ def main(argv=None) -> None:
     p.add_argument("--budget", type=int, default=200_000, help="env steps per run")
     p.add_argument("--seeds", type=int, nargs="+", default=[0])
     p.add_argument("--eval-episodes", type=int, default=256)
-    p.add_argument("--mappo", nargs="*", default=[], help="overrides of configs/online/mappo.yaml, key=value")
-    p.add_argument("--sable", nargs="*", default=[], help="overrides of configs/online/sable.yaml, key=value")
+    p.add_argument("--mappo", nargs="*", default=[], help="overrides of mtmarl/configs/online/mappo.yaml, key=value")
+    p.add_argument("--sable", nargs="*", default=[], help="overrides of mtmarl/configs/online/sable.yaml, key=value")
     p.add_argument("--mappo-gru", nargs="*", default=[], help="overrides of mappo_gru (mappo.yaml, recurrent=true)")
     p.add_argument("--out", type=Path, default=ROOT / "results" / "online_comparison")
     args = p.parse_args(argv)

@@ -3,7 +3,7 @@
 Why: Hydra refuses ``training.updatez=5`` but accepts ``+training.updatez=5``
 (a new key, then silently ignored), and OmegaConf keeps ``training.updates=abc``
 as a string that only fails deep inside training. The allowed keys are read
-from the YAML files themselves (``configs/<name>.yaml`` and every option of
+from the YAML files themselves (``mtmarl/configs/<name>.yaml`` and every option of
 its groups), so this module owns no default and no key list of its own; the
 value rules below only say what each setting may be.
 """
@@ -16,9 +16,9 @@ from typing import Any, Callable, Mapping
 
 import yaml
 
+from mtmarl.configs import CONFIG_DIR
 from mtmarl.errors import UserInputError
 
-CONFIG_DIR = Path(__file__).resolve().parent.parent / "configs"
 
 
 def _yaml(path: Path) -> dict[str, Any]:
@@ -36,7 +36,7 @@ def _merge(into: dict[str, Any], more: Mapping[str, Any]) -> None:
 
 
 def reference_tree(config_name: str, top_keys) -> dict[str, Any]:
-    """The keys ``configs/<config_name>.yaml`` may hold: its own, plus every option of each group used."""
+    """The keys ``mtmarl/configs/<config_name>.yaml`` may hold: its own, plus every option of each group used."""
     tree = _yaml(CONFIG_DIR / f"{config_name}.yaml")
     tree.pop("hydra", None)
     for key in top_keys:

@@ -10,6 +10,7 @@ from typing import Callable
 
 import jax
 
+from mtmarl.configs import CONFIG_DIR
 from mtmarl.errors import UserInputError
 
 CACHE_DIR = Path(os.environ.get("MTMARL_CACHE", Path.home() / ".cache" / "mtmarl"))
@@ -48,9 +49,6 @@ def quote_task_overrides(argv: list[str], keys: tuple[str, ...] = ("task",)) -> 
     return out
 
 
-CONFIG_DIR = Path(__file__).resolve().parent.parent / "configs"
-
-
 def quiet_library_logs() -> None:
     """Hydra logs INFO to the console; Orbax (via absl) would flood it with checkpoint-manager lines."""
     import logging
@@ -60,7 +58,7 @@ def quiet_library_logs() -> None:
 
 
 def hydra_cli(config_name: str, run: Callable) -> None:
-    """Run ``run(cfg)`` as a Hydra app on ``configs/<config_name>.yaml`` (ad-hoc task args quoted)."""
+    """Run ``run(cfg)`` as a Hydra app on ``mtmarl/configs/<config_name>.yaml`` (ad-hoc task args quoted)."""
     import hydra
 
     @functools.wraps(run)

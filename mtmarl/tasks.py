@@ -1,7 +1,7 @@
 """Named task sets with train/test splits, and ad-hoc tasks from the command line.
 
 A *task* is one level configuration of an env (``rware:rows=2,cols=5,height=8,
-agents=6``). A *task set* (``configs/tasks/<name>.yaml``) lists training tasks,
+agents=6``). A *task set* (``mtmarl/configs/tasks/<name>.yaml``) lists training tasks,
 whose order defines nested subsets (``num_train=k`` keeps the first k), and
 held-out test tasks. Every task of a set is padded to the set's largest agent
 count and observation size, so one compiled network reads them all.
@@ -16,16 +16,15 @@ import dataclasses
 import functools
 import json
 import sys
-from pathlib import Path
 from typing import Any, Mapping
 
 import yaml
 
 from mtmarl import envs
+from mtmarl.configs import CONFIG_DIR
 from mtmarl.errors import UserInputError
 from mtmarl.task_params import check_task
 
-CONFIG_DIR = Path(__file__).resolve().parent.parent / "configs"
 TASKS_DIR = CONFIG_DIR / "tasks"
 
 
@@ -159,7 +158,7 @@ def available_sets() -> list[str]:
 
 
 def from_config(cfg: Mapping[str, Any]) -> TaskSet:
-    """TaskSet from a ``configs/tasks`` mapping (a Hydra node or loaded YAML)."""
+    """TaskSet from a ``mtmarl/configs/tasks`` mapping (a Hydra node or loaded YAML)."""
     cfg = dict(cfg)
     name, env = cfg.get("name", "tasks"), cfg.get("env")
     envs.env_params(env)
@@ -177,7 +176,7 @@ def from_config(cfg: Mapping[str, Any]) -> TaskSet:
 
 
 def load(name: str, num_train: int | None = None) -> TaskSet:
-    """Task set ``name`` from ``configs/tasks``, or a one-task set from an ad-hoc task."""
+    """Task set ``name`` from ``mtmarl/configs/tasks``, or a one-task set from an ad-hoc task."""
     if ":" in name:
         spec = TaskSpec.parse(name)
         return TaskSet(spec.name, spec.env, (spec,), ())

@@ -16,6 +16,7 @@ from helpers import synthetic_vault
 from mtmarl.algos import registry
 from mtmarl.algos.common import BatchConfig
 from mtmarl.algos.protocol import Algorithm, Stage, plan_stages, stage_at
+from mtmarl.configs import CONFIG_DIR
 from mtmarl.envs.layout import EnvSpec
 from mtmarl.errors import UserInputError
 
@@ -107,7 +108,7 @@ def _train(conf, run_dir, *extra, stop_after=None):
     from mtmarl import train
 
     root, search = conf
-    with initialize_config_dir(str(ROOT / "configs"), version_base=None):
+    with initialize_config_dir(str(CONFIG_DIR), version_base=None):
         cfg = compose("train", ["+algo=toy_two_stage", f"task='{TASK}'", f"hydra.searchpath=[file://{search}]",
                                 f"data.root={root}", "training=quick", f"training.updates={PRETRAIN + TRAIN}",
                                 f"training.updates_per_call={K}", f"training.checkpoint_every={K}",

@@ -14,6 +14,7 @@ from omegaconf import OmegaConf
 
 from mtmarl import collect
 from mtmarl import tasks as task_registry
+from mtmarl.configs import CONFIG_DIR
 from mtmarl.data import vault as vault_io
 from mtmarl.online.system import to_experience
 from mtmarl.online.rollout import Transition
@@ -22,9 +23,9 @@ from mtmarl.envs import Observation
 ROOT = collect.ROOT
 DATA = ROOT / "vault_data"
 SETS = ("rware_15", "lbf_5", "connector_10")
-DEMO = OmegaConf.load(ROOT / "configs" / "budget" / "demo.yaml")
-# the DAgger settings of the demo budget: configs/collect.yaml's, updated by the budget's
-DEMO_DAGGER = OmegaConf.merge(OmegaConf.load(ROOT / "configs" / "collect.yaml").collect.dagger, DEMO.collect.dagger)
+DEMO = OmegaConf.load(CONFIG_DIR / "budget" / "demo.yaml")
+# the DAgger settings of the demo budget: mtmarl/configs/collect.yaml's, updated by the budget's
+DEMO_DAGGER = OmegaConf.merge(OmegaConf.load(CONFIG_DIR / "collect.yaml").collect.dagger, DEMO.collect.dagger)
 
 
 @pytest.mark.parametrize("set_name", SETS)

@@ -11,6 +11,7 @@ import pytest
 from helpers import synthetic_vault
 
 from mtmarl import hub
+from mtmarl.hub import fetch as hub_fetch  # download() looks download_file up here
 from mtmarl.data import __main__ as data_cli
 from mtmarl.data.vault import META_FILE, NoMetadataWarning, flat_arrays, read_vault, vault_path
 
@@ -55,7 +56,7 @@ def test_vault_without_metadata_is_read_with_a_warning(vault, tmp_path):
 def test_hub_download_checks_destination_before_downloading(tmp_path, monkeypatch):
     """An unwritable --to fails before any byte is fetched (the old code downloaded, then tracebacked)."""
     fetched = []
-    monkeypatch.setattr(hub, "download_file", lambda *a, **k: fetched.append(a))
+    monkeypatch.setattr(hub_fetch, "download_file", lambda *a, **k: fetched.append(a))
     (tmp_path / "afile").write_text("x")
     zip_path = tmp_path / "v.zip"
     zipfile.ZipFile(zip_path, "w").close()

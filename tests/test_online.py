@@ -12,6 +12,7 @@ from flax import struct
 from omegaconf import OmegaConf
 
 from mtmarl import collect
+from mtmarl.configs import CONFIG_DIR
 from mtmarl.data.vault import episode_returns, read_vault, vault_path
 from mtmarl.envs import Observation, TimeStep
 from mtmarl.evaluation.references import merge_entry
@@ -24,7 +25,7 @@ from mtmarl.tasks import TaskSpec
 enable_compilation_cache()  # Connector's reset takes seconds to compile; reruns reuse it
 
 TASK = "connector:grid=5,agents=2"
-CONFIG = OmegaConf.load(collect.ROOT / "configs" / "online" / "mappo.yaml")
+CONFIG = OmegaConf.load(CONFIG_DIR / "online" / "mappo.yaml")
 
 
 # --------------------------------------------------------------------------- PPO pieces

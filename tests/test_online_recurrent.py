@@ -11,6 +11,7 @@ from omegaconf import OmegaConf
 from test_online import ToyEnv  # episodes of 2-4 steps
 
 from mtmarl import collect
+from mtmarl.configs import CONFIG_DIR
 from mtmarl.data.vault import episode_returns
 from mtmarl.errors import UserInputError
 from mtmarl.online import ppo
@@ -23,7 +24,7 @@ from mtmarl.runtime import enable_compilation_cache
 enable_compilation_cache()
 
 TASK = "connector:grid=5,agents=2"
-MAPPO = OmegaConf.to_container(OmegaConf.load(collect.ROOT / "configs" / "online" / "mappo.yaml"))
+MAPPO = OmegaConf.to_container(OmegaConf.load(CONFIG_DIR / "online" / "mappo.yaml"))
 TINY = {**MAPPO, "recurrent": True, "gru_hidden": 8, "hidden": [16], "num_envs": 4, "rollout_len": 8,
         "updates_per_chunk": 2, "record_envs": 4, "record_len": 24}
 B, T, G = 4, 8, 8

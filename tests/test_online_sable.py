@@ -10,6 +10,7 @@ from helpers import tiny_collect
 from omegaconf import OmegaConf
 
 from mtmarl import collect
+from mtmarl.configs import CONFIG_DIR
 from mtmarl.data.vault import episode_returns
 from mtmarl.errors import UserInputError
 from mtmarl.online import ppo
@@ -24,14 +25,14 @@ from mtmarl.tasks import TaskSpec
 enable_compilation_cache()
 
 TASK = "connector:grid=5,agents=2"
-CONFIG = OmegaConf.to_container(OmegaConf.load(collect.ROOT / "configs" / "online" / "sable.yaml"))
+CONFIG = OmegaConf.to_container(OmegaConf.load(CONFIG_DIR / "online" / "sable.yaml"))
 TINY = {**CONFIG, "num_envs": 4, "rollout_len": 8, "updates_per_chunk": 2, "record_envs": 4, "record_len": 24,
         "embed_dim": 16, "chunk_size": 3}
 
 
 def test_config_switch_and_validation():
     assert isinstance(online_config(CONFIG), SableOnlineConfig)
-    mappo = OmegaConf.to_container(OmegaConf.load(collect.ROOT / "configs" / "online" / "mappo.yaml"))
+    mappo = OmegaConf.to_container(OmegaConf.load(CONFIG_DIR / "online" / "mappo.yaml"))
     assert isinstance(online_config(mappo), MappoConfig)
     with pytest.raises(UserInputError, match="online=sable"):  # online.system=sable on the MAPPO preset
         online_config({**mappo, "system": "sable"})

@@ -14,6 +14,7 @@ import numpy as np
 import pytest
 from helpers import synthetic_vault
 
+from mtmarl.configs import CONFIG_DIR
 from mtmarl.errors import UserInputError
 from mtmarl.tasks import TaskSpec
 from mtmarl.training import rundir
@@ -34,7 +35,7 @@ def data_root(tmp_path_factory):
 def _compose(overrides):
     from hydra import compose, initialize_config_dir
 
-    with initialize_config_dir(str(ROOT / "configs"), version_base=None):
+    with initialize_config_dir(str(CONFIG_DIR), version_base=None):
         return compose("train", overrides)
 
 
@@ -148,7 +149,7 @@ def test_unknown_added_keys_of_evaluate_and_collect(config, args, wants, capsys)
 
     from mtmarl import collect, evaluate
 
-    with initialize_config_dir(str(ROOT / "configs"), version_base=None):
+    with initialize_config_dir(str(CONFIG_DIR), version_base=None):
         cfg = compose(config, args)
     with pytest.raises(SystemExit) as exit_:
         (evaluate if config == "evaluate" else collect).run(cfg)

@@ -14,6 +14,7 @@ import optax
 import pytest
 
 from mtmarl.algos.registry import build as make_algo
+from mtmarl.configs import CONFIG_DIR
 from mtmarl.data.vault import write_vault
 from mtmarl.errors import UserInputError
 from mtmarl.networks import load_preset
@@ -243,7 +244,7 @@ def test_train_missing_vaults_is_one_clear_error(tmp_path, capsys):
 
     from mtmarl import train
 
-    with initialize_config_dir(str(ROOT / "configs"), version_base=None):
+    with initialize_config_dir(str(CONFIG_DIR), version_base=None):
         cfg = compose("train", ["+algo=mt_bc_sable", "task='connector:grid=5,agents=2,horizon=8'",
                                 f"data.root={tmp_path}", "logger.neptune=false", "logger.progress=false"])
     with pytest.raises(SystemExit) as exit_:
@@ -301,7 +302,7 @@ def diverged_run(data_root, tmp_path_factory):
     from mtmarl import train
 
     out = tmp_path_factory.mktemp("diverged") / "run"
-    with initialize_config_dir(str(ROOT / "configs"), version_base=None):
+    with initialize_config_dir(str(CONFIG_DIR), version_base=None):
         cfg = compose("train", ["+algo=mt_bc_sable", "+tasks=mini", f"hydra.searchpath=[file://{data_root.parent / 'conf'}]",
                                 f"data.root={data_root}", "training=quick", "training.updates=16",
                                 "training.updates_per_call=4", "training.checkpoint_every=4", "training.devices=1",
@@ -374,7 +375,7 @@ def test_evaluate_checkpoint_errors_are_one_line(tmp_path, capsys, args, message
 
     from mtmarl import evaluate
 
-    with initialize_config_dir(str(ROOT / "configs"), version_base=None):
+    with initialize_config_dir(str(CONFIG_DIR), version_base=None):
         cfg = compose("evaluate", [a.format(tmp=tmp_path) for a in args])
     with pytest.raises(SystemExit) as exit_:
         evaluate.run(cfg)
@@ -467,7 +468,7 @@ def test_diagnose_cli_on_a_tiny_oryx_run(data_root, tmp_path, monkeypatch):
     from mtmarl import diagnose, train
 
     out = tmp_path / "run"
-    with initialize_config_dir(str(ROOT / "configs"), version_base=None):
+    with initialize_config_dir(str(CONFIG_DIR), version_base=None):
         cfg = compose("train", ["+algo=mt_oryx", "+tasks=mini", f"hydra.searchpath=[file://{data_root.parent / 'conf'}]",
                                 f"data.root={data_root}", "training=quick", "training.updates=12",
                                 "training.updates_per_call=4", "training.checkpoint_every=4", "training.devices=1",

@@ -57,7 +57,7 @@ class BatchConfig:
                                  f"{d.get('name')!r}{hint} (its keys: {', '.join(names)})")
         if missing:
             raise UserInputError(f"algorithm {d.get('name')!r} config ({cls.__module__}.{cls.__name__}) has "
-                                 f"missing keys {missing}: its yaml (configs/algo/<name>.yaml) owns every default")
+                                 f"missing keys {missing}: its yaml (mtmarl/configs/algo/<name>.yaml) owns every default")
         return cls(**d)
 
     def sampler(self):
@@ -68,7 +68,7 @@ class BatchConfig:
 
 @dataclasses.dataclass(frozen=True)
 class AlgoConfig(BatchConfig):
-    """Fields shared by the Sable algorithms; their defaults live in configs/algo/<name>.yaml only."""
+    """Fields shared by the Sable algorithms; their defaults live in mtmarl/configs/algo/<name>.yaml only."""
 
     learns_values: ClassVar[bool] = True  # has a trained Q head (False: imitation only, e.g. BC)
     lr: float

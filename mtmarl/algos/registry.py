@@ -5,7 +5,7 @@ An algorithm module registers its builder with :func:`register`::
     @register("mt_oryx", Config, network=SableConfig)
     def make(cfg: Config, network: dict, env: EnvSpec) -> Algorithm: ...
 
-and ships ``configs/algo/<name>.yaml``, which owns every default of its config
+and ships ``mtmarl/configs/algo/<name>.yaml``, which owns every default of its config
 (the config dataclass declares the fields and checks values, without defaults
 of its own). A module outside the package (a test, a user's plug-in) registers
 the same way once imported, and passes its whole config as overrides (or
@@ -22,11 +22,12 @@ import importlib
 from pathlib import Path
 from typing import Any, Callable, Mapping, NamedTuple
 
+from mtmarl.configs import CONFIG_DIR as PACKAGE_CONFIGS
 from mtmarl.envs.layout import ActionLayout, EnvSpec, ObsLayout
 from mtmarl.errors import UserInputError
 
 BUILTIN = ("mt_oryx", "mt_cql_sable", "mt_bc_sable")  # modules mtmarl.algos.<name>
-CONFIG_DIR = Path(__file__).resolve().parents[2] / "configs" / "algo"
+CONFIG_DIR = PACKAGE_CONFIGS / "algo"
 
 
 class Entry(NamedTuple):
@@ -43,7 +44,7 @@ _REGISTRY: dict[str, Entry] = {}
 def register(name: str, config: Any, network: Any = None, config_file: str | Path | None = None):
     """Decorator registering ``make(cfg, network_dict, env_spec) -> Algorithm`` under ``name``.
 
-    ``config_file`` defaults to ``configs/algo/<name>.yaml`` when that exists.
+    ``config_file`` defaults to ``mtmarl/configs/algo/<name>.yaml`` when that exists.
     Registering a name twice replaces the entry (re-imported test modules).
     """
     def deco(make):

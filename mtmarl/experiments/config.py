@@ -1,4 +1,4 @@
-"""Experiment configs (``configs/experiments/``) and the train configs they produce, via Hydra's compose API."""
+"""Experiment configs (``mtmarl/configs/experiments/``) and the train configs they produce, via Hydra's compose API."""
 
 from __future__ import annotations
 
@@ -32,7 +32,7 @@ def _compose(config_dir: Path, name: str, overrides: Sequence[str], hydra_config
 
 
 def compose_experiment(name: str, overrides: Sequence[str] = ()) -> DictConfig:
-    """``configs/experiments/<name>.yaml`` with its budget preset and overrides.
+    """``mtmarl/configs/experiments/<name>.yaml`` with its budget preset and overrides.
 
     The preset is ``budget=quick|paper``, or just ``quick``/``paper`` as the first override.
     """

@@ -3,8 +3,8 @@
     python experiment_scripts/<name>.py [quick|paper] [key=value ...]
 
 The first word may be the budget preset (same as ``budget=<preset>``); the rest
-are Hydra overrides of ``configs/experiments/<name>.yaml`` (see
-``configs/experiments/common.yaml`` for the shared ones: ``results``,
+are Hydra overrides of ``mtmarl/configs/experiments/<name>.yaml`` (see
+``mtmarl/configs/experiments/common.yaml`` for the shared ones: ``results``,
 ``launcher``, ``jobs``, ``slurm``, ``extra``, ``dry_run``, ``aggregate_only``).
 """
 

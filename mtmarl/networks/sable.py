@@ -26,20 +26,20 @@ a given order).
 from __future__ import annotations
 
 import dataclasses
-from pathlib import Path
 from typing import Callable, NamedTuple, Sequence
 
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
+from mtmarl.configs import CONFIG_DIR
 from mtmarl.errors import UserInputError
 from mtmarl.networks.hl_gauss import HLGauss
 from mtmarl.networks.layers import MATMUL_DTYPES, Dense
 from mtmarl.networks.retention import Ctx, MultiScaleRetention, decay_state, head_decays
 
 NEG = -1e9  # logit for illegal actions: exp underflows to exactly 0, and no inf - inf NaNs
-PRESET_DIR = Path(__file__).resolve().parents[2] / "configs" / "network"
+PRESET_DIR = CONFIG_DIR / "network"
 
 
 @dataclasses.dataclass(frozen=True)
@@ -80,7 +80,7 @@ class SableConfig:
 
 
 def load_preset(name: str, **overrides) -> SableConfig:
-    """``configs/network/<name>.yaml`` as a SableConfig, e.g. ``load_preset('base', embed_dim=256)``."""
+    """``mtmarl/configs/network/<name>.yaml`` as a SableConfig, e.g. ``load_preset('base', embed_dim=256)``."""
     from omegaconf import OmegaConf
 
     path = PRESET_DIR / f"{name}.yaml"

@@ -27,7 +27,7 @@ def check_vaults(task_set: TaskSet, root: str | Path, hub: str | None = None) ->
             f"{len(missing)} of {len(task_set.train)} training vault(s) of {task_set.name} are missing "
             f"under {root}:\n  {listing}\n{tried}"
             f"Get the data with `python -m mtmarl.hub download <url or hf://owner/repo/file.zip> "
-            f"--to {root}` (one zip per vault) or data.hub=<source> (see configs/train.yaml), generate it "
+            f"--to {root}` (one zip per vault) or data.hub=<source> (see mtmarl/configs/train.yaml), generate it "
             f"with the data collector, or point data.root=<dir> at an existing vault root.")
 
 
