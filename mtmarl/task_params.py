@@ -67,6 +67,7 @@ SCHEMAS: dict[str, dict[str, Callable[[str, Any], Any]]] = {
     "lbf": {"grid": _int(5), "agents": _int(1), "food": _int(1), "level": _int(2), "fov": _int(1),
             "coop": as_bool, "horizon": _int(1)},
     "connector": {"grid": _int(2), "agents": _int(1), "horizon": _int(1)},
+    "smax": {"map": lambda key, value: _smax_map(value), "horizon": _int(1)},
 }
 
 
@@ -105,6 +106,14 @@ LAYOUT_KEYS = {"rware": ("rows", "cols", "height"), "lbf": ("grid", "agents", "f
                "connector": ("grid", "agents")}
 LAYOUTS: dict[str, Callable[[Mapping[str, Any]], None]] = {
     "rware": _rware_layout, "lbf": _lbf_layout, "connector": _connector_layout}
+
+
+def _smax_map(value: Any) -> str:
+    """A SMAC map name whose units can be read (``mtmarl.envs.smax.parse_map`` names what is allowed)."""
+    from mtmarl.envs.smax import parse_map
+
+    parse_map(str(value))
+    return str(value).strip()
 
 
 def _schema_from_signature(env: str) -> dict[str, Callable[[str, Any], Any]]:

@@ -218,9 +218,10 @@ def main(argv: list[str] | None = None) -> int:
             if args.json:
                 print(json.dumps(names))
             else:
+                width = max(map(len, names))
                 for name in names:
                     ts = load(name)
-                    print(f"{name:16s} {ts.env:10s} {len(ts.train):3d} train {len(ts.test):3d} test")
+                    print(f"{name:{width}s} {ts.env:10s} {len(ts.train):3d} train {len(ts.test):3d} test")
             return 0
         desc = load(args.set, args.num_train).describe()
     except UserInputError as err:

@@ -27,7 +27,8 @@ from mtmarl.tasks import TaskSet, TaskSpec
 
 ROOT = Path(__file__).resolve().parent.parent
 # set -> (train, test) counts
-SETS = {"rware_15": (15, 8), "lbf_5": (5, 6), "connector_10": (10, 8)}
+SETS = {"rware_15": (15, 8), "lbf_5": (5, 6), "connector_10": (10, 8)}  # the Jumanji sets
+ALL_SETS = {**SETS, "smax_marine_hard": (3, 9), "smax_stalker_zealot": (3, 10)}  # SMAX: tests/test_smax.py
 ENVS = {"rware", "lbf", "connector"}
 MAX_AGENTS = 12
 # Each reset+step program runs once on one key, so compile time is all that matters.
@@ -80,7 +81,7 @@ def _tasks(desc: dict) -> list[dict]:
 # -- sizes and splits -------------------------------------------------------------------
 
 def test_available_sets():
-    assert tasks.available_sets() == sorted(SETS)
+    assert tasks.available_sets() == sorted(ALL_SETS)
 
 
 @pytest.mark.parametrize("name", SETS)
@@ -308,13 +309,13 @@ def test_unknown_set_lists_valid_sets():
 def test_cli_lists_sets(capsys):
     assert tasks.main([]) == 0
     lines = capsys.readouterr().out.splitlines()
-    assert [line.split()[0] for line in lines] == sorted(SETS)
+    assert [line.split()[0] for line in lines] == sorted(ALL_SETS)
     for line in lines:
         name = line.split()[0]
-        assert f"{SETS[name][0]} train" in " ".join(line.split())
-        assert f"{SETS[name][1]} test" in " ".join(line.split())
+        assert f"{ALL_SETS[name][0]} train" in " ".join(line.split())
+        assert f"{ALL_SETS[name][1]} test" in " ".join(line.split())
     assert tasks.main(["--json"]) == 0
-    assert json.loads(capsys.readouterr().out) == sorted(SETS)
+    assert json.loads(capsys.readouterr().out) == sorted(ALL_SETS)
 
 
 def test_cli_json(capsys, described):

@@ -1,5 +1,5 @@
 """Environments: one protocol (``base.MultiAgentEnv`` + ``layout.EnvSpec``), Jumanji RWARE, LBF and
-Connector adapters on it, and padding to a task set's shape. ``register`` adds an env by name."""
+Connector adapters and JaxMARL's SMAX on it, and padding to a task set's shape. ``register`` adds an env by name."""
 
 from __future__ import annotations
 
@@ -11,9 +11,11 @@ from mtmarl.envs.layout import ActionLayout, EntityGroup, EnvSpec, ObsLayout
 from mtmarl.envs.lbf import LbfEnv
 from mtmarl.envs.padding import PaddedEnv
 from mtmarl.envs.rware import RwareEnv
+from mtmarl.envs.smax import SmaxEnv
 from mtmarl.errors import UserInputError
 
-ENVS: dict[str, type[MultiAgentEnv]] = {"rware": RwareEnv, "lbf": LbfEnv, "connector": ConnectorEnv}
+ENVS: dict[str, type[MultiAgentEnv]] = {"rware": RwareEnv, "lbf": LbfEnv, "connector": ConnectorEnv,
+                                        "smax": SmaxEnv}
 
 
 def register(name: str, env_class: type[MultiAgentEnv]) -> type[MultiAgentEnv]:
