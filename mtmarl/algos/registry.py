@@ -26,7 +26,7 @@ from mtmarl.configs import CONFIG_DIR as PACKAGE_CONFIGS
 from mtmarl.envs.layout import ActionLayout, EnvSpec, ObsLayout
 from mtmarl.errors import UserInputError
 
-BUILTIN = ("mt_oryx", "mt_cql_sable", "mt_bc_sable")  # modules mtmarl.algos.<name>
+BUILTIN = ("mt_oryx", "mt_cql_sable", "mt_bc_sable", "bc_t")  # modules mtmarl.algos.<name>
 CONFIG_DIR = PACKAGE_CONFIGS / "algo"
 
 
@@ -84,7 +84,7 @@ def load_config(name: str, **overrides):
         loaded = OmegaConf.to_container(OmegaConf.load(entry.config_file))
         if not isinstance(loaded, dict):
             raise UserInputError(f"{entry.config_file} must hold a mapping of algo keys, got {type(loaded).__name__}")
-        base = {str(k): v for k, v in loaded.items()}
+        base = {str(k): v for k, v in loaded.items() if k != "defaults"}  # Hydra's (e.g. its network preset)
     merged = {**base, **overrides, "name": name}
     return entry.config.from_dict(merged)
 

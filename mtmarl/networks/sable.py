@@ -34,6 +34,7 @@ import jax.numpy as jnp
 
 from mtmarl.configs import CONFIG_DIR
 from mtmarl.errors import UserInputError
+from mtmarl.networks.config import NetworkConfig
 from mtmarl.networks.hl_gauss import HLGauss
 from mtmarl.networks.layers import MATMUL_DTYPES, Dense
 from mtmarl.networks.retention import Ctx, MultiScaleRetention, decay_state, head_decays
@@ -43,7 +44,7 @@ PRESET_DIR = CONFIG_DIR / "network"
 
 
 @dataclasses.dataclass(frozen=True)
-class SableConfig:
+class SableConfig(NetworkConfig):
     embed_dim: int = 128
     n_blocks: int = 1
     n_heads: int = 4
@@ -70,13 +71,6 @@ class SableConfig:
     def hl_gauss(self) -> HLGauss | None:
         return HLGauss(self.v_min, self.v_max, self.q_bins, self.sigma_ratio) if self.q_bins else None
 
-    @classmethod
-    def from_dict(cls, d: dict) -> "SableConfig":
-        names = {f.name for f in dataclasses.fields(cls)}
-        unknown = set(d) - names
-        if unknown:
-            raise UserInputError(f"unknown network config keys {sorted(unknown)}; known: {sorted(names)}")
-        return cls(**d)
 
 
 def load_preset(name: str, **overrides) -> SableConfig:
