@@ -31,10 +31,6 @@ def online_config(online: dict[str, Any]):
     return learner_module(online.get("system", "mappo")).CONFIG.from_mapping(online)
 
 
-def system_name(cfg) -> str:
-    return cfg.system
-
-
 def label(cfg) -> str:
     """The learner's display name (``MAPPO``, ``Sable``)."""
     return learner_module(cfg.system).LABEL
