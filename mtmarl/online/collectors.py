@@ -29,6 +29,8 @@ from mtmarl.errors import UserInputError
 from mtmarl.evaluation.references import merge_entry
 from mtmarl.evaluation.rollout import make_evaluator, task_key
 from mtmarl.online.anakin import chunk_summary, to_experience
+from mtmarl.online.registry import label as learner_label
+from mtmarl.online.registry import make_online_system, online_config
 from mtmarl.runtime import save_figure
 
 
@@ -47,7 +49,6 @@ def env_online(cfg: DictConfig, env: str) -> dict[str, Any]:
     if extra:
         online.update(OmegaConf.to_container(extra, resolve=True))
     return online
-
 
 
 def plot_curve(rows: list[dict[str, Any]], path: Path, title: str) -> None:
@@ -76,15 +77,12 @@ def concat_experience(parts: list[dict[str, Any]]) -> dict[str, Any]:
     return jax.tree.map(lambda *xs: np.concatenate(xs, axis=1), *parts)
 
 
-
 # --------------------------------------------------------------------------- one task
 _SYSTEMS: dict[tuple, Any] = {}
 
 
 def get_system(spec, env, mcfg):
     """The compiled system for (task, config, devices), built once per process."""
-    from mtmarl.online.registry import make_online_system
-
     key = (spec.adhoc, mcfg, jax.local_device_count())
     if key not in _SYSTEMS:
         _SYSTEMS[key] = make_online_system(env, mcfg)
@@ -123,9 +121,7 @@ def write_outputs(spec, cfg: DictConfig, root: Path, ref_path: Path, result: dic
 
 def collect_task(spec, split: str, cfg: DictConfig, root: Path, ref_path: Path, log_dir: Path,
                  bar=None) -> dict[str, Any]:
-    from mtmarl.online.registry import label as learner_label
-    from mtmarl.online.registry import online_config
-
+    """The online learner ``online.system`` trains on the task; chunk by chunk it logs and records."""
     env = spec.build()
     online = env_online(cfg, spec.env)
     mcfg = online_config(online)
