@@ -16,7 +16,8 @@ from mtmarl import collect
 from mtmarl import tasks as task_registry
 from mtmarl.configs import CONFIG_DIR
 from mtmarl.data import vault as vault_io
-from mtmarl.online.system import to_experience
+from mtmarl.online import collectors
+from mtmarl.online.anakin import to_experience
 from mtmarl.online.rollout import Transition
 from mtmarl.envs import Observation
 
@@ -91,9 +92,9 @@ def test_per_env_budget_and_online_settings():
     cfg = OmegaConf.create({"collect": {"budget": 500, "env_budget": {"rware": 700}},
                             "online": {"lr": 0.1, "record_len": 128},
                             "online_env": {"rware": {"record_len": 500}}})
-    assert collect.env_budget(cfg, "rware") == 700 and collect.env_budget(cfg, "lbf") == 500
-    assert collect.env_online(cfg, "rware") == {"lr": 0.1, "record_len": 500}
-    assert collect.env_online(cfg, "lbf") == {"lr": 0.1, "record_len": 128}
+    assert collectors.env_budget(cfg, "rware") == 700 and collectors.env_budget(cfg, "lbf") == 500
+    assert collectors.env_online(cfg, "rware") == {"lr": 0.1, "record_len": 500}
+    assert collectors.env_online(cfg, "lbf") == {"lr": 0.1, "record_len": 128}
     assert cfg.online.record_len == 128  # the shared settings are not modified
 
 

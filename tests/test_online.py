@@ -18,7 +18,9 @@ from mtmarl.envs import Observation, TimeStep
 from mtmarl.evaluation.references import merge_entry
 from mtmarl.online import ppo
 from mtmarl.online.rollout import make_reset_pool, rollout, start_from_pool, step_with_pool
-from mtmarl.online.system import MappoConfig, chunk_summary, to_experience
+from mtmarl.online.anakin import chunk_summary, to_experience
+from mtmarl.online.collectors import get_system
+from mtmarl.online.system import MappoConfig
 from mtmarl.runtime import enable_compilation_cache
 from mtmarl.tasks import TaskSpec
 
@@ -151,7 +153,7 @@ def mean_recorded_return(system, state, key) -> tuple[float, int]:
 def test_system_improves_return_on_small_connector():
     spec = TaskSpec.parse(TASK)
     mcfg = MappoConfig.from_mapping(CONFIG)
-    system = collect.get_system(spec, spec.build(), mcfg)
+    system = get_system(spec, spec.build(), mcfg)
     state = system.init(jax.random.PRNGKey(0))
     before, n_before = mean_recorded_return(system, state, jax.random.PRNGKey(1))
     curve = []

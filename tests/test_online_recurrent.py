@@ -15,10 +15,11 @@ from mtmarl.configs import CONFIG_DIR
 from mtmarl.data.vault import episode_returns
 from mtmarl.errors import UserInputError
 from mtmarl.online import ppo
-from mtmarl.online.registry import online_config
+from mtmarl.online.anakin import chunk_summary, to_experience
+from mtmarl.online.collectors import get_system
+from mtmarl.online.registry import make_online_system, online_config
 from mtmarl.online.rollout import carried_rollout, make_reset_pool, reset_where, start_from_pool
-from mtmarl.online.system import (Critic, MappoConfig, RecurrentActor, act_batch, chunk_summary, make_policy,
-                                  make_system, replay_actor, to_experience)
+from mtmarl.online.system import Critic, MappoConfig, RecurrentActor, act_batch, make_policy, replay_actor
 from mtmarl.runtime import enable_compilation_cache
 
 enable_compilation_cache()
@@ -142,20 +143,20 @@ def test_system_update_starts_at_the_behaviour_policy():
     """One epoch, one minibatch: the loss sees the rollout's own params, so the ratio is 1 (kl ~ 0) every update."""
     env = ToyEnv()
     cfg = online_config({**TINY, "epochs": 1, "minibatches": 1, "updates_per_chunk": 3})
-    system = make_system(env, cfg)
+    system = make_online_system(env, cfg)
     state = system.init(jax.random.PRNGKey(0))
-    assert state.hidden.shape == (system.num_devices, B, env.num_agents, G)
+    assert state.carry.shape == (system.num_devices, B, env.num_agents, G)
     state, metrics = system.train_chunk(state)
     kl = np.asarray(metrics.loss.approx_kl)
     assert kl.shape == (system.num_devices, 3) and np.abs(kl).max() < 1e-9, kl
     assert float(np.asarray(metrics.loss.clip_frac).max()) == 0.0
-    assert np.abs(np.asarray(state.hidden)).max() > 0  # carried into the next update
+    assert np.abs(np.asarray(state.carry)).max() > 0  # carried into the next update
 
 
 def test_collect_with_recurrent_mappo_writes_a_readable_vault(tmp_path):
     res, exp, spec = tiny_collect(tmp_path, TASK, TINY)
     assert res["system"] == "mappo"
-    system = collect.get_system(spec, spec.build(), online_config(TINY))
+    system = get_system(spec, spec.build(), online_config(TINY))
     state, metrics = system.train_chunk(system.init(jax.random.PRNGKey(0)))
     s = chunk_summary(metrics)
     assert all(np.isfinite(s[k]) for k in ("return", "policy_loss", "value_loss", "entropy", "approx_kl")), s

@@ -14,11 +14,13 @@ from mtmarl.configs import CONFIG_DIR
 from mtmarl.data.vault import episode_returns
 from mtmarl.errors import UserInputError
 from mtmarl.online import ppo
+from mtmarl.online.anakin import chunk_summary, to_experience
+from mtmarl.online.collectors import get_system
 from mtmarl.networks import make_sable
 from mtmarl.online.registry import online_config
 from mtmarl.online.rollout import make_reset_pool, start_from_pool
 from mtmarl.online.sable_system import (SableOnlineConfig, batch_major, sable_rollout, teacher_forced)
-from mtmarl.online.system import MappoConfig, chunk_summary, to_experience
+from mtmarl.online.system import MappoConfig
 from mtmarl.runtime import enable_compilation_cache
 from mtmarl.tasks import TaskSpec
 
@@ -95,7 +97,7 @@ def test_training_pass_reproduces_behaviour_logp_and_values():
 def test_train_chunk_runs_with_finite_metrics_and_records():
     spec = TaskSpec.parse(TASK)
     cfg = online_config(TINY)
-    system = collect.get_system(spec, spec.build(), cfg)
+    system = get_system(spec, spec.build(), cfg)
     state = system.init(jax.random.PRNGKey(0))
     state, metrics = system.train_chunk(state)
     s = chunk_summary(metrics)
@@ -117,7 +119,7 @@ def test_collect_with_online_sable_writes_a_readable_vault(tmp_path):
 def test_online_sable_learns_small_connector():
     spec = TaskSpec.parse(TASK)
     cfg = online_config(CONFIG)  # the collector preset, 2 devices x 16 envs x 32 steps per update
-    system = collect.get_system(spec, spec.build(), cfg)
+    system = get_system(spec, spec.build(), cfg)
     state = system.init(jax.random.PRNGKey(0))
     curve = []
     for _ in range(5):  # 51k env steps

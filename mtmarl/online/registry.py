@@ -1,39 +1,43 @@
-"""``online.system`` -> the online learner's config class and builder (MAPPO or Sable).
+"""``online.system`` -> the online learner module, looked up by name; the Anakin builder does the rest.
 
-Both builders return an object with the same fields (``init``, ``train_chunk``,
-``record``, ``policy``, ``greedy_policy``, ``env_steps_per_update``,
-``actor_params``, ...), so the collector does not care which one runs.
+A learner module (one per online learner) provides ``CONFIG`` (a
+:class:`~mtmarl.online.ppo.PPOSettings` subclass whose ``SYSTEM`` is its name),
+``LABEL`` (for logs and plots) and ``make_learner(env, cfg) ->``
+:class:`~mtmarl.online.anakin.Learner`. Adding a learner is one entry in
+:data:`LEARNERS`; the builder and the collectors never ask which one runs. Modules
+are imported on first use, so picking MAPPO does not import the Sable network.
 """
 
 from __future__ import annotations
 
+import importlib
+from types import ModuleType
 from typing import Any
 
 from mtmarl.errors import UserInputError
 
-SYSTEMS = ("mappo", "sable")
-LABELS = {"mappo": "MAPPO", "sable": "Sable"}
+LEARNERS = {"mappo": "mtmarl.online.system", "sable": "mtmarl.online.sable_system"}
+SYSTEMS = tuple(LEARNERS)
+
+
+def learner_module(name: str) -> ModuleType:
+    if name not in LEARNERS:
+        raise UserInputError(f"unknown online.system {name!r}; known: {', '.join(SYSTEMS)}")
+    return importlib.import_module(LEARNERS[name])
 
 
 def online_config(online: dict[str, Any]):
     """A frozen, hashable config from the ``online`` mapping; its ``system`` key picks the class."""
-    name = online.get("system", "mappo")
-    if name == "mappo":
-        from mtmarl.online.system import MappoConfig
-        return MappoConfig.from_mapping(online)
-    if name == "sable":
-        from mtmarl.online.sable_system import SableOnlineConfig
-        return SableOnlineConfig.from_mapping(online)
-    raise UserInputError(f"unknown online.system {name!r}; known: {', '.join(SYSTEMS)}")
+    return learner_module(online.get("system", "mappo")).CONFIG.from_mapping(online)
 
 
-def system_name(cfg) -> str:
-    return getattr(cfg, "system", "mappo")
+def label(cfg) -> str:
+    """The learner's display name (``MAPPO``, ``Sable``)."""
+    return learner_module(cfg.system).LABEL
 
 
 def make_online_system(env, cfg, num_devices: int | None = None):
-    if system_name(cfg) == "sable":
-        from mtmarl.online.sable_system import make_sable_system
-        return make_sable_system(env, cfg, num_devices)
-    from mtmarl.online.system import make_system
-    return make_system(env, cfg, num_devices)
+    """The compiled :class:`~mtmarl.online.anakin.System` of ``cfg``'s learner on ``env``."""
+    from mtmarl.online.anakin import build
+
+    return build(env, cfg, learner_module(cfg.system).make_learner(env, cfg), num_devices)

@@ -1,9 +1,7 @@
-"""Anakin-style online Sable: PPO on the retention network, envs and learner in one compiled program.
+"""The online Sable learner of the Anakin online builder: PPO on the retention network.
 
-The same loop as :mod:`mtmarl.online.system` (K updates per ``lax.scan``,
-``pmap`` over devices, a fresh reset pool per update, GAE and the clipped PPO
-loss of :mod:`mtmarl.online.ppo`), with one Sable network as both actor and
-critic:
+Only what is Sable's lives here (the loop, pools, pmap, GAE and recording are
+:mod:`mtmarl.online.anakin`'s); one Sable network is both actor and critic:
 
 * **acting**: ``SableNet.act`` per env (``vmap``), agents decoded one after
   another in index order, each sampling from its masked logits before the next
@@ -11,13 +9,13 @@ critic:
   an observation starts an episode (``step_count == 0``);
 * **critic**: the network's per-agent state-value head on the encoder output
   (``SableConfig.value_head``), every agent regressed on the shared team
-  reward, GAE per agent;
-* **training**: ``SableNet.apply_train`` over each env's whole rollout segment
-  (T*N tokens) with teacher-forced actions. The retention state each env had
-  when the segment began is stored with the rollout and passed in as the
-  chunkwise pass's initial state, so before the first gradient step the
-  training pass reproduces the behaviour log-probabilities and values exactly
-  (tested). Minibatches split the envs, never the time axis.
+  reward, GAE per agent (the builder broadcasts the team reward to the values);
+* **training**: a *sequence* learner. ``SableNet.apply_train`` over each env's
+  whole rollout segment (T*N tokens) with teacher-forced actions. The retention
+  state each env had when the segment began is stored with the rollout and
+  passed in as the chunkwise pass's initial state, so before the first gradient
+  step the training pass reproduces the behaviour log-probabilities and values
+  exactly (tested). Minibatches split the envs, never the time axis.
 
 Bootstrapping a truncated episode needs V of the observation that really
 followed (before the auto-reset): one extra encoder step per env step on that
@@ -27,12 +25,10 @@ observation, continuing the episode's encoder state.
 from __future__ import annotations
 
 import dataclasses
-from typing import Any, Callable, NamedTuple
+from typing import Any
 
 import jax
 import jax.numpy as jnp
-import numpy as np
-import optax
 
 from mtmarl.envs import TimeStep
 from mtmarl.errors import UserInputError
@@ -40,10 +36,10 @@ from mtmarl.evaluation.policies import Policy
 from mtmarl.networks.retention import Ctx
 from mtmarl.networks.sable import SableConfig, SableModule, SableNet, make_sable
 from mtmarl.online import ppo
-from mtmarl.online.rollout import (EnvBatch, PoolMaker, ResetPool, Transition, start_from_pool, step_with_pool,
-                                   transition)
-from mtmarl.online.system import AXIS, UpdateMetrics, update_metrics
+from mtmarl.online.anakin import Learner
+from mtmarl.online.rollout import EnvBatch, ResetPool, Transition, step_with_pool, transition
 
+LABEL = "Sable"
 NETWORK_FIELDS = ("embed_dim", "n_blocks", "n_heads", "chunk_size", "ffn_mult", "matmul_dtype")
 
 
@@ -73,33 +69,6 @@ class SableOnlineConfig(ppo.PPOSettings):
     def network(self) -> SableConfig:
         """Scalar Q (unused here) and a scalar per-agent value head."""
         return SableConfig(**{f: getattr(self, f) for f in NETWORK_FIELDS}, q_bins=0, value_head=True)
-
-
-class TrainState(NamedTuple):
-    params: Any
-    opt_state: Any
-    envs: EnvBatch
-    carry: Any  # retention state of every env before its current timestep, leaves (B, H, dh, dh)
-    key: jax.Array
-    update: jax.Array
-
-
-class SableSystem(NamedTuple):
-    """The fields of :class:`mtmarl.online.system.System`, plus the network."""
-
-    config: SableOnlineConfig
-    num_devices: int
-    init: Callable[[jax.Array], TrainState]
-    train_chunk: Callable[[TrainState], tuple[TrainState, UpdateMetrics]]
-    record: Callable[[TrainState, jax.Array], Transition]
-    policy: Policy
-    env_steps_per_update: int
-    pools: PoolMaker
-    greedy_policy: Policy
-    net: SableNet
-
-    def actor_params(self, state: TrainState) -> Any:
-        return jax.tree.map(lambda x: x[0], state.params)
 
 
 # --------------------------------------------------------------------------- pure pieces
@@ -158,23 +127,13 @@ def make_policy(net: SableNet, greedy: bool = False) -> Policy:
     return Policy(init_carry=lambda params, num_agents: net.init_carry(), act=act)
 
 
-# --------------------------------------------------------------------------- the system
-def make_sable_system(env, cfg: SableOnlineConfig, num_devices: int | None = None) -> SableSystem:
-    devices = jax.local_devices()[: num_devices or jax.local_device_count()]
-    n_dev = len(devices)
-    o = env.obs_dim
+# --------------------------------------------------------------------------- the learner
+def make_learner(env, cfg: SableOnlineConfig) -> Learner:
+    """Online Sable on ``env`` as a :class:`~mtmarl.online.anakin.Learner` (params: the whole network)."""
     net = make_sable(cfg.network, env.num_actions)
-    tx = optax.chain(optax.clip_by_global_norm(cfg.max_grad_norm), optax.adam(cfg.lr, eps=1e-5))
-    B, T, M = cfg.num_envs, cfg.rollout_len, cfg.minibatches
-    rec_envs = -(-cfg.record_envs // n_dev)
-    rec_resets = cfg.record_resets or cfg.record_len // 5 + 1
+    o = env.obs_dim
 
-    def init_one(state_key, param_key, pool: ResetPool):
-        params = net.init(param_key, jnp.zeros((1, 1, 1, o)))
-        return TrainState(params, tx.init(params), start_from_pool(pool), net.init_carry(B), state_key,
-                          jnp.int32(0))
-
-    def loss_fn(params, tr: Transition, carry0, adv, targets):
+    def loss(params, tr: Transition, adv, targets, carry0):
         out = teacher_forced(net, params, tr, carry0)
         active = tr.obs.active.astype(jnp.float32)
         mean = jnp.sum(adv * active) / jnp.maximum(active.sum(), 1.0)
@@ -184,46 +143,10 @@ def make_sable_system(env, cfg: SableOnlineConfig, num_devices: int | None = Non
                             targets, cfg.clip_eps, cfg.vf_coef, cfg.ent_coef, weight=active, value_weight=active)
         return info.total, info
 
-    def update(state: TrainState, pool: ResetPool):
-        key, roll_key, shuffle_key = jax.random.split(state.key, 3)
-        envs = state.envs._replace(cursor=jnp.zeros_like(state.envs.cursor))  # fresh pool
-        carry0 = state.carry
-        envs, carry, traj = sable_rollout(net, env, state.params, envs, carry0, pool, roll_key, T)
-        team = lambda x: x[..., None]  # noqa: E731  (team reward and flags apply to every agent)
-        adv, targets = ppo.gae(team(traj.reward), traj.value, traj.next_value, team(traj.terminal),
-                               team(traj.done), cfg.gamma, cfg.gae_lambda)
-        data = (batch_major(traj), carry0, jnp.swapaxes(adv, 0, 1), jnp.swapaxes(targets, 0, 1))
+    return Learner(init=lambda key: net.init(key, jnp.zeros((1, 1, 1, o))), init_carry=net.init_carry,
+                   rollout=lambda *args: sable_rollout(net, env, *args), loss=loss, sequences=True,
+                   actor_params=lambda params: params, policy=make_policy(net),
+                   greedy_policy=make_policy(net, greedy=True))
 
-        (params, opt_state), infos = ppo.optimise(loss_fn, tx, state.params, state.opt_state, data, shuffle_key,
-                                                  cfg.epochs, M, AXIS)
-        metrics = update_metrics(traj, infos)
-        return TrainState(params, opt_state, envs, carry, key, state.update + 1), metrics
 
-    def chunk(state: TrainState, pools: ResetPool):
-        return jax.lax.scan(update, state, pools)
-
-    def record_one(state: TrainState, pool: ResetPool, key):
-        envs = start_from_pool(pool)
-        _, _, traj = sable_rollout(net, env, state.params, envs, net.init_carry(envs.cursor.shape[0]), pool,
-                                   key, cfg.record_len)
-        return traj
-
-    pools = PoolMaker(env, B * cfg.resets_per_env)
-    pinit = jax.pmap(init_one, in_axes=(0, None, 0), devices=devices, axis_name=AXIS)
-    ptrain = jax.pmap(chunk, devices=devices, axis_name=AXIS)
-    precord = jax.pmap(record_one, devices=devices, axis_name=AXIS)
-
-    def init(key):
-        key, param_key, pool_key = jax.random.split(key, 3)
-        return pinit(jax.random.split(key, n_dev), param_key, pools(pool_key, (n_dev, B, 1)))
-
-    def train_chunk(state):
-        pool_key = jax.random.fold_in(np.asarray(jax.device_get(state.key[0])), 0x5EED)
-        return ptrain(state, pools(pool_key, (n_dev, cfg.updates_per_chunk, B, cfg.resets_per_env)))
-
-    def record(state, key):
-        pool_key, key = jax.random.split(key)
-        return precord(state, pools(pool_key, (n_dev, rec_envs, rec_resets)), jax.random.split(key, n_dev))
-
-    return SableSystem(cfg, n_dev, init, train_chunk, record, make_policy(net), n_dev * B * T, pools,
-                       make_policy(net, greedy=True), net)
+CONFIG = SableOnlineConfig

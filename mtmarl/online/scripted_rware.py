@@ -132,7 +132,7 @@ def rollout(env: RwareEnv, pool: ResetPool, key: jax.Array, length: int, epsilon
     """``length`` steps of every env of ``pool`` (B, K) from its first entry; (T, B, ...) transitions.
 
     Ended episodes continue from the env's next pool entry, as in the MAPPO recorder,
-    so :func:`mtmarl.online.system.to_experience` turns the result into a vault.
+    so :func:`mtmarl.online.anakin.to_experience` turns the result into a vault.
     """
     batch = start_from_pool(pool)
 

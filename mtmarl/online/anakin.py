@@ -1,0 +1,222 @@
+"""The one Anakin online builder: envs and a PPO learner in one compiled program per task.
+
+Every online learner (MAPPO feed-forward or recurrent, online Sable, later the
+online phases of HyGen / M3) shares the same loop, so it lives here once and a
+learner only supplies its network-specific pure functions as a :class:`Learner`
+(like an optax ``GradientTransformation``: a tuple of functions, no state). The
+builder never asks which learner it holds.
+
+One *chunk* is ``updates_per_chunk`` PPO updates under a ``lax.scan``, ``pmap``-ed
+over devices (each device steps its own ``num_envs`` envs; gradients are averaged
+with ``pmean`` in :func:`mtmarl.online.ppo.optimise`). Each update: a fresh reset
+pool (made outside the program by :class:`~mtmarl.online.rollout.PoolMaker` from the
+state's key stream), a ``rollout_len``-step rollout of every env from the carried
+recurrent state, GAE (team reward and flags broadcast to the value's shape: a team
+value (T, B) or per-agent values (T, B, N)), then ``epochs`` passes of
+``minibatches`` shuffled minibatches of the learner's loss. A *sequence* learner
+(recurrent) trains on whole env rollouts with the carry each env had when its
+rollout began, so minibatches split the envs; a step learner trains on single
+steps.
+
+``record`` plays ``record_envs`` envs (split over devices) for ``record_len`` steps
+with the stochastic policy from fresh resets; :func:`to_experience` turns that into
+og-marl's layout, keeping only completed episodes.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Callable, NamedTuple
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+
+from mtmarl.evaluation.policies import Policy
+from mtmarl.online import ppo
+from mtmarl.online.rollout import EnvBatch, PoolMaker, ResetPool, Transition, start_from_pool
+
+AXIS = "device"
+
+
+class Learner(NamedTuple):
+    """What a learner plugs into :func:`build`: pure functions, traced inside ``pmap`` (keys are passed in).
+
+    ``init(key) -> params``; ``init_carry(B)`` the per-env recurrent state at an episode
+    start (``()`` for none); ``rollout(params, envs, carry, pool, key, length) ->
+    (envs, carry, transitions (T, B, ...))`` acts and steps every env, carrying the state;
+    ``loss(params, traj, adv, targets, carry0) -> (total, ppo.LossInfo)`` on a minibatch
+    (``carry0`` is the rollout-start carry of sequence samples, ``()`` for step samples);
+    ``sequences``: samples are whole env rollouts (B, T, ...), else single steps (B*T, ...);
+    ``actor_params(params)`` is what ``policy`` / ``greedy_policy`` (the evaluator's
+    interface: sampled and argmax actions) read.
+    """
+
+    init: Callable[[jax.Array], Any]
+    init_carry: Callable[[int], Any]
+    rollout: Callable[..., tuple[EnvBatch, Any, Transition]]
+    loss: Callable[..., tuple[jax.Array, ppo.LossInfo]]
+    sequences: bool
+    actor_params: Callable[[Any], Any]
+    policy: Policy
+    greedy_policy: Policy
+
+
+class TrainState(NamedTuple):
+    params: Any
+    opt_state: Any
+    envs: EnvBatch
+    carry: Any  # every env's recurrent state before its current timestep (leading axis B); () if none
+    key: jax.Array
+    update: jax.Array  # () int32 updates done
+
+
+class UpdateMetrics(NamedTuple):
+    return_sum: jax.Array  # sum of returns of episodes finished during the update's rollout
+    episodes: jax.Array  # how many finished
+    length_sum: jax.Array
+    loss: ppo.LossInfo
+
+
+def update_metrics(traj: Transition, infos: ppo.LossInfo) -> UpdateMetrics:
+    """Episode sums over all devices and loss means of one update (inside pmap over ``AXIS``)."""
+    done = traj.done.astype(jnp.float32)
+    return UpdateMetrics(jax.lax.psum(traj.episode_return.sum(), AXIS), jax.lax.psum(done.sum(), AXIS),
+                         jax.lax.psum(traj.episode_length.sum(), AXIS),
+                         jax.tree.map(lambda x: jax.lax.pmean(x.mean(), AXIS), infos))
+
+
+class System(NamedTuple):
+    """A built learner, what the collectors use; every array of a state has a leading device axis."""
+
+    config: ppo.PPOSettings
+    num_devices: int
+    init: Callable[[jax.Array], TrainState]
+    train_chunk: Callable[[TrainState], tuple[TrainState, UpdateMetrics]]  # metrics (D, K)
+    record: Callable[[TrainState, jax.Array], Transition]  # (D, T, B_dev, ...)
+    policy: Policy  # for make_evaluator, with params = actor_params(state)
+    env_steps_per_update: int
+    pools: PoolMaker
+    greedy_policy: Policy  # argmax over legal actions
+    learner: Learner
+
+    def actor_params(self, state: TrainState) -> Any:
+        return jax.tree.map(lambda x: x[0], self.learner.actor_params(state.params))
+
+
+def advantages(cfg: ppo.PPOSettings, traj: Transition) -> tuple[jax.Array, jax.Array]:
+    """GAE of time-major transitions; the team reward and flags apply to every value entry."""
+    team = lambda x: x.reshape(x.shape + (1,) * (traj.value.ndim - x.ndim))  # noqa: E731
+    return ppo.gae(team(traj.reward), traj.value, traj.next_value, team(traj.terminal), team(traj.done),
+                   cfg.gamma, cfg.gae_lambda)
+
+
+def samples(sequences: bool, traj: Transition, adv, targets, carry0) -> tuple:
+    """PPO samples (leading axis = samples): whole env rollouts with their start carry, or single steps."""
+    if sequences:
+        return jax.tree.map(lambda x: jnp.swapaxes(x, 0, 1), (traj, adv, targets)) + (carry0,)
+    flat = lambda x: x.reshape((x.shape[0] * x.shape[1],) + x.shape[2:])  # noqa: E731
+    return jax.tree.map(flat, (traj, adv, targets)) + ((),)
+
+
+def build(env, cfg: ppo.PPOSettings, learner: Learner, num_devices: int | None = None) -> System:
+    """The compiled system of ``learner`` on ``env`` with the PPO settings ``cfg``."""
+    devices = jax.local_devices()[: num_devices or jax.local_device_count()]
+    n_dev = len(devices)
+    B, T = cfg.num_envs, cfg.rollout_len
+    if not learner.sequences and (B * T) % cfg.minibatches:
+        raise ValueError(f"num_envs*rollout_len={B * T} is not divisible by minibatches={cfg.minibatches}")
+    tx = optax.chain(optax.clip_by_global_norm(cfg.max_grad_norm), optax.adam(cfg.lr, eps=1e-5))
+    rec_envs = -(-cfg.record_envs // n_dev)
+    rec_resets = cfg.record_resets or cfg.record_len // 5 + 1
+
+    def init_one(state_key, param_key, pool: ResetPool):
+        params = learner.init(param_key)
+        return TrainState(params, tx.init(params), start_from_pool(pool), learner.init_carry(B), state_key,
+                          jnp.int32(0))
+
+    def update(state: TrainState, pool: ResetPool):
+        key, roll_key, shuffle_key = jax.random.split(state.key, 3)
+        envs = state.envs._replace(cursor=jnp.zeros_like(state.envs.cursor))  # fresh pool
+        carry0 = state.carry
+        envs, carry, traj = learner.rollout(state.params, envs, carry0, pool, roll_key, T)
+        adv, targets = advantages(cfg, traj)
+        data = samples(learner.sequences, traj, adv, targets, carry0)
+        (params, opt_state), infos = ppo.optimise(learner.loss, tx, state.params, state.opt_state, data,
+                                                  shuffle_key, cfg.epochs, cfg.minibatches, AXIS)
+        return TrainState(params, opt_state, envs, carry, key, state.update + 1), update_metrics(traj, infos)
+
+    def chunk(state: TrainState, pools: ResetPool):
+        return jax.lax.scan(update, state, pools)
+
+    def record_one(state: TrainState, pool: ResetPool, key):
+        _, _, traj = learner.rollout(state.params, start_from_pool(pool), learner.init_carry(rec_envs), pool, key,
+                                     cfg.record_len)
+        return traj
+
+    pools = PoolMaker(env, B * cfg.resets_per_env)
+    pinit = jax.pmap(init_one, in_axes=(0, None, 0), devices=devices, axis_name=AXIS)
+    ptrain = jax.pmap(chunk, devices=devices, axis_name=AXIS)
+    precord = jax.pmap(record_one, devices=devices, axis_name=AXIS)
+
+    def init(key):
+        key, param_key, pool_key = jax.random.split(key, 3)
+        return pinit(jax.random.split(key, n_dev), param_key, pools(pool_key, (n_dev, B, 1)))
+
+    def train_chunk(state):
+        # The chunk's reset pools come from the state's key stream (device 0's key).
+        pool_key = jax.random.fold_in(np.asarray(jax.device_get(state.key[0])), 0x5EED)
+        return ptrain(state, pools(pool_key, (n_dev, cfg.updates_per_chunk, B, cfg.resets_per_env)))
+
+    def record(state, key):
+        pool_key, key = jax.random.split(key)
+        return precord(state, pools(pool_key, (n_dev, rec_envs, rec_resets)), jax.random.split(key, n_dev))
+
+    return System(cfg, n_dev, init, train_chunk, record, learner.policy, n_dev * B * T, pools,
+                  learner.greedy_policy, learner)
+
+
+def to_experience(traj: Transition) -> dict[str, Any]:
+    """Recorded (D, T, B, ...) transitions -> og-marl experience (1, L, ...) of completed episodes.
+
+    Each env is one stream starting at a fresh reset; steps after its last
+    episode end are dropped, and the streams are concatenated along time.
+    """
+    traj = jax.device_get(traj)
+    streams = lambda x: np.swapaxes(np.asarray(x), 1, 2).reshape((x.shape[0] * x.shape[2], x.shape[1]) + x.shape[3:])
+    tr = jax.tree.map(streams, traj)  # (D*B, T, ...)
+    done = tr.terminal | tr.truncated
+    pieces = []
+    for i in range(done.shape[0]):
+        ends = np.flatnonzero(done[i])
+        if ends.size:
+            pieces.append((i, ends[-1] + 1))
+    n = tr.actions.shape[-1]
+
+    def cat(x):
+        if not pieces:
+            return np.zeros((0,) + x.shape[2:], x.dtype)
+        return np.concatenate([x[i, :stop] for i, stop in pieces])
+
+    team = lambda x: np.repeat(cat(x)[:, None], n, axis=1)
+    exp = {
+        "observations": cat(tr.obs.agents_view).astype(np.float32),
+        "actions": cat(tr.actions).astype(np.int32),
+        "rewards": team(tr.reward).astype(np.float32),
+        "terminals": team(tr.terminal).astype(np.float32),
+        "truncations": team(tr.truncated).astype(np.float32),
+        "infos": {"legals": cat(tr.obs.action_mask).astype(bool),
+                  "state": cat(tr.state).astype(np.float32)},
+    }
+    return jax.tree.map(lambda x: x[None], exp)
+
+
+def chunk_summary(metrics: UpdateMetrics) -> dict[str, float]:
+    """Host-side summary of one chunk's (D, K) metrics (device 0; they are all-reduced)."""
+    m = jax.tree.map(lambda x: np.asarray(x)[0], jax.device_get(metrics))
+    eps = float(m.episodes.sum())
+    return {"episodes": eps,
+            "return": float(m.return_sum.sum() / eps) if eps else float("nan"),
+            "length": float(m.length_sum.sum() / eps) if eps else float("nan"),
+            "policy_loss": float(m.loss.policy.mean()), "value_loss": float(m.loss.value.mean()),
+            "entropy": float(m.loss.entropy.mean()), "approx_kl": float(m.loss.approx_kl.mean())}

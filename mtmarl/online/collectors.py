@@ -1,0 +1,330 @@
+"""The per-task collectors behind ``python -m mtmarl.collect``: online learner, scripted planner, DAgger.
+
+Each ``collect_*_task(spec, split, cfg, root, ref_path, log_dir, bar)`` produces one
+task's data and reference return and writes them with :func:`write_outputs` (the
+vault first, the reference last: its presence marks the task finished). The CLI
+(:mod:`mtmarl.collect`) picks a collector per env and skips finished tasks.
+
+* :func:`collect_task`: the Anakin online learner named by ``online.system``
+  (:mod:`mtmarl.online.registry`, built by :mod:`mtmarl.online.anakin`) trains for
+  the task's budget; after every chunk it logs the training return and, for train
+  tasks, records the stochastic policy;
+* :func:`collect_scripted_task`: the RWARE planner at decreasing epsilons;
+* :func:`collect_dagger_task`: a local-view DAgger student of the planner.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from pathlib import Path
+from typing import Any
+
+import jax
+import numpy as np
+from omegaconf import DictConfig, OmegaConf
+
+from mtmarl.data import vault as vault_io
+from mtmarl.errors import UserInputError
+from mtmarl.evaluation.references import merge_entry
+from mtmarl.evaluation.rollout import make_evaluator, task_key
+from mtmarl.online.anakin import chunk_summary, to_experience
+from mtmarl.online.registry import label as learner_label
+from mtmarl.online.registry import make_online_system, online_config
+from mtmarl.runtime import save_figure
+
+
+# --------------------------------------------------------------------------- helpers
+def env_budget(cfg: DictConfig, env: str) -> int:
+    """Training env steps per task: ``collect.env_budget.<env>`` if set, else ``collect.budget``."""
+    per_env = cfg.collect.get("env_budget") or {}
+    value = per_env.get(env)
+    return int(cfg.collect.budget if value is None else value)
+
+
+def env_online(cfg: DictConfig, env: str) -> dict[str, Any]:
+    """The online settings for one env: ``online`` updated with ``online_env.<env>`` (if any)."""
+    online = OmegaConf.to_container(cfg.online, resolve=True)
+    extra = (cfg.get("online_env") or {}).get(env)
+    if extra:
+        online.update(OmegaConf.to_container(extra, resolve=True))
+    return online
+
+
+def plot_curve(rows: list[dict[str, Any]], path: Path, title: str) -> None:
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(5, 3.2))
+    ax.plot([r["env_steps"] for r in rows], [r["return"] for r in rows], lw=1.5)
+    ax.set_xlabel("env steps")
+    ax.set_ylabel("mean training return")
+    ax.set_title(title, fontsize=9)
+    ax.grid(alpha=0.3)
+    fig.tight_layout()
+    save_figure(fig, path)
+
+
+def task_log(log_dir: Path, spec) -> Path:
+    """``<log_dir>/<env>/<task>.jsonl`` (its folder made); the curve's PNG goes next to it."""
+    path = log_dir / spec.env / f"{vault_io.task_dirname(spec)}.jsonl"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    return path
+
+
+def concat_experience(parts: list[dict[str, Any]]) -> dict[str, Any]:
+    return jax.tree.map(lambda *xs: np.concatenate(xs, axis=1), *parts)
+
+
+# --------------------------------------------------------------------------- one task
+_SYSTEMS: dict[tuple, Any] = {}
+
+
+def get_system(spec, env, mcfg):
+    """The compiled system for (task, config, devices), built once per process."""
+    key = (spec.adhoc, mcfg, jax.local_device_count())
+    if key not in _SYSTEMS:
+        _SYSTEMS[key] = make_online_system(env, mcfg)
+    return _SYSTEMS[key]
+
+
+_EVALUATORS: dict[tuple, Any] = {}
+
+
+def get_evaluator(spec, env, system, greedy: bool, episodes: int, devices):
+    key = (spec.adhoc, system.config, greedy, episodes, devices, jax.local_device_count())
+    if key not in _EVALUATORS:
+        policy = system.greedy_policy if greedy else system.policy
+        _EVALUATORS[key] = make_evaluator(env, policy, episodes, devices)
+    return _EVALUATORS[key]
+
+
+REFERENCE_KEYS = ("return", "name", "split", "episodes", "std", "env_steps", "seed", "train_seconds",
+                  "initial_return")
+
+
+def write_outputs(spec, cfg: DictConfig, root: Path, ref_path: Path, result: dict[str, Any],
+                  parts: list[dict[str, Any]] | None, meta: dict[str, Any], **reference_extra) -> None:
+    """The task's vault (when ``parts`` were recorded), then its reference entry.
+
+    The reference goes last: its presence (with the vault) marks the task finished.
+    """
+    if parts is not None:
+        exp = concat_experience(parts)
+        path = vault_io.write_vault(root, spec, exp, meta, uid=str(cfg.collect.uid), overwrite=True)
+        result["vault"] = str(path)
+        result["transitions"] = int(exp["actions"].shape[1])
+    entry = {k: result[k] for k in REFERENCE_KEYS if result.get(k) is not None}
+    merge_entry(ref_path, spec.adhoc, {**entry, **reference_extra})
+
+
+def collect_task(spec, split: str, cfg: DictConfig, root: Path, ref_path: Path, log_dir: Path,
+                 bar=None) -> dict[str, Any]:
+    """The online learner ``online.system`` trains on the task; chunk by chunk it logs and records."""
+    env = spec.build()
+    online = env_online(cfg, spec.env)
+    mcfg = online_config(online)
+    label = learner_label(mcfg)
+    if getattr(mcfg, "critic_input", None) == "state" and env.state_dim == 0:
+        raise UserInputError(f"{spec.name} has no global state; use online.critic_input=obs")
+    system = get_system(spec, env, mcfg)
+    budget = env_budget(cfg, spec.env)
+    record = bool(cfg.collect.record) and split == "train"
+    key = task_key(cfg.seed, spec)
+    init_key, rec_key, eval_key = jax.random.split(key, 3)
+    state = system.init(init_key)
+    evaluate = get_evaluator(spec, env, system, bool(cfg.eval.greedy), int(cfg.eval.episodes),
+                             cfg.eval.devices)
+    initial = None
+    if bool(cfg.collect.get("initial_eval", False)):
+        # The untrained actor (orthogonal init, gain 0.01) is close to uniform over legal actions:
+        # its return is the task's near-random baseline and the start of the learning curve.
+        initial = float(np.mean(jax.device_get(evaluate(system.actor_params(state), eval_key)).returns))
+
+    log_path = task_log(log_dir, spec)
+    rows, parts, steps, chunk, steady_s = [], [], 0, 0, 0.0
+    per_chunk = system.env_steps_per_update * mcfg.updates_per_chunk
+    job = bar.add_task(f"{split}: {spec.name}", total=budget, ret=float("nan")) if bar else None
+    start = time.perf_counter()
+    with open(log_path, "w") as log:  # a restarted task starts its log over
+        while steps < budget:
+            t0 = time.perf_counter()
+            state, metrics = system.train_chunk(state)
+            summary = chunk_summary(metrics)  # blocks on the chunk
+            steps += per_chunk
+            dt = time.perf_counter() - t0
+            if chunk:  # the first chunk includes compilation
+                steady_s += dt
+            row = {"env_steps": steps, "updates": (chunk + 1) * mcfg.updates_per_chunk,
+                   "wall_s": round(time.perf_counter() - start, 3), "chunk_sps": round(per_chunk / dt, 1),
+                   **{k: (None if v != v else round(v, 5)) for k, v in summary.items()}}
+            if record:
+                exp = to_experience(system.record(state, jax.random.fold_in(rec_key, chunk)))
+                parts.append(exp)
+                row["recorded"] = int(sum(p["actions"].shape[1] for p in parts))
+            rows.append(row)
+            log.write(json.dumps(row) + "\n")
+            log.flush()
+            chunk += 1
+            if bar:
+                bar.update(job, completed=min(steps, budget), ret=summary["return"])
+    train_s = time.perf_counter() - start
+    if rows and any(r["return"] is not None for r in rows):
+        plot_curve([r for r in rows if r["return"] is not None], log_path.with_suffix(".png"),
+                   f"{label} on {spec.name}")
+
+    stats = jax.device_get(evaluate(system.actor_params(state), eval_key))
+    final = float(np.mean(stats.returns))
+    result = {"name": spec.name, "split": split, "return": final,
+              "std": float(np.std(stats.returns)), "episodes": int(cfg.eval.episodes),
+              "env_steps": steps, "train_seconds": round(train_s, 1),
+              "env_steps_per_second": round(steps / max(train_s, 1e-9), 1),
+              "train_steps_per_second": round((steps - per_chunk) / steady_s, 1) if steady_s else None,
+              "greedy": bool(cfg.eval.greedy), "seed": int(cfg.seed), "initial_return": initial,
+              "system": mcfg.system}
+    meta = {"collector": f"mtmarl.collect (Anakin {label})", "online": online,
+            "budget": budget, "seed": int(cfg.seed), "final_return": final,
+            "record_every_updates": mcfg.updates_per_chunk, "learning_curve": str(log_path)}
+    write_outputs(spec, cfg, root, ref_path, result, parts if record else None, meta)
+    if bar:
+        bar.update(job, completed=budget, ret=final)
+    return result
+
+
+def collect_scripted_task(spec, split: str, cfg: DictConfig, root: Path, ref_path: Path, log_dir: Path,
+                          bar=None) -> dict[str, Any]:
+    """RWARE data from the scripted planner (:mod:`mtmarl.online.scripted_rware`), level by level.
+
+    Each level records ``record_envs`` envs for one horizon at one epsilon (the first level is
+    a careless uniform-random policy); the last level's return is the task's reference.
+    """
+    from mtmarl.online import scripted_rware as scripted
+    from mtmarl.online.rollout import PoolMaker
+
+    scfg = cfg.collect.scripted
+    levels = [float(e) for e in scfg.epsilons]
+    if not levels or any(not 0.0 <= e <= 1.0 for e in levels):
+        raise UserInputError(f"collect.scripted.epsilons must be a non-empty list in [0, 1], got {levels}")
+    env = spec.build()
+    n_envs, length = int(scfg.record_envs), env.horizon
+    resets = length // 20 + 1  # careless episodes end at the first collision, after tens of steps
+    pools = PoolMaker(env, n_envs * resets)
+    record = jax.jit(scripted.rollout, static_argnums=(0, 3))
+    returns = jax.jit(scripted.episode_returns, static_argnums=0)
+    key = task_key(cfg.seed, spec)
+    rec_key, eval_key = jax.random.split(key)
+    eval_keys = jax.random.split(eval_key, int(cfg.eval.episodes))
+    do_record = bool(cfg.collect.record) and split == "train"
+    log_path = task_log(log_dir, spec)
+    job = bar.add_task(f"{split}: {spec.name}", total=len(levels), ret=float("nan")) if bar else None
+    start, rows, parts, steps = time.perf_counter(), [], [], 0
+    with open(log_path, "w") as log:
+        for i, eps in enumerate(levels):
+            careless = i == 0
+            k_pool, k_run = jax.random.split(jax.random.fold_in(rec_key, i))
+            traj = record(env, pools(k_pool, (n_envs, resets)), k_run, length, eps, careless)
+            done = np.asarray(traj.terminal | traj.truncated)
+            ret = float(np.asarray(traj.episode_return)[done].mean()) if done.any() else float("nan")
+            steps += n_envs * length
+            row = {"env_steps": steps, "level": i, "epsilon": eps, "careless": careless,
+                   "episodes": int(done.sum()), "return": round(ret, 5),
+                   "collisions": int(np.asarray(traj.terminal).sum()), "wall_s": round(time.perf_counter() - start, 3)}
+            if do_record:
+                parts.append(to_experience(jax.tree.map(lambda x: x[None], traj)))
+                row["recorded"] = int(sum(p["actions"].shape[1] for p in parts))
+            rows.append(row)
+            log.write(json.dumps(row) + "\n")
+            log.flush()
+            if bar:
+                bar.update(job, completed=i + 1, ret=ret)
+    plot_curve(rows, log_path.with_suffix(".png"), f"scripted planner on {spec.name} (epsilon {levels[0]} -> {levels[-1]})")
+    final_returns = np.asarray(returns(env, eval_keys, levels[-1], False))
+    initial = float(np.mean(returns(env, eval_keys, 1.0, True)))
+    final = float(final_returns.mean())
+    train_s = time.perf_counter() - start
+    result = {"name": spec.name, "split": split, "return": final, "std": float(final_returns.std()),
+              "episodes": int(cfg.eval.episodes), "env_steps": steps, "train_seconds": round(train_s, 1),
+              "env_steps_per_second": round(steps / max(train_s, 1e-9), 1), "seed": int(cfg.seed),
+              "initial_return": initial}
+    meta = {"collector": "mtmarl.collect (scripted RWARE planner)",
+            "scripted": OmegaConf.to_container(scfg, resolve=True), "seed": int(cfg.seed),
+            "final_return": final, "levels": rows, "learning_curve": str(log_path)}
+    write_outputs(spec, cfg, root, ref_path, result, parts if do_record else None, meta,
+                  behaviour=f"scripted planner, epsilon {levels[-1]}")
+    if bar:
+        bar.update(job, completed=len(levels), ret=final)
+    return result
+
+
+def collect_dagger_task(spec, split: str, cfg: DictConfig, root: Path, ref_path: Path, log_dir: Path,
+                        bar=None) -> dict[str, Any]:
+    """RWARE data from a local-view DAgger student of the planner (:mod:`mtmarl.online.dagger`).
+
+    The pure student (sampled actions) is recorded for one horizon of ``record_envs`` envs
+    before the first iteration and after every ``record_every`` iterations, so the vault mixes
+    its qualities from untrained to final in equal parts; the final student's return is the
+    task's reference (test tasks train a student for the reference only).
+    """
+    from mtmarl.online.dagger import DaggerConfig, make_dagger
+
+    dcfg = OmegaConf.to_container(cfg.collect.dagger, resolve=True)
+    every, n_envs = int(dcfg.pop("record_every")), int(dcfg.pop("record_envs"))
+    dcfg.pop("envs", None)
+    if every < 1 or n_envs < 1:
+        raise UserInputError(f"collect.dagger.record_every and record_envs must be >= 1, got {every}, {n_envs}")
+    env = spec.build()
+    dagger = make_dagger(env, DaggerConfig.from_mapping(dcfg))
+    key = task_key(cfg.seed, spec)
+    init_key, it_key, rec_key, eval_key = jax.random.split(key, 4)
+    state = dagger.init(init_key)
+    do_record = bool(cfg.collect.record) and split == "train"
+    evaluate = make_evaluator(env, dagger.greedy_policy if bool(cfg.eval.greedy) else dagger.policy,
+                              int(cfg.eval.episodes), cfg.eval.devices)
+    # The untrained student (orthogonal init, gain 0.01) is close to uniform over legal actions.
+    initial = float(np.mean(jax.device_get(evaluate(state.params, eval_key)).returns))
+    log_path = task_log(log_dir, spec)
+    total = dagger.config.iterations
+    job = bar.add_task(f"{split}: {spec.name}", total=total, ret=float("nan")) if bar else None
+    start, rows, parts, labelled = time.perf_counter(), [], [], 0
+    with open(log_path, "w") as log:
+        for it in range(total + 1):  # `it` iterations done so far
+            row: dict[str, Any] = {"iteration": it, "env_steps": labelled}
+            if it % every == 0 or it == total:
+                traj = dagger.record(state.params, jax.random.fold_in(rec_key, it), n_envs, env.horizon)
+                done = np.asarray(traj.terminal | traj.truncated)
+                row["return"] = round(float(np.asarray(traj.episode_return)[done].mean()), 5) if done.any() else None
+                row["collisions"] = int(np.asarray(traj.terminal).sum())
+                if do_record:
+                    parts.append(to_experience(jax.tree.map(lambda x: x[None], traj)))
+                    row["recorded"] = int(sum(p["actions"].shape[1] for p in parts))
+            if it < total:
+                state, m = dagger.iterate(state, jax.random.fold_in(it_key, it))
+                m = jax.device_get(m)
+                labelled += dagger.config.num_envs * dagger.config.steps
+                row.update(loss=round(float(m.loss), 5), accuracy=round(float(m.accuracy), 5),
+                           beta=round(float(m.beta), 5))
+            row["wall_s"] = round(time.perf_counter() - start, 3)
+            rows.append(row)
+            log.write(json.dumps(row) + "\n")
+            log.flush()
+            if bar:
+                bar.update(job, completed=it, ret=row.get("return") or float("nan"))
+    curve = [r for r in rows if r.get("return") is not None]
+    plot_curve([{"env_steps": r["env_steps"], "return": r["return"]} for r in curve],
+               log_path.with_suffix(".png"), f"DAgger student (local view) on {spec.name}")
+    train_s = time.perf_counter() - start
+    stats = jax.device_get(evaluate(state.params, eval_key))
+    final = float(np.mean(stats.returns))
+    result = {"name": spec.name, "split": split, "return": final, "std": float(np.std(stats.returns)),
+              "episodes": int(cfg.eval.episodes), "env_steps": labelled, "train_seconds": round(train_s, 1),
+              "env_steps_per_second": round(labelled / max(train_s, 1e-9), 1), "seed": int(cfg.seed),
+              "initial_return": initial}
+    meta = {"collector": "mtmarl.collect (DAgger student of the RWARE planner, local view)",
+            "dagger": OmegaConf.to_container(cfg.collect.dagger, resolve=True), "seed": int(cfg.seed),
+            "final_return": final, "levels": curve, "learning_curve": str(log_path)}
+    write_outputs(spec, cfg, root, ref_path, result, parts if do_record else None, meta,
+                  behaviour="DAgger student of the planner (local view), sampled actions")
+    if bar:
+        bar.update(job, completed=total, ret=final)
+    return result
