@@ -129,13 +129,14 @@ def test_bc_t_learns_the_data_policy_through_the_cli(toy_env, tmp_path):
     (tmp_path / "conf" / "tasks" / "duel.yaml").write_text(yaml.safe_dump(SET))
     cfg = compose_train(["+algo=bc_t", "+tasks=duel", f"hydra.searchpath=[file://{tmp_path / 'conf'}]",
                          f"data.root={tmp_path / 'vaults'}", "network.width=32", "training=quick",
-                         "training.updates=60", "training.updates_per_call=20", "training.log_every=20",
+                         "training.updates=60", "training.updates_per_call=5", "training.log_every=5",
                          "training.eval_every=0", "training.batch_size=16", "training.seq_len=4", "algo.lr=3e-3",
                          "eval.episodes=8", "logger.neptune=false", "logger.progress=false"])
     rows = train.run(cfg, run_dir=tmp_path / "run")
     logs = [json.loads(x) for x in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
     loss = [r["train/bc_loss"] for r in logs if "train/bc_loss" in r]
-    assert loss[-1] < loss[0] - 0.3, loss  # from about log(legal actions) towards the data's tie entropy
+    accuracy = [r["train/accuracy"] for r in logs if "train/accuracy" in r]
+    assert loss[-1] < 0.5 * loss[0] and accuracy[-1] > 0.8, (loss, accuracy)
     assert [r["name"] for r in rows] == ["2v2", "3v1", "2v4"] and all("win_rate" in r for r in rows)
     # the unseen 2v4 task (4 enemies, more than any training task) is played with attack actions on all of them
     assert rows[-1]["mean_return"] > 0

@@ -10,7 +10,6 @@ from helpers import tiny_collect
 from omegaconf import OmegaConf
 from test_online import ToyEnv  # episodes of 2-4 steps
 
-from mtmarl import collect
 from mtmarl.configs import CONFIG_DIR
 from mtmarl.data.vault import episode_returns
 from mtmarl.errors import UserInputError

@@ -9,7 +9,6 @@ import pytest
 from helpers import tiny_collect
 from omegaconf import OmegaConf
 
-from mtmarl import collect
 from mtmarl.configs import CONFIG_DIR
 from mtmarl.data.vault import episode_returns
 from mtmarl.errors import UserInputError
