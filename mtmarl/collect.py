@@ -31,11 +31,12 @@ from typing import Any
 
 from omegaconf import DictConfig, OmegaConf
 
+from mtmarl import envs
 from mtmarl import tasks as task_registry
 from mtmarl.data import vault as vault_io
 from mtmarl.errors import UserInputError
 from mtmarl.evaluation.references import read_entries
-from mtmarl.online.collectors import collect_dagger_task, collect_scripted_task, collect_task, env_budget
+from mtmarl.online.collectors import QUALITIES, collect_dagger_task, collect_scripted_task, collect_task, env_budget
 from mtmarl.runtime import enable_compilation_cache, hydra_cli, user_errors_exit
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -87,12 +88,15 @@ def run(cfg: DictConfig) -> list[dict[str, Any]]:
 
     check_keys(OmegaConf.to_container(cfg, resolve=True), "collect")  # +key=... typos (Hydra allows new keys)
     enable_compilation_cache()
-    for env in ("rware", "lbf", "connector"):
+    for env in envs.ENVS:
         if env_budget(cfg, env) < 1:
             raise UserInputError(f"the collect budget for {env} must be >= 1, got {env_budget(cfg, env)} "
                                  "(collect.budget / collect.env_budget)")
     if int(cfg.eval.episodes) < 1:
         raise UserInputError(f"eval.episodes must be >= 1, got {cfg.eval.episodes}")
+    quality = str(cfg.collect.get("quality", "mixed"))
+    if quality not in QUALITIES:
+        raise UserInputError(f"collect.quality={quality!r}; allowed: {', '.join(QUALITIES)}")
     task_set = resolve_task_set(cfg)
     split = "train" if cfg.get("task") else str(cfg.split)
     splits = ["train", "test"] if split == "all" else [split]
@@ -100,7 +104,7 @@ def run(cfg: DictConfig) -> list[dict[str, Any]]:
     root = _path(cfg.collect.root, ROOT / "vault_data")
     ref_path = _path(cfg.collect.references, root / "references.json")
     log_dir = _path(cfg.collect.log_dir, root / "logs")
-    uid = str(cfg.collect.uid)
+    uid = "medium" if quality == "expert_medium" else str(cfg.collect.uid)  # the dataset a finished task has last
     console = Console(stderr=True)
     results = []
     columns = (TextColumn("{task.description}"), BarColumn(), TextColumn("{task.completed:,.0f} steps"),

@@ -69,14 +69,6 @@ def record(name) -> dict:
             "actions": acts.tolist()}
 
 
-@pytest.fixture
-def _xla_optimisations_on():
-    old = jax.config.read("jax_disable_most_optimizations")
-    jax.config.update("jax_disable_most_optimizations", False)
-    yield
-    jax.config.update("jax_disable_most_optimizations", old)
-
-
 @pytest.mark.parametrize("name", NAMES)
 def test_three_updates_are_bit_identical_to_the_golden_values(name, _xla_optimisations_on):
     golden = json.loads(GOLDEN.read_text())[name]

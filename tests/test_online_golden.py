@@ -64,14 +64,6 @@ def record(name) -> dict:
             "return_sum": [float(x).hex() for x in np.asarray(metrics[-1].return_sum)[0]]}
 
 
-@pytest.fixture
-def _xla_optimisations_on():
-    old = jax.config.read("jax_disable_most_optimizations")
-    jax.config.update("jax_disable_most_optimizations", False)
-    yield
-    jax.config.update("jax_disable_most_optimizations", old)
-
-
 @pytest.mark.parametrize("name", sorted(CONFIGS))
 def test_two_chunks_and_a_recording_are_bit_identical_to_the_golden_values(name, _xla_optimisations_on):
     golden = json.loads(GOLDEN.read_text())[name]

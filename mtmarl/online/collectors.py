@@ -8,7 +8,9 @@ vault first, the reference last: its presence marks the task finished). The CLI
 * :func:`collect_task`: the Anakin online learner named by ``online.system``
   (:mod:`mtmarl.online.registry`, built by :mod:`mtmarl.online.anakin`) trains for
   the task's budget; after every chunk it logs the training return and, for train
-  tasks, records the stochastic policy;
+  tasks, records the stochastic policy (``collect.quality=mixed``), or keeps its
+  parameters to record an *expert* and a *medium* dataset at the end
+  (``collect.quality=expert_medium``, :func:`pick_medium`: seed 002's datasets);
 * :func:`collect_scripted_task`: the RWARE planner at decreasing epsilons;
 * :func:`collect_dagger_task`: a local-view DAgger student of the planner.
 """
@@ -101,20 +103,57 @@ def get_evaluator(spec, env, system, greedy: bool, episodes: int, devices):
 
 
 REFERENCE_KEYS = ("return", "name", "split", "episodes", "std", "env_steps", "seed", "train_seconds",
-                  "initial_return")
+                  "initial_return", "win_rate")
+QUALITIES = ("mixed", "expert_medium")
+
+
+def quality_score(stats) -> float:
+    """What expert and medium are judged by: the win rate where the env reports wins, else the mean return."""
+    wins = np.asarray(stats.successes)
+    return float(wins.mean()) if wins.any() else float(np.mean(stats.returns))
+
+
+def pick_medium(scores: list[float], expert: float) -> int:
+    """The snapshot whose score is closest to half the expert's (seed 002: a medium policy has about half
+    the expert's win rate); the earliest one on ties."""
+    return int(np.argmin([abs(s - 0.5 * expert) for s in scores]))
+
+
+def record_expert_medium(system, state, snapshots: list, stats, cfg: DictConfig, evaluate, rec_key,
+                         meta: dict[str, Any]) -> dict[str, list]:
+    """``{"expert": parts, "medium": parts}``: ``collect.quality_records`` recordings each of the final
+    policy and of the training snapshot :func:`pick_medium` chooses (every snapshot is evaluated on
+    ``collect.quality_episodes`` episodes, the same ones for all); scores go to ``meta``."""
+    expert = quality_score(stats)
+    eval_key, judge = jax.random.fold_in(rec_key, 0x3E0), evaluate.resized(int(cfg.collect.quality_episodes))
+    scores = [quality_score(jax.device_get(judge(system.actor_params(state._replace(params=p)), eval_key)))
+              for p in snapshots]
+    medium = pick_medium(scores, expert)
+    meta.update(expert_score=expert, snapshot_scores=scores, medium_snapshot=medium, medium_score=scores[medium])
+    out = {}
+    for uid, params in (("expert", state.params), ("medium", snapshots[medium])):
+        st = state._replace(params=params)
+        out[uid] = [to_experience(system.record(st, jax.random.fold_in(rec_key, 1000 * (uid == "medium") + i)))
+                    for i in range(int(cfg.collect.get("quality_records", 10)))]
+    return out
 
 
 def write_outputs(spec, cfg: DictConfig, root: Path, ref_path: Path, result: dict[str, Any],
-                  parts: list[dict[str, Any]] | None, meta: dict[str, Any], **reference_extra) -> None:
+                  parts: list[dict[str, Any]] | dict[str, list] | None, meta: dict[str, Any],
+                  **reference_extra) -> None:
     """The task's vault (when ``parts`` were recorded), then its reference entry.
 
+    ``parts`` is one dataset (uid ``collect.uid``) or ``{uid: parts}`` for several in one vault.
     The reference goes last: its presence (with the vault) marks the task finished.
     """
-    if parts is not None:
-        exp = concat_experience(parts)
-        path = vault_io.write_vault(root, spec, exp, meta, uid=str(cfg.collect.uid), overwrite=True)
-        result["vault"] = str(path)
-        result["transitions"] = int(exp["actions"].shape[1])
+    datasets = parts if isinstance(parts, dict) else {str(cfg.collect.uid): parts}
+    for uid, chunks in datasets.items():
+        if chunks is None:
+            continue
+        exp = concat_experience(chunks)
+        path = vault_io.write_vault(root, spec, exp, meta, uid=uid, overwrite=True)
+        result["vault"] = str(path if len(datasets) == 1 else path.parent)
+        result["transitions"] = result.get("transitions", 0) + int(exp["actions"].shape[1])
     entry = {k: result[k] for k in REFERENCE_KEYS if result.get(k) is not None}
     merge_entry(ref_path, spec.adhoc, {**entry, **reference_extra})
 
@@ -142,8 +181,9 @@ def collect_task(spec, split: str, cfg: DictConfig, root: Path, ref_path: Path, 
         # its return is the task's near-random baseline and the start of the learning curve.
         initial = float(np.mean(jax.device_get(evaluate(system.actor_params(state), eval_key)).returns))
 
+    quality = str(cfg.collect.get("quality", "mixed"))  # checked by mtmarl.collect.run
     log_path = task_log(log_dir, spec)
-    rows, parts, steps, chunk, steady_s = [], [], 0, 0, 0.0
+    rows, parts, snapshots, steps, chunk, steady_s = [], [], [], 0, 0, 0.0
     per_chunk = system.env_steps_per_update * mcfg.updates_per_chunk
     job = bar.add_task(f"{split}: {spec.name}", total=budget, ret=float("nan")) if bar else None
     start = time.perf_counter()
@@ -159,10 +199,12 @@ def collect_task(spec, split: str, cfg: DictConfig, root: Path, ref_path: Path, 
             row = {"env_steps": steps, "updates": (chunk + 1) * mcfg.updates_per_chunk,
                    "wall_s": round(time.perf_counter() - start, 3), "chunk_sps": round(per_chunk / dt, 1),
                    **{k: (None if v != v else round(v, 5)) for k, v in summary.items()}}
-            if record:
+            if record and quality == "mixed":
                 exp = to_experience(system.record(state, jax.random.fold_in(rec_key, chunk)))
                 parts.append(exp)
                 row["recorded"] = int(sum(p["actions"].shape[1] for p in parts))
+            elif record:
+                snapshots.append(jax.device_get(state.params))
             rows.append(row)
             log.write(json.dumps(row) + "\n")
             log.flush()
@@ -185,7 +227,11 @@ def collect_task(spec, split: str, cfg: DictConfig, root: Path, ref_path: Path, 
               "system": mcfg.system}
     meta = {"collector": f"mtmarl.collect (Anakin {label})", "online": online,
             "budget": budget, "seed": int(cfg.seed), "final_return": final,
-            "record_every_updates": mcfg.updates_per_chunk, "learning_curve": str(log_path)}
+            "record_every_updates": mcfg.updates_per_chunk, "learning_curve": str(log_path), "quality": quality}
+    if env.spec.has_success:
+        result["win_rate"] = float(np.mean(stats.successes))
+    if record and quality == "expert_medium":
+        parts = record_expert_medium(system, state, snapshots, stats, cfg, evaluate, rec_key, meta)
     write_outputs(spec, cfg, root, ref_path, result, parts if record else None, meta)
     if bar:
         bar.update(job, completed=budget, ret=final)

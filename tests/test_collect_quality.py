@@ -1,0 +1,56 @@
+"""collect.quality=expert_medium: two datasets per vault, the medium policy picked by the half-expert rule."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+from omegaconf import OmegaConf
+
+from mtmarl.configs import CONFIG_DIR
+from mtmarl.errors import UserInputError
+from mtmarl.evaluation.rollout import EpisodeStats
+from mtmarl.online.collectors import pick_medium, quality_score
+
+TASK = "connector:grid=5,agents=2"
+MAPPO = OmegaConf.to_container(OmegaConf.load(CONFIG_DIR / "online" / "mappo.yaml"))
+TINY = {**MAPPO, "num_envs": 4, "rollout_len": 8, "updates_per_chunk": 2, "record_envs": 4, "record_len": 24}
+
+
+def test_scores_are_win_rates_where_there_are_wins_and_medium_is_nearest_half():
+    wins = EpisodeStats(np.array([2.0, 0.3, 2.0, 0.1]), np.ones(4), np.array([True, False, True, False]))
+    assert quality_score(wins) == 0.5
+    assert quality_score(wins._replace(successes=np.zeros(4, bool))) == pytest.approx(1.1)  # no wins: the return
+    assert pick_medium([0.0, 0.2, 0.45, 0.55, 0.9], expert=1.0) == 2   # |0.45 - 0.5| < |0.55 - 0.5|
+    assert pick_medium([0.3, 0.3, 0.8], expert=0.6) == 0                # ties: the earliest snapshot
+
+
+def _cfg(tmp_path, quality: str):
+    return OmegaConf.create({
+        "task": TASK, "split": "train", "seed": 0, "online": TINY, "online_env": {},
+        "collect": {"budget": 3 * 4 * 8 * 2 * 2, "root": str(tmp_path / "vaults"), "uid": "default", "references": None,
+                    "log_dir": None, "record": True, "progress": False, "initial_eval": False, "quality": quality,
+                    "quality_records": 2, "quality_episodes": 8},
+        "eval": {"episodes": 8, "devices": None, "greedy": False}})
+
+
+def test_expert_medium_collection_writes_both_datasets(tmp_path):
+    from mtmarl import collect
+    from mtmarl.data.vault import list_uids, read_vault, vault_path
+    from mtmarl.tasks import TaskSpec
+
+    (res,) = collect.run(_cfg(tmp_path, "expert_medium"))
+    spec = TaskSpec.parse(TASK)
+    vlt = vault_path(tmp_path / "vaults", spec)
+    assert sorted(list_uids(vlt)) == ["expert", "medium"]
+    meta = json.loads((vlt / "mtmarl.json").read_text())["datasets"]["medium"]["collector"]
+    scores = meta["snapshot_scores"]
+    assert len(scores) == 3  # one snapshot per chunk: budget = 3 chunks
+    assert meta["medium_snapshot"] == pick_medium(scores, meta["expert_score"])
+    expert, medium = (read_vault(vlt, spec, uid=u) for u in ("expert", "medium"))
+    assert expert["actions"].shape[1] > 0 and medium["actions"].shape[1] > 0
+    assert res["transitions"] == expert["actions"].shape[1] + medium["actions"].shape[1]
+    with pytest.raises(UserInputError, match="collect.quality='best'; allowed: mixed, expert_medium"):
+        collect.run.__wrapped__(_cfg(tmp_path / "bad", "best"))
+    assert not (tmp_path / "bad").exists()  # refused before anything is trained or written
