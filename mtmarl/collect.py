@@ -36,7 +36,8 @@ from mtmarl import tasks as task_registry
 from mtmarl.data import vault as vault_io
 from mtmarl.errors import UserInputError
 from mtmarl.evaluation.references import read_entries
-from mtmarl.online.collectors import QUALITIES, collect_dagger_task, collect_scripted_task, collect_task, env_budget
+from mtmarl.online.collectors import collect_dagger_task, collect_scripted_task, collect_task, env_budget
+from mtmarl.online.quality import QUALITIES
 from mtmarl.runtime import enable_compilation_cache, hydra_cli, user_errors_exit
 
 ROOT = Path(__file__).resolve().parent.parent

@@ -11,7 +11,7 @@ from omegaconf import OmegaConf
 from mtmarl.configs import CONFIG_DIR
 from mtmarl.errors import UserInputError
 from mtmarl.evaluation.rollout import EpisodeStats
-from mtmarl.online.collectors import pick_medium, quality_score
+from mtmarl.online.quality import pick_medium, quality_score
 
 TASK = "connector:grid=5,agents=2"
 MAPPO = OmegaConf.to_container(OmegaConf.load(CONFIG_DIR / "online" / "mappo.yaml"))

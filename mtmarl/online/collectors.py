@@ -31,6 +31,7 @@ from mtmarl.errors import UserInputError
 from mtmarl.evaluation.references import merge_entry
 from mtmarl.evaluation.rollout import make_evaluator, task_key
 from mtmarl.online.anakin import chunk_summary, to_experience
+from mtmarl.online.quality import record_expert_medium
 from mtmarl.online.registry import label as learner_label
 from mtmarl.online.registry import make_online_system, online_config
 from mtmarl.runtime import save_figure
@@ -104,40 +105,6 @@ def get_evaluator(spec, env, system, greedy: bool, episodes: int, devices):
 
 REFERENCE_KEYS = ("return", "name", "split", "episodes", "std", "env_steps", "seed", "train_seconds",
                   "initial_return", "win_rate")
-QUALITIES = ("mixed", "expert_medium")
-
-
-def quality_score(stats) -> float:
-    """What expert and medium are judged by: the win rate where the env reports wins, else the mean return."""
-    wins = np.asarray(stats.successes)
-    return float(wins.mean()) if wins.any() else float(np.mean(stats.returns))
-
-
-def pick_medium(scores: list[float], expert: float) -> int:
-    """The snapshot whose score is closest to half the expert's (seed 002: a medium policy has about half
-    the expert's win rate); the earliest one on ties."""
-    return int(np.argmin([abs(s - 0.5 * expert) for s in scores]))
-
-
-def record_expert_medium(system, state, snapshots: list, stats, cfg: DictConfig, evaluate, rec_key,
-                         meta: dict[str, Any]) -> dict[str, list]:
-    """``{"expert": parts, "medium": parts}``: ``collect.quality_records`` recordings each of the final
-    policy and of the training snapshot :func:`pick_medium` chooses (every snapshot is evaluated on
-    ``collect.quality_episodes`` episodes, the same ones for all); scores go to ``meta``."""
-    expert = quality_score(stats)
-    eval_key, judge = jax.random.fold_in(rec_key, 0x3E0), evaluate.resized(int(cfg.collect.quality_episodes))
-    scores = [quality_score(jax.device_get(judge(system.actor_params(state._replace(params=p)), eval_key)))
-              for p in snapshots]
-    medium = pick_medium(scores, expert)
-    meta.update(expert_score=expert, snapshot_scores=scores, medium_snapshot=medium, medium_score=scores[medium])
-    out = {}
-    for uid, params in (("expert", state.params), ("medium", snapshots[medium])):
-        st = state._replace(params=params)
-        out[uid] = [to_experience(system.record(st, jax.random.fold_in(rec_key, 1000 * (uid == "medium") + i)))
-                    for i in range(int(cfg.collect.get("quality_records", 10)))]
-    return out
-
-
 def write_outputs(spec, cfg: DictConfig, root: Path, ref_path: Path, result: dict[str, Any],
                   parts: list[dict[str, Any]] | dict[str, list] | None, meta: dict[str, Any],
                   **reference_extra) -> None:

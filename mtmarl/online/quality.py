@@ -1,0 +1,52 @@
+"""Datasets by policy quality (seed 002): an *expert* and a *medium* dataset from one online training run.
+
+Why: seed 002 and the skill methods it compares are measured on SMAC data of two
+qualities, the final online policy's (expert) and a policy at about half its win
+rate (medium), rather than on recordings spread over the whole learning curve
+(``collect.quality=mixed``, the default). The online collector keeps the learner's
+parameters after every chunk; at the end every snapshot is scored on the same
+episodes and the one nearest half the expert's score records the medium dataset.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import jax
+import numpy as np
+from omegaconf import DictConfig
+
+from mtmarl.online.anakin import to_experience
+
+QUALITIES = ("mixed", "expert_medium")
+
+
+def quality_score(stats) -> float:
+    """What expert and medium are judged by: the win rate where the env reports wins, else the mean return."""
+    wins = np.asarray(stats.successes)
+    return float(wins.mean()) if wins.any() else float(np.mean(stats.returns))
+
+
+def pick_medium(scores: list[float], expert: float) -> int:
+    """The snapshot whose score is closest to half the expert's (seed 002: a medium policy has about half
+    the expert's win rate); the earliest one on ties."""
+    return int(np.argmin([abs(s - 0.5 * expert) for s in scores]))
+
+
+def record_expert_medium(system, state, snapshots: list, stats, cfg: DictConfig, evaluate, rec_key,
+                         meta: dict[str, Any]) -> dict[str, list]:
+    """``{"expert": parts, "medium": parts}``: ``collect.quality_records`` recordings each of the final
+    policy and of the training snapshot :func:`pick_medium` chooses (every snapshot is evaluated on
+    ``collect.quality_episodes`` episodes, the same ones for all); scores go to ``meta``."""
+    expert = quality_score(stats)
+    eval_key, judge = jax.random.fold_in(rec_key, 0x3E0), evaluate.resized(int(cfg.collect.quality_episodes))
+    scores = [quality_score(jax.device_get(judge(system.actor_params(state._replace(params=p)), eval_key)))
+              for p in snapshots]
+    medium = pick_medium(scores, expert)
+    meta.update(expert_score=expert, snapshot_scores=scores, medium_snapshot=medium, medium_score=scores[medium])
+    out = {}
+    for uid, params in (("expert", state.params), ("medium", snapshots[medium])):
+        st = state._replace(params=params)
+        out[uid] = [to_experience(system.record(st, jax.random.fold_in(rec_key, 1000 * (uid == "medium") + i)))
+                    for i in range(int(cfg.collect.get("quality_records", 10)))]
+    return out
