@@ -4,6 +4,7 @@ padding of entities and attack actions across maps, and the win signal."""
 from __future__ import annotations
 
 import functools
+import json
 
 import jax
 import jax.numpy as jnp
@@ -110,3 +111,58 @@ def test_win_signal_agrees_with_the_win_bonus_and_padding_changes_no_episode():
     padded = _episodes(True)  # 3m inside marine-hard's 13 agents x (12, 15) entities x 20 actions
     for a, b in zip(stats, padded):
         np.testing.assert_allclose(a, b, rtol=1e-6)
+
+
+@pytest.mark.parametrize("name", ["smax_marine_hard", "smax_stalker_zealot"])
+def test_every_task_of_both_sets_resets_and_steps_padded(name):
+    """Traced (not compiled): each map's padded reset and a step with every agent stopping."""
+    ts = tasks.load(name)
+    spec = ts.env_spec
+    for task in ts.train + ts.test:
+        env = ts.padded(task)
+
+        def reset_step(key, env=env):
+            state, first = env.reset(key)
+            return first, env.step(state, jnp.full((spec.num_agents,), STOP, jnp.int32))[1]
+
+        for t in jax.eval_shape(reset_step, jax.random.PRNGKey(0)):
+            assert t.observation.agents_view.shape == (spec.num_agents, spec.obs_dim), task.name
+            assert t.observation.action_mask.shape == (spec.num_agents, spec.num_actions), task.name
+            assert t.state.shape == (spec.state_dim,) and t.success.shape == (), task.name
+
+
+@pytest.mark.slow  # 30 s: MAPPO on SMAX compiles
+def test_a_tiny_online_collection_writes_a_vault_with_the_entity_layout(tmp_path):
+    from helpers import tiny_collect
+    from omegaconf import OmegaConf
+
+    from mtmarl.configs import CONFIG_DIR
+    from mtmarl.data.vault import vault_path
+    from mtmarl.envs import EnvSpec
+
+    mappo = OmegaConf.to_container(OmegaConf.load(CONFIG_DIR / "online" / "mappo.yaml"))
+    tiny = {**mappo, "num_envs": 4, "rollout_len": 8, "updates_per_chunk": 2, "record_envs": 4, "record_len": 40}
+    res, exp, spec = tiny_collect(tmp_path, "smax:map=2s_vs_3z", tiny)
+    meta = json.loads((vault_path(tmp_path / "vaults", spec) / "mtmarl.json").read_text())
+    layout = EnvSpec.from_json(meta["env"]["spec"])
+    assert [(g.name, g.count) for g in layout.obs.groups] == [("allies", 1), ("enemies", 3), ("own", 1)]
+    assert layout.actions.target_offset("enemies") == 5 and exp["infos"]["legals"].shape[-1] == 8
+    assert "win_rate" in res and 0.0 <= res["win_rate"] <= 1.0
+
+
+@pytest.mark.slow
+def test_mappo_learns_to_win_3m_within_a_short_budget(tmp_path):
+    """Measured: 400k steps took 30 s on 2 busy cores, win rate 0.48 (initial return 0.17 -> 1.39)."""
+    from omegaconf import OmegaConf
+
+    from mtmarl import collect
+    from mtmarl.configs import CONFIG_DIR
+
+    cfg = OmegaConf.create({
+        "task": "smax:map=3m", "split": "train", "seed": 0, "online_env": {},
+        "online": OmegaConf.to_container(OmegaConf.load(CONFIG_DIR / "online" / "mappo.yaml")),
+        "collect": {"budget": 300_000, "root": str(tmp_path / "vaults"), "uid": "default", "references": None,
+                    "log_dir": None, "record": False, "progress": False, "initial_eval": True},
+        "eval": {"episodes": 64, "devices": None, "greedy": False}})
+    (res,) = collect.run(cfg)
+    assert res["return"] > res["initial_return"] + 0.5 and res["win_rate"] > 0.2, res
