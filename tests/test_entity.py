@@ -140,3 +140,22 @@ def test_bc_t_learns_the_data_policy_through_the_cli(toy_env, tmp_path):
     assert [r["name"] for r in rows] == ["2v2", "3v1", "2v4"] and all("win_rate" in r for r in rows)
     # the unseen 2v4 task (4 enemies, more than any training task) is played with attack actions on all of them
     assert rows[-1]["mean_return"] > 0
+
+
+def test_mappo_with_the_entity_actor_learns_to_attack_the_toy_enemies(toy_env, tmp_path):
+    """Online MAPPO with ``actor=entity`` on the toy entity env: the shared online builder takes the
+    entity actor (history token as the recurrent state) and the return (damage dealt) rises."""
+    from helpers import tiny_collect
+    from omegaconf import OmegaConf
+
+    from mtmarl.configs import CONFIG_DIR
+
+    mappo = OmegaConf.to_container(OmegaConf.load(CONFIG_DIR / "online" / "mappo.yaml"))
+    online = {**mappo, "actor": "entity", "entity_width": 16, "num_envs": 8, "rollout_len": 8, "minibatches": 2,
+              "updates_per_chunk": 20, "record_envs": 4, "record_len": 8, "lr": 3e-3}
+    res, exp, _ = tiny_collect(tmp_path, "toy_duel:agents=2,enemies=3,hp=3,horizon=4", online, budget=2 * 8 * 8 * 20)
+    log = [json.loads(x) for x in (tmp_path / "vaults" / "logs" / "toy_duel").glob("*.jsonl").__next__()
+           .read_text().splitlines()]
+    # measured: the uniform random policy deals 3.97 of the 6 hit points on average (512 episodes)
+    assert res["return"] > 4.6, (res["return"], [r["return"] for r in log])
+    assert (exp["actions"] >= 2).mean() > 0.6  # attacks (actions 2 + k) dominate the recorded data

@@ -22,6 +22,11 @@ re-runs the GRU over the rollout's time axis from it, with the same resets
 (:func:`replay_actor`), so before the first gradient step it reproduces the
 behaviour log-probabilities (tested); PPO minibatches then split the envs, not
 the time steps. The critic stays feed-forward.
+
+``actor=entity`` replaces the MLP by the entity transformer of
+:mod:`mtmarl.networks.entity` over the env's declared entity groups; its history
+token is the recurrent state, trained like the GRU (a sequence learner), and
+attack-enemy-k is scored from enemy k's token, so one actor fits maps of any size.
 """
 
 from __future__ import annotations
@@ -35,9 +40,10 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from mtmarl.envs import Observation, TimeStep
+from mtmarl.envs import EnvSpec, Observation, TimeStep
 from mtmarl.errors import UserInputError
 from mtmarl.evaluation.policies import Policy
+from mtmarl.networks.entity import EntityAgent, EntityConfig
 from mtmarl.online import ppo
 from mtmarl.online.anakin import Learner
 from mtmarl.online.rollout import Transition, carried_rollout, reset_where
@@ -52,15 +58,24 @@ class MappoConfig(ppo.PPOSettings):
     critic_input: str = "obs"  # obs | state
     recurrent: bool = False  # GRU actor (minibatches then split the envs)
     gru_hidden: int = 64
+    actor: str = "mlp"  # mlp | entity (the entity transformer over the env's entity groups; recurrent)
+    entity_width: int = 64
 
     SYSTEM = "mappo"
     FOREIGN = ("embed_dim", "n_blocks", "n_heads", "chunk_size", "ffn_mult", "matmul_dtype")
 
     def __post_init__(self):
         super().__post_init__()
-        if self.recurrent and self.num_envs % self.minibatches:
+        if self.actor not in ("mlp", "entity"):
+            raise UserInputError(f"online.actor={self.actor!r}; allowed: mlp, entity")
+        if self.carries_state and self.num_envs % self.minibatches:
             raise UserInputError(f"online.num_envs={self.num_envs} is not divisible by online.minibatches="
                                  f"{self.minibatches} (recurrent MAPPO minibatches split the envs)")
+
+    @property
+    def carries_state(self) -> bool:
+        """The actor has a hidden state across steps (the GRU, or the entity actor's history token)."""
+        return self.recurrent or self.actor == "entity"
 
     @staticmethod
     def coerce(kw: dict) -> dict:
@@ -69,8 +84,9 @@ class MappoConfig(ppo.PPOSettings):
         if "recurrent" in kw:
             if not isinstance(kw["recurrent"], bool):
                 raise UserInputError(f"online.recurrent must be true or false, got {kw['recurrent']!r}")
-        if "gru_hidden" in kw:
-            kw["gru_hidden"] = int(kw["gru_hidden"])
+        for key in ("gru_hidden", "entity_width"):
+            if key in kw:
+                kw[key] = int(kw[key])
         return kw
 
 
@@ -117,7 +133,22 @@ class RecurrentActor(nn.Module):
         return h, logits_head(x, self.num_actions)
 
 
-def replay_actor(actor: RecurrentActor, params, h0: jax.Array, traj: Transition) -> jax.Array:
+class EntityActor(nn.Module):
+    """The entity transformer (:mod:`mtmarl.networks.entity`) as an actor: its history token is the carry,
+    attack logits come from the enemy tokens, so one actor reads every map of an entity env."""
+
+    env: EnvSpec
+    width: int
+
+    def initial_carry(self, lead_shape: tuple[int, ...]) -> jax.Array:
+        return jnp.zeros(tuple(lead_shape) + (self.width,))
+
+    @nn.compact
+    def __call__(self, h: jax.Array, agents_view: jax.Array) -> tuple[jax.Array, jax.Array]:
+        return EntityAgent(self.env, EntityConfig(width=self.width))(h, agents_view)
+
+
+def replay_actor(actor: nn.Module, params, h0: jax.Array, traj: Transition) -> jax.Array:
     """Logits (B, T, N, A) of batch-major transitions, the GRU re-run from ``h0`` (B, N, G).
 
     The same steps as acting in :func:`carried_rollout`: the state after a step that
@@ -176,7 +207,10 @@ def make_learner(env, cfg: MappoConfig) -> Learner:
     if cfg.critic_input == "state" and env.state_dim == 0:
         raise ValueError(f"{env!r} has no global state; use critic_input=obs")
     n, o, a = env.num_agents, env.obs_dim, env.num_actions
-    actor = RecurrentActor(cfg.hidden, cfg.gru_hidden, a) if cfg.recurrent else Actor(cfg.hidden, a)
+    if cfg.actor == "entity":
+        actor: nn.Module = EntityActor(env.spec, cfg.entity_width)
+    else:
+        actor = RecurrentActor(cfg.hidden, cfg.gru_hidden, a) if cfg.recurrent else Actor(cfg.hidden, a)
     critic = Critic(cfg.hidden)
     critic_dim = n * o if cfg.critic_input == "obs" else env.state_dim
 
@@ -200,7 +234,7 @@ def make_learner(env, cfg: MappoConfig) -> Learner:
     def loss(params, mb: Transition, adv, targets, h0):
         """Feed-forward: a minibatch of (flattened) steps; recurrent: of whole env rollouts (B', T) + h0."""
         adv = (adv - adv.mean()) / (adv.std() + 1e-8)  # per minibatch
-        if cfg.recurrent:
+        if cfg.carries_state:
             logits = replay_actor(actor, params["actor"], h0, mb)
         else:
             _, logits = actor.apply(params["actor"], (), mb.obs.agents_view)
@@ -211,7 +245,7 @@ def make_learner(env, cfg: MappoConfig) -> Learner:
         return info.total, info
 
     return Learner(init=init, init_carry=lambda b: actor.initial_carry((b, n)), rollout=rollout, loss=loss,
-                   sequences=cfg.recurrent, actor_params=lambda params: params["actor"],
+                   sequences=cfg.carries_state, actor_params=lambda params: params["actor"],
                    policy=make_policy(actor), greedy_policy=make_policy(actor, greedy=True))
 
 
