@@ -23,6 +23,7 @@ import jax.numpy as jnp
 from flax import struct
 
 from mtmarl.envs.layout import ActionLayout, EnvSpec, ObsLayout
+from mtmarl.errors import UserInputError
 
 # Index of the "do nothing" action of RWARE, LBF and Connector (JumanjiEnv's declared no-op).
 NOOP = 0
@@ -92,7 +93,7 @@ class MultiAgentEnv(abc.ABC):
         return self.spec.actions.noop
 
     def animate(self, states: list, save_path: str) -> None:
-        raise NotImplementedError(f"{type(self).__name__} cannot render episodes")
+        raise UserInputError(f"{self.name} episodes cannot be rendered (render=true works for the Jumanji envs)")
 
     def describe_layout(self) -> str:
         """One line on the task's level (shown by ``python -m mtmarl.tasks``)."""
