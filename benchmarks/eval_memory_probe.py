@@ -1,0 +1,48 @@
+"""RSS around one task set's evaluation program: compile + run, ``malloc_trim``, a second run (issue 20).
+
+    python benchmarks/eval_memory_probe.py <training run dir> [--tasks rware_15] [--episodes 16]
+
+Measured 2026-11-23 on the main job's run (rware_15, 16 episodes, 2 busy cores): 816 MB after restoring,
+2340 MB after the first evaluation (170 s, compile included), 1549 MB after trimming, 1595 MB after the
+second evaluation (16 s). What the trim returns is heap the compile freed and glibc kept mapped.
+"""
+
+from __future__ import annotations
+
+import argparse
+import time
+from pathlib import Path
+
+
+def rss_mb() -> int:
+    for line in Path("/proc/self/status").read_text().splitlines():
+        if line.startswith("VmRSS"):
+            return int(line.split()[1]) // 1024
+    return 0
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("run_dir")
+    parser.add_argument("--tasks", default="rware_15")
+    parser.add_argument("--episodes", type=int, default=16)
+    args = parser.parse_args(argv)
+
+    from mtmarl import tasks
+    from mtmarl.training.data import release_freed_memory
+    from mtmarl.training.loop import PeriodicEvaluator
+    from mtmarl.training.restore import load_trained
+
+    policy, params, _, _ = load_trained(args.run_dir, "latest")
+    evaluator = PeriodicEvaluator(tasks.load(args.tasks), ["train", "test"], policy, args.episodes, 0, {}, None)
+    print(f"restored: {rss_mb()} MB", flush=True)
+    for step in (500, 1000):
+        start = time.time()
+        evaluator(params, step, ["train", "test"])
+        print(f"evaluation at {step} ({time.time() - start:.0f} s): {rss_mb()} MB", flush=True)
+        release_freed_memory()
+        print(f"after malloc_trim: {rss_mb()} MB", flush=True)
+
+
+if __name__ == "__main__":
+    main()
