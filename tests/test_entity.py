@@ -10,7 +10,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 import yaml
-from test_env_protocol import SET, ToyDuel
+from test_env_protocol import SET, ToyDuel, record_experience
 
 from mtmarl import envs
 from mtmarl.envs import ActionLayout, EntityGroup, EnvSpec, ObsLayout
@@ -93,28 +93,10 @@ def toy_env():
     del envs.ENVS["toy_duel"]
 
 
-def _weakest_first(env: ToyDuel, episodes: int, seed: int) -> dict:
-    """og-marl layout data of a policy that always attacks an enemy with the fewest hit points left."""
-    rng, rows = np.random.default_rng(seed), {k: [] for k in ("obs", "act", "legal", "state", "r", "term", "trunc")}
-    reset, step = jax.jit(env.reset), jax.jit(env.step)
-    for e in range(episodes):
-        s, t = reset(jax.random.PRNGKey(seed * 1000 + e))
-        while True:
-            hp = np.where(np.asarray(s.hp) > 0, np.asarray(s.hp), 99)
-            weakest = np.flatnonzero(hp == hp.min())
-            a = 2 + rng.choice(weakest, env.n)
-            for k, x in (("obs", t.observation.agents_view), ("act", a), ("legal", t.observation.action_mask),
-                         ("state", t.state)):
-                rows[k].append(np.asarray(x))
-            s, t = step(s, jnp.asarray(a, jnp.int32))
-            rows["r"].append(np.full(env.n, float(t.reward), np.float32))
-            rows["term"].append(np.full(env.n, bool(t.terminal)))
-            rows["trunc"].append(np.full(env.n, bool(t.truncated)))
-            if bool(t.terminal | t.truncated):
-                break
-    st = {k: np.stack(v) for k, v in rows.items()}
-    return {"observations": st["obs"], "actions": st["act"], "rewards": st["r"], "terminals": st["term"],
-            "truncations": st["trunc"], "infos": {"legals": st["legal"], "state": st["state"]}}
+def _weakest_first(s, t, rng):
+    """Every agent attacks an enemy with the fewest hit points left (ties at random)."""
+    hp = np.where(np.asarray(s.hp) > 0, np.asarray(s.hp), 99)
+    return 2 + rng.choice(np.flatnonzero(hp == hp.min()), t.observation.agents_view.shape[0])
 
 
 def test_bc_t_learns_the_data_policy_through_the_cli(toy_env, tmp_path):
@@ -124,7 +106,8 @@ def test_bc_t_learns_the_data_policy_through_the_cli(toy_env, tmp_path):
 
     ts = tasks.from_config(SET)
     for i, spec in enumerate(ts.train):
-        write_vault(tmp_path / "vaults", spec, _weakest_first(spec.build(), 20, i), {"policy": "weakest first"})
+        data = record_experience(spec.build(), 20, i, _weakest_first)
+        write_vault(tmp_path / "vaults", spec, data, {"policy": "weakest first"})
     (tmp_path / "conf" / "tasks").mkdir(parents=True)
     (tmp_path / "conf" / "tasks" / "duel.yaml").write_text(yaml.safe_dump(SET))
     cfg = compose_train(["+algo=bc_t", "+tasks=duel", f"hydra.searchpath=[file://{tmp_path / 'conf'}]",

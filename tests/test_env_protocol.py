@@ -204,22 +204,26 @@ def test_buffers_pad_recorded_data_like_the_padded_env():
         assert legal[np.arange(len(pacts))[:, None], np.arange(n)[None], pacts].all()  # recorded actions stay legal
 
 
-def _random_experience(env: ToyDuel, episodes: int, seed: int) -> dict:
-    """og-marl layout data of the random policy on the unpadded toy env (what a collector would write)."""
+def record_experience(env: ToyDuel, episodes: int, seed: int, act=None) -> dict:
+    """og-marl layout data of whole episodes on the unpadded toy env (what a collector would write).
+
+    ``act(state, timestep, rng) -> actions``; the default is the uniform random legal policy.
+    """
+    rng = np.random.default_rng(seed)
+    if act is None:
+        act = lambda s, t, rng: np.asarray(  # noqa: E731
+            uniform_legal(jax.random.PRNGKey(rng.integers(2**31)), t.observation.action_mask))
     step, reset = jax.jit(env.step), jax.jit(env.reset)
     rows: dict[str, list] = {k: [] for k in ("obs", "act", "rew", "term", "trunc", "legal", "state")}
-    key = jax.random.PRNGKey(seed)
-    for _ in range(episodes):
-        key, k_reset = jax.random.split(key)
-        s, t = reset(k_reset)
+    for e in range(episodes):
+        s, t = reset(jax.random.PRNGKey(seed * 1000 + e))
         done = False
         while not done:
-            key, k_act = jax.random.split(key)
-            a = uniform_legal(k_act, t.observation.action_mask)
+            a = np.asarray(act(s, t, rng), np.int32)
             for name, x in (("obs", t.observation.agents_view), ("act", a), ("legal", t.observation.action_mask),
                             ("state", t.state)):
                 rows[name].append(np.asarray(x))
-            s, t = step(s, a)
+            s, t = step(s, jnp.asarray(a))
             done = bool(t.terminal | t.truncated)
             rows["rew"].append(np.full(env.n, float(t.reward), np.float32))
             rows["term"].append(np.full(env.n, bool(t.terminal)))
@@ -242,7 +246,7 @@ def test_an_entity_env_trains_and_evaluates_through_the_cli(tmp_path):
 
     ts = _set()
     for i, spec in enumerate(ts.train):
-        write_vault(tmp_path / "vaults", spec, _random_experience(spec.build(), 10, i), {"policy": "random"})
+        write_vault(tmp_path / "vaults", spec, record_experience(spec.build(), 10, i), {"policy": "random"})
     (tmp_path / "conf" / "tasks").mkdir(parents=True)
     (tmp_path / "conf" / "tasks" / "duel.yaml").write_text(yaml.safe_dump(SET))
     cfg = compose_train(["+algo=mt_bc_sable", "+tasks=duel", f"hydra.searchpath=[file://{tmp_path / 'conf'}]",

@@ -112,22 +112,26 @@ class PeriodicEvaluator:
         fn = self._fns[specs]
         return fn if episodes in (None, self.episodes) else fn.resized(episodes)
 
-    def compile(self, params, splits=None) -> None:
-        """Build the program of ``splits`` now, before training compiles its own (see ``run_training``)."""
-        chosen = tuple(spec for split, spec in self.todo if splits is None or split in splits)
-        if chosen:
-            keys = jnp.stack([self.task_key(self.seed, spec) for spec in chosen])
-            self._evaluator(chosen, None).compile(params, keys)
-
-    def __call__(self, params, step: int | None, splits=None, episodes: int | None = None) -> list[dict[str, Any]]:
+    def _chosen(self, splits, step: int | None):
+        """(split, spec) pairs of ``splits`` and their stacked keys (``step`` folded in, if given)."""
         chosen = [(split, spec) for split, spec in self.todo if splits is None or split in splits]
-        if not chosen:
-            return []
         keys = [self.task_key(self.seed, spec) for _, spec in chosen]
         if step is not None:
             keys = [jax.random.fold_in(key, step) for key in keys]
+        return chosen, (jnp.stack(keys) if keys else None)
+
+    def compile(self, params, splits=None) -> None:
+        """Build the program of ``splits`` now, before training compiles its own (see ``run_training``)."""
+        chosen, keys = self._chosen(splits, None)
+        if chosen:
+            self._evaluator(tuple(spec for _, spec in chosen), None).compile(params, keys)
+
+    def __call__(self, params, step: int | None, splits=None, episodes: int | None = None) -> list[dict[str, Any]]:
+        chosen, keys = self._chosen(splits, step)
+        if not chosen:
+            return []
         fn = self._evaluator(tuple(spec for _, spec in chosen), episodes)
-        stats = jax.device_get(fn(params, jnp.stack(keys)))
+        stats = jax.device_get(fn(params, keys))
         rows = []
         for i, (split, spec) in enumerate(chosen):
             task_stats = jax.tree.map(lambda x: x[i], stats)
