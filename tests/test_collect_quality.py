@@ -54,3 +54,34 @@ def test_expert_medium_collection_writes_both_datasets(tmp_path):
     with pytest.raises(UserInputError, match="collect.quality='best'; allowed: mixed, expert_medium"):
         collect.run.__wrapped__(_cfg(tmp_path / "bad", "best"))
     assert not (tmp_path / "bad").exists()  # refused before anything is trained or written
+
+
+def test_greedy_recording_takes_the_argmax_of_the_recorded_observation():
+    """``eval.greedy=true`` records what the greedy evaluator scored: every recorded action is the actor's
+    argmax over the legal actions at the recorded observation (a sampled recording is not)."""
+    import jax
+    import jax.numpy as jnp
+
+    from mtmarl.online.collectors import get_system
+    from mtmarl.online.registry import online_config
+    from mtmarl.online.system import Actor
+    from mtmarl.tasks import TaskSpec
+
+    spec = TaskSpec.parse(TASK)
+    env = spec.build()
+    cfg = online_config(TINY)
+    system = get_system(spec, env, cfg)
+    state = system.init(jax.random.PRNGKey(0))
+    state, _ = system.train_chunk(state)
+    actor = Actor(cfg.hidden, env.num_actions)
+    params = system.actor_params(state)  # device 0's copy
+
+    def argmax_share(traj):  # raw (D, T, B, ...) transitions: every step, finished episode or not
+        _, logits = actor.apply(params, (), traj.obs.agents_view[0])
+        best = jnp.argmax(jnp.where(traj.obs.action_mask[0], logits, -1e9), -1)
+        return float(np.mean(np.asarray(best) == np.asarray(traj.actions[0])))
+
+    greedy = system.record(state, jax.random.PRNGKey(1), greedy=True)
+    sampled = system.record(state, jax.random.PRNGKey(1))
+    assert argmax_share(greedy) == 1.0
+    assert argmax_share(sampled) < 1.0  # a near-uniform early policy rarely samples its argmax every time

@@ -52,8 +52,8 @@ def counting_learner(env, sequences: bool) -> anakin.Learner:
     return anakin.Learner(
         init=lambda key: {"w": 0.1 * jax.random.normal(key, (o, a)), "b": jnp.zeros(())},
         init_carry=lambda b: jnp.zeros((b,), jnp.int32),
-        rollout=lambda params, envs, carry, pool, key, length: carried_rollout(env, act, value, params, envs, carry,
-                                                                              pool, key, length),
+        rollout=lambda params, envs, carry, pool, key, length, greedy=False: carried_rollout(
+            env, act, value, params, envs, carry, pool, key, length),  # a toy: its greedy acts also sample
         loss=loss, sequences=sequences, actor_params=lambda params: params["w"], policy=policy, greedy_policy=policy)
 
 

@@ -43,8 +43,9 @@ class Learner(NamedTuple):
     """What a learner plugs into :func:`build`: pure functions, traced inside ``pmap`` (keys are passed in).
 
     ``init(key) -> params``; ``init_carry(B)`` the per-env recurrent state at an episode
-    start (``()`` for none); ``rollout(params, envs, carry, pool, key, length) ->
-    (envs, carry, transitions (T, B, ...))`` acts and steps every env, carrying the state;
+    start (``()`` for none); ``rollout(params, envs, carry, pool, key, length, greedy=False) ->
+    (envs, carry, transitions (T, B, ...))`` acts (samples, or argmax if ``greedy``) and steps
+    every env, carrying the state;
     ``loss(params, traj, adv, targets, carry0) -> (total, ppo.LossInfo)`` on a minibatch
     (``carry0`` is the rollout-start carry of sequence samples, ``()`` for step samples);
     ``sequences``: samples are whole env rollouts (B, T, ...), else single steps (B*T, ...);
@@ -149,15 +150,15 @@ def build(env, cfg: ppo.PPOSettings, learner: Learner, num_devices: int | None =
     def chunk(state: TrainState, pools: ResetPool):
         return jax.lax.scan(update, state, pools)
 
-    def record_one(state: TrainState, pool: ResetPool, key):
+    def record_one(state: TrainState, pool: ResetPool, key, greedy: bool):
         _, _, traj = learner.rollout(state.params, start_from_pool(pool), learner.init_carry(rec_envs), pool, key,
-                                     cfg.record_len)
+                                     cfg.record_len, greedy=greedy)
         return traj
 
     pools = PoolMaker(env, B * cfg.resets_per_env)
     pinit = jax.pmap(init_one, in_axes=(0, None, 0), devices=devices, axis_name=AXIS)
     ptrain = jax.pmap(chunk, devices=devices, axis_name=AXIS)
-    precord = jax.pmap(record_one, devices=devices, axis_name=AXIS)
+    precord = jax.pmap(record_one, devices=devices, axis_name=AXIS, static_broadcasted_argnums=3)
 
     def init(key):
         key, param_key, pool_key = jax.random.split(key, 3)
@@ -168,9 +169,10 @@ def build(env, cfg: ppo.PPOSettings, learner: Learner, num_devices: int | None =
         pool_key = jax.random.fold_in(np.asarray(jax.device_get(state.key[0])), 0x5EED)
         return ptrain(state, pools(pool_key, (n_dev, cfg.updates_per_chunk, B, cfg.resets_per_env)))
 
-    def record(state, key):
+    def record(state, key, greedy: bool = False):
         pool_key, key = jax.random.split(key)
-        return precord(state, pools(pool_key, (n_dev, rec_envs, rec_resets)), jax.random.split(key, n_dev))
+        return precord(state, pools(pool_key, (n_dev, rec_envs, rec_resets)), jax.random.split(key, n_dev),
+                       bool(greedy))
 
     return System(cfg, n_dev, init, train_chunk, record, learner.policy, n_dev * B * T, pools,
                   learner.greedy_policy, learner)

@@ -37,8 +37,10 @@ def record_expert_medium(system, state, snapshots: list, stats, cfg: DictConfig,
                          meta: dict[str, Any]) -> dict[str, list]:
     """``{"expert": parts, "medium": parts}``: ``collect.quality_records`` recordings each of the final
     policy and of the training snapshot :func:`pick_medium` chooses (every snapshot is evaluated on
-    ``collect.quality_episodes`` episodes, the same ones for all); scores go to ``meta``."""
+    ``collect.quality_episodes`` episodes, the same ones for all); scores go to ``meta``. Recordings act
+    like the evaluator that scored them (``eval.greedy``: argmax, else sampled)."""
     expert = quality_score(stats)
+    greedy = bool(cfg.eval.greedy)  # record with the policy that was scored (seed 002's expert: greedy)
     eval_key, judge = jax.random.fold_in(rec_key, 0x3E0), evaluate.resized(int(cfg.collect.quality_episodes))
     scores = [quality_score(jax.device_get(judge(system.actor_params(state._replace(params=p)), eval_key)))
               for p in snapshots]
@@ -47,6 +49,7 @@ def record_expert_medium(system, state, snapshots: list, stats, cfg: DictConfig,
     out = {}
     for uid, params in (("expert", state.params), ("medium", snapshots[medium])):
         st = state._replace(params=params)
-        out[uid] = [to_experience(system.record(st, jax.random.fold_in(rec_key, 1000 * (uid == "medium") + i)))
+        out[uid] = [to_experience(system.record(st, jax.random.fold_in(rec_key, 1000 * (uid == "medium") + i),
+                                                greedy=greedy))
                     for i in range(int(cfg.collect.get("quality_records", 10)))]
     return out

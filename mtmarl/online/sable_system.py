@@ -25,6 +25,7 @@ observation, continuing the episode's encoder state.
 from __future__ import annotations
 
 import dataclasses
+import functools
 from typing import Any
 
 import jax
@@ -91,14 +92,14 @@ def act_batch(net: SableNet, params, carry, ts: TimeStep, key, greedy: bool = Fa
     return actions, ppo.log_prob(out.logits, obs.action_mask, actions), out.value, carry
 
 
-def sable_rollout(net: SableNet, env, params, batch: EnvBatch, carry, pool: ResetPool, key, length: int
-                  ) -> tuple[EnvBatch, Any, Transition]:
+def sable_rollout(net: SableNet, env, params, batch: EnvBatch, carry, pool: ResetPool, key, length: int,
+                  greedy: bool = False) -> tuple[EnvBatch, Any, Transition]:
     """``length`` steps of every env; transitions (T, B, ...) with per-agent ``value``/``next_value`` (N,)."""
 
     def body(c, step_key):
         batch, carry = c
         ts = batch.timestep
-        actions, logp, v, carry = act_batch(net, params, carry, ts, step_key)
+        actions, logp, v, carry = act_batch(net, params, carry, ts, step_key, greedy)
         new, real = step_with_pool(env, batch, actions, pool)
         return (new, carry), transition(batch, real, actions, logp, v, encoder_value(net, params, carry, real))
 
@@ -144,7 +145,7 @@ def make_learner(env, cfg: SableOnlineConfig) -> Learner:
         return info.total, info
 
     return Learner(init=lambda key: net.init(key, jnp.zeros((1, 1, 1, o))), init_carry=net.init_carry,
-                   rollout=lambda *args: sable_rollout(net, env, *args), loss=loss, sequences=True,
+                   rollout=functools.partial(sable_rollout, net, env), loss=loss, sequences=True,
                    actor_params=lambda params: params, policy=make_policy(net),
                    greedy_policy=make_policy(net, greedy=True))
 

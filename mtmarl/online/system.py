@@ -177,12 +177,14 @@ def masked_sample(key: jax.Array, logits: jax.Array, mask: jax.Array) -> jax.Arr
     return jax.random.categorical(key, jnp.where(mask, logits, ppo.NEG_INF), axis=-1)
 
 
-def act_batch(actor: nn.Module, value_fn: Callable, params, ts: TimeStep, carry, key):
-    """Sampled actions of B envs: ``(actions, logp, value, carry')`` (a :func:`carried_rollout` act)."""
+def act_batch(actor: nn.Module, value_fn: Callable, params, ts: TimeStep, carry, key, greedy: bool = False):
+    """Sampled (or greedy) actions of B envs: ``(actions, logp, value, carry')`` (a :func:`carried_rollout` act)."""
     obs = ts.observation
     carry, logits = actor.apply(params["actor"], carry, obs.agents_view)
-    keys = jax.random.split(key, logits.shape[0])
-    actions = jax.vmap(masked_sample)(keys, logits, obs.action_mask)
+    if greedy:
+        actions = jnp.argmax(jnp.where(obs.action_mask, logits, ppo.NEG_INF), -1)
+    else:
+        actions = jax.vmap(masked_sample)(jax.random.split(key, logits.shape[0]), logits, obs.action_mask)
     return actions, ppo.log_prob(logits, obs.action_mask, actions), value_fn(params, ts), carry
 
 
@@ -222,13 +224,13 @@ def make_learner(env, cfg: MappoConfig) -> Learner:
     def value_fn(params, ts: TimeStep) -> jax.Array:
         return critic.apply(params["critic"], critic_in(ts.observation, ts.state))
 
-    act_fn = functools.partial(act_batch, actor, value_fn)
 
     def init(param_key):
         return {"actor": actor.init(param_key, actor.initial_carry((1,)), jnp.zeros((1, o))),
                 "critic": critic.init(jax.random.fold_in(param_key, 1), jnp.zeros((1, critic_dim)))}
 
-    def rollout(params, envs, carry, pool, key, length):
+    def rollout(params, envs, carry, pool, key, length, greedy=False):
+        act_fn = functools.partial(act_batch, actor, value_fn, greedy=greedy)
         return carried_rollout(env, act_fn, value_fn, params, envs, carry, pool, key, length)
 
     def loss(params, mb: Transition, adv, targets, h0):
