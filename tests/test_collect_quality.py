@@ -20,8 +20,9 @@ TINY = {**MAPPO, "num_envs": 4, "rollout_len": 8, "updates_per_chunk": 2, "recor
 
 def test_scores_are_win_rates_where_there_are_wins_and_medium_is_nearest_half():
     wins = EpisodeStats(np.array([2.0, 0.3, 2.0, 0.1]), np.ones(4), np.array([True, False, True, False]))
-    assert quality_score(wins) == 0.5
-    assert quality_score(wins._replace(successes=np.zeros(4, bool))) == pytest.approx(1.1)  # no wins: the return
+    assert quality_score(wins, has_success=True) == 0.5
+    assert quality_score(wins, has_success=False) == pytest.approx(1.1)  # an env without wins: the return
+    assert quality_score(wins._replace(successes=np.zeros(4, bool)), has_success=True) == 0.0  # no win: 0, not 1.1
     assert pick_medium([0.0, 0.2, 0.45, 0.55, 0.9], expert=1.0) == 2   # |0.45 - 0.5| < |0.55 - 0.5|
     assert pick_medium([0.3, 0.3, 0.8], expert=0.6) == 0                # ties: the earliest snapshot
 

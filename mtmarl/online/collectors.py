@@ -198,7 +198,8 @@ def collect_task(spec, split: str, cfg: DictConfig, root: Path, ref_path: Path, 
     if env.spec.has_success:
         result["win_rate"] = float(np.mean(stats.successes))
     if record and quality == "expert_medium":
-        parts = record_expert_medium(system, state, snapshots, stats, cfg, evaluate, rec_key, meta)
+        parts = record_expert_medium(system, state, snapshots, stats, cfg, evaluate, rec_key, meta,
+                                     env.spec.has_success)
     write_outputs(spec, cfg, root, ref_path, result, parts if record else None, meta)
     if bar:
         bar.update(job, completed=budget, ret=final)

@@ -21,10 +21,12 @@ from mtmarl.online.anakin import to_experience
 QUALITIES = ("mixed", "expert_medium")
 
 
-def quality_score(stats) -> float:
-    """What expert and medium are judged by: the win rate where the env reports wins, else the mean return."""
-    wins = np.asarray(stats.successes)
-    return float(wins.mean()) if wins.any() else float(np.mean(stats.returns))
+def quality_score(stats, has_success: bool) -> float:
+    """What expert and medium are judged by: the win rate where the env reports wins, else the mean return.
+
+    The env decides, not the episodes: a snapshot that won no episode scores 0, not its return
+    (mixing the two scales picked a medium policy by comparing returns with win rates)."""
+    return float(np.mean(stats.successes if has_success else stats.returns))
 
 
 def pick_medium(scores: list[float], expert: float) -> int:
@@ -34,16 +36,16 @@ def pick_medium(scores: list[float], expert: float) -> int:
 
 
 def record_expert_medium(system, state, snapshots: list, stats, cfg: DictConfig, evaluate, rec_key,
-                         meta: dict[str, Any]) -> dict[str, list]:
+                         meta: dict[str, Any], has_success: bool) -> dict[str, list]:
     """``{"expert": parts, "medium": parts}``: ``collect.quality_records`` recordings each of the final
     policy and of the training snapshot :func:`pick_medium` chooses (every snapshot is evaluated on
     ``collect.quality_episodes`` episodes, the same ones for all); scores go to ``meta``. Recordings act
     like the evaluator that scored them (``eval.greedy``: argmax, else sampled)."""
-    expert = quality_score(stats)
+    expert = quality_score(stats, has_success)
     greedy = bool(cfg.eval.greedy)  # record with the policy that was scored (seed 002's expert: greedy)
     eval_key, judge = jax.random.fold_in(rec_key, 0x3E0), evaluate.resized(int(cfg.collect.quality_episodes))
-    scores = [quality_score(jax.device_get(judge(system.actor_params(state._replace(params=p)), eval_key)))
-              for p in snapshots]
+    judged = (jax.device_get(judge(system.actor_params(state._replace(params=p)), eval_key)) for p in snapshots)
+    scores = [quality_score(s, has_success) for s in judged]
     medium = pick_medium(scores, expert)
     meta.update(expert_score=expert, snapshot_scores=scores, medium_snapshot=medium, medium_score=scores[medium])
     out = {}
