@@ -86,3 +86,24 @@ def test_greedy_recording_takes_the_argmax_of_the_recorded_observation():
     sampled = system.record(state, jax.random.PRNGKey(1))
     assert argmax_share(greedy) == 1.0
     assert argmax_share(sampled) < 1.0  # a near-uniform early policy rarely samples its argmax every time
+
+
+def test_recorded_wins_count_the_won_episodes_a_dataset_keeps():
+    """The data card's win rate: on the toy duel a win is exactly a terminal step (a loss is the time
+    limit), so the vault-layout experience of the same recording gives the reference count."""
+    import jax
+
+    from mtmarl.online import anakin
+    from mtmarl.online.system import MappoConfig, make_learner
+    from test_env_protocol import ToyDuel
+
+    env = ToyDuel(agents=2, enemies=2, hp=2, horizon=5)
+    cfg = MappoConfig(num_envs=4, rollout_len=8, updates_per_chunk=1, record_envs=4, record_len=23)
+    system = anakin.build(env, cfg, make_learner(env, cfg))
+    state = system.init(jax.random.PRNGKey(0))
+    traj = system.record(state, jax.random.PRNGKey(3))
+    exp = anakin.to_experience(traj)
+    term, trunc = exp["terminals"][0, :, 0], exp["truncations"][0, :, 0]
+    episodes, wins = anakin.recorded_wins(traj)
+    assert episodes == int(term.sum() + trunc.sum()) > 0
+    assert wins == int(term.sum()) and 0 < wins < episodes  # a random policy wins some 2-hp duels, not all

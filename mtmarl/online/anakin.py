@@ -213,6 +213,14 @@ def to_experience(traj: Transition) -> dict[str, Any]:
     return jax.tree.map(lambda x: x[None], exp)
 
 
+def recorded_wins(traj: Transition) -> tuple[int, int]:
+    """(episodes, wins) of the completed episodes :func:`to_experience` keeps from the same recording
+    (every episode that ended inside it): the data card's win rate of a dataset."""
+    traj = jax.device_get(traj)
+    done = np.asarray(traj.terminal | traj.truncated)
+    return int(done.sum()), int(np.asarray(traj.success).sum())
+
+
 def chunk_summary(metrics: UpdateMetrics) -> dict[str, float]:
     """Host-side summary of one chunk's (D, K) metrics (device 0; they are all-reduced)."""
     m = jax.tree.map(lambda x: np.asarray(x)[0], jax.device_get(metrics))

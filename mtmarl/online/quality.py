@@ -16,7 +16,7 @@ import jax
 import numpy as np
 from omegaconf import DictConfig
 
-from mtmarl.online.anakin import to_experience
+from mtmarl.online.anakin import recorded_wins, to_experience
 
 QUALITIES = ("mixed", "expert_medium")
 
@@ -48,10 +48,15 @@ def record_expert_medium(system, state, snapshots: list, stats, cfg: DictConfig,
     scores = [quality_score(s, has_success) for s in judged]
     medium = pick_medium(scores, expert)
     meta.update(expert_score=expert, snapshot_scores=scores, medium_snapshot=medium, medium_score=scores[medium])
-    out = {}
+    out, wins = {}, {}
     for uid, params in (("expert", state.params), ("medium", snapshots[medium])):
         st = state._replace(params=params)
-        out[uid] = [to_experience(system.record(st, jax.random.fold_in(rec_key, 1000 * (uid == "medium") + i),
-                                                greedy=greedy))
-                    for i in range(int(cfg.collect.get("quality_records", 10)))]
+        trajs = [system.record(st, jax.random.fold_in(rec_key, 1000 * (uid == "medium") + i), greedy=greedy)
+                 for i in range(int(cfg.collect.get("quality_records", 10)))]
+        out[uid] = [to_experience(t) for t in trajs]
+        if has_success:
+            episodes, won = np.sum([recorded_wins(t) for t in trajs], axis=0)
+            wins[uid] = {"episodes": int(episodes), "wins": int(won), "win_rate": float(won / max(episodes, 1))}
+    if wins:
+        meta["data_wins"] = wins  # per dataset: its recorded episodes won (the data card's win rate)
     return out

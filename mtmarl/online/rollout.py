@@ -49,6 +49,7 @@ class Transition(NamedTuple):
     truncated: jax.Array  # () bool: hit the time limit
     episode_return: jax.Array  # () return of the episode that ended here (0 otherwise)
     episode_length: jax.Array  # () its length (0 otherwise)
+    success: jax.Array  # () bool: the episode that ended here was won (envs with EnvSpec.has_success)
 
     @property
     def done(self) -> jax.Array:
@@ -147,7 +148,7 @@ def transition(batch: EnvBatch, real: TimeStep, actions: jax.Array, logp: jax.Ar
     return Transition(obs=ts.observation, state=ts.state, actions=actions, logp=logp, value=value,
                       next_value=next_value, reward=real.reward, terminal=real.terminal, truncated=real.truncated,
                       episode_return=jnp.where(done, batch.ep_return + real.reward, 0.0),
-                      episode_length=jnp.where(done, batch.ep_length + 1, 0))
+                      episode_length=jnp.where(done, batch.ep_length + 1, 0), success=done & real.success)
 
 
 def rollout(env, act: ActFn, value: ValueFn, params: Any, batch: EnvBatch, pool: ResetPool,
