@@ -52,6 +52,14 @@ def test_expert_medium_collection_writes_both_datasets(tmp_path):
     expert, medium = (read_vault(vlt, spec, uid=u) for u in ("expert", "medium"))
     assert expert["actions"].shape[1] > 0 and medium["actions"].shape[1] > 0
     assert res["transitions"] == expert["actions"].shape[1] + medium["actions"].shape[1]
+    from mtmarl.data.quality_card import markdown, quality_rows
+    rows = quality_rows(TASK, tmp_path / "vaults")  # the data card: one row per dataset, from metadata
+    assert [r["uid"] for r in rows] == ["expert", "medium"]
+    for r, exp in zip(rows, (expert, medium)):
+        ends = exp["terminals"][0, :, 0] + exp["truncations"][0, :, 0]
+        assert r["episodes"] == int(ends.sum()) and r["transitions"] == exp["actions"].shape[1]
+        assert r["data_win"] is None and r["paper_win"] is None  # Connector reports no wins; not a SMAC map
+    assert markdown(rows).count("\n") == 3
     with pytest.raises(UserInputError, match="collect.quality='best'; allowed: mixed, expert_medium"):
         collect.run.__wrapped__(_cfg(tmp_path / "bad", "best"))
     assert not (tmp_path / "bad").exists()  # refused before anything is trained or written

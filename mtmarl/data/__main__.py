@@ -1,5 +1,6 @@
 """``python -m mtmarl.data stats <vault | task set> [--hist out.png]``: dataset cards of vaults;
 ``python -m mtmarl.data report <task set> [--markdown]``: references and vault sizes per task;
+``python -m mtmarl.data quality <task set> [--markdown]``: expert/medium datasets beside seed 002's Table 5;
 ``python -m mtmarl.data export <vault> <out.npz> [--uid UID]``: one vault as a numpy ``.npz``."""
 
 from __future__ import annotations
@@ -31,6 +32,10 @@ def main(argv: list[str] | None = None) -> int:
     r.add_argument("--root", default=str(stats.DEFAULT_ROOT), help="vault root (default: %(default)s)")
     r.add_argument("--references", default=None, help="references file (default: <root>/references.json)")
     r.add_argument("--markdown", action="store_true", help="print a Markdown table (for a data card)")
+    q = sub.add_parser("quality", help="per expert/medium dataset: episodes, return, win rates, seed 002's")
+    q.add_argument("target", help="a task set name or an ad-hoc task")
+    q.add_argument("--root", default=str(stats.DEFAULT_ROOT), help="vault root (default: %(default)s)")
+    q.add_argument("--markdown", action="store_true", help="print a Markdown table (for a data card)")
     e = sub.add_parser("export", help="write one vault as a numpy .npz (og-marl keys, infos/legals, ...)")
     e.add_argument("vault", help="a .vlt (or .vlt/<uid>) directory")
     e.add_argument("out", help="output .npz file")
@@ -41,6 +46,8 @@ def main(argv: list[str] | None = None) -> int:
         return report(args)
     if args.command == "export":
         return export(args)
+    if args.command == "quality":
+        return quality(args)
     try:
         cards, missing = stats.collect(args.target, args.root, verify=args.verify, validate=args.validate)
         if args.hist and cards:
@@ -78,6 +85,26 @@ def export(args) -> int:
     for key, shape in shapes.items():
         print(f"{key}: {shape}")
     print(f"wrote {out}")
+    return 0
+
+
+def quality(args) -> int:
+    from mtmarl.data import quality_card as Q
+
+    try:
+        rows = Q.quality_rows(args.target, args.root)
+    except UserInputError as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 2
+    if args.markdown:
+        print(Q.markdown(rows))
+    else:
+        from mtmarl.data.stats import rich_table
+
+        rich_table(f"datasets by quality: {args.target} ({args.root})", [h for _, h in Q.COLUMNS], Q.cells(rows))
+    if not any(r["uid"] for r in rows):
+        print(f"error: no dataset for {args.target} under {args.root}", file=sys.stderr)
+        return 1
     return 0
 
 
