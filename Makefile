@@ -60,7 +60,7 @@ experiments: install
 # data: the full-size benchmark data into vault_data_full/ (mtmarl/configs/budget/full.yaml; measured on one core
 #   per set: see README, Datasets);
 # collect: any collection, e.g. make collect COLLECT_ARGS='+tasks=lbf_5 collect.budget=500000'.
-DATA_SETS ?= connector_10 lbf_5 rware_15
+DATA_SETS ?= connector_10 lbf_5 rware_15 smax_marine_hard smax_stalker_zealot
 DEMO_ROOT ?= vault_data
 FULL_ROOT ?= vault_data_full
 COLLECT_ARGS ?= +budget=demo +tasks=lbf_5
@@ -71,6 +71,14 @@ demo-data-%: install
 	$(COLLECT_ONE) +budget=demo +tasks=$* collect.root=$(DEMO_ROOT) collect.progress=false
 data-%: install
 	$(COLLECT_ONE) +budget=full +tasks=$* collect.root=$(FULL_ROOT)
+# SMAX (seed 002's sets): expert + medium datasets of the training maps, test maps online for a reference only
+# (budget/smax_demo.yaml: 1M steps per training map, 300k per test map on a CPU; budget/smax.yaml: 3M, for a GPU).
+demo-data-smax_%: install
+	$(COLLECT_ONE) +budget=smax_demo +tasks=smax_$* split=train collect.root=$(DEMO_ROOT) collect.progress=false
+	$(COLLECT_ONE) +budget=smax_demo +tasks=smax_$* split=test collect.env_budget.smax=300000 \
+		collect.root=$(DEMO_ROOT) collect.progress=false
+data-smax_%: install
+	$(COLLECT_ONE) +budget=smax +tasks=smax_$* collect.root=$(FULL_ROOT)
 
 collect: install
 	$(PY) -m mtmarl.collect $(COLLECT_ARGS)

@@ -211,6 +211,30 @@ def test_runner_skips_finished_runs_and_survives_a_crash(stand_in):
     assert len(calls) == 2 and is_finished(runs[2].directory(res))
 
 
+def test_a_finished_run_trained_with_another_config_is_trained_again(stand_in):
+    """The cache is keyed by overrides; a changed default (here algo.lr in the stored config) must not
+    let an old result stand for the new config: the run is moved aside and trained again."""
+    import yaml
+
+    from mtmarl.experiments.config import compose_train, plain
+
+    res = stand_in / "res"
+    run = Run.make({"x": 1}, ["+algo=mt_bc_sable", "+tasks=lbf_5"], 0)
+    assert [o.status for o in run_matrix([run], res, progress=False)] == ["finished"]
+    run_dir = run.directory(res)
+    cfg = plain(compose_train([*run.overrides, "seed=0"]))
+    (run_dir / "config.yaml").write_text(yaml.safe_dump({**cfg, "resume": True, "logger": {"x": 1}}))
+    assert runner.stale_keys(run, run_dir) == []  # logging / resume settings do not define a run
+    assert [o.status for o in run_matrix([run], res, progress=False)] == ["skipped"]
+    cfg["algo"]["lr"] = cfg["algo"]["lr"] * 3
+    (run_dir / "config.yaml").write_text(yaml.safe_dump(cfg))
+    assert runner.stale_keys(run, run_dir) == ["algo.lr"]
+    assert [o.status for o in run_matrix([run], res, progress=False)] == ["finished"]
+    aside = run_dir.with_name("seed_0.stale-1")
+    assert yaml.safe_load((aside / "config.yaml").read_text())["algo"]["lr"] == cfg["algo"]["lr"]
+    assert is_finished(run_dir) and not (run_dir / "config.yaml").exists()  # the stand-in wrote a fresh run
+
+
 def mini_task_set(base: Path) -> Path:
     """Hydra search path with task set 'mini' (the synthetic connector tasks of test_training)."""
     from test_training import TEST, TRAIN

@@ -6,7 +6,11 @@ goes to ``<run dir>/train.log``. A run's directory is
 ``<results>/runs/<slug>-<hash>/seed_<s>``, where the hash covers every
 override that defines it: the same configuration requested by two experiments
 (or by a rerun) lands in the same directory, and a run whose ``results.json``,
-``summary.json`` and ``run.json`` exist is not run again. An interrupted run is
+``summary.json`` and ``run.json`` exist is not run again, unless what the
+overrides compose to today differs from the ``config.yaml`` it was trained with
+(a changed default, e.g. MT Oryx's learning rate): such a *stale* run is moved
+aside to ``seed_<s>.stale-<n>`` and trained again, so a cached result never
+stands for a configuration it was not trained with. An interrupted run is
 continued from its latest checkpoint (``resume=true``).
 
 ``launcher='slurm'`` wraps each run in a one-job Hydra multirun with
@@ -70,8 +74,56 @@ class Run:
         return Path(results).resolve() / "runs" / self.config_id / f"seed_{self.seed}"
 
 
+# The config sections that decide what a run trains and how it is scored (logging, resume and the
+# multi-process settings do not change its results).
+DEFINING = ("algo", "network", "training", "data", "agents", "eval", "tasks", "task", "references", "seed")
+
+
 def is_finished(run_dir: Path) -> bool:
     return all((run_dir / name).is_file() for name in FINISHED_FILES)
+
+
+def _flat(tree: Any, prefix: str = "") -> dict[str, Any]:
+    if isinstance(tree, dict):
+        out: dict[str, Any] = {}
+        for k, v in tree.items():
+            out.update(_flat(v, f"{prefix}{k}."))
+        return out
+    return {prefix[:-1]: tree}
+
+
+def stale_keys(run: Run, run_dir: Path) -> list[str]:
+    """The defining config keys (dotted) whose value in ``run_dir/config.yaml`` differs from what
+    ``run.overrides`` compose to now; ``[]`` for an up-to-date run (or one without a config yet)."""
+    import yaml
+
+    from mtmarl.experiments.config import compose_train, plain
+
+    path = run_dir / "config.yaml"
+    if not path.is_file():
+        return []
+    now = plain(compose_train([*run.overrides, f"seed={run.seed}"]))
+    then = yaml.safe_load(path.read_text()) or {}
+    a = _flat({k: now.get(k) for k in DEFINING})
+    b = _flat({k: then.get(k) for k in DEFINING})
+    return sorted(k for k in a.keys() | b.keys() if a.get(k) != b.get(k))
+
+
+def _up_to_date(run: Run, results: str | Path) -> bool:
+    """Finished with today's config; a finished but stale run directory is moved aside (kept, renamed)."""
+    run_dir = run.directory(results)
+    if not is_finished(run_dir):
+        return False
+    changed = stale_keys(run, run_dir)
+    if not changed:
+        return True
+    n = 1
+    while run_dir.with_name(f"{run_dir.name}.stale-{n}").exists():
+        n += 1
+    aside = run_dir.rename(run_dir.with_name(f"{run_dir.name}.stale-{n}"))
+    print(f"{run.config_id}/seed_{run.seed}: trained with another config ({', '.join(changed[:6])}"
+          f"{', ...' if len(changed) > 6 else ''}); moved to {aside.name}, training again", file=sys.stderr)
+    return False
 
 
 def train_command(run: Run, run_dir: Path, launcher: str = "local", slurm: Sequence[str] = (),
@@ -113,7 +165,7 @@ def execute(run: Run, results: str | Path, launcher: str = "local", slurm: Seque
             python: str | None = None, env: dict[str, str] | None = None) -> Outcome:
     """Train one run in a subprocess (skipped when already finished); never raises for a failed run."""
     run_dir = run.directory(results)
-    if is_finished(run_dir):
+    if _up_to_date(run, results):
         return Outcome(run, run_dir, "skipped")
     run_dir.mkdir(parents=True, exist_ok=True)
     (run_dir.parent / "overrides.json").write_text(json.dumps(
@@ -161,7 +213,7 @@ def run_matrix(runs: Iterable[Run], results: str | Path, launcher: str = "local"
 
     todo = []
     for run in runs:
-        if is_finished(run.directory(results)):
+        if _up_to_date(run, results):
             outcomes[run] = Outcome(run, run.directory(results), "skipped")
         else:
             todo.append(run)
