@@ -173,8 +173,10 @@ if args.get("crash") == "yes":
     sys.exit("simulated crash")
 run = Path(args["hydra.run.dir"]); run.mkdir(parents=True, exist_ok=True)
 dim, seed = int(args.get("network.embed_dim", 1)), int(args["seed"])
-rows = [{"name": f"t{i}", "env": "rware", "split": split, "mean_return": dim / 64 + i + seed,
-         "normalised_return": None} for split in ("train", "test") for i in range(3)]
+smax = args.get("+tasks", "").startswith("smax")  # an env with wins: rows carry a win rate
+rows = [{"name": f"t{i}", "env": "smax" if smax else "rware", "split": split, "mean_return": dim / 64 + i + seed,
+         "normalised_return": None, "win_rate": (i + seed) / 4 if smax else None}
+        for split in ("train", "test") for i in range(3)]
 (run / "summary.json").write_text(json.dumps(rows))
 (run / "results.json").write_text("{}")
 (run / "run.json").write_text("{}")
@@ -274,7 +276,7 @@ def test_driver_end_to_end_with_stand_in_trainer(stand_in, capsys):
     assert len((res / "runs" / "calls.txt").read_text().split()) == 2
 
 
-@pytest.mark.parametrize("name", ["task_diversity", *(pytest.param(n, marks=pytest.mark.slow)
+@pytest.mark.parametrize("name", ["task_diversity", "smax", *(pytest.param(n, marks=pytest.mark.slow)
                                                       for n in ("ablations", "table1", "dataset_size"))])
 def test_other_drivers_end_to_end_with_stand_in_trainer(stand_in, name):
     res = stand_in / "results"
@@ -285,6 +287,12 @@ def test_other_drivers_end_to_end_with_stand_in_trainer(stand_in, name):
         argv += ["task_sets=[lbf_5]", "k.lbf_5=[1,3,5]", f"output={out}"]
     main(load_script(name).EXPERIMENT, argv)
     assert out == name or not (res / name).exists()
+    if name == "smax":  # win rates: the stand-in's (i + seed) / 4 over tasks i = 0, 1, 2 at seed 0
+        rows = json.loads((res / "smax" / "smax_long.json").read_text())["rows"]
+        assert len(rows) == 2 * 2 * 2 * 2 and {r["metric"] for r in rows} == {"win_rate"}
+        assert all(math.isclose(r["mean"], 0.25) for r in rows)
+        assert "| mt_oryx |" in (res / "smax" / "smax.md").read_text()
+        assert (res / "smax" / "smax_tasks.md").read_text().count("| smax_marine_hard | medium | test |") == 3
     files = json.loads((res / out / "experiment.json").read_text())["files"]
     assert all(Path(f).parent == res / out for f in files)
     assert any(f.endswith(".png") for f in files) and all(Path(f).is_file() for f in files)

@@ -26,7 +26,7 @@ def collect(runs: Iterable[Run], results: str | Path) -> list[dict[str, Any]]:
         for row in json.loads((run_dir / "summary.json").read_text()):
             records.append({**run.key, "config_id": run.config_id, "seed": run.seed, "env": row["env"],
                             "task": row["name"], "split": row["split"], "return": row["mean_return"],
-                            "normalised": row["normalised_return"]})
+                            "normalised": row["normalised_return"], "win_rate": row.get("win_rate")})
     return records
 
 
@@ -191,6 +191,8 @@ def _set_shapes(tasks_json: str, task: str | None) -> tuple[int, int]:
 def metric_label(rows: Sequence[dict[str, Any]]) -> str:
     if rows and rows[0]["metric"] == "normalised":
         return "normalised return"
+    if rows and rows[0]["metric"] == "win_rate":
+        return "win rate"
     return "return (raw; no reference returns)"
 
 
