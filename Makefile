@@ -22,7 +22,7 @@ lint: install
 	$(VENV)/bin/mypy
 
 test: install
-	$(PY) -m pytest -q
+	$(PY) -m pytest -q --durations=15
 
 test-slow: install
 	$(PY) -m pytest -q -m slow

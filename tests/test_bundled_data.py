@@ -109,8 +109,52 @@ def test_to_experience_without_global_state():
     tr = Transition(obs, np.zeros((D, T, B, 0), np.float32), np.ones((D, T, B, N), np.int32),
                     np.zeros((D, T, B, N)), np.zeros((D, T, B)), np.zeros((D, T, B)),
                     np.ones((D, T, B), np.float32), done, np.zeros((D, T, B), bool),
-                    np.zeros((D, T, B)), np.zeros((D, T, B)))
+                    np.zeros((D, T, B)), np.zeros((D, T, B)), np.zeros((D, T, B), bool))
     exp = to_experience(tr)
     assert exp["observations"].shape == (1, 3 + 5, N, O) and exp["infos"]["state"].shape == (1, 8, 0)
     np.testing.assert_array_equal(exp["observations"][0, 3], obs.agents_view[0, 0, 1])  # env 1 follows env 0
     np.testing.assert_array_equal(exp["terminals"][0, :, 0], [0, 0, 1, 0, 0, 0, 0, 1])
+
+
+SMAX_SETS = ("smax_marine_hard", "smax_stalker_zealot")
+SMAX_DEMO = OmegaConf.load(CONFIG_DIR / "budget" / "smax_demo.yaml")
+
+
+def _episode_returns(exp) -> np.ndarray:
+    """Team return of every episode in a vault's single stream (rewards and ends of agent 0)."""
+    rew, end = exp["rewards"][0, :, 0], (exp["terminals"][0, :, 0] + exp["truncations"][0, :, 0]) > 0
+    ends = np.flatnonzero(end)
+    return np.array([rew[a + 1:b + 1].sum() for a, b in zip(np.r_[-1, ends[:-1]], ends)])
+
+
+@pytest.mark.parametrize("set_name", SMAX_SETS)
+def test_every_smax_train_map_has_expert_and_medium_data_with_their_win_rates(set_name):
+    """Seed 002's two datasets per training map, from the recorded CPU budget; the win rate written to each
+    dataset's metadata is recounted from its arrays (SMAX: a won episode earns the win bonus, return > 1.99)."""
+    for spec in task_registry.load(set_name).split("train"):
+        vlt = vault_io.vault_path(DATA, spec)
+        meta = vault_io.read_metadata(vlt)
+        assert meta is not None and sorted(meta["datasets"]) == ["expert", "medium"], (spec.name, vlt)
+        scores = {}
+        for uid, entry in meta["datasets"].items():
+            coll = entry["collector"]
+            assert coll["budget"] == SMAX_DEMO.collect.env_budget.smax and coll["quality"] == "expert_medium"
+            assert coll["medium_score"] == coll["snapshot_scores"][coll["medium_snapshot"]]
+            returns = _episode_returns(vault_io.read_vault(vlt, spec, uid=uid))
+            wins = coll["data_wins"][uid]
+            assert wins["episodes"] == len(returns) == entry["returns"]["episodes"], (spec.name, uid)
+            assert wins["wins"] == int((returns > 1.99).sum()), (spec.name, uid)
+            scores[uid] = wins["win_rate"]
+            assert all((vlt / f).is_file() for f in entry["sha256"])
+        half = 0.5 * coll["expert_score"]  # the medium policy is the snapshot scoring nearest half the expert
+        assert all(abs(coll["medium_score"] - half) <= abs(s - half) + 1e-9 for s in coll["snapshot_scores"])
+
+
+def test_references_cover_every_smax_task():
+    refs = json.loads((DATA / "references.json").read_text())
+    for set_name in SMAX_SETS:
+        for split in ("train", "test"):
+            for spec in task_registry.load(set_name).split(split):
+                entry = refs.get(spec.adhoc)
+                assert entry is not None, f"no reference for {set_name} {split} task {spec.name}"
+                assert entry["split"] == split and 0.0 <= entry["win_rate"] <= 1.0 and entry["episodes"] == 320
