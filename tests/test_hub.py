@@ -274,3 +274,23 @@ def test_training_fetches_only_missing_vaults_from_data_hub(tmp_path, server):
     assert not (tmp_path / "empty" / "connector").exists()
     with pytest.raises(UserInputError, match=r"(?s)1 of 2 .*toy2.vlt\ndata.hub=\S*/all.zip did not provide them"):
         fetch_missing(task_set, tmp_path / "partial", f"{server}/all.zip")  # the archive holds toy only
+
+
+def test_a_bundled_smax_vault_with_two_datasets_round_trips_through_the_hub(tmp_path, server):
+    """Seed 002's expert + medium datasets live in one <task>.vlt: packed, served and installed, both
+    uids read back with the same arrays."""
+    from mtmarl import tasks
+    from mtmarl.collect import ROOT
+
+    spec = tasks.load("smax_marine_hard").train[0]  # 3m
+    src = V.vault_path(ROOT / "vault_data", spec)
+    sha = hub.pack(src, tmp_path / "3m.zip")
+    Handler.files["/smax/3m.zip"] = (tmp_path / "3m.zip").read_bytes()
+    root = tmp_path / "vault_data"
+    assert hub.download(f"{server}/smax/3m.zip", root, sha256=sha, progress=False)[0][1] == "installed"
+    got = V.vault_path(root, spec)
+    assert sorted(V.list_uids(got)) == ["expert", "medium"] and _tree_bytes(got) == _tree_bytes(src)
+    for uid in ("expert", "medium"):
+        a, b = V.read_vault(src, spec, uid=uid), V.read_vault(got, spec, uid=uid)
+        np.testing.assert_array_equal(a["actions"], b["actions"])
+        np.testing.assert_array_equal(a["rewards"], b["rewards"])
