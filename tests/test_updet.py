@@ -87,6 +87,24 @@ def test_conservative_term_matches_a_naive_loop(batch):
     np.testing.assert_allclose(float(metrics["cql_loss"]), want, rtol=1e-5)
 
 
+def test_greedy_mixed_conservative_term_matches_a_naive_loop(batch):
+    """ODIS's form with VDN: the summed Q of each agent's greedy legal action minus that of the data actions."""
+    algo = _algo("updet_l", conservative="greedy_mixed")
+    state = algo.init(jax.random.PRNGKey(0), batch.obs[:1])
+    _, metrics = jax.jit(algo.loss)(state.params, state.target_params, batch, jax.random.PRNGKey(1))
+    q = np.asarray(_q(state.params["agent"], batch), np.float64)
+    legals, actions, active = (np.asarray(x) for x in (batch.legals, batch.actions, batch.active))
+    per_task: dict[int, list[float]] = {}
+    for b in range(B):
+        for t in range(T):
+            gap = sum(np.max(q[b, t, n][legals[b, t, n]]) - q[b, t, n, actions[b, t, n]] for n in range(N)
+                      if active[b, t, n])
+            per_task.setdefault(int(batch.task_ids[b]), []).append(gap)
+    want = np.mean([np.mean(v) for v in per_task.values()])
+    assert want > 0.1
+    np.testing.assert_allclose(float(metrics["cql_loss"]), want, rtol=1e-5)
+
+
 def test_td_target_is_read_from_the_target_network(batch):
     """Double Q with VDN against a naive loop; without double Q the online parameters do not reach it."""
     gamma = 0.9
@@ -151,6 +169,8 @@ def test_acting_is_greedy_over_legal_actions_and_bad_config_is_refused(batch):
     assert len({tuple(np.asarray(a)) for a in drawn}) > 1
     with pytest.raises(UserInputError, match="target_update='soft'.*'hard', 'polyak'"):
         _algo("updet_m", target_update="soft")
+    with pytest.raises(UserInputError, match="conservative='cql'.*'logsumexp', 'greedy_mixed'"):
+        _algo("updet_l", conservative="cql")
     with pytest.raises(UserInputError, match="algo.epsilon=2"):
         _algo("updet_l", epsilon=2.0)
 

@@ -17,8 +17,11 @@ Loss over a sampled sequence (history token unrolled, reset at episode starts):
   actions under the online agent (``double_q``) or under the target agent.
   The mixer reads the agents' history tokens as its per-agent input (no
   gradient flows into the agent through them, as QMIX's state is an input).
-* Conservative (CQL): for every active agent and step,
-  ``logsumexp_{legal a} Q_i(a) - Q_i(a_data)``, weighted by ``cql_weight``.
+* Conservative, weighted by ``cql_weight``; ``conservative: logsumexp`` (CQL):
+  for every active agent and step, ``logsumexp_{legal a} Q_i(a) - Q_i(a_data)``;
+  ``conservative: greedy_mixed`` (what ODIS's UPDeT learner computes): for every
+  step, ``Q_tot(s, a_greedy) - Q_tot(s, a_data)`` through the online mixer, with
+  each agent's greedy legal action under the online agent (gradient through both).
 
 Both are reduced per task, then over tasks (``common.task_mean``). The target
 network is copied from the online one every ``target_update_interval`` updates
@@ -46,6 +49,7 @@ from mtmarl.networks.entity import NEG, EntityAgent, EntityConfig, unroll
 from mtmarl.networks.mixer import AttentionMixer, MixerConfig, vdn
 
 TARGET_UPDATES = ("hard", "polyak")
+CONSERVATIVE = ("logsumexp", "greedy_mixed")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -56,6 +60,7 @@ class Config(common.BatchConfig):
     td_lambda: float           # 0: one-step target; (0, 1]: TD(lambda) over the sampled sequence
     double_q: bool             # next action chosen by the online agent, valued by the target network
     cql_weight: float          # weight of the conservative term
+    conservative: str          # 'logsumexp' (per-agent CQL) or 'greedy_mixed' (Q_tot greedy - Q_tot data; ODIS code)
     target_update: str         # 'hard' (copy every target_update_interval updates) or 'polyak' (tau each update)
     target_update_interval: int
     tau: float
@@ -71,9 +76,10 @@ class Config(common.BatchConfig):
             if not ok:
                 allowed = {"target_update_interval": ">= 1", "cql_weight": ">= 0", "lr": "> 0"}.get(key, "in [0, 1]")
                 raise UserInputError(f"algo.{key}={getattr(self, key)!r} of {self.name!r} is out of range: {allowed}")
-        if self.target_update not in TARGET_UPDATES:
-            raise UserInputError(f"algo.target_update={self.target_update!r} of {self.name!r} is not one of "
-                                 f"{list(TARGET_UPDATES)}")
+        for key, allowed_values in (("target_update", TARGET_UPDATES), ("conservative", CONSERVATIVE)):
+            if getattr(self, key) not in allowed_values:
+                raise UserInputError(f"algo.{key}={getattr(self, key)!r} of {self.name!r} is not one of "
+                                     f"{list(allowed_values)}")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -156,8 +162,13 @@ def build(cfg: Config, network: dict, env: EnvSpec) -> ValueAlgorithm:
         y = td_target(params, target_params, batch, jax.lax.stop_gradient(q))
         valid = common.td_valid(batch) & jnp.any(batch.active[:, :-1], axis=-1)
         td_loss = common.task_mean(0.5 * jnp.square(q_tot - y), valid, batch.task_ids, cfg.task_mean, ax)
-        gap = conservative_gap(q, batch.legals, batch.actions)
-        cql_loss = common.task_mean(gap, batch.active, batch.task_ids, cfg.task_mean, ax)
+        if cfg.conservative == "logsumexp":
+            gap = conservative_gap(q, batch.legals, batch.actions)
+            cql_loss = common.task_mean(gap, batch.active, batch.task_ids, cfg.task_mean, ax)
+        else:
+            greedy = jnp.where(batch.legals, jax.lax.stop_gradient(q), NEG).argmax(-1)
+            gap = mix(params, common.take_action(q, greedy), h, batch.active) - mix(params, q_data, h, batch.active)
+            cql_loss = common.task_mean(gap, jnp.any(batch.active, -1), batch.task_ids, cfg.task_mean, ax)
         total = td_loss + cfg.cql_weight * cql_loss
         return total, {"td_loss": common.global_sum(td_loss, ax), "cql_loss": common.global_sum(cql_loss, ax),
                        "q_tot": common.masked_mean(q_tot, valid, ax), "td_target": common.masked_mean(y, valid, ax),
