@@ -171,6 +171,8 @@ def test_acting_is_greedy_over_legal_actions_and_bad_config_is_refused(batch):
         _algo("updet_m", target_update="soft")
     with pytest.raises(UserInputError, match="conservative='cql'.*'logsumexp', 'greedy_mixed'"):
         _algo("updet_l", conservative="cql")
+    with pytest.raises(UserInputError, match="algo.mixer_width=6 of 'updet_m' must be divisible by algo.mixer_heads=4"):
+        _algo("updet_m", mixer_width=6, mixer_heads=4)
     with pytest.raises(UserInputError, match="algo.epsilon=2"):
         _algo("updet_l", epsilon=2.0)
 

@@ -88,6 +88,15 @@ class MixerAlgoConfig(Config):
     mixer_heads: int           #   attention heads
     mixer_mix_width: int       #   QMIX hidden layer
 
+    def __post_init__(self):
+        super().__post_init__()
+        for key in ("mixer_width", "mixer_heads", "mixer_mix_width"):
+            if getattr(self, key) < 1:
+                raise UserInputError(f"algo.{key}={getattr(self, key)!r} of {self.name!r} must be >= 1")
+        if self.mixer_width % self.mixer_heads:
+            raise UserInputError(f"algo.mixer_width={self.mixer_width} of {self.name!r} must be divisible by "
+                                 f"algo.mixer_heads={self.mixer_heads}")
+
     def mixer(self) -> MixerConfig:
         return MixerConfig(self.mixer_width, self.mixer_heads, self.mixer_mix_width)
 
