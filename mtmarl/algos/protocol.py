@@ -20,6 +20,9 @@ pair, with the update split into stages:
   -> (actions, aux, carry)`` for one environment step of all agents of one
   episode, ``init_carry()`` its recurrent state at an episode's start, and
   ``acting_params(state)``: the part of the train state that ``act`` reads.
+  ``observe(params, carry, reward) -> carry`` folds the team reward received
+  after each step into the carry (return-conditioned policies count their
+  return-to-go down with it); by default the carry passes through unchanged.
 * ``spec``: plain JSON describing how to rebuild it (name, configs, action
   count and the padded EnvSpec), stored in every checkpoint so a run restores without its config.
 """
@@ -50,6 +53,12 @@ def _state_params(state):
     return state.params
 
 
+def ignore_reward(params, carry, reward):
+    """The default ``observe``: the reward changes nothing the policy carries."""
+    del params, reward
+    return carry
+
+
 @dataclasses.dataclass(frozen=True, kw_only=True)
 class Algorithm:
     """An algorithm as the engine runs it (see the module docstring for each field's contract)."""
@@ -63,6 +72,7 @@ class Algorithm:
     init_carry: Callable
     spec: dict
     acting_params: Callable = _state_params
+    observe: Callable = ignore_reward  # (params, carry, reward) -> carry, after every env step
     # Not None: its value support (config keys v_min, v_max) is set from the data's range of returns
     # discounted by this factor, unless training.value_range is 'config' (HL-Gauss heads).
     value_range_discount: float | None = None

@@ -56,6 +56,7 @@ class Buffers(NamedTuple):
     first: jax.Array        # (M, L) bool: this step is the first of an episode
     active: jax.Array       # (M, N) bool: real agents of each task
     lengths: jax.Array      # (M,) int32 steps of each task's data
+    returns: jax.Array      # (M, L) float32 undiscounted return-to-go to each step's episode end
     obs_values: jax.Array | None = None  # (K,) float32 value of each code when obs holds codes
 
     def decode_obs(self, raw: jax.Array) -> jax.Array:
@@ -90,6 +91,7 @@ class Batch(NamedTuple):
     active: jax.Array       # (B, T, N) bool: agents the network and the losses count (all True if mask=False)
     real: jax.Array         # (B, T, N) bool: true agent mask (for metrics; equals active when mask=True)
     resets: jax.Array       # (B, T) bool: first step of an episode
+    returns: jax.Array      # (B, T) undiscounted return-to-go to the episode's end in the data (return-conditioning)
     task_ids: jax.Array     # (B,) int32 -- metrics / per-task loss weighting only, never a model input
     starts: jax.Array       # (B,) int32 start step in the task's data (diagnostics)
     perm: jax.Array         # (B, N) int32: batch agent j is dataset agent perm[b, j]
@@ -210,6 +212,7 @@ def make_buffers(tasks: Sequence[Mapping], seq_len: int, num_agents: int | None 
         obs[:] = np.searchsorted(table, 0.0)
     actions = np.full((M, L, N), noop, np.int32)
     rewards = np.zeros((M, L), np.float32)
+    returns = np.zeros((M, L), np.float32)
     terminals = np.zeros((M, L), bool)
     truncations = np.zeros((M, L), bool)
     legals = np.zeros((M, L, N, A), bool)
@@ -224,13 +227,14 @@ def make_buffers(tasks: Sequence[Mapping], seq_len: int, num_agents: int | None 
         actions[m, :l_m, :n_m] = d["actions"]
         legals[m, :l_m, :n_m] = d["legals"]
         rewards[m, :l_m] = d["rewards"]
+        returns[m, :l_m] = returns_to_go(d["rewards"], d["terminals"] | d["truncations"], 1.0)
         terminals[m, :l_m] = d["terminals"]
         truncations[m, :l_m] = d["truncations"]
         first[m, 0] = True
         first[m, 1:l_m] = d["terminals"][:-1] | d["truncations"][:-1]
         active[m, :n_m] = True
     return Buffers(*map(jnp.asarray, (obs, actions, rewards, terminals, truncations, legals, first, active,
-                                      np.asarray(lens, np.int32))),
+                                      np.asarray(lens, np.int32), returns)),
                    obs_values=None if table is None else jnp.asarray(table, jnp.float32))
 
 
@@ -308,6 +312,7 @@ def sample(buffers: Buffers, key: jax.Array, step, cfg: SamplerConfig) -> Batch:
         active=real if cfg.mask else jnp.ones_like(real),
         real=real,
         resets=buffers.first[m2, t_idx],
+        returns=buffers.returns[m2, t_idx],
         task_ids=task,
         starts=start,
         perm=perm,

@@ -1,9 +1,12 @@
 """Policies as pure functions the evaluator can compile.
 
 A policy is ``init_carry(params, num_agents) -> carry`` plus
-``act(params, obs, carry, key) -> (actions, carry)`` for one episode; the
-evaluator vmaps it over episodes. ``carry`` holds recurrent state (Sable's
-retention state later; nothing for the random policy).
+``act(params, obs, carry, key) -> (actions, carry)`` for one episode, and
+``observe(params, carry, reward) -> carry``, which the evaluator calls after
+every env step with the team reward received (a return-conditioned policy
+counts its return-to-go down; by default nothing changes). The evaluator vmaps
+them over episodes. ``carry`` holds recurrent state (Sable's retention state;
+nothing for the random policy).
 """
 
 from __future__ import annotations
@@ -16,9 +19,16 @@ import jax.numpy as jnp
 from mtmarl.envs import Observation
 
 
+def ignore_reward(params, carry, reward):
+    """The default ``Policy.observe``: the reward changes nothing."""
+    del params, reward
+    return carry
+
+
 class Policy(NamedTuple):
     init_carry: Callable[[Any, int], Any]
     act: Callable[[Any, Observation, Any, jax.Array], tuple[jax.Array, Any]]
+    observe: Callable[[Any, Any, jax.Array], Any] = ignore_reward
 
 
 def masked_sample(key: jax.Array, logits: jax.Array, action_mask: jax.Array) -> jax.Array:

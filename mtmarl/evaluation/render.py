@@ -25,6 +25,7 @@ def record_episode(env, policy: Policy, params: Any, key: jax.Array, max_steps: 
             state, ts, carry = loop
             actions, carry = policy.act(params, ts.observation, carry, jax.random.fold_in(act_key, t))
             state, ts = env.step(state, actions)
+            carry = policy.observe(params, carry, ts.reward)
             return (state, ts, carry), (state, ts.done)
 
         _, (states, done) = jax.lax.scan(body, (state, ts, carry), jnp.arange(steps))

@@ -52,11 +52,15 @@ def run_episodes(env, policy: Policy, params: Any, keys: jax.Array) -> EpisodeSt
     def act_step(key, obs, carry):
         return policy.act(params, obs, carry, key)
 
+    def observe(carry, reward):
+        return policy.observe(params, carry, reward)
+
     def body(loop):
         t, env_state, ts, carry, ret, length, won, done = loop
         step_keys = jax.vmap(jax.random.fold_in, in_axes=(0, None))(act_keys, t)
         actions, carry = jax.vmap(act_step)(step_keys, ts.observation, carry)
         env_state, ts = jax.vmap(env.step)(env_state, actions)
+        carry = jax.vmap(observe)(carry, ts.reward)
         ret = ret + jnp.where(done, 0.0, ts.reward)
         length = length + (~done)
         won = won | (~done & ts.success)
@@ -100,6 +104,9 @@ def run_task_episodes(envs, policy: Policy, params: Any, keys: jax.Array) -> Epi
     def act_step(key, obs, carry):
         return policy.act(params, obs, carry, key)
 
+    def observe(carry, reward):
+        return policy.observe(params, carry, reward)
+
     def body(loop):
         t, env_states, ts, carry, ret, length, won, done = loop
         step_keys = jax.vmap(jax.vmap(jax.random.fold_in, in_axes=(0, None)), in_axes=(0, None))(act_keys, t)
@@ -112,6 +119,7 @@ def run_task_episodes(envs, policy: Policy, params: Any, keys: jax.Array) -> Epi
                    for i, (env, s, a) in enumerate(zip(envs, env_states, actions))]
         env_states = tuple(s for s, _ in stepped)
         ts = jax.tree.map(lambda *xs: jnp.stack(xs), *(x for _, x in stepped))
+        carry = jax.vmap(jax.vmap(observe))(carry, ts.reward)
         live = ~done & (t < horizons)  # steps past a task's horizon never happen in run_episodes
         ret = ret + jnp.where(live, ts.reward, 0.0)
         length = length + live

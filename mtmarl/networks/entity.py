@@ -61,19 +61,26 @@ class Block(nn.Module):
 
 
 class EntityAgent(nn.Module):
-    """One step of one agent: ``(hidden (..., W), obs (..., O)) -> (new hidden, logits (..., A))``."""
+    """One step of one agent: ``(hidden (..., W), obs (..., O)) -> (new hidden, logits (..., A))``.
+
+    ``cond`` (..., C), optional: extra features (e.g. a return-to-go) read as one more token,
+    always present, placed after the entity tokens; an agent built without it has no such token.
+    """
 
     env: EnvSpec
     cfg: EntityConfig
 
     @nn.compact
-    def __call__(self, hidden, obs):
+    def __call__(self, hidden, obs, cond=None):
         groups = self.env.obs.split(obs)
         tokens, present = [hidden[..., None, :]], [jnp.ones(hidden.shape[:-1] + (1,), bool)]
         for g in self.env.obs.groups:
             x = groups[g.name]
             tokens.append(nn.Dense(self.cfg.width, name=f"embed_{g.name}")(x))
             present.append(jnp.any(x != 0, axis=-1))
+        if cond is not None:
+            tokens.append(nn.Dense(self.cfg.width, name="embed_cond")(cond)[..., None, :])
+            present.append(jnp.ones(hidden.shape[:-1] + (1,), bool))
         x, keep = jnp.concatenate(tokens, axis=-2), jnp.concatenate(present, axis=-1)
         for _ in range(self.cfg.depth):
             x = Block(self.cfg)(x, keep)
@@ -90,19 +97,25 @@ class EntityAgent(nn.Module):
         return new_hidden, jnp.concatenate(logits, axis=-1)
 
 
-def unroll(agent: EntityAgent, params, obs, resets, hidden0=None):
+def unroll(agent: EntityAgent, params, obs, resets, hidden0=None, cond=None, hiddens: bool = False):
     """Logits of a sequence: ``obs`` (B, T, N, O), ``resets`` (B, T) -> (B, T, N, A).
 
     The history token starts at zero and is zeroed again at every episode start.
+    ``cond`` (B, T, N, C): the agent's extra token input at every step (None: none).
+    ``hiddens=True`` also returns each step's new history token (B, T, N, W), the
+    agent's embedding of what it has seen (e.g. a mixer's per-agent input).
     """
     B, T, N, _ = obs.shape
     h = jnp.zeros((B, N, agent.cfg.width), obs.dtype) if hidden0 is None else hidden0
+    time_major = lambda x: None if x is None else jnp.moveaxis(x, 1, 0)  # noqa: E731
 
     def step(h, xs):
-        o, r = xs
+        o, r, c = xs
         h = jnp.where(r[:, None, None], 0.0, h)
-        h, logits = agent.apply(params, h, o)
-        return h, logits
+        h, logits = agent.apply(params, h, o, c)
+        return h, (logits, h)
 
-    _, logits = jax.lax.scan(step, h, (jnp.moveaxis(obs, 1, 0), jnp.moveaxis(resets, 1, 0)))
+    _, (logits, hs) = jax.lax.scan(step, h, (time_major(obs), time_major(resets), time_major(cond)))
+    if hiddens:
+        return jnp.moveaxis(logits, 0, 1), jnp.moveaxis(hs, 0, 1)
     return jnp.moveaxis(logits, 0, 1)

@@ -4,7 +4,8 @@ The carry is the algorithm's recurrent state of one episode (``algo.init_carry``
 for the Sable algorithms the retention state, with agents decoded in a fresh
 random order at every step, as in training); the first step of an episode
 (``step_count == 0``) is flagged as a reset. ``greedy=True`` takes the arg-max
-action instead of sampling. ``params`` are ``algo.acting_params(state)``.
+action instead of sampling. ``params`` are ``algo.acting_params(state)``;
+``observe`` is the algorithm's (the reward received after each step).
 """
 
 from __future__ import annotations
@@ -24,4 +25,4 @@ def make_policy(algo: Algorithm, greedy: bool = False) -> Policy:
                                      reset, key, greedy=greedy)
         return actions, carry
 
-    return Policy(init_carry=init_carry, act=act)
+    return Policy(init_carry=init_carry, act=act, observe=algo.observe)

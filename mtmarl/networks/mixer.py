@@ -1,0 +1,73 @@
+"""Multi-task QMIX-style attention mixer over a variable number of agents (UPDeT-m, ODIS).
+
+Why: QMIX mixes per-agent Q values with a state-conditioned network whose
+weights are non-negative, so Q_tot is monotonic in every agent's Q and the
+per-agent arg-max is the joint arg-max. Its hypernetworks read a fixed-size
+state, which ties it to one map; the multi-task mixers of the skill systems
+(ODIS's ``mt_qattn``) read per-entity embeddings through attention instead, so
+one mixer serves maps with any number of agents. Here each agent contributes an
+embedding (e.g. the entity agent's history token, which has attended to its own
+observation's entity tokens); padded or inactive agents are masked out of the
+attention, the pooling and the sum.
+
+With ``h_i`` the agents' embeddings after masked self-attention and ``p`` their
+masked mean:
+
+    hidden_k = elu(sum_i |W1(h_i)|_k * q_i + b1(p)_k),   k < mix_width
+    Q_tot    = sum_k |w2(p)|_k * hidden_k + b2(p)
+
+``|.|`` keeps every mixing weight >= 0 and elu is increasing, so
+``dQ_tot / dq_i >= 0``; the attention is permutation-equivariant and the sums
+invariant, so Q_tot does not depend on the agents' order, and a masked agent
+reaches nothing (its weight is zeroed, it is no attention key, it is out of
+the mean), so padding a task with inactive agents leaves Q_tot unchanged.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+
+import flax.linen as nn
+import jax.numpy as jnp
+
+from mtmarl.errors import UserInputError
+
+
+@dataclasses.dataclass(frozen=True)
+class MixerConfig:
+    width: int = 32      # embedding width inside the mixer (attention and hypernetworks)
+    heads: int = 1       # attention heads
+    mix_width: int = 32  # QMIX hidden layer of the mixing network
+
+    def __post_init__(self):
+        if self.width < 1 or self.heads < 1 or self.mix_width < 1 or self.width % self.heads:
+            raise UserInputError(f"attention mixer needs positive sizes and width divisible by heads, got {self}")
+
+
+class AttentionMixer(nn.Module):
+    """``(qs (..., N), embeds (..., N, E), mask (..., N) bool) -> Q_tot (...)`` (module docstring)."""
+
+    cfg: MixerConfig
+
+    @nn.compact
+    def __call__(self, qs, embeds, mask):
+        w = self.cfg.width
+        m = mask.astype(qs.dtype)
+        x = nn.Dense(w, name="embed")(embeds)
+        attn_mask = (mask[..., None, :] & mask[..., :, None])[..., None, :, :]  # (..., 1 head, N query, N key)
+        x = x + nn.MultiHeadDotProductAttention(num_heads=self.cfg.heads, qkv_features=w, name="attention")(
+            x, x, mask=attn_mask)
+        x = nn.LayerNorm(name="norm")(x)
+        x = jnp.where(mask[..., None], x, 0.0)
+        pooled = jnp.sum(x, axis=-2) / jnp.maximum(jnp.sum(m, axis=-1, keepdims=True), 1.0)
+        w1 = jnp.abs(nn.Dense(self.cfg.mix_width, name="hyper_w1")(x)) * m[..., None]       # (..., N, K)
+        b1 = nn.Dense(self.cfg.mix_width, name="hyper_b1")(pooled)                           # (..., K)
+        hidden = nn.elu(jnp.einsum("...n,...nk->...k", jnp.where(mask, qs, 0.0), w1) + b1)
+        w2 = jnp.abs(nn.Dense(self.cfg.mix_width, name="hyper_w2")(pooled))                  # (..., K)
+        b2 = nn.Dense(1, name="hyper_b2_out")(nn.relu(nn.Dense(w, name="hyper_b2")(pooled)))[..., 0]
+        return jnp.sum(w2 * hidden, axis=-1) + b2
+
+
+def vdn(qs, mask):
+    """VDN: Q_tot = the sum of the active agents' Q values (UPDeT-l)."""
+    return jnp.sum(jnp.where(mask, qs, 0.0), axis=-1)
