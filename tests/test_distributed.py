@@ -7,6 +7,7 @@ import subprocess
 import sys
 import textwrap
 
+import numpy as np
 import pytest
 
 from mtmarl.distributed import settings
@@ -92,10 +93,107 @@ def test_two_cpu_processes_share_collectives(tmp_path):
         assert o["sum"] == 2 * 1.0 + 2 * 2.0  # each process's 2 devices hold its id + 1
 
 
-def test_train_refuses_several_processes_before_starting_them():
-    """The learner is data-parallel within one process only: several processes are refused up front."""
+TASK = "connector:grid=5,agents=2,horizon=8"
+
+TRAIN_WORKER = textwrap.dedent("""
+    import json, sys
+    from pathlib import Path
+    import jax, numpy as np
+    from hydra import compose, initialize_config_dir
+    from mtmarl import train
+    from mtmarl.configs import CONFIG_DIR
+
+    pid, port, root, run_dir, out = int(sys.argv[1]), sys.argv[2], sys.argv[3], Path(sys.argv[4]), sys.argv[5]
+    got, start = {}, train._start_processes
+
+    def start_then_spy(dist):  # keep run_training's final carry; its module starts JAX, so only after the start
+        started = start(dist)
+        from mtmarl.training import loop
+        real = loop.run_training
+        loop.run_training = lambda *a, **k: got.setdefault("out", real(*a, **k))
+        return started
+
+    train._start_processes = start_then_spy
+    overrides = ["+algo=mt_bc_sable", "task='%s'", f"data.root={root}", "network=tiny", "network.embed_dim=16",
+                 "training=quick", "training.updates=4", "training.updates_per_call=2", "training.batch_size=4",
+                 "training.seq_len=8", "training.checkpoint_every=2", "eval.episodes=2", "algo.lr=1e-2",
+                 "logger.progress=false", "logger.neptune=false"]
+    if pid >= 0:  # else one process (the reference)
+        overrides += [f"distributed.coordinator_address=127.0.0.1:{port}", "distributed.num_processes=2",
+                      f"distributed.process_id={pid}"]
+    with initialize_config_dir(str(CONFIG_DIR), version_base=None):
+        cfg = compose("train", overrides)
+    rows = train.run(cfg, run_dir=run_dir)
+    np.savez(out, *jax.tree.leaves(got["out"]["carry"]))
+    print(json.dumps({"processes": jax.process_count(), "devices": jax.device_count(), "rows": len(rows)}))
+""" % TASK)
+
+
+def _spawn(script, args, devices: int):
+    env = dict(os.environ, PYTHONPATH=ROOT + os.pathsep + os.environ.get("PYTHONPATH", ""),
+               XLA_FLAGS=f"--xla_force_host_platform_device_count={devices}", JAX_PLATFORMS="cpu",
+               JAX_DISABLE_MOST_OPTIMIZATIONS="true", PYTHONWARNINGS="ignore")
+    return subprocess.Popen([sys.executable, str(script), *map(str, args)], stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True, env=env)
+
+
+def _finish(procs, timeout=600):
+    outs = []
+    for p in procs:
+        try:
+            out, err = p.communicate(timeout=timeout)
+        except subprocess.TimeoutExpired:
+            for q in procs:
+                q.kill()
+            raise
+        assert p.returncode == 0, err[-3000:]
+        outs.append(json.loads(out.strip().splitlines()[-1]))
+    return outs
+
+
+def test_two_processes_train_the_parameters_of_one_process_with_two_devices(tmp_path):
+    """2 processes x 1 CPU device (gloo) train what 1 process x 2 devices trains; only process 0 writes.
+
+    Every device takes slice d (its global index) of the same global batch, so the two layouts compute the
+    same update; parameters agree up to the order of float reductions.
+    """
+    from helpers import synthetic_vault
+
+    synthetic_vault(tmp_path / "vaults", TASK)
+    script = tmp_path / "train_worker.py"
+    script.write_text(TRAIN_WORKER)
+    port = _free_port()
+    runs = [tmp_path / "run", tmp_path / "run_p1", tmp_path / "run_ref"]
+    procs = [_spawn(script, [pid, port, tmp_path / "vaults", run, tmp_path / f"params{pid}.npz"], devices=1)
+             for pid, run in enumerate(runs[:2])]
+    procs.append(_spawn(script, [-1, 0, tmp_path / "vaults", runs[2], tmp_path / "params_ref.npz"], devices=2))
+    outs = _finish(procs)
+    assert [(o["processes"], o["devices"]) for o in outs] == [(2, 2), (2, 2), (1, 2)]
+    assert outs[0]["rows"] == outs[2]["rows"] == 1 and outs[1]["rows"] == 0  # process 0 evaluates
+    ref = np.load(tmp_path / "params_ref.npz")
+    for pid in (0, 1):
+        got = np.load(tmp_path / f"params{pid}.npz")
+        assert len(got.files) == len(ref.files)
+        for name in ref.files:
+            np.testing.assert_allclose(got[name], ref[name], rtol=1e-5, atol=1e-6, err_msg=name)
+    # process 0 alone wrote its run directory (checkpoints, results); process 1 touched nothing
+    assert (runs[0] / "results.json").is_file() and (runs[0] / "checkpoints" / "latest").is_dir()
+    assert not runs[1].exists()
+    assert int(ref[ref.files[-1]]) == 4  # the carry's last leaf counts the updates done
+
+
+def test_train_starts_the_processes_from_the_distributed_section(monkeypatch):
+    """``auto=true`` hands detection to ``jax.distributed.initialize`` (no arguments: SLURM, Open MPI);
+    explicit settings switch detection off; none means one process and no call."""
+    import jax
+
     from mtmarl.train import _start_processes
 
-    _start_processes(None)  # one process: nothing to do
-    with pytest.raises(UserInputError, match="multi-process training is not supported yet"):
-        _start_processes({"coordinator_address": "127.0.0.1:1", "num_processes": 2, "process_id": 0})
+    calls = []
+    monkeypatch.setattr(jax.distributed, "initialize", lambda **kw: calls.append(kw))
+    assert not _start_processes(None) and not calls
+    assert _start_processes({"auto": True, "coordinator_address": None, "num_processes": None, "process_id": None})
+    assert _start_processes({"coordinator_address": "h:1", "num_processes": 2, "process_id": 1,
+                             "local_device_ids": [0, 1]})
+    assert calls == [{}, {"coordinator_address": "h:1", "num_processes": 2, "process_id": 1,
+                          "local_device_ids": [0, 1], "cluster_detection_method": "deactivate"}]

@@ -119,8 +119,17 @@ class Checkpointer:
 
         self.ocp = ocp
         self.directory = Path(directory).resolve()
+        # Several processes: only process 0 checkpoints (the carry is the same everywhere), so Orbax must not
+        # wait for the others at its barriers; it then leaves creating the directories to us.
+        alone = {} if jax.process_count() == 1 else {"create": False, "multiprocessing_options":
+                                                     ocp.options.MultiprocessingOptions(
+                                                         primary_host=jax.process_index(),
+                                                         active_processes={jax.process_index()})}
+        if alone:
+            for kind in ("latest", "best"):
+                (self.directory / kind).mkdir(parents=True, exist_ok=True)
         opts = lambda n: ocp.CheckpointManagerOptions(  # noqa: E731
-            max_to_keep=n, create=True, enable_async_checkpointing=False)
+            **{"max_to_keep": n, "create": True, "enable_async_checkpointing": False, **alone})
         self.latest = ocp.CheckpointManager(self.directory / "latest", options=opts(max(1, keep)))
         self.best = ocp.CheckpointManager(self.directory / "best", options=opts(1))
 
