@@ -24,7 +24,8 @@ derived from ``SLURM_JOB_ID``, the count is ``SLURM_NTASKS`` and the id
 before the runtime starts (ignored by GPU/TPU backends).
 
 The trainer's other cross-process needs are here too (:func:`is_main`,
-:func:`wait_for_main`, :func:`broadcast_from_main`, :func:`max_over_processes`):
+:func:`announce_start` / :func:`await_start`, :func:`wait_for_main`,
+:func:`broadcast_from_main`, :func:`max_over_processes`):
 process 0 alone writes the run directory and evaluates, the others wait for it
 at coordination-service barriers (which have a timeout of their own, unlike a
 device collective that one process would enter long before the other).
@@ -129,11 +130,30 @@ def wait_for_main(name: str, timeout_s: float = WAIT_S) -> None:
     it for minutes (process 0 evaluating) is what it is for, and a process that
     died makes it fail instead of hang.
     """
-    if jax.process_count() == 1:
-        return
+    if jax.process_count() > 1:
+        _client().wait_at_barrier(f"mtmarl/{name}", int(timeout_s * 1000))
+
+
+def _client():
     from jax._src.distributed import global_state
 
-    global_state.client.wait_at_barrier(f"mtmarl/{name}", int(timeout_s * 1000))
+    return global_state.client
+
+
+def announce_start(refusal: str | None = None) -> None:
+    """Process 0: tell the others the run goes ahead (the run directory is locked, the data is there),
+    or why it does not. Without it, a refusal on process 0 would leave them waiting."""
+    if jax.process_count() > 1:
+        _client().key_value_set("mtmarl/start", refusal or "ok", allow_overwrite=True)
+
+
+def await_start(timeout_s: float = WAIT_S) -> None:
+    """The other processes: wait for :func:`announce_start`; process 0's refusal becomes theirs."""
+    if jax.process_count() == 1:
+        return
+    verdict = _client().blocking_key_value_get("mtmarl/start", int(timeout_s * 1000))
+    if verdict != "ok":
+        raise UserInputError(f"process 0 did not start the run: {verdict}")
 
 
 def broadcast_from_main(tree):

@@ -83,7 +83,10 @@ def run(cfg: DictConfig, run_dir: Path | None = None, stop_after: int | None = N
     try:
         return _run(cfg, run_dir, stop_after)
     except UserInputError:
-        _drop_hydra_dir(run_dir)
+        from mtmarl.distributed import is_main
+
+        if is_main():  # the directory is process 0's alone
+            _drop_hydra_dir(run_dir)
         raise
 
 
@@ -91,16 +94,26 @@ def _run(cfg: DictConfig, run_dir: Path, stop_after: int | None) -> list[dict[st
     # First: jax.distributed.initialize must precede anything that starts a JAX backend, and importing the
     # envs (Jumanji: the imports below, the config checks) already does. Its own settings are checked inside.
     _start_processes(OmegaConf.to_container(cfg.distributed, resolve=True) if cfg.get("distributed") else None)
-    from mtmarl.distributed import is_main
+    from mtmarl.distributed import announce_start, is_main
+
+    plain = _resolve(cfg)
+    if not is_main():
+        return _follow(cfg, plain, run_dir, stop_after)
+    try:
+        return _lead(cfg, plain, run_dir, stop_after)
+    except UserInputError as err:  # several processes: the others wait for process 0's go-ahead; tell them
+        announce_start(str(err))
+        raise
+
+
+def _lead(cfg: DictConfig, plain: dict[str, Any], run_dir: Path, stop_after: int | None) -> list[dict[str, Any]]:
+    """Process 0 (the only one, usually): owns the run directory, trains, evaluates, writes the results."""
     from mtmarl.evaluate import resolve_task_set
     from mtmarl.evaluation.references import default_path, load_references
     from mtmarl.training.data import check_vaults
     from mtmarl.training.rundir import RunDirLock
     from mtmarl.training.stop import Interrupted, catch_signals, resume_command
 
-    plain = _resolve(cfg)
-    if not is_main():
-        return _follow(cfg, plain, run_dir, stop_after)
     task_set = resolve_task_set(cfg)
     references = load_references(cfg.references or default_path(cfg.data.root))
     if not plain["data"].get("hub"):

@@ -182,6 +182,75 @@ def test_two_processes_train_the_parameters_of_one_process_with_two_devices(tmp_
     assert int(ref[ref.files[-1]]) == 4  # the carry's last leaf counts the updates done
 
 
+def test_a_refusal_on_process_0_stops_every_process_with_its_reason(tmp_path):
+    """Process 0 refuses (no vaults under data.root): the other process is told why instead of waiting for it."""
+    script = tmp_path / "train_worker.py"
+    script.write_text(TRAIN_WORKER)
+    port = _free_port()
+    procs = [_spawn(script, [pid, port, tmp_path / "empty", tmp_path / f"run{pid}", tmp_path / "unused.npz"], 1)
+             for pid in (0, 1)]
+    errs = []
+    for p in procs:
+        _, err = p.communicate(timeout=300)
+        assert p.returncode == 2, err[-3000:]
+        errs.append(err)
+    assert "training vault(s)" in errs[0] and "process 0 did not start the run" not in errs[0]
+    assert "process 0 did not start the run" in errs[1] and "training vault(s)" in errs[1]
+    assert not any((tmp_path / f"run{pid}").exists() for pid in (0, 1))
+
+
+SLURM_WORKER = textwrap.dedent("""
+    import json
+    import jax, jax.numpy as jnp, numpy as np
+    from jax.experimental import multihost_utils
+    from mtmarl.distributed import initialize
+
+    assert initialize({"auto": True, "cpu_collectives": "gloo"})  # everything from the SLURM variables
+    gathered = multihost_utils.process_allgather(jnp.array([jax.process_index() + 1.0]))
+    print(json.dumps({"process_index": jax.process_index(), "process_count": jax.process_count(),
+                      "gathered": np.asarray(gathered).ravel().tolist()}))
+""")
+
+
+def test_auto_detects_two_processes_from_slurm_variables(tmp_path):
+    """``distributed.auto=true`` under (simulated) SLURM: JAX reads count, id and coordinator node itself."""
+    script = tmp_path / "slurm_worker.py"
+    script.write_text(SLURM_WORKER)
+    slurm = {"SLURM_JOB_ID": "4242", "SLURM_STEP_NODELIST": "localhost", "SLURM_NTASKS": "2",
+             "SLURM_LOCALID": "0", "JAX_COORDINATOR_PORT": str(_free_port())}  # the port: else one from the job id
+    procs = []
+    for pid in (0, 1):
+        env = dict(os.environ, PYTHONPATH=ROOT + os.pathsep + os.environ.get("PYTHONPATH", ""),
+                   XLA_FLAGS="--xla_force_host_platform_device_count=1", JAX_PLATFORMS="cpu",
+                   SLURM_PROCID=str(pid), **slurm)
+        procs.append(subprocess.Popen([sys.executable, str(script)], stdout=subprocess.PIPE,
+                                      stderr=subprocess.PIPE, text=True, env=env))
+    outs = _finish(procs, timeout=240)
+    assert [(o["process_index"], o["process_count"]) for o in outs] == [(0, 2), (1, 2)]
+    assert all(o["gathered"] == [1.0, 2.0] for o in outs)
+
+
+def test_the_train_config_selects_auto_detection():
+    """``distributed.auto=true`` (+ local_device_ids) composes, passes the config checks, and initialises
+    with nothing but the device ids."""
+    from hydra import compose, initialize_config_dir
+    from omegaconf import OmegaConf
+
+    from mtmarl.config_check import check_train_config
+    from mtmarl.configs import CONFIG_DIR
+
+    with initialize_config_dir(str(CONFIG_DIR), version_base=None):
+        cfg = compose("train", ["+algo=mt_bc_sable", "+tasks=lbf_5", "distributed.auto=true",
+                                "distributed.local_device_ids=[0,1]"])
+    plain = OmegaConf.to_container(cfg, resolve=True)
+    check_train_config(plain)
+    assert settings(plain["distributed"]) == {"local_device_ids": [0, 1]}
+    with pytest.raises(UserInputError, match="distributed.auto must be true or false"):
+        settings({**plain["distributed"], "auto": "yes"})
+    with pytest.raises(UserInputError, match="local_device_ids must be"):
+        settings({**plain["distributed"], "local_device_ids": [-1]})
+
+
 def test_train_starts_the_processes_from_the_distributed_section(monkeypatch):
     """``auto=true`` hands detection to ``jax.distributed.initialize`` (no arguments: SLURM, Open MPI);
     explicit settings switch detection off; none means one process and no call."""

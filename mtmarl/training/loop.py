@@ -22,7 +22,8 @@ import numpy as np
 from mtmarl.algos import registry
 from mtmarl.algos.protocol import Algorithm
 from mtmarl.atomic import atomic_write_text
-from mtmarl.distributed import broadcast_from_main, is_main, max_over_processes, wait_for_main
+from mtmarl.distributed import announce_start, await_start, broadcast_from_main, is_main, max_over_processes, \
+    wait_for_main
 from mtmarl.data.batching import return_range
 from mtmarl.envs.layout import EnvSpec
 from mtmarl.errors import NonFiniteMetricError, UserInputError
@@ -216,10 +217,10 @@ def run_training(cfg: Mapping[str, Any], task_set: TaskSet, run_dir: Path, refer
     training, seed = cfg["training"], int(cfg["seed"])
     main = is_main()  # process 0 (the only one in a single-process run)
     if not main:  # process 0 fetches first; on a shared file system the others then find the vaults there
-        wait_for_main("fetched")
+        await_start()
     fetch_missing(task_set, cfg["data"]["root"], cfg["data"].get("hub"), cfg["data"].get("hub_manifest"))
     if main:
-        wait_for_main("fetched")
+        announce_start()  # a refusal before this point is announced by mtmarl.train
     data = load_task_data(task_set, cfg["data"]["root"], cfg["data"]["uid"], cfg["data"]["verify"],
                           float(cfg["data"]["fraction"]))
     algo = algo_for_data(cfg, data, task_set.env_spec)
