@@ -104,6 +104,7 @@ TRAIN_WORKER = textwrap.dedent("""
     from mtmarl.configs import CONFIG_DIR
 
     pid, port, root, run_dir, out = int(sys.argv[1]), sys.argv[2], sys.argv[3], Path(sys.argv[4]), sys.argv[5]
+    stop_after, resume = int(sys.argv[6]) or None, sys.argv[7]  # stop after that many updates / resume
     got, start = {}, train._start_processes
 
     def start_then_spy(dist):  # keep run_training's final carry; its module starts JAX, so only after the start
@@ -116,14 +117,15 @@ TRAIN_WORKER = textwrap.dedent("""
     train._start_processes = start_then_spy
     overrides = ["+algo=mt_bc_sable", "task='%s'", f"data.root={root}", "network=tiny", "network.embed_dim=16",
                  "training=quick", "training.updates=4", "training.updates_per_call=2", "training.batch_size=4",
-                 "training.seq_len=8", "training.checkpoint_every=2", "eval.episodes=2", "algo.lr=1e-2",
-                 "logger.progress=false", "logger.neptune=false"]
+                 "training.seq_len=8", "training.checkpoint_every=2", "training.eval_every=2",
+                 "training.eval_episodes=2", "eval.episodes=2", "algo.lr=1e-2", "logger.progress=false",
+                 "logger.neptune=false", f"resume={resume}"]
     if pid >= 0:  # else one process (the reference)
         overrides += [f"distributed.coordinator_address=127.0.0.1:{port}", "distributed.num_processes=2",
                       f"distributed.process_id={pid}"]
     with initialize_config_dir(str(CONFIG_DIR), version_base=None):
         cfg = compose("train", overrides)
-    rows = train.run(cfg, run_dir=run_dir)
+    rows = train.run(cfg, run_dir=run_dir, stop_after=stop_after)
     np.savez(out, *jax.tree.leaves(got["out"]["carry"]))
     print(json.dumps({"processes": jax.process_count(), "devices": jax.device_count(), "rows": len(rows)}))
 """ % TASK)
@@ -151,35 +153,56 @@ def _finish(procs, timeout=600):
     return outs
 
 
-def test_two_processes_train_the_parameters_of_one_process_with_two_devices(tmp_path):
-    """2 processes x 1 CPU device (gloo) train what 1 process x 2 devices trains; only process 0 writes.
+def _two_processes_and_reference(tmp_path, resume_midway: bool) -> None:
+    """Train 4 updates with 2 processes x 1 CPU device (gloo), and with 1 process x 2 devices; compare.
 
-    Every device takes slice d (its global index) of the same global batch, so the two layouts compute the
-    same update; parameters agree up to the order of float reductions.
+    ``resume_midway``: the 2-process run stops after 2 updates and a second 2-process run resumes it.
     """
     from helpers import synthetic_vault
 
     synthetic_vault(tmp_path / "vaults", TASK)
     script = tmp_path / "train_worker.py"
     script.write_text(TRAIN_WORKER)
-    port = _free_port()
     runs = [tmp_path / "run", tmp_path / "run_p1", tmp_path / "run_ref"]
-    procs = [_spawn(script, [pid, port, tmp_path / "vaults", run, tmp_path / f"params{pid}.npz"], devices=1)
-             for pid, run in enumerate(runs[:2])]
-    procs.append(_spawn(script, [-1, 0, tmp_path / "vaults", runs[2], tmp_path / "params_ref.npz"], devices=2))
-    outs = _finish(procs)
+    two = lambda *how: [_spawn(script, [pid, port, tmp_path / "vaults", run, tmp_path / f"params{pid}.npz", *how],
+                               devices=1) for pid, run in enumerate(runs[:2])]  # noqa: E731
+    ref = _spawn(script, [-1, 0, tmp_path / "vaults", runs[2], tmp_path / "params_ref.npz", 0, "false"], devices=2)
+    port = _free_port()
+    if resume_midway:
+        assert [o["rows"] for o in _finish(two(2, "false"))] == [0, 0]  # stopped: no final evaluation
+        port = _free_port()
+    outs = _finish(two(0, str(resume_midway).lower()) + [ref])
     assert [(o["processes"], o["devices"]) for o in outs] == [(2, 2), (2, 2), (1, 2)]
     assert outs[0]["rows"] == outs[2]["rows"] == 1 and outs[1]["rows"] == 0  # process 0 evaluates
     ref = np.load(tmp_path / "params_ref.npz")
+    assert int(ref[ref.files[-1]]) == 4  # the carry's last leaf counts the updates done
     for pid in (0, 1):
         got = np.load(tmp_path / f"params{pid}.npz")
         assert len(got.files) == len(ref.files)
         for name in ref.files:
             np.testing.assert_allclose(got[name], ref[name], rtol=1e-5, atol=1e-6, err_msg=name)
-    # process 0 alone wrote its run directory (checkpoints, results); process 1 touched nothing
+    # process 0 alone wrote its run directory (one log, checkpoints, results); process 1 touched nothing
+    metrics = (runs[0] / "metrics.jsonl").read_text()
+    assert "eval/train_score" in metrics and ("run/resumed_from" in metrics) == resume_midway
     assert (runs[0] / "results.json").is_file() and (runs[0] / "checkpoints" / "latest").is_dir()
     assert not runs[1].exists()
-    assert int(ref[ref.files[-1]]) == 4  # the carry's last leaf counts the updates done
+
+
+def test_two_processes_train_the_parameters_of_one_process_with_two_devices(tmp_path):
+    """2 processes x 1 device train what 1 process x 2 devices trains; only process 0 writes and evaluates.
+
+    Every device takes slice d (its global index) of the same global batch, so the two layouts compute the
+    same update; parameters agree up to the order of float reductions. Process 1 waits for process 0's
+    periodic evaluation (update 2) and final one at barriers.
+    """
+    _two_processes_and_reference(tmp_path, resume_midway=False)
+
+
+@pytest.mark.slow
+def test_two_processes_resume_on_process_0s_checkpoint(tmp_path):
+    """Stopped after 2 of 4 updates and resumed: process 0 reads its checkpoint and hands the carry to
+    process 1; the result is still that of 1 uninterrupted process with 2 devices."""
+    _two_processes_and_reference(tmp_path, resume_midway=True)
 
 
 def test_a_refusal_on_process_0_stops_every_process_with_its_reason(tmp_path):
@@ -187,8 +210,8 @@ def test_a_refusal_on_process_0_stops_every_process_with_its_reason(tmp_path):
     script = tmp_path / "train_worker.py"
     script.write_text(TRAIN_WORKER)
     port = _free_port()
-    procs = [_spawn(script, [pid, port, tmp_path / "empty", tmp_path / f"run{pid}", tmp_path / "unused.npz"], 1)
-             for pid in (0, 1)]
+    procs = [_spawn(script, [pid, port, tmp_path / "empty", tmp_path / f"run{pid}", tmp_path / "unused.npz", 0,
+                             "false"], 1) for pid in (0, 1)]
     errs = []
     for p in procs:
         _, err = p.communicate(timeout=300)
