@@ -208,3 +208,23 @@ class Checkpointer:
     def close(self) -> None:
         self.latest.close()
         self.best.close()
+
+
+class NoCheckpoints(Checkpointer):
+    """What a process other than 0 holds in a multi-process run: it keeps no checkpoints (process 0 does, of
+    the same carry) and finds none to resume from (process 0 hands it its carry)."""
+
+    def __init__(self, directory: str | Path, keep: int = 2):
+        self.directory = Path(directory).resolve()
+
+    def save_latest(self, step: int, carry: Carry, meta: dict[str, Any]) -> None:
+        pass
+
+    def save_best(self, step: int, carry: Carry, meta: dict[str, Any]) -> None:
+        pass
+
+    def latest_step(self, which: str = "latest") -> int | None:
+        return None
+
+    def close(self) -> None:
+        pass

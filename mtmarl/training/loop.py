@@ -31,7 +31,7 @@ from mtmarl.evaluation.references import reference_for
 from mtmarl.evaluation.results import summarise, task_info
 from mtmarl.evaluation.rollout import make_task_set_evaluator
 from mtmarl.tasks import TaskSet
-from mtmarl.training.checkpoint import Checkpointer, is_better, train_score
+from mtmarl.training.checkpoint import Checkpointer, NoCheckpoints, is_better, train_score
 from mtmarl.training.data import build_buffers, fetch_missing, load_task_data, release_freed_memory
 from mtmarl.training.engine import Carry, Learner
 from mtmarl.training.policy import make_policy
@@ -239,12 +239,11 @@ def run_training(cfg: Mapping[str, Any], task_set: TaskSet, run_dir: Path, refer
     eval_every = _round_to(int(training["eval_every"]), K)
     ckpt_every = _round_to(int(training["checkpoint_every"]), K)
 
-    ckpt = Checkpointer(run_dir / "checkpoints", int(training["keep_checkpoints"])) if main else None
-    ckpt_dir = run_dir / "checkpoints"
+    ckpt = (Checkpointer if main else NoCheckpoints)(run_dir / "checkpoints", int(training["keep_checkpoints"]))
     carry = learner.init(seed)
     template = carry
     best, best_step, done = None, None, 0
-    if main and cfg.get("resume") and ckpt.latest_step() is not None:
+    if cfg.get("resume") and ckpt.latest_step() is not None:
         check_same_algorithm(ckpt.meta("latest"), algo, ckpt.directory)
         carry, meta = ckpt.restore(template, "latest")
         done, best, best_step = int(meta["updates"]), meta.get("best_score"), meta.get("best_step")
@@ -268,14 +267,14 @@ def run_training(cfg: Mapping[str, Any], task_set: TaskSet, run_dir: Path, refer
     # Memory (issue 20): compiling the set's evaluation program allocates about 1.5 GB for rware_15, most of it
     # freed afterwards but kept mapped by glibc. Compiled before the training program and trimmed at once, that
     # peak no longer stacks on the training program's memory; every evaluation is trimmed after it too.
-    if main:
+    if periodic is not None:
         periodic.compile(algo.acting_params(carry.state), eval_splits)
         release_freed_memory()
 
     def evaluate_and_select(step: int, carry: Carry):
         """Process 0 evaluates and checkpoints the best; the others wait for it (not in a device collective)."""
         nonlocal best, best_step, rows
-        if not main:
+        if periodic is None:  # not process 0
             wait_for_main(f"evaluated-{step}")
             return
         rows = periodic(algo.acting_params(carry.state), step, eval_splits)
@@ -303,12 +302,11 @@ def run_training(cfg: Mapping[str, Any], task_set: TaskSet, run_dir: Path, refer
         stage = learner.stage(done)
         carry, metrics = learner.run(carry)
         try:
-            check_finite(metrics, carry, done + 1, done + K, ckpt_dir, last_saved)
+            check_finite(metrics, carry, done + 1, done + K, ckpt.directory, last_saved)
         except NonFiniteMetricError:  # the same on every process: the carry and metrics are global
             if log is not None:
                 log.log(done + K, metrics)  # the offending values go into metrics.jsonl too
-            if main:
-                ckpt.close()
+            ckpt.close()
             raise
         done += K
         if log is not None:
@@ -318,25 +316,22 @@ def run_training(cfg: Mapping[str, Any], task_set: TaskSet, run_dir: Path, refer
         if eval_every and done % eval_every == 0 and done < total:
             evaluate_and_select(done, carry)
         if (ckpt_every and done % ckpt_every == 0) or done == total:
-            if main:
-                ckpt.save_latest(done, carry, {**describe(done), "best_score": best, "best_step": best_step})
+            ckpt.save_latest(done, carry, {**describe(done), "best_score": best, "best_step": best_step})
             last_saved = done
         # Ctrl-C / SIGTERM (mtmarl.training.stop): checkpoint this call's result, stop. Several processes stop
         # together when any of them got a signal (each asks the others once per call).
         signum = max_over_processes(requested() or 0) or None
         if signum is not None and done < total:
-            if main:
-                if last_saved != done:
-                    ckpt.save_latest(done, carry, {**describe(done), "best_score": best, "best_step": best_step})
-                ckpt.close()
+            if last_saved != done:
+                ckpt.save_latest(done, carry, {**describe(done), "best_score": best, "best_step": best_step})
+            ckpt.close()
             raise Interrupted(signum, done)
         if stop_after is not None and done >= stop_after:
             break
     train_seconds = time.perf_counter() - t_train
     if done >= total:
         evaluate_and_select(done, carry)  # the final parameters are a candidate for "best" too
-    if main:
-        ckpt.close()
+    ckpt.close()
     return {"carry": carry, "algo": algo, "learner": learner, "evaluator": periodic, "updates": done, "best_step": best_step,
             "best_score": best, "train_seconds": train_seconds, "template": template}
 
