@@ -289,3 +289,44 @@ def test_train_starts_the_processes_from_the_distributed_section(monkeypatch):
                              "local_device_ids": [0, 1]})
     assert calls == [{}, {"coordinator_address": "h:1", "num_processes": 2, "process_id": 1,
                           "local_device_ids": [0, 1], "cluster_detection_method": "deactivate"}]
+
+
+@pytest.mark.slow
+def test_a_signal_to_one_process_stops_both_with_process_0s_checkpoint(tmp_path):
+    """The CLI over 2 processes: SIGTERM to process 1 alone stops both after the same call (they agree once
+    per call); process 0 checkpoints that update and prints the resume line; both exit 143."""
+    import signal
+    import time
+
+    from helpers import synthetic_vault
+
+    synthetic_vault(tmp_path / "vaults", TASK)
+    port, runs = _free_port(), [tmp_path / "run", tmp_path / "run_p1"]
+    env = dict(os.environ, PYTHONPATH=ROOT + os.pathsep + os.environ.get("PYTHONPATH", ""), JAX_PLATFORMS="cpu",
+               XLA_FLAGS="--xla_force_host_platform_device_count=1", JAX_DISABLE_MOST_OPTIMIZATIONS="true",
+               PYTHONWARNINGS="ignore")
+    cmd = lambda pid: [sys.executable, "-m", "mtmarl.train", "+algo=mt_bc_sable", f"task={TASK}",  # noqa: E731
+                       f"data.root={tmp_path / 'vaults'}", f"hydra.run.dir={runs[pid]}", "network=tiny",
+                       "network.embed_dim=16", "training=quick", "training.updates=40000", "training.updates_per_call=2",
+                       "training.batch_size=4", "training.seq_len=8", "training.log_every=2", "eval.episodes=2",
+                       "logger.neptune=false", "logger.progress=false", f"distributed.coordinator_address=127.0.0.1:{port}",
+                       "distributed.num_processes=2", f"distributed.process_id={pid}"]
+    procs = [subprocess.Popen(cmd(pid), env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+             for pid in (0, 1)]
+    try:
+        metrics, t0 = runs[0] / "metrics.jsonl", time.time()
+        while not (metrics.exists() and metrics.read_text().strip()):  # process 0 logs: training is under way
+            assert time.time() - t0 < 300 and all(p.poll() is None for p in procs), "no training progress"
+            time.sleep(0.2)
+        procs[1].send_signal(signal.SIGTERM)
+        outs = [p.communicate(timeout=300) for p in procs]
+    finally:
+        for p in procs:
+            if p.poll() is None:
+                p.kill()
+    assert [p.returncode for p in procs] == [143, 143], outs[0][1][-2000:] + outs[1][1][-2000:]
+    line = [ln for ln in outs[0][0].splitlines() if ln.startswith("interrupted at update")]
+    assert len(line) == 1 and "checkpoint saved" in line[0], outs[0][0]
+    step = int(line[0].split()[3])
+    assert (runs[0] / "checkpoints" / "latest" / str(step)).is_dir() and 0 < step < 40000
+    assert not any(runs[1].iterdir())  # Hydra made process 1's directory; nothing was written into it
