@@ -9,7 +9,8 @@
     python -m mtmarl.train ... overwrite=true hydra.run.dir=<run dir>    # replace the run in that dir
 
 Reads ``<data.root>/<env>/<task name>.vlt`` for every training task, trains
-with updates compiled into ``lax.scan`` chunks pmapped over the local devices,
+with updates compiled into ``lax.scan`` chunks pmapped over the local devices
+(every process's devices with several processes),
 evaluates train and test tasks every ``training.eval_every`` updates (the best
 checkpoint is chosen on TRAINING tasks only), and finally evaluates the best
 checkpoint with ``eval.episodes`` episodes per task. The run directory gets
