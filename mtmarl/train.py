@@ -9,7 +9,8 @@
     python -m mtmarl.train ... overwrite=true hydra.run.dir=<run dir>    # replace the run in that dir
 
 Reads ``<data.root>/<env>/<task name>.vlt`` for every training task, trains
-with updates compiled into ``lax.scan`` chunks pmapped over the local devices,
+with updates compiled into ``lax.scan`` chunks pmapped over the local devices
+(every process's devices with several processes),
 evaluates train and test tasks every ``training.eval_every`` updates (the best
 checkpoint is chosen on TRAINING tasks only), and finally evaluates the best
 checkpoint with ``eval.episodes`` episodes per task. The run directory gets
@@ -20,6 +21,11 @@ The config is checked before the run directory is touched; the directory is
 then locked for the run (mtmarl.training.rundir), and Ctrl-C / SIGTERM stop
 after the current compiled call with a checkpoint and the resume command
 (mtmarl.training.stop), exiting 130 / 143.
+
+Several processes (``distributed`` section, mtmarl.distributed; README, Several
+processes) train one run data-parallel over all their devices. Process 0 alone
+locks and writes the run directory and evaluates; the others write nothing and
+wait for its final evaluation before they exit.
 """
 
 from __future__ import annotations
@@ -78,19 +84,37 @@ def run(cfg: DictConfig, run_dir: Path | None = None, stop_after: int | None = N
     try:
         return _run(cfg, run_dir, stop_after)
     except UserInputError:
-        _drop_hydra_dir(run_dir)
+        from mtmarl.distributed import is_main
+
+        if is_main():  # the directory is process 0's alone
+            _drop_hydra_dir(run_dir)
         raise
 
 
 def _run(cfg: DictConfig, run_dir: Path, stop_after: int | None) -> list[dict[str, Any]]:
+    # First: jax.distributed.initialize must precede anything that starts a JAX backend, and importing the
+    # envs (Jumanji: the imports below, the config checks) already does. Its own settings are checked inside.
+    _start_processes(OmegaConf.to_container(cfg.distributed, resolve=True) if cfg.get("distributed") else None)
+    from mtmarl.distributed import announce_start, is_main
+
+    plain = _resolve(cfg)
+    if not is_main():
+        return _follow(cfg, plain, run_dir, stop_after)
+    try:
+        return _lead(cfg, plain, run_dir, stop_after)
+    except UserInputError as err:  # several processes: the others wait for process 0's go-ahead; tell them
+        announce_start(str(err))
+        raise
+
+
+def _lead(cfg: DictConfig, plain: dict[str, Any], run_dir: Path, stop_after: int | None) -> list[dict[str, Any]]:
+    """Process 0 (the only one, usually): owns the run directory, trains, evaluates, writes the results."""
     from mtmarl.evaluate import resolve_task_set
     from mtmarl.evaluation.references import default_path, load_references
     from mtmarl.training.data import check_vaults
     from mtmarl.training.rundir import RunDirLock
     from mtmarl.training.stop import Interrupted, catch_signals, resume_command
 
-    plain = _resolve(cfg)
-    _start_processes(plain.get("distributed"))
     task_set = resolve_task_set(cfg)
     references = load_references(cfg.references or default_path(cfg.data.root))
     if not plain["data"].get("hub"):
@@ -110,24 +134,37 @@ def _run(cfg: DictConfig, run_dir: Path, stop_after: int | None) -> list[dict[st
             sys.exit(130)
 
 
-def _start_processes(dist_cfg) -> None:
-    """``jax.distributed.initialize`` from the ``distributed`` section, before anything touches JAX devices.
+def _start_processes(dist_cfg) -> bool:
+    """``jax.distributed.initialize`` from the ``distributed`` section, before anything touches JAX devices."""
+    from mtmarl.distributed import initialize
 
-    The learner is data-parallel over one process's local devices only (``pmap``); until it runs over a
-    global mesh, several processes would each train the same run into the same directory, so that is refused.
+    return initialize(dist_cfg)
+
+
+def _follow(cfg: DictConfig, plain: dict[str, Any], run_dir: Path, stop_after: int | None) -> list[dict[str, Any]]:
+    """A process other than 0: train in lockstep with process 0, write nothing, wait for its final evaluation.
+
+    ``run_dir`` is only named (in messages); process 0 owns it, and may be the only one that can reach it.
     """
-    from mtmarl.distributed import initialize, settings
+    from mtmarl.distributed import max_over_processes, wait_for_main
+    from mtmarl.evaluate import resolve_task_set
+    from mtmarl.training.loop import run_training
+    from mtmarl.training.stop import Interrupted, catch_signals, requested
 
-    args = settings(dist_cfg)
-    if args is None:
-        return
-    if args["num_processes"] == 1:
-        initialize(dist_cfg)
-        return
-    raise UserInputError(
-        f"distributed.num_processes={args['num_processes']}: multi-process training is not supported yet "
-        f"(the learner is data-parallel over one process's devices); mtmarl.distributed.initialize starts "
-        f"the runtime (tested with 2 CPU processes), the learner's global mesh is still to come")
+    task_set = resolve_task_set(cfg)
+    enable_compilation_cache()
+    with catch_signals():
+        try:
+            out = run_training(plain, task_set, run_dir, {}, log=None, stop_after=stop_after)
+            if out["updates"] < int(plain["training"]["updates"]):
+                return []
+            signum = max_over_processes(requested() or 0)  # as process 0 asks in _train: it stops there too
+            if signum:
+                raise Interrupted(signum, out["updates"])
+        except Interrupted as stop:
+            sys.exit(stop.exit_code)
+        wait_for_main("final-evaluation")
+    return []
 
 
 def _train(cfg: DictConfig, plain: dict[str, Any], task_set, references, run_dir: Path,
@@ -137,6 +174,7 @@ def _train(cfg: DictConfig, plain: dict[str, Any], task_set, references, run_dir
     from mtmarl.training.logging import RunLogger
     from mtmarl.training.loop import run_training, write_json
     from mtmarl.training.rundir import prepare
+    from mtmarl.distributed import max_over_processes, wait_for_main
     from mtmarl.training.stop import Interrupted, requested
 
     resumed = prepare(run_dir, plain, OmegaConf.to_yaml(cfg, resolve=True))
@@ -151,8 +189,10 @@ def _train(cfg: DictConfig, plain: dict[str, Any], task_set, references, run_dir
         if out["updates"] < int(plain["training"]["updates"]):
             print(f"stopped after {out['updates']} updates; continue with resume=true hydra.run.dir={run_dir}")
             return []
-        if requested() is not None:  # a signal during the last call: training is complete and saved
-            raise Interrupted(requested(), out["updates"])
+        # a signal during the last call (on any process): training is complete and saved
+        signum = max_over_processes(requested() or 0)
+        if signum:
+            raise Interrupted(signum, out["updates"])
         algo, carry = out["algo"], out["carry"]
         params, which = algo.acting_params(carry.state), "final"
         if out["best_step"] is not None:
@@ -165,6 +205,7 @@ def _train(cfg: DictConfig, plain: dict[str, Any], task_set, references, run_dir
         # The periodic evaluators' compiled programs, run as often as eval.episodes needs.
         rows = out["evaluator"](params, None, splits, episodes=int(plain["eval"]["episodes"]))
         elapsed = time.perf_counter() - start
+        wait_for_main("final-evaluation")  # several processes: the others may exit now
         for row in rows:
             log.log(out["updates"], {f"{row['split']}/{row['name']}": row["mean_return"]}, prefix="final")
         path = write_results(run_dir, rows, algorithm=algo.name, seed=int(plain["seed"]))

@@ -119,8 +119,17 @@ class Checkpointer:
 
         self.ocp = ocp
         self.directory = Path(directory).resolve()
+        # Several processes: only process 0 checkpoints (the carry is the same everywhere), so Orbax must not
+        # wait for the others at its barriers; it then leaves creating the directories to us.
+        alone = {} if jax.process_count() == 1 else {"create": False, "multiprocessing_options":
+                                                     ocp.options.MultiprocessingOptions(
+                                                         primary_host=jax.process_index(),
+                                                         active_processes={jax.process_index()})}
+        if alone:
+            for kind in ("latest", "best"):
+                (self.directory / kind).mkdir(parents=True, exist_ok=True)
         opts = lambda n: ocp.CheckpointManagerOptions(  # noqa: E731
-            max_to_keep=n, create=True, enable_async_checkpointing=False)
+            **{"max_to_keep": n, "create": True, "enable_async_checkpointing": False, **alone})
         self.latest = ocp.CheckpointManager(self.directory / "latest", options=opts(max(1, keep)))
         self.best = ocp.CheckpointManager(self.directory / "best", options=opts(1))
 
@@ -199,3 +208,23 @@ class Checkpointer:
     def close(self) -> None:
         self.latest.close()
         self.best.close()
+
+
+class NoCheckpoints(Checkpointer):
+    """What a process other than 0 holds in a multi-process run: it keeps no checkpoints (process 0 does, of
+    the same carry) and finds none to resume from (process 0 hands it its carry)."""
+
+    def __init__(self, directory: str | Path, keep: int = 2):
+        self.directory = Path(directory).resolve()
+
+    def save_latest(self, step: int, carry: Carry, meta: dict[str, Any]) -> None:
+        pass
+
+    def save_best(self, step: int, carry: Carry, meta: dict[str, Any]) -> None:
+        pass
+
+    def latest_step(self, which: str = "latest") -> int | None:
+        return None
+
+    def close(self) -> None:
+        pass

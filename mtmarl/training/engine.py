@@ -24,6 +24,17 @@ gradient is the ``lax.psum`` of the devices' gradients, and metrics come back
 already global. Every device then applies the same clipped Adam step,
 parameters stay identical, and 1 and 2 devices give the same update up to
 float rounding (tests/test_training.py checks all three algorithms).
+
+Several processes (``mtmarl.distributed``): the devices are then the global
+device list, process 0's first, and the same ``pmap`` spans all of them, its
+collectives crossing processes. Nothing else changes, so a device's work does
+not depend on where it lives: every process holds every training vault (the
+buffers are replicated on each device, as within one process), every device
+carries the same key and takes slice ``d`` of the same global batch by its
+*global* axis index ``d``. The global batch is therefore not duplicated across
+processes (no per-process key is needed, and none is folded in: it would make
+the batch depend on the process layout), and 2 processes of 1 device train the
+same parameters as 1 process of 2 devices (tests/test_distributed.py).
 """
 
 from __future__ import annotations
@@ -73,6 +84,16 @@ def make_update_step(stage: Stage, sampler: SamplerConfig, num_devices: int, axi
     return step
 
 
+def learner_devices(num_devices: int | None) -> list:
+    """The first ``num_devices`` local devices; with several processes, every process's devices (global order)."""
+    if jax.process_count() == 1:
+        return jax.local_devices()[: num_devices or jax.local_device_count()]
+    if num_devices is not None:
+        raise UserInputError(f"training.devices={num_devices} with {jax.process_count()} processes: the learner "
+                             f"uses every device of every process; leave training.devices unset")
+    return jax.devices()
+
+
 @dataclasses.dataclass
 class Learner:
     """Compiled training loop for one algorithm and one set of buffers.
@@ -93,7 +114,7 @@ class Learner:
     updates: int | None = None
 
     def __post_init__(self):
-        self.devices = jax.local_devices()[: self.num_devices or jax.local_device_count()]
+        self.devices = learner_devices(self.num_devices)
         self.num_devices = n = len(self.devices)
         self.sampler = self.algo.sampler
         for stage in self.algo.stages:
@@ -141,7 +162,10 @@ class Learner:
 
     @staticmethod
     def unreplicate(tree):
-        return jax.tree.map(lambda x: np.asarray(x[0]), jax.device_get(tree))
+        """Device 0's copy, as numpy; with several processes, this process's first device's copy (the same)."""
+        if jax.process_count() == 1:
+            return jax.tree.map(lambda x: np.asarray(x[0]), jax.device_get(tree))
+        return jax.tree.map(lambda x: np.asarray(x.addressable_shards[0].data)[0], tree)
 
     # ------------------------------------------------------------ API
     def init(self, seed: int) -> Carry:

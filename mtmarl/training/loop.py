@@ -1,4 +1,11 @@
-"""The training run behind ``python -m mtmarl.train``: data, learner, evaluation, checkpoints, results."""
+"""The training run behind ``python -m mtmarl.train``: data, learner, evaluation, checkpoints, results.
+
+With several processes (``mtmarl.distributed``) every process runs :func:`run_training`
+in lockstep, the learner spanning all their devices; process 0 alone writes
+(``algo.json``, checkpoints, the logger) and evaluates, the others wait for it at
+each evaluation. The carry they start from is process 0's (broadcast), so a
+resumed run reads its checkpoint on process 0 only.
+"""
 
 from __future__ import annotations
 
@@ -15,6 +22,8 @@ import numpy as np
 from mtmarl.algos import registry
 from mtmarl.algos.protocol import Algorithm
 from mtmarl.atomic import atomic_write_text
+from mtmarl.distributed import announce_start, await_start, broadcast_from_main, is_main, max_over_processes, \
+    wait_for_main
 from mtmarl.data.batching import return_range
 from mtmarl.envs.layout import EnvSpec
 from mtmarl.errors import NonFiniteMetricError, UserInputError
@@ -22,7 +31,7 @@ from mtmarl.evaluation.references import reference_for
 from mtmarl.evaluation.results import summarise, task_info
 from mtmarl.evaluation.rollout import make_task_set_evaluator
 from mtmarl.tasks import TaskSet
-from mtmarl.training.checkpoint import Checkpointer, is_better, train_score
+from mtmarl.training.checkpoint import Checkpointer, NoCheckpoints, is_better, train_score
 from mtmarl.training.data import build_buffers, fetch_missing, load_task_data, release_freed_memory
 from mtmarl.training.engine import Carry, Learner
 from mtmarl.training.policy import make_policy
@@ -206,11 +215,17 @@ def run_training(cfg: Mapping[str, Any], task_set: TaskSet, run_dir: Path, refer
     after that many updates (tests use it to simulate a crash).
     """
     training, seed = cfg["training"], int(cfg["seed"])
+    main = is_main()  # process 0 (the only one in a single-process run)
+    if not main:  # process 0 fetches first; on a shared file system the others then find the vaults there
+        await_start()
     fetch_missing(task_set, cfg["data"]["root"], cfg["data"].get("hub"), cfg["data"].get("hub_manifest"))
+    if main:
+        announce_start()  # a refusal before this point is announced by mtmarl.train
     data = load_task_data(task_set, cfg["data"]["root"], cfg["data"]["uid"], cfg["data"]["verify"],
                           float(cfg["data"]["fraction"]))
     algo = algo_for_data(cfg, data, task_set.env_spec)
-    write_json(run_dir / ALGO_FILE, algo.spec)
+    if main:
+        write_json(run_dir / ALGO_FILE, algo.spec)
     seq_len = max([algo.sampler.seq_len] + [s.sampler.seq_len for s in algo.stages if s.sampler is not None])
     buffers = build_buffers(task_set, data, seq_len)
     del data
@@ -224,7 +239,7 @@ def run_training(cfg: Mapping[str, Any], task_set: TaskSet, run_dir: Path, refer
     eval_every = _round_to(int(training["eval_every"]), K)
     ckpt_every = _round_to(int(training["checkpoint_every"]), K)
 
-    ckpt = Checkpointer(run_dir / "checkpoints", int(training["keep_checkpoints"]))
+    ckpt = (Checkpointer if main else NoCheckpoints)(run_dir / "checkpoints", int(training["keep_checkpoints"]))
     carry = learner.init(seed)
     template = carry
     best, best_step, done = None, None, 0
@@ -235,23 +250,33 @@ def run_training(cfg: Mapping[str, Any], task_set: TaskSet, run_dir: Path, refer
         print(f"resumed from update {done} of {total}")
         if log is not None:
             log.log(done, {"resumed_from": done}, prefix="run")
-    elif cfg.get("resume"):
+    elif main and cfg.get("resume"):
         print(f"resume=true but no checkpoint in {ckpt.directory}; starting from scratch")
+    carry = broadcast_from_main(carry)  # several processes: all start from process 0's carry
+    if not main:
+        done = int(carry.step)
 
     policy = make_policy(algo, bool(cfg["eval"].get("greedy", False)))
     # All splits (the final evaluation covers train and test); periodic ones use training.eval_splits.
+    # Process 0 alone evaluates, on its own devices.
     periodic = PeriodicEvaluator(task_set, [s for s in ("train", "test") if task_set.split(s)], policy,
-                                 int(training["eval_episodes"]), seed, references, cfg["eval"].get("devices"))
+                                 int(training["eval_episodes"]), seed, references,
+                                 cfg["eval"].get("devices")) if main else None
     eval_splits = list(training["eval_splits"])
     rows: list[dict[str, Any]] = []
     # Memory (issue 20): compiling the set's evaluation program allocates about 1.5 GB for rware_15, most of it
     # freed afterwards but kept mapped by glibc. Compiled before the training program and trimmed at once, that
     # peak no longer stacks on the training program's memory; every evaluation is trimmed after it too.
-    periodic.compile(algo.acting_params(carry.state), eval_splits)
-    release_freed_memory()
+    if periodic is not None:
+        periodic.compile(algo.acting_params(carry.state), eval_splits)
+        release_freed_memory()
 
     def evaluate_and_select(step: int, carry: Carry):
+        """Process 0 evaluates and checkpoints the best; the others wait for it (not in a device collective)."""
         nonlocal best, best_step, rows
+        if periodic is None:  # not process 0
+            wait_for_main(f"evaluated-{step}")
+            return
         rows = periodic(algo.acting_params(carry.state), step, eval_splits)
         release_freed_memory()
         metrics = eval_metrics(rows)
@@ -261,6 +286,7 @@ def run_training(cfg: Mapping[str, Any], task_set: TaskSet, run_dir: Path, refer
         if score is not None and is_better(score, best):
             best, best_step = score, step
             ckpt.save_best(step, carry, {**describe(step), "score": score, "rows": _strip(rows)})
+        wait_for_main(f"evaluated-{step}")
 
     # the run config a checkpoint carries, without secrets (a Neptune token given on the command line)
     run_config = {**cfg, "logger": {k: v for k, v in (cfg.get("logger") or {}).items() if k != "api_token"}}
@@ -277,7 +303,7 @@ def run_training(cfg: Mapping[str, Any], task_set: TaskSet, run_dir: Path, refer
         carry, metrics = learner.run(carry)
         try:
             check_finite(metrics, carry, done + 1, done + K, ckpt.directory, last_saved)
-        except NonFiniteMetricError:
+        except NonFiniteMetricError:  # the same on every process: the carry and metrics are global
             if log is not None:
                 log.log(done + K, metrics)  # the offending values go into metrics.jsonl too
             ckpt.close()
@@ -292,7 +318,9 @@ def run_training(cfg: Mapping[str, Any], task_set: TaskSet, run_dir: Path, refer
         if (ckpt_every and done % ckpt_every == 0) or done == total:
             ckpt.save_latest(done, carry, {**describe(done), "best_score": best, "best_step": best_step})
             last_saved = done
-        signum = requested()  # Ctrl-C / SIGTERM (mtmarl.training.stop): checkpoint this call's result, stop
+        # Ctrl-C / SIGTERM (mtmarl.training.stop): checkpoint this call's result, stop. Several processes stop
+        # together when any of them got a signal (each asks the others once per call).
+        signum = max_over_processes(requested() or 0) or None
         if signum is not None and done < total:
             if last_saved != done:
                 ckpt.save_latest(done, carry, {**describe(done), "best_score": best, "best_step": best_step})

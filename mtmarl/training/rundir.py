@@ -37,9 +37,10 @@ METRICS_NAME = "metrics.jsonl"
 # What a training run writes; overwrite=true removes exactly these.
 RUN_FILES = (CONFIG_NAME, METRICS_NAME, "algo.json", "run.json", "results.json", "summary.json")
 RUN_DIRS = ("checkpoints", ".neptune")
-# Settings a resume may change: how the run is logged, evaluated, checkpointed, fed, or extended; none of
-# them changes the parameters trained (devices: data parallelism is exact up to float rounding).
-RESUMABLE_CHANGES = ("resume", "overwrite", "logger", "eval", "training.updates", "training.devices",
+# Settings a resume may change: how the run is logged, evaluated, checkpointed, fed, extended, or spread over
+# devices and processes; none of them changes the parameters trained (devices, processes: data parallelism is
+# exact up to float rounding; a resumed multi-node job gets other nodes, so another coordinator address).
+RESUMABLE_CHANGES = ("resume", "overwrite", "logger", "eval", "distributed", "training.updates", "training.devices",
                      "training.log_every", "training.eval_every", "training.eval_episodes",
                      "training.eval_splits", "training.checkpoint_every", "training.keep_checkpoints",
                      "data.hub", "data.hub_manifest", "data.verify")
