@@ -33,6 +33,7 @@ import dataclasses
 from typing import Any, Callable, NamedTuple
 
 from mtmarl.errors import UserInputError
+from mtmarl.evaluation.policies import ignore_reward
 
 
 class Stage(NamedTuple):
@@ -51,12 +52,6 @@ class Stage(NamedTuple):
 
 def _state_params(state):
     return state.params
-
-
-def ignore_reward(params, carry, reward):
-    """The default ``observe``: the reward changes nothing the policy carries."""
-    del params, reward
-    return carry
 
 
 @dataclasses.dataclass(frozen=True, kw_only=True)
