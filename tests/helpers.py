@@ -82,3 +82,27 @@ def synthetic_vault(root, task: str, episodes: int = 12, seed: int = 0):
     spec = TaskSpec.parse(task)
     write_vault(root, spec, synthetic_experience(spec, episodes, seed), {"policy": "random", "seed": seed})
     return spec
+
+
+def one_update_on_one_and_two_devices(algo, buffers):
+    """The data-parallel contract (``mtmarl.algos.reductions``): one update of ``algo`` with the batch on one
+    device and split over two. Checks the gradient through Adam's first moment (about 0.1 x the clipped
+    gradient after one step) equal to float rounding relative to its scale, and the metrics equal (global
+    means / maxima / sums, not averages of per-shard values); returns ``((one, m1), (two, m2))``."""
+    import optax
+
+    from mtmarl.training.engine import Learner, tree_max_abs_diff
+
+    assert jax.local_device_count() >= 2
+    runs = []
+    for devices in (1, 2):
+        learner = Learner(algo, buffers, 1, num_devices=devices)
+        runs.append(learner.run(learner.init(0)))
+    (one, m1), (two, m2) = runs
+    mu1, mu2 = optax.tree.get(one.state.opt_state, "mu"), optax.tree.get(two.state.opt_state, "mu")
+    scale = max(float(np.max(np.abs(x))) for x in jax.tree.leaves(mu1))
+    assert tree_max_abs_diff(mu2, mu1) < 1e-5 * scale, (tree_max_abs_diff(mu2, mu1), scale)
+    assert m1.keys() == m2.keys() and "loss" in m1
+    for k in m1:
+        np.testing.assert_allclose(m2[k], m1[k], rtol=1e-5, atol=1e-6, err_msg=k)
+    return runs

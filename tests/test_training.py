@@ -10,7 +10,6 @@ from pathlib import Path
 
 import jax
 import numpy as np
-import optax
 import pytest
 
 from mtmarl.algos.registry import build as make_algo
@@ -147,30 +146,21 @@ DP_CASES = [
 
 @pytest.mark.parametrize("name,extra", DP_CASES)
 def test_one_and_two_devices_give_the_same_update(setup, name, extra):
+    from helpers import one_update_on_one_and_two_devices
+
     _, buffers = setup
-    assert jax.local_device_count() >= 2
     algo = make_algo(name, {**OVERRIDES, "batch_size": 6, "num_bins": 11, **extra},
                      load_preset("tiny", embed_dim=16, chunk_size=4), buffers.num_actions)
-    runs = []
-    for devices in (1, 2):
-        learner = Learner(algo, buffers, 1, num_devices=devices)
-        runs.append(learner.run(learner.init(0)))
-    (one, m1), (two, m2) = runs
-    # The gradient, seen through Adam's first moment (0.1 * clipped grad after one step): equal to float
-    # rounding relative to its scale (measured <= 5e-7). Per-shard normalisers would miss this by far.
-    mu1, mu2 = optax.tree.get(one.state.opt_state, "mu"), optax.tree.get(two.state.opt_state, "mu")
-    scale = max(float(np.max(np.abs(x))) for x in jax.tree.leaves(mu1))
-    print(f"{name} {extra}: max |d mu| / max |mu| = {tree_max_abs_diff(mu2, mu1) / scale:.1e}", end=", ")
-    assert tree_max_abs_diff(mu2, mu1) < 1e-5 * scale, (tree_max_abs_diff(mu2, mu1), scale)
+    # The gradient (Adam's first moment) equal to float rounding relative to its scale (measured <= 5e-7;
+    # per-shard normalisers would miss this by far) and equal metrics: checked by the helper.
+    (one, m1), (two, m2) = one_update_on_one_and_two_devices(algo, buffers)
     # Parameters and targets after the step (lr 3e-3): Adam's g / (|g| + eps) magnifies the rounding of
     # gradient entries near 0, so this is looser (measured <= 7.3e-6, CQL).
     diff = tree_max_abs_diff((two.state.params, two.state.target_params), (one.state.params, one.state.target_params))
     print(f"max |d params| = {diff:.1e}")
     assert diff < 1e-5, diff
     assert np.array_equal(two.key, one.key) and int(two.step) == int(one.step) == 1
-    assert m1.keys() == m2.keys() and "loss" in m1 and "grad_norm" in m1
-    for k in m1:  # metrics are global means / maxima / sums, not averages of per-shard values
-        np.testing.assert_allclose(m2[k], m1[k], rtol=1e-5, atol=1e-6, err_msg=k)
+    assert "grad_norm" in m1
 
 
 def test_resume_gives_the_same_params_as_an_uninterrupted_run(learner1, reference_run, tmp_path):
