@@ -40,6 +40,7 @@ class Entry(NamedTuple):
 
 
 _REGISTRY: dict[str, Entry] = {}
+BUILTIN += ("hissd",)  # issue 18 (kept apart from the tuple above, which other algorithms extend)
 
 
 def register(name: str, config: Any, network: Any = None, config_file: str | Path | None = None):
