@@ -72,15 +72,15 @@ def _naive_info_nce(a, p, k, mask, w):
 @pytest.mark.parametrize("fraction", [1.0, 0.5])
 def test_contrastive_loss_matches_a_naive_loop_and_half_negatives_halves_them(fraction):
     ids = jnp.array([0, 0, 1, 1, 2, 2])
-    mask = np.asarray(negative_mask(ids, ids, jax.random.PRNGKey(3), fraction))
+    mask = np.asarray(negative_mask(ids, ids, jax.random.uniform(jax.random.PRNGKey(3), (6, 6)), fraction))
     other = np.asarray(ids)[:, None] != np.asarray(ids)[None, :]
     assert not (mask & ~other).any()                             # negatives only from other tasks
     np.testing.assert_array_equal(mask.sum(1), np.full(6, 4 * fraction))  # 4 other-task samples each
     if fraction < 1:  # a random half, not always the same one
-        again = np.asarray(negative_mask(ids, ids, jax.random.PRNGKey(4), fraction))
+        again = np.asarray(negative_mask(ids, ids, jax.random.uniform(jax.random.PRNGKey(4), (6, 6)), fraction))
         assert (again != mask).any()
-    assert np.asarray(negative_mask(jnp.array([0, 1, 1, 1]), jnp.array([0, 1, 1, 1]), jax.random.PRNGKey(0), 0.5)
-                      ).sum(1).tolist() == [2, 1, 1, 1]  # ceil(0.5 * 3) = 2
+    few = jnp.array([0, 1, 1, 1])
+    assert negative_mask(few, few, jnp.zeros((4, 4)), 0.5).sum(1).tolist() == [2, 1, 1, 1]  # ceil(0.5 * 3) = 2
     rng = np.random.default_rng(1)
     a, p, k = (rng.normal(size=(6, 3)).astype(np.float32) for _ in range(3))
     w = rng.normal(size=(3, 3)).astype(np.float32)
@@ -119,6 +119,27 @@ def test_without_forward_prediction_the_predictor_gets_no_loss_and_no_gradient()
     assert norm(g_on) > 0 and norm(g_off) == 0.0
     assert float(m_on["planner_loss"]) > 0 and float(m_off["planner_loss"]) == 0.0
     np.testing.assert_allclose(without, with_ - float(m_on["planner_loss"]), rtol=1e-5)  # only that term left
+
+
+def test_two_shards_give_the_whole_batch_loss():
+    """Data parallelism (mtmarl.algos.reductions): the shards' loss shares sum to the one-device loss, with
+    the same random anchors, positives and negatives (drawn per global row). code_faithful: its batch-wide
+    weights must be global too (the paper form's weights are per entry)."""
+    obs = ObsLayout((EntityGroup("own", 1, 2), EntityGroup("enemies", 2, 2)))
+    spec = EnvSpec(2, obs, ActionLayout(2, (("enemies", 2),), noop=0))
+    algo = registry.build("hissd", {"skill_dim": 4, "code_faithful": True, "negatives_fraction": 0.5},
+                          {"width": 8, "heads": 1, "depth": 1, "ff_mult": 1}, spec)
+    key = jax.random.PRNGKey(1)
+    batch = _tiny_batch(spec, key)._replace(task_ids=jnp.array([0, 1, 2, 0]))
+    state = jax.jit(algo.init)(key, batch.obs[:1])
+    whole, m = jax.jit(algo.loss)(state.params, state.target_params, batch, key)
+    split = jax.tree.map(lambda a: a.reshape((2, a.shape[0] // 2) + a.shape[1:]), batch)
+    shares, sm = jax.pmap(lambda b: algo.loss(state.params, state.target_params, b, key, axis_name="d"),
+                          axis_name="d")(split)
+    np.testing.assert_allclose(float(shares.sum()), float(whole), rtol=1e-5)
+    for name in ("contrastive_loss", "value_loss", "planner_loss", "bc_loss"):
+        np.testing.assert_allclose(np.asarray(sm[name]), [float(m[name])] * 2, rtol=1e-5, err_msg=name)
+    assert float(m["contrastive_loss"]) > 0
 
 
 @pytest.fixture(scope="module")

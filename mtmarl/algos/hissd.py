@@ -197,11 +197,15 @@ def planner_weights(td, valid, td_weight: float, cap: float, code_faithful: bool
     return jnp.minimum(jnp.exp(jnp.minimum(td_weight * td, math.log(cap) + 1.0)), cap)
 
 
-def negative_mask(task_ids, all_ids, key, fraction: float = 1.0):
-    """(B, B_global) bool: the negatives of each anchor, a random ``ceil(fraction * n)`` of its ``n`` other-task samples."""
+def negative_mask(task_ids, all_ids, scores, fraction: float = 1.0):
+    """(B, B_global) bool: each anchor's negatives, the ``ceil(fraction * n)`` lowest-``scores`` of its ``n``
+    other-task samples (``scores`` (B, B_global) uniform: a random subset)."""
     cand = task_ids[:, None] != all_ids[None, :]
-    score = jnp.where(cand, jax.random.uniform(key, cand.shape), jnp.inf)
-    rank = jnp.sum(score[:, None, :] < score[:, :, None], axis=-1)  # other candidates scored lower
+    score = jnp.where(cand, scores, jnp.inf)
+    col = jnp.arange(score.shape[1])
+    lower = (score[:, None, :] < score[:, :, None]) | ((score[:, None, :] == score[:, :, None])
+                                                       & (col[None, :] < col[:, None]))
+    rank = jnp.sum(lower, axis=-1)  # candidates ranked before this one (ties by column)
     keep = jnp.ceil(fraction * cand.sum(-1, keepdims=True) - 1e-6)
     return cand & (rank < keep)
 
@@ -213,9 +217,18 @@ def info_nce(anchor, positive, keys, neg_mask, w):
     return jax.nn.logsumexp(jnp.concatenate([l_pos[:, None], l_neg], axis=1), axis=1) - l_pos
 
 
-def _pick_agent(key, active):
-    """(B,) a uniformly random active agent of each row of ``active`` (B, N) (agent 0 if none)."""
-    return jax.random.categorical(key, jnp.where(active, 0.0, NEG)).astype(jnp.int32)
+def _shard_uniform(key, rows: int, cols: tuple = (), axis_name: str | None = None):
+    """Uniform numbers for this shard's ``rows`` drawn as rows of the global batch (shard-count independent)."""
+    if axis_name is None:
+        return jax.random.uniform(key, (rows,) + cols)
+    n, i = jax.lax.psum(1, axis_name), jax.lax.axis_index(axis_name)
+    return jax.lax.dynamic_slice_in_dim(jax.random.uniform(key, (rows * n,) + cols), i * rows, rows)
+
+
+def _pick_agent(u, active):
+    """(B,) the ``floor(u * count)``-th active agent of each row of ``active`` (B, N): uniform for uniform u."""
+    idx = jnp.floor(u * active.sum(-1)).astype(jnp.int32)
+    return jnp.argmax(active & (jnp.cumsum(active, -1) - 1 == idx[:, None]), -1)
 
 
 # ---------------------------------------------------------------- the algorithm
@@ -268,16 +281,17 @@ def make(cfg: Config, network: dict, env: EnvSpec) -> HissdAlgorithm:
 
     def contrastive(params, target, batch, z, key, ax):
         B, T, _ = batch.active.shape
-        k_t, k_a, k_off, k_p, k_neg = jax.random.split(key, 5)
+        u = _shard_uniform(key, B, (5,), ax)  # one draw per global row: sharding changes no choice
         rows = jnp.arange(B)
-        t = jax.random.randint(k_t, (B,), 0, T)
-        tp = jnp.minimum(t + jax.random.randint(k_off, (B,), 0, cfg.ssl_window), T - 1)
-        n = _pick_agent(k_a, batch.active[rows, t])
-        npos = _pick_agent(k_p, batch.active[rows, tp])
+        t = jnp.floor(u[:, 0] * T).astype(jnp.int32)
+        tp = jnp.minimum(t + jnp.floor(u[:, 1] * cfg.ssl_window).astype(jnp.int32), T - 1)
+        n = _pick_agent(u[:, 2], batch.active[rows, t])
+        npos = _pick_agent(u[:, 3], batch.active[rows, tp])
         anchor = z[rows, t, n]
         pos = jax.lax.stop_gradient(apply("encoder", target, batch.obs[rows, tp, npos]))
         all_ids, keys = common.gather_batch(batch.task_ids, ax), common.gather_batch(pos, ax)
-        neg = negative_mask(batch.task_ids, all_ids, k_neg, cfg.negatives_fraction)
+        scores = _shard_uniform(jax.random.fold_in(key, 1), B, all_ids.shape, ax)
+        neg = negative_mask(batch.task_ids, all_ids, scores, cfg.negatives_fraction)
         per = info_nce(anchor, pos, keys, neg, params["contrast_w"])
         ok = neg.any(-1) & batch.active[rows, t, n]
         return common.task_mean(jnp.where(ok, per, 0.0), ok, batch.task_ids, cfg.task_mean, ax)
