@@ -28,7 +28,7 @@ shared parameters, so it reads any map of a set.
   times the mean squared error (which leaves the MSE minimiser unchanged).
 
 One joint AdamW step per update (the code takes three: decoder, value,
-planner), value parameters at ``critic_lr``; targets by Polyak averaging.
+planner), value parameters at ``critic_lr`` and clipped apart; targets by Polyak averaging.
 Acting: planner, encoder and controller each step, the two history tokens carried.
 """
 
@@ -244,11 +244,12 @@ def make(cfg: Config, network: dict, env: EnvSpec) -> HissdAlgorithm:
     W, S = ecfg.width, cfg.skill_dim
     nets = {"planner": Planner(env, ecfg, S), "encoder": TaskEncoder(env, ecfg, S), "controller": Controller(env, ecfg),
             "value": Value(env, ecfg), "predictor": Predictor(env.obs_dim)}
-    adamw = lambda lr: optax.adamw(lr, weight_decay=cfg.weight_decay)  # noqa: E731
-    tx = optax.chain(optax.clip_by_global_norm(cfg.max_grad_norm),
-                     optax.multi_transform({"value": adamw(cfg.critic_lr), "policy": adamw(cfg.lr)},
-                                           lambda p: {k: jax.tree.map(lambda _: "value" if k == "value" else "policy", v)
-                                                      for k, v in p.items()}))
+    # value and the rest clipped and stepped apart (the code steps them in separate optimiser calls)
+    adamw = lambda lr: optax.chain(optax.clip_by_global_norm(cfg.max_grad_norm),  # noqa: E731
+                                   optax.adamw(lr, weight_decay=cfg.weight_decay))
+    tx = optax.multi_transform({"value": adamw(cfg.critic_lr), "policy": adamw(cfg.lr)},
+                               lambda p: {k: jax.tree.map(lambda _: "value" if k == "value" else "policy", v)
+                                          for k, v in p.items()})
 
     def init(key, sample_obs):
         ks = jax.random.split(key, 5)
