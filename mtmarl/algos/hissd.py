@@ -21,8 +21,9 @@ shared parameters, so it reads any map of a set.
   0.5 is seed 000's half-negatives ablation). Weight ``contrastive_coef``.
 * controller: (history token, obs, c, z) -> action logits; cross-entropy of the
   dataset action (trains the controller, the planner and the encoder).
-* values: per-agent V summed over active agents (VDN; the attention mixer is
-  ODIS's, not built here) with the IQL expectile loss
+* values: per-agent V mixed into V_tot by the multi-task attention mixer (the code's
+  ``mt_qattn``; :mod:`mtmarl.networks.mixer`, reading the value net's history tokens) or
+  summed (``mixer: vdn``), with the IQL expectile loss
   ``|tau - 1(u < 0)| u^2``, ``u = r + gamma V_tot'(s_{t+1}) - V_tot(s_t)``;
   ``code_faithful``: the code's batch-averaged weight ``mean|tau - 1(V > y)|``
   times the mean squared error (which leaves the MSE minimiser unchanged).
@@ -49,6 +50,7 @@ from mtmarl.algos.registry import register
 from mtmarl.envs.layout import EnvSpec
 from mtmarl.errors import UserInputError
 from mtmarl.networks.entity import NEG, Block, EntityConfig
+from mtmarl.networks.mixer import AttentionMixer, MixerConfig, vdn
 
 
 @dataclasses.dataclass(frozen=True)
@@ -70,8 +72,15 @@ class Config(common.BatchConfig):
     ssl_window: int
     negatives_fraction: float
     code_faithful: bool
+    mixer: str               # attention | vdn
+    mixer_width: int
+    mixer_heads: int
+    mixer_mix_width: int
 
     def __post_init__(self):
+        if self.mixer not in ("attention", "vdn"):
+            raise UserInputError(f"algo.mixer must be attention or vdn, got {self.mixer!r}")
+        MixerConfig(self.mixer_width, self.mixer_heads, self.mixer_mix_width)  # checks the sizes
         if not 0.0 < self.expectile < 1.0:
             raise UserInputError(f"algo.expectile must be in (0, 1), got {self.expectile}")
         if not 0.0 < self.negatives_fraction <= 1.0:
@@ -244,20 +253,25 @@ def make(cfg: Config, network: dict, env: EnvSpec) -> HissdAlgorithm:
     W, S = ecfg.width, cfg.skill_dim
     nets = {"planner": Planner(env, ecfg, S), "encoder": TaskEncoder(env, ecfg, S), "controller": Controller(env, ecfg),
             "value": Value(env, ecfg), "predictor": Predictor(env.obs_dim)}
+    mixer = AttentionMixer(MixerConfig(cfg.mixer_width, cfg.mixer_heads, cfg.mixer_mix_width))
+    critic = ("value", "mixer")
     # value and the rest clipped and stepped apart (the code steps them in separate optimiser calls)
     adamw = lambda lr: optax.chain(optax.clip_by_global_norm(cfg.max_grad_norm),  # noqa: E731
                                    optax.adamw(lr, weight_decay=cfg.weight_decay))
     tx = optax.multi_transform({"value": adamw(cfg.critic_lr), "policy": adamw(cfg.lr)},
-                               lambda p: {k: jax.tree.map(lambda _: "value" if k == "value" else "policy", v)
+                               lambda p: {k: jax.tree.map(lambda _: "value" if k in critic else "policy", v)
                                           for k, v in p.items()})
 
     def init(key, sample_obs):
-        ks = jax.random.split(key, 5)
+        ks = jax.random.split(key, 6)
         obs = sample_obs[:, 0]                                                     # (1, N, O)
         h, c = jnp.zeros(obs.shape[:-1] + (W,)), jnp.zeros(obs.shape[:-1] + (S,))
         params = {"planner": nets["planner"].init(ks[0], h, obs), "encoder": nets["encoder"].init(ks[1], obs),
                   "controller": nets["controller"].init(ks[2], h, obs, c, c), "value": nets["value"].init(ks[3], h, obs),
                   "predictor": nets["predictor"].init(ks[4], c), "contrast_w": jnp.eye(S)}
+        if cfg.mixer == "attention":
+            lead = obs.shape[:-1]
+            params["mixer"] = mixer.init(ks[5], jnp.zeros(lead), jnp.zeros(lead + (W,)), jnp.ones(lead, bool))
         return common.TrainState(params, jax.tree.map(jnp.array, params), tx.init(params))
 
     def apply(name, params, *args):
@@ -274,11 +288,16 @@ def make(cfg: Config, network: dict, env: EnvSpec) -> HissdAlgorithm:
             hc, logits = apply("controller", params, hc, o, c, zt)
             hv, v = apply("value", params, hv, o)
             ht, vt = apply("value", target, ht, o)
-            return (hp, hc, hv, ht), (c, logits, v, vt)
+            return (hp, hc, hv, ht), (c, logits, v, vt, hv, ht)
 
         xs = tuple(jnp.moveaxis(x, 1, 0) for x in (obs, resets, z))
         _, out = jax.lax.scan(step, (h0,) * 4, xs)
         return tuple(jnp.moveaxis(x, 0, 1) for x in out)
+
+    def mix(params, v, hidden, active):
+        if cfg.mixer == "vdn":
+            return vdn(v, active)
+        return mixer.apply(params["mixer"], v, jax.lax.stop_gradient(hidden), active)
 
     def contrastive(params, target, batch, z, key, ax):
         B, T, _ = batch.active.shape
@@ -300,16 +319,16 @@ def make(cfg: Config, network: dict, env: EnvSpec) -> HissdAlgorithm:
     def loss(params, target_params, batch, key, axis_name=None):
         ax = axis_name
         z = apply("encoder", params, batch.obs)                                   # (B, T, N, S)
-        c, logits, v, vt = unroll(params, target_params, batch.obs, batch.resets, z)
+        c, logits, v, vt, hv, ht = unroll(params, target_params, batch.obs, batch.resets, z)
         active = batch.active
 
         # controller: likelihood of the dataset actions
         nll = -common.take_action(common.legal_log_softmax(logits, batch.legals), batch.actions)
         bc = common.task_mean(nll, active, batch.task_ids, cfg.task_mean, ax)
 
-        # values: IQL expectile on the team value (VDN sum over active agents)
-        v_tot = jnp.sum(jnp.where(active, v, 0.0), -1)                           # (B, T)
-        vt_tot = jax.lax.stop_gradient(jnp.sum(jnp.where(active, vt, 0.0), -1))
+        # values: IQL expectile on the team value (attention mixer or VDN sum over active agents)
+        v_tot = mix(params, v, hv, active)                                        # (B, T)
+        vt_tot = jax.lax.stop_gradient(mix(target_params, vt, ht, active))
         valid = common.td_valid(batch)                                            # (B, T-1)
         y = batch.rewards[:, :-1] + cfg.gamma * batch.discounts[:, :-1] * vt_tot[:, 1:]
         u = y - v_tot[:, :-1]
