@@ -25,7 +25,7 @@ shared parameters, so it reads any map of a set.
   ``mt_qattn``; :mod:`mtmarl.networks.mixer`, reading the value net's history tokens) or
   summed (``mixer: vdn``), with the IQL expectile loss
   ``|tau - 1(u < 0)| u^2``, ``u = r + gamma V_tot'(s_{t+1}) - V_tot(s_t)``;
-  ``code_faithful``: the code's batch-averaged weight ``mean|tau - 1(V > y)|``
+  ``code_faithful``: the code's batch-averaged weight ``mean|tau - 1(V < y)|``
   times the mean squared error (which leaves the MSE minimiser unchanged).
 
 One joint AdamW step per update (the code takes three: decoder, value,
