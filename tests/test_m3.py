@@ -151,3 +151,33 @@ def test_trains_through_the_cli_its_loss_falls_and_it_evaluates(vaults, tmp_path
     assert sl[-1] < sl[0], sl
     assert [r["name"] for r in rows] == ["2v2", "3v1", "2v4"] and all("win_rate" in r for r in rows)
     assert json.loads((tmp_path / "run" / "algo.json").read_text())["name"] == "m3"
+
+
+@pytest.mark.slow
+def test_one_and_two_devices_give_the_same_update():
+    """The data-parallel contract: a batch split over two devices gives the single-device update (the
+    reparameterisation noise of z_i included), metrics included."""
+    import optax
+    from helpers import random_task
+    from test_updet import A
+
+    from mtmarl.data.batching import make_buffers
+    from mtmarl.training.engine import Learner
+
+    assert jax.local_device_count() >= 2
+    rng = np.random.default_rng(1)
+    buffers = make_buffers([random_task(rng, 30, 3, SPEC.obs_dim, A), random_task(rng, 25, 2, SPEC.obs_dim, A)],
+                           seq_len=4)
+    algo = registry.build("m3", {"batch_size": 6, "seq_len": 4, "lr": 3e-3, "num_codes": 4, "code_dim": 3,
+                                 "agent_dim": 2, "head_width": 8}, NET, SPEC)
+    runs = []
+    for devices in (1, 2):
+        learner = Learner(algo, buffers, 1, num_devices=devices)
+        runs.append(learner.run(learner.init(0)))
+    (one, m1), (two, m2) = runs
+    mu1, mu2 = optax.tree.get(one.state.opt_state, "mu"), optax.tree.get(two.state.opt_state, "mu")
+    scale = max(float(np.max(np.abs(x))) for x in jax.tree.leaves(mu1))
+    diff = max(float(np.max(np.abs(a - b))) for a, b in zip(jax.tree.leaves(mu1), jax.tree.leaves(mu2)))
+    assert diff < 1e-5 * scale, (diff, scale)
+    for k in m1:
+        np.testing.assert_allclose(m2[k], m1[k], rtol=1e-5, atol=1e-6, err_msg=k)

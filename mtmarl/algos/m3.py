@@ -120,6 +120,19 @@ def previous_actions(actions, resets, n_actions: int):
     return jnp.where(resets[:, :, None, None], 0.0, prev)
 
 
+def batch_noise(key, shape, axis_name: str | None = None):
+    """Standard normal noise of this shard's part (``shape``, batch axis first) of the global batch.
+
+    Every device carries the same key (``mtmarl.training.engine``), so the noise is drawn for the
+    global batch and sliced by the shard's index: 2 devices draw what 1 device does.
+    """
+    if axis_name is None:
+        return jax.random.normal(key, shape)
+    shards = jax.lax.psum(1, axis_name)
+    full = jax.random.normal(key, (shape[0] * shards,) + tuple(shape[1:]))
+    return jax.lax.dynamic_slice_in_dim(full, jax.lax.axis_index(axis_name) * shape[0], shape[0], axis=0)
+
+
 class Heads(NamedTuple):
     logits: jax.Array      # (..., A) before the legal mask
     z_e: jax.Array         # (..., D) context-prompted agent-sharing code
@@ -210,7 +223,7 @@ def make(cfg: Config, network: dict, env: EnvSpec) -> Algorithm:
         del target_params
         prev = previous_actions(batch.actions, batch.resets, n_act)
         hs = history(params, batch.obs, prev, batch.resets)
-        eps = jax.random.normal(key, hs.shape[:-1] + (cfg.agent_dim,))
+        eps = batch_noise(key, hs.shape[:-1] + (cfg.agent_dim,), axis_name)
         out = net.apply(params, hs, batch.obs, eps, method=M3Net.heads)
         sl = -common.take_action(common.legal_log_softmax(out.logits, batch.legals), batch.actions)
         recons = jnp.mean(jnp.square(out.recon - jnp.concatenate([batch.obs, prev], -1)), -1)
