@@ -17,7 +17,7 @@ from test_updet import NET, SPEC, tiny_batch
 
 from mtmarl.algos import registry
 from mtmarl.algos.m3 import gaussian_kl, previous_actions
-from mtmarl.networks.vq import nearest_codes, perplexity, quantize, straight_through, vq_losses
+from mtmarl.networks.vq import nearest_codes, perplexity, quantize, restart_dead_codes, straight_through, vq_losses
 
 
 def _naive_nearest(z, codebook):
@@ -87,6 +87,22 @@ def test_perplexity_counts_code_usage_over_weighted_entries():
     codes = jnp.array([0, 0, 1, 1, 3, 3])
     assert float(perplexity(codes, jnp.ones(6), 4)) == pytest.approx(3.0)
     assert float(perplexity(codes, jnp.array([1, 1, 0, 0, 0, 0]), 4)) == pytest.approx(1.0)
+
+
+def test_dead_codes_restart_on_active_encoder_outputs_and_live_codes_stay():
+    codebook = jnp.array([[0.0, 0.0], [10.0, 10.0], [100.0, 100.0], [-100.0, 0.0]])
+    z = jnp.array([[0.1, 0.0], [9.0, 10.0], [0.0, 0.2], [55.0, 55.0]])
+    active = jnp.array([True, True, True, False])  # the inactive entry is nearest code 2 but does not count
+    codes = nearest_codes(z, codebook)
+    for seed in range(5):
+        new, n = restart_dead_codes(codebook, z, codes, active, jax.random.PRNGKey(seed))
+        new = np.asarray(new)
+        assert int(n) == 2
+        np.testing.assert_array_equal(new[:2], np.asarray(codebook[:2]))
+        for k in (2, 3):  # each dead code is now one of the active encoder outputs
+            assert any(np.array_equal(new[k], np.asarray(z[i])) for i in range(3)), new
+    same, n = restart_dead_codes(codebook, z, codes, jnp.zeros(4, bool), jax.random.PRNGKey(0))
+    assert int(n) == 0 and np.array_equal(np.asarray(same), np.asarray(codebook))  # nothing to restart from
 
 
 def test_agent_invariance_kl_against_a_hand_computed_value():

@@ -39,7 +39,10 @@ Simplified, and why: the algorithm protocol gives a policy no task id or descrip
 time (``Batch.task_ids`` are never a model input), so the context ``c`` is what the agent sees of
 the map's composition at each step: per entity group, the fraction of its slots holding an entity
 and the mean feature vector of those entities (unit types, in SMAX), instead of seed 003's
-semantic task description. ``beta`` is not given in seed 003 ("described in [31]"): 0.25, the
+semantic task description. Codes no entry of a batch chose are moved onto random encoder outputs
+after each update (``restart_dead_codes``, Jukebox's random restart; not in seed 003): without it the
+codebook collapsed to one code within 100 updates on the toy data (perplexity 1.0), which leaves a
+policy reading ``z_q`` blind to its input. ``beta`` is not given in seed 003 ("described in [31]"): 0.25, the
 VQ-VAE paper's value. The online fine-tuning stage (MAPPO with a KL/AWAC term) is not here.
 """
 
@@ -59,7 +62,7 @@ from mtmarl.algos.registry import register
 from mtmarl.envs.layout import EnvSpec
 from mtmarl.errors import UserInputError
 from mtmarl.networks.entity import NEG, EntityAgent, EntityConfig
-from mtmarl.networks.vq import VectorQuantizer, perplexity
+from mtmarl.networks.vq import VectorQuantizer, perplexity, restart_dead_codes
 
 POLICY_INPUTS = ("quantized", "continuous")
 
@@ -79,6 +82,7 @@ class Config(common.BatchConfig):
     as_weight: float
     emb_weight: float
     policy_input: str     # 'quantized' (z_q, straight-through) or 'continuous' (z_e)
+    restart_dead_codes: bool  # codes no entry of a batch chose move onto random encoder outputs (not in seed 003)
 
     def __post_init__(self):
         for key in ("num_codes", "code_dim", "agent_dim", "head_width"):
@@ -219,8 +223,8 @@ def make(cfg: Config, network: dict, env: EnvSpec) -> Algorithm:
         _, hs = jax.lax.scan(step, jnp.zeros((B, N, width), obs.dtype), (tm(obs), tm(prev), tm(resets)))
         return tm(hs)
 
-    def loss(params, target_params, batch, key, axis_name=None):
-        del target_params
+    def full_loss(params, batch, key, axis_name=None):
+        """(total, (metrics, z_e, codes)): Eq. 6 and what the dead-code restart reads."""
         prev = previous_actions(batch.actions, batch.resets, n_act)
         hs = history(params, batch.obs, prev, batch.resets)
         eps = batch_noise(key, hs.shape[:-1] + (cfg.agent_dim,), axis_name)
@@ -238,7 +242,29 @@ def make(cfg: Config, network: dict, env: EnvSpec) -> Algorithm:
         metrics.update(accuracy=common.masked_mean(hit, batch.active, axis_name),
                        commitment=common.masked_mean(out.commitment_loss, batch.active, axis_name),
                        code_perplexity=perplexity(out.codes, batch.active, cfg.num_codes, axis_name))
+        return total, (metrics, out.z_e, out.codes)
+
+    def loss(params, target_params, batch, key, axis_name=None):
+        del target_params
+        total, (metrics, _, _) = full_loss(params, batch, key, axis_name)
         return total, metrics
+
+    def update(state, batch, key, axis_name=None):
+        """One clipped-Adam step on Eq. 6 (gradients summed over shards), then the dead-code restart."""
+        k_loss, k_restart = jax.random.split(key)
+        (total, (metrics, z_e, codes)), grads = jax.value_and_grad(full_loss, has_aux=True)(
+            state.params, batch, k_loss, axis_name)
+        metrics = dict(metrics, loss=common.global_sum(total, axis_name))
+        if axis_name is not None:
+            grads = jax.lax.psum(grads, axis_name)
+        updates, opt_state = tx.update(grads, state.opt_state, state.params)
+        params = optax.apply_updates(state.params, updates)
+        metrics["grad_norm"] = optax.tree.norm(grads)
+        if cfg.restart_dead_codes:
+            codebook, metrics["codes_restarted"] = restart_dead_codes(
+                params["params"]["vq"]["codebook"], z_e, codes, batch.active, k_restart, axis_name)
+            params = {**params, "params": {**params["params"], "vq": {"codebook": codebook}}}
+        return common.TrainState(params, None, opt_state), metrics
 
     def init_carry():
         return jnp.zeros((env.num_agents, width)), jnp.zeros((env.num_agents, n_act))
@@ -256,5 +282,5 @@ def make(cfg: Config, network: dict, env: EnvSpec) -> Algorithm:
     spec = {"name": cfg.name, "n_actions": n_act, "env": env.to_json(), "algo": dataclasses.asdict(cfg),
             "network": dataclasses.asdict(net.cfg)}
     return M3Algorithm(name=cfg.name, cfg=cfg, sampler=cfg.sampler(), init=init,
-                       stages=(Stage("pretrain", common.gradient_stage(loss, tx, 0.0)),), act=act,
+                       stages=(Stage("pretrain", update),), act=act,
                        init_carry=init_carry, spec=spec, net=net, loss=loss)

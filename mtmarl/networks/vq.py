@@ -12,6 +12,8 @@ and other skill methods (HyGen-like discrete skills) can reuse the same layer.
   encoder outputs; the commitment term ``||z_e - sg[e]||^2`` (weighted by ``beta`` by the
   caller) keeps the encoder near its codes.
 * :class:`VectorQuantizer`: a flax module holding the ``(num_codes, dim)`` codebook.
+* :func:`restart_dead_codes`: codes no vector of a batch chose are moved onto random encoder
+  outputs (against codebook collapse), and :func:`perplexity` measures the code usage.
 """
 
 from __future__ import annotations
@@ -79,9 +81,32 @@ class VectorQuantizer(nn.Module):
 
 def perplexity(codes, weight, num_codes: int, axis_name: str | None = None):
     """exp(entropy) of the code usage over entries with ``weight`` (1: one code used, K: all used evenly)."""
-    w = weight.astype(jnp.float32)
-    counts = jnp.sum(jax.nn.one_hot(codes, num_codes) * w[..., None], axis=tuple(range(codes.ndim)))
-    if axis_name is not None:
-        counts = jax.lax.psum(counts, axis_name)
+    counts = code_counts(codes, weight, num_codes, axis_name)
     p = counts / jnp.maximum(counts.sum(), 1e-8)
     return jnp.exp(-jnp.sum(jnp.where(p > 0, p * jnp.log(jnp.maximum(p, 1e-12)), 0.0)))
+
+
+def code_counts(codes, weight, num_codes: int, axis_name: str | None = None):
+    """(K,) how many entries with ``weight`` chose each code, over the global batch."""
+    w = weight.astype(jnp.float32)
+    counts = jnp.sum(jax.nn.one_hot(codes, num_codes) * w[..., None], axis=tuple(range(codes.ndim)))
+    return counts if axis_name is None else jax.lax.psum(counts, axis_name)
+
+
+def restart_dead_codes(codebook, z_e, codes, weight, key, axis_name: str | None = None):
+    """Codes no weighted entry of the (global) batch chose are replaced by random weighted encoder outputs.
+
+    The "random restart" of Dhariwal et al. (2020, Jukebox) against codebook collapse (every vector
+    quantised to one code); not part of the original VQ-VAE. ``z_e`` (..., D), ``codes`` and ``weight``
+    (...). The choice uses the global batch and ``key`` only, so every data-parallel shard (same key)
+    makes the same one. Returns ``(codebook, number of codes restarted)``.
+    """
+    k, d = codebook.shape
+    dead = code_counts(codes, weight, k, axis_name) == 0
+    z, w = z_e.reshape(-1, d), weight.reshape(-1).astype(jnp.float32)
+    if axis_name is not None:
+        z, w = jax.lax.all_gather(z, axis_name, tiled=True), jax.lax.all_gather(w, axis_name, tiled=True)
+    pick = jax.random.choice(key, z.shape[0], (k,), p=w / jnp.maximum(w.sum(), 1e-8))
+    fresh = jax.lax.stop_gradient(z[pick])
+    dead = dead & (w.sum() > 0)
+    return jnp.where(dead[:, None], fresh, codebook), dead.sum()
