@@ -16,7 +16,7 @@ from test_env_protocol import SET, record_experience
 from test_updet import NET, SPEC, tiny_batch
 
 from mtmarl.algos import registry
-from mtmarl.algos.m3 import gaussian_kl, previous_actions
+from mtmarl.algos.m3 import M3Net, gaussian_kl, previous_actions
 from mtmarl.networks.vq import nearest_codes, perplexity, quantize, restart_dead_codes, straight_through, vq_losses
 
 
@@ -134,6 +134,24 @@ def test_one_update_on_a_tiny_batch_is_finite_and_acting_is_legal():
                                 jax.random.PRNGKey(2), greedy=True)
     assert bool(np.asarray(mask)[np.arange(SPEC.num_agents), np.asarray(actions)].all())
     np.testing.assert_array_equal(np.asarray(prev).argmax(-1), np.asarray(actions))  # carried for the next step
+
+
+@pytest.mark.parametrize("policy_input", ["quantized", "continuous"])
+def test_the_policy_reads_the_quantised_code_or_z_e(policy_input):
+    """With ``quantized`` two entries with the same code get the same logits whatever else differs;
+    with ``continuous`` (z_e) they do not."""
+    algo = registry.build("m3", {"num_codes": 2, "code_dim": 3, "agent_dim": 2, "head_width": 8,
+                                 "policy_input": policy_input}, NET, SPEC)
+    batch = tiny_batch()
+    params = algo.init(jax.random.PRNGKey(0), batch.obs[:1]).params
+    rng = np.random.default_rng(0)
+    hs, obs = jnp.asarray(rng.normal(size=(40, NET["width"])), jnp.float32), batch.obs.reshape(-1, SPEC.obs_dim)[:40]
+    out = algo.net.apply(params, hs, obs, jnp.zeros((40, 2)), method=M3Net.heads)
+    codes, logits = np.asarray(out.codes), np.asarray(out.logits)
+    same = np.flatnonzero(codes == np.bincount(codes).argmax())
+    assert len(same) >= 2
+    spread = np.abs(logits[same] - logits[same[0]]).max()
+    assert (spread < 1e-5) if policy_input == "quantized" else (spread > 1e-3), spread
 
 
 @pytest.fixture(scope="module")
