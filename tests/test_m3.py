@@ -119,6 +119,7 @@ def test_previous_actions_shift_by_one_and_restart_at_episode_starts():
     np.testing.assert_array_equal(prev, [[0, 0, 0], [0, 1, 0], [0, 0, 0], [1, 0, 0]])
 
 
+@pytest.mark.slow
 def test_one_update_on_a_tiny_batch_is_finite_and_acting_is_legal():
     algo = registry.build("m3", {"num_codes": 4, "code_dim": 3, "agent_dim": 2, "head_width": 8}, NET, SPEC)
     batch = tiny_batch()
@@ -183,6 +184,8 @@ def test_trains_through_the_cli_its_loss_falls_and_it_evaluates(vaults, tmp_path
     sl = [r["train/sl_loss"] for r in logs if "train/sl_loss" in r]
     assert len(loss) >= 3 and loss[-1] < 0.7 * loss[0], loss
     assert sl[-1] < sl[0], sl
+    perplexity_ = [r["train/code_perplexity"] for r in logs if "train/code_perplexity" in r]
+    assert perplexity_[-1] > 2.0, perplexity_  # dead codes restarted: the codebook has not collapsed to one code
     assert [r["name"] for r in rows] == ["2v2", "3v1", "2v4"] and all("win_rate" in r for r in rows)
     assert json.loads((tmp_path / "run" / "algo.json").read_text())["name"] == "m3"
 
@@ -244,3 +247,19 @@ def test_one_update_and_one_act_on_the_smax_marine_hard_layout():
     actions, _, _ = jax.jit(algo.act)(algo.acting_params(state), algo.init_carry(), batch.obs[0, 0], mask,
                                       batch.active[0, 0], jnp.bool_(True), jax.random.PRNGKey(2))
     assert actions.shape == (env.num_agents,) and bool(np.asarray(mask)[np.arange(env.num_agents), actions].all())
+
+
+def test_config_comes_from_its_yaml_and_bad_values_name_the_key():
+    import dataclasses
+
+    from mtmarl.errors import UserInputError
+
+    entry = registry.get("m3")
+    assert all(f.default is dataclasses.MISSING for f in dataclasses.fields(entry.config))
+    assert registry.load_config("m3").beta == 0.25
+    with pytest.raises(UserInputError, match="algo.policy_input='codes'"):
+        registry.load_config("m3", policy_input="codes")
+    with pytest.raises(UserInputError, match="algo.beta=-1"):
+        registry.load_config("m3", beta=-1.0)
+    with pytest.raises(UserInputError, match="algo.num_codes=0"):
+        registry.load_config("m3", num_codes=0)
