@@ -111,7 +111,7 @@ def print_rows(rows: Sequence[dict[str, Any]], by: Sequence[str], title: str) ->
     console = Console()
     console.print(table)
     if rows:
-        console.print(f"metric: {rows[0]['metric']} return per task; se over seeds"
+        console.print(f"metric: {metric_label(rows)} per task; se over seeds"
                       + (" (* = one seed: se over tasks)" if any(r["stderr_over"] == "tasks" for r in rows) else "")
                       + "; IQM CI: stratified bootstrap over runs per task"
                       + (" (* = one seed: over tasks)" if any(r["stderr_over"] == "tasks" for r in rows) else ""))
