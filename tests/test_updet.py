@@ -178,10 +178,10 @@ def test_acting_is_greedy_over_legal_actions_and_bad_config_is_refused(batch):
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("name", ["updet_m", "bc_r"])
+@pytest.mark.parametrize("name", ["updet_m", "bc_r", "odis"])
 def test_one_and_two_devices_give_the_same_update(name):
     """The data-parallel contract (``mtmarl.algos.reductions``): a batch split over two devices gives
-    the single-device update, metrics included."""
+    the single-device update, metrics included (ODIS: one update of each stage, Gumbel noise included)."""
     import optax
     from helpers import random_task
 
@@ -192,13 +192,18 @@ def test_one_and_two_devices_give_the_same_update(name):
     rng = np.random.default_rng(1)
     buffers = make_buffers([random_task(rng, 30, 3, SPEC.obs_dim, A), random_task(rng, 25, 2, SPEC.obs_dim, A)],
                            seq_len=4)
-    algo = registry.build(name, {"batch_size": 6, "seq_len": 4, "lr": 3e-3}, NET, SPEC)
+    extra = {"skill_updates": 1} if name == "odis" else {}
+    algo = registry.build(name, {"batch_size": 6, "seq_len": 4, "lr": 3e-3, **extra}, NET, SPEC)
     runs = []
     for devices in (1, 2):
         learner = Learner(algo, buffers, 1, num_devices=devices)
-        runs.append(learner.run(learner.init(0)))
+        carry = learner.init(0)
+        for _ in algo.stages:
+            carry, metrics = learner.run(carry)
+        runs.append((carry, metrics))
     (one, m1), (two, m2) = runs
-    mu1, mu2 = optax.tree.get(one.state.opt_state, "mu"), optax.tree.get(two.state.opt_state, "mu")
+    opts = lambda s: [s.skills.opt_state, s.values.opt_state] if name == "odis" else [s.opt_state]  # noqa: E731
+    mu1, mu2 = ([optax.tree.get(o, "mu") for o in opts(run.state)] for run in (one, two))
     scale = max(float(np.max(np.abs(x))) for x in jax.tree.leaves(mu1))
     diff = max(float(np.max(np.abs(a - b))) for a, b in zip(jax.tree.leaves(mu1), jax.tree.leaves(mu2)))
     assert diff < 1e-5 * scale, (diff, scale)

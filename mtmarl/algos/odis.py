@@ -53,6 +53,7 @@ import optax
 
 from mtmarl.algos import common, updet
 from mtmarl.algos.protocol import Algorithm, Stage
+from mtmarl.algos.reductions import batch_noise
 from mtmarl.algos.registry import register
 from mtmarl.envs.layout import ActionLayout, EnvSpec
 from mtmarl.errors import UserInputError
@@ -148,7 +149,8 @@ def make(cfg: Config, network: dict, env: EnvSpec) -> ODISAlgorithm:
         del target_params
         ax = axis_name
         logits = skill_logits(params, batch.obs, batch.actions, batch.active)              # (B, T, N, K)
-        z = jax.nn.softmax((logits + jax.random.gumbel(key, logits.shape)) / cfg.gumbel_temperature, axis=-1)
+        noise = batch_noise(jax.random.gumbel, key, logits.shape, ax)  # the same per sample on 1 or n devices
+        z = jax.nn.softmax((logits + noise) / cfg.gumbel_temperature, axis=-1)
         dec = unroll(decoder, params["decoder"], batch.obs, batch.resets, cond=z)           # (B, T, N, A)
         nll = -common.take_action(common.legal_log_softmax(dec, batch.legals), batch.actions)
         recon = common.task_mean(nll, batch.active, batch.task_ids, cfg.task_mean, ax)
