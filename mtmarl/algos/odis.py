@@ -39,6 +39,22 @@ Acting: each agent's arg-max skill under the Q agent, then the decoder's legal
 arg-max action given that skill (epsilon-greedy over legal actions with
 ``epsilon`` > 0 when not asked for greedy actions). The carry holds both
 history tokens.
+
+As in ODIS's code (``odis_learner.py``, ``odis_agent.py``, ``odis.yaml``): two networks read
+local observations (the Q agent, the decoder) and one reads the team with its actions
+(the state encoder, without history); one linear skill head serves the encoder in
+stage 1 and the distillation in stage 2; Gumbel-softmax skills at temperature 1;
+hard labels (arg-max) in stage 2; double Q over skills; the conservative term on
+``Q_tot``; weights 5 and 5, beta 0.001, skill_dim 3, lr 5e-4, clip 10, one Adam per
+stage; frozen in stage 2: state encoder, skill head, decoder. Differences: the team
+is each agent's observation entities (the batch holds no global state), attended
+over by agent; the skill enters the decoder as an extra token, not concatenated
+to the output token; the KL is the analytic one of the encoder's softmax (the code
+evaluates it on the Gumbel sample and averages it over the skill axis too);
+losses are masked per-task means over active agents, with illegal actions masked
+in the reconstruction; one update is one batch over all tasks (the code steps
+once per round of one batch per task), so its target interval of 80 task batches
+is 27 updates here; sequences of ``seq_len`` steps instead of whole episodes.
 """
 
 from __future__ import annotations
