@@ -84,11 +84,13 @@ def synthetic_vault(root, task: str, episodes: int = 12, seed: int = 0):
     return spec
 
 
-def one_update_on_one_and_two_devices(algo, buffers):
+def one_update_on_one_and_two_devices(algo, buffers, stages: int = 1, opt_states=lambda s: [s.opt_state]):
     """The data-parallel contract (``mtmarl.algos.reductions``): one update of ``algo`` with the batch on one
     device and split over two. Checks the gradient through Adam's first moment (about 0.1 x the clipped
     gradient after one step) equal to float rounding relative to its scale, and the metrics equal (global
-    means / maxima / sums, not averages of per-shard values); returns ``((one, m1), (two, m2))``."""
+    means / maxima / sums, not averages of per-shard values); returns ``((one, m1), (two, m2))``.
+    ``stages``: one update of each of the algorithm's first ``stages`` stages; ``opt_states(train state)``: the
+    optimiser states whose first moments are compared (a multi-stage algorithm may keep one per stage)."""
     import optax
 
     from mtmarl.training.engine import Learner, tree_max_abs_diff
@@ -97,9 +99,12 @@ def one_update_on_one_and_two_devices(algo, buffers):
     runs = []
     for devices in (1, 2):
         learner = Learner(algo, buffers, 1, num_devices=devices)
-        runs.append(learner.run(learner.init(0)))
+        carry = learner.init(0)
+        for _ in range(stages):
+            carry, metrics = learner.run(carry)
+        runs.append((carry, metrics))
     (one, m1), (two, m2) = runs
-    mu1, mu2 = optax.tree.get(one.state.opt_state, "mu"), optax.tree.get(two.state.opt_state, "mu")
+    mu1, mu2 = ([optax.tree.get(o, "mu") for o in opt_states(run.state)] for run in (one, two))
     scale = max(float(np.max(np.abs(x))) for x in jax.tree.leaves(mu1))
     assert tree_max_abs_diff(mu2, mu1) < 1e-5 * scale, (tree_max_abs_diff(mu2, mu1), scale)
     assert m1.keys() == m2.keys() and "loss" in m1

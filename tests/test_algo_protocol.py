@@ -270,3 +270,11 @@ def test_stage_plan_places_the_open_stage_and_rejects_bad_counts():
         plan_stages((_stage("pre", 8), _stage("main")), total=24, chunk=3)
     with pytest.raises(UserInputError, match="at most one may"):
         plan_stages((_stage("a"), _stage("b")), total=8)
+    # a float count is a share of the total, rounded to the nearest multiple of the chunk (ODIS: 15k of 35k)
+    spans = plan_stages((_stage("skills", 3 / 7), _stage("policy")), total=1500, chunk=25)
+    assert [(s.start, s.end) for s in spans] == [(0, 650), (650, 1500)]
+    assert plan_stages((_stage("pre", 8.0), _stage("main")), total=20, chunk=4)[0].end == 8
+    with pytest.raises(UserInputError, match="share of training.updates in \\(0, 1\\), got 1.5"):
+        plan_stages((_stage("pre", 1.5), _stage("main")), total=20)
+    with pytest.raises(UserInputError, match="no total is set"):
+        plan_stages((_stage("pre", 0.5), _stage("main")), total=None)

@@ -142,3 +142,26 @@ def test_mappo_with_the_entity_actor_learns_to_attack_the_toy_enemies(toy_env, t
     # measured: the uniform random policy deals 3.97 of the 6 hit points on average (512 episodes)
     assert res["return"] > 4.6, (res["return"], [r["return"] for r in log])
     assert (exp["actions"] >= 2).mean() > 0.6  # attacks (actions 2 + k) dominate the recorded data
+
+
+def test_an_agent_that_observes_nothing_gets_no_gradient_and_keeps_gradients_finite():
+    """A dead or padded agent (no entity present) over many steps: its history token sits at a constant
+    fixed point where LayerNorm's Jacobian is 1/sqrt(eps); a loss weighing its outputs (a mixer over every
+    agent's Q, as on SMAX where dead units stay active) used to overflow to NaN within 5 steps."""
+    spec = EnvSpec(2, ObsLayout((EntityGroup("own", 1, 2), EntityGroup("enemies", 2, 2))),
+                   ActionLayout(2, (("enemies", 2),), noop=0))
+    agent = EntityAgent(spec, EntityConfig(width=8, heads=1, depth=1, ff_mult=2))
+    obs = jnp.asarray(np.random.default_rng(0).normal(size=(1, 12, 2, spec.obs_dim)), jnp.float32)
+    obs = obs.at[:, :, 1].set(0.0)                    # agent 1 observes nothing at any step
+    resets = jnp.zeros((1, 12), bool).at[:, 0].set(True)
+    params = agent.init(jax.random.PRNGKey(0), jnp.zeros((1, 2, 8)), obs[:, 0])
+
+    def basic(p, who):
+        return unroll(agent, p, obs, resets)[:, :, who, :2].sum()  # basic-action logits (targets are NEG)
+
+    blind, seeing = jax.grad(basic)(params, 1), jax.grad(basic)(params, 0)
+    for grads in (blind, seeing):
+        assert all(bool(jnp.isfinite(g).all()) for g in jax.tree.leaves(grads))
+    body = lambda g: {k: v for k, v in g["params"].items() if "head" not in k}  # noqa: E731  (heads read it)
+    assert any(bool(jnp.any(g != 0)) for g in jax.tree.leaves(body(seeing)))
+    assert all(bool(jnp.all(g == 0)) for g in jax.tree.leaves(body(blind)))

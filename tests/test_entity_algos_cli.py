@@ -1,9 +1,10 @@
-"""BC-r, UPDeT-m and UPDeT-l train from a tiny vault of the toy entity env through ``mtmarl.train``
+"""BC-r, UPDeT-m, UPDeT-l and ODIS train from a tiny vault of the toy entity env through ``mtmarl.train``
 (the path ``python -m mtmarl.train +algo=<name>`` takes), their loss falls, and they evaluate."""
 
 from __future__ import annotations
 
 import json
+import math
 
 import pytest
 import yaml
@@ -48,8 +49,34 @@ def test_trains_through_the_cli_and_its_loss_falls(vaults, tmp_path, name):
     assert json.loads((tmp_path / "run" / "algo.json").read_text())["name"] == name
 
 
+def test_odis_trains_both_stages_through_the_cli_and_evaluates(vaults, tmp_path):
+    """Skill discovery for 15 updates, then the skill-conditioned policy for 15: each stage logs its own
+    losses, finite, and the ones it fits fall (reconstruction in stage 1, distillation in stage 2)."""
+    from mtmarl import train
+    from mtmarl.experiments.config import compose_train
+
+    cfg = compose_train(["+algo=odis", "+tasks=duel", f"hydra.searchpath=[file://{vaults / 'conf'}]",
+                         f"data.root={vaults / 'vaults'}", "network.width=16", "training=quick",
+                         "training.updates=30", "training.updates_per_call=5", "training.log_every=5",
+                         "training.eval_every=0", "training.batch_size=8", "training.seq_len=4", "algo.lr=3e-3",
+                         "algo.skill_updates=0.5", "algo.target_update_interval=5", "algo.mixer_width=16",
+                         "algo.mixer_mix_width=8", "eval.episodes=4", "logger.neptune=false",
+                         "logger.progress=false"])
+    rows = train.run(cfg, run_dir=tmp_path / "run")
+    logs = [json.loads(x) for x in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
+    recon = [r["train/recon_loss"] for r in logs if "train/recon_loss" in r]
+    dist = [r["train/dist_loss"] for r in logs if "train/dist_loss" in r]
+    td = [r["train/td_loss"] for r in logs if "train/td_loss" in r]
+    assert len(recon) == 3 and len(dist) == 3 and len(td) == 3, logs
+    assert all(math.isfinite(x) for x in recon + dist + td)
+    assert recon[-1] < 0.9 * recon[0], recon
+    assert dist[-1] < 0.9 * dist[0], dist
+    assert [r["name"] for r in rows] == ["2v2", "3v1", "2v4"] and all("win_rate" in r for r in rows)
+    assert json.loads((tmp_path / "run" / "algo.json").read_text())["name"] == "odis"
+
+
 @pytest.mark.slow
-@pytest.mark.parametrize("name", sorted(CASES))
+@pytest.mark.parametrize("name", [*sorted(CASES), "odis"])
 def test_one_update_and_one_act_on_the_smax_marine_hard_layout(name):
     """Built for the padded SMAX set (13 agents, 12 ally and 15 enemy slots, 20 actions): one update on a
     random batch with padded agents, and one acting step, give finite numbers and legal actions."""
@@ -75,8 +102,9 @@ def test_one_update_and_one_act_on_the_smax_marine_hard_layout(name):
                           env)
     batch = sample(buffers, jax.random.PRNGKey(0), 0, SamplerConfig(2, 3))
     state = algo.init(jax.random.PRNGKey(0), batch.obs[:1])
-    state, metrics = jax.jit(algo.stages[0].update)(state, batch, jax.random.PRNGKey(1))
-    assert all(np.isfinite(float(v)) for v in metrics.values()), metrics
+    for stage in algo.stages:  # one update of every stage (ODIS: skill discovery, then the policy)
+        state, metrics = jax.jit(stage.update)(state, batch, jax.random.PRNGKey(1))
+        assert all(np.isfinite(float(v)) for v in metrics.values()), (stage.name, metrics)
     mask = batch.legals[0, 0]
     actions, _, _ = jax.jit(algo.act)(algo.acting_params(state), algo.init_carry(), batch.obs[0, 0], mask,
                                       batch.active[0, 0], jnp.bool_(True), jax.random.PRNGKey(2))

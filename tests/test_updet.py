@@ -178,10 +178,10 @@ def test_acting_is_greedy_over_legal_actions_and_bad_config_is_refused(batch):
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("name", ["updet_m", "bc_r"])
+@pytest.mark.parametrize("name", ["updet_m", "bc_r", "odis"])
 def test_one_and_two_devices_give_the_same_update(name):
     """The data-parallel contract (``mtmarl.algos.reductions``): a batch split over two devices gives
-    the single-device update, metrics included."""
+    the single-device update, metrics included (ODIS: one update of each stage, Gumbel noise included)."""
     from helpers import one_update_on_one_and_two_devices, random_task
 
     from mtmarl.data.batching import make_buffers
@@ -189,5 +189,7 @@ def test_one_and_two_devices_give_the_same_update(name):
     rng = np.random.default_rng(1)
     buffers = make_buffers([random_task(rng, 30, 3, SPEC.obs_dim, A), random_task(rng, 25, 2, SPEC.obs_dim, A)],
                            seq_len=4)
-    one_update_on_one_and_two_devices(registry.build(name, {"batch_size": 6, "seq_len": 4, "lr": 3e-3}, NET, SPEC),
-                                      buffers)
+    extra = {"skill_updates": 1} if name == "odis" else {}
+    algo = registry.build(name, {"batch_size": 6, "seq_len": 4, "lr": 3e-3, **extra}, NET, SPEC)
+    opts = (lambda s: [s.skills.opt_state, s.values.opt_state]) if name == "odis" else (lambda s: [s.opt_state])
+    one_update_on_one_and_two_devices(algo, buffers, stages=len(algo.stages), opt_states=opts)

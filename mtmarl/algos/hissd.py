@@ -46,6 +46,7 @@ import optax
 
 from mtmarl.algos import common
 from mtmarl.algos.protocol import Algorithm, Stage
+from mtmarl.algos.reductions import batch_noise
 from mtmarl.algos.registry import register
 from mtmarl.envs.layout import EnvSpec
 from mtmarl.errors import UserInputError
@@ -226,14 +227,6 @@ def info_nce(anchor, positive, keys, neg_mask, w):
     return jax.nn.logsumexp(jnp.concatenate([l_pos[:, None], l_neg], axis=1), axis=1) - l_pos
 
 
-def _shard_uniform(key, rows: int, cols: tuple = (), axis_name: str | None = None):
-    """Uniform numbers for this shard's ``rows`` drawn as rows of the global batch (shard-count independent)."""
-    if axis_name is None:
-        return jax.random.uniform(key, (rows,) + cols)
-    n, i = jax.lax.psum(1, axis_name), jax.lax.axis_index(axis_name)
-    return jax.lax.dynamic_slice_in_dim(jax.random.uniform(key, (rows * n,) + cols), i * rows, rows)
-
-
 def _pick_agent(u, active):
     """(B,) the ``floor(u * count)``-th active agent of each row of ``active`` (B, N): uniform for uniform u."""
     idx = jnp.floor(u * active.sum(-1)).astype(jnp.int32)
@@ -301,7 +294,7 @@ def make(cfg: Config, network: dict, env: EnvSpec) -> HissdAlgorithm:
 
     def contrastive(params, target, batch, z, key, ax):
         B, T, _ = batch.active.shape
-        u = _shard_uniform(key, B, (5,), ax)  # one draw per global row: sharding changes no choice
+        u = batch_noise(jax.random.uniform, key, (B, 5), ax)  # one draw per global row: sharding changes no choice
         rows = jnp.arange(B)
         t = jnp.floor(u[:, 0] * T).astype(jnp.int32)
         tp = jnp.minimum(t + jnp.floor(u[:, 1] * cfg.ssl_window).astype(jnp.int32), T - 1)
@@ -310,7 +303,7 @@ def make(cfg: Config, network: dict, env: EnvSpec) -> HissdAlgorithm:
         anchor = z[rows, t, n]
         pos = jax.lax.stop_gradient(apply("encoder", target, batch.obs[rows, tp, npos]))
         all_ids, keys = common.gather_batch(batch.task_ids, ax), common.gather_batch(pos, ax)
-        scores = _shard_uniform(jax.random.fold_in(key, 1), B, all_ids.shape, ax)
+        scores = batch_noise(jax.random.uniform, jax.random.fold_in(key, 1), (B, *all_ids.shape), ax)
         neg = negative_mask(batch.task_ids, all_ids, scores, cfg.negatives_fraction)
         per = info_nce(anchor, pos, keys, neg, params["contrast_w"])
         ok = neg.any(-1) & batch.active[rows, t, n]

@@ -58,6 +58,7 @@ import optax
 
 from mtmarl.algos import common
 from mtmarl.algos.protocol import Algorithm, Stage
+from mtmarl.algos.reductions import batch_noise
 from mtmarl.algos.registry import register
 from mtmarl.envs.layout import EnvSpec
 from mtmarl.errors import UserInputError
@@ -122,19 +123,6 @@ def previous_actions(actions, resets, n_actions: int):
     oh = jax.nn.one_hot(actions, n_actions)
     prev = jnp.concatenate([jnp.zeros_like(oh[:, :1]), oh[:, :-1]], axis=1)
     return jnp.where(resets[:, :, None, None], 0.0, prev)
-
-
-def batch_noise(key, shape, axis_name: str | None = None):
-    """Standard normal noise of this shard's part (``shape``, batch axis first) of the global batch.
-
-    Every device carries the same key (``mtmarl.training.engine``), so the noise is drawn for the
-    global batch and sliced by the shard's index: 2 devices draw what 1 device does.
-    """
-    if axis_name is None:
-        return jax.random.normal(key, shape)
-    shards = jax.lax.psum(1, axis_name)
-    full = jax.random.normal(key, (shape[0] * shards,) + tuple(shape[1:]))
-    return jax.lax.dynamic_slice_in_dim(full, jax.lax.axis_index(axis_name) * shape[0], shape[0], axis=0)
 
 
 class Heads(NamedTuple):
@@ -227,7 +215,7 @@ def make(cfg: Config, network: dict, env: EnvSpec) -> Algorithm:
         """(total, (metrics, z_e, codes)): Eq. 6 and what the dead-code restart reads."""
         prev = previous_actions(batch.actions, batch.resets, n_act)
         hs = history(params, batch.obs, prev, batch.resets)
-        eps = batch_noise(key, hs.shape[:-1] + (cfg.agent_dim,), axis_name)
+        eps = batch_noise(jax.random.normal, key, hs.shape[:-1] + (cfg.agent_dim,), axis_name)
         out = net.apply(params, hs, batch.obs, eps, method=M3Net.heads)
         sl = -common.take_action(common.legal_log_softmax(out.logits, batch.legals), batch.actions)
         recons = jnp.mean(jnp.square(out.recon - jnp.concatenate([batch.obs, prev], -1)), -1)

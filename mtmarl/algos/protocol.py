@@ -46,7 +46,7 @@ class Stage(NamedTuple):
 
     name: str
     update: Callable  # (state, batch, key, axis_name=None) -> (state, metrics dict of scalars)
-    updates: int | None = None
+    updates: int | float | None = None  # a float in (0, 1): that share of training.updates (plan_stages)
     sampler: Any = None  # mtmarl.data.batching.SamplerConfig | None
 
 
@@ -86,12 +86,14 @@ def plan_stages(stages: tuple[Stage, ...], total: int | None, chunk: int = 1) ->
     """The update interval of every stage for a run of ``total`` updates in calls of ``chunk``.
 
     At most one stage may leave its count open (``updates=None``); it takes what
-    the others leave of ``total``. With ``total=None`` (open-ended use, tests) only
+    the others leave of ``total``. A count given as a float in (0, 1) is that share of
+    ``total``, rounded to the nearest multiple of ``chunk``. With ``total=None`` (open-ended use, tests) only
     the last stage may be open. Every boundary must fall on a call boundary, since
     one compiled call runs one stage.
     """
     if not stages:
         raise UserInputError("an algorithm needs at least one stage")
+    stages = tuple(s._replace(updates=_resolve_share(s, total, chunk)) for s in stages)
     counts = {s.name: s.updates for s in stages}
     open_ = [s.name for s in stages if s.updates is None]
     fixed = sum(s.updates for s in stages if s.updates is not None)
@@ -116,6 +118,19 @@ def plan_stages(stages: tuple[Stage, ...], total: int | None, chunk: int = 1) ->
         spans.append(StageSpan(i, s, start, end))
         start = end if end is not None else start
     return tuple(spans)
+
+
+def _resolve_share(stage: Stage, total: int | None, chunk: int):
+    """A stage's update count, with a share of ``total`` (a float in (0, 1)) turned into a count."""
+    n = stage.updates
+    if n is None or isinstance(n, bool) or not isinstance(n, float) or n.is_integer():
+        return None if n is None else int(n)
+    if not 0.0 < n < 1.0:
+        raise UserInputError(f"stage {stage.name!r}: a fractional update count is a share of training.updates "
+                             f"in (0, 1), got {n}")
+    if total is None:
+        raise UserInputError(f"stage {stage.name!r} asks for a share {n} of the updates, but no total is set")
+    return int(round(n * total / chunk)) * chunk
 
 
 def stage_at(spans: tuple[StageSpan, ...], step: int) -> StageSpan:

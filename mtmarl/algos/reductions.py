@@ -42,6 +42,16 @@ def gather_batch(x, axis_name: str | None = None):
     return x if axis_name is None else jax.lax.all_gather(x, axis_name, tiled=True)
 
 
+def batch_noise(draw, key, shape, axis_name: str | None = None):
+    """Random numbers for this shard's rows of the batch: ``draw(key, shape)`` (e.g. ``jax.random.gumbel``)
+    made for the global batch (``shape[0]`` rows per shard, shards in device order) and this shard's rows
+    taken, so one device and several draw the same numbers for the same sample."""
+    if axis_name is None:
+        return draw(key, shape)
+    shards, index = jax.lax.psum(1, axis_name), jax.lax.axis_index(axis_name)
+    return jax.lax.dynamic_slice_in_dim(draw(key, (shape[0] * shards, *shape[1:])), index * shape[0], shape[0], 0)
+
+
 def masked_mean(x, weight, axis_name: str | None = None):
     """sum(x * w) / sum(w) over the global batch (0 if all weights are 0), for metrics.
 

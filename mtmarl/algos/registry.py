@@ -26,7 +26,8 @@ from mtmarl.configs import CONFIG_DIR as PACKAGE_CONFIGS
 from mtmarl.envs.layout import ActionLayout, EnvSpec, ObsLayout
 from mtmarl.errors import UserInputError
 
-BUILTIN = ("mt_oryx", "mt_cql_sable", "mt_bc_sable", "bc_t", "updet", "bc_r", "hissd", "m3")  # modules mtmarl.algos.<name>
+BUILTIN = ("mt_oryx", "mt_cql_sable", "mt_bc_sable", "bc_t", "updet", "bc_r", "odis", "hissd",
+           "m3")  # modules mtmarl.algos.<name>
 # (updet registers updet_m and updet_l)
 CONFIG_DIR = PACKAGE_CONFIGS / "algo"
 

@@ -121,23 +121,93 @@ def conservative_gap(q, legals, actions):
     return jax.nn.logsumexp(jnp.where(legals, q, -jnp.inf), axis=-1) - common.take_action(q, actions)
 
 
-def _update_target(cfg: Config, params, target, steps):
+def update_target(cfg: Config, params, target, steps):
+    """The target network after ``steps`` updates: Polyak with ``tau``, or a copy every ``target_update_interval``."""
     if cfg.target_update == "polyak":
         return common.polyak(params, target, cfg.tau)
     copy = steps % cfg.target_update_interval == 0
     return jax.tree.map(lambda p, t: jnp.where(copy, p, t), params, target)
 
 
-def build(cfg: Config, network: dict, env: EnvSpec) -> ValueAlgorithm:
-    agent = EntityAgent(env, EntityConfig.from_dict(dict(network)))
+def make_mix(cfg: Config):
+    """``(mixer or None, mix(params, qs, hidden, active) -> Q_tot)``: the attention mixer (``params["mixer"]``,
+    reading the agents' embeddings without gradient) for a mixer config, else a VDN sum."""
     mixer = AttentionMixer(cfg.mixer()) if isinstance(cfg, MixerAlgoConfig) else None
-    tx = optax.chain(optax.clip_by_global_norm(cfg.max_grad_norm), optax.adam(cfg.lr))
-    width = agent.cfg.width
 
     def mix(params, qs, hidden, active):
         if mixer is None:
             return vdn(qs, active)
         return mixer.apply(params["mixer"], qs, jax.lax.stop_gradient(hidden), active)
+
+    return mixer, mix
+
+
+def td_targets(cfg: Config, mix: Callable, target_params, q_pick, qt, ht, legals, batch):
+    """(B, T-1) TD targets of steps 0..T-2 (no gradient): each agent's next choice is its legal arg-max of
+    ``q_pick`` (the online Qs with ``double_q``, else the target's), valued by the target Qs ``qt`` and
+    mixed by the target mixer over the target embeddings ``ht``. Choices may be actions or, for ODIS, skills."""
+    best = jnp.where(legals, q_pick, NEG).argmax(-1)[:, 1:]                              # (B, T-1, N)
+    q_next = common.take_action(qt[:, 1:], best)
+    next_v = mix(target_params, q_next, ht[:, 1:], batch.active[:, 1:])[..., None]       # (B, T-1, 1)
+    y = common.lambda_returns(batch.rewards[:, :-1, None], batch.discounts[:, :-1, None], next_v,
+                              common.td_valid(batch)[..., None], cfg.gamma, cfg.td_lambda)
+    return jax.lax.stop_gradient(y[..., 0])
+
+
+def value_losses(cfg: Config, mix: Callable, params, q, h, choices, legals, y, batch, axis_name=None):
+    """(td_loss, conservative_loss, metrics) of per-agent Qs ``q`` (B, T, N, C) over choices (actions, or
+    ODIS's skills) at the data's ``choices`` (B, T, N), embeddings ``h`` and TD targets ``y`` (module docstring)."""
+    ax = axis_name
+    q_data = common.take_action(q, choices)                                              # (B, T, N)
+    q_tot = mix(params, q_data[:, :-1], h[:, :-1], batch.active[:, :-1])                 # (B, T-1)
+    valid = common.td_valid(batch) & jnp.any(batch.active[:, :-1], axis=-1)
+    td_loss = common.task_mean(0.5 * jnp.square(q_tot - y), valid, batch.task_ids, cfg.task_mean, ax)
+    if cfg.conservative == "logsumexp":
+        gap = conservative_gap(q, legals, choices)
+        cql_loss = common.task_mean(gap, batch.active, batch.task_ids, cfg.task_mean, ax)
+    else:
+        greedy = jnp.where(legals, jax.lax.stop_gradient(q), NEG).argmax(-1)
+        gap = mix(params, common.take_action(q, greedy), h, batch.active) - mix(params, q_data, h, batch.active)
+        cql_loss = common.task_mean(gap, jnp.any(batch.active, -1), batch.task_ids, cfg.task_mean, ax)
+    metrics = {"td_loss": common.global_sum(td_loss, ax), "cql_loss": common.global_sum(cql_loss, ax),
+               "q_tot": common.masked_mean(q_tot, valid, ax), "td_target": common.masked_mean(y, valid, ax),
+               "q_data": common.masked_mean(q_data, batch.active, ax)}
+    return td_loss, cql_loss, metrics
+
+
+def value_update(cfg: Config, loss: Callable, tx: optax.GradientTransformation):
+    """A stage update of a :class:`ValueState`: one clipped-Adam step on ``loss(params, target, batch, key,
+    axis_name)`` (gradients summed over the pmap axis), then the target update of ``cfg``."""
+
+    def update(state: ValueState, batch, key, axis_name=None):
+        (total, metrics), grads = jax.value_and_grad(loss, has_aux=True)(
+            state.params, state.target_params, batch, key, axis_name=axis_name)
+        if axis_name is not None:
+            grads = jax.lax.psum(grads, axis_name)
+        updates, opt_state = tx.update(grads, state.opt_state, state.params)
+        params = optax.apply_updates(state.params, updates)
+        steps = state.steps + 1
+        metrics = dict(metrics, loss=common.global_sum(total, axis_name), grad_norm=optax.tree.norm(grads))
+        return ValueState(params, update_target(cfg, params, state.target_params, steps), opt_state, steps), metrics
+
+    return update
+
+
+def greedy_action(cfg: Config, q, action_mask, key, greedy):
+    """Each agent's legal arg-max of ``q``; epsilon-greedy over the legal actions when not ``greedy``."""
+    actions = jnp.where(action_mask, q, NEG).argmax(-1)
+    if cfg.epsilon > 0:
+        k_explore, k_random = jax.random.split(key)
+        explore = jax.random.uniform(k_explore, actions.shape) < cfg.epsilon
+        actions = jnp.where(explore & ~jnp.asarray(greedy), uniform_legal(k_random, action_mask), actions)
+    return actions.astype(jnp.int32)
+
+
+def build(cfg: Config, network: dict, env: EnvSpec) -> ValueAlgorithm:
+    agent = EntityAgent(env, EntityConfig.from_dict(dict(network)))
+    mixer, mix = make_mix(cfg)
+    tx = optax.chain(optax.clip_by_global_norm(cfg.max_grad_norm), optax.adam(cfg.lr))
+    width = agent.cfg.width
 
     def init(key, sample_obs):
         k_agent, k_mixer = jax.random.split(key)
@@ -155,60 +225,26 @@ def build(cfg: Config, network: dict, env: EnvSpec) -> ValueAlgorithm:
         """(B, T-1) TD targets of steps 0..T-2 from the target network (and the online arg-max with double_q)."""
         qt, ht = forward(target_params, batch)
         q_pick = (forward(params, batch)[0] if q_online is None else q_online) if cfg.double_q else qt
-        best = jnp.where(batch.legals, q_pick, NEG).argmax(-1)[:, 1:]                    # (B, T-1, N)
-        q_next = common.take_action(qt[:, 1:], best)
-        next_v = mix(target_params, q_next, ht[:, 1:], batch.active[:, 1:])[..., None]  # (B, T-1, 1)
-        y = common.lambda_returns(batch.rewards[:, :-1, None], batch.discounts[:, :-1, None], next_v,
-                                  common.td_valid(batch)[..., None], cfg.gamma, cfg.td_lambda)
-        return jax.lax.stop_gradient(y[..., 0])
+        return td_targets(cfg, mix, target_params, q_pick, qt, ht, batch.legals, batch)
 
     def loss(params, target_params, batch, key, axis_name=None):
         del key
-        ax = axis_name
         q, h = forward(params, batch)
-        q_data = common.take_action(q, batch.actions)                                    # (B, T, N)
-        q_tot = mix(params, q_data[:, :-1], h[:, :-1], batch.active[:, :-1])             # (B, T-1)
         y = td_target(params, target_params, batch, jax.lax.stop_gradient(q))
-        valid = common.td_valid(batch) & jnp.any(batch.active[:, :-1], axis=-1)
-        td_loss = common.task_mean(0.5 * jnp.square(q_tot - y), valid, batch.task_ids, cfg.task_mean, ax)
-        if cfg.conservative == "logsumexp":
-            gap = conservative_gap(q, batch.legals, batch.actions)
-            cql_loss = common.task_mean(gap, batch.active, batch.task_ids, cfg.task_mean, ax)
-        else:
-            greedy = jnp.where(batch.legals, jax.lax.stop_gradient(q), NEG).argmax(-1)
-            gap = mix(params, common.take_action(q, greedy), h, batch.active) - mix(params, q_data, h, batch.active)
-            cql_loss = common.task_mean(gap, jnp.any(batch.active, -1), batch.task_ids, cfg.task_mean, ax)
-        total = td_loss + cfg.cql_weight * cql_loss
-        return total, {"td_loss": common.global_sum(td_loss, ax), "cql_loss": common.global_sum(cql_loss, ax),
-                       "q_tot": common.masked_mean(q_tot, valid, ax), "td_target": common.masked_mean(y, valid, ax),
-                       "q_data": common.masked_mean(q_data, batch.active, ax)}
-
-    def update(state: ValueState, batch, key, axis_name=None):
-        (total, metrics), grads = jax.value_and_grad(loss, has_aux=True)(
-            state.params, state.target_params, batch, key, axis_name=axis_name)
-        if axis_name is not None:
-            grads = jax.lax.psum(grads, axis_name)
-        updates, opt_state = tx.update(grads, state.opt_state, state.params)
-        params = optax.apply_updates(state.params, updates)
-        steps = state.steps + 1
-        metrics = dict(metrics, loss=common.global_sum(total, axis_name), grad_norm=optax.tree.norm(grads))
-        return ValueState(params, _update_target(cfg, params, state.target_params, steps), opt_state, steps), metrics
+        td_loss, cql_loss, metrics = value_losses(cfg, mix, params, q, h, batch.actions, batch.legals, y, batch,
+                                                  axis_name)
+        return td_loss + cfg.cql_weight * cql_loss, metrics
 
     def act(params, carry, obs, action_mask, active, reset, key, greedy=False):
         del active
         h = jnp.where(reset, 0.0, carry)
         h, q = agent.apply(params["agent"], h, obs)
-        actions = jnp.where(action_mask, q, NEG).argmax(-1)
-        if cfg.epsilon > 0:
-            k_explore, k_random = jax.random.split(key)
-            explore = jax.random.uniform(k_explore, actions.shape) < cfg.epsilon
-            actions = jnp.where(explore & ~jnp.asarray(greedy), uniform_legal(k_random, action_mask), actions)
-        return actions.astype(jnp.int32), None, h
+        return greedy_action(cfg, q, action_mask, key, greedy), None, h
 
     spec = {"name": cfg.name, "n_actions": env.num_actions, "env": env.to_json(),
             "algo": dataclasses.asdict(cfg), "network": dataclasses.asdict(agent.cfg)}
     return ValueAlgorithm(name=cfg.name, cfg=cfg, sampler=cfg.sampler(), init=init,
-                          stages=(Stage("train", update),), act=act,
+                          stages=(Stage("train", value_update(cfg, loss, tx)),), act=act,
                           init_carry=lambda: jnp.zeros((env.num_agents, width)), spec=spec,
                           loss=loss, td_target=td_target)
 

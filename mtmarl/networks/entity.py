@@ -85,6 +85,12 @@ class EntityAgent(nn.Module):
         for _ in range(self.cfg.depth):
             x = Block(self.cfg)(x, keep)
         x = jnp.where(keep[..., None], nn.LayerNorm()(x), 0.0)
+        # An agent that observes no entity (a padded slot, a dead unit) passes no gradient: its history
+        # token is then a fixed point of this step, constant at initialisation (zero biases), where every
+        # LayerNorm's Jacobian is 1/sqrt(eps) ~ 1e3; through time that overflows to inf/NaN within a few
+        # steps once a loss weighs such an agent's output (a mixer over all agents' Qs).
+        sees = jnp.any(jnp.concatenate(present[1: 1 + len(self.env.obs.groups)], axis=-1), axis=-1)
+        x = jnp.where(sees[..., None, None], x, jax.lax.stop_gradient(x))
         new_hidden = x[..., 0, :]
         logits = [nn.Dense(self.env.actions.basic, name="basic_head")(new_hidden)]
         starts, start = {}, 1

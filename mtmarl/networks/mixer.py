@@ -44,6 +44,21 @@ class MixerConfig:
             raise UserInputError(f"attention mixer needs positive sizes and width divisible by heads, got {self}")
 
 
+def agent_attention(embeds, mask, width: int, heads: int):
+    """Masked self-attention over agents, ``(..., N, E) -> (..., N, width)``; masked agents' rows are zero.
+
+    A linear embedding, one residual attention layer in which only unmasked agents are keys and queries,
+    and a LayerNorm. Call it inside a compact module's method: its layers (``embed``, ``attention``,
+    ``norm``) become that module's.
+    """
+    x = nn.Dense(width, name="embed")(embeds)
+    attn_mask = (mask[..., None, :] & mask[..., :, None])[..., None, :, :]  # (..., 1 head, N query, N key)
+    x = x + nn.MultiHeadDotProductAttention(num_heads=heads, qkv_features=width, name="attention")(
+        x, x, mask=attn_mask)
+    x = nn.LayerNorm(name="norm")(x)
+    return jnp.where(mask[..., None], x, 0.0)
+
+
 class AttentionMixer(nn.Module):
     """``(qs (..., N), embeds (..., N, E), mask (..., N) bool) -> Q_tot (...)`` (module docstring)."""
 
@@ -53,12 +68,7 @@ class AttentionMixer(nn.Module):
     def __call__(self, qs, embeds, mask):
         w = self.cfg.width
         m = mask.astype(qs.dtype)
-        x = nn.Dense(w, name="embed")(embeds)
-        attn_mask = (mask[..., None, :] & mask[..., :, None])[..., None, :, :]  # (..., 1 head, N query, N key)
-        x = x + nn.MultiHeadDotProductAttention(num_heads=self.cfg.heads, qkv_features=w, name="attention")(
-            x, x, mask=attn_mask)
-        x = nn.LayerNorm(name="norm")(x)
-        x = jnp.where(mask[..., None], x, 0.0)
+        x = agent_attention(embeds, mask, w, self.cfg.heads)
         pooled = jnp.sum(x, axis=-2) / jnp.maximum(jnp.sum(m, axis=-1, keepdims=True), 1.0)
         w1 = jnp.abs(nn.Dense(self.cfg.mix_width, name="hyper_w1")(x)) * m[..., None]       # (..., N, K)
         b1 = nn.Dense(self.cfg.mix_width, name="hyper_b1")(pooled)                           # (..., K)
