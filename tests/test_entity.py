@@ -99,17 +99,25 @@ def _weakest_first(s, t, rng):
     return 2 + rng.choice(np.flatnonzero(hp == hp.min()), t.observation.agents_view.shape[0])
 
 
-def test_bc_t_learns_the_data_policy_through_the_cli(toy_env, tmp_path):
-    from mtmarl import tasks, train
+def duel_vaults(root, episodes: int):
+    """Vaults of the toy duel's training tasks (``episodes`` of weakest-first play each) under
+    ``root/vaults`` and its task set 'duel' under ``root/conf`` (a hydra search path); returns ``root``."""
+    from mtmarl import tasks
     from mtmarl.data.vault import write_vault
+
+    for i, spec in enumerate(tasks.from_config(SET).train):
+        data = record_experience(spec.build(), episodes, i, _weakest_first)
+        write_vault(root / "vaults", spec, data, {"policy": "weakest first"})
+    (root / "conf" / "tasks").mkdir(parents=True)
+    (root / "conf" / "tasks" / "duel.yaml").write_text(yaml.safe_dump(SET))
+    return root
+
+
+def test_bc_t_learns_the_data_policy_through_the_cli(toy_env, tmp_path):
+    from mtmarl import train
     from mtmarl.experiments.config import compose_train
 
-    ts = tasks.from_config(SET)
-    for i, spec in enumerate(ts.train):
-        data = record_experience(spec.build(), 20, i, _weakest_first)
-        write_vault(tmp_path / "vaults", spec, data, {"policy": "weakest first"})
-    (tmp_path / "conf" / "tasks").mkdir(parents=True)
-    (tmp_path / "conf" / "tasks" / "duel.yaml").write_text(yaml.safe_dump(SET))
+    duel_vaults(tmp_path, 20)
     cfg = compose_train(["+algo=bc_t", "+tasks=duel", f"hydra.searchpath=[file://{tmp_path / 'conf'}]",
                          f"data.root={tmp_path / 'vaults'}", "network.width=32", "training=quick",
                          "training.updates=60", "training.updates_per_call=5", "training.log_every=5",

@@ -7,9 +7,7 @@ import json
 import math
 
 import pytest
-import yaml
-from test_entity import _weakest_first, toy_env  # noqa: F401  (toy_env is a fixture)
-from test_env_protocol import SET, record_experience
+from test_entity import duel_vaults, toy_env  # noqa: F401  (toy_env is a fixture)
 
 # per algorithm: the loss it logs and its own overrides (BC-r asks for the toy's best return: 2 enemies x 3 hp)
 CASES = {"bc_r": ("train/bc_loss", ["algo.target_return=6.0", "algo.return_scale=6.0"]),
@@ -19,15 +17,7 @@ CASES = {"bc_r": ("train/bc_loss", ["algo.target_return=6.0", "algo.return_scale
 
 @pytest.fixture(scope="module")
 def vaults(toy_env, tmp_path_factory):  # noqa: F811
-    from mtmarl import tasks
-    from mtmarl.data.vault import write_vault
-
-    root = tmp_path_factory.mktemp("entity_algos")
-    for i, spec in enumerate(tasks.from_config(SET).train):
-        write_vault(root / "vaults", spec, record_experience(spec.build(), 12, i, _weakest_first), {"policy": "wf"})
-    (root / "conf" / "tasks").mkdir(parents=True)
-    (root / "conf" / "tasks" / "duel.yaml").write_text(yaml.safe_dump(SET))
-    return root
+    return duel_vaults(tmp_path_factory.mktemp("entity_algos"), 12)
 
 
 @pytest.mark.parametrize("name", sorted(CASES))

@@ -10,10 +10,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
-import yaml
-from test_env_protocol import SET, ToyDuel, record_experience
+from test_entity import duel_vaults, toy_env  # noqa: F401  (toy_env is a fixture)
 
-from mtmarl import envs
 from mtmarl.algos import registry
 from mtmarl.algos.hissd import expectile_loss, info_nce, negative_mask, planner_weights
 from mtmarl.data.batching import Batch
@@ -142,29 +140,12 @@ def test_two_shards_give_the_whole_batch_loss():
     assert float(m["contrastive_loss"]) > 0
 
 
-@pytest.fixture(scope="module")
-def toy_env():
-    envs.register("toy_duel", ToyDuel)
-    yield
-    del envs.ENVS["toy_duel"]
-
-
-def _weakest_first(s, t, rng):
-    hp = np.where(np.asarray(s.hp) > 0, np.asarray(s.hp), 99)
-    return 2 + rng.choice(np.flatnonzero(hp == hp.min()), t.observation.agents_view.shape[0])
-
-
 @pytest.mark.slow
-def test_hissd_trains_through_the_cli_and_evaluates(toy_env, tmp_path):
-    from mtmarl import tasks, train
-    from mtmarl.data.vault import write_vault
+def test_hissd_trains_through_the_cli_and_evaluates(toy_env, tmp_path):  # noqa: F811
+    from mtmarl import train
     from mtmarl.experiments.config import compose_train
 
-    ts = tasks.from_config(SET)
-    for i, spec in enumerate(ts.train):
-        write_vault(tmp_path / "vaults", spec, record_experience(spec.build(), 20, i, _weakest_first), {"policy": "wf"})
-    (tmp_path / "conf" / "tasks").mkdir(parents=True)
-    (tmp_path / "conf" / "tasks" / "duel.yaml").write_text(yaml.safe_dump(SET))
+    duel_vaults(tmp_path, 20)
     cfg = compose_train(["+algo=hissd", "+tasks=duel", f"hydra.searchpath=[file://{tmp_path / 'conf'}]",
                          f"data.root={tmp_path / 'vaults'}", "network.width=16", "algo.skill_dim=8", "training=quick",
                          "training.updates=40", "training.updates_per_call=5", "training.log_every=5",

@@ -10,9 +10,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
-import yaml
-from test_entity import _weakest_first, toy_env  # noqa: F401  (toy_env is a fixture)
-from test_env_protocol import SET, record_experience
+from test_entity import duel_vaults, toy_env  # noqa: F401  (toy_env is a fixture)
 from test_updet import NET, SPEC, tiny_batch
 
 from mtmarl.algos import registry
@@ -157,15 +155,7 @@ def test_the_policy_reads_the_quantised_code_or_z_e(policy_input):
 
 @pytest.fixture(scope="module")
 def vaults(toy_env, tmp_path_factory):  # noqa: F811
-    from mtmarl import tasks
-    from mtmarl.data.vault import write_vault
-
-    root = tmp_path_factory.mktemp("m3")
-    for i, spec in enumerate(tasks.from_config(SET).train):
-        write_vault(root / "vaults", spec, record_experience(spec.build(), 12, i, _weakest_first), {"policy": "wf"})
-    (root / "conf" / "tasks").mkdir(parents=True)
-    (root / "conf" / "tasks" / "duel.yaml").write_text(yaml.safe_dump(SET))
-    return root
+    return duel_vaults(tmp_path_factory.mktemp("m3"), 12)
 
 
 def test_trains_through_the_cli_its_loss_falls_and_it_evaluates(vaults, tmp_path):
