@@ -109,7 +109,7 @@ def plan_stages(stages: tuple[Stage, ...], total: int | None, chunk: int = 1) ->
                              + (" (the open stage takes the rest)" if open_ else " (they must sum to it)"))
     spans, start = [], 0
     for i, s in enumerate(stages):
-        n = s.updates if s.updates is not None else (None if total is None else total - fixed)
+        n = int(s.updates) if s.updates is not None else (None if total is None else total - fixed)  # shares resolved above
         end = None if n is None else start + n
         for edge in (start, end):
             if edge is not None and edge % chunk:
