@@ -96,7 +96,7 @@ def plan_stages(stages: tuple[Stage, ...], total: int | None, chunk: int = 1) ->
     stages = tuple(s._replace(updates=_resolve_share(s, total, chunk)) for s in stages)
     counts = {s.name: s.updates for s in stages}
     open_ = [s.name for s in stages if s.updates is None]
-    fixed = sum(s.updates for s in stages if s.updates is not None)
+    fixed = sum(int(s.updates) for s in stages if s.updates is not None)
     if len(open_) > 1:
         raise UserInputError(f"stages {open_} all leave their update count open; at most one may")
     if any(n is not None and n < 0 for n in counts.values()):
