@@ -218,13 +218,13 @@ class NoCheckpoints(Checkpointer):
         self.directory = Path(directory).resolve()
 
     def save_latest(self, step: int, carry: Carry, meta: dict[str, Any]) -> None:
-        pass
+        """Nothing to write: process 0 saves the same carry."""
 
     def save_best(self, step: int, carry: Carry, meta: dict[str, Any]) -> None:
-        pass
+        """Nothing to write: process 0 saves the same carry."""
 
     def latest_step(self, which: str = "latest") -> int | None:
         return None
 
     def close(self) -> None:
-        pass
+        """No checkpoint manager was opened."""
