@@ -17,7 +17,18 @@ CACHE_DIR = Path(os.environ.get("MTMARL_CACHE", Path.home() / ".cache" / "mtmarl
 
 
 def enable_compilation_cache() -> None:
-    """Persist XLA executables: Jumanji envs take 5-20 s each to compile on CPU."""
+    """Persist XLA executables: Jumanji envs take 5-20 s each to compile on CPU.
+
+    ``MTMARL_XLA_CACHE=off`` turns it off. The test suite does so for itself and
+    the processes it starts: on CPU, several processes reading and writing one
+    cache directory at once crashed inside XLA (an abort while compiling, a
+    segfault while loading a cached executable), and a crash loses the run.
+    """
+    setting = os.environ.get("MTMARL_XLA_CACHE", "on")
+    if setting not in ("on", "off"):
+        raise UserInputError(f"MTMARL_XLA_CACHE={setting!r}: allowed values are 'on' and 'off'")
+    if setting == "off":
+        return
     jax.config.update("jax_compilation_cache_dir", str(CACHE_DIR / "xla"))
     jax.config.update("jax_persistent_cache_min_compile_time_secs", 1.0)
 

@@ -5,6 +5,8 @@ import os
 flags = os.environ.get("XLA_FLAGS", "")
 if "xla_force_host_platform_device_count" not in flags:
     os.environ["XLA_FLAGS"] = f"{flags} --xla_force_host_platform_device_count=2".strip()
+# No persistent XLA cache in tests or the CLIs they start (see mtmarl.runtime.enable_compilation_cache).
+os.environ["MTMARL_XLA_CACHE"] = "off"
 
 
 import jax  # noqa: E402  (after XLA_FLAGS is set)

@@ -21,10 +21,8 @@ from mtmarl.online.rollout import make_reset_pool, rollout, start_from_pool, ste
 from mtmarl.online.anakin import chunk_summary, to_experience
 from mtmarl.online.collectors import get_system
 from mtmarl.online.system import MappoConfig
-from mtmarl.runtime import enable_compilation_cache
 from mtmarl.tasks import TaskSpec
 
-enable_compilation_cache()  # Connector's reset takes seconds to compile; reruns reuse it
 
 TASK = "connector:grid=5,agents=2"
 CONFIG = OmegaConf.load(CONFIG_DIR / "online" / "mappo.yaml")

@@ -19,9 +19,7 @@ from mtmarl.online.collectors import get_system
 from mtmarl.online.registry import make_online_system, online_config
 from mtmarl.online.rollout import carried_rollout, make_reset_pool, reset_where, start_from_pool
 from mtmarl.online.system import Critic, MappoConfig, RecurrentActor, act_batch, make_policy, replay_actor
-from mtmarl.runtime import enable_compilation_cache
 
-enable_compilation_cache()
 
 TASK = "connector:grid=5,agents=2"
 MAPPO = OmegaConf.to_container(OmegaConf.load(CONFIG_DIR / "online" / "mappo.yaml"))

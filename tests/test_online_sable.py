@@ -20,10 +20,8 @@ from mtmarl.online.registry import online_config
 from mtmarl.online.rollout import make_reset_pool, start_from_pool
 from mtmarl.online.sable_system import (SableOnlineConfig, batch_major, sable_rollout, teacher_forced)
 from mtmarl.online.system import MappoConfig
-from mtmarl.runtime import enable_compilation_cache
 from mtmarl.tasks import TaskSpec
 
-enable_compilation_cache()
 
 TASK = "connector:grid=5,agents=2"
 CONFIG = OmegaConf.to_container(OmegaConf.load(CONFIG_DIR / "online" / "sable.yaml"))

@@ -420,3 +420,24 @@ def test_sigterm_then_resume_equals_an_uninterrupted_run(data_root, tmp_path):
     assert a_step == b_step == total
     for x, y in zip(jax.tree.leaves(a), jax.tree.leaves(b)):
         np.testing.assert_array_equal(x, y)
+
+
+def test_xla_cache_switch(monkeypatch):
+    """``MTMARL_XLA_CACHE`` turns the persistent cache on or off and names the allowed values when wrong."""
+    from mtmarl import runtime
+    from mtmarl.errors import UserInputError
+
+    old = jax.config.jax_compilation_cache_dir
+    try:
+        monkeypatch.setenv("MTMARL_XLA_CACHE", "off")
+        jax.config.update("jax_compilation_cache_dir", None)
+        runtime.enable_compilation_cache()
+        assert jax.config.jax_compilation_cache_dir is None
+        monkeypatch.setenv("MTMARL_XLA_CACHE", "on")
+        runtime.enable_compilation_cache()
+        assert jax.config.jax_compilation_cache_dir == str(runtime.CACHE_DIR / "xla")
+        monkeypatch.setenv("MTMARL_XLA_CACHE", "maybe")
+        with pytest.raises(UserInputError, match=r"MTMARL_XLA_CACHE='maybe'.*'on' and 'off'"):
+            runtime.enable_compilation_cache()
+    finally:
+        jax.config.update("jax_compilation_cache_dir", old)
