@@ -7,8 +7,9 @@
 Each run is ``python -m mtmarl.train +algo=<a> +tasks=<set> data.uid=<quality>``. Win rates
 are the evaluator's (episodes where every enemy died and an ally lived); mean ± standard
 error over seeds (one seed: over tasks) and IQM with its stratified bootstrap CI, per
-split. Writes ``results/smax/``: ``smax.md`` (one table: algorithm x set/quality, train and
-test), ``smax_long.{json,csv,md}``, ``smax_tasks.md`` (every task's win rate),
+split. Writes ``results/smax/``: ``smax.md`` (algorithm x set/quality, train and test; then
+the same table from seed 002's Table 1, ``mtmarl/experiments/seed002.py``),
+``smax_long.{json,csv,md}``, ``smax_tasks.md`` (every task's win rate, then the paper's),
 ``fig_smax.png`` (+ .json/.csv), ``records.json``, ``runs.json``.
 """
 
@@ -17,6 +18,7 @@ from __future__ import annotations
 from collections import defaultdict
 from pathlib import Path
 
+from mtmarl.experiments import seed002
 from mtmarl.experiments.analysis import aggregate, bootstrap_args, find, fmt, report, save_markdown, table_cells
 from mtmarl.experiments.config import run_overrides
 from mtmarl.experiments.driver import Experiment, main
@@ -48,6 +50,16 @@ def analyse(cfg, records, out: Path) -> list[Path]:
         lines.append(f"| {algo} | " + " | ".join(cells) + " |")
     lines += ["", "Win rate (0-1) per task, averaged over the split's tasks: mean ± standard error over seeds "
               "(* = one seed: over tasks). IQM and 95% CIs in smax_long.md; every task in smax_tasks.md."]
+    lines += ["", "**seed 002 Table 1 (SMAC, 5 seeds)**", "", lines[0], lines[1]]
+    for algo in cfg.algos:
+        method = seed002.paper_method(algo)
+        cells = [fmt(seed002.split_mean(s, q, method, split))
+                 if method and (s, q) in seed002.PANELS else "n/a"
+                 for s, q in columns for split in ("train", "test")]
+        lines.append(f"| {algo} | " + " | ".join(cells) + " |")
+    lines += ["", "The paper's win rate (0-1) of the column each algorithm compares with (bc_t/bc_r: BC-best, "
+              "updet_m/updet_l: UPDeT-best, the better of the two per task), averaged over the split's tasks; "
+              "n/a: no such column. Per task in smax_tasks.md."]
     files.append(save_markdown(out / "smax.md", lines))
     per_task: dict[tuple, list[float]] = defaultdict(list)
     for r in records:
@@ -60,6 +72,16 @@ def analyse(cfg, records, out: Path) -> list[Path]:
                 vals = [per_task.get((s, q, split, t, a)) for a in cfg.algos]
                 tlines.append(f"| {s} | {q} | {split} | {t} | "
                               + " | ".join(fmt(sum(v) / len(v)) if v else "n/a" for v in vals) + " |")
+    tlines += ["", "**seed 002 Table 1 per task** (SMAC win rate %, mean ± std over 5 seeds)", "",
+               "| set / quality | split | task | " + " | ".join(seed002.METHODS) + " |",
+               "|" + "---|" * (3 + len(seed002.METHODS))]
+    for s, q in columns:
+        if (s, q) not in seed002.PANELS:
+            continue
+        for split in ("train", "test"):
+            for t in seed002.split_tasks(s, split):
+                cells = (seed002.TABLE1[(s, q, m, t)] for m in seed002.METHODS)
+                tlines.append(f"| {s} {q} | {split} | {t} | " + " | ".join(f"{m:.1f} ± {d:g}" for m, d in cells) + " |")
     (out / "smax_tasks.md").write_text("\n".join(tlines) + "\n")
     files.append(out / "smax_tasks.md")
     panels = [f"{s} {q}" for s, q in columns]
