@@ -111,3 +111,41 @@ def one_update_on_one_and_two_devices(algo, buffers, stages: int = 1, opt_states
     for k in m1:
         np.testing.assert_allclose(m2[k], m1[k], rtol=1e-5, atol=1e-6, err_msg=k)
     return runs
+
+
+TINY_ENTITY_NET = {"width": 16, "heads": 1, "depth": 1, "ff_mult": 2}
+
+
+def smax_layout_update_and_act(name: str, algo_cfg: dict, batch_size: int = 2) -> list[dict]:
+    """Build ``name`` for the padded SMAX marine-hard layout (13 agents, 12 ally and 15 enemy slots, 20
+    actions), run one update of every stage on a random batch of two tasks with fewer agents than the
+    padding, then one acting step. Checks finite metrics and legal actions; returns each stage's metrics."""
+    import jax.numpy as jnp
+
+    from mtmarl import tasks
+    from mtmarl.algos import registry
+    from mtmarl.data.batching import SamplerConfig, make_buffers, sample
+
+    env = tasks.load("smax_marine_hard").env_spec
+    rng = np.random.default_rng(0)
+    data = []
+    for n in (3, 5):
+        legals = rng.random((12, n, env.num_actions)) < 0.5
+        legals[..., env.actions.noop] = True
+        data.append(dict(obs=rng.normal(size=(12, n, env.obs_dim)).astype(np.float32), legals=legals,
+                         actions=np.argmax(legals * rng.random(legals.shape), -1), rewards=rng.random(12),
+                         terminals=np.arange(12) % 5 == 4, truncations=np.zeros(12, bool)))
+    buffers = make_buffers(data, 3, num_agents=env.num_agents, obs_dim=env.obs_dim)
+    algo = registry.build(name, {"batch_size": batch_size, "seq_len": 3, **algo_cfg}, TINY_ENTITY_NET, env)
+    batch = sample(buffers, jax.random.PRNGKey(0), 0, SamplerConfig(batch_size, 3))
+    state = jax.jit(algo.init)(jax.random.PRNGKey(0), batch.obs[:1])
+    out = []
+    for stage in algo.stages:
+        state, metrics = jax.jit(stage.update)(state, batch, jax.random.PRNGKey(1))
+        assert all(np.isfinite(float(v)) for v in metrics.values()), (stage.name, metrics)
+        out.append(metrics)
+    mask = batch.legals[0, 0]
+    actions, _, _ = jax.jit(algo.act)(algo.acting_params(state), algo.init_carry(), batch.obs[0, 0], mask,
+                                      batch.active[0, 0], jnp.bool_(True), jax.random.PRNGKey(2))
+    assert actions.shape == (env.num_agents,) and bool(np.asarray(mask)[np.arange(env.num_agents), actions].all())
+    return out

@@ -68,34 +68,7 @@ def test_odis_trains_both_stages_through_the_cli_and_evaluates(vaults, tmp_path)
 @pytest.mark.slow
 @pytest.mark.parametrize("name", [*sorted(CASES), "odis"])
 def test_one_update_and_one_act_on_the_smax_marine_hard_layout(name):
-    """Built for the padded SMAX set (13 agents, 12 ally and 15 enemy slots, 20 actions): one update on a
-    random batch with padded agents, and one acting step, give finite numbers and legal actions."""
-    import jax
-    import jax.numpy as jnp
-    import numpy as np
+    """Every stage (ODIS: skill discovery, then the policy) updates once on the padded SMAX layout and acts legally."""
+    from helpers import smax_layout_update_and_act
 
-    from mtmarl import tasks
-    from mtmarl.algos import registry
-    from mtmarl.data.batching import SamplerConfig, make_buffers, sample
-
-    env = tasks.load("smax_marine_hard").env_spec
-    rng = np.random.default_rng(0)
-    data = []
-    for n in (3, 5):  # two tasks with fewer agents than the padding
-        legals = rng.random((12, n, env.num_actions)) < 0.5
-        legals[..., env.actions.noop] = True
-        data.append(dict(obs=rng.normal(size=(12, n, env.obs_dim)).astype(np.float32), legals=legals,
-                         actions=np.argmax(legals * rng.random(legals.shape), -1), rewards=rng.random(12),
-                         terminals=np.arange(12) % 5 == 4, truncations=np.zeros(12, bool)))
-    buffers = make_buffers(data, 3, num_agents=env.num_agents, obs_dim=env.obs_dim)
-    algo = registry.build(name, {"batch_size": 2, "seq_len": 3}, {"width": 16, "heads": 1, "depth": 1, "ff_mult": 2},
-                          env)
-    batch = sample(buffers, jax.random.PRNGKey(0), 0, SamplerConfig(2, 3))
-    state = algo.init(jax.random.PRNGKey(0), batch.obs[:1])
-    for stage in algo.stages:  # one update of every stage (ODIS: skill discovery, then the policy)
-        state, metrics = jax.jit(stage.update)(state, batch, jax.random.PRNGKey(1))
-        assert all(np.isfinite(float(v)) for v in metrics.values()), (stage.name, metrics)
-    mask = batch.legals[0, 0]
-    actions, _, _ = jax.jit(algo.act)(algo.acting_params(state), algo.init_carry(), batch.obs[0, 0], mask,
-                                      batch.active[0, 0], jnp.bool_(True), jax.random.PRNGKey(2))
-    assert actions.shape == (env.num_agents,) and bool(np.asarray(mask)[np.arange(env.num_agents), actions].all())
+    assert len(smax_layout_update_and_act(name, {})) == (2 if name == "odis" else 1)

@@ -212,31 +212,11 @@ def test_one_and_two_devices_give_the_same_update():
 
 @pytest.mark.slow
 def test_one_update_and_one_act_on_the_smax_marine_hard_layout():
-    """Built for the padded SMAX set (13 agents, 12 ally and 15 enemy slots): one update on a random batch
-    with padded agents and one acting step give finite numbers and legal actions."""
-    from mtmarl import tasks
-    from mtmarl.data.batching import SamplerConfig, make_buffers, sample
+    """M3 pretraining updates once on the padded SMAX layout and acts legally."""
+    from helpers import smax_layout_update_and_act
 
-    env = tasks.load("smax_marine_hard").env_spec
-    rng = np.random.default_rng(0)
-    data = []
-    for n in (3, 5):  # two tasks with fewer agents than the padding
-        legals = rng.random((12, n, env.num_actions)) < 0.5
-        legals[..., env.actions.noop] = True
-        data.append(dict(obs=rng.normal(size=(12, n, env.obs_dim)).astype(np.float32), legals=legals,
-                         actions=np.argmax(legals * rng.random(legals.shape), -1), rewards=rng.random(12),
-                         terminals=np.arange(12) % 5 == 4, truncations=np.zeros(12, bool)))
-    buffers = make_buffers(data, 3, num_agents=env.num_agents, obs_dim=env.obs_dim)
-    algo = registry.build("m3", {"batch_size": 2, "seq_len": 3, "num_codes": 8, "code_dim": 4, "agent_dim": 2,
-                                 "head_width": 8}, {"width": 16, "heads": 1, "depth": 1, "ff_mult": 2}, env)
-    batch = sample(buffers, jax.random.PRNGKey(0), 0, SamplerConfig(2, 3))
-    state = algo.init(jax.random.PRNGKey(0), batch.obs[:1])
-    state, metrics = jax.jit(algo.stages[0].update)(state, batch, jax.random.PRNGKey(1))
-    assert all(np.isfinite(float(v)) for v in metrics.values()), metrics
-    mask = batch.legals[0, 0]
-    actions, _, _ = jax.jit(algo.act)(algo.acting_params(state), algo.init_carry(), batch.obs[0, 0], mask,
-                                      batch.active[0, 0], jnp.bool_(True), jax.random.PRNGKey(2))
-    assert actions.shape == (env.num_agents,) and bool(np.asarray(mask)[np.arange(env.num_agents), actions].all())
+    smax_layout_update_and_act("m3", {"num_codes": 8, "code_dim": 4, "agent_dim": 2, "head_width": 8})
+
 
 
 def test_config_comes_from_its_yaml_and_bad_values_name_the_key():
