@@ -21,11 +21,14 @@ lint: install
 	$(VENV)/bin/ruff check .
 	$(VENV)/bin/mypy
 
+# Two pytest workers (pytest-xdist), one file per worker at a time so module fixtures are shared: compiles
+# dominate and are single-threaded, so two processes use both cores.
+TEST_WORKERS ?= 2
 test: install
-	$(PY) -m pytest -q --durations=15
+	$(PY) -m pytest -q --durations=15 -n $(TEST_WORKERS) --dist loadfile
 
 test-slow: install
-	$(PY) -m pytest -q -m slow
+	$(PY) -m pytest -q -m slow -n $(TEST_WORKERS) --dist loadfile
 
 # The main job: MT Oryx on the bundled rware_15 data (mtmarl/configs/training/default.yaml), then zero-shot on the
 # held-out tasks (measured 2026-11-23: 10 min on 2 idle cores with a cold XLA cache, 2.78 GiB peak RSS;

@@ -20,7 +20,8 @@ def vaults(toy_env, tmp_path_factory):  # noqa: F811
     return duel_vaults(tmp_path_factory.mktemp("entity_algos"), 12)
 
 
-@pytest.mark.parametrize("name", sorted(CASES))
+# updet_m runs in the fast suite; bc_r and updet_l share its path and are unit-tested in their own files
+@pytest.mark.parametrize("name", [n if n == "updet_m" else pytest.param(n, marks=pytest.mark.slow) for n in sorted(CASES)])
 def test_trains_through_the_cli_and_its_loss_falls(vaults, tmp_path, name):
     from mtmarl import train
     from mtmarl.experiments.config import compose_train
@@ -39,6 +40,7 @@ def test_trains_through_the_cli_and_its_loss_falls(vaults, tmp_path, name):
     assert json.loads((tmp_path / "run" / "algo.json").read_text())["name"] == name
 
 
+@pytest.mark.slow  # ODIS's stages, losses and freezing are unit-tested in test_odis.py
 def test_odis_trains_both_stages_through_the_cli_and_evaluates(vaults, tmp_path):
     """Skill discovery for 15 updates, then the skill-conditioned policy for 15: each stage logs its own
     losses, finite, and the ones it fits fall (reconstruction in stage 1, distillation in stage 2)."""

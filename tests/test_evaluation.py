@@ -131,6 +131,7 @@ def test_task_set_evaluator_matches_per_task_evaluators(set_envs):
         "need both timeouts and early ends"
 
 
+@pytest.mark.slow  # the fast suite keeps the same check with the feed-forward policy
 def test_task_set_evaluator_matches_per_task_with_a_sable_policy(set_envs):
     """The policy network batched over all tasks' episodes acts as it does per task (bit-identical returns)."""
     from mtmarl.algos.registry import build as make_algo

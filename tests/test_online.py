@@ -257,6 +257,7 @@ collect.run(OmegaConf.create(json.loads(sys.argv[1])))
 """
 
 
+@pytest.mark.slow  # 46 s; the fast suite keeps the collector's skip-and-resume test
 def test_collector_killed_mid_vault_write_keeps_finished_data_and_resumes(tmp_path):
     import subprocess
     import sys

@@ -150,6 +150,7 @@ def test_system_update_starts_at_the_behaviour_policy():
     assert np.abs(np.asarray(state.carry)).max() > 0  # carried into the next update
 
 
+@pytest.mark.slow  # the fast suite keeps the feed-forward collect test and the recurrent replay tests
 def test_collect_with_recurrent_mappo_writes_a_readable_vault(tmp_path):
     res, exp, spec = tiny_collect(tmp_path, TASK, TINY)
     assert res["system"] == "mappo"

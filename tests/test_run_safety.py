@@ -344,7 +344,7 @@ def _params(run_dir: Path):
     return step, tree["state"]["params"]
 
 
-@pytest.mark.parametrize("sig,code", [(signal.SIGTERM, 143), (signal.SIGINT, 130)])
+@pytest.mark.parametrize("sig,code", [pytest.param(signal.SIGTERM, 143, marks=pytest.mark.slow), (signal.SIGINT, 130)])
 def test_signal_checkpoints_prints_resume_line_and_second_run_is_refused(data_root, tmp_path, sig, code, capsys):
     """One long run: a second run in its dir is refused at once (the first unharmed); a signal then stops the
     first after its current call with a checkpoint, the exact resume command and exit 128+signal."""

@@ -451,6 +451,7 @@ def test_diagnose_rows_align_records_with_the_datas_returns(setup, monkeypatch):
     assert set(tasks) == {0, 1} and len(mcs) > 50 and mcs.max() > 0
 
 
+@pytest.mark.slow  # the fast suite keeps test_diagnose_rows_align_records_with_the_datas_returns
 def test_diagnose_cli_on_a_tiny_oryx_run(data_root, tmp_path, monkeypatch):
     """A 2-task MT Oryx run (stopped at its checkpoint of update 8, no evaluation) diagnosed end to end."""
     from hydra import compose, initialize_config_dir
