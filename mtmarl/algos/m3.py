@@ -43,7 +43,8 @@ semantic task description. Codes no entry of a batch chose are moved onto random
 after each update (``restart_dead_codes``, Jukebox's random restart; not in seed 003): without it the
 codebook collapsed to one code within 100 updates on the toy data (perplexity 1.0), which leaves a
 policy reading ``z_q`` blind to its input. ``beta`` is not given in seed 003 ("described in [31]"): 0.25, the
-VQ-VAE paper's value. The online fine-tuning stage (MAPPO with a KL/AWAC term) is not here.
+VQ-VAE paper's value. The online fine-tuning stage (seed 003 Eq. 7: MAPPO from this policy with a KL/AWAC
+term to it) is :mod:`mtmarl.online.finetune` (``online.system=finetune``), which trains through ``replay``.
 """
 
 from __future__ import annotations
@@ -267,8 +268,25 @@ def make(cfg: Config, network: dict, env: EnvSpec) -> Algorithm:
         actions = jnp.where(greedy, logits.argmax(-1), jax.random.categorical(key, logits)).astype(jnp.int32)
         return actions, None, (h, jax.nn.one_hot(actions, n_act))
 
+    def replay(params, carry0, obs, actions, legals, active, resets):
+        """``act`` over time-major (T, B, ...) episodes from ``carry0`` ((B, N, W), (B, N, A)): the masked
+        logits of every step and the carry after the last (the same ops as ``act``, so the same values)."""
+        del active
+
+        def step(carry, xs):
+            h, prev = carry
+            o, a, m, r = xs
+            r = r[:, None, None]
+            h, prev = jnp.where(r, 0.0, h), jnp.where(r, 0.0, prev)
+            h = net.apply(params, h, o, prev, method=M3Net.encode)
+            out = net.apply(params, h, o, jnp.zeros(h.shape[:-1] + (cfg.agent_dim,)), method=M3Net.heads)
+            return (h, jax.nn.one_hot(a, n_act)), jnp.where(m, out.logits, NEG)
+
+        carry, logits = jax.lax.scan(step, carry0, (obs, actions, legals, resets))
+        return logits, carry
+
     spec = {"name": cfg.name, "n_actions": n_act, "env": env.to_json(), "algo": dataclasses.asdict(cfg),
             "network": dataclasses.asdict(net.cfg)}
     return M3Algorithm(name=cfg.name, cfg=cfg, sampler=cfg.sampler(), init=init,
                        stages=(Stage("pretrain", update),), act=act,
-                       init_carry=init_carry, spec=spec, net=net, loss=loss)
+                       init_carry=init_carry, spec=spec, net=net, loss=loss, replay=replay)

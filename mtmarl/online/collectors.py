@@ -33,7 +33,7 @@ from mtmarl.evaluation.rollout import make_evaluator, task_key
 from mtmarl.online.anakin import chunk_summary, to_experience
 from mtmarl.online.quality import record_expert_medium
 from mtmarl.online.registry import label as learner_label
-from mtmarl.online.registry import make_online_system, online_config
+from mtmarl.online.registry import make_online_system, online_config, task_env
 from mtmarl.runtime import save_figure
 
 
@@ -76,6 +76,22 @@ def task_log(log_dir: Path, spec) -> Path:
     return path
 
 
+def jump_and_threshold(curve: list[tuple[int, float | None]], threshold: float | None) -> dict[str, Any]:
+    """Seed 003's JP and TT from an online learning curve ``[(env_steps, return), ...]`` in step order.
+
+    ``jp`` (jump point): the return of the first entry, which must be the evaluation before any update
+    (env step 0; else None). ``tt`` (time to threshold): the env steps of the first entry whose return
+    reaches ``threshold`` (0 if the initial policy already does; None if never, or no threshold).
+    Entries with a None return (no episode ended) are skipped.
+    """
+    first = curve[0] if curve else None
+    jp = first[1] if first is not None and first[0] == 0 else None
+    tt = None
+    if threshold is not None:
+        tt = next((int(steps) for steps, ret in curve if ret is not None and ret >= threshold), None)
+    return {"jp": jp, "tt": tt, "tt_threshold": threshold}
+
+
 def concat_experience(parts: list[dict[str, Any]]) -> dict[str, Any]:
     return jax.tree.map(lambda *xs: np.concatenate(xs, axis=1), *parts)
 
@@ -104,7 +120,7 @@ def get_evaluator(spec, env, system, greedy: bool, episodes: int, devices):
 
 
 REFERENCE_KEYS = ("return", "name", "split", "episodes", "std", "env_steps", "seed", "train_seconds",
-                  "initial_return", "win_rate")
+                  "initial_return", "win_rate", "jp", "tt", "tt_threshold")
 def write_outputs(spec, cfg: DictConfig, root: Path, ref_path: Path, result: dict[str, Any],
                   parts: list[dict[str, Any]] | dict[str, list] | None, meta: dict[str, Any],
                   **reference_extra) -> None:
@@ -122,15 +138,17 @@ def write_outputs(spec, cfg: DictConfig, root: Path, ref_path: Path, result: dic
         result["vault"] = str(path if len(datasets) == 1 else path.parent)
         result["transitions"] = result.get("transitions", 0) + int(exp["actions"].shape[1])
     entry = {k: result[k] for k in REFERENCE_KEYS if result.get(k) is not None}
+    if result.get("tt_threshold") is not None:
+        entry["tt"] = result.get("tt")  # null: the threshold was never reached
     merge_entry(ref_path, spec.adhoc, {**entry, **reference_extra})
 
 
 def collect_task(spec, split: str, cfg: DictConfig, root: Path, ref_path: Path, log_dir: Path,
                  bar=None) -> dict[str, Any]:
     """The online learner ``online.system`` trains on the task; chunk by chunk it logs and records."""
-    env = spec.build()
     online = env_online(cfg, spec.env)
     mcfg = online_config(online)
+    env = task_env(spec.build(), mcfg)  # fine-tuning: padded to the pretrained network's layout
     label = learner_label(mcfg)
     if getattr(mcfg, "critic_input", None) == "state" and env.state_dim == 0:
         raise UserInputError(f"{spec.name} has no global state; use online.critic_input=obs")
@@ -197,6 +215,9 @@ def collect_task(spec, split: str, cfg: DictConfig, root: Path, ref_path: Path, 
             "record_every_updates": mcfg.updates_per_chunk, "learning_curve": str(log_path), "quality": quality}
     if env.spec.has_success:
         result["win_rate"] = float(np.mean(stats.successes))
+    # JP / TT (seed 003): the initial evaluation, then each chunk's training return (stochastic policy)
+    curve = ([(0, initial)] if initial is not None else []) + [(r["env_steps"], r["return"]) for r in rows]
+    result.update(jump_and_threshold(curve, mcfg.tt_threshold))
     if record and quality == "expert_medium":
         parts = record_expert_medium(system, state, snapshots, stats, cfg, evaluate, rec_key, meta,
                                      env.spec.has_success)

@@ -42,6 +42,7 @@ class PPOSettings:
     record_envs: int = 8  # R (total over devices)
     record_len: int = 128  # T steps per recorded env
     record_resets: int | None = None  # pool entries per recorded env; None = record_len // 5 + 1
+    tt_threshold: float | None = None  # time to threshold: env steps until the logged return first reaches it
 
     SYSTEM = ""  # the subclass's online.system name
     FOREIGN = ()  # other systems' keys: a typo hint that the preset is wrong

@@ -3,9 +3,11 @@
 A learner module (one per online learner) provides ``CONFIG`` (a
 :class:`~mtmarl.online.ppo.PPOSettings` subclass whose ``SYSTEM`` is its name),
 ``LABEL`` (for logs and plots) and ``make_learner(env, cfg) ->``
-:class:`~mtmarl.online.anakin.Learner`. Adding a learner is one entry in
-:data:`LEARNERS`; the builder and the collectors never ask which one runs. Modules
-are imported on first use, so picking MAPPO does not import the Sable network.
+:class:`~mtmarl.online.anakin.Learner`, and optionally ``task_env(env, cfg) -> env``, the task's
+env as the learner must see it (fine-tuning pads it to the pretrained network's layout; see
+:func:`task_env`). Adding a learner is one entry in :data:`LEARNERS`; the builder and the collectors
+never ask which one runs. Modules are imported on first use, so picking MAPPO does not import the Sable
+network.
 """
 
 from __future__ import annotations
@@ -16,7 +18,8 @@ from typing import Any
 
 from mtmarl.errors import UserInputError
 
-LEARNERS = {"mappo": "mtmarl.online.system", "sable": "mtmarl.online.sable_system"}
+LEARNERS = {"mappo": "mtmarl.online.system", "sable": "mtmarl.online.sable_system",
+            "finetune": "mtmarl.online.finetune"}
 SYSTEMS = tuple(LEARNERS)
 
 
@@ -36,8 +39,16 @@ def label(cfg) -> str:
     return learner_module(cfg.system).LABEL
 
 
+def task_env(env, cfg):
+    """``env`` as ``cfg``'s learner sees it (its module's ``task_env``; unchanged for most learners).
+    Collectors step and evaluate this env, so a learner never sees two shapes of one task."""
+    adapt = getattr(learner_module(cfg.system), "task_env", None)
+    return env if adapt is None else adapt(env, cfg)
+
+
 def make_online_system(env, cfg, num_devices: int | None = None):
-    """The compiled :class:`~mtmarl.online.anakin.System` of ``cfg``'s learner on ``env``."""
+    """The compiled :class:`~mtmarl.online.anakin.System` of ``cfg``'s learner on ``env`` (after :func:`task_env`)."""
     from mtmarl.online.anakin import build
 
+    env = task_env(env, cfg)
     return build(env, cfg, learner_module(cfg.system).make_learner(env, cfg), num_devices)

@@ -202,17 +202,15 @@ def make_policy(actor: nn.Module, greedy: bool = False) -> Policy:
     return Policy(init_carry=lambda params, num_agents: actor.initial_carry((num_agents,)), act=act)
 
 
-def make_learner(env, cfg: MappoConfig) -> Learner:
-    """MAPPO on ``env`` as a :class:`~mtmarl.online.anakin.Learner` (params ``{"actor", "critic"}``)."""
+def make_critic(env, cfg) -> tuple[Critic, int, Callable, Callable]:
+    """MAPPO's centralised team critic on ``env`` (``cfg.hidden``, ``cfg.critic_input``), also the critic of
+    other learners (:mod:`mtmarl.online.finetune`): ``(module, input size, critic_in(obs, state),
+    value_fn(params, timestep))``; ``value_fn`` reads ``params["critic"]``."""
     if cfg.critic_input not in ("obs", "state"):
         raise ValueError(f"critic_input must be obs or state, got {cfg.critic_input!r}")
     if cfg.critic_input == "state" and env.state_dim == 0:
         raise ValueError(f"{env!r} has no global state; use critic_input=obs")
-    n, o, a = env.num_agents, env.obs_dim, env.num_actions
-    if cfg.actor == "entity":
-        actor: nn.Module = EntityActor(env.spec, cfg.entity_width)
-    else:
-        actor = RecurrentActor(cfg.hidden, cfg.gru_hidden, a) if cfg.recurrent else Actor(cfg.hidden, a)
+    n, o = env.num_agents, env.obs_dim
     critic = Critic(cfg.hidden)
     critic_dim = n * o if cfg.critic_input == "obs" else env.state_dim
 
@@ -224,6 +222,17 @@ def make_learner(env, cfg: MappoConfig) -> Learner:
     def value_fn(params, ts: TimeStep) -> jax.Array:
         return critic.apply(params["critic"], critic_in(ts.observation, ts.state))
 
+    return critic, critic_dim, critic_in, value_fn
+
+
+def make_learner(env, cfg: MappoConfig) -> Learner:
+    """MAPPO on ``env`` as a :class:`~mtmarl.online.anakin.Learner` (params ``{"actor", "critic"}``)."""
+    critic, critic_dim, critic_in, value_fn = make_critic(env, cfg)
+    n, o, a = env.num_agents, env.obs_dim, env.num_actions
+    if cfg.actor == "entity":
+        actor: nn.Module = EntityActor(env.spec, cfg.entity_width)
+    else:
+        actor = RecurrentActor(cfg.hidden, cfg.gru_hidden, a) if cfg.recurrent else Actor(cfg.hidden, a)
 
     def init(param_key):
         return {"actor": actor.init(param_key, actor.initial_carry((1,)), jnp.zeros((1, o))),

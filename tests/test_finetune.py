@@ -1,0 +1,236 @@
+"""Online fine-tuning of a pretrained M3 policy (seed 003's online stage, ``online.system=finetune``).
+
+Before any update the learner replays its own rollout's behaviour log-probabilities and sits at KL 0
+from the pretrained policy; the initial policy acts like the offline ``algo.act``; the KL / AWAC term
+against hand computations; one training chunk on the toy entity env moves the actor and critic but not
+the frozen copy; JP / TT from a hand-made curve and through the collector; one-line errors for a bad
+``online.init_from``. The pretrained M3 is trained once per module from a toy vault (5 updates).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+from omegaconf import OmegaConf
+from test_entity import duel_vaults, toy_env  # noqa: F401  (toy_env is a fixture)
+
+from mtmarl.configs import CONFIG_DIR
+from mtmarl.errors import UserInputError
+from mtmarl.online import finetune, ppo
+from mtmarl.online.anakin import chunk_summary
+from mtmarl.online.collectors import jump_and_threshold
+from mtmarl.online.registry import make_online_system, online_config, task_env
+from mtmarl.online.rollout import make_reset_pool, start_from_pool
+from mtmarl.tasks import TaskSpec
+
+TASK = "toy_duel:agents=2,enemies=2,hp=3,horizon=4"  # padded to the duel set's 3 agents, 4 enemies
+PRESET = OmegaConf.to_container(OmegaConf.load(CONFIG_DIR / "online" / "finetune.yaml"))
+B, T = 4, 6
+
+
+@pytest.fixture(scope="module")
+def run_dir(toy_env, tmp_path_factory):  # noqa: F811
+    from mtmarl import train
+    from mtmarl.experiments.config import compose_train
+
+    root = duel_vaults(tmp_path_factory.mktemp("ft"), 4)
+    cfg = compose_train(["+algo=m3", "+tasks=duel", f"hydra.searchpath=[file://{root / 'conf'}]",
+                         f"data.root={root / 'vaults'}", "network.width=16", "training=quick",
+                         "training.updates=5", "training.updates_per_call=5", "training.log_every=5",
+                         "training.checkpoint_every=5", "training.eval_every=0", "training.batch_size=4",
+                         "training.seq_len=4", "algo.lr=3e-2", "algo.num_codes=4", "algo.code_dim=4",
+                         "algo.agent_dim=2", "algo.head_width=8", "eval.episodes=2", "logger.neptune=false",
+                         "logger.progress=false"])
+    train.run(cfg, run_dir=root / "run")
+    return root / "run"
+
+
+def tiny(run_dir, **kw):
+    return online_config({**PRESET, "init_from": str(run_dir), "num_envs": B, "rollout_len": T, "minibatches": 2,
+                          "epochs": 1, "updates_per_chunk": 1, "hidden": [8], "record_envs": 2, "record_len": 4,
+                          "lr": 3e-3, **kw})
+
+
+@pytest.fixture(scope="module")
+def pieces(run_dir):
+    cfg = tiny(run_dir)
+    env = task_env(TaskSpec.parse(TASK).build(), cfg)
+    learner = finetune.make_learner(env, cfg)
+    algo, pre = finetune.pretrained(cfg)
+    params = learner.init(jax.random.PRNGKey(0))
+    return cfg, env, learner, algo, pre, params
+
+
+def test_env_is_padded_to_the_pretrained_layout(pieces):
+    cfg, env, _, algo, _, _ = pieces
+    assert env.num_agents == 3 and env.spec.to_json() == algo.spec["env"]
+    assert task_env(env, cfg) is env  # already padded: unchanged
+
+
+def test_before_any_update_replay_equals_behaviour_logp_and_kl_is_zero(pieces):
+    """Two consecutive rollout segments (the second starts mid-episode from a carried state; episodes of
+    at most 4 steps end inside each 6-step segment): replay under the current params gives the behaviour
+    log-probs, and the loss's KL to the pretrained policy (its own carry) is 0."""
+    cfg, env, learner, algo, _, params = pieces
+
+    @jax.jit
+    def segments(key):
+        pool = make_reset_pool(env, key, B, 8)
+        envs, carry, out = start_from_pool(pool), learner.init_carry(B), []
+        for i in range(2):
+            carry0 = carry
+            envs = envs._replace(cursor=jnp.zeros_like(envs.cursor))
+            envs, carry, traj = learner.rollout(params, envs, carry, pool, jax.random.fold_in(key, i), T)
+            out.append((carry0, traj))
+        return out
+
+    for carry0, traj in segments(jax.random.PRNGKey(1)):
+        obs = traj.obs
+        logits, _ = algo.replay(params["actor"], carry0[0], obs.agents_view, traj.actions, obs.action_mask,
+                                obs.active, obs.step_count == 0)
+        np.testing.assert_allclose(np.asarray(ppo.log_prob(logits, obs.action_mask, traj.actions)),
+                                   np.asarray(traj.logp), atol=1e-5)
+        assert bool(np.asarray(traj.done).any())
+        bm = lambda x: jnp.swapaxes(x, 0, 1)  # noqa: E731
+        adv = jnp.asarray(np.random.default_rng(0).normal(size=(B, T)), jnp.float32)
+        _, info = learner.loss(params, jax.tree.map(bm, traj), adv, bm(traj.value), carry0)
+        assert abs(float(info.kl_pretrained)) < 1e-6 and float(info.approx_kl) < 1e-8
+        assert float(info.clip_frac) == 0.0
+
+
+def test_initial_policy_acts_like_the_offline_algorithm(pieces):
+    """Greedy rollout of the fine-tuning learner == the offline ``algo.act`` stepped by hand, carry included."""
+    _, env, learner, algo, pre, params = pieces
+    pool = make_reset_pool(env, jax.random.PRNGKey(2), B, 8)
+    _, _, traj = jax.jit(learner.rollout, static_argnums=(5, 6))(
+        params, start_from_pool(pool), learner.init_carry(B), pool, jax.random.PRNGKey(3), T, True)
+    act = jax.jit(algo.act, static_argnames="greedy")
+    traj = jax.device_get(traj)
+    for b in range(B):
+        carry = algo.init_carry()
+        for t in range(T):
+            o = jax.tree.map(lambda x: x[t, b], traj.obs)
+            actions, _, carry = act(pre, carry, o.agents_view, o.action_mask, o.active, o.step_count == 0,
+                                    jax.random.PRNGKey(t), greedy=True)
+            np.testing.assert_array_equal(np.asarray(actions), traj.actions[t, b])
+
+
+def test_kl_term_value_and_gradient_against_hand_computation():
+    logits = jnp.array([[1.0, 0.0, -1.0], [0.5, 2.0, 0.3]])
+    pre = jnp.array([[0.0, 0.0, 0.0], [1.0, -1.0, 9.0]])
+    mask = jnp.array([[True, True, True], [True, True, False]])  # row 1: action 2 illegal (pre's 9.0 ignored)
+
+    def naive(z, q, m):
+        out = []
+        for zr, qr, mr in zip(np.asarray(z), np.asarray(q), np.asarray(m)):
+            p = np.exp(zr[mr]) / np.exp(zr[mr]).sum()
+            r = np.exp(qr[mr]) / np.exp(qr[mr]).sum()
+            out.append(float((p * np.log(p / r)).sum()))
+        return np.array(out)
+
+    kl = finetune.pretrained_kl(logits, pre, mask)
+    want = naive(logits, pre, mask)
+    np.testing.assert_allclose(np.asarray(kl), want, rtol=1e-5)
+    # gradient of sum KL w.r.t. the logits: p_i (log p_i - log q_i - KL) on legal actions, 0 on illegal
+    grad = np.asarray(jax.grad(lambda z: finetune.pretrained_kl(z, pre, mask).sum())(logits))
+    for i in range(2):
+        m = np.asarray(mask[i])
+        z, q = np.asarray(logits[i])[m], np.asarray(pre[i])[m]
+        p, r = np.exp(z) / np.exp(z).sum(), np.exp(q) / np.exp(q).sum()
+        np.testing.assert_allclose(grad[i][m], p * (np.log(p) - np.log(r) - want[i]), rtol=1e-4, atol=1e-7)
+        np.testing.assert_allclose(grad[i][~m], 0.0, atol=1e-12)
+    # the uniform term is the (weighted) mean; a zero weight drops a row
+    cfg = dataclasses.replace(finetune.FinetuneConfig(init_from="x"), kl_weighting="uniform")
+    term, mean = finetune.regulariser(cfg, logits, pre, mask, jnp.array([0, 1]), jnp.zeros(2), jnp.zeros(2),
+                                      jnp.array([1.0, 0.0]))
+    assert float(term) == pytest.approx(want[0], rel=1e-5) and float(mean) == pytest.approx(want[0], rel=1e-5)
+    # AWAC weights: exp(A / lambda) * pi_0(a) / pi_old(a), clipped
+    w = finetune.awac_weights(jnp.array([0.0, 1.0, 10.0]), jnp.log(jnp.array([0.5, 0.2, 0.5])),
+                              jnp.log(jnp.array([0.25, 0.2, 0.5])), 0.5, 20.0)
+    np.testing.assert_allclose(np.asarray(w), [2.0, np.exp(2.0), 20.0], rtol=1e-5)
+    awac = dataclasses.replace(cfg, kl_weighting="awac", awac_temperature=1.0)
+    actions, old = jnp.array([0, 1]), jnp.log(jnp.array([0.5, 0.5]))
+    adv = jnp.array([0.0, 1.0])
+    term, _ = finetune.regulariser(awac, logits, pre, mask, actions, old, adv, None)
+    logp = np.asarray(ppo.log_prob(logits, mask, actions))
+    pre_p = np.exp(np.asarray(ppo.log_prob(pre, mask, actions)))
+    hand = -np.mean(np.minimum(np.exp(np.asarray(adv)) * pre_p / 0.5, 20.0) * logp)
+    assert float(term) == pytest.approx(hand, rel=1e-5)
+
+
+@pytest.mark.parametrize("weighting", ["uniform", "awac"])
+def test_one_chunk_trains_the_actor_and_critic_not_the_frozen_copy(run_dir, weighting):
+    cfg = tiny(run_dir, kl_weighting=weighting, kl_coef=1.0)
+    system = make_online_system(TaskSpec.parse(TASK).build(), cfg)
+    state = system.init(jax.random.PRNGKey(0))
+    new, metrics = system.train_chunk(state)
+    summary = chunk_summary(metrics)
+    assert all(np.isfinite(summary[k]) for k in ("policy_loss", "value_loss", "entropy", "kl_pretrained",
+                                                  "regulariser")), summary
+    changed = lambda a, b: any(not np.allclose(x, y) for x, y in zip(jax.tree.leaves(a), jax.tree.leaves(b)))  # noqa: E731
+    p0, p1 = jax.device_get(state.params), jax.device_get(new.params)
+    assert changed(p0["actor"], p1["actor"]) and changed(p0["critic"], p1["critic"])
+    for x, y in zip(jax.tree.leaves(p0["pretrained"]), jax.tree.leaves(p1["pretrained"])):
+        np.testing.assert_array_equal(x, y)
+    assert summary["kl_pretrained"] >= 0.0
+
+
+def test_jump_point_and_time_to_threshold_from_a_hand_made_curve():
+    curve = [(0, 3.0), (100, 5.0), (200, None), (300, 18.5), (400, 17.0), (500, 19.0)]
+    assert jump_and_threshold(curve, 18.0) == {"jp": 3.0, "tt": 300, "tt_threshold": 18.0}
+    assert jump_and_threshold(curve, 2.0)["tt"] == 0  # the initial policy already reaches it
+    assert jump_and_threshold(curve, 25.0)["tt"] is None  # never reached
+    assert jump_and_threshold(curve, None) == {"jp": 3.0, "tt": None, "tt_threshold": None}
+    assert jump_and_threshold(curve[1:], 18.0)["jp"] is None  # no evaluation before the first update
+    assert jump_and_threshold([], 1.0) == {"jp": None, "tt": None, "tt_threshold": 1.0}
+
+
+def test_collector_reports_jp_and_tt(run_dir, tmp_path):
+    """Through ``python -m mtmarl.collect``'s run: JP is the initial evaluation, TT against the chunk returns."""
+    from mtmarl import collect
+
+    online = {**PRESET, "init_from": str(run_dir), "num_envs": B, "rollout_len": T, "minibatches": 2, "epochs": 1,
+              "updates_per_chunk": 1, "hidden": [8], "record_envs": 2, "record_len": 4, "tt_threshold": -1.0}
+    cfg = OmegaConf.create({
+        "task": TASK, "split": "train", "seed": 0, "online": online, "online_env": {},
+        "collect": {"budget": 1, "root": str(tmp_path / "vaults"), "uid": "default", "references": None,
+                    "log_dir": None, "record": False, "progress": False, "initial_eval": True},
+        "eval": {"episodes": 4, "devices": None, "greedy": False}})
+    (res,) = collect.run(cfg)
+    assert res["jp"] == res["initial_return"] and np.isfinite(res["jp"])
+    assert res["tt"] == 0 and res["tt_threshold"] == -1.0  # returns are >= 0 > -1: reached before any update
+    entry = json.loads((tmp_path / "vaults" / "references.json").read_text())[TASK]
+    assert entry["jp"] == res["jp"] and entry["tt"] == 0
+
+
+def test_bad_init_from_is_a_one_line_error_naming_key_and_value(run_dir, tmp_path, monkeypatch):
+    env = TaskSpec.parse(TASK).build()
+    with pytest.raises(UserInputError, match="online.init_from is not set"):
+        online_config({**PRESET, "init_from": ""})
+    for bad in (str(tmp_path / "nowhere"), str(tmp_path)):  # missing; a directory but not a training run
+        with pytest.raises(UserInputError) as err:
+            task_env(env, online_config({**PRESET, "init_from": bad}))
+        msg = str(err.value)
+        assert "\n" not in msg and f"online.init_from={bad!r}" in msg, msg
+
+    from mtmarl.training import restore
+
+    real = restore.load_run
+
+    def without_replay(path, which=None):
+        algo, params, cfg, info = real(path, which)
+        return dataclasses.replace(algo, replay=None), params, cfg, info
+
+    monkeypatch.setattr(restore, "load_run", without_replay)
+    finetune._restore.cache_clear()
+    try:
+        with pytest.raises(UserInputError, match=r"holds a 'm3' run, which cannot be fine-tuned.*replay") as err:
+            task_env(env, online_config({**PRESET, "init_from": str(run_dir) + "/"}))
+        assert "online.init_from=" in str(err.value) and "\n" not in str(err.value)
+    finally:
+        finetune._restore.cache_clear()
