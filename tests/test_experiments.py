@@ -9,6 +9,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from mtmarl import tasks
 from mtmarl.experiments import runner
 from mtmarl.experiments.analysis import aggregate, score_matrix
 from mtmarl.experiments.config import EXPERIMENTS, PRESETS, compose_experiment, compose_train
@@ -345,3 +346,18 @@ def test_bad_override_is_one_line_error(capsys):
     assert exit_info.value.code == 2
     err = capsys.readouterr().err.strip()
     assert err.startswith("error: task_diversity:") and "\n" not in err and "Traceback" not in err
+
+
+def test_out_of_split_layouts_are_in_no_set_and_the_table_divides_by_random():
+    oos = load_script("out_of_split")
+    task_set = oos.outside_every_split("lbf", oos.LAYOUTS["lbf"])
+    named = {s.adhoc for name in ("lbf_5",) for s in tasks.load(name).split("all")}
+    assert task_set.train and not {s.adhoc for s in task_set.train} & named
+    with pytest.raises(ValueError, match="lbf_5/test"):
+        oos.outside_every_split("lbf", [tasks.load("lbf_5").test[0].adhoc])
+    two = oos.outside_every_split("lbf", oos.LAYOUTS["lbf"][:2])
+    results = {"mt": [{"mean_return": 0.6, "stderr": 0.1}, {"mean_return": 0.2, "stderr": 0.0}],
+               "random": [{"mean_return": 0.2, "stderr": 0.05}, {"mean_return": 0.2, "stderr": 0.0}]}
+    lines = oos.table(results, two)
+    assert lines[2].endswith("| 0.600 ± 0.100 | 0.200 ± 0.050 | 3.00 |") and lines[3].endswith("| 1.00 |")
+    assert lines[-1] == "| **mean** | **0.400** | **0.200** | 2.00 |"

@@ -1,0 +1,112 @@
+"""Zero-shot on layouts that appear in no task set: multi-task vs single-task vs random (issue 14).
+
+    python experiment_scripts/out_of_split.py --env lbf --run mt=<train run dir> --run st=<train run dir> \
+        [--episodes 128] [--out results/out_of_split_lbf]
+
+Every ``--run label=dir`` (a directory written by ``python -m mtmarl.train``) and the random policy are
+evaluated on the layouts of :data:`LAYOUTS` for ``--env``, all in one compiled program per policy, with
+the same episode keys. The layouts are checked against every split of every task set of the env, so
+none was seen in training or used as a test task. They have no reference returns, so the table gives
+raw returns (mean ± standard error over episodes) and each policy's return relative to random.
+Writes ``out_of_split.md`` and ``out_of_split.json``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+from pathlib import Path
+
+from mtmarl import tasks
+
+# Layouts of each env that no task set uses (checked by ``outside_every_split``); same observation size
+# as the env's sets (LBF: fov 3).
+LAYOUTS = {
+    "lbf": ["lbf:grid=9,agents=2,food=3,level=2,fov=3", "lbf:grid=11,agents=3,food=3,level=3,fov=3",
+            "lbf:grid=13,agents=5,food=4,level=3,fov=3", "lbf:grid=14,agents=4,food=4,level=2,fov=3",
+            "lbf:grid=16,agents=6,food=6,level=4,fov=3"],
+}
+
+
+def outside_every_split(env: str, layouts: list[str]) -> tasks.TaskSet:
+    """The layouts as one task set (as its 'train' tasks: a set needs some), after checking no named set of ``env`` holds one."""
+    specs = tuple(tasks.TaskSpec.parse(text) for text in layouts)
+    seen = {}
+    for name in tasks.available_sets():
+        task_set = tasks.load(name)
+        if task_set.env == env:
+            for split in ("train", "test"):
+                for spec in task_set.split(split):
+                    seen[spec.adhoc] = f"{name}/{split}"
+    clash = [f"{s.adhoc} (in {seen[s.adhoc]})" for s in specs if s.adhoc in seen]
+    if clash:
+        raise ValueError(f"layouts used by a task set: {', '.join(clash)}")
+    return tasks.TaskSet(f"{env}_outside", env, specs, ())
+
+
+def evaluate_policies(task_set: tasks.TaskSet, runs: dict[str, str], episodes: int, seed: int = 0) -> dict:
+    """{label: [row per layout]} for every run and the random policy (same keys for all)."""
+    from mtmarl.evaluate import evaluate_set
+    from mtmarl.evaluation.policies import POLICIES
+    from mtmarl.training.restore import load_trained
+
+    out = {}
+    for label, run_dir in runs.items():
+        policy, params, _, info = load_trained(run_dir)
+        out[label] = evaluate_set(task_set, ["train"], policy, params, episodes, seed, {}, obs_dim=info["obs_dim"])
+    out["random"] = evaluate_set(task_set, ["train"], POLICIES["random"], (), episodes, seed, {})
+    return out
+
+
+def table(results: dict, task_set: tasks.TaskSet) -> list[str]:
+    labels = list(results)
+    lines = ["| layout | " + " | ".join(labels) + " | " + " | ".join(f"{k} / random" for k in labels[:-1]) + " |",
+             "|" + "---|" * (1 + 2 * len(labels) - 1)]
+    means = {k: [] for k in labels}
+    for i, spec in enumerate(task_set.train):
+        row = {k: results[k][i] for k in labels}
+        for k in labels:
+            means[k].append(row[k]["mean_return"])
+        cells = [f"{row[k]['mean_return']:.3f} ± {row[k]['stderr']:.3f}" for k in labels]
+        rand = row["random"]["mean_return"]
+        ratios = [f"{row[k]['mean_return'] / rand:.2f}" if rand > 0 else "n/a" for k in labels[:-1]]
+        lines.append(f"| {spec.adhoc} | " + " | ".join(cells + ratios) + " |")
+    avg = {k: sum(v) / len(v) for k, v in means.items()}
+    lines.append("| **mean** | " + " | ".join(f"**{avg[k]:.3f}**" for k in labels) + " | "
+                 + " | ".join(f"{avg[k] / avg['random']:.2f}" if avg["random"] > 0 else "n/a"
+                              for k in labels[:-1]) + " |")
+    return lines
+
+
+def main(argv: list[str] | None = None) -> dict:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--env", required=True, choices=sorted(LAYOUTS))
+    ap.add_argument("--run", action="append", default=[], metavar="LABEL=DIR", help="a trained run (repeatable)")
+    ap.add_argument("--episodes", type=int, default=128)
+    ap.add_argument("--out", type=Path, default=None)
+    args = ap.parse_args(argv)
+    runs = {}
+    for item in args.run:
+        label, sep, path = item.partition("=")
+        if not sep or not Path(path).is_dir():
+            ap.error(f"--run {item!r}: expected LABEL=<train run directory>")
+        runs[label] = path
+    task_set = outside_every_split(args.env, LAYOUTS[args.env])
+    results = evaluate_policies(task_set, runs, args.episodes)
+    out = args.out or Path("results") / f"out_of_split_{args.env}"
+    out.mkdir(parents=True, exist_ok=True)
+    lines = [f"# Zero-shot on {args.env} layouts in no split ({args.episodes} episodes each)", "",
+             "Raw return, mean ± standard error over episodes; last columns: mean return / random's.", "",
+             *table(results, task_set), "", "Runs: " + ", ".join(f"{k} = `{v}`" for k, v in runs.items())]
+    (out / "out_of_split.md").write_text("\n".join(lines) + "\n")
+    clean = {k: [{key: v for key, v in r.items() if isinstance(v, (int, float, str)) and not
+                  (isinstance(v, float) and math.isnan(v))} for r in rows] for k, rows in results.items()}
+    (out / "out_of_split.json").write_text(json.dumps({"runs": runs, "episodes": args.episodes,
+                                                       "layouts": LAYOUTS[args.env], "results": clean}, indent=1))
+    print("\n".join(lines))
+    return results
+
+
+if __name__ == "__main__":
+    main()
