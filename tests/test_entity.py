@@ -133,6 +133,7 @@ def test_bc_t_learns_the_data_policy_through_the_cli(toy_env, tmp_path):
     assert rows[-1]["mean_return"] > 0
 
 
+@pytest.mark.slow  # the entity actor's equivariance and replay are tested in the fast suite
 def test_mappo_with_the_entity_actor_learns_to_attack_the_toy_enemies(toy_env, tmp_path):
     """Online MAPPO with ``actor=entity`` on the toy entity env: the shared online builder takes the
     entity actor (history token as the recurrent state) and the return (damage dealt) rises."""

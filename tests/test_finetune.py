@@ -163,7 +163,7 @@ def test_kl_term_value_and_gradient_against_hand_computation():
     assert float(term) == pytest.approx(hand, rel=1e-5)
 
 
-@pytest.mark.parametrize("weighting", ["uniform", "awac"])
+@pytest.mark.parametrize("weighting", ["uniform", pytest.param("awac", marks=pytest.mark.slow)])
 def test_one_chunk_trains_the_actor_and_critic_not_the_frozen_copy(run_dir, weighting):
     cfg = tiny(run_dir, kl_weighting=weighting, kl_coef=1.0)
     system = make_online_system(TaskSpec.parse(TASK).build(), cfg)
@@ -190,6 +190,7 @@ def test_jump_point_and_time_to_threshold_from_a_hand_made_curve():
     assert jump_and_threshold([], 1.0) == {"jp": None, "tt": None, "tt_threshold": 1.0}
 
 
+@pytest.mark.slow  # the JP/TT arithmetic is tested on a hand-made curve in the fast suite
 def test_collector_reports_jp_and_tt(run_dir, tmp_path):
     """Through ``python -m mtmarl.collect``'s run: JP is the initial evaluation, TT against the chunk returns."""
     from mtmarl import collect

@@ -158,6 +158,7 @@ def vaults(toy_env, tmp_path_factory):  # noqa: F811
     return duel_vaults(tmp_path_factory.mktemp("m3"), 12)
 
 
+@pytest.mark.slow  # test_finetune.py trains M3 through mtmarl.train in the fast suite
 def test_trains_through_the_cli_its_loss_falls_and_it_evaluates(vaults, tmp_path):
     from mtmarl import train
     from mtmarl.experiments.config import compose_train

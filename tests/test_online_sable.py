@@ -91,6 +91,7 @@ def test_training_pass_reproduces_behaviour_logp_and_values():
     assert (diff[starts_mid] > 1e-4).any()
 
 
+@pytest.mark.slow  # the fast suite keeps the replay test and the Sable collect test
 def test_train_chunk_runs_with_finite_metrics_and_records():
     spec = TaskSpec.parse(TASK)
     cfg = online_config(TINY)
