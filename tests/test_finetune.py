@@ -99,7 +99,7 @@ def test_before_any_update_replay_equals_behaviour_logp_and_kl_is_zero(pieces):
         bm = lambda x: jnp.swapaxes(x, 0, 1)  # noqa: E731
         adv = jnp.asarray(np.random.default_rng(0).normal(size=(B, T)), jnp.float32)
         _, info = learner.loss(params, jax.tree.map(bm, traj), adv, bm(traj.value), carry0)
-        assert abs(float(info.kl_pretrained)) < 1e-6 and float(info.approx_kl) < 1e-8
+        assert abs(float(info.extra["kl_pretrained"])) < 1e-6 and float(info.approx_kl) < 1e-8
         assert float(info.clip_frac) == 0.0
 
 

@@ -230,5 +230,4 @@ def chunk_summary(metrics: UpdateMetrics) -> dict[str, float]:
             "length": float(m.length_sum.sum() / eps) if eps else float("nan"),
             "policy_loss": float(m.loss.policy.mean()), "value_loss": float(m.loss.value.mean()),
             "entropy": float(m.loss.entropy.mean()), "approx_kl": float(m.loss.approx_kl.mean()),
-            # a learner's own diagnostics beyond ppo.LossInfo's (e.g. finetune's kl_pretrained)
-            **{k: float(np.mean(v)) for k, v in m.loss._asdict().items() if k not in ppo.LossInfo._fields}}
+            **{k: float(np.mean(v)) for k, v in m.loss.extra.items()}}  # a learner's own diagnostics

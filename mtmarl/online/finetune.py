@@ -39,7 +39,6 @@ from __future__ import annotations
 import dataclasses
 import functools
 from pathlib import Path
-from typing import NamedTuple
 
 import jax
 import jax.numpy as jnp
@@ -156,19 +155,6 @@ def regulariser(cfg: FinetuneConfig, logits, pre_logits, mask, actions, behaviou
     return ppo._mean(-w * logp, weight), kl
 
 
-class FinetuneInfo(NamedTuple):
-    """:class:`ppo.LossInfo`'s fields (``total`` includes the regulariser) + the two terms."""
-
-    total: jax.Array
-    policy: jax.Array
-    value: jax.Array
-    entropy: jax.Array
-    approx_kl: jax.Array
-    clip_frac: jax.Array
-    kl_pretrained: jax.Array  # exact KL(pi || pi_0), whatever the weighting
-    regulariser: jax.Array    # what kl_coef multiplies
-
-
 # --------------------------------------------------------------------------- the learner
 def make_learner(env, cfg: FinetuneConfig) -> Learner:
     """The pretrained actor + MAPPO's critic as a sequence :class:`~mtmarl.online.anakin.Learner`.
@@ -230,7 +216,7 @@ def make_learner(env, cfg: FinetuneConfig) -> Learner:
         reg, kl = regulariser(cfg, logits, pre_logits, mb.obs.action_mask, mb.actions, mb.logp, adv[..., None],
                               active)
         total = info.total + cfg.kl_coef * reg
-        return total, FinetuneInfo(total, *info[1:], kl_pretrained=kl, regulariser=reg)
+        return total, info._replace(total=total, extra={"kl_pretrained": kl, "regulariser": reg})
 
     return Learner(init=init, init_carry=init_carry, rollout=rollout, loss=loss, sequences=True,
                    actor_params=lambda params: params["actor"], policy=make_policy(algo),

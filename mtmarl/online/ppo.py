@@ -140,6 +140,7 @@ class LossInfo(NamedTuple):
     entropy: jax.Array
     approx_kl: jax.Array
     clip_frac: jax.Array
+    extra: dict = {}  # a learner's own scalar diagnostics (e.g. fine-tuning's KL to the pretrained policy)
 
 
 def ppo_loss(logits: jax.Array, action_mask: jax.Array, actions: jax.Array, old_logp: jax.Array,
