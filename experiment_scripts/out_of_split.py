@@ -21,11 +21,16 @@ from pathlib import Path
 from mtmarl import tasks
 
 # Layouts of each env that no task set uses (checked by ``outside_every_split``); same observation size
-# as the env's sets (LBF: fov 3).
+# as the env's sets (LBF: fov 3; RWARE and Connector views do not depend on the layout).
 LAYOUTS = {
     "lbf": ["lbf:grid=9,agents=2,food=3,level=2,fov=3", "lbf:grid=11,agents=3,food=3,level=3,fov=3",
             "lbf:grid=13,agents=5,food=4,level=3,fov=3", "lbf:grid=14,agents=4,food=4,level=2,fov=3",
             "lbf:grid=16,agents=6,food=6,level=4,fov=3"],
+    "rware": ["rware:rows=1,cols=5,height=4,agents=2", "rware:rows=2,cols=5,height=4,agents=5",
+              "rware:rows=3,cols=3,height=8,agents=4", "rware:rows=2,cols=3,height=12,agents=3",
+              "rware:rows=1,cols=3,height=4,agents=3"],
+    "connector": ["connector:grid=5,agents=3", "connector:grid=9,agents=3", "connector:grid=11,agents=5",
+                  "connector:grid=13,agents=6"],
 }
 
 
