@@ -266,7 +266,7 @@ def make(cfg: Config, network: dict, env: EnvSpec) -> Algorithm:
         out = net.apply(params, h, obs, jnp.zeros(h.shape[:-1] + (cfg.agent_dim,)), method=M3Net.heads)
         logits = jnp.where(action_mask, out.logits, NEG)
         actions = jnp.where(greedy, logits.argmax(-1), jax.random.categorical(key, logits)).astype(jnp.int32)
-        return actions, None, (h, jax.nn.one_hot(actions, n_act))
+        return actions, logits, (h, jax.nn.one_hot(actions, n_act))  # aux: what replay gives for this step
 
     def replay(params, carry0, obs, actions, legals, active, resets):
         """``act`` over time-major (T, B, ...) episodes from ``carry0`` ((B, N, W), (B, N, A)): the masked

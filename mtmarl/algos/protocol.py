@@ -31,7 +31,8 @@ pair, with the update split into stages:
   a step starts an episode, ``act``'s ``reset``); ``carry0`` is ``act``'s carry before step 0 for each
   of the B episodes (leading axis B). Returns the masked logits ``act`` samples from at every step
   (T, B, N, A) and the carry after the last step. Pure and key-free: an algorithm whose acting draws
-  randomness other than the action sample cannot provide it.
+  randomness other than the action sample cannot provide it. An algorithm with ``replay`` returns the
+  masked logits it sampled from as ``act``'s ``aux``, so acting needs no second pass to score its action.
 * ``spec``: plain JSON describing how to rebuild it (name, configs, action
   count and the padded EnvSpec), stored in every checkpoint so a run restores without its config.
 """

@@ -26,9 +26,9 @@ carry each env had when its rollout began, under the current and under the froze
 freshly initialised. The task's env is padded to the offline run's padded EnvSpec (:func:`task_env`),
 since the network reads that layout.
 
-Simplifications: acting runs three forward passes per step (``algo.act`` for the action and carry,
-``algo.replay`` of that step for the behaviour log-probability, and one more for the pretrained
-policy's own carry, kept beside the actor's so the KL compares each policy on its own history); the
+Simplifications: acting runs two forward passes per step (``algo.act`` for the action, its logits and
+carry, and ``algo.replay`` of that step for the pretrained policy's own carry, kept beside the
+actor's so the KL compares each policy on its own history); the
 frozen params ride in the train state under ``"pretrained"`` with their gradient stopped (Adam moves
 them by exactly 0). Only algorithms with ``replay`` fine-tune: M3 (``m3``); the Sable policies decode
 agents in a fresh random order every step, which the key-free replay cannot reproduce.
@@ -187,8 +187,8 @@ def make_learner(env, cfg: FinetuneConfig) -> Learner:
         actor_carry, pre_carry = carry
         keys = jax.random.split(key, reset.shape[0])
         act = lambda c, o, m, a, r, k: algo.act(params["actor"], c, o, m, a, r, k, greedy=greedy)  # noqa: E731
-        actions, _, new_actor = jax.vmap(act)(actor_carry, obs.agents_view, obs.action_mask, obs.active, reset, keys)
-        logits, _ = step_replay(params["actor"], actor_carry, obs, actions, reset)
+        actions, logits, new_actor = jax.vmap(act)(actor_carry, obs.agents_view, obs.action_mask, obs.active,
+                                                   reset, keys)  # aux: the masked logits it sampled from
         _, new_pre = step_replay(params["pretrained"], pre_carry, obs, actions, reset)
         return actions, ppo.log_prob(logits, obs.action_mask, actions), value_fn(params, ts), (new_actor, new_pre)
 
