@@ -14,23 +14,29 @@ from mtmarl.configs import CONFIG_DIR
 from mtmarl.errors import UserInputError
 
 CACHE_DIR = Path(os.environ.get("MTMARL_CACHE", Path.home() / ".cache" / "mtmarl"))
+CACHE_MAX_BYTES = 8 << 30  # least recently used executables are evicted beyond this
 
 
-def enable_compilation_cache() -> None:
+def enable_compilation_cache(min_compile_secs: float = 1.0) -> None:
     """Persist XLA executables: Jumanji envs take 5-20 s each to compile on CPU.
 
-    ``MTMARL_XLA_CACHE=off`` turns it off. The test suite does so for itself and
-    the processes it starts: on CPU, several processes reading and writing one
-    cache directory at once crashed inside XLA (an abort while compiling, a
-    segfault while loading a cached executable), and a crash loses the run.
+    ``MTMARL_XLA_CACHE`` is ``on`` (the default: ``$MTMARL_CACHE/xla``), ``off``, or an
+    absolute directory. JAX writes cache entries with a plain (non-atomic) write and
+    reads them without a lock unless the cache has a size limit; several processes
+    sharing one directory (a sweep, a test suite in workers) could then load a half
+    written executable, and a crash loses the run. So a size limit is always set,
+    which makes JAX take a file lock around every read and write.
     """
     setting = os.environ.get("MTMARL_XLA_CACHE", "on")
-    if setting not in ("on", "off"):
-        raise UserInputError(f"MTMARL_XLA_CACHE={setting!r}: allowed values are 'on' and 'off'")
+    if setting not in ("on", "off") and not os.path.isabs(setting):
+        raise UserInputError(
+            f"MTMARL_XLA_CACHE={setting!r}: allowed values are 'on', 'off' and an absolute directory")
     if setting == "off":
         return
-    jax.config.update("jax_compilation_cache_dir", str(CACHE_DIR / "xla"))
-    jax.config.update("jax_persistent_cache_min_compile_time_secs", 1.0)
+    path = CACHE_DIR / "xla" if setting == "on" else Path(setting)
+    jax.config.update("jax_compilation_cache_dir", str(path))
+    jax.config.update("jax_compilation_cache_max_size", CACHE_MAX_BYTES)
+    jax.config.update("jax_persistent_cache_min_compile_time_secs", min_compile_secs)
 
 
 def user_errors_exit(fn: Callable) -> Callable:

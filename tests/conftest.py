@@ -2,15 +2,36 @@
 
 import os
 
+MIN_COMPILE_SECS = float(os.environ.get("MTMARL_TEST_MIN_COMPILE_SECS", "0.2"))
+
 flags = os.environ.get("XLA_FLAGS", "")
 if "xla_force_host_platform_device_count" not in flags:
     os.environ["XLA_FLAGS"] = f"{flags} --xla_force_host_platform_device_count=2".strip()
-# No persistent XLA cache in tests or the CLIs they start (see mtmarl.runtime.enable_compilation_cache).
-os.environ["MTMARL_XLA_CACHE"] = "off"
-
 
 import jax  # noqa: E402  (after XLA_FLAGS is set)
 import pytest  # noqa: E402
+
+from mtmarl import runtime  # noqa: E402
+
+# One persistent XLA cache per test session, empty at the start (so the suite is measured
+# cold) and shared by both workers, every module (compiled programs are dropped after each,
+# see below) and every CLI a test starts: the same env and learner programs recur across
+# test files. ``MTMARL_TEST_XLA_CACHE`` names it; the first process (the xdist controller,
+# or pytest alone) creates it, the workers it starts inherit it, it is removed at the end.
+_OWN_CACHE = "MTMARL_TEST_XLA_CACHE" not in os.environ
+if _OWN_CACHE:
+    import tempfile
+
+    os.environ["MTMARL_TEST_XLA_CACHE"] = tempfile.mkdtemp(prefix="mtmarl-test-xla-")
+os.environ["MTMARL_XLA_CACHE"] = os.environ["MTMARL_TEST_XLA_CACHE"]
+runtime.enable_compilation_cache(min_compile_secs=MIN_COMPILE_SECS)
+
+
+def pytest_unconfigure(config):
+    if _OWN_CACHE:
+        import shutil
+
+        shutil.rmtree(os.environ["MTMARL_TEST_XLA_CACHE"], ignore_errors=True)
 
 
 @pytest.fixture(autouse=True)

@@ -422,22 +422,34 @@ def test_sigterm_then_resume_equals_an_uninterrupted_run(data_root, tmp_path):
         np.testing.assert_array_equal(x, y)
 
 
-def test_xla_cache_switch(monkeypatch):
-    """``MTMARL_XLA_CACHE`` turns the persistent cache on or off and names the allowed values when wrong."""
+def test_xla_cache_switch(monkeypatch, tmp_path):
+    """``MTMARL_XLA_CACHE`` turns the persistent cache on, off or to a directory, always size-limited
+    (JAX locks a size-limited cache, so concurrent processes cannot read half-written entries),
+    and names the allowed values when wrong."""
     from mtmarl import runtime
     from mtmarl.errors import UserInputError
 
-    old = jax.config.jax_compilation_cache_dir
+    old = {k: getattr(jax.config, k) for k in ("jax_compilation_cache_dir", "jax_compilation_cache_max_size",
+                                            "jax_persistent_cache_min_compile_time_secs")}
     try:
         monkeypatch.setenv("MTMARL_XLA_CACHE", "off")
         jax.config.update("jax_compilation_cache_dir", None)
         runtime.enable_compilation_cache()
         assert jax.config.jax_compilation_cache_dir is None
         monkeypatch.setenv("MTMARL_XLA_CACHE", "on")
+        jax.config.update("jax_compilation_cache_max_size", -1)
         runtime.enable_compilation_cache()
         assert jax.config.jax_compilation_cache_dir == str(runtime.CACHE_DIR / "xla")
-        monkeypatch.setenv("MTMARL_XLA_CACHE", "maybe")
-        with pytest.raises(UserInputError, match=r"MTMARL_XLA_CACHE='maybe'.*'on' and 'off'"):
-            runtime.enable_compilation_cache()
+        assert jax.config.jax_compilation_cache_max_size == runtime.CACHE_MAX_BYTES > 0
+        assert jax.config.jax_persistent_cache_min_compile_time_secs == 1.0
+        monkeypatch.setenv("MTMARL_XLA_CACHE", str(tmp_path))
+        runtime.enable_compilation_cache(min_compile_secs=0.25)
+        assert jax.config.jax_compilation_cache_dir == str(tmp_path)
+        assert jax.config.jax_persistent_cache_min_compile_time_secs == 0.25
+        for bad in ("maybe", "relative/dir"):
+            monkeypatch.setenv("MTMARL_XLA_CACHE", bad)
+            with pytest.raises(UserInputError, match=rf"MTMARL_XLA_CACHE='{bad}'.*'on', 'off' and an absolute directory"):
+                runtime.enable_compilation_cache()
     finally:
-        jax.config.update("jax_compilation_cache_dir", old)
+        for k, v in old.items():
+            jax.config.update(k, v)
