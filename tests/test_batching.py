@@ -5,8 +5,8 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from mtmarl.data.batching import (SamplerConfig, make_buffers, make_sampler, return_range, task_assignment,
-                                   value_table)
+from mtmarl.data.batching import (SamplerConfig, make_buffers, make_sampler, return_range, shard_assignment,
+                                   shard_tasks, task_assignment, value_table, with_slots)
 from mtmarl.errors import UserInputError
 
 A = 5
@@ -72,13 +72,13 @@ def test_task_counts_round_robin(B, M):
     assert totals.sum() == 3 * M * B
 
 
-def _check_batch(batch, buffers):
+def _check_batch(batch, buffers, tasks=TASKS):
     """Every sequence is a contiguous slice of its own task's data, agents permuted by batch.perm."""
     b = jax.tree.map(np.asarray, batch)
     lengths = np.asarray(buffers.lengths)
     for i in range(b.obs.shape[0]):
         m, s, perm = b.task_ids[i], b.starts[i], b.perm[i]
-        src, (_, n, o) = TASKS[m], TASKS[m]["obs"].shape
+        src, (_, n, o) = tasks[m], tasks[m]["obs"].shape
         assert 0 <= s <= lengths[m] - T
         inv = np.argsort(perm)
         assert sorted(perm) == list(range(4))
@@ -207,3 +207,43 @@ def test_value_table_over_chunks_matches_unique():
     np.testing.assert_array_equal(value_table(arrays, chunk=7), expected)
     assert value_table(arrays, limit=5, chunk=7) is None
     assert value_table([np.array([0.5, np.nan], np.float32)]) is None
+
+
+@pytest.mark.parametrize("compact", [False, True])
+def test_task_shards_sample_only_their_own_tasks_balanced(buffers, compact):
+    """``training.shard_data``: 3 tasks on 2 devices (tasks 0, 2 | task 1 + an empty slot). Each shard's
+    sequences are contiguous slices of its own tasks under their global ids (checked against the data),
+    the empty slot is never drawn, and over M_d updates each of its tasks gets the same count."""
+    owners = shard_tasks(3, 2)
+    assert owners == [[0, 2], [1]]
+    length = max(s[0] for s in SPECS)
+    tasks = [dict(t, obs=np.floor(t["obs"]) % 7) for t in TASKS] if compact else TASKS  # 7 values: codes
+    shards = []
+    for mine in owners:
+        part = make_buffers([tasks[m] for m in mine], seq_len=T, num_agents=4, obs_dim=5, compact=compact,
+                            length=length, table_size=256 if compact else None, host=True)
+        shards.append(with_slots(part, mine, slots=2))
+    assert all(s.obs.shape == (2, length, 4, 5) for s in shards) and shards[1].task_ids.tolist() == [1, -1]
+    assert (shards[0].obs_values is None) == (not compact) and (not compact or shards[0].obs_values.shape == (256,))
+    sample = make_sampler(SamplerConfig(batch_size=5, seq_len=T))
+    for mine, shard in zip(owners, shards):
+        totals = np.zeros(3, int)
+        for step in range(2 * len(mine)):
+            batch = sample(jax.tree.map(jnp.asarray, shard), jax.random.key(step), step)
+            _check_batch(batch, buffers, tasks)
+            ids = np.asarray(batch.task_ids)
+            assert set(ids) <= set(mine)
+            counts = np.bincount(ids, minlength=3)
+            assert counts[mine].max() - counts[mine].min() <= 1
+            totals += counts
+        assert (totals[mine] == totals[mine][0]).all() and totals.sum() == 2 * len(mine) * 5
+    with pytest.raises(UserInputError, match="shard_data=true needs at least one training task per device"):
+        shard_tasks(2, 4)
+
+
+@pytest.mark.parametrize("B,M", [(7, 3), (8, 3), (3, 5)])
+def test_shard_assignment_gives_task_assignments_counts(B, M):
+    """The shard rule (a traced task count) hands out the same per-task counts as the static one."""
+    for step in range(2 * M):
+        np.testing.assert_array_equal(np.bincount(np.asarray(shard_assignment(step, B, jnp.int32(M))), minlength=M),
+                                      np.bincount(np.asarray(task_assignment(step, B, M)), minlength=M))

@@ -106,17 +106,19 @@ TRAIN_WORKER = textwrap.dedent("""
 
     pid, port, root, run_dir, out = int(sys.argv[1]), sys.argv[2], sys.argv[3], Path(sys.argv[4]), sys.argv[5]
     stop_after, resume = int(sys.argv[6]) or None, sys.argv[7]  # stop after that many updates / resume
-    got, start = {}, train._start_processes
+    tasks = json.loads(sys.argv[8]) if len(sys.argv) > 8 else ["task='%s'"]  # the task overrides
+    got, start = {"read": []}, train._start_processes
 
-    def start_then_spy(dist):  # keep run_training's final carry; its module starts JAX, so only after the start
+    def start_then_spy(dist):  # keep run_training's final carry and the tasks read; its module starts JAX
         started = start(dist)
         from mtmarl.training import loop
-        real = loop.run_training
+        real, read = loop.run_training, loop.load_task_data
         loop.run_training = lambda *a, **k: got.setdefault("out", real(*a, **k))
+        loop.load_task_data = lambda *a, **k: got["read"].append(k.get("tasks")) or read(*a, **k)
         return started
 
     train._start_processes = start_then_spy
-    overrides = ["+algo=mt_bc_sable", "task='%s'", f"data.root={root}", "network=tiny", "network.embed_dim=16",
+    overrides = ["+algo=mt_bc_sable", *tasks, f"data.root={root}", "network=tiny", "network.embed_dim=16",
                  "training=quick", "training.updates=4", "training.updates_per_call=2", "training.batch_size=4",
                  "training.seq_len=8", "training.checkpoint_every=2", "training.eval_every=2",
                  "training.eval_episodes=2", "eval.episodes=2", "algo.lr=1e-2", "logger.progress=false",
@@ -128,7 +130,8 @@ TRAIN_WORKER = textwrap.dedent("""
         cfg = compose("train", overrides)
     rows = train.run(cfg, run_dir=run_dir, stop_after=stop_after)
     np.savez(out, *jax.tree.leaves(got["out"]["carry"]))
-    print(json.dumps({"processes": jax.process_count(), "devices": jax.device_count(), "rows": len(rows)}))
+    print(json.dumps({"processes": jax.process_count(), "devices": jax.device_count(), "rows": len(rows),
+                      "read": got["read"]}))
 """ % TASK)
 
 
@@ -154,27 +157,39 @@ def _finish(procs, timeout=600):
     return outs
 
 
-def _two_processes_and_reference(tmp_path, resume_midway: bool) -> None:
+# Three ad-hoc training tasks of one set, each device holding only its share (task m on device m mod 2).
+SHARDED = ["+tasks=connector_10", "tasks.train=[{grid:5,agents:2,horizon:8},{grid:5,agents:3,horizon:8},"
+           "{grid:6,agents:2,horizon:8}]", "tasks.test=[]", "training.shard_data=true"]
+
+
+def _two_processes_and_reference(tmp_path, resume_midway: bool, sharded: bool = False) -> None:
     """Train 4 updates with 2 processes x 1 CPU device (gloo), and with 1 process x 2 devices; compare.
 
     ``resume_midway``: the 2-process run stops after 2 updates and a second 2-process run resumes it.
+    ``sharded``: three tasks with ``training.shard_data=true``; each process reads only its own vaults.
     """
     from helpers import synthetic_vault
 
-    synthetic_vault(tmp_path / "vaults", TASK)
+    tasks = [TASK, "connector:grid=5,agents=3,horizon=8", "connector:grid=6,agents=2,horizon=8"] if sharded else [TASK]
+    for task in tasks:
+        synthetic_vault(tmp_path / "vaults", task)
+    extra = [json.dumps(SHARDED)] if sharded else []
     script = tmp_path / "train_worker.py"
     script.write_text(TRAIN_WORKER)
     runs = [tmp_path / "run", tmp_path / "run_p1", tmp_path / "run_ref"]
-    two = lambda *how: [_spawn(script, [pid, port, tmp_path / "vaults", run, tmp_path / f"params{pid}.npz", *how],
-                               devices=1) for pid, run in enumerate(runs[:2])]  # noqa: E731
-    ref = _spawn(script, [-1, 0, tmp_path / "vaults", runs[2], tmp_path / "params_ref.npz", 0, "false"], devices=2)
+    two = lambda *how: [_spawn(script, [pid, port, tmp_path / "vaults", run, tmp_path / f"params{pid}.npz", *how,
+                                        *extra], devices=1) for pid, run in enumerate(runs[:2])]  # noqa: E731
+    ref = _spawn(script, [-1, 0, tmp_path / "vaults", runs[2], tmp_path / "params_ref.npz", 0, "false", *extra],
+                 devices=2)
     port = _free_port()
     if resume_midway:
         assert [o["rows"] for o in _finish(two(2, "false"))] == [0, 0]  # stopped: no final evaluation
         port = _free_port()
     outs = _finish(two(0, str(resume_midway).lower()) + [ref])
+    if sharded:  # process p reads the tasks of device p; the reference process both devices' tasks
+        assert [o["read"] for o in outs] == [[[0, 2]], [[1]], [[0, 1, 2]]]
     assert [(o["processes"], o["devices"]) for o in outs] == [(2, 2), (2, 2), (1, 2)]
-    assert outs[0]["rows"] == outs[2]["rows"] == 1 and outs[1]["rows"] == 0  # process 0 evaluates
+    assert outs[0]["rows"] == outs[2]["rows"] == len(tasks) and outs[1]["rows"] == 0  # process 0 evaluates
     ref = np.load(tmp_path / "params_ref.npz")
     assert int(ref[ref.files[-1]]) == 4  # the carry's last leaf counts the updates done
     for pid in (0, 1):
@@ -189,14 +204,23 @@ def _two_processes_and_reference(tmp_path, resume_midway: bool) -> None:
     assert not runs[1].exists()
 
 
+@pytest.mark.slow
 def test_two_processes_train_the_parameters_of_one_process_with_two_devices(tmp_path):
     """2 processes x 1 device train what 1 process x 2 devices trains; only process 0 writes and evaluates.
 
     Every device takes slice d (its global index) of the same global batch, so the two layouts compute the
     same update; parameters agree up to the order of float reductions. Process 1 waits for process 0's
-    periodic evaluation (update 2) and final one at barriers.
+    periodic evaluation (update 2) and final one at barriers. (Slow: the sharded test below runs the same
+    path with task shards; the resume test covers replicated buffers too.)
     """
     _two_processes_and_reference(tmp_path, resume_midway=False)
+
+
+def test_two_processes_reading_their_share_of_the_vaults_train_what_one_process_trains(tmp_path):
+    """``training.shard_data=true`` over 3 tasks: process 0 reads tasks 0 and 2, process 1 task 1, and they
+    train the parameters 1 process x 2 devices trains with the same shards (each device draws its half of
+    the batch from its own tasks with the key folded with its global index)."""
+    _two_processes_and_reference(tmp_path, resume_midway=False, sharded=True)
 
 
 @pytest.mark.slow

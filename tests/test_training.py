@@ -163,6 +163,37 @@ def test_one_and_two_devices_give_the_same_update(setup, name, extra):
     assert "grad_norm" in m1
 
 
+def test_task_shards_train_the_update_of_their_batches_concatenated(data_root, task_set):
+    """``training.shard_data``: each of 2 devices holds one task and draws its half of the batch with the
+    key folded with its index; the update equals the one-device update on the two halves concatenated."""
+    import dataclasses
+
+    import jax.numpy as jnp
+
+    from mtmarl.data.batching import sample, shard_tasks
+    from mtmarl.training.data import build_shards
+
+    data = load_task_data(task_set, data_root)
+    owners = shard_tasks(2, 2)
+    length = max(d["obs"].shape[0] for d in data)
+    shards = build_shards(task_set, data, [0, 1], OVERRIDES["seq_len"], owners, [0, 1], length)
+    assert [s.task_ids.tolist() for s in shards] == [[0], [1]] and shards[0].obs.shape == shards[1].obs.shape
+    algo = make_algo("mt_oryx", {**OVERRIDES, "batch_size": 6, "num_bins": 11},
+                     load_preset("tiny", embed_dim=16, chunk_size=4), shards[0].num_actions)
+    learner = Learner(algo, shards, 1, num_devices=2)
+    start = learner.init(0)
+    two, _ = learner.run(start)
+    _, k_sample, k_update = jax.random.split(start.key, 3)
+    half = dataclasses.replace(algo.sampler, batch_size=3)
+    halves = [sample(jax.tree.map(jnp.asarray, s), jax.random.fold_in(k_sample, d), 0, half) for d, s in enumerate(shards)]
+    assert [set(np.asarray(h.task_ids).tolist()) for h in halves] == [{0}, {1}]
+    batch = jax.tree.map(lambda *x: jnp.concatenate(x), *halves)
+    state, _ = jax.jit(algo.stages[0].update)(start.state, batch, k_update)
+    diff = tree_max_abs_diff(two.state.params, state.params)
+    assert diff < 1e-5, diff
+    assert tree_max_abs_diff(two.state.params, start.state.params) > 1e-4  # the update did move them
+
+
 def test_resume_gives_the_same_params_as_an_uninterrupted_run(learner1, reference_run, tmp_path):
     carry, _ = _run(learner1, learner1.init(0), 2)
     ckpt = Checkpointer(tmp_path / "ckpt")

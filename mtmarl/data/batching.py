@@ -11,6 +11,15 @@ when all of them take at most 256 distinct values (grid observations do: RWARE,
 LBF and Connector take 6-12) they are held as ``uint8`` codes into a value
 table and decoded after the gather: 4x less memory, the same float32 batches.
 
+**Task shards** (``training.shard_data``): each device may instead hold only its
+share of the tasks (task ``m`` on device ``m mod D``), so each process reads and
+stores only its share of the vaults. Such buffers carry ``task_ids`` (the global id of
+each slot; -1 marks an empty slot that pads every device to the same task count) and
+each device draws its own ``B / D`` sequences from its own tasks, balanced over them;
+the losses still weight tasks equally (``mtmarl.algos.reductions.task_mean`` groups the
+global batch by task id), only the number of sequences per task can differ by device (and with ``balanced=False``
+each device draws its own task).
+
 Padded agents (beyond a task's own agent count) see zero observations, may
 only take the no-op (action 0), carry action 0 and are flagged
 ``active=False``, matching ``mtmarl.envs.padding.PaddedEnv`` at evaluation.
@@ -58,12 +67,13 @@ class Buffers(NamedTuple):
     lengths: jax.Array      # (M,) int32 steps of each task's data
     returns: jax.Array      # (M, L) float32 undiscounted return-to-go to each step's episode end
     obs_values: jax.Array | None = None  # (K,) float32 value of each code when obs holds codes
+    task_ids: jax.Array | None = None    # (M,) int32 global task of each slot (-1: empty) for a task shard, else None
 
     def decode_obs(self, raw: jax.Array) -> jax.Array:
         """float32 observations from stored ones (any slice or gather of ``obs``)."""
         if self.obs_values is None:
             return raw.astype(jnp.float32)
-        return self.obs_values[raw.astype(jnp.int32)]
+        return jnp.asarray(self.obs_values)[raw.astype(jnp.int32)]
 
     @property
     def num_tasks(self) -> int:
@@ -173,7 +183,8 @@ def _to_layout(task: dict, spec: EnvSpec, target: EnvSpec) -> dict:
 
 def make_buffers(tasks: Sequence[Mapping], seq_len: int, num_agents: int | None = None,
                  obs_dim: int | None = None, compact: bool = True,
-                 specs: Sequence[EnvSpec] | None = None, target: EnvSpec | None = None) -> Buffers:
+                 specs: Sequence[EnvSpec] | None = None, target: EnvSpec | None = None,
+                 length: int | None = None, table_size: int | None = None, host: bool = False) -> Buffers:
     """Stack per-task datasets into padded device ``Buffers``.
 
     Each task is a mapping of time-major arrays: ``obs`` (L_i, N_i, O_i),
@@ -185,6 +196,9 @@ def make_buffers(tasks: Sequence[Mapping], seq_len: int, num_agents: int | None 
     ``specs`` (each task's ``EnvSpec``) and ``target`` (the set's) pad observations per
     entity group and move targeted actions to their padded index, as ``PaddedEnv`` does;
     ``target`` then also gives the sizes and the no-op of padded agents.
+    ``length`` pads the time axis to at least that many steps and ``table_size`` the code table to
+    exactly that many entries (its last value repeated), so task shards built apart share shapes;
+    ``host`` keeps the arrays in numpy (a shard goes to its own device, not the default one).
     """
     if not tasks:
         raise UserInputError("no tasks given")
@@ -205,8 +219,12 @@ def make_buffers(tasks: Sequence[Mapping], seq_len: int, num_agents: int | None 
         raise UserInputError(f"tasks {short} have fewer than seq_len={seq_len} steps ({[lens[i] for i in short]})")
     N = max(d["obs"].shape[1] for d in data) if num_agents is None else int(num_agents)
     O = max(d["obs"].shape[2] for d in data) if obs_dim is None else int(obs_dim)
-    M, L = len(data), max(lens)
+    M, L = len(data), max(lens + [int(length or 0)])
     table = value_table([d["obs"] for d in data]) if compact else None
+    if table is not None and table_size is not None:
+        if table.size > table_size:
+            raise UserInputError(f"{table.size} distinct observation values do not fit a table of {table_size}")
+        table = np.concatenate([table, np.full(table_size - table.size, table[-1], table.dtype)])
     obs = np.zeros((M, L, N, O), np.float32 if table is None else np.uint8)
     if table is not None:
         obs[:] = np.searchsorted(table, 0.0)
@@ -233,9 +251,10 @@ def make_buffers(tasks: Sequence[Mapping], seq_len: int, num_agents: int | None 
         first[m, 0] = True
         first[m, 1:l_m] = d["terminals"][:-1] | d["truncations"][:-1]
         active[m, :n_m] = True
-    return Buffers(*map(jnp.asarray, (obs, actions, rewards, terminals, truncations, legals, first, active,
-                                      np.asarray(lens, np.int32), returns)),
-                   obs_values=None if table is None else jnp.asarray(table, jnp.float32))
+    put = np.asarray if host else jnp.asarray
+    return Buffers(*map(put, (obs, actions, rewards, terminals, truncations, legals, first, active,
+                              np.asarray(lens, np.int32), returns)),
+                   obs_values=None if table is None else put(table.astype(np.float32)))
 
 
 def returns_to_go(rewards: np.ndarray, ends: np.ndarray, gamma: float) -> np.ndarray:
@@ -266,6 +285,34 @@ def return_range(tasks: Sequence[Mapping], gamma: float) -> tuple[float, float]:
     return lo, hi
 
 
+def shard_tasks(num_tasks: int, num_shards: int) -> list[list[int]]:
+    """The tasks of each of ``num_shards`` devices: task ``m`` on device ``m mod num_shards``."""
+    if num_tasks < num_shards:
+        raise UserInputError(f"training.shard_data=true needs at least one training task per device: "
+                             f"{num_tasks} task(s) on {num_shards} devices (use fewer devices or shard_data=false)")
+    return [list(range(d, num_tasks, num_shards)) for d in range(num_shards)]
+
+
+def with_slots(buffers: Buffers, ids: Sequence[int], slots: int) -> Buffers:
+    """``buffers`` of the tasks ``ids`` (global ids, in order) padded with empty slots to ``slots`` tasks (numpy).
+
+    An empty slot (id -1) is never sampled; it holds zeros and a length of 1 so that
+    the sampler's arithmetic stays valid for it.
+    """
+    M = buffers.num_tasks
+    if len(ids) != M or slots < M:
+        raise UserInputError(f"with_slots: {len(ids)} ids for {M} tasks, {slots} slots")
+
+    def grow(x, fill=0):
+        x = np.asarray(x)
+        return np.concatenate([x, np.full((slots - M, *x.shape[1:]), fill, x.dtype)])
+
+    per_task = {k: grow(getattr(buffers, k)) for k in ("obs", "actions", "rewards", "terminals", "truncations",
+                                                      "legals", "first", "active", "returns")}
+    return buffers._replace(**per_task, lengths=grow(buffers.lengths, 1),
+                            task_ids=np.asarray([*ids, *[-1] * (slots - M)], np.int32))
+
+
 # ---------------------------------------------------------------- sampling
 
 def task_assignment(step, batch_size: int, num_tasks: int, balanced: bool = True, key=None) -> jax.Array:
@@ -284,12 +331,30 @@ def task_assignment(step, batch_size: int, num_tasks: int, balanced: bool = True
     return jnp.concatenate([base, extra])
 
 
+def shard_assignment(step, batch_size: int, num_tasks, balanced: bool = True, key=None) -> jax.Array:
+    """Slot of each sequence for a task shard holding ``num_tasks`` (traced) tasks in its first slots.
+
+    Balanced: sequence ``j`` of update ``step`` takes slot ``(step * B + j) mod M``: every task
+    gets ``B // M`` or one more, and over ``M`` updates exactly ``B`` (the same counts as
+    :func:`task_assignment`, which needs a static ``M``). Unbalanced: one slot drawn with ``key``.
+    """
+    if not balanced:
+        return jnp.full((batch_size,), jax.random.randint(key, (), 0, num_tasks), jnp.int32)
+    return ((jnp.asarray(step, jnp.int32) * batch_size + jnp.arange(batch_size, dtype=jnp.int32)) % num_tasks
+            ).astype(jnp.int32)
+
+
 def sample(buffers: Buffers, key: jax.Array, step, cfg: SamplerConfig) -> Batch:
     """One batch for update ``step`` (an int or traced int32); jit with ``cfg`` static."""
     B, T = cfg.batch_size, cfg.seq_len
     M, N = buffers.num_tasks, buffers.num_agents
     k_task, k_start, k_perm = jax.random.split(key, 3)
-    task = task_assignment(step, B, M, cfg.balanced, k_task)
+    if buffers.task_ids is None:
+        task = task_assignment(step, B, M, cfg.balanced, k_task)
+        ids = task
+    else:  # a task shard: slots, then their global ids
+        task = shard_assignment(step, B, jnp.sum(buffers.task_ids >= 0), cfg.balanced, k_task)
+        ids = buffers.task_ids[task]
     n_starts = jnp.maximum(buffers.lengths[task] - T + 1, 1)  # make_buffers guarantees lengths >= T
     start = jax.random.randint(k_start, (B,), 0, n_starts, dtype=jnp.int32)
     if cfg.shuffle:
@@ -313,7 +378,7 @@ def sample(buffers: Buffers, key: jax.Array, step, cfg: SamplerConfig) -> Batch:
         real=real,
         resets=buffers.first[m2, t_idx],
         returns=buffers.returns[m2, t_idx],
-        task_ids=task,
+        task_ids=ids,
         starts=start,
         perm=perm,
     )

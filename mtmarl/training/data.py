@@ -1,13 +1,13 @@
-"""Training data: every training task's vault read into one set of padded device buffers."""
+"""Training data: the training tasks' vaults read into padded device buffers (all tasks, or a device's share)."""
 
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any
+from typing import Any, Sequence
 
 import numpy as np
 
-from mtmarl.data.batching import Buffers, make_buffers
+from mtmarl.data.batching import Buffers, make_buffers, with_slots
 from mtmarl.data.vault import read_vault, task_dirname, vault_path
 from mtmarl.errors import UserInputError
 from mtmarl.tasks import TaskSet
@@ -62,14 +62,16 @@ def fetch_missing(task_set: TaskSet, root: str | Path, hub: str | None,
 
 
 def load_task_data(task_set: TaskSet, root: str | Path, uid: str | None = None,
-                   verify: bool = True, fraction: float = 1.0) -> list[dict[str, np.ndarray]]:
-    """Per training task, time-major arrays in the form :func:`make_buffers` reads.
+                   verify: bool = True, fraction: float = 1.0,
+                   tasks: Sequence[int] | None = None) -> list[dict[str, np.ndarray]]:
+    """Per training task (only those indexed by ``tasks`` if given, in that order), time-major arrays
+    in the form :func:`make_buffers` reads.
 
     ``fraction`` < 1 keeps only the first part of each task's data (see :func:`take_fraction`).
     """
     check_vaults(task_set, root)
     out = []
-    for spec in task_set.train:
+    for spec in (task_set.train if tasks is None else [task_set.train[m] for m in tasks]):
         exp = read_vault(vault_path(root, spec), spec, uid=uid, verify=verify)
         out.append(take_fraction({"obs": exp["observations"][0], "actions": exp["actions"][0],
                                   "rewards": exp["rewards"][0], "terminals": exp["terminals"][0],
@@ -120,3 +122,25 @@ def build_buffers(task_set: TaskSet, data: list[dict[str, Any]], seq_len: int) -
     """Buffers padded to the whole set (train and test), so evaluation shares the training shapes."""
     specs = [spec.build().spec for spec in task_set.train]
     return make_buffers(data, seq_len, specs=specs, target=task_set.env_spec)
+
+
+def build_shards(task_set: TaskSet, data: Sequence[dict[str, Any]], ids: Sequence[int], seq_len: int,
+                 owners: Sequence[Sequence[int]], devices: Sequence[int], length: int,
+                 compact: bool = True) -> list[Buffers]:
+    """Task-shard buffers (``training.shard_data``) of each of ``devices`` (global device positions).
+
+    ``data`` holds the tasks ``ids`` (at least every task those devices own); ``owners[g]`` lists
+    the tasks of device ``g``. Every shard is padded to the same shapes: ``length`` steps (the
+    longest task of the whole set, agreed between processes), the most tasks any device owns,
+    and, with ``compact``, a code table of 256 entries (the limit of ``value_table``).
+    """
+    where = {m: i for i, m in enumerate(ids)}
+    slots = max(len(o) for o in owners)
+    out = []
+    for g in devices:
+        mine = list(owners[g])
+        buffers = make_buffers([data[where[m]] for m in mine], seq_len, compact=compact,
+                               specs=[task_set.train[m].build().spec for m in mine], target=task_set.env_spec,
+                               length=length, table_size=256 if compact else None, host=True)
+        out.append(with_slots(buffers, mine, slots))
+    return out

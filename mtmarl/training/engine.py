@@ -35,6 +35,13 @@ carries the same key and takes slice ``d`` of the same global batch by its
 processes (no per-process key is needed, and none is folded in: it would make
 the batch depend on the process layout), and 2 processes of 1 device train the
 same parameters as 1 process of 2 devices (tests/test_distributed.py).
+
+Task shards (``training.shard_data=true``): the learner is given one
+:class:`~mtmarl.data.batching.Buffers` per local device instead, each holding only that
+device's tasks (``mtmarl.data.batching.shard_tasks``), so a process stores and reads
+only its share of the vaults. Each device then draws its own ``B / D`` sequences from
+its tasks with the common key folded with its *global* axis index, so again the
+process layout does not change what is trained (tests/test_distributed.py).
 """
 
 from __future__ import annotations
@@ -70,13 +77,22 @@ def shard_batch(batch, index, num_devices: int):
     return jax.tree.map(cut, batch)
 
 
-def make_update_step(stage: Stage, sampler: SamplerConfig, num_devices: int, axis_name: str | None = AXIS):
-    """``step(carry, buffers) -> (carry, metrics)``: sample, shard, the stage's update (traceable)."""
+def make_update_step(stage: Stage, sampler: SamplerConfig, num_devices: int, axis_name: str | None = AXIS,
+                     sharded: bool = False):
+    """``step(carry, buffers) -> (carry, metrics)``: sample, shard, the stage's update (traceable).
+
+    ``sharded``: ``buffers`` are this device's task shard; it samples its own slice of the batch.
+    """
+    local = dataclasses.replace(sampler, batch_size=sampler.batch_size // num_devices)
 
     def step(carry: Carry, buffers: Buffers):
         key, k_sample, k_update = jax.random.split(carry.key, 3)
-        batch = sample(buffers, k_sample, carry.step, sampler)
-        if num_devices > 1:
+        if sharded:
+            index = jax.lax.axis_index(axis_name) if num_devices > 1 else 0
+            batch = sample(buffers, jax.random.fold_in(k_sample, index), carry.step, local)
+        else:
+            batch = sample(buffers, k_sample, carry.step, sampler)
+        if num_devices > 1 and not sharded:
             batch = shard_batch(batch, jax.lax.axis_index(axis_name), num_devices)
         state, metrics = stage.update(carry.state, batch, k_update, axis_name=axis_name)
         return Carry(state, key, carry.step + 1), metrics
@@ -108,7 +124,7 @@ class Learner:
     """
 
     algo: Algorithm
-    buffers: Buffers
+    buffers: Buffers | list[Buffers]  # a list: one task shard per local device, in learner device order
     updates_per_call: int = 10
     num_devices: int | None = None
     updates: int | None = None
@@ -125,12 +141,13 @@ class Learner:
             raise UserInputError(f"updates_per_call must be >= 1, got {self.updates_per_call}")
         self.plan = plan_stages(self.algo.stages, self.updates, self.updates_per_call)
         self._chunks: dict[int, Any] = {}
-        self._buffers = self.replicate(self.buffers)
+        self.sharded = not isinstance(self.buffers, Buffers)  # (Buffers is itself a tuple)
+        self._buffers = self.distribute(self.buffers) if self.sharded else self.replicate(self.buffers)
 
     def _chunk(self, span: StageSpan):
         """The pmapped program of ``K`` updates of one stage, compiled on first use."""
         if span.number not in self._chunks:
-            step = make_update_step(span.stage, self.sampler_of(span.stage), len(self.devices))
+            step = make_update_step(span.stage, self.sampler_of(span.stage), len(self.devices), sharded=self.sharded)
             K = self.updates_per_call
 
             def chunk(carry, buffers):
@@ -160,6 +177,21 @@ class Learner:
             return jax.device_put(np.broadcast_to(x, (n,) + x.shape), sharding)
         return jax.tree.map(rep, tree)
 
+    def distribute(self, shards):
+        """One task shard per local device (``shards[i]`` for this process's ``i``-th learner device),
+        as (D, ...) arrays whose slice ``d`` lives on device ``d``."""
+        mine = [d for d in self.devices if d.process_index == jax.process_index()]
+        if len(shards) != len(mine):
+            raise UserInputError(f"{len(shards)} task shards for this process's {len(mine)} learner devices")
+        sharding = jax.sharding.NamedSharding(jax.sharding.Mesh(np.asarray(self.devices), (AXIS,)),
+                                              jax.sharding.PartitionSpec(AXIS))
+
+        def place(*xs):
+            xs = [np.asarray(x) for x in xs]
+            return jax.make_array_from_single_device_arrays(
+                (self.num_devices, *xs[0].shape), sharding, [jax.device_put(x[None], d) for x, d in zip(xs, mine)])
+        return jax.tree.map(place, *shards)
+
     @staticmethod
     def unreplicate(tree):
         """Device 0's copy, as numpy; with several processes, this process's first device's copy (the same)."""
@@ -172,7 +204,8 @@ class Learner:
         """Fresh train state (the same for any device count)."""
         key = jax.random.PRNGKey(seed)
         key, k_init, k_sample = jax.random.split(key, 3)
-        sample_obs = self.buffers.decode_obs(self.buffers.obs[:1, : self.sampler.seq_len])  # (1, T, N, O)
+        first = self.buffers[0] if self.sharded else self.buffers
+        sample_obs = first.decode_obs(jnp.asarray(first.obs[:1, : self.sampler.seq_len]))  # (1, T, N, O)
         state = jax.jit(self.algo.init)(k_init, sample_obs)
         return jax.device_get(Carry(state, key, np.zeros((), np.int32)))
 

@@ -24,7 +24,7 @@ from mtmarl.algos.protocol import Algorithm
 from mtmarl.atomic import atomic_write_text
 from mtmarl.distributed import announce_start, await_start, broadcast_from_main, is_main, max_over_processes, \
     wait_for_main
-from mtmarl.data.batching import return_range
+from mtmarl.data.batching import return_range, shard_tasks
 from mtmarl.envs.layout import EnvSpec
 from mtmarl.errors import NonFiniteMetricError, UserInputError
 from mtmarl.evaluation.references import reference_for
@@ -32,8 +32,8 @@ from mtmarl.evaluation.results import summarise, task_info
 from mtmarl.evaluation.rollout import make_task_set_evaluator
 from mtmarl.tasks import TaskSet
 from mtmarl.training.checkpoint import Checkpointer, NoCheckpoints, is_better, train_score
-from mtmarl.training.data import build_buffers, fetch_missing, load_task_data, release_freed_memory
-from mtmarl.training.engine import Carry, Learner
+from mtmarl.training.data import build_buffers, build_shards, fetch_missing, load_task_data, release_freed_memory
+from mtmarl.training.engine import Carry, Learner, learner_devices
 from mtmarl.training.policy import make_policy
 from mtmarl.training.stop import Interrupted, requested
 
@@ -64,10 +64,12 @@ def data_value_range(data, gamma: float) -> tuple[float, float]:
     return float(np.floor(lo - margin)), float(np.ceil(hi + margin))
 
 
-def algo_for_data(cfg: Mapping[str, Any], data, env: EnvSpec | None = None) -> Algorithm:
+def algo_for_data(cfg: Mapping[str, Any], data, env: EnvSpec | None = None,
+                  across_processes: bool = False) -> Algorithm:
     """The run's algorithm for the task set's padded shape ``env``, its HL-Gauss support set to the
     data's return range unless ``training.value_range`` is 'config'. Without ``env`` the data must
-    agree on one action count and the observations are taken as flat."""
+    agree on one action count and the observations are taken as flat. ``across_processes``: each
+    process holds only its share of the tasks, and the range is that of all of them."""
     training = cfg["training"]
     if env is None:
         n_actions = {d["legals"].shape[-1] for d in data}
@@ -76,9 +78,35 @@ def algo_for_data(cfg: Mapping[str, Any], data, env: EnvSpec | None = None) -> A
         env = n_actions.pop()
     algo = build_algo(cfg["algo"], cfg["network"], training, cfg["data"], cfg["agents"], env)
     if algo.value_range_discount is not None and training["value_range"] == "data":
+        lo, hi = data_value_range(data, algo.value_range_discount)  # whole numbers (floor / ceil)
+        if across_processes:
+            lo, hi = -max_over_processes(int(-lo)), max_over_processes(int(hi))
         algo = build_algo(cfg["algo"], cfg["network"], training, cfg["data"], cfg["agents"], env,
-                          data_value_range(data, algo.value_range_discount))
+                          (float(lo), float(hi)))
     return algo
+
+
+def local_tasks(task_set: TaskSet, devices: int | None) -> list[int]:
+    """The training tasks this process's learner devices own (``training.shard_data``), in order."""
+    learners = learner_devices(devices)
+    owners = shard_tasks(len(task_set.train), len(learners))
+    return sorted(m for g, d in enumerate(learners) if d.process_index == jax.process_index() for m in owners[g])
+
+
+def shard_buffers(task_set: TaskSet, data, ids: list[int], seq_len: int, devices: int | None) -> list:
+    """One task shard per local learner device, padded to shapes every process agrees on.
+
+    The processes agree (collectives in :mod:`mtmarl.distributed`) on the longest task and on
+    whether every shard's observations fit the code table; a shard that does not makes all use float32.
+    """
+    learners = learner_devices(devices)
+    owners = shard_tasks(len(task_set.train), len(learners))
+    local = [g for g, d in enumerate(learners) if d.process_index == jax.process_index()]
+    length = max_over_processes(max(d["obs"].shape[0] for d in data))
+    shards = build_shards(task_set, data, ids, seq_len, owners, local, length)
+    if max_over_processes(int(any(s.obs_values is None for s in shards))):
+        shards = build_shards(task_set, data, ids, seq_len, owners, local, length, compact=False)
+    return shards
 
 
 class PeriodicEvaluator:
@@ -221,13 +249,16 @@ def run_training(cfg: Mapping[str, Any], task_set: TaskSet, run_dir: Path, refer
     fetch_missing(task_set, cfg["data"]["root"], cfg["data"].get("hub"), cfg["data"].get("hub_manifest"))
     if main:
         announce_start()  # a refusal before this point is announced by mtmarl.train
+    shard = bool(training.get("shard_data", False))
+    ids = local_tasks(task_set, training.get("devices")) if shard else None
     data = load_task_data(task_set, cfg["data"]["root"], cfg["data"]["uid"], cfg["data"]["verify"],
-                          float(cfg["data"]["fraction"]))
-    algo = algo_for_data(cfg, data, task_set.env_spec)
+                          float(cfg["data"]["fraction"]), tasks=ids)
+    algo = algo_for_data(cfg, data, task_set.env_spec, across_processes=shard)
     if main:
         write_json(run_dir / ALGO_FILE, algo.spec)
     seq_len = max([algo.sampler.seq_len] + [s.sampler.seq_len for s in algo.stages if s.sampler is not None])
-    buffers = build_buffers(task_set, data, seq_len)
+    buffers = shard_buffers(task_set, data, ids, seq_len, training.get("devices")) if shard else \
+        build_buffers(task_set, data, seq_len)
     del data
     release_freed_memory()  # the decoded vaults' temporaries (peak RSS, see its docstring)
     K = int(training["updates_per_call"])
