@@ -1,10 +1,11 @@
-"""Online fine-tuning of a pretrained M3 policy (seed 003's online stage, ``online.system=finetune``).
+"""Online fine-tuning of a pretrained policy (seed 003's online stage, ``online.system=finetune``): M3, and
+MT BC-Sable (whose random agent order per step replay must draw again from act's keys).
 
 Before any update the learner replays its own rollout's behaviour log-probabilities and sits at KL 0
 from the pretrained policy; the initial policy acts like the offline ``algo.act``; the KL / AWAC term
 against hand computations; one training chunk on the toy entity env moves the actor and critic but not
 the frozen copy; JP / TT from a hand-made curve and through the collector; one-line errors for a bad
-``online.init_from``. The pretrained M3 is trained once per module from a toy vault (5 updates).
+``online.init_from``. Each pretrained policy is trained once per module from a toy vault (5 updates).
 """
 
 from __future__ import annotations
@@ -33,19 +34,25 @@ PRESET = OmegaConf.to_container(OmegaConf.load(CONFIG_DIR / "online" / "finetune
 B, T = 4, 6
 
 
-@pytest.fixture(scope="module")
-def run_dir(toy_env, tmp_path_factory):  # noqa: F811
+ALGOS = {  # the pretrained algorithm and its tiny settings
+    "m3": ["network.width=16", "algo.num_codes=4", "algo.code_dim=4", "algo.agent_dim=2", "algo.head_width=8"],
+    # Sable: agents decoded in a fresh random order each step, which replay draws again from act's keys
+    "mt_bc_sable": ["network=tiny", "network.embed_dim=16", "network.chunk_size=4"],
+}
+
+
+@pytest.fixture(scope="module", params=list(ALGOS))
+def run_dir(toy_env, tmp_path_factory, request):  # noqa: F811
     from mtmarl import train
     from mtmarl.experiments.config import compose_train
 
     root = duel_vaults(tmp_path_factory.mktemp("ft"), 4)
-    cfg = compose_train(["+algo=m3", "+tasks=duel", f"hydra.searchpath=[file://{root / 'conf'}]",
-                         f"data.root={root / 'vaults'}", "network.width=16", "training=quick",
+    cfg = compose_train([f"+algo={request.param}", "+tasks=duel", f"hydra.searchpath=[file://{root / 'conf'}]",
+                         f"data.root={root / 'vaults'}", "training=quick",
                          "training.updates=5", "training.updates_per_call=5", "training.log_every=5",
                          "training.checkpoint_every=5", "training.eval_every=0", "training.batch_size=4",
-                         "training.seq_len=4", "algo.lr=3e-2", "algo.num_codes=4", "algo.code_dim=4",
-                         "algo.agent_dim=2", "algo.head_width=8", "eval.episodes=2", "logger.neptune=false",
-                         "logger.progress=false"])
+                         "training.seq_len=4", "algo.lr=3e-2", "eval.episodes=2", "logger.neptune=false",
+                         "logger.progress=false", *ALGOS[request.param]])
     train.run(cfg, run_dir=root / "run")
     return root / "run"
 
@@ -92,7 +99,7 @@ def test_before_any_update_replay_equals_behaviour_logp_and_kl_is_zero(pieces):
     for carry0, traj in segments(jax.random.PRNGKey(1)):
         obs = traj.obs
         logits, _ = algo.replay(params["actor"], carry0[0], obs.agents_view, traj.actions, obs.action_mask,
-                                obs.active, obs.step_count == 0)
+                                obs.active, obs.step_count == 0, traj.extras)
         np.testing.assert_allclose(np.asarray(ppo.log_prob(logits, obs.action_mask, traj.actions)),
                                    np.asarray(traj.logp), atol=1e-5)
         assert bool(np.asarray(traj.done).any())
@@ -116,7 +123,7 @@ def test_initial_policy_acts_like_the_offline_algorithm(pieces):
         for t in range(T):
             o = jax.tree.map(lambda x: x[t, b], traj.obs)
             actions, _, carry = act(pre, carry, o.agents_view, o.action_mask, o.active, o.step_count == 0,
-                                    jax.random.PRNGKey(t), greedy=True)
+                                    traj.extras[t, b], greedy=True)  # the key the rollout acted with
             np.testing.assert_array_equal(np.asarray(actions), traj.actions[t, b])
 
 
@@ -230,7 +237,8 @@ def test_bad_init_from_is_a_one_line_error_naming_key_and_value(run_dir, tmp_pat
     monkeypatch.setattr(restore, "load_run", without_replay)
     finetune._restore.cache_clear()
     try:
-        with pytest.raises(UserInputError, match=r"holds a 'm3' run, which cannot be fine-tuned.*replay") as err:
+        name = json.loads((run_dir / "algo.json").read_text())["name"]
+        with pytest.raises(UserInputError, match=rf"holds a '{name}' run, which cannot be fine-tuned.*replay") as err:
             task_env(env, online_config({**PRESET, "init_from": str(run_dir) + "/"}))
         assert "online.init_from=" in str(err.value) and "\n" not in str(err.value)
     finally:

@@ -159,19 +159,52 @@ def gradient_stage(loss_fn: Callable, tx: optax.GradientTransformation, tau: flo
     return update
 
 
+def agent_order(key, num_agents: int):
+    """The agent order of one acting step and the key left for its action samples (``act`` and ``replay``)."""
+    k_order, k_act = jax.random.split(key)
+    return jax.random.permutation(k_order, num_agents), k_act
+
+
 def make_act(net: SableNet, step: Callable | None = None):
     """Recurrent acting with a fresh random agent order each step (see module docstring).
 
-    ``step`` has ``net.act``'s signature (the default: sample or arg-max the policy head).
+    ``step`` has ``net.act``'s signature; the default samples or arg-maxes the policy head and
+    returns the masked logits it sampled from as ``aux`` (what fine-tuning scores actions with).
     """
+    policy_head = step is None
     step = net.act if step is None else step
 
     def act(params, carry, obs, action_mask, active, reset, key, greedy=False):
-        k_order, k_act = jax.random.split(key)
-        order = jax.random.permutation(k_order, obs.shape[0])
-        return step(params, carry, obs, action_mask, active, reset, k_act, order=order, greedy=greedy)
+        order, k_act = agent_order(key, obs.shape[0])
+        actions, out, carry = step(params, carry, obs, action_mask, active, reset, k_act, order=order, greedy=greedy)
+        return actions, (out.logits if policy_head else out), carry
 
     return act
+
+
+def make_replay(net: SableNet):
+    """``act``'s sequence form (:class:`~mtmarl.algos.protocol.Algorithm` ``replay``) for the policy head.
+
+    Each step is decoded as ``act`` decodes it: the agent order drawn again from the key ``act`` was
+    given, each agent then conditioned on the actions taken by those before it (teacher forcing), so
+    the logits equal those ``act`` sampled from. Recurrent over steps, which fine-tuning needs anyway.
+    """
+
+    def one_env(params, carry, obs, actions, legals, active, resets, keys):
+        def step(c, xs):
+            o, a, m, act_, r, k = xs
+            order, k_act = agent_order(k, o.shape[0])
+            _, out, c = net.act(params, c, o, m, act_, r, k_act, order=order, forced_actions=a)
+            return c, out.logits
+
+        carry, logits = jax.lax.scan(step, carry, (obs, actions, legals, active, resets, keys))
+        return logits, carry
+
+    def replay(params, carry0, obs, actions, legals, active, resets, keys):
+        run = jax.vmap(one_env, in_axes=(None, 0, 1, 1, 1, 1, 1, 1), out_axes=(1, 0))
+        return run(params, carry0, obs, actions, legals, active, resets, keys)
+
+    return replay
 
 
 def assemble(cfg: AlgoConfig, network: dict, env: EnvSpec, loss_fn: Callable,
@@ -181,7 +214,8 @@ def assemble(cfg: AlgoConfig, network: dict, env: EnvSpec, loss_fn: Callable,
     The shared pieces: the Sable net (Q head per ``cfg``), clipped Adam, a target
     network exactly when the algorithm learns values, one stage ``train`` taking
     all of ``training.updates``, and the random-order ``act`` (``act_step(net)``
-    replaces the policy-head step, e.g. acting on Q).
+    replaces the policy-head step, e.g. acting on Q) with its ``replay`` when it acts
+    with the policy head (online fine-tuning needs it).
     """
     net = network_for(cfg, SableConfig.from_dict(dict(network)), env.num_actions)
     tx = make_optimizer(cfg)
@@ -192,7 +226,8 @@ def assemble(cfg: AlgoConfig, network: dict, env: EnvSpec, loss_fn: Callable,
         name=cfg.name, cfg=cfg, sampler=cfg.sampler(), init=make_init(net, tx, with_target=cfg.learns_values),
         stages=(Stage("train", gradient_stage(bound, tx, cfg.tau)),),
         act=make_act(net, None if act_step is None else act_step(net)), init_carry=net.init_carry, spec=spec,
-        value_range_discount=cfg.gamma if cfg.learns_values and cfg.hl_gauss else None, net=net, loss=bound, tx=tx)
+        value_range_discount=cfg.gamma if cfg.learns_values and cfg.hl_gauss else None, net=net, loss=bound, tx=tx,
+        replay=make_replay(net) if act_step is None else None)
 
 
 # ---------------------------------------------------------------- small helpers

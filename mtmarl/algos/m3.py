@@ -268,10 +268,11 @@ def make(cfg: Config, network: dict, env: EnvSpec) -> Algorithm:
         actions = jnp.where(greedy, logits.argmax(-1), jax.random.categorical(key, logits)).astype(jnp.int32)
         return actions, logits, (h, jax.nn.one_hot(actions, n_act))  # aux: what replay gives for this step
 
-    def replay(params, carry0, obs, actions, legals, active, resets):
+    def replay(params, carry0, obs, actions, legals, active, resets, keys=None):
         """``act`` over time-major (T, B, ...) episodes from ``carry0`` ((B, N, W), (B, N, A)): the masked
-        logits of every step and the carry after the last (the same ops as ``act``, so the same values)."""
-        del active
+        logits of every step and the carry after the last (the same ops as ``act``, so the same values;
+        M3 draws nothing but the action sample, so the keys are not needed)."""
+        del active, keys
 
         def step(carry, xs):
             h, prev = carry

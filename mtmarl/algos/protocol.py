@@ -24,15 +24,16 @@ pair, with the update split into stages:
   after each step into the carry (return-conditioned policies count their
   return-to-go down with it); by default the carry passes through unchanged.
 * ``replay`` (optional, None where an algorithm lacks it): ``replay(params, carry0, obs, actions,
-  legals, active, resets) -> (logits, carry)``, the differentiable sequence form of ``act`` that online
-  fine-tuning (``online.system=finetune``) trains through. Inputs are time-major over a batch of
+  legals, active, resets, keys) -> (logits, carry)``, the differentiable sequence form of ``act`` that
+  online fine-tuning (``online.system=finetune``) trains through. Inputs are time-major over a batch of
   episodes: ``obs`` (T, B, N, O), ``actions`` (T, B, N) (the actions taken, folded into the carry after
   each step as ``act`` does), ``legals`` (T, B, N, A), ``active`` (T, B, N), ``resets`` (T, B) (True where
-  a step starts an episode, ``act``'s ``reset``); ``carry0`` is ``act``'s carry before step 0 for each
-  of the B episodes (leading axis B). Returns the masked logits ``act`` samples from at every step
-  (T, B, N, A) and the carry after the last step. Pure and key-free: an algorithm whose acting draws
-  randomness other than the action sample cannot provide it. An algorithm with ``replay`` returns the
-  masked logits it sampled from as ``act``'s ``aux``, so acting needs no second pass to score its action.
+  a step starts an episode, ``act``'s ``reset``), ``keys`` (T, B, ...) the PRNG key ``act`` was given at
+  each step (an algorithm whose acting draws randomness besides the action sample, such as the Sable
+  algorithms' agent order, draws it again from them; others ignore them); ``carry0`` is ``act``'s carry
+  before step 0 for each of the B episodes (leading axis B). Returns the masked logits ``act`` samples
+  from at every step (T, B, N, A) and the carry after the last step. An algorithm with ``replay`` returns
+  the masked logits it sampled from as ``act``'s ``aux``, so acting needs no second pass to score its action.
 * ``spec``: plain JSON describing how to rebuild it (name, configs, action
   count and the padded EnvSpec), stored in every checkpoint so a run restores without its config.
 """
@@ -81,7 +82,7 @@ class Algorithm:
     # Not None: its value support (config keys v_min, v_max) is set from the data's range of returns
     # discounted by this factor, unless training.value_range is 'config' (HL-Gauss heads).
     value_range_discount: float | None = None
-    # (params, carry0, obs, actions, legals, active, resets) -> (logits (T, B, N, A), carry); see the module docstring
+    # (params, carry0, obs, actions, legals, active, resets, keys) -> (logits (T, B, N, A), carry); module docstring
     replay: Callable | None = None
 
 

@@ -30,8 +30,9 @@ Simplifications: acting runs two forward passes per step (``algo.act`` for the a
 carry, and ``algo.replay`` of that step for the pretrained policy's own carry, kept beside the
 actor's so the KL compares each policy on its own history); the
 frozen params ride in the train state under ``"pretrained"`` with their gradient stopped (Adam moves
-them by exactly 0). Only algorithms with ``replay`` fine-tune: M3 (``m3``); the Sable policies decode
-agents in a fresh random order every step, which the key-free replay cannot reproduce.
+them by exactly 0). Only algorithms with ``replay`` fine-tune: M3 (``m3``) and the Sable policies
+acting with their policy head (``mt_bc_sable``, ``mt_oryx``), whose fresh random agent order of every
+step ``replay`` draws again from the key ``act`` was given (kept per step in ``Transition.extras``).
 """
 
 from __future__ import annotations
@@ -110,7 +111,8 @@ def _restore(run_dir: str):
         raise UserInputError(f"online.init_from={run_dir!r}: {str(e).splitlines()[0]}") from None
     if algo.replay is None:
         raise UserInputError(f"online.init_from={run_dir!r} holds a {algo.name!r} run, which cannot be fine-tuned: "
-                             f"the algorithm has no sequence replay (Algorithm.replay); m3 has one")
+                             f"the algorithm has no sequence replay (Algorithm.replay); m3, mt_bc_sable and "
+                             f"mt_oryx have one")
     if "env" not in algo.spec:
         raise UserInputError(f"online.init_from={run_dir!r}: its checkpoint predates padded env specs; retrain it")
     return algo, jax.device_get(params)
@@ -175,10 +177,10 @@ def make_learner(env, cfg: FinetuneConfig) -> Learner:
         both = (one, one)
         return jax.tree.map(lambda x: jnp.broadcast_to(x, (b,) + x.shape), both)
 
-    def step_replay(params, carry, obs, actions, reset):
+    def step_replay(params, carry, obs, actions, reset, keys):
         """One step of B envs through ``replay``: (masked logits (B, N, A), carry after it)."""
         logits, carry = algo.replay(params, carry, obs.agents_view[None], actions[None], obs.action_mask[None],
-                                    obs.active[None], reset[None])
+                                    obs.active[None], reset[None], keys[None])
         return logits[0], carry
 
     def act_batch(params, ts: TimeStep, carry, key, greedy=False):
@@ -189,8 +191,9 @@ def make_learner(env, cfg: FinetuneConfig) -> Learner:
         act = lambda c, o, m, a, r, k: algo.act(params["actor"], c, o, m, a, r, k, greedy=greedy)  # noqa: E731
         actions, logits, new_actor = jax.vmap(act)(actor_carry, obs.agents_view, obs.action_mask, obs.active,
                                                    reset, keys)  # aux: the masked logits it sampled from
-        _, new_pre = step_replay(params["pretrained"], pre_carry, obs, actions, reset)
-        return actions, ppo.log_prob(logits, obs.action_mask, actions), value_fn(params, ts), (new_actor, new_pre)
+        _, new_pre = step_replay(params["pretrained"], pre_carry, obs, actions, reset, keys)
+        logp = ppo.log_prob(logits, obs.action_mask, actions)
+        return actions, logp, value_fn(params, ts), (new_actor, new_pre), keys  # keys: for replay
 
     def rollout(params, envs, carry, pool, key, length, greedy=False):
         return carried_rollout(env, functools.partial(act_batch, greedy=greedy), value_fn, params, envs, carry,
@@ -201,7 +204,7 @@ def make_learner(env, cfg: FinetuneConfig) -> Learner:
         tm = lambda x: jnp.swapaxes(x, 0, 1)  # noqa: E731
         obs = mb.obs
         logits, _ = algo.replay(params, carry0, tm(obs.agents_view), tm(mb.actions), tm(obs.action_mask),
-                                tm(obs.active), tm(obs.step_count == 0))
+                                tm(obs.active), tm(obs.step_count == 0), tm(mb.extras))
         return tm(logits)
 
     def loss(params, mb: Transition, adv, targets, carry0):

@@ -50,6 +50,7 @@ class Transition(NamedTuple):
     episode_return: jax.Array  # () return of the episode that ended here (0 otherwise)
     episode_length: jax.Array  # () its length (0 otherwise)
     success: jax.Array  # () bool: the episode that ended here was won (envs with EnvSpec.has_success)
+    extras: Any = ()  # what the acting function asked to keep (fine-tuning: the key each step acted with)
 
     @property
     def done(self) -> jax.Array:
@@ -60,7 +61,8 @@ class Transition(NamedTuple):
 # both over a batch of envs.
 ActFn = Callable[[Any, TimeStep, jax.Array], tuple[jax.Array, jax.Array, jax.Array]]
 ValueFn = Callable[[Any, TimeStep], jax.Array]
-# A recurrent policy: ``act(params, timestep, carry, key) -> (actions, logp, value, carry)``.
+# A recurrent policy: ``act(params, timestep, carry, key) -> (actions, logp, value, carry[, extras])``;
+# ``extras`` (any pytree per env) is kept in ``Transition.extras``.
 CarriedActFn = Callable[[Any, TimeStep, Any, jax.Array], tuple[jax.Array, jax.Array, jax.Array, Any]]
 
 
@@ -142,13 +144,14 @@ def step_with_pool(env, batch: EnvBatch, actions: jax.Array, pool: ResetPool
 
 
 def transition(batch: EnvBatch, real: TimeStep, actions: jax.Array, logp: jax.Array, value: jax.Array,
-               next_value: jax.Array) -> Transition:
+               next_value: jax.Array, extras: Any = ()) -> Transition:
     """The record of one step from ``batch`` (before the step) and the real timestep it produced."""
     ts, done = batch.timestep, real.done
     return Transition(obs=ts.observation, state=ts.state, actions=actions, logp=logp, value=value,
                       next_value=next_value, reward=real.reward, terminal=real.terminal, truncated=real.truncated,
                       episode_return=jnp.where(done, batch.ep_return + real.reward, 0.0),
-                      episode_length=jnp.where(done, batch.ep_length + 1, 0), success=done & real.success)
+                      episode_length=jnp.where(done, batch.ep_length + 1, 0), success=done & real.success,
+                      extras=extras)
 
 
 def rollout(env, act: ActFn, value: ValueFn, params: Any, batch: EnvBatch, pool: ResetPool,
@@ -178,9 +181,10 @@ def carried_rollout(env, act: CarriedActFn, value: ValueFn, params: Any, batch: 
 
     def body(c, step_key):
         batch, carry = c
-        actions, logp, v, carry = act(params, batch.timestep, carry, step_key)
+        actions, logp, v, carry, *extras = act(params, batch.timestep, carry, step_key)
         new, real = step_with_pool(env, batch, actions, pool)
-        return (new, reset_where(real.done, carry)), transition(batch, real, actions, logp, v, value(params, real))
+        return (new, reset_where(real.done, carry)), transition(batch, real, actions, logp, v, value(params, real),
+                                                                extras[0] if extras else ())
 
     (batch, carry), traj = jax.lax.scan(body, (batch, carry), jax.random.split(key, length))
     return batch, carry, traj
