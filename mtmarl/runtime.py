@@ -20,12 +20,14 @@ CACHE_MAX_BYTES = 8 << 30  # least recently used executables are evicted beyond 
 def enable_compilation_cache(min_compile_secs: float = 1.0) -> None:
     """Persist XLA executables: Jumanji envs take 5-20 s each to compile on CPU.
 
-    ``MTMARL_XLA_CACHE`` is ``on`` (the default: ``$MTMARL_CACHE/xla``), ``off``, or an
+    ``MTMARL_XLA_CACHE`` is ``on`` (the default: ``$MTMARL_CACHE/xla_lru``), ``off``, or an
     absolute directory. JAX writes cache entries with a plain (non-atomic) write and
     reads them without a lock unless the cache has a size limit; several processes
     sharing one directory (a sweep, a test suite in workers) could then load a half
     written executable, and a crash loses the run. So a size limit is always set,
-    which makes JAX take a file lock around every read and write.
+    which makes JAX take a file lock around every read and write. A size-limited cache also keeps an
+    access-time file beside every entry, and JAX fails to write into a directory that holds entries
+    without one (a cache written without the limit), so the default directory is a new one, ``xla_lru``.
     """
     setting = os.environ.get("MTMARL_XLA_CACHE", "on")
     if setting not in ("on", "off") and not os.path.isabs(setting):
@@ -33,7 +35,7 @@ def enable_compilation_cache(min_compile_secs: float = 1.0) -> None:
             f"MTMARL_XLA_CACHE={setting!r}: allowed values are 'on', 'off' and an absolute directory")
     if setting == "off":
         return
-    path = CACHE_DIR / "xla" if setting == "on" else Path(setting)
+    path = CACHE_DIR / "xla_lru" if setting == "on" else Path(setting)
     jax.config.update("jax_compilation_cache_dir", str(path))
     jax.config.update("jax_compilation_cache_max_size", CACHE_MAX_BYTES)
     jax.config.update("jax_persistent_cache_min_compile_time_secs", min_compile_secs)

@@ -439,7 +439,7 @@ def test_xla_cache_switch(monkeypatch, tmp_path):
         monkeypatch.setenv("MTMARL_XLA_CACHE", "on")
         jax.config.update("jax_compilation_cache_max_size", -1)
         runtime.enable_compilation_cache()
-        assert jax.config.jax_compilation_cache_dir == str(runtime.CACHE_DIR / "xla")
+        assert jax.config.jax_compilation_cache_dir == str(runtime.CACHE_DIR / "xla_lru")
         assert jax.config.jax_compilation_cache_max_size == runtime.CACHE_MAX_BYTES > 0
         assert jax.config.jax_persistent_cache_min_compile_time_secs == 1.0
         monkeypatch.setenv("MTMARL_XLA_CACHE", str(tmp_path))
