@@ -126,55 +126,56 @@ def _algo(**cfg):
 
 def test_td_loss_consistency_and_rh_scaled_cql_match_naive_loops():
     batch = tiny_batch(0)
-    algo = _algo()
+    alpha, eta = 2.0, 3.0
+    algo = _algo(dist_weight=alpha, cql_weight=eta)
     assert algo.num_skills == NET["heads"]  # skill_dim 0: one skill per attention head
     state = algo.init(jax.random.PRNGKey(0), batch.obs[:1])
     noise = lambda p, k: jax.tree.map(lambda x: x + 0.3 * jax.random.normal(k, x.shape), p)  # noqa: E731
     params = noise(state.values.params, jax.random.PRNGKey(1))
     target = noise(state.values.params, jax.random.PRNGKey(2))
     skills = state.skills.params
-    loss = jax.jit(algo.hybrid_loss)
-    td_only, metrics = loss(params, target, skills, batch, 0.7)
+    loss = jax.jit(algo.hybrid_loss)  # one program for every R_h (a traced input)
+    total = {r: loss(params, target, skills, batch, r) for r in (0.0, 0.5, 1.0)}
+    metrics = total[1.0][1]
 
-    # naive: labels from the frozen encoder, per-step mixer calls, double-Q target, masked mean over steps
-    enc = np.asarray(algo.skill_logits(skills, batch.obs, batch.actions, batch.active))
+    # naive: labels from the frozen encoder, double-Q next skills chosen in loops, the mixer (tested in
+    # test_mixer.py) applied to the chosen per-agent Qs of every step, targets and the masked mean in loops
+    enc = np.asarray(jax.jit(algo.skill_logits)(skills, batch.obs, batch.actions, batch.active))
     labels = enc.argmax(-1)
-    q, h = (np.asarray(x) for x in unroll(algo.nets["agent"], params["agent"], batch.obs, batch.resets, hiddens=True))
-    qt, ht = (np.asarray(x) for x in unroll(algo.nets["agent"], target["agent"], batch.obs, batch.resets, hiddens=True))
-    mixer = algo.nets["mixer"]
+    fwd = jax.jit(lambda p: unroll(algo.nets["agent"], p["agent"], batch.obs, batch.resets, hiddens=True))
+    (q, h), (qt, ht) = (jax.tree.map(np.asarray, fwd(p)) for p in (params, target))
     act, rew, term, resets = (np.asarray(x) for x in (batch.active, batch.rewards, batch.terminals, batch.resets))
-    B, T = rew.shape
+    B, T, N = labels.shape
+    q_data, q_next = np.zeros((B, T, N), np.float32), np.zeros((B, T, N), np.float32)
+    for b in range(B):
+        for t in range(T):
+            for i in range(N):
+                q_data[b, t, i] = q[b, t, i, labels[b, t, i]]
+                q_next[b, t, i] = qt[b, t, i, int(np.argmax(q[b, t, i]))]  # online arg-max, target value
+    mix = jax.jit(algo.nets["mixer"].apply)
+    q_tot, v_next = np.asarray(mix(params["mixer"], q_data, h, act)), np.asarray(mix(target["mixer"], q_next, ht, act))
     errs = []
     for b in range(B):
         for t in range(T - 1):
             if not (term[b, t] or not resets[b, t + 1]) or not act[b, t].any():
                 continue
-            qd = q[b, t][np.arange(q.shape[2]), labels[b, t]]
-            q_tot = float(mixer.apply(params["mixer"], qd[None], h[b, t][None], act[b, t][None])[0])
-            best = q[b, t + 1].argmax(-1)
-            qn = qt[b, t + 1][np.arange(q.shape[2]), best]
-            v = float(mixer.apply(target["mixer"], qn[None], ht[b, t + 1][None], act[b, t + 1][None])[0])
-            y = rew[b, t] + 0.9 * (1.0 - term[b, t]) * v
-            errs.append(0.5 * (q_tot - y) ** 2)
-    assert float(td_only) == pytest.approx(float(np.mean(errs)), rel=1e-4)
-    assert float(metrics["td_loss"]) == pytest.approx(float(td_only), rel=1e-6)
+            y = rew[b, t] + 0.9 * (1.0 - term[b, t]) * v_next[b, t + 1]
+            errs.append(0.5 * (q_tot[b, t] - y) ** 2)
+    naive_td = float(np.mean(errs))
+    assert float(metrics["td_loss"]) == pytest.approx(naive_td, rel=1e-4)
 
-    # consistency (Eq. 5): KL(local head || encoder) per active agent and step, masked mean, weight alpha
+    # consistency (Eq. 5): KL(local head || encoder) per active agent and step, masked mean
     local = np.asarray(algo.nets["local_head"].apply(params["local_head"], h), np.float64)
     lp = local - np.log(np.exp(local).sum(-1, keepdims=True))
     lq = enc - np.log(np.exp(enc.astype(np.float64)).sum(-1, keepdims=True))
-    kl = (np.exp(lp) * (lp - lq)).sum(-1)
-    alpha = 2.0
-    with_c, _ = jax.jit(_algo(dist_weight=alpha).hybrid_loss)(params, target, skills, batch, 0.7)
-    assert float(with_c) - float(td_only) == pytest.approx(alpha * kl[act].mean(), rel=1e-3)
+    naive_kl = float((np.exp(lp) * (lp - lq)).sum(-1)[act].mean())
+    assert float(metrics["consistency_loss"]) == pytest.approx(naive_kl, rel=1e-3)
 
-    # the conservative term enters as eta * R_h * cql (Eq. 6): linear in R_h, nothing at R_h = 0
-    cql_loss = jax.jit(_algo(cql_weight=3.0).hybrid_loss)
-    at = {r: float(cql_loss(params, target, skills, batch, r)[0]) for r in (0.0, 0.5, 1.0)}
-    cql = float(cql_loss(params, target, skills, batch, 1.0)[1]["cql_loss"])
-    assert at[0.0] == pytest.approx(float(td_only), rel=1e-5)
-    assert at[1.0] - at[0.0] == pytest.approx(3.0 * cql, rel=1e-4)
-    assert at[0.5] - at[0.0] == pytest.approx(1.5 * cql, rel=1e-4)
+    # Eq. 6: TD + alpha * consistency + eta * R_h * CQL (nothing of the CQL term at R_h = 0, linear in R_h)
+    cql = float(metrics["cql_loss"])
+    assert abs(cql) > 1e-3
+    for r, (value, _) in total.items():
+        assert float(value) == pytest.approx(naive_td + alpha * naive_kl + eta * r * cql, rel=1e-4), r
 
 
 def test_offline_hygen_builds_updates_and_acts_on_the_smax_layout():
@@ -186,8 +187,11 @@ def test_offline_hygen_builds_updates_and_acts_on_the_smax_layout():
 # --------------------------------------------------------------------------- the online stage
 @pytest.fixture(scope="module")
 def chunk_run(run_dir):
-    cfg = tiny(run_dir)
-    system = make_online_system(TaskSpec.parse(TASK).build(), cfg)
+    from mtmarl.online.collectors import get_system
+
+    cfg = tiny(run_dir, tt_threshold=-1.0)  # the collector test's config: it reuses this compiled system
+    spec = TaskSpec.parse(TASK)
+    system = get_system(spec, task_env(spec.build(), cfg), cfg)
     s0 = system.init(jax.random.PRNGKey(0))
     s1, metrics = system.train_chunk(s0)
     return cfg, system, jax.device_get(s0), jax.device_get(s1), jax.device_get(metrics)
