@@ -255,7 +255,7 @@ def test_collector_reports_curve_hybrid_ratio_jp_and_tt(run_dir, tmp_path):
                 "progress": False,
                 "initial_eval": True,
             },
-            "eval": {"episodes": 2, "devices": 1, "greedy": True},
+            "eval": {"episodes": 2, "devices": None, "greedy": True},
         }
     )
     (res,) = collect.run(cfg)

@@ -392,7 +392,7 @@ def make_system(env, cfg: HyGenOnlineConfig, num_devices: int | None = None) -> 
         rollout=unused,
         loss=unused,
         sequences=True,
-        actor_params=algo.acting_params,
+        actor_params=lambda params: jax.device_get(algo.acting_params(params)),  # host copies: any evaluator's devices
         policy=make_policy(algo),
         greedy_policy=make_policy(algo, greedy=True),
     )
