@@ -51,6 +51,8 @@ def run_dir(toy_env, tmp_path_factory):  # noqa: F811
             "training.log_every=2",
             "training.checkpoint_every=2",
             "training.eval_every=0",
+            "training.devices=1",  # one device: fewer programs to compile
+            "eval.devices=1",
             f"training.batch_size={BATCH}",
             f"training.seq_len={SEQ}",
             "algo.skill_updates=2",
@@ -266,6 +268,7 @@ def test_collector_reports_curve_hybrid_ratio_jp_and_tt(run_dir, tmp_path):
     (row,) = [json.loads(x) for x in log.read_text().splitlines()]
     assert row["hybrid_ratio"] == pytest.approx(np.mean([1.0, 1.0 - 0.9 * ENVS * SEQ / 16]), abs=1e-4)
     assert row["policy_loss"] is None  # PPO columns are null for this system
+    assert 0.0 <= row["win_rate"] <= 1.0 and row["episodes"] > 0 and row["offline_rows"] > 0
     entry = json.loads((tmp_path / "vaults" / "references.json").read_text())[TASK]
     assert entry["jp"] == res["jp"] and entry["tt"] == 0
 

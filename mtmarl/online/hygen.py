@@ -32,7 +32,9 @@ start mid-episode and cross episode ends (``resets``).
 Scope: one source task per run (the collector's task; its env padded to the offline run's layout like
 ``finetune``); the offline rows come from all the offline run's training tasks (the multi-task
 dataset D, with the engine's task-balanced sampler); online rows carry task id -1. Single device.
-Learning rates and loss weights are the offline run's ``algo`` config. PPO-only settings of the shared
+Learning rates and loss weights are the offline run's ``algo`` config. Logged per chunk (means over
+its iterations): ``hybrid_ratio``, ``offline_rows``, ``epsilon``, ``buffer_sequences``, ``win_rate`` (wins
+over episodes ended in an iteration; 0 if none ended), the losses. PPO-only settings of the shared
 base config (epochs, minibatches, clip_eps, ...) are unused; the logged PPO columns are null.
 """
 
@@ -337,7 +339,7 @@ def make_system(env, cfg: HyGenOnlineConfig, num_devices: int | None = None) -> 
             offline_rows=n_off.astype(jnp.float32),
             epsilon=eps,
             buffer_sequences=jnp.minimum(ring.count, ring.capacity).astype(jnp.float32),
-            wins=jax.lax.psum(traj.success.astype(jnp.float32).sum(), AXIS),
+            win_rate=traj.success.astype(jnp.float32).sum() / jnp.maximum(done.sum(), 1.0),  # this iteration's
         )
         info = ppo.LossInfo(total=metrics["loss"], policy=nan, value=nan, entropy=nan, approx_kl=nan, clip_frac=nan, extra=extra)
         out = UpdateMetrics(
