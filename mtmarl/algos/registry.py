@@ -27,7 +27,7 @@ from mtmarl.envs.layout import ActionLayout, EnvSpec, ObsLayout
 from mtmarl.errors import UserInputError
 
 BUILTIN = ("mt_oryx", "mt_cql_sable", "mt_bc_sable", "bc_t", "updet", "bc_r", "odis", "hissd",
-           "m3")  # modules mtmarl.algos.<name>
+           "m3", "hygen")  # modules mtmarl.algos.<name>
 # (updet registers updet_m and updet_l)
 CONFIG_DIR = PACKAGE_CONFIGS / "algo"
 

@@ -6,7 +6,9 @@ A learner module (one per online learner) provides ``CONFIG`` (a
 :class:`~mtmarl.online.anakin.Learner`, and optionally ``task_env(env, cfg) -> env``, the task's
 env as the learner must see it (fine-tuning pads it to the pretrained network's layout; see
 :func:`task_env`). Adding a learner is one entry in :data:`LEARNERS`; the builder and the collectors
-never ask which one runs. Modules are imported on first use, so picking MAPPO does not import the Sable
+never ask which one runs. A module whose loop is not PPO's (HyGen's replay-based Q-learning) provides
+``make_system(env, cfg, num_devices) ->`` :class:`~mtmarl.online.anakin.System` instead of
+``make_learner``. Modules are imported on first use, so picking MAPPO does not import the Sable
 network.
 """
 
@@ -19,7 +21,7 @@ from typing import Any
 from mtmarl.errors import UserInputError
 
 LEARNERS = {"mappo": "mtmarl.online.system", "sable": "mtmarl.online.sable_system",
-            "finetune": "mtmarl.online.finetune"}
+            "finetune": "mtmarl.online.finetune", "hygen": "mtmarl.online.hygen"}
 SYSTEMS = tuple(LEARNERS)
 
 
@@ -51,4 +53,7 @@ def make_online_system(env, cfg, num_devices: int | None = None):
     from mtmarl.online.anakin import build
 
     env = task_env(env, cfg)
-    return build(env, cfg, learner_module(cfg.system).make_learner(env, cfg), num_devices)
+    module = learner_module(cfg.system)
+    if hasattr(module, "make_system"):  # a learner with its own compiled loop (HyGen's replay-based stage)
+        return module.make_system(env, cfg, num_devices)
+    return build(env, cfg, module.make_learner(env, cfg), num_devices)
