@@ -180,6 +180,7 @@ def test_td_loss_consistency_and_rh_scaled_cql_match_naive_loops():
         assert float(value) == pytest.approx(naive_td + alpha * naive_kl + eta * r * cql, rel=1e-4), r
 
 
+@pytest.mark.slow  # the module fixture trains and acts with algo=hygen in the fast suite (toy entity layout)
 def test_offline_hygen_builds_updates_and_acts_on_the_smax_layout():
     skills, policy = smax_layout_update_and_act("hygen", {"skill_dim": 3, "skill_updates": 1})
     assert {"recon_loss", "kl_loss"} <= set(skills)
