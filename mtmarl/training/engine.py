@@ -204,7 +204,7 @@ class Learner:
         """Fresh train state (the same for any device count)."""
         key = jax.random.PRNGKey(seed)
         key, k_init, k_sample = jax.random.split(key, 3)
-        first = self.buffers[0] if self.sharded else self.buffers
+        first = self.buffers if isinstance(self.buffers, Buffers) else self.buffers[0]
         sample_obs = first.decode_obs(jnp.asarray(first.obs[:1, : self.sampler.seq_len]))  # (1, T, N, O)
         state = jax.jit(self.algo.init)(k_init, sample_obs)
         return jax.device_get(Carry(state, key, np.zeros((), np.int32)))

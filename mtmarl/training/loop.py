@@ -257,8 +257,8 @@ def run_training(cfg: Mapping[str, Any], task_set: TaskSet, run_dir: Path, refer
     if main:
         write_json(run_dir / ALGO_FILE, algo.spec)
     seq_len = max([algo.sampler.seq_len] + [s.sampler.seq_len for s in algo.stages if s.sampler is not None])
-    buffers = shard_buffers(task_set, data, ids, seq_len, training.get("devices")) if shard else \
-        build_buffers(task_set, data, seq_len)
+    buffers = build_buffers(task_set, data, seq_len) if ids is None else \
+        shard_buffers(task_set, data, ids, seq_len, training.get("devices"))
     del data
     release_freed_memory()  # the decoded vaults' temporaries (peak RSS, see its docstring)
     K = int(training["updates_per_call"])
