@@ -37,11 +37,52 @@ B, T = 4, 6
 ALGOS = {  # the pretrained algorithm and its tiny settings
     "m3": ["network.width=16", "algo.num_codes=4", "algo.code_dim=4", "algo.agent_dim=2", "algo.head_width=8"],
     # Sable: agents decoded in a fresh random order each step, which replay draws again from act's keys
+    # (slow here: test_sable_replay_gives_the_logits_act_sampled_from keeps that in the fast suite)
     "mt_bc_sable": ["network=tiny", "network.embed_dim=16", "network.chunk_size=4"],
 }
 
 
-@pytest.fixture(scope="module", params=list(ALGOS))
+def test_sable_replay_gives_the_logits_act_sampled_from():
+    """MT BC-Sable's ``replay`` of B=3 streams of T=7 random steps (episodes restarting mid-stream, random
+    legal masks, 4 agents of which the last is padded) equals the masked logits ``act`` returned at every
+    step, given the keys ``act`` was given: the agent order drawn from them changes the logits, so a replay
+    with other keys (other orders) differs (checked)."""
+    from mtmarl.algos.registry import build
+    from mtmarl.networks import load_preset
+
+    algo = build("mt_bc_sable", {"batch_size": 2, "seq_len": 4}, load_preset("tiny", embed_dim=16, chunk_size=4), 5)
+    Tn, Bn, N, O, A = 7, 3, 4, 6, 5
+    rng = np.random.default_rng(0)
+    obs = jnp.asarray(rng.normal(size=(Tn, Bn, N, O)), jnp.float32)
+    legals = rng.random((Tn, Bn, N, A)) < 0.6
+    legals[..., 0] = True
+    legals = jnp.asarray(legals)
+    active = jnp.broadcast_to(jnp.arange(N) < 3, (Tn, Bn, N))
+    resets = jnp.asarray(np.isin(np.arange(Tn), [0, 4])[:, None] & np.ones(Bn, bool))
+    keys = jax.random.split(jax.random.PRNGKey(3), Tn * Bn).reshape(Tn, Bn, -1)
+    state = algo.init(jax.random.PRNGKey(0), obs[:1, :1].swapaxes(0, 1))
+    params = algo.acting_params(state)
+    carry0 = jax.tree.map(lambda x: jnp.broadcast_to(x, (Bn, *x.shape)), algo.init_carry())
+
+    @jax.jit
+    def acting(carry0):
+        def step(carry, xs):
+            o, m, a, r, k = xs
+            carry = jax.tree.map(lambda c: jnp.where(r.reshape((-1,) + (1,) * (c.ndim - 1)), 0.0, c), carry)
+            actions, logits, carry = jax.vmap(algo.act, in_axes=(None, 0, 0, 0, 0, 0, 0))(params, carry, o, m, a, r, k)
+            return carry, (actions, logits)
+        return jax.lax.scan(step, carry0, (obs, legals, active, resets, keys))[1]
+
+    actions, logits = acting(carry0)
+    replayed, _ = jax.jit(algo.replay)(params, carry0, obs, actions, legals, active, resets, keys)
+    real = np.asarray(active)[..., None] & np.asarray(legals)
+    np.testing.assert_allclose(np.asarray(replayed)[real], np.asarray(logits)[real], atol=1e-5)
+    same_key = jnp.broadcast_to(keys[:1, :1], keys.shape)  # another key: another agent order
+    other, _ = jax.jit(algo.replay)(params, carry0, obs, actions, legals, active, resets, same_key)
+    assert np.abs(np.asarray(other)[real] - np.asarray(logits)[real]).max() > 1e-3
+
+
+@pytest.fixture(scope="module", params=["m3", pytest.param("mt_bc_sable", marks=pytest.mark.slow)])
 def run_dir(toy_env, tmp_path_factory, request):  # noqa: F811
     from mtmarl import train
     from mtmarl.experiments.config import compose_train

@@ -67,20 +67,14 @@ def run_dir(toy_env, tmp_path_factory):  # noqa: F811
     return root / "run"
 
 
+def tiny_online(run_dir, **kw) -> dict:
+    """The online section of a tiny hybrid stage (a plain dict, as Hydra gives it)."""
+    return {**PRESET, "init_from": str(run_dir), "num_envs": ENVS, "updates_per_chunk": CHUNK, "buffer_size": 3,
+            "r_decay_steps": 16, "record_envs": 2, "record_len": 4, **kw}
+
+
 def tiny(run_dir, **kw):
-    return online_config(
-        {
-            **PRESET,
-            "init_from": str(run_dir),
-            "num_envs": ENVS,
-            "updates_per_chunk": CHUNK,
-            "buffer_size": 3,
-            "r_decay_steps": 16,
-            "record_envs": 2,
-            "record_len": 4,
-            **kw,
-        }
-    )
+    return online_config(tiny_online(run_dir, **kw))
 
 
 # --------------------------------------------------------------------------- schedule and batches
@@ -230,17 +224,7 @@ def test_one_chunk_trains_q_keeps_frozen_parts_and_fills_the_ring(chunk_run):
 def test_collector_reports_curve_hybrid_ratio_jp_and_tt(run_dir, tmp_path):
     from mtmarl import collect
 
-    online = {
-        **PRESET,
-        "init_from": str(run_dir),
-        "num_envs": ENVS,
-        "updates_per_chunk": CHUNK,
-        "buffer_size": 3,
-        "r_decay_steps": 16,
-        "record_envs": 2,
-        "record_len": 4,
-        "tt_threshold": -1.0,
-    }
+    online = tiny_online(run_dir, tt_threshold=-1.0)
     cfg = OmegaConf.create(
         {
             "task": TASK,
