@@ -34,12 +34,14 @@ def pytest_unconfigure(config):
         shutil.rmtree(os.environ["MTMARL_TEST_XLA_CACHE"], ignore_errors=True)
 
 
-@pytest.fixture(autouse=True)
+@pytest.fixture(autouse=True, scope="session")
 def _fast_compiles():
     """Compiles dominate on a 2-core CPU: skip XLA's heavy optimisation passes in tests.
 
     Each test compares programs compiled under the same setting, so what is
-    checked (equalities against references) does not depend on it.
+    checked (equalities against references) does not depend on it. Session-wide, so
+    that module fixtures (trained runs, compiled systems), which pytest sets up before
+    any function-scoped fixture, compile under it too.
     """
     old = jax.config.read("jax_disable_most_optimizations")
     jax.config.update("jax_disable_most_optimizations", True)

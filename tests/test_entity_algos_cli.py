@@ -20,8 +20,11 @@ def vaults(toy_env, tmp_path_factory):  # noqa: F811
     return duel_vaults(tmp_path_factory.mktemp("entity_algos"), 12)
 
 
-# updet_m runs in the fast suite; bc_r and updet_l share its path and are unit-tested in their own files
-@pytest.mark.parametrize("name", [n if n == "updet_m" else pytest.param(n, marks=pytest.mark.slow) for n in sorted(CASES)])
+# Slow: the entity CLI path runs in the fast suite with bc_t (tests/test_entity.py, test_env_protocol.py), a
+# two-stage skill method trains through mtmarl.train in tests/test_hygen.py; these algorithms are unit-tested
+# in their own files
+@pytest.mark.slow
+@pytest.mark.parametrize("name", sorted(CASES))
 def test_trains_through_the_cli_and_its_loss_falls(vaults, tmp_path, name):
     from mtmarl import train
     from mtmarl.experiments.config import compose_train

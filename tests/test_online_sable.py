@@ -91,7 +91,7 @@ def test_training_pass_reproduces_behaviour_logp_and_values():
     assert (diff[starts_mid] > 1e-4).any()
 
 
-@pytest.mark.slow  # the fast suite keeps the replay test and the Sable collect test
+@pytest.mark.slow  # the fast suite keeps the replay test
 def test_train_chunk_runs_with_finite_metrics_and_records():
     spec = TaskSpec.parse(TASK)
     cfg = online_config(TINY)
@@ -108,6 +108,7 @@ def test_train_chunk_runs_with_finite_metrics_and_records():
     assert exp["observations"].shape[2:] == (2, 128) and episode_returns(exp).size > 0
 
 
+@pytest.mark.slow  # the collector path is MAPPO's (tests/test_online.py); the Sable learner: the replay test
 def test_collect_with_online_sable_writes_a_readable_vault(tmp_path):
     res, exp, _ = tiny_collect(tmp_path, TASK, TINY)
     assert res["system"] == "sable"

@@ -178,8 +178,8 @@ def test_task_shards_train_the_update_of_their_batches_concatenated(data_root, t
     length = max(d["obs"].shape[0] for d in data)
     shards = build_shards(task_set, data, [0, 1], OVERRIDES["seq_len"], owners, [0, 1], length)
     assert [s.task_ids.tolist() for s in shards] == [[0], [1]] and shards[0].obs.shape == shards[1].obs.shape
-    algo = make_algo("mt_oryx", {**OVERRIDES, "batch_size": 6, "num_bins": 11},
-                     load_preset("tiny", embed_dim=16, chunk_size=4), shards[0].num_actions)
+    algo = make_algo("mt_bc_sable", {**OVERRIDES, "batch_size": 6}, load_preset("tiny", embed_dim=16, chunk_size=4),
+                     shards[0].num_actions)
     learner = Learner(algo, shards, 1, num_devices=2)
     start = learner.init(0)
     two, _ = learner.run(start)
