@@ -36,7 +36,8 @@ from mtmarl import tasks as task_registry
 from mtmarl.data import vault as vault_io
 from mtmarl.errors import UserInputError
 from mtmarl.evaluation.references import read_entries
-from mtmarl.online.collectors import collect_dagger_task, collect_scripted_task, collect_task, env_budget
+from mtmarl.online.collectors import (collect_dagger_task, collect_scripted_task, collect_task, env_budget,
+                                      env_quality)
 from mtmarl.online.quality import QUALITIES
 from mtmarl.runtime import enable_compilation_cache, hydra_cli, user_errors_exit
 
@@ -95,9 +96,15 @@ def run(cfg: DictConfig) -> list[dict[str, Any]]:
                                  "(collect.budget / collect.env_budget)")
     if int(cfg.eval.episodes) < 1:
         raise UserInputError(f"eval.episodes must be >= 1, got {cfg.eval.episodes}")
-    quality = str(cfg.collect.get("quality", "mixed"))
-    if quality not in QUALITIES:
-        raise UserInputError(f"collect.quality={quality!r}; allowed: {', '.join(QUALITIES)}")
+    qualities = {env: env_quality(cfg, env) for env in envs.ENVS}
+    for env, quality in qualities.items():
+        if quality not in QUALITIES:
+            key = f"collect.env_quality.{env}" if (cfg.collect.get("env_quality") or {}).get(env) else "collect.quality"
+            raise UserInputError(f"{key}={quality!r}; allowed: {', '.join(QUALITIES)}")
+    levels = list(cfg.collect.get("quality_levels") or [])
+    if "levels" in qualities.values() and (not levels or any(not 0.0 <= float(q) <= 1.0 for q in levels)):
+        raise UserInputError(f"collect.quality_levels={levels}; allowed: a non-empty list of fractions in [0, 1] "
+                             "(0 = the untrained policy's score, 1 = the final one's)")
     task_set = resolve_task_set(cfg)
     split = "train" if cfg.get("task") else str(cfg.split)
     splits = ["train", "test"] if split == "all" else [split]
@@ -105,13 +112,14 @@ def run(cfg: DictConfig) -> list[dict[str, Any]]:
     root = _path(cfg.collect.root, ROOT / "vault_data")
     ref_path = _path(cfg.collect.references, root / "references.json")
     log_dir = _path(cfg.collect.log_dir, root / "logs")
-    uid = "medium" if quality == "expert_medium" else str(cfg.collect.uid)  # the dataset a finished task has last
     console = Console(stderr=True)
     results = []
     columns = (TextColumn("{task.description}"), BarColumn(), TextColumn("{task.completed:,.0f} steps"),
                TextColumn("return {task.fields[ret]:.3f}"), TimeElapsedColumn(), TimeRemainingColumn())
     with Progress(*columns, console=console, disable=not cfg.collect.progress) as bar:
         for s, spec in todo:
+            # the dataset a finished task has last
+            uid = "medium" if qualities[spec.env] == "expert_medium" else str(cfg.collect.uid)
             if is_finished(spec, s, root, uid, read_entries(ref_path), bool(cfg.collect.record)):
                 console.print(f"skip {s} task {spec.name}: already collected")
                 results.append({"name": spec.name, "split": s, "skipped": True})

@@ -11,7 +11,8 @@ from omegaconf import OmegaConf
 from mtmarl.configs import CONFIG_DIR
 from mtmarl.errors import UserInputError
 from mtmarl.evaluation.rollout import EpisodeStats
-from mtmarl.online.quality import pick_medium, quality_score
+from mtmarl.online.collectors import env_quality
+from mtmarl.online.quality import pick_levels, pick_medium, quality_score
 
 TASK = "connector:grid=5,agents=2"
 MAPPO = OmegaConf.to_container(OmegaConf.load(CONFIG_DIR / "online" / "mappo.yaml"))
@@ -27,12 +28,19 @@ def test_scores_are_win_rates_where_there_are_wins_and_medium_is_nearest_half():
     assert pick_medium([0.3, 0.3, 0.8], expert=0.6) == 0                # ties: the earliest snapshot
 
 
-def _cfg(tmp_path, quality: str):
+def test_levels_pick_the_snapshot_nearest_each_fraction_of_the_way_from_untrained_to_final():
+    scores = [-2.0, -1.2, 0.1, 0.9, 1.8, 2.0, 1.9]   # untrained -2, final 1.9: targets -2, -0.525, 0.95, 1.9
+    assert pick_levels(scores, scores[0], scores[-1], [0.0, 0.375, 0.75, 1.0]) == [0, 2, 3, 6]
+    assert pick_levels([0.0, 1.0, 1.0, 1.0], 0.0, 1.0, [1.0]) == [1]  # a plateau: its first snapshot
+    assert pick_medium([0.0, 0.2, 0.45], expert=1.0) == pick_levels([0.0, 0.2, 0.45], 0.0, 1.0, [0.5])[0]
+
+
+def _cfg(tmp_path, quality: str, levels=(0.0, 0.5, 1.0)):
     return OmegaConf.create({
         "task": TASK, "split": "train", "seed": 0, "online": TINY, "online_env": {},
         "collect": {"budget": 3 * 4 * 8 * 2 * 2, "root": str(tmp_path / "vaults"), "uid": "default", "references": None,
                     "log_dir": None, "record": True, "progress": False, "initial_eval": False, "quality": quality,
-                    "quality_records": 2, "quality_episodes": 8},
+                    "quality_records": 2, "quality_episodes": 8, "quality_levels": list(levels)},
         "eval": {"episodes": 8, "devices": None, "greedy": False}})
 
 
@@ -60,9 +68,51 @@ def test_expert_medium_collection_writes_both_datasets(tmp_path):
         assert r["episodes"] == int(ends.sum()) and r["transitions"] == exp["actions"].shape[1]
         assert r["data_win"] is None and r["paper_win"] is None  # Connector reports no wins; not a SMAC map
     assert markdown(rows).count("\n") == 3
-    with pytest.raises(UserInputError, match="collect.quality='best'; allowed: mixed, expert_medium"):
+    with pytest.raises(UserInputError, match="collect.quality='best'; allowed: mixed, expert_medium, levels"):
         collect.run.__wrapped__(_cfg(tmp_path / "bad", "best"))
     assert not (tmp_path / "bad").exists()  # refused before anything is trained or written
+
+
+def test_levels_collection_records_equal_parts_of_the_chosen_snapshots_into_one_dataset(tmp_path, monkeypatch):
+    from mtmarl import collect
+    from mtmarl.data.vault import list_uids, read_vault, vault_path
+    from mtmarl.online import quality
+    from mtmarl.tasks import TaskSpec
+
+    recorded = []  # (snapshot's first leaf, key) of every recording: which snapshot each level recorded
+    original = quality._recordings
+
+    def spy(system, state, params, cfg, keys):
+        import jax
+        recorded.extend((np.asarray(jax.tree.leaves(params)[0]).copy(), np.asarray(jax.random.key_data(k)))
+                        for k in keys)
+        return original(system, state, params, cfg, keys)
+
+    monkeypatch.setattr(quality, "_recordings", spy)
+    (res,) = collect.run(_cfg(tmp_path, "levels"))
+    spec = TaskSpec.parse(TASK)
+    vlt = vault_path(tmp_path / "vaults", spec)
+    assert list_uids(vlt) == ["default"]
+    meta = json.loads((vlt / "mtmarl.json").read_text())["datasets"]["default"]["collector"]
+    scores = meta["snapshot_scores"]
+    assert len(scores) == 4  # the untrained policy, then one snapshot per chunk (3 chunks)
+    assert meta["level_snapshots"] == pick_levels(scores, scores[0], scores[-1], [0.0, 0.5, 1.0])
+    assert meta["level_snapshots"][0] == 0 and meta["level_snapshots"][-1] == 3
+    assert meta["level_scores"] == [scores[i] for i in meta["level_snapshots"]]
+    assert len(recorded) == 3 * 2  # quality_records recordings per level, each with its own key
+    assert len({k.tobytes() for _, k in recorded}) == 6
+    first, last = recorded[0][0], recorded[-1][0]
+    assert not np.array_equal(first, last)  # level 0 recorded the untrained parameters, level 1 the final ones
+    assert res["transitions"] == read_vault(vlt, spec)["actions"].shape[1] > 0
+    with pytest.raises(UserInputError, match=r"collect.quality_levels=\[1.5\]; allowed: a non-empty list"):
+        collect.run.__wrapped__(_cfg(tmp_path / "bad", "levels", levels=[1.5]))
+    per_env = _cfg(tmp_path / "bad", "mixed")
+    per_env.collect.env_quality = {"connector": "levels"}
+    assert env_quality(per_env, "connector") == "levels" and env_quality(per_env, "lbf") == "mixed"
+    per_env.collect.env_quality = {"connector": "best"}
+    with pytest.raises(UserInputError, match="collect.env_quality.connector='best'; allowed: mixed, expert_medium"):
+        collect.run.__wrapped__(per_env)
+    assert not (tmp_path / "bad").exists()
 
 
 def test_greedy_recording_takes_the_argmax_of_the_recorded_observation():

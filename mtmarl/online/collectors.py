@@ -10,7 +10,8 @@ vault first, the reference last: its presence marks the task finished). The CLI
   the task's budget; after every chunk it logs the training return and, for train
   tasks, records the stochastic policy (``collect.quality=mixed``), or keeps its
   parameters to record an *expert* and a *medium* dataset at the end
-  (``collect.quality=expert_medium``, :func:`pick_medium`: seed 002's datasets);
+  (``collect.quality=expert_medium``, :func:`pick_medium`: seed 002's datasets) or one
+  dataset of equal parts per quality level (``collect.quality=levels``);
 * :func:`collect_scripted_task`: the RWARE planner at decreasing epsilons;
 * :func:`collect_dagger_task`: a local-view DAgger student of the planner.
 """
@@ -31,7 +32,7 @@ from mtmarl.errors import UserInputError
 from mtmarl.evaluation.references import merge_entry
 from mtmarl.evaluation.rollout import make_evaluator, task_key
 from mtmarl.online.anakin import chunk_summary, to_experience
-from mtmarl.online.quality import record_expert_medium
+from mtmarl.online.quality import record_expert_medium, record_levels
 from mtmarl.online.registry import label as learner_label
 from mtmarl.online.registry import make_online_system, online_config, task_env
 from mtmarl.runtime import save_figure
@@ -43,6 +44,12 @@ def env_budget(cfg: DictConfig, env: str) -> int:
     per_env = cfg.collect.get("env_budget") or {}
     value = per_env.get(env)
     return int(cfg.collect.budget if value is None else value)
+
+
+def env_quality(cfg: DictConfig, env: str) -> str:
+    """How train tasks are recorded: ``collect.env_quality.<env>`` if set, else ``collect.quality``."""
+    value = (cfg.collect.get("env_quality") or {}).get(env)
+    return str(cfg.collect.get("quality", "mixed") if value is None else value)
 
 
 def env_online(cfg: DictConfig, env: str) -> dict[str, Any]:
@@ -166,9 +173,11 @@ def collect_task(spec, split: str, cfg: DictConfig, root: Path, ref_path: Path, 
         # its return is the task's near-random baseline and the start of the learning curve.
         initial = float(np.mean(jax.device_get(evaluate(system.actor_params(state), eval_key)).returns))
 
-    quality = str(cfg.collect.get("quality", "mixed"))  # checked by mtmarl.collect.run
+    quality = env_quality(cfg, spec.env)  # checked by mtmarl.collect.run
     log_path = task_log(log_dir, spec)
     rows, parts, snapshots, steps, chunk, steady_s = [], [], [], 0, 0, 0.0
+    if record and quality == "levels":
+        snapshots.append(jax.device_get(state.params))  # level 0: the untrained policy
     per_chunk = system.env_steps_per_update * mcfg.updates_per_chunk
     job = bar.add_task(f"{split}: {spec.name}", total=budget, ret=float("nan")) if bar else None
     start = time.perf_counter()
@@ -221,6 +230,8 @@ def collect_task(spec, split: str, cfg: DictConfig, root: Path, ref_path: Path, 
     if record and quality == "expert_medium":
         parts = record_expert_medium(system, state, snapshots, stats, cfg, evaluate, rec_key, meta,
                                      env.spec.has_success)
+    elif record and quality == "levels":
+        parts = record_levels(system, state, snapshots, cfg, evaluate, rec_key, meta, env.spec.has_success)
     write_outputs(spec, cfg, root, ref_path, result, parts if record else None, meta)
     if bar:
         bar.update(job, completed=budget, ret=final)

@@ -1,11 +1,16 @@
-"""Datasets by policy quality (seed 002): an *expert* and a *medium* dataset from one online training run.
+"""Datasets by policy quality, chosen from the snapshots of one online training run.
 
-Why: seed 002 and the skill methods it compares are measured on SMAC data of two
-qualities, the final online policy's (expert) and a policy at about half its win
-rate (medium), rather than on recordings spread over the whole learning curve
-(``collect.quality=mixed``, the default). The online collector keeps the learner's
-parameters after every chunk; at the end every snapshot is scored on the same
-episodes and the one nearest half the expert's score records the medium dataset.
+Why: recording after every chunk (``collect.quality=mixed``, the default) mirrors the
+learning curve, so a learner that is good early fills its vault with expert data and
+leaves an offline RL method nothing to improve on over BC (issue 14: Connector's vaults
+held 69% episodes at >= 0.8 of the reference). Two modes score every snapshot on the
+same episodes and then record chosen ones:
+
+* ``expert_medium`` (seed 002's SMAC data): the final policy (expert) and the snapshot
+  nearest half the expert's score (medium), as two datasets;
+* ``levels`` (seed 004's "mixed quality in equal parts"): for each target in
+  ``collect.quality_levels`` (fractions of the way from the untrained policy's score to
+  the final one) the nearest snapshot, each recorded equally often, into one dataset.
 """
 
 from __future__ import annotations
@@ -18,7 +23,7 @@ from omegaconf import DictConfig
 
 from mtmarl.online.anakin import recorded_wins, to_experience
 
-QUALITIES = ("mixed", "expert_medium")
+QUALITIES = ("mixed", "expert_medium", "levels")
 
 
 def quality_score(stats, has_success: bool) -> float:
@@ -29,10 +34,50 @@ def quality_score(stats, has_success: bool) -> float:
     return float(np.mean(stats.successes if has_success else stats.returns))
 
 
+def pick_levels(scores: list[float], low: float, high: float, levels: list[float]) -> list[int]:
+    """For each level q, the snapshot whose score is closest to ``low + q * (high - low)``; the earliest
+    one on ties (so a plateau is represented by the first snapshot that reached it)."""
+    return [int(np.argmin([abs(s - (low + q * (high - low))) for s in scores])) for q in levels]
+
+
 def pick_medium(scores: list[float], expert: float) -> int:
     """The snapshot whose score is closest to half the expert's (seed 002: a medium policy has about half
     the expert's win rate); the earliest one on ties."""
-    return int(np.argmin([abs(s - 0.5 * expert) for s in scores]))
+    return pick_levels(scores, 0.0, expert, [0.5])[0]
+
+
+def _judge(system, state, snapshots: list, cfg: DictConfig, evaluate, rec_key, has_success: bool) -> list[float]:
+    """Every snapshot's score on the same ``collect.quality_episodes`` episodes."""
+    eval_key, judge = jax.random.fold_in(rec_key, 0x3E0), evaluate.resized(int(cfg.collect.quality_episodes))
+    judged = (jax.device_get(judge(system.actor_params(state._replace(params=p)), eval_key)) for p in snapshots)
+    return [quality_score(s, has_success) for s in judged]
+
+
+def _recordings(system, state, params, cfg: DictConfig, keys) -> list:
+    """Recordings of one snapshot, acting like the evaluator that scored it (``eval.greedy``)."""
+    st = state._replace(params=params)
+    return [system.record(st, k, greedy=bool(cfg.eval.greedy)) for k in keys]
+
+
+def record_levels(system, state, snapshots: list, cfg: DictConfig, evaluate, rec_key,
+                  meta: dict[str, Any], has_success: bool) -> list:
+    """One dataset mixing qualities in equal parts: ``collect.quality_records`` recordings of the snapshot
+    nearest each level of ``collect.quality_levels``. ``snapshots[0]`` is the untrained policy and
+    ``snapshots[-1]`` the final one; their scores are levels 0 and 1. Choices and scores go to ``meta``."""
+    levels = [float(q) for q in cfg.collect.quality_levels]
+    scores = _judge(system, state, snapshots, cfg, evaluate, rec_key, has_success)
+    picked = pick_levels(scores, scores[0], scores[-1], levels)
+    meta.update(quality_levels=levels, snapshot_scores=scores, level_snapshots=picked,
+                level_scores=[scores[i] for i in picked])
+    n = int(cfg.collect.quality_records)
+    trajs = [t for j, i in enumerate(picked)
+             for t in _recordings(system, state, snapshots[i], cfg,
+                                  [jax.random.fold_in(rec_key, 1000 * j + r) for r in range(n)])]
+    if has_success:
+        episodes, won = np.sum([recorded_wins(t) for t in trajs], axis=0)
+        meta["data_wins"] = {str(cfg.collect.uid): {"episodes": int(episodes), "wins": int(won),
+                                                   "win_rate": float(won / max(episodes, 1))}}
+    return [to_experience(t) for t in trajs]
 
 
 def record_expert_medium(system, state, snapshots: list, stats, cfg: DictConfig, evaluate, rec_key,
@@ -42,17 +87,14 @@ def record_expert_medium(system, state, snapshots: list, stats, cfg: DictConfig,
     ``collect.quality_episodes`` episodes, the same ones for all); scores go to ``meta``. Recordings act
     like the evaluator that scored them (``eval.greedy``: argmax, else sampled)."""
     expert = quality_score(stats, has_success)
-    greedy = bool(cfg.eval.greedy)  # record with the policy that was scored (seed 002's expert: greedy)
-    eval_key, judge = jax.random.fold_in(rec_key, 0x3E0), evaluate.resized(int(cfg.collect.quality_episodes))
-    judged = (jax.device_get(judge(system.actor_params(state._replace(params=p)), eval_key)) for p in snapshots)
-    scores = [quality_score(s, has_success) for s in judged]
+    scores = _judge(system, state, snapshots, cfg, evaluate, rec_key, has_success)
     medium = pick_medium(scores, expert)
     meta.update(expert_score=expert, snapshot_scores=scores, medium_snapshot=medium, medium_score=scores[medium])
     out, wins = {}, {}
     for uid, params in (("expert", state.params), ("medium", snapshots[medium])):
-        st = state._replace(params=params)
-        trajs = [system.record(st, jax.random.fold_in(rec_key, 1000 * (uid == "medium") + i), greedy=greedy)
-                 for i in range(int(cfg.collect.get("quality_records", 10)))]
+        keys = [jax.random.fold_in(rec_key, 1000 * (uid == "medium") + i)
+                for i in range(int(cfg.collect.get("quality_records", 10)))]
+        trajs = _recordings(system, state, params, cfg, keys)
         out[uid] = [to_experience(t) for t in trajs]
         if has_success:
             episodes, won = np.sum([recorded_wins(t) for t in trajs], axis=0)
