@@ -170,6 +170,7 @@ def _follow(cfg: DictConfig, plain: dict[str, Any], run_dir: Path, stop_after: i
 def _train(cfg: DictConfig, plain: dict[str, Any], task_set, references, run_dir: Path,
            stop_after: int | None) -> list[dict[str, Any]]:
     from mtmarl.evaluation.results import print_table, write_results
+    from mtmarl.training.data import data_fingerprint
     from mtmarl.training.checkpoint import Checkpointer
     from mtmarl.training.logging import RunLogger
     from mtmarl.training.loop import run_training, write_json
@@ -211,7 +212,9 @@ def _train(cfg: DictConfig, plain: dict[str, Any], task_set, references, run_dir
         path = write_results(run_dir, rows, algorithm=algo.name, seed=int(plain["seed"]))
         write_json(run_dir / "run.json", {"updates": out["updates"], "best_step": out["best_step"],
                                           "best_train_score": out["best_score"], "evaluated": which,
-                                          "train_seconds": out["train_seconds"], "eval_seconds": elapsed})
+                                          "train_seconds": out["train_seconds"], "eval_seconds": elapsed,
+                                          "data": data_fingerprint(task_set, plain["data"]["root"],
+                                                                   plain["data"]["uid"], references)})
         log.set_summary("summary/best_step", out["best_step"] if out["best_step"] is not None else -1)
     finally:
         log.close()

@@ -20,6 +20,8 @@ from mtmarl.training.data import take_fraction
 
 from helpers import load_script
 
+REPO = Path(__file__).resolve().parents[1]
+
 
 # ------------------------------------------------------------------ configs
 
@@ -236,6 +238,49 @@ def test_a_finished_run_trained_with_another_config_is_trained_again(stand_in):
     aside = run_dir.with_name("seed_0.stale-1")
     assert yaml.safe_load((aside / "config.yaml").read_text())["algo"]["lr"] == cfg["algo"]["lr"]
     assert is_finished(run_dir) and not (run_dir / "config.yaml").exists()  # the stand-in wrote a fresh run
+
+
+def test_a_finished_run_trained_on_other_data_is_trained_again(stand_in, tmp_path):
+    """Re-recorded vaults (or new references) leave every config unchanged: the fingerprint in run.json
+    tells the runner the old result does not stand for today's data."""
+    import shutil
+
+    from mtmarl.data.vault import vault_path
+    from mtmarl.evaluation.references import load_references
+    from mtmarl.experiments.config import plain
+    from mtmarl.training.data import data_fingerprint
+
+    root = tmp_path / "data"  # metadata and references are all the fingerprint reads
+    lbf = tasks.load("lbf_5")
+    for spec in lbf.train:
+        dst = vault_path(root, spec)
+        dst.mkdir(parents=True)
+        shutil.copy(vault_path(REPO / "vault_data", spec) / "mtmarl.json", dst / "mtmarl.json")
+    shutil.copy(REPO / "vault_data" / "references.json", root / "references.json")
+    refs = load_references(root / "references.json")
+    before = data_fingerprint(lbf, root, None, refs)
+    assert before == data_fingerprint(lbf, root, None, dict(refs))
+    assert before != data_fingerprint(lbf, root, "expert", refs)
+    assert before != data_fingerprint(lbf, root, None, {**refs, lbf.test[0].adhoc: 9.0})  # a test task's reference
+
+    res = stand_in / "res"
+    run = Run.make({"x": 1}, ["+algo=mt_bc_sable", "+tasks=lbf_5", f"data.root={root}"], 0)
+    assert [o.status for o in run_matrix([run], res, progress=False)] == ["finished"]
+    run_dir = run.directory(res)
+    (run_dir / "config.yaml").write_text(yaml_dump(plain(compose_train([*run.overrides, "seed=0"]))))
+    (run_dir / "run.json").write_text(json.dumps({"data": before}))
+    assert runner.stale_keys(run, run_dir) == []
+    meta = vault_path(root, lbf.train[2]) / "mtmarl.json"
+    meta.write_text(meta.read_text().replace('"sha256"', '"sha256" ', 1))  # as if re-recorded
+    assert data_fingerprint(lbf, root, None, refs) != before
+    assert runner.stale_keys(run, run_dir) == ["data (vaults or references)"]
+    assert [o.status for o in run_matrix([run], res, progress=False)] == ["finished"]
+    assert json.loads((run_dir.with_name("seed_0.stale-1") / "run.json").read_text()) == {"data": before}
+
+
+def yaml_dump(tree) -> str:
+    import yaml
+    return yaml.safe_dump(tree)
 
 
 def mini_task_set(base: Path) -> Path:

@@ -299,6 +299,11 @@ def test_train_cli_end_to_end(data_root, tmp_path):
     assert any("eval/train_score" in r for r in records)
     run = json.loads((out / "run.json").read_text())
     assert run["updates"] == 8 and run["best_step"] in (4, 8)
+    from mtmarl import tasks
+    from mtmarl.evaluation.references import load_references
+    from mtmarl.training.data import data_fingerprint
+    mini = tasks.from_config(json.loads((data_root.parent / "conf" / "tasks" / "mini.yaml").read_text().split("\n", 1)[1]))
+    assert run["data"] == data_fingerprint(mini, data_root, None, load_references(data_root / "references.json"))
     assert (out / "config.yaml").exists() and (out / "checkpoints" / "best").is_dir()
     assert "mean return" in proc.stdout
     # the best checkpoint comes back as an evaluator policy (what `mtmarl.evaluate checkpoint=` needs)

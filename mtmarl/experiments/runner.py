@@ -94,7 +94,9 @@ def _flat(tree: Any, prefix: str = "") -> dict[str, Any]:
 
 def stale_keys(run: Run, run_dir: Path) -> list[str]:
     """The defining config keys (dotted) whose value in ``run_dir/config.yaml`` differs from what
-    ``run.overrides`` compose to now; ``[]`` for an up-to-date run (or one without a config yet)."""
+    ``run.overrides`` compose to now, plus ``data`` when the run's recorded data fingerprint
+    (``run.json``) differs from today's vaults and references; ``[]`` for an up-to-date run (or one
+    without a config yet)."""
     import yaml
 
     from mtmarl.experiments.config import compose_train, plain
@@ -102,11 +104,37 @@ def stale_keys(run: Run, run_dir: Path) -> list[str]:
     path = run_dir / "config.yaml"
     if not path.is_file():
         return []
-    now = plain(compose_train([*run.overrides, f"seed={run.seed}"]))
+    cfg = compose_train([*run.overrides, f"seed={run.seed}"])
+    now = plain(cfg)
     then = yaml.safe_load(path.read_text()) or {}
     a = _flat({k: now.get(k) for k in DEFINING})
     b = _flat({k: then.get(k) for k in DEFINING})
-    return sorted(k for k in a.keys() | b.keys() if a.get(k) != b.get(k))
+    changed = sorted(k for k in a.keys() | b.keys() if a.get(k) != b.get(k))
+    trained_on = _read_json(run_dir / "run.json").get("data")  # None: trained before fingerprints existed
+    if trained_on is not None and trained_on != _fingerprint(cfg):
+        changed.append("data (vaults or references)")
+    return changed
+
+
+def _read_json(path: Path) -> dict[str, Any]:
+    try:
+        return json.loads(path.read_text())
+    except (OSError, ValueError):
+        return {}
+
+
+def _fingerprint(cfg) -> str | None:
+    """Today's :func:`mtmarl.training.data.data_fingerprint` of a run's data (None if it cannot be read)."""
+    from mtmarl.errors import UserInputError
+    from mtmarl.evaluate import resolve_task_set
+    from mtmarl.evaluation.references import default_path, load_references
+    from mtmarl.training.data import data_fingerprint
+
+    try:
+        refs = load_references(cfg.references or default_path(cfg.data.root))
+        return data_fingerprint(resolve_task_set(cfg), cfg.data.root, cfg.data.uid, refs)
+    except (UserInputError, OSError):
+        return None
 
 
 def _up_to_date(run: Run, results: str | Path) -> bool:

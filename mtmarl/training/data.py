@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import hashlib
+import json
 from pathlib import Path
 from typing import Any, Sequence
 
@@ -78,6 +80,25 @@ def load_task_data(task_set: TaskSet, root: str | Path, uid: str | None = None,
                                   "truncations": exp["truncations"][0], "legals": exp["infos"]["legals"][0]},
                                  fraction))
     return out
+
+
+def data_fingerprint(task_set: TaskSet, root: str | Path, uid: str | None,
+                     references: dict[str, float]) -> str:
+    """A sha256 of what a run's results stand for besides its config: each training task's vault
+    metadata (``mtmarl.json``, which holds a sha256 of every data file) and the reference return
+    of every task of the set.
+
+    Why: re-recording a set's vaults leaves every config unchanged, so without this the experiment
+    runner would take results trained on the old data as finished (``mtmarl.experiments.runner``).
+    """
+    h = hashlib.sha256(f"uid={uid}".encode())
+    for spec in task_set.train:
+        meta = vault_path(root, spec) / "mtmarl.json"
+        h.update(f"\n{spec.adhoc}\n".encode())
+        h.update(meta.read_bytes() if meta.is_file() else b"(no metadata)")
+    refs = {spec.adhoc: references.get(spec.adhoc) for spec in task_set.split("all")}
+    h.update(json.dumps(refs, sort_keys=True).encode())
+    return h.hexdigest()
 
 
 def take_fraction(task: dict[str, np.ndarray], fraction: float) -> dict[str, np.ndarray]:
