@@ -16,7 +16,8 @@ import json
 from pathlib import Path
 
 from mtmarl.errors import UserInputError
-from mtmarl.experiments.analysis import aggregate, bootstrap_args, fmt, report, save_markdown
+from mtmarl.experiments.analysis import (aggregate, bootstrap_args, fmt, learning_curves, report, save_markdown,
+                                         updates_to_fraction)
 from mtmarl.experiments.config import run_overrides
 from mtmarl.experiments.driver import Experiment, main
 from mtmarl.experiments.runner import Run, is_finished
@@ -49,6 +50,7 @@ def analyse(cfg, records, out: Path) -> list[Path]:
     rows = aggregate(records, by, **bootstrap_args(cfg))
     meta = {"budget": cfg.budget.name, "variants": {k: list(v) for k, v in cfg.variants.items()}}
     files = report(rows, by, out, "learning", f"Learning per update ({cfg.budget.name} budget)", meta)
+    files += curves(cfg, out, meta)
     if int(cfg.diagnose_batches) <= 0:
         return files
     lines = ["| task set | variant | seed | " + " | ".join(DIAG_COLUMNS) + " |", "|---|---|---|" + "---|" * len(DIAG_COLUMNS)]
@@ -60,6 +62,32 @@ def analyse(cfg, records, out: Path) -> list[Path]:
         lines.append(f"| {run.key['task_set']} | {run.key['variant']} | {run.seed} | "
                      + " | ".join(fmt(summary.get(c)) for c in DIAG_COLUMNS) + " |")
     files.append(save_markdown(out / "diagnostics.md", lines))
+    return files
+
+
+def curves(cfg, out: Path, meta: dict) -> list[Path]:
+    """Learning curves from the runs' periodic evaluations (``training.eval_every`` > 0): normalised return
+    vs updates and vs samples, one panel per task set and split, and the updates each curve needs to
+    reach 90% of its best value."""
+    from mtmarl.experiments.plots import line_figure
+
+    rows = learning_curves(build(cfg), cfg.results)
+    if not rows:
+        return []
+    panels = [{"title": f"{s} {split}", "match": {"task_set": s, "split": split}}
+              for s in dict.fromkeys(r["task_set"] for r in rows) for split in ("train", "test")]
+    files = [line_figure(out / "curves", rows, "updates", "variant", panels, "updates", "normalised return",
+                         meta=meta),
+             line_figure(out / "curves_samples", rows, "samples", "variant", panels, "samples (updates x B x T)",
+                         "normalised return", meta=meta)]
+    lines = ["| task set | variant | split | seeds | best mean | at update | updates to 90% of best |",
+             "|---|---|---|---|---|---|---|"]
+    for key in dict.fromkeys((r["task_set"], r["variant"], r["split"]) for r in rows):
+        curve = [r for r in rows if (r["task_set"], r["variant"], r["split"]) == key]
+        best = max(curve, key=lambda r: r["mean"])
+        lines.append(f"| {key[0]} | {key[1]} | {key[2]} | {best['seeds']} | {fmt(best['mean'])} | {best['updates']} | "
+                     f"{updates_to_fraction(curve)} |")
+    files.append(save_markdown(out / "curves.md", lines))
     return files
 
 

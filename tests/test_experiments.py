@@ -28,8 +28,8 @@ REPO = Path(__file__).resolve().parents[1]
 @pytest.mark.parametrize("preset", PRESETS)
 @pytest.mark.parametrize("name", EXPERIMENTS)
 def test_every_script_config_composes_for_every_preset(name, preset):
-    if preset == "default" and name != "learning":
-        pytest.skip("the 'default' budget (make-train learner) belongs to the learning experiment only")
+    if preset in ("default", "cpu") and name != "learning":
+        pytest.skip(f"the '{preset}' budget (make-train learner) belongs to the learning experiment only")
     cfg = compose_experiment(name, [f"budget={preset}"])
     assert cfg.name == name and cfg.budget.name == preset
     runs = load_script(name).EXPERIMENT.build(cfg)
@@ -37,7 +37,10 @@ def test_every_script_config_composes_for_every_preset(name, preset):
     assert len({(r.overrides, r.seed) for r in runs}) == len(runs)  # no run twice
     check_runs(cfg, runs[:1] + runs[-1:])  # mtmarl.train composes these runs' configs
     train = compose_train(runs[0].overrides)
-    assert train.eval.episodes == {"quick": 32, "default": 64, "paper": 320}[preset]
+    assert train.eval.episodes == {"quick": 32, "default": 64, "cpu": 64, "paper": 320}[preset]
+    if preset == "cpu":  # 4x the default learner's updates, each run a learning curve
+        assert train.training.updates == 6000 and train.training.eval_every == 500
+        assert train.training.batch_size == compose_train(["+algo=mt_oryx", "+tasks=lbf_5"]).training.batch_size
 
 
 def test_learning_experiment_runs_chosen_variants_on_every_set():
@@ -276,6 +279,34 @@ def test_a_finished_run_trained_on_other_data_is_trained_again(stand_in, tmp_pat
     assert runner.stale_keys(run, run_dir) == ["data (vaults or references)"]
     assert [o.status for o in run_matrix([run], res, progress=False)] == ["finished"]
     assert json.loads((run_dir.with_name("seed_0.stale-1") / "run.json").read_text()) == {"data": before}
+
+
+def test_learning_curves_average_periodic_evaluations_over_seeds(tmp_path):
+    from mtmarl.experiments.analysis import learning_curves, updates_to_fraction
+
+    curves = {0: [(500, 0.2, 0.1), (1000, 0.6, 0.5)], 1: [(500, 0.4, 0.3), (1000, 0.8, 0.9)]}
+    runs = []
+    for seed, points in curves.items():
+        run = Run.make({"variant": "oryx"}, ["+algo=mt_oryx"], seed)
+        d = run.directory(tmp_path)
+        d.mkdir(parents=True)
+        for name in runner.FINISHED_FILES:
+            (d / name).write_text("{}")
+        (d / "config.yaml").write_text(yaml_dump({"training": {"batch_size": 32, "seq_len": None},
+                                                   "algo": {"batch_size": 64, "seq_len": 20}}))
+        lines = [{"step": 25, "train/loss": 1.0}]  # training records carry no evaluation
+        lines += [{"step": u, "eval/train_normalised": tr, "eval/test_normalised": te} for u, tr, te in points]
+        (d / "metrics.jsonl").write_text("\n".join(json.dumps(x) for x in lines))
+        runs.append(run)
+    runs.append(Run.make({"variant": "bc"}, ["+algo=mt_bc_sable"], 0))  # not finished: no curve
+    rows = learning_curves(runs, tmp_path)
+    test = sorted((r for r in rows if r["split"] == "test"), key=lambda r: r["updates"])
+    assert [(r["updates"], r["samples"], r["seeds"]) for r in test] == [(500, 500 * 32 * 20, 2), (1000, 1000 * 32 * 20, 2)]
+    assert test[0]["mean"] == pytest.approx(0.2) and test[1]["mean"] == pytest.approx(0.7)
+    assert test[1]["stderr"] == pytest.approx(np.std([0.5, 0.9], ddof=1) / math.sqrt(2))
+    assert {r["variant"] for r in rows} == {"oryx"} and len(rows) == 4
+    assert updates_to_fraction(test) == 1000 and updates_to_fraction(test, 0.25) == 500
+    assert updates_to_fraction([]) is None
 
 
 def yaml_dump(tree) -> str:

@@ -30,6 +30,50 @@ def collect(runs: Iterable[Run], results: str | Path) -> list[dict[str, Any]]:
     return records
 
 
+def learning_curves(runs: Iterable[Run], results: str | Path) -> list[dict[str, Any]]:
+    """Periodic evaluations of finished runs as curves: one row per (run factors, split, update) with the
+    mean over seeds of the set's mean normalised return (``eval/<split>_normalised`` in metrics.jsonl),
+    its standard error over seeds (None with one seed), and ``samples`` = updates x global batch x T."""
+    import yaml
+
+    points: dict[tuple, dict[int, list[float]]] = defaultdict(lambda: defaultdict(list))
+    sizes: dict[tuple, int] = {}
+    for run in runs:
+        run_dir = run.directory(results)
+        if not is_finished(run_dir):
+            continue
+        cfg = yaml.safe_load((run_dir / "config.yaml").read_text())
+        batch = cfg["training"].get("batch_size") or cfg["algo"]["batch_size"]
+        seq = cfg["training"].get("seq_len") or cfg["algo"]["seq_len"]
+        for line in (run_dir / "metrics.jsonl").read_text().splitlines():
+            rec = json.loads(line)
+            for split in ("train", "test"):
+                value = rec.get(f"eval/{split}_normalised")
+                if value is not None:
+                    key = (tuple(sorted(run.key.items())), split)
+                    points[key][int(rec["step"])].append(float(value))
+                    sizes[key] = int(batch) * int(seq)
+    rows = []
+    for (factors, split), by_step in points.items():
+        for step, values in sorted(by_step.items()):
+            n = len(values)
+            rows.append({**dict(factors), "split": split, "updates": step, "samples": step * sizes[(factors, split)],
+                         "seeds": n, "mean": float(np.mean(values)),
+                         "stderr": float(np.std(values, ddof=1) / math.sqrt(n)) if n > 1 else None,
+                         "iqm_lo": None, "iqm_hi": None})
+    return rows
+
+
+def updates_to_fraction(rows: Sequence[dict[str, Any]], fraction: float = 0.9) -> int | None:
+    """The first evaluated update whose mean reaches ``fraction`` of the curve's best mean (the plateau
+    a budget should reach); None for an empty curve."""
+    if not rows:
+        return None
+    pts = sorted(rows, key=lambda r: r["updates"])
+    best = max(r["mean"] for r in pts)
+    return next(r["updates"] for r in pts if r["mean"] >= fraction * best)
+
+
 def choose_metric(records: Sequence[dict[str, Any]]) -> str:
     """'normalised' when every task has a reference return, else 'return' (raw)."""
     if records and all(r["normalised"] is not None for r in records):
