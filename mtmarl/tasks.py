@@ -139,6 +139,17 @@ class TaskSet:
         return envs.EnvSpec.join(t.build().spec for t in self.train + self.test)
 
     @property
+    def train_spec(self) -> envs.EnvSpec:
+        """What training batches are padded to: ``env_spec``'s observation, action and state layout (what
+        the network reads everywhere) with only as many agent slots as the largest *training* task.
+
+        Why: padded agents are masked, so they change no loss, but every one costs compute in every
+        update (Sable attends over agents x time); a set whose test tasks have more agents than its
+        training tasks (rware_15: 8 vs 12, connector_10: 5 vs 10) would pay for slots no data fills.
+        """
+        return dataclasses.replace(self.env_spec, num_agents=max(t.build().spec.num_agents for t in self.train))
+
+    @property
     def padding(self) -> dict[str, int]:
         """Sizes of ``env_spec`` (agents, observation row, state), as stored with runs."""
         spec = self.env_spec

@@ -124,6 +124,36 @@ def test_data_padded_to_whole_set(setup, task_set):
     assert np.asarray(buffers.active).sum(1).tolist() == [2, 3]
 
 
+def test_batches_pad_agents_to_the_training_tasks_and_the_update_is_unchanged(data_root, task_set):
+    """A test task with more agents than any training task widens evaluation only: training batches keep
+    the training tasks' agent slots, and (agent order fixed) one update equals the update on batches padded
+    to the whole set, as masking makes padded agents inert."""
+    wide = TaskSet("mini4", "connector", task_set.train, (_spec("g6-4a", "connector:grid=6,agents=4,horizon=8"),))
+    data = load_task_data(wide, data_root)
+    slim, full = build_buffers(wide, data, OVERRIDES["seq_len"]), build_buffers(wide, data, OVERRIDES["seq_len"], "set")
+    assert slim.num_agents == 3 and full.num_agents == wide.padding["num_agents"] == 4
+    assert slim.obs.shape[:2] + slim.obs.shape[3:] == full.obs.shape[:2] + full.obs.shape[3:]
+    assert wide.train_spec.obs == wide.env_spec.obs and wide.train_spec.actions == wide.env_spec.actions
+    algo = make_algo("mt_oryx", {**OVERRIDES, "shuffle": False, "num_bins": 11},
+                     load_preset("tiny", embed_dim=16, chunk_size=4), wide.env_spec)
+    (a, ma), (b, mb) = (Learner(algo, buf, 1, num_devices=1).run(Learner(algo, buf, 1, num_devices=1).init(0))
+                        for buf in (slim, full))
+    for k in ma:  # every metric (loss, Q, weights, ...) as on the set-padded batch
+        np.testing.assert_allclose(np.asarray(ma[k]), np.asarray(mb[k]), rtol=1e-5, atol=1e-6, err_msg=k)
+    # the gradient, through Adam's first moment, equal to float rounding relative to its scale (as in the
+    # data-parallel contract); the parameters themselves move by lr x g / (|g| + eps), which magnifies the
+    # rounding of near-zero entries
+    import optax
+    mu_a, mu_b = (optax.tree.get(c.state.opt_state, "mu") for c in (a, b))
+    scale = max(float(np.max(np.abs(x))) for x in jax.tree.leaves(mu_a))
+    print(f"max |d mu| = {tree_max_abs_diff(mu_a, mu_b):.1e} of {scale:.1e}; "
+          f"max |d params| = {tree_max_abs_diff(a.state.params, b.state.params):.1e}")
+    assert tree_max_abs_diff(mu_a, mu_b) < 1e-5 * scale
+    assert tree_max_abs_diff(a.state.params, b.state.params) < 1e-4
+    with pytest.raises(ValueError, match="agents must be 'train' or 'set'"):
+        build_buffers(wide, data, 8, "test")
+
+
 def test_engine_learns(reference_run):
     carry, losses = reference_run
     assert int(carry.step) == 4 * K

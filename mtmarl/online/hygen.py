@@ -245,7 +245,7 @@ def _restore(run_dir: str):
         bool(data.get("verify", True)),
         float(data.get("fraction", 1.0)),
     )
-    buffers = build_buffers(task_set, tasks, algo.cfg.seq_len)
+    buffers = build_buffers(task_set, tasks, algo.cfg.seq_len, agents="set")  # mixed with the set-padded env's steps
     return algo, jax.device_get(params), buffers
 
 

@@ -139,29 +139,37 @@ def release_freed_memory() -> None:
         ctypes.CDLL("libc.so.6").malloc_trim(0)
 
 
-def build_buffers(task_set: TaskSet, data: list[dict[str, Any]], seq_len: int) -> Buffers:
-    """Buffers padded to the whole set (train and test), so evaluation shares the training shapes."""
+def build_buffers(task_set: TaskSet, data: list[dict[str, Any]], seq_len: int, agents: str = "train") -> Buffers:
+    """Buffers in the whole set's observation and action layout (train and test), so evaluation shares
+    the network's input shapes; agent slots up to the largest training task (``agents="train"``,
+    :attr:`TaskSet.train_spec`) or the whole set's (``"set"``: where padded agents are not masked, or
+    where batches are mixed with env steps of the set's padded shape)."""
+    if agents not in ("train", "set"):
+        raise ValueError(f"agents must be 'train' or 'set', got {agents!r}")
     specs = [spec.build().spec for spec in task_set.train]
-    return make_buffers(data, seq_len, specs=specs, target=task_set.env_spec)
+    return make_buffers(data, seq_len, specs=specs,
+                        target=task_set.train_spec if agents == "train" else task_set.env_spec)
 
 
 def build_shards(task_set: TaskSet, data: Sequence[dict[str, Any]], ids: Sequence[int], seq_len: int,
                  owners: Sequence[Sequence[int]], devices: Sequence[int], length: int,
-                 compact: bool = True) -> list[Buffers]:
+                 compact: bool = True, agents: str = "train") -> list[Buffers]:
     """Task-shard buffers (``training.shard_data``) of each of ``devices`` (global device positions).
 
     ``data`` holds the tasks ``ids`` (at least every task those devices own); ``owners[g]`` lists
     the tasks of device ``g``. Every shard is padded to the same shapes: ``length`` steps (the
     longest task of the whole set, agreed between processes), the most tasks any device owns,
-    and, with ``compact``, a code table of 256 entries (the limit of ``value_table``).
+    and, with ``compact``, a code table of 256 entries (the limit of ``value_table``); agent slots
+    as :func:`build_buffers` pads them.
     """
+    target = task_set.train_spec if agents == "train" else task_set.env_spec
     where = {m: i for i, m in enumerate(ids)}
     slots = max(len(o) for o in owners)
     out = []
     for g in devices:
         mine = list(owners[g])
         buffers = make_buffers([data[where[m]] for m in mine], seq_len, compact=compact,
-                               specs=[task_set.train[m].build().spec for m in mine], target=task_set.env_spec,
+                               specs=[task_set.train[m].build().spec for m in mine], target=target,
                                length=length, table_size=256 if compact else None, host=True)
         out.append(with_slots(buffers, mine, slots))
     return out

@@ -93,7 +93,8 @@ def local_tasks(task_set: TaskSet, devices: int | None) -> list[int]:
     return sorted(m for g, d in enumerate(learners) if d.process_index == jax.process_index() for m in owners[g])
 
 
-def shard_buffers(task_set: TaskSet, data, ids: list[int], seq_len: int, devices: int | None) -> list:
+def shard_buffers(task_set: TaskSet, data, ids: list[int], seq_len: int, devices: int | None,
+                  agents: str = "train") -> list:
     """One task shard per local learner device, padded to shapes every process agrees on.
 
     The processes agree (collectives in :mod:`mtmarl.distributed`) on the longest task and on
@@ -103,9 +104,9 @@ def shard_buffers(task_set: TaskSet, data, ids: list[int], seq_len: int, devices
     owners = shard_tasks(len(task_set.train), len(learners))
     local = [g for g, d in enumerate(learners) if d.process_index == jax.process_index()]
     length = max_over_processes(max(d["obs"].shape[0] for d in data))
-    shards = build_shards(task_set, data, ids, seq_len, owners, local, length)
+    shards = build_shards(task_set, data, ids, seq_len, owners, local, length, agents=agents)
     if max_over_processes(int(any(s.obs_values is None for s in shards))):
-        shards = build_shards(task_set, data, ids, seq_len, owners, local, length, compact=False)
+        shards = build_shards(task_set, data, ids, seq_len, owners, local, length, compact=False, agents=agents)
     return shards
 
 
@@ -257,8 +258,11 @@ def run_training(cfg: Mapping[str, Any], task_set: TaskSet, run_dir: Path, refer
     if main:
         write_json(run_dir / ALGO_FILE, algo.spec)
     seq_len = max([algo.sampler.seq_len] + [s.sampler.seq_len for s in algo.stages if s.sampler is not None])
-    buffers = build_buffers(task_set, data, seq_len) if ids is None else \
-        shard_buffers(task_set, data, ids, seq_len, training.get("devices"))
+    # Padded agents cost compute only; unmasked (the masking ablation) they are part of the data, as many
+    # as the set pads to.
+    agents = "train" if bool(cfg["agents"]["mask"]) else "set"
+    buffers = build_buffers(task_set, data, seq_len, agents) if ids is None else \
+        shard_buffers(task_set, data, ids, seq_len, training.get("devices"), agents)
     del data
     release_freed_memory()  # the decoded vaults' temporaries (peak RSS, see its docstring)
     K = int(training["updates_per_call"])
