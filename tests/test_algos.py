@@ -1,6 +1,8 @@
 """Offline algorithms: masking, overfitting, HL-Gauss/MSE, exact BC/CQL/ICQ pieces, Polyak targets."""
 
 
+import re
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -396,3 +398,28 @@ def test_oryx_td_lambda_changes_only_the_critic_target(batch):
     np.testing.assert_allclose(metrics[0.8]["policy_loss"], ref["policy_loss"], rtol=1e-6)
     with pytest.raises(Exception, match="td_lambda"):
         make_algo("mt_oryx", {"td_lambda": 1.5}, NET, A)
+
+
+def test_cosine_lr_scales_each_adam_step_by_the_schedule():
+    """With ``lr_decay_updates`` each Adam step is the constant-lr step times the hand-computed cosine factor
+    (Adam's moments do not depend on the lr), and after the decay the rate stays at ``lr * lr_end``."""
+    lr, n, end = 1e-3, 8, 0.1
+    const = common.make_optimizer(registry.load_config("mt_oryx", lr=lr))
+    decay = common.make_optimizer(registry.load_config("mt_oryx", lr=lr, lr_decay_updates=n, lr_end=end))
+    params = {"w": jnp.zeros(3)}
+    grads = [{"w": jnp.asarray(g, jnp.float32)} for g in np.random.default_rng(0).normal(size=(12, 3))]
+    s_c, s_d = const.init(params), decay.init(params)
+    for t, g in enumerate(grads):
+        u_c, s_c = const.update(g, s_c, params)
+        u_d, s_d = decay.update(g, s_d, params)
+        factor = end + (1 - end) * 0.5 * (1 + np.cos(np.pi * min(t, n) / n))  # cosine from 1 to lr_end
+        np.testing.assert_allclose(u_d["w"], factor * u_c["w"], rtol=1e-5, atol=1e-12)
+    assert common.learning_rate(registry.load_config("mt_oryx")) == registry.load_config("mt_oryx").lr  # default
+
+
+@pytest.mark.parametrize("key,value,wants", [("lr_decay_updates", -1, "integer >= 0"),
+                                             ("lr_decay_updates", 2.5, "integer >= 0"),
+                                             ("lr_end", 1.5, "[0, 1]")])
+def test_bad_lr_schedule_names_the_key(key, value, wants):
+    with pytest.raises(Exception, match=rf"algo\.{key}.*{re.escape(wants)}.*"):
+        registry.load_config("mt_bc_sable", **{key: value})

@@ -94,6 +94,7 @@ TRAIN_BAD = [
     (["+algo=mt_oryx", "algo.td_lambda=2"], ["algo.td_lambda", "[0, 1]", "got 2"]),
     (["+algo=mt_oryx", "algo.policy_temperature=0"], ["algo.policy_temperature", "> 0"]),
     (["+algo=mt_oryx", "algo.gamma=1.5"], ["gamma", "[0, 1]"]),
+    (["+algo=mt_oryx", "algo.lr_decay_updates=-5"], ["algo.lr_decay_updates", "got -5"]),
     (["network.embed_dim=31"], ["embed_dim (31)", "n_heads"]),
     (["task='connector:grid=5,agents=2'", "data.root=/nonexistent"], ["grid=5,agents=2.vlt", "mtmarl.hub download"]),
 ]

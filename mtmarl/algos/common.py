@@ -72,6 +72,8 @@ class AlgoConfig(BatchConfig):
 
     learns_values: ClassVar[bool] = True  # has a trained Q head (False: imitation only, e.g. BC)
     lr: float
+    lr_decay_updates: int   # 0: constant lr; N > 0: cosine decay from lr to lr * lr_end over N updates
+    lr_end: float           # the decayed learning rate as a fraction of lr (after lr_decay_updates it stays there)
     max_grad_norm: float
     gamma: float
     tau: float
@@ -84,6 +86,12 @@ class AlgoConfig(BatchConfig):
     sigma_ratio: float
 
     def __post_init__(self):
+        if isinstance(self.lr_decay_updates, bool) or not isinstance(self.lr_decay_updates, int) \
+                or self.lr_decay_updates < 0:
+            raise UserInputError(f"algo.lr_decay_updates must be an integer >= 0 (0: constant learning rate), "
+                                 f"got {self.lr_decay_updates!r}")
+        if not 0.0 <= self.lr_end <= 1.0:
+            raise UserInputError(f"algo.lr_end must be in [0, 1] (a fraction of algo.lr), got {self.lr_end}")
         if not 0.0 <= self.tau <= 1.0:
             raise UserInputError(f"tau must be in [0, 1], got {self.tau}")
         if not 0.0 <= self.gamma <= 1.0:
@@ -119,8 +127,21 @@ def network_for(cfg: AlgoConfig, net_cfg: SableConfig, n_actions: int) -> SableN
     return make_sable(net_cfg, n_actions)
 
 
+def learning_rate(cfg: AlgoConfig) -> float | optax.Schedule:
+    """``cfg.lr``, or its cosine decay to ``lr * lr_end`` over ``lr_decay_updates`` updates.
+
+    Why: at a constant lr of 1e-3 MT Oryx on RWARE peaks after about 2000 updates and then oscillates
+    (RESULTS.md, *The cpu budget*); a decaying rate keeps the early speed and settles the late updates.
+    The schedule reads Adam's own update count (part of the optimiser state), so it is checkpointed and
+    resumes where it stopped. Decay over a whole run: ``algo.lr_decay_updates='${training.updates}'``.
+    """
+    if cfg.lr_decay_updates == 0:
+        return cfg.lr
+    return optax.cosine_decay_schedule(cfg.lr, cfg.lr_decay_updates, alpha=cfg.lr_end)
+
+
 def make_optimizer(cfg: AlgoConfig) -> optax.GradientTransformation:
-    return optax.chain(optax.clip_by_global_norm(cfg.max_grad_norm), optax.adam(cfg.lr))
+    return optax.chain(optax.clip_by_global_norm(cfg.max_grad_norm), optax.adam(learning_rate(cfg)))
 
 
 def polyak(online, target, tau: float):
@@ -306,5 +327,5 @@ def td_error_loss(net: SableNet, out, q, batch, target):
 
 __all__ = ["AlgoConfig", "BatchConfig", "SableAlgorithm", "TrainState", "assemble", "batch_softmax",
            "critic_forward", "gather_batch", "global_max", "global_sum", "gradient_stage", "lambda_returns",
-           "legal_log_softmax", "make_act", "make_init", "make_optimizer", "masked_mean", "network_for", "polyak",
+           "learning_rate", "legal_log_softmax", "make_act", "make_init", "make_optimizer", "masked_mean", "network_for", "polyak",
            "take_action", "task_mean", "task_scale", "task_softmax", "td_error_loss", "td_valid"]
