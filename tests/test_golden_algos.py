@@ -2,16 +2,23 @@
 
 Each algorithm runs 3 updates through the real engine (sampling, one pmapped
 ``lax.scan`` call on one device) on a tiny synthetic two-task buffer, then acts
-once. The parameters, target parameters, optimiser state, metrics and actions
-are hashed bit for bit and compared with ``tests/golden/algos.json``, recorded
-on main 78e54a2 before the refactor. A change of any bit (a reordered sum, a
-different key split, a lost Polyak step) fails the test.
+once. The actions are compared exactly with ``tests/golden/algos.json``; the
+metrics within ``METRIC_RTOL``; the initial state and the change 3 updates made to
+the parameters, target parameters and optimiser state as fingerprints
+(``helpers.fingerprint``: integers exactly, floats as a random projection) within
+``CHANGE_RTOL`` of the golden change. A different key split, batch, loss term or a
+lost Polyak step changes the update by far more than that.
 
-The compile setting is pinned (XLA optimisations on) since it can change float
-rounding. Regenerate only on purpose: ``python tests/test_golden_algos.py --write``.
+Why tolerances and not bits: the golden values were first hashed bit for bit (recorded
+on main 78e54a2, before the algorithm protocol), and on a CPU with other vector units
+(AVX2, 2026-11-24) that very commit's code disagreed in the last bits (metrics up to
+5e-4 relative), while today's code matched it there bit for bit. The fingerprints were
+recorded from today's code on that CPU after that check (the session note of issue 20).
+
+The compile setting is pinned (XLA optimisations on). Regenerate only on purpose:
+``python tests/test_golden_algos.py --write``.
 """
 
-import hashlib
 import json
 import sys
 from pathlib import Path
@@ -20,11 +27,16 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
-from helpers import random_task
+from helpers import assert_fingerprints_close, assert_metrics_close, fingerprint, random_task
 
 GOLDEN = Path(__file__).resolve().parent / "golden" / "algos.json"
 NAMES = ("mt_bc_sable", "mt_cql_sable", "mt_oryx")
 A = 4
+METRIC_RTOL = 2e-3   # cross-CPU: at most 4.8e-4 measured (MT CQL-Sable's gradient norm)
+# of the update's size. Measured noise (XLA's optimised vs unoptimised compile of the same code, a harsher change
+# than another CPU): MT Oryx / MT BC-Sable below 1e-4, MT CQL-Sable 1.1e-2 (its target parameters); a lost
+# Polyak step alone moves the target change by about a third.
+CHANGE_RTOL = {"mt_bc_sable": 1e-2, "mt_oryx": 1e-2, "mt_cql_sable": 5e-2}
 OVERRIDES = {"num_bins": 11, "v_min": -3.0, "v_max": 3.0, "batch_size": 4, "seq_len": 4, "lr": 2e-3}
 
 
@@ -32,18 +44,8 @@ def _task(rng, L, n, o):
     return random_task(rng, L, n, o, A)
 
 
-def _digest(tree) -> str:
-    """sha256 (16 hex digits) of the bytes, dtypes and shapes of a pytree's leaves, in order."""
-    h = hashlib.sha256()
-    for x in jax.tree.leaves(tree):
-        x = np.asarray(x)
-        h.update(f"{x.dtype}{x.shape}".encode())
-        h.update(x.tobytes())
-    return h.hexdigest()[:16]
-
-
 def _train(name):
-    """(state after 3 updates, metrics of that call, actions of one step) through the engine."""
+    """(initial state, state after 3 updates, metrics of that call, actions of one step) through the engine."""
     from mtmarl.algos.registry import build
     from mtmarl.data.batching import make_buffers
     from mtmarl.networks import load_preset
@@ -53,20 +55,22 @@ def _train(name):
     buffers = make_buffers([_task(rng, 30, 2, 3), _task(rng, 25, 3, 4)], seq_len=OVERRIDES["seq_len"])
     algo = build(name, OVERRIDES, load_preset("tiny", embed_dim=16, chunk_size=4), A)
     learner = Learner(algo, buffers, updates_per_call=3, num_devices=1)
-    carry, metrics = learner.run(learner.init(0))
+    start = learner.init(0)
+    initial = jax.tree.map(np.asarray, start.state)  # before run(), which may reuse the carry's buffers
+    carry, metrics = learner.run(start)
     obs = buffers.decode_obs(buffers.obs[1, 5])  # task 1, step 5: 3 agents
     acts, _, _ = jax.jit(algo.act, static_argnames="greedy")(
         carry.state.params, algo.net.init_carry(), obs, buffers.legals[1, 5], buffers.active[1],
         jnp.asarray(True), jax.random.key(5))
-    return carry.state, metrics, np.asarray(acts)
+    return initial, carry.state, metrics, np.asarray(acts)
 
 
 def record(name) -> dict:
-    state, metrics, acts = _train(name)
-    return {"params": _digest(state.params), "target_params": _digest(state.target_params),
-            "opt_state": _digest(state.opt_state),
-            "metrics": {k: float(v).hex() for k, v in sorted(metrics.items())},
-            "actions": acts.tolist()}
+    initial, state, metrics, acts = _train(name)
+    out = {"initial": fingerprint(initial)}
+    for key in ("params", "target_params", "opt_state"):
+        out[key] = fingerprint(getattr(state, key), getattr(initial, key))
+    return {**out, "metrics": {k: float(v).hex() for k, v in sorted(metrics.items())}, "actions": acts.tolist()}
 
 
 # MT CQL-Sable shares MT Oryx's network and sampler; its golden values run with the slow tests
@@ -74,9 +78,10 @@ def record(name) -> dict:
 def test_three_updates_are_bit_identical_to_the_golden_values(name, _xla_optimisations_on):
     golden = json.loads(GOLDEN.read_text())[name]
     got = record(name)
-    assert got["metrics"] == golden["metrics"], {k: float.fromhex(v) for k, v in got["metrics"].items()}
-    for key in ("params", "target_params", "opt_state", "actions"):
-        assert got[key] == golden[key], key
+    assert got["actions"] == golden["actions"]
+    assert_metrics_close(got["metrics"], golden["metrics"], METRIC_RTOL)
+    for key in ("initial", "params", "target_params", "opt_state"):
+        assert_fingerprints_close(got[key], golden[key], CHANGE_RTOL[name], key)
 
 
 if __name__ == "__main__" and "--write" in sys.argv:

@@ -5,16 +5,22 @@ chunks of 2 PPO updates on a tiny Connector task, pmapped over the 2 forced CPU
 devices (so the ``pmean`` of gradients and the per-device key streams are in the
 program), then record once. The parameters, optimiser state, env batch and key
 after the chunks, both chunks' metrics, the actor parameters the evaluator gets
-and the recorded transitions are hashed bit for bit and compared with
-``tests/golden/online.json``, recorded on branch online-builder (aef3234) before
-the online systems shared one builder. A change of any bit (a reordered key
-split, a lost reset, a different minibatch layout) fails the test.
+and the recorded transitions are compared with ``tests/golden/online.json``:
+integers, keys and actions exactly, floats as fingerprints (``helpers.fingerprint``:
+the parameters' and optimiser state's change over the chunks, the rest as they are)
+within ``RTOL``. A reordered key split, a lost reset or a different minibatch layout
+changes the actions, keys or the update by far more than that.
 
-The compile setting is pinned (XLA optimisations on) since it can change float
-rounding. Regenerate only on purpose: ``python tests/test_online_golden.py --write``.
+The values were first hashed bit for bit (recorded on branch online-builder, aef3234,
+before the online systems shared one builder). On a CPU with other vector units (AVX2,
+2026-11-24) that commit's code disagreed with them in the last float bits, and today's
+code matched that commit there bit for bit; the fingerprints were then recorded from
+today's code (the session note of issue 20).
+
+The compile setting is pinned (XLA optimisations on). Regenerate only on purpose:
+``python tests/test_online_golden.py --write``.
 """
 
-import hashlib
 import json
 import sys
 from pathlib import Path
@@ -22,7 +28,9 @@ from pathlib import Path
 import jax
 import numpy as np
 import pytest
+from helpers import assert_fingerprints_close, assert_metrics_close, fingerprint
 
+RTOL = 1e-3  # of each fingerprinted quantity's norm; measured noise (optimised vs unoptimised compile): below 5e-6
 GOLDEN = Path(__file__).resolve().parent / "golden" / "online.json"
 TASK = "connector:grid=5,agents=2"
 PPO = {"num_envs": 4, "rollout_len": 8, "epochs": 2, "minibatches": 2, "updates_per_chunk": 2, "resets_per_env": 2,
@@ -34,16 +42,6 @@ CONFIGS = {
 }
 
 
-def _digest(tree) -> str:
-    """sha256 (16 hex digits) of the bytes, dtypes and shapes of a pytree's leaves, in order."""
-    h = hashlib.sha256()
-    for x in jax.tree.leaves(tree):
-        x = np.asarray(jax.random.key_data(x) if jax.dtypes.issubdtype(x.dtype, jax.dtypes.prng_key) else x)
-        h.update(f"{x.dtype}{x.shape}".encode())
-        h.update(x.tobytes())
-    return h.hexdigest()[:16]
-
-
 def record(name) -> dict:
     from mtmarl.online.registry import make_online_system, online_config
     from mtmarl.tasks import TaskSpec
@@ -52,16 +50,19 @@ def record(name) -> dict:
     env = TaskSpec.parse(TASK).build()
     system = make_online_system(env, online_config(CONFIGS[name]))
     state = system.init(jax.random.PRNGKey(0))
+    initial = jax.tree.map(np.asarray, (state.params, state.opt_state, system.actor_params(state)))
     metrics = []
     for _ in range(2):
         state, m = system.train_chunk(state)
         metrics.append(m)
     traj = system.record(state, jax.random.PRNGKey(1))
-    return {"params": _digest(state.params), "opt_state": _digest(state.opt_state), "envs": _digest(state.envs),
-            "key": _digest(state.key), "update": np.asarray(state.update).tolist(),
-            "actor_params": _digest(system.actor_params(state)), "metrics": _digest(metrics),
-            # ``success`` joined Transition after the golden values (Connector has no wins: all False)
-            "record": _digest(traj._replace(success=None)), "no_success": not np.asarray(traj.success).any(),
+    return {"initial": fingerprint(initial),
+            "params": fingerprint(state.params, initial[0]), "opt_state": fingerprint(state.opt_state, initial[1]),
+            "actor_params": fingerprint(system.actor_params(state), initial[2]),
+            "envs": fingerprint(state.envs), "key": fingerprint(state.key), "update": np.asarray(state.update).tolist(),
+            "metrics": fingerprint(metrics),
+            # ``success`` joined Transition after the first golden values (Connector has no wins: all False)
+            "record": fingerprint(traj._replace(success=None)), "no_success": not np.asarray(traj.success).any(),
             "recorded_actions": np.asarray(traj.actions)[:, :, 0, 0].tolist(),
             "return_sum": [float(x).hex() for x in np.asarray(metrics[-1].return_sum)[0]]}
 
@@ -71,8 +72,12 @@ def record(name) -> dict:
 def test_two_chunks_and_a_recording_are_bit_identical_to_the_golden_values(name, _xla_optimisations_on):
     golden = json.loads(GOLDEN.read_text())[name]
     got = record(name)
-    for key in golden:
+    assert sorted(got) == sorted(golden)
+    for key in ("update", "recorded_actions", "no_success"):
         assert got[key] == golden[key], key
+    assert_metrics_close(dict(enumerate(got["return_sum"])), dict(enumerate(golden["return_sum"])), RTOL, "return_sum")
+    for key in ("initial", "params", "opt_state", "actor_params", "envs", "key", "metrics", "record"):
+        assert_fingerprints_close(got[key], golden[key], RTOL, key)
     assert got["no_success"]
 
 
