@@ -327,5 +327,6 @@ def td_error_loss(net: SableNet, out, q, batch, target):
 
 __all__ = ["AlgoConfig", "BatchConfig", "SableAlgorithm", "TrainState", "assemble", "batch_softmax",
            "critic_forward", "gather_batch", "global_max", "global_sum", "gradient_stage", "lambda_returns",
-           "learning_rate", "legal_log_softmax", "make_act", "make_init", "make_optimizer", "masked_mean", "network_for", "polyak",
+           "learning_rate", "legal_log_softmax", "make_act", "make_init", "make_optimizer", "masked_mean", "network_for",
+           "polyak",
            "take_action", "task_mean", "task_scale", "task_softmax", "td_error_loss", "td_valid"]
