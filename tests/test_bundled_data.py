@@ -52,6 +52,13 @@ def test_every_train_task_has_a_bundled_vault_matching_its_spec(set_name):
             assert max(r["return"] for r in levels[1:]) > levels[0]["return"] + 1.0, (spec.name, levels)
         else:
             assert entry["collector"]["budget"] == DEMO.collect.env_budget[spec.env], spec.name
+            # recorded as the demo budget says (by quality level for LBF and Connector), so `make demo-data`
+            # reproduces what is bundled; levels run from the untrained to the final snapshot's score
+            quality = DEMO.collect.env_quality.get(spec.env, "mixed")
+            assert entry["collector"]["quality"] == quality, spec.name
+            if quality == "levels":
+                scores = entry["collector"]["level_scores"]
+                assert len(scores) == len(entry["collector"]["quality_levels"]) and scores[-1] > scores[0], spec.name
         uid_dir = vlt / vault_io.DEFAULT_UID
         assert (uid_dir / vault_io.FBX_META_FILE).is_file()
         assert entry["sha256"] and all((vlt / f).is_file() for f in entry["sha256"]), spec.name
