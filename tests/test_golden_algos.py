@@ -1,4 +1,4 @@
-"""Golden values: the three algorithms train exactly as they did before the algorithm protocol.
+"""Golden values: the three algorithms train as they did before the algorithm protocol.
 
 Each algorithm runs 3 updates through the real engine (sampling, one pmapped
 ``lax.scan`` call on one device) on a tiny synthetic two-task buffer, then acts
@@ -75,7 +75,7 @@ def record(name) -> dict:
 
 # MT CQL-Sable shares MT Oryx's network and sampler; its golden values run with the slow tests
 @pytest.mark.parametrize("name", [n if n != "mt_cql_sable" else pytest.param(n, marks=pytest.mark.slow) for n in NAMES])
-def test_three_updates_are_bit_identical_to_the_golden_values(name, _xla_optimisations_on):
+def test_three_updates_match_the_golden_values(name, _xla_optimisations_on):
     golden = json.loads(GOLDEN.read_text())[name]
     got = record(name)
     assert got["actions"] == golden["actions"]

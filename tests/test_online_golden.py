@@ -1,4 +1,4 @@
-"""Golden values: the online learners train and record exactly as before the Anakin builder.
+"""Golden values: the online learners train and record as they did before the Anakin builder.
 
 MAPPO (feed-forward), recurrent MAPPO and online Sable each run 2 training
 chunks of 2 PPO updates on a tiny Connector task, pmapped over the 2 forced CPU
@@ -69,7 +69,7 @@ def record(name) -> dict:
 
 # MAPPO in the fast suite; the recurrent and Sable learners share the builder and have their own replay tests
 @pytest.mark.parametrize("name", [n if n == "mappo" else pytest.param(n, marks=pytest.mark.slow) for n in sorted(CONFIGS)])
-def test_two_chunks_and_a_recording_are_bit_identical_to_the_golden_values(name, _xla_optimisations_on):
+def test_two_chunks_and_a_recording_match_the_golden_values(name, _xla_optimisations_on):
     golden = json.loads(GOLDEN.read_text())[name]
     got = record(name)
     assert sorted(got) == sorted(golden)
