@@ -169,14 +169,12 @@ def _project(x: np.ndarray) -> list[float]:
 def fingerprint(tree, base=None) -> list:
     """One entry per leaf of ``tree``: ``["exact", dtype, shape, values]`` for integer, boolean and PRNG-key
     leaves, ``["float", dtype, shape, projection]`` for float leaves, minus ``base``'s leaf when given."""
-    import jax.numpy as jnp
-
     leaves = jax.tree.leaves(tree)
     bases = jax.tree.leaves(base) if base is not None else [None] * len(leaves)
     assert len(bases) == len(leaves), "base must have the tree's structure"
     out = []
     for x, b in zip(leaves, bases):
-        if jnp.issubdtype(x.dtype, jax.dtypes.prng_key):
+        if jax.dtypes.issubdtype(x.dtype, jax.dtypes.prng_key):
             x = jax.random.key_data(x)
         x = np.asarray(x)
         if x.dtype.kind == "f" or x.dtype.name == "bfloat16":
