@@ -145,7 +145,7 @@ def eval_returns(algo, params, task_set, episodes: int, seed: int) -> dict[str, 
 
     out = {}
     for spec in task_set.train:
-        env = task_set.padded(spec)
+        env = task_set.evaluation_env(spec)
         means = []
         for greedy in (False, True):
             stats = make_evaluator(env, make_policy(algo, greedy), episodes)(params, task_key(seed, spec))

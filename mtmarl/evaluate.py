@@ -28,7 +28,6 @@ import jax
 import jax.numpy as jnp
 from omegaconf import DictConfig, OmegaConf
 
-from mtmarl import envs
 from mtmarl import tasks as task_registry
 from mtmarl.errors import UserInputError
 from mtmarl.evaluation.policies import POLICIES, Policy
@@ -57,10 +56,8 @@ def resolve_task_set(cfg: DictConfig, default: task_registry.TaskSet | None = No
 
 
 def padded_env(task_set: task_registry.TaskSet, spec: task_registry.TaskSpec, obs_dim: int | None = None):
-    """``spec`` padded to its set's shape, or to ``obs_dim`` observation features (a trained net's input)."""
-    if obs_dim is None:
-        return task_set.padded(spec)
-    return envs.PaddedEnv(spec.build(), **{**task_set.padding, "obs_dim": int(obs_dim)})
+    """``spec`` padded to its set's layout (its own agents), or to ``obs_dim`` observation features."""
+    return task_set.evaluation_env(spec, obs_dim)
 
 
 def check_trained_fits(specs, obs_dim: int, n_actions: int, source: str) -> None:

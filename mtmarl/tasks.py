@@ -158,6 +158,21 @@ class TaskSet:
     def padded(self, spec: TaskSpec) -> envs.PaddedEnv:
         return envs.PaddedEnv(spec.build(), self.env_spec)
 
+    def evaluation_env(self, spec: TaskSpec, obs_dim: int | None = None) -> envs.PaddedEnv:
+        """``spec`` as evaluation plays it: the set's observation, action and state layout (what the
+        network reads), but only the task's own agents, or observations of ``obs_dim`` features (a trained
+        net's input size).
+
+        Why: a padded agent changes nothing a real agent sees or gets, yet the policy decodes it at
+        every step; the set evaluator groups tasks by agent count, so a 2-agent task of rware_15 is not
+        played as 12 agents (``mtmarl.evaluation.rollout.run_task_episodes``).
+        """
+        inner = spec.build()
+        if obs_dim is None:
+            return envs.PaddedEnv(inner, self.env_spec, num_agents=inner.num_agents)
+        return envs.PaddedEnv(inner, num_agents=inner.num_agents, obs_dim=int(obs_dim),
+                              state_dim=self.padding["state_dim"])
+
     def describe(self) -> dict[str, Any]:
         return {"name": self.name, "env": self.env, "padding": self.padding,
                 "train": [t.describe() | {"split": "train"} for t in self.train],

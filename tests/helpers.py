@@ -148,6 +148,11 @@ def smax_layout_update_and_act(name: str, algo_cfg: dict, batch_size: int = 2) -
     actions, _, _ = jax.jit(algo.act)(algo.acting_params(state), algo.init_carry(), batch.obs[0, 0], mask,
                                       batch.active[0, 0], jnp.bool_(True), jax.random.PRNGKey(2))
     assert actions.shape == (env.num_agents,) and bool(np.asarray(mask)[np.arange(env.num_agents), actions].all())
+    # The evaluator plays a task at its own agent count, below the set's (TaskSet.evaluation_env): so must act.
+    n = env.num_agents - 1
+    few, _, _ = jax.jit(algo.act)(algo.acting_params(state), algo.init_carry(n), batch.obs[0, 0, :n], mask[:n],
+                                  batch.active[0, 0, :n], jnp.bool_(True), jax.random.PRNGKey(2))
+    assert few.shape == (n,) and bool(np.asarray(mask)[np.arange(n), few].all())
     return out
 
 

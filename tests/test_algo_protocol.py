@@ -82,7 +82,7 @@ def make_toy(cfg: ToyConfig, network: dict, env: EnvSpec) -> Algorithm:
                      # stage 1 samples its own batches: shorter sequences than the policy stage
                      stages=(Stage("pretrain", pretrain, cfg.pretrain_updates,
                                    dataclasses.replace(cfg.sampler(), seq_len=2)), Stage("train", train)),
-                     act=act, init_carry=lambda: jnp.zeros((), jnp.int32),
+                     act=act, init_carry=lambda num_agents=None: jnp.zeros((), jnp.int32),
                      acting_params=lambda s: {"mu": s["mu"], "w": s["w"]},
                      spec={"name": cfg.name, "n_actions": n_actions, "algo": dataclasses.asdict(cfg)})
 

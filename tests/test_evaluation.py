@@ -108,10 +108,23 @@ def set_envs():
     return [envs.PaddedEnv(e, **pad) for e in built]
 
 
-def test_task_set_evaluator_matches_per_task_evaluators(set_envs):
+@pytest.fixture(scope="module")
+def own_agent_envs(set_envs):
+    """The set's layout with each task's own agents (as evaluation plays them), plus task 0 padded to 4 agents:
+    groups of one and of two tasks (task 0 at 4 agents shares its group with the 4-agent task)."""
+    built = [s.build() for s in SET_SPECS]
+    sizes = {"obs_dim": set_envs[0].obs_dim, "state_dim": set_envs[0].state_dim}
+    return [envs.PaddedEnv(e, num_agents=e.num_agents, **sizes) for e in built] + [set_envs[0]]
+
+
+@pytest.mark.parametrize("which", ["set_envs", "own_agent_envs"])
+def test_task_set_evaluator_matches_per_task_evaluators(which, request):
     """All tasks in one program give each task exactly its own evaluator's episodes (same keys), on 1 and
-    2 devices and in several calls (the final evaluation's resized program). COUNTING is recurrent, reads
-    its params and draws random legal actions on even steps."""
+    2 devices and in several calls (the final evaluation's resized program), with all tasks at one agent count
+    or grouped by agent count. COUNTING is recurrent, reads its params and draws random legal actions on even
+    steps."""
+    set_envs = request.getfixturevalue(which)
+    assert (len({e.num_agents for e in set_envs}) > 1) == (which == "own_agent_envs")
     policy, params = COUNTING, jnp.int32(1)
     keys = jax.random.split(jax.random.PRNGKey(5), len(set_envs))
     per_task = [make_evaluator(env, policy, 7, num_devices=1)(params, k) for env, k in zip(set_envs, keys)]
@@ -156,7 +169,7 @@ def test_task_set_evaluator_matches_per_task_with_a_sable_policy(set_envs):
 
 def test_task_set_evaluator_refuses_tasks_of_different_shapes():
     a, b = (s.build() for s in SET_SPECS[:2])
-    with pytest.raises(UserInputError, match="num_agents 2 vs 3"):
+    with pytest.raises(UserInputError, match="state_dim 108 vs 75"):  # agent counts may differ, layouts not
         make_task_set_evaluator([envs.PaddedEnv(a), envs.PaddedEnv(b)], RANDOM, 2)
     with pytest.raises(UserInputError, match="no tasks"):
         make_task_set_evaluator([], RANDOM, 2)

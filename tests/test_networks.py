@@ -309,3 +309,19 @@ def test_bf16_network_close_to_float32():
     assert 0 < err < 0.05 * scale
     with pytest.raises(UserInputError):
         dataclasses.replace(cfg32, matmul_dtype="float16")
+
+
+def test_auto_matmul_dtype_is_bf16_only_where_bf16_is_fast():
+    """``matmul_dtype: auto`` (the small/base presets): bf16 on accelerators and CPUs with bf16 instructions,
+    float32 on other CPUs (where bf16 was measured slower); resolved when the config is built, so the
+    algorithm spec a run stores names the dtype it trained with."""
+    from mtmarl.networks.layers import fastest_matmul_dtype
+
+    assert fastest_matmul_dtype("gpu") == fastest_matmul_dtype("tpu") == "bfloat16"
+    assert fastest_matmul_dtype("cpu", {"avx2", "fma"}) == "float32"
+    assert fastest_matmul_dtype("cpu", {"avx2", "avx512_bf16"}) == "bfloat16"
+    assert fastest_matmul_dtype("cpu", {"amx_bf16", "amx_tile"}) == "bfloat16"
+    cfg = SableConfig(matmul_dtype="auto")
+    assert cfg.matmul_dtype == fastest_matmul_dtype() and dataclasses.asdict(cfg)["matmul_dtype"] != "auto"
+    with pytest.raises(UserInputError, match="network.matmul_dtype .*'auto'.*got 'fp16'"):
+        SableConfig(matmul_dtype="fp16")

@@ -82,8 +82,8 @@ def make(cfg: Config, network: dict, env: EnvSpec) -> Algorithm:
                        "accuracy": common.masked_mean(hit, batch.active, axis_name),
                        "return_to_go": common.masked_mean(batch.returns, batch.resets, axis_name)}
 
-    def init_carry():
-        return jnp.zeros((env.num_agents, width)), jnp.float32(cfg.target_return)
+    def init_carry(num_agents=None):
+        return jnp.zeros((num_agents or env.num_agents, width)), jnp.float32(cfg.target_return)
 
     def act(params, carry, obs, action_mask, active, reset, key, greedy=False):
         del active

@@ -62,4 +62,4 @@ def make(cfg: Config, network: dict, env: EnvSpec) -> Algorithm:
             "algo": dataclasses.asdict(cfg), "network": dataclasses.asdict(agent.cfg)}
     return Algorithm(name=cfg.name, cfg=cfg, sampler=cfg.sampler(), init=init,
                      stages=(Stage("train", common.gradient_stage(loss, tx, 0.0)),), act=act,
-                     init_carry=lambda: jnp.zeros((env.num_agents, width)), spec=spec)
+                     init_carry=lambda num_agents=None: jnp.zeros((num_agents or env.num_agents, width)), spec=spec)

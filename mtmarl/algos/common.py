@@ -248,7 +248,8 @@ def assemble(cfg: AlgoConfig, network: dict, env: EnvSpec, loss_fn: Callable,
     return SableAlgorithm(
         name=cfg.name, cfg=cfg, sampler=cfg.sampler(), init=make_init(net, tx, with_target=cfg.learns_values),
         stages=(Stage("train", gradient_stage(bound, tx, cfg.tau)),),
-        act=make_act(net, None if act_step is None else act_step(net)), init_carry=net.init_carry, spec=spec,
+        act=make_act(net, None if act_step is None else act_step(net)),
+        init_carry=lambda num_agents=None: net.init_carry(), spec=spec,  # retention states: any agent count
         value_range_discount=cfg.gamma if cfg.learns_values and cfg.hl_gauss else None, net=net, loss=bound, tx=tx,
         replay=make_replay(net) if act_step is None else None)
 

@@ -360,4 +360,5 @@ def make(cfg: Config, network: dict, env: EnvSpec) -> HissdAlgorithm:
             "algo": dataclasses.asdict(cfg), "network": dataclasses.asdict(ecfg)}
     return HissdAlgorithm(name=cfg.name, cfg=cfg, sampler=cfg.sampler(), init=init,
                           stages=(Stage("train", common.gradient_stage(loss, tx, cfg.tau)),), act=act,
-                          init_carry=lambda: jnp.zeros((env.num_agents, 2, W)), spec=spec, loss=loss)
+                          init_carry=lambda num_agents=None: jnp.zeros((num_agents or env.num_agents, 2, W)),
+                          spec=spec, loss=loss)

@@ -205,8 +205,9 @@ def make(cfg: Config, network: dict, env: EnvSpec) -> HyGenAlgorithm:
         actions, _, carry = act_skills(params, carry, obs, action_mask, reset, key, eps)
         return actions, None, carry
 
-    def init_carry():
-        return jnp.zeros((env.num_agents, width)), jnp.zeros((env.num_agents, width))
+    def init_carry(num_agents=None):
+        n = num_agents or env.num_agents
+        return jnp.zeros((n, width)), jnp.zeros((n, width))
 
     def acting_params(state: HyGenState):
         return {**state.skills.params, **state.values.params}

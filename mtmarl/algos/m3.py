@@ -255,8 +255,9 @@ def make(cfg: Config, network: dict, env: EnvSpec) -> Algorithm:
             params = {**params, "params": {**params["params"], "vq": {"codebook": codebook}}}
         return common.TrainState(params, None, opt_state), metrics
 
-    def init_carry():
-        return jnp.zeros((env.num_agents, width)), jnp.zeros((env.num_agents, n_act))
+    def init_carry(num_agents=None):
+        n = num_agents or env.num_agents
+        return jnp.zeros((n, width)), jnp.zeros((n, n_act))
 
     def act(params, carry, obs, action_mask, active, reset, key, greedy=False):
         del active

@@ -219,8 +219,9 @@ def make(cfg: Config, network: dict, env: EnvSpec) -> ODISAlgorithm:
         h_dec, logits = decoder.apply(params["decoder"], h_dec, obs, skill)
         return updet.greedy_action(cfg, logits, action_mask, key, greedy), None, (h_q, h_dec)
 
-    def init_carry():
-        return jnp.zeros((env.num_agents, width)), jnp.zeros((env.num_agents, width))
+    def init_carry(num_agents=None):
+        n = num_agents or env.num_agents
+        return jnp.zeros((n, width)), jnp.zeros((n, width))
 
     spec = {"name": cfg.name, "n_actions": A, "env": env.to_json(), "algo": dataclasses.asdict(cfg),
             "network": dataclasses.asdict(net_cfg)}

@@ -18,7 +18,9 @@ pair, with the update split into stages:
   balancing, agent shuffling and masking; ``mtmarl.data.batching.SamplerConfig``).
 * ``act(params, carry, obs, action_mask, active, reset, key, greedy=False)
   -> (actions, aux, carry)`` for one environment step of all agents of one
-  episode, ``init_carry()`` its recurrent state at an episode's start, and
+  episode, ``init_carry(num_agents=None)`` its recurrent state at an episode's start (for an
+  episode of ``num_agents`` agents; None: the spec's agent count; the evaluator plays each task
+  at its own agent count, see ``mtmarl.evaluation.rollout``), and
   ``acting_params(state)``: the part of the train state that ``act`` reads.
   ``observe(params, carry, reward) -> carry`` folds the team reward received
   after each step into the carry (return-conditioned policies count their

@@ -245,7 +245,7 @@ def build(cfg: Config, network: dict, env: EnvSpec) -> ValueAlgorithm:
             "algo": dataclasses.asdict(cfg), "network": dataclasses.asdict(agent.cfg)}
     return ValueAlgorithm(name=cfg.name, cfg=cfg, sampler=cfg.sampler(), init=init,
                           stages=(Stage("train", value_update(cfg, loss, tx)),), act=act,
-                          init_carry=lambda: jnp.zeros((env.num_agents, width)), spec=spec,
+                          init_carry=lambda num_agents=None: jnp.zeros((num_agents or env.num_agents, width)), spec=spec,
                           loss=loss, td_target=td_target)
 
 

@@ -79,18 +79,33 @@ def run_episodes(env, policy: Policy, params: Any, keys: jax.Array) -> EpisodeSt
 def run_task_episodes(envs, policy: Policy, params: Any, keys: jax.Array) -> EpisodeStats:
     """Play one episode per key of every task at once (traceable; the caller jits it).
 
-    ``envs``: T padded envs with the same agent, observation, state and action
-    sizes; ``keys``: (T, E) episode keys, row t for ``envs[t]``. The policy runs
-    once per step on all T x E episodes (one traced and compiled copy of the
-    network instead of T), and each task's env steps its own E episodes. An
+    ``envs``: T envs with the same observation, state and action sizes (a set's
+    layout, ``TaskSet.evaluation_env``); ``keys``: (T, E) episode keys, row t
+    for ``envs[t]``. Tasks with the same number of agents form a group: the
+    policy runs once per step on all of a group's episodes (one traced copy of
+    the network per group, not per task) and decodes only that group's agents,
+    so a 2-agent task costs the policy a sixth of a 12-agent one. Each group
+    plays in its own loop, which ends when the group's episodes have. An
     episode counts reward and steps until its first end or its task's horizon,
     so every task gets exactly what :func:`run_episodes` would give it for the
-    same keys; the loop runs until every task is finished.
+    same keys.
     """
     check_same_shapes(envs)
     T = len(envs)
     if keys.shape[0] != T:
         raise ValueError(f"got keys for {keys.shape[0]} tasks but {T} envs")
+    groups: dict[int, list[int]] = {}
+    for i, env in enumerate(envs):
+        groups.setdefault(env.num_agents, []).append(i)
+    parts = {}
+    for idx in groups.values():
+        stats = _run_same_agents([envs[i] for i in idx], policy, params, keys[jnp.asarray(idx)])
+        parts.update({i: jax.tree.map(lambda x, j=j: x[j], stats) for j, i in enumerate(idx)})
+    return jax.tree.map(lambda *xs: jnp.stack(xs), *(parts[i] for i in range(T)))
+
+
+def _run_same_agents(envs, policy: Policy, params: Any, keys: jax.Array) -> EpisodeStats:
+    """:func:`run_task_episodes` for envs that also agree on the number of agents: one loop for all."""
     num_agents = envs[0].num_agents
     split = jax.vmap(jax.vmap(jax.random.split))(keys)  # (T, E, 2, key)
     reset_keys, act_keys = split[:, :, 0], split[:, :, 1]
@@ -137,11 +152,11 @@ def run_task_episodes(envs, policy: Policy, params: Any, keys: jax.Array) -> Epi
 
 
 def check_same_shapes(envs) -> None:
-    """Tasks evaluated in one program must agree on every padded size; say which one does not."""
+    """Tasks evaluated in one program must agree on every padded size but the agent count; say which does not."""
     if not envs:
         raise UserInputError("no tasks to evaluate")
     first = envs[0]
-    sizes = ("num_agents", "obs_dim", "state_dim", "num_actions")
+    sizes = ("obs_dim", "state_dim", "num_actions")
     for env in envs[1:]:
         diff = [f"{k} {getattr(env, k)} vs {getattr(first, k)}" for k in sizes if getattr(env, k) != getattr(first, k)]
         if diff:

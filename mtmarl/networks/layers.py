@@ -23,6 +23,27 @@ import jax.numpy as jnp
 from jax import lax
 
 MATMUL_DTYPES = ("float32", "bfloat16")
+BF16_CPU_FLAGS = {"amx_bf16", "avx512_bf16"}  # /proc/cpuinfo flags of CPUs with bf16 matrix instructions
+
+
+def fastest_matmul_dtype(backend: str | None = None, cpu_flags: set[str] | None = None) -> str:
+    """What ``matmul_dtype: auto`` resolves to: ``bfloat16`` where bf16 matmuls are the fast path (GPUs,
+    TPUs, CPUs with AMX or AVX512-BF16), else ``float32``.
+
+    Why: without bf16 instructions XLA converts the operands and multiplies in float32 anyway, so bf16 is
+    slower *and* inexact. Measured on an AVX2-only 2-core EPYC (benchmarks/train_step.py, MT Oryx,
+    12 agents, T 20, embed 64, batch 32): 5.60 updates/s in float32 vs 4.22 in bfloat16.
+    """
+    backend = backend or jax.default_backend()
+    if backend != "cpu":
+        return "bfloat16"
+    if cpu_flags is None:
+        try:
+            text = open("/proc/cpuinfo").read()
+        except OSError:  # not Linux: no way to tell, take the exact path
+            text = ""
+        cpu_flags = {f for line in text.splitlines() if line.startswith("flags") for f in line.split(":", 1)[1].split()}
+    return "bfloat16" if cpu_flags & BF16_CPU_FLAGS else "float32"
 
 
 def _contract_last(x, w, dtype):

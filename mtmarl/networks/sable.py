@@ -36,7 +36,7 @@ from mtmarl.configs import CONFIG_DIR
 from mtmarl.errors import UserInputError
 from mtmarl.networks.config import NetworkConfig
 from mtmarl.networks.hl_gauss import HLGauss
-from mtmarl.networks.layers import MATMUL_DTYPES, Dense
+from mtmarl.networks.layers import MATMUL_DTYPES, Dense, fastest_matmul_dtype
 from mtmarl.networks.retention import Ctx, MultiScaleRetention, decay_state, head_decays
 
 NEG = -1e9  # logit for illegal actions: exp underflows to exactly 0, and no inf - inf NaNs
@@ -55,15 +55,19 @@ class SableConfig(NetworkConfig):
     v_max: float = 10.0
     sigma_ratio: float = 0.75
     value_head: bool = False    # state-value head on the encoder output
-    matmul_dtype: str = "float32"  # or "bfloat16": bf16 matmul operands, float32 accumulation (networks/layers.py)
+    matmul_dtype: str = "float32"  # or "bfloat16": bf16 matmul operands, float32 accumulation (networks/layers.py);
+    # "auto": whichever is fast on this machine, resolved here, so a run's algorithm spec records the one it used
 
     def __post_init__(self):
+        if self.matmul_dtype == "auto":
+            object.__setattr__(self, "matmul_dtype", fastest_matmul_dtype())
         if self.embed_dim <= 0 or self.n_heads <= 0 or self.embed_dim % self.n_heads:
             raise UserInputError(f"embed_dim ({self.embed_dim}) must be a positive multiple of n_heads ({self.n_heads})")
         if self.n_blocks < 1 or self.chunk_size < 1:
             raise UserInputError("n_blocks and chunk_size must be >= 1")
         if self.matmul_dtype not in MATMUL_DTYPES:
-            raise UserInputError(f"matmul_dtype must be one of {MATMUL_DTYPES}, got {self.matmul_dtype!r}")
+            raise UserInputError(f"network.matmul_dtype must be one of {(*MATMUL_DTYPES, 'auto')}, "
+                                 f"got {self.matmul_dtype!r}")
         if self.q_bins == 1 or self.q_bins < 0:
             raise UserInputError(f"q_bins must be 0 (scalar Q) or >= 2, got {self.q_bins}")
 

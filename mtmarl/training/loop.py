@@ -139,7 +139,7 @@ class PeriodicEvaluator:
 
     def _env(self, spec):
         if spec not in self._envs:
-            self._envs[spec] = self.task_set.padded(spec)
+            self._envs[spec] = self.task_set.evaluation_env(spec)
         return self._envs[spec]
 
     def _evaluator(self, specs: tuple, episodes: int | None):

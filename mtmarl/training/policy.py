@@ -16,8 +16,8 @@ from mtmarl.evaluation.policies import Policy
 
 def make_policy(algo: Algorithm, greedy: bool = False) -> Policy:
     def init_carry(params, num_agents):
-        del params, num_agents  # recurrent states do not depend on the agent count
-        return algo.init_carry()
+        del params
+        return algo.init_carry(num_agents)
 
     def act(params, obs, carry, key):
         reset = obs.step_count == 0
