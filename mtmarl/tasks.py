@@ -160,18 +160,20 @@ class TaskSet:
 
     def evaluation_env(self, spec: TaskSpec, obs_dim: int | None = None) -> envs.PaddedEnv:
         """``spec`` as evaluation plays it: the set's observation, action and state layout (what the
-        network reads), but only the task's own agents, or observations of ``obs_dim`` features (a trained
-        net's input size).
+        network reads; or observations of ``obs_dim`` features, a trained net's input size) with agent slots
+        for the task's agents rounded up to a power of two (at most the set's count).
 
-        Why: a padded agent changes nothing a real agent sees or gets, yet the policy decodes it at
-        every step; the set evaluator groups tasks by agent count, so a 2-agent task of rware_15 is not
-        played as 12 agents (``mtmarl.evaluation.rollout.run_task_episodes``).
+        Why: a padded agent changes nothing a real agent sees or gets, yet the policy decodes it at every
+        step. The set evaluator groups tasks by agent count (``mtmarl.evaluation.rollout.run_task_episodes``),
+        one traced policy per group; powers of two keep the groups few (rware_15: 4 instead of 7 exact
+        counts), which keeps the program's compile time and memory nearer one group's (measured in
+        ``benchmarks/eval_agent_groups.py``), while a 2-agent task is no longer played as 12 agents.
         """
         inner = spec.build()
+        slots = min(1 << max(inner.num_agents - 1, 0).bit_length(), self.env_spec.num_agents)
         if obs_dim is None:
-            return envs.PaddedEnv(inner, self.env_spec, num_agents=inner.num_agents)
-        return envs.PaddedEnv(inner, num_agents=inner.num_agents, obs_dim=int(obs_dim),
-                              state_dim=self.padding["state_dim"])
+            return envs.PaddedEnv(inner, self.env_spec, num_agents=slots)
+        return envs.PaddedEnv(inner, num_agents=slots, obs_dim=int(obs_dim), state_dim=self.padding["state_dim"])
 
     def describe(self) -> dict[str, Any]:
         return {"name": self.name, "env": self.env, "padding": self.padding,

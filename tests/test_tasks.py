@@ -362,3 +362,19 @@ def test_plot_task_splits(tmp_path, described):
     for name, d in data.items():
         expected = {(t["name"], t["split"], t["agents"], t["property"]) for t in _tasks(described[name])}
         assert {(t["name"], t["split"], t["agents"], t["property"]) for t in d["tasks"]} == expected
+
+
+def test_evaluation_envs_keep_the_sets_layout_with_agents_rounded_up_to_a_power_of_two():
+    """Evaluation plays a task with the set's observation/action/state layout but only as many agent slots as
+    its agents rounded up to a power of two (capped at the set's count): rware_15's 2..12 agents give groups
+    2, 4, 8, 12, and a 6-agent task is played with 8 slots, 2 of them padded and inactive."""
+    task_set = tasks.load("rware_15")
+    specs = task_set.train + task_set.test
+    played = [task_set.evaluation_env(s) for s in specs]
+    full = task_set.padded(specs[0])
+    for env in played:
+        n = env.inner.num_agents
+        assert env.num_agents == min(next(p for p in (1, 2, 4, 8, 16) if p >= n), full.num_agents) >= n
+        assert (env.obs_dim, env.state_dim, env.num_actions) == (full.obs_dim, full.state_dim, full.num_actions)
+    assert sorted({e.num_agents for e in played}) == [2, 4, 8, 12]
+    assert task_set.evaluation_env(specs[0], obs_dim=full.obs_dim + 3).obs_dim == full.obs_dim + 3
