@@ -117,14 +117,13 @@ def own_agent_envs(set_envs):
     return [envs.PaddedEnv(e, num_agents=e.num_agents, **sizes) for e in built] + [set_envs[0]]
 
 
-@pytest.mark.parametrize("which", ["set_envs", "own_agent_envs"])
-def test_task_set_evaluator_matches_per_task_evaluators(which, request):
+def test_task_set_evaluator_matches_per_task_evaluators(own_agent_envs):
     """All tasks in one program give each task exactly its own evaluator's episodes (same keys), on 1 and
-    2 devices and in several calls (the final evaluation's resized program), with all tasks at one agent count
-    or grouped by agent count. COUNTING is recurrent, reads its params and draws random legal actions on even
-    steps."""
-    set_envs = request.getfixturevalue(which)
-    assert (len({e.num_agents for e in set_envs}) > 1) == (which == "own_agent_envs")
+    2 devices and in several calls (the final evaluation's resized program), grouped by agent count (groups
+    of one task and of two, one of them padded: the one-group case is inside it). COUNTING is recurrent,
+    reads its params and draws random legal actions on even steps."""
+    set_envs = own_agent_envs
+    assert len({e.num_agents for e in set_envs}) == 3
     policy, params = COUNTING, jnp.int32(1)
     keys = jax.random.split(jax.random.PRNGKey(5), len(set_envs))
     per_task = [make_evaluator(env, policy, 7, num_devices=1)(params, k) for env, k in zip(set_envs, keys)]
