@@ -55,11 +55,6 @@ def resolve_task_set(cfg: DictConfig, default: task_registry.TaskSet | None = No
     return task_registry.from_config(OmegaConf.to_container(cfg.tasks, resolve=True))
 
 
-def padded_env(task_set: task_registry.TaskSet, spec: task_registry.TaskSpec, obs_dim: int | None = None):
-    """``spec`` padded to its set's layout (its own agents), or to ``obs_dim`` observation features."""
-    return task_set.evaluation_env(spec, obs_dim)
-
-
 def check_trained_fits(specs, obs_dim: int, n_actions: int, source: str) -> None:
     """One clear error if a task cannot be fed to a trained net of this input/output size."""
     for spec in specs:
@@ -96,7 +91,7 @@ def evaluate_set(task_set: task_registry.TaskSet, splits: list[str], policy: Pol
     todo = [(split, spec) for split in splits for spec in task_set.split(split)]
     if not todo:
         return []
-    envs = [padded_env(task_set, spec, obs_dim) for _, spec in todo]
+    envs = [task_set.evaluation_env(spec, obs_dim) for _, spec in todo]
     n_dev = len(jax.local_devices()[: devices or jax.local_device_count()])
     fn = make_task_set_evaluator(envs, policy, episodes, devices, call_batch(episodes, len(todo), n_dev))
     if progress:
@@ -166,7 +161,7 @@ def run(cfg: DictConfig) -> list[dict[str, Any]]:
     if cfg.render:
         for split in splits:
             for spec in task_set.split(split):
-                env = padded_env(task_set, spec, obs_dim)
+                env = task_set.evaluation_env(spec, obs_dim)
                 states = record_episode(env, policy, params, task_key(cfg.seed, spec), cfg.render_max_steps)
                 gif = save_gif(env, states, run_dir / f"{file_safe(spec.name)}.gif")
                 print(f"animation: {gif}")

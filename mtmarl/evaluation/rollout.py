@@ -16,6 +16,7 @@ from typing import Any, NamedTuple
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 
 from mtmarl.errors import UserInputError
 from mtmarl.evaluation.policies import Policy
@@ -97,11 +98,10 @@ def run_task_episodes(envs, policy: Policy, params: Any, keys: jax.Array) -> Epi
     groups: dict[int, list[int]] = {}
     for i, env in enumerate(envs):
         groups.setdefault(env.num_agents, []).append(i)
-    parts = {}
-    for idx in groups.values():
-        stats = _run_same_agents([envs[i] for i in idx], policy, params, keys[jnp.asarray(idx)])
-        parts.update({i: jax.tree.map(lambda x, j=j: x[j], stats) for j, i in enumerate(idx)})
-    return jax.tree.map(lambda *xs: jnp.stack(xs), *(parts[i] for i in range(T)))
+    played = [_run_same_agents([envs[i] for i in idx], policy, params, keys[jnp.asarray(idx)])
+              for idx in groups.values()]
+    task_order = np.argsort([i for idx in groups.values() for i in idx])  # group-major rows back to task order
+    return jax.tree.map(lambda *xs: jnp.concatenate(xs)[task_order], *played)
 
 
 def _run_same_agents(envs, policy: Policy, params: Any, keys: jax.Array) -> EpisodeStats:
