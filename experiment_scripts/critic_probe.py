@@ -11,17 +11,27 @@ Spearman of Q(s, a_data) with the Monte-Carlo return, Q's spread over states
 against the returns' spread, and the policy-weight spread. Evaluation
 compiles are what make a training run slow on a CPU; these curves cost only
 the updates. Writes ``<out>/critic_probe.{json,md,png}``.
+
+``--variant NAME:mc,OVERRIDES`` (the word ``mc`` among the overrides) is the
+critic's ceiling rather than a learner: Q(s, a_data) is fitted to the data's
+Monte-Carlo return-to-go itself (no bootstrapping, same net, loss and policy
+term), so its Spearman says how well this network can rank the data's states
+at all, and the gap to a TD variant is what bootstrapping has not propagated yet.
 """
 
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import time
 from pathlib import Path
 
+import jax.numpy as jnp
 import numpy as np
 
+from mtmarl.algos import common, mt_oryx
+from mtmarl.algos.protocol import Stage
 from mtmarl.diagnose import collect, mc_returns, task_stats
 from mtmarl.experiments.config import compose_train
 from mtmarl.training.data import build_buffers, load_task_data
@@ -31,8 +41,39 @@ from mtmarl.training.loop import algo_for_data
 STATS = ("spearman", "mc_std", "q_state_std", "q_action_spread", "weight_std", "nll")
 
 
+def mc_step_returns(mc, batch):
+    """(B, T) Monte-Carlo return-to-go of every step of the batch, looked up by task and start step."""
+    steps = batch.starts[:, None] + jnp.arange(batch.actions.shape[1])
+    return mc[batch.task_ids[:, None], steps]
+
+
+def with_mc_critic(algo, mc: np.ndarray):
+    """MT Oryx whose critic target is the data's Monte-Carlo return (``mc``: (M, L)), not a TD target."""
+    mc_j = jnp.asarray(mc)
+
+    def loss(params, target_params, batch, key, cfg, net, axis_name=None):
+        out, _, q, _ = common.critic_forward(params, target_params, batch, net, target_at_data=True)
+        valid = batch.active[:, :-1]
+        target = jnp.broadcast_to(mc_step_returns(mc_j, batch)[:, :-1, None], valid.shape)
+        critic_loss = common.task_mean(common.td_error_loss(net, out, q, batch, target), valid, batch.task_ids,
+                                       cfg.task_mean, axis_name)
+        logp = common.legal_log_softmax(out.logits, batch.legals)
+        _, coef = mt_oryx.policy_weights(q, common.take_action(q, batch.actions), logp, batch, cfg, axis_name)
+        policy_loss = common.task_mean(-coef * common.take_action(logp, batch.actions), batch.active,
+                                       batch.task_ids, cfg.task_mean, axis_name)
+        total = cfg.critic_coef * critic_loss + policy_loss
+        return total, {"critic_loss": common.global_sum(critic_loss, axis_name),
+                       "policy_loss": common.global_sum(policy_loss, axis_name)}
+
+    bound = lambda p, tp, b, k, axis_name=None: loss(p, tp, b, k, algo.cfg, algo.net, axis_name)  # noqa: E731
+    return dataclasses.replace(algo, loss=bound,
+                               stages=(Stage("train", common.gradient_stage(bound, algo.tx, algo.cfg.tau)),))
+
+
 def probe_variant(task_set_name: str, overrides: list[str], updates: int, every: int, batches: int, seed: int):
     """[(update, {stat: mean over tasks})] of one variant, plus its wall seconds."""
+    mc_critic = "mc" in overrides
+    overrides = [o for o in overrides if o != "mc"]
     from omegaconf import OmegaConf
 
     from mtmarl import tasks as task_registry
@@ -44,6 +85,8 @@ def probe_variant(task_set_name: str, overrides: list[str], updates: int, every:
     algo = algo_for_data(cfg, data)
     buffers = build_buffers(task_set, data, algo.cfg.seq_len)
     mc = mc_returns(data, int(buffers.obs.shape[1]), algo.cfg.gamma)
+    if mc_critic:
+        algo = with_mc_critic(algo, mc)
     names = [spec.name for spec in task_set.train]
     del data
     learner = Learner(algo, buffers, every)
