@@ -68,13 +68,13 @@ def check_trained_fits(specs, obs_dim: int, n_actions: int, source: str) -> None
                                  f"({source}) outputs {n_actions}")
 
 
-# Episodes per device in one compiled call, summed over the tasks of the set: bounds the memory of the
-# batched env states and policy carries; more episodes run as several calls of the same program.
+# Episodes played at once per device, summed over the tasks of the set: bounds the memory of the batched env
+# states and policy carries; a slot whose episode ends starts the task's next one, in one call.
 CALL_EPISODES = 1024
 
 
 def call_batch(episodes: int, num_tasks: int, num_devices: int) -> int:
-    """Episodes per task per device per call: within :data:`CALL_EPISODES`, split evenly (no padding waste)."""
+    """Slots (episodes played at once) per task per device: within :data:`CALL_EPISODES`, split evenly."""
     per_device = -(-episodes // num_devices)
     calls = -(-per_device // max(1, CALL_EPISODES // max(num_tasks, 1)))
     return -(-per_device // calls)
@@ -93,7 +93,8 @@ def evaluate_set(task_set: task_registry.TaskSet, splits: list[str], policy: Pol
         return []
     envs = [task_set.evaluation_env(spec, obs_dim) for _, spec in todo]
     n_dev = len(jax.local_devices()[: devices or jax.local_device_count()])
-    fn = make_task_set_evaluator(envs, policy, episodes, devices, call_batch(episodes, len(todo), n_dev))
+    fn = make_task_set_evaluator(envs, policy, episodes, devices, call_batch(episodes, len(todo), n_dev),
+                                 capacity=-(-episodes // n_dev))
     if progress:
         print(f"evaluating {len(todo)} tasks x {episodes} episodes in one compiled program", flush=True)
     stats = jax.device_get(fn(params, jnp.stack([task_key(seed, spec) for _, spec in todo])))

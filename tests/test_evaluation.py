@@ -119,7 +119,8 @@ def own_agent_envs(set_envs):
 
 def test_task_set_evaluator_matches_per_task_evaluators(own_agent_envs):
     """All tasks in one program give each task exactly its own evaluator's episodes (same keys), on 1 and
-    2 devices and in several calls (the final evaluation's resized program), grouped by agent count (groups
+    2 devices, in several calls (the final evaluation's resized program) and with slots that play several
+    episodes in a row (a finished episode's slot starts the next: reset env, carry and step), grouped by agent count (groups
     of one task and of two, one of them padded: the one-group case is inside it). COUNTING is recurrent,
     reads its params and draws random legal actions on even steps."""
     set_envs = own_agent_envs
@@ -128,9 +129,17 @@ def test_task_set_evaluator_matches_per_task_evaluators(own_agent_envs):
     keys = jax.random.split(jax.random.PRNGKey(5), len(set_envs))
     per_task = [make_evaluator(env, policy, 7, num_devices=1)(params, k) for env, k in zip(set_envs, keys)]
     one = make_task_set_evaluator(set_envs, policy, 7, num_devices=1)(params, keys)
-    two = make_task_set_evaluator(set_envs, policy, 3, num_devices=2, batch=2)  # 2 per device per call
-    calls = two.resized(7)  # 2 calls of 2 per device: 8 episodes, 1 dropped
-    assert calls.calls == 2
+    # One slot per task and device plays up to 3 episodes in a row per call: 2 episodes (a periodic
+    # evaluation: one call playing 1 per device), and 7 with the same program (4 per device: a call
+    # of 3, then one of the last), 1 dropped.
+    refill = make_task_set_evaluator(set_envs, policy, 2, num_devices=2, batch=1, capacity=3)
+    calls = refill.resized(7)
+    assert (refill.batch, refill.calls, calls.calls) == (1, 1, 2)
+    few = refill(params, keys)
+    assert few.returns.shape == (len(set_envs), 2)
+    for t, ref in enumerate(per_task):
+        np.testing.assert_array_equal(few.returns[t], ref.returns[:2])
+        np.testing.assert_array_equal(few.lengths[t], ref.lengths[:2])
     for stats in (one, calls(params, keys)):
         assert stats.returns.shape == stats.lengths.shape == (len(set_envs), 7)
         for t, ref in enumerate(per_task):

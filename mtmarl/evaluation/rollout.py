@@ -77,44 +77,60 @@ def run_episodes(env, policy: Policy, params: Any, keys: jax.Array) -> EpisodeSt
     return EpisodeStats(ret, length, won)
 
 
-def run_task_episodes(envs, policy: Policy, params: Any, keys: jax.Array) -> EpisodeStats:
-    """Play one episode per key of every task at once (traceable; the caller jits it).
+def run_task_episodes(envs, policy: Policy, params: Any, keys: jax.Array, count=None,
+                      slots: int | None = None) -> EpisodeStats:
+    """Play episodes of every task at once (traceable; the caller jits it).
 
     ``envs``: T envs with the same observation, state and action sizes (a set's
-    layout, ``TaskSet.evaluation_env``); ``keys``: (T, E) episode keys, row t
-    for ``envs[t]``. Tasks with the same number of agents form a group: the
-    policy runs once per step on all of a group's episodes (one traced copy of
-    the network per group, not per task) and decodes only that group's agents,
-    so a 2-agent task costs the policy a sixth of a 12-agent one. Each group
-    plays in its own loop, which ends when the group's episodes have. An
-    episode counts reward and steps until its first end or its task's horizon,
-    so every task gets exactly what :func:`run_episodes` would give it for the
-    same keys.
+    layout, ``TaskSet.evaluation_env``); ``keys``: (T, C) episode keys, row t
+    for ``envs[t]``. The first ``count`` (default C; may be traced) episodes of
+    every task are played in ``slots`` (default C) concurrent slots per task:
+    a slot whose episode ends starts the task's next unplayed one, so no slot
+    steps a finished episode while others play on (a fixed batch of episodes
+    would loop to its longest one: about a third of RWARE's steps). Entries at
+    or past ``count`` are zeros. Tasks with the same number of agents form a
+    group: the policy runs once per step on all of a group's slots (one traced
+    copy of the network per group, not per task) and decodes only that group's
+    agents. Each group plays in its own loop, which ends when the group's
+    episodes have. An episode counts reward and steps until its first end or its
+    task's horizon, and its actions are drawn from its own key and step, so
+    every task gets exactly what :func:`run_episodes` would give it for the same
+    keys, whatever the slots.
     """
     check_same_shapes(envs)
-    T = len(envs)
-    if keys.shape[0] != T:
-        raise ValueError(f"got keys for {keys.shape[0]} tasks but {T} envs")
+    T, C = keys.shape[:2]
+    if T != len(envs):
+        raise ValueError(f"got keys for {T} tasks but {len(envs)} envs")
+    slots = C if slots is None else min(slots, C)
+    count = C if count is None else count
     groups: dict[int, list[int]] = {}
     for i, env in enumerate(envs):
         groups.setdefault(env.num_agents, []).append(i)
-    played = [_run_same_agents([envs[i] for i in idx], policy, params, keys[jnp.asarray(idx)])
+    played = [_run_same_agents([envs[i] for i in idx], policy, params, keys[jnp.asarray(idx)], count, slots)
               for idx in groups.values()]
     task_order = np.argsort([i for idx in groups.values() for i in idx])  # group-major rows back to task order
     return jax.tree.map(lambda *xs: jnp.concatenate(xs)[task_order], *played)
 
 
-def _run_same_agents(envs, policy: Policy, params: Any, keys: jax.Array) -> EpisodeStats:
+def _where_rows(rows, new, old):
+    """``new`` where ``rows`` (S,) is set, else ``old``, leaf by leaf over a pytree batched on axis 0."""
+    return jax.tree.map(lambda n, o: jnp.where(rows.reshape(rows.shape + (1,) * (n.ndim - 1)), n, o), new, old)
+
+
+def _run_same_agents(envs, policy: Policy, params: Any, keys: jax.Array, count, slots: int) -> EpisodeStats:
     """:func:`run_task_episodes` for envs that also agree on the number of agents: one loop for all."""
     num_agents = envs[0].num_agents
-    split = jax.vmap(jax.vmap(jax.random.split))(keys)  # (T, E, 2, key)
+    T, C = keys.shape[:2]
+    split = jax.vmap(jax.vmap(jax.random.split))(keys)  # (T, C, 2, key)
     reset_keys, act_keys = split[:, :, 0], split[:, :, 1]
-    starts = [jax.vmap(env.reset)(k) for env, k in zip(envs, reset_keys)]
+    rows = jnp.arange(T)[:, None]
+    starts = [jax.vmap(env.reset)(k[:slots]) for env, k in zip(envs, reset_keys)]
     env_states = tuple(s for s, _ in starts)
     ts = jax.tree.map(lambda *xs: jnp.stack(xs), *(t for _, t in starts))
-    carry = jax.vmap(jax.vmap(lambda _: policy.init_carry(params, num_agents)))(keys)
+    fresh = jax.tree.map(jnp.asarray, policy.init_carry(params, num_agents))
+    carry = jax.tree.map(lambda x: jnp.broadcast_to(x, (T, slots) + x.shape), fresh)
     horizons = jnp.array([env.horizon for env in envs], jnp.int32)[:, None]
-    zeros = jnp.zeros(keys.shape[:2])
+    episode = jnp.broadcast_to(jnp.arange(slots, dtype=jnp.int32), (T, slots))  # the episode each slot plays
 
     def act_step(key, obs, carry):
         return policy.act(params, obs, carry, key)
@@ -123,32 +139,52 @@ def _run_same_agents(envs, policy: Policy, params: Any, keys: jax.Array) -> Epis
         return policy.observe(params, carry, reward)
 
     def body(loop):
-        t, env_states, ts, carry, ret, length, won, done = loop
-        step_keys = jax.vmap(jax.vmap(jax.random.fold_in, in_axes=(0, None)), in_axes=(0, None))(act_keys, t)
+        env_states, ts, carry, episode, steps, playing, played, acc, out = loop
+        step_keys = jax.vmap(jax.vmap(jax.random.fold_in))(act_keys[rows, episode], steps)
         actions, carry = jax.vmap(jax.vmap(act_step))(step_keys, ts.observation, carry)
         # A task whose episodes have all ended keeps its state: nothing of it counts any more, and
         # skipping its env step saves time while other tasks play on.
-        finished = jnp.all(done | (t >= horizons), axis=1)
-        stepped = [jax.lax.cond(finished[i], lambda s, a, i=i: (s, jax.tree.map(lambda x: x[i], ts)),
+        idle = ~jnp.any(playing, axis=1)
+        stepped = [jax.lax.cond(idle[i], lambda s, a, i=i: (s, jax.tree.map(lambda x: x[i], ts)),
                                 jax.vmap(env.step), s, a)
                    for i, (env, s, a) in enumerate(zip(envs, env_states, actions))]
-        env_states = tuple(s for s, _ in stepped)
         ts = jax.tree.map(lambda *xs: jnp.stack(xs), *(x for _, x in stepped))
         carry = jax.vmap(jax.vmap(observe))(carry, ts.reward)
-        live = ~done & (t < horizons)  # steps past a task's horizon never happen in run_episodes
-        ret = ret + jnp.where(live, ts.reward, 0.0)
-        length = length + live
-        won = won | (live & ts.success)
-        return t + 1, env_states, ts, carry, ret, length, won, done | ts.done
+        ret, length, won = acc
+        ret = ret + jnp.where(playing, ts.reward, 0.0)
+        length = length + playing
+        won = won | (playing & ts.success)
+        steps = steps + 1
+        ended = playing & (ts.done | (steps >= horizons))
+        slot_of = jnp.where(ended, episode, C)  # C is past the end: the write is dropped
+        out = tuple(o.at[rows, slot_of].set(v, mode="drop") for o, v in zip(out, (ret, length, won)))
+        # ended slots take the task's next episodes in slot order
+        episode = jnp.where(ended, played[:, None] + jnp.cumsum(ended, axis=1) - ended, episode)
+        played = played + ended.sum(axis=1)
+        start = ended & (episode < count)
+        playing = (playing & ~ended) | start
+        first = jnp.minimum(episode, C - 1)
+        restarted = [jax.lax.cond(jnp.any(start[i]),
+                                  lambda s, x, i=i, env=env: _where_rows(start[i], jax.vmap(env.reset)(
+                                      reset_keys[i, first[i]]), (s, x)),
+                                  lambda s, x: (s, x), s, jax.tree.map(lambda x: x[i], ts))
+                     for i, (env, (s, _)) in enumerate(zip(envs, stepped))]
+        env_states = tuple(s for s, _ in restarted)
+        ts = jax.tree.map(lambda *xs: jnp.stack(xs), *(x for _, x in restarted))
+        carry = jax.tree.map(lambda f, c: jnp.where(start.reshape(start.shape + (1,) * f.ndim), f, c), fresh, carry)
+        steps = jnp.where(start, 0, steps)
+        acc = (jnp.where(start, 0.0, ret), jnp.where(start, 0, length), won & ~start)
+        return env_states, ts, carry, episode, steps, playing, played, acc, out
 
     def cond(loop):
-        t, *_, done = loop
-        return ~jnp.all(done | (t >= horizons))
+        return jnp.any(loop[5])
 
-    flags = zeros.astype(bool)
-    init = (jnp.int32(0), env_states, ts, carry, zeros, zeros.astype(jnp.int32), flags, flags)
-    _, _, _, _, ret, length, won, _ = jax.lax.while_loop(cond, body, init)
-    return EpisodeStats(ret, length, won)
+    zeros = jnp.zeros((T, slots))
+    out = (jnp.zeros((T, C)), jnp.zeros((T, C), jnp.int32), jnp.zeros((T, C), bool))
+    init = (env_states, ts, carry, episode, jnp.zeros((T, slots), jnp.int32), episode < count,
+            jnp.full((T,), slots, jnp.int32), (zeros, zeros.astype(jnp.int32), zeros.astype(bool)), out)
+    *_, out = jax.lax.while_loop(cond, body, init)
+    return EpisodeStats(*out)
 
 
 def check_same_shapes(envs) -> None:
@@ -178,17 +214,23 @@ class Evaluator:
 
     With ``tasks=True`` (see :func:`make_task_set_evaluator`), ``env`` is a list
     of padded envs, ``key`` holds one key per task, and every field of the
-    result has a leading task axis: all tasks play in one program.
+    result has a leading task axis: all tasks play in one program. There
+    ``batch`` is the number of episodes of a task a device plays at once (its
+    slots) and ``capacity`` (default ``batch``) how many of them one call plays
+    through those slots: a call is given the count to play, so fewer episodes
+    (a periodic evaluation) and more (the final one, in as few calls as
+    ``capacity`` allows) run the same program.
     """
 
     def __init__(self, env, policy: Policy, num_episodes: int, num_devices: int | None = None,
-                 batch: int | None = None, tasks: bool = False):
+                 batch: int | None = None, tasks: bool = False, capacity: int | None = None):
         if num_episodes < 1:
             raise UserInputError(f"the number of evaluation episodes must be >= 1, got {num_episodes}")
         self.devices = jax.local_devices()[: num_devices or jax.local_device_count()]
         n_dev = len(self.devices)
         per_device = -(-num_episodes // n_dev)
         self.batch = min(per_device, batch) if batch else per_device
+        self.capacity = max(capacity or self.batch, self.batch) if tasks else self.batch
         self.tasks = tasks
         self._set_episodes(num_episodes)
 
@@ -197,22 +239,29 @@ class Evaluator:
             envs = list(env)
             self.num_tasks = len(envs)
 
-            def run(params, keys, first):
-                """Episodes first..first+batch-1 of every task."""
-                ep_keys = jax.vmap(lambda k: episode_keys(k, self.batch, first))(keys)
-                return run_task_episodes(envs, policy, params, ep_keys)
+            def run(params, keys, first, count):
+                """Episodes first..first+count-1 of every task (count <= capacity), ``batch`` at a time."""
+                ep_keys = jax.vmap(lambda k: episode_keys(k, self.capacity, first))(keys)
+                return run_task_episodes(envs, policy, params, ep_keys, count, self.batch)
         else:
-            def run(params, key, first):
+            def run(params, key, first, count):
                 """Episodes first..first+batch-1; keys are made inside the compiled program."""
+                del count
                 return run_episodes(env, policy, params, episode_keys(key, self.batch, first))
 
-        self._fn = jax.jit(run) if n_dev == 1 else jax.pmap(run, in_axes=(None, None, 0), devices=self.devices)
+        self._fn = jax.jit(run) if n_dev == 1 else jax.pmap(run, in_axes=(None, None, 0, None),
+                                                             devices=self.devices)
         self._compiled = [None]  # shared with resized() copies
 
     def _set_episodes(self, num_episodes: int) -> None:
         self.num_episodes = num_episodes
-        self.calls = -(-num_episodes // (len(self.devices) * self.batch))
-        self.per_device = self.calls * self.batch  # padded up; extra episodes are dropped
+        per_device = -(-num_episodes // len(self.devices))
+        self.calls = -(-per_device // self.capacity)
+        # padded up to whole calls; extra episodes are dropped. A task program's last call plays only what is left.
+        self.per_device = per_device if self.tasks else self.calls * self.batch
+
+    def _count(self, call: int) -> int:
+        return min(self.capacity, self.per_device - call * self.capacity)
 
     def resized(self, num_episodes: int) -> "Evaluator":
         """The same compiled program for another episode count (more or fewer calls)."""
@@ -221,25 +270,29 @@ class Evaluator:
         return other
 
     def _firsts(self, call: int):
-        base = call * self.batch
+        base = call * self.capacity
         if len(self.devices) == 1:
             return jnp.int32(base)
         return jnp.arange(len(self.devices), dtype=jnp.int32) * self.per_device + base
 
     def compile(self, params, key) -> "Evaluator":
         if self._compiled[0] is None:
-            lowered = self._fn.lower(params, key, self._firsts(0))
+            lowered = self._fn.lower(params, key, self._firsts(0), jnp.int32(self.capacity))
             self._compiled[0] = lowered.compile(compiler_options=COMPILER_OPTIONS)
         return self
 
     def __call__(self, params, key) -> EpisodeStats:
         self.compile(params, key)
-        parts = [self._compiled[0](params, key, self._firsts(c)) for c in range(self.calls)]
-        # ([devices,] [tasks,] batch) per call -> episode order: device-major, then call, then slot
-        stats = jax.tree.map(lambda *xs: jnp.stack(xs, axis=-2), *parts)
+        parts = [self._compiled[0](params, key, self._firsts(c), jnp.int32(self._count(c)))
+                 for c in range(self.calls)]
         if not self.tasks:
+            # ([devices,] batch) per call -> episode order: device-major, then call, then slot
+            stats = jax.tree.map(lambda *xs: jnp.stack(xs, axis=-2), *parts)
             return jax.tree.map(lambda x: x.reshape(-1)[: self.num_episodes], stats)
-        if len(self.devices) > 1:  # (devices, tasks, calls, batch) -> (tasks, devices, calls, batch)
+        # ([devices,] tasks, capacity) per call: the episodes each call played, then device-major per task
+        stats = jax.tree.map(lambda *xs: jnp.concatenate([x[..., : self._count(c)] for c, x in enumerate(xs)],
+                                                          axis=-1), *parts)
+        if len(self.devices) > 1:  # (devices, tasks, per_device) -> (tasks, devices, per_device)
             stats = jax.tree.map(lambda x: jnp.moveaxis(x, 1, 0), stats)
         return jax.tree.map(lambda x: x.reshape(self.num_tasks, -1)[:, : self.num_episodes], stats)
 
@@ -255,7 +308,7 @@ def make_evaluator(env, policy: Policy, num_episodes: int, num_devices: int | No
 
 
 def make_task_set_evaluator(envs, policy: Policy, num_episodes: int, num_devices: int | None = None,
-                            batch: int | None = None) -> Evaluator:
+                            batch: int | None = None, capacity: int | None = None) -> Evaluator:
     """``evaluate(params, keys) -> EpisodeStats`` of shape (tasks, episodes): all ``envs`` in one program.
 
     ``envs`` are the tasks of one set padded to the set's shape (``TaskSet.padded``)
@@ -265,7 +318,7 @@ def make_task_set_evaluator(envs, policy: Policy, num_episodes: int, num_devices
     policy network instead of one per task, and one program for the periodic and
     final evaluations of a training run.
     """
-    return Evaluator(list(envs), policy, num_episodes, num_devices, batch, tasks=True)
+    return Evaluator(list(envs), policy, num_episodes, num_devices, batch, tasks=True, capacity=capacity)
 
 
 def compile_all(evaluators, params, key, threads: int | None = None) -> None:

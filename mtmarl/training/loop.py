@@ -115,9 +115,10 @@ class PeriodicEvaluator:
 
     All tasks (both splits) are padded to the set's shape and played in one
     compiled program (``make_task_set_evaluator``: one copy of the policy network
-    and one compile instead of one per task) of ``episodes`` episodes per task,
-    split over devices; an evaluation with more episodes (the final one) runs it
-    several times (``Evaluator.resized``), so nothing compiles twice. Asking for
+    and one compile instead of one per task) that plays ``episodes`` episodes per
+    task at once, split over devices; the final evaluation's ``final_episodes``
+    run through the same slots in one call of the same program (a slot whose
+    episode ends starts the next), so nothing compiles twice. Asking for
     some splits only builds a second program for that subset (cached too).
     ``step=None`` uses each task's plain evaluation key (as ``mtmarl.evaluate``
     does); periodic evaluations fold the update count into it. Per task, the
@@ -125,7 +126,7 @@ class PeriodicEvaluator:
     """
 
     def __init__(self, task_set: TaskSet, splits, policy, episodes: int, seed: int,
-                 references: dict[str, float], devices: int | None):
+                 references: dict[str, float], devices: int | None, final_episodes: int | None = None):
         from mtmarl.evaluation.rollout import task_key
 
         self.todo = [(split, spec) for split in splits for spec in task_set.split(split)]
@@ -133,7 +134,9 @@ class PeriodicEvaluator:
         self.seed, self.references, self.devices = seed, references, devices
         self.task_key = task_key
         n_dev = len(jax.local_devices()[: devices or jax.local_device_count()])
-        self.batch = -(-episodes // n_dev)  # episodes per device per compiled call
+        self.batch = -(-episodes // n_dev)  # slots: episodes of a task a device plays at once
+        # episodes of a task one call plays per device through those slots: the final evaluation in one call
+        self.capacity = max(self.batch, -(-(final_episodes or episodes) // n_dev))
         self._envs: dict[Any, Any] = {}
         self._fns: dict[tuple, Any] = {}
 
@@ -146,7 +149,7 @@ class PeriodicEvaluator:
         """The compiled evaluator of these tasks (built once per distinct task list)."""
         if specs not in self._fns:
             self._fns[specs] = make_task_set_evaluator([self._env(s) for s in specs], self.policy,
-                                                       self.episodes, self.devices, self.batch)
+                                                       self.episodes, self.devices, self.batch, self.capacity)
         fn = self._fns[specs]
         return fn if episodes in (None, self.episodes) else fn.resized(episodes)
 
@@ -296,7 +299,7 @@ def run_training(cfg: Mapping[str, Any], task_set: TaskSet, run_dir: Path, refer
     # Process 0 alone evaluates, on its own devices.
     periodic = PeriodicEvaluator(task_set, [s for s in ("train", "test") if task_set.split(s)], policy,
                                  int(training["eval_episodes"]), seed, references,
-                                 cfg["eval"].get("devices")) if main else None
+                                 cfg["eval"].get("devices"), int(cfg["eval"]["episodes"])) if main else None
     eval_splits = list(training["eval_splits"])
     rows: list[dict[str, Any]] = []
     # Memory (issue 20): compiling the set's evaluation program allocates about 1.5 GB for rware_15, most of it
