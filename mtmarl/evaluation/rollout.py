@@ -112,6 +112,15 @@ def run_task_episodes(envs, policy: Policy, params: Any, keys: jax.Array, count=
     return jax.tree.map(lambda *xs: jnp.concatenate(xs)[task_order], *played)
 
 
+def _blank(shapes):
+    """Zeros of a pytree of ``ShapeDtypeStruct`` (PRNG key leaves: copies of key 0)."""
+    def leaf(x):
+        if jax.dtypes.issubdtype(x.dtype, jax.dtypes.prng_key):
+            return jnp.broadcast_to(jax.random.key(0), x.shape)
+        return jnp.zeros(x.shape, x.dtype)
+    return jax.tree.map(leaf, shapes)
+
+
 def _where_rows(rows, new, old):
     """``new`` where ``rows`` (S,) is set, else ``old``, leaf by leaf over a pytree batched on axis 0."""
     return jax.tree.map(lambda n, o: jnp.where(rows.reshape(rows.shape + (1,) * (n.ndim - 1)), n, o), new, old)
@@ -124,9 +133,11 @@ def _run_same_agents(envs, policy: Policy, params: Any, keys: jax.Array, count, 
     split = jax.vmap(jax.vmap(jax.random.split))(keys)  # (T, C, 2, key)
     reset_keys, act_keys = split[:, :, 0], split[:, :, 1]
     rows = jnp.arange(T)[:, None]
-    starts = [jax.vmap(env.reset)(k[:slots]) for env, k in zip(envs, reset_keys)]
-    env_states = tuple(s for s, _ in starts)
-    ts = jax.tree.map(lambda *xs: jnp.stack(xs), *(t for _, t in starts))
+    # Every env's reset is traced once, inside the loop (compile time and its memory grow with each traced
+    # env function): the loop starts from blank states with every slot due a reset.
+    blanks = [_blank(jax.eval_shape(jax.vmap(env.reset), k[:slots])) for env, k in zip(envs, reset_keys)]
+    env_states = tuple(s for s, _ in blanks)
+    ts = jax.tree.map(lambda *xs: jnp.stack(xs), *(t for _, t in blanks))
     fresh = jax.tree.map(jnp.asarray, policy.init_carry(params, num_agents))
     carry = jax.tree.map(lambda x: jnp.broadcast_to(x, (T, slots) + x.shape), fresh)
     horizons = jnp.array([env.horizon for env in envs], jnp.int32)[:, None]
@@ -138,8 +149,24 @@ def _run_same_agents(envs, policy: Policy, params: Any, keys: jax.Array, count, 
     def observe(carry, reward):
         return policy.observe(params, carry, reward)
 
+    def restart(env_states, ts, carry, start, episode, steps, acc):
+        """Slots in ``start`` begin episode ``episode``: env reset from its key, fresh carry, zero counters."""
+        first = jnp.minimum(episode, C - 1)
+        restarted = [jax.lax.cond(jnp.any(start[i]),
+                                  lambda s, x, i=i, env=env: _where_rows(start[i], jax.vmap(env.reset)(
+                                      reset_keys[i, first[i]]), (s, x)),
+                                  lambda s, x: (s, x), s, jax.tree.map(lambda x: x[i], ts))
+                     for i, (env, s) in enumerate(zip(envs, env_states))]
+        env_states = tuple(s for s, _ in restarted)
+        ts = jax.tree.map(lambda *xs: jnp.stack(xs), *(x for _, x in restarted))
+        carry = jax.tree.map(lambda f, c: jnp.where(start.reshape(start.shape + (1,) * f.ndim), f, c), fresh, carry)
+        ret, length, won = acc
+        return (env_states, ts, carry, jnp.where(start, 0, steps),
+                (jnp.where(start, 0.0, ret), jnp.where(start, 0, length), won & ~start))
+
     def body(loop):
-        env_states, ts, carry, episode, steps, playing, played, acc, out = loop
+        env_states, ts, carry, episode, steps, playing, start, played, acc, out = loop
+        env_states, ts, carry, steps, (ret, length, won) = restart(env_states, ts, carry, start, episode, steps, acc)
         step_keys = jax.vmap(jax.vmap(jax.random.fold_in))(act_keys[rows, episode], steps)
         actions, carry = jax.vmap(jax.vmap(act_step))(step_keys, ts.observation, carry)
         # A task whose episodes have all ended keeps its state: nothing of it counts any more, and
@@ -150,7 +177,6 @@ def _run_same_agents(envs, policy: Policy, params: Any, keys: jax.Array, count, 
                    for i, (env, s, a) in enumerate(zip(envs, env_states, actions))]
         ts = jax.tree.map(lambda *xs: jnp.stack(xs), *(x for _, x in stepped))
         carry = jax.vmap(jax.vmap(observe))(carry, ts.reward)
-        ret, length, won = acc
         ret = ret + jnp.where(playing, ts.reward, 0.0)
         length = length + playing
         won = won | (playing & ts.success)
@@ -161,28 +187,20 @@ def _run_same_agents(envs, policy: Policy, params: Any, keys: jax.Array, count, 
         # ended slots take the task's next episodes in slot order
         episode = jnp.where(ended, played[:, None] + jnp.cumsum(ended, axis=1) - ended, episode)
         played = played + ended.sum(axis=1)
-        start = ended & (episode < count)
+        start = ended & (episode < count)  # restarted at the top of the next iteration
         playing = (playing & ~ended) | start
-        first = jnp.minimum(episode, C - 1)
-        restarted = [jax.lax.cond(jnp.any(start[i]),
-                                  lambda s, x, i=i, env=env: _where_rows(start[i], jax.vmap(env.reset)(
-                                      reset_keys[i, first[i]]), (s, x)),
-                                  lambda s, x: (s, x), s, jax.tree.map(lambda x: x[i], ts))
-                     for i, (env, (s, _)) in enumerate(zip(envs, stepped))]
-        env_states = tuple(s for s, _ in restarted)
-        ts = jax.tree.map(lambda *xs: jnp.stack(xs), *(x for _, x in restarted))
-        carry = jax.tree.map(lambda f, c: jnp.where(start.reshape(start.shape + (1,) * f.ndim), f, c), fresh, carry)
-        steps = jnp.where(start, 0, steps)
-        acc = (jnp.where(start, 0.0, ret), jnp.where(start, 0, length), won & ~start)
-        return env_states, ts, carry, episode, steps, playing, played, acc, out
+        env_states = tuple(s for s, _ in stepped)
+        return env_states, ts, carry, episode, steps, playing, start, played, (ret, length, won), out
 
     def cond(loop):
         return jnp.any(loop[5])
 
     zeros = jnp.zeros((T, slots))
     out = (jnp.zeros((T, C)), jnp.zeros((T, C), jnp.int32), jnp.zeros((T, C), bool))
-    init = (env_states, ts, carry, episode, jnp.zeros((T, slots), jnp.int32), episode < count,
-            jnp.full((T,), slots, jnp.int32), (zeros, zeros.astype(jnp.int32), zeros.astype(bool)), out)
+    playing = episode < count
+    acc = (zeros, zeros.astype(jnp.int32), zeros.astype(bool))
+    init = (env_states, ts, carry, episode, jnp.zeros((T, slots), jnp.int32), playing, playing,
+            jnp.full((T,), slots, jnp.int32), acc, out)
     *_, out = jax.lax.while_loop(cond, body, init)
     return EpisodeStats(*out)
 
