@@ -44,7 +44,7 @@ def main(argv: list[str] | None = None) -> None:
     from mtmarl.algos import registry
     from mtmarl.evaluation.rollout import make_task_set_evaluator, task_key
     from mtmarl.runtime import enable_compilation_cache
-    from mtmarl.training.data import release_freed_memory
+    from mtmarl.memory import release_freed_memory
     from mtmarl.training.policy import make_policy
     from mtmarl.training.restore import load_run
 

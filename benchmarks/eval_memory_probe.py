@@ -29,7 +29,7 @@ def main(argv: list[str] | None = None) -> None:
     args = parser.parse_args(argv)
 
     from mtmarl import tasks
-    from mtmarl.training.data import release_freed_memory
+    from mtmarl.memory import release_freed_memory
     from mtmarl.training.loop import PeriodicEvaluator
     from mtmarl.training.restore import load_trained
 

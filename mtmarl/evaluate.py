@@ -1,4 +1,4 @@
-"""Zero-shot evaluation of a policy on the tasks of a set (all tasks in one compiled program).
+"""Zero-shot evaluation of a policy on the tasks of a set (one compiled program per agent count).
 
     python -m mtmarl.evaluate policy=random +tasks=rware_15 split=test
     python -m mtmarl.evaluate task=rware:rows=2,cols=5,height=8,agents=6 eval.episodes=64
@@ -84,7 +84,7 @@ def evaluate_set(task_set: task_registry.TaskSet, splits: list[str], policy: Pol
                  episodes: int, seed: int, references: dict[str, float],
                  devices: int | None = None, progress: bool = True,
                  obs_dim: int | None = None) -> list[dict[str, Any]]:
-    """Evaluate every task of the given splits in one compiled program; one summary row per task.
+    """Evaluate every task of the given splits (one compiled program per agent count); one summary row per task.
 
     ``obs_dim``: pad observations to this size instead of the set's (a trained net's input size).
     """
@@ -96,7 +96,7 @@ def evaluate_set(task_set: task_registry.TaskSet, splits: list[str], policy: Pol
     fn = make_task_set_evaluator(envs, policy, episodes, devices, call_batch(episodes, len(todo), n_dev),
                                  capacity=-(-episodes // n_dev))
     if progress:
-        print(f"evaluating {len(todo)} tasks x {episodes} episodes in one compiled program", flush=True)
+        print(f"evaluating {len(todo)} tasks x {episodes} episodes, one compiled program per agent count", flush=True)
     stats = jax.device_get(fn(params, jnp.stack([task_key(seed, spec) for _, spec in todo])))
     rows = []
     for i, ((split, spec), env) in enumerate(zip(todo, envs)):

@@ -78,6 +78,6 @@ def test_the_evaluator_reports_each_reward_to_the_policy():
     np.testing.assert_allclose(np.asarray(stats.returns), 1.0)
     deaf = make_evaluator(env, counting._replace(observe=lambda p, c, r: c), 8, num_devices=1)
     assert np.asarray(deaf(None, jax.random.PRNGKey(0)).returns).max() > 1.0
-    # the task-set evaluator (all tasks in one program, as training evaluates) reports them too
+    # the task-set evaluator (as training evaluates) reports them too
     both = make_task_set_evaluator([env, ToyDuel(agents=2, enemies=1, hp=2, horizon=3)], counting, 8, num_devices=1)
     np.testing.assert_allclose(np.asarray(both(None, jax.random.split(jax.random.PRNGKey(1), 2)).returns), 1.0)

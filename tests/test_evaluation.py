@@ -12,7 +12,8 @@ from mtmarl.errors import UserInputError
 from mtmarl.evaluation.policies import RANDOM, Policy, uniform_legal
 from mtmarl.evaluation.references import DEFAULT_PATH, default_path, load_references, reference_for
 from mtmarl.evaluation.results import summarise, to_marl_eval
-from mtmarl.evaluation.rollout import EpisodeStats, episode_keys, make_evaluator, make_task_set_evaluator
+from mtmarl.evaluation.rollout import EpisodeStats, episode_keys, make_evaluator, make_task_set_evaluator, \
+    run_task_episodes
 from mtmarl.tasks import TaskSpec
 
 # Connector keeps paying its step penalty after an episode has ended, so a
@@ -118,7 +119,7 @@ def own_agent_envs(set_envs):
 
 
 def test_task_set_evaluator_matches_per_task_evaluators(own_agent_envs):
-    """All tasks in one program give each task exactly its own evaluator's episodes (same keys), on 1 and
+    """The set evaluator (one program per agent count) gives each task exactly its own evaluator's episodes (same keys), on 1 and
     2 devices, in several calls (the final evaluation's resized program) and with slots that play several
     episodes in a row (a finished episode's slot starts the next: reset env, carry and step), grouped by agent count (groups
     of one task and of two, one of them padded: the one-group case is inside it). COUNTING is recurrent,
@@ -128,7 +129,9 @@ def test_task_set_evaluator_matches_per_task_evaluators(own_agent_envs):
     policy, params = COUNTING, jnp.int32(1)
     keys = jax.random.split(jax.random.PRNGKey(5), len(set_envs))
     per_task = [make_evaluator(env, policy, 7, num_devices=1)(params, k) for env, k in zip(set_envs, keys)]
-    one = make_task_set_evaluator(set_envs, policy, 7, num_devices=1)(params, keys)
+    grouped = make_task_set_evaluator(set_envs, policy, 7, num_devices=1)
+    assert [idx.tolist() for idx in grouped.groups] == [[0], [1], [2, 3]]  # a program per agent count: 3, 2, 4
+    one = grouped(params, keys)
     # One slot per task and device plays up to 3 episodes in a row per call: 2 episodes (a periodic
     # evaluation: one call playing 1 per device), and 7 with the same program (4 per device: a call
     # of 3, then one of the last), 1 dropped.
@@ -175,10 +178,12 @@ def test_task_set_evaluator_matches_per_task_with_a_sable_policy(set_envs):
         np.testing.assert_array_equal(both.lengths[t], ref.lengths)
 
 
-def test_task_set_evaluator_refuses_tasks_of_different_shapes():
+def test_task_set_evaluator_refuses_tasks_of_different_shapes(own_agent_envs):
     a, b = (s.build() for s in SET_SPECS[:2])
     with pytest.raises(UserInputError, match="state_dim 108 vs 75"):  # agent counts may differ, layouts not
         make_task_set_evaluator([envs.PaddedEnv(a), envs.PaddedEnv(b)], RANDOM, 2)
+    with pytest.raises(ValueError, match=r"one agent count, got \[2, 3\]"):  # a program plays one group
+        run_task_episodes(own_agent_envs[:2], RANDOM, None, jnp.zeros((2, 1, 2), jnp.uint32))
     with pytest.raises(UserInputError, match="no tasks"):
         make_task_set_evaluator([], RANDOM, 2)
     with pytest.raises(UserInputError, match="episodes must be >= 1"):

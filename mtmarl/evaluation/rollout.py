@@ -20,6 +20,7 @@ import numpy as np
 
 from mtmarl.errors import UserInputError
 from mtmarl.evaluation.policies import Policy
+from mtmarl.memory import release_freed_memory
 
 # XLA CPU backend optimisation level for evaluation programs. Compiles dominate a short evaluation
 # (an RWARE task: 17 s to compile, 2 s to play 32 episodes); level 1 compiled the same program in
@@ -79,37 +80,31 @@ def run_episodes(env, policy: Policy, params: Any, keys: jax.Array) -> EpisodeSt
 
 def run_task_episodes(envs, policy: Policy, params: Any, keys: jax.Array, count=None,
                       slots: int | None = None) -> EpisodeStats:
-    """Play episodes of every task at once (traceable; the caller jits it).
+    """Play episodes of several tasks with the same number of agents at once (traceable; the caller jits it).
 
-    ``envs``: T envs with the same observation, state and action sizes (a set's
-    layout, ``TaskSet.evaluation_env``); ``keys``: (T, C) episode keys, row t
-    for ``envs[t]``. The first ``count`` (default C; may be traced) episodes of
-    every task are played in ``slots`` (default C) concurrent slots per task:
-    a slot whose episode ends starts the task's next unplayed one, so no slot
-    steps a finished episode while others play on (a fixed batch of episodes
-    would loop to its longest one: about a third of RWARE's steps). Entries at
-    or past ``count`` are zeros. Tasks with the same number of agents form a
-    group: the policy runs once per step on all of a group's slots (one traced
-    copy of the network per group, not per task) and decodes only that group's
-    agents. Each group plays in its own loop, which ends when the group's
-    episodes have. An episode counts reward and steps until its first end or its
-    task's horizon, and its actions are drawn from its own key and step, so
-    every task gets exactly what :func:`run_episodes` would give it for the same
-    keys, whatever the slots.
+    ``envs``: T envs with the same observation, state and action sizes and agent
+    count (one agent group of a set's layout, ``TaskSet.evaluation_env``); ``keys``:
+    (T, C) episode keys, row t for ``envs[t]``. The first ``count`` (default C; may
+    be traced) episodes of every task are played in ``slots`` (default C)
+    concurrent slots per task: a slot whose episode ends starts the task's next
+    unplayed one, so no slot steps a finished episode while others play on (a
+    fixed batch of episodes would loop to its longest one: about a third of
+    RWARE's steps). Entries at or past ``count`` are zeros. The policy runs once
+    per step on all slots of all tasks (one traced copy of the network). An
+    episode counts reward and steps until its first end or its task's horizon,
+    and its actions are drawn from its own key and step, so every task gets
+    exactly what :func:`run_episodes` would give it for the same keys, whatever
+    the slots.
     """
     check_same_shapes(envs)
+    if len({env.num_agents for env in envs}) != 1:
+        raise ValueError(f"one program plays tasks of one agent count, got {sorted({e.num_agents for e in envs})} "
+                         f"(make_task_set_evaluator groups them)")
     T, C = keys.shape[:2]
     if T != len(envs):
         raise ValueError(f"got keys for {T} tasks but {len(envs)} envs")
     slots = C if slots is None else min(slots, C)
-    count = C if count is None else count
-    groups: dict[int, list[int]] = {}
-    for i, env in enumerate(envs):
-        groups.setdefault(env.num_agents, []).append(i)
-    played = [_run_same_agents([envs[i] for i in idx], policy, params, keys[jnp.asarray(idx)], count, slots)
-              for idx in groups.values()]
-    task_order = np.argsort([i for idx in groups.values() for i in idx])  # group-major rows back to task order
-    return jax.tree.map(lambda *xs: jnp.concatenate(xs)[task_order], *played)
+    return _run_same_agents(envs, policy, params, keys, C if count is None else count, slots)
 
 
 def _blank(shapes):
@@ -127,7 +122,7 @@ def _where_rows(rows, new, old):
 
 
 def _run_same_agents(envs, policy: Policy, params: Any, keys: jax.Array, count, slots: int) -> EpisodeStats:
-    """:func:`run_task_episodes` for envs that also agree on the number of agents: one loop for all."""
+    """:func:`run_task_episodes` once its arguments are checked: one loop for all tasks."""
     num_agents = envs[0].num_agents
     T, C = keys.shape[:2]
     split = jax.vmap(jax.vmap(jax.random.split))(keys)  # (T, C, 2, key)
@@ -231,8 +226,8 @@ class Evaluator:
     threads (see :func:`compile_all`).
 
     With ``tasks=True`` (see :func:`make_task_set_evaluator`), ``env`` is a list
-    of padded envs, ``key`` holds one key per task, and every field of the
-    result has a leading task axis: all tasks play in one program. There
+    of padded envs with one agent count, ``key`` holds one key per task, and every
+    field of the result has a leading task axis: all tasks play in one program. There
     ``batch`` is the number of episodes of a task a device plays at once (its
     slots) and ``capacity`` (default ``batch``) how many of them one call plays
     through those slots: a call is given the count to play, so fewer episodes
@@ -325,18 +320,78 @@ def make_evaluator(env, policy: Policy, num_episodes: int, num_devices: int | No
     return Evaluator(env, policy, num_episodes, num_devices, batch)
 
 
+class TaskSetEvaluator:
+    """``evaluate(params, keys) -> EpisodeStats`` of shape (tasks, episodes) for the tasks of a set.
+
+    Tasks with the same number of agents share one compiled program (a task
+    :class:`Evaluator`: one traced copy of the policy, decoding only that many
+    agents); the programs compile one after another, each compile's freed heap
+    handed back to the OS before the next. Why not one program for the whole
+    set: rware_15's 23 tasks in one program took 91 s and 2.16 GiB of transient
+    memory to compile, the main job's peak RSS; its four agent groups took 78 s
+    in all and at most 1.04 GiB each, and played the 320-episode final
+    evaluation in the same time (benchmarks/README.md, Evaluation programs per
+    agent group). The programs are dispatched together, so a call still runs as
+    one evaluation.
+    """
+
+    def __init__(self, envs, policy: Policy, num_episodes: int, num_devices: int | None = None,
+                 batch: int | None = None, capacity: int | None = None):
+        envs = list(envs)
+        check_same_shapes(envs)
+        groups: dict[int, list[int]] = {}
+        for i, env in enumerate(envs):
+            groups.setdefault(env.num_agents, []).append(i)
+        self.groups = [np.asarray(idx) for idx in groups.values()]
+        self.parts = [Evaluator([envs[i] for i in idx], policy, num_episodes, num_devices, batch, tasks=True,
+                                capacity=capacity) for idx in self.groups]
+        self.order = np.argsort(np.concatenate(self.groups))  # group-major rows back to task order
+        self.num_tasks = len(envs)
+
+    @property
+    def batch(self) -> int:
+        return self.parts[0].batch
+
+    @property
+    def calls(self) -> int:
+        return self.parts[0].calls
+
+    @property
+    def num_episodes(self) -> int:
+        return self.parts[0].num_episodes
+
+    def resized(self, num_episodes: int) -> "TaskSetEvaluator":
+        """The same compiled programs for another episode count (more or fewer calls)."""
+        other = copy.copy(self)
+        other.parts = [part.resized(num_episodes) for part in self.parts]
+        return other
+
+    def compile(self, params, keys) -> "TaskSetEvaluator":
+        for part, idx in zip(self.parts, self.groups):
+            if part._compiled[0] is None:
+                part.compile(params, keys[idx])
+                release_freed_memory()
+        return self
+
+    def __call__(self, params, keys) -> EpisodeStats:
+        self.compile(params, keys)
+        played = [part(params, keys[idx]) for part, idx in zip(self.parts, self.groups)]
+        return jax.tree.map(lambda *xs: jnp.concatenate(xs)[self.order], *played)
+
+
 def make_task_set_evaluator(envs, policy: Policy, num_episodes: int, num_devices: int | None = None,
-                            batch: int | None = None, capacity: int | None = None) -> Evaluator:
-    """``evaluate(params, keys) -> EpisodeStats`` of shape (tasks, episodes): all ``envs`` in one program.
+                            batch: int | None = None, capacity: int | None = None) -> TaskSetEvaluator:
+    """``evaluate(params, keys) -> EpisodeStats`` of shape (tasks, episodes) for all ``envs`` (see
+    :class:`TaskSetEvaluator`).
 
     ``envs`` are the tasks of one set padded to the set's shape (``TaskSet.padded``)
     and ``keys`` is (tasks, 2), one evaluation key per task. Task t's episodes
     are those :func:`make_evaluator` gives ``envs[t]`` for ``keys[t]`` (see
-    :func:`run_task_episodes`), but the whole set compiles once: one copy of the
-    policy network instead of one per task, and one program for the periodic and
-    final evaluations of a training run.
+    :func:`run_task_episodes`), but the set compiles once per agent count: one
+    copy of the policy network per group instead of one per task, and the same
+    programs for the periodic and final evaluations of a training run.
     """
-    return Evaluator(list(envs), policy, num_episodes, num_devices, batch, tasks=True, capacity=capacity)
+    return TaskSetEvaluator(envs, policy, num_episodes, num_devices, batch, capacity)
 
 
 def compile_all(evaluators, params, key, threads: int | None = None) -> None:

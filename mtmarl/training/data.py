@@ -122,23 +122,6 @@ def take_fraction(task: dict[str, np.ndarray], fraction: float) -> dict[str, np.
     return {k: v[:cut] for k, v in task.items()}
 
 
-def release_freed_memory() -> None:
-    """Hand memory freed on the heap back to the OS (glibc ``malloc_trim``; a no-op elsewhere).
-
-    Why: reading the vaults decodes every task to float32 and ``make_buffers``
-    re-encodes it; glibc keeps most of those freed temporaries mapped, which
-    measured about 300-400 MB of resident memory for rware_15 that the rest of
-    the run (evaluation compiles above all) then adds to.
-    """
-    import contextlib
-    import ctypes
-    import gc
-
-    gc.collect()
-    with contextlib.suppress(OSError, AttributeError):  # not glibc (macOS, musl): nothing to do
-        ctypes.CDLL("libc.so.6").malloc_trim(0)
-
-
 def build_buffers(task_set: TaskSet, data: list[dict[str, Any]], seq_len: int, agents: str = "train") -> Buffers:
     """Buffers in the whole set's observation and action layout (train and test), so evaluation shares
     the network's input shapes; agent slots up to the largest training task (``agents="train"``,

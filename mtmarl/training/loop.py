@@ -32,7 +32,8 @@ from mtmarl.evaluation.results import summarise, task_info
 from mtmarl.evaluation.rollout import make_task_set_evaluator
 from mtmarl.tasks import TaskSet
 from mtmarl.training.checkpoint import Checkpointer, NoCheckpoints, is_better, train_score
-from mtmarl.training.data import build_buffers, build_shards, fetch_missing, load_task_data, release_freed_memory
+from mtmarl.memory import release_freed_memory
+from mtmarl.training.data import build_buffers, build_shards, fetch_missing, load_task_data
 from mtmarl.training.engine import Carry, Learner, learner_devices
 from mtmarl.training.policy import make_policy
 from mtmarl.training.stop import Interrupted, requested
@@ -111,15 +112,15 @@ def shard_buffers(task_set: TaskSet, data, ids: list[int], seq_len: int, devices
 
 
 class PeriodicEvaluator:
-    """One evaluation program for all tasks of the set, reused at every periodic and the final evaluation.
+    """The set's evaluation programs, reused at every periodic and the final evaluation.
 
-    All tasks (both splits) are padded to the set's shape and played in one
-    compiled program (``make_task_set_evaluator``: one copy of the policy network
-    and one compile instead of one per task) that plays ``episodes`` episodes per
-    task at once, split over devices; the final evaluation's ``final_episodes``
-    run through the same slots in one call of the same program (a slot whose
-    episode ends starts the next), so nothing compiles twice. Asking for
-    some splits only builds a second program for that subset (cached too).
+    All tasks (both splits) are padded to the set's layout and played by one
+    compiled program per agent count (``make_task_set_evaluator``: one copy of
+    the policy network per group instead of one per task) that plays ``episodes``
+    episodes per task at once, split over devices; the final evaluation's
+    ``final_episodes`` run through the same slots in one call of the same programs
+    (a slot whose episode ends starts the next), so nothing compiles twice. Asking
+    for some splits only builds second programs for that subset (cached too).
     ``step=None`` uses each task's plain evaluation key (as ``mtmarl.evaluate``
     does); periodic evaluations fold the update count into it. Per task, the
     results are those of the per-task evaluator for the same key.
@@ -302,9 +303,9 @@ def run_training(cfg: Mapping[str, Any], task_set: TaskSet, run_dir: Path, refer
                                  cfg["eval"].get("devices"), int(cfg["eval"]["episodes"])) if main else None
     eval_splits = list(training["eval_splits"])
     rows: list[dict[str, Any]] = []
-    # Memory (issue 20): compiling the set's evaluation program allocates about 1.5 GB for rware_15, most of it
-    # freed afterwards but kept mapped by glibc. Compiled before the training program and trimmed at once, that
-    # peak no longer stacks on the training program's memory; every evaluation is trimmed after it too.
+    # Memory (issue 20): compiling the set's evaluation programs allocates up to 1 GB each for rware_15, most of
+    # it freed afterwards but kept mapped by glibc (the evaluator trims after each). Compiled before the training
+    # program, that peak does not stack on the training program's memory; every evaluation is trimmed too.
     if periodic is not None:
         periodic.compile(algo.acting_params(carry.state), eval_splits)
         release_freed_memory()
