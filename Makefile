@@ -31,7 +31,7 @@ test-slow: install
 	$(PY) -m pytest -q -m slow -n $(TEST_WORKERS) --dist loadfile
 
 # The main job: MT Oryx on the bundled rware_15 data (mtmarl/configs/training/default.yaml), then zero-shot on the
-# held-out tasks (measured 2026-11-23: 10 min on 2 idle cores with a cold XLA cache, 2.78 GiB peak RSS;
+# held-out tasks (measured 2026-11-24: 5 min 13 s on 2 idle cores with a cold XLA cache, 2.65 GiB peak RSS;
 # README, Training).
 # Other runs: make train TRAIN_ARGS='+algo=mt_oryx +tasks=connector_10' or '+algo=mt_bc_sable +tasks=lbf_5'.
 TRAIN_ARGS ?= +algo=mt_oryx +tasks=rware_15
