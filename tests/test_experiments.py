@@ -28,8 +28,9 @@ REPO = Path(__file__).resolve().parents[1]
 @pytest.mark.parametrize("preset", PRESETS)
 @pytest.mark.parametrize("name", EXPERIMENTS)
 def test_every_script_config_composes_for_every_preset(name, preset):
-    if preset in ("default", "cpu") and name != "learning":
-        pytest.skip(f"the '{preset}' budget (make-train learner) belongs to the learning experiment only")
+    if (preset == "cpu" and name != "learning") or (preset == "default" and name not in
+                                                     ("learning", "table1", "task_diversity")):
+        pytest.skip(f"no '{preset}' preset (make-train learner) for {name}")
     cfg = compose_experiment(name, [f"budget={preset}"])
     assert cfg.name == name and cfg.budget.name == preset
     runs = load_script(name).EXPERIMENT.build(cfg)
@@ -87,6 +88,11 @@ def test_shared_runs_land_in_one_directory():
     t1 = load_script("table1").build(compose_experiment("table1", ["quick"]))
     full = {r.directory("res") for r in td if r.key["k"] > 1}
     assert {r.directory("res") for r in t1} == full and len(full) == 9
+    # at the default budget they are also the learning experiment's oryx / cql / bc variants
+    t1 = load_script("table1").build(compose_experiment("table1", ["default"]))
+    learning = load_script("learning").build(compose_experiment(
+        "learning", ["task_sets=[rware_15,lbf_5,connector_10]", "only=[oryx,cql,bc]"]))
+    assert {r.directory("res") for r in t1} == {r.directory("res") for r in learning} and len(t1) == 9
     assert Run.make({}, ["a=1", "b=2"], 0).config_id != Run.make({}, ["b=2", "a=1"], 0).config_id
 
 
