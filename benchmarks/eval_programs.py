@@ -35,21 +35,17 @@ def one_program(envs, policy, episodes: int, batch: int, capacity: int):
     """Every agent group's loop inside one compiled program (the evaluator before 2026-11-24)."""
     import jax
     import jax.numpy as jnp
-    import numpy as np
 
-    from mtmarl.evaluation.rollout import Evaluator, episode_keys, run_task_episodes
+    from mtmarl.evaluation.rollout import Evaluator, TaskSetEvaluator, episode_keys, run_task_episodes
 
     ev = Evaluator(envs, policy, episodes, None, batch, tasks=True, capacity=capacity)
-    groups: dict[int, list[int]] = {}
-    for i, env in enumerate(envs):
-        groups.setdefault(env.num_agents, []).append(i)
-    order = np.argsort([i for idx in groups.values() for i in idx])
+    grouped = TaskSetEvaluator(envs, policy, episodes, None, batch, capacity)  # its groups and task order only
 
     def run(params, keys, first, count):
         ep_keys = jax.vmap(lambda k: episode_keys(k, ev.capacity, first))(keys)
-        played = [run_task_episodes([envs[i] for i in idx], policy, params, ep_keys[np.asarray(idx)], count,
-                                    ev.batch) for idx in groups.values()]
-        return jax.tree.map(lambda *xs: jnp.concatenate(xs)[order], *played)
+        played = [run_task_episodes([envs[i] for i in idx], policy, params, ep_keys[idx], count, ev.batch)
+                  for idx in grouped.groups]
+        return jax.tree.map(lambda *xs: jnp.concatenate(xs)[grouped.order], *played)
 
     ev._fn = jax.jit(run) if len(ev.devices) == 1 else jax.pmap(run, in_axes=(None, None, 0, None),
                                                                 devices=ev.devices)

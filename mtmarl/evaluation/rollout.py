@@ -327,12 +327,11 @@ class TaskSetEvaluator:
     :class:`Evaluator`: one traced copy of the policy, decoding only that many
     agents); the programs compile one after another, each compile's freed heap
     handed back to the OS before the next. Why not one program for the whole
-    set: rware_15's 23 tasks in one program took 91 s and 2.16 GiB of transient
-    memory to compile, the main job's peak RSS; its four agent groups took 78 s
-    in all and at most 1.04 GiB each, and played the 320-episode final
-    evaluation in the same time (benchmarks/README.md, Evaluation programs per
-    agent group). The programs are dispatched together, so a call still runs as
-    one evaluation.
+    set: compiling rware_15's 23 tasks in one program took 2.03 GiB of transient
+    memory, the main job's peak RSS; its four agent groups took 1.28 GiB in the
+    same compile time and played the 320-episode final evaluation in the same
+    time (``benchmarks/eval_programs.py``; benchmarks/README.md, Evaluation
+    programs per agent count).
     """
 
     def __init__(self, envs, policy: Policy, num_episodes: int, num_devices: int | None = None,
