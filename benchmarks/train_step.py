@@ -120,11 +120,11 @@ def trainer_updates_per_call() -> int:
     return int(yaml.safe_load((CONFIG_DIR / "training" / "default.yaml").read_text())["updates_per_call"])
 
 
-def bench_setting(n_agents, seq_len, embed, dtype, batch, seconds, updates_per_call, calls_per_rep=1):
+def bench_setting(n_agents, seq_len, embed, dtype, batch, seconds, updates_per_call, calls_per_rep=1, chunk_size=None):
     """Updates/s of ``Learner.run``, the call ``mtmarl.train`` makes (host carry in and out, metrics pulled),
     ``updates_per_call`` updates per call as the trainer's config sets it; so per-call costs count as in
     training and are not inflated by short calls (5 updates per call read about 3x slow on a GPU)."""
-    net = load_preset("base", embed_dim=embed, matmul_dtype=dtype)
+    net = load_preset("base", embed_dim=embed, matmul_dtype=dtype, **({"chunk_size": chunk_size} if chunk_size else {}))
     algo = make_algo("mt_oryx", {"batch_size": batch, "seq_len": seq_len}, net, ACTIONS)
     buffers = synthetic_buffers(n_agents, seq_len)
     sampler = algo.sampler
@@ -166,6 +166,7 @@ def main():
     p.add_argument("--seconds", type=float, default=20.0, help="timing per setting")
     p.add_argument("--updates-per-call", type=int, default=None,
                    help="updates per compiled call (default: training.updates_per_call of mtmarl/configs/training/default.yaml)")
+    p.add_argument("--chunk-size", type=int, default=None, help="retention chunk (timesteps; default: the preset's)")
     p.add_argument("--quick", action="store_true")
     p.add_argument("--out", type=Path, default=OUT)
     a = p.parse_args()
@@ -181,7 +182,8 @@ def main():
     print(f"{'N':>3} {'T':>3} {'E':>4} {'dtype':>8} {'upd/s':>7} {'samp/s':>7} {'GFLOP/up':>8} "
           f"{'GFLOP/s':>8} {'limit':>6} {'%limit':>6} {'sample%':>7} {'vs og':>6}")
     for n, t, e, d in settings:
-        r = bench_setting(n, t, e, d, a.batch, a.seconds, a.updates_per_call or trainer_updates_per_call())
+        r = bench_setting(n, t, e, d, a.batch, a.seconds, a.updates_per_call or trainer_updates_per_call(),
+                          chunk_size=a.chunk_size)
         rows.append(r)
         vs = f"{r['speedup_vs_ogmarl']:.2f}x" if "speedup_vs_ogmarl" in r else "-"
         print(f"{n:>3} {t:>3} {e:>4} {d:>8} {r['updates_per_s']:>7.2f} {r['samples_per_s']:>7.0f} "
