@@ -131,6 +131,10 @@ def test_task_set_evaluator_matches_per_task_evaluators(own_agent_envs):
     per_task = [make_evaluator(env, policy, 7, num_devices=1)(params, k) for env, k in zip(set_envs, keys)]
     grouped = make_task_set_evaluator(set_envs, policy, 7, num_devices=1)
     assert [idx.tolist() for idx in grouped.groups] == [[0], [1], [2, 3]]  # a program per agent count: 3, 2, 4
+    # compiles started in the background and stopped (a run that ends early): the programs left uncompiled
+    # compile on the first call
+    grouped.compile(params, keys, background=True).close()
+    assert grouped._compiling[0].done()
     one = grouped(params, keys)
     # One slot per task and device plays up to 3 episodes in a row per call: 2 episodes (a periodic
     # evaluation: one call playing 1 per device), and 7 with the same program (4 per device: a call
@@ -138,7 +142,9 @@ def test_task_set_evaluator_matches_per_task_evaluators(own_agent_envs):
     refill = make_task_set_evaluator(set_envs, policy, 2, num_devices=2, batch=1, capacity=3)
     calls = refill.resized(7)
     assert (refill.batch, refill.calls, calls.calls) == (1, 1, 2)
+    refill.compile(params, keys, background=True)  # as training does: the first call waits for the programs
     few = refill(params, keys)
+    assert all(part._compiled[0] is not None for part in refill.parts)
     assert few.returns.shape == (len(set_envs), 2)
     for t, ref in enumerate(per_task):
         np.testing.assert_array_equal(few.returns[t], ref.returns[:2])

@@ -162,11 +162,17 @@ class PeriodicEvaluator:
             keys = [jax.random.fold_in(key, step) for key in keys]
         return chosen, (jnp.stack(keys) if keys else None)
 
-    def compile(self, params, splits=None) -> None:
-        """Build the program of ``splits`` now, before training compiles its own (see ``run_training``)."""
+    def compile(self, params, splits=None, background: bool = False) -> None:
+        """Build the programs of ``splits`` now, or with ``background`` in a worker thread while training
+        goes on (see ``run_training``); the first evaluation waits for them."""
         chosen, keys = self._chosen(splits, None)
         if chosen:
-            self._evaluator(tuple(spec for _, spec in chosen), None).compile(params, keys)
+            self._evaluator(tuple(spec for _, spec in chosen), None).compile(params, keys, background)
+
+    def close(self) -> None:
+        """Wait for background compiles to stop (see ``TaskSetEvaluator.close``)."""
+        for fn in self._fns.values():
+            fn.close()
 
     def __call__(self, params, step: int | None, splits=None, episodes: int | None = None) -> list[dict[str, Any]]:
         chosen, keys = self._chosen(splits, step)
@@ -303,12 +309,12 @@ def run_training(cfg: Mapping[str, Any], task_set: TaskSet, run_dir: Path, refer
                                  cfg["eval"].get("devices"), int(cfg["eval"]["episodes"])) if main else None
     eval_splits = list(training["eval_splits"])
     rows: list[dict[str, Any]] = []
-    # Memory (issue 20): compiling the set's evaluation programs allocates up to 1 GB each for rware_15, most of
-    # it freed afterwards but kept mapped by glibc (the evaluator trims after each). Compiled before the training
-    # program, that peak does not stack on the training program's memory; every evaluation is trimmed too.
+    # The set's evaluation programs compile in a worker thread while the learner compiles and trains (issue 20:
+    # rware_15's took 92 s of the main job's 5:13, all before the first update when compiled in the foreground).
+    # Each compile allocates up to 1 GB for rware_15, most of it freed afterwards but kept mapped by glibc: the
+    # worker compiles one program at a time and trims after each; every evaluation is trimmed too.
     if periodic is not None:
-        periodic.compile(algo.acting_params(carry.state), eval_splits)
-        release_freed_memory()
+        periodic.compile(algo.acting_params(carry.state), eval_splits, background=True)
 
     def evaluate_and_select(step: int, carry: Carry):
         """Process 0 evaluates and checkpoints the best; the others wait for it (not in a device collective)."""
@@ -335,41 +341,45 @@ def run_training(cfg: Mapping[str, Any], task_set: TaskSet, run_dir: Path, refer
         return {"updates": step, "stage": learner.stage(step).stage.name if step < total else "done",
                 "algorithm": algo.spec, "config": run_config}
 
-    t_train = time.perf_counter()
-    last_saved = done or None  # a resumed run starts from its latest checkpoint
-    while done < total:
-        stage = learner.stage(done)
-        carry, metrics = learner.run(carry)
-        try:
-            check_finite(metrics, carry, done + 1, done + K, ckpt.directory, last_saved)
-        except NonFiniteMetricError:  # the same on every process: the carry and metrics are global
+    try:
+        t_train = time.perf_counter()
+        last_saved = done or None  # a resumed run starts from its latest checkpoint
+        while done < total:
+            stage = learner.stage(done)
+            carry, metrics = learner.run(carry)
+            try:
+                check_finite(metrics, carry, done + 1, done + K, ckpt.directory, last_saved)
+            except NonFiniteMetricError:  # the same on every process: the carry and metrics are global
+                if log is not None:
+                    log.log(done + K, metrics)  # the offending values go into metrics.jsonl too
+                ckpt.close()
+                raise
+            done += K
             if log is not None:
-                log.log(done + K, metrics)  # the offending values go into metrics.jsonl too
-            ckpt.close()
-            raise
-        done += K
-        if log is not None:
-            if done % log_every == 0 or done == total:
-                log.log(done, {**metrics, "stage": float(stage.number)})
-            log.advance(done)
-        if eval_every and done % eval_every == 0 and done < total:
-            evaluate_and_select(done, carry)
-        if (ckpt_every and done % ckpt_every == 0) or done == total:
-            ckpt.save_latest(done, carry, {**describe(done), "best_score": best, "best_step": best_step})
-            last_saved = done
-        # Ctrl-C / SIGTERM (mtmarl.training.stop): checkpoint this call's result, stop. Several processes stop
-        # together when any of them got a signal (each asks the others once per call).
-        signum = max_over_processes(requested() or 0) or None
-        if signum is not None and done < total:
-            if last_saved != done:
+                if done % log_every == 0 or done == total:
+                    log.log(done, {**metrics, "stage": float(stage.number)})
+                log.advance(done)
+            if eval_every and done % eval_every == 0 and done < total:
+                evaluate_and_select(done, carry)
+            if (ckpt_every and done % ckpt_every == 0) or done == total:
                 ckpt.save_latest(done, carry, {**describe(done), "best_score": best, "best_step": best_step})
-            ckpt.close()
-            raise Interrupted(signum, done)
-        if stop_after is not None and done >= stop_after:
-            break
-    train_seconds = time.perf_counter() - t_train
-    if done >= total:
-        evaluate_and_select(done, carry)  # the final parameters are a candidate for "best" too
+                last_saved = done
+            # Ctrl-C / SIGTERM (mtmarl.training.stop): checkpoint this call's result, stop. Several processes stop
+            # together when any of them got a signal (each asks the others once per call).
+            signum = max_over_processes(requested() or 0) or None
+            if signum is not None and done < total:
+                if last_saved != done:
+                    ckpt.save_latest(done, carry, {**describe(done), "best_score": best, "best_step": best_step})
+                ckpt.close()
+                raise Interrupted(signum, done)
+            if stop_after is not None and done >= stop_after:
+                break
+        train_seconds = time.perf_counter() - t_train
+        if done >= total:
+            evaluate_and_select(done, carry)  # the final parameters are a candidate for "best" too
+    finally:
+        if periodic is not None:  # a run that ends early leaves no compile running on
+            periodic.close()
     ckpt.close()
     return {"carry": carry, "algo": algo, "learner": learner, "evaluator": periodic, "updates": done, "best_step": best_step,
             "best_score": best, "train_seconds": train_seconds, "template": template}
