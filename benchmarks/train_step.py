@@ -156,6 +156,30 @@ def bench_setting(n_agents, seq_len, embed, dtype, batch, seconds, updates_per_c
     return row
 
 
+def scaling_fits(rows) -> list[dict]:
+    """Least-squares exponent b of seconds per update ~ x^b, x = agents x context (N * T), per dtype and embed.
+
+    Why: issue 20 asks that cost grow at most linearly in agents x context; b <= 1 says it does. Over agents
+    (at one T) and over T (at one N) the same fit is reported too: retention inside a chunk is quadratic in
+    its N * chunk tokens, so agents can cost more than context does.
+    """
+    out = []
+    for dtype in sorted({r["matmul_dtype"] for r in rows}):
+        for embed in sorted({r["embed"] for r in rows}):
+            sel = [r for r in rows if r["matmul_dtype"] == dtype and r["embed"] == embed]
+            axes = {"agents x context": sel,
+                    "agents": [r for r in sel if r["seq_len"] == 20],
+                    "context": [r for r in sel if r["agents"] == 8]}
+            for axis, pts in axes.items():
+                x = [r["agents"] * r["seq_len"] for r in pts]
+                if len(set(x)) < 2:
+                    continue
+                b = float(np.polyfit(np.log(x), -np.log([r["updates_per_s"] for r in pts]), 1)[0])
+                out.append(dict(axis=axis, dtype=dtype, embed=embed, exponent=b, points=len(pts),
+                                range=f"N*T {min(x)}-{max(x)}"))
+    return out
+
+
 def main():
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument("--agents", type=int, nargs="+", default=[2, 4, 8, 12])
@@ -189,10 +213,14 @@ def main():
         print(f"{n:>3} {t:>3} {e:>4} {d:>8} {r['updates_per_s']:>7.2f} {r['samples_per_s']:>7.0f} "
               f"{r['gflop_per_update']:>8.2f} {r['gflops']:>8.1f} {r['matmul_limit_gflops']:>6.0f} "
               f"{100 * r['share_of_limit']:>5.1f}% {100 * r['sampling_share']:>6.1f}% {vs:>6}", flush=True)
+    fits = scaling_fits(rows)
+    for f in fits:
+        print(f"cost ~ ({f['axis']})^{f['exponent']:.2f}  [{f['dtype']}, embed {f['embed']}, {f['points']} points: "
+              f"{f['range']}]")
     a.out.parent.mkdir(parents=True, exist_ok=True)
     a.out.write_text(json.dumps({"machine": platform.processor() or platform.machine(), "cpus": os.cpu_count(),
                                  "devices": jax.local_device_count(), "jax": jax.__version__,
-                                 "rows": rows}, indent=1))
+                                 "rows": rows, "scaling": fits}, indent=1))
     print(f"wrote {a.out}")
 
 
