@@ -153,6 +153,33 @@ def test_train_matches_recurrent_act(sable):
             np.testing.assert_allclose(x, y[b], rtol=2e-4, atol=2e-4)
 
 
+def test_auto_chunks_follow_agents_and_change_no_output(sable, monkeypatch):
+    """chunk_size 'auto' picks CHUNK_TOKENS // agents timesteps, and the training pass in those chunks (here 3
+    chunks of 2 of the 6 steps) gives what the fixed chunk of 4 gives; bad values are refused naming the key."""
+    import dataclasses
+
+    import mtmarl.networks.sable as sable_module
+    from mtmarl.errors import UserInputError
+
+    net, params, apply, _ = sable
+    auto = dataclasses.replace(CFG, chunk_size="auto")
+    tokens = sable_module.CHUNK_TOKENS
+    assert [auto.chunk_steps(n) for n in (1, 4, 12, 64)] == [tokens, tokens // 4, tokens // 12, 1]
+    assert CFG.chunk_steps(12) == 4
+    monkeypatch.setattr(sable_module, "CHUNK_TOKENS", 2 * NA)
+    assert auto.chunk_steps(NA) == 2
+    batch = _batch(3)
+    out, final = make_sable(auto, A).apply_train(params, *batch)
+    ref, ref_final = apply(params, *batch)
+    np.testing.assert_allclose(out.logits, ref.logits, rtol=2e-4, atol=2e-4)
+    np.testing.assert_allclose(out.q, ref.q, rtol=2e-4, atol=2e-4)
+    for x, y in zip(jax.tree.leaves(final), jax.tree.leaves(ref_final)):
+        np.testing.assert_allclose(x, y, rtol=2e-4, atol=2e-4)
+    for bad in (0, "fast", 2.5):
+        with pytest.raises(UserInputError, match=r"network.chunk_size must be an integer >= 1 or 'auto', got"):
+            dataclasses.replace(CFG, chunk_size=bad)
+
+
 def test_decoder_causal_over_agents_and_time(sable):
     net, params, apply, _ = sable
     obs, actions, mask, active, resets = _batch(2, active=jnp.ones((BS, TS, NA), bool))

@@ -41,6 +41,7 @@ from mtmarl.networks.retention import Ctx, MultiScaleRetention, decay_state, hea
 
 NEG = -1e9  # logit for illegal actions: exp underflows to exactly 0, and no inf - inf NaNs
 PRESET_DIR = CONFIG_DIR / "network"
+CHUNK_TOKENS = 32  # agents x timesteps per training chunk under chunk_size "auto" (SableConfig.chunk_steps)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -48,7 +49,7 @@ class SableConfig(NetworkConfig):
     embed_dim: int = 128
     n_blocks: int = 1
     n_heads: int = 4
-    chunk_size: int = 16        # timesteps per chunk in training; any value gives the same outputs
+    chunk_size: int | str = 16  # timesteps per chunk in training, or "auto" (chunk_steps); any gives the same outputs
     ffn_mult: float = 1.0       # SwiGLU hidden = ffn_mult * embed_dim (1.0 as in Sable)
     q_bins: int = 0             # 0: scalar Q per action; K > 1: HL-Gauss logits over K bins
     v_min: float = -10.0        # HL-Gauss support (only used when q_bins > 1)
@@ -63,13 +64,26 @@ class SableConfig(NetworkConfig):
             object.__setattr__(self, "matmul_dtype", fastest_matmul_dtype())
         if self.embed_dim <= 0 or self.n_heads <= 0 or self.embed_dim % self.n_heads:
             raise UserInputError(f"embed_dim ({self.embed_dim}) must be a positive multiple of n_heads ({self.n_heads})")
-        if self.n_blocks < 1 or self.chunk_size < 1:
-            raise UserInputError("n_blocks and chunk_size must be >= 1")
+        if self.n_blocks < 1:
+            raise UserInputError(f"network.n_blocks must be >= 1, got {self.n_blocks}")
+        if self.chunk_size != "auto" and not (isinstance(self.chunk_size, int) and self.chunk_size >= 1):
+            raise UserInputError(f"network.chunk_size must be an integer >= 1 or 'auto', got {self.chunk_size!r}")
         if self.matmul_dtype not in MATMUL_DTYPES:
             raise UserInputError(f"network.matmul_dtype must be one of {(*MATMUL_DTYPES, 'auto')}, "
                                  f"got {self.matmul_dtype!r}")
         if self.q_bins == 1 or self.q_bins < 0:
             raise UserInputError(f"q_bins must be 0 (scalar Q) or >= 2, got {self.q_bins}")
+
+    def chunk_steps(self, n_agents: int) -> int:
+        """Timesteps per training chunk for ``n_agents`` agents: ``chunk_size``, or with ``auto``
+        ``CHUNK_TOKENS // n_agents`` (at least 1).
+
+        Why: inside a chunk retention is quadratic in its tokens (timesteps x agents), across chunks it is
+        sequential. A fixed 16 timesteps made a chunk of 12 agents 192 tokens, and the update's FLOPs grew
+        as agents^1.12; about 32 tokens per chunk was the fastest measured at 4, 8 and 12 agents
+        (``benchmarks/train_step.py --chunk-size``; benchmarks/README.md, Retention chunks).
+        """
+        return max(1, CHUNK_TOKENS // n_agents) if self.chunk_size == "auto" else int(self.chunk_size)
 
     @property
     def hl_gauss(self) -> HLGauss | None:
@@ -273,7 +287,7 @@ def make_sable(cfg: SableConfig, n_actions: int) -> SableNet:
         if carry is None:
             carry = init_carry(B)
         tokens = shifted_tokens(actions, active, n_actions).reshape(B, T * N)
-        ctx = Ctx("chunk", active.reshape(B, T * N), resets, N, cfg.chunk_size)
+        ctx = Ctx("chunk", active.reshape(B, T * N), resets, N, cfg.chunk_steps(N))
         logits, q, value, carry = module.apply(params, obs.reshape(B, T * N, -1), tokens, carry, ctx)
         unflat = lambda x: None if x is None else x.reshape(B, T, N, *x.shape[2:])  # noqa: E731
         logits, q = _mask_outputs(cfg, unflat(logits), unflat(q), action_mask)
