@@ -162,16 +162,33 @@ def test_aggregate_groups_and_drops_incomplete_seeds():
     assert aggregate(records, ["algo"], reps=10)[0]["metric"] == "return"
 
 
-def test_data_fraction_cuts_at_an_episode_end():
-    T = 20
+def test_data_fraction_keeps_whole_episodes_spread_over_the_vault():
+    """A fraction keeps whole episodes evenly spread (vaults are ordered by quality, so a prefix would be the
+    worst data): 10 episodes of 2-3 steps, whose first step holds the episode's index."""
+    lengths = [2, 3] * 5
+    ends = np.cumsum(lengths)
+    T = int(ends[-1])
+    episode = np.repeat(np.arange(10), lengths)
     trunc = np.zeros((T, 2))
-    trunc[4::5] = 1                                       # episodes of 5 steps
-    task = {"obs": np.arange(T * 6).reshape(T, 2, 3), "terminals": np.zeros((T, 2)), "truncations": trunc}
-    assert [take_fraction(task, f)["obs"].shape[0] for f in (0.05, 0.3, 0.5, 0.7, 1.0)] == [5, 5, 10, 10, 20]
+    trunc[ends - 1] = 1
+    task = {"obs": episode.astype(float)[:, None, None] * np.ones((T, 2, 3)), "terminals": np.zeros((T, 2)),
+            "truncations": trunc}
+
+    def kept(f):
+        out = take_fraction(task, f)
+        return sorted(set(out["obs"][:, 0, 0].astype(int).tolist())), out
+
+    assert kept(0.2)[0] == [4, 9] and kept(0.5)[0] == [1, 3, 5, 7, 9]  # every stretch gives its share
+    assert kept(0.01)[0] == [0]                                         # at least one episode
+    eps, out = kept(0.3)
+    assert eps == [3, 6, 9]
+    # whole episodes, in vault order, each still ending where it ended
+    expected = np.concatenate([np.flatnonzero(episode == e) for e in eps])
+    np.testing.assert_array_equal(out["obs"], task["obs"][expected])
+    np.testing.assert_array_equal(np.flatnonzero(out["truncations"][:, 0]) + 1, np.cumsum([lengths[e] for e in eps]))
     assert take_fraction(task, 1.0) is task
-    np.testing.assert_array_equal(take_fraction(task, 0.5)["obs"], task["obs"][:10])
     from mtmarl.errors import UserInputError
-    with pytest.raises(UserInputError):
+    with pytest.raises(UserInputError, match="data.fraction must be in"):
         take_fraction(task, 0.0)
 
 
