@@ -12,8 +12,8 @@ from __future__ import annotations
 
 import copy
 import functools
-import zlib
 import threading
+import zlib
 from concurrent.futures import Future, ThreadPoolExecutor, wait
 from typing import Any, NamedTuple
 
@@ -374,9 +374,10 @@ class TaskSetEvaluator:
         """Compile every group's program, one after another (each compile's freed heap trimmed).
 
         ``background=True`` starts the compiles in a worker thread and returns at once (XLA compiles
-        outside the GIL), so a training run goes on updating meanwhile; any later call (or the first
-        evaluation) waits for them. Why: compiling rware_15's programs took 92 s of the main job's
-        5:13 on 2 cores, all of it before the first update.
+        outside the GIL), so a learner on an accelerator goes on updating meanwhile while the host's
+        cores compile; any later call (or the first evaluation) waits for them. Not for a learner on the
+        CPU: on 2 cores the overlapped compiles took 140 s instead of 92 and slowed the updates 2.4x
+        (benchmarks/README.md, The main job with evaluation compiled beside training).
         """
         if self._compiling[0] is None:
             shapes = jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype), (params, keys))
