@@ -20,7 +20,8 @@ TINY = {**MAPPO, "num_envs": 4, "rollout_len": 8, "updates_per_chunk": 2, "recor
 
 
 def test_scores_are_win_rates_where_there_are_wins_and_medium_is_nearest_half():
-    wins = EpisodeStats(np.array([2.0, 0.3, 2.0, 0.1]), np.ones(4), np.array([True, False, True, False]))
+    wins = EpisodeStats(np.array([2.0, 0.3, 2.0, 0.1]), np.ones(4), np.array([True, False, True, False]),
+                        np.zeros(4, bool))
     assert quality_score(wins, has_success=True) == 0.5
     assert quality_score(wins, has_success=False) == pytest.approx(1.1)  # an env without wins: the return
     assert quality_score(wins._replace(successes=np.zeros(4, bool)), has_success=True) == 0.0  # no win: 0, not 1.1

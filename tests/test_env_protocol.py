@@ -27,17 +27,18 @@ class DuelState:
 
 class ToyDuel(MultiAgentEnv):
     """N agents shoot K enemies: action 0 no-op, 1 wait, 2+k attack enemy k (legal while it lives).
-    Each hit takes one hit point; the team reward is the damage dealt; all enemies dead is a win."""
+    Each hit takes one hit point; the team reward is the damage dealt; all enemies dead is a win. With
+    ``lose``, a step where every agent waits ends the episode as a loss (terminal, no win)."""
 
     name = "toy_duel"
 
-    def __init__(self, agents: int = 2, enemies: int = 2, hp: int = 3, horizon: int = 4):
-        self.n, self.k, self.hp, self.horizon = agents, enemies, hp, horizon
+    def __init__(self, agents: int = 2, enemies: int = 2, hp: int = 3, horizon: int = 4, lose: bool = False):
+        self.n, self.k, self.hp, self.horizon, self.lose = agents, enemies, hp, horizon, lose
         obs = ObsLayout((EntityGroup("own", 1, 2), EntityGroup("allies", agents - 1, 1),
                          EntityGroup("enemies", enemies, 2)))
         self.spec = EnvSpec(agents, obs, ActionLayout(2, (("enemies", enemies),), noop=0), enemies, True)
 
-    def _ts(self, s: DuelState, reward, first: bool) -> TimeStep:
+    def _ts(self, s: DuelState, reward, first: bool, lost=False) -> TimeStep:
         alive = s.hp > 0
         ids = jnp.arange(self.n)
         own = jnp.stack([ids / self.n, jnp.ones(self.n)], -1)
@@ -46,9 +47,10 @@ class ToyDuel(MultiAgentEnv):
         view = jnp.concatenate([own, allies, jnp.broadcast_to(enemies, (self.n, 2 * self.k))], -1)
         mask = jnp.concatenate([jnp.ones((self.n, 2), bool), jnp.broadcast_to(alive, (self.n, self.k))], -1)
         won = ~jnp.any(alive) & (not first)
+        ended = won | lost
         return TimeStep(Observation(view.astype(jnp.float32), mask, jnp.ones(self.n, bool), s.t),
-                        jnp.float32(reward), won, (s.t >= self.horizon) & ~won, (s.hp / self.hp).astype(jnp.float32),
-                        won)
+                        jnp.float32(reward), ended, (s.t >= self.horizon) & ~ended,
+                        (s.hp / self.hp).astype(jnp.float32), won)
 
     def reset(self, key):
         s = DuelState(jax.random.randint(key, (self.k,), 1, self.hp + 1), jnp.int32(0))
@@ -59,7 +61,7 @@ class ToyDuel(MultiAgentEnv):
         hp = jnp.maximum(s.hp - hits, 0)
         damage = jnp.sum(s.hp - hp)
         s = DuelState(hp, s.t + 1)
-        return s, self._ts(s, damage, False)
+        return s, self._ts(s, damage, False, self.lose & jnp.all(actions == 1) & jnp.any(hp > 0))
 
 
 @pytest.fixture(autouse=True, scope="module")
@@ -138,8 +140,9 @@ def test_padded_env_matches_the_inner_env_step_by_step():
         np.testing.assert_array_equal(ps.hp, s.hp)
 
 
-def _reference_episode(env: ToyDuel, key) -> tuple[float, int, bool]:
-    """One episode on the unpadded env, in Python, drawing actions like the evaluator does."""
+def _reference_episode(env: ToyDuel, key) -> tuple[float, int, str]:
+    """One episode on the unpadded env, in Python, drawing actions like the evaluator does; how it ended:
+    'win', 'loss' (ended by the env's rules without a win) or 'timeout' (time limit or horizon)."""
     reset_key, act_key = jax.random.split(key)
     s, t = env.reset(reset_key)
     ret, length = 0.0, 0
@@ -148,28 +151,32 @@ def _reference_episode(env: ToyDuel, key) -> tuple[float, int, bool]:
         s, t = env.step(s, a)
         ret, length = ret + float(t.reward), length + 1
         if bool(t.terminal | t.truncated):
-            return ret, length, bool(t.success)
-    return ret, length, False
+            return ret, length, "win" if bool(t.success) else "loss" if bool(t.terminal) else "timeout"
+    return ret, length, "timeout"
 
 
-def test_set_evaluator_reports_wins_like_a_naive_loop():
-    ts = _set()
+def test_set_evaluator_reports_wins_losses_and_timeouts_like_a_naive_loop():
+    ts = task_registry.from_config({**SET, **{split: [{**t, "lose": True} for t in SET[split]]
+                                              for split in ("train", "test")}})
     specs = ts.train + ts.test
     padded = [ts.padded(s) for s in specs]
     keys = jnp.stack([jax.random.PRNGKey(10 + i) for i in range(len(specs))])
     stats = make_task_set_evaluator(padded, RANDOM, 6, num_devices=1)(None, keys)
-    wins = []
+    ends = []
     for i, spec in enumerate(specs):
         ref = [_reference_episode(spec.build(), k) for k in episode_keys(keys[i], 6)]
         np.testing.assert_allclose(stats.returns[i], [r for r, _, _ in ref])
         np.testing.assert_array_equal(stats.lengths[i], [n for _, n, _ in ref])
-        np.testing.assert_array_equal(stats.successes[i], [w for _, _, w in ref])
-        wins += [w for _, _, w in ref]
+        np.testing.assert_array_equal(stats.successes[i], [e == "win" for _, _, e in ref])
+        np.testing.assert_array_equal(stats.timeouts[i], [e == "timeout" for _, _, e in ref])
+        ends += [e for _, _, e in ref]
         row = summarise(spec.describe(), jax.tree.map(lambda x: x[i], stats), None)
-        assert row["win_rate"] == pytest.approx(np.mean([w for _, _, w in ref]))
+        for kind, key in (("win", "win_rate"), ("loss", "loss_rate"), ("timeout", "timeout_rate")):
+            assert row[key] == pytest.approx(np.mean([e == kind for _, _, e in ref])), key
         lo, hi = row["win_rate_ci"]
         assert lo <= row["win_rate"] <= hi
-    assert 0 < np.mean(wins) < 1  # the random policy both wins and loses: the check above can fail
+    # the random policy wins, loses and times out: each check above can fail
+    assert {"win", "loss", "timeout"} <= set(ends), ends
 
 
 def test_buffers_pad_recorded_data_like_the_padded_env():

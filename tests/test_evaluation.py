@@ -36,22 +36,24 @@ def python_rollout(env, policy, params, key, num_episodes):
     """Reference: one episode at a time, a Python loop of single steps."""
     reset, step = jax.jit(env.reset), jax.jit(env.step)
     act = jax.jit(policy.act)
-    returns, lengths = [], []
+    returns, lengths, timeouts = [], [], []
     for ep_key in episode_keys(key, num_episodes):
         reset_key, act_key = jax.random.split(ep_key)
         state, ts = reset(reset_key)
         carry = policy.init_carry(params, env.num_agents)
-        ret, length = 0.0, 0
+        ret, length, timeout = 0.0, 0, True  # still running at the horizon: a time-out
         for t in range(env.horizon):
             actions, carry = act(params, ts.observation, carry, jax.random.fold_in(act_key, t))
             state, ts = step(state, actions)
             ret += float(ts.reward)
             length += 1
             if bool(ts.done):
+                timeout = not bool(ts.terminal)
                 break
         returns.append(ret)
         lengths.append(length)
-    return np.array(returns), np.array(lengths)
+        timeouts.append(timeout)
+    return np.array(returns), np.array(lengths), np.array(timeouts)
 
 
 @pytest.fixture(scope="module")
@@ -63,9 +65,10 @@ def env():
 def test_matches_python_loop(env, policy, params):
     key = jax.random.PRNGKey(3)
     stats = make_evaluator(env, policy, 6, num_devices=1)(params, key)
-    ref_returns, ref_lengths = python_rollout(env, policy, params, key, 6)
+    ref_returns, ref_lengths, ref_timeouts = python_rollout(env, policy, params, key, 6)
     np.testing.assert_allclose(stats.returns, ref_returns, rtol=1e-5, atol=1e-5)
     np.testing.assert_array_equal(stats.lengths, ref_lengths)
+    np.testing.assert_array_equal(stats.timeouts, ref_timeouts)
     assert (ref_lengths < env.horizon).any(), "some episode should end early for this check to bite"
 
 
@@ -207,7 +210,7 @@ def test_uniform_legal_only_picks_legal_and_covers_them():
 
 def test_summary_and_normalisation(tmp_path):
     stats = EpisodeStats(returns=np.array([1.0, 2.0, 3.0, 6.0]), lengths=np.array([5, 5, 6, 7]),
-                         successes=np.zeros(4, bool))
+                         successes=np.zeros(4, bool), timeouts=np.zeros(4, bool))
     info = {"name": SPEC.name, "task": SPEC.adhoc, "env": "connector", "split": "test", "agents": 3}
     row = summarise(info, stats, reference=4.0)
     assert row["mean_return"] == pytest.approx(3.0)

@@ -38,9 +38,13 @@ def summarise(task: dict[str, Any], stats: EpisodeStats, reference: float | None
         row["normalised_return"] = row["mean_return"] / reference
         row["normalised_stderr"] = stderr / abs(reference)
     if task.get("success"):
-        wins = np.asarray(stats.successes, dtype=np.float64)
-        row["win_rate"], row["win_rate_ci"] = float(wins.mean()), bootstrap_ci(wins)
-        row["wins"] = wins.astype(bool).tolist()
+        wins = np.asarray(stats.successes, dtype=bool)
+        timeouts = np.asarray(stats.timeouts, dtype=bool) & ~wins
+        row["win_rate"], row["win_rate_ci"] = float(wins.mean()), bootstrap_ci(wins.astype(np.float64))
+        # every episode ends in exactly one way: won, lost (ended by the task's rules without a win) or timed out
+        row["loss_rate"] = float((~wins & ~timeouts).mean())
+        row["timeout_rate"] = float(timeouts.mean())
+        row["wins"] = wins.tolist()
     return row
 
 
@@ -88,7 +92,7 @@ def print_table(rows: list[dict[str, Any]], title: str) -> None:
     table = Table(title=title)
     wins = any("win_rate" in row for row in rows)
     for col in ("task", "split", "agents", "episodes", "mean return", "stderr", "normalised") + (
-            ("win rate (95% CI)",) if wins else ()):
+            ("win rate (95% CI)", "loss", "timeout") if wins else ()):
         table.add_column(col, justify="left" if col in ("task", "split") else "right")
     for row in rows:
         norm = "n/a" if row["normalised_return"] is None else (
@@ -98,6 +102,7 @@ def print_table(rows: list[dict[str, Any]], title: str) -> None:
         if wins:
             lo, hi = row.get("win_rate_ci", (math.nan, math.nan))
             cells.append(f"{row['win_rate']:.3f} [{lo:.3f}, {hi:.3f}]" if "win_rate" in row else "n/a")
+            cells += [f"{row[k]:.3f}" if k in row else "n/a" for k in ("loss_rate", "timeout_rate")]
         table.add_row(*cells)
     console = Console()
     console.print(table)

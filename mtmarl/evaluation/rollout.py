@@ -35,6 +35,9 @@ class EpisodeStats(NamedTuple):
     returns: jax.Array  # (E,) team return up to each episode's first end
     lengths: jax.Array  # (E,) steps to that end (horizon if it never ended)
     successes: jax.Array  # (E,) bool, the env's success signal (a win) at that end; False if it has none
+    timeouts: jax.Array  # (E,) bool, the episode ended by the time limit (truncated, or still running at the
+    #                      horizon), not by the task's own rules; with ``successes`` this splits ends into
+    #                      win / loss / timeout (a loss: terminal and not won)
 
 
 def task_key(seed: int, spec) -> jax.Array:
@@ -61,7 +64,7 @@ def run_episodes(env, policy: Policy, params: Any, keys: jax.Array) -> EpisodeSt
         return policy.observe(params, carry, reward)
 
     def body(loop):
-        t, env_state, ts, carry, ret, length, won, done = loop
+        t, env_state, ts, carry, ret, length, won, terminal, done = loop
         step_keys = jax.vmap(jax.random.fold_in, in_axes=(0, None))(act_keys, t)
         actions, carry = jax.vmap(act_step)(step_keys, ts.observation, carry)
         env_state, ts = jax.vmap(env.step)(env_state, actions)
@@ -69,16 +72,17 @@ def run_episodes(env, policy: Policy, params: Any, keys: jax.Array) -> EpisodeSt
         ret = ret + jnp.where(done, 0.0, ts.reward)
         length = length + (~done)
         won = won | (~done & ts.success)
-        return t + 1, env_state, ts, carry, ret, length, won, done | ts.done
+        terminal = terminal | (~done & ts.terminal)
+        return t + 1, env_state, ts, carry, ret, length, won, terminal, done | ts.done
 
     def cond(loop):
         t, *_, done = loop
         return (t < env.horizon) & ~jnp.all(done)
 
     flags = zeros.astype(bool)
-    init = (jnp.int32(0), env_state, ts, carry, zeros, zeros.astype(jnp.int32), flags, flags)
-    _, _, _, _, ret, length, won, _ = jax.lax.while_loop(cond, body, init)
-    return EpisodeStats(ret, length, won)
+    init = (jnp.int32(0), env_state, ts, carry, zeros, zeros.astype(jnp.int32), flags, flags, flags)
+    _, _, _, _, ret, length, won, terminal, _ = jax.lax.while_loop(cond, body, init)
+    return EpisodeStats(ret, length, won, ~terminal)
 
 
 def run_task_episodes(envs, policy: Policy, params: Any, keys: jax.Array, count=None,
@@ -181,7 +185,8 @@ def _run_same_agents(envs, policy: Policy, params: Any, keys: jax.Array, count, 
         steps = steps + 1
         ended = playing & (ts.done | (steps >= horizons))
         slot_of = jnp.where(ended, episode, C)  # C is past the end: the write is dropped
-        out = tuple(o.at[rows, slot_of].set(v, mode="drop") for o, v in zip(out, (ret, length, won)))
+        timeout = ~ts.terminal  # an end that is no termination: the time limit or the task's horizon
+        out = tuple(o.at[rows, slot_of].set(v, mode="drop") for o, v in zip(out, (ret, length, won, timeout)))
         # ended slots take the task's next episodes in slot order
         episode = jnp.where(ended, played[:, None] + jnp.cumsum(ended, axis=1) - ended, episode)
         played = played + ended.sum(axis=1)
@@ -194,7 +199,7 @@ def _run_same_agents(envs, policy: Policy, params: Any, keys: jax.Array, count, 
         return jnp.any(loop[5])
 
     zeros = jnp.zeros((T, slots))
-    out = (jnp.zeros((T, C)), jnp.zeros((T, C), jnp.int32), jnp.zeros((T, C), bool))
+    out = (jnp.zeros((T, C)), jnp.zeros((T, C), jnp.int32), jnp.zeros((T, C), bool), jnp.zeros((T, C), bool))
     playing = episode < count
     acc = (zeros, zeros.astype(jnp.int32), zeros.astype(bool))
     init = (env_states, ts, carry, episode, jnp.zeros((T, slots), jnp.int32), playing, playing,
