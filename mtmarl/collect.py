@@ -38,7 +38,7 @@ from mtmarl.errors import UserInputError
 from mtmarl.evaluation.references import read_entries
 from mtmarl.online.collectors import (collect_dagger_task, collect_scripted_task, collect_task, env_budget,
                                       env_quality)
-from mtmarl.online.quality import QUALITIES
+from mtmarl.online.quality import QUALITIES, min_episodes
 from mtmarl.runtime import enable_compilation_cache, hydra_cli, user_errors_exit
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -105,6 +105,7 @@ def run(cfg: DictConfig) -> list[dict[str, Any]]:
     if "levels" in qualities.values() and (not levels or any(not 0.0 <= float(q) <= 1.0 for q in levels)):
         raise UserInputError(f"collect.quality_levels={levels}; allowed: a non-empty list of fractions in [0, 1] "
                              "(0 = the untrained policy's score, 1 = the final one's)")
+    min_episodes(cfg)  # refused now, not after the online runs
     task_set = resolve_task_set(cfg)
     split = "train" if cfg.get("task") else str(cfg.split)
     splits = ["train", "test"] if split == "all" else [split]

@@ -29,6 +29,28 @@ def test_scores_are_win_rates_where_there_are_wins_and_medium_is_nearest_half():
     assert pick_medium([0.3, 0.3, 0.8], expert=0.6) == 0                # ties: the earliest snapshot
 
 
+def test_a_dataset_records_on_until_it_holds_the_minimum_episodes(monkeypatch):
+    """``collect.quality_min_episodes``: recordings beyond ``quality_records`` until the episodes reach it,
+    each with the next key; a recording that completes no episode stops the loop with a warning."""
+    from mtmarl.online import quality
+
+    episodes = {0: 3, 1: 3, 2: 3, 3: 3, 4: 3}  # recording key -> completed episodes (wins: 1 each)
+    monkeypatch.setattr(quality, "_recordings", lambda system, state, params, cfg, keys: list(keys))
+    monkeypatch.setattr(quality, "recorded_wins", lambda k: (episodes.get(k, 0), 1 if episodes.get(k, 0) else 0))
+
+    def cfg(target):
+        return OmegaConf.create({"collect": {"quality_records": 2, "quality_min_episodes": target}})
+
+    assert quality.record_dataset(None, None, None, cfg(None), lambda i: i) == ([0, 1], 6, 2)
+    assert quality.record_dataset(None, None, None, cfg(6), lambda i: i) == ([0, 1], 6, 2)
+    assert quality.record_dataset(None, None, None, cfg(10), lambda i: i) == ([0, 1, 2, 3], 12, 4)
+    with pytest.warns(UserWarning, match="completed no episode; the dataset stops at 15 of"):
+        assert quality.record_dataset(None, None, None, cfg(100), lambda i: i)[1:] == (15, 5)
+    for bad in (0, -5, "many", True, 2.5):
+        with pytest.raises(UserInputError, match=rf"collect.quality_min_episodes={bad!r}; allowed: null or"):
+            quality.min_episodes(cfg(bad))
+
+
 def test_levels_pick_the_snapshot_nearest_each_fraction_of_the_way_from_untrained_to_final():
     scores = [-2.0, -1.2, 0.1, 0.9, 1.8, 2.0, 1.9]   # untrained -2, final 1.9: targets -2, -0.525, 0.95, 1.9
     assert pick_levels(scores, scores[0], scores[-1], [0.0, 0.375, 0.75, 1.0]) == [0, 2, 3, 6]
@@ -36,12 +58,13 @@ def test_levels_pick_the_snapshot_nearest_each_fraction_of_the_way_from_untraine
     assert pick_medium([0.0, 0.2, 0.45], expert=1.0) == pick_levels([0.0, 0.2, 0.45], 0.0, 1.0, [0.5])[0]
 
 
-def _cfg(tmp_path, quality: str, levels=(0.0, 0.5, 1.0)):
+def _cfg(tmp_path, quality: str, levels=(0.0, 0.5, 1.0), min_episodes=None):
     return OmegaConf.create({
         "task": TASK, "split": "train", "seed": 0, "online": TINY, "online_env": {},
         "collect": {"budget": 3 * 4 * 8 * 2 * 2, "root": str(tmp_path / "vaults"), "uid": "default", "references": None,
                     "log_dir": None, "record": True, "progress": False, "initial_eval": False, "quality": quality,
-                    "quality_records": 2, "quality_episodes": 8, "quality_levels": list(levels)},
+                    "quality_records": 2, "quality_episodes": 8, "quality_levels": list(levels),
+                    "quality_min_episodes": min_episodes},
         "eval": {"episodes": 8, "devices": None, "greedy": False}})
 
 
@@ -50,7 +73,7 @@ def test_expert_medium_collection_writes_both_datasets(tmp_path):
     from mtmarl.data.vault import list_uids, read_vault, vault_path
     from mtmarl.tasks import TaskSpec
 
-    (res,) = collect.run(_cfg(tmp_path, "expert_medium"))
+    (res,) = collect.run(_cfg(tmp_path, "expert_medium", min_episodes=30))
     spec = TaskSpec.parse(TASK)
     vlt = vault_path(tmp_path / "vaults", spec)
     assert sorted(list_uids(vlt)) == ["expert", "medium"]
@@ -66,7 +89,7 @@ def test_expert_medium_collection_writes_both_datasets(tmp_path):
     assert [r["uid"] for r in rows] == ["expert", "medium"]
     for r, exp in zip(rows, (expert, medium)):
         ends = exp["terminals"][0, :, 0] + exp["truncations"][0, :, 0]
-        assert r["episodes"] == int(ends.sum()) and r["transitions"] == exp["actions"].shape[1]
+        assert r["episodes"] == int(ends.sum()) >= 30 and r["transitions"] == exp["actions"].shape[1]
         assert r["data_win"] is None and r["paper_win"] is None  # Connector reports no wins; not a SMAC map
     assert markdown(rows).count("\n") == 3
     with pytest.raises(UserInputError, match="collect.quality='best'; allowed: mixed, expert_medium, levels"):

@@ -144,8 +144,9 @@ def test_no_algorithm_is_one_line(tmp_path, capsys):
     ("evaluate", ["+tasks=lbf_5", "+tasks.nmu_train=3"], ["tasks.nmu_train", "tasks.num_train"]),
     ("collect", ["+collect.budgett=5"], ["collect.budgett", "collect.budget"]),
     ("collect", ["online=sable", "+online.lrr=1"], ["online.lrr", "online.lr"]),
+    ("collect", ["collect.quality_min_episodes=0"], ["collect.quality_min_episodes=0", "null or an integer >= 1"]),
 ])
-def test_unknown_added_keys_of_evaluate_and_collect(config, args, wants, capsys):
+def test_bad_added_keys_and_values_of_evaluate_and_collect(config, args, wants, capsys):
     from hydra import compose, initialize_config_dir
 
     from mtmarl import collect, evaluate

@@ -15,12 +15,14 @@ same episodes and then record chosen ones:
 
 from __future__ import annotations
 
+import warnings
 from typing import Any
 
 import jax
 import numpy as np
 from omegaconf import DictConfig
 
+from mtmarl.errors import UserInputError
 from mtmarl.online.anakin import recorded_wins, to_experience
 
 QUALITIES = ("mixed", "expert_medium", "levels")
@@ -80,11 +82,41 @@ def record_levels(system, state, snapshots: list, cfg: DictConfig, evaluate, rec
     return [to_experience(t) for t in trajs]
 
 
+def min_episodes(cfg: DictConfig) -> int | None:
+    """``collect.quality_min_episodes``: None, or the episodes an expert/medium dataset holds at least."""
+    value = cfg.collect.get("quality_min_episodes")
+    if value is None:
+        return None
+    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+        raise UserInputError(f"collect.quality_min_episodes={value!r}; allowed: null or an integer >= 1 "
+                             "(episodes per expert/medium dataset, e.g. 2000 as in seed 002)")
+    return value
+
+
+def record_dataset(system, state, params, cfg: DictConfig, key_of) -> tuple[list, int, int]:
+    """(recordings, episodes, wins) of one snapshot: ``collect.quality_records`` recordings, then more
+    until the completed episodes reach ``collect.quality_min_episodes`` (if set). Recording ``i`` uses
+    ``key_of(i)``, so the first recordings do not depend on the target. A recording that completes no
+    episode ends the loop (episodes longer than ``online.record_len`` would never reach the target)."""
+    trajs = _recordings(system, state, params, cfg, [key_of(i) for i in range(int(cfg.collect.get("quality_records", 10)))])
+    counts = [recorded_wins(t) for t in trajs]
+    target = min_episodes(cfg)
+    while target is not None and sum(e for e, _ in counts) < target:
+        (traj,) = _recordings(system, state, params, cfg, [key_of(len(trajs))])
+        trajs.append(traj)
+        counts.append(recorded_wins(traj))
+        if counts[-1][0] == 0:
+            warnings.warn(f"a recording completed no episode; the dataset stops at {sum(e for e, _ in counts)} "
+                          f"of collect.quality_min_episodes={target} (raise online.record_len)", stacklevel=2)
+            break
+    return trajs, sum(e for e, _ in counts), sum(w for _, w in counts)
+
+
 def record_expert_medium(system, state, snapshots: list, stats, cfg: DictConfig, evaluate, rec_key,
                          meta: dict[str, Any], has_success: bool) -> dict[str, list]:
-    """``{"expert": parts, "medium": parts}``: ``collect.quality_records`` recordings each of the final
-    policy and of the training snapshot :func:`pick_medium` chooses (every snapshot is evaluated on
-    ``collect.quality_episodes`` episodes, the same ones for all); scores go to ``meta``. Recordings act
+    """``{"expert": parts, "medium": parts}``: the final policy and the training snapshot
+    :func:`pick_medium` chooses (every snapshot is evaluated on ``collect.quality_episodes`` episodes,
+    the same ones for all), each recorded by :func:`record_dataset`; scores go to ``meta``. Recordings act
     like the evaluator that scored them (``eval.greedy``: argmax, else sampled)."""
     expert = quality_score(stats, has_success)
     scores = _judge(system, state, snapshots, cfg, evaluate, rec_key, has_success)
@@ -92,12 +124,10 @@ def record_expert_medium(system, state, snapshots: list, stats, cfg: DictConfig,
     meta.update(expert_score=expert, snapshot_scores=scores, medium_snapshot=medium, medium_score=scores[medium])
     out, wins = {}, {}
     for uid, params in (("expert", state.params), ("medium", snapshots[medium])):
-        keys = [jax.random.fold_in(rec_key, 1000 * (uid == "medium") + i)
-                for i in range(int(cfg.collect.get("quality_records", 10)))]
-        trajs = _recordings(system, state, params, cfg, keys)
+        trajs, episodes, won = record_dataset(system, state, params, cfg,
+                                              lambda i, uid=uid: jax.random.fold_in(rec_key, 1000 * (uid == "medium") + i))
         out[uid] = [to_experience(t) for t in trajs]
         if has_success:
-            episodes, won = np.sum([recorded_wins(t) for t in trajs], axis=0)
             wins[uid] = {"episodes": int(episodes), "wins": int(won), "win_rate": float(won / max(episodes, 1))}
     if wins:
         meta["data_wins"] = wins  # per dataset: its recorded episodes won (the data card's win rate)
