@@ -166,3 +166,51 @@ def test_mappo_learns_to_win_3m_within_a_short_budget(tmp_path):
         "eval": {"episodes": 64, "devices": None, "greedy": False}})
     (res,) = collect.run(cfg)
     assert res["return"] > res["initial_return"] + 0.5 and res["win_rate"] > 0.2, res
+
+
+def test_attack_k_hits_enemy_token_k_and_permuting_enemies_permutes_tokens_and_attacks():
+    """The declared layout (attack 5+k targets token k of the ``enemies`` group) is what JaxMARL does, in
+    any enemy order: once ally 0 has two enemies in range (no ally has attacked yet), attacking k lowers the health of
+    token k alone; with the enemies' rows of the simulator state permuted, the enemy tokens and the attack
+    columns of the mask permute the same way, and attacking the permuted slot of the same unit deals it the
+    same damage for the same reward. (JaxMARL's ``last_targeted`` feature is a unit index and its weapon
+    cooldowns are drawn per unit slot, so those two features are not compared.)"""
+    env = TaskSpec.parse("smax:map=3m_vs_4m").build()
+    A, E = env.num_allies, env.num_enemies
+    perm = np.array([2, 0, 3, 1])  # permuted slot j holds enemy perm[j]
+    inv = np.argsort(perm)         # enemy k sits in permuted slot inv[k]
+    order = np.concatenate([np.arange(A), A + perm])
+    groups = env.spec.obs
+    step = jax.jit(env.step)
+
+    def permuted(s):
+        st, pol = s.inner.state, s.inner.enemy_policy_state
+        units = {f: getattr(st, f)[order] for f in ("unit_positions", "unit_alive", "unit_teams", "unit_health",
+                                                     "unit_types", "unit_weapon_cooldowns", "prev_movement_actions",
+                                                     "prev_attack_actions")}
+        pol = pol.replace(default_target=pol.default_target[perm], last_attacked_enemy=pol.last_attacked_enemy[perm])
+        return s.replace(inner=s.inner.replace(state=st.replace(**units), enemy_policy_state=pol))
+
+    s, ts = env.reset(jax.random.PRNGKey(0))
+    while np.sum(ts.observation.action_mask[0, 5:]) < 2:  # walk east (action 1) until ally 0 can attack 2
+        assert int(ts.observation.step_count) < 20, "the enemies never came in range"
+        s, ts = step(s, jnp.full((A,), 1))
+    enemies = lambda t: np.asarray(groups.split(t.observation.agents_view)["enemies"])  # noqa: E731
+    health = lambda t: enemies(t)[0, :, 0]  # noqa: E731  (ally 0's view; feature 0 is health)
+    stop = jnp.full((A,), STOP)
+    p = permuted(s)
+    _, pts = step(p, stop)
+    _, ts_stop = step(s, stop)
+    same = [i for i in range(enemies(pts).shape[-1]) if i not in (5, 6)]  # last_targeted; cooldown (jittered per slot)
+    np.testing.assert_allclose(enemies(ts_stop)[:, perm][..., same], enemies(pts)[..., same], rtol=1e-6)
+    np.testing.assert_array_equal(np.asarray(ts_stop.observation.action_mask)[:, 5:][:, perm],
+                                  np.asarray(pts.observation.action_mask)[:, 5:])
+    legal = np.flatnonzero(ts.observation.action_mask[0, 5:])
+    for k in legal:
+        _, hit = step(s, stop.at[0].set(5 + k))
+        drop = health(ts_stop) - health(hit)
+        assert drop[k] > 0 and np.all(drop[np.arange(E) != k] == 0), (k, drop)
+        _, phit = step(p, stop.at[0].set(5 + inv[k]))
+        np.testing.assert_allclose(health(phit), health(hit)[perm], rtol=1e-6)
+        assert float(phit.reward) == pytest.approx(float(hit.reward)) and float(hit.reward) > 0
+    assert len(legal) >= 2  # two targets at least, so "token k alone" can fail
