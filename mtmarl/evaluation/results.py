@@ -105,6 +105,8 @@ def print_table(rows: list[dict[str, Any]], title: str) -> None:
             cells += [f"{row[k]:.3f}" if k in row else "n/a" for k in ("loss_rate", "timeout_rate")]
         table.add_row(*cells)
     console = Console()
+    if not console.is_terminal:  # a log file or pipe: rich's 80 columns would fold every cell
+        console = Console(width=160)
     console.print(table)
     missing = [row["name"] for row in rows if row["normalised_return"] is None]
     if missing:
