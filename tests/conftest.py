@@ -49,15 +49,6 @@ def _fast_compiles():
     jax.config.update("jax_disable_most_optimizations", old)
 
 
-@pytest.fixture
-def _xla_optimisations_on():
-    """Golden-value tests record with XLA's optimisations on, whatever the suite's compile settings."""
-    old = jax.config.read("jax_disable_most_optimizations")
-    jax.config.update("jax_disable_most_optimizations", False)
-    yield
-    jax.config.update("jax_disable_most_optimizations", old)
-
-
 @pytest.fixture(autouse=True, scope="module")
 def _release_compiled_programs():
     """Drop every compiled program when a test module ends.

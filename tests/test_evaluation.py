@@ -122,41 +122,38 @@ def own_agent_envs(set_envs):
 
 
 def test_task_set_evaluator_matches_per_task_evaluators(own_agent_envs):
-    """The set evaluator (one program per agent count) gives each task exactly its own evaluator's episodes (same keys), on 1 and
-    2 devices, in several calls (the final evaluation's resized program) and with slots that play several
-    episodes in a row (a finished episode's slot starts the next: reset env, carry and step), grouped by agent count (groups
-    of one task and of two, one of them padded: the one-group case is inside it). COUNTING is recurrent,
-    reads its params and draws random legal actions on even steps."""
+    """The set evaluator (one program per agent count, 2 devices) gives each task exactly its own 1-device
+    evaluator's episodes (same keys), in several calls (the final evaluation's resized program) and with slots
+    that play several episodes in a row (a finished episode's slot starts the next: reset env, carry and step),
+    grouped by agent count (groups of one task and of two, one of them padded: the one-group case is inside
+    it). COUNTING is recurrent, reads its params and draws random legal actions on even steps."""
     set_envs = own_agent_envs
     assert len({e.num_agents for e in set_envs}) == 3
     policy, params = COUNTING, jnp.int32(1)
     keys = jax.random.split(jax.random.PRNGKey(5), len(set_envs))
     per_task = [make_evaluator(env, policy, 7, num_devices=1)(params, k) for env, k in zip(set_envs, keys)]
-    grouped = make_task_set_evaluator(set_envs, policy, 7, num_devices=1)
-    assert [idx.tolist() for idx in grouped.groups] == [[0], [1], [2, 3]]  # a program per agent count: 3, 2, 4
-    # compiles started in the background and stopped (a run that ends early): the programs left uncompiled
-    # compile on the first call
-    grouped.compile(params, keys, background=True).close()
-    assert grouped._compiling[0].done()
-    one = grouped(params, keys)
     # One slot per task and device plays up to 3 episodes in a row per call: 2 episodes (a periodic
     # evaluation: one call playing 1 per device), and 7 with the same program (4 per device: a call
     # of 3, then one of the last), 1 dropped.
     refill = make_task_set_evaluator(set_envs, policy, 2, num_devices=2, batch=1, capacity=3)
+    assert [idx.tolist() for idx in refill.groups] == [[0], [1], [2, 3]]  # a program per agent count: 3, 2, 4
     calls = refill.resized(7)
     assert (refill.batch, refill.calls, calls.calls) == (1, 1, 2)
-    refill.compile(params, keys, background=True)  # as training does: the first call waits for the programs
+    # compiles started in the background as training does, then stopped (a run that ends early): close()
+    # waits for the program in progress, and the programs left uncompiled compile on the first call
+    refill.compile(params, keys, background=True).close()
+    assert refill._compiling[0].done()
     few = refill(params, keys)
     assert all(part._compiled[0] is not None for part in refill.parts)
     assert few.returns.shape == (len(set_envs), 2)
     for t, ref in enumerate(per_task):
         np.testing.assert_array_equal(few.returns[t], ref.returns[:2])
         np.testing.assert_array_equal(few.lengths[t], ref.lengths[:2])
-    for stats in (one, calls(params, keys)):
-        assert stats.returns.shape == stats.lengths.shape == (len(set_envs), 7)
-        for t, ref in enumerate(per_task):
-            np.testing.assert_array_equal(stats.returns[t], ref.returns)
-            np.testing.assert_array_equal(stats.lengths[t], ref.lengths)
+    one = calls(params, keys)
+    assert one.returns.shape == one.lengths.shape == (len(set_envs), 7)
+    for t, ref in enumerate(per_task):
+        np.testing.assert_array_equal(one.returns[t], ref.returns)
+        np.testing.assert_array_equal(one.lengths[t], ref.lengths)
     lengths = np.asarray(one.lengths)
     horizons = [e.horizon for e in set_envs]
     assert (lengths <= np.array(horizons)[:, None]).all()
