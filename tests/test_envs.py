@@ -19,7 +19,7 @@ from mtmarl.envs import NOOP, PaddedEnv, make
 from mtmarl.envs import connector as conn
 from mtmarl.envs.connector import ConnectorEnv
 from mtmarl.envs.lbf import CHANNEL_SCALE, LbfEnv
-from mtmarl.envs.rware import COORD_SCALE, RwareEnv
+from mtmarl.envs.rware import COORD_SCALE, HostLayoutGenerator, RwareEnv
 from mtmarl.errors import UserInputError
 
 T = 30  # steps per rollout; every horizon below is shorter, so every episode ends
@@ -196,6 +196,22 @@ def test_rware_observation():
     view = rollout("rware")["ts"].observation.agents_view
     np.testing.assert_array_equal(view[..., :2], raw[..., :2] / np.float32(COORD_SCALE))
     np.testing.assert_array_equal(view[..., 2:], raw[..., 2:])
+
+
+@pytest.mark.parametrize("rows,cols,height,agents,queue", [(1, 3, 8, 4, 4), (2, 5, 4, 2, 3), (3, 3, 2, 12, 8),
+                                                           (1, 1, 1, 1, 1)])
+def test_rware_layout_from_numpy_equals_jumanjis(rows, cols, height, agents, queue):
+    """HostLayoutGenerator's NumPy layout is Jumanji's, array for array (values, dtypes, shapes); the last
+    layout has no shelf cell at all."""
+    from jumanji.environments.routing.robot_warehouse.generator import RandomGenerator
+
+    args = dict(shelf_rows=rows, shelf_columns=cols, column_height=height, num_agents=agents, sensor_range=1,
+                request_queue_size=queue)
+    ours, theirs = HostLayoutGenerator(**args), RandomGenerator(**args)
+    for name in ("_goals", "_highways", "_shelf_positions", "_shelf_ids", "_not_in_queue_size"):
+        a, b = getattr(ours, name), getattr(theirs, name)
+        assert isinstance(a, jax.Array) and a.dtype == b.dtype and a.shape == b.shape, name
+        np.testing.assert_array_equal(a, b, err_msg=name)
 
 
 def test_lbf_observation():
