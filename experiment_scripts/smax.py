@@ -4,7 +4,7 @@
     python experiment_scripts/smax.py 'algos=[mt_bc_sable]' 'qualities=[medium]'
     python experiment_scripts/smax.py paper                             # 3 seeds, paper budget
 
-Each run is ``python -m mtmarl.train +algo=<a> +tasks=<set> data.uid=<quality>``. Win rates
+Each run is ``python -m mtmarl.train +algo=<a> +tasks=<set> data.quality=<quality>``. Win rates
 are the evaluator's (episodes where every enemy died and an ally lived); mean ± standard
 error over seeds (one seed: over tasks) and IQM with its stratified bootstrap CI, per
 split. Writes ``results/smax/``: ``smax.md`` (algorithm x set/quality, train and test; then
@@ -28,7 +28,7 @@ from mtmarl.experiments.runner import Run
 
 def build(cfg) -> list[Run]:
     return [Run.make({"task_set": s, "quality": q, "algo": a},
-                     run_overrides(cfg, [f"+algo={a}", f"+tasks={s}", f"data.uid={q}"]), seed)
+                     run_overrides(cfg, [f"+algo={a}", f"+tasks={s}", f"data.quality={q}"]), seed)
             for s in cfg.task_sets for q in cfg.qualities for a in cfg.algos for seed in cfg.budget.seeds]
 
 

@@ -131,7 +131,7 @@ TRAIN_RULES: dict[str, Callable[[Any], str | None]] = {
     "overwrite": boolean,
     "references": existing_file(),
     "data.root": text(),
-    "data.uid": text(optional=True),
+    "data.quality": text(optional=True),
     "data.verify": boolean,
     "data.balanced": boolean,
     "data.fraction": fraction,

@@ -168,7 +168,8 @@ def diagnose(run_dir: str | Path, batches: int = 20, eval_episodes: int = 0, whi
     algo, params, cfg, info = load_run(run_dir, which)
     task_set = run_task_set(cfg)
     data_cfg = cfg.get("data") or {}
-    data = load_task_data(task_set, data_cfg.get("root", "vault_data"), data_cfg.get("uid"), False,
+    quality = data_cfg.get("quality", data_cfg.get("uid"))  # runs before 2026-11-25 named it data.uid
+    data = load_task_data(task_set, data_cfg.get("root", "vault_data"), quality, False,
                           float(data_cfg.get("fraction", 1.0)))
     buffers = build_buffers(task_set, data, algo.cfg.seq_len)
     mc = mc_returns(data, int(buffers.obs.shape[1]), algo.cfg.gamma)

@@ -118,7 +118,7 @@ def _lead(cfg: DictConfig, plain: dict[str, Any], run_dir: Path, stop_after: int
     task_set = resolve_task_set(cfg)
     references = load_references(cfg.references or default_path(cfg.data.root))
     if not plain["data"].get("hub"):
-        check_vaults(task_set, plain["data"]["root"])  # data.hub fetches them later, under the lock
+        check_vaults(task_set, plain["data"]["root"], quality=plain["data"]["quality"])  # data.hub: later, locked
     enable_compilation_cache()
     # Nothing above wrote anything; from here on this process owns the run directory.
     with RunDirLock(run_dir), catch_signals():
@@ -214,7 +214,7 @@ def _train(cfg: DictConfig, plain: dict[str, Any], task_set, references, run_dir
                                           "best_train_score": out["best_score"], "evaluated": which,
                                           "train_seconds": out["train_seconds"], "eval_seconds": elapsed,
                                           "data": data_fingerprint(task_set, plain["data"]["root"],
-                                                                   plain["data"]["uid"], references)})
+                                                                   plain["data"]["quality"], references)})
         log.set_summary("summary/best_step", out["best_step"] if out["best_step"] is not None else -1)
     finally:
         log.close()

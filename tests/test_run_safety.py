@@ -83,6 +83,7 @@ TRAIN_BAD = [
     (["data.verify=yes"], ["data.verify='yes'"]),
     (["data.balanced=1"], ["data.balanced=1"]),
     (["data.hub_manifest=/nonexistent.json"], ["data.hub_manifest"]),
+    (["data.quality=nope"], ["no dataset 'nope'", "it has default"]),  # seed 002's expert / medium on SMAX
     (["agents.shuffle=nope"], ["agents.shuffle='nope'"]),
     (["agents.mask=2"], ["agents.mask=2"]),
     (["logger.neptune=sometimes"], ["logger.neptune='sometimes'"]),

@@ -132,7 +132,7 @@ def _fingerprint(cfg) -> str | None:
 
     try:
         refs = load_references(cfg.references or default_path(cfg.data.root))
-        return data_fingerprint(resolve_task_set(cfg), cfg.data.root, cfg.data.uid, refs)
+        return data_fingerprint(resolve_task_set(cfg), cfg.data.root, cfg.data.quality, refs)
     except (UserInputError, OSError):
         return None
 

@@ -262,7 +262,7 @@ def run_training(cfg: Mapping[str, Any], task_set: TaskSet, run_dir: Path, refer
         announce_start()  # a refusal before this point is announced by mtmarl.train
     shard = bool(training.get("shard_data", False))
     ids = local_tasks(task_set, training.get("devices")) if shard else None
-    data = load_task_data(task_set, cfg["data"]["root"], cfg["data"]["uid"], cfg["data"]["verify"],
+    data = load_task_data(task_set, cfg["data"]["root"], cfg["data"]["quality"], cfg["data"]["verify"],
                           float(cfg["data"]["fraction"]), tasks=ids)
     algo = algo_for_data(cfg, data, task_set.env_spec, across_processes=shard)
     if main:

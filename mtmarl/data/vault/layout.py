@@ -59,7 +59,7 @@ def resolve(path: str | os.PathLike, uid: str | None = None) -> tuple[Path, str]
     if uid is None:
         if len(uids) > 1:
             raise UserInputError(f"vault {path} holds several datasets ({', '.join(uids)}); pick one "
-                                 f"(uid=... or the path {path}/<uid>)")
+                                 f"(training: data.quality=<one of them>; the data tools: --uid or the path {path}/<uid>)")
         uid = uids[0]
     if uid not in uids:
         raise UserInputError(f"vault {path} has no dataset {uid!r}; it has {', '.join(uids)}")
