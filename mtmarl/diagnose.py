@@ -160,7 +160,7 @@ def eval_returns(algo, params, task_set, episodes: int, seed: int) -> dict[str, 
 def diagnose(run_dir: str | Path, batches: int = 20, eval_episodes: int = 0, which: str | None = None,
              seed: int = 0) -> dict[str, Any]:
     """The diagnostics of a run as a dict (``rows``: one per training task; ``summary``; ``run``)."""
-    from mtmarl.training.data import build_buffers, load_task_data
+    from mtmarl.training.data import build_buffers, load_task_data, run_quality
     from mtmarl.training.restore import load_run, run_task_set
 
     if batches < 1:
@@ -168,8 +168,7 @@ def diagnose(run_dir: str | Path, batches: int = 20, eval_episodes: int = 0, whi
     algo, params, cfg, info = load_run(run_dir, which)
     task_set = run_task_set(cfg)
     data_cfg = cfg.get("data") or {}
-    quality = data_cfg.get("quality", data_cfg.get("uid"))  # runs before 2026-11-25 named it data.uid
-    data = load_task_data(task_set, data_cfg.get("root", "vault_data"), quality, False,
+    data = load_task_data(task_set, data_cfg.get("root", "vault_data"), run_quality(data_cfg), False,
                           float(data_cfg.get("fraction", 1.0)))
     buffers = build_buffers(task_set, data, algo.cfg.seq_len)
     mc = mc_returns(data, int(buffers.obs.shape[1]), algo.cfg.gamma)

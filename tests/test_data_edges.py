@@ -95,3 +95,13 @@ def test_bad_hub_and_data_commands_are_one_error(cli, argv, want, vault, tmp_pat
     rc, err = _main(hub.main if cli == "hub" else data_cli.main, argv)
     assert rc != 0 and err.startswith("error: ") and "Traceback" not in err, err
     assert want.format(tmp=tmp_path) in err, err
+
+
+def test_a_saved_runs_dataset_is_read_under_its_new_and_its_old_key():
+    """Runs saved before ``data.uid`` became ``data.quality`` still name their dataset (diagnose, HyGen online)."""
+    from mtmarl.training.data import run_quality
+
+    assert run_quality({"quality": "expert", "root": "x"}) == "expert"
+    assert run_quality({"uid": "medium"}) == "medium"
+    assert run_quality({"quality": None, "uid": "medium"}) is None  # a new run that picked the only dataset
+    assert run_quality({}) is None

@@ -219,7 +219,7 @@ def sequences(traj) -> dict:
 @functools.lru_cache(maxsize=2)
 def _restore(run_dir: str):
     from mtmarl.algos.hygen import HyGenAlgorithm
-    from mtmarl.training.data import build_buffers, load_task_data
+    from mtmarl.training.data import build_buffers, load_task_data, run_quality
     from mtmarl.training.restore import load_run, run_task_set
 
     path = Path(run_dir).expanduser()
@@ -241,7 +241,7 @@ def _restore(run_dir: str):
     tasks = load_task_data(
         task_set,
         data.get("root", "vault_data"),
-        data.get("uid"),
+        run_quality(data),
         bool(data.get("verify", True)),
         float(data.get("fraction", 1.0)),
     )
