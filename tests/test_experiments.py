@@ -460,3 +460,38 @@ def test_out_of_split_layouts_are_in_no_set_and_the_table_divides_by_random():
     lines = oos.table(results, two)
     assert lines[2].endswith("| 0.600 ± 0.100 | 0.200 ± 0.050 | 3.00 |") and lines[3].endswith("| 1.00 |")
     assert lines[-1] == "| **mean** | **0.400** | **0.200** | 2.00 |"
+
+
+def _records(path: Path, config: str, seeds_scores: dict[int, list[float]]) -> None:
+    import csv
+
+    path.mkdir(parents=True)
+    with (path / "records.csv").open("w", newline="") as f:
+        w = csv.DictWriter(f, fieldnames=["algo", "config_id", "seed", "env", "task", "split", "return", "normalised",
+                                          "win_rate"])
+        w.writeheader()
+        for seed, scores in seeds_scores.items():
+            for t, s in enumerate(scores):
+                w.writerow({"algo": "mt_oryx", "config_id": config, "seed": seed, "env": "rware", "task": f"t{t}",
+                            "split": "test", "return": 10 * s, "normalised": s, "win_rate": ""})
+
+
+def test_pooled_seeds_of_two_outputs_aggregate_like_one_output_and_a_run_counts_once(tmp_path):
+    from helpers import load_script
+
+    from mtmarl.errors import UserInputError
+
+    pool = load_script("pool_seeds")
+    scores = {0: [0.2, 0.4], 1: [0.5, 0.7], 3: [0.9, 0.1], 4: [0.6, 0.6]}
+    _records(tmp_path / "a", "c1", {s: scores[s] for s in (0, 1)})
+    _records(tmp_path / "b", "c1", {s: scores[s] for s in (3, 4)})
+    (row,) = pool.main([str(tmp_path / "a"), str(tmp_path / "b"), "--by", "algo", "--out", str(tmp_path / "p")])
+    per_seed = np.array([np.mean(v) for v in scores.values()])
+    assert row["runs"] == 4 and row["tasks"] == 2
+    assert row["mean"] == pytest.approx(per_seed.mean())
+    assert row["stderr"] == pytest.approx(per_seed.std(ddof=1) / 2)
+    assert (tmp_path / "p" / "pooled.md").is_file()
+    assert len((tmp_path / "p" / "records.csv").read_text().splitlines()) == 9  # header + 4 seeds x 2 tasks
+    _records(tmp_path / "c", "c1", {1: [0.0, 0.0]})  # seed 1 of c1 again: the same run twice
+    with pytest.raises(UserInputError, match="seed 1 is in both"):
+        pool.main([str(tmp_path / "a"), str(tmp_path / "c"), "--out", str(tmp_path / "q")])
