@@ -111,14 +111,14 @@ def _lead(cfg: DictConfig, plain: dict[str, Any], run_dir: Path, stop_after: int
     """Process 0 (the only one, usually): owns the run directory, trains, evaluates, writes the results."""
     from mtmarl.evaluate import resolve_task_set
     from mtmarl.evaluation.references import default_path, load_references
-    from mtmarl.training.data import check_vaults
+    from mtmarl.training.data import check_datasets
     from mtmarl.training.rundir import RunDirLock
     from mtmarl.training.stop import Interrupted, catch_signals, resume_command
 
     task_set = resolve_task_set(cfg)
     references = load_references(cfg.references or default_path(cfg.data.root))
     if not plain["data"].get("hub"):
-        check_vaults(task_set, plain["data"]["root"], quality=plain["data"]["quality"])  # data.hub: later, locked
+        check_datasets(task_set, plain["data"]["root"], plain["data"]["quality"])  # data.hub fetches them later
     enable_compilation_cache()
     # Nothing above wrote anything; from here on this process owns the run directory.
     with RunDirLock(run_dir), catch_signals():

@@ -10,8 +10,7 @@ from typing import Any, Sequence
 import numpy as np
 
 from mtmarl.data.batching import Buffers, make_buffers, with_slots
-from mtmarl.data.vault import read_vault, task_dirname, vault_path
-from mtmarl.data.vault import resolve as resolve_vault  # noqa: I001
+from mtmarl.data.vault import read_vault, resolve, task_dirname, vault_path
 from mtmarl.errors import UserInputError
 from mtmarl.tasks import TaskSet
 
@@ -21,9 +20,7 @@ def missing_tasks(task_set: TaskSet, root: str | Path) -> list:
     return [spec for spec in task_set.train if not vault_path(root, spec).is_dir()]
 
 
-def check_vaults(task_set: TaskSet, root: str | Path, hub: str | None = None, quality: str | None = None) -> None:
-    """Every training vault is under ``root`` and holds the dataset ``quality`` picks (``data.quality``:
-    a uid such as SMAX's expert / medium; None: the vault's only one), checked before a run writes anything."""
+def check_vaults(task_set: TaskSet, root: str | Path, hub: str | None = None) -> None:
     missing = missing_tasks(task_set, root)
     if missing:
         listing = "\n  ".join(str(vault_path(root, spec)) for spec in missing)
@@ -34,8 +31,15 @@ def check_vaults(task_set: TaskSet, root: str | Path, hub: str | None = None, qu
             f"Get the data with `python -m mtmarl.hub download <url or hf://owner/repo/file.zip> "
             f"--to {root}` (one zip per vault) or data.hub=<source> (see mtmarl/configs/train.yaml), generate it "
             f"with the data collector, or point data.root=<dir> at an existing vault root.")
+
+
+def check_datasets(task_set: TaskSet, root: str | Path, quality: str | None) -> None:
+    """Every training vault holds the dataset ``quality`` picks (``data.quality``: a uid such as SMAX's
+    expert / medium; None: the vault's only one); checked before a run writes anything, the error naming
+    the datasets a vault has."""
+    check_vaults(task_set, root)
     for spec in task_set.train:
-        resolve_vault(vault_path(root, spec), quality)  # names the datasets a vault has when it lacks this one
+        resolve(vault_path(root, spec), quality)
 
 
 def fetch_missing(task_set: TaskSet, root: str | Path, hub: str | None,
@@ -81,7 +85,7 @@ def load_task_data(task_set: TaskSet, root: str | Path, uid: str | None = None,
 
     ``fraction`` < 1 keeps only the first part of each task's data (see :func:`take_fraction`).
     """
-    check_vaults(task_set, root, quality=uid)
+    check_vaults(task_set, root)
     out = []
     for spec in (task_set.train if tasks is None else [task_set.train[m] for m in tasks]):
         exp = read_vault(vault_path(root, spec), spec, uid=uid, verify=verify)
