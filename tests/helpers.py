@@ -8,6 +8,16 @@ import numpy as np
 
 ROOT = Path(__file__).resolve().parents[1]
 
+# XLA:CPU's older (non-MLIR) fusion emitters compile the suite's unoptimised programs faster: tests/test_training.py
+# + tests/test_evaluation.py took 126-136 s with them vs 174-182 s without (alternated, one process, 2026-11-25).
+# Tests only: at full optimisation the train step ran 6-12% slower with them (benchmarks/README.md).
+FAST_COMPILE_FLAGS = "--xla_cpu_use_fusion_emitters=false"
+
+
+def xla_flags(devices: int = 2) -> str:
+    """``XLA_FLAGS`` for a process a test starts: ``devices`` forced CPU devices, compiled as the suite compiles."""
+    return f"--xla_force_host_platform_device_count={devices} {FAST_COMPILE_FLAGS}"
+
 
 def load_script(name: str):
     """An ``experiment_scripts/<name>.py`` module (the folder is not a package)."""

@@ -7,13 +7,14 @@ import sys
 from pathlib import Path
 
 import pytest
+from helpers import xla_flags
 
 ROOT = Path(__file__).resolve().parents[1]
 TASK = "connector:grid=5,agents=2,horizon=8"
 
 
 def run(*args, cwd=ROOT):
-    env = {**os.environ, "XLA_FLAGS": "--xla_force_host_platform_device_count=2",
+    env = {**os.environ, "XLA_FLAGS": xla_flags(2),
            "PYTHONWARNINGS": "ignore"}
     return subprocess.run([sys.executable, "-m", *args], cwd=cwd, env=env,
                           capture_output=True, text=True, timeout=600)

@@ -10,6 +10,7 @@ import textwrap
 
 import numpy as np
 import pytest
+from helpers import xla_flags
 
 from mtmarl.distributed import settings
 from mtmarl.errors import UserInputError
@@ -74,7 +75,7 @@ def test_two_cpu_processes_share_collectives(tmp_path):
     script.write_text(WORKER)
     port = _free_port()
     env = dict(os.environ, PYTHONPATH=ROOT + os.pathsep + os.environ.get("PYTHONPATH", ""),
-               XLA_FLAGS="--xla_force_host_platform_device_count=2", JAX_PLATFORMS="cpu")
+               XLA_FLAGS=xla_flags(2), JAX_PLATFORMS="cpu")
     procs = [subprocess.Popen([sys.executable, str(script), str(i), str(port)], stdout=subprocess.PIPE,
                               stderr=subprocess.PIPE, text=True, env=env) for i in range(2)]
     outs = []
@@ -137,7 +138,7 @@ TRAIN_WORKER = textwrap.dedent("""
 
 def _spawn(script, args, devices: int):
     env = dict(os.environ, PYTHONPATH=ROOT + os.pathsep + os.environ.get("PYTHONPATH", ""),
-               XLA_FLAGS=f"--xla_force_host_platform_device_count={devices}", JAX_PLATFORMS="cpu",
+               XLA_FLAGS=xla_flags(devices), JAX_PLATFORMS="cpu",
                JAX_DISABLE_MOST_OPTIMIZATIONS="true", PYTHONWARNINGS="ignore")
     return subprocess.Popen([sys.executable, str(script), *map(str, args)], stdout=subprocess.PIPE,
                             stderr=subprocess.PIPE, text=True, env=env)
@@ -270,7 +271,7 @@ def test_auto_detects_two_processes_from_slurm_variables(tmp_path):
     procs = []
     for pid in (0, 1):
         env = dict(os.environ, PYTHONPATH=ROOT + os.pathsep + os.environ.get("PYTHONPATH", ""),
-                   XLA_FLAGS="--xla_force_host_platform_device_count=1", JAX_PLATFORMS="cpu",
+                   XLA_FLAGS=xla_flags(1), JAX_PLATFORMS="cpu",
                    SLURM_PROCID=str(pid), **slurm)
         procs.append(subprocess.Popen([sys.executable, str(script)], stdout=subprocess.PIPE,
                                       stderr=subprocess.PIPE, text=True, env=env))
@@ -329,7 +330,7 @@ def test_a_signal_to_one_process_stops_both_with_process_0s_checkpoint(tmp_path)
     synthetic_vault(tmp_path / "vaults", TASK)
     port, runs = _free_port(), [tmp_path / "run", tmp_path / "run_p1"]
     env = dict(os.environ, PYTHONPATH=ROOT + os.pathsep + os.environ.get("PYTHONPATH", ""), JAX_PLATFORMS="cpu",
-               XLA_FLAGS="--xla_force_host_platform_device_count=1", JAX_DISABLE_MOST_OPTIMIZATIONS="true",
+               XLA_FLAGS=xla_flags(1), JAX_DISABLE_MOST_OPTIMIZATIONS="true",
                PYTHONWARNINGS="ignore")
     cmd = lambda pid: [sys.executable, "-m", "mtmarl.train", "+algo=mt_bc_sable", f"task={TASK}",  # noqa: E731
                        f"data.root={tmp_path / 'vaults'}", f"hydra.run.dir={runs[pid]}", "network=tiny",

@@ -12,7 +12,7 @@ from pathlib import Path
 import jax
 import numpy as np
 import pytest
-from helpers import synthetic_vault
+from helpers import synthetic_vault, xla_flags
 
 from mtmarl.configs import CONFIG_DIR
 from mtmarl.errors import UserInputError
@@ -320,7 +320,7 @@ def _train_cmd(data_root, run_dir, *extra):
 
 
 def _env():
-    return {**os.environ, "XLA_FLAGS": "--xla_force_host_platform_device_count=2", "PYTHONWARNINGS": "ignore",
+    return {**os.environ, "XLA_FLAGS": xla_flags(2), "PYTHONWARNINGS": "ignore",
             "JAX_DISABLE_MOST_OPTIMIZATIONS": "true", "PYTHONPATH": str(ROOT)}
 
 

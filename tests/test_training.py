@@ -11,6 +11,7 @@ from pathlib import Path
 import jax
 import numpy as np
 import pytest
+from helpers import xla_flags
 
 from mtmarl.algos.registry import build as make_algo
 from mtmarl.configs import CONFIG_DIR
@@ -279,7 +280,7 @@ def test_run_logger_writes_strict_jsonl(tmp_path, neptune):
 
 
 def _cli_module(module, *args):
-    env = {**os.environ, "XLA_FLAGS": "--xla_force_host_platform_device_count=2", "PYTHONWARNINGS": "ignore",
+    env = {**os.environ, "XLA_FLAGS": xla_flags(2), "PYTHONWARNINGS": "ignore",
            "JAX_DISABLE_MOST_OPTIMIZATIONS": "true"}  # compile time dominates these tiny runs
     return subprocess.run([sys.executable, "-m", module, *args], cwd=ROOT, env=env,
                           capture_output=True, text=True, timeout=900)
