@@ -42,10 +42,10 @@ import jax.numpy as jnp
 import numpy as np
 
 from mtmarl import tasks
-from mtmarl.algos.common import make_algo
+from mtmarl.algos.registry import build as make_algo
 from mtmarl.configs import CONFIG_DIR
+from mtmarl.evaluation import rollout
 from mtmarl.evaluation.rollout import compile_all, make_evaluator, make_task_set_evaluator, task_key
-from mtmarl.networks.sable import SableConfig
 from mtmarl.training.policy import make_policy
 
 OUT = Path(__file__).resolve().parent / "results"
@@ -80,7 +80,7 @@ class CompileCounter:
 
 def random_params(algo, num_agents: int, obs_dim: int, seed: int = 1):
     """Parameters of the real shapes without compiling the initialiser (scaled normal draws)."""
-    obs = jnp.zeros((1, 1, num_agents, obs_dim))
+    obs = jnp.zeros((1, 1, num_agents, obs_dim), jnp.float32)
     leaves, tree = jax.tree.flatten(jax.eval_shape(lambda k: algo.net.init(k, obs), jax.random.PRNGKey(0)))
     rng = np.random.default_rng(seed)
     out = [rng.normal(size=x.shape).astype(x.dtype) / np.sqrt(x.shape[0]) if x.ndim > 1
@@ -133,16 +133,23 @@ def main() -> None:
     parser.add_argument("--final-episodes", type=int, default=320, help="final evaluation episodes per task")
     parser.add_argument("--devices", type=int, default=None)
     parser.add_argument("--order", default="set,per-task", help="which ways to time, in this order")
+    parser.add_argument("--tag", default="", help="suffix of the output file name")
+    parser.add_argument("--compiler-options", default=None,
+                        help="JSON dict replacing mtmarl.evaluation.rollout.COMPILER_OPTIONS (XLA debug options "
+                             "of the evaluation programs), e.g. '{\"xla_backend_optimization_level\": 1, "
+                             "\"xla_cpu_use_fusion_emitters\": false}'")
     args = parser.parse_args()
+    if args.compiler_options is not None:
+        rollout.COMPILER_OPTIONS = json.loads(args.compiler_options)
 
     from omegaconf import OmegaConf
 
     ts = tasks.load(args.set)
     specs = ts.train + ts.test
-    envs = [ts.padded(s) for s in specs]
-    net_cfg = SableConfig.from_dict(OmegaConf.to_container(OmegaConf.load(CONFIG_DIR / "network" / f"{args.network}.yaml")))
-    algo = make_algo("mt_oryx", None, net_cfg, envs[0].num_actions)
-    params = random_params(algo, envs[0].num_agents, envs[0].obs_dim)
+    envs = [ts.evaluation_env(s) for s in specs]  # as training evaluates them (agents rounded up to powers of 2)
+    net_cfg = OmegaConf.to_container(OmegaConf.load(CONFIG_DIR / "network" / f"{args.network}.yaml"))
+    algo = make_algo("mt_oryx", None, net_cfg, ts.env_spec)
+    params = random_params(algo, ts.env_spec.num_agents, envs[0].obs_dim)
     policy = make_policy(algo)
     keys = [task_key(0, s) for s in specs]
     counter = CompileCounter()
@@ -169,10 +176,10 @@ def main() -> None:
                    episodes=args.episodes,
                    final_episodes=args.final_episodes, devices=len(jax.local_devices()[: args.devices or
                                                                                   jax.local_device_count()]),
-                   backend=jax.default_backend(), cpu=platform.processor() or platform.machine(),
+                   compiler_options=rollout.COMPILER_OPTIONS, backend=jax.default_backend(), cpu=platform.processor() or platform.machine(),
                    jax=jax.__version__, date=time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()))
     OUT.mkdir(exist_ok=True)
-    path = OUT / f"eval_compile_{args.set}.json"
+    path = OUT / f"eval_compile_{args.set}{'_' + args.tag if args.tag else ''}.json"
     path.write_text(json.dumps(results, indent=1))
     print(f"wrote {path}")
 
