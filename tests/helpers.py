@@ -10,7 +10,7 @@ ROOT = Path(__file__).resolve().parents[1]
 
 # XLA:CPU's older (non-MLIR) fusion emitters compile the suite's unoptimised programs faster: tests/test_training.py
 # + tests/test_evaluation.py took 126-136 s with them vs 174-182 s without (alternated, one process, 2026-11-25).
-# Tests only: at full optimisation the train step ran 6-12% slower with them (benchmarks/README.md).
+# Tests only: optimised training and RWARE evaluation ran slower with them (benchmarks/README.md).
 FAST_COMPILE_FLAGS = "--xla_cpu_use_fusion_emitters=false"
 
 
