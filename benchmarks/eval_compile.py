@@ -176,7 +176,8 @@ def main() -> None:
                    episodes=args.episodes,
                    final_episodes=args.final_episodes, devices=len(jax.local_devices()[: args.devices or
                                                                                   jax.local_device_count()]),
-                   compiler_options=rollout.COMPILER_OPTIONS, backend=jax.default_backend(), cpu=platform.processor() or platform.machine(),
+                   compiler_options=rollout.COMPILER_OPTIONS,
+                   backend=jax.default_backend(), cpu=platform.processor() or platform.machine(),
                    jax=jax.__version__, date=time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()))
     OUT.mkdir(exist_ok=True)
     path = OUT / f"eval_compile_{args.set}{'_' + args.tag if args.tag else ''}.json"
