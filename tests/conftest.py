@@ -1,4 +1,4 @@
-"""Test set-up: two forced CPU devices (so pmap paths run), before JAX is imported."""
+"""Test set-up: two forced CPU devices (so pmap paths run) and the suite's XLA flags, set before the JAX backend starts."""
 
 import os
 
