@@ -9,7 +9,14 @@ and episode lengths:
 
   per-task  today's path before issue 20: ``make_evaluator`` per task, all
             compiled at once in threads (``compile_all``), then run one by one;
-  set       ``make_task_set_evaluator``: all tasks of the set in one program.
+  set       ``make_task_set_evaluator``: all tasks of the set in one program
+            per agent group, SMAX maps through one stacked env (``MultiAgentEnv.stack``);
+  set-each  the same with every task's env traced on its own (``stack=False``,
+            the set evaluator before SMAX stacking).
+
+Stacked SMAX maps follow each map's rules but draw some random numbers from
+other keys, so there the episodes are compared by their means (return, win
+rate, length per task), not one by one.
 
 Each is timed as a training run uses it: compile, a periodic evaluation
 (``--episodes`` per task) and a final one (``--final-episodes`` per task, the
@@ -110,9 +117,9 @@ def per_task(envs, policy, params, keys, episodes, final, devices, counter):
                                           **counter.summary()}
 
 
-def task_set(envs, policy, params, keys, episodes, final, devices, counter):
+def task_set(envs, policy, params, keys, episodes, final, devices, counter, stack=True):
     n_dev = len(jax.local_devices()[: devices or jax.local_device_count()])
-    fn = make_task_set_evaluator(envs, policy, episodes, devices, -(-episodes // n_dev))
+    fn = make_task_set_evaluator(envs, policy, episodes, devices, -(-episodes // n_dev), stack=stack)
     keys = jnp.stack(keys)
     with counter:
         _, compile_s = timed(lambda: fn.compile(params, keys))
@@ -153,7 +160,8 @@ def main() -> None:
     policy = make_policy(algo)
     keys = [task_key(0, s) for s in specs]
     counter = CompileCounter()
-    ways = {"set": task_set, "per-task": per_task}
+    ways = {"set": task_set, "per-task": per_task,
+            "set-each": lambda *a: task_set(*a, stack=False)}
     results, stats = {"load_average_at_start": os.getloadavg()[0]}, {}
     for way in args.order.split(","):
         periodic, final, timing = ways[way](envs, policy, params, keys, args.episodes, args.final_episodes,
@@ -172,6 +180,14 @@ def main() -> None:
         results["identical_returns_and_lengths"] = not any(v.any() for v in differ.values())
         print(f"per-task returns and lengths identical: {results['identical_returns_and_lengths']} "
               f"(differing episodes per task: {results['differing_episodes']})")
+        # per task, the final evaluation's means of each way (what matters where draws differ)
+        results["final_means"] = {
+            way: {s.name: {"return": round(float(f.returns[i].mean()), 4), "win": round(float(f.successes[i].mean()), 4),
+                           "length": round(float(f.lengths[i].mean()), 2)} for i, s in enumerate(specs)}
+            for way, (_, f) in stats.items()}
+        for way, per in results["final_means"].items():
+            print(f"{way:9s} mean return {np.mean([v['return'] for v in per.values()]):.4f} "
+                  f"win {np.mean([v['win'] for v in per.values()]):.4f}")
     results.update(load_average_at_end=os.getloadavg()[0], task_set=args.set, tasks=len(specs), network=args.network,
                    episodes=args.episodes,
                    final_episodes=args.final_episodes, devices=len(jax.local_devices()[: args.devices or

@@ -214,3 +214,112 @@ def test_attack_k_hits_enemy_token_k_and_permuting_enemies_permutes_tokens_and_a
         np.testing.assert_allclose(health(phit), health(hit)[perm], rtol=1e-6)
         assert float(phit.reward) == pytest.approx(float(hit.reward)) and float(hit.reward) > 0
     assert len(legal) >= 2  # two targets at least, so "token k alone" can fail
+
+
+def _rollout(env, key, *task, steps=100):
+    """Time steps of ``steps`` uniform legal actions (reset included), stepping on past the episode's end."""
+    k_reset, k_act = jax.random.split(key)
+    state, first = env.reset(k_reset, *task)
+
+    def body(carry, k):
+        state, ts = carry
+        state, ts = env.step(state, uniform_legal(k, ts.observation.action_mask))
+        return (state, ts), ts
+
+    _, rest = jax.lax.scan(body, (state, first), jax.random.split(k_act, steps))
+    return jax.tree.map(lambda a, b: jnp.concatenate([a[None], b]), first, rest)
+
+
+def test_stacked_maps_play_as_each_map_alone():
+    """One traced env for several maps (``SmaxEnv.stack``): a map with the stack's ally count plays exactly as
+    alone (rewards rescaled to its own enemy count, last-attack features and world state mapped back), through
+    wins, losses and unit types; a map with fewer allies starts exactly as alone."""
+    from mtmarl.envs import PaddedEnv
+    from mtmarl.envs.smax import SmaxEnv
+
+    maps = [SmaxEnv(m) for m in ("3s5z_vs_3s6z", "3s5z", "1s3z")]
+    stack = SmaxEnv.stack(maps)
+    assert (stack.num_allies, stack.num_enemies) == (8, 9)
+    play_stack = jax.jit(lambda k, t: _rollout(stack, k, t))
+    for t, env in [(1, maps[1])]:  # 3s5z: every ally, one enemy padded
+        alone = PaddedEnv(env, stack.spec)
+        for seed in (0, 1):
+            key = jax.random.PRNGKey(seed)
+            want, got = jax.device_get(jax.jit(lambda k: _rollout(alone, k))(key)), jax.device_get(play_stack(key, t))
+            # floats to rounding (XLA fuses the same arithmetic differently in the two programs; positions drift)
+            np.testing.assert_allclose(got.observation.agents_view, want.observation.agents_view, atol=1e-5)
+            np.testing.assert_array_equal(got.observation.action_mask, want.observation.action_mask)
+            np.testing.assert_array_equal(got.observation.active, want.observation.active)
+            np.testing.assert_allclose(got.state, want.state, atol=1e-4)
+            np.testing.assert_allclose(got.reward, want.reward, rtol=1e-6)
+            for flag in ("terminal", "truncated", "success"):
+                np.testing.assert_array_equal(getattr(got, flag), getattr(want, flag))
+            assert want.done.any() and want.reward.sum() > 0, "the episode should end and deal damage"
+    # fewer allies than the stack: the same first time step as the map alone, its padded allies inactive
+    alone = PaddedEnv(maps[2], stack.spec)
+    want, got = alone.reset(jax.random.PRNGKey(3))[1], stack.reset(jax.random.PRNGKey(3), 2)[1]
+    for a, b in zip(jax.tree.leaves(got), jax.tree.leaves(want)):
+        np.testing.assert_allclose(a, b, rtol=1e-6, atol=1e-7)
+    np.testing.assert_array_equal(got.observation.active, np.arange(8) < 4)
+
+
+def test_maps_of_other_horizons_do_not_stack():
+    from mtmarl.envs.smax import SmaxEnv
+
+    assert SmaxEnv.stack([SmaxEnv("3m"), SmaxEnv("4m", horizon=50)]) is None
+
+
+def test_set_evaluator_with_stacked_maps_gives_each_maps_own_episodes():
+    """The evaluator plays a group of maps through one stacked env by default; maps with the group's ally count
+    (here 4m and 4m_vs_3m, one enemy padded) give the same episodes as their own traced envs."""
+    from mtmarl.evaluation.rollout import make_task_set_evaluator, task_key
+
+    ts = tasks.load("smax_marine_hard")
+    specs = [TaskSpec.parse(f"smax:map={m}") for m in ("4m", "4m_vs_3m")]
+    envs = [ts.evaluation_env(s) for s in specs]
+    keys = jnp.stack([task_key(0, s) for s in specs])
+    stacked, each = (jax.device_get(make_task_set_evaluator(envs, FOCUS, 24, num_devices=1, batch=8,
+                                                            stack=st)(None, keys)) for st in (True, False))
+    for field in ("returns", "lengths", "successes", "timeouts"):
+        np.testing.assert_allclose(getattr(stacked, field), getattr(each, field), rtol=1e-5)
+    assert each.successes.any() and not each.successes.all(), "episodes should end in wins and in losses"
+
+
+def test_a_map_with_fewer_allies_reports_what_the_map_alone_reports_in_the_same_situation():
+    """Padded allies shift every enemy's attack index and the action counts that normalise the observed
+    last attacks; the stack's time step must equal the map's own for the same units (moved to the map's
+    slots, the enemies' attack actions counted from the map's last ally), with shots fired on both sides."""
+    from jaxmarl.environments.smax.heuristic_enemy_smax_env import State as EnemyState
+
+    from mtmarl.envs import PaddedEnv
+    from mtmarl.envs.smax import SmaxEnv
+
+    alone = SmaxEnv("1s3z")
+    stack = SmaxEnv.stack([SmaxEnv("3s5z_vs_3s6z"), alone])
+    A, a_t, e_t = stack.num_allies, alone.num_allies, alone.num_enemies
+    step = jax.jit(stack.step)
+    state, ts = stack.reset(jax.random.PRNGKey(0), 1)
+    for i in range(60):
+        before = state
+        state, ts = step(state, uniform_legal(jax.random.PRNGKey(i), ts.observation.action_mask))
+        attacks = np.asarray(state.inner.state.prev_attack_actions)
+        if (attacks[:a_t] > STOP).any() and (attacks[A:A + e_t] > STOP).any():
+            break
+    else:
+        pytest.fail("no step where allies and enemies both attacked")
+    slots = np.r_[np.arange(a_t), A + np.arange(e_t)]
+
+    def as_alone(inner):
+        acts = inner.prev_attack_actions[slots]
+        acts = acts.at[a_t:].set(jnp.where(acts[a_t:] > STOP, acts[a_t:] - (A - a_t), acts[a_t:]))
+        return inner.replace(**{f: getattr(inner, f)[slots] for f in (
+            "unit_positions", "unit_alive", "unit_teams", "unit_health", "unit_types", "prev_movement_actions",
+            "unit_weapon_cooldowns")}, prev_attack_actions=acts)
+
+    inner, raw = as_alone(state.inner.state), alone.smax._env
+    obs = raw.get_obs(inner) | {"world_state": raw.get_world_state(inner)}
+    reward = raw.compute_reward(inner, before.inner.state.unit_health[slots], inner.unit_health)["ally_0"]
+    want = PaddedEnv(alone, stack.spec)._pad(alone._timestep(EnemyState(inner, None), obs, reward, ts.done))
+    np.testing.assert_allclose(ts.observation.agents_view, want.observation.agents_view, rtol=1e-6, atol=1e-7)
+    for a, b in zip(jax.tree.leaves(ts), jax.tree.leaves(want)):
+        np.testing.assert_allclose(a, b, rtol=1e-6, atol=1e-7)

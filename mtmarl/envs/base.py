@@ -72,6 +72,18 @@ class MultiAgentEnv(abc.ABC):
     def step(self, state: Any, actions: chex.Array) -> tuple[Any, TimeStep]:
         """``actions``: (num_agents,) int32 indices into the action layout."""
 
+    @classmethod
+    def stack(cls, envs: list["MultiAgentEnv"]) -> "MultiAgentEnv | None":
+        """One env that plays any of ``envs`` (tasks of this class) in one trace, or None if it cannot.
+
+        The stacked env's ``reset(key, task)`` takes the task's index in ``envs`` (traced) and its state
+        remembers it; ``step`` is as usual; its spec is one every task pads into. An evaluation program
+        then traces one env step for all its tasks instead of one per task (XLA compile time grows with
+        each traced step). The default is None: tasks whose shapes are static structure of the env
+        (Jumanji's grids) are traced one by one.
+        """
+        return None
+
     @property
     def num_agents(self) -> int:
         return self.spec.num_agents

@@ -59,7 +59,7 @@ class PaddedEnv(MultiAgentEnv):
         return self.inner.jumanji_env
 
     def _pad(self, ts: TimeStep) -> TimeStep:
-        n, pad_n = self.inner.num_agents, self.num_agents - self.inner.num_agents
+        pad_n = self.num_agents - self.inner.num_agents
         obs = ts.observation
         mask = obs.action_mask if self._same_actions else obs.action_mask[:, self._action_src] & self._action_valid
         noop_only = jnp.zeros((pad_n, self.num_actions), bool).at[:, self.noop].set(True)
@@ -67,15 +67,26 @@ class PaddedEnv(MultiAgentEnv):
         padded = Observation(
             agents_view=jnp.pad(view, ((0, pad_n), (0, 0))),
             action_mask=jnp.concatenate([mask, noop_only]),
-            active=jnp.arange(self.num_agents) < n,
+            active=jnp.concatenate([obs.active, jnp.zeros((pad_n,), bool)]),
             step_count=obs.step_count,
         )
         state = jnp.pad(ts.state, (0, self.state_dim - ts.state.shape[0]))
         return ts.replace(observation=padded, state=state)
 
-    def reset(self, key) -> tuple[Any, TimeStep]:
-        state, ts = self.inner.reset(key)
+    def reset(self, key, *task) -> tuple[Any, TimeStep]:
+        """``task``: the task index when the inner env is a stacked one (``MultiAgentEnv.stack``)."""
+        state, ts = self.inner.reset(key, *task)
         return state, self._pad(ts)
+
+    @classmethod
+    def stack(cls, envs) -> "PaddedEnv | None":
+        """The inner envs stacked (if their class can), seen with the same padding as each of ``envs``."""
+        envs = list(envs)
+        first = envs[0]
+        if any(type(e) is not cls or e.spec != first.spec or type(e.inner) is not type(first.inner) for e in envs):
+            return None
+        stacked = type(first.inner).stack([e.inner for e in envs])
+        return None if stacked is None else cls(stacked, first.spec)
 
     def step(self, state: Any, actions) -> tuple[Any, TimeStep]:
         inner_actions = actions[: self.inner.num_agents]

@@ -76,6 +76,7 @@ class SmaxEnv(MultiAgentEnv):
         allies, enemies = parse_map(map)
         self.map_name, self.horizon = str(map), int(horizon)
         self.num_allies, self.num_enemies = len(allies), len(enemies)
+        self.unit_types = (allies, enemies)
         scenario = Scenario(jnp.asarray(allies + enemies, jnp.uint8), len(allies), len(enemies), False, False)
         self.smax = HeuristicEnemySMAX(scenario=scenario, max_steps=self.horizon)
         unit, own = len(self.smax.unit_features), len(self.smax.own_features)
@@ -118,6 +119,14 @@ class SmaxEnv(MultiAgentEnv):
         obs, st, rewards, dones, _ = self.smax.step_env(k_step, state.inner, acts)
         # every ally gets the same team reward
         return SmaxState(st, k_next), self._timestep(st, obs, rewards[self.smax.agents[0]], dones["__all__"])
+
+    @classmethod
+    def stack(cls, envs) -> MultiAgentEnv | None:
+        """All maps in one traced env (:class:`mtmarl.envs.smax_stack.SmaxStack`); they must share a horizon."""
+        if len({env.horizon for env in envs}) != 1:
+            return None
+        from mtmarl.envs.smax_stack import SmaxStack
+        return SmaxStack(envs)
 
     def size_property(self) -> int:
         return self.num_enemies

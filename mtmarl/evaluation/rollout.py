@@ -86,7 +86,7 @@ def run_episodes(env, policy: Policy, params: Any, keys: jax.Array) -> EpisodeSt
 
 
 def run_task_episodes(envs, policy: Policy, params: Any, keys: jax.Array, count=None,
-                      slots: int | None = None) -> EpisodeStats:
+                      slots: int | None = None, stack: bool = True) -> EpisodeStats:
     """Play episodes of several tasks with the same number of agents at once (traceable; the caller jits it).
 
     ``envs``: T envs with the same observation, state and action sizes and agent
@@ -102,6 +102,12 @@ def run_task_episodes(envs, policy: Policy, params: Any, keys: jax.Array, count=
     and its actions are drawn from its own key and step, so every task gets
     exactly what :func:`run_episodes` would give it for the same keys, whatever
     the slots.
+
+    With ``stack`` (default) and envs whose class can stack its tasks
+    (``MultiAgentEnv.stack``: SMAX), all tasks play through one traced env
+    with the task as data: one env step to compile instead of one per task.
+    The stacked env follows each task's rules, but its random draws may
+    differ (see :mod:`mtmarl.envs.smax_stack`).
     """
     check_same_shapes(envs)
     if len({env.num_agents for env in envs}) != 1:
@@ -111,7 +117,7 @@ def run_task_episodes(envs, policy: Policy, params: Any, keys: jax.Array, count=
     if T != len(envs):
         raise ValueError(f"got keys for {T} tasks but {len(envs)} envs")
     slots = C if slots is None else min(slots, C)
-    return _run_same_agents(envs, policy, params, keys, C if count is None else count, slots)
+    return _run_same_agents(envs, policy, params, keys, C if count is None else count, slots, stack)
 
 
 def _blank(shapes):
@@ -128,18 +134,73 @@ def _where_rows(rows, new, old):
     return jax.tree.map(lambda n, o: jnp.where(rows.reshape(rows.shape + (1,) * (n.ndim - 1)), n, o), new, old)
 
 
-def _run_same_agents(envs, policy: Policy, params: Any, keys: jax.Array, count, slots: int) -> EpisodeStats:
+class _EachEnv:
+    """The tasks' envs traced one by one: each task's reset and step run under its own ``lax.cond``, so a task
+    with nothing to restart (or nothing left to play) skips its env. States: a tuple, one pytree per task."""
+
+    def __init__(self, envs, reset_keys, slots: int):
+        self.envs, self.reset_keys = envs, reset_keys
+        # Every env's reset is traced once, inside the loop (compile time and its memory grow with each traced
+        # env function): the loop starts from blank states with every slot due a reset.
+        blanks = [_blank(jax.eval_shape(jax.vmap(env.reset), k[:slots])) for env, k in zip(envs, reset_keys)]
+        self.init = tuple(s for s, _ in blanks), jax.tree.map(lambda *xs: jnp.stack(xs), *(t for _, t in blanks))
+
+    def reset(self, states, ts, start, first):
+        """Slots in ``start`` (T, S) reset from the keys of episodes ``first`` (T, S)."""
+        restarted = [jax.lax.cond(jnp.any(start[i]),
+                                  lambda s, x, i=i, env=env: _where_rows(start[i], jax.vmap(env.reset)(
+                                      self.reset_keys[i, first[i]]), (s, x)),
+                                  lambda s, x: (s, x), s, jax.tree.map(lambda x: x[i], ts))
+                     for i, (env, s) in enumerate(zip(self.envs, states))]
+        return tuple(s for s, _ in restarted), jax.tree.map(lambda *xs: jnp.stack(xs), *(x for _, x in restarted))
+
+    def step(self, states, ts, actions, idle):
+        """Every task's slots step, but a task that is ``idle`` keeps its state (nothing of it counts any more,
+        and skipping its env step saves time while other tasks play on)."""
+        stepped = [jax.lax.cond(idle[i], lambda s, a, i=i: (s, jax.tree.map(lambda x: x[i], ts)),
+                                jax.vmap(env.step), s, a)
+                   for i, (env, s, a) in enumerate(zip(self.envs, states, actions))]
+        return tuple(s for s, _ in stepped), jax.tree.map(lambda *xs: jnp.stack(xs), *(x for _, x in stepped))
+
+
+class _StackedEnv:
+    """All tasks in one traced env (``MultiAgentEnv.stack``): the task index is data, every slot of every task
+    resets and steps in one ``vmap``. States: one pytree with leading (T, S) axes."""
+
+    def __init__(self, env, reset_keys, slots: int):
+        self.env, self.reset_keys = env, reset_keys
+        T = reset_keys.shape[0]
+        self.tasks = jnp.broadcast_to(jnp.arange(T, dtype=jnp.int32)[:, None], (T, slots))
+        self._reset = jax.vmap(jax.vmap(env.reset))
+        self.init = _blank(jax.eval_shape(self._reset, reset_keys[:, :slots], self.tasks))
+
+    def reset(self, states, ts, start, first):
+        keys = self.reset_keys[jnp.arange(first.shape[0])[:, None], first]
+        new = self._reset(keys, self.tasks)
+        rows = start.reshape(-1)
+        flat = jax.tree.map(lambda x: x.reshape((-1,) + x.shape[2:]), (new, (states, ts)))
+        merged = jax.lax.cond(jnp.any(start), lambda: _where_rows(rows, *flat), lambda: flat[1])
+        return jax.tree.map(lambda x: x.reshape(start.shape + x.shape[1:]), merged)
+
+    def step(self, states, ts, actions, idle):
+        del ts, idle  # one traced step for all tasks: nothing to skip per task
+        return jax.vmap(jax.vmap(self.env.step))(states, actions)
+
+
+def _run_same_agents(envs, policy: Policy, params: Any, keys: jax.Array, count, slots: int,
+                     stack: bool) -> EpisodeStats:
     """:func:`run_task_episodes` once its arguments are checked: one loop for all tasks."""
     num_agents = envs[0].num_agents
     T, C = keys.shape[:2]
     split = jax.vmap(jax.vmap(jax.random.split))(keys)  # (T, C, 2, key)
     reset_keys, act_keys = split[:, :, 0], split[:, :, 1]
     rows = jnp.arange(T)[:, None]
-    # Every env's reset is traced once, inside the loop (compile time and its memory grow with each traced
-    # env function): the loop starts from blank states with every slot due a reset.
-    blanks = [_blank(jax.eval_shape(jax.vmap(env.reset), k[:slots])) for env, k in zip(envs, reset_keys)]
-    env_states = tuple(s for s, _ in blanks)
-    ts = jax.tree.map(lambda *xs: jnp.stack(xs), *(t for _, t in blanks))
+    stacked = type(envs[0]).stack(envs) if stack and len(envs) > 1 else None
+    if stacked is not None and stacked.spec == envs[0].spec and stacked.horizon == max(e.horizon for e in envs):
+        tasks = _StackedEnv(stacked, reset_keys, slots)
+    else:
+        tasks = _EachEnv(envs, reset_keys, slots)
+    env_states, ts = tasks.init
     fresh = jax.tree.map(jnp.asarray, policy.init_carry(params, num_agents))
     carry = jax.tree.map(lambda x: jnp.broadcast_to(x, (T, slots) + x.shape), fresh)
     horizons = jnp.array([env.horizon for env in envs], jnp.int32)[:, None]
@@ -153,14 +214,7 @@ def _run_same_agents(envs, policy: Policy, params: Any, keys: jax.Array, count, 
 
     def restart(env_states, ts, carry, start, episode, steps, acc):
         """Slots in ``start`` begin episode ``episode``: env reset from its key, fresh carry, zero counters."""
-        first = jnp.minimum(episode, C - 1)
-        restarted = [jax.lax.cond(jnp.any(start[i]),
-                                  lambda s, x, i=i, env=env: _where_rows(start[i], jax.vmap(env.reset)(
-                                      reset_keys[i, first[i]]), (s, x)),
-                                  lambda s, x: (s, x), s, jax.tree.map(lambda x: x[i], ts))
-                     for i, (env, s) in enumerate(zip(envs, env_states))]
-        env_states = tuple(s for s, _ in restarted)
-        ts = jax.tree.map(lambda *xs: jnp.stack(xs), *(x for _, x in restarted))
+        env_states, ts = tasks.reset(env_states, ts, start, jnp.minimum(episode, C - 1))
         carry = jax.tree.map(lambda f, c: jnp.where(start.reshape(start.shape + (1,) * f.ndim), f, c), fresh, carry)
         ret, length, won = acc
         return (env_states, ts, carry, jnp.where(start, 0, steps),
@@ -171,13 +225,7 @@ def _run_same_agents(envs, policy: Policy, params: Any, keys: jax.Array, count, 
         env_states, ts, carry, steps, (ret, length, won) = restart(env_states, ts, carry, start, episode, steps, acc)
         step_keys = jax.vmap(jax.vmap(jax.random.fold_in))(act_keys[rows, episode], steps)
         actions, carry = jax.vmap(jax.vmap(act_step))(step_keys, ts.observation, carry)
-        # A task whose episodes have all ended keeps its state: nothing of it counts any more, and
-        # skipping its env step saves time while other tasks play on.
-        idle = ~jnp.any(playing, axis=1)
-        stepped = [jax.lax.cond(idle[i], lambda s, a, i=i: (s, jax.tree.map(lambda x: x[i], ts)),
-                                jax.vmap(env.step), s, a)
-                   for i, (env, s, a) in enumerate(zip(envs, env_states, actions))]
-        ts = jax.tree.map(lambda *xs: jnp.stack(xs), *(x for _, x in stepped))
+        env_states, ts = tasks.step(env_states, ts, actions, ~jnp.any(playing, axis=1))
         carry = jax.vmap(jax.vmap(observe))(carry, ts.reward)
         ret = ret + jnp.where(playing, ts.reward, 0.0)
         length = length + playing
@@ -192,7 +240,6 @@ def _run_same_agents(envs, policy: Policy, params: Any, keys: jax.Array, count, 
         played = played + ended.sum(axis=1)
         start = ended & (episode < count)  # restarted at the top of the next iteration
         playing = (playing & ~ended) | start
-        env_states = tuple(s for s, _ in stepped)
         return env_states, ts, carry, episode, steps, playing, start, played, (ret, length, won), out
 
     def cond(loop):
@@ -244,7 +291,7 @@ class Evaluator:
     """
 
     def __init__(self, env, policy: Policy, num_episodes: int, num_devices: int | None = None,
-                 batch: int | None = None, tasks: bool = False, capacity: int | None = None):
+                 batch: int | None = None, tasks: bool = False, capacity: int | None = None, stack: bool = True):
         if num_episodes < 1:
             raise UserInputError(f"the number of evaluation episodes must be >= 1, got {num_episodes}")
         self.devices = jax.local_devices()[: num_devices or jax.local_device_count()]
@@ -263,7 +310,7 @@ class Evaluator:
             def run(params, keys, first, count):
                 """Episodes first..first+count-1 of every task (count <= capacity), ``batch`` at a time."""
                 ep_keys = jax.vmap(lambda k: episode_keys(k, self.capacity, first))(keys)
-                return run_task_episodes(envs, policy, params, ep_keys, count, self.batch)
+                return run_task_episodes(envs, policy, params, ep_keys, count, self.batch, stack)
         else:
             def run(params, key, first, count):
                 """Episodes first..first+batch-1; keys are made inside the compiled program."""
@@ -343,7 +390,7 @@ class TaskSetEvaluator:
     """
 
     def __init__(self, envs, policy: Policy, num_episodes: int, num_devices: int | None = None,
-                 batch: int | None = None, capacity: int | None = None):
+                 batch: int | None = None, capacity: int | None = None, stack: bool = True):
         envs = list(envs)
         check_same_shapes(envs)
         groups: dict[int, list[int]] = {}
@@ -351,7 +398,7 @@ class TaskSetEvaluator:
             groups.setdefault(env.num_agents, []).append(i)
         self.groups = [np.asarray(idx) for idx in groups.values()]
         self.parts = [Evaluator([envs[i] for i in idx], policy, num_episodes, num_devices, batch, tasks=True,
-                                capacity=capacity) for idx in self.groups]
+                                capacity=capacity, stack=stack) for idx in self.groups]
         self.order = np.argsort(np.concatenate(self.groups))  # group-major rows back to task order
         self.num_tasks = len(envs)
         self._compiling: list[Future | None] = [None]  # shared with resized() copies
@@ -420,7 +467,8 @@ def _compiler() -> ThreadPoolExecutor:
 
 
 def make_task_set_evaluator(envs, policy: Policy, num_episodes: int, num_devices: int | None = None,
-                            batch: int | None = None, capacity: int | None = None) -> TaskSetEvaluator:
+                            batch: int | None = None, capacity: int | None = None,
+                            stack: bool = True) -> TaskSetEvaluator:
     """``evaluate(params, keys) -> EpisodeStats`` of shape (tasks, episodes) for all ``envs`` (see
     :class:`TaskSetEvaluator`).
 
@@ -431,7 +479,7 @@ def make_task_set_evaluator(envs, policy: Policy, num_episodes: int, num_devices
     copy of the policy network per group instead of one per task, and the same
     programs for the periodic and final evaluations of a training run.
     """
-    return TaskSetEvaluator(envs, policy, num_episodes, num_devices, batch, capacity)
+    return TaskSetEvaluator(envs, policy, num_episodes, num_devices, batch, capacity, stack)
 
 
 def compile_all(evaluators, params, key, threads: int | None = None) -> None:
