@@ -121,12 +121,16 @@ def own_agent_envs(set_envs):
     return [envs.PaddedEnv(e, num_agents=e.num_agents, **sizes) for e in built] + [set_envs[0]]
 
 
-def test_task_set_evaluator_matches_per_task_evaluators(own_agent_envs):
+def test_task_set_evaluator_matches_per_task_evaluators(own_agent_envs, monkeypatch):
     """The set evaluator (one program per agent count, 2 devices) gives each task exactly its own 1-device
     evaluator's episodes (same keys), in several calls (the final evaluation's resized program) and with slots
     that play several episodes in a row (a finished episode's slot starts the next: reset env, carry and step),
     grouped by agent count (groups of one task and of two, one of them padded: the one-group case is inside
-    it). COUNTING is recurrent, reads its params and draws random legal actions on even steps."""
+    it). COUNTING is recurrent, reads its params and draws random legal actions on even steps. The three
+    programs compile two at a time (``COMPILE_THREADS``)."""
+    from mtmarl.evaluation import rollout
+
+    monkeypatch.setattr(rollout, "COMPILE_THREADS", 2)
     set_envs = own_agent_envs
     assert len({e.num_agents for e in set_envs}) == 3
     policy, params = COUNTING, jnp.int32(1)

@@ -29,6 +29,9 @@ from mtmarl.memory import release_freed_memory
 # (an RWARE task: 17 s to compile, 2 s to play 32 episodes); level 1 compiled the same program in
 # 12 s and it ran no slower, while level 0 halved the compile but ran 3-4x slower.
 COMPILER_OPTIONS = {"xla_backend_optimization_level": 1}
+# How many of a task set's programs (one per agent group) compile at once. XLA:CPU compiles a program on
+# one core, so on 2 cores 2 at once nearly halve the wall time, while their transient memory adds up.
+COMPILE_THREADS = 1
 
 
 class EpisodeStats(NamedTuple):
@@ -440,10 +443,20 @@ class TaskSetEvaluator:
 
     def _compile_parts(self, params, keys) -> None:
         # Abstract shapes, not arrays: the caller's arrays may be donated to the training step meanwhile.
-        for part, idx in zip(self.parts, self.groups):
+        def one(part_idx):
+            part, idx = part_idx
             if part._compiled[0] is None and not self._stop.is_set():
                 part.compile(params, jax.ShapeDtypeStruct((len(idx),) + keys.shape[1:], keys.dtype))
                 release_freed_memory()
+
+        todo = list(zip(self.parts, self.groups))
+        threads = min(COMPILE_THREADS, len(todo))
+        if threads <= 1:
+            for item in todo:
+                one(item)
+        else:  # XLA:CPU compiles a program on one core: several at once, each in its own thread
+            with ThreadPoolExecutor(threads, thread_name_prefix="mtmarl-compile-part") as pool:
+                list(pool.map(one, todo))
 
     def close(self) -> None:
         """Stop background compiling after the program in progress (a compile cannot be interrupted) and wait
@@ -475,7 +488,8 @@ def make_task_set_evaluator(envs, policy: Policy, num_episodes: int, num_devices
     ``envs`` are the tasks of one set padded to the set's shape (``TaskSet.padded``)
     and ``keys`` is (tasks, 2), one evaluation key per task. Task t's episodes
     are those :func:`make_evaluator` gives ``envs[t]`` for ``keys[t]`` (see
-    :func:`run_task_episodes`), but the set compiles once per agent count: one
+    :func:`run_task_episodes`; envs that stack, SMAX, follow the same rules with
+    some draws from other keys unless ``stack=False``), but the set compiles once per agent count: one
     copy of the policy network per group instead of one per task, and the same
     programs for the periodic and final evaluations of a training run.
     """
