@@ -87,9 +87,12 @@ class MixerAlgoConfig(Config):
     mixer_width: int           # attention mixer: embedding width
     mixer_heads: int           #   attention heads
     mixer_mix_width: int       #   QMIX hidden layer
+    mixer_init_scale: float    #   variance scale of its hypernetwork weights at init (1.0: flax's default)
 
     def __post_init__(self):
         super().__post_init__()
+        if self.mixer_init_scale <= 0:
+            raise UserInputError(f"algo.mixer_init_scale={self.mixer_init_scale!r} of {self.name!r} must be > 0")
         for key in ("mixer_width", "mixer_heads", "mixer_mix_width"):
             if getattr(self, key) < 1:
                 raise UserInputError(f"algo.{key}={getattr(self, key)!r} of {self.name!r} must be >= 1")
@@ -98,7 +101,7 @@ class MixerAlgoConfig(Config):
                                  f"algo.mixer_heads={self.mixer_heads}")
 
     def mixer(self) -> MixerConfig:
-        return MixerConfig(self.mixer_width, self.mixer_heads, self.mixer_mix_width)
+        return MixerConfig(self.mixer_width, self.mixer_heads, self.mixer_mix_width, self.mixer_init_scale)
 
 
 class ValueState(NamedTuple):

@@ -38,10 +38,13 @@ class MixerConfig:
     width: int = 32      # embedding width inside the mixer (attention and hypernetworks)
     heads: int = 1       # attention heads
     mix_width: int = 32  # QMIX hidden layer of the mixing network
+    init_scale: float = 1.0  # variance scale of the hypernetworks' weight kernels (hyper_w1, hyper_w2) at init:
+    #                          1.0 = flax's default (lecun normal); dQ_tot/dq_i starts near mix_width * 0.64 * scale
 
     def __post_init__(self):
-        if self.width < 1 or self.heads < 1 or self.mix_width < 1 or self.width % self.heads:
-            raise UserInputError(f"attention mixer needs positive sizes and width divisible by heads, got {self}")
+        if self.width < 1 or self.heads < 1 or self.mix_width < 1 or self.width % self.heads or self.init_scale <= 0:
+            raise UserInputError(f"attention mixer needs positive sizes, width divisible by heads and init_scale > 0, "
+                                 f"got {self}")
 
 
 def agent_attention(embeds, mask, width: int, heads: int):
@@ -70,10 +73,11 @@ class AttentionMixer(nn.Module):
         m = mask.astype(qs.dtype)
         x = agent_attention(embeds, mask, w, self.cfg.heads)
         pooled = jnp.sum(x, axis=-2) / jnp.maximum(jnp.sum(m, axis=-1, keepdims=True), 1.0)
-        w1 = jnp.abs(nn.Dense(self.cfg.mix_width, name="hyper_w1")(x)) * m[..., None]       # (..., N, K)
+        init = nn.initializers.variance_scaling(self.cfg.init_scale, "fan_in", "truncated_normal")
+        w1 = jnp.abs(nn.Dense(self.cfg.mix_width, kernel_init=init, name="hyper_w1")(x)) * m[..., None]  # (..., N, K)
         b1 = nn.Dense(self.cfg.mix_width, name="hyper_b1")(pooled)                           # (..., K)
         hidden = nn.elu(jnp.einsum("...n,...nk->...k", jnp.where(mask, qs, 0.0), w1) + b1)
-        w2 = jnp.abs(nn.Dense(self.cfg.mix_width, name="hyper_w2")(pooled))                  # (..., K)
+        w2 = jnp.abs(nn.Dense(self.cfg.mix_width, kernel_init=init, name="hyper_w2")(pooled))  # (..., K)
         b2 = nn.Dense(1, name="hyper_b2_out")(nn.relu(nn.Dense(w, name="hyper_b2")(pooled)))[..., 0]
         return jnp.sum(w2 * hidden, axis=-1) + b2
 
