@@ -29,8 +29,9 @@ from mtmarl.memory import release_freed_memory
 # (an RWARE task: 17 s to compile, 2 s to play 32 episodes); level 1 compiled the same program in
 # 12 s and it ran no slower, while level 0 halved the compile but ran 3-4x slower.
 COMPILER_OPTIONS = {"xla_backend_optimization_level": 1}
-# How many of a task set's programs (one per agent group) compile at once. XLA:CPU compiles a program on
-# one core, so on 2 cores 2 at once nearly halve the wall time, while their transient memory adds up.
+# How many of a task set's programs (one per agent group) compile at once. An XLA:CPU compile used no more
+# CPU time than wall time (mostly one core), so 2 at once on 2 cores cut rware_15's compile by 26%, while
+# their transient memory adds up (benchmarks/README.md, Evaluation programs compiled two at a time).
 COMPILE_THREADS = 1
 
 
@@ -454,7 +455,7 @@ class TaskSetEvaluator:
         if threads <= 1:
             for item in todo:
                 one(item)
-        else:  # XLA:CPU compiles a program on one core: several at once, each in its own thread
+        else:  # several at once, each in its own thread
             with ThreadPoolExecutor(threads, thread_name_prefix="mtmarl-compile-part") as pool:
                 list(pool.map(one, todo))
 
