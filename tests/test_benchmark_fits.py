@@ -25,3 +25,30 @@ def test_scaling_fit_recovers_the_exponent():
     assert got["agents"] == pytest.approx(1.5, abs=1e-6)
     assert got["context"] == pytest.approx(0.8, abs=1e-6)
     assert 0.8 < got["agents x context"] < 1.5  # one exponent for both: between the two
+
+
+def _algo_step():
+    spec = importlib.util.spec_from_file_location("algo_step_bench", ROOT / "benchmarks" / "algo_step.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_jaxpr_flops_counts_loops_as_often_as_they_run():
+    """The per-algorithm benchmark counts matmul FLOPs itself because XLA's cost analysis counts a scan body
+    once: a recurrent matmul scanned 5 times costs 5 forward matmuls and 10 backward ones (both operands'
+    gradients), and a cond its costlier branch."""
+    import jax
+    import jax.numpy as jnp
+
+    flops = _algo_step().jaxpr_flops
+    w, x0 = jnp.full((16, 16), 0.01), jnp.ones((8, 16))
+    one = 2 * 8 * 16 * 16
+
+    def unrolled(w, x):
+        return jnp.sum(jax.lax.scan(lambda c, _: (jnp.tanh(c @ w), None), x, None, length=5)[0])
+
+    assert flops(jax.make_jaxpr(unrolled)(w, x0).jaxpr) == 5 * one
+    assert flops(jax.make_jaxpr(jax.grad(unrolled))(w, x0).jaxpr) == 15 * one
+    branch = lambda p, w, x: jax.lax.cond(p, lambda: x @ w @ w, lambda: x @ w)  # noqa: E731
+    assert flops(jax.make_jaxpr(branch)(True, w, x0).jaxpr) == 2 * one
