@@ -256,6 +256,20 @@ def test_best_checkpoint_is_selected_on_train_tasks_only():
         train_score([row("test", 1.0)])
 
 
+def test_periodic_evaluation_logs_win_rates_where_every_task_has_one():
+    from mtmarl.training.loop import eval_metrics
+
+    def row(split, name, ret, win=None):
+        return {"split": split, "name": name, "mean_return": ret, "normalised_return": None,
+                **({} if win is None else {"win_rate": win})}
+
+    got = eval_metrics([row("train", "a", 1.0, 0.25), row("train", "b", 3.0, 0.75), row("test", "c", 5.0, 0.1)])
+    assert got["train_win_rate"] == 0.5 and got["test_win_rate"] == 0.1
+    assert got["train_return"] == 2.0 and got["train/b"] == 3.0 and "train_normalised" not in got
+    partial = eval_metrics([row("train", "a", 1.0, 0.25), row("train", "b", 3.0)])  # one task has no wins
+    assert "train_win_rate" not in partial and "test_return" not in partial
+
+
 def test_missing_vaults_name_the_files_and_how_to_get_data(tmp_path, task_set):
     with pytest.raises(UserInputError) as err:
         check_vaults(task_set, tmp_path)

@@ -189,6 +189,8 @@ class PeriodicEvaluator:
 
 
 def eval_metrics(rows: list[dict[str, Any]]) -> dict[str, float]:
+    """A periodic evaluation's logged numbers per split: mean return, normalised return and win rate (where
+    every task has one), each task's return, and the training-split score that picks the best checkpoint."""
     out: dict[str, float] = {}
     for split in ("train", "test"):
         sel = [r for r in rows if r["split"] == split]
@@ -198,6 +200,9 @@ def eval_metrics(rows: list[dict[str, Any]]) -> dict[str, float]:
         norms = [r["normalised_return"] for r in sel if r["normalised_return"] is not None]
         if len(norms) == len(sel):
             out[f"{split}_normalised"] = float(np.mean(norms))
+        wins = [r["win_rate"] for r in sel if r.get("win_rate") is not None]
+        if wins and len(wins) == len(sel):  # envs with a success signal (SMAX wins): its mean over the split
+            out[f"{split}_win_rate"] = float(np.mean(wins))
         for r in sel:
             out[f"{split}/{r['name']}"] = r["mean_return"]
     if any(r["split"] == "train" for r in rows):
