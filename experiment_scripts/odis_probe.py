@@ -27,6 +27,7 @@ import jax.numpy as jnp
 
 from mtmarl import tasks as task_registry
 from mtmarl.evaluate import evaluate_set
+from mtmarl.networks.entity import NEG
 from mtmarl.evaluation.references import load_references
 from mtmarl.evaluation.results import print_table
 from mtmarl.runtime import enable_compilation_cache
@@ -49,7 +50,7 @@ def variant_act(algo, name: str):
         else:
             skill = jax.nn.one_hot(q_skill.argmax(-1), K, dtype=obs.dtype)
         h_dec, logits = decoder.apply(params["decoder"], h_dec, obs, skill)
-        logits = jnp.where(action_mask, logits, -1e9)
+        logits = jnp.where(action_mask, logits, NEG)
         if name == "odis-sample":
             actions = jax.random.categorical(key, logits)
         else:
