@@ -77,11 +77,17 @@ class Config(common.BatchConfig):
     mixer_width: int
     mixer_heads: int
     mixer_mix_width: int
+    mixer_init_scale: float  # variance scale of the mixer's hypernetwork weights at init (1.0: flax's default)
 
     def __post_init__(self):
         if self.mixer not in ("attention", "vdn"):
             raise UserInputError(f"algo.mixer must be attention or vdn, got {self.mixer!r}")
-        MixerConfig(self.mixer_width, self.mixer_heads, self.mixer_mix_width)  # checks the sizes
+        if not self.mixer_init_scale > 0:
+            raise UserInputError(f"algo.mixer_init_scale must be > 0, got {self.mixer_init_scale!r}")
+        self.mixer_config()  # checks the sizes
+
+    def mixer_config(self) -> MixerConfig:
+        return MixerConfig(self.mixer_width, self.mixer_heads, self.mixer_mix_width, self.mixer_init_scale)
         if not 0.0 < self.expectile < 1.0:
             raise UserInputError(f"algo.expectile must be in (0, 1), got {self.expectile}")
         if not 0.0 < self.negatives_fraction <= 1.0:
@@ -246,7 +252,7 @@ def make(cfg: Config, network: dict, env: EnvSpec) -> HissdAlgorithm:
     W, S = ecfg.width, cfg.skill_dim
     nets = {"planner": Planner(env, ecfg, S), "encoder": TaskEncoder(env, ecfg, S), "controller": Controller(env, ecfg),
             "value": Value(env, ecfg), "predictor": Predictor(env.obs_dim)}
-    mixer = AttentionMixer(MixerConfig(cfg.mixer_width, cfg.mixer_heads, cfg.mixer_mix_width))
+    mixer = AttentionMixer(cfg.mixer_config())
     critic = ("value", "mixer")
     # value and the rest clipped and stepped apart (the code steps them in separate optimiser calls)
     adamw = lambda lr: optax.chain(optax.clip_by_global_norm(cfg.max_grad_norm),  # noqa: E731
