@@ -106,7 +106,7 @@ def test_without_forward_prediction_the_predictor_gets_no_loss_and_no_gradient()
     batch = _tiny_batch(spec, key)
     out, state = {}, None
     for on in (True, False):  # the same parameters for both (the predictor exists either way)
-        algo = registry.build("hissd", {"skill_dim": 4, "forward_prediction": on}, net, spec)
+        algo = registry.build("hissd", {"skill_dim": 4, "forward_prediction": on, "mixer_init_scale": 0.04}, net, spec)
         state = jax.jit(algo.init)(key, batch.obs[:1]) if state is None else state
         # the gradient with respect to the predictor only (cheap to compile: no backward pass through the nets)
         loss_of = lambda pred, algo=algo: algo.loss({**state.params, "predictor": pred},  # noqa: E731
@@ -118,25 +118,12 @@ def test_without_forward_prediction_the_predictor_gets_no_loss_and_no_gradient()
     assert norm(g_on) > 0 and norm(g_off) == 0.0
     assert float(m_on["planner_loss"]) > 0 and float(m_off["planner_loss"]) == 0.0
     np.testing.assert_allclose(without, with_ - float(m_on["planner_loss"]), rtol=1e-5)  # only that term left
-
-
-def test_mixer_init_scale_scales_the_hypernetwork_weights_and_bad_values_are_named():
-    """algo.mixer_init_scale reaches HiSSD's attention mixer: with the same key its hypernetwork kernels are
-    sqrt(scale) times the default's (a variance scale), and the rest of the mixer is untouched."""
-    obs = ObsLayout((EntityGroup("own", 1, 2), EntityGroup("enemies", 2, 2)))
-    spec = EnvSpec(2, obs, ActionLayout(2, (("enemies", 2),), noop=0))
-    net = {"width": 8, "heads": 1, "depth": 1, "ff_mult": 1}
-    key = jax.random.PRNGKey(3)
-    batch = _tiny_batch(spec, key)
-    mixers = {}
-    for scale in (1.0, 0.04):
-        algo = registry.build("hissd", {"skill_dim": 4, "mixer_init_scale": scale}, net, spec)
-        mixers[scale] = jax.jit(algo.init)(key, batch.obs[:1]).params["mixer"]["params"]
+    # algo.mixer_init_scale reaches the attention mixer: its hypernetwork kernels have variance scale / fan_in
+    # (flax's truncated-normal variance scaling), 5x below the default's standard deviation at 0.04
+    mixer = state.params["mixer"]["params"]
     for name in ("hyper_w1", "hyper_w2"):
-        np.testing.assert_allclose(np.asarray(mixers[0.04][name]["kernel"]),
-                                   0.2 * np.asarray(mixers[1.0][name]["kernel"]), rtol=1e-5, atol=1e-7)
-    np.testing.assert_array_equal(np.asarray(mixers[0.04]["hyper_b1"]["kernel"]),
-                                  np.asarray(mixers[1.0]["hyper_b1"]["kernel"]))
+        kernel = np.asarray(mixer[name]["kernel"])
+        assert np.std(kernel) == pytest.approx(np.sqrt(0.04 / kernel.shape[0]), rel=0.25), name
     with pytest.raises(UserInputError, match="mixer_init_scale"):
         registry.build("hissd", {"mixer_init_scale": 0.0}, net, spec)
 
