@@ -1,4 +1,4 @@
-"""Why does a trained ODIS win little? Its two acting parts judged apart on a trained run.
+"""Why does a trained ODIS (or HyGen) win little? Its two acting parts judged apart on a trained run.
 
 ODIS acts in two steps: the Q agent picks a skill, the frozen stage-1 decoder turns (observation,
 skill) into an action. A low win rate can come from either. This replays the run's checkpoint on its
@@ -35,9 +35,14 @@ from mtmarl.training.policy import make_policy
 from mtmarl.training.restore import load_run
 
 
+def skill_count(algo) -> int:
+    """ODIS's ``skill_dim``; HyGen's 0 means one skill per attention head, the width of its local skill head."""
+    return algo.cfg.skill_dim or algo.nets["local_head"].features
+
+
 def variant_act(algo, name: str):
     """An ``act`` with ODIS's acting step replaced as ``name`` says (module docstring)."""
-    agent, decoder, K = algo.nets["agent"], algo.nets["decoder"], algo.cfg.skill_dim
+    agent, decoder, K = algo.nets["agent"], algo.nets["decoder"], skill_count(algo)
 
     def act(params, carry, obs, action_mask, active, reset, key, greedy=False):
         del active, greedy
@@ -71,7 +76,7 @@ def main(argv=None) -> int:
     enable_compilation_cache()
     algo, params, cfg, info = load_run(args.run_dir)
     task_set = task_registry.from_config(info["tasks"])
-    names = args.variants or ["odis", "odis-sample", "soft-uniform"] + [f"skill-{k}" for k in range(algo.cfg.skill_dim)]
+    names = args.variants or ["odis", "odis-sample", "soft-uniform"] + [f"skill-{k}" for k in range(skill_count(algo))]
     args.out.mkdir(parents=True, exist_ok=True)
     table = {}
     for name in names:

@@ -12,7 +12,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
-from helpers import smax_layout_update_and_act
+from helpers import load_script, smax_layout_update_and_act
 from omegaconf import OmegaConf
 from test_entity import duel_vaults, toy_env  # noqa: F401  (toy_env is a fixture)
 from test_updet import SPEC, tiny_batch
@@ -294,3 +294,11 @@ def test_bad_configs_are_one_line_errors_naming_the_key(run_dir, tmp_path, monke
         assert "online.init_from=" in msg and "holds a 'odis' run" in msg and "algo=hygen" in msg
     finally:
         hygen._restore.cache_clear()
+
+
+def test_odis_probe_counts_hygens_skills_by_its_heads():
+    # experiment_scripts/odis_probe.py replays HyGen too: skill_dim 0 means one skill per attention head
+    probe = load_script("odis_probe")
+    assert probe.skill_count(_algo()) == NET["heads"]
+    assert probe.skill_count(_algo(skill_dim=3)) == 3
+    assert probe.skill_count(registry.build("odis", {"skill_dim": 4}, NET, SPEC)) == 4
