@@ -124,8 +124,11 @@ def test_without_forward_prediction_the_predictor_gets_no_loss_and_no_gradient()
     for name in ("hyper_w1", "hyper_w2"):
         kernel = np.asarray(mixer[name]["kernel"])
         assert np.std(kernel) == pytest.approx(np.sqrt(0.04 / kernel.shape[0]), rel=0.25), name
-    with pytest.raises(UserInputError, match="mixer_init_scale"):
-        registry.build("hissd", {"mixer_init_scale": 0.0}, net, spec)
+    for bad, key in (({"mixer_init_scale": 0.0}, "mixer_init_scale"), ({"expectile": 1.5}, "expectile"),
+                     ({"negatives_fraction": 0.0}, "negatives_fraction"), ({"ssl_window": 0}, "ssl_window"),
+                     ({"tau": 2.0}, "tau")):
+        with pytest.raises(UserInputError, match=key):
+            registry.build("hissd", bad, net, spec)
 
 
 def test_two_shards_give_the_whole_batch_loss():

@@ -85,9 +85,6 @@ class Config(common.BatchConfig):
         if not self.mixer_init_scale > 0:
             raise UserInputError(f"algo.mixer_init_scale must be > 0, got {self.mixer_init_scale!r}")
         self.mixer_config()  # checks the sizes
-
-    def mixer_config(self) -> MixerConfig:
-        return MixerConfig(self.mixer_width, self.mixer_heads, self.mixer_mix_width, self.mixer_init_scale)
         if not 0.0 < self.expectile < 1.0:
             raise UserInputError(f"algo.expectile must be in (0, 1), got {self.expectile}")
         if not 0.0 < self.negatives_fraction <= 1.0:
@@ -96,6 +93,9 @@ class Config(common.BatchConfig):
             raise UserInputError("algo.ssl_window and algo.skill_dim must be >= 1")
         if not 0.0 <= self.tau <= 1.0 or not 0.0 <= self.gamma <= 1.0:
             raise UserInputError(f"algo.tau and algo.gamma must be in [0, 1], got {self.tau}, {self.gamma}")
+
+    def mixer_config(self) -> MixerConfig:
+        return MixerConfig(self.mixer_width, self.mixer_heads, self.mixer_mix_width, self.mixer_init_scale)
 
 
 # ---------------------------------------------------------------- networks
