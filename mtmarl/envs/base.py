@@ -80,7 +80,7 @@ class MultiAgentEnv(abc.ABC):
         remembers it; ``step`` is as usual; its spec is one every task pads into. An evaluation program
         then traces one env step for all its tasks instead of one per task (XLA compile time grows with
         each traced step). The default is None: tasks whose shapes are static structure of the env
-        (Jumanji's grids) are traced one by one.
+        (LBF's and Connector's grids) are traced one by one.
         """
         return None
 

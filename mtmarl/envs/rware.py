@@ -19,6 +19,11 @@ from mtmarl.envs.base import JumanjiEnv
 COORD_SCALE = 16.0
 
 
+def scaled_view(view):
+    """Jumanji's (n, O) integer view as floats with the coordinates rescaled (see ``COORD_SCALE``)."""
+    return view.astype(jnp.float32).at[:, :2].divide(COORD_SCALE)
+
+
 class HostLayoutGenerator(RandomGenerator):
     """Jumanji's random RWARE generator with the fixed warehouse layout computed in NumPy.
 
@@ -63,8 +68,18 @@ class RwareEnv(JumanjiEnv):
         return f"{rows}x{cols} shelf blocks of {height} ({self.size_property()} shelves)"
 
     def agents_view(self, state, raw_obs):
-        view = raw_obs.agents_view.astype(jnp.float32)
-        return view.at[:, :2].divide(COORD_SCALE)
+        return scaled_view(raw_obs.agents_view)
+
+    @classmethod
+    def stack(cls, envs):
+        """All layouts in one traced env (:class:`mtmarl.envs.rware_stack.RwareStack`); they must share the
+        horizon, sensor range and observation layout."""
+        first = envs[0]
+        if any(e.horizon != first.horizon or e.spec.obs != first.spec.obs
+               or e.jumanji_env.sensor_range != first.jumanji_env.sensor_range for e in envs):
+            return None
+        from mtmarl.envs.rware_stack import RwareStack
+        return RwareStack(envs)
 
     def ended_by_rules(self, state, ts):
         """A collision. Jumanji gives discount 0 at the time limit too, so the

@@ -109,10 +109,11 @@ def run_task_episodes(envs, policy: Policy, params: Any, keys: jax.Array, count=
     the slots.
 
     With ``stack`` (default) and envs whose class can stack its tasks
-    (``MultiAgentEnv.stack``: SMAX), all tasks play through one traced env
+    (``MultiAgentEnv.stack``: SMAX, RWARE), all tasks play through one traced env
     with the task as data: one env step to compile instead of one per task.
-    The stacked env follows each task's rules, but its random draws may
-    differ (see :mod:`mtmarl.envs.smax_stack`).
+    The stacked env follows each task's rules; RWARE's also replays its
+    draws exactly (:mod:`mtmarl.envs.rware_stack`), SMAX's may draw from
+    other keys (:mod:`mtmarl.envs.smax_stack`).
     """
     check_same_shapes(envs)
     if len({env.num_agents for env in envs}) != 1:
@@ -183,7 +184,7 @@ class _StackedEnv:
         keys = self.reset_keys[jnp.arange(first.shape[0])[:, None], first]
         new = self._reset(keys, self.tasks)
         rows = start.reshape(-1)
-        flat = jax.tree.map(lambda x: x.reshape((-1,) + x.shape[2:]), (new, (states, ts)))
+        flat = jax.tree.map(lambda x: x.reshape((rows.shape[0],) + x.shape[2:]), (new, (states, ts)))  # 0-size leaves too
         merged = jax.lax.cond(jnp.any(start), lambda: _where_rows(rows, *flat), lambda: flat[1])
         return jax.tree.map(lambda x: x.reshape(start.shape + x.shape[1:]), merged)
 
@@ -490,8 +491,8 @@ def make_task_set_evaluator(envs, policy: Policy, num_episodes: int, num_devices
     ``envs`` are the tasks of one set padded to the set's shape (``TaskSet.padded``)
     and ``keys`` is (tasks, 2), one evaluation key per task. Task t's episodes
     are those :func:`make_evaluator` gives ``envs[t]`` for ``keys[t]`` (see
-    :func:`run_task_episodes`; envs that stack, SMAX, follow the same rules with
-    some draws from other keys unless ``stack=False``), but the set compiles once per agent count: one
+    :func:`run_task_episodes`; stacked RWARE layouts play the same episodes, stacked SMAX maps
+    draw some numbers from other keys unless ``stack=False``), but the set compiles once per agent count: one
     copy of the policy network per group instead of one per task, and the same
     programs for the periodic and final evaluations of a training run.
     """

@@ -1,0 +1,92 @@
+"""RWARE layouts stacked into one traced env (``RwareEnv.stack``) must play each layout exactly as Jumanji does."""
+
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from mtmarl.envs import PaddedEnv
+from mtmarl.envs.rware import RwareEnv
+from mtmarl.online import scripted_rware
+
+# different grids (rows x cols blocks, column heights), shelf counts, agent counts and request queues
+LAYOUTS = [dict(rows=2, cols=3, height=4, agents=4), dict(rows=1, cols=3, height=8, agents=3),
+           dict(rows=1, cols=5, height=4, agents=2, request=3)]
+
+
+def _replay(env, stack, task, key, careless, steps=250):
+    """``env`` driven by the scripted planner (deliveries, so new requests get drawn) or by careless random
+    actions (collisions); the stack replays the same actions for ``task`` from the same reset key."""
+    k_reset, k_act = jax.random.split(key)
+    state, first = env.reset(k_reset)
+
+    def body(carry, k):
+        state, ts = carry
+        actions = scripted_rware.act(env, state, ts.observation.action_mask, k, 0.2, careless)
+        state, ts = env.step(state, actions)
+        return (state, ts), (ts, actions)
+
+    _, (rest, actions) = jax.lax.scan(body, (state, first), jax.random.split(k_act, steps))
+    pad = stack.num_agents - env.num_agents
+    s_state, s_first = stack.reset(k_reset, task)
+    _, s_rest = jax.lax.scan(lambda s, a: stack.step(s, jnp.pad(a, (0, pad))), s_state, actions)
+    join = lambda first, rest: jax.tree.map(lambda a, b: jnp.concatenate([a[None], b]), first, rest)  # noqa: E731
+    return join(first, rest), join(s_first, s_rest)
+
+
+@pytest.fixture(scope="module")
+def stack():
+    envs = [RwareEnv(**layout, horizon=200) for layout in LAYOUTS]
+    return envs, RwareEnv.stack(envs)
+
+
+@pytest.mark.parametrize("careless", [False, True])
+def test_stacked_layouts_play_each_layout_exactly(stack, careless):
+    """Every time step of every layout equals Jumanji's for the same keys and actions: observations (the
+    sensor window at the layout's walls), action masks, rewards (requests drawn at the layout's sizes),
+    collisions and time limits; the stack's extra agents are inactive and may only take the no-op."""
+    envs, stacked = stack
+    assert stacked.num_agents == 4 and stacked.obs_dim == envs[0].obs_dim
+    delivered = ended = 0
+    for task, env in enumerate(envs):
+        want, got = jax.device_get(jax.jit(lambda k: _replay(env, stacked, task, k, careless))(jax.random.PRNGKey(task)))
+        n = env.num_agents
+        np.testing.assert_array_equal(got.observation.agents_view[:, :n], want.observation.agents_view)
+        np.testing.assert_array_equal(got.observation.action_mask[:, :n], want.observation.action_mask)
+        assert (got.observation.agents_view[:, n:] == 0).all()
+        assert (got.observation.action_mask[:, n:] == (np.arange(5) == 0)).all()
+        assert (got.observation.active == (np.arange(4) < n)).all()
+        for field in ("reward", "terminal", "truncated"):
+            np.testing.assert_array_equal(getattr(got, field), getattr(want, field), err_msg=field)
+        np.testing.assert_array_equal(got.observation.step_count, want.observation.step_count)
+        delivered += want.reward.sum()
+        ended += want.terminal.any()
+    if careless:
+        assert ended >= 2, "careless random actions should collide"
+    else:
+        assert delivered >= 6, "the planner should deliver shelves (new requests drawn)"
+
+
+def test_stack_is_refused_for_other_horizons_or_sensor_ranges():
+    a = RwareEnv(1, 3, 8, 2)
+    assert RwareEnv.stack([a, RwareEnv(1, 3, 8, 2, horizon=100)]) is None
+    assert RwareEnv.stack([a, RwareEnv(1, 3, 8, 2, sensor=2)]) is None
+    padded = [PaddedEnv(e, num_agents=4) for e in (a, RwareEnv(2, 3, 8, 3))]
+    assert type(padded[0]).stack(padded).num_agents == 4
+
+
+def test_set_evaluator_plays_the_same_episodes_stacked_or_each_layout_traced():
+    """The set evaluator stacks an agent group's layouts by default; its per-task episode statistics must equal
+    those of every layout's own traced env for the same keys."""
+    from mtmarl.evaluation.policies import RANDOM
+    from mtmarl.evaluation.rollout import make_task_set_evaluator
+
+    envs = [PaddedEnv(RwareEnv(**layout, horizon=60), num_agents=4) for layout in LAYOUTS]
+    keys = jax.random.split(jax.random.PRNGKey(7), len(envs))
+    stacked, each = (jax.device_get(make_task_set_evaluator(envs, RANDOM, 12, num_devices=1, batch=4,
+                                                            stack=st)(None, keys)) for st in (True, False))
+    for field in ("returns", "lengths", "successes", "timeouts"):
+        np.testing.assert_array_equal(getattr(stacked, field), getattr(each, field), err_msg=field)
+    assert each.timeouts.any() and not each.timeouts.all(), "episodes should end by collisions and by the time limit"
