@@ -25,6 +25,12 @@ warnings.filterwarnings("ignore", message="scatter inputs have incompatible type
                         "from dtype=int32 to dtype=bool", category=FutureWarning)
 
 
+def scaled_view(view):
+    """Jumanji's (n, 3, k, k) grid view, each channel divided by its ``CHANNEL_SCALE``, flattened per agent."""
+    view = view.astype(jnp.float32) / jnp.asarray(CHANNEL_SCALE)[None, :, None, None]
+    return view.reshape(view.shape[0], -1)
+
+
 class LbfEnv(JumanjiEnv):
     name = "lbf"
 
@@ -44,6 +50,15 @@ class LbfEnv(JumanjiEnv):
         return f"{grid}x{grid}, {food} food, max level {level}{', coop' if coop else ''}"
 
     def agents_view(self, state, raw_obs):
-        view = raw_obs.agents_view.astype(jnp.float32)  # (n, 3, k, k)
-        view = view / jnp.asarray(CHANNEL_SCALE)[None, :, None, None]
-        return view.reshape(view.shape[0], -1)
+        return scaled_view(raw_obs.agents_view)
+
+    @classmethod
+    def stack(cls, envs):
+        """All levels in one traced env (:class:`mtmarl.envs.lbf_stack.LbfStack`); they must share the horizon,
+        field of view, observation layout and reward settings."""
+        same = lambda get: len({get(e) for e in envs}) == 1  # noqa: E731
+        if not all(same(get) for get in (lambda e: e.horizon, lambda e: e.spec.obs, lambda e: e.jumanji_env.fov,
+                                          lambda e: e.jumanji_env.normalize_reward, lambda e: e.jumanji_env.penalty)):
+            return None
+        from mtmarl.envs.lbf_stack import LbfStack
+        return LbfStack(envs)
