@@ -22,8 +22,10 @@ MAX_AGENT_ID = 12  # ids in the global state are divided by this (tasks have <= 
 NUM_CHANNELS = 5  # own path, own target, others' path/head, others' targets, off-grid
 
 
-def _window_channels(grid: jax.Array, agent: jax.Array) -> jax.Array:
-    """Global grid (G, G) -> (5, G, G) binary channels from agent ``agent``'s side."""
+def _window_channels(grid: jax.Array, agent: jax.Array, off_grid: jax.Array) -> jax.Array:
+    """Global grid (G, G) -> (5, G, G) binary channels from agent ``agent``'s side; ``off_grid`` (G, G) marks
+    cells that are not part of the task's grid (none for a task alone; its padding in a stack)."""
+    grid = jnp.where(off_grid, 0, grid)
     owner, kind = (grid - 1) // 3, (grid - 1) % 3  # kind: 0 path, 1 head, 2 target
     other = (grid > 0) & (owner != agent)
     return jnp.stack([
@@ -31,7 +33,7 @@ def _window_channels(grid: jax.Array, agent: jax.Array) -> jax.Array:
         grid == 3 * agent + 3,
         other & (kind != 2),
         other & (kind == 2),
-        jnp.zeros_like(grid, bool),
+        off_grid,
     ]).astype(jnp.float32)
 
 
@@ -39,8 +41,24 @@ def _crop(channels: jax.Array, pos: jax.Array) -> jax.Array:
     """Window of size 2R+1 around pos; cells off the grid have only the off-grid flag."""
     r = RADIUS
     padded = jnp.pad(channels, ((0, 0), (r, r), (r, r)))
-    padded = padded.at[-1].set(jnp.pad(jnp.zeros(channels.shape[1:]), r, constant_values=1.0))
+    padded = padded.at[-1].set(jnp.pad(channels[-1], r, constant_values=1.0))
     return jax.lax.dynamic_slice(padded, (0, pos[0], pos[1]), (NUM_CHANNELS, 2 * r + 1, 2 * r + 1))
+
+
+def agents_view(grid: jax.Array, agents, off_grid: jax.Array) -> jax.Array:
+    """(n, O): each agent's window, the offset to its own target and whether it is connected."""
+    crop = lambda i, p: _crop(_window_channels(grid, i, off_grid), p)  # noqa: E731
+    windows = jax.vmap(crop)(agents.id, agents.position)
+    offset = (agents.target - agents.position).astype(jnp.float32) / OFFSET_SCALE
+    connected = jnp.all(agents.position == agents.target, axis=-1, keepdims=True)
+    return jnp.concatenate([windows.reshape(windows.shape[0], -1), offset, connected.astype(jnp.float32)], axis=-1)
+
+
+def owner_planes(grid: jax.Array) -> jax.Array:
+    """(3, G, G): the owner id of every path, head and target cell, in [0, 1]."""
+    owner = jnp.where(grid > 0, (grid - 1) // 3 + 1, 0).astype(jnp.float32) / MAX_AGENT_ID
+    kind = jnp.where(grid > 0, (grid - 1) % 3, -1)
+    return jnp.stack([owner * (kind == k) for k in range(3)])
 
 
 class ConnectorEnv(JumanjiEnv):
@@ -59,17 +77,16 @@ class ConnectorEnv(JumanjiEnv):
         return f"{grid}x{grid} grid"
 
     def agents_view(self, state, raw_obs):
-        agents = state.agents
-        crop = lambda i, p: _crop(_window_channels(raw_obs.grid, i), p)
-        windows = jax.vmap(crop)(jnp.arange(self.num_agents), agents.position)
-        offset = (agents.target - agents.position).astype(jnp.float32) / OFFSET_SCALE
-        connected = jnp.all(agents.position == agents.target, axis=-1, keepdims=True)
-        return jnp.concatenate(
-            [windows.reshape(windows.shape[0], -1), offset, connected.astype(jnp.float32)], axis=-1)
+        return agents_view(raw_obs.grid, state.agents, jnp.zeros(raw_obs.grid.shape, bool))
 
     def global_state(self, state):
         """Owner id of every path, head and target cell: (3 * G * G,) in [0, 1]."""
-        g = state.grid
-        owner = jnp.where(g > 0, (g - 1) // 3 + 1, 0).astype(jnp.float32) / MAX_AGENT_ID
-        kind = jnp.where(g > 0, (g - 1) % 3, -1)
-        return jnp.stack([owner * (kind == k) for k in range(3)]).reshape(-1)
+        return owner_planes(state.grid).reshape(-1)
+
+    @classmethod
+    def stack(cls, envs):
+        """All grids in one traced env (:class:`mtmarl.envs.connector_stack.ConnectorStack`); they must share the
+        horizon, observation layout, reward and generator kind."""
+        from mtmarl.envs.connector_stack import ConnectorStack
+
+        return ConnectorStack(envs) if ConnectorStack.can_stack(envs) else None
