@@ -79,8 +79,8 @@ class MultiAgentEnv(abc.ABC):
         The stacked env's ``reset(key, task)`` takes the task's index in ``envs`` (traced) and its state
         remembers it; ``step`` is as usual; its spec is one every task pads into. An evaluation program
         then traces one env step for all its tasks instead of one per task (XLA compile time grows with
-        each traced step). The default is None: tasks whose shapes are static structure of the env
-        (LBF's and Connector's grids) are traced one by one.
+        each traced step). The default is None: the tasks are then traced one by one. RWARE, LBF, Connector
+        and SMAX stack (``mtmarl/envs/*_stack.py``).
         """
         return None
 

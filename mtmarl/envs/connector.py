@@ -15,6 +15,7 @@ from jumanji.environments import Connector
 from jumanji.environments.routing.connector.generator import RandomWalkGenerator
 
 from mtmarl.envs.base import JumanjiEnv
+from mtmarl.envs.connector_stack import ConnectorStack
 
 RADIUS = 2  # window is (2*RADIUS+1)^2 cells around the agent's head
 OFFSET_SCALE = 10.0  # target offsets are divided by this fixed constant
@@ -87,6 +88,4 @@ class ConnectorEnv(JumanjiEnv):
     def stack(cls, envs):
         """All grids in one traced env (:class:`mtmarl.envs.connector_stack.ConnectorStack`); they must share the
         horizon, observation layout, reward and generator kind."""
-        from mtmarl.envs.connector_stack import ConnectorStack
-
-        return ConnectorStack(envs) if ConnectorStack.can_stack(envs) else None
+        return ConnectorStack(envs, agents_view, owner_planes) if ConnectorStack.can_stack(envs) else None

@@ -33,7 +33,6 @@ from jumanji.environments.routing.connector.generator import RandomWalkGenerator
 from jumanji.environments.routing.connector.types import Agent, State
 
 from mtmarl.envs.base import MultiAgentEnv, Observation, TimeStep
-from mtmarl.envs.connector import agents_view, owner_planes
 from mtmarl.envs.layout import EnvSpec
 
 OFF = 10_000  # extra agents stand at (OFF + i, OFF): off every grid
@@ -46,7 +45,9 @@ class ConnectorStackState:
 
 
 class ConnectorStack(MultiAgentEnv):
-    """``reset(key, task)`` plays grid ``envs[task]`` (``ConnectorEnv`` objects, random-walk generated)."""
+    """``reset(key, task)`` plays grid ``envs[task]`` (``ConnectorEnv`` objects, random-walk generated), seen
+    through the env's own conversions: ``view(grid, agents, off_grid)`` (``connector.agents_view``) and
+    ``planes(grid)`` (``connector.owner_planes``)."""
 
     name = "connector"
 
@@ -58,8 +59,9 @@ class ConnectorStack(MultiAgentEnv):
                    and vars(e.jumanji_env._rewarder) == vars(first._rewarder)
                    and e.jumanji_env._generator.temperature == first._generator.temperature for e in envs)
 
-    def __init__(self, envs):
+    def __init__(self, envs, view, planes):
         self.envs = list(envs)
+        self._view, self._planes = view, planes
         raw = [e.jumanji_env for e in self.envs]
         gens = [r._generator for r in raw]
         self.horizon = self.envs[0].horizon
@@ -180,8 +182,8 @@ class ConnectorStack(MultiAgentEnv):
         G = self._grid[task]
         inside = self._inside(G)
         active = jnp.arange(self.num_agents) < self._agents[task]
-        view = jnp.where(active[:, None], agents_view(st.grid, st.agents, ~inside), 0.0)
-        planes = owner_planes(jnp.where(inside, st.grid, 0))  # (3, Gmax, Gmax) -> the task's own (3, G, G) order
+        view = jnp.where(active[:, None], self._view(st.grid, st.agents, ~inside), 0.0)
+        planes = self._planes(jnp.where(inside, st.grid, 0))  # (3, Gmax, Gmax) -> the task's own (3, G, G) order
         k = jnp.arange(3 * self._G * self._G)
         plane, cell = k // (G * G), k % (G * G)
         r, c = cell // G, cell % G

@@ -14,6 +14,7 @@ from jumanji.environments import LevelBasedForaging
 from jumanji.environments.routing.lbf.generator import RandomGenerator
 
 from mtmarl.envs.base import JumanjiEnv
+from mtmarl.envs.lbf_stack import LbfStack
 
 # Per-channel divisors: agent levels (<= 4 in our tasks), food levels (<= the
 # sum of the levels of the agents that may load it), accessibility (0/1).
@@ -60,5 +61,4 @@ class LbfEnv(JumanjiEnv):
         if not all(same(get) for get in (lambda e: e.horizon, lambda e: e.spec.obs, lambda e: e.jumanji_env.fov,
                                           lambda e: e.jumanji_env.normalize_reward, lambda e: e.jumanji_env.penalty)):
             return None
-        from mtmarl.envs.lbf_stack import LbfStack
-        return LbfStack(envs)
+        return LbfStack(envs, scaled_view)

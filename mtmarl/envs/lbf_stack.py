@@ -32,7 +32,6 @@ from jumanji.environments.routing.lbf.types import Agent, Food, State
 
 from mtmarl.envs.base import NOOP, MultiAgentEnv, Observation, TimeStep
 from mtmarl.envs.layout import EnvSpec
-from mtmarl.envs.lbf import scaled_view
 
 FAR = -1000  # extra agents and food stand at (FAR - i, FAR): off every grid, never adjacent to anything
 
@@ -44,12 +43,14 @@ class LbfStackState:
 
 
 class LbfStack(MultiAgentEnv):
-    """``reset(key, task)`` plays level ``envs[task]`` (``LbfEnv`` objects with one horizon and field of view)."""
+    """``reset(key, task)`` plays level ``envs[task]`` (``LbfEnv`` objects with one horizon and field of view);
+    ``view`` turns Jumanji's (n, 3, k, k) grid view into the env's observation rows (``lbf.scaled_view``)."""
 
     name = "lbf"
 
-    def __init__(self, envs):
+    def __init__(self, envs, view):
         self.envs = list(envs)
+        self._view = view
         raw = [e.jumanji_env for e in self.envs]
         gens = [r._generator for r in raw]
         self.horizon = self.envs[0].horizon
@@ -146,7 +147,7 @@ class LbfStack(MultiAgentEnv):
         mask = jax.vmap(utils.compute_action_mask, (0, None, None))(st.agents, st, self._grid[task])
         mask = jnp.where(active[:, None], mask, jnp.arange(mask.shape[1]) == NOOP)
         return TimeStep(
-            observation=Observation(agents_view=scaled_view(self._observe(st, task)),
+            observation=Observation(agents_view=self._view(self._observe(st, task)),
                                     action_mask=mask, active=active, step_count=st.step_count.astype(jnp.int32)),
             reward=reward,
             terminal=terminal,

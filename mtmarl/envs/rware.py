@@ -12,6 +12,7 @@ from jumanji.environments.routing.robot_warehouse.generator import RandomGenerat
 from jumanji.environments.routing.robot_warehouse.utils import is_collision
 
 from mtmarl.envs.base import JumanjiEnv
+from mtmarl.envs.rware_stack import RwareStack
 
 # Jumanji's view starts with the agent's absolute (x, y) cell; every other
 # feature is a 0/1 flag. Dividing the coordinates by a fixed 16 keeps them near
@@ -78,8 +79,7 @@ class RwareEnv(JumanjiEnv):
         if any(e.horizon != first.horizon or e.spec.obs != first.spec.obs
                or e.jumanji_env.sensor_range != first.jumanji_env.sensor_range for e in envs):
             return None
-        from mtmarl.envs.rware_stack import RwareStack
-        return RwareStack(envs)
+        return RwareStack(envs, scaled_view)
 
     def ended_by_rules(self, state, ts):
         """A collision. Jumanji gives discount 0 at the time limit too, so the

@@ -41,7 +41,6 @@ from jumanji.tree_utils import tree_slice
 
 from mtmarl.envs.base import NOOP, MultiAgentEnv, Observation, TimeStep
 from mtmarl.envs.layout import EnvSpec
-from mtmarl.envs.rware import scaled_view
 
 
 @struct.dataclass
@@ -90,12 +89,14 @@ def first_free(key, free):
 
 
 class RwareStack(MultiAgentEnv):
-    """``reset(key, task)`` plays layout ``envs[task]`` (``RwareEnv`` objects with one horizon and sensor range)."""
+    """``reset(key, task)`` plays layout ``envs[task]`` (``RwareEnv`` objects with one horizon and sensor range);
+    ``view`` turns Jumanji's (n, O) integer view into the env's observation rows (``rware.scaled_view``)."""
 
     name = "rware"
 
-    def __init__(self, envs):
+    def __init__(self, envs, view):
         self.envs = list(envs)
+        self._view = view
         raw = [e.jumanji_env for e in self.envs]
         self.horizon = self.envs[0].horizon
         self.sensor_range = raw[0].sensor_range
@@ -240,7 +241,7 @@ class RwareStack(MultiAgentEnv):
                                     self.num_obs_features, self._highways[task])
         view = jnp.where(active[:, None], jax.vmap(observe)(jnp.arange(self.num_agents)), 0)
         return TimeStep(
-            observation=Observation(agents_view=scaled_view(view), action_mask=st.action_mask, active=active,
+            observation=Observation(agents_view=self._view(view), action_mask=st.action_mask, active=active,
                                     step_count=st.step_count.astype(jnp.int32)),
             reward=reward.astype(jnp.float32),
             terminal=terminal,
