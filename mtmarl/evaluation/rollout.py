@@ -34,6 +34,8 @@ COMPILER_OPTIONS = {"xla_backend_optimization_level": 1}
 # main job's time to its first update by 69 s, for 0.31 GiB more peak memory (their transient memory adds
 # up; benchmarks/README.md, Evaluation programs compiled two at a time).
 COMPILE_THREADS = 2
+# A stacked env restarts at most 1/RESETS_PER_STEP of its slots per loop step (``_StackedEnv``).
+RESETS_PER_STEP = 4
 
 
 class EpisodeStats(NamedTuple):
@@ -152,13 +154,14 @@ class _EachEnv:
         self.init = tuple(s for s, _ in blanks), jax.tree.map(lambda *xs: jnp.stack(xs), *(t for _, t in blanks))
 
     def reset(self, states, ts, start, first):
-        """Slots in ``start`` (T, S) reset from the keys of episodes ``first`` (T, S)."""
+        """Slots in ``start`` (T, S) reset from the keys of episodes ``first`` (T, S); all of them are served."""
         restarted = [jax.lax.cond(jnp.any(start[i]),
                                   lambda s, x, i=i, env=env: _where_rows(start[i], jax.vmap(env.reset)(
                                       self.reset_keys[i, first[i]]), (s, x)),
                                   lambda s, x: (s, x), s, jax.tree.map(lambda x: x[i], ts))
                      for i, (env, s) in enumerate(zip(self.envs, states))]
-        return tuple(s for s, _ in restarted), jax.tree.map(lambda *xs: jnp.stack(xs), *(x for _, x in restarted))
+        return (tuple(s for s, _ in restarted), jax.tree.map(lambda *xs: jnp.stack(xs), *(x for _, x in restarted)),
+                start)
 
     def step(self, states, ts, actions, idle):
         """Every task's slots step, but a task that is ``idle`` keeps its state (nothing of it counts any more,
@@ -171,22 +174,37 @@ class _EachEnv:
 
 class _StackedEnv:
     """All tasks in one traced env (``MultiAgentEnv.stack``): the task index is data, every slot of every task
-    resets and steps in one ``vmap``. States: one pytree with leading (T, S) axes."""
+    steps in one ``vmap``. States: one pytree with leading (T, S) axes.
+
+    Resets: at most ``RESETS_PER_STEP`` of the T x S slots (at least one task's S) restart in one loop step; a
+    slot beyond that waits a step (its episode is keyed by its index, so waiting changes no episode). Why: a
+    ``vmap`` of every slot's reset ran whenever any slot restarted, nearly every step, and a reset can cost
+    more than a step (Connector's random walk, SMAX's unit placement)."""
 
     def __init__(self, env, reset_keys, slots: int):
         self.env, self.reset_keys = env, reset_keys
         T = reset_keys.shape[0]
-        self.tasks = jnp.broadcast_to(jnp.arange(T, dtype=jnp.int32)[:, None], (T, slots))
-        self._reset = jax.vmap(jax.vmap(env.reset))
-        self.init = _blank(jax.eval_shape(self._reset, reset_keys[:, :slots], self.tasks))
+        self.slots, self.size = slots, T * slots
+        self.per_step = min(self.size, max(slots, -(-self.size // RESETS_PER_STEP)))
+        tasks = jnp.broadcast_to(jnp.arange(T, dtype=jnp.int32)[:, None], (T, slots))
+        self.init = _blank(jax.eval_shape(jax.vmap(jax.vmap(env.reset)), reset_keys[:, :slots], tasks))
 
     def reset(self, states, ts, start, first):
-        keys = self.reset_keys[jnp.arange(first.shape[0])[:, None], first]
-        new = self._reset(keys, self.tasks)
-        rows = start.reshape(-1)
-        flat = jax.tree.map(lambda x: x.reshape((rows.shape[0],) + x.shape[2:]), (new, (states, ts)))  # 0-size leaves too
-        merged = jax.lax.cond(jnp.any(start), lambda: _where_rows(rows, *flat), lambda: flat[1])
-        return jax.tree.map(lambda x: x.reshape(start.shape + x.shape[1:]), merged)
+        """The first ``per_step`` slots in ``start`` (row-major) reset from the keys of episodes ``first``;
+        returns the new states and the slots served."""
+        flat_start = start.reshape(-1)
+        idx = jnp.nonzero(flat_start, size=self.per_step, fill_value=self.size)[0]
+        safe = jnp.minimum(idx, self.size - 1)
+        task, slot = safe // self.slots, safe % self.slots
+        flat = jax.tree.map(lambda x: x.reshape((self.size,) + x.shape[2:]), (states, ts))  # 0-size leaves too
+
+        def restart():
+            new = jax.vmap(self.env.reset)(self.reset_keys[task, first[task, slot]], task)
+            return jax.tree.map(lambda x, n: x.at[idx].set(n, mode="drop"), flat, new)
+
+        merged = jax.lax.cond(jnp.any(start), restart, lambda: flat)
+        served = jnp.zeros((self.size,), bool).at[idx].set(True, mode="drop").reshape(start.shape)
+        return (*jax.tree.map(lambda x: x.reshape(start.shape + x.shape[1:]), merged), served)
 
     def step(self, states, ts, actions, idle):
         del ts, idle  # one traced step for all tasks: nothing to skip per task
@@ -219,32 +237,36 @@ def _run_same_agents(envs, policy: Policy, params: Any, keys: jax.Array, count, 
         return policy.observe(params, carry, reward)
 
     def restart(env_states, ts, carry, start, episode, steps, acc):
-        """Slots in ``start`` begin episode ``episode``: env reset from its key, fresh carry, zero counters."""
-        env_states, ts = tasks.reset(env_states, ts, start, jnp.minimum(episode, C - 1))
-        carry = jax.tree.map(lambda f, c: jnp.where(start.reshape(start.shape + (1,) * f.ndim), f, c), fresh, carry)
+        """Slots in ``start`` begin episode ``episode`` (those the env serves this step; the rest wait): env reset
+        from its key, fresh carry, zero counters."""
+        env_states, ts, served = tasks.reset(env_states, ts, start, jnp.minimum(episode, C - 1))
+        carry = jax.tree.map(lambda f, c: jnp.where(served.reshape(served.shape + (1,) * f.ndim), f, c), fresh, carry)
         ret, length, won = acc
-        return (env_states, ts, carry, jnp.where(start, 0, steps),
-                (jnp.where(start, 0.0, ret), jnp.where(start, 0, length), won & ~start))
+        return (env_states, ts, carry, jnp.where(served, 0, steps),
+                (jnp.where(served, 0.0, ret), jnp.where(served, 0, length), won & ~served), served)
 
     def body(loop):
         env_states, ts, carry, episode, steps, playing, start, played, acc, out = loop
-        env_states, ts, carry, steps, (ret, length, won) = restart(env_states, ts, carry, start, episode, steps, acc)
+        env_states, ts, carry, steps, (ret, length, won), served = restart(env_states, ts, carry, start, episode,
+                                                                           steps, acc)
+        waiting = start & ~served  # due a restart, not served yet: plays from a later step
+        live = playing & ~waiting
         step_keys = jax.vmap(jax.vmap(jax.random.fold_in))(act_keys[rows, episode], steps)
         actions, carry = jax.vmap(jax.vmap(act_step))(step_keys, ts.observation, carry)
-        env_states, ts = tasks.step(env_states, ts, actions, ~jnp.any(playing, axis=1))
+        env_states, ts = tasks.step(env_states, ts, actions, ~jnp.any(live, axis=1))
         carry = jax.vmap(jax.vmap(observe))(carry, ts.reward)
-        ret = ret + jnp.where(playing, ts.reward, 0.0)
-        length = length + playing
-        won = won | (playing & ts.success)
+        ret = ret + jnp.where(live, ts.reward, 0.0)
+        length = length + live
+        won = won | (live & ts.success)
         steps = steps + 1
-        ended = playing & (ts.done | (steps >= horizons))
+        ended = live & (ts.done | (steps >= horizons))
         slot_of = jnp.where(ended, episode, C)  # C is past the end: the write is dropped
         timeout = ~ts.terminal  # an end that is no termination: the time limit or the task's horizon
         out = tuple(o.at[rows, slot_of].set(v, mode="drop") for o, v in zip(out, (ret, length, won, timeout)))
         # ended slots take the task's next episodes in slot order
         episode = jnp.where(ended, played[:, None] + jnp.cumsum(ended, axis=1) - ended, episode)
         played = played + ended.sum(axis=1)
-        start = ended & (episode < count)  # restarted at the top of the next iteration
+        start = waiting | (ended & (episode < count))  # restarted at the top of the next iteration (or later)
         playing = (playing & ~ended) | start
         return env_states, ts, carry, episode, steps, playing, start, played, (ret, length, won), out
 
