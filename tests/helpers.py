@@ -228,3 +228,44 @@ def assert_metrics_close(got: dict, want: dict, rtol: float, what: str = "metric
         return [float.fromhex(d[k]) if isinstance(d[k], str) else float(d[k]) for k in keys]
 
     np.testing.assert_allclose(floats(got), floats(want), rtol=rtol, err_msg=f"{what} ({keys})")
+
+
+def replay_on_stack(env, stack, task: int, key, act, steps: int):
+    """``env`` driven by ``act(state, time_step, key) -> actions`` for ``steps`` steps, and ``stack`` (an env from
+    ``MultiAgentEnv.stack``) replaying the same actions for ``task`` from the same reset key: both histories of
+    time steps, the reset's first (traceable; jit it)."""
+    import jax
+    import jax.numpy as jnp
+
+    k_reset, k_act = jax.random.split(key)
+    state, first = env.reset(k_reset)
+
+    def body(carry, k):
+        state, ts = carry
+        actions = act(state, ts, k)
+        state, ts = env.step(state, actions)
+        return (state, ts), (ts, actions)
+
+    _, (rest, actions) = jax.lax.scan(body, (state, first), jax.random.split(k_act, steps))
+    pad = stack.num_agents - actions.shape[-1]
+    s_state, s_first = stack.reset(k_reset, task)
+    _, s_rest = jax.lax.scan(lambda s, a: stack.step(s, jnp.pad(a, (0, pad))), s_state, actions)
+    join = lambda first, rest: jax.tree.map(lambda a, b: jnp.concatenate([a[None], b]), first, rest)  # noqa: E731
+    return join(first, rest), join(s_first, s_rest)
+
+
+def assert_stack_plays_alone(want, got, n: int, reward_rtol: float = 0.0):
+    """A stacked task's time steps (``got``) equal the task's own (``want``) for its ``n`` agents, and the
+    stack's extra agents are inactive, see zeros and may only take the no-op (action 0)."""
+    import numpy as np
+
+    obs, ref = got.observation, want.observation
+    np.testing.assert_array_equal(obs.agents_view[:, :n], ref.agents_view[:, :n])
+    np.testing.assert_array_equal(obs.action_mask[:, :n], ref.action_mask[:, :n])
+    np.testing.assert_array_equal(obs.step_count, ref.step_count)
+    assert (obs.agents_view[:, n:] == 0).all()
+    assert (obs.action_mask[:, n:] == (np.arange(obs.action_mask.shape[-1]) == 0)).all()
+    assert (obs.active == (np.arange(obs.active.shape[-1]) < n)).all()
+    np.testing.assert_allclose(got.reward, want.reward, rtol=reward_rtol, atol=reward_rtol)
+    for field in ("terminal", "truncated"):
+        np.testing.assert_array_equal(getattr(got, field), getattr(want, field), err_msg=field)

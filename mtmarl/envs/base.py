@@ -53,6 +53,15 @@ class TimeStep:
         return self.terminal | self.truncated
 
 
+@struct.dataclass
+class TaskState:
+    """A stacked env's state (``MultiAgentEnv.stack``): the env's own state at the stack's sizes, and which
+    of its tasks this episode plays."""
+
+    inner: Any
+    task: chex.Array  # () int32
+
+
 class MultiAgentEnv(abc.ABC):
     """The protocol: pure ``reset``/``step`` plus the shapes declared in ``spec``.
 

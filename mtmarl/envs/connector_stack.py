@@ -22,26 +22,17 @@ So a grid of the stack gets exactly the episodes Jumanji's env gives it for the 
 
 from __future__ import annotations
 
-from typing import Any
-
 import jax
 import jax.numpy as jnp
-from flax import struct
 from jumanji.environments.routing.connector import utils
 from jumanji.environments.routing.connector.constants import PATH, POSITION, TARGET
 from jumanji.environments.routing.connector.generator import RandomWalkGenerator
 from jumanji.environments.routing.connector.types import Agent, State
 
-from mtmarl.envs.base import MultiAgentEnv, Observation, TimeStep
+from mtmarl.envs.base import MultiAgentEnv, Observation, TaskState, TimeStep
 from mtmarl.envs.layout import EnvSpec
 
 OFF = 10_000  # extra agents stand at (OFF + i, OFF): off every grid
-
-
-@struct.dataclass
-class ConnectorStackState:
-    inner: Any       # Jumanji's Connector State on the stack's largest grid
-    task: jax.Array  # () int32, which grid this episode plays
 
 
 class ConnectorStack(MultiAgentEnv):
@@ -118,7 +109,7 @@ class ConnectorStack(MultiAgentEnv):
                 .at[tuple(new.T)].add(utils.get_position(agents.id) * ~noop, mode="drop"))
         return agents.replace(position=new), grid
 
-    def reset(self, key, task) -> tuple[ConnectorStackState, TimeStep]:
+    def reset(self, key, task) -> tuple[TaskState, TimeStep]:
         task = jnp.asarray(task, jnp.int32)
         N, G = self.num_agents, self._grid[task]
         n = self._agents[task]
@@ -153,10 +144,10 @@ class ConnectorStack(MultiAgentEnv):
         st = State(grid=grid, step_count=jnp.zeros((), jnp.int32), agents=agents, key=key,
                    action_mask=utils.get_action_masks(agents, grid))
         zero = jnp.zeros((), bool)
-        return ConnectorStackState(st, task), self._timestep(st, task, jnp.zeros((), jnp.float32), zero, zero)
+        return TaskState(st, task), self._timestep(st, task, jnp.zeros((), jnp.float32), zero, zero)
 
     # -- step: Jumanji's step on the walled grid ----------------------------------------------------------------
-    def step(self, state: ConnectorStackState, actions) -> tuple[ConnectorStackState, TimeStep]:
+    def step(self, state: TaskState, actions) -> tuple[TaskState, TimeStep]:
         st, task = state.inner, state.task
         active = jnp.arange(self.num_agents) < self._agents[task]
         actions = jnp.where(active, actions.astype(jnp.int32), 0)
@@ -175,7 +166,7 @@ class ConnectorStack(MultiAgentEnv):
         nxt = State(grid=grid, step_count=st.step_count + 1, agents=agents, key=st.key, action_mask=mask)
         reward = jnp.sum(jnp.where(active, self._rewarder(st, actions, nxt), 0.0)).astype(jnp.float32)
         done = jnp.all(jax.vmap(utils.connected_or_blocked)(agents, mask))
-        return ConnectorStackState(nxt, task), self._timestep(nxt, task, reward, done,
+        return TaskState(nxt, task), self._timestep(nxt, task, reward, done,
                                                               ~done & (nxt.step_count >= self.horizon))
 
     def _timestep(self, st: State, task, reward, terminal, truncated) -> TimeStep:

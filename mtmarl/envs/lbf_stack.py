@@ -22,24 +22,15 @@ So a level of the stack gets exactly the episodes Jumanji's env gives it for the
 
 from __future__ import annotations
 
-from typing import Any
-
 import jax
 import jax.numpy as jnp
-from flax import struct
 from jumanji.environments.routing.lbf import utils
 from jumanji.environments.routing.lbf.types import Agent, Food, State
 
-from mtmarl.envs.base import NOOP, MultiAgentEnv, Observation, TimeStep
+from mtmarl.envs.base import MultiAgentEnv, NOOP, Observation, TaskState, TimeStep
 from mtmarl.envs.layout import EnvSpec
 
 FAR = -1000  # extra agents and food stand at (FAR - i, FAR): off every grid, never adjacent to anything
-
-
-@struct.dataclass
-class LbfStackState:
-    inner: Any       # Jumanji's LBF State at the stack's agent and food counts
-    task: jax.Array  # () int32, which level this episode plays
 
 
 class LbfStack(MultiAgentEnv):
@@ -81,7 +72,7 @@ class LbfStack(MultiAgentEnv):
         _, picked = jax.lax.scan(take, mask, (jax.random.split(key, self._F), jnp.arange(self._F)))
         return picked
 
-    def reset(self, key, task) -> tuple[LbfStackState, TimeStep]:
+    def reset(self, key, task) -> tuple[TaskState, TimeStep]:
         task = jnp.asarray(task, jnp.int32)
         N, F = self.num_agents, self._F
         G, n, f = self._grid[task], self._agents[task], self._food[task]
@@ -109,10 +100,10 @@ class LbfStack(MultiAgentEnv):
                     level=jnp.where(real_food, food_levels, 0), eaten=~real_food)
         st = State(key=key, step_count=jnp.zeros((), jnp.int32), agents=agents, food_items=food)
         zero = jnp.zeros((), bool)
-        return LbfStackState(st, task), self._timestep(st, task, jnp.zeros((), jnp.float32), zero, zero)
+        return TaskState(st, task), self._timestep(st, task, jnp.zeros((), jnp.float32), zero, zero)
 
     # -- step: Jumanji's step with the level's grid size as data ------------------------------------------------
-    def step(self, state: LbfStackState, actions) -> tuple[LbfStackState, TimeStep]:
+    def step(self, state: TaskState, actions) -> tuple[TaskState, TimeStep]:
         st, task = state.inner, state.task
         active = jnp.arange(self.num_agents) < self._agents[task]
         actions = jnp.where(active, actions.astype(jnp.int32), NOOP)
@@ -121,7 +112,7 @@ class LbfStack(MultiAgentEnv):
         reward = jnp.sum(jnp.where(active, self._reward_of(food, adjacent_levels, eaten_now), 0.0)).astype(jnp.float32)
         st = State(agents=moved, food_items=food, step_count=st.step_count + 1, key=st.key)
         terminal = jnp.all(food.eaten)
-        return LbfStackState(st, task), self._timestep(st, task, reward, terminal,
+        return TaskState(st, task), self._timestep(st, task, reward, terminal,
                                                        ~terminal & (st.step_count >= self.horizon))
 
     def _observe(self, st: State, task):

@@ -27,26 +27,17 @@ So a task of the stack gets exactly the episodes Jumanji's env gives it for the 
 from __future__ import annotations
 
 import functools
-from typing import Any
-
 import jax
 import jax.numpy as jnp
 import numpy as np
-from flax import struct
 from jumanji.environments.routing.robot_warehouse import utils, utils_agent
 from jumanji.environments.routing.robot_warehouse.constants import _AGENTS, _SHELVES
 from jumanji.environments.routing.robot_warehouse.types import Action, Agent, Position, Shelf, State
 from jumanji.environments.routing.robot_warehouse.utils_shelf import set_new_shelf_position_if_carrying, update_shelf
 from jumanji.tree_utils import tree_slice
 
-from mtmarl.envs.base import NOOP, MultiAgentEnv, Observation, TimeStep
+from mtmarl.envs.base import MultiAgentEnv, NOOP, Observation, TaskState, TimeStep
 from mtmarl.envs.layout import EnvSpec
-
-
-@struct.dataclass
-class RwareStackState:
-    inner: Any       # Jumanji's RWARE State at the stack's sizes
-    task: jax.Array  # () int32, which layout this episode plays
 
 
 def permutes_in_one_round(size: int) -> bool:
@@ -127,7 +118,7 @@ class RwareStack(MultiAgentEnv):
         self._queued = jnp.asarray([r.request_queue_size for r in raw], jnp.int32)
 
     # -- reset: Jumanji's spawn, its draws at the task's sizes ---------------------------------------------------
-    def reset(self, key, task) -> tuple[RwareStackState, TimeStep]:
+    def reset(self, key, task) -> tuple[TaskState, TimeStep]:
         """Jumanji's ``spawn_random_entities`` with the same keys: agents on distinct random cells facing random
         directions, a random request queue; the entities placed on the padded grid by one scatter each."""
         task = jnp.asarray(task, jnp.int32)
@@ -156,7 +147,7 @@ class RwareStack(MultiAgentEnv):
         st = State(grid=grid, agents=agents, shelves=shelves, request_queue=queue, step_count=jnp.zeros((), jnp.int32),
                    action_mask=self._action_mask(grid, agents, self._dims[task], active), key=key)
         zero = jnp.zeros((), bool)
-        return RwareStackState(st, task), self._timestep(st, task, jnp.zeros((), jnp.float32), zero, zero)
+        return TaskState(st, task), self._timestep(st, task, jnp.zeros((), jnp.float32), zero, zero)
 
     # -- step: Jumanji's step on the padded arrays, the walls at the task's size -------------------------------
     @staticmethod
@@ -206,7 +197,7 @@ class RwareStack(MultiAgentEnv):
         key, reward, queue, shelves = jax.lax.cond(at_goal, delivered, lambda *a: a, key, reward, queue, shelves)
         return (key, reward, queue, grid, shelves), None
 
-    def step(self, state: RwareStackState, actions) -> tuple[RwareStackState, TimeStep]:
+    def step(self, state: TaskState, actions) -> tuple[TaskState, TimeStep]:
         st, task = state.inner, state.task
         dims, highways = self._dims[task], self._highways[task]
         active = jnp.arange(self.num_agents) < self._agents[task]
@@ -233,7 +224,7 @@ class RwareStack(MultiAgentEnv):
         last = collision | (steps >= self.horizon)
         st = State(grid=grid, agents=agents, shelves=shelves, request_queue=queue, step_count=steps,
                    action_mask=self._action_mask(grid, agents, dims, active), key=key)
-        return RwareStackState(st, task), self._timestep(st, task, reward, last & collision, last & ~collision)
+        return TaskState(st, task), self._timestep(st, task, reward, last & collision, last & ~collision)
 
     def _timestep(self, st: State, task, reward, terminal, truncated) -> TimeStep:
         active = jnp.arange(self.num_agents) < self._agents[task]
