@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import jax
+import jax.numpy as jnp
 import numpy as np
 
 from helpers import assert_stack_plays_alone, replay_on_stack
@@ -31,9 +32,10 @@ def test_stacked_grids_play_each_grid_exactly():
     connected = ended = 0
     for task, env in enumerate(envs):
         alone = PaddedEnv(env, state_dim=stack.state_dim)
+        keys = jnp.stack([jax.random.PRNGKey(10 * task + seed) for seed in range(3)])  # three episodes, one program
+        wants, gots = jax.device_get(jax.jit(jax.vmap(lambda k: _replay(alone, stack, task, k)))(keys))
         for seed in range(3):
-            key = jax.random.PRNGKey(10 * task + seed)
-            want, got = jax.device_get(jax.jit(lambda k: _replay(alone, stack, task, k))(key))
+            want, got = (jax.tree.map(lambda x: x[seed], tree) for tree in (wants, gots))
             assert_stack_plays_alone(want, got, env.num_agents, reward_rtol=1e-6)
             np.testing.assert_array_equal(got.state, want.state)
             connected += (want.reward > 0).sum()

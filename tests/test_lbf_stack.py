@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import jax
+import jax.numpy as jnp
 import numpy as np
 
 from helpers import assert_stack_plays_alone, replay_on_stack
@@ -31,9 +32,10 @@ def test_stacked_levels_play_each_level_exactly():
     assert stack.num_agents == 4 and stack.obs_dim == envs[0].obs_dim
     eaten = ended = 0
     for task, env in enumerate(envs):
+        keys = jnp.stack([jax.random.PRNGKey(10 * task + seed) for seed in range(3)])  # three episodes, one program
+        wants, gots = jax.device_get(jax.jit(jax.vmap(lambda k: _replay(env, stack, task, k)))(keys))
         for seed in range(3):
-            key = jax.random.PRNGKey(10 * task + seed)
-            want, got = jax.device_get(jax.jit(lambda k: _replay(env, stack, task, k))(key))
+            want, got = (jax.tree.map(lambda x: x[seed], tree) for tree in (wants, gots))
             assert_stack_plays_alone(want, got, env.num_agents)
             eaten += (want.reward > 0).sum()
             ended += want.terminal.any()
