@@ -49,10 +49,13 @@ def test_stacked_layouts_play_each_layout_exactly(stack, careless):
         assert delivered >= 6, "the planner should deliver shelves (new requests drawn)"
 
 
-def test_stack_is_refused_for_other_horizons_or_sensor_ranges():
+def test_stack_is_refused_for_other_horizons_sensor_ranges_or_too_large_grids():
     a = RwareEnv(1, 3, 8, 2)
     assert RwareEnv.stack([a, RwareEnv(1, 3, 8, 2, horizon=100)]) is None
     assert RwareEnv.stack([a, RwareEnv(1, 3, 8, 2, sensor=2)]) is None
+    big = RwareEnv(8, 9, 8, 2)  # 74 x 28 cells: more than one permutation round, its draws are not replayed
+    assert big.jumanji_env.grid_size[0] * big.jumanji_env.grid_size[1] > 1625
+    assert RwareEnv.stack([a, big]) is None
     padded = [PaddedEnv(e, num_agents=4) for e in (a, RwareEnv(2, 3, 8, 3))]
     assert type(padded[0]).stack(padded).num_agents == 4
 

@@ -12,7 +12,7 @@ from jumanji.environments.routing.robot_warehouse.generator import RandomGenerat
 from jumanji.environments.routing.robot_warehouse.utils import is_collision
 
 from mtmarl.envs.base import JumanjiEnv
-from mtmarl.envs.rware_stack import RwareStack
+from mtmarl.envs.rware_stack import RwareStack, permutes_in_one_round
 
 # Jumanji's view starts with the agent's absolute (x, y) cell; every other
 # feature is a 0/1 flag. Dividing the coordinates by a fixed 16 keeps them near
@@ -74,10 +74,13 @@ class RwareEnv(JumanjiEnv):
     @classmethod
     def stack(cls, envs):
         """All layouts in one traced env (:class:`mtmarl.envs.rware_stack.RwareStack`); they must share the
-        horizon, sensor range and observation layout."""
+        horizon, sensor range and observation layout, and fit a grid of at most 1625 cells."""
         first = envs[0]
         if any(e.horizon != first.horizon or e.spec.obs != first.spec.obs
                or e.jumanji_env.sensor_range != first.jumanji_env.sensor_range for e in envs):
+            return None
+        rows, cols = (max(e.jumanji_env.grid_size[i] for e in envs) for i in (0, 1))
+        if not permutes_in_one_round(rows * cols):  # its draws could not be replayed: trace each layout
             return None
         return RwareStack(envs, scaled_view)
 
