@@ -111,11 +111,11 @@ def run_task_episodes(envs, policy: Policy, params: Any, keys: jax.Array, count=
     the slots.
 
     With ``stack`` (default) and envs whose class can stack its tasks
-    (``MultiAgentEnv.stack``: SMAX, RWARE), all tasks play through one traced env
-    with the task as data: one env step to compile instead of one per task.
-    The stacked env follows each task's rules; RWARE's also replays its
-    draws exactly (:mod:`mtmarl.envs.rware_stack`), SMAX's may draw from
-    other keys (:mod:`mtmarl.envs.smax_stack`).
+    (``MultiAgentEnv.stack``: RWARE, LBF, Connector, SMAX), all tasks play
+    through one traced env with the task as data: one env step to compile
+    instead of one per task. The stacked env follows each task's rules; the
+    Jumanji stacks also replay its draws exactly (``mtmarl/envs/*_stack.py``),
+    SMAX's may draw from other keys (:mod:`mtmarl.envs.smax_stack`).
     """
     check_same_shapes(envs)
     if len({env.num_agents for env in envs}) != 1:
@@ -513,8 +513,8 @@ def make_task_set_evaluator(envs, policy: Policy, num_episodes: int, num_devices
     ``envs`` are the tasks of one set padded to the set's shape (``TaskSet.padded``)
     and ``keys`` is (tasks, 2), one evaluation key per task. Task t's episodes
     are those :func:`make_evaluator` gives ``envs[t]`` for ``keys[t]`` (see
-    :func:`run_task_episodes`; stacked RWARE layouts play the same episodes, stacked SMAX maps
-    draw some numbers from other keys unless ``stack=False``), but the set compiles once per agent count: one
+    :func:`run_task_episodes`; stacked RWARE, LBF and Connector tasks play the same episodes, stacked
+    SMAX maps draw some numbers from other keys unless ``stack=False``), but the set compiles once per agent count: one
     copy of the policy network per group instead of one per task, and the same
     programs for the periodic and final evaluations of a training run.
     """
