@@ -245,3 +245,45 @@ def test_references_default_to_the_data_roots_own(tmp_path):
     assert default_path(None) == DEFAULT_PATH
     (tmp_path / "references.json").write_text(json.dumps({SPEC.adhoc: {"return": 7.0}}))
     assert reference_for(SPEC, load_references(default_path(str(tmp_path)))) == 7.0
+
+
+class _KeyedStack:
+    """A toy stack: a reset writes (first word of its raw key, task) into the state, a step adds 1 to the counter."""
+
+    spec, horizon = None, 10
+
+    def reset(self, key, task):
+        return {"word": key[0], "task": task, "steps": jnp.int32(0)}, jnp.float32(task)
+
+    def step(self, state, actions):
+        return {**state, "steps": state["steps"] + 1}, jnp.float32(state["task"])
+
+
+@pytest.mark.parametrize("chunk", [1, 3, 100])
+def test_stacked_resets_serve_every_due_slot_and_touch_no_other(monkeypatch, chunk):
+    """Restarts run ``RESET_CHUNK`` slots at a time until all slots due one are served in that step: each gets
+    its task's key of the episode it starts, every other slot keeps its state (against a naive loop)."""
+    from mtmarl.evaluation import rollout
+
+    monkeypatch.setattr(rollout, "RESET_CHUNK", chunk)
+    T, S, C = 3, 4, 6
+    keys = jax.random.split(jax.random.PRNGKey(3), T * C).reshape(T, C, 2)  # raw keys, as the evaluator has
+    env = rollout._StackedEnv(_KeyedStack(), keys, S)
+    states = {"word": jnp.full((T, S), 7, jnp.uint32), "task": jnp.full((T, S), -1, jnp.int32),
+              "steps": jnp.arange(T * S, dtype=jnp.int32).reshape(T, S)}
+    ts = jnp.zeros((T, S))
+    rng = np.random.default_rng(0)
+    start = jnp.asarray(rng.random((T, S)) < 0.6)
+    first = jnp.asarray(rng.integers(0, C, (T, S)), jnp.int32)
+    new, new_ts, served = jax.jit(env.reset)(states, ts, start, first)
+    np.testing.assert_array_equal(served, start)
+    for t in range(T):
+        for s in range(S):
+            if start[t, s]:
+                want = _KeyedStack().reset(keys[t, first[t, s]], t)
+                assert (int(new["word"][t, s]), int(new["task"][t, s]), int(new["steps"][t, s])) == \
+                    (int(want[0]["word"]), t, 0)
+                assert float(new_ts[t, s]) == t
+            else:
+                assert (int(new["word"][t, s]), int(new["task"][t, s])) == (7, -1)
+                assert int(new["steps"][t, s]) == t * S + s and float(new_ts[t, s]) == 0.0

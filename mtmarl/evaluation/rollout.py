@@ -34,8 +34,8 @@ COMPILER_OPTIONS = {"xla_backend_optimization_level": 1}
 # main job's time to its first update by 69 s, for 0.31 GiB more peak memory (their transient memory adds
 # up; benchmarks/README.md, Evaluation programs compiled two at a time).
 COMPILE_THREADS = 2
-# A stacked env restarts at most 1/RESETS_PER_STEP of its slots per loop step (``_StackedEnv``).
-RESETS_PER_STEP = 4
+# A stacked env resets the slots due a restart this many at a time (``_StackedEnv``).
+RESET_CHUNK = 4
 
 
 class EpisodeStats(NamedTuple):
@@ -172,39 +172,59 @@ class _EachEnv:
         return tuple(s for s, _ in stepped), jax.tree.map(lambda *xs: jnp.stack(xs), *(x for _, x in stepped))
 
 
+class _OneTask:
+    """One task's env as a stack of one (``reset(key, task)`` ignores the task), so that a group of one task
+    plays through :class:`_StackedEnv`'s loop: resets of only the slots due one, no ``lax.cond`` around the
+    step. Through :class:`_EachEnv` the 15x15-10a Connector task alone took 62.7 ms for 64 random episodes
+    in 16 slots, 11.0 ms this way (same episodes; notes in benchmarks/README.md)."""
+
+    def __init__(self, env):
+        self.env, self.spec, self.horizon = env, env.spec, env.horizon
+
+    def reset(self, key, task):
+        del task
+        return self.env.reset(key)
+
+    def step(self, state, actions):
+        return self.env.step(state, actions)
+
+
 class _StackedEnv:
     """All tasks in one traced env (``MultiAgentEnv.stack``): the task index is data, every slot of every task
     steps in one ``vmap``. States: one pytree with leading (T, S) axes.
 
-    Resets: at most ``RESETS_PER_STEP`` of the T x S slots (at least one task's S) restart in one loop step; a
-    slot beyond that waits a step (its episode is keyed by its index, so waiting changes no episode). Why: a
-    ``vmap`` of every slot's reset ran whenever any slot restarted, nearly every step, and a reset can cost
-    more than a step (Connector's random walk, SMAX's unit placement)."""
+    Resets: the slots due a restart reset ``RESET_CHUNK`` at a time, in a loop that runs as many chunks as there
+    are restarts this step (none on most steps of long episodes). Why: a reset costs tens of env steps
+    (Connector's random walk: 13-69 us per env against 0.2-0.8 us per step, ``benchmarks/set_throughput.py``), and
+    a ``vmap`` over a fixed batch of slots pays for every slot of the batch whenever any one of them restarts:
+    with a quarter of the slots (at least one task's) per loop step, random play on connector_10 spent most of its
+    time in resets of slots that had nothing to restart. Every slot due a restart is served in its step."""
 
     def __init__(self, env, reset_keys, slots: int):
         self.env, self.reset_keys = env, reset_keys
         T = reset_keys.shape[0]
         self.slots, self.size = slots, T * slots
-        self.per_step = min(self.size, max(slots, -(-self.size // RESETS_PER_STEP)))
+        self.chunk = min(self.size, RESET_CHUNK)
         tasks = jnp.broadcast_to(jnp.arange(T, dtype=jnp.int32)[:, None], (T, slots))
         self.init = _blank(jax.eval_shape(jax.vmap(jax.vmap(env.reset)), reset_keys[:, :slots], tasks))
 
     def reset(self, states, ts, start, first):
-        """The first ``per_step`` slots in ``start`` (row-major) reset from the keys of episodes ``first``;
-        returns the new states and the slots served."""
+        """Slots in ``start`` (T, S) reset from the keys of episodes ``first`` (T, S); all of them are served."""
         flat_start = start.reshape(-1)
-        idx = jnp.nonzero(flat_start, size=self.per_step, fill_value=self.size)[0]
-        safe = jnp.minimum(idx, self.size - 1)
-        task, slot = safe // self.slots, safe % self.slots
+        # the restarting slots first (row-major), then past-the-end indices, whose writes are dropped
+        order = jnp.nonzero(flat_start, size=self.size + self.chunk, fill_value=self.size)[0]
         flat = jax.tree.map(lambda x: x.reshape((self.size,) + x.shape[2:]), (states, ts))  # 0-size leaves too
 
-        def restart():
+        def restart(i, flat):
+            idx = jax.lax.dynamic_slice(order, (i * self.chunk,), (self.chunk,))
+            safe = jnp.minimum(idx, self.size - 1)
+            task, slot = safe // self.slots, safe % self.slots
             new = jax.vmap(self.env.reset)(self.reset_keys[task, first[task, slot]], task)
             return jax.tree.map(lambda x, n: x.at[idx].set(n, mode="drop"), flat, new)
 
-        merged = jax.lax.cond(jnp.any(start), restart, lambda: flat)
-        served = jnp.zeros((self.size,), bool).at[idx].set(True, mode="drop").reshape(start.shape)
-        return (*jax.tree.map(lambda x: x.reshape(start.shape + x.shape[1:]), merged), served)
+        chunks = (flat_start.sum() + self.chunk - 1) // self.chunk
+        merged = jax.lax.fori_loop(0, chunks, restart, flat)
+        return (*jax.tree.map(lambda x: x.reshape(start.shape + x.shape[1:]), merged), start)
 
     def step(self, states, ts, actions, idle):
         del ts, idle  # one traced step for all tasks: nothing to skip per task
@@ -222,6 +242,8 @@ def _run_same_agents(envs, policy: Policy, params: Any, keys: jax.Array, count, 
     stacked = type(envs[0]).stack(envs) if stack and len(envs) > 1 else None
     if stacked is not None and stacked.spec == envs[0].spec and stacked.horizon == max(e.horizon for e in envs):
         tasks = _StackedEnv(stacked, reset_keys, slots)
+    elif len(envs) == 1:
+        tasks = _StackedEnv(_OneTask(envs[0]), reset_keys, slots)
     else:
         tasks = _EachEnv(envs, reset_keys, slots)
     env_states, ts = tasks.init
