@@ -154,14 +154,13 @@ class _EachEnv:
         self.init = tuple(s for s, _ in blanks), jax.tree.map(lambda *xs: jnp.stack(xs), *(t for _, t in blanks))
 
     def reset(self, states, ts, start, first):
-        """Slots in ``start`` (T, S) reset from the keys of episodes ``first`` (T, S); all of them are served."""
+        """Slots in ``start`` (T, S) reset from the keys of episodes ``first`` (T, S)."""
         restarted = [jax.lax.cond(jnp.any(start[i]),
                                   lambda s, x, i=i, env=env: _where_rows(start[i], jax.vmap(env.reset)(
                                       self.reset_keys[i, first[i]]), (s, x)),
                                   lambda s, x: (s, x), s, jax.tree.map(lambda x: x[i], ts))
                      for i, (env, s) in enumerate(zip(self.envs, states))]
-        return (tuple(s for s, _ in restarted), jax.tree.map(lambda *xs: jnp.stack(xs), *(x for _, x in restarted)),
-                start)
+        return tuple(s for s, _ in restarted), jax.tree.map(lambda *xs: jnp.stack(xs), *(x for _, x in restarted))
 
     def step(self, states, ts, actions, idle):
         """Every task's slots step, but a task that is ``idle`` keeps its state (nothing of it counts any more,
@@ -198,7 +197,7 @@ class _StackedEnv:
     (Connector's random walk: 13-69 us per env against 0.2-0.8 us per step, ``benchmarks/set_throughput.py``), and
     a ``vmap`` over a fixed batch of slots pays for every slot of the batch whenever any one of them restarts:
     with a quarter of the slots (at least one task's) per loop step, random play on connector_10 spent most of its
-    time in resets of slots that had nothing to restart. Every slot due a restart is served in its step."""
+    time in resets of slots that had nothing to restart. Every slot due a restart restarts in its step."""
 
     def __init__(self, env, reset_keys, slots: int):
         self.env, self.reset_keys = env, reset_keys
@@ -209,7 +208,7 @@ class _StackedEnv:
         self.init = _blank(jax.eval_shape(jax.vmap(jax.vmap(env.reset)), reset_keys[:, :slots], tasks))
 
     def reset(self, states, ts, start, first):
-        """Slots in ``start`` (T, S) reset from the keys of episodes ``first`` (T, S); all of them are served."""
+        """Slots in ``start`` (T, S) reset from the keys of episodes ``first`` (T, S)."""
         flat_start = start.reshape(-1)
         # the restarting slots first (row-major), then past-the-end indices, whose writes are dropped
         order = jnp.nonzero(flat_start, size=self.size + self.chunk, fill_value=self.size)[0]
@@ -224,7 +223,7 @@ class _StackedEnv:
 
         chunks = (flat_start.sum() + self.chunk - 1) // self.chunk
         merged = jax.lax.fori_loop(0, chunks, restart, flat)
-        return (*jax.tree.map(lambda x: x.reshape(start.shape + x.shape[1:]), merged), start)
+        return jax.tree.map(lambda x: x.reshape(start.shape + x.shape[1:]), merged)
 
     def step(self, states, ts, actions, idle):
         del ts, idle  # one traced step for all tasks: nothing to skip per task
@@ -259,36 +258,32 @@ def _run_same_agents(envs, policy: Policy, params: Any, keys: jax.Array, count, 
         return policy.observe(params, carry, reward)
 
     def restart(env_states, ts, carry, start, episode, steps, acc):
-        """Slots in ``start`` begin episode ``episode`` (those the env serves this step; the rest wait): env reset
-        from its key, fresh carry, zero counters."""
-        env_states, ts, served = tasks.reset(env_states, ts, start, jnp.minimum(episode, C - 1))
-        carry = jax.tree.map(lambda f, c: jnp.where(served.reshape(served.shape + (1,) * f.ndim), f, c), fresh, carry)
+        """Slots in ``start`` begin episode ``episode``: env reset from its key, fresh carry, zero counters."""
+        env_states, ts = tasks.reset(env_states, ts, start, jnp.minimum(episode, C - 1))
+        carry = jax.tree.map(lambda f, c: jnp.where(start.reshape(start.shape + (1,) * f.ndim), f, c), fresh, carry)
         ret, length, won = acc
-        return (env_states, ts, carry, jnp.where(served, 0, steps),
-                (jnp.where(served, 0.0, ret), jnp.where(served, 0, length), won & ~served), served)
+        return (env_states, ts, carry, jnp.where(start, 0, steps),
+                (jnp.where(start, 0.0, ret), jnp.where(start, 0, length), won & ~start))
 
     def body(loop):
         env_states, ts, carry, episode, steps, playing, start, played, acc, out = loop
-        env_states, ts, carry, steps, (ret, length, won), served = restart(env_states, ts, carry, start, episode,
-                                                                           steps, acc)
-        waiting = start & ~served  # due a restart, not served yet: plays from a later step
-        live = playing & ~waiting
+        env_states, ts, carry, steps, (ret, length, won) = restart(env_states, ts, carry, start, episode, steps, acc)
         step_keys = jax.vmap(jax.vmap(jax.random.fold_in))(act_keys[rows, episode], steps)
         actions, carry = jax.vmap(jax.vmap(act_step))(step_keys, ts.observation, carry)
-        env_states, ts = tasks.step(env_states, ts, actions, ~jnp.any(live, axis=1))
+        env_states, ts = tasks.step(env_states, ts, actions, ~jnp.any(playing, axis=1))
         carry = jax.vmap(jax.vmap(observe))(carry, ts.reward)
-        ret = ret + jnp.where(live, ts.reward, 0.0)
-        length = length + live
-        won = won | (live & ts.success)
+        ret = ret + jnp.where(playing, ts.reward, 0.0)
+        length = length + playing
+        won = won | (playing & ts.success)
         steps = steps + 1
-        ended = live & (ts.done | (steps >= horizons))
+        ended = playing & (ts.done | (steps >= horizons))
         slot_of = jnp.where(ended, episode, C)  # C is past the end: the write is dropped
         timeout = ~ts.terminal  # an end that is no termination: the time limit or the task's horizon
         out = tuple(o.at[rows, slot_of].set(v, mode="drop") for o, v in zip(out, (ret, length, won, timeout)))
         # ended slots take the task's next episodes in slot order
         episode = jnp.where(ended, played[:, None] + jnp.cumsum(ended, axis=1) - ended, episode)
         played = played + ended.sum(axis=1)
-        start = waiting | (ended & (episode < count))  # restarted at the top of the next iteration (or later)
+        start = ended & (episode < count)  # restarted at the top of the next iteration
         playing = (playing & ~ended) | start
         return env_states, ts, carry, episode, steps, playing, start, played, (ret, length, won), out
 
