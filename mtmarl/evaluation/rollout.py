@@ -194,7 +194,7 @@ class _StackedEnv:
 
     Resets: the slots due a restart reset ``RESET_CHUNK`` at a time, in a loop that runs as many chunks as there
     are restarts this step (none on most steps of long episodes). Why: a reset costs tens of env steps
-    (Connector's random walk: 13-69 us per env against 0.2-0.8 us per step, ``benchmarks/set_throughput.py``), and
+    (Connector's random walk: 13-69 us per env against 0.2-0.8 us per step; benchmarks/README.md), and
     a ``vmap`` over a fixed batch of slots pays for every slot of the batch whenever any one of them restarts:
     with a quarter of the slots (at least one task's) per loop step, random play on connector_10 spent most of its
     time in resets of slots that had nothing to restart. Every slot due a restart restarts in its step."""
