@@ -195,6 +195,8 @@ def _train(cfg: DictConfig, plain: dict[str, Any], task_set, references, run_dir
         if signum:
             raise Interrupted(signum, out["updates"])
         algo, carry = out["algo"], out["carry"]
+        if out["population"] > 1:
+            return _final_population(plain, out, task_set, references, run_dir, log)
         params, which = algo.acting_params(carry.state), "final"
         if out["best_step"] is not None:
             ckpt = Checkpointer(run_dir / "checkpoints")
@@ -222,6 +224,45 @@ def _train(cfg: DictConfig, plain: dict[str, Any], task_set, references, run_dir
                             f"{plain['eval']['episodes']} episodes/task ({out['train_seconds']:.0f} s training)")
     print(f"results: {path}")
     return rows
+
+
+def _final_population(plain: dict[str, Any], out: dict[str, Any], task_set, references, run_dir: Path,
+                      log) -> list[dict[str, Any]]:
+    """Seeds trained side by side (``training.population``): each seed's final parameters through the same
+    evaluation programs with that seed's evaluation keys, written to ``<run dir>/seed_<s>/`` as a run of that
+    seed alone writes its directory (results.json, summary.json, run.json), so seed-matrix tools read them."""
+    from mtmarl.evaluation.results import print_table, write_results
+    from mtmarl.training.data import data_fingerprint
+    from mtmarl.distributed import wait_for_main
+    from mtmarl.training.engine import seed_slice
+    from mtmarl.training.loop import write_json
+
+    algo, carry, first = out["algo"], out["carry"], int(plain["seed"])
+    splits = [s for s in ("train", "test") if task_set.split(s)]
+    episodes = int(plain["eval"]["episodes"])
+    fingerprint = data_fingerprint(task_set, plain["data"]["root"], plain["data"]["quality"], references)
+    every: list[dict[str, Any]] = []
+    for i in range(out["population"]):
+        seed = first + i
+        start = time.perf_counter()
+        rows = out["evaluator"](algo.acting_params(seed_slice(carry.state, i)), None, splits, episodes=episodes,
+                                seed=seed)
+        elapsed = time.perf_counter() - start
+        for row in rows:
+            log.log(out["updates"], {f"seed_{seed}/{row['split']}/{row['name']}": row["mean_return"]},
+                    prefix="final")
+        path = write_results(run_dir / f"seed_{seed}", rows, algorithm=algo.name, seed=seed)
+        write_json(run_dir / f"seed_{seed}" / "run.json",
+                   {"updates": out["updates"], "best_step": None, "best_train_score": None, "evaluated": "final",
+                    "population": out["population"], "train_seconds": out["train_seconds"],
+                    "eval_seconds": elapsed, "data": fingerprint})
+        print_table(rows, title=f"{algo.name} on {task_set.name}, seed {seed} of a population of "
+                                f"{out['population']}: final params, {episodes} episodes/task "
+                                f"({out['train_seconds']:.0f} s training, all seeds)")
+        print(f"results: {path}")
+        every += [{**row, "seed": seed} for row in rows]
+    wait_for_main("final-evaluation")  # several processes: the others may exit now
+    return every
 
 
 if __name__ == "__main__":

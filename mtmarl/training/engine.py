@@ -36,6 +36,14 @@ processes (no per-process key is needed, and none is folded in: it would make
 the batch depend on the process layout), and 2 processes of 1 device train the
 same parameters as 1 process of 2 devices (tests/test_distributed.py).
 
+Seeds side by side (``population`` S > 1, ``training.population``): the carry gets a
+leading seed axis and the program ``vmap``s the update over it, every seed drawing its
+own batches (its own key) from the same buffers. A small-batch learner on a GPU is
+bound by kernel launches, not arithmetic, so S seeds in one program cost about what
+one does there; on a CPU they cost about S times one, as separate runs would. Seed
+``i`` of a population started at ``seed`` trains exactly what a run of ``seed + i``
+alone trains (tests/test_training.py).
+
 Task shards (``training.shard_data=true``): the learner is given one
 :class:`~mtmarl.data.batching.Buffers` per local device instead, each holding only that
 device's tasks (``mtmarl.data.batching.shard_tasks``), so a process stores and reads
@@ -128,6 +136,7 @@ class Learner:
     updates_per_call: int = 10
     num_devices: int | None = None
     updates: int | None = None
+    population: int = 1  # seeds trained side by side in one program (a leading seed axis on the carry)
 
     def __post_init__(self):
         self.devices = learner_devices(self.num_devices)
@@ -139,6 +148,8 @@ class Learner:
                                      f"be divisible by the {n} devices (set training.devices or the batch size)")
         if self.updates_per_call < 1:
             raise UserInputError(f"updates_per_call must be >= 1, got {self.updates_per_call}")
+        if self.population < 1:
+            raise UserInputError(f"training.population must be >= 1, got {self.population}")
         self.plan = plan_stages(self.algo.stages, self.updates, self.updates_per_call)
         self._chunks: dict[int, Any] = {}
         self.sharded = not isinstance(self.buffers, Buffers)  # (Buffers is itself a tuple)
@@ -148,11 +159,13 @@ class Learner:
         """The pmapped program of ``K`` updates of one stage, compiled on first use."""
         if span.number not in self._chunks:
             step = make_update_step(span.stage, self.sampler_of(span.stage), len(self.devices), sharded=self.sharded)
+            if self.population > 1:  # every seed's carry through the same update, the buffers shared
+                step = jax.vmap(step, in_axes=(0, None))
             K = self.updates_per_call
 
             def chunk(carry, buffers):
                 carry, metrics = jax.lax.scan(lambda c, _: step(c, buffers), carry, None, length=K)
-                return carry, jax.tree.map(jnp.mean, metrics)
+                return carry, jax.tree.map(lambda m: jnp.mean(m, axis=0), metrics)  # per seed with a population
 
             self._chunks[span.number] = jax.pmap(chunk, axis_name=AXIS, devices=self.devices, donate_argnums=(0,))
         return self._chunks[span.number]
@@ -201,7 +214,14 @@ class Learner:
 
     # ------------------------------------------------------------ API
     def init(self, seed: int) -> Carry:
-        """Fresh train state (the same for any device count)."""
+        """Fresh train state (the same for any device count); with a population, seeds ``seed .. seed+S-1``
+        stacked on a leading axis, each as :meth:`init` of that seed alone would make it."""
+        if self.population == 1:
+            return self._init_one(seed)
+        carries = [self._init_one(seed + i) for i in range(self.population)]
+        return jax.tree.map(lambda *xs: np.stack(xs), *carries)
+
+    def _init_one(self, seed: int) -> Carry:
         key = jax.random.PRNGKey(seed)
         key, k_init, k_sample = jax.random.split(key, 3)
         first = self.buffers if isinstance(self.buffers, Buffers) else self.buffers[0]
@@ -209,14 +229,29 @@ class Learner:
         state = jax.jit(self.algo.init)(k_init, sample_obs)
         return jax.device_get(Carry(state, key, np.zeros((), np.int32)))
 
-    def run(self, carry: Carry) -> tuple[Carry, dict[str, float]]:
-        """``updates_per_call`` updates from ``carry`` (host pytree); returns host carry + metrics."""
-        span = self.stage(int(carry.step))
-        if span.end is not None and int(carry.step) >= span.end:
+    def run(self, carry: Carry) -> tuple[Carry, dict[str, Any]]:
+        """``updates_per_call`` updates from ``carry`` (host pytree); returns host carry + metrics
+        (floats; with a population, one numpy value per seed)."""
+        done = updates_done(carry)
+        span = self.stage(done)
+        if span.end is not None and done >= span.end:
             raise UserInputError(f"all {span.end} updates of the stage plan are done; nothing left to run")
         dev = self.replicate(carry)
         dev, metrics = self._chunk(span)(dev, self._buffers)
-        return self.unreplicate(dev), {k: float(v) for k, v in self.unreplicate(metrics).items()}
+        metrics = self.unreplicate(metrics)
+        if self.population == 1:
+            return self.unreplicate(dev), {k: float(v) for k, v in metrics.items()}
+        return self.unreplicate(dev), {k: np.asarray(v, np.float64) for k, v in metrics.items()}
+
+
+def updates_done(carry: Carry) -> int:
+    """Updates a carry has done (every seed of a population has done the same)."""
+    return int(np.asarray(carry.step).reshape(-1)[0])
+
+
+def seed_slice(tree, i: int):
+    """Seed ``i``'s part of a population's pytree (carry, state or metrics)."""
+    return jax.tree.map(lambda x: x[i], tree)
 
 
 def tree_max_abs_diff(a, b) -> float:

@@ -34,7 +34,7 @@ from mtmarl.tasks import TaskSet
 from mtmarl.training.checkpoint import Checkpointer, NoCheckpoints, is_better, train_score
 from mtmarl.memory import release_freed_memory
 from mtmarl.training.data import build_buffers, build_shards, fetch_missing, load_task_data
-from mtmarl.training.engine import Carry, Learner, learner_devices
+from mtmarl.training.engine import Carry, Learner, learner_devices, seed_slice, updates_done
 from mtmarl.training.policy import make_policy
 from mtmarl.training.stop import Interrupted, requested
 
@@ -154,10 +154,11 @@ class PeriodicEvaluator:
         fn = self._fns[specs]
         return fn if episodes in (None, self.episodes) else fn.resized(episodes)
 
-    def _chosen(self, splits, step: int | None):
-        """(split, spec) pairs of ``splits`` and their stacked keys (``step`` folded in, if given)."""
+    def _chosen(self, splits, step: int | None, seed: int | None = None):
+        """(split, spec) pairs of ``splits`` and their stacked keys (``step`` folded in, if given; ``seed``
+        instead of the run's, for one seed of a population)."""
         chosen = [(split, spec) for split, spec in self.todo if splits is None or split in splits]
-        keys = [self.task_key(self.seed, spec) for _, spec in chosen]
+        keys = [self.task_key(self.seed if seed is None else seed, spec) for _, spec in chosen]
         if step is not None:
             keys = [jax.random.fold_in(key, step) for key in keys]
         return chosen, (jnp.stack(keys) if keys else None)
@@ -174,8 +175,9 @@ class PeriodicEvaluator:
         for fn in self._fns.values():
             fn.close()
 
-    def __call__(self, params, step: int | None, splits=None, episodes: int | None = None) -> list[dict[str, Any]]:
-        chosen, keys = self._chosen(splits, step)
+    def __call__(self, params, step: int | None, splits=None, episodes: int | None = None,
+                 seed: int | None = None) -> list[dict[str, Any]]:
+        chosen, keys = self._chosen(splits, step, seed)
         if not chosen:
             return []
         fn = self._evaluator(tuple(spec for _, spec in chosen), episodes)
@@ -219,7 +221,7 @@ def check_finite(metrics: Mapping[str, float], carry: Carry, first: int, last: i
     last update with a finite loss could still leave them non-finite); nothing is
     checkpointed after a failed check.
     """
-    bad = {k: v for k, v in metrics.items() if not math.isfinite(v)}
+    bad = {k: v for k, v in metrics.items() if not np.all(np.isfinite(v))}  # (one value per seed in a population)
     floats = [x for x in jax.tree.leaves(carry.state) if np.issubdtype(np.asarray(x).dtype, np.inexact)]
     if not bad and all(np.isfinite(x).all() for x in floats):
         return
@@ -284,7 +286,8 @@ def run_training(cfg: Mapping[str, Any], task_set: TaskSet, run_dir: Path, refer
     total = int(training["updates"])
     if total % K:
         raise UserInputError(f"training.updates ({total}) must be a multiple of updates_per_call ({K})")
-    learner = Learner(algo, buffers, K, training.get("devices"), updates=total)
+    population = int(training.get("population", 1))
+    learner = Learner(algo, buffers, K, training.get("devices"), updates=total, population=population)
     log_every = _round_to(int(training["log_every"]), K) or K
     eval_every = _round_to(int(training["eval_every"]), K)
     ckpt_every = _round_to(int(training["checkpoint_every"]), K)
@@ -304,7 +307,7 @@ def run_training(cfg: Mapping[str, Any], task_set: TaskSet, run_dir: Path, refer
         print(f"resume=true but no checkpoint in {ckpt.directory}; starting from scratch")
     carry = broadcast_from_main(carry)  # several processes: all start from process 0's carry
     if not main:
-        done = int(carry.step)
+        done = updates_done(carry)
 
     policy = make_policy(algo, bool(cfg["eval"].get("greedy", False)))
     # All splits (the final evaluation covers train and test); periodic ones use training.eval_splits.
@@ -322,7 +325,8 @@ def run_training(cfg: Mapping[str, Any], task_set: TaskSet, run_dir: Path, refer
     # 87 s, so the main job got no faster (5:49 vs 5:41) and its peak RSS rose (2.87 vs 2.65 GiB).
     if periodic is not None:
         on_accelerator = learner.devices[0].platform != "cpu"
-        periodic.compile(algo.acting_params(carry.state), eval_splits, background=on_accelerator)
+        first = carry.state if population == 1 else seed_slice(carry.state, 0)  # the programs take one seed's
+        periodic.compile(algo.acting_params(first), eval_splits, background=on_accelerator)
         if not on_accelerator:
             release_freed_memory()
 
@@ -361,13 +365,13 @@ def run_training(cfg: Mapping[str, Any], task_set: TaskSet, run_dir: Path, refer
                 check_finite(metrics, carry, done + 1, done + K, ckpt.directory, last_saved)
             except NonFiniteMetricError:  # the same on every process: the carry and metrics are global
                 if log is not None:
-                    log.log(done + K, metrics)  # the offending values go into metrics.jsonl too
+                    log.log(done + K, per_seed(metrics, seed))  # the offending values go into metrics.jsonl too
                 ckpt.close()
                 raise
             done += K
             if log is not None:
                 if done % log_every == 0 or done == total:
-                    log.log(done, {**metrics, "stage": float(stage.number)})
+                    log.log(done, {**per_seed(metrics, seed), "stage": float(stage.number)})
                 log.advance(done)
             if eval_every and done % eval_every == 0 and done < total:
                 evaluate_and_select(done, carry)
@@ -385,14 +389,27 @@ def run_training(cfg: Mapping[str, Any], task_set: TaskSet, run_dir: Path, refer
             if stop_after is not None and done >= stop_after:
                 break
         train_seconds = time.perf_counter() - t_train
-        if done >= total:
+        if done >= total and population == 1:  # (a population is evaluated at its final parameters only)
             evaluate_and_select(done, carry)  # the final parameters are a candidate for "best" too
     finally:
         if periodic is not None:  # a run that ends early leaves no compile running on
             periodic.close()
     ckpt.close()
     return {"carry": carry, "algo": algo, "learner": learner, "evaluator": periodic, "updates": done, "best_step": best_step,
-            "best_score": best, "train_seconds": train_seconds, "template": template}
+            "best_score": best, "train_seconds": train_seconds, "template": template, "population": population}
+
+
+def per_seed(metrics: Mapping[str, Any], seed: int) -> dict[str, float]:
+    """Loggable floats: a single run's metrics as they are; a population's as their mean over seeds under
+    the usual names plus each seed's value as ``seed_<s>/<name>`` (Neptune keeps a name either a value or a
+    folder, never both)."""
+    out: dict[str, float] = {}
+    for k, v in metrics.items():
+        v = np.asarray(v, np.float64)
+        out[k] = float(v.mean())
+        if v.ndim:
+            out.update({f"seed_{seed + i}/{k}": float(x) for i, x in enumerate(v)})
+    return out
 
 
 def _strip(rows):
