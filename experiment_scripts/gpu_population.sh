@@ -5,7 +5,7 @@
 #
 #   bash experiment_scripts/gpu_population.sh OUT_DIR [DEADLINE_S]      # on the GPU machine, repo root
 #
-# Env: UPDATES (100000), SETS ("lbf_5 connector_10 rware_15"), SEEDS (3), EXTRA (more overrides),
+# Env: ALGO (mt_oryx), UPDATES (100000), SETS ("lbf_5 connector_10 rware_15"), SEEDS (3), EXTRA (more overrides),
 # PY (python3), INSTALL (1: install .whl/ into /tmp/site first, see ../shared/gpu/README.md).
 # A run not done DEADLINE_S seconds after this script started (default 420) gets SIGTERM: the trainer
 # checkpoints the updates it has, and the run is then resumed with training.updates set to them, which
@@ -14,7 +14,7 @@
 # results) and a monitor log.
 set -u
 out=${1:?OUT_DIR}; deadline=${2:-420}
-updates=${UPDATES:-100000}; sets=${SETS:-"lbf_5 connector_10 rware_15"}; seeds=${SEEDS:-3}; py=${PY:-python3}
+algo=${ALGO:-mt_oryx}; updates=${UPDATES:-100000}; sets=${SETS:-"lbf_5 connector_10 rware_15"}; seeds=${SEEDS:-3}; py=${PY:-python3}
 t0=$(date +%s)
 mkdir -p "$out" /tmp/runs
 log() { echo "[$(( $(date +%s) - t0 ))s] $*" | tee -a "$out/monitor.log"; }
@@ -27,14 +27,15 @@ n=$(echo $sets | wc -w)
 export XLA_PYTHON_CLIENT_MEM_FRACTION=${XLA_PYTHON_CLIENT_MEM_FRACTION:-$(awk "BEGIN{print 0.9/$n}")}
 command -v nvidia-smi >/dev/null && nvidia-smi -L | tee -a "$out/monitor.log"
 # MPS lets the processes' small kernels run at once instead of taking turns; kept only if JAX still starts.
-if command -v nvidia-cuda-mps-control >/dev/null && nvidia-cuda-mps-control -d 2>>"$out/monitor.log"; then
+if command -v nvidia-cuda-mps-control >/dev/null &&
+   { nvidia-cuda-mps-control -d 2>>"$out/monitor.log" || pgrep -f nvidia-cuda-mps-control >/dev/null; }; then
   if timeout 120 $py -c "import jax; print(jax.devices())" >>"$out/monitor.log" 2>&1; then log "MPS on"
   else echo quit | nvidia-cuda-mps-control; log "MPS off (JAX did not start under it)"; fi
 else log "MPS not available"; fi
 $py -c "import jax; print('jax', jax.__version__, jax.devices())" 2>&1 | tee -a "$out/monitor.log"
 
 args() {  # the run's overrides (all but training.updates)
-  echo "+algo=mt_oryx +tasks=$1 logger.neptune=false logger.progress=false training.updates_per_call=500" \
+  echo "+algo=$algo +tasks=$1 logger.neptune=false logger.progress=false training.updates_per_call=500" \
        "training.log_every=1000 training.eval_every=0 training.checkpoint_every=10000" \
        "training.population=$seeds eval.episodes=64 hydra.run.dir=/tmp/runs/$1 ${EXTRA:-}"
 }

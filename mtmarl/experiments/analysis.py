@@ -30,6 +30,22 @@ def collect(runs: Iterable[Run], results: str | Path) -> list[dict[str, Any]]:
     return records
 
 
+def collect_population(run_dir: str | Path, factors: dict[str, Any]) -> list[dict[str, Any]]:
+    """The records of :func:`collect` from one run of seeds side by side (``training.population``): every
+    ``seed_<s>/summary.json`` under ``run_dir``, each seed as one run of ``factors``."""
+    records = []
+    for seed_dir in sorted(Path(run_dir).glob("seed_*/")):
+        summary = seed_dir / "summary.json"
+        if not summary.exists():
+            continue
+        seed = int(seed_dir.name.removeprefix("seed_"))
+        for row in json.loads(summary.read_text()):
+            records.append({**factors, "config_id": str(run_dir), "seed": seed, "env": row["env"],
+                            "task": row["name"], "split": row["split"], "return": row["mean_return"],
+                            "normalised": row["normalised_return"], "win_rate": row.get("win_rate")})
+    return records
+
+
 def learning_curves(runs: Iterable[Run], results: str | Path) -> list[dict[str, Any]]:
     """Periodic evaluations of finished runs as curves: one row per (run factors, split, update) with the
     mean over seeds of the set's mean normalised return (``eval/<split>_normalised`` in metrics.jsonl),
