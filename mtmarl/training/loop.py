@@ -10,7 +10,6 @@ resumed run reads its checkpoint on process 0 only.
 from __future__ import annotations
 
 import json
-import math
 import time
 from pathlib import Path
 from typing import Any, Mapping
