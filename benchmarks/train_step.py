@@ -22,6 +22,11 @@ the time of the sampler alone over the time of a whole update.
     python benchmarks/train_step.py                  # the table of the issue (~15-25 min on 2 cores)
     python benchmarks/train_step.py --quick          # 2 and 8 agents, T=20, embed 128, fp32 + bf16
     python benchmarks/train_step.py --agents 8 --embed 512 --dtype bfloat16
+    python benchmarks/train_step.py --agents 4 --embed 128 --dtype float32 --population 1 3 8
+                                                     # seeds side by side (training.population): samples/s of all
+
+With ``--population S`` the learner trains S seeds in one program (``training.population``): updates/s is per
+program (every seed does that many), samples/s and FLOP/s count all S seeds.
 """
 
 from __future__ import annotations
@@ -120,7 +125,8 @@ def trainer_updates_per_call() -> int:
     return int(yaml.safe_load((CONFIG_DIR / "training" / "default.yaml").read_text())["updates_per_call"])
 
 
-def bench_setting(n_agents, seq_len, embed, dtype, batch, seconds, updates_per_call, calls_per_rep=1, chunk_size=None):
+def bench_setting(n_agents, seq_len, embed, dtype, batch, seconds, updates_per_call, calls_per_rep=1, chunk_size=None,
+                  population=1):
     """Updates/s of ``Learner.run``, the call ``mtmarl.train`` makes (host carry in and out, metrics pulled),
     ``updates_per_call`` updates per call as the trainer's config sets it; so per-call costs count as in
     training and are not inflated by short calls (5 updates per call read about 3x slow on a GPU)."""
@@ -129,12 +135,12 @@ def bench_setting(n_agents, seq_len, embed, dtype, batch, seconds, updates_per_c
     buffers = synthetic_buffers(n_agents, seq_len)
     sampler = algo.sampler
     K = updates_per_call
-    learner = Learner(algo, buffers, updates_per_call=K)
+    learner = Learner(algo, buffers, updates_per_call=K, population=population)
     carry = learner.init(0)
     t0 = time.perf_counter()
     carry, _ = learner.run(carry)  # compile + first call
     compile_s = time.perf_counter() - t0
-    flops = flops_per_update(algo, buffers, sampler)
+    flops = flops_per_update(algo, buffers, sampler) * population
     samp = sampler_seconds(buffers, sampler)
     rates, mm = [], []
     t_end = time.perf_counter() + seconds
@@ -145,12 +151,12 @@ def bench_setting(n_agents, seq_len, embed, dtype, batch, seconds, updates_per_c
             carry, _ = learner.run(carry)
         rates.append(calls_per_rep * K / (time.perf_counter() - t0))
     ups, limit = statistics.median(rates), statistics.median(mm)
-    row = dict(agents=n_agents, seq_len=seq_len, embed=embed, matmul_dtype=dtype, batch=batch,
-               devices=learner.num_devices, updates_per_call=K, updates_per_s=ups, samples_per_s=ups * batch,
+    row = dict(agents=n_agents, seq_len=seq_len, embed=embed, matmul_dtype=dtype, batch=batch, population=population,
+               devices=learner.num_devices, updates_per_call=K, updates_per_s=ups, samples_per_s=ups * batch * population,
                gflop_per_update=flops / 1e9, gflops=ups * flops / 1e9, matmul_limit_gflops=limit,
                share_of_limit=ups * flops / 1e9 / limit, sampling_share=samp * ups,
-               compile_s=compile_s, params=algo.net.param_count(carry.state.params))
-    if n_agents in OGMARL_UPS and seq_len == 20 and embed == 128 and batch == 64:
+               compile_s=compile_s, params=algo.net.param_count(carry.state.params) // population)
+    if n_agents in OGMARL_UPS and seq_len == 20 and embed == 128 and batch == 64 and population == 1:
         og_now = OGMARL_UPS[n_agents] * limit / IDLE_MATMUL
         row.update(ogmarl_updates_per_s_scaled=og_now, speedup_vs_ogmarl=ups / og_now)
     return row
@@ -166,7 +172,8 @@ def scaling_fits(rows) -> list[dict]:
     out = []
     for dtype in sorted({r["matmul_dtype"] for r in rows}):
         for embed in sorted({r["embed"] for r in rows}):
-            sel = [r for r in rows if r["matmul_dtype"] == dtype and r["embed"] == embed]
+            sel = [r for r in rows if r["matmul_dtype"] == dtype and r["embed"] == embed
+                   and r.get("population", 1) == 1]
             axes = {"agents x context": sel,
                     "agents": [r for r in sel if r["seq_len"] == 20],
                     "context": [r for r in sel if r["agents"] == 8]}
@@ -191,6 +198,8 @@ def main():
     p.add_argument("--updates-per-call", type=int, default=None,
                    help="updates per compiled call (default: training.updates_per_call of mtmarl/configs/training/default.yaml)")
     p.add_argument("--chunk-size", type=int, default=None, help="retention chunk (timesteps; default: the preset's)")
+    p.add_argument("--population", type=int, nargs="+", default=[1],
+                   help="seeds trained side by side in one program (training.population), each setting at each")
     p.add_argument("--quick", action="store_true")
     p.add_argument("--out", type=Path, default=OUT)
     a = p.parse_args()
@@ -203,14 +212,14 @@ def main():
     if not settings:
         settings = [(n, t, e, d) for n in a.agents for t in a.seq_len for e in a.embed for d in a.dtype]
     rows = []
-    print(f"{'N':>3} {'T':>3} {'E':>4} {'dtype':>8} {'upd/s':>7} {'samp/s':>7} {'GFLOP/up':>8} "
+    print(f"{'N':>3} {'T':>3} {'E':>4} {'dtype':>8} {'S':>2} {'upd/s':>7} {'samp/s':>7} {'GFLOP/up':>8} "
           f"{'GFLOP/s':>8} {'limit':>6} {'%limit':>6} {'sample%':>7} {'vs og':>6}")
-    for n, t, e, d in settings:
+    for n, t, e, d, pop in [(*setting, pop) for setting in settings for pop in a.population]:
         r = bench_setting(n, t, e, d, a.batch, a.seconds, a.updates_per_call or trainer_updates_per_call(),
-                          chunk_size=a.chunk_size)
+                          chunk_size=a.chunk_size, population=pop)
         rows.append(r)
         vs = f"{r['speedup_vs_ogmarl']:.2f}x" if "speedup_vs_ogmarl" in r else "-"
-        print(f"{n:>3} {t:>3} {e:>4} {d:>8} {r['updates_per_s']:>7.2f} {r['samples_per_s']:>7.0f} "
+        print(f"{n:>3} {t:>3} {e:>4} {d:>8} {pop:>2} {r['updates_per_s']:>7.2f} {r['samples_per_s']:>7.0f} "
               f"{r['gflop_per_update']:>8.2f} {r['gflops']:>8.1f} {r['matmul_limit_gflops']:>6.0f} "
               f"{100 * r['share_of_limit']:>5.1f}% {100 * r['sampling_share']:>6.1f}% {vs:>6}", flush=True)
     fits = scaling_fits(rows)

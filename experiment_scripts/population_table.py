@@ -5,12 +5,21 @@ algorithm and set, train and test, from ``<root>/<algo>/<set>/seed_<s>/summary.j
 
 Writes ``<root>/table.{md,json,csv}`` and prints it. Also reports, per run, the updates reached and the
 training seconds (``seed_<s>/run.json``) and the updates per second of all seeds together.
+
+    python experiment_scripts/population_table.py results/gpu_budget_h200 --adopt table1
+
+``--adopt <experiment>`` copies each run (checkpoints excepted) into the run directory that experiment's
+``gpu`` budget gives the same algorithm and set (``results/runs/<config>/seed_0``), where its driver finds it
+finished, provided its config is the one that run would train (``mtmarl.experiments.runner.stale_keys``);
+``python experiment_scripts/table1.py gpu`` then trains only the runs still missing.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import shutil
+import tempfile
 from pathlib import Path
 
 from mtmarl.experiments.analysis import aggregate, collect_population, report
@@ -19,7 +28,11 @@ from mtmarl.experiments.analysis import aggregate, collect_population, report
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("root", type=Path)
+    parser.add_argument("--adopt", metavar="EXPERIMENT", help="place the runs where this experiment's gpu "
+                        "budget looks for them (e.g. table1)")
     args = parser.parse_args()
+    if args.adopt:
+        return adopt(args.root, args.adopt)
     records, speed = [], []
     for run_dir in sorted(p for p in args.root.glob("*/*/") if any(p.glob("seed_*/summary.json"))):
         algo, task_set = run_dir.parent.name, run_dir.name
@@ -36,6 +49,34 @@ def main() -> None:
     with (args.root / "table.md").open("a") as f:
         f.write("\n" + "\n".join(lines) + "\n")
     print("\n".join(lines))
+
+
+def adopt(root: Path, experiment: str) -> None:
+    import importlib.util
+
+    from mtmarl.experiments import runner
+    from mtmarl.experiments.config import compose_experiment
+
+    spec = importlib.util.spec_from_file_location(experiment, Path(__file__).with_name(f"{experiment}.py"))
+    script = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(script)
+    cfg = compose_experiment(experiment, ["gpu"])
+    for run in script.EXPERIMENT.build(cfg):
+        src = root / run.key.get("algo", "") / run.key.get("task_set", "")
+        dst = run.directory(cfg.results)
+        if not src.is_dir() or runner.is_finished(dst):
+            print(f"{run.config_id}: {'already finished' if src.is_dir() else 'no run in ' + str(root)}")
+            continue
+        with tempfile.TemporaryDirectory() as tmp:  # check the copy where the runner will read it
+            staged = Path(tmp) / "run"
+            shutil.copytree(src, staged, ignore=shutil.ignore_patterns("checkpoints", ".lock"))
+            changed = runner.stale_keys(run, staged)
+            if changed or not runner.is_finished(staged):
+                print(f"{src}: not adopted ({'trained with other ' + ', '.join(changed) if changed else 'unfinished'})")
+                continue
+            dst.parent.mkdir(parents=True, exist_ok=True)
+            shutil.copytree(staged, dst, dirs_exist_ok=True)
+        print(f"{src} -> {dst}")
 
 
 if __name__ == "__main__":

@@ -29,7 +29,8 @@ REPO = Path(__file__).resolve().parents[1]
 @pytest.mark.parametrize("name", EXPERIMENTS)
 def test_every_script_config_composes_for_every_preset(name, preset):
     if (preset == "cpu" and name != "learning") or (preset == "default" and name not in
-                                                     ("learning", "table1", "task_diversity")):
+                                                     ("learning", "table1", "task_diversity")) or (
+            preset == "gpu" and name not in ("learning", "table1")):
         pytest.skip(f"no '{preset}' preset (make-train learner) for {name}")
     cfg = compose_experiment(name, [f"budget={preset}"])
     assert cfg.name == name and cfg.budget.name == preset
@@ -38,7 +39,10 @@ def test_every_script_config_composes_for_every_preset(name, preset):
     assert len({(r.overrides, r.seed) for r in runs}) == len(runs)  # no run twice
     check_runs(cfg, runs[:1] + runs[-1:])  # mtmarl.train composes these runs' configs
     train = compose_train(runs[0].overrides)
-    assert train.eval.episodes == {"quick": 32, "default": 64, "cpu": 64, "paper": 320}[preset]
+    assert train.eval.episodes == {"quick": 32, "default": 64, "cpu": 64, "paper": 320, "gpu": 64}[preset]
+    if preset == "gpu":  # each run 3 seeds side by side, at og-marl's update count, final parameters
+        assert train.training.population == 3 and train.training.eval_every == 0
+        assert train.training.updates == 100000 and list(cfg.budget.seeds) == [0]
     if preset == "cpu":  # 4x the default learner's updates, each run a learning curve
         assert train.training.updates == 6000 and train.training.eval_every == 500
         assert train.training.batch_size == compose_train(["+algo=mt_oryx", "+tasks=lbf_5"]).training.batch_size
@@ -495,3 +499,53 @@ def test_pooled_seeds_of_two_outputs_aggregate_like_one_output_and_a_run_counts_
     _records(tmp_path / "c", "c1", {1: [0.0, 0.0]})  # seed 1 of c1 again: the same run twice
     with pytest.raises(UserInputError, match="seed 1 is in both"):
         pool.main([str(tmp_path / "a"), str(tmp_path / "c"), "--out", str(tmp_path / "q")])
+
+
+def test_a_population_run_is_finished_with_all_its_seeds_and_gives_one_record_set_per_seed(tmp_path):
+    """A run of ``training.population=3`` (the gpu budget) is one Run whose seeds 0-2 finish in its seed_<s>/;
+    it counts as finished only when all three have, is up to date against its own config, and aggregates as 3
+    seeds. Two populations of one configuration claiming the same seed are refused."""
+    import yaml
+
+    from mtmarl.experiments.analysis import collect
+    from mtmarl.experiments.config import plain
+    from mtmarl.errors import UserInputError
+
+    res = tmp_path / "res"
+    overrides = ["+algo=mt_bc_sable", "+tasks=lbf_5", "training.population=3", "training.eval_every=0"]
+    run = Run.make({"algo": "bc"}, overrides, 0)
+    run_dir = run.directory(res)
+    run_dir.mkdir(parents=True)
+    (run_dir / "config.yaml").write_text(yaml.safe_dump(plain(compose_train([*overrides, "seed=0"]))))
+    assert runner.population_seeds(run_dir) == [0, 1, 2]
+
+    def finish(seed):
+        d = run_dir / f"seed_{seed}"
+        d.mkdir()
+        rows = [{"name": f"t{i}", "env": "lbf", "split": "test", "mean_return": seed + i / 10,
+                 "normalised_return": seed + i / 10} for i in range(2)]
+        (d / "summary.json").write_text(json.dumps(rows))
+        (d / "results.json").write_text("{}")
+        (d / "run.json").write_text("{}")
+
+    finish(0), finish(1)
+    assert not is_finished(run_dir) and collect([run], res) == []
+    finish(2)
+    assert is_finished(run_dir) and runner.stale_keys(run, run_dir) == []
+    assert [o.status for o in run_matrix([run], res, progress=False)] == ["skipped"]
+    records = collect([run], res)
+    assert sorted({r["seed"] for r in records}) == [0, 1, 2] and len(records) == 6
+    assert {r["normalised"] for r in records if r["seed"] == 2} == {2.0, 2.1}
+    row = aggregate(records, ["algo"], splits=("test",))[0]
+    assert row["seeds"] == [0, 1, 2] and row["mean"] == pytest.approx(np.mean([0.05, 1.05, 2.05]))
+    # a second population of the same config from seed 1 would claim seeds 1 and 2 again
+    other = Run.make({"algo": "bc"}, overrides, 1)
+    other.directory(res).mkdir(parents=True)
+    (other.directory(res) / "config.yaml").write_text(yaml.safe_dump(plain(compose_train([*overrides, "seed=1"]))))
+    for s in (1, 2, 3):
+        d = other.directory(res) / f"seed_{s}"
+        d.mkdir()
+        for name in ("summary.json", "results.json", "run.json"):
+            (d / name).write_text((run_dir / "seed_0" / name).read_text())
+    with pytest.raises(UserInputError, match="seed 1 of .* comes from two runs"):
+        collect([run, other], res)

@@ -12,37 +12,48 @@ from typing import Any, Iterable, Sequence
 
 import numpy as np
 
-from mtmarl.experiments.runner import Run, is_finished
+from mtmarl.errors import UserInputError
+from mtmarl.experiments.runner import Run, is_finished, population_seeds
 from mtmarl.experiments.stats import summarise_matrix
 
 
 def collect(runs: Iterable[Run], results: str | Path) -> list[dict[str, Any]]:
-    """One record per (finished run, evaluated task): the run's factors, seed, task, split and returns."""
-    records = []
+    """One record per (finished run, evaluated task): the run's factors, seed, task, split and returns.
+
+    A run that trained several seeds side by side (``training.population``) gives one record set per seed.
+    Two runs of one configuration must not claim the same seed (e.g. populations started at seeds 0 and 1).
+    """
+    records, seen = [], set()
     for run in runs:
         run_dir = run.directory(results)
         if not is_finished(run_dir):
             continue
-        for row in json.loads((run_dir / "summary.json").read_text()):
-            records.append({**run.key, "config_id": run.config_id, "seed": run.seed, "env": row["env"],
-                            "task": row["name"], "split": row["split"], "return": row["mean_return"],
-                            "normalised": row["normalised_return"], "win_rate": row.get("win_rate")})
+        seeds = population_seeds(run_dir)
+        parts = [(run_dir, run.seed)] if seeds is None else [(run_dir / f"seed_{s}", s) for s in seeds]
+        for where, seed in parts:
+            if (run.config_id, seed) in seen:
+                raise UserInputError(f"seed {seed} of {run.config_id} comes from two runs (populations of "
+                                     f"training.population seeds overlap): start them {len(parts)} seeds apart")
+            seen.add((run.config_id, seed))
+            records += _records(where, {**run.key, "config_id": run.config_id}, seed)
     return records
 
 
+def _records(result_dir: Path, factors: dict[str, Any], seed: int) -> list[dict[str, Any]]:
+    return [{**factors, "seed": seed, "env": row["env"], "task": row["name"], "split": row["split"],
+             "return": row["mean_return"], "normalised": row["normalised_return"], "win_rate": row.get("win_rate")}
+            for row in json.loads((result_dir / "summary.json").read_text())]
+
+
 def collect_population(run_dir: str | Path, factors: dict[str, Any]) -> list[dict[str, Any]]:
-    """The records of :func:`collect` from one run of seeds side by side (``training.population``): every
-    ``seed_<s>/summary.json`` under ``run_dir``, each seed as one run of ``factors``."""
+    """The records of :func:`collect` from one population run directory made outside the experiment runner
+    (e.g. ``experiment_scripts/gpu_population.sh``): its finished ``seed_<s>/``, each as one run of ``factors``."""
+    run_dir = Path(run_dir)
     records = []
-    for seed_dir in sorted(Path(run_dir).glob("seed_*/")):
-        summary = seed_dir / "summary.json"
-        if not summary.exists():
-            continue
-        seed = int(seed_dir.name.removeprefix("seed_"))
-        for row in json.loads(summary.read_text()):
-            records.append({**factors, "config_id": str(run_dir), "seed": seed, "env": row["env"],
-                            "task": row["name"], "split": row["split"], "return": row["mean_return"],
-                            "normalised": row["normalised_return"], "win_rate": row.get("win_rate")})
+    for seed_dir in sorted(run_dir.glob("seed_*/")):
+        if (seed_dir / "summary.json").exists():
+            records += _records(seed_dir, {**factors, "config_id": str(run_dir)},
+                                int(seed_dir.name.removeprefix("seed_")))
     return records
 
 

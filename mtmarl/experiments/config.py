@@ -13,7 +13,7 @@ from mtmarl.runtime import CONFIG_DIR, quote_task_overrides
 
 EXPERIMENT_DIR = CONFIG_DIR / "experiments"
 EXPERIMENTS = ("task_diversity", "dataset_size", "model_size", "ablations", "table1", "learning", "smax")
-PRESETS = ("quick", "default", "cpu", "paper")
+PRESETS = ("quick", "default", "cpu", "paper", "gpu")
 
 
 def _compose(config_dir: Path, name: str, overrides: Sequence[str], hydra_config: bool = False) -> DictConfig:
@@ -34,7 +34,7 @@ def _compose(config_dir: Path, name: str, overrides: Sequence[str], hydra_config
 def compose_experiment(name: str, overrides: Sequence[str] = ()) -> DictConfig:
     """``mtmarl/configs/experiments/<name>.yaml`` with its budget preset and overrides.
 
-    The preset is ``budget=quick|default|cpu|paper``, or just its name as the first override.
+    The preset is ``budget=quick|default|cpu|paper|gpu``, or just its name as the first override.
     """
     if name not in EXPERIMENTS:
         raise ValueError(f"unknown experiment {name!r}; known: {EXPERIMENTS}")

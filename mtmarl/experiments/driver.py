@@ -82,7 +82,7 @@ def main(exp: Experiment, argv: Sequence[str] | None = None) -> dict[str, Any]:
         files = exp.analyse(cfg, records, out)
     else:
         print(f"{exp.name}: no finished runs to aggregate (see {out / 'runs.json'})")
-    finished = len({(r["config_id"], r["seed"]) for r in records})
+    finished = sum(is_finished(r.directory(cfg.results)) for r in runs)  # (a population run is one run)
     meta = {"experiment": exp.name, "budget": cfg.budget.name, "argv": argv,
             "command": " ".join(["python", f"experiment_scripts/{exp.name}.py", *argv]),
             "config": plain(cfg), "runs": len(runs), "finished": finished,

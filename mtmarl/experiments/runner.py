@@ -79,8 +79,28 @@ class Run:
 DEFINING = ("algo", "network", "training", "data", "agents", "eval", "tasks", "task", "references", "seed")
 
 
+def population_seeds(run_dir: Path) -> list[int] | None:
+    """The seeds of a run that trained several side by side (``training.population`` > 1 in its
+    ``config.yaml``: seeds ``seed .. seed+S-1``, each finished in ``seed_<s>/``); None for a one-seed run."""
+    import yaml
+
+    path = run_dir / "config.yaml"
+    if not path.is_file():
+        return None
+    cfg = yaml.safe_load(path.read_text()) or {}
+    size = int((cfg.get("training") or {}).get("population") or 1)
+    return list(range(int(cfg.get("seed", 0)), int(cfg.get("seed", 0)) + size)) if size > 1 else None
+
+
+def result_dirs(run_dir: Path) -> list[Path]:
+    """Where a run's results lie: the run directory, or each seed's directory of a population run."""
+    seeds = population_seeds(run_dir)
+    return [run_dir] if seeds is None else [run_dir / f"seed_{s}" for s in seeds]
+
+
 def is_finished(run_dir: Path) -> bool:
-    return all((run_dir / name).is_file() for name in FINISHED_FILES)
+    """Every results file written (for a population run: by every one of its seeds)."""
+    return all((d / name).is_file() for d in result_dirs(run_dir) for name in FINISHED_FILES)
 
 
 def _flat(tree: Any, prefix: str = "") -> dict[str, Any]:
@@ -110,7 +130,8 @@ def stale_keys(run: Run, run_dir: Path) -> list[str]:
     a = _flat({k: now.get(k) for k in DEFINING})
     b = _flat({k: then.get(k) for k in DEFINING})
     changed = sorted(k for k in a.keys() | b.keys() if a.get(k) != b.get(k))
-    trained_on = _read_json(run_dir / "run.json").get("data")  # None: trained before fingerprints existed
+    # None: trained before fingerprints existed (a population's seeds share one fingerprint)
+    trained_on = _read_json(result_dirs(run_dir)[0] / "run.json").get("data")
     if trained_on is not None and trained_on != _fingerprint(cfg):
         changed.append("data (vaults or references)")
     return changed
