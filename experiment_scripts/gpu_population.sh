@@ -6,12 +6,14 @@
 #   bash experiment_scripts/gpu_population.sh OUT_DIR [DEADLINE_S]      # on the GPU machine, repo root
 #
 # Env: ALGO (mt_oryx), UPDATES (100000), SETS ("lbf_5 connector_10 rware_15"), SEEDS (3), EXTRA (more overrides),
-# PY (python3), INSTALL (1: install .whl/ into /tmp/site first, see ../shared/gpu/README.md).
+# PY (python3), INSTALL (1: install .whl/ into /tmp/site first, see ../shared/gpu/README.md),
+# CHECKPOINT (0; 1: the tarball keeps the last checkpoint, all seeds in it, for
+# `python -m mtmarl.diagnose <run> --seed S` back here).
 # A run not done DEADLINE_S seconds after this script started (default 420) gets SIGTERM: the trainer
 # checkpoints the updates it has, and the run is then resumed with training.updates set to them, which
 # goes straight to the final evaluation of every seed. Each run's log states the updates it reached.
-# OUT_DIR gets, per set, <set>.tar.gz (run dir without checkpoints: config, metrics.jsonl, seed_<s>/
-# results) and a monitor log.
+# OUT_DIR gets, per set, <set>.tar.gz (run dir without checkpoints unless CHECKPOINT=1: config, metrics.jsonl,
+# seed_<s>/ results) and a monitor log.
 set -u
 out=${1:?OUT_DIR}; deadline=${2:-420}
 algo=${ALGO:-mt_oryx}; updates=${UPDATES:-100000}; sets=${SETS:-"lbf_5 connector_10 rware_15"}; seeds=${SEEDS:-3}; py=${PY:-python3}
@@ -78,6 +80,15 @@ wait
 for s in $sets; do
   log "$s: $(grep -c . /tmp/runs/$s/metrics.jsonl 2>/dev/null) metric records; $(tail -1 /tmp/runs/$s.log)"
   cp /tmp/runs/$s.log /tmp/runs/$s/train.log 2>/dev/null
-  tar czf "$out/$s.tar.gz" -C /tmp/runs --exclude=checkpoints "$s"
+  keep=()  # only the newest step of checkpoints/latest, if asked for
+  if [ "${CHECKPOINT:-0}" = 1 ] && [ -d /tmp/runs/$s/checkpoints/latest ]; then
+    last=$(ls /tmp/runs/$s/checkpoints/latest | grep -E '^[0-9]+$' | sort -n | tail -1)
+    for old in $(ls /tmp/runs/$s/checkpoints/latest | grep -E '^[0-9]+$' | grep -vx "$last"); do
+      keep+=(--exclude="$s/checkpoints/latest/$old"); done
+    keep+=(--exclude="$s/checkpoints/best")
+  else
+    keep+=(--exclude=checkpoints)
+  fi
+  tar czf "$out/$s.tar.gz" -C /tmp/runs "${keep[@]}" "$s"
 done
 log "done"

@@ -158,14 +158,16 @@ def eval_returns(algo, params, task_set, episodes: int, seed: int) -> dict[str, 
 
 
 def diagnose(run_dir: str | Path, batches: int = 20, eval_episodes: int = 0, which: str | None = None,
-             seed: int = 0) -> dict[str, Any]:
-    """The diagnostics of a run as a dict (``rows``: one per training task; ``summary``; ``run``)."""
+             seed: int = 0, run_seed: int | None = None) -> dict[str, Any]:
+    """The diagnostics of a run as a dict (``rows``: one per training task; ``summary``; ``run``).
+
+    ``seed`` draws the probe batches; ``run_seed`` picks one seed of a population run's checkpoint."""
     from mtmarl.training.data import build_buffers, load_task_data, run_quality
     from mtmarl.training.restore import load_run, run_task_set
 
     if batches < 1:
         raise UserInputError(f"--batches must be >= 1, got {batches}")
-    algo, params, cfg, info = load_run(run_dir, which)
+    algo, params, cfg, info = load_run(run_dir, which, run_seed)
     task_set = run_task_set(cfg)
     data_cfg = cfg.get("data") or {}
     data = load_task_data(task_set, data_cfg.get("root", "vault_data"), run_quality(data_cfg), False,
@@ -183,7 +185,8 @@ def diagnose(run_dir: str | Path, batches: int = 20, eval_episodes: int = 0, whi
     summary["weight_share_max_over_fair"] = (max(r["weight_share"] / r["entry_share"] for r in rows)
                                              if "weight_share" in rows[0] else None)
     return {"run": str(run_dir), "algo": algo.name, "checkpoint": info["checkpoint"]["kind"],
-            "update": info["checkpoint"]["step"], "batches": batches, "rows": rows, "summary": summary}
+            "update": info["checkpoint"]["step"], "seed": info["seed"], "batches": batches, "rows": rows,
+            "summary": summary}
 
 
 def _mean(values):
@@ -215,12 +218,14 @@ def main(argv=None) -> dict[str, Any]:
     parser.add_argument("--batches", type=int, default=20, help="batches of training data to probe")
     parser.add_argument("--eval-episodes", type=int, default=0, help="sampled vs greedy episodes per task")
     parser.add_argument("--which", choices=["best", "latest"], default=None, help="checkpoint (default best)")
-    parser.add_argument("--out", default=None, help="folder for diagnostics.json/.md (default: run_dir)")
+    parser.add_argument("--out", default=None, help="folder for diagnostics.json/.md (default: run_dir, or its "
+                        "seed_<s>/ for one seed of a population run)")
+    parser.add_argument("--seed", type=int, default=None, help="which seed of a population run (training.population)")
     args = parser.parse_args(argv)
     from mtmarl.data.stats import rich_table
 
-    result = diagnose(args.run_dir, args.batches, args.eval_episodes, args.which)
-    out = Path(args.out or args.run_dir)
+    result = diagnose(args.run_dir, args.batches, args.eval_episodes, args.which, run_seed=args.seed)
+    out = Path(args.out or (Path(args.run_dir) / f"seed_{args.seed}" if args.seed is not None else args.run_dir))
     out.mkdir(parents=True, exist_ok=True)
     (out / "diagnostics.json").write_text(json.dumps(result, indent=1))
     (out / "diagnostics.md").write_text(markdown(result))

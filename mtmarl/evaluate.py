@@ -112,8 +112,10 @@ def _trained(cfg: DictConfig):
     if cfg.get("policy") is not None:
         raise UserInputError(f"give either policy={cfg.policy} or checkpoint=<run dir>, not both")
     greedy = cfg.get("greedy")
+    seed = cfg.get("checkpoint_seed")
     policy, params, name, info = load_trained(cfg.checkpoint, cfg.get("checkpoint_kind"),
-                                              None if greedy is None else bool(greedy))
+                                              None if greedy is None else bool(greedy),
+                                              None if seed is None else int(seed))
     if info["task"]:
         own = task_registry.load(str(info["task"]))
     else:

@@ -371,6 +371,15 @@ def test_train_cli_population_writes_one_directory_per_seed(data_root, tmp_path)
     for r in logged:  # the usual name carries the mean over the seeds
         assert r["train/loss"] == pytest.approx((r["train/seed_5/loss"] + r["train/seed_6/loss"]) / 2)
     assert (out / "checkpoints" / "latest").is_dir()
+    # one seed of the checkpoint, by name: the diagnostics land in its seed_<s>/
+    from mtmarl import diagnose
+    from mtmarl.training.restore import load_run
+    with pytest.raises(UserInputError, match=r"trained seeds \[5, 6\] side by side"):
+        load_run(out)
+    (_, p5, _, i5), (_, p6, _, i6) = (load_run(out, seed=s) for s in (5, 6))
+    assert (i5["seed"], i6["seed"]) == (5, 6) and tree_max_abs_diff(p5, p6) > 1e-4
+    result = diagnose.main([str(out), "--batches", "1", "--seed", "6"])
+    assert result["seed"] == 6 and (out / "seed_6" / "diagnostics.md").exists()
 
 
 @pytest.mark.slow

@@ -30,21 +30,25 @@ from mtmarl.training.rundir import CONFIG_NAME
 from mtmarl.training.policy import make_policy
 
 
-def load_trained(run_dir: str | Path, which: str | None = None, greedy: bool | None = None):
+def load_trained(run_dir: str | Path, which: str | None = None, greedy: bool | None = None,
+                 seed: int | None = None):
     """(policy, params, algo name, info) from a training run directory.
 
     ``which``: 'best', 'latest' or None (best if there is one, else latest).
     ``greedy``: arg-max actions; None = as the run evaluated (its ``eval.greedy``).
-    ``info`` is :func:`load_run`'s plus ``greedy``.
+    ``info`` is :func:`load_run`'s plus ``greedy``; ``seed`` picks one seed of a population run.
     """
-    algo, params, cfg, info = load_run(run_dir, which)
+    algo, params, cfg, info = load_run(run_dir, which, seed)
     if greedy is None:
         greedy = bool((cfg.get("eval") or {}).get("greedy", False))
     return make_policy(algo, greedy), params, algo.name, {**info, "greedy": greedy}
 
 
-def load_run(run_dir: str | Path, which: str | None = None):
+def load_run(run_dir: str | Path, which: str | None = None, seed: int | None = None):
     """(algo, acting params, resolved run config, info) of a training run directory (``which`` as above).
+
+    A run that trained several seeds side by side (``training.population``) holds them all in one checkpoint;
+    ``seed`` names the one to load (required there, ignored for a one-seed run).
 
     The checkpoint describes itself (``mtmarl.training.checkpoint``): the
     algorithm and the run config come from its meta. Checkpoints written before
@@ -71,15 +75,34 @@ def load_run(run_dir: str | Path, which: str | None = None):
         sample = jax.ShapeDtypeStruct((1, 1, 1, obs_dim), jnp.float32)
         state = jax.eval_shape(algo.init, jax.ShapeDtypeStruct((2,), jnp.uint32), sample)
         template = Carry(state, jax.ShapeDtypeStruct((2,), jnp.uint32), jax.ShapeDtypeStruct((), jnp.int32))
+        seeds = population(cfg)
+        index = None
+        if seeds is not None:
+            if seed not in seeds:
+                raise UserInputError(f"{run_dir} trained seeds {seeds} side by side (training.population="
+                                     f"{len(seeds)}); name one of them (got {seed}): `mtmarl.diagnose --seed S`, "
+                                     f"`mtmarl.evaluate checkpoint_seed=S`")
+            index = seeds.index(seed)
+            template = jax.tree.map(lambda x: jax.ShapeDtypeStruct((len(seeds), *x.shape), x.dtype), template)
         carry, meta = ckpt.restore(template, which)
+        if index is not None:
+            carry = jax.tree.map(lambda x: x[index], carry)
     finally:
         ckpt.close()
-    info = {"tasks": cfg.get("tasks"), "task": cfg.get("task"), "seed": cfg.get("seed", 0),
+    info = {"tasks": cfg.get("tasks"), "task": cfg.get("task"),
+            "seed": cfg.get("seed", 0) if index is None else seed,
             "checkpoint": {"kind": which, "step": step, "stage": meta.get("stage"), "meta": meta},
             "obs_dim": obs_dim, "n_actions": int(spec["n_actions"]),
             # the references the run normalised by (its own setting, else its data root's)
             "references": str(cfg.get("references") or default_path((cfg.get("data") or {}).get("root")))}
     return algo, algo.acting_params(carry.state), cfg, info
+
+
+def population(cfg: dict[str, Any]) -> list[int] | None:
+    """The seeds a run config trained side by side (``training.population`` > 1), else None."""
+    size = int((cfg.get("training") or {}).get("population") or 1)
+    first = int(cfg.get("seed", 0))
+    return list(range(first, first + size)) if size > 1 else None
 
 
 def _legacy_description(run_dir: Path):
