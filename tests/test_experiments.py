@@ -29,8 +29,7 @@ REPO = Path(__file__).resolve().parents[1]
 @pytest.mark.parametrize("name", EXPERIMENTS)
 def test_every_script_config_composes_for_every_preset(name, preset):
     if (preset == "cpu" and name != "learning") or (preset == "default" and name not in
-                                                     ("learning", "table1", "task_diversity")) or (
-            preset == "gpu" and name not in ("learning", "table1")):
+                                                     ("learning", "table1", "task_diversity")):
         pytest.skip(f"no '{preset}' preset (make-train learner) for {name}")
     cfg = compose_experiment(name, [f"budget={preset}"])
     assert cfg.name == name and cfg.budget.name == preset
