@@ -20,7 +20,7 @@ from mtmarl.experiments.analysis import (aggregate, bootstrap_args, fmt, learnin
                                          updates_to_fraction)
 from mtmarl.experiments.config import run_overrides
 from mtmarl.experiments.driver import Experiment, main
-from mtmarl.experiments.runner import Run, is_finished
+from mtmarl.experiments.runner import Run, is_finished, population_seeds
 
 DIAG_COLUMNS = ("spearman", "mc_std", "q_state_std", "q_action_spread", "weight_std", "weight_max", "down_weighted", "nll",
                 "uniform_nll")
@@ -35,13 +35,14 @@ def build(cfg) -> list[Run]:
                      seed) for tasks in cfg.task_sets for name in chosen for seed in cfg.budget.seeds]
 
 
-def diagnostics(run_dir: Path, batches: int) -> dict | None:
-    """The run's ``mtmarl.diagnose`` summary (computed once, then read from ``diagnostics.json``)."""
-    path = run_dir / "diagnostics.json"
+def diagnostics(run_dir: Path, batches: int, seed: int | None = None) -> dict | None:
+    """The run's ``mtmarl.diagnose`` summary (computed once, then read from ``diagnostics.json``); ``seed``:
+    that seed of a population run (its ``seed_<s>/diagnostics.json``)."""
+    path = (run_dir if seed is None else run_dir / f"seed_{seed}") / "diagnostics.json"
     if not path.exists():
         from mtmarl.diagnose import main as diagnose
 
-        diagnose([str(run_dir), "--batches", str(batches)])
+        diagnose([str(run_dir), "--batches", str(batches), *([] if seed is None else ["--seed", str(seed)])])
     return json.loads(path.read_text())["summary"]
 
 
@@ -58,9 +59,10 @@ def analyse(cfg, records, out: Path) -> list[Path]:
         run_dir = run.directory(cfg.results)
         if not is_finished(run_dir):
             continue
-        summary = diagnostics(run_dir, int(cfg.diagnose_batches))
-        lines.append(f"| {run.key['task_set']} | {run.key['variant']} | {run.seed} | "
-                     + " | ".join(fmt(summary.get(c)) for c in DIAG_COLUMNS) + " |")
+        for seed in population_seeds(run_dir) or [None]:  # a population run: each of its seeds
+            summary = diagnostics(run_dir, int(cfg.diagnose_batches), seed)
+            lines.append(f"| {run.key['task_set']} | {run.key['variant']} | {run.seed if seed is None else seed} | "
+                         + " | ".join(fmt(summary.get(c)) for c in DIAG_COLUMNS) + " |")
     files.append(save_markdown(out / "diagnostics.md", lines))
     return files
 

@@ -548,3 +548,26 @@ def test_a_population_run_is_finished_with_all_its_seeds_and_gives_one_record_se
             (d / name).write_text((run_dir / "seed_0" / name).read_text())
     with pytest.raises(UserInputError, match="seed 1 of .* comes from two runs"):
         collect([run, other], res)
+
+
+def test_learning_diagnoses_each_seed_of_a_population_run_once(tmp_path, monkeypatch):
+    """learning.py's diagnostics table: a population run is diagnosed per seed (``--seed``, into seed_<s>/), and a
+    seed already diagnosed is read back, not diagnosed again."""
+    import mtmarl.diagnose
+
+    calls = []
+
+    def fake(argv):
+        calls.append(argv)
+        seed = argv[argv.index("--seed") + 1] if "--seed" in argv else None
+        out = Path(argv[0]) / (f"seed_{seed}" if seed is not None else "")
+        out.mkdir(parents=True, exist_ok=True)
+        (out / "diagnostics.json").write_text(json.dumps({"summary": {"spearman": float(seed or -1)}}))
+
+    monkeypatch.setattr(mtmarl.diagnose, "main", fake)
+    learning = load_script("learning")
+    run_dir = tmp_path / "run"
+    assert learning.diagnostics(run_dir, 3, seed=1) == {"spearman": 1.0}
+    assert learning.diagnostics(run_dir, 3, seed=1) == {"spearman": 1.0}
+    assert learning.diagnostics(run_dir, 3) == {"spearman": -1.0}
+    assert calls == [[str(run_dir), "--batches", "3", "--seed", "1"], [str(run_dir), "--batches", "3"]]
