@@ -179,6 +179,13 @@ def check_values(cfg: Mapping[str, Any], rules: Mapping[str, Callable[[Any], str
                 raise UserInputError(f"{key}={value!r} is not allowed: want {want}")
 
 
+def population_seeds(cfg: Mapping[str, Any]) -> list[int] | None:
+    """The seeds a train config trains side by side (``training.population`` > 1: ``seed .. seed+S-1``), else None."""
+    size = int((cfg.get("training") or {}).get("population") or 1)
+    first = int(cfg.get("seed", 0))
+    return list(range(first, first + size)) if size > 1 else None
+
+
 def check_train_config(cfg: Mapping[str, Any]) -> None:
     """All checks of a ``python -m mtmarl.train`` config (plain containers, resolved) that need no data."""
     check_keys(cfg, "train", delegated=("algo",))  # mtmarl.algos.registry.check: unknown algo.* keys

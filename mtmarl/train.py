@@ -237,13 +237,14 @@ def _final_population(plain: dict[str, Any], out: dict[str, Any], task_set, refe
     from mtmarl.training.engine import seed_slice
     from mtmarl.training.loop import write_json
 
-    algo, carry, first = out["algo"], out["carry"], int(plain["seed"])
+    from mtmarl.config_check import population_seeds
+
+    algo, carry = out["algo"], out["carry"]
     splits = [s for s in ("train", "test") if task_set.split(s)]
     episodes = int(plain["eval"]["episodes"])
     fingerprint = data_fingerprint(task_set, plain["data"]["root"], plain["data"]["quality"], references)
     every: list[dict[str, Any]] = []
-    for i in range(out["population"]):
-        seed = first + i
+    for i, seed in enumerate(population_seeds(plain)):
         start = time.perf_counter()
         rows = out["evaluator"](algo.acting_params(seed_slice(carry.state, i)), None, splits, episodes=episodes,
                                 seed=seed)

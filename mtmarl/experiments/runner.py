@@ -87,9 +87,9 @@ def population_seeds(run_dir: Path) -> list[int] | None:
     path = run_dir / "config.yaml"
     if not path.is_file():
         return None
-    cfg = yaml.safe_load(path.read_text()) or {}
-    size = int((cfg.get("training") or {}).get("population") or 1)
-    return list(range(int(cfg.get("seed", 0)), int(cfg.get("seed", 0)) + size)) if size > 1 else None
+    from mtmarl.config_check import population_seeds as seeds_of
+
+    return seeds_of(yaml.safe_load(path.read_text()) or {})
 
 
 def result_dirs(run_dir: Path) -> list[Path]:

@@ -21,6 +21,7 @@ import jax.numpy as jnp
 from omegaconf import OmegaConf
 
 from mtmarl.algos import registry
+from mtmarl.config_check import population_seeds
 from mtmarl.errors import UserInputError
 from mtmarl.evaluation.references import default_path
 from mtmarl.training.checkpoint import Checkpointer
@@ -75,7 +76,7 @@ def load_run(run_dir: str | Path, which: str | None = None, seed: int | None = N
         sample = jax.ShapeDtypeStruct((1, 1, 1, obs_dim), jnp.float32)
         state = jax.eval_shape(algo.init, jax.ShapeDtypeStruct((2,), jnp.uint32), sample)
         template = Carry(state, jax.ShapeDtypeStruct((2,), jnp.uint32), jax.ShapeDtypeStruct((), jnp.int32))
-        seeds = population(cfg)
+        seeds = population_seeds(cfg)
         index = None
         if seeds is not None:
             if seed not in seeds:
@@ -96,13 +97,6 @@ def load_run(run_dir: str | Path, which: str | None = None, seed: int | None = N
             # the references the run normalised by (its own setting, else its data root's)
             "references": str(cfg.get("references") or default_path((cfg.get("data") or {}).get("root")))}
     return algo, algo.acting_params(carry.state), cfg, info
-
-
-def population(cfg: dict[str, Any]) -> list[int] | None:
-    """The seeds a run config trained side by side (``training.population`` > 1), else None."""
-    size = int((cfg.get("training") or {}).get("population") or 1)
-    first = int(cfg.get("seed", 0))
-    return list(range(first, first + size)) if size > 1 else None
 
 
 def _legacy_description(run_dir: Path):
