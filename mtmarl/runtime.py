@@ -17,7 +17,7 @@ CACHE_DIR = Path(os.environ.get("MTMARL_CACHE", Path.home() / ".cache" / "mtmarl
 CACHE_MAX_BYTES = 8 << 30  # least recently used executables are evicted beyond this
 
 
-def enable_compilation_cache(min_compile_secs: float = 1.0) -> None:
+def enable_compilation_cache(min_compile_secs: float | None = None) -> None:
     """Persist XLA executables: Jumanji envs take 5-20 s each to compile on CPU.
 
     ``MTMARL_XLA_CACHE`` is ``on`` (the default: ``$MTMARL_CACHE/xla_lru``), ``off``, or an
@@ -28,7 +28,19 @@ def enable_compilation_cache(min_compile_secs: float = 1.0) -> None:
     which makes JAX take a file lock around every read and write. A size-limited cache also keeps an
     access-time file beside every entry, and JAX fails to write into a directory that holds entries
     without one (a cache written without the limit), so the default directory is a new one, ``xla_lru``.
+
+    Programs that compile faster than ``min_compile_secs`` are not stored; unset, it is
+    ``MTMARL_XLA_CACHE_MIN_SECS`` (default 1.0), which processes started by a parent (the test suite's CLIs)
+    inherit.
     """
+    if min_compile_secs is None:
+        text = os.environ.get("MTMARL_XLA_CACHE_MIN_SECS", "1.0")
+        try:
+            min_compile_secs = float(text)
+        except ValueError:
+            min_compile_secs = -1.0
+        if not min_compile_secs >= 0:
+            raise UserInputError(f"MTMARL_XLA_CACHE_MIN_SECS={text!r}: allowed values are numbers of seconds >= 0")
     setting = os.environ.get("MTMARL_XLA_CACHE", "on")
     if setting not in ("on", "off") and not os.path.isabs(setting):
         raise UserInputError(

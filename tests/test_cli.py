@@ -15,7 +15,7 @@ TASK = "connector:grid=5,agents=2,horizon=8"
 
 def run(*args, cwd=ROOT):
     # Compiled as the in-process tests compile (conftest's _fast_compiles): the CLIs here build envs and short
-    # programs whose compiles dominate (adhoc + tasks_cli: 21.3-22.5 s vs 23.2 s with XLA's optimisations).
+    # programs whose compiles dominate.
     env = {**os.environ, "XLA_FLAGS": xla_flags(2), "PYTHONWARNINGS": "ignore", "JAX_DISABLE_MOST_OPTIMIZATIONS": "true"}
     return subprocess.run([sys.executable, "-m", *args], cwd=cwd, env=env,
                           capture_output=True, text=True, timeout=600)
@@ -47,15 +47,30 @@ def test_evaluate_adhoc_task_writes_results_and_gif(tmp_path):
     (["eval.episodez=3"], "episodez"),
     (["policy=random"], "no tasks given"),
 ])
-def test_evaluate_bad_input_is_one_clear_error(args, message):
-    proc = run("mtmarl.evaluate", *args, "hydra.run.dir=/tmp/mtmarl-test-bad-input")
-    assert proc.returncode != 0
-    assert message in proc.stderr + proc.stdout
+def test_evaluate_bad_input_is_one_clear_error(args, message, monkeypatch, capsys):
+    """The command line as ``python -m mtmarl.evaluate`` runs it (``runtime.hydra_cli``), in this process: a
+    new interpreter per case only repeated the imports (the subprocess path is the next test's). Hydra's
+    logging set-up is off (``none``): its ``dictConfig`` would close pytest's own log handlers."""
+    from hydra.core.global_hydra import GlobalHydra
+
+    from mtmarl import evaluate, runtime
+
+    monkeypatch.setattr(sys, "argv", ["mtmarl.evaluate", *args, "hydra.run.dir=/tmp/mtmarl-test-bad-input",
+                                      "hydra/job_logging=none", "hydra/hydra_logging=none"])
+    try:
+        with pytest.raises(SystemExit) as exit_:
+            runtime.hydra_cli("evaluate", evaluate.run)
+    finally:
+        GlobalHydra.instance().clear()
+    assert exit_.value.code not in (0, None)
+    out = capsys.readouterr()
+    assert message in out.err + out.out
+    assert "Traceback" not in out.err
+
+
+def test_evaluate_bad_input_exits_2_with_one_line_from_a_new_process():
+    proc = run("mtmarl.evaluate", "policy=random", "hydra.run.dir=/tmp/mtmarl-test-bad-input")
+    assert proc.returncode == 2
+    assert proc.stderr.strip().splitlines()[-1].startswith("error: no tasks given")
     assert "Traceback" not in proc.stderr
 
-
-def test_tasks_cli_json():
-    proc = run("mtmarl.tasks", "connector_10", "--json")
-    assert proc.returncode == 0, proc.stderr
-    desc = json.loads(proc.stdout)
-    assert desc["name"] == "connector_10" and len(desc["train"]) == 10 and len(desc["test"]) == 8

@@ -5,6 +5,7 @@ from __future__ import annotations
 import jax
 import jax.numpy as jnp
 import numpy as np
+import pytest
 
 from helpers import assert_stack_plays_alone, replay_on_stack
 
@@ -33,7 +34,8 @@ def test_stacked_grids_play_each_grid_exactly():
     for task, env in enumerate(envs):
         alone = PaddedEnv(env, state_dim=stack.state_dim)
         keys = jnp.stack([jax.random.PRNGKey(10 * task + seed) for seed in range(3)])  # three episodes, one program
-        wants, gots = jax.device_get(jax.jit(jax.vmap(lambda k: _replay(alone, stack, task, k)))(keys))
+        play = jax.vmap(lambda k, t: _replay(alone, stack, t, k), in_axes=(0, None))  # noqa: B023 (called here)
+        wants, gots = jax.device_get(jax.jit(play)(keys, task))  # the task index traced, as the evaluator has it
         for seed in range(3):
             want, got = (jax.tree.map(lambda x: x[seed], tree) for tree in (wants, gots))
             assert_stack_plays_alone(want, got, env.num_agents, reward_rtol=1e-6)
@@ -50,6 +52,9 @@ def test_stack_is_refused_for_other_horizons():
     assert type(padded[0]).stack(padded).num_agents == 4
 
 
+# slow: the fast suite checks the set evaluator's stacked path with LBF (tests/test_lbf_stack.py) and SMAX,
+# and this env's stack with a traced task index above
+@pytest.mark.slow
 def test_set_evaluator_plays_the_same_episodes_stacked_or_each_grid_traced():
     """The set evaluator stacks an agent group's grids by default; per-task episode statistics must equal those
     of every grid's own traced env for the same keys."""

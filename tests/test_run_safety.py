@@ -446,11 +446,19 @@ def test_xla_cache_switch(monkeypatch, tmp_path):
         runtime.enable_compilation_cache()
         assert jax.config.jax_compilation_cache_dir == str(runtime.CACHE_DIR / "xla_lru")
         assert jax.config.jax_compilation_cache_max_size == runtime.CACHE_MAX_BYTES > 0
+        assert jax.config.jax_persistent_cache_min_compile_time_secs == float(os.environ["MTMARL_XLA_CACHE_MIN_SECS"])
+        monkeypatch.delenv("MTMARL_XLA_CACHE_MIN_SECS")
+        runtime.enable_compilation_cache()
         assert jax.config.jax_persistent_cache_min_compile_time_secs == 1.0
         monkeypatch.setenv("MTMARL_XLA_CACHE", str(tmp_path))
         runtime.enable_compilation_cache(min_compile_secs=0.25)
         assert jax.config.jax_compilation_cache_dir == str(tmp_path)
         assert jax.config.jax_persistent_cache_min_compile_time_secs == 0.25
+        for bad in ("soon", "-1", "nan"):
+            monkeypatch.setenv("MTMARL_XLA_CACHE_MIN_SECS", bad)
+            with pytest.raises(UserInputError, match=rf"MTMARL_XLA_CACHE_MIN_SECS='{bad}'.*seconds >= 0"):
+                runtime.enable_compilation_cache()
+        monkeypatch.delenv("MTMARL_XLA_CACHE_MIN_SECS")
         for bad in ("maybe", "relative/dir"):
             monkeypatch.setenv("MTMARL_XLA_CACHE", bad)
             with pytest.raises(UserInputError, match=rf"MTMARL_XLA_CACHE='{bad}'.*'on', 'off' and an absolute directory"):

@@ -30,23 +30,26 @@ def stack():
     return envs, RwareEnv.stack(envs)
 
 
-@pytest.mark.parametrize("careless", [False, True])
-def test_stacked_layouts_play_each_layout_exactly(stack, careless):
+def test_stacked_layouts_play_each_layout_exactly(stack):
     """Every time step of every layout equals Jumanji's for the same keys and actions: observations (the
     sensor window at the layout's walls), action masks, rewards (requests drawn at the layout's sizes),
-    collisions and time limits; the stack's extra agents are inactive and may only take the no-op."""
+    collisions and time limits; the stack's extra agents are inactive and may only take the no-op. Each layout
+    is driven twice by one compiled replay: by the planner and by careless random actions (a traced flag); the
+    stack reads the task index as data, as the set evaluator gives it."""
     envs, stacked = stack
     assert stacked.num_agents == 4 and stacked.obs_dim == envs[0].obs_dim
     delivered = ended = 0
     for task, env in enumerate(envs):
-        want, got = jax.device_get(jax.jit(lambda k: _replay(env, stacked, task, k, careless))(jax.random.PRNGKey(task)))
-        assert_stack_plays_alone(want, got, env.num_agents)
-        delivered += want.reward.sum()
-        ended += want.terminal.any()
-    if careless:
-        assert ended >= 2, "careless random actions should collide"
-    else:
-        assert delivered >= 6, "the planner should deliver shelves (new requests drawn)"
+        replay = jax.jit(lambda k, careless, t: _replay(env, stacked, t, k, careless))  # noqa: B023 (called here)
+        for careless in (False, True):
+            want, got = jax.device_get(replay(jax.random.PRNGKey(task), careless, task))  # task traced, as in evaluation
+            assert_stack_plays_alone(want, got, env.num_agents)
+            if careless:
+                ended += want.terminal.any()
+            else:
+                delivered += want.reward.sum()
+    assert ended >= 2, "careless random actions should collide"
+    assert delivered >= 6, "the planner should deliver shelves (new requests drawn)"
 
 
 def test_stack_is_refused_for_other_horizons_sensor_ranges_or_too_large_grids():
@@ -60,6 +63,9 @@ def test_stack_is_refused_for_other_horizons_sensor_ranges_or_too_large_grids():
     assert type(padded[0]).stack(padded).num_agents == 4
 
 
+# slow: the fast suite checks the set evaluator's stacked path with LBF (tests/test_lbf_stack.py) and SMAX,
+# and this env's stack with a traced task index above
+@pytest.mark.slow
 def test_set_evaluator_plays_the_same_episodes_stacked_or_each_layout_traced():
     """The set evaluator stacks an agent group's layouts by default; its per-task episode statistics must equal
     those of every layout's own traced env for the same keys."""
