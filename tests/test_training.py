@@ -11,7 +11,7 @@ from pathlib import Path
 import jax
 import numpy as np
 import pytest
-from helpers import xla_flags
+from helpers import load_script, xla_flags
 
 from mtmarl.algos.registry import build as make_algo
 from mtmarl.configs import CONFIG_DIR
@@ -380,6 +380,12 @@ def test_train_cli_population_writes_one_directory_per_seed(data_root, tmp_path)
     assert (i5["seed"], i6["seed"]) == (5, 6) and tree_max_abs_diff(p5, p6) > 1e-4
     result = diagnose.main([str(out), "--batches", "1", "--seed", "6"])
     assert result["seed"] == 6 and (out / "seed_6" / "diagnostics.md").exists()
+    # the critic / policy split of the update (experiment_scripts/loss_gradients.py): each loss reaches its own
+    # head only (Q is held constant in the policy loss, the policy head is not in the critic's), both the torso
+    split = load_script("loss_gradients").probe(str(out), 6, 1)
+    assert split["critic/policy_head"] == 0 and split["policy/q_head"] == 0
+    assert split["critic/q_head"] > 0 and split["policy/policy_head"] > 0
+    assert 0 < split["critic_share_of_shared"] < 1
 
 
 @pytest.mark.slow
