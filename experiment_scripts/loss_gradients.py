@@ -44,18 +44,12 @@ def split(grads) -> dict[str, dict]:
 
 def probe(run_dir: str, seed: int | None, batches: int) -> dict[str, float]:
     from mtmarl.data.batching import sample
-    from mtmarl.training.data import build_buffers, load_task_data, run_quality
-    from mtmarl.training.restore import load_run, run_task_set
+    from mtmarl.diagnose import load_with_data
 
-    algo, params, cfg, _ = load_run(run_dir, None, seed)
+    algo, params, *_, buffers = load_with_data(run_dir, None, seed)
     if not hasattr(algo.cfg, "critic_coef"):
         sys.exit(f"error: {run_dir}: {algo.name} has no critic (critic_coef); nothing to split")
-    module = sys.modules[type(algo.cfg).__module__]
-    task_set = run_task_set(cfg)
-    data_cfg = cfg.get("data") or {}
-    data = load_task_data(task_set, data_cfg.get("root", "vault_data"), run_quality(data_cfg), False,
-                          float(data_cfg.get("fraction", 1.0)))
-    buffers = build_buffers(task_set, data, algo.cfg.seq_len)
+    module = sys.modules[type(algo.cfg).__module__]  # the algorithm's own loss(), to call with critic_coef 0
     policy_cfg = dataclasses.replace(algo.cfg, critic_coef=0.0)
 
     def grads(p, batch, key):

@@ -157,22 +157,29 @@ def eval_returns(algo, params, task_set, episodes: int, seed: int) -> dict[str, 
     return out
 
 
-def diagnose(run_dir: str | Path, batches: int = 20, eval_episodes: int = 0, which: str | None = None,
-             seed: int = 0, run_seed: int | None = None) -> dict[str, Any]:
-    """The diagnostics of a run as a dict (``rows``: one per training task; ``summary``; ``run``).
+def load_with_data(run_dir: str | Path, which: str | None = None, run_seed: int | None = None):
+    """A trained run and the training data it was trained on: (algo, params, cfg, info, task_set, data, buffers).
 
-    ``seed`` draws the probe batches; ``run_seed`` picks one seed of a population run's checkpoint."""
+    For tools that probe a checkpoint on its own batches (this module, experiment_scripts/loss_gradients.py)."""
     from mtmarl.training.data import build_buffers, load_task_data, run_quality
     from mtmarl.training.restore import load_run, run_task_set
 
-    if batches < 1:
-        raise UserInputError(f"--batches must be >= 1, got {batches}")
     algo, params, cfg, info = load_run(run_dir, which, run_seed)
     task_set = run_task_set(cfg)
     data_cfg = cfg.get("data") or {}
     data = load_task_data(task_set, data_cfg.get("root", "vault_data"), run_quality(data_cfg), False,
                           float(data_cfg.get("fraction", 1.0)))
-    buffers = build_buffers(task_set, data, algo.cfg.seq_len)
+    return algo, params, cfg, info, task_set, data, build_buffers(task_set, data, algo.cfg.seq_len)
+
+
+def diagnose(run_dir: str | Path, batches: int = 20, eval_episodes: int = 0, which: str | None = None,
+             seed: int = 0, run_seed: int | None = None) -> dict[str, Any]:
+    """The diagnostics of a run as a dict (``rows``: one per training task; ``summary``; ``run``).
+
+    ``seed`` draws the probe batches; ``run_seed`` picks one seed of a population run's checkpoint."""
+    if batches < 1:
+        raise UserInputError(f"--batches must be >= 1, got {batches}")
+    algo, params, cfg, info, task_set, data, buffers = load_with_data(run_dir, which, run_seed)
     mc = mc_returns(data, int(buffers.obs.shape[1]), algo.cfg.gamma)
     del data
     recs, tasks, mcs = collect(algo, params, buffers, mc, batches, seed)

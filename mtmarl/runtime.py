@@ -38,8 +38,8 @@ def enable_compilation_cache(min_compile_secs: float | None = None) -> None:
         try:
             min_compile_secs = float(text)
         except ValueError:
-            min_compile_secs = -1.0
-        if not min_compile_secs >= 0:
+            min_compile_secs = None
+        if min_compile_secs is None or not min_compile_secs >= 0:  # (also refuses nan)
             raise UserInputError(f"MTMARL_XLA_CACHE_MIN_SECS={text!r}: allowed values are numbers of seconds >= 0")
     setting = os.environ.get("MTMARL_XLA_CACHE", "on")
     if setting not in ("on", "off") and not os.path.isabs(setting):

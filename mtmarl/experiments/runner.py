@@ -87,7 +87,7 @@ def population_seeds(run_dir: Path) -> list[int] | None:
     path = run_dir / "config.yaml"
     if not path.is_file():
         return None
-    from mtmarl.config_check import population_seeds as seeds_of
+    from mtmarl.config_check import population_seeds as seeds_of  # lazy, as this module's other imports
 
     return seeds_of(yaml.safe_load(path.read_text()) or {})
 
