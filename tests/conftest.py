@@ -42,6 +42,17 @@ def pytest_unconfigure(config):
         shutil.rmtree(os.environ["MTMARL_TEST_XLA_CACHE"], ignore_errors=True)
 
 
+def pytest_collection_finish(session):
+    """Move every object alive after collection (the imported libraries: about 280k objects) out of the garbage
+    collector's reach. Every full collection (each module's release below, each evaluator compile's
+    ``release_freed_memory``, the automatic ones) then walks only what the tests made since: one took 0.14 s
+    before, and full collections were about 4% of a single-process run's time (py-spy, 2026-11-26)."""
+    import gc
+
+    gc.collect()
+    gc.freeze()
+
+
 @pytest.fixture(autouse=True, scope="session")
 def _fast_compiles():
     """Compiles dominate on a 2-core CPU: skip XLA's heavy optimisation passes in tests.
