@@ -43,14 +43,9 @@ def pytest_unconfigure(config):
 
 
 def pytest_collection_finish(session):
-    """Move every object alive after collection (the imported libraries: about 280k objects) out of the garbage
-    collector's reach. Every full collection (each module's release below, each evaluator compile's
-    ``release_freed_memory``, the automatic ones) then walks only what the tests made since: one took 0.14 s
-    before, and full collections were about 4% of a single-process run's time (py-spy, 2026-11-26)."""
-    import gc
-
-    gc.collect()
-    gc.freeze()
+    """Every test module is imported now: the collector need never walk those objects again, and runs less
+    often (mtmarl.runtime.tune_garbage_collector, which the CLIs the tests start call too)."""
+    runtime.tune_garbage_collector()
 
 
 @pytest.fixture(autouse=True, scope="session")
