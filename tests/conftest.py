@@ -81,11 +81,12 @@ def _release_compiled_programs():
             print(f"\n[maps after module: {sum(1 for _ in f)}]")
 
 
-# The files with the most compile and run time (measured 2026-11-24, `--durations=120` of the whole suite, two
+# The files with the most compile and run time (measured 2026-11-26, `--durations=0` of the whole suite, two
 # workers): with `--dist loadfile` each file goes to one worker in collection order, so a long file collected
 # last leaves the other worker idle at the end. Longest first (the classic longest-processing-time order).
-LONGEST_FIRST = ("test_training.py", "test_hygen.py", "test_evaluation.py", "test_distributed.py", "test_cli.py",
-                 "test_algos.py", "test_finetune.py", "test_tasks.py", "test_odis.py", "test_entity.py", "test_envs.py")
+LONGEST_FIRST = ("test_evaluation.py", "test_smax.py", "test_hygen.py", "test_distributed.py", "test_finetune.py",
+                 "test_training.py", "test_experiments.py", "test_algos.py", "test_run_safety.py", "test_online.py",
+                 "test_tasks.py", "test_odis.py", "test_entity.py")
 
 
 def pytest_collection_modifyitems(config, items):

@@ -73,18 +73,18 @@ def test_matches_python_loop(env, policy, params):
 
 
 def test_device_count_and_batching_do_not_change_returns(env):
-    """Same episodes whether played at once, on 2 devices, or in several fixed-size calls."""
+    """Same episodes whether played at once on 1 device, or on 2 devices in several fixed-size calls with the
+    last episodes dropped. (The set evaluator's test covers 2 devices in one call; each program costs a
+    compile, so the two changes are checked together here.)"""
     assert jax.local_device_count() == 2
     key = jax.random.PRNGKey(7)
     one = make_evaluator(env, RANDOM, 9, num_devices=1)((), key)
-    two = make_evaluator(env, RANDOM, 9, num_devices=2)((), key)  # 9 episodes: padded to 10
-    calls1 = make_evaluator(env, RANDOM, 9, num_devices=1, batch=4)   # 3 calls of 4, 3 dropped
-    calls2 = make_evaluator(env, RANDOM, 9, num_devices=2, batch=2)   # 3 calls of 2 per device
-    assert (calls1.calls, calls2.calls) == (3, 3)
-    for other in (two, calls1((), key), calls2((), key)):
-        assert one.returns.shape == other.returns.shape == (9,)
-        np.testing.assert_allclose(one.returns, other.returns, rtol=1e-6)
-        np.testing.assert_array_equal(one.lengths, other.lengths)
+    calls = make_evaluator(env, RANDOM, 9, num_devices=2, batch=2)   # 3 calls of 2 per device, 3 dropped
+    assert calls.calls == 3
+    other = calls((), key)
+    assert one.returns.shape == other.returns.shape == (9,)
+    np.testing.assert_allclose(one.returns, other.returns, rtol=1e-6)
+    np.testing.assert_array_equal(one.lengths, other.lengths)
     assert len(set(np.round(np.asarray(one.returns), 5))) > 1 or len(set(np.asarray(one.lengths))) > 1
 
 

@@ -269,6 +269,8 @@ def test_maps_of_other_horizons_do_not_stack():
     assert SmaxEnv.stack([SmaxEnv("3m"), SmaxEnv("4m", horizon=50)]) is None
 
 
+@pytest.mark.slow  # 13 s: three programs; the fast suite keeps the stacked env's own equality with each map (above) and
+# the set evaluator's stacked-vs-each equality on LBF levels (test_lbf_stack.py)
 def test_set_evaluator_with_stacked_maps_gives_each_maps_own_episodes():
     """The evaluator plays a group of maps through one stacked env by default; maps with the group's ally count
     (here 4m and 4m_vs_3m, one enemy padded) give the same episodes as their own traced envs."""
