@@ -5,9 +5,12 @@
 
 Every ``--run label=dir`` (a directory written by ``python -m mtmarl.train``) and the random policy are
 evaluated on the layouts of :data:`LAYOUTS` for ``--env``, all in one compiled program per policy, with
-the same episode keys. The layouts are checked against every split of every task set of the env, so
-none was seen in training or used as a test task. They have no reference returns, so the table gives
-raw returns (mean ± standard error over episodes) and each policy's return relative to random.
+the same episode keys. A run that trained seeds side by side (``training.population``) is evaluated once
+per seed (labels ``<label>/s<seed>``), and a second table gives each label's mean over its seeds with the
+standard error *over seeds*, the spread that decides whether one policy family beats another. The
+layouts are checked against every split of every task set of the env, so none was seen in training or
+used as a test task. They have no reference returns, so the tables give raw returns (per layout: mean ±
+standard error over episodes) and each policy's return relative to random.
 Writes ``out_of_split.md`` and ``out_of_split.json``.
 """
 
@@ -16,6 +19,7 @@ from __future__ import annotations
 import argparse
 import json
 import math
+import re
 from pathlib import Path
 
 from mtmarl import tasks
@@ -50,16 +54,28 @@ def outside_every_split(env: str, layouts: list[str]) -> tasks.TaskSet:
     return tasks.TaskSet(f"{env}_outside", env, specs, ())
 
 
+def run_seeds(run_dir: str | Path) -> list[int | None]:
+    """The seeds a training run holds: ``[None]`` for a one-seed run, else its population's seeds."""
+    from omegaconf import OmegaConf
+
+    from mtmarl.config_check import population_seeds
+
+    cfg = OmegaConf.to_container(OmegaConf.load(Path(run_dir) / "config.yaml"))
+    return population_seeds(cfg) or [None]
+
+
 def evaluate_policies(task_set: tasks.TaskSet, runs: dict[str, str], episodes: int, seed: int = 0) -> dict:
-    """{label: [row per layout]} for every run and the random policy (same keys for all)."""
+    """{label: [row per layout]} for every run (every seed of a population run) and the random policy (same keys for all)."""
     from mtmarl.evaluate import evaluate_set
     from mtmarl.evaluation.policies import POLICIES
     from mtmarl.training.restore import load_trained
 
     out = {}
     for label, run_dir in runs.items():
-        policy, params, _, info = load_trained(run_dir)
-        out[label] = evaluate_set(task_set, ["train"], policy, params, episodes, seed, {}, obs_dim=info["obs_dim"])
+        for run_seed in run_seeds(run_dir):
+            policy, params, _, info = load_trained(run_dir, seed=run_seed)
+            key = label if run_seed is None else f"{label}/s{run_seed}"
+            out[key] = evaluate_set(task_set, ["train"], policy, params, episodes, seed, {}, obs_dim=info["obs_dim"])
     out["random"] = evaluate_set(task_set, ["train"], POLICIES["random"], (), episodes, seed, {})
     return out
 
@@ -84,6 +100,23 @@ def table(results: dict, task_set: tasks.TaskSet) -> list[str]:
     return lines
 
 
+def seed_table(results: dict) -> list[str]:
+    """Per label (seeds of a population run pooled): mean over layouts per seed, then mean ± se over seeds."""
+    groups: dict[str, list[float]] = {}
+    for key, rows in results.items():
+        groups.setdefault(re.sub(r"/s\d+$", "", key), []).append(sum(r["mean_return"] for r in rows) / len(rows))
+    rand = groups["random"][0]
+    lines = ["| policy | seeds | mean over layouts, per seed | mean ± se over seeds | / random |", "|---|---|---|---|---|"]
+    for label, per_seed in groups.items():
+        mean = sum(per_seed) / len(per_seed)
+        se = (math.sqrt(sum((x - mean) ** 2 for x in per_seed) / (len(per_seed) - 1) / len(per_seed))
+              if len(per_seed) > 1 else float("nan"))
+        ratio = f"{mean / rand:.2f}" if rand > 0 and label != "random" else "-"
+        lines.append(f"| {label} | {len(per_seed)} | {' / '.join(f'{x:.3f}' for x in per_seed)} | "
+                     f"{mean:.3f}" + (f" ± {se:.3f}" if len(per_seed) > 1 else "") + f" | {ratio} |")
+    return lines
+
+
 def main(argv: list[str] | None = None) -> dict:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--env", required=True, choices=sorted(LAYOUTS))
@@ -103,7 +136,8 @@ def main(argv: list[str] | None = None) -> dict:
     out.mkdir(parents=True, exist_ok=True)
     lines = [f"# Zero-shot on {args.env} layouts in no split ({args.episodes} episodes each)", "",
              "Raw return, mean ± standard error over episodes; last columns: mean return / random's.", "",
-             *table(results, task_set), "", "Runs: " + ", ".join(f"{k} = `{v}`" for k, v in runs.items())]
+             *table(results, task_set), "", "Per policy, seeds pooled:", "", *seed_table(results), "",
+             "Runs: " + ", ".join(f"{k} = `{v}`" for k, v in runs.items())]
     (out / "out_of_split.md").write_text("\n".join(lines) + "\n")
     clean = {k: [{key: v for key, v in r.items() if isinstance(v, (int, float, str)) and not
                   (isinstance(v, float) and math.isnan(v))} for r in rows] for k, rows in results.items()}

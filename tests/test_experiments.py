@@ -463,6 +463,11 @@ def test_out_of_split_layouts_are_in_no_set_and_the_table_divides_by_random():
     lines = oos.table(results, two)
     assert lines[2].endswith("| 0.600 ± 0.100 | 0.200 ± 0.050 | 3.00 |") and lines[3].endswith("| 1.00 |")
     assert lines[-1] == "| **mean** | **0.400** | **0.200** | 2.00 |"
+    # seeds of a population run pool into one row: per-seed means 0.4 and 0.8 -> 0.6 ± 0.2 over seeds
+    pooled = oos.seed_table({"mt/s0": results["mt"], "mt/s1": [{"mean_return": 1.0}, {"mean_return": 0.6}],
+                             "random": results["random"]})
+    assert pooled[2] == "| mt | 2 | 0.400 / 0.800 | 0.600 ± 0.200 | 3.00 |"
+    assert pooled[3] == "| random | 1 | 0.200 | 0.200 | - |"
 
 
 def _records(path: Path, config: str, seeds_scores: dict[int, list[float]]) -> None:
