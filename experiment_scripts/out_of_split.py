@@ -54,25 +54,16 @@ def outside_every_split(env: str, layouts: list[str]) -> tasks.TaskSet:
     return tasks.TaskSet(f"{env}_outside", env, specs, ())
 
 
-def run_seeds(run_dir: str | Path) -> list[int | None]:
-    """The seeds a training run holds: ``[None]`` for a one-seed run, else its population's seeds."""
-    from omegaconf import OmegaConf
-
-    from mtmarl.config_check import population_seeds
-
-    cfg = OmegaConf.to_container(OmegaConf.load(Path(run_dir) / "config.yaml"))
-    return population_seeds(cfg) or [None]
-
-
 def evaluate_policies(task_set: tasks.TaskSet, runs: dict[str, str], episodes: int, seed: int = 0) -> dict:
     """{label: [row per layout]} for every run (every seed of a population run) and the random policy (same keys for all)."""
     from mtmarl.evaluate import evaluate_set
     from mtmarl.evaluation.policies import POLICIES
+    from mtmarl.experiments.runner import population_seeds
     from mtmarl.training.restore import load_trained
 
     out = {}
     for label, run_dir in runs.items():
-        for run_seed in run_seeds(run_dir):
+        for run_seed in population_seeds(Path(run_dir)) or [None]:  # each seed of a population run
             policy, params, _, info = load_trained(run_dir, seed=run_seed)
             key = label if run_seed is None else f"{label}/s{run_seed}"
             out[key] = evaluate_set(task_set, ["train"], policy, params, episodes, seed, {}, obs_dim=info["obs_dim"])
@@ -102,15 +93,15 @@ def table(results: dict, task_set: tasks.TaskSet) -> list[str]:
 
 def seed_table(results: dict) -> list[str]:
     """Per label (seeds of a population run pooled): mean over layouts per seed, then mean ± se over seeds."""
+    from mtmarl.experiments.stats import mean_stderr
+
     groups: dict[str, list[float]] = {}
     for key, rows in results.items():
         groups.setdefault(re.sub(r"/s\d+$", "", key), []).append(sum(r["mean_return"] for r in rows) / len(rows))
     rand = groups["random"][0]
     lines = ["| policy | seeds | mean over layouts, per seed | mean ± se over seeds | / random |", "|---|---|---|---|---|"]
     for label, per_seed in groups.items():
-        mean = sum(per_seed) / len(per_seed)
-        se = (math.sqrt(sum((x - mean) ** 2 for x in per_seed) / (len(per_seed) - 1) / len(per_seed))
-              if len(per_seed) > 1 else float("nan"))
+        mean, se = mean_stderr(per_seed)
         ratio = f"{mean / rand:.2f}" if rand > 0 and label != "random" else "-"
         lines.append(f"| {label} | {len(per_seed)} | {' / '.join(f'{x:.3f}' for x in per_seed)} | "
                      f"{mean:.3f}" + (f" ± {se:.3f}" if len(per_seed) > 1 else "") + f" | {ratio} |")
