@@ -137,6 +137,16 @@ def _blank(shapes):
     return jax.tree.map(leaf, shapes)
 
 
+def _batched_shapes(fn, lead: tuple, *args):
+    """The output shapes of ``fn`` vmapped over ``lead`` axes, from one unbatched trace.
+
+    A vmap gives every output leaf the mapped axes in front, so tracing ``fn`` once without batching gives the same
+    shapes for less: an env's reset (Connector's random-walk generator) is its costliest trace, and tracing it under
+    two vmaps took about a quarter of a small evaluation program's trace time."""
+    out = jax.eval_shape(fn, *args)
+    return jax.tree.map(lambda x: jax.ShapeDtypeStruct(lead + x.shape, x.dtype), out)
+
+
 def _where_rows(rows, new, old):
     """``new`` where ``rows`` (S,) is set, else ``old``, leaf by leaf over a pytree batched on axis 0."""
     return jax.tree.map(lambda n, o: jnp.where(rows.reshape(rows.shape + (1,) * (n.ndim - 1)), n, o), new, old)
@@ -150,7 +160,7 @@ class _EachEnv:
         self.envs, self.reset_keys = envs, reset_keys
         # Every env's reset is traced once, inside the loop (compile time and its memory grow with each traced
         # env function): the loop starts from blank states with every slot due a reset.
-        blanks = [_blank(jax.eval_shape(jax.vmap(env.reset), k[:slots])) for env, k in zip(envs, reset_keys)]
+        blanks = [_blank(_batched_shapes(env.reset, (slots,), k[0])) for env, k in zip(envs, reset_keys)]
         self.init = tuple(s for s, _ in blanks), jax.tree.map(lambda *xs: jnp.stack(xs), *(t for _, t in blanks))
 
     def reset(self, states, ts, start, first):
@@ -204,8 +214,7 @@ class _StackedEnv:
         T = reset_keys.shape[0]
         self.slots, self.size = slots, T * slots
         self.chunk = min(self.size, RESET_CHUNK)
-        tasks = jnp.broadcast_to(jnp.arange(T, dtype=jnp.int32)[:, None], (T, slots))
-        self.init = _blank(jax.eval_shape(jax.vmap(jax.vmap(env.reset)), reset_keys[:, :slots], tasks))
+        self.init = _blank(_batched_shapes(env.reset, (T, slots), reset_keys[0, 0], jnp.int32(0)))
 
     def reset(self, states, ts, start, first):
         """Slots in ``start`` (T, S) reset from the keys of episodes ``first`` (T, S)."""
@@ -391,7 +400,9 @@ class Evaluator:
     def compile(self, params, key) -> "Evaluator":
         if self._compiled[0] is None:
             lowered = self._fn.lower(params, key, self._firsts(0), jnp.int32(self.capacity))
-            self._compiled[0] = lowered.compile(compiler_options=COMPILER_OPTIONS)
+            # a process that asked for unoptimised compiles (the test suite) gets them here too
+            options = {} if jax.config.read("jax_disable_most_optimizations") else COMPILER_OPTIONS
+            self._compiled[0] = lowered.compile(compiler_options=options)
         return self
 
     def __call__(self, params, key) -> EpisodeStats:
