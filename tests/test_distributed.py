@@ -105,6 +105,8 @@ TRAIN_WORKER = textwrap.dedent("""
     from mtmarl import train
     from mtmarl.configs import CONFIG_DIR
 
+    from mtmarl.runtime import tune_garbage_collector
+    tune_garbage_collector()  # as the CLI does after its imports (each full collection would walk them)
     pid, port, root, run_dir, out = int(sys.argv[1]), sys.argv[2], sys.argv[3], Path(sys.argv[4]), sys.argv[5]
     stop_after, resume = int(sys.argv[6]) or None, sys.argv[7]  # stop after that many updates / resume
     tasks = json.loads(sys.argv[8]) if len(sys.argv) > 8 else ["task='%s'"]  # the task overrides
@@ -159,8 +161,9 @@ def _finish(procs, timeout=600):
 
 
 # Two ad-hoc training tasks of one set, each device holding only its share (task m on device m mod 2;
-# uneven shares and empty slots are tested in-process, tests/test_batching.py).
-SHARDED = ["+tasks=connector_10", "tasks.train=[{grid:5,agents:2,horizon:8},{grid:5,agents:3,horizon:8}]",
+# uneven shares and empty slots are tested in-process, tests/test_batching.py). One agent count: process 0
+# evaluates both in one stacked program (a second agent count would add a program to trace and compile).
+SHARDED = ["+tasks=connector_10", "tasks.train=[{grid:5,agents:2,horizon:8},{grid:6,agents:2,horizon:8}]",
            "tasks.test=[]", "training.shard_data=true"]
 
 
@@ -172,7 +175,7 @@ def _two_processes_and_reference(tmp_path, resume_midway: bool, sharded: bool = 
     """
     from helpers import synthetic_vault
 
-    tasks = [TASK, "connector:grid=5,agents=3,horizon=8"] if sharded else [TASK]
+    tasks = [TASK, "connector:grid=6,agents=2,horizon=8"] if sharded else [TASK]
     for task in tasks:
         synthetic_vault(tmp_path / "vaults", task)
     extra = [json.dumps(SHARDED)] if sharded else []
