@@ -12,6 +12,7 @@ from mtmarl.errors import UserInputError
 from mtmarl.evaluation.policies import RANDOM, Policy, uniform_legal
 from mtmarl.evaluation.references import DEFAULT_PATH, default_path, load_references, reference_for
 from mtmarl.evaluation.results import summarise, to_marl_eval
+from mtmarl.evaluation import rollout
 from mtmarl.evaluation.rollout import EpisodeStats, episode_keys, make_evaluator, make_task_set_evaluator, \
     run_task_episodes
 from mtmarl.tasks import TaskSpec
@@ -70,6 +71,35 @@ def test_matches_python_loop(env, policy, params):
     np.testing.assert_array_equal(stats.lengths, ref_lengths)
     np.testing.assert_array_equal(stats.timeouts, ref_timeouts)
     assert (ref_lengths < env.horizon).any(), "some episode should end early for this check to bite"
+
+
+def test_evaluation_compiles_at_level_1_unless_the_process_asks_for_unoptimised_compiles():
+    """Training runs compile evaluation at XLA level 1; a process with ``jax_disable_most_optimizations`` (the
+    suite sets it) gets no options, so the setting's level 0 is not overridden."""
+    assert jax.config.read("jax_disable_most_optimizations")  # tests/conftest.py
+    assert rollout.compiler_options() == {}
+    jax.config.update("jax_disable_most_optimizations", False)
+    try:
+        assert rollout.compiler_options() == rollout.COMPILER_OPTIONS == {"xla_backend_optimization_level": 1}
+    finally:
+        jax.config.update("jax_disable_most_optimizations", True)
+
+
+def test_blank_states_have_the_shapes_of_the_reset_under_two_vmaps():
+    """``_batched_shapes`` (one unbatched trace) gives what ``eval_shape`` of the doubly vmapped reset gives,
+    leaf for leaf (shapes and dtypes), for a stacked, padded env taking (key, task)."""
+    from mtmarl.envs.connector import ConnectorEnv
+
+    padded = [envs.PaddedEnv(e, num_agents=4, state_dim=3 * 64) for e in (ConnectorEnv(5, 2), ConnectorEnv(6, 3),
+                                                                          ConnectorEnv(5, 4))]
+    stacked = type(padded[0]).stack(padded)
+    keys = jax.random.split(jax.random.PRNGKey(0), 6).reshape(3, 2, -1)
+    tasks = jnp.broadcast_to(jnp.arange(3, dtype=jnp.int32)[:, None], (3, 2))
+    want = jax.eval_shape(jax.vmap(jax.vmap(stacked.reset)), keys, tasks)
+    got = rollout._batched_shapes(stacked.reset, (3, 2), keys[0, 0], jnp.int32(0))
+    assert jax.tree.structure(got) == jax.tree.structure(want)
+    for g, w in zip(jax.tree.leaves(got), jax.tree.leaves(want)):
+        assert (g.shape, g.dtype) == (w.shape, w.dtype)
 
 
 def test_device_count_and_batching_do_not_change_returns(env):

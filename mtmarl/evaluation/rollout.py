@@ -47,6 +47,12 @@ class EpisodeStats(NamedTuple):
     #                      win / loss / timeout (a loss: terminal and not won)
 
 
+def compiler_options() -> dict:
+    """:data:`COMPILER_OPTIONS`, unless the process asked for unoptimised compiles (``jax_disable_most_optimizations``,
+    as the test suite and the CLIs it starts do): then none, so that setting's level 0 holds here too."""
+    return {} if jax.config.read("jax_disable_most_optimizations") else dict(COMPILER_OPTIONS)
+
+
 def task_key(seed: int, spec) -> jax.Array:
     """A task's evaluation key depends on the seed and the task (``spec.adhoc``), not on its set or position."""
     return jax.random.fold_in(jax.random.PRNGKey(seed), zlib.crc32(spec.adhoc.encode()))
@@ -400,9 +406,7 @@ class Evaluator:
     def compile(self, params, key) -> "Evaluator":
         if self._compiled[0] is None:
             lowered = self._fn.lower(params, key, self._firsts(0), jnp.int32(self.capacity))
-            # a process that asked for unoptimised compiles (the test suite) gets them here too
-            options = {} if jax.config.read("jax_disable_most_optimizations") else COMPILER_OPTIONS
-            self._compiled[0] = lowered.compile(compiler_options=options)
+            self._compiled[0] = lowered.compile(compiler_options=compiler_options())
         return self
 
     def __call__(self, params, key) -> EpisodeStats:
