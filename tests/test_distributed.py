@@ -104,8 +104,8 @@ TRAIN_WORKER = textwrap.dedent("""
     from hydra import compose, initialize_config_dir
     from mtmarl import train
     from mtmarl.configs import CONFIG_DIR
-
     from mtmarl.runtime import tune_garbage_collector
+
     tune_garbage_collector()  # as the CLI does after its imports (each full collection would walk them)
     pid, port, root, run_dir, out = int(sys.argv[1]), sys.argv[2], sys.argv[3], Path(sys.argv[4]), sys.argv[5]
     stop_after, resume = int(sys.argv[6]) or None, sys.argv[7]  # stop after that many updates / resume
