@@ -3,6 +3,7 @@ and BC-t trained through the CLI on the toy entity env of tests/test_env_protoco
 
 from __future__ import annotations
 
+import dataclasses
 import json
 
 import jax
@@ -72,9 +73,10 @@ def test_padding_and_absent_entities_change_nothing_real(net):
     assert (big_logits[:, 6:] == NEG).all()
 
 
-def test_unroll_matches_a_step_loop_with_resets(net):
+@pytest.mark.parametrize("unroll_time", [True, False])  # straight-line code or a loop over steps: same logits
+def test_unroll_matches_a_step_loop_with_resets(net, unroll_time):
     spec, params, _ = net
-    agent = EntityAgent(spec, CFG)
+    agent = EntityAgent(spec, dataclasses.replace(CFG, unroll_time=unroll_time))
     obs = jax.random.normal(jax.random.PRNGKey(3), (2, 5, 3, spec.obs_dim))  # (B, T, N, O)
     resets = jnp.array([[True, False, False, True, False], [True, False, False, False, False]])
     got = unroll(agent, params, obs, resets)

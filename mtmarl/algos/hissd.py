@@ -290,7 +290,7 @@ def make(cfg: Config, network: dict, env: EnvSpec) -> HissdAlgorithm:
             return (hp, hc, hv, ht), (c, logits, v, vt, hv, ht)
 
         xs = tuple(jnp.moveaxis(x, 1, 0) for x in (obs, resets, z))
-        _, out = jax.lax.scan(step, (h0,) * 4, xs)
+        _, out = jax.lax.scan(step, (h0,) * 4, xs, unroll=ecfg.unroll_time)
         return tuple(jnp.moveaxis(x, 0, 1) for x in out)
 
     def mix(params, v, hidden, active):

@@ -209,7 +209,8 @@ def make(cfg: Config, network: dict, env: EnvSpec) -> Algorithm:
             return h, h
 
         tm = lambda x: jnp.moveaxis(x, 1, 0)  # noqa: E731
-        _, hs = jax.lax.scan(step, jnp.zeros((B, N, width), obs.dtype), (tm(obs), tm(prev), tm(resets)))
+        _, hs = jax.lax.scan(step, jnp.zeros((B, N, width), obs.dtype), (tm(obs), tm(prev), tm(resets)),
+                             unroll=net.cfg.unroll_time)
         return tm(hs)
 
     def full_loss(params, batch, key, axis_name=None):
