@@ -76,9 +76,10 @@ def stage_flops(algo, span, learner) -> float:
     return jaxpr_flops(jax.make_jaxpr(step)(carry, buffers).jaxpr)
 
 
-def bench_algo(name: str, tasks: str, quality: str, data, task_set, calls: int) -> list[dict]:
-    cfg = OmegaConf.to_container(compose_train([f"+algo={name}", f"+tasks={tasks}", f"data.quality={quality}"]),
-                                 resolve=True)
+def bench_algo(name: str, tasks: str, quality: str, data, task_set, calls: int, variant: str = "") -> list[dict]:
+    """``variant``: comma-separated config overrides of this measurement (e.g. ``network.unroll_time=false``)."""
+    overrides = [f"+algo={name}", f"+tasks={tasks}", f"data.quality={quality}", *filter(None, variant.split(","))]
+    cfg = OmegaConf.to_container(compose_train(overrides), resolve=True)
     algo = algo_for_data(cfg, data, task_set.env_spec)
     seq_len = max([algo.sampler.seq_len] + [s.sampler.seq_len for s in algo.stages if s.sampler is not None])
     buffers = build_buffers(task_set, data, seq_len, "train")
@@ -99,7 +100,7 @@ def bench_algo(name: str, tasks: str, quality: str, data, task_set, calls: int) 
             times.append((time.perf_counter() - t0) / K)
         flops = stage_flops(algo, span, learner)
         sec = statistics.median(times)
-        rows.append(dict(algo=name, stage=span.stage.name, seconds_per_update=sec, gflop_per_update=flops / 1e9,
+        rows.append(dict(algo=name, variant=variant, stage=span.stage.name, seconds_per_update=sec, gflop_per_update=flops / 1e9,
                          gflops=flops / 1e9 / sec, first_call_s=first, updates_per_call=K,
                          batch=learner.sampler_of(span.stage).batch_size, seq_len=learner.sampler_of(span.stage).seq_len,
                          devices=learner.num_devices, finite=bool(all(np.isfinite(v) for v in metrics.values()))))
@@ -113,18 +114,24 @@ def main(argv=None) -> int:
     parser.add_argument("--quality", default="expert")
     parser.add_argument("--algos", nargs="+", default=["bc_t", "hissd"])
     parser.add_argument("--calls", type=int, default=2, help="timed calls per stage (median)")
+    parser.add_argument("--variants", nargs="+", default=[""],
+                        help="config variants measured one after another in this process, each a comma-separated "
+                             "override list ('' = the defaults), e.g. --variants network.unroll_time=false ''")
     parser.add_argument("--out", type=Path)
     args = parser.parse_args(argv)
     cfg = OmegaConf.to_container(compose_train([f"+algo={args.algos[0]}", f"+tasks={args.tasks}",
                                                 f"data.quality={args.quality}"]), resolve=True)
     task_set = task_registry.from_config(cfg["tasks"])
     data = load_task_data(task_set, cfg["data"]["root"], cfg["data"]["quality"], False, 1.0)
-    rows = [r for name in args.algos for r in bench_algo(name, args.tasks, args.quality, data, task_set, args.calls)]
+    rows = [r for name in args.algos for v in args.variants
+            for r in bench_algo(name, args.tasks, args.quality, data, task_set, args.calls, v)]
     base = rows[0]
-    print(f"\n| algorithm | stage | s / update | GFLOP / update | GFLOP/s | time vs {base['algo']} | FLOPs vs {base['algo']} |")
-    print("|---|---|---|---|---|---|---|")
+    print(f"\n| algorithm | variant | stage | s / update | first call s | GFLOP / update | GFLOP/s | time vs {base['algo']} "
+          f"| FLOPs vs {base['algo']} |")
+    print("|---|---|---|---|---|---|---|---|---|")
     for r in rows:
-        print(f"| {r['algo']} | {r['stage']} | {r['seconds_per_update']:.3f} | {r['gflop_per_update']:.1f} | "
+        print(f"| {r['algo']} | {r['variant'] or 'defaults'} | {r['stage']} | {r['seconds_per_update']:.3f} | "
+              f"{r['first_call_s']:.1f} | {r['gflop_per_update']:.1f} | "
               f"{r['gflops']:.1f} | {r['seconds_per_update'] / base['seconds_per_update']:.2f}x | "
               f"{r['gflop_per_update'] / base['gflop_per_update']:.2f}x |")
     if args.out:
