@@ -88,6 +88,15 @@ def test_unroll_matches_a_step_loop_with_resets(net, unroll_time):
             np.testing.assert_allclose(got[b, t], want, atol=1e-5)
 
 
+def test_bad_entity_network_settings_name_the_key():
+    from mtmarl.errors import UserInputError
+
+    with pytest.raises(UserInputError, match="network.unroll_time must be true or false, got 4"):
+        EntityConfig.from_dict({"width": 16, "unroll_time": 4})
+    with pytest.raises(UserInputError, match="width divisible by heads"):
+        EntityConfig.from_dict({"width": 10, "heads": 3})
+
+
 @pytest.fixture(scope="module")
 def toy_env():
     envs.register("toy_duel", ToyDuel)

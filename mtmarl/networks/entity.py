@@ -49,6 +49,8 @@ class EntityConfig(NetworkConfig):
     def __post_init__(self):
         if self.width < 1 or self.heads < 1 or self.depth < 1 or self.ff_mult < 1 or self.width % self.heads:
             raise UserInputError(f"entity network needs positive sizes and width divisible by heads, got {self}")
+        if not isinstance(self.unroll_time, bool):
+            raise UserInputError(f"network.unroll_time must be true or false, got {self.unroll_time!r}")
 
 
 class Block(nn.Module):
