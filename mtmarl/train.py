@@ -54,7 +54,10 @@ def _resolve(cfg: DictConfig) -> dict[str, Any]:
     plain = OmegaConf.to_container(cfg, resolve=True)
     check_train_config(plain)
     # the algorithm's and network's own value checks (dataclass __post_init__), before any file is written
-    registry.check(plain["algo"]["name"], plain["algo"], plain.get("network"), int(plain["training"]["updates"]),
+    from mtmarl.training.loop import algo_settings
+
+    algo = algo_settings(plain["algo"], plain["training"], plain["data"], plain["agents"])
+    registry.check(algo["name"], algo, plain.get("network"), int(plain["training"]["updates"]),
                    int(plain["training"]["updates_per_call"]))
     return plain
 

@@ -98,7 +98,7 @@ def conf(tmp_path_factory):
     algo_dir.mkdir(parents=True)
     (algo_dir / "toy_two_stage.yaml").write_text(
         "name: toy_two_stage\nlr: 0.5\npretrain_updates: 8\n"
-        "batch_size: 4\nseq_len: 4\nbalanced: true\nshuffle: true\nmask: true\n")
+        "batch_size: 4\nseq_len: 4\nbalanced: true\ntasks_per_batch: null\nshuffle: true\nmask: true\n")
     return base / "vaults", base / "conf"
 
 
@@ -187,8 +187,14 @@ def test_resume_with_another_algorithm_config_is_refused_naming_the_key(conf, tm
     from mtmarl.training.loop import check_same_algorithm
 
     algo = registry.build("toy_two_stage", {"lr": 0.5, "pretrain_updates": 8, "batch_size": 4, "seq_len": 4,
-                                            "balanced": True, "shuffle": True, "mask": True}, None, 5)
+                                            "balanced": True, "tasks_per_batch": None, "shuffle": True,
+                                            "mask": True}, None, 5)
     check_same_algorithm({"algorithm": algo.spec}, algo, tmp_path)  # the same: no error
+    older = {**algo.spec, "algo": {k: v for k, v in algo.spec["algo"].items() if k != "tasks_per_batch"}}
+    check_same_algorithm({"algorithm": older}, algo, tmp_path)  # a key added since, null now: the same run
+    drawn = registry.build("toy_two_stage", {**algo.spec["algo"], "tasks_per_batch": 2}, None, 5)
+    with pytest.raises(UserInputError, match=r"algo\.tasks_per_batch: checkpoint None vs now 2"):
+        check_same_algorithm({"algorithm": older}, drawn, tmp_path)
     other = {**algo.spec, "algo": {**algo.spec["algo"], "lr": 0.1}}
     with pytest.raises(UserInputError, match=r"algo\.lr: checkpoint 0\.1 vs now 0\.5"):
         check_same_algorithm({"algorithm": other}, algo, tmp_path)

@@ -161,6 +161,58 @@ def test_unbalanced_draws_one_task_per_batch(buffers):
     assert tasks == {0, 1, 2}
 
 
+@pytest.mark.parametrize("B,M,k", [(8, 5, 2), (7, 5, 3), (3, 5, 4), (6, 3, 1)])
+def test_tasks_per_batch_draws_k_distinct_tasks_balanced_over_them(B, M, k):
+    """``data.tasks_per_batch=k``: every update holds min(k, B) distinct tasks with counts at most one apart,
+    the drawn tasks change between updates, and over many updates every task is drawn about equally often."""
+    assign = jax.jit(task_assignment, static_argnums=(1, 2, 3, 5))
+    totals = np.zeros(M, int)
+    draws = set()
+    steps = 600
+    for step in range(steps):
+        ids = np.asarray(assign(step, B, M, True, jax.random.key(step), k))
+        counts = np.bincount(ids, minlength=M)
+        present = counts[counts > 0]
+        assert len(present) == min(k, B) and present.max() - present.min() <= 1, counts
+        draws.add(tuple(np.flatnonzero(counts)))
+        totals += counts > 0
+    assert len(draws) > 1
+    # each task is among the drawn ones in a share k/M of updates (binomial, 5 standard deviations)
+    p = min(k, B) / M
+    assert np.abs(totals / steps - p).max() < 5 * np.sqrt(p * (1 - p) / steps), totals
+    # k >= M is the round-robin balanced batch
+    np.testing.assert_array_equal(assign(3, B, M, True, jax.random.key(0), M), assign(3, B, M, True, None, None))
+
+
+def test_tasks_per_batch_in_the_sampler_and_on_task_shards(buffers):
+    """The sampler's batch holds the drawn tasks' own data; a shard with fewer tasks than k uses all of its own
+    (never its empty slot)."""
+    sample = make_sampler(SamplerConfig(batch_size=6, seq_len=T, tasks_per_batch=2))
+    seen = set()
+    for step in range(8):
+        batch = sample(buffers, jax.random.key(step), step)
+        ids = np.asarray(batch.task_ids)
+        assert len(set(ids)) == 2 and np.bincount(ids, minlength=3).max() == 3
+        seen |= set(ids.tolist())
+        _check_batch(batch, buffers)
+    assert seen == {0, 1, 2}
+    for step in range(4):  # 1 task in 2 slots: all 5 sequences from slot 0, also with k=2
+        slots = np.asarray(shard_assignment(step, 5, jnp.int32(1), True, jax.random.key(step), 2, 2))
+        np.testing.assert_array_equal(slots, 0)
+        slots = np.asarray(shard_assignment(step, 5, jnp.int32(3), True, jax.random.key(step), 2, 4))
+        assert len(set(slots)) == 2 and slots.max() < 3
+
+
+@pytest.mark.parametrize("kwargs,match", [
+    ({"tasks_per_batch": 0}, r"data.tasks_per_batch=0 is not allowed: want an integer >= 1 or null"),
+    ({"tasks_per_batch": True}, r"data.tasks_per_batch=True is not allowed"),
+    ({"tasks_per_batch": 2, "balanced": False}, r"data.tasks_per_batch=2 needs data.balanced=true"),
+])
+def test_tasks_per_batch_bad_values_name_the_key(kwargs, match):
+    with pytest.raises(UserInputError, match=match):
+        SamplerConfig(batch_size=4, seq_len=2, **kwargs)
+
+
 def test_sampler_inside_scan(buffers):
     """The sampler composes with lax.scan over update steps (as a training loop would use it)."""
     cfg = SamplerConfig(batch_size=5, seq_len=T)

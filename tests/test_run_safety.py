@@ -82,6 +82,8 @@ TRAIN_BAD = [
     (["data.fraction=1.5"], ["data.fraction=1.5"]),
     (["data.verify=yes"], ["data.verify='yes'"]),
     (["data.balanced=1"], ["data.balanced=1"]),
+    (["data.tasks_per_batch=0"], ["data.tasks_per_batch=0", ">= 1"]),
+    (["data.balanced=false", "data.tasks_per_batch=2"], ["data.tasks_per_batch=2 needs data.balanced=true"]),
     (["data.hub_manifest=/nonexistent.json"], ["data.hub_manifest"]),
     (["data.quality=nope"], ["no dataset 'nope'", "it has default"]),  # seed 002's expert / medium on SMAX
     (["agents.shuffle=nope"], ["agents.shuffle='nope'"]),

@@ -42,6 +42,7 @@ class BatchConfig:
     batch_size: int
     seq_len: int
     balanced: bool
+    tasks_per_batch: int | None
     shuffle: bool
     mask: bool
 
@@ -63,7 +64,7 @@ class BatchConfig:
     def sampler(self):
         from mtmarl.data.batching import SamplerConfig
 
-        return SamplerConfig(self.batch_size, self.seq_len, self.balanced, self.shuffle, self.mask)
+        return SamplerConfig(self.batch_size, self.seq_len, self.balanced, self.shuffle, self.mask, self.tasks_per_batch)
 
 
 @dataclasses.dataclass(frozen=True)

@@ -18,7 +18,7 @@ each slot; -1 marks an empty slot that pads every device to the same task count)
 each device draws its own ``B / D`` sequences from its own tasks, balanced over them;
 the losses still weight tasks equally (``mtmarl.algos.reductions.task_mean`` groups the
 global batch by task id), only the number of sequences per task can differ by device (and with ``balanced=False``
-each device draws its own task).
+each device draws its own task; with ``tasks_per_batch=k`` its own ``k`` tasks).
 
 Padded agents (beyond a task's own agent count) see zero observations, may
 only take the no-op (action 0), carry action 0 and are flagged
@@ -32,7 +32,8 @@ Start positions are uniform over ``[0, lengths[m] - T]``: sequences may cross
 episode boundaries, marked by ``resets`` (the step is the first of an episode).
 With ``shuffle=True`` each sequence gets its own random order of all ``N``
 agents (active and padded alike), the same for all its ``T`` steps. Ablations:
-``balanced=False`` draws the whole batch from one uniformly random task,
+``balanced=False`` draws the whole batch from one uniformly random task (``tasks_per_batch=k``:
+``k`` distinct random tasks per update, the batch balanced over them),
 ``shuffle=False`` keeps dataset order, ``mask=False`` marks padded agents as
 active (the network and the losses then treat them as real agents; ``real``
 still holds the true mask for metrics).
@@ -114,10 +115,17 @@ class SamplerConfig:
     balanced: bool = True   # task-balanced batches (else one random task per batch)
     shuffle: bool = True    # random agent order per sequence
     mask: bool = True       # padded agents inactive (else counted as real agents)
+    tasks_per_batch: int | None = None  # balanced over k tasks drawn per update (None: over all tasks)
 
     def __post_init__(self):
         if self.batch_size < 1 or self.seq_len < 1:
             raise UserInputError(f"batch_size and seq_len must be >= 1, got {self.batch_size}, {self.seq_len}")
+        k = self.tasks_per_batch
+        if k is not None and (isinstance(k, bool) or not isinstance(k, int) or k < 1):
+            raise UserInputError(f"data.tasks_per_batch={k!r} is not allowed: want an integer >= 1 or null")
+        if k is not None and not self.balanced:
+            raise UserInputError(f"data.tasks_per_batch={k} needs data.balanced=true (balanced=false already "
+                                 f"draws one task per batch, i.e. tasks_per_batch=1)")
 
 
 # ---------------------------------------------------------------- building buffers
@@ -315,15 +323,32 @@ def with_slots(buffers: Buffers, ids: Sequence[int], slots: int) -> Buffers:
 
 # ---------------------------------------------------------------- sampling
 
-def task_assignment(step, batch_size: int, num_tasks: int, balanced: bool = True, key=None) -> jax.Array:
+def drawn_tasks(key, batch_size: int, num_tasks, slots: int, k: int) -> jax.Array:
+    """Slot of each sequence when every update draws ``k`` distinct tasks and balances the batch over them.
+
+    The tasks are a uniform draw without replacement among the first ``num_tasks`` (may be traced) of
+    ``slots`` (static); sequence ``j`` takes drawn task ``j mod min(k, num_tasks)``, so each drawn task
+    gets ``B // k`` sequences or one more. Between ``balanced=False`` (``k = 1``) and the balanced batch
+    (``k = M``) this separates "one update sees few tasks" from "a task's weight in the batch".
+    """
+    scores = jnp.where(jnp.arange(slots) < num_tasks, jax.random.uniform(key, (slots,)), 2.0)
+    chosen = jnp.argsort(scores)[:min(k, slots)].astype(jnp.int32)
+    return chosen[jnp.arange(batch_size, dtype=jnp.int32) % jnp.minimum(min(k, slots), num_tasks)]
+
+
+def task_assignment(step, batch_size: int, num_tasks: int, balanced: bool = True, key=None,
+                    tasks_per_batch: int | None = None) -> jax.Array:
     """Task id of each of the ``batch_size`` sequences at update ``step`` (jit-compatible).
 
     Balanced: ``q = B // M`` per task (ids ``0..M-1`` repeated ``q`` times), then
     ``r`` extras for tasks ``(step*r + j) mod M``. Unbalanced: one task drawn
-    uniformly with ``key`` for the whole batch.
+    uniformly with ``key`` for the whole batch. ``tasks_per_batch = k < M``:
+    :func:`drawn_tasks` (``k`` tasks drawn with ``key``, the batch balanced over them).
     """
     if not balanced:
         return jnp.full((batch_size,), jax.random.randint(key, (), 0, num_tasks), jnp.int32)
+    if tasks_per_batch is not None and tasks_per_batch < num_tasks:
+        return drawn_tasks(key, batch_size, num_tasks, num_tasks, tasks_per_batch)
     q, r = divmod(batch_size, num_tasks)
     base = jnp.tile(jnp.arange(num_tasks, dtype=jnp.int32), q)
     offset = (jnp.asarray(step, jnp.int32) * r) % num_tasks
@@ -331,15 +356,19 @@ def task_assignment(step, batch_size: int, num_tasks: int, balanced: bool = True
     return jnp.concatenate([base, extra])
 
 
-def shard_assignment(step, batch_size: int, num_tasks, balanced: bool = True, key=None) -> jax.Array:
+def shard_assignment(step, batch_size: int, num_tasks, balanced: bool = True, key=None,
+                     tasks_per_batch: int | None = None, slots: int | None = None) -> jax.Array:
     """Slot of each sequence for a task shard holding ``num_tasks`` (traced) tasks in its first slots.
 
     Balanced: sequence ``j`` of update ``step`` takes slot ``(step * B + j) mod M``: every task
     gets ``B // M`` or one more, and over ``M`` updates exactly ``B`` (the same counts as
     :func:`task_assignment`, which needs a static ``M``). Unbalanced: one slot drawn with ``key``.
+    ``tasks_per_batch`` below the shard's ``slots`` (static): :func:`drawn_tasks` over its tasks.
     """
     if not balanced:
         return jnp.full((batch_size,), jax.random.randint(key, (), 0, num_tasks), jnp.int32)
+    if tasks_per_batch is not None and tasks_per_batch < slots:
+        return drawn_tasks(key, batch_size, num_tasks, slots, tasks_per_batch)
     return ((jnp.asarray(step, jnp.int32) * batch_size + jnp.arange(batch_size, dtype=jnp.int32)) % num_tasks
             ).astype(jnp.int32)
 
@@ -350,10 +379,11 @@ def sample(buffers: Buffers, key: jax.Array, step, cfg: SamplerConfig) -> Batch:
     M, N = buffers.num_tasks, buffers.num_agents
     k_task, k_start, k_perm = jax.random.split(key, 3)
     if buffers.task_ids is None:
-        task = task_assignment(step, B, M, cfg.balanced, k_task)
+        task = task_assignment(step, B, M, cfg.balanced, k_task, cfg.tasks_per_batch)
         ids = task
     else:  # a task shard: slots, then their global ids
-        task = shard_assignment(step, B, jnp.sum(buffers.task_ids >= 0), cfg.balanced, k_task)
+        task = shard_assignment(step, B, jnp.sum(buffers.task_ids >= 0), cfg.balanced, k_task, cfg.tasks_per_batch,
+                                M)
         ids = buffers.task_ids[task]
     n_starts = jnp.maximum(buffers.lengths[task] - T + 1, 1)  # make_buffers guarantees lengths >= T
     start = jax.random.randint(k_start, (B,), 0, n_starts, dtype=jnp.int32)

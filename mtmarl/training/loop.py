@@ -44,17 +44,26 @@ def build_algo(algo_cfg: Mapping[str, Any], net_cfg: Mapping[str, Any], training
                data_cfg: Mapping[str, Any], agents: Mapping[str, Any], env: EnvSpec | int,
                value_range: tuple[float, float] | None = None) -> Algorithm:
     """The algorithm with the CLI's ablation switches and batch overrides mapped onto its config."""
-    algo_cfg = dict(algo_cfg)
+    algo_cfg = algo_settings(algo_cfg, training, data_cfg, agents)
     name = algo_cfg.pop("name", None)
     if name is None:
         raise UserInputError(f"no algorithm given: add +algo=<{'|'.join(registry.names())}>")
-    algo_cfg.update(balanced=bool(data_cfg["balanced"]), shuffle=bool(agents["shuffle"]), mask=bool(agents["mask"]))
-    for key in ("batch_size", "seq_len"):
-        if training.get(key) is not None:
-            algo_cfg[key] = int(training[key])
     if value_range is not None:
         algo_cfg["v_min"], algo_cfg["v_max"] = value_range
     return registry.build(name, algo_cfg, net_cfg, env)
+
+
+def algo_settings(algo_cfg: Mapping[str, Any], training: Mapping[str, Any], data_cfg: Mapping[str, Any],
+                  agents: Mapping[str, Any]) -> dict[str, Any]:
+    """``algo.*`` with the run's batching settings (``data.*``, ``agents.*``, ``training.batch_size/seq_len``)
+    mapped on: what the algorithm is built with, so the checks before a run see the same config."""
+    algo_cfg = dict(algo_cfg)
+    algo_cfg.update(balanced=bool(data_cfg["balanced"]), tasks_per_batch=data_cfg.get("tasks_per_batch"),
+                    shuffle=bool(agents["shuffle"]), mask=bool(agents["mask"]))
+    for key in ("batch_size", "seq_len"):
+        if training.get(key) is not None:
+            algo_cfg[key] = int(training[key])
+    return algo_cfg
 
 
 def data_value_range(data, gamma: float) -> tuple[float, float]:
@@ -235,14 +244,18 @@ def check_finite(metrics: Mapping[str, float], carry: Carry, first: int, last: i
 
 def check_same_algorithm(meta: Mapping[str, Any], algo: Algorithm, where: Path) -> None:
     """Refuse to resume a checkpoint of another algorithm or configuration, naming what differs."""
-    saved = meta.get("algorithm")
-    if saved is None or saved == json.loads(json.dumps(algo.spec)):
+    saved, now = meta.get("algorithm"), json.loads(json.dumps(algo.spec))
+    if saved is None or saved == now:
         return
-    diff = sorted(f"{part}.{k}: checkpoint {saved.get(part, {}).get(k)!r} vs now {v!r}"
-                  for part in ("algo", "network") for k, v in (algo.spec.get(part) or {}).items()
-                  if (saved.get(part) or {}).get(k) != v)
+    # A key absent from an older checkpoint reads as null: keys added later default to null (= off).
+    diff = sorted(f"{part}.{k}: checkpoint {(saved.get(part) or {}).get(k)!r} vs now {(now.get(part) or {}).get(k)!r}"
+                  for part in ("algo", "network") for k in {*(saved.get(part) or {}), *(now.get(part) or {})}
+                  if (saved.get(part) or {}).get(k) != (now.get(part) or {}).get(k))
     if saved.get("name") != algo.name:
         diff.insert(0, f"name: checkpoint {saved.get('name')!r} vs now {algo.name!r}")
+    rest = {k for k in {*saved, *now} - {"algo", "network", "name"} if saved.get(k) != now.get(k)}
+    if not diff and not rest:
+        return
     raise UserInputError(f"resume=true but the checkpoint in {where} was trained with another algorithm "
                          f"configuration ({'; '.join(diff) or saved}); resume with the same settings or start "
                          f"a new run directory")
