@@ -4,7 +4,8 @@
 
 A run's final returns say *that* offline RL did or did not beat behaviour
 cloning; these numbers say *why*. On batches drawn from the run's own training
-data (task-balanced, the run's sequence length), for every training task:
+data (task-balanced over all its tasks, whatever the run trained with; the run's sequence length), for every
+training task:
 
 * ``spearman``: rank correlation of the critic's Q(s, a_data) with the data's
   Monte-Carlo discounted return-to-go (does the critic order states at all?);
@@ -30,6 +31,7 @@ with ``policy_weights`` (MT Oryx). Results go to ``diagnostics.json`` and
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import inspect
 import json
 from pathlib import Path
@@ -120,7 +122,9 @@ def task_stats(recs: dict[str, np.ndarray], task: np.ndarray, mc: np.ndarray, na
 def collect(algo, params, buffers, mc: np.ndarray, batches: int, seed: int = 0):
     """Per-entry records and their task ids / MC returns over ``batches`` sampled batches."""
     probe = make_probe(algo)
-    cfg = algo.cfg.sampler()
+    # Task-balanced over all tasks whatever the run trained with (data.balanced=false, data.tasks_per_batch):
+    # every task then has entries in every batch, and runs trained either way are probed on the same batches.
+    cfg = dataclasses.replace(algo.cfg.sampler(), balanced=True, tasks_per_batch=None)
     draw = jax.jit(lambda k, i: sample(buffers, k, i, cfg))
     recs: dict[str, list] = {}
     tasks, mcs = [], []

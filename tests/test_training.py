@@ -600,6 +600,27 @@ def test_diagnose_rows_align_records_with_the_datas_returns(setup, monkeypatch):
     assert set(tasks) == {0, 1} and len(mcs) > 50 and mcs.max() > 0
 
 
+def test_diagnose_probes_task_balanced_batches_of_a_run_trained_without_balance(setup, monkeypatch):
+    """A run trained with one task per batch (data.balanced=false) is probed on balanced batches: one batch
+    already holds every task (one-task batches left tasks without entries and the table crashed)."""
+    import dataclasses
+    import types
+
+    import jax.numpy as jnp
+
+    from mtmarl import diagnose
+
+    algo, buffers = setup
+    for change in ({"balanced": False}, {"tasks_per_batch": 1}):
+        run = types.SimpleNamespace(cfg=dataclasses.replace(algo.cfg, **change))
+        monkeypatch.setattr(diagnose, "make_probe", lambda algo: lambda params, b: {  # noqa: E731
+            "nll": jnp.ones(b.actions.shape), "uniform_nll": jnp.ones(b.actions.shape)})
+        recs, tasks, mcs = diagnose.collect(run, None, buffers, np.zeros(buffers.rewards.shape), batches=1)
+        assert set(tasks) == {0, 1}, change
+        rows = diagnose.task_stats(recs, tasks, mcs, ["a", "b"])
+        assert [r["entries"] > 0 for r in rows] == [True, True]
+
+
 @pytest.mark.slow  # the fast suite keeps test_diagnose_rows_align_records_with_the_datas_returns
 def test_diagnose_cli_on_a_tiny_oryx_run(data_root, tmp_path, monkeypatch):
     """A 2-task MT Oryx run (stopped at its checkpoint of update 8, no evaluation) diagnosed end to end."""
