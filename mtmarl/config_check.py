@@ -134,7 +134,6 @@ TRAIN_RULES: dict[str, Callable[[Any], str | None]] = {
     "data.quality": text(optional=True),
     "data.verify": boolean,
     "data.balanced": boolean,
-    "data.tasks_per_batch": int_at_least(1, optional=True),
     "data.fraction": fraction,
     "data.hub": text(optional=True),
     "data.hub_manifest": existing_file(),

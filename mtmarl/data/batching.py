@@ -331,9 +331,10 @@ def drawn_tasks(key, batch_size: int, num_tasks, slots: int, k: int) -> jax.Arra
     gets ``B // k`` sequences or one more. Between ``balanced=False`` (``k = 1``) and the balanced batch
     (``k = M``) this separates "one update sees few tasks" from "a task's weight in the batch".
     """
+    k = min(k, slots)
     scores = jnp.where(jnp.arange(slots) < num_tasks, jax.random.uniform(key, (slots,)), 2.0)
-    chosen = jnp.argsort(scores)[:min(k, slots)].astype(jnp.int32)
-    return chosen[jnp.arange(batch_size, dtype=jnp.int32) % jnp.minimum(min(k, slots), num_tasks)]
+    chosen = jnp.argsort(scores)[:k].astype(jnp.int32)
+    return chosen[jnp.arange(batch_size, dtype=jnp.int32) % jnp.minimum(k, num_tasks)]
 
 
 def task_assignment(step, batch_size: int, num_tasks: int, balanced: bool = True, key=None,
