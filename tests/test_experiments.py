@@ -576,3 +576,25 @@ def test_learning_diagnoses_each_seed_of_a_population_run_once(tmp_path, monkeyp
     assert learning.diagnostics(run_dir, 3, seed=1) == {"spearman": 1.0}
     assert learning.diagnostics(run_dir, 3) == {"spearman": -1.0}
     assert calls == [[str(run_dir), "--batches", "3", "--seed", "1"], [str(run_dir), "--batches", "3"]]
+
+
+def test_gradient_noise_statistics_match_a_naive_loop():
+    """gradient_noise.py's per-k numbers against plain loops over the batches, and its effective weight share."""
+    gn = load_script("gradient_noise")
+    rng = np.random.default_rng(0)
+    grads, reference = rng.normal(size=(6, 9)) + 0.5, rng.normal(size=9)
+    got = gn.statistics(grads, reference)
+    mean = [sum(g[j] for g in grads) / len(grads) for j in range(9)]
+    norm = lambda v: math.sqrt(sum(x * x for x in v))  # noqa: E731
+    cos = lambda a, b: sum(x * y for x, y in zip(a, b)) / (norm(a) * norm(b))  # noqa: E731
+    noise = sum(sum((g[j] - mean[j]) ** 2 for j in range(9)) for g in grads) / (len(grads) - 1)
+    assert got["norm"] == pytest.approx(sum(norm(g) for g in grads) / len(grads))
+    assert got["mean_norm"] == pytest.approx(norm(mean))
+    assert got["rel_noise"] == pytest.approx(noise / norm(mean) ** 2)
+    assert got["cos_to_all"] == pytest.approx(cos(mean, reference))
+    assert got["cos_batch_all"] == pytest.approx(sum(cos(g, reference) for g in grads) / len(grads))
+    same = gn.statistics(np.tile(reference, (4, 1)), reference)  # no noise, no bias
+    assert same["rel_noise"] == pytest.approx(0, abs=1e-12) and same["cos_to_all"] == pytest.approx(1)
+    assert gn.effective_share(np.ones(5)) == pytest.approx(1)
+    assert gn.effective_share(np.array([5.0, 0, 0, 0, 0])) == pytest.approx(1 / 5)
+    assert gn.effective_share(np.array([1.0, 3.0])) == pytest.approx(16 / (2 * 10))

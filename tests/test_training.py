@@ -386,6 +386,10 @@ def test_train_cli_population_writes_one_directory_per_seed(data_root, tmp_path)
     assert split["critic/policy_head"] == 0 and split["policy/q_head"] == 0
     assert split["critic/q_head"] > 0 and split["policy/policy_head"] > 0
     assert 0 < split["critic_share_of_shared"] < 1
+    # the gradient of batches from k tasks (experiment_scripts/gradient_noise.py): k = 0 means all of them
+    rows = load_script("gradient_noise").probe(str(out), 6, [0, 1], 2)
+    assert [r["k"] for r in rows] == [len(TRAIN), 1]
+    assert all(0 < r["ess"] <= 1 and r["rel_noise"] >= 0 and r["mean_norm"] > 0 for r in rows)
 
 
 @pytest.mark.slow
