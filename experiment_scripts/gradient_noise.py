@@ -35,22 +35,23 @@ import numpy as np
 from jax.flatten_util import ravel_pytree
 
 
-def batch_gradients(algo, params, buffers, k: int, batches: int, seed: int):
-    """(per-batch flattened policy gradients (batches, P), per-batch weight ESS or None)."""
-    from mtmarl.data.batching import sample
-    from mtmarl.diagnose import make_probe
-
+def policy_gradient(algo):
+    """Jitted ``(params, batch, key) -> flat gradient`` of the policy loss, compiled once for every k."""
     module = sys.modules[type(algo.cfg).__module__]
     cfg = dataclasses.replace(algo.cfg, critic_coef=0.0) if hasattr(algo.cfg, "critic_coef") else algo.cfg
+    return jax.jit(lambda p, b, key: ravel_pytree(jax.grad(lambda q: module.loss(q, p, b, key, cfg, algo.net)[0])(p))[0])
+
+
+def batch_gradients(algo, params, buffers, grad, probe, k: int, batches: int, seed: int):
+    """(per-batch flattened policy gradients (batches, P), mean weight effective share or None) at ``k`` tasks."""
+    from mtmarl.data.batching import sample
+
     sampler = dataclasses.replace(algo.cfg.sampler(), balanced=True, tasks_per_batch=(k or None))
-    draw = jax.jit(lambda key, i: sample(buffers, key, i, sampler))
-    grad = jax.jit(lambda p, b, key: ravel_pytree(jax.grad(
-        lambda q: module.loss(q, p, b, key, cfg, algo.net)[0])(p))[0])
-    probe = make_probe(algo)
+    draw = jax.jit(lambda bufs, key, i: sample(bufs, key, i, sampler))  # the data as an argument, not a constant
     grads, ess = [], []
     for i in range(batches):
         key = jax.random.fold_in(jax.random.key(seed), i)
-        batch = draw(key, i)
+        batch = draw(buffers, key, i)
         grads.append(np.asarray(grad(params, batch, key), np.float64))
         rec = probe(params, batch)
         if "weight" in rec:
@@ -80,10 +81,13 @@ def statistics(grads: np.ndarray, reference: np.ndarray) -> dict[str, float]:
 def probe(run_dir: str, seed: int | None, ks: list[int], batches: int) -> list[dict]:
     from mtmarl.diagnose import load_with_data
 
+    from mtmarl.diagnose import make_probe
+
     algo, params, *_, buffers = load_with_data(run_dir, None, seed)
+    grad, weights = policy_gradient(algo), make_probe(algo)
     # the all-task mean gradient from batches of its own, so that k = all is compared with fresh draws too
-    reference = batch_gradients(algo, params, buffers, 0, batches, 999)[0].mean(0)
-    results = {k: batch_gradients(algo, params, buffers, k, batches, 1000 + k) for k in ks}
+    reference = batch_gradients(algo, params, buffers, grad, weights, 0, batches, 999)[0].mean(0)
+    results = {k: batch_gradients(algo, params, buffers, grad, weights, k, batches, 1000 + k) for k in ks}
     rows = []
     for k, (grads, ess) in results.items():
         rows.append({"run": run_dir, "algo": algo.name, "seed": seed, "k": k or int(buffers.num_tasks),
