@@ -271,8 +271,8 @@ def test_bad_init_from_is_a_one_line_error_naming_key_and_value(run_dir, tmp_pat
 
     real = restore.load_run
 
-    def without_replay(path, which=None):
-        algo, params, cfg, info = real(path, which)
+    def without_replay(path, which=None, seed=None):
+        algo, params, cfg, info = real(path, which, seed)
         return dataclasses.replace(algo, replay=None), params, cfg, info
 
     monkeypatch.setattr(restore, "load_run", without_replay)
@@ -282,5 +282,40 @@ def test_bad_init_from_is_a_one_line_error_naming_key_and_value(run_dir, tmp_pat
         with pytest.raises(UserInputError, match=rf"holds a '{name}' run, which cannot be fine-tuned.*replay") as err:
             task_env(env, online_config({**PRESET, "init_from": str(run_dir) + "/"}))
         assert "online.init_from=" in str(err.value) and "\n" not in str(err.value)
+    finally:
+        finetune._restore.cache_clear()
+
+
+def test_a_population_run_fine_tunes_from_the_seed_named_by_init_seed(toy_env, tmp_path):  # noqa: F811
+    """A run of ``training.population=2`` holds both seeds in one checkpoint: ``online.init_seed`` picks the
+    one to start from (its params, not the other seed's), and leaving it unset is a one-line error naming
+    the key and the seeds there are."""
+    from mtmarl import train
+    from mtmarl.experiments.config import compose_train
+    from mtmarl.training.restore import load_run
+
+    root = duel_vaults(tmp_path, 4)
+    cfg = compose_train(["+algo=m3", "+tasks=duel", f"hydra.searchpath=[file://{root / 'conf'}]",
+                         f"data.root={root / 'vaults'}", "training=quick", "training.updates=2",
+                         "training.updates_per_call=2", "training.log_every=2", "training.checkpoint_every=2",
+                         "training.eval_every=0", "training.batch_size=4", "training.seq_len=4", "eval.episodes=2",
+                         "training.population=2", "seed=3", "logger.neptune=false", "logger.progress=false",
+                         *ALGOS["m3"]])
+    run = root / "run"
+    train.run(cfg, run_dir=run)
+    finetune._restore.cache_clear()
+    try:
+        _, own = finetune.pretrained(tiny(run, init_seed=4))
+        _, want, _, _ = load_run(run, seed=4)
+        _, other, _, _ = load_run(run, seed=3)
+        for a, b in zip(jax.tree.leaves(own), jax.tree.leaves(want), strict=True):
+            np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
+        assert any(not np.array_equal(np.asarray(a), np.asarray(b))
+                   for a, b in zip(jax.tree.leaves(own), jax.tree.leaves(other), strict=True))
+        for seed in (None, 7):
+            with pytest.raises(UserInputError) as err:
+                finetune.pretrained(tiny(run, init_seed=seed))
+            msg = str(err.value)
+            assert "\n" not in msg and "online.init_seed=S" in msg and "[3, 4]" in msg and f"got {seed}" in msg
     finally:
         finetune._restore.cache_clear()

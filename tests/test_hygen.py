@@ -283,8 +283,8 @@ def test_bad_configs_are_one_line_errors_naming_the_key(run_dir, tmp_path, monke
 
     real = restore.load_run
 
-    def as_odis(path, which=None):
-        algo, params, cfg, info = real(path, which)
+    def as_odis(path, which=None, seed=None):
+        algo, params, cfg, info = real(path, which, seed)
         return registry.build("odis", {}, NET, SPEC), params, cfg, info
 
     monkeypatch.setattr(restore, "load_run", as_odis)

@@ -61,6 +61,7 @@ class FinetuneConfig(ppo.PPOSettings):
 
     system: str = "finetune"
     init_from: str = ""            # the offline run directory (python -m mtmarl.train) to start from
+    init_seed: int | None = None   # which seed of a population run (training.population > 1) to start from
     kl_coef: float = 0.1           # weight of the term that keeps the policy near the pretrained one
     kl_weighting: str = "uniform"  # uniform: KL(pi || pi_0); awac: advantage-weighted regression onto pi_0 exp(A/lambda)
     awac_temperature: float = 1.0  # lambda of the AWAC weights (on normalised advantages)
@@ -98,7 +99,7 @@ class FinetuneConfig(ppo.PPOSettings):
 
 # --------------------------------------------------------------------------- the pretrained policy
 @functools.lru_cache(maxsize=4)
-def _restore(run_dir: str):
+def _restore(run_dir: str, seed: int | None):
     from mtmarl.training.restore import load_run
 
     path = Path(run_dir).expanduser()
@@ -106,7 +107,7 @@ def _restore(run_dir: str):
         raise UserInputError(f"online.init_from={run_dir!r}: no such directory (give an offline run directory "
                              f"written by python -m mtmarl.train)")
     try:
-        algo, params, _, _ = load_run(path)
+        algo, params, _, _ = load_run(path, seed=seed)
     except UserInputError as e:
         raise UserInputError(f"online.init_from={run_dir!r}: {str(e).splitlines()[0]}") from None
     if algo.replay is None:
@@ -120,7 +121,7 @@ def _restore(run_dir: str):
 
 def pretrained(cfg: FinetuneConfig):
     """(offline Algorithm, its acting params) restored from ``cfg.init_from`` (cached per directory)."""
-    return _restore(str(cfg.init_from))
+    return _restore(str(cfg.init_from), cfg.init_seed)
 
 
 def task_env(env, cfg: FinetuneConfig):

@@ -64,6 +64,7 @@ class HyGenOnlineConfig(ppo.PPOSettings):
 
     system: str = "hygen"
     init_from: str = ""  # the offline algo=hygen run directory (python -m mtmarl.train)
+    init_seed: int | None = None  # which seed of a population run (training.population > 1) to continue
     rollout_len: int | None = None  # None: the offline run's algo.seq_len (must equal it)
     r_start: float = 1.0  # R_h at t = 0 (Table 6)
     r_end: float = 0.1  # R_h from t = r_decay_steps on (Table 6)
@@ -217,7 +218,7 @@ def sequences(traj) -> dict:
 
 # --------------------------------------------------------------------------- the offline run
 @functools.lru_cache(maxsize=2)
-def _restore(run_dir: str):
+def _restore(run_dir: str, seed: int | None):
     from mtmarl.algos.hygen import HyGenAlgorithm
     from mtmarl.training.data import build_buffers, load_task_data, run_quality
     from mtmarl.training.restore import load_run, run_task_set
@@ -229,7 +230,7 @@ def _restore(run_dir: str):
             f"written by python -m mtmarl.train +algo=hygen)"
         )
     try:
-        algo, params, run_cfg, _ = load_run(path)
+        algo, params, run_cfg, _ = load_run(path, seed=seed)
     except UserInputError as e:
         raise UserInputError(f"online.init_from={run_dir!r}: {str(e).splitlines()[0]}") from None
     if not isinstance(algo, HyGenAlgorithm):
@@ -251,7 +252,7 @@ def _restore(run_dir: str):
 
 def pretrained(cfg: HyGenOnlineConfig):
     """(offline HyGen algorithm, all its trained params, the offline run's training buffers)."""
-    return _restore(str(cfg.init_from))
+    return _restore(str(cfg.init_from), cfg.init_seed)
 
 
 def task_env(env, cfg: HyGenOnlineConfig):
