@@ -598,3 +598,44 @@ def test_gradient_noise_statistics_match_a_naive_loop():
     assert gn.effective_share(np.ones(5)) == pytest.approx(1)
     assert gn.effective_share(np.array([5.0, 0, 0, 0, 0])) == pytest.approx(1 / 5)
     assert gn.effective_share(np.array([1.0, 3.0])) == pytest.approx(16 / (2 * 10))
+
+
+def test_finetune_driver_reads_jp_and_tt_per_threshold_off_each_curve(tmp_path, capsys):
+    """finetune.py over finished runs (their reference entries and logs written by hand, so nothing is run
+    again): JP, final return and win rate as mean ± se over seeds; TT per threshold as the median env steps
+    of the seeds whose curve (JP at step 0, then each chunk's return) reaches it; MAPPO's training return at
+    the fine-tuning budget is its last chunk at or before it."""
+    ft = load_script("finetune")
+    curves = {  # (learner, seed): (JP, [(env steps, chunk return), ...], final, win rate)
+        ("m3", 0): (1.0, [(100, 1.3), (200, 1.6)], 1.5, 0.5),
+        ("m3", 1): (1.4, [(100, 1.2), (200, 1.1)], 1.2, 0.3),
+        ("mappo", 0): (0.1, [(100, 0.5), (200, 0.9), (300, 1.4)], 1.3, 0.4),
+        ("mappo", 1): (0.3, [(100, 0.7), (200, None), (300, 1.0)], 0.9, 0.2),
+    }
+    for (learner, seed), (jp, points, final, win) in curves.items():
+        path = ft.run_dir(tmp_path / "out", learner, seed, "3m")
+        (path / "logs" / "smax").mkdir(parents=True)
+        (path / "logs" / "smax" / "map=3m.jsonl").write_text(
+            "".join(json.dumps({"env_steps": s, "return": r}) + "\n" for s, r in points))
+        (path / "references.json").write_text(json.dumps({"smax:map=3m": {
+            "env_steps": points[-1][0], "jp": jp, "return": final, "win_rate": win}}))
+    (tmp_path / "m3_run").mkdir()
+    assert ft.main(["--runs", f"m3={tmp_path / 'm3_run'}", "--maps", "3m", "--seeds", "0", "1", "--budget", "200",
+                    "--mappo-budget", "300", "--thresholds", "1.3", "1.5", "--out", str(tmp_path / "out")]) == 0
+    rows = {r["learner"]: r for r in json.loads((tmp_path / "out" / "finetune.json").read_text())["rows"]}
+    m3, mappo = rows["m3"], rows["mappo"]
+    assert m3["jp"] == pytest.approx([1.2, 0.2]) and m3["final"] == pytest.approx([1.35, 0.15])
+    assert m3["win_rate"][0] == pytest.approx(0.4)
+    # m3 seed 0 reaches 1.3 at 100 and 1.5 at 200; seed 1 starts at 1.4 (TT 0 for 1.3) and never reaches 1.5
+    assert m3["tt"]["1.3"] == {"reached": 2, "median": 50.0} and m3["tt"]["1.5"] == {"reached": 1, "median": 200.0}
+    assert mappo["tt"]["1.3"] == {"reached": 1, "median": 300.0} and mappo["tt"]["1.5"]["reached"] == 0
+    # at the 200-step budget: m3's chunks at 200 (1.6, 1.1); MAPPO's at 200 (0.9) and, where 200 logged none, 100 (0.7)
+    assert m3["train_at_budget"][0] == pytest.approx(1.35) and mappo["train_at_budget"][0] == pytest.approx(0.8)
+    table = (tmp_path / "out" / "finetune.md").read_text()
+    assert "| 3m | m3 | 2 | 200 | 1.200 ± 0.200 |" in table and "not reached (0/2)" in table
+    assert (tmp_path / "out" / "curves.png").stat().st_size > 0
+    with pytest.raises(SystemExit):  # a learner named like the baseline, or a run directory that is not there
+        ft.main(["--runs", f"mappo={tmp_path / 'm3_run'}", "--out", str(tmp_path / "o2")])
+    with pytest.raises(SystemExit):
+        ft.main(["--runs", f"m3={tmp_path / 'nowhere'}", "--out", str(tmp_path / "o2")])
+    assert "want LEARNER=RUN_DIR" in capsys.readouterr().err
