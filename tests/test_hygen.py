@@ -21,7 +21,7 @@ from mtmarl.algos import registry
 from mtmarl.configs import CONFIG_DIR
 from mtmarl.errors import UserInputError
 from mtmarl.networks.entity import unroll
-from mtmarl.online import hygen
+from mtmarl.online import hygen, replay
 from mtmarl.online.registry import make_online_system, online_config, task_env
 from mtmarl.tasks import TaskSpec
 
@@ -94,9 +94,9 @@ def test_mixed_batch_holds_round_rh_b_offline_rows_first_and_the_rest_online():
     B = off.task_ids.shape[0]
     off = off._replace(obs=jnp.ones_like(off.obs), task_ids=jnp.full((B,), 7, jnp.int32))  # marked by source
     on = on._replace(obs=-jnp.ones_like(on.obs), task_ids=jnp.full((B,), -1, jnp.int32))
-    mix = jax.jit(hygen.mix_batches)
+    mix = jax.jit(replay.mix_batches)
     for r_h in (0.0, 0.1, 0.3, 0.5, 0.62, 1.0):
-        n = int(hygen.offline_rows(jnp.float32(r_h), B))
+        n = int(replay.offline_rows(jnp.float32(r_h), B))
         assert n == round(r_h * B)
         batch, from_offline = mix(off, on, n)
         source = np.asarray(batch.obs).reshape(B, -1)

@@ -20,14 +20,10 @@ with ``t`` the env steps this stage has taken (before the current iteration) and
 and ``B - round(R_h * B)`` online rows: both sources are sampled at full size ``B`` and rows picked by
 index, so every shape is static and one compiled program serves the whole schedule.
 
-One chunk = ``updates_per_chunk`` iterations under ``lax.scan`` (one compiled program, ``pmap``-ed on one
-device so the collectors' (device, ...) layout holds). An iteration: ``num_envs`` envs act for
-``rollout_len`` steps (epsilon-greedy over skills, epsilon linear from ``eps_start`` to ``eps_end`` over
-``eps_decay_steps`` env steps, then the decoder's legal arg-max action; history tokens carried across
-iterations), the ``num_envs`` sequences go into a fixed-shape ring buffer of ``buffer_size`` sequences,
-then ``updates_per_rollout`` hybrid updates. Sequences are ``rollout_len`` = the offline run's
-``algo.seq_len`` steps long (so online and offline rows share one shape); like offline samples they may
-start mid-episode and cross episode ends (``resets``).
+The loop is the shared replay loop (:mod:`mtmarl.online.replay`, also online QMIX's): envs act
+epsilon-greedily over skills (then the decoder's legal arg-max action), their sequences fill a ring buffer,
+and each update mixes the two sources. Sequences are ``rollout_len`` = the offline run's ``algo.seq_len``
+steps long, so online and offline rows share one shape.
 
 Scope: one source task per run (the collector's task; its env padded to the offline run's layout like
 ``finetune``); the offline rows come from all the offline run's training tasks (the multi-task
@@ -43,17 +39,11 @@ from __future__ import annotations
 import dataclasses
 import functools
 from pathlib import Path
-from typing import Any, NamedTuple
 
 import jax
-import jax.numpy as jnp
-import numpy as np
 
-from mtmarl.data.batching import Batch, Buffers, sample
 from mtmarl.errors import UserInputError
-from mtmarl.online import ppo
-from mtmarl.online.anakin import AXIS, Learner, System, UpdateMetrics
-from mtmarl.online.rollout import EnvBatch, PoolMaker, ResetPool, carried_rollout, start_from_pool
+from mtmarl.online import ppo, replay
 
 LABEL = "HyGen (hybrid skill Q-learning)"
 
@@ -86,20 +76,17 @@ class HyGenOnlineConfig(ppo.PPOSettings):
                 "online.init_from is not set: give the offline algo=hygen run directory "
                 "(online.init_from=<dir written by python -m mtmarl.train +algo=hygen>)"
             )
-        for key in ("r_start", "r_end", "eps_start", "eps_end"):
+        replay.check_schedule(self)
+        for key in ("r_start", "r_end"):
             if not 0.0 <= getattr(self, key) <= 1.0:
                 raise UserInputError(f"online.{key}={getattr(self, key)!r} must be in [0, 1]")
+        if not self.r_decay_steps >= 1:
+            raise UserInputError(f"online.r_decay_steps={self.r_decay_steps!r} must be >= 1")
         if self.r_end > self.r_start:
             raise UserInputError(
                 f"online.r_end={self.r_end!r} > online.r_start={self.r_start!r}: the hybrid "
                 f"ratio decays, so r_end must be <= r_start"
             )
-        for key in ("r_decay_steps", "eps_decay_steps", "buffer_size", "updates_per_rollout", "num_envs"):
-            if not getattr(self, key) >= 1:
-                raise UserInputError(f"online.{key}={getattr(self, key)!r} must be >= 1")
-        for key in ("rollout_len", "batch_size"):
-            if getattr(self, key) is not None and not getattr(self, key) >= 1:
-                raise UserInputError(f"online.{key}={getattr(self, key)!r} must be >= 1 or null")
 
     @staticmethod
     def coerce(kw: dict) -> dict:
@@ -108,112 +95,15 @@ class HyGenOnlineConfig(ppo.PPOSettings):
         return kw
 
 
-# --------------------------------------------------------------------------- schedules and batches
+# --------------------------------------------------------------------------- schedules
 def hybrid_ratio(cfg: HyGenOnlineConfig, t):
     """Eq. 3 as read in the module docstring: R_start at t = 0, linear to R_end at t = N, R_end after."""
-    return jnp.maximum(cfg.r_end, cfg.r_start - (cfg.r_start - cfg.r_end) * jnp.asarray(t, jnp.float32) / cfg.r_decay_steps)
+    return replay.linear(cfg.r_start, cfg.r_end, cfg.r_decay_steps, t)
 
 
 def epsilon(cfg: HyGenOnlineConfig, t):
     """Linear epsilon over skills from eps_start at t = 0 to eps_end at t = eps_decay_steps."""
-    frac = jnp.minimum(jnp.asarray(t, jnp.float32) / cfg.eps_decay_steps, 1.0)
-    return cfg.eps_start + (cfg.eps_end - cfg.eps_start) * frac
-
-
-def offline_rows(r_h, batch_size: int):
-    """round(R_h * B): how many rows of a batch of ``batch_size`` come from the offline data."""
-    return jnp.round(r_h * batch_size).astype(jnp.int32)
-
-
-def mix_batches(offline: Batch, online: Batch, n_offline) -> tuple[Batch, jax.Array]:
-    """Rows ``i < n_offline`` from ``offline``, the rest from ``online`` (same shapes; static);
-    also returns the (B,) bool mask of offline rows."""
-    from_offline = jnp.arange(offline.task_ids.shape[0]) < n_offline
-
-    def pick(a, b):
-        return jnp.where(from_offline.reshape((-1,) + (1,) * (a.ndim - 1)), a, b)
-
-    return jax.tree.map(pick, offline, online), from_offline
-
-
-# --------------------------------------------------------------------------- the online ring buffer
-class Ring(NamedTuple):
-    """A fixed-shape ring of ``C`` sequences of ``T`` steps (the online replay buffer R)."""
-
-    obs: jax.Array  # (C, T, N, O)
-    actions: jax.Array  # (C, T, N) int32
-    rewards: jax.Array  # (C, T)
-    terminals: jax.Array  # (C, T) bool
-    truncations: jax.Array  # (C, T) bool
-    legals: jax.Array  # (C, T, N, A) bool
-    active: jax.Array  # (C, T, N) bool
-    resets: jax.Array  # (C, T) bool
-    count: jax.Array  # () int32 sequences ever written
-
-    @staticmethod
-    def empty(capacity: int, T: int, N: int, O: int, A: int) -> Ring:
-        z = lambda *s, d=jnp.float32: jnp.zeros((capacity,) + s, d)  # noqa: E731
-        return Ring(
-            z(T, N, O),
-            z(T, N, d=jnp.int32),
-            z(T),
-            z(T, d=bool),
-            z(T, d=bool),
-            z(T, N, A, d=bool),
-            z(T, N, d=bool),
-            z(T, d=bool),
-            jnp.zeros((), jnp.int32),
-        )
-
-    @property
-    def capacity(self) -> int:
-        return self.actions.shape[0]
-
-    def add(self, seqs: dict) -> Ring:
-        """Write a batch of sequences (each leaf (b, T, ...)) at the ring's cursor, overwriting the oldest."""
-        b = seqs["actions"].shape[0]
-        idx = (self.count + jnp.arange(b)) % self.capacity
-        new = {k: getattr(self, k).at[idx].set(v.astype(getattr(self, k).dtype)) for k, v in seqs.items()}
-        return self._replace(**new, count=self.count + b)
-
-    def sample(self, key, batch_size: int) -> Batch:
-        """``batch_size`` sequences uniformly from those written (as a training :class:`Batch`)."""
-        filled = jnp.maximum(jnp.minimum(self.count, self.capacity), 1)
-        i = jax.random.randint(key, (batch_size,), 0, filled)
-        terminals = self.terminals[i]
-        N = self.actions.shape[2]
-        return Batch(
-            obs=self.obs[i],
-            actions=self.actions[i],
-            rewards=self.rewards[i],
-            terminals=terminals,
-            truncations=self.truncations[i],
-            discounts=1.0 - terminals.astype(jnp.float32),
-            legals=self.legals[i],
-            active=self.active[i],
-            real=self.active[i],
-            resets=self.resets[i],
-            returns=jnp.zeros_like(self.rewards[i]),
-            task_ids=jnp.full((batch_size,), -1, jnp.int32),
-            starts=jnp.zeros((batch_size,), jnp.int32),
-            perm=jnp.broadcast_to(jnp.arange(N, dtype=jnp.int32), (batch_size, N)),
-        )
-
-
-def sequences(traj) -> dict:
-    """Time-major (T, B, ...) rollout transitions -> batch-major sequences for the ring."""
-    bm = lambda x: jnp.swapaxes(x, 0, 1)  # noqa: E731
-    obs = traj.obs
-    return {
-        "obs": bm(obs.agents_view),
-        "actions": bm(traj.actions),
-        "rewards": bm(traj.reward),
-        "terminals": bm(traj.terminal),
-        "truncations": bm(traj.truncated),
-        "legals": bm(obs.action_mask),
-        "active": bm(obs.active),
-        "resets": bm(obs.step_count == 0),
-    }
+    return replay.linear(cfg.eps_start, cfg.eps_end, cfg.eps_decay_steps, t)
 
 
 # --------------------------------------------------------------------------- the offline run
@@ -265,141 +155,20 @@ def task_env(env, cfg: HyGenOnlineConfig):
 
 
 # --------------------------------------------------------------------------- the compiled system
-class HybridState(NamedTuple):
-    params: Any  # the learner (mtmarl.algos.hygen.HyGenState)
-    ring: Ring
-    envs: EnvBatch
-    carry: Any  # every env's (Q agent, decoder) history tokens (leading axis num_envs)
-    key: jax.Array
-    update: jax.Array  # () int32 hybrid updates done
-    env_steps: jax.Array  # () int32 env steps taken by this stage
-
-
-def make_system(env, cfg: HyGenOnlineConfig, num_devices: int | None = None) -> System:
-    """The compiled hybrid stage on ``env`` (already :func:`task_env`-padded); see the module docstring."""
-    from mtmarl.training.policy import make_policy
-
+def make_system(env, cfg: HyGenOnlineConfig, num_devices: int | None = None):
+    """The compiled hybrid stage on ``env`` (already :func:`task_env`-padded): the replay loop
+    (:func:`mtmarl.online.replay.make_replay_system`) with HyGen's learner, acting epsilon-greedy over
+    skills (then the decoder's legal arg-max) and mixing offline rows by R_h."""
     del num_devices  # one device (see the module docstring)
     algo, params0, buffers = pretrained(cfg)
-    T, Bn = algo.cfg.seq_len, cfg.num_envs
-    if cfg.rollout_len is not None and cfg.rollout_len != T:
-        raise UserInputError(
-            f"online.rollout_len={cfg.rollout_len} must equal the offline run's algo.seq_len={T} "
-            f"(online and offline sequences share one shape); leave it null"
-        )
-    B = cfg.batch_size or algo.cfg.batch_size
-    sampler = dataclasses.replace(algo.sampler, batch_size=B)
-    spec = env.spec
-    devices = jax.local_devices()[:1]
-    per_iter = Bn * T
-
-    def acting(eps, b: int = Bn):
-        """The rollout's ``act`` for ``b`` envs: epsilon-greedy skills, then the decoder's legal arg-max."""
-
-        def act_batch(params, ts, carry, key):
-            obs = ts.observation
-            act = lambda c, o, m, r, k: algo.act_skills(params, c, o, m, r, k, eps)  # noqa: E731
-            actions, _, carry = jax.vmap(act)(
-                carry, obs.agents_view, obs.action_mask, obs.step_count == 0, jax.random.split(key, b)
-            )
-            return actions, jnp.zeros(actions.shape, jnp.float32), jnp.zeros((b,)), carry
-
-        return act_batch
-
-    zero_value = lambda params, ts: jnp.zeros(ts.reward.shape)  # noqa: E731
-
-    def batch_carry(b):
-        return jax.tree.map(lambda x: jnp.broadcast_to(x, (b,) + x.shape), algo.init_carry())
-
-    def init_one(key, pool: ResetPool):
-        state = algo.state_from_params(params0)
-        ring = Ring.empty(cfg.buffer_size, T, spec.num_agents, spec.obs_dim, spec.num_actions)
-        return HybridState(state, ring, start_from_pool(pool), batch_carry(Bn), key, jnp.int32(0), jnp.int32(0))
-
-    def iteration(s: HybridState, pool: ResetPool, offline: Buffers):
-        key, k_roll, k_upd = jax.random.split(s.key, 3)
-        t = s.env_steps
-        eps, r_h = epsilon(cfg, t), hybrid_ratio(cfg, t)
-        acting_params = algo.acting_params(s.params)
-        envs = s.envs._replace(cursor=jnp.zeros_like(s.envs.cursor))
-        envs, carry, traj = carried_rollout(env, acting(eps), zero_value, acting_params, envs, s.carry, pool, k_roll, T)
-        ring = s.ring.add(sequences(traj))
-        state, update, metrics = s.params, s.update, None
-        n_off = offline_rows(r_h, B)
-        for i in range(cfg.updates_per_rollout):
-            k_off, k_on, k_step = jax.random.split(jax.random.fold_in(k_upd, i), 3)
-            batch, _ = mix_batches(sample(offline, k_off, update, sampler), ring.sample(k_on, B), n_off)
-            state, metrics = algo.hybrid_update(state, batch, r_h, k_step)
-            update = update + 1
-        done = traj.done.astype(jnp.float32)
-        nan = jnp.float32(jnp.nan)
-        extra = {k: metrics[k] for k in ("td_loss", "cql_loss", "consistency_loss", "q_tot", "label_agreement")}
-        extra.update({k: metrics[k] for k in ("decoder_loss",) if k in metrics})
-        extra.update(
-            hybrid_ratio=r_h,
-            offline_rows=n_off.astype(jnp.float32),
-            epsilon=eps,
-            buffer_sequences=jnp.minimum(ring.count, ring.capacity).astype(jnp.float32),
-            win_rate=traj.success.astype(jnp.float32).sum() / jnp.maximum(done.sum(), 1.0),  # this iteration's
-        )
-        info = ppo.LossInfo(total=metrics["loss"], policy=nan, value=nan, entropy=nan, approx_kl=nan, clip_frac=nan, extra=extra)
-        out = UpdateMetrics(
-            jax.lax.psum(traj.episode_return.sum(), AXIS),
-            jax.lax.psum(done.sum(), AXIS),
-            jax.lax.psum(traj.episode_length.sum(), AXIS),
-            info,
-        )
-        return HybridState(state, ring, envs, carry, key, update, t + per_iter), out
-
-    def chunk(s: HybridState, pools: ResetPool, offline: Buffers):
-        return jax.lax.scan(lambda c, p: iteration(c, p, offline), s, pools)
-
-    def record_one(s: HybridState, pool: ResetPool, key, greedy: bool):
-        eps = 0.0 if greedy else cfg.eps_end
-        b = pool.timestep.reward.shape[0]
-        _, _, traj = carried_rollout(
-            env,
-            acting(eps, b),
-            zero_value,
-            algo.acting_params(s.params),
-            start_from_pool(pool),
-            batch_carry(b),
-            pool,
-            key,
-            cfg.record_len,
-        )
-        return traj
-
-    pools = PoolMaker(env, Bn * cfg.resets_per_env)
-    pinit = jax.pmap(init_one, devices=devices, axis_name=AXIS)
-    ptrain = jax.pmap(chunk, in_axes=(0, 0, None), devices=devices, axis_name=AXIS)
-    precord = jax.pmap(record_one, devices=devices, axis_name=AXIS, static_broadcasted_argnums=3)
-    rec_resets = cfg.record_resets or cfg.record_len // 5 + 1
-
-    def init(key):
-        key, pool_key = jax.random.split(key)
-        return pinit(key[None], pools(pool_key, (1, Bn, 1)))
-
-    def train_chunk(state):
-        pool_key = jax.random.fold_in(np.asarray(jax.device_get(state.key[0])), 0x5EED)
-        return ptrain(state, pools(pool_key, (1, cfg.updates_per_chunk, Bn, cfg.resets_per_env)), buffers)
-
-    def record(state, key, greedy: bool = False):
-        pool_key, key = jax.random.split(key)
-        return precord(state, pools(pool_key, (1, cfg.record_envs, rec_resets)), key[None], bool(greedy))
-
-    unused = lambda *a, **k: None  # noqa: E731  (the PPO learner interface; this system has its own loop)
-    learner = Learner(
-        init=unused,
-        init_carry=batch_carry,
-        rollout=unused,
-        loss=unused,
-        sequences=True,
-        actor_params=lambda params: jax.device_get(algo.acting_params(params)),  # host copies: any evaluator's devices
-        policy=make_policy(algo),
-        greedy_policy=make_policy(algo, greedy=True),
-    )
-    return System(cfg, 1, init, train_chunk, record, learner.policy, per_iter, pools, learner.greedy_policy, learner)
+    T, B = replay.sizes(cfg, algo.cfg.seq_len, algo.cfg.batch_size)
+    learner = replay.ReplayLearner(
+        algo=algo, state0=algo.state_from_params(params0), act=algo.act_skills, update=algo.hybrid_update,
+        acting_params=algo.acting_params, seq_len=T, batch_size=B,
+        metrics=("td_loss", "cql_loss", "consistency_loss", "q_tot", "label_agreement", "decoder_loss"),
+        ratio=functools.partial(hybrid_ratio, cfg), offline=buffers,
+        sampler=dataclasses.replace(algo.sampler, batch_size=B))
+    return replay.make_replay_system(env, cfg, learner)
 
 
 CONFIG = HyGenOnlineConfig
