@@ -113,10 +113,13 @@ class ValueState(NamedTuple):
 
 @dataclasses.dataclass(frozen=True, kw_only=True)
 class ValueAlgorithm(Algorithm):
-    """The algorithm plus its pieces for tools and tests: ``loss`` and ``td_target``."""
+    """The algorithm plus its pieces for tools and tests: ``loss`` and ``td_target``; ``act_epsilon(params,
+    carry, obs, action_mask, reset, key, epsilon)``, ``act`` with a traced exploration rate (online QMIX's
+    schedule, :mod:`mtmarl.online.qmix`)."""
 
     loss: Callable
     td_target: Callable
+    act_epsilon: Callable
 
 
 def conservative_gap(q, legals, actions):
@@ -196,14 +199,20 @@ def value_update(cfg: Config, loss: Callable, tx: optax.GradientTransformation):
     return update
 
 
+def epsilon_greedy(q, action_mask, key, epsilon):
+    """Each agent's legal arg-max of ``q``, replaced with probability ``epsilon`` (may be traced) by a uniform
+    legal action."""
+    k_explore, k_random = jax.random.split(key)
+    explore = jax.random.uniform(k_explore, action_mask.shape[:-1]) < epsilon
+    return jnp.where(explore, uniform_legal(k_random, action_mask),
+                     jnp.where(action_mask, q, NEG).argmax(-1)).astype(jnp.int32)
+
+
 def greedy_action(cfg: Config, q, action_mask, key, greedy):
     """Each agent's legal arg-max of ``q``; epsilon-greedy over the legal actions when not ``greedy``."""
-    actions = jnp.where(action_mask, q, NEG).argmax(-1)
     if cfg.epsilon > 0:
-        k_explore, k_random = jax.random.split(key)
-        explore = jax.random.uniform(k_explore, actions.shape) < cfg.epsilon
-        actions = jnp.where(explore & ~jnp.asarray(greedy), uniform_legal(k_random, action_mask), actions)
-    return actions.astype(jnp.int32)
+        return epsilon_greedy(q, action_mask, key, jnp.where(jnp.asarray(greedy), 0.0, cfg.epsilon))
+    return jnp.where(action_mask, q, NEG).argmax(-1).astype(jnp.int32)
 
 
 def build(cfg: Config, network: dict, env: EnvSpec) -> ValueAlgorithm:
@@ -244,12 +253,17 @@ def build(cfg: Config, network: dict, env: EnvSpec) -> ValueAlgorithm:
         h, q = agent.apply(params["agent"], h, obs)
         return greedy_action(cfg, q, action_mask, key, greedy), None, h
 
+    def act_epsilon(params, carry, obs, action_mask, reset, key, epsilon):
+        h = jnp.where(reset, 0.0, carry)
+        h, q = agent.apply(params["agent"], h, obs)
+        return epsilon_greedy(q, action_mask, key, epsilon), None, h
+
     spec = {"name": cfg.name, "n_actions": env.num_actions, "env": env.to_json(),
             "algo": dataclasses.asdict(cfg), "network": dataclasses.asdict(agent.cfg)}
     return ValueAlgorithm(name=cfg.name, cfg=cfg, sampler=cfg.sampler(), init=init,
                           stages=(Stage("train", value_update(cfg, loss, tx)),), act=act,
                           init_carry=lambda num_agents=None: jnp.zeros((num_agents or env.num_agents, width)), spec=spec,
-                          loss=loss, td_target=td_target)
+                          loss=loss, td_target=td_target, act_epsilon=act_epsilon)
 
 
 @register("updet_m", MixerAlgoConfig, network=EntityConfig)

@@ -163,7 +163,7 @@ def make_system(env, cfg: HyGenOnlineConfig, num_devices: int | None = None):
     algo, params0, buffers = pretrained(cfg)
     T, B = replay.sizes(cfg, algo.cfg.seq_len, algo.cfg.batch_size)
     learner = replay.ReplayLearner(
-        algo=algo, state0=algo.state_from_params(params0), act=algo.act_skills, update=algo.hybrid_update,
+        algo=algo, state0=lambda key: algo.state_from_params(params0), act=algo.act_skills, update=algo.hybrid_update,
         acting_params=algo.acting_params, seq_len=T, batch_size=B,
         metrics=("td_loss", "cql_loss", "consistency_loss", "q_tot", "label_agreement", "decoder_loss"),
         ratio=functools.partial(hybrid_ratio, cfg), offline=buffers,

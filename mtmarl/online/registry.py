@@ -21,7 +21,7 @@ from typing import Any
 from mtmarl.errors import UserInputError
 
 LEARNERS = {"mappo": "mtmarl.online.system", "sable": "mtmarl.online.sable_system",
-            "finetune": "mtmarl.online.finetune", "hygen": "mtmarl.online.hygen"}
+            "finetune": "mtmarl.online.finetune", "hygen": "mtmarl.online.hygen", "qmix": "mtmarl.online.qmix"}
 SYSTEMS = tuple(LEARNERS)
 
 

@@ -112,7 +112,7 @@ class ReplayLearner(NamedTuple):
     """What differs between replay learners (HyGen's hybrid stage, online QMIX)."""
 
     algo: Any                 # the registered Algorithm: its policy evaluates, its init_carry starts histories
-    state0: Any               # the learner state before the first update (host pytree)
+    state0: Callable          # key -> the learner state before the first update
     act: Callable             # (params, carry, obs, mask, reset, key, epsilon) -> (actions, _, carry); one env
     update: Callable          # (state, batch, offline_share, key) -> (state, metrics)
     acting_params: Callable   # state -> the params ``act`` and the policy read
@@ -162,8 +162,8 @@ def make_replay_system(env, cfg, learner: ReplayLearner) -> System:
 
     def init_one(key, pool: ResetPool):
         ring = Ring.empty(cfg.buffer_size, T, spec.num_agents, spec.obs_dim, spec.num_actions)
-        return ReplayState(learner.state0, ring, start_from_pool(pool), batch_carry(Bn), key, jnp.int32(0),
-                           jnp.int32(0))
+        state = learner.state0(jax.random.fold_in(key, 1))
+        return ReplayState(state, ring, start_from_pool(pool), batch_carry(Bn), key, jnp.int32(0), jnp.int32(0))
 
     def iteration(s: ReplayState, pool: ResetPool, offline: Buffers | None):
         key, k_roll, k_upd = jax.random.split(s.key, 3)
