@@ -2,13 +2,14 @@
 SMAX maps against MAPPO from scratch, over seeds.
 
     python experiment_scripts/finetune.py --runs m3=<run dir> mt_bc_sable=<run dir> --maps 3m 8m \\
-        --seeds 0 1 2 --budget 40960 --mappo-budget 409600 --out results/finetune_mh_expert
+        --seeds 0 1 2 --budget 40960 --scratch mappo=409600 qmix=204800 --out results/finetune_mh_expert
 
 Each ``--runs`` entry is a ``python -m mtmarl.train`` run (a ``training.population`` run holds every seed;
 seed ``s`` fine-tunes that run's seed ``s``). Every (learner, seed, map) is one
 ``python -m mtmarl.collect online=finetune online.init_from=<run> online.init_seed=<s> task=smax:map=<m>``
 into ``<out>/<learner>/seed_<s>/<map>/``; MAPPO from scratch is ``online=mappo`` with the same seed. A run
-whose reference entry exists is not run again, so a stopped sweep resumes.
+whose reference entry exists is not run again, so a stopped sweep resumes. ``--scratch SYSTEM=STEPS``
+adds online learners from scratch (``online=<system>``: MAPPO, online QMIX) with the same seeds.
 
 JP is the return of the evaluation before any update (stochastic policy, ``eval.episodes`` episodes). TT
 to a threshold is read off the learning curve as the collector reads it (that evaluation, then each
@@ -34,7 +35,6 @@ from mtmarl.experiments.stats import mean_stderr
 from mtmarl.online.collectors import jump_and_threshold
 
 ROOT = Path(__file__).resolve().parents[1]
-MAPPO = "mappo"
 
 
 def task_name(map_name: str) -> str:
@@ -52,7 +52,8 @@ def entry(path: Path, map_name: str) -> dict | None:
 
 def command(learner: str, source: str | None, seed: int, map_name: str, budget: int, path: Path,
             episodes: int, extra: list[str]) -> list[str]:
-    online = ["online=mappo"] if source is None else [
+    """``source`` None: ``learner`` is an online system trained from scratch."""
+    online = [f"online={learner}"] if source is None else [
         "online=finetune", f"online.init_from={source}", f"online.init_seed={seed}"]
     return [sys.executable, "-m", "mtmarl.collect", *online, f"task={task_name(map_name)}", f"seed={seed}",
             "collect.record=false", f"collect.budget={budget}", f"collect.root={path}", "online.tt_threshold=1.8",
@@ -144,28 +145,36 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--maps", nargs="+", default=["3m"])
     p.add_argument("--seeds", nargs="+", type=int, default=[0])
     p.add_argument("--budget", type=int, default=40960, help="fine-tuning env steps")
-    p.add_argument("--mappo-budget", type=int, default=409600, help="MAPPO from scratch env steps (0: no MAPPO)")
+    p.add_argument("--scratch", nargs="*", default=["mappo=409600"], metavar="SYSTEM=STEPS",
+                   help="online systems trained from scratch and their env steps (none: --scratch with no value)")
     p.add_argument("--thresholds", nargs="+", type=float, default=[1.2, 1.5, 1.8])
     p.add_argument("--episodes", type=int, default=64)
     p.add_argument("--extra", nargs="*", default=[], help="more overrides for every collect run")
     p.add_argument("--out", type=Path, default=ROOT / "results" / "finetune")
     args = p.parse_args(argv)
+    from mtmarl.online.registry import SYSTEMS
+
     sources: dict[str, str | None] = {}
+    budgets: dict[str, int] = {}
+    for item in args.scratch:
+        name, sep, steps = item.partition("=")
+        if not sep or name not in SYSTEMS or not steps.isdigit():
+            p.error(f"--scratch {item!r}: want SYSTEM=STEPS, SYSTEM one of {', '.join(SYSTEMS)}")
+        sources[name], budgets[name] = None, int(steps)
     for item in args.runs:
         name, sep, path = item.partition("=")
         if not sep or not Path(path).is_dir():
             p.error(f"--runs {item!r}: want LEARNER=RUN_DIR with an existing run directory")
-        if name == MAPPO:
-            p.error(f"--runs {item!r}: {MAPPO!r} names MAPPO from scratch; pick another learner name")
-        sources[name] = str(Path(path).resolve())
-    if args.mappo_budget:
-        sources[MAPPO] = None
+        if name in SYSTEMS:
+            p.error(f"--runs {item!r}: {name!r} names an online system; pick another learner name")
+        sources[name], budgets[name] = str(Path(path).resolve()), args.budget
     args.out.mkdir(parents=True, exist_ok=True)
-    jobs = [(learner, seed, m) for m in args.maps for seed in args.seeds for learner in sources]
+    order = [*(n for n in sources if sources[n] is not None), *(n for n in sources if sources[n] is None)]
+    jobs = [(learner, seed, m) for m in args.maps for seed in args.seeds for learner in order]
     records = []
     for i, (learner, seed, map_name) in enumerate(jobs, 1):
         path = run_dir(args.out, learner, seed, map_name)
-        budget = args.mappo_budget if sources[learner] is None else args.budget
+        budget = budgets[learner]
         if entry(path, map_name) is None:
             path.mkdir(parents=True, exist_ok=True)
             cmd = command(learner, sources[learner], seed, map_name, budget, path, args.episodes, args.extra)

@@ -621,7 +621,7 @@ def test_finetune_driver_reads_jp_and_tt_per_threshold_off_each_curve(tmp_path, 
             "env_steps": points[-1][0], "jp": jp, "return": final, "win_rate": win}}))
     (tmp_path / "m3_run").mkdir()
     assert ft.main(["--runs", f"m3={tmp_path / 'm3_run'}", "--maps", "3m", "--seeds", "0", "1", "--budget", "200",
-                    "--mappo-budget", "300", "--thresholds", "1.3", "1.5", "--out", str(tmp_path / "out")]) == 0
+                    "--scratch", "mappo=300", "--thresholds", "1.3", "1.5", "--out", str(tmp_path / "out")]) == 0
     rows = {r["learner"]: r for r in json.loads((tmp_path / "out" / "finetune.json").read_text())["rows"]}
     m3, mappo = rows["m3"], rows["mappo"]
     assert m3["jp"] == pytest.approx([1.2, 0.2]) and m3["final"] == pytest.approx([1.35, 0.15])
@@ -634,8 +634,10 @@ def test_finetune_driver_reads_jp_and_tt_per_threshold_off_each_curve(tmp_path, 
     table = (tmp_path / "out" / "finetune.md").read_text()
     assert "| 3m | m3 | 2 | 200 | 1.200 ± 0.200 |" in table and "not reached (0/2)" in table
     assert (tmp_path / "out" / "curves.png").stat().st_size > 0
-    with pytest.raises(SystemExit):  # a learner named like the baseline, or a run directory that is not there
+    with pytest.raises(SystemExit):  # a learner named like an online system, or a run directory that is not there
         ft.main(["--runs", f"mappo={tmp_path / 'm3_run'}", "--out", str(tmp_path / "o2")])
+    with pytest.raises(SystemExit):
+        ft.main(["--runs", f"m3={tmp_path / 'm3_run'}", "--scratch", "qmixx=10", "--out", str(tmp_path / "o2")])
     with pytest.raises(SystemExit):
         ft.main(["--runs", f"m3={tmp_path / 'nowhere'}", "--out", str(tmp_path / "o2")])
     assert "want LEARNER=RUN_DIR" in capsys.readouterr().err
