@@ -31,7 +31,7 @@ SEQ, ENVS, CHUNK, BATCH = 4, 2, 3, 4
 
 def tiny(**kw):
     algo = {"seq_len": SEQ, "batch_size": BATCH, "mixer_width": 8, "mixer_mix_width": 8,
-            "target_update_interval": 2}
+            "target_update_interval": 2}  # online.algo wins over online.target_update_interval
     return online_config({**PRESET, "algo": algo, "network": {"width": 8, "heads": 2, "ff_mult": 2},
                           "num_envs": ENVS, "updates_per_chunk": CHUNK, "buffer_size": 5, "eps_decay_steps": 16,
                           "record_envs": 2, "record_len": 4, **kw})
@@ -59,7 +59,8 @@ def test_config_takes_the_learners_yaml_under_its_overrides_and_names_bad_keys(t
     assert hash(cfg) == hash(online_config(PRESET))  # frozen and hashable: compiled systems are cached per config
     algo = qmix.algorithm(TaskSpec.parse(TASK).build(), cfg)
     assert algo.cfg.cql_weight == 0.0 and not algo.cfg.task_mean  # plain QMIX over updet_m.yaml's 5.0 / true
-    assert algo.cfg.lr == 5e-4 and algo.cfg.target_update_interval == 200  # the rest from updet_m.yaml
+    assert algo.cfg.target_update_interval == 50  # online.target_update_interval over updet_m.yaml's 200
+    assert algo.cfg.lr == 5e-4 and algo.cfg.double_q  # the rest from updet_m.yaml
     conservative = online_config({**PRESET, "algo": {"cql_weight": 1.0}})
     assert qmix.algorithm(TaskSpec.parse(TASK).build(), conservative).cfg.cql_weight == 1.0
     for bad, needle in (({"learner": "odis"}, "online.learner='odis'"), ({"eps_end": 1.5}, "online.eps_end=1.5"),

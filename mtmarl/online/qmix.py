@@ -9,9 +9,10 @@ epsilon-greedy over actions on a linear schedule, a ring buffer of sequences, ``
 updates per rollout. ``learner: updet_l`` swaps the mixer for a VDN sum.
 
 The learner's settings are its algorithm yaml (``mtmarl/configs/algo/<learner>.yaml``), then
-:data:`AS_QMIX` (no conservative term, one masked mean over the batch: what turns the offline learner into
-plain QMIX), then ``online.algo``; the network is the entity preset (``mtmarl/configs/network/entity.yaml``)
-with ``online.network`` on top. The task's env is used as it is (no padding: the network is built for it).
+:data:`AS_QMIX` (no conservative term, one masked mean over the batch: what turns the offline learner
+into plain QMIX) and ``online.target_update_interval``, then ``online.algo``; the network is the entity
+preset (``mtmarl/configs/network/entity.yaml``) with ``online.network`` on top. The task's env is used
+as it is (no padding: the network is built for it).
 """
 
 from __future__ import annotations
@@ -19,8 +20,6 @@ from __future__ import annotations
 import dataclasses
 import functools
 import json
-from typing import Any
-
 import jax.numpy as jnp
 from omegaconf import OmegaConf
 
@@ -40,6 +39,7 @@ class QmixConfig(ppo.PPOSettings):
 
     system: str = "qmix"
     learner: str = "updet_m"          # updet_m: attention mixer (QMIX-style); updet_l: VDN sum
+    target_update_interval: int = 50  # updates between hard target copies (the learner's own setting)
     algo: str = "{}"                  # overrides of the learner's yaml, a JSON object (hashable)
     network: str = "{}"               # overrides of the entity network preset, a JSON object
     rollout_len: int | None = None    # None: the learner's algo.seq_len (must equal it)
@@ -71,18 +71,16 @@ class QmixConfig(ppo.PPOSettings):
             kw[key] = json.dumps(value, sort_keys=True)
         return kw
 
-    def overrides(self, key: str) -> dict[str, Any]:
-        return json.loads(getattr(self, key))
-
 
 @functools.lru_cache(maxsize=4)
-def _algorithm(learner: str, algo: str, network: str, env_json: str):
+def _algorithm(learner: str, target_update_interval: int, algo: str, network: str, env_json: str):
     from mtmarl.algos import registry
     from mtmarl.envs import EnvSpec
 
     net = {**OmegaConf.to_container(OmegaConf.load(CONFIG_DIR / "network" / "entity.yaml")), **json.loads(network)}
     try:
-        return registry.build(learner, {**AS_QMIX, **json.loads(algo)}, net, EnvSpec.from_json(json.loads(env_json)))
+        settings = {**AS_QMIX, "target_update_interval": target_update_interval, **json.loads(algo)}
+        return registry.build(learner, settings, net, EnvSpec.from_json(json.loads(env_json)))
     except (UserInputError, TypeError) as e:  # a key the learner or the network does not have
         raise UserInputError(f"online.algo={json.loads(algo)} / online.network={json.loads(network)} for "
                              f"online.learner={learner}: {str(e).splitlines()[0]}") from None
@@ -90,7 +88,8 @@ def _algorithm(learner: str, algo: str, network: str, env_json: str):
 
 def algorithm(env, cfg: QmixConfig):
     """The value learner of ``cfg`` built for ``env``'s layout (cached per config and layout)."""
-    return _algorithm(cfg.learner, cfg.algo, cfg.network, json.dumps(env.spec.to_json(), sort_keys=True))
+    env_json = json.dumps(env.spec.to_json(), sort_keys=True)
+    return _algorithm(cfg.learner, cfg.target_update_interval, cfg.algo, cfg.network, env_json)
 
 
 def make_system(env, cfg: QmixConfig, num_devices: int | None = None):
