@@ -40,7 +40,7 @@ def test_config_switch_and_validation():
     with pytest.raises(UserInputError, match="divisible"):
         online_config({**CONFIG, "num_envs": 5})
     with pytest.raises(UserInputError, match="unknown online.system"):
-        online_config({**CONFIG, "system": "qmix"})
+        online_config({**CONFIG, "system": "vdn_bogus"})
 
 
 def test_training_pass_reproduces_behaviour_logp_and_values():
