@@ -58,6 +58,7 @@ from mtmarl.envs.layout import EnvSpec
 from mtmarl.errors import UserInputError
 from mtmarl.networks.entity import NEG, EntityConfig, unroll
 
+CQL_SCHEDULES = ("dynamic", "fixed")
 ONLINE_TASK_ID = -1  # the task id of online rows in a mixed batch (their own group if task_mean)
 
 
@@ -67,9 +68,13 @@ class Config(odis.Config):
     KL; ``cql_weight`` = eta, scaled by R_h) plus ``refine_decoder``."""
 
     refine_decoder: bool  # stage 2 also trains the action decoder on the (mixed) batch
+    cql_schedule: str     # dynamic: eta * R_h (Eq. 6); fixed: eta at every R_h (seed 002 Table 2's ablation)
 
     def __post_init__(self):
         updet.MixerAlgoConfig.__post_init__(self)
+        if self.cql_schedule not in CQL_SCHEDULES:
+            raise UserInputError(f"algo.cql_schedule={self.cql_schedule!r} of {self.name!r} is not one of "
+                                 f"{list(CQL_SCHEDULES)}")
         checks = {
             "skill_dim": self.skill_dim == 0 or self.skill_dim >= 2,
             "skill_updates": self.skill_updates >= 0,
@@ -156,7 +161,8 @@ def make(cfg: Config, network: dict, env: EnvSpec) -> HyGenAlgorithm:
         consistency = common.task_mean(
             kl_categorical(local, jax.nn.log_softmax(enc, axis=-1)), batch.active, batch.task_ids, cfg.task_mean, ax
         )
-        total = td + cfg.cql_weight * r_h * cql + cfg.dist_weight * consistency
+        eta = cfg.cql_weight * (r_h if cfg.cql_schedule == "dynamic" else 1.0)
+        total = td + eta * cql + cfg.dist_weight * consistency
         return total, dict(
             metrics,
             consistency_loss=common.global_sum(consistency, ax),
