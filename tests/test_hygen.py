@@ -85,8 +85,8 @@ def test_hybrid_ratio_and_epsilon_follow_the_linear_decay_by_hand():
     # Eq. 3 read as max(R_end, R_start - (R_start - R_end) t / N): t = 0, N/2, N, 2N
     for t, want in ((0, 0.9), (500, 0.9 - 0.7 * 0.5), (1000, 0.2), (2000, 0.2)):
         assert float(hygen.hybrid_ratio(cfg, t)) == pytest.approx(want, abs=1e-6), t
-    for t, want in ((0, 0.8), (200, 0.45), (400, 0.1), (4000, 0.1)):
-        assert float(hygen.epsilon(cfg, t)) == pytest.approx(want, abs=1e-6), t
+    for t, want in ((0, 0.8), (200, 0.45), (400, 0.1), (4000, 0.1)):  # the replay loop's epsilon schedule
+        assert float(replay.linear(cfg.eps_start, cfg.eps_end, cfg.eps_decay_steps, t)) == pytest.approx(want, abs=1e-6), t
 
 
 def test_mixed_batch_holds_round_rh_b_offline_rows_first_and_the_rest_online():

@@ -247,16 +247,14 @@ def build(cfg: Config, network: dict, env: EnvSpec) -> ValueAlgorithm:
                                                   axis_name)
         return td_loss + cfg.cql_weight * cql_loss, metrics
 
-    def act(params, carry, obs, action_mask, active, reset, key, greedy=False):
-        del active
-        h = jnp.where(reset, 0.0, carry)
-        h, q = agent.apply(params["agent"], h, obs)
-        return greedy_action(cfg, q, action_mask, key, greedy), None, h
-
     def act_epsilon(params, carry, obs, action_mask, reset, key, epsilon):
         h = jnp.where(reset, 0.0, carry)
         h, q = agent.apply(params["agent"], h, obs)
         return epsilon_greedy(q, action_mask, key, epsilon), None, h
+
+    def act(params, carry, obs, action_mask, active, reset, key, greedy=False):
+        del active
+        return act_epsilon(params, carry, obs, action_mask, reset, key, jnp.where(jnp.asarray(greedy), 0.0, cfg.epsilon))
 
     spec = {"name": cfg.name, "n_actions": env.num_actions, "env": env.to_json(),
             "algo": dataclasses.asdict(cfg), "network": dataclasses.asdict(agent.cfg)}

@@ -101,11 +101,6 @@ def hybrid_ratio(cfg: HyGenOnlineConfig, t):
     return replay.linear(cfg.r_start, cfg.r_end, cfg.r_decay_steps, t)
 
 
-def epsilon(cfg: HyGenOnlineConfig, t):
-    """Linear epsilon over skills from eps_start at t = 0 to eps_end at t = eps_decay_steps."""
-    return replay.linear(cfg.eps_start, cfg.eps_end, cfg.eps_decay_steps, t)
-
-
 # --------------------------------------------------------------------------- the offline run
 @functools.lru_cache(maxsize=2)
 def _restore(run_dir: str, seed: int | None):

@@ -20,6 +20,7 @@ from __future__ import annotations
 import dataclasses
 import functools
 import json
+
 import jax.numpy as jnp
 from omegaconf import OmegaConf
 
