@@ -123,7 +123,7 @@ def test_to_experience_without_global_state():
     np.testing.assert_array_equal(exp["terminals"][0, :, 0], [0, 0, 1, 0, 0, 0, 0, 1])
 
 
-SMAX_SETS = ("smax_marine_hard", "smax_stalker_zealot")
+SMAX_SETS = ("smax_marine_hard", "smax_stalker_zealot", "smax_m3_easy")
 SMAX_DEMO = OmegaConf.load(CONFIG_DIR / "budget" / "smax_demo.yaml")
 
 

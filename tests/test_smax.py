@@ -41,6 +41,7 @@ def test_map_names_give_unit_types_and_bad_ones_name_the_letters():
     ("smax_stalker_zealot", ["2s3z", "2s4z", "3s5z"],
      ["1s3z", "1s4z", "1s5z", "2s5z", "3s3z", "3s4z", "4s3z", "4s4z", "4s5z", "4s6z"],
      10, 9 * 13 + 10 * 13 + 10, 5 + 10),
+    ("smax_m3_easy", ["2m_vs_1z", "2s_vs_1h", "3m", "3s_vs_3z"], ["3s_vs_4z"], 3, 2 * 13 + 4 * 13 + 10, 5 + 4),
 ])
 def test_task_sets_and_their_padded_layout(name, train, test, agents, obs, actions):
     ts = tasks.load(name)
@@ -113,7 +114,7 @@ def test_win_signal_agrees_with_the_win_bonus_and_padding_changes_no_episode():
         np.testing.assert_allclose(a, b, rtol=1e-6)
 
 
-@pytest.mark.parametrize("name", ["smax_marine_hard", "smax_stalker_zealot"])
+@pytest.mark.parametrize("name", ["smax_marine_hard", "smax_stalker_zealot", "smax_m3_easy"])
 def test_every_task_of_both_sets_resets_and_steps_padded(name):
     """Traced (not compiled): each map's padded reset and a step with every agent stopping."""
     ts = tasks.load(name)

@@ -28,7 +28,8 @@ from mtmarl.tasks import TaskSet, TaskSpec
 ROOT = Path(__file__).resolve().parent.parent
 # set -> (train, test) counts
 SETS = {"rware_15": (15, 8), "lbf_5": (5, 6), "connector_10": (10, 8)}  # the Jumanji sets
-ALL_SETS = {**SETS, "smax_marine_hard": (3, 9), "smax_stalker_zealot": (3, 10)}  # SMAX: tests/test_smax.py
+ALL_SETS = {**SETS, "smax_marine_hard": (3, 9), "smax_stalker_zealot": (3, 10),
+            "smax_m3_easy": (4, 1)}  # SMAX: tests/test_smax.py
 ENVS = {"rware", "lbf", "connector"}
 MAX_AGENTS = 12
 # Each reset+step program runs once on one key, so compile time is all that matters.
