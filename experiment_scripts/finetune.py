@@ -7,7 +7,8 @@ SMAX maps against MAPPO from scratch, over seeds.
 Each ``--runs`` entry is a ``python -m mtmarl.train`` run (a ``training.population`` run holds every seed;
 seed ``s`` fine-tunes that run's seed ``s``). Every (learner, seed, map) is one
 ``python -m mtmarl.collect online=finetune online.init_from=<run> online.init_seed=<s> task=smax:map=<m>``
-into ``<out>/<learner>/seed_<s>/<map>/``; MAPPO from scratch is ``online=mappo`` with the same seed. A run
+(``online=hygen`` for an ``algo=hygen`` run: seed 002's hybrid stage, so HyGen's Fig. 4 comparison with
+online QMIX runs from the same driver) into ``<out>/<learner>/seed_<s>/<map>/``; MAPPO from scratch is ``online=mappo`` with the same seed. A run
 whose reference entry exists is not run again, so a stopped sweep resumes. ``--scratch SYSTEM=STEPS``
 adds online learners from scratch (``online=<system>``: MAPPO, online QMIX) with the same seeds.
 
@@ -50,11 +51,25 @@ def entry(path: Path, map_name: str) -> dict | None:
     return json.loads(refs.read_text()).get(task_name(map_name)) if refs.is_file() else None
 
 
+# The online system that continues an offline run, by the run's algorithm: HyGen's skill Q-learner goes on in
+# its hybrid stage (seed 002), every policy with a replay (M3, the Sable policies) is fine-tuned (seed 003).
+CONTINUES = {"hygen": "hygen"}
+
+
+def continuing_system(source: str) -> str:
+    """``online=`` for the offline run in ``source`` (its ``config.yaml``'s ``algo.name``)."""
+    from omegaconf import OmegaConf
+
+    cfg = Path(source) / "config.yaml"
+    algo = OmegaConf.load(cfg).algo.name if cfg.is_file() else None
+    return CONTINUES.get(algo, "finetune")
+
+
 def command(learner: str, source: str | None, seed: int, map_name: str, budget: int, path: Path,
             episodes: int, extra: list[str]) -> list[str]:
     """``source`` None: ``learner`` is an online system trained from scratch."""
     online = [f"online={learner}"] if source is None else [
-        "online=finetune", f"online.init_from={source}", f"online.init_seed={seed}"]
+        f"online={continuing_system(source)}", f"online.init_from={source}", f"online.init_seed={seed}"]
     return [sys.executable, "-m", "mtmarl.collect", *online, f"task={task_name(map_name)}", f"seed={seed}",
             "collect.record=false", f"collect.budget={budget}", f"collect.root={path}", "online.tt_threshold=1.8",
             f"eval.episodes={episodes}", "collect.progress=false", *extra]

@@ -641,3 +641,20 @@ def test_finetune_driver_reads_jp_and_tt_per_threshold_off_each_curve(tmp_path, 
     with pytest.raises(SystemExit):
         ft.main(["--runs", f"m3={tmp_path / 'nowhere'}", "--out", str(tmp_path / "o2")])
     assert "want LEARNER=RUN_DIR" in capsys.readouterr().err
+
+
+def test_finetune_driver_continues_a_hygen_run_in_its_hybrid_stage_and_fine_tunes_the_rest(tmp_path):
+    """An algo=hygen run goes on through online=hygen (seed 002's hybrid stage), any other run (M3, the Sable
+    policies, a directory without config.yaml) through online=finetune; the run and its seed are passed on."""
+    ft = load_script("finetune")
+    for algo in ("hygen", "m3"):
+        (tmp_path / algo).mkdir()
+        (tmp_path / algo / "config.yaml").write_text(f"algo:\n  name: {algo}\n  lr: 0.001\n")
+    (tmp_path / "bare").mkdir()
+    cmds = {name: ft.command("x", str(tmp_path / name), 2, "3m", 100, tmp_path / "o", 8, ["a=b"])
+            for name in ("hygen", "m3", "bare")}
+    assert "online=hygen" in cmds["hygen"] and "online=finetune" not in cmds["hygen"]
+    assert "online=finetune" in cmds["m3"] and "online=finetune" in cmds["bare"]
+    for name, cmd in cmds.items():
+        assert f"online.init_from={tmp_path / name}" in cmd and "online.init_seed=2" in cmd and cmd[-1] == "a=b"
+    assert "online=qmix" in ft.command("qmix", None, 0, "3m", 100, tmp_path / "o", 8, [])
