@@ -203,6 +203,9 @@ from pathlib import Path
 args = dict(a.split("=", 1) for a in sys.argv[1:])
 if args.get("crash") == "yes":
     sys.exit("simulated crash")
+if args.get("crash") == "kill":  # what the out-of-memory killer does
+    import os, signal
+    os.kill(os.getpid(), signal.SIGKILL)
 run = Path(args["hydra.run.dir"]); run.mkdir(parents=True, exist_ok=True)
 dim, seed = int(args.get("network.embed_dim", 1)), int(args["seed"])
 smax = args.get("+tasks", "").startswith("smax")  # an env with wins: rows carry a win rate
@@ -228,6 +231,13 @@ def stand_in(tmp_path, monkeypatch):
         return [sys.executable, str(script), *real(run, run_dir, launcher, slurm, python)[3:]]
     monkeypatch.setattr(runner, "train_command", command)
     return tmp_path
+
+
+def test_a_run_killed_by_sigkill_is_reported_as_a_likely_out_of_memory_kill(stand_in):
+    out = run_matrix([Run.make({"x": 1}, ["crash=kill"], 0), Run.make({"x": 2}, ["crash=no"], 0)],
+                     stand_in / "res", progress=False)
+    assert [o.status for o in out] == ["failed", "finished"]
+    assert "exit code -9 (killed by SIGKILL" in out[0].error and "out-of-memory" in out[0].error
 
 
 def test_runner_skips_finished_runs_and_survives_a_crash(stand_in):

@@ -25,6 +25,7 @@ import hashlib
 import json
 import os
 import re
+import signal
 import subprocess
 import sys
 import time
@@ -234,8 +235,16 @@ def execute(run: Run, results: str | Path, launcher: str = "local", slurm: Seque
     seconds = time.perf_counter() - start
     if code == 0 and is_finished(run_dir):
         return Outcome(run, run_dir, "finished", seconds, code)
-    reason = f"exit code {code}" if code else "no results written"
-    return Outcome(run, run_dir, "failed", seconds, code, f"{reason}; log {log}:\n{_tail(log)}")
+    return Outcome(run, run_dir, "failed", seconds, code, f"{failure_reason(code)}; log {log}:\n{_tail(log)}")
+
+
+def failure_reason(code: int) -> str:
+    """Why a run's subprocess ended without results; a SIGKILL is named, since on a shared machine it is
+    most often the kernel's out-of-memory killer (the log then ends mid-run, with no Python error)."""
+    if code == -signal.SIGKILL:
+        return (f"exit code {code} (killed by SIGKILL: most often the out-of-memory killer; check `dmesg` and "
+                f"what else ran beside it; the run resumes from its last checkpoint)")
+    return f"exit code {code}" if code else "no results written"
 
 
 def run_matrix(runs: Iterable[Run], results: str | Path, launcher: str = "local", jobs: int = 1,
