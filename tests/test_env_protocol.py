@@ -12,7 +12,9 @@ from flax import struct
 from mtmarl import envs
 from mtmarl import tasks as task_registry
 from mtmarl.data.batching import make_buffers
-from mtmarl.envs import ActionLayout, EntityGroup, EnvSpec, MultiAgentEnv, ObsLayout, Observation, TimeStep
+from mtmarl.envs import (ActionLayout, EntityGroup, EnvSpec, MultiAgentEnv, ObsLayout, Observation, PaddedEnv,
+                         TaskMixture, TimeStep)
+from mtmarl.envs.base import TaskState
 from mtmarl.errors import UserInputError
 from mtmarl.evaluation.policies import RANDOM, uniform_legal
 from mtmarl.evaluation.results import summarise
@@ -62,6 +64,45 @@ class ToyDuel(MultiAgentEnv):
         damage = jnp.sum(s.hp - hp)
         s = DuelState(hp, s.t + 1)
         return s, self._ts(s, damage, False, self.lose & jnp.all(actions == 1) & jnp.any(hp > 0))
+
+
+class DuelStack(MultiAgentEnv):
+    """Toy duels of several sizes in one trace (the stack protocol of ``MultiAgentEnv.stack``, for tests that
+    need one; ``ToyDuel`` itself does not stack, so the evaluator tests keep their per-task traces). Each
+    task is its own env padded to the joint spec under a ``lax.switch`` on the task index; the state holds
+    the enemy hit points padded to the largest enemy count."""
+
+    name = "toy_duel"
+
+    def __init__(self, duels):
+        self.duels = list(duels)
+        self.horizon = self.duels[0].horizon
+        self.spec = EnvSpec.join(d.spec for d in self.duels)
+        self.tasks = [PaddedEnv(d, self.spec) for d in self.duels]
+        self.k = max(d.k for d in self.duels)
+
+    def _wide(self, s: DuelState) -> DuelState:
+        return DuelState(jnp.pad(s.hp, (0, self.k - s.hp.shape[0])), s.t)
+
+    def reset(self, key, task):
+        def branch(env):
+            return lambda key: (lambda s, ts: (self._wide(s), ts))(*env.reset(key))
+
+        inner, ts = jax.lax.switch(task, [branch(env) for env in self.tasks], key)
+        return TaskState(inner, jnp.asarray(task, jnp.int32)), ts
+
+    def step(self, state, actions):
+        def branch(env, k):
+            return lambda inner, a: (lambda s, ts: (self._wide(s), ts))(*env.step(DuelState(inner.hp[:k], inner.t), a))
+
+        inner, ts = jax.lax.switch(state.task, [branch(e, d.k) for e, d in zip(self.tasks, self.duels)],
+                                   state.inner, actions)
+        return TaskState(inner, state.task), ts
+
+
+def stacking_duels(monkeypatch):
+    """Let ``ToyDuel`` tasks stack (as :class:`DuelStack`) for one test."""
+    monkeypatch.setattr(ToyDuel, "stack", classmethod(lambda cls, envs: DuelStack(envs)))
 
 
 @pytest.fixture(autouse=True, scope="module")
@@ -266,3 +307,31 @@ def test_an_entity_env_trains_and_evaluates_through_the_cli(tmp_path):
         assert 0.0 <= row["win_rate"] <= 1.0 and row["episodes"] == 4
     spec = json.loads((tmp_path / "run" / "algo.json").read_text())
     assert EnvSpec.from_json(spec["env"]) == ts.env_spec  # the algorithm was built for the padded entity layout
+
+
+def test_task_mixture_plays_the_drawn_task_as_that_task_alone(monkeypatch):
+    """Each reset draws a task from its key; the episode is the task's own padded env reset with the other half
+    of the key, step by step; every task is drawn; tasks that cannot stack are a one-line error."""
+    ts = _set()
+    specs = ts.train + ts.test
+    with pytest.raises(UserInputError, match="cannot share one env: env 'toy_duel'.*ToyDuel.stack gives None"):
+        TaskMixture([ts.padded(s) for s in specs], [s.name for s in specs])
+    stacking_duels(monkeypatch)
+    mix = TaskMixture([ts.padded(s) for s in specs], [s.name for s in specs])
+    assert mix.spec == ts.env_spec and mix.num_tasks == 3 and mix.horizon == 4
+    reset, step = jax.jit(mix.reset), jax.jit(mix.step)
+    drawn = []
+    for i in range(24):
+        key = jax.random.PRNGKey(i)
+        task, k_env = mix.draw(key)
+        drawn.append(int(task))
+        alone = ts.padded(specs[int(task)])
+        s, t = reset(key)
+        s_ref, t_ref = alone.reset(k_env)
+        for n in range(3):
+            for a, b in zip(jax.tree.leaves(t), jax.tree.leaves(t_ref)):
+                np.testing.assert_array_equal(a, b)
+            act = uniform_legal(jax.random.PRNGKey(100 * i + n), t.observation.action_mask)
+            s, t = step(s, act)
+            s_ref, t_ref = alone.step(s_ref, act)
+    assert set(drawn) == {0, 1, 2}, drawn

@@ -265,6 +265,57 @@ def test_collector_reports_curve_hybrid_ratio_jp_and_tt(run_dir, tmp_path):
     assert entry["jp"] == res["jp"] and entry["tt"] == 0
 
 
+def test_sources_play_the_sets_training_tasks_and_eval_set_reports_every_task(run_dir, tmp_path, monkeypatch):
+    """online.sources=train: the collector's task only names the run, the envs play a mixture of the offline
+    run's training tasks (each drawn per episode); online.eval_set: the final policy on every task of the set,
+    evaluated as mtmarl.evaluate does, into the reference entry; a name outside the set is a one-line error
+    listing the allowed ones."""
+    from test_env_protocol import stacking_duels
+
+    from mtmarl import collect
+    from mtmarl.envs import TaskMixture
+    from mtmarl.evaluate import evaluate_set
+    from mtmarl.evaluation.references import load_references
+    from mtmarl.online.collectors import get_system
+    from mtmarl.training.policy import make_policy
+
+    stacking_duels(monkeypatch)
+    online = tiny_online(run_dir, sources=["train"], eval_set=True)
+    mcfg = online_config(online)
+    assert mcfg.sources == ("train",) and mcfg.eval_set
+    env = task_env(TaskSpec.parse(TASK).build(), mcfg)
+    inner = env.inner if not isinstance(env, TaskMixture) else env
+    assert isinstance(inner, TaskMixture) and inner.names == ["2v2", "3v1"]
+    assert env.spec == hygen.task_env(TaskSpec.parse(TASK).build(), tiny(run_dir)).spec  # the run's layout
+    cfg = OmegaConf.create({
+        "task": TASK, "split": "train", "seed": 3, "online": online, "online_env": {},
+        "collect": {"budget": 1, "root": str(tmp_path / "vaults"), "uid": "default", "references": None,
+                    "log_dir": str(tmp_path / "logs"), "record": False, "progress": False, "initial_eval": False},
+        "eval": {"episodes": 4, "devices": None, "greedy": True}})
+    (res,) = collect.run(cfg)
+    rows = res["set_eval"]
+    assert [(r["name"], r["split"]) for r in rows] == [("2v2", "train"), ("3v1", "train"), ("2v4", "test")]
+    entry = json.loads((tmp_path / "vaults" / "references.json").read_text())[TASK]
+    assert [r["mean_return"] for r in entry["set_eval"]] == [r["mean_return"] for r in rows]
+    # the report evaluates the learner's current Q agent and skills: the rows of mtmarl.evaluate's evaluate_set
+    # on the algorithm's acting params of the trained learner state
+    system = get_system(TaskSpec.parse(TASK), env, mcfg)
+    algo, _, _ = hygen.pretrained(mcfg)
+    task_set, refs = hygen.offline_task_set(mcfg)
+    state, _ = system.train_chunk(system.init(jax.random.PRNGKey(5)))
+    report = hygen.final_report(mcfg, system, state, seed=3, episodes=4, greedy=True)["set_eval"]
+    learner = jax.device_get(jax.tree.map(lambda x: x[0], state.params))
+    again = evaluate_set(task_set, ["train", "test"], make_policy(algo, True), algo.acting_params(learner), 4, 3,
+                         load_references(refs), devices=1, progress=False)
+    assert [r["mean_return"] for r in report] == [r["mean_return"] for r in again]
+    assert all(np.isfinite(r["mean_return"]) for r in again)
+    with pytest.raises(UserInputError) as e:
+        task_env(TaskSpec.parse(TASK).build(), tiny(run_dir, sources=["2v2", "9v9"]))
+    msg = str(e.value)
+    assert "\n" not in msg and "online.sources=['2v2', '9v9']" in msg and "'9v9'" in msg
+    assert "allowed: train, or names among 2v2, 3v1, 2v4" in msg
+
+
 # --------------------------------------------------------------------------- config errors
 def test_bad_configs_are_one_line_errors_naming_the_key(run_dir, tmp_path, monkeypatch):
     def err(fn):

@@ -9,6 +9,7 @@ from mtmarl.envs.base import NOOP, JumanjiEnv, MultiAgentEnv, Observation, TimeS
 from mtmarl.envs.connector import ConnectorEnv
 from mtmarl.envs.layout import ActionLayout, EntityGroup, EnvSpec, ObsLayout
 from mtmarl.envs.lbf import LbfEnv
+from mtmarl.envs.mixture import TaskMixture
 from mtmarl.envs.padding import PaddedEnv
 from mtmarl.envs.rware import RwareEnv
 from mtmarl.envs.smax import SmaxEnv
@@ -51,5 +52,5 @@ def make(env: str, **params) -> MultiAgentEnv:
 
 
 __all__ = ["ENVS", "NOOP", "ActionLayout", "EntityGroup", "EnvSpec", "JumanjiEnv", "MultiAgentEnv",
-           "ObsLayout", "Observation", "PaddedEnv", "TimeStep", "UserInputError", "env_params", "make",
+           "ObsLayout", "Observation", "PaddedEnv", "TaskMixture", "TimeStep", "UserInputError", "env_params", "make",
            "register"]

@@ -34,7 +34,7 @@ from mtmarl.evaluation.rollout import make_evaluator, task_key
 from mtmarl.online.anakin import chunk_summary, to_experience
 from mtmarl.online.quality import record_expert_medium, record_levels
 from mtmarl.online.registry import label as learner_label
-from mtmarl.online.registry import make_online_system, online_config, task_env
+from mtmarl.online.registry import final_report, make_online_system, online_config, task_env
 from mtmarl.runtime import save_figure
 
 
@@ -127,7 +127,7 @@ def get_evaluator(spec, env, system, greedy: bool, episodes: int, devices):
 
 
 REFERENCE_KEYS = ("return", "name", "split", "episodes", "std", "env_steps", "seed", "train_seconds",
-                  "initial_return", "win_rate", "jp", "tt", "tt_threshold")
+                  "initial_return", "win_rate", "jp", "tt", "tt_threshold", "set_eval")
 def write_outputs(spec, cfg: DictConfig, root: Path, ref_path: Path, result: dict[str, Any],
                   parts: list[dict[str, Any]] | dict[str, list] | None, meta: dict[str, Any],
                   **reference_extra) -> None:
@@ -224,6 +224,8 @@ def collect_task(spec, split: str, cfg: DictConfig, root: Path, ref_path: Path, 
             "record_every_updates": mcfg.updates_per_chunk, "learning_curve": str(log_path), "quality": quality}
     if env.spec.has_success:
         result["win_rate"] = float(np.mean(stats.successes))
+    result.update(final_report(mcfg, system, state, seed=int(cfg.seed), episodes=int(cfg.eval.episodes),
+                               greedy=bool(cfg.eval.greedy)))
     # JP / TT (seed 003): the initial evaluation, then each chunk's training return (stochastic policy)
     curve = ([(0, initial)] if initial is not None else []) + [(r["env_steps"], r["return"]) for r in rows]
     result.update(jump_and_threshold(curve, mcfg.tt_threshold))

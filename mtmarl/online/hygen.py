@@ -25,9 +25,14 @@ epsilon-greedily over skills (then the decoder's legal arg-max action), their se
 and each update mixes the two sources. Sequences are ``rollout_len`` = the offline run's ``algo.seq_len``
 steps long, so online and offline rows share one shape.
 
-Scope: one source task per run (the collector's task; its env padded to the offline run's layout like
-``finetune``); the offline rows come from all the offline run's training tasks (the multi-task
-dataset D, with the engine's task-balanced sampler); online rows carry task id -1. Single device.
+Source tasks: by default the collector's task (its env padded to the offline run's layout like
+``finetune``). ``online.sources`` names several tasks of the offline run's set (``train``: all its training
+tasks, seed 002's G_source), played by one :class:`~mtmarl.envs.TaskMixture` whose every episode draws one of
+them; the collector's task then only names the run, and its JP, curve and final evaluation are over that
+mixture. ``online.eval_set`` evaluates the final policy zero-shot on every train and test task of the set
+(Table 1's HyGen column) into the reference entry's ``set_eval``. The offline rows come from all the offline
+run's training tasks (the multi-task dataset D, with the engine's task-balanced sampler); online rows carry
+task id -1. Single device.
 Learning rates and loss weights are the offline run's ``algo`` config. Logged per chunk (means over
 its iterations): ``hybrid_ratio``, ``offline_rows``, ``epsilon``, ``buffer_sequences``, ``win_rate`` (wins
 over episodes ended in an iteration; 0 if none ended), the losses. PPO-only settings of the shared
@@ -65,6 +70,8 @@ class HyGenOnlineConfig(ppo.PPOSettings):
     buffer_size: int = 2000  # online ring buffer capacity, in sequences (HyGen's code: 2000)
     updates_per_rollout: int = 1  # hybrid updates per iteration
     batch_size: int | None = None  # B; None: the offline run's algo.batch_size
+    sources: tuple[str, ...] | None = None  # None: the collector's task; ("train",): the set's training tasks
+    eval_set: bool = False  # after the stage: every train and test task of the offline run's set, zero-shot
 
     SYSTEM = "hygen"
     FOREIGN = ("kl_coef", "hidden", "critic_input", "embed_dim")
@@ -92,6 +99,11 @@ class HyGenOnlineConfig(ppo.PPOSettings):
     def coerce(kw: dict) -> dict:
         if kw.get("init_from") is not None:
             kw["init_from"] = str(kw["init_from"])
+        sources = kw.get("sources")
+        if sources is not None:  # a name, "train", or a list of names (Hydra gives a ListConfig)
+            kw["sources"] = (str(sources),) if isinstance(sources, str) else tuple(str(x) for x in sources)
+            if not kw["sources"]:
+                raise UserInputError("online.sources=[] names no task; give train, task names, or null")
         return kw
 
 
@@ -115,7 +127,7 @@ def _restore(run_dir: str, seed: int | None):
             f"written by python -m mtmarl.train +algo=hygen)"
         )
     try:
-        algo, params, run_cfg, _ = load_run(path, seed=seed)
+        algo, params, run_cfg, info = load_run(path, seed=seed)
     except UserInputError as e:
         raise UserInputError(f"online.init_from={run_dir!r}: {str(e).splitlines()[0]}") from None
     if not isinstance(algo, HyGenAlgorithm):
@@ -132,21 +144,61 @@ def _restore(run_dir: str, seed: int | None):
         float(data.get("fraction", 1.0)),
     )
     buffers = build_buffers(task_set, tasks, algo.cfg.seq_len, agents="set")  # mixed with the set-padded env's steps
-    return algo, jax.device_get(params), buffers
+    return algo, jax.device_get(params), buffers, task_set, info["references"]
 
 
 def pretrained(cfg: HyGenOnlineConfig):
     """(offline HyGen algorithm, all its trained params, the offline run's training buffers)."""
-    return _restore(str(cfg.init_from), cfg.init_seed)
+    return _restore(str(cfg.init_from), cfg.init_seed)[:3]
+
+
+def offline_task_set(cfg: HyGenOnlineConfig):
+    """The offline run's task set and the references it normalised by."""
+    return _restore(str(cfg.init_from), cfg.init_seed)[3:]
+
+
+def source_tasks(task_set, sources: tuple[str, ...]) -> list:
+    """The set's task specs that ``online.sources`` names (``train``: its training split)."""
+    if sources == ("train",):
+        return list(task_set.train)
+    by_name = {spec.name: spec for spec in [*task_set.train, *task_set.test]}
+    unknown = [name for name in sources if name not in by_name]
+    if unknown:
+        raise UserInputError(
+            f"online.sources={list(sources)!r}: {', '.join(map(repr, unknown))} not in the offline run's set "
+            f"{task_set.name!r}; allowed: train, or names among {', '.join(by_name)}"
+        )
+    return [by_name[name] for name in dict.fromkeys(sources)]
 
 
 def task_env(env, cfg: HyGenOnlineConfig):
-    """``env`` seen with the offline run's padded EnvSpec (what its networks read)."""
-    from mtmarl.envs import EnvSpec, PaddedEnv
+    """``env`` (or, with ``online.sources``, the mixture of those tasks) seen with the offline run's padded
+    EnvSpec (what its networks read)."""
+    from mtmarl.envs import EnvSpec, PaddedEnv, TaskMixture
 
     algo, _, _ = pretrained(cfg)
     target = EnvSpec.from_json(algo.spec["env"])
+    if cfg.sources is not None:
+        task_set, _ = offline_task_set(cfg)
+        specs = source_tasks(task_set, cfg.sources)
+        env = TaskMixture([task_set.padded(spec) for spec in specs], [spec.name for spec in specs])
     return env if env.spec == target else PaddedEnv(env, target)
+
+
+def final_report(cfg: HyGenOnlineConfig, system, state, seed: int, episodes: int, greedy: bool) -> dict:
+    """With ``online.eval_set``: the final policy on every train and test task of the offline run's set (one
+    row per task, as ``python -m mtmarl.evaluate`` writes them), as the reference entry's ``set_eval``."""
+    if not cfg.eval_set:
+        return {}
+    from mtmarl.evaluate import evaluate_set
+    from mtmarl.evaluation.references import load_references
+    from mtmarl.training.policy import make_policy
+
+    algo, _, _ = pretrained(cfg)
+    task_set, references = offline_task_set(cfg)
+    rows = evaluate_set(task_set, ["train", "test"], make_policy(algo, greedy), system.actor_params(state),
+                        episodes, seed, load_references(references), devices=1, progress=False)
+    return {"set_eval": rows}
 
 
 # --------------------------------------------------------------------------- the compiled system

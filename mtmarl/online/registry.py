@@ -8,7 +8,8 @@ env as the learner must see it (fine-tuning pads it to the pretrained network's 
 :func:`task_env`). Adding a learner is one entry in :data:`LEARNERS`; the builder and the collectors
 never ask which one runs. A module whose loop is not PPO's (HyGen's replay-based Q-learning) provides
 ``make_system(env, cfg, num_devices) ->`` :class:`~mtmarl.online.anakin.System` instead of
-``make_learner``. Modules are imported on first use, so picking MAPPO does not import the Sable
+``make_learner``, and may provide ``final_report(cfg, system, state, seed=, episodes=, greedy=) -> dict``,
+merged into the task's reference entry after the final evaluation. Modules are imported on first use, so picking MAPPO does not import the Sable
 network.
 """
 
@@ -46,6 +47,13 @@ def task_env(env, cfg):
     Collectors step and evaluate this env, so a learner never sees two shapes of one task."""
     adapt = getattr(learner_module(cfg.system), "task_env", None)
     return env if adapt is None else adapt(env, cfg)
+
+
+def final_report(cfg, system, state, *, seed: int, episodes: int, greedy: bool) -> dict[str, Any]:
+    """What the learner adds to the task's reference entry after its final evaluation (its module's
+    ``final_report``; nothing for most learners: HyGen's evaluates the whole task set)."""
+    report = getattr(learner_module(cfg.system), "final_report", None)
+    return {} if report is None else report(cfg, system, state, seed=seed, episodes=episodes, greedy=greedy)
 
 
 def make_online_system(env, cfg, num_devices: int | None = None):
