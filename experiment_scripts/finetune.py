@@ -17,7 +17,11 @@ to a threshold is read off the learning curve as the collector reads it (that ev
 chunk's training return), for every ``--thresholds`` value: seed 003's 18 of SMAC's 20 is 1.8 on SMAX's
 0-2 scale, which no learner reached in the first measurement, so lower ones are reported beside it.
 Writes ``finetune.md`` (mean ± standard error over seeds), ``finetune.json`` (every run) and
-``curves.png`` (mean training return against env steps).
+``curves.png`` (mean training return against env steps). HyGen's hybrid stage over the set's source tasks
+with the final policy evaluated on the whole set (seed 002 Table 1's HyGen column) adds a zero-shot table:
+
+    python experiment_scripts/finetune.py --runs hybrid=<algo=hygen run> --maps 3m --seeds 0 1 2 --budget 20480 \
+        --scratch --extra online.sources=train online.eval_set=true --out results/<name>
 """
 
 from __future__ import annotations
@@ -129,6 +133,26 @@ def markdown(rows: list[dict], thresholds: list[float], budget: int) -> str:
     return "\n".join(lines) + "\n"
 
 
+def set_table(records: list[dict]) -> str:
+    """Runs with ``online.eval_set`` (HyGen): the final policy's win rate on every task of the offline run's set,
+    mean ± se over seeds, and the split means (each seed's mean over the split's tasks, then over seeds)."""
+    with_set = [r for r in records if r.get("set_eval")]
+    if not with_set:
+        return ""
+    lines = ["Zero-shot on the offline run's set after the online stage (`online.eval_set`; win rate, mean ± se "
+             "over seeds):", "", "| learner | run named | split | task | seeds | win rate |", "|---|---|---|---|---|---|"]
+    for learner, map_name in dict.fromkeys((r["learner"], r["map"]) for r in with_set):
+        rs = [r for r in with_set if r["learner"] == learner and r["map"] == map_name]
+        tasks = list(dict.fromkeys((row["split"], row["name"]) for row in rs[0]["set_eval"]))
+        for split in dict.fromkeys(sp for sp, _ in tasks):
+            for _, name in [t for t in tasks if t[0] == split]:
+                wins = [row["win_rate"] for r in rs for row in r["set_eval"] if (row["split"], row["name"]) == (split, name)]
+                lines.append(f"| {learner} | {map_name} | {split} | {name} | {len(wins)} | {fmt(mean_stderr(wins))} |")
+            means = [float(np.mean([row["win_rate"] for row in r["set_eval"] if row["split"] == split])) for r in rs]
+            lines.append(f"| {learner} | {map_name} | {split} | **mean** | {len(means)} | **{fmt(mean_stderr(means))}** |")
+    return "\n".join(lines) + "\n"
+
+
 def plot(records: list[dict], path: Path) -> None:
     import matplotlib
 
@@ -206,14 +230,17 @@ def main(argv: list[str] | None = None) -> int:
         e = entry(path, map_name)
         records.append({"learner": learner, "seed": seed, "map": map_name, "env_steps": e["env_steps"],
                         "jp": e["jp"], "return": e["return"], "win_rate": e.get("win_rate"),
-                        "train_seconds": e.get("train_seconds"), "curve": curve(path, map_name, e["jp"])})
+                        "train_seconds": e.get("train_seconds"), "curve": curve(path, map_name, e["jp"]),
+                        "set_eval": e.get("set_eval")})
     rows = summarise(records, args.thresholds, args.budget)
+    zero_shot = set_table(records)
     (args.out / "finetune.json").write_text(json.dumps({"args": {k: str(v) if isinstance(v, Path) else v
                                                                  for k, v in vars(args).items()},
                                                         "rows": rows, "records": records}, indent=1))
-    (args.out / "finetune.md").write_text(markdown(rows, args.thresholds, args.budget))
+    table = markdown(rows, args.thresholds, args.budget) + (f"\n{zero_shot}" if zero_shot else "")
+    (args.out / "finetune.md").write_text(table)
     plot(records, args.out / "curves.png")
-    print(markdown(rows, args.thresholds, args.budget))
+    print(table)
     return 0
 
 

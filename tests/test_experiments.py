@@ -668,3 +668,28 @@ def test_finetune_driver_continues_a_hygen_run_in_its_hybrid_stage_and_fine_tune
     for name, cmd in cmds.items():
         assert f"online.init_from={tmp_path / name}" in cmd and "online.init_seed=2" in cmd and cmd[-1] == "a=b"
     assert "online=qmix" in ft.command("qmix", None, 0, "3m", 100, tmp_path / "o", 8, [])
+
+
+def test_finetune_driver_tabulates_the_set_evaluation_of_hybrid_runs(tmp_path):
+    """Runs whose reference entry holds set_eval rows (HyGen with online.eval_set) get a zero-shot table: per task
+    the mean ± se of the win rate over seeds, per split the mean over seeds of each seed's split mean."""
+    ft = load_script("finetune")
+    evals = {0: {("train", "3m"): 0.5, ("train", "5m"): 0.1, ("test", "4m"): 0.2},
+             1: {("train", "3m"): 0.7, ("train", "5m"): 0.3, ("test", "4m"): 0.0}}
+    for seed, rows in evals.items():
+        path = ft.run_dir(tmp_path / "out", "hybrid", seed, "3m")
+        (path / "logs" / "smax").mkdir(parents=True)
+        (path / "logs" / "smax" / "map=3m.jsonl").write_text(json.dumps({"env_steps": 10, "return": 1.0}) + "\n")
+        set_eval = [{"split": sp, "name": n, "win_rate": w} for (sp, n), w in rows.items()]
+        (path / "references.json").write_text(json.dumps({"smax:map=3m": {
+            "env_steps": 10, "jp": 0.5, "return": 1.0, "win_rate": 0.5, "set_eval": set_eval}}))
+    (tmp_path / "hygen_run").mkdir()
+    assert ft.main(["--runs", f"hybrid={tmp_path / 'hygen_run'}", "--maps", "3m", "--seeds", "0", "1", "--budget", "10",
+                    "--scratch", "--out", str(tmp_path / "out")]) == 0
+    table = (tmp_path / "out" / "finetune.md").read_text()
+    assert "| hybrid | 3m | train | 3m | 2 | 0.600 ± 0.100 |" in table
+    assert "| hybrid | 3m | test | 4m | 2 | 0.100 ± 0.100 |" in table
+    # seed means over the train split: 0.3 and 0.5
+    assert "| hybrid | 3m | train | **mean** | 2 | **0.400 ± 0.100** |" in table
+    assert "| hybrid | 3m | test | **mean** | 2 | **0.100 ± 0.100** |" in table
+    assert ft.set_table([{"learner": "m3", "map": "3m", "set_eval": None}]) == ""
