@@ -30,7 +30,8 @@ class TaskMixture(MultiAgentEnv):
         if stacked is None:
             raise UserInputError(
                 f"tasks {', '.join(names)} cannot share one env: env {envs[0].name!r} does not stack its tasks "
-                f"({type(getattr(envs[0], 'inner', envs[0])).__name__}.stack gives None; RWARE, LBF, Connector and SMAX tasks of one set stack)"
+                f"({type(getattr(envs[0], 'inner', envs[0])).__name__}.stack gives None; "
+                f"RWARE, LBF, Connector and SMAX tasks of one set stack)"
             )
         self.stacked, self.names = stacked, names
         self.name, self.horizon, self.spec = stacked.name, stacked.horizon, stacked.spec

@@ -9,8 +9,8 @@ env as the learner must see it (fine-tuning pads it to the pretrained network's 
 never ask which one runs. A module whose loop is not PPO's (HyGen's replay-based Q-learning) provides
 ``make_system(env, cfg, num_devices) ->`` :class:`~mtmarl.online.anakin.System` instead of
 ``make_learner``, and may provide ``final_report(cfg, system, state, seed=, episodes=, greedy=) -> dict``,
-merged into the task's reference entry after the final evaluation. Modules are imported on first use, so picking MAPPO does not import the Sable
-network.
+merged into the task's reference entry after the final evaluation. Modules are imported on first use,
+so picking MAPPO does not import the Sable network.
 """
 
 from __future__ import annotations
