@@ -9,8 +9,9 @@ seed ``s`` fine-tunes that run's seed ``s``). Every (learner, seed, map) is one
 ``python -m mtmarl.collect online=finetune online.init_from=<run> online.init_seed=<s> task=smax:map=<m>``
 (``online=hygen`` for an ``algo=hygen`` run: seed 002's hybrid stage, so HyGen's Fig. 4 comparison with
 online QMIX runs from the same driver) into ``<out>/<learner>/seed_<s>/<map>/``; MAPPO from scratch is
-``online=mappo`` with the same seed. A run whose reference entry exists is not run again, so a stopped sweep resumes. ``--scratch SYSTEM=STEPS``
-adds online learners from scratch (``online=<system>``: MAPPO, online QMIX) with the same seeds.
+``online=mappo`` with the same seed. A run whose reference entry exists is not run again, so a stopped
+sweep resumes. ``--scratch SYSTEM=STEPS`` adds online learners from scratch (``online=<system>``: MAPPO,
+online QMIX) with the same seeds.
 
 JP is the return of the evaluation before any update (stochastic policy, ``eval.episodes`` episodes). TT
 to a threshold is read off the learning curve as the collector reads it (that evaluation, then each
