@@ -9,17 +9,29 @@ IQM with a stratified bootstrap interval over seeds x tasks). Writes ``<out>/poo
 
     python experiment_scripts/pool_seeds.py results/dataset_size_k15_matched results/dataset_size_k15_matched_s345 \\
         --by algo fraction --out results/dataset_size_k15_matched_pooled
+
+``--experiment NAME`` also renders the pooled records as that experiment's driver renders its own
+(``experiment_scripts/NAME.py``'s ``analyse``, with ``--set`` overrides of its config naming what the
+tables list), e.g. one SMAX table from panels run as separate outputs, seed 002's columns beside::
+
+    python experiment_scripts/pool_seeds.py results/smax_mh_medium_3seeds results/smax_sz_medium_3seeds \\
+        --by task_set quality algo --experiment smax --set 'task_sets=[smax_marine_hard,smax_stalker_zealot]' \\
+        'qualities=[medium]' 'algos=[bc_t,odis,hissd]' --out results/smax_pooled
 """
 
 from __future__ import annotations
 
 import argparse
 import csv
+import importlib.util
 import sys
 from pathlib import Path
 
 from mtmarl.errors import UserInputError
 from mtmarl.experiments.analysis import aggregate, report
+from mtmarl.experiments.config import EXPERIMENTS, compose_experiment
+
+SCRIPTS = Path(__file__).resolve().parent
 
 
 def read_records(outputs: list[Path]) -> list[dict]:
@@ -43,11 +55,24 @@ def read_records(outputs: list[Path]) -> list[dict]:
     return records
 
 
+def render(name: str, overrides: list[str], records: list[dict], out: Path) -> list[Path]:
+    """The files ``experiment_scripts/<name>.py``'s own analysis writes, made from ``records``."""
+    if name not in EXPERIMENTS:
+        raise UserInputError(f"--experiment {name!r} is not one of {', '.join(EXPERIMENTS)}")
+    spec = importlib.util.spec_from_file_location(f"experiment_{name}", SCRIPTS / f"{name}.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module.EXPERIMENT.analyse(compose_experiment(name, overrides), records, out)
+
+
 def main(argv: list[str] | None = None) -> list[dict]:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("outputs", nargs="+", type=Path, help="experiment output directories (with records.csv)")
     parser.add_argument("--by", nargs="+", default=["config_id"], help="record columns that name a configuration")
     parser.add_argument("--out", type=Path, required=True, help="directory for the pooled table")
+    parser.add_argument("--experiment", help="also render the records as this experiment's driver does")
+    parser.add_argument("--set", nargs="+", default=[], metavar="KEY=VALUE",
+                        help="overrides of that experiment's config (which sets, qualities, algos its tables list)")
     args = parser.parse_args(argv)
     records = read_records(args.outputs)
     missing = [k for k in args.by if k not in records[0]]
@@ -60,6 +85,8 @@ def main(argv: list[str] | None = None) -> list[dict]:
         writer = csv.DictWriter(f, fieldnames=list(records[0]))
         writer.writeheader()
         writer.writerows(records)
+    if args.experiment:
+        render(args.experiment, args.set, records, args.out)
     return rows
 
 

@@ -515,6 +515,46 @@ def test_pooled_seeds_of_two_outputs_aggregate_like_one_output_and_a_run_counts_
         pool.main([str(tmp_path / "a"), str(tmp_path / "c"), "--out", str(tmp_path / "q")])
 
 
+def test_pooled_outputs_render_as_the_smax_driver_with_seed_002_beside(tmp_path):
+    # two SMAX panels run as separate outputs become one smax.md: each panel's mean ± se over its seeds, and
+    # seed 002's column of the algorithm beside it
+    import csv
+
+    from helpers import load_script
+
+    from mtmarl.errors import UserInputError
+    from mtmarl.experiments import seed002
+
+    pool = load_script("pool_seeds")
+    wins = {("smax_marine_hard", 0): [0.2, 0.4], ("smax_marine_hard", 1): [0.6, 0.8],
+            ("smax_stalker_zealot", 0): [0.1, 0.1], ("smax_stalker_zealot", 1): [0.3, 0.5]}
+    for name in ("smax_marine_hard", "smax_stalker_zealot"):
+        (tmp_path / name).mkdir()
+        with (tmp_path / name / "records.csv").open("w", newline="") as f:
+            w = csv.DictWriter(f, fieldnames=["task_set", "quality", "algo", "config_id", "seed", "env", "task", "split",
+                                              "return", "normalised", "win_rate"])
+            w.writeheader()
+            for seed in (0, 1):
+                for t, win in enumerate(wins[(name, seed)]):
+                    w.writerow({"task_set": name, "quality": "medium", "algo": "bc_t", "config_id": f"bc_t-{name}",
+                                "seed": seed, "env": "smax", "task": f"m{t}", "split": "test", "return": 2 * win,
+                                "normalised": win, "win_rate": win})
+    out = tmp_path / "pooled"
+    pool.main([str(tmp_path / "smax_marine_hard"), str(tmp_path / "smax_stalker_zealot"), "--by", "task_set", "quality",
+               "algo", "--experiment", "smax", "--set", "task_sets=[smax_marine_hard,smax_stalker_zealot]",
+               "qualities=[medium]", "algos=[bc_t]", "--out", str(out)])
+    ours, paper = [line for line in (out / "smax.md").read_text().splitlines() if line.startswith("| bc_t |")]
+    cells = [c.strip() for c in ours.strip("|").split("|")]
+    for name, test_cell in (("smax_marine_hard", cells[2]), ("smax_stalker_zealot", cells[4])):
+        per_seed = np.array([np.mean(wins[(name, s)]) for s in (0, 1)])
+        assert test_cell == f"{per_seed.mean():.3f} ± {per_seed.std(ddof=1) / np.sqrt(2):.3f}"
+    assert cells[1] == "n/a"  # no train records
+    paper_cells = [c.strip() for c in paper.strip("|").split("|")]
+    assert paper_cells[2] == f"{seed002.split_mean('smax_marine_hard', 'medium', 'BC-best', 'test'):.3f}"
+    with pytest.raises(UserInputError, match="not one of"):
+        pool.main([str(tmp_path / "smax_marine_hard"), "--experiment", "smaxx", "--out", str(tmp_path / "x")])
+
+
 def test_a_population_run_is_finished_with_all_its_seeds_and_gives_one_record_set_per_seed(tmp_path):
     """A run of ``training.population=3`` (the gpu budget) is one Run whose seeds 0-2 finish in its seed_<s>/;
     it counts as finished only when all three have, is up to date against its own config, and aggregates as 3
