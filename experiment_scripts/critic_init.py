@@ -28,6 +28,7 @@ import numpy as np
 from omegaconf import OmegaConf
 
 from mtmarl.data.batching import sample
+from mtmarl.diagnose import mc_returns
 from mtmarl.errors import UserInputError
 from mtmarl.evaluate import resolve_task_set
 from mtmarl.experiments.config import compose_train
@@ -37,17 +38,9 @@ from mtmarl.training.loop import algo_for_data
 
 
 def max_discounted_return(data, gamma: float) -> float:
-    """The largest discounted return-to-go over every step of every task's data (team reward of agent 0;
-    an episode ends at a terminal or a truncation)."""
-    best = 0.0
-    for d in data:
-        rewards = np.asarray(d["rewards"])[:, 0]
-        ends = (np.asarray(d["terminals"])[:, 0] > 0) | (np.asarray(d["truncations"])[:, 0] > 0)
-        g = 0.0
-        for r, end in zip(rewards[::-1].tolist(), ends[::-1].tolist()):
-            g = r + (0.0 if end else gamma * g)
-            best = max(best, g)
-    return best
+    """The largest discounted return-to-go over every step of every task's data (``mtmarl.diagnose.mc_returns``:
+    the agents' mean reward, an episode ending at a terminal or a truncation)."""
+    return float(mc_returns(data, max(len(d["rewards"]) for d in data), gamma).max())
 
 
 def setup(overrides: list[str]):
