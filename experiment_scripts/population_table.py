@@ -38,8 +38,11 @@ def main() -> None:
         algo, task_set = run_dir.parent.name, run_dir.name
         records += collect_population(run_dir, {"algo": algo, "task_set": task_set})
         run = json.loads(next(run_dir.glob("seed_*/run.json")).read_text())
+        # A run resumed before 2026-11-27 recorded only its last session's seconds (~0 for one resumed only to be
+        # evaluated): no rate is better than a wrong one.
+        seconds = run["train_seconds"] if run["train_seconds"] >= 1 else None
         speed.append(f"| {algo} | {task_set} | {run['population']} | {run['updates']} | "
-                     f"{run['train_seconds']:.0f} | {run['updates'] / run['train_seconds']:.0f} |")
+                     + (f"{seconds:.0f} | {run['updates'] / seconds:.0f} |" if seconds else "- | - |"))
     if not records:
         raise SystemExit(f"no seed_<s>/summary.json under {args.root}/<algo>/<set>/")
     rows = aggregate(records, ["algo", "task_set"])

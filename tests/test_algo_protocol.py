@@ -159,7 +159,11 @@ def test_toy_two_stage_algorithm_trains_and_resumes_across_the_stage_boundary(co
     carry8, meta8 = _final_state(broken)
     assert int(carry8.step) == PRETRAIN and meta8["stage"] == "train" and int(carry8.state["trained"]) == 0
     _train(conf, broken, "resume=true")
-    resumed, _ = _final_state(broken)
+    resumed, resumed_meta = _final_state(broken)
+    # a resumed run's training time counts every session (the first one's is in its checkpoint)
+    assert 0 < meta8["train_seconds"] < resumed_meta["train_seconds"]
+    run_json = json.loads((broken / "run.json").read_text())
+    assert run_json["train_seconds"] >= meta8["train_seconds"]
     for a, b in zip(jax.tree.leaves(resumed), jax.tree.leaves(carry)):
         np.testing.assert_array_equal(a, b)
 

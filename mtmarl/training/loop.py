@@ -308,10 +308,12 @@ def run_training(cfg: Mapping[str, Any], task_set: TaskSet, run_dir: Path, refer
     carry = learner.init(seed)
     template = carry
     best, best_step, done = None, None, 0
+    earlier_seconds = 0.0  # training time of the sessions before a resume (their checkpoint records it)
     if cfg.get("resume") and ckpt.latest_step() is not None:
         check_same_algorithm(ckpt.meta("latest"), algo, ckpt.directory)
         carry, meta = ckpt.restore(template, "latest")
         done, best, best_step = int(meta["updates"]), meta.get("best_score"), meta.get("best_step")
+        earlier_seconds = float(meta.get("train_seconds", 0.0))
         print(f"resumed from update {done} of {total}")
         if log is not None:
             log.log(done, {"resumed_from": done}, prefix="run")
@@ -365,7 +367,8 @@ def run_training(cfg: Mapping[str, Any], task_set: TaskSet, run_dir: Path, refer
     def describe(step: int) -> dict[str, Any]:
         """What a checkpoint records besides the arrays: enough to rebuild and evaluate it alone."""
         return {"updates": step, "stage": learner.stage(step).stage.name if step < total else "done",
-                "algorithm": algo.spec, "config": run_config}
+                "algorithm": algo.spec, "config": run_config,
+                "train_seconds": earlier_seconds + time.perf_counter() - t_train}
 
     try:
         t_train = time.perf_counter()
@@ -400,7 +403,7 @@ def run_training(cfg: Mapping[str, Any], task_set: TaskSet, run_dir: Path, refer
                 raise Interrupted(signum, done)
             if stop_after is not None and done >= stop_after:
                 break
-        train_seconds = time.perf_counter() - t_train
+        train_seconds = earlier_seconds + time.perf_counter() - t_train  # all sessions of a resumed run
         if done >= total and population == 1:  # (a population is evaluated at its final parameters only)
             evaluate_and_select(done, carry)  # the final parameters are a candidate for "best" too
     finally:
