@@ -367,8 +367,11 @@ def run_training(cfg: Mapping[str, Any], task_set: TaskSet, run_dir: Path, refer
     def describe(step: int) -> dict[str, Any]:
         """What a checkpoint records besides the arrays: enough to rebuild and evaluate it alone."""
         return {"updates": step, "stage": learner.stage(step).stage.name if step < total else "done",
-                "algorithm": algo.spec, "config": run_config,
-                "train_seconds": earlier_seconds + time.perf_counter() - t_train}
+                "algorithm": algo.spec, "config": run_config, "train_seconds": seconds_so_far()}
+
+    def seconds_so_far() -> float:
+        """Training time of every session of this run (a resumed run's earlier ones come from its checkpoint)."""
+        return earlier_seconds + time.perf_counter() - t_train
 
     try:
         t_train = time.perf_counter()
@@ -403,7 +406,7 @@ def run_training(cfg: Mapping[str, Any], task_set: TaskSet, run_dir: Path, refer
                 raise Interrupted(signum, done)
             if stop_after is not None and done >= stop_after:
                 break
-        train_seconds = earlier_seconds + time.perf_counter() - t_train  # all sessions of a resumed run
+        train_seconds = seconds_so_far()
         if done >= total and population == 1:  # (a population is evaluated at its final parameters only)
             evaluate_and_select(done, carry)  # the final parameters are a candidate for "best" too
     finally:
