@@ -194,9 +194,5 @@ def check_train_config(cfg: Mapping[str, Any]) -> None:
     if training["updates"] % training["updates_per_call"]:
         raise UserInputError(f"training.updates={training['updates']} must be a multiple of "
                              f"training.updates_per_call={training['updates_per_call']}")
-    if training.get("population", 1) > 1 and training["eval_every"]:
-        raise UserInputError(f"training.population={training['population']} trains several seeds at once and "
-                             f"evaluates each at its final parameters only: set training.eval_every=0 (now "
-                             f"{training['eval_every']})")
     if cfg.get("resume") and cfg.get("overwrite"):
         raise UserInputError("resume=true and overwrite=true contradict each other; pass one of them")

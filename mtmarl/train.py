@@ -231,9 +231,11 @@ def _train(cfg: DictConfig, plain: dict[str, Any], task_set, references, run_dir
 
 def _final_population(plain: dict[str, Any], out: dict[str, Any], task_set, references, run_dir: Path,
                       log) -> list[dict[str, Any]]:
-    """Seeds trained side by side (``training.population``): each seed's final parameters through the same
-    evaluation programs with that seed's evaluation keys, written to ``<run dir>/seed_<s>/`` as a run of that
-    seed alone writes its directory (results.json, summary.json, run.json), so seed-matrix tools read them."""
+    """Seeds trained side by side (``training.population``): each seed's best parameters (by its periodic
+    training-task evaluations, ``mtmarl.training.selection``; its final ones when the run had none) through
+    the same evaluation programs with that seed's evaluation keys, written to ``<run dir>/seed_<s>/`` as a
+    run of that seed alone writes its directory (results.json, summary.json, run.json), so seed-matrix tools
+    read them."""
     from mtmarl.evaluation.results import print_table, write_results
     from mtmarl.training.data import data_fingerprint
     from mtmarl.distributed import wait_for_main
@@ -242,14 +244,18 @@ def _final_population(plain: dict[str, Any], out: dict[str, Any], task_set, refe
 
     from mtmarl.config_check import population_seeds
 
-    algo, carry = out["algo"], out["carry"]
+    algo, carry, selection = out["algo"], out["carry"], out["selection"]
+    best = selection.carry if selection.any else None
     splits = [s for s in ("train", "test") if task_set.split(s)]
     episodes = int(plain["eval"]["episodes"])
     fingerprint = data_fingerprint(task_set, plain["data"]["root"], plain["data"]["quality"], references)
     every: list[dict[str, Any]] = []
     for i, seed in enumerate(population_seeds(plain)):
+        step = selection.steps[i]
+        which = "final" if step is None else f"best (update {step})"
         start = time.perf_counter()
-        rows = out["evaluator"](algo.acting_params(seed_slice(carry.state, i)), None, splits, episodes=episodes,
+        chosen = carry if step is None else best
+        rows = out["evaluator"](algo.acting_params(seed_slice(chosen.state, i)), None, splits, episodes=episodes,
                                 seed=seed)
         elapsed = time.perf_counter() - start
         for row in rows:
@@ -257,11 +263,12 @@ def _final_population(plain: dict[str, Any], out: dict[str, Any], task_set, refe
                     prefix="final")
         path = write_results(run_dir / f"seed_{seed}", rows, algorithm=algo.name, seed=seed)
         write_json(run_dir / f"seed_{seed}" / "run.json",
-                   {"updates": out["updates"], "best_step": None, "best_train_score": None, "evaluated": "final",
+                   {"updates": out["updates"], "best_step": step, "best_train_score": selection.scores[i],
+                    "evaluated": which,
                     "population": out["population"], "train_seconds": out["train_seconds"],
                     "eval_seconds": elapsed, "data": fingerprint})
         print_table(rows, title=f"{algo.name} on {task_set.name}, seed {seed} of a population of "
-                                f"{out['population']}: final params, {episodes} episodes/task "
+                                f"{out['population']}: {which} params, {episodes} episodes/task "
                                 f"({out['train_seconds']:.0f} s training, all seeds)")
         print(f"results: {path}")
         every += [{**row, "seed": seed} for row in rows]

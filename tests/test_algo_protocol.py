@@ -292,3 +292,30 @@ def test_stage_plan_places_the_open_stage_and_rejects_bad_counts():
         plan_stages((_stage("pre", 1.5), _stage("main")), total=20)
     with pytest.raises(UserInputError, match="no total is set"):
         plan_stages((_stage("pre", 0.5), _stage("main")), total=None)
+
+
+def test_a_resumed_population_keeps_each_seeds_best_as_a_straight_run_does(conf, tmp_path):
+    """Per-seed model selection survives a crash: the resumed run restores the composite best checkpoint,
+    so it ends with the best updates, scores and parameters of a run that was never interrupted."""
+    from mtmarl.training.checkpoint import Checkpointer
+
+    extra = ("training.population=2", "training.eval_every=4")
+    _train(conf, tmp_path / "straight", *extra)
+    assert _train(conf, tmp_path / "broken", *extra, stop_after=PRETRAIN + K) == []
+    _train(conf, tmp_path / "broken", *extra, "resume=true")
+    runs = {}
+    for name in ("straight", "broken"):
+        ckpt = Checkpointer(tmp_path / name / "checkpoints")
+        meta = ckpt.meta("best")
+        template = _final_state(tmp_path / name)[0]
+        runs[name] = (meta["best_step"], meta["best_score"], ckpt.restore(template, "best")[0])
+        ckpt.close()
+        for i, seed in enumerate((0, 1)):
+            run = json.loads((tmp_path / name / f"seed_{seed}" / "run.json").read_text())
+            assert run["best_step"] == meta["best_step"][i] and run["evaluated"] == f"best (update {run['best_step']})"
+    (steps, scores, best), (steps_r, scores_r, best_r) = runs["straight"], runs["broken"]
+    assert steps == steps_r and scores == scores_r and len(steps) == 2
+    for a, b in zip(jax.tree.leaves(best), jax.tree.leaves(best_r)):
+        np.testing.assert_array_equal(a, b)
+    for i in range(2):  # each seed's slice is its parameters at its own best update
+        assert int(best.step[i]) == steps[i]

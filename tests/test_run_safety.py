@@ -100,7 +100,6 @@ TRAIN_BAD = [
     (["+algo=mt_oryx", "algo.lr_decay_updates=-5"], ["algo.lr_decay_updates", "got -5"]),
     (["network.embed_dim=31"], ["embed_dim (31)", "n_heads"]),
     (["training.population=0"], ["training.population=0", ">= 1"]),
-    (["training.population=3", "training.eval_every=500"], ["training.population=3", "training.eval_every=0"]),
     (["task='connector:grid=5,agents=2'", "data.root=/nonexistent"], ["grid=5,agents=2.vlt", "mtmarl.hub download"]),
 ]
 

@@ -354,17 +354,30 @@ def test_train_cli_population_writes_one_directory_per_seed(data_root, tmp_path)
             f"data.root={data_root}", f"hydra.run.dir={out}", "training=quick", "training.updates=8",
             "training.updates_per_call=4", "training.batch_size=8", "training.seq_len=8", "training.log_every=4",
             "training.checkpoint_every=4", "eval.episodes=4", "network.embed_dim=16", "algo.num_bins=11",
-            "logger.progress=false", "seed=5", "training.population=2")
-    refused = _cli(*args, "training.eval_every=4")
-    assert refused.returncode != 0 and "training.eval_every=0" in refused.stderr, refused.stderr[-2000:]
-    proc = _cli(*args, "training.eval_every=0")
+            "logger.progress=false", "seed=5", "training.population=2", "training.keep_checkpoints=2")
+    # periodic evaluations of each seed after updates 4 and 8: each seed's best by its own training score
+    proc = _cli(*args, "training.eval_every=4")
     assert proc.returncode == 0, proc.stderr[-3000:]
+    records = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
+    from mtmarl.training.restore import load_run
     for seed in (5, 6):
         results = json.loads((out / f"seed_{seed}" / "results.json").read_text())
         assert list(results["connector"][next(iter(TRAIN))]["mt_oryx"]) == [f"seed_{seed}"]
         run = json.loads((out / f"seed_{seed}" / "run.json").read_text())
-        assert run["updates"] == 8 and run["population"] == 2 and run["evaluated"] == "final"
+        scores = {r["step"]: r[f"eval/seed_{seed}/train_score"] for r in records if f"eval/seed_{seed}/train_score" in r}
+        assert sorted(scores) == [4, 8]
+        best = 4 if scores[4] >= scores[8] else 8  # a later update must score strictly higher to be chosen
+        assert run["updates"] == 8 and run["population"] == 2 and run["evaluated"] == f"best (update {best})"
+        assert run["best_step"] == best and run["best_train_score"] == pytest.approx(scores[best])
         assert len(json.loads((out / f"seed_{seed}" / "summary.json").read_text())) == 3
+        # the best checkpoint's slice of this seed is the parameters of its best update
+        _, chosen, _, _ = load_run(out, "best", seed=seed)
+        _, last, _, _ = load_run(out, "latest", seed=seed)
+        assert (tree_max_abs_diff(chosen, last) == 0) == (best == 8)
+    proc = _cli(*args, "training.eval_every=0", "overwrite=true")  # no periodic evaluations: final parameters
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    for seed in (5, 6):
+        assert json.loads((out / f"seed_{seed}" / "run.json").read_text())["evaluated"] == "final"
     records = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
     logged = [r for r in records if "train/seed_5/loss" in r]
     assert len(logged) == 2
@@ -373,7 +386,6 @@ def test_train_cli_population_writes_one_directory_per_seed(data_root, tmp_path)
     assert (out / "checkpoints" / "latest").is_dir()
     # one seed of the checkpoint, by name: the diagnostics land in its seed_<s>/
     from mtmarl import diagnose
-    from mtmarl.training.restore import load_run
     with pytest.raises(UserInputError, match=r"trained seeds \[5, 6\] side by side"):
         load_run(out)
     (_, p5, _, i5), (_, p6, _, i6) = (load_run(out, seed=s) for s in (5, 6))

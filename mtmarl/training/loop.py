@@ -30,11 +30,12 @@ from mtmarl.evaluation.references import reference_for
 from mtmarl.evaluation.results import summarise, task_info
 from mtmarl.evaluation.rollout import make_task_set_evaluator
 from mtmarl.tasks import TaskSet
-from mtmarl.training.checkpoint import Checkpointer, NoCheckpoints, is_better, train_score
+from mtmarl.training.checkpoint import Checkpointer, NoCheckpoints, train_score
 from mtmarl.memory import release_freed_memory
 from mtmarl.training.data import build_buffers, build_shards, fetch_missing, load_task_data
 from mtmarl.training.engine import Carry, Learner, learner_devices, seed_slice, updates_done
 from mtmarl.training.policy import make_policy
+from mtmarl.training.selection import Selection
 from mtmarl.training.stop import Interrupted, requested
 
 ALGO_FILE = "algo.json"      # the exact algorithm + network configs trained (incl. the HL-Gauss support)
@@ -307,12 +308,14 @@ def run_training(cfg: Mapping[str, Any], task_set: TaskSet, run_dir: Path, refer
     ckpt = (Checkpointer if main else NoCheckpoints)(run_dir / "checkpoints", int(training["keep_checkpoints"]))
     carry = learner.init(seed)
     template = carry
-    best, best_step, done = None, None, 0
+    selection, done = Selection(population), 0
     earlier_seconds = 0.0  # training time of the sessions before a resume (their checkpoint records it)
     if cfg.get("resume") and ckpt.latest_step() is not None:
         check_same_algorithm(ckpt.meta("latest"), algo, ckpt.directory)
         carry, meta = ckpt.restore(template, "latest")
-        done, best, best_step = int(meta["updates"]), meta.get("best_score"), meta.get("best_step")
+        done, selection = int(meta["updates"]), Selection.from_meta(population, meta)
+        if population > 1 and selection.any:  # the other seeds' slices of the composite best
+            selection.carry, _ = ckpt.restore(template, "best")
         earlier_seconds = float(meta.get("train_seconds", 0.0))
         print(f"resumed from update {done} of {total}")
         if log is not None:
@@ -330,7 +333,6 @@ def run_training(cfg: Mapping[str, Any], task_set: TaskSet, run_dir: Path, refer
                                  int(training["eval_episodes"]), seed, references,
                                  cfg["eval"].get("devices"), int(cfg["eval"]["episodes"])) if main else None
     eval_splits = list(training["eval_splits"])
-    rows: list[dict[str, Any]] = []
     # The set's evaluation programs compile before the learner's (rware_15: up to 1 GB per program, most of it
     # freed afterwards but kept mapped by glibc; the evaluator trims after each, and after every evaluation), so
     # their peak does not stack on the training program's memory. With the learner on an accelerator they
@@ -345,20 +347,26 @@ def run_training(cfg: Mapping[str, Any], task_set: TaskSet, run_dir: Path, refer
             release_freed_memory()
 
     def evaluate_and_select(step: int, carry: Carry):
-        """Process 0 evaluates and checkpoints the best; the others wait for it (not in a device collective)."""
-        nonlocal best, best_step, rows
+        """Process 0 evaluates (each seed of a population with its own keys) and checkpoints the best; the
+        others wait for it (not in a device collective)."""
         if periodic is None:  # not process 0
             wait_for_main(f"evaluated-{step}")
             return
-        rows = periodic(algo.acting_params(carry.state), step, eval_splits)
+        if population == 1:
+            per = [periodic(algo.acting_params(carry.state), step, eval_splits)]
+        else:
+            per = [periodic(algo.acting_params(seed_slice(carry.state, i)), step, eval_splits, seed=seed + i)
+                   for i in range(population)]
         release_freed_memory()
-        metrics = eval_metrics(rows)
+        metrics = [eval_metrics(rows) for rows in per]
         if log is not None:
-            log.log(step, metrics, prefix="eval")
-        score = metrics.get("train_score")
-        if score is not None and is_better(score, best):
-            best, best_step = score, step
-            ckpt.save_best(step, carry, {**describe(step), "score": score, "rows": _strip(rows)})
+            log.log(step, metrics[0] if population == 1 else
+                    per_seed({k: np.array([m[k] for m in metrics]) for k in metrics[0]}, seed), prefix="eval")
+        if "train_score" in metrics[0] and selection.offer(step, carry, [m["train_score"] for m in metrics]):
+            scores = selection.scores[0] if population == 1 else selection.scores
+            ckpt.save_best(step, selection.carry, {**describe(step), **selection.meta(), "score": scores,
+                                                   "rows": [_strip(rows) for rows in per] if population > 1
+                                                   else _strip(per[0])})
         wait_for_main(f"evaluated-{step}")
 
     # the run config a checkpoint carries, without secrets (a Neptune token given on the command line)
@@ -394,27 +402,28 @@ def run_training(cfg: Mapping[str, Any], task_set: TaskSet, run_dir: Path, refer
             if eval_every and done % eval_every == 0 and done < total:
                 evaluate_and_select(done, carry)
             if (ckpt_every and done % ckpt_every == 0) or done == total:
-                ckpt.save_latest(done, carry, {**describe(done), "best_score": best, "best_step": best_step})
+                ckpt.save_latest(done, carry, {**describe(done), **selection.meta()})
                 last_saved = done
             # Ctrl-C / SIGTERM (mtmarl.training.stop): checkpoint this call's result, stop. Several processes stop
             # together when any of them got a signal (each asks the others once per call).
             signum = max_over_processes(requested() or 0) or None
             if signum is not None and done < total:
                 if last_saved != done:
-                    ckpt.save_latest(done, carry, {**describe(done), "best_score": best, "best_step": best_step})
+                    ckpt.save_latest(done, carry, {**describe(done), **selection.meta()})
                 ckpt.close()
                 raise Interrupted(signum, done)
             if stop_after is not None and done >= stop_after:
                 break
         train_seconds = seconds_so_far()
-        if done >= total and population == 1:  # (a population is evaluated at its final parameters only)
-            evaluate_and_select(done, carry)  # the final parameters are a candidate for "best" too
+        if done >= total and (population == 1 or eval_every):  # the final parameters are a candidate too
+            evaluate_and_select(done, carry)  # (a population with no periodic evaluations: final ones only)
     finally:
         if periodic is not None:  # a run that ends early leaves no compile running on
             periodic.close()
     ckpt.close()
-    return {"carry": carry, "algo": algo, "learner": learner, "evaluator": periodic, "updates": done, "best_step": best_step,
-            "best_score": best, "train_seconds": train_seconds, "template": template, "population": population}
+    return {"carry": carry, "algo": algo, "learner": learner, "evaluator": periodic, "updates": done,
+            "best_step": selection.steps[0], "best_score": selection.scores[0], "selection": selection,
+            "train_seconds": train_seconds, "template": template, "population": population}
 
 
 def per_seed(metrics: Mapping[str, Any], seed: int) -> dict[str, float]:
