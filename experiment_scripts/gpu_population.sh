@@ -7,8 +7,9 @@
 #
 # Env: ALGO (mt_oryx), UPDATES (100000), SETS ("lbf_5 connector_10 rware_15"), SEEDS (3), EXTRA (more overrides),
 # PY (python3), INSTALL (1: install .whl/ into /tmp/site first, see ../shared/gpu/README.md),
-# CHECKPOINT (0; 1: the tarball keeps the last checkpoint, all seeds in it, for
-# `python -m mtmarl.diagnose <run> --seed S` back here).
+# CHECKPOINT (0; 1: the tarball keeps the last and the best checkpoint, all seeds in each, for
+# `python -m mtmarl.diagnose <run> --seed S [--which latest]` back here), NAME (suffix of each run's name, so
+# two variants of one set can run at once: <set><NAME>).
 # A run not done DEADLINE_S seconds after this script started (default 420) gets SIGTERM: the trainer
 # checkpoints the updates it has, and the run is then resumed with training.updates set to them, which
 # goes straight to the final evaluation of every seed. Each run's log states the updates it reached.
@@ -16,7 +17,7 @@
 # seed_<s>/ results) and a monitor log.
 set -u
 out=${1:?OUT_DIR}; deadline=${2:-420}
-algo=${ALGO:-mt_oryx}; updates=${UPDATES:-100000}; sets=${SETS:-"lbf_5 connector_10 rware_15"}; seeds=${SEEDS:-3}; py=${PY:-python3}
+algo=${ALGO:-mt_oryx}; name=${NAME:-}; updates=${UPDATES:-100000}; sets=${SETS:-"lbf_5 connector_10 rware_15"}; seeds=${SEEDS:-3}; py=${PY:-python3}
 t0=$(date +%s)
 mkdir -p "$out" /tmp/runs
 log() { echo "[$(( $(date +%s) - t0 ))s] $*" | tee -a "$out/monitor.log"; }
@@ -39,13 +40,13 @@ $py -c "import jax; print('jax', jax.__version__, jax.devices())" 2>&1 | tee -a 
 args() {  # the run's overrides (all but training.updates)
   echo "+algo=$algo +tasks=$1 logger.neptune=false logger.progress=false training.updates_per_call=500" \
        "training.log_every=1000 training.eval_every=0 training.checkpoint_every=10000" \
-       "training.population=$seeds eval.episodes=64 hydra.run.dir=/tmp/runs/$1 ${EXTRA:-}"
+       "training.population=$seeds eval.episodes=64 hydra.run.dir=/tmp/runs/$1$name ${EXTRA:-}"
 }
 declare -A pid
 for s in $sets; do
-  setsid $py -m mtmarl.train $(args $s) training.updates=$updates >"/tmp/runs/$s.log" 2>&1 &
+  setsid $py -m mtmarl.train $(args $s) training.updates=$updates >"/tmp/runs/$s$name.log" 2>&1 &
   pid[$s]=$!
-  log "started $s (pid ${pid[$s]})"
+  log "started $s$name (pid ${pid[$s]})"
 done
 reached() { $py - "$1" <<'EOF'
 import json, sys
@@ -59,36 +60,37 @@ while :; do
   [ $alive = 0 ] && break
   now=$(( $(date +%s) - t0 ))
   msg=""
-  for s in $sets; do msg="$msg $s:$(reached $s 2>/dev/null || echo 0)"; done
+  for s in $sets; do msg="$msg $s$name:$(reached $s$name 2>/dev/null || echo 0)"; done
   log "updates$msg"
   if [ $now -ge $deadline ]; then
-    for s in $sets; do kill -0 ${pid[$s]} 2>/dev/null && { kill -TERM ${pid[$s]}; log "deadline: SIGTERM $s"; }; done
+    for s in $sets; do kill -0 ${pid[$s]} 2>/dev/null && { kill -TERM ${pid[$s]}; log "deadline: SIGTERM $s$name"; }; done
     for s in $sets; do wait ${pid[$s]} 2>/dev/null; done
     break
   fi
   sleep 15
 done
 for s in $sets; do  # a run stopped at the deadline: evaluate what it reached
-  if [ ! -f /tmp/runs/$s/seed_0/results.json ] && grep -q "checkpoint saved" /tmp/runs/$s.log; then
-    done_=$(sed -n 's/^interrupted at update \([0-9]*\) of.*/\1/p' /tmp/runs/$s.log | tail -1)
-    log "$s stopped at $done_ of $updates updates: final evaluation of that"
-    $py -m mtmarl.train $(args $s) training.updates=$done_ resume=true >>"/tmp/runs/$s.log" 2>&1 &
+  r=$s$name
+  if [ ! -f /tmp/runs/$r/seed_0/results.json ] && grep -q "checkpoint saved" /tmp/runs/$r.log; then
+    done_=$(sed -n 's/^interrupted at update \([0-9]*\) of.*/\1/p' /tmp/runs/$r.log | tail -1)
+    log "$r stopped at $done_ of $updates updates: final evaluation of that"
+    $py -m mtmarl.train $(args $s) training.updates=$done_ resume=true >>"/tmp/runs/$r.log" 2>&1 &
     pid[$s]=$!
   fi
 done
 wait
 for s in $sets; do
-  log "$s: $(grep -c . /tmp/runs/$s/metrics.jsonl 2>/dev/null) metric records; $(tail -1 /tmp/runs/$s.log)"
-  cp /tmp/runs/$s.log /tmp/runs/$s/train.log 2>/dev/null
-  keep=()  # only the newest step of checkpoints/latest, if asked for
-  if [ "${CHECKPOINT:-0}" = 1 ] && [ -d /tmp/runs/$s/checkpoints/latest ]; then
-    last=$(ls /tmp/runs/$s/checkpoints/latest | grep -E '^[0-9]+$' | sort -n | tail -1)
-    for old in $(ls /tmp/runs/$s/checkpoints/latest | grep -E '^[0-9]+$' | grep -vx "$last"); do
-      keep+=(--exclude="$s/checkpoints/latest/$old"); done
-    keep+=(--exclude="$s/checkpoints/best")
+  r=$s$name
+  log "$r: $(grep -c . /tmp/runs/$r/metrics.jsonl 2>/dev/null) metric records; $(tail -1 /tmp/runs/$r.log)"
+  cp /tmp/runs/$r.log /tmp/runs/$r/train.log 2>/dev/null
+  keep=()  # only the newest step of checkpoints/latest (and the best one), if asked for
+  if [ "${CHECKPOINT:-0}" = 1 ] && [ -d /tmp/runs/$r/checkpoints/latest ]; then
+    last=$(ls /tmp/runs/$r/checkpoints/latest | grep -E '^[0-9]+$' | sort -n | tail -1)
+    for old in $(ls /tmp/runs/$r/checkpoints/latest | grep -E '^[0-9]+$' | grep -vx "$last"); do
+      keep+=(--exclude="$r/checkpoints/latest/$old"); done
   else
     keep+=(--exclude=checkpoints)
   fi
-  tar czf "$out/$s.tar.gz" -C /tmp/runs "${keep[@]}" "$s"
+  tar czf "$out/$r.tar.gz" -C /tmp/runs "${keep[@]}" "$r"
 done
 log "done"
