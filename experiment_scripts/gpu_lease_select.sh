@@ -10,6 +10,7 @@
 #
 #   bash experiment_scripts/gpu_lease_select.sh OUT_DIR [BUDGET_S]     # on the GPU machine, repo root, .whl/ carried
 #
+# SKIP_POP=1 runs step 2 alone, SKIP_MAIN=1 step 1 alone.
 # OUT_DIR gets: monitor.log, lbf_5.tar.gz, lbf_5_T50.tar.gz, main_job.log, main_job.tar.gz, main_job_warm.log.
 set -u
 out=${1:?OUT_DIR}; budget=${2:-560}
@@ -22,6 +23,7 @@ fi
 export PYTHONPATH=/tmp/site:$PWD PYTHONUNBUFFERED=1 XLA_PYTHON_CLIENT_MEM_FRACTION=${XLA_PYTHON_CLIENT_MEM_FRACTION:-0.4}
 sel="training.eval_every=${SEL_EVERY:-5000} training.eval_splits=[train] training.eval_episodes=32 ${SEL_EXTRA:-}"
 deadline=${POP_DEADLINE:-380}
+if [ "${SKIP_POP:-0}" != 1 ]; then  # SKIP_POP=1: step 2 alone
 CHECKPOINT=1 INSTALL=0 SETS=lbf_5 UPDATES=${LBF_UPDATES:-100000} EXTRA="$sel" \
   bash experiment_scripts/gpu_population.sh "$out" "$deadline" &
 first=$!
@@ -29,6 +31,7 @@ sleep 5  # the first one starts the MPS daemon
 CHECKPOINT=1 INSTALL=0 SETS=lbf_5 NAME=_T50 UPDATES=${T50_UPDATES:-40000} \
   EXTRA="$sel algo.td_lambda=0.95 algo.seq_len=50" bash experiment_scripts/gpu_population.sh "$out" "$deadline" &
 wait $first; wait
+fi
 echo "[$(( $(date +%s) - t0 ))s] population runs done; $(left) s left" | tee -a "$out/monitor.log"
 [ "${SKIP_MAIN:-0}" = 1 ] && exit 0
 

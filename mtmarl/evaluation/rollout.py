@@ -357,7 +357,9 @@ class Evaluator:
         self.devices = jax.local_devices()[: num_devices or jax.local_device_count()]
         n_dev = len(self.devices)
         per_device = -(-num_episodes // n_dev)
-        self.batch = min(per_device, batch) if batch else per_device
+        # slots: up to the episodes one call plays (with tasks, a call may play more than num_episodes: capacity)
+        most = max(per_device, capacity or 0) if tasks else per_device
+        self.batch = min(most, batch) if batch else per_device
         self.capacity = max(capacity or self.batch, self.batch) if tasks else self.batch
         self.tasks = tasks
         self._set_episodes(num_episodes)

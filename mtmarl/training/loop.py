@@ -133,20 +133,33 @@ class PeriodicEvaluator:
     ``step=None`` uses each task's plain evaluation key (as ``mtmarl.evaluate``
     does); periodic evaluations fold the update count into it. Per task, the
     results are those of the per-task evaluator for the same key.
+
+    Slots: on a CPU a device plays ``episodes`` of a task at once, and the final
+    evaluation runs its episodes through them in turn. On an accelerator
+    (``wide``, the default there) it has a slot for every episode of the final
+    evaluation, which then plays in one round: a GPU's step takes about as long
+    for 16 slots as for 320, so the final evaluation waits on the loop's length
+    (episodes in a row per slot x their steps), not its width. Periodic
+    evaluations use the same program with only ``episodes`` slots playing. The
+    episodes are the same either way (each one's key depends on its index only).
     """
 
     def __init__(self, task_set: TaskSet, splits, policy, episodes: int, seed: int,
-                 references: dict[str, float], devices: int | None, final_episodes: int | None = None):
+                 references: dict[str, float], devices: int | None, final_episodes: int | None = None,
+                 wide: bool | None = None):
         from mtmarl.evaluation.rollout import task_key
 
         self.todo = [(split, spec) for split in splits for spec in task_set.split(split)]
         self.task_set, self.policy, self.episodes = task_set, policy, episodes
         self.seed, self.references, self.devices = seed, references, devices
         self.task_key = task_key
-        n_dev = len(jax.local_devices()[: devices or jax.local_device_count()])
-        self.batch = -(-episodes // n_dev)  # slots: episodes of a task a device plays at once
-        # episodes of a task one call plays per device through those slots: the final evaluation in one call
-        self.capacity = max(self.batch, -(-(final_episodes or episodes) // n_dev))
+        local = jax.local_devices()[: devices or jax.local_device_count()]
+        n_dev = len(local)
+        # episodes of a task one call plays per device: the final evaluation in one call
+        self.capacity = -(-max(episodes, final_episodes or episodes) // n_dev)
+        wide = local[0].platform != "cpu" if wide is None else wide
+        # slots: episodes of a task a device plays at once
+        self.batch = self.capacity if wide else -(-episodes // n_dev)
         self._envs: dict[Any, Any] = {}
         self._fns: dict[tuple, Any] = {}
 
