@@ -371,9 +371,10 @@ def test_train_cli_population_writes_one_directory_per_seed(data_root, tmp_path)
         assert run["best_step"] == best and run["best_train_score"] == pytest.approx(scores[best])
         assert len(json.loads((out / f"seed_{seed}" / "summary.json").read_text())) == 3
         # the best checkpoint's slice of this seed is the parameters of its best update
-        _, chosen, _, _ = load_run(out, "best", seed=seed)
+        _, chosen, _, info = load_run(out, "best", seed=seed)
         _, last, _, _ = load_run(out, "latest", seed=seed)
         assert (tree_max_abs_diff(chosen, last) == 0) == (best == 8)
+        assert info["checkpoint"]["step"] == best  # the seed's own update, not the composite's last save
     proc = _cli(*args, "training.eval_every=0", "overwrite=true")  # no periodic evaluations: final parameters
     assert proc.returncode == 0, proc.stderr[-3000:]
     for seed in (5, 6):

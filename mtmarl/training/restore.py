@@ -89,6 +89,8 @@ def load_run(run_dir: str | Path, which: str | None = None, seed: int | None = N
         carry, meta = ckpt.restore(template, which)
         if index is not None:
             carry = jax.tree.map(lambda x: x[index], carry)
+            if isinstance(meta.get("best_step"), list) and which == "best":  # a composite: this seed's own update
+                step = meta["best_step"][index]
     finally:
         ckpt.close()
     info = {"tasks": cfg.get("tasks"), "task": cfg.get("task"),
