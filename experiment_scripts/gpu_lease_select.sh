@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # One GPU lease for issue 14's LBF targets and issue 20's main-job time, every step bounded by BUDGET_S:
 #   1. MT Oryx on lbf_5 at the paper budget (LBF_UPDATES, 100k), 3 seeds in one program, evaluated on the
-#      training tasks every SEL_EVERY updates so that each seed keeps its own best update (LBF's return peaks
+#      training tasks every EVAL_EVERY updates (5000) so that each seed keeps its own best update (LBF's return peaks
 #      early and then falls: RESULTS.md, *Where LBF peaks and falls*); beside it, under MPS, the same with
 #      50-step sequences and TD(lambda 0.95) (T50_UPDATES, 40k: 2.5x the cost per update), the critic variant
 #      that ranked LBF's states best in the CPU probe. Both tarballs keep the last and the best checkpoint for
@@ -21,7 +21,7 @@ if [ "${INSTALL:-1}" = 1 ]; then  # INSTALL=0: the packages are importable alrea
   python3 -m pip install -q --no-index --no-deps --no-compile --target /tmp/site .whl/*.whl || exit 1
 fi
 export PYTHONPATH=/tmp/site:$PWD PYTHONUNBUFFERED=1 XLA_PYTHON_CLIENT_MEM_FRACTION=${XLA_PYTHON_CLIENT_MEM_FRACTION:-0.4}
-sel="training.eval_every=${SEL_EVERY:-5000} training.eval_splits=[train] training.eval_episodes=32 ${SEL_EXTRA:-}"
+sel="${SEL_EXTRA:-}"  # gpu_population.sh selects each seed's best update (EVAL_EVERY, default 5000)
 deadline=${POP_DEADLINE:-380}
 if [ "${SKIP_POP:-0}" != 1 ]; then  # SKIP_POP=1: step 2 alone
 CHECKPOINT=1 INSTALL=0 SETS=lbf_5 UPDATES=${LBF_UPDATES:-100000} EXTRA="$sel" \

@@ -5,6 +5,8 @@
 #
 #   bash experiment_scripts/gpu_population.sh OUT_DIR [DEADLINE_S]      # on the GPU machine, repo root
 #
+# Each seed keeps its own best update by its training-task return, evaluated every EVAL_EVERY updates (5000;
+# 0: final parameters), as one-seed runs select theirs.
 # Env: ALGO (mt_oryx), UPDATES (100000), SETS ("lbf_5 connector_10 rware_15"), SEEDS (3), EXTRA (more overrides),
 # PY (python3), INSTALL (1: install .whl/ into /tmp/site first, see ../shared/gpu/README.md),
 # CHECKPOINT (0; 1: the tarball keeps the last and the best checkpoint, all seeds in each, for
@@ -39,7 +41,8 @@ $py -c "import jax; print('jax', jax.__version__, jax.devices())" 2>&1 | tee -a 
 
 args() {  # the run's overrides (all but training.updates)
   echo "+algo=$algo +tasks=$1 logger.neptune=false logger.progress=false training.updates_per_call=500" \
-       "training.log_every=1000 training.eval_every=0 training.checkpoint_every=10000" \
+       "training.log_every=1000 training.eval_every=${EVAL_EVERY:-5000} training.eval_splits=[train]" \
+       "training.eval_episodes=32 training.checkpoint_every=10000" \
        "training.population=$seeds eval.episodes=64 hydra.run.dir=/tmp/runs/$1$name ${EXTRA:-}"
 }
 declare -A pid
