@@ -39,8 +39,9 @@ def test_every_script_config_composes_for_every_preset(name, preset):
     check_runs(cfg, runs[:1] + runs[-1:])  # mtmarl.train composes these runs' configs
     train = compose_train(runs[0].overrides)
     assert train.eval.episodes == {"quick": 32, "default": 64, "cpu": 64, "paper": 320, "gpu": 64}[preset]
-    if preset == "gpu":  # each run 3 seeds side by side, at og-marl's update count, final parameters
-        assert train.training.population == 3 and train.training.eval_every == 0
+    if preset == "gpu":  # each run 3 seeds side by side, at og-marl's update count, each seed's best update
+        assert train.training.population == 3 and train.training.eval_every == 5000
+        assert list(train.training.eval_splits) == ["train"]
         assert train.training.updates == 100000 and list(cfg.budget.seeds) == [0]
     if preset == "cpu":  # 4x the default learner's updates, each run a learning curve
         assert train.training.updates == 6000 and train.training.eval_every == 500
