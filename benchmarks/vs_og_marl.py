@@ -37,7 +37,9 @@ OUT = HERE / "results" / "vs_og_marl.json"
 def run_og_marl(args, agents: int) -> dict:
     """One og-marl process: compile, then ``--og-repeats`` timed calls of ``--og-updates`` updates."""
     with tempfile.NamedTemporaryFile("r", suffix=".jsonl") as out:
-        env = {**os.environ, "XLA_FLAGS": ""}  # og-marl as its users run it: one CPU device
+        env = {**os.environ, "XLA_FLAGS": ""}  # og-marl as its users run it: one device
+        if args.og_pythonpath:  # e.g. og-marl's extra packages and benchmarks/og_marl_shim (the GPU machines)
+            env["PYTHONPATH"] = os.pathsep.join([args.og_pythonpath, env.get("PYTHONPATH", "")])
         subprocess.run([args.og_python, str(args.anchor), "--agents", str(agents), "--updates", str(args.og_updates),
                         "--repeats", str(args.og_repeats), "--T", "100000", "--ogm", args.ogm,
                         "--json-out", out.name], check=True, env=env, stdout=subprocess.DEVNULL)
@@ -71,6 +73,8 @@ def main():
     p.add_argument("--seconds", type=float, default=12.0, help="timing per mtmarl process")
     p.add_argument("--og-updates", type=int, default=25, help="updates per og-marl learn() call")
     p.add_argument("--og-repeats", type=int, default=3)
+    p.add_argument("--og-pythonpath", default="", help="put before PYTHONPATH for og-marl's process only: on the "
+                   "GPU machines its extra packages and benchmarks/og_marl_shim (stand-ins for its logging imports)")
     p.add_argument("--out", type=Path, default=OUT)
     a = p.parse_args()
     if not a.anchor.exists():
