@@ -28,11 +28,11 @@ class Selection:
     def __init__(self, population: int = 1, scores: Sequence[float | None] | None = None,
                  steps: Sequence[int | None] | None = None):
         self.population = population
-        self.scores = list(scores) if scores is not None else [None] * population
-        self.steps = list(steps) if steps is not None else [None] * population
+        self.scores: list[float | None] = list(scores) if scores is not None else [None] * population
+        self.steps: list[int | None] = list(steps) if steps is not None else [None] * population
         if len(self.scores) != population or len(self.steps) != population:
             raise ValueError(f"{population} seeds but {len(self.scores)} scores and {len(self.steps)} steps")
-        self.carry = None  # the best carry so far (a population's composite); None until one is offered
+        self.carry: Any = None  # the best carry so far (a population's composite); None until one is offered
 
     @classmethod
     def from_meta(cls, population: int, meta: Mapping[str, Any]) -> "Selection":
