@@ -20,7 +20,11 @@ student (``collect.dagger.envs``).
 
 Resumable: a task whose outputs exist (vault and reference for train tasks,
 reference for test tasks) is skipped, so a killed run restarts at the task it
-was on (that task starts over). This module is the CLI: task set, budgets,
+was on (that task starts over). Ctrl-C (or SIGTERM) loses nothing: the online
+learner stops at the end of its current chunk, the policy it reached is scored
+and recorded as usual (its reference and vault metadata say ``stopped``), and no
+further task starts; a second Ctrl-C stops at once. ``collect.time_limit_min``
+stops each task's online training the same way once that much time has passed. This module is the CLI: task set, budgets,
 output paths, skipping, progress.
 """
 
@@ -117,8 +121,16 @@ def run(cfg: DictConfig) -> list[dict[str, Any]]:
     results = []
     columns = (TextColumn("{task.description}"), BarColumn(), TextColumn("{task.completed:,.0f} steps"),
                TextColumn("return {task.fields[ret]:.3f}"), TimeElapsedColumn(), TimeRemainingColumn())
-    with Progress(*columns, console=console, disable=not cfg.collect.progress) as bar:
+    from mtmarl.online.collectors import time_limit_s
+    from mtmarl.training.stop import catch_signals, requested
+
+    time_limit_s(cfg)  # refused now, not after the first task
+    with Progress(*columns, console=console, disable=not cfg.collect.progress) as bar, catch_signals():
         for s, spec in todo:
+            if requested() is not None:  # Ctrl-C / SIGTERM: the task it stopped is written; no new one starts
+                console.print(f"stopped on a signal before {s} task {spec.name}; run the same command again "
+                              "to go on (finished tasks are skipped)")
+                break
             # the dataset a finished task has last
             uid = "medium" if qualities[spec.env] == "expert_medium" else str(cfg.collect.uid)
             if is_finished(spec, s, root, uid, read_entries(ref_path), bool(cfg.collect.record)):
@@ -128,9 +140,13 @@ def run(cfg: DictConfig) -> list[dict[str, Any]]:
             res = collector(cfg, spec.env)(spec, s, cfg, root, ref_path, log_dir, bar)
             console.print(f"{s} task {spec.name}: final return {res['return']:.3f} after "
                           f"{res['env_steps']:,} steps ({res['env_steps_per_second']:,.0f} steps/s)"
-                          + (f", vault {res['vault']} ({res['transitions']:,} transitions)" if "vault" in res else ""))
+                          + (f", vault {res['vault']} ({res['transitions']:,} transitions)" if "vault" in res else "")
+                          + (f"; training stopped early ({res['stopped']})" if res.get("stopped") else ""))
             results.append(res)
+        signum = requested()
     console.print(f"references: {ref_path}")
+    if signum is not None:
+        raise SystemExit(128 + signum)  # as a shell reports a signal: 130 for Ctrl-C
     return results
 
 

@@ -189,3 +189,79 @@ def test_recorded_wins_count_the_won_episodes_a_dataset_keeps():
     episodes, wins = anakin.recorded_wins(traj)
     assert episodes == int(term.sum() + trunc.sum()) > 0
     assert wins == int(term.sum()) and 0 < wins < episodes  # a random policy wins some 2-hp duels, not all
+
+
+def _stopping_system(monkeypatch, on_call: int, action):
+    """get_system wrapped so that ``action()`` runs when train_chunk is called for the ``on_call``-th time."""
+    from mtmarl.online import collectors
+
+    original, calls = collectors.get_system, []
+
+    class Wrapped:
+        def __init__(self, inner):
+            self._inner = inner
+
+        def __getattr__(self, name):
+            return getattr(self._inner, name)
+
+        def train_chunk(self, state):
+            calls.append(1)
+            if len(calls) == on_call:
+                action()
+            return self._inner.train_chunk(state)
+
+    monkeypatch.setattr(collectors, "get_system", lambda *a: Wrapped(original(*a)))
+    return calls
+
+
+def _read_run(tmp_path):
+    from mtmarl.data.vault import list_uids, vault_path
+    from mtmarl.tasks import TaskSpec
+
+    vlt = vault_path(tmp_path / "vaults", TaskSpec.parse(TASK))
+    refs = json.loads((tmp_path / "vaults" / "references.json").read_text())
+    meta = json.loads((vlt / "mtmarl.json").read_text())["datasets"]["expert"]["collector"]
+    log = [json.loads(line) for line in (tmp_path / "vaults" / "logs" / "connector").glob("*.jsonl").__next__()
+           .read_text().splitlines()]
+    return sorted(list_uids(vlt)), refs[TASK], meta, log
+
+
+def test_ctrl_c_stops_training_after_its_chunk_and_still_scores_and_records_the_policy(tmp_path, monkeypatch):
+    """The first SIGINT during training: the chunk in flight finishes, the policy reached is judged,
+    recorded and referenced with ``stopped``, and the CLI exits 130; the same command then skips the task."""
+    import os
+    import signal
+
+    from mtmarl import collect
+
+    calls = _stopping_system(monkeypatch, 2, lambda: os.kill(os.getpid(), signal.SIGINT))
+    with pytest.raises(SystemExit) as exit_info:
+        collect.run(_cfg(tmp_path, "expert_medium"))
+    assert exit_info.value.code == 130 and len(calls) == 2  # chunk 2 finished, chunk 3 never started
+    uids, ref, meta, log = _read_run(tmp_path)
+    assert uids == ["expert", "medium"]
+    steps = log[-1]["env_steps"]
+    assert len(log) == 2 and len(meta["snapshot_scores"]) == 2
+    assert ref["env_steps"] == meta["env_steps"] == steps and steps < meta["budget"]
+    assert ref["stopped"] == meta["stopped"] == f"signal SIGINT at {steps:,} of {meta['budget']:,} steps"
+    assert signal.getsignal(signal.SIGINT) is signal.default_int_handler  # the handler is gone afterwards
+    (again,) = collect.run(_cfg(tmp_path, "expert_medium"))
+    assert again["skipped"] and len(calls) == 2
+
+
+def test_a_time_limit_stops_each_tasks_training_at_the_first_chunk_past_it(tmp_path, monkeypatch):
+    from mtmarl import collect
+    from mtmarl.online import collectors
+
+    clock = iter(range(0, 10_000, 40))  # each reading of the clock: 40 s later than the one before
+    monkeypatch.setattr(collectors.time, "perf_counter", lambda: float(next(clock)))
+    cfg = _cfg(tmp_path, "expert_medium")
+    cfg.collect.time_limit_min = 1.5   # 90 s: passed at the end of the second chunk (t = 40 s per reading)
+    (res,) = collect.run(cfg)
+    uids, ref, meta, log = _read_run(tmp_path)
+    assert uids == ["expert", "medium"] and len(log) < 3 and len(meta["snapshot_scores"]) == len(log)
+    assert ref["stopped"] == res["stopped"] == f"time limit at {log[-1]['env_steps']:,} of {meta['budget']:,} steps"
+    for bad in (0, -1, "soon", True):
+        cfg.collect.time_limit_min = bad
+        with pytest.raises(UserInputError, match=rf"collect.time_limit_min={bad!r}; allowed: null or a number"):
+            collect.run.__wrapped__(cfg)

@@ -36,6 +36,7 @@ from mtmarl.online.quality import record_expert_medium, record_levels
 from mtmarl.online.registry import label as learner_label
 from mtmarl.online.registry import final_report, make_online_system, online_config, task_env
 from mtmarl.runtime import save_figure
+from mtmarl.training import stop as stop_signal
 
 
 # --------------------------------------------------------------------------- helpers
@@ -50,6 +51,29 @@ def env_quality(cfg: DictConfig, env: str) -> str:
     """How train tasks are recorded: ``collect.env_quality.<env>`` if set, else ``collect.quality``."""
     value = (cfg.collect.get("env_quality") or {}).get(env)
     return str(cfg.collect.get("quality", "mixed") if value is None else value)
+
+
+def time_limit_s(cfg: DictConfig) -> float | None:
+    """``collect.time_limit_min`` in seconds (None: train for the whole budget)."""
+    value = cfg.collect.get("time_limit_min")
+    if value is None:
+        return None
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not value > 0:
+        raise UserInputError(f"collect.time_limit_min={value!r}; allowed: null or a number of minutes > 0 "
+                             "(each task's online training stops at the first chunk past it)")
+    return 60.0 * float(value)
+
+
+def early_stop(started: float, limit_s: float | None) -> str | None:
+    """Why the online training should stop before its budget, polled between chunks: a signal
+    (Ctrl-C / SIGTERM, :mod:`mtmarl.training.stop`) or ``collect.time_limit_min`` passed."""
+    signum = stop_signal.requested()
+    if signum is not None:
+        import signal
+        return f"signal {signal.Signals(signum).name}"
+    if limit_s is not None and time.perf_counter() - started >= limit_s:
+        return "time limit"
+    return None
 
 
 def env_online(cfg: DictConfig, env: str) -> dict[str, Any]:
@@ -127,7 +151,7 @@ def get_evaluator(spec, env, system, greedy: bool, episodes: int, devices):
 
 
 REFERENCE_KEYS = ("return", "name", "split", "episodes", "std", "env_steps", "seed", "train_seconds",
-                  "initial_return", "win_rate", "jp", "tt", "tt_threshold", "set_eval")
+                  "initial_return", "win_rate", "jp", "tt", "tt_threshold", "set_eval", "stopped")
 def write_outputs(spec, cfg: DictConfig, root: Path, ref_path: Path, result: dict[str, Any],
                   parts: list[dict[str, Any]] | dict[str, list] | None, meta: dict[str, Any],
                   **reference_extra) -> None:
@@ -180,9 +204,9 @@ def collect_task(spec, split: str, cfg: DictConfig, root: Path, ref_path: Path, 
         snapshots.append(jax.device_get(state.params))  # level 0: the untrained policy
     per_chunk = system.env_steps_per_update * mcfg.updates_per_chunk
     job = bar.add_task(f"{split}: {spec.name}", total=budget, ret=float("nan")) if bar else None
-    start = time.perf_counter()
+    start, limit_s, stopped = time.perf_counter(), time_limit_s(cfg), None
     with open(log_path, "w") as log:  # a restarted task starts its log over
-        while steps < budget:
+        while steps < budget and stopped is None:
             t0 = time.perf_counter()
             state, metrics = system.train_chunk(state)
             summary = chunk_summary(metrics)  # blocks on the chunk
@@ -205,6 +229,8 @@ def collect_task(spec, split: str, cfg: DictConfig, root: Path, ref_path: Path, 
             chunk += 1
             if bar:
                 bar.update(job, completed=min(steps, budget), ret=summary["return"])
+            if steps < budget:
+                stopped = early_stop(start, limit_s)
     train_s = time.perf_counter() - start
     if rows and any(r["return"] is not None for r in rows):
         plot_curve([r for r in rows if r["return"] is not None], log_path.with_suffix(".png"),
@@ -219,9 +245,12 @@ def collect_task(spec, split: str, cfg: DictConfig, root: Path, ref_path: Path, 
               "train_steps_per_second": round((steps - per_chunk) / steady_s, 1) if steady_s else None,
               "greedy": bool(cfg.eval.greedy), "seed": int(cfg.seed), "initial_return": initial,
               "system": mcfg.system}
+    if stopped is not None:  # the data and reference say it: this policy had less than the budget
+        result["stopped"] = f"{stopped} at {steps:,} of {budget:,} steps"
     meta = {"collector": f"mtmarl.collect (Anakin {label})", "online": online,
             "budget": budget, "seed": int(cfg.seed), "final_return": final,
-            "record_every_updates": mcfg.updates_per_chunk, "learning_curve": str(log_path), "quality": quality}
+            "record_every_updates": mcfg.updates_per_chunk, "learning_curve": str(log_path), "quality": quality,
+            "env_steps": steps, **({"stopped": result["stopped"]} if stopped else {})}
     if env.spec.has_success:
         result["win_rate"] = float(np.mean(stats.successes))
     result.update(final_report(mcfg, system, state, seed=int(cfg.seed), episodes=int(cfg.eval.episodes),
