@@ -108,6 +108,28 @@ class ToyEnv:
         return s, self._ts(s, actions.sum().astype(jnp.float32), s.t >= s.length)
 
 
+def test_lr_decay_updates_lowers_each_adam_step_linearly_to_zero_over_that_many_updates():
+    """online.lr_decay_updates: U updates of epochs x minibatches optimiser steps each; the step of Adam on a
+    constant gradient is the learning rate itself, so it reads off the schedule directly."""
+    from mtmarl.errors import UserInputError
+
+    cfg = MappoConfig.from_mapping({"lr": 0.002, "lr_decay_updates": 3, "epochs": 2, "minibatches": 2,
+                                    "max_grad_norm": 100.0})
+    tx, params = cfg.optimiser(), {"w": jnp.zeros(())}
+    state, steps = tx.init(params), []
+    for _ in range(14):
+        update, state = tx.update({"w": jnp.ones(())}, state, params)
+        steps.append(-float(update["w"]))
+    expected = [0.002 * max(0.0, 1 - i / 12) for i in range(14)]  # 3 updates x 2 epochs x 2 minibatches = 12
+    np.testing.assert_allclose(steps, expected, rtol=1e-4, atol=1e-9)
+    constant = MappoConfig.from_mapping({"lr": 0.002}).optimiser()
+    update, _ = constant.update({"w": jnp.ones(())}, constant.init(params), params)
+    assert float(update["w"]) == pytest.approx(-0.002, rel=1e-4)
+    for bad in (0, -3, 2.5, True, "all"):
+        with pytest.raises(UserInputError, match=rf"online.lr_decay_updates={bad!r}; allowed: null"):
+            MappoConfig.from_mapping({"lr_decay_updates": bad})
+
+
 def test_rollout_auto_resets_from_the_pool():
     env, B, K, T = ToyEnv(), 3, 6, 14
     pool = make_reset_pool(env, jax.random.PRNGKey(1), B, K)

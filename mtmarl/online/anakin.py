@@ -30,7 +30,6 @@ from typing import Any, Callable, NamedTuple
 import jax
 import jax.numpy as jnp
 import numpy as np
-import optax
 
 from mtmarl.evaluation.policies import Policy
 from mtmarl.online import ppo
@@ -127,7 +126,7 @@ def build(env, cfg: ppo.PPOSettings, learner: Learner, num_devices: int | None =
     B, T = cfg.num_envs, cfg.rollout_len
     if not learner.sequences and (B * T) % cfg.minibatches:
         raise ValueError(f"num_envs*rollout_len={B * T} is not divisible by minibatches={cfg.minibatches}")
-    tx = optax.chain(optax.clip_by_global_norm(cfg.max_grad_norm), optax.adam(cfg.lr, eps=1e-5))
+    tx = cfg.optimiser()
     rec_envs = -(-cfg.record_envs // n_dev)
     rec_resets = cfg.record_resets or cfg.record_len // 5 + 1
 

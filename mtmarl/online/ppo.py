@@ -31,6 +31,7 @@ class PPOSettings:
     epochs: int = 4
     minibatches: int = 2
     lr: float = 5e-4
+    lr_decay_updates: int | None = None  # the lr falls linearly to 0 over this many updates (None: constant)
     gamma: float = 0.99
     gae_lambda: float = 0.95
     clip_eps: float = 0.2
@@ -51,6 +52,10 @@ class PPOSettings:
         from mtmarl.errors import UserInputError
         if self.system != self.SYSTEM:
             raise UserInputError(f"{type(self).__name__} is for online.system={self.SYSTEM}, got {self.system!r}")
+        decay = self.lr_decay_updates
+        if decay is not None and (isinstance(decay, bool) or not isinstance(decay, int) or decay < 1):
+            raise UserInputError(f"online.lr_decay_updates={decay!r}; allowed: null (a constant lr) or an integer "
+                                 ">= 1 (updates over which the lr falls linearly to 0)")
 
     @classmethod
     def from_mapping(cls, cfg):
@@ -69,6 +74,14 @@ class PPOSettings:
     @staticmethod
     def coerce(kw: dict) -> dict:
         return kw
+
+    def optimiser(self) -> optax.GradientTransformation:
+        """Adam behind a global-norm clip. With ``lr_decay_updates`` the step size falls linearly to 0 over
+        that many updates (each of ``epochs x minibatches`` steps), as JaxMARL's SMAX MAPPO anneals it."""
+        lr: float | optax.Schedule = self.lr
+        if self.lr_decay_updates is not None:
+            lr = optax.linear_schedule(self.lr, 0.0, self.lr_decay_updates * self.epochs * self.minibatches)
+        return optax.chain(optax.clip_by_global_norm(self.max_grad_norm), optax.adam(lr, eps=1e-5))
 
 
 def gae(rewards: jax.Array, values: jax.Array, next_values: jax.Array, terminals: jax.Array,

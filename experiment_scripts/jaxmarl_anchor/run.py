@@ -1,0 +1,58 @@
+"""JaxMARL's own SMAX MAPPO as an anchor for our online learner (issue 17): same env, their code.
+
+Why: our MAPPO stalls on marine-hard's 5m_vs_6m at about 5% wins. This runs JaxMARL's published recurrent
+MAPPO (``baselines/MAPPO/mappo_rnn_smax.py`` with ``config/mappo_homogenous_rnn_smax.yaml``, read from a
+JaxMARL checkout, not copied here) on one map, so the two learning curves can be laid side by side
+(``plot.py``). Its training metrics (return and win rate of the episodes finished in each update) go to
+a JSON-lines file through the ``wandb`` stand-in in this folder.
+
+    python experiment_scripts/jaxmarl_anchor/run.py --jaxmarl <checkout> --extra <site-dir> \\
+        --map 5m_vs_6m --steps 10000000 --log results/smax_mappo_10m/jaxmarl_5m_vs_6m.jsonl
+
+``--extra``: a directory holding what the baseline imports beyond our stack (distrax 0.1.5 and a
+tensorflow-probability that runs on our jax: tfp-nightly 0.26.0.dev20261027, with decorator and gast).
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+import time
+from pathlib import Path
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--jaxmarl", type=Path, required=True, help="a JaxMARL checkout (its baselines/ folder)")
+    ap.add_argument("--extra", type=Path, default=None, help="site dir with distrax and tfp")
+    ap.add_argument("--map", default="5m_vs_6m")
+    ap.add_argument("--steps", type=float, default=1e7)
+    ap.add_argument("--num-envs", type=int, default=None, help="default: the published config's")
+    ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--log", type=Path, required=True)
+    args = ap.parse_args()
+    baseline = args.jaxmarl / "baselines" / "MAPPO"
+    if not (baseline / "mappo_rnn_smax.py").is_file():
+        sys.exit(f"--jaxmarl {args.jaxmarl}: no baselines/MAPPO/mappo_rnn_smax.py there")
+    sys.path[:0] = [str(Path(__file__).parent), *([str(args.extra)] if args.extra else []), str(baseline)]
+    args.log.parent.mkdir(parents=True, exist_ok=True)
+    args.log.unlink(missing_ok=True)
+    os.environ["JAXMARL_ANCHOR_LOG"] = str(args.log)
+
+    import jax
+    from omegaconf import OmegaConf
+
+    import mappo_rnn_smax  # the baseline, from the checkout
+
+    config = OmegaConf.to_container(OmegaConf.load(baseline / "config" / "mappo_homogenous_rnn_smax.yaml"))
+    config.update(MAP_NAME=args.map, TOTAL_TIMESTEPS=args.steps, SEED=args.seed)
+    if args.num_envs:
+        config["NUM_ENVS"] = args.num_envs
+    start = time.time()
+    jax.block_until_ready(jax.jit(mappo_rnn_smax.make_train(config))(jax.random.PRNGKey(args.seed)))
+    print(f"{args.map}: {args.steps:,.0f} steps in {time.time() - start:.0f} s; metrics in {args.log}")
+
+
+if __name__ == "__main__":
+    main()
