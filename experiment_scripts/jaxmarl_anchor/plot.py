@@ -1,7 +1,7 @@
-"""Our MAPPO's learning curve beside JaxMARL's own on one SMAX map (``run.py``): training return against
-env steps, each smoothed over 1M steps, plus a table of both at every 1M steps.
+"""Our MAPPO's learning curves beside JaxMARL's own on one SMAX map (``run.py``): training return against
+env steps, plus a table of each curve's mean over every 1M steps.
 
-    python experiment_scripts/jaxmarl_anchor/plot.py --ours vault_data/logs/smax/5m_vs_6m.jsonl \\
+    python experiment_scripts/jaxmarl_anchor/plot.py --ours default=vault_data/logs/smax/5m_vs_6m.jsonl \\
         --jaxmarl results/smax_mappo_10m/jaxmarl_5m_vs_6m.jsonl --out results/smax_mappo_10m/5m_vs_6m_vs_jaxmarl
 """
 
@@ -31,27 +31,35 @@ def window_means(steps: np.ndarray, values: np.ndarray, edges: np.ndarray) -> li
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--ours", type=Path, required=True, help="mtmarl.collect's per-chunk log (jsonl)")
+    ap.add_argument("--ours", action="append", required=True,
+                    help="label=path of an mtmarl.collect per-chunk log (jsonl); repeat for several")
     ap.add_argument("--jaxmarl", type=Path, required=True, help="run.py's log (jsonl)")
     ap.add_argument("--out", type=Path, required=True, help="prefix: <out>.png and <out>.md")
     ap.add_argument("--window", type=float, default=1e6)
     args = ap.parse_args()
-    ours = read(args.ours, "env_steps", ("return",))
+    ours = {}
+    for item in args.ours:
+        label, sep, path = item.partition("=")
+        if not sep:
+            ap.error(f"--ours {item!r}: expected label=path")
+        ours[label] = read(Path(path), "env_steps", ("return",))
     theirs = read(args.jaxmarl, "env_step", ("returns", "win_rate"))
+    # JaxMARL logs each update's episodes under the steps done before it; ours after the chunk
     theirs["steps"] = theirs["steps"] + (theirs["steps"][1] - theirs["steps"][0] if len(theirs["steps"]) > 1 else 0)
-    top = max(ours["steps"].max(), theirs["steps"].max())
+    top = max(max(c["steps"].max() for c in ours.values()), theirs["steps"].max())
     edges = np.arange(0.0, top + args.window, args.window)
-    a = window_means(ours["steps"], ours["return"], edges)
-    b = window_means(theirs["steps"], theirs["returns"], edges)
-    w = window_means(theirs["steps"], theirs["win_rate"], edges)
+    cols = [window_means(c["steps"], c["return"], edges) for c in ours.values()]
+    cols += [window_means(theirs["steps"], theirs["returns"], edges),
+             window_means(theirs["steps"], theirs["win_rate"], edges)]
 
     def cell(x):
         return "-" if x is None else f"{x:.3f}"
 
-    lines = ["| env steps | ours: training return | JaxMARL: training return | JaxMARL: training win rate |",
-             "|---|---|---|---|"]
-    lines += [f"| {lo / 1e6:.0f}-{hi / 1e6:.0f}M | {cell(x)} | {cell(y)} | {cell(z)} |"
-              for lo, hi, x, y, z in zip(edges[:-1], edges[1:], a, b, w)]
+    head = [f"ours ({label}): training return" for label in ours]
+    head += ["JaxMARL: training return", "JaxMARL: training win rate"]
+    lines = ["| env steps | " + " | ".join(head) + " |", "|---|" + "---|" * len(head)]
+    for i, (lo, hi) in enumerate(zip(edges[:-1], edges[1:])):
+        lines.append(f"| {lo / 1e6:.0f}-{hi / 1e6:.0f}M | " + " | ".join(cell(c[i]) for c in cols) + " |")
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.with_suffix(".md").write_text("\n".join(lines) + "\n")
     print("\n".join(lines))
@@ -61,11 +69,12 @@ def main() -> None:
     import matplotlib.pyplot as plt
 
     fig, ax = plt.subplots(figsize=(6, 3.5))
-    ax.plot(ours["steps"] / 1e6, ours["return"], lw=0.8, label="mtmarl MAPPO (collect)")
+    for label, c in ours.items():
+        ax.plot(c["steps"] / 1e6, c["return"], lw=0.8, label=f"mtmarl MAPPO ({label})")
     ax.plot(theirs["steps"] / 1e6, theirs["returns"], lw=0.8, label="JaxMARL MAPPO (its baseline)")
     ax.set_xlabel("env steps (M)")
     ax.set_ylabel("training return")
-    ax.set_title(args.ours.stem)
+    ax.set_title(args.jaxmarl.stem)
     ax.legend()
     fig.tight_layout()
     fig.savefig(args.out.with_suffix(".png"), dpi=120)
