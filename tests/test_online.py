@@ -130,6 +130,29 @@ def test_lr_decay_updates_lowers_each_adam_step_linearly_to_zero_over_that_many_
             MappoConfig.from_mapping({"lr_decay_updates": bad})
 
 
+@pytest.mark.parametrize("activation", ["tanh", "relu"])
+def test_actor_and_critic_layers_use_the_chosen_activation(activation):
+    """online.activation: the actor's logits and the critic's value equal a hand-written forward pass."""
+    from mtmarl.errors import UserInputError
+    from mtmarl.online.system import Actor, Critic
+
+    fn = {"tanh": np.tanh, "relu": lambda z: np.maximum(z, 0.0)}[activation]
+    x = np.asarray(jax.random.normal(jax.random.key(0), (5, 6)))
+    actor, critic = Actor((7, 4), 3, activation), Critic((7,), activation)
+    for module, args in ((actor, ((), x)), (critic, (x,))):
+        params = module.init(jax.random.key(1), *args)["params"]
+        h = x
+        for i in range(len(module.hidden)):
+            h = fn(h @ np.asarray(params[f"Dense_{i}"]["kernel"]) + np.asarray(params[f"Dense_{i}"]["bias"]))
+        last = params[f"Dense_{len(module.hidden)}"]
+        want = h @ np.asarray(last["kernel"]) + np.asarray(last["bias"])
+        got = module.apply({"params": params}, *args)
+        got = got[1] if module is actor else got[..., None]
+        np.testing.assert_allclose(np.asarray(got), want, rtol=1e-5, atol=1e-6)
+    with pytest.raises(UserInputError, match="online.activation='gelu'; allowed: tanh, relu"):
+        MappoConfig.from_mapping({"activation": "gelu"})
+
+
 def test_rollout_auto_resets_from_the_pool():
     env, B, K, T = ToyEnv(), 3, 6, 14
     pool = make_reset_pool(env, jax.random.PRNGKey(1), B, K)

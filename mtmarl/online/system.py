@@ -58,6 +58,7 @@ class MappoConfig(ppo.PPOSettings):
     critic_input: str = "obs"  # obs | state
     recurrent: bool = False  # GRU actor (minibatches then split the envs)
     gru_hidden: int = 64
+    activation: str = "tanh"  # tanh | relu: the MLP layers of actor and critic (JaxMARL's SMAX MAPPO: relu)
     actor: str = "mlp"  # mlp | entity (the entity transformer over the env's entity groups; recurrent)
     entity_width: int = 64
 
@@ -68,6 +69,8 @@ class MappoConfig(ppo.PPOSettings):
         super().__post_init__()
         if self.actor not in ("mlp", "entity"):
             raise UserInputError(f"online.actor={self.actor!r}; allowed: mlp, entity")
+        if self.activation not in ACTIVATIONS:
+            raise UserInputError(f"online.activation={self.activation!r}; allowed: {', '.join(ACTIVATIONS)}")
         if self.carries_state and self.num_envs % self.minibatches:
             raise UserInputError(f"online.num_envs={self.num_envs} is not divisible by online.minibatches="
                                  f"{self.minibatches} (recurrent MAPPO minibatches split the envs)")
@@ -90,10 +93,13 @@ class MappoConfig(ppo.PPOSettings):
         return kw
 
 
-def torso(x: jax.Array, hidden: Sequence[int]) -> jax.Array:
-    """tanh MLP layers (called inside a compact module, whose Dense_i they become)."""
+ACTIVATIONS = {"tanh": nn.tanh, "relu": nn.relu}
+
+
+def torso(x: jax.Array, hidden: Sequence[int], activation: str = "tanh") -> jax.Array:
+    """MLP layers (called inside a compact module, whose Dense_i they become)."""
     for h in hidden:
-        x = nn.tanh(nn.Dense(h, kernel_init=nn.initializers.orthogonal(math.sqrt(2)))(x))
+        x = ACTIVATIONS[activation](nn.Dense(h, kernel_init=nn.initializers.orthogonal(math.sqrt(2)))(x))
     return x
 
 
@@ -107,13 +113,14 @@ class Actor(nn.Module):
 
     hidden: Sequence[int]
     num_actions: int
+    activation: str = "tanh"
 
     def initial_carry(self, lead_shape: tuple[int, ...]) -> tuple:
         return ()
 
     @nn.compact
     def __call__(self, carry, agents_view: jax.Array) -> tuple[Any, jax.Array]:
-        return carry, logits_head(torso(agents_view, self.hidden), self.num_actions)
+        return carry, logits_head(torso(agents_view, self.hidden, self.activation), self.num_actions)
 
 
 class RecurrentActor(nn.Module):
@@ -122,6 +129,7 @@ class RecurrentActor(nn.Module):
     hidden: Sequence[int]
     gru_hidden: int
     num_actions: int
+    activation: str = "tanh"
 
     def initial_carry(self, lead_shape: tuple[int, ...]) -> jax.Array:
         """The episode-start state: zeros of ``lead_shape + (gru_hidden,)``."""
@@ -129,7 +137,7 @@ class RecurrentActor(nn.Module):
 
     @nn.compact
     def __call__(self, h: jax.Array, agents_view: jax.Array) -> tuple[jax.Array, jax.Array]:
-        h, x = nn.GRUCell(self.gru_hidden)(h, torso(agents_view, self.hidden))
+        h, x = nn.GRUCell(self.gru_hidden)(h, torso(agents_view, self.hidden, self.activation))
         return h, logits_head(x, self.num_actions)
 
 
@@ -166,10 +174,11 @@ def replay_actor(actor: nn.Module, params, h0: jax.Array, traj: Transition) -> j
 
 class Critic(nn.Module):
     hidden: Sequence[int]
+    activation: str = "tanh"
 
     @nn.compact
     def __call__(self, x: jax.Array) -> jax.Array:
-        x = torso(x, self.hidden)  # first: flax numbers the Dense layers in creation order
+        x = torso(x, self.hidden, self.activation)  # first: flax numbers the Dense layers in creation order
         return nn.Dense(1, kernel_init=nn.initializers.orthogonal(1.0))(x)[..., 0]
 
 
@@ -211,7 +220,7 @@ def make_critic(env, cfg) -> tuple[Critic, int, Callable, Callable]:
     if cfg.critic_input == "state" and env.state_dim == 0:
         raise ValueError(f"{env!r} has no global state; use critic_input=obs")
     n, o = env.num_agents, env.obs_dim
-    critic = Critic(cfg.hidden)
+    critic = Critic(cfg.hidden, getattr(cfg, "activation", "tanh"))
     critic_dim = n * o if cfg.critic_input == "obs" else env.state_dim
 
     def critic_in(ts_obs: Observation, state: jax.Array) -> jax.Array:
@@ -232,7 +241,8 @@ def make_learner(env, cfg: MappoConfig) -> Learner:
     if cfg.actor == "entity":
         actor: nn.Module = EntityActor(env.spec, cfg.entity_width)
     else:
-        actor = RecurrentActor(cfg.hidden, cfg.gru_hidden, a) if cfg.recurrent else Actor(cfg.hidden, a)
+        actor = (RecurrentActor(cfg.hidden, cfg.gru_hidden, a, cfg.activation) if cfg.recurrent
+                 else Actor(cfg.hidden, a, cfg.activation))
 
     def init(param_key):
         return {"actor": actor.init(param_key, actor.initial_carry((1,)), jnp.zeros((1, o))),
