@@ -24,8 +24,8 @@ was on (that task starts over). Ctrl-C (or SIGTERM) loses nothing: the online
 learner stops at the end of its current chunk, the policy it reached is scored
 and recorded as usual (its reference and vault metadata say ``stopped``), and no
 further task starts; a second Ctrl-C stops at once. ``collect.time_limit_min``
-stops each task's online training the same way once that much time has passed. This module is the CLI: task set, budgets,
-output paths, skipping, progress.
+stops each task's online training the same way once that much time has passed.
+This module is the CLI: task set, budgets, output paths, skipping, progress.
 """
 
 from __future__ import annotations

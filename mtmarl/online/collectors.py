@@ -19,6 +19,7 @@ vault first, the reference last: its presence marks the task finished). The CLI
 from __future__ import annotations
 
 import json
+import signal
 import time
 from pathlib import Path
 from typing import Any
@@ -69,7 +70,6 @@ def early_stop(started: float, limit_s: float | None) -> str | None:
     (Ctrl-C / SIGTERM, :mod:`mtmarl.training.stop`) or ``collect.time_limit_min`` passed."""
     signum = stop_signal.requested()
     if signum is not None:
-        import signal
         return f"signal {signal.Signals(signum).name}"
     if limit_s is not None and time.perf_counter() - started >= limit_s:
         return "time limit"
