@@ -4,13 +4,13 @@ import os
 
 MIN_COMPILE_SECS = float(os.environ.get("MTMARL_TEST_MIN_COMPILE_SECS", "0.2"))
 
-from helpers import FAST_COMPILE_FLAGS  # noqa: E402  (imports jax; the flags are read when the backend starts)
+from helpers import SUITE_XLA_FLAGS  # noqa: E402  (imports jax; the flags are read when the backend starts)
 
 flags = os.environ.get("XLA_FLAGS", "")
 if "xla_force_host_platform_device_count" not in flags:
     flags = f"{flags} --xla_force_host_platform_device_count=2"
 if "xla_cpu_use_fusion_emitters" not in flags:
-    flags = f"{flags} {FAST_COMPILE_FLAGS}"
+    flags = f"{flags} {SUITE_XLA_FLAGS}"
 os.environ["XLA_FLAGS"] = flags.strip()
 
 import jax  # noqa: E402  (after XLA_FLAGS is set)

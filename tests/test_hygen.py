@@ -382,7 +382,7 @@ def test_critic_init_reports_the_value_stage_at_each_seeds_init_and_applies_each
               "algo.mixer_width=8", "algo.mixer_mix_width=8", "logger.neptune=false"]
     out = tmp_path / "probe"
     results = probe.main([*shared, "--variant", "big:algo.mixer_init_scale=1.0", "--variant",
-                          "small:algo.mixer_init_scale=0.0001", "--seeds", "0", "1", "--batches", "2", "--out", str(out)])
+                          "small:algo.mixer_init_scale=0.0001", "--seeds", "0", "1", "--batches", "1", "--out", str(out)])
     assert json.loads((out / "critic_init.json").read_text()) == json.loads(json.dumps(results))
     assert "| small | 1 |" in (out / "critic_init.md").read_text()
     big, small = ({r["seed"]: r["metrics"] for r in res["rows"]} for res in results)
@@ -393,8 +393,7 @@ def test_critic_init_reports_the_value_stage_at_each_seeds_init_and_applies_each
     # the metrics are those of the init parameters, before the update: seed 0's hybrid loss on the first batch
     algo, buffers, learner, _ = probe.setup([*shared, "algo.mixer_init_scale=1.0"])
     state = learner.init(0).state
-    _, m = algo.hybrid_loss(state.values.params, state.values.target_params, state.skills.params,
-                            probe.probe_batch(algo, buffers, 0), 1.0)
-    one = probe.probe([*shared, "algo.mixer_init_scale=1.0"], [0], 1)[0][0]["metrics"]
-    assert one["q_tot"]["mean"] == pytest.approx(float(m["q_tot"]), rel=1e-4)
-    assert one["td_target"]["mean"] == pytest.approx(float(m["td_target"]), rel=1e-4)
+    _, m = jax.jit(algo.hybrid_loss)(state.values.params, state.values.target_params, state.skills.params,
+                                     probe.probe_batch(algo, buffers, 0), 1.0)
+    assert big[0]["q_tot"]["mean"] == pytest.approx(float(m["q_tot"]), rel=1e-4)
+    assert big[0]["td_target"]["mean"] == pytest.approx(float(m["td_target"]), rel=1e-4)

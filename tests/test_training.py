@@ -341,7 +341,10 @@ def test_a_population_trains_each_seed_as_a_run_of_that_seed_alone(setup, device
         mine, losses = _run(alone, alone.init(seed), calls)
         np.testing.assert_array_equal(seed_slice(carry, i).key, mine.key)
         diff = tree_max_abs_diff(seed_slice(carry, i).state, mine.state)
-        assert diff < 1e-5, (seed, diff)
+        # float rounding (the vmapped matmuls sum in another order), magnified by Adam's g / (|g| + eps) on
+        # near-zero gradient entries over 8 updates: measured <= 2.8e-5 on parameters of size ~0.5 with
+        # single-threaded Eigen; another seed's batch or key would move them by about lr (3e-3) per update
+        assert diff < 1e-4, (seed, diff)
         np.testing.assert_allclose([m["loss"][i] for m in metrics], losses, rtol=1e-5)
     # the two seeds really differ (their own keys, batches and inits)
     assert tree_max_abs_diff(seed_slice(carry, 0).state, seed_slice(carry, 1).state) > 1e-3
