@@ -381,6 +381,9 @@ def test_critic_init_reports_the_value_stage_at_each_seeds_init_and_applies_each
               "network.width=16", "network.heads=2", f"training.batch_size={BATCH}", f"training.seq_len={SEQ}",
               "algo.mixer_width=8", "algo.mixer_mix_width=8", "logger.neptune=false"]
     out = tmp_path / "probe"
+    built = []  # each variant's (algo, buffers, learner, best), as the probe built them
+    setup = probe.setup
+    probe.setup = lambda overrides: built.append(setup(overrides)) or built[-1]
     results = probe.main([*shared, "--variant", "big:algo.mixer_init_scale=1.0", "--variant",
                           "small:algo.mixer_init_scale=0.0001", "--seeds", "0", "1", "--batches", "1", "--out", str(out)])
     assert json.loads((out / "critic_init.json").read_text()) == json.loads(json.dumps(results))
@@ -391,7 +394,7 @@ def test_critic_init_reports_the_value_stage_at_each_seeds_init_and_applies_each
         assert abs(small[seed]["td_target"]["mean"]) < abs(big[seed]["td_target"]["mean"])
         assert small[seed]["q_data"] == big[seed]["q_data"]  # the agent's init is the same; only the mixer's scale moved
     # the metrics are those of the init parameters, before the update: seed 0's hybrid loss on the first batch
-    algo, buffers, learner, _ = probe.setup([*shared, "algo.mixer_init_scale=1.0"])
+    algo, buffers, learner, _ = built[0]  # the "big" variant's
     state = learner.init(0).state
     _, m = jax.jit(algo.hybrid_loss)(state.values.params, state.values.target_params, state.skills.params,
                                      probe.probe_batch(algo, buffers, 0), 1.0)
