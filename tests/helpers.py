@@ -14,7 +14,7 @@ ROOT = Path(__file__).resolve().parents[1]
 #   Tests only: optimised training and RWARE evaluation ran slower with them (benchmarks/README.md).
 # - One LLVM codegen part per program and single-threaded Eigen: the suite runs one process per core already,
 #   so parallel codegen threads and intra-op threads only contend. Cold suite, 2 workers, idle 2-core machine
-#   (2026-11-27, one run each): 5:56 without either, 5:22 with one codegen part, 5:02 with both.
+#   (2026-11-27, one run each): 5:56 without either, 5:22 with one codegen part, 5:03 with both.
 SUITE_XLA_FLAGS = ("--xla_cpu_use_fusion_emitters=false --xla_cpu_parallel_codegen_split_count=1 "
                    "--xla_cpu_multi_thread_eigen=false")
 

@@ -372,7 +372,8 @@ def test_critic_init_returns_to_go_by_hand():
     assert probe.max_discounted_return(data, g) == pytest.approx(by_hand)
 
 
-def test_critic_init_reports_the_value_stage_at_each_seeds_init_and_applies_each_variant(run_dir, tmp_path):
+def test_critic_init_reports_the_value_stage_at_each_seeds_init_and_applies_each_variant(run_dir, tmp_path,
+                                                                                          monkeypatch):
     # experiment_scripts/critic_init.py on the toy duel: per seed, the hybrid stage's metrics at the trainer's
     # init; a smaller mixer init scale must shrink the TD targets (the mixer's gain scales with its weights)
     probe = load_script("critic_init")
@@ -383,7 +384,12 @@ def test_critic_init_reports_the_value_stage_at_each_seeds_init_and_applies_each
     out = tmp_path / "probe"
     built = []  # each variant's (algo, buffers, learner, best), as the probe built them
     setup = probe.setup
-    probe.setup = lambda overrides: built.append(setup(overrides)) or built[-1]
+
+    def recording_setup(overrides):
+        built.append(setup(overrides))
+        return built[-1]
+
+    monkeypatch.setattr(probe, "setup", recording_setup)
     results = probe.main([*shared, "--variant", "big:algo.mixer_init_scale=1.0", "--variant",
                           "small:algo.mixer_init_scale=0.0001", "--seeds", "0", "1", "--batches", "1", "--out", str(out)])
     assert json.loads((out / "critic_init.json").read_text()) == json.loads(json.dumps(results))
