@@ -96,13 +96,37 @@ def matmul_rate(seconds: float = 1.0) -> float:
     return best
 
 
-def flops_per_update(algo, buffers, sampler) -> float:
+def update_costs(algo, buffers, sampler) -> dict:
+    """XLA's static costs of one update on one device: FLOPs, bytes accessed (its cost analysis) and the
+    program's temporary buffers (its memory analysis)."""
     step = make_update_step(algo.stages[0], sampler, 1, axis_name=None)
     state = jax.eval_shape(algo.init, jax.ShapeDtypeStruct((2,), jnp.uint32), buffers.decode_obs(buffers.obs[:1, :1]))
     carry = Carry(state, jax.ShapeDtypeStruct((2,), jnp.uint32), jax.ShapeDtypeStruct((), jnp.int32))
-    cost = jax.jit(step).lower(carry, buffers).compile().cost_analysis()
+    compiled = jax.jit(step).lower(carry, buffers).compile()
+    cost = compiled.cost_analysis()
     cost = cost[0] if isinstance(cost, list) else cost
-    return float(cost["flops"])
+    return dict(flops=float(cost["flops"]), bytes_accessed=float(cost.get("bytes accessed", float("nan"))),
+                temp_bytes=float(compiled.memory_analysis().temp_size_in_bytes))
+
+
+def static_costs(settings, batch: int, chunk_size) -> list[dict]:
+    """``--costs-only``: each setting's update compiled, not run; least-squares exponents of its FLOPs, bytes
+    accessed and temporary bytes over agents x context. Why: whether a cost that grows faster than the work
+    (issue 20's exponent) is in the program itself or in the machine running it."""
+    rows = []
+    for n, t, e, d in settings:
+        net = load_preset("base", embed_dim=e, matmul_dtype=d, **({"chunk_size": chunk_size} if chunk_size else {}))
+        algo = make_algo("mt_oryx", {"batch_size": batch, "seq_len": t}, net, ACTIONS)
+        r = dict(agents=n, seq_len=t, embed=e, matmul_dtype=d, batch=batch,
+                 **update_costs(algo, synthetic_buffers(n, t), algo.sampler))
+        print(f"{n:>3} {t:>3} {e:>4} {d:>8}  GFLOP {r['flops'] / 1e9:8.2f}  GB accessed {r['bytes_accessed'] / 1e9:7.2f}  "
+              f"temp MB {r['temp_bytes'] / 1e6:8.1f}", flush=True)
+        rows.append(r)
+    x = np.log([r["agents"] * r["seq_len"] for r in rows])
+    for key in ("flops", "bytes_accessed", "temp_bytes"):
+        if len(set(x)) > 1:
+            print(f"{key} ~ (agents x context)^{np.polyfit(x, np.log([r[key] for r in rows]), 1)[0]:.2f}")
+    return rows
 
 
 def sampler_seconds(buffers, sampler, reps: int = 20) -> float:
@@ -140,7 +164,7 @@ def bench_setting(n_agents, seq_len, embed, dtype, batch, seconds, updates_per_c
     t0 = time.perf_counter()
     carry, _ = learner.run(carry)  # compile + first call
     compile_s = time.perf_counter() - t0
-    flops = flops_per_update(algo, buffers, sampler) * population
+    flops = update_costs(algo, buffers, sampler)["flops"] * population
     samp = sampler_seconds(buffers, sampler)
     rates, mm = [], []
     t_end = time.perf_counter() + seconds
@@ -204,6 +228,8 @@ def main():
     p.add_argument("--population", type=int, nargs="+", default=[1],
                    help="seeds trained side by side in one program (training.population), each setting at each")
     p.add_argument("--quick", action="store_true")
+    p.add_argument("--costs-only", action="store_true",
+                   help="compile each setting and print XLA's FLOPs, bytes accessed and temp bytes; no timing")
     p.add_argument("--out", type=Path, default=OUT)
     a = p.parse_args()
     if a.quick:
@@ -214,6 +240,12 @@ def main():
     settings += [(8, 20, e, d) for e in a.embed if e != 128 for d in a.dtype if 8 in a.agents]
     if not settings:
         settings = [(n, t, e, d) for n in a.agents for t in a.seq_len for e in a.embed for d in a.dtype]
+    if a.costs_only:
+        rows = static_costs(settings, a.batch, a.chunk_size)
+        a.out.parent.mkdir(parents=True, exist_ok=True)
+        a.out.write_text(json.dumps({"jax": jax.__version__, "costs": rows}, indent=1))
+        print(f"wrote {a.out}")
+        return
     rows = []
     print(f"{'N':>3} {'T':>3} {'E':>4} {'dtype':>8} {'S':>2} {'upd/s':>7} {'samp/s':>7} {'GFLOP/up':>8} "
           f"{'GFLOP/s':>8} {'limit':>6} {'%limit':>6} {'sample%':>7} {'vs og':>6}")
