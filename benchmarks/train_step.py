@@ -55,6 +55,7 @@ from mtmarl.networks.sable import load_preset  # noqa: E402
 from mtmarl.training.engine import Carry, Learner, make_update_step  # noqa: E402
 
 OUT = Path(__file__).resolve().parent / "results" / "train_step.json"
+COSTS_OUT = OUT.with_name("train_step_costs.json")
 OGMARL_UPS = {2: 4.0, 4: 2.1, 8: 1.0}   # og-marl Oryx, idle machine (guide)
 IDLE_MATMUL = 181.5                      # GFLOP/s, middle of the guide's 170-193
 OBS, ACTIONS, STEPS = 66, 5, 4000        # RWARE-sized observations and actions
@@ -96,6 +97,12 @@ def matmul_rate(seconds: float = 1.0) -> float:
     return best
 
 
+def benchmarked_algo(seq_len: int, embed: int, dtype: str, batch: int, chunk_size=None):
+    """MT Oryx on the ``base`` Sable preset at one setting: what both the timings and ``--costs-only`` measure."""
+    net = load_preset("base", embed_dim=embed, matmul_dtype=dtype, **({"chunk_size": chunk_size} if chunk_size else {}))
+    return make_algo("mt_oryx", {"batch_size": batch, "seq_len": seq_len}, net, ACTIONS)
+
+
 def update_costs(algo, buffers, sampler) -> dict:
     """XLA's static costs of one update on one device: FLOPs, bytes accessed (its cost analysis) and the
     program's temporary buffers (its memory analysis)."""
@@ -115,17 +122,19 @@ def static_costs(settings, batch: int, chunk_size) -> list[dict]:
     (issue 20's exponent) is in the program itself or in the machine running it."""
     rows = []
     for n, t, e, d in settings:
-        net = load_preset("base", embed_dim=e, matmul_dtype=d, **({"chunk_size": chunk_size} if chunk_size else {}))
-        algo = make_algo("mt_oryx", {"batch_size": batch, "seq_len": t}, net, ACTIONS)
+        algo = benchmarked_algo(t, e, d, batch, chunk_size)
         r = dict(agents=n, seq_len=t, embed=e, matmul_dtype=d, batch=batch,
                  **update_costs(algo, synthetic_buffers(n, t), algo.sampler))
         print(f"{n:>3} {t:>3} {e:>4} {d:>8}  GFLOP {r['flops'] / 1e9:8.2f}  GB accessed {r['bytes_accessed'] / 1e9:7.2f}  "
               f"temp MB {r['temp_bytes'] / 1e6:8.1f}", flush=True)
         rows.append(r)
-    x = np.log([r["agents"] * r["seq_len"] for r in rows])
-    for key in ("flops", "bytes_accessed", "temp_bytes"):
-        if len(set(x)) > 1:
-            print(f"{key} ~ (agents x context)^{np.polyfit(x, np.log([r[key] for r in rows]), 1)[0]:.2f}")
+    for d, e in sorted({(r["matmul_dtype"], r["embed"]) for r in rows}):
+        sel = [r for r in rows if (r["matmul_dtype"], r["embed"]) == (d, e)]
+        x = np.log([r["agents"] * r["seq_len"] for r in sel])
+        for key in ("flops", "bytes_accessed", "temp_bytes"):
+            if len(set(x)) > 1:
+                b = np.polyfit(x, np.log([r[key] for r in sel]), 1)[0]
+                print(f"{key} ~ (agents x context)^{b:.2f}  [{d}, embed {e}]")
     return rows
 
 
@@ -154,8 +163,7 @@ def bench_setting(n_agents, seq_len, embed, dtype, batch, seconds, updates_per_c
     """Updates/s of ``Learner.run``, the call ``mtmarl.train`` makes (host carry in and out, metrics pulled),
     ``updates_per_call`` updates per call as the trainer's config sets it; so per-call costs count as in
     training and are not inflated by short calls (5 updates per call read about 3x slow on a GPU)."""
-    net = load_preset("base", embed_dim=embed, matmul_dtype=dtype, **({"chunk_size": chunk_size} if chunk_size else {}))
-    algo = make_algo("mt_oryx", {"batch_size": batch, "seq_len": seq_len}, net, ACTIONS)
+    algo = benchmarked_algo(seq_len, embed, dtype, batch, chunk_size)
     buffers = synthetic_buffers(n_agents, seq_len)
     sampler = algo.sampler
     K = updates_per_call
@@ -230,7 +238,8 @@ def main():
     p.add_argument("--quick", action="store_true")
     p.add_argument("--costs-only", action="store_true",
                    help="compile each setting and print XLA's FLOPs, bytes accessed and temp bytes; no timing")
-    p.add_argument("--out", type=Path, default=OUT)
+    p.add_argument("--out", type=Path, default=None,
+                   help=f"default {OUT.name} ({COSTS_OUT.name} with --costs-only) in {OUT.parent}")
     a = p.parse_args()
     if a.quick:
         a.agents, a.seq_len, a.embed, a.seconds = [2, 8], [20], [128], 8.0
@@ -240,6 +249,7 @@ def main():
     settings += [(8, 20, e, d) for e in a.embed if e != 128 for d in a.dtype if 8 in a.agents]
     if not settings:
         settings = [(n, t, e, d) for n in a.agents for t in a.seq_len for e in a.embed for d in a.dtype]
+    a.out = a.out or (COSTS_OUT if a.costs_only else OUT)
     if a.costs_only:
         rows = static_costs(settings, a.batch, a.chunk_size)
         a.out.parent.mkdir(parents=True, exist_ok=True)
