@@ -14,8 +14,10 @@
 # Env: STAGES ("6000 8000 10000"), SEEDS (3), PY (python3), INSTALL (1: install .whl/ into /tmp/site first),
 # VARIANTS (names from the table below, default all), UPC (updates per compiled call, 500).
 # OUT_DIR gets lbf_sweep.jsonl (one line per variant, stage: per-seed test / train return, Spearman, weight std),
-# lbf_sweep.log, and lbf_sweep.tar.gz (<variant>/u<updates>/lbf_5/{config.yaml,metrics.jsonl,seed_<s>/*.json}, the
-# layout experiment_scripts/population_table.py reads, plus the runs' logs).
+# lbf_sweep.log, and per variant <variant>.tar.gz (<variant>/u<updates>/lbf_5/{config.yaml,metrics.jsonl,
+# seed_<s>/*.json}, the layout experiment_scripts/population_table.py reads, and logs/: the run's logs), rewritten
+# after each stage: the first lease (2026-11-27) wrote one tarball at the end, and the call's time limit, shorter
+# than the script's deadline, killed it before that.
 set -u
 out=${1:?OUT_DIR}; deadline=${2:-330}
 py=${PY:-python3}; stages=${STAGES:-"6000 8000 10000"}; seeds=${SEEDS:-3}
@@ -83,17 +85,19 @@ chain() {  # one variant: train to each stage (resuming), then evaluate and diag
     mkdir -p "$dst"
     cp "$run/config.yaml" "$run/algo.json" "$run/metrics.jsonl" "$dst/"
     for s in $(seq 0 $(( seeds - 1 ))); do
-      mkdir -p "$dst/seed_$s"; cp "$run"/seed_$s/*.json "$dst/seed_$s/"
+      src=$run/seed_$s; [ -d "$src" ] || src=$run  # one seed (SEEDS=1): its results lie in the run's root
+      mkdir -p "$dst/seed_$s"; cp "$src"/{summary,results,run}.json "$dst/seed_$s/"
       timeout "$(left)" $py -m mtmarl.diagnose "$run" --which latest --seed "$s" --out "$dst/seed_$s" \
         >>"/tmp/lbf_sweep/logs/$v.diagnose.log" 2>&1 &
     done
     wait
     summarise "$v" "$u" >>"$out/lbf_sweep.jsonl"
     log "$(tail -1 "$out/lbf_sweep.jsonl")"
+    mkdir -p "/tmp/lbf_sweep/$v/logs"; cp /tmp/lbf_sweep/logs/"$v".*log "/tmp/lbf_sweep/$v/logs/"
+    tar czf "$out/$v.tar.gz.part" -C /tmp/lbf_sweep "$v" && mv "$out/$v.tar.gz.part" "$out/$v.tar.gz"
   done
 }
 
 for v in $variants; do chain "$v" & log "started $v (${overrides[$v]})"; done
 wait
-tar czf "$out/lbf_sweep.tar.gz" -C /tmp lbf_sweep
 log "done"
