@@ -125,5 +125,6 @@ def main(argv=None):
     return results
 
 
-if __name__ == "__main__":
+def run_cli():
+    """The command line (``experiment_scripts/critic_init.py``)."""
     main()

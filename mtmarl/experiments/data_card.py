@@ -101,5 +101,6 @@ def main(argv=None) -> None:
     print(f"wrote {out}/{task_set.name}.md, {task_set.name}_returns.png, {task_set.name}_curves.png")
 
 
-if __name__ == "__main__":
+def run_cli():
+    """The command line (``experiment_scripts/data_card.py``)."""
     main()

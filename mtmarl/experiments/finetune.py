@@ -40,7 +40,7 @@ from mtmarl.experiments.analysis import fmt as fmt_value
 from mtmarl.experiments.stats import mean_stderr
 from mtmarl.online.collectors import jump_and_threshold
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 
 
 def task_name(map_name: str) -> str:
@@ -245,5 +245,6 @@ def main(argv: list[str] | None = None) -> int:
     return 0
 
 
-if __name__ == "__main__":
+def run_cli():
+    """The command line (``experiment_scripts/finetune.py``)."""
     raise SystemExit(main())

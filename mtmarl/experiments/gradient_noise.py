@@ -126,5 +126,6 @@ def main(argv=None) -> None:
         args.out.with_suffix(".md").write_text(markdown(rows))
 
 
-if __name__ == "__main__":
+def run_cli():
+    """The command line (``experiment_scripts/gradient_noise.py``)."""
     main()

@@ -94,5 +94,6 @@ def main(argv=None) -> None:
         args.out.write_text(json.dumps(rows, indent=1))
 
 
-if __name__ == "__main__":
+def run_cli():
+    """The command line (``experiment_scripts/loss_gradients.py``)."""
     main()

@@ -109,5 +109,6 @@ def summary_markdown(table: dict, args) -> str:
     return "\n".join(lines) + "\n"
 
 
-if __name__ == "__main__":
+def run_cli():
+    """The command line (``experiment_scripts/odis_probe.py``)."""
     raise SystemExit(main())

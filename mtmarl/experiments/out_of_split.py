@@ -138,5 +138,6 @@ def main(argv: list[str] | None = None) -> dict:
     return results
 
 
-if __name__ == "__main__":
+def run_cli():
+    """The command line (``experiment_scripts/out_of_split.py``)."""
     main()

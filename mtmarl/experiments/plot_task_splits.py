@@ -159,5 +159,6 @@ def main(argv: list[str] | None = None) -> int:
     return 0
 
 
-if __name__ == "__main__":
+def run_cli():
+    """The command line (``experiment_scripts/plot_task_splits.py``)."""
     sys.exit(main())

@@ -23,15 +23,13 @@ from __future__ import annotations
 
 import argparse
 import csv
-import importlib.util
+import importlib
 import sys
 from pathlib import Path
 
 from mtmarl.errors import UserInputError
 from mtmarl.experiments.analysis import aggregate, report
 from mtmarl.experiments.config import EXPERIMENTS, compose_experiment
-
-SCRIPTS = Path(__file__).resolve().parent
 
 
 def read_records(outputs: list[Path]) -> list[dict]:
@@ -56,12 +54,10 @@ def read_records(outputs: list[Path]) -> list[dict]:
 
 
 def render(name: str, overrides: list[str], records: list[dict], out: Path) -> list[Path]:
-    """The files ``experiment_scripts/<name>.py``'s own analysis writes, made from ``records``."""
+    """The files ``mtmarl/experiments/<name>.py``'s own analysis writes, made from ``records``."""
     if name not in EXPERIMENTS:
         raise UserInputError(f"--experiment {name!r} is not one of {', '.join(EXPERIMENTS)}")
-    spec = importlib.util.spec_from_file_location(f"experiment_{name}", SCRIPTS / f"{name}.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
+    module = importlib.import_module(f"mtmarl.experiments.{name}")
     return module.EXPERIMENT.analyse(compose_experiment(name, overrides), records, out)
 
 
@@ -90,7 +86,8 @@ def main(argv: list[str] | None = None) -> list[dict]:
     return rows
 
 
-if __name__ == "__main__":
+def run_cli():
+    """The command line (``experiment_scripts/pool_seeds.py``)."""
     try:
         main()
     except UserInputError as e:
