@@ -35,35 +35,11 @@ import numpy as np  # noqa: E402
 from omegaconf import OmegaConf  # noqa: E402
 
 from mtmarl import tasks as task_registry  # noqa: E402
+from mtmarl.experiments.costs import jaxpr_flops  # noqa: E402
 from mtmarl.experiments.config import compose_train  # noqa: E402
 from mtmarl.training.data import build_buffers, load_task_data  # noqa: E402
 from mtmarl.training.engine import Carry, Learner, make_update_step  # noqa: E402
 from mtmarl.training.loop import algo_for_data  # noqa: E402
-
-
-def jaxpr_flops(jaxpr) -> float:
-    """Matmul FLOPs (2 per multiply-add of every ``dot_general``) of a closed jaxpr, loops counted as often
-    as they run: a ``scan`` body times its length (XLA's cost analysis counts a loop body once, which
-    undercounts the recurrent entity agents 20x at T 20); ``cond`` takes its costliest branch; a
-    ``while`` body is counted once (none in these updates but the evaluator's)."""
-    total = 0.0
-    for eqn in jaxpr.eqns:
-        name, params = eqn.primitive.name, eqn.params
-        if name == "dot_general":
-            (lc, _), _ = params["dimension_numbers"]
-            lhs = eqn.invars[0].aval.shape
-            total += 2.0 * np.prod(eqn.outvars[0].aval.shape) * np.prod([lhs[i] for i in lc])
-        elif name == "scan":
-            total += params["length"] * jaxpr_flops(params["jaxpr"].jaxpr)
-        elif name == "cond":
-            total += max(jaxpr_flops(b.jaxpr) for b in params["branches"])
-        else:
-            for value in params.values():
-                for sub in (value if isinstance(value, (list, tuple)) else [value]):
-                    inner = getattr(sub, "jaxpr", sub)
-                    if hasattr(inner, "eqns"):
-                        total += jaxpr_flops(inner)
-    return total
 
 
 def stage_flops(algo, span, learner) -> float:

@@ -52,6 +52,7 @@ from mtmarl.algos.registry import build as make_algo  # noqa: E402
 from mtmarl.configs import CONFIG_DIR  # noqa: E402
 from mtmarl.data.batching import make_buffers, sample  # noqa: E402
 from mtmarl.networks.sable import load_preset  # noqa: E402
+from mtmarl.experiments.costs import scaling_fits  # noqa: E402
 from mtmarl.training.engine import Carry, Learner, make_update_step  # noqa: E402
 
 OUT = Path(__file__).resolve().parent / "results" / "train_step.json"
@@ -195,31 +196,6 @@ def bench_setting(n_agents, seq_len, embed, dtype, batch, seconds, updates_per_c
         og_now = OGMARL_UPS[n_agents] * limit / IDLE_MATMUL
         row.update(ogmarl_updates_per_s_scaled=og_now, speedup_vs_ogmarl=ups / og_now)
     return row
-
-
-def scaling_fits(rows) -> list[dict]:
-    """Least-squares exponent b of seconds per update ~ x^b, x = agents x context (N * T), per dtype and embed.
-
-    Why: issue 20 asks that cost grow at most linearly in agents x context; b <= 1 says it does. Over agents
-    (at one T) and over T (at one N) the same fit is reported too: retention inside a chunk is quadratic in
-    its N * chunk tokens, so agents can cost more than context does.
-    """
-    out = []
-    for dtype in sorted({r["matmul_dtype"] for r in rows}):
-        for embed in sorted({r["embed"] for r in rows}):
-            sel = [r for r in rows if r["matmul_dtype"] == dtype and r["embed"] == embed
-                   and r.get("population", 1) == 1]
-            axes = {"agents x context": sel,
-                    "agents": [r for r in sel if r["seq_len"] == 20],
-                    "context": [r for r in sel if r["agents"] == 8]}
-            for axis, pts in axes.items():
-                x = [r["agents"] * r["seq_len"] for r in pts]
-                if len(set(x)) < 2:
-                    continue
-                b = float(np.polyfit(np.log(x), -np.log([r["updates_per_s"] for r in pts]), 1)[0])
-                out.append(dict(axis=axis, dtype=dtype, embed=embed, exponent=b, points=len(pts),
-                                range=f"N*T {min(x)}-{max(x)}"))
-    return out
 
 
 def main():

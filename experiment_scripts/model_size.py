@@ -12,46 +12,12 @@ Writes ``results/model_size/``: ``fig5b_model_size.png`` (+ .json/.csv with the
 numbers plotted), ``model_size.{json,csv,md}`` (mean ± se and IQM [95% CI] per
 algorithm, size and split), ``records.json`` (per run and task), ``runs.json``.
 Runs live in ``results/runs/`` and are skipped when finished.
+
+The code lives in ``mtmarl/experiments/model_size.py``.
 """
 
-from __future__ import annotations
-
-from pathlib import Path
-
-from mtmarl.experiments.analysis import aggregate, bootstrap_args, metric_label, parameter_count, report
-from mtmarl.experiments.config import run_overrides
-from mtmarl.experiments.driver import Experiment, main
-from mtmarl.experiments.plots import line_figure
-from mtmarl.experiments.runner import Run
-
-
-def specific(cfg, algo: str, dim: int) -> list[str]:
-    return [f"+algo={algo}", f"+tasks={cfg.tasks}", f"network={cfg.network}", f"network.embed_dim={dim}"]
-
-
-def build(cfg) -> list[Run]:
-    return [Run.make({"algo": algo, "embed_dim": int(dim)}, run_overrides(cfg, specific(cfg, algo, dim)), seed)
-            for algo in cfg.algos for dim in cfg.embed_dims for seed in cfg.budget.seeds]
-
-
-def analyse(cfg, records, out: Path) -> list[Path]:
-    rows = aggregate(records, ["algo", "embed_dim"], **bootstrap_args(cfg))
-    counts = {}
-    for row in rows:
-        key = (row["algo"], row["embed_dim"])
-        if key not in counts:
-            counts[key] = parameter_count(run_overrides(cfg, specific(cfg, *key)))
-        row["parameters"] = counts[key]
-    meta = {"budget": cfg.budget.name, "tasks": cfg.tasks, "network": cfg.network}
-    files = report(rows, ["algo", "embed_dim", "parameters"], out, "model_size",
-                   f"Model size on {cfg.tasks} ({cfg.budget.name} budget)", meta)
-    panels = [{"title": f"{cfg.tasks}: {split} tasks", "match": {"split": split}} for split in ("train", "test")]
-    files.append(line_figure(out / "fig5b_model_size", rows, "parameters", "algo", panels,
-                             "parameters", metric_label(rows), logx=True, meta=meta))
-    return files
-
-
-EXPERIMENT = Experiment("model_size", build, analyse)
+from mtmarl.experiments.driver import main
+from mtmarl.experiments.model_size import EXPERIMENT
 
 if __name__ == "__main__":
     main(EXPERIMENT)

@@ -17,81 +17,11 @@ tables list), e.g. one SMAX table from panels run as separate outputs, seed 002'
     python experiment_scripts/pool_seeds.py results/smax_mh_medium_3seeds results/smax_sz_medium_3seeds \\
         --by task_set quality algo --experiment smax --set 'task_sets=[smax_marine_hard,smax_stalker_zealot]' \\
         'qualities=[medium]' 'algos=[bc_t,odis,hissd]' --out results/smax_pooled
+
+The code lives in ``mtmarl/experiments/pool_seeds.py``.
 """
 
-from __future__ import annotations
-
-import argparse
-import csv
-import importlib.util
-import sys
-from pathlib import Path
-
-from mtmarl.errors import UserInputError
-from mtmarl.experiments.analysis import aggregate, report
-from mtmarl.experiments.config import EXPERIMENTS, compose_experiment
-
-SCRIPTS = Path(__file__).resolve().parent
-
-
-def read_records(outputs: list[Path]) -> list[dict]:
-    """The records of every output; numbers parsed, each (config_id, seed) from one output only."""
-    records, seen = [], {}
-    for out in outputs:
-        path = out / "records.csv"
-        if not path.is_file():
-            raise UserInputError(f"{path} does not exist: give experiment output directories holding records.csv")
-        with path.open() as f:
-            rows = list(csv.DictReader(f))
-        for row in rows:
-            run = (row["config_id"], row["seed"])
-            if seen.setdefault(run, out) != out:
-                raise UserInputError(f"run {run[0]} seed {run[1]} is in both {seen[run]} and {out}: "
-                                     f"pool outputs with different seeds only")
-            for key in ("return", "normalised", "win_rate"):
-                row[key] = float(row[key]) if row.get(key) not in (None, "") else None
-            row["seed"] = int(row["seed"])
-            records.append(row)
-    return records
-
-
-def render(name: str, overrides: list[str], records: list[dict], out: Path) -> list[Path]:
-    """The files ``experiment_scripts/<name>.py``'s own analysis writes, made from ``records``."""
-    if name not in EXPERIMENTS:
-        raise UserInputError(f"--experiment {name!r} is not one of {', '.join(EXPERIMENTS)}")
-    spec = importlib.util.spec_from_file_location(f"experiment_{name}", SCRIPTS / f"{name}.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module.EXPERIMENT.analyse(compose_experiment(name, overrides), records, out)
-
-
-def main(argv: list[str] | None = None) -> list[dict]:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("outputs", nargs="+", type=Path, help="experiment output directories (with records.csv)")
-    parser.add_argument("--by", nargs="+", default=["config_id"], help="record columns that name a configuration")
-    parser.add_argument("--out", type=Path, required=True, help="directory for the pooled table")
-    parser.add_argument("--experiment", help="also render the records as this experiment's driver does")
-    parser.add_argument("--set", nargs="+", default=[], metavar="KEY=VALUE",
-                        help="overrides of that experiment's config (which sets, qualities, algos its tables list)")
-    args = parser.parse_args(argv)
-    records = read_records(args.outputs)
-    missing = [k for k in args.by if k not in records[0]]
-    if missing:
-        raise UserInputError(f"--by {' '.join(missing)}: not a records column; columns: {', '.join(records[0])}")
-    rows = aggregate(records, args.by)
-    report(rows, args.by, args.out, "pooled", f"Pooled over {', '.join(str(o) for o in args.outputs)}",
-           {"outputs": [str(o) for o in args.outputs], "by": args.by})
-    with (args.out / "records.csv").open("w", newline="") as f:
-        writer = csv.DictWriter(f, fieldnames=list(records[0]))
-        writer.writeheader()
-        writer.writerows(records)
-    if args.experiment:
-        render(args.experiment, args.set, records, args.out)
-    return rows
-
+from mtmarl.experiments.pool_seeds import run_cli
 
 if __name__ == "__main__":
-    try:
-        main()
-    except UserInputError as e:
-        sys.exit(f"error: {e}")
+    run_cli()

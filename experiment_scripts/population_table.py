@@ -55,14 +55,12 @@ def main() -> None:
 
 
 def adopt(root: Path, experiment: str) -> None:
-    import importlib.util
+    import importlib
 
     from mtmarl.experiments import runner
     from mtmarl.experiments.config import compose_experiment
 
-    spec = importlib.util.spec_from_file_location(experiment, Path(__file__).with_name(f"{experiment}.py"))
-    script = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(script)
+    script = importlib.import_module(f"mtmarl.experiments.{experiment}")
     cfg = compose_experiment(experiment, ["gpu"])
     for run in script.EXPERIMENT.build(cfg):
         src = root / run.key.get("algo", "") / run.key.get("task_set", "")

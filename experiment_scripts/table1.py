@@ -10,56 +10,12 @@ set and on all test tasks combined, with the IQM and its stratified bootstrap
 once, shared in ``results/runs/``). Writes ``results/table1/``: ``table1.md``
 (algorithms x sets), ``table1_long.{json,csv,md}``, ``fig_table1.png``
 (+ .json/.csv), ``records.json``, ``runs.json``.
+
+The code lives in ``mtmarl/experiments/table1.py``.
 """
 
-from __future__ import annotations
-
-from pathlib import Path
-
-from mtmarl.experiments.analysis import aggregate, bootstrap_args, find, metric_label, report, table_cells
-from mtmarl.experiments.config import run_overrides
-from mtmarl.experiments.driver import Experiment, main
-from mtmarl.experiments.plots import bar_figure
-from mtmarl.experiments.runner import Run
-
-COMBINED = "combined"
-
-
-def build(cfg) -> list[Run]:
-    return [Run.make({"task_set": s, "algo": algo}, run_overrides(cfg, [f"+algo={algo}", f"+tasks={s}"]), seed)
-            for s in cfg.task_sets for algo in cfg.algos for seed in cfg.budget.seeds]
-
-
-def analyse(cfg, records, out: Path) -> list[Path]:
-    args = bootstrap_args(cfg)
-    rows = aggregate(records, ["algo", "task_set"], splits=("test",), **args)
-    rows += [{**r, "task_set": COMBINED} for r in aggregate(records, ["algo"], splits=("test",), **args)]
-    meta = {"budget": cfg.budget.name}
-    files = report(rows, ["algo", "task_set"], out, "table1_long", f"Table 1 ({cfg.budget.name} budget)", meta)
-    sets = [*dict.fromkeys(r["task_set"] for r in rows if r["task_set"] != COMBINED), COMBINED]
-    head = ["algorithm", *sets]
-    lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
-    for algo in dict.fromkeys(r["algo"] for r in rows):
-        cells = []
-        for s in sets:
-            row = find(rows, algo=algo, task_set=s)
-            best = row and max(r["mean"] for r in rows if r["task_set"] == s) == row["mean"]
-            cell = table_cells(row)[0] if row else "n/a"
-            cells.append(f"**{cell}**" if best else cell)
-        lines.append(f"| {algo} | " + " | ".join(cells) + " |")
-    note = (f"\nTest {metric_label(rows)}: mean ± standard error (over seeds; * = one seed, over tasks); "
-            f"bold = largest mean per column. IQM and 95% CIs in table1_long.md.\n")
-    text = "\n".join(lines) + "\n" + note
-    (out / "table1.md").write_text(text)
-    print(text)
-    files.append(out / "table1.md")
-    bars = [{"panel": "test tasks", "category": r["task_set"], "series": r["algo"], "value": r["mean"],
-             "err": r["stderr"]} for r in rows]
-    files.append(bar_figure(out / "fig_table1", bars, ["test tasks"], sets, f"test {metric_label(rows)}", meta))
-    return files
-
-
-EXPERIMENT = Experiment("table1", build, analyse)
+from mtmarl.experiments.driver import main
+from mtmarl.experiments.table1 import EXPERIMENT
 
 if __name__ == "__main__":
     main(EXPERIMENT)

@@ -1,6 +1,6 @@
 """Shared test utilities."""
 
-import importlib.util
+import importlib
 from pathlib import Path
 
 import jax
@@ -24,12 +24,9 @@ def xla_flags(devices: int = 2) -> str:
     return f"--xla_force_host_platform_device_count={devices} {SUITE_XLA_FLAGS}"
 
 
-def load_script(name: str):
-    """An ``experiment_scripts/<name>.py`` module (the folder is not a package)."""
-    spec = importlib.util.spec_from_file_location(f"experiment_{name}", ROOT / "experiment_scripts" / f"{name}.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+def experiment_module(name: str):
+    """The ``mtmarl.experiments.<name>`` module behind ``experiment_scripts/<name>.py``."""
+    return importlib.import_module(f"mtmarl.experiments.{name}")
 
 
 def random_task(rng, L: int, n: int, o: int, A: int) -> dict:

@@ -1,23 +1,12 @@
 """Numbers the benchmarks report: the train-step scaling fit, the per-algorithm FLOP count (issue 20)."""
 
-import importlib.util
-from pathlib import Path
-
 import pytest
 
-ROOT = Path(__file__).resolve().parents[1]
-
-
-def _bench(name: str):
-    """A benchmark script as a module (benchmarks/ is not a package)."""
-    spec = importlib.util.spec_from_file_location(f"{name}_bench", ROOT / "benchmarks" / f"{name}.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+from mtmarl.experiments.costs import jaxpr_flops, scaling_fits
 
 
 def test_scaling_fit_recovers_the_exponent():
-    fit = _bench("train_step").scaling_fits
+    fit = scaling_fits
     # seconds per update = 0.01 * N^1.5 * T^0.8: agents at T=20, context at N=8, bf16 at embed 128
     grid = [(n, 20) for n in (2, 4, 8, 12)] + [(8, t) for t in (40, 80)]
     rows = [dict(agents=n, seq_len=t, embed=128, matmul_dtype="bfloat16",
@@ -35,7 +24,7 @@ def test_jaxpr_flops_counts_loops_as_often_as_they_run():
     import jax
     import jax.numpy as jnp
 
-    flops = _bench("algo_step").jaxpr_flops
+    flops = jaxpr_flops
     w, x0 = jnp.full((16, 16), 0.01), jnp.ones((8, 16))
     one = 2 * 8 * 16 * 16
 

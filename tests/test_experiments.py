@@ -18,7 +18,7 @@ from mtmarl.experiments.runner import Run, is_finished, run_matrix, train_comman
 from mtmarl.experiments.stats import iqm, mean_stderr, percent_change, stratified_bootstrap, summarise_matrix
 from mtmarl.training.data import take_fraction
 
-from helpers import load_script
+from helpers import experiment_module
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -33,7 +33,7 @@ def test_every_script_config_composes_for_every_preset(name, preset):
         pytest.skip(f"no '{preset}' preset (make-train learner) for {name}")
     cfg = compose_experiment(name, [f"budget={preset}"])
     assert cfg.name == name and cfg.budget.name == preset
-    runs = load_script(name).EXPERIMENT.build(cfg)
+    runs = experiment_module(name).EXPERIMENT.build(cfg)
     assert runs and {r.seed for r in runs} == set(cfg.budget.seeds)
     assert len({(r.overrides, r.seed) for r in runs}) == len(runs)  # no run twice
     check_runs(cfg, runs[:1] + runs[-1:])  # mtmarl.train composes these runs' configs
@@ -50,28 +50,28 @@ def test_every_script_config_composes_for_every_preset(name, preset):
 
 def test_learning_experiment_runs_chosen_variants_on_every_set():
     cfg = compose_experiment("learning", ["task_sets=[lbf_5,rware_15]", "only=[oryx,bc]"])
-    runs = load_script("learning").EXPERIMENT.build(cfg)
+    runs = experiment_module("learning").EXPERIMENT.build(cfg)
     assert [(r.key["task_set"], r.key["variant"]) for r in runs] == [
         ("lbf_5", "oryx"), ("lbf_5", "bc"), ("rware_15", "oryx"), ("rware_15", "bc")]
     train = compose_train(runs[0].overrides)
     assert train.training.updates == 1500 and train.training.eval_every == 0 and train.algo.name == "mt_oryx"
-    lam = compose_train(load_script("learning").EXPERIMENT.build(
+    lam = compose_train(experiment_module("learning").EXPERIMENT.build(
         compose_experiment("learning", ["only=[oryx_lambda]"]))[0].overrides)
     assert lam.algo.td_lambda == 0.8
     with pytest.raises(Exception, match="names no variant"):
-        load_script("learning").EXPERIMENT.build(compose_experiment("learning", ["only=[nope]"]))
+        experiment_module("learning").EXPERIMENT.build(compose_experiment("learning", ["only=[nope]"]))
 
 
 def test_presets_differ_as_documented():
     quick, paper = (compose_experiment("task_diversity", [f"budget={p}"]) for p in ("quick", "paper"))
     assert list(paper.budget.seeds) == [0, 1, 2] and list(quick.budget.seeds) == [0]
     assert list(paper.k.rware_15) == list(range(1, 16)) and list(quick.k.rware_15) == [1, 15]
-    assert compose_train(load_script("task_diversity").build(paper)[0].overrides).training.updates == 200000
-    sizes = load_script("model_size").build(compose_experiment("model_size", ["quick"]))
+    assert compose_train(experiment_module("task_diversity").build(paper)[0].overrides).training.updates == 200000
+    sizes = experiment_module("model_size").build(compose_experiment("model_size", ["quick"]))
     cfg = compose_train(sizes[-1].overrides)
     assert cfg.network.embed_dim == 256 and cfg.network.n_heads == 4 and cfg.training.updates == 1000
     assert cfg.network.n_blocks == 1 and cfg.training.batch_size == 16  # 'base' net, quick learner batch
-    paper_sizes = load_script("model_size").build(compose_experiment("model_size", ["paper"]))
+    paper_sizes = experiment_module("model_size").build(compose_experiment("model_size", ["paper"]))
     assert {compose_train(r.overrides).network.embed_dim for r in paper_sizes} == {64, 128, 256, 512, 768}
 
 
@@ -83,18 +83,18 @@ def test_slurm_launcher_composes():
     assert cfg.hydra.launcher._target_.endswith("SlurmLauncher") and cfg.hydra.launcher.timeout_min == 30
     assert cfg.hydra.sweep.dir == "/tmp/sweep/seed_1" and cfg.seed == 1
     experiment = compose_experiment("model_size", ["launcher=slurm", 'slurm=["hydra.launcher.partition=gpu"]'])
-    check_runs(experiment, load_script("model_size").build(experiment)[:1])
+    check_runs(experiment, experiment_module("model_size").build(experiment)[:1])
 
 
 def test_shared_runs_land_in_one_directory():
     """Table 1's runs are task_diversity's k = M runs; equal overrides give equal directories."""
-    td = load_script("task_diversity").build(compose_experiment("task_diversity", ["quick"]))
-    t1 = load_script("table1").build(compose_experiment("table1", ["quick"]))
+    td = experiment_module("task_diversity").build(compose_experiment("task_diversity", ["quick"]))
+    t1 = experiment_module("table1").build(compose_experiment("table1", ["quick"]))
     full = {r.directory("res") for r in td if r.key["k"] > 1}
     assert {r.directory("res") for r in t1} == full and len(full) == 9
     # at the default budget they are also the learning experiment's oryx / cql / bc variants
-    t1 = load_script("table1").build(compose_experiment("table1", ["default"]))
-    learning = load_script("learning").build(compose_experiment(
+    t1 = experiment_module("table1").build(compose_experiment("table1", ["default"]))
+    learning = experiment_module("learning").build(compose_experiment(
         "learning", ["task_sets=[rware_15,lbf_5,connector_10]", "only=[oryx,cql,bc]"]))
     assert {r.directory("res") for r in t1} == {r.directory("res") for r in learning} and len(t1) == 9
     assert Run.make({}, ["a=1", "b=2"], 0).config_id != Run.make({}, ["b=2", "a=1"], 0).config_id
@@ -371,7 +371,7 @@ def test_driver_end_to_end_with_stand_in_trainer(stand_in, capsys):
     search = f'"hydra.searchpath=[file://{mini_task_set(stand_in)}]"'
     argv = ["quick", f"results={res}", "tasks=mini", "embed_dims=[64,128]", "bootstrap.reps=200",
             "progress=false", f"extra=[{search}]"]
-    first = main(load_script("model_size").EXPERIMENT, argv)
+    first = main(experiment_module("model_size").EXPERIMENT, argv)
     assert [r["status"] for r in first["runs"]] == ["finished", "finished"]
     out = res / "model_size"
     for name in ("fig5b_model_size.png", "fig5b_model_size.json", "fig5b_model_size.csv", "model_size.json",
@@ -385,7 +385,7 @@ def test_driver_end_to_end_with_stand_in_trainer(stand_in, capsys):
     plotted = json.loads((out / "fig5b_model_size.json").read_text())["rows"]
     assert len(plotted) == 4 and {r["split"] for r in plotted} == {"train", "test"}
     assert "model_size" in capsys.readouterr().out
-    second = main(load_script("model_size").EXPERIMENT, argv)
+    second = main(experiment_module("model_size").EXPERIMENT, argv)
     assert [r["status"] for r in second["runs"]] == ["skipped", "skipped"]
     assert len((res / "runs" / "calls.txt").read_text().split()) == 2
 
@@ -399,7 +399,7 @@ def test_other_drivers_end_to_end_with_stand_in_trainer(stand_in, name):
     if name == "task_diversity":  # also: `output` redirects the figures and tables, runs stay shared
         out = "td_lbf"
         argv += ["task_sets=[lbf_5]", "k.lbf_5=[1,3,5]", f"output={out}"]
-    main(load_script(name).EXPERIMENT, argv)
+    main(experiment_module(name).EXPERIMENT, argv)
     assert out == name or not (res / name).exists()
     if name == "smax":  # win rates: the stand-in's (i + seed) / 4 over tasks i = 0, 1, 2 at seed 0
         rows = json.loads((res / "smax" / "smax_long.json").read_text())["rows"]
@@ -439,7 +439,7 @@ def test_model_size_driver_with_real_training(tmp_path, monkeypatch):
             "algos=[mt_bc_sable]", "bootstrap.reps=50", "progress=false",
             "budget.train=[" + ",".join(f'"{o}"' for o in train) + "]",
             "extra=[" + ",".join(f'"{o}"' for o in extra) + "]"]
-    experiment = load_script("model_size").EXPERIMENT
+    experiment = experiment_module("model_size").EXPERIMENT
     first = main(experiment, argv)
     assert [r["status"] for r in first["runs"]] == ["finished"], first["runs"]
     out = tmp_path / "results" / "model_size"
@@ -453,7 +453,7 @@ def test_model_size_driver_with_real_training(tmp_path, monkeypatch):
 
 def test_bad_override_is_one_line_error(capsys):
     """A malformed override (unquoted list of overrides) exits 2 with one line, not a Hydra traceback."""
-    mod = load_script("task_diversity")
+    mod = experiment_module("task_diversity")
     with pytest.raises(SystemExit) as exit_info:
         mod.main(mod.EXPERIMENT, ["quick", "extra=[training=default]"])
     assert exit_info.value.code == 2
@@ -462,7 +462,7 @@ def test_bad_override_is_one_line_error(capsys):
 
 
 def test_out_of_split_layouts_are_in_no_set_and_the_table_divides_by_random():
-    oos = load_script("out_of_split")
+    oos = experiment_module("out_of_split")
     task_set = oos.outside_every_split("lbf", oos.LAYOUTS["lbf"])
     named = {s.adhoc for name in ("lbf_5",) for s in tasks.load(name).split("all")}
     assert task_set.train and not {s.adhoc for s in task_set.train} & named
@@ -496,11 +496,11 @@ def _records(path: Path, config: str, seeds_scores: dict[int, list[float]]) -> N
 
 
 def test_pooled_seeds_of_two_outputs_aggregate_like_one_output_and_a_run_counts_once(tmp_path):
-    from helpers import load_script
+    from helpers import experiment_module
 
     from mtmarl.errors import UserInputError
 
-    pool = load_script("pool_seeds")
+    pool = experiment_module("pool_seeds")
     scores = {0: [0.2, 0.4], 1: [0.5, 0.7], 3: [0.9, 0.1], 4: [0.6, 0.6]}
     _records(tmp_path / "a", "c1", {s: scores[s] for s in (0, 1)})
     _records(tmp_path / "b", "c1", {s: scores[s] for s in (3, 4)})
@@ -521,12 +521,12 @@ def test_pooled_outputs_render_as_the_smax_driver_with_seed_002_beside(tmp_path)
     # seed 002's column of the algorithm beside it
     import csv
 
-    from helpers import load_script
+    from helpers import experiment_module
 
     from mtmarl.errors import UserInputError
     from mtmarl.experiments import seed002
 
-    pool = load_script("pool_seeds")
+    pool = experiment_module("pool_seeds")
     wins = {("smax_marine_hard", 0): [0.2, 0.4], ("smax_marine_hard", 1): [0.6, 0.8],
             ("smax_stalker_zealot", 0): [0.1, 0.1], ("smax_stalker_zealot", 1): [0.3, 0.5]}
     for name in ("smax_marine_hard", "smax_stalker_zealot"):
@@ -621,7 +621,7 @@ def test_learning_diagnoses_each_seed_of_a_population_run_once(tmp_path, monkeyp
         (out / "diagnostics.json").write_text(json.dumps({"summary": {"spearman": float(seed or -1)}}))
 
     monkeypatch.setattr(mtmarl.diagnose, "main", fake)
-    learning = load_script("learning")
+    learning = experiment_module("learning")
     run_dir = tmp_path / "run"
     assert learning.diagnostics(run_dir, 3, seed=1) == {"spearman": 1.0}
     assert learning.diagnostics(run_dir, 3, seed=1) == {"spearman": 1.0}
@@ -631,7 +631,7 @@ def test_learning_diagnoses_each_seed_of_a_population_run_once(tmp_path, monkeyp
 
 def test_gradient_noise_statistics_match_a_naive_loop():
     """gradient_noise.py's per-k numbers against plain loops over the batches, and its effective weight share."""
-    gn = load_script("gradient_noise")
+    gn = experiment_module("gradient_noise")
     rng = np.random.default_rng(0)
     grads, reference = rng.normal(size=(6, 9)) + 0.5, rng.normal(size=9)
     got = gn.statistics(grads, reference)
@@ -656,7 +656,7 @@ def test_finetune_driver_reads_jp_and_tt_per_threshold_off_each_curve(tmp_path, 
     again): JP, final return and win rate as mean ± se over seeds; TT per threshold as the median env steps
     of the seeds whose curve (JP at step 0, then each chunk's return) reaches it; MAPPO's training return at
     the fine-tuning budget is its last chunk at or before it."""
-    ft = load_script("finetune")
+    ft = experiment_module("finetune")
     curves = {  # (learner, seed): (JP, [(env steps, chunk return), ...], final, win rate)
         ("m3", 0): (1.0, [(100, 1.3), (200, 1.6)], 1.5, 0.5),
         ("m3", 1): (1.4, [(100, 1.2), (200, 1.1)], 1.2, 0.3),
@@ -697,7 +697,7 @@ def test_finetune_driver_reads_jp_and_tt_per_threshold_off_each_curve(tmp_path, 
 def test_finetune_driver_continues_a_hygen_run_in_its_hybrid_stage_and_fine_tunes_the_rest(tmp_path):
     """An algo=hygen run goes on through online=hygen (seed 002's hybrid stage), any other run (M3, the Sable
     policies, a directory without config.yaml) through online=finetune; the run and its seed are passed on."""
-    ft = load_script("finetune")
+    ft = experiment_module("finetune")
     for algo in ("hygen", "m3"):
         (tmp_path / algo).mkdir()
         (tmp_path / algo / "config.yaml").write_text(f"algo:\n  name: {algo}\n  lr: 0.001\n")
@@ -714,7 +714,7 @@ def test_finetune_driver_continues_a_hygen_run_in_its_hybrid_stage_and_fine_tune
 def test_finetune_driver_tabulates_the_set_evaluation_of_hybrid_runs(tmp_path):
     """Runs whose reference entry holds set_eval rows (HyGen with online.eval_set) get a zero-shot table: per task
     the mean ± se of the win rate over seeds, per split the mean over seeds of each seed's split mean."""
-    ft = load_script("finetune")
+    ft = experiment_module("finetune")
     evals = {0: {("train", "3m"): 0.5, ("train", "5m"): 0.1, ("test", "4m"): 0.2},
              1: {("train", "3m"): 0.7, ("train", "5m"): 0.3, ("test", "4m"): 0.0}}
     for seed, rows in evals.items():

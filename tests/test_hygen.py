@@ -12,7 +12,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
-from helpers import load_script, smax_layout_update_and_act
+from helpers import experiment_module, smax_layout_update_and_act
 from omegaconf import OmegaConf
 from test_entity import duel_vaults, toy_env  # noqa: F401  (toy_env is a fixture)
 from test_updet import SPEC, tiny_batch
@@ -356,14 +356,14 @@ def test_bad_configs_are_one_line_errors_naming_the_key(run_dir, tmp_path, monke
 
 def test_odis_probe_counts_hygens_skills_by_its_heads():
     # experiment_scripts/odis_probe.py replays HyGen too: skill_dim 0 means one skill per attention head
-    probe = load_script("odis_probe")
+    probe = experiment_module("odis_probe")
     assert probe.skill_count(_algo()) == NET["heads"]
     assert probe.skill_count(_algo(skill_dim=3)) == 3
     assert probe.skill_count(registry.build("odis", {"skill_dim": 4}, NET, SPEC)) == 4
 
 
 def test_critic_init_returns_to_go_by_hand():
-    probe = load_script("critic_init")
+    probe = experiment_module("critic_init")
     g = 0.9
     # two episodes of one task: [1, 0, 2] ending in a terminal, then [1, 3] cut by a truncation
     data = [{"rewards": np.array([[1.0], [0.0], [2.0], [1.0], [3.0]]),
@@ -376,7 +376,7 @@ def test_critic_init_reports_the_value_stage_at_each_seeds_init_and_applies_each
                                                                                           monkeypatch):
     # experiment_scripts/critic_init.py on the toy duel: per seed, the hybrid stage's metrics at the trainer's
     # init; a smaller mixer init scale must shrink the TD targets (the mixer's gain scales with its weights)
-    probe = load_script("critic_init")
+    probe = experiment_module("critic_init")
     root = run_dir.parent
     shared = ["+algo=hygen", "+tasks=duel", f"hydra.searchpath=[file://{root / 'conf'}]", f"data.root={root / 'vaults'}",
               "network.width=16", "network.heads=2", f"training.batch_size={BATCH}", f"training.seq_len={SEQ}",

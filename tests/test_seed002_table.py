@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 from omegaconf import OmegaConf
 
-from helpers import load_script
+from helpers import experiment_module
 from mtmarl import tasks
 from mtmarl.experiments import seed002
 from mtmarl.experiments.seed002 import TABLE1, split_mean
@@ -96,7 +96,7 @@ def test_transcription_matches_the_flattened_layout():
 
 
 def test_smax_analyse_writes_the_paper_table(tmp_path):
-    script = load_script("smax")
+    script = experiment_module("smax")
     algos = ["mt_oryx", "bc_t", "updet_l", "odis", "hissd"]
     cfg = OmegaConf.create({"budget": {"name": "quick"}, "task_sets": list(SETS), "qualities": ["medium", "expert"],
                             "algos": algos, "bootstrap": {"reps": 20, "confidence": 0.95, "seed": 0}})

@@ -11,9 +11,7 @@ all 52 tasks is ``-m slow``.
 from __future__ import annotations
 
 import functools
-import importlib.util
 import json
-from pathlib import Path
 
 import jax
 import jax.numpy as jnp
@@ -25,7 +23,6 @@ from mtmarl.envs import NOOP
 from mtmarl.errors import UserInputError
 from mtmarl.tasks import TaskSet, TaskSpec
 
-ROOT = Path(__file__).resolve().parent.parent
 # set -> (train, test) counts
 SETS = {"rware_15": (15, 8), "lbf_5": (5, 6), "connector_10": (10, 8)}  # the Jumanji sets
 ALL_SETS = {**SETS, "smax_marine_hard": (3, 9), "smax_stalker_zealot": (3, 10),
@@ -347,11 +344,9 @@ def test_cli_unknown_set(capsys):
 # -- figure --------------------------------------------------------------------------------
 
 def test_plot_task_splits(tmp_path, described):
-    path = ROOT / "experiment_scripts" / "plot_task_splits.py"
-    spec = importlib.util.spec_from_file_location("plot_task_splits", path)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    assert module.main(["--out", str(tmp_path)]) == 0
+    from mtmarl.experiments import plot_task_splits
+
+    assert plot_task_splits.main(["--out", str(tmp_path)]) == 0
     png = tmp_path / "task_splits.png"
     assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and png.stat().st_size > 10_000
     data = json.loads((tmp_path / "task_splits.json").read_text())

@@ -11,7 +11,7 @@ from pathlib import Path
 import jax
 import numpy as np
 import pytest
-from helpers import load_script, xla_flags
+from helpers import experiment_module, xla_flags
 
 from mtmarl.algos.registry import build as make_algo
 from mtmarl.configs import CONFIG_DIR
@@ -398,12 +398,12 @@ def test_train_cli_population_writes_one_directory_per_seed(data_root, tmp_path)
     assert result["seed"] == 6 and (out / "seed_6" / "diagnostics.md").exists()
     # the critic / policy split of the update (experiment_scripts/loss_gradients.py): each loss reaches its own
     # head only (Q is held constant in the policy loss, the policy head is not in the critic's), both the torso
-    split = load_script("loss_gradients").probe(str(out), 6, 1)
+    split = experiment_module("loss_gradients").probe(str(out), 6, 1)
     assert split["critic/policy_head"] == 0 and split["policy/q_head"] == 0
     assert split["critic/q_head"] > 0 and split["policy/policy_head"] > 0
     assert 0 < split["critic_share_of_shared"] < 1
     # the gradient of batches from k tasks (experiment_scripts/gradient_noise.py): k = 0 means all of them
-    rows = load_script("gradient_noise").probe(str(out), 6, [0, 1], 2)
+    rows = experiment_module("gradient_noise").probe(str(out), 6, [0, 1], 2)
     assert [r["k"] for r in rows] == [len(TRAIN), 1]
     assert all(0 < r["ess"] <= 1 and r["rel_noise"] >= 0 and r["mean_norm"] > 0 for r in rows)
 

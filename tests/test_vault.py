@@ -23,7 +23,7 @@ from mtmarl.data.__main__ import main as data_main
 from mtmarl.errors import UserInputError
 from mtmarl.tasks import TaskSpec
 
-from helpers import load_script
+from helpers import experiment_module
 
 TASK = "connector:grid=5,agents=2,horizon=8"
 STEPS = 60
@@ -294,7 +294,7 @@ def test_data_card_writes_table_and_figures(tmp_path, written):
     log.parent.mkdir(parents=True, exist_ok=True)
     log.write_text("".join(json.dumps({"env_steps": 64 * i, "return": 0.5 * i}) + "\n" for i in range(1, 4)))
     out = tmp_path / "card"
-    load_script("data_card").main([TASK, "--root", str(root), "--out", str(out)])
+    experiment_module("data_card").main([TASK, "--root", str(root), "--out", str(out)])
     table = (out / f"{TASK}.md").read_text().splitlines()
     assert len(table) == 5 and f"| {STEPS} |" in table[2] and "| 1.500 |" in table[2]
     for fig in ("returns", "curves"):
