@@ -147,6 +147,14 @@ def test_toy_two_stage_algorithm_trains_and_resumes_across_the_stage_boundary(co
     assert [r.get("train/pretrain_count") for r in train] == [2.5, 6.5, None, None]
     assert [r.get("train/train_count") for r in train] == [None, None, 2.5, 6.5]
     assert [r.get("train/pretrain_seq_len") for r in train] == [2.0, 2.0, None, None]  # the stage's own sampler
+    # beside metrics.jsonl: TensorBoard events holding the same scalars, and the learning-curve picture
+    from PIL import Image
+
+    from test_logs import jsonl_scalars, read_scalars, same_scalars
+
+    same_scalars(read_scalars(straight), jsonl_scalars(straight / "metrics.jsonl"))
+    with Image.open(straight / "learning_curve.png") as image:
+        assert image.format == "PNG"
     carry, meta = _final_state(straight)
     assert int(carry.state["pretrained"]) == PRETRAIN and int(carry.state["trained"]) == TRAIN
     assert int(carry.step) == PRETRAIN + TRAIN and meta["stage"] == "done"

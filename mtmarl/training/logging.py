@@ -28,11 +28,15 @@ import time
 from pathlib import Path
 from typing import Any, Mapping
 
+from tensorboardX import SummaryWriter
+from tensorboardX.proto.summary_pb2 import Summary
+
 from mtmarl.training.anomaly import MetricWatch
 from mtmarl.training.curves import CURVE_NAME, plot_learning_curve
 from mtmarl.training.phases import PhaseTimer
 
 _logger = logging.getLogger(__name__)
+TB_PREFIX = "events.out.tfevents."  # tensorboardX's event file names
 
 _USER_NEPTUNE_DIR = os.environ.get("NEPTUNE_DATA_DIRECTORY")  # respected when the user set it
 
@@ -53,8 +57,6 @@ class RunLogger:
                  tags: tuple[str, ...] = (), config: Mapping[str, Any] | None = None,
                  progress: bool = True, start: int = 0, resume_file: bool = False,
                  start_epoch: float | None = None, title: str | None = None):
-        from tensorboardX import SummaryWriter
-
         self.run_dir = Path(run_dir)
         self.run_dir.mkdir(parents=True, exist_ok=True)
         self.path = self.run_dir / "metrics.jsonl"
@@ -67,8 +69,11 @@ class RunLogger:
         self._watch = MetricWatch()
         # purge_step: TensorBoard drops the earlier sessions' events from this update on (a resume restarts
         # after its checkpoint's update ``start``; metrics.jsonl was cut there too)
+        # The file name is events.out.tfevents.<second>.<host><suffix>, opened "wb": the session number as the
+        # suffix keeps two sessions started in the same second apart, and in order.
+        session = len(list(self.run_dir.glob(f"{TB_PREFIX}*")))
         self._tb = SummaryWriter(logdir=str(self.run_dir), purge_step=start + 1 if resume_file else None,
-                                 flush_secs=10)
+                                 flush_secs=10, filename_suffix=f".{session}")
         self.neptune_run = None
         if neptune_wanted(neptune, project):
             self.neptune_run = _init_neptune(self.run_dir, project, token, mode, tags, config)
@@ -107,10 +112,12 @@ class RunLogger:
         self._file.write(json.dumps(record) + "\n")
         self._file.flush()
         self.latest.update(flat)
-        for k, v in metrics.items():
-            x = _scalar(v)
-            if x is not None:
-                self._tb.add_scalar(f"{prefix}/{k}", x, global_step=int(step))
+        # As Summary protos: add_scalar would rename tags holding characters TensorFlow's op names lack
+        # (a task's ``connector:grid=5,agents=2``); TensorBoard shows any tag.
+        values = [Summary.Value(tag=f"{prefix}/{k}", simple_value=x) for k, x in
+                  ((k, _scalar(v)) for k, v in metrics.items()) if x is not None]
+        if values:
+            self._tb.file_writer.add_summary(Summary(value=values), global_step=int(step))
         if prefix == "train":
             for line in self._watch.check(int(step), {f"{prefix}/{k}": v for k, v in metrics.items()}):
                 self.warnings.append(line)
