@@ -26,7 +26,7 @@ import os
 import sys
 import time
 from pathlib import Path
-from typing import Any, Mapping
+from typing import Any, Iterator, Mapping
 
 from tensorboardX import SummaryWriter
 from tensorboardX.proto.summary_pb2 import Summary
@@ -88,21 +88,24 @@ class RunLogger:
                                       TextColumn("{task.fields[info]}"))
             self._job = self._progress.add_task("starting", total=total_updates, completed=start, info="")
             self._progress.start()
-        self._shown: str | None = None
+        self._printed: str | None = None
         self.timer = PhaseTimer(start_epoch, on_change=self._show_phase)
 
     # ------------------------------------------------------------------------------------- phases
-    def phase(self, name: str) -> contextlib.AbstractContextManager[None]:
-        return self.timer.phase(name)
-
-    def _show_phase(self, name: str | None) -> None:
-        if self._progress is None or name is None or name == self._shown:
-            return
-        self._shown = name
-        self._progress.update(self._job, description=name)
-        if not self._progress.console.is_terminal:  # a log file sees no live bar: one line per phase change
+    @contextlib.contextmanager
+    def phase(self, name: str) -> Iterator[None]:
+        # A log file sees no live bar: there, one line for each phase entered (not for the return to the
+        # phase around it), unless it repeats the last line's.
+        if self._progress is not None and not self._progress.console.is_terminal and name != self._printed:
+            self._printed = name
             print(f"[{self.timer.summary()['total']:7.1f} s] {name} (update {self._step}/{self._total})",
                   file=sys.stderr, flush=True)
+        with self.timer.phase(name):
+            yield
+
+    def _show_phase(self, name: str | None) -> None:
+        if self._progress is not None and name is not None:
+            self._progress.update(self._job, description=name)
 
     # ------------------------------------------------------------------------------------- metrics
     def log(self, step: int, metrics: Mapping[str, Any], prefix: str = "train") -> None:
@@ -158,6 +161,7 @@ class RunLogger:
         if self._file.closed:
             return
         if self._progress is not None:
+            self._progress.update(self._job, description="done" if self._step >= self._total else "stopped")
             self._progress.stop()
             self._progress = None
         self._file.close()
