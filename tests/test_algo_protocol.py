@@ -311,6 +311,11 @@ def test_a_resumed_population_keeps_each_seeds_best_as_a_straight_run_does(conf,
     _train(conf, tmp_path / "straight", *extra)
     assert _train(conf, tmp_path / "broken", *extra, stop_after=PRETRAIN + K) == []
     _train(conf, tmp_path / "broken", *extra, "resume=true")
+    from test_logs import jsonl_scalars, read_scalars, same_scalars
+
+    # two sessions' TensorBoard files read as one run, equal to the resumed metrics.jsonl
+    assert len(list((tmp_path / "broken").glob("events.out.tfevents.*"))) == 2
+    same_scalars(read_scalars(tmp_path / "broken"), jsonl_scalars(tmp_path / "broken" / "metrics.jsonl"))
     runs = {}
     for name in ("straight", "broken"):
         ckpt = Checkpointer(tmp_path / name / "checkpoints")
