@@ -15,7 +15,7 @@ evaluates train and test tasks every ``training.eval_every`` updates (the best
 checkpoint is chosen on TRAINING tasks only), and finally evaluates the best
 checkpoint with ``eval.episodes`` episodes per task. The run directory gets
 ``config.yaml`` (resolved), ``metrics.jsonl`` with TensorBoard event files beside it,
-``learning_curve.png``, ``checkpoints/``, ``results.json`` (marl-eval layout) and
+``curves.png``, ``checkpoints/``, ``results.json`` (marl-eval layout) and
 ``summary.json`` (per task and split); the last line printed says where the wall time
 went, phase by phase (mtmarl.training.logging).
 

@@ -153,7 +153,7 @@ def test_toy_two_stage_algorithm_trains_and_resumes_across_the_stage_boundary(co
     from test_logs import jsonl_scalars, read_scalars, same_scalars
 
     same_scalars(read_scalars(straight), jsonl_scalars(straight / "metrics.jsonl"))
-    with Image.open(straight / "learning_curve.png") as image:
+    with Image.open(straight / "curves.png") as image:
         assert image.format == "PNG"
     carry, meta = _final_state(straight)
     assert int(carry.state["pretrained"]) == PRETRAIN and int(carry.state["trained"]) == TRAIN

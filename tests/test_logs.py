@@ -217,7 +217,7 @@ def test_a_failed_plot_warns_and_the_run_goes_on(tmp_path, monkeypatch, caplog):
     log.log(2, {"train_return": 1.0}, prefix="eval")
     with caplog.at_level(logging.WARNING, logger="mtmarl.training.logging"):
         log.close()
-    assert "learning_curve.png not written: RuntimeError: no fonts" in caplog.text
+    assert "curves.png not written: RuntimeError: no fonts" in caplog.text
     assert (tmp_path / "metrics.jsonl").read_text().count("\n") == 1
 
 
@@ -251,6 +251,6 @@ def test_overwrite_removes_the_event_files_and_curve(tmp_path):
     log = RunLogger(tmp_path, 2, neptune=False, progress=False)
     log.log(2, {"loss": 1.0})
     log.close()
-    assert (tmp_path / "learning_curve.png").exists() and list(tmp_path.glob("events.out.tfevents.*"))
+    assert (tmp_path / "curves.png").exists() and list(tmp_path.glob("events.out.tfevents.*"))
     prepare(tmp_path, {"overwrite": True}, "seed: 0\n")
     assert sorted(p.name for p in tmp_path.iterdir()) == ["config.yaml"]

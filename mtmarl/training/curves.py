@@ -16,7 +16,7 @@ from pathlib import Path
 
 from mtmarl.training.anomaly import watched
 
-CURVE_NAME = "learning_curve.png"
+CURVE_NAME = "curves.png"
 EVAL_RETURNS = ("eval/train_return", "eval/test_return")
 
 

@@ -4,7 +4,7 @@ picture, Neptune when a project is configured, and a rich progress bar that name
 Every scalar row goes to ``metrics.jsonl`` and, under the same name and update, to
 TensorBoard (tensorboardX; ``tensorboard --logdir <run dir or its parent>``). A resumed
 run's event files purge the updates after its checkpoint, as ``metrics.jsonl`` drops them.
-``learning_curve.png`` is redrawn after every evaluation and when the logger closes
+``curves.png`` is redrawn after every evaluation and when the logger closes
 (also on an interrupted run); a failed drawing only warns.
 
 Neptune (``logger.neptune``): null (the default) logs to it only when a project is set
@@ -145,7 +145,7 @@ class RunLogger:
         self._progress.update(self._job, completed=step, info=" ".join(shown))
 
     def draw(self) -> None:
-        """Redraw ``learning_curve.png``; a failure is a warning, never the run's end."""
+        """Redraw ``curves.png``; a failure is a warning, never the run's end."""
         try:
             plot_learning_curve(self.path, self.curve_path, self.title)
         except Exception as err:  # any plotting failure: the run goes on

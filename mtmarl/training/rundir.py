@@ -35,8 +35,7 @@ LOCK_NAME = ".lock"
 CONFIG_NAME = "config.yaml"
 METRICS_NAME = "metrics.jsonl"
 # What a training run writes; overwrite=true removes exactly these.
-RUN_FILES = (CONFIG_NAME, METRICS_NAME, "algo.json", "run.json", "results.json", "summary.json",
-             "learning_curve.png")
+RUN_FILES = (CONFIG_NAME, METRICS_NAME, "algo.json", "run.json", "results.json", "summary.json", "curves.png")
 RUN_DIRS = ("checkpoints", ".neptune")
 RUN_GLOBS = ("events.out.tfevents.*",)  # TensorBoard: one event file per session of the run
 # Settings a resume may change: how the run is logged, evaluated, checkpointed, fed, extended, or spread over
