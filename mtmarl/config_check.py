@@ -92,6 +92,10 @@ def boolean(v: Any) -> str | None:
     return None if isinstance(v, bool) else "true or false"
 
 
+def boolean_or_null(v: Any) -> str | None:
+    return None if v is None or isinstance(v, bool) else "true, false or null"
+
+
 def one_of(*choices: str) -> Callable[[Any], str | None]:
     return lambda v: None if v in choices else "one of " + ", ".join(choices)
 
@@ -155,7 +159,7 @@ TRAIN_RULES: dict[str, Callable[[Any], str | None]] = {
     "training.keep_checkpoints": int_at_least(1),
     "training.population": int_at_least(1),
     "training.value_range": one_of("data", "config"),
-    "logger.neptune": boolean,
+    "logger.neptune": boolean_or_null,
     "logger.progress": boolean,
 }
 

@@ -14,8 +14,10 @@ with updates compiled into ``lax.scan`` chunks pmapped over the local devices
 evaluates train and test tasks every ``training.eval_every`` updates (the best
 checkpoint is chosen on TRAINING tasks only), and finally evaluates the best
 checkpoint with ``eval.episodes`` episodes per task. The run directory gets
-``config.yaml`` (resolved), ``metrics.jsonl``, ``checkpoints/``,
-``results.json`` (marl-eval layout) and ``summary.json`` (per task and split).
+``config.yaml`` (resolved), ``metrics.jsonl`` with TensorBoard event files beside it,
+``curves.png``, ``checkpoints/``, ``results.json`` (marl-eval layout) and
+``summary.json`` (per task and split); the last line printed says where the wall time
+went, phase by phase (mtmarl.training.logging).
 
 The config is checked before the run directory is touched; the directory is
 then locked for the run (mtmarl.training.rundir), and Ctrl-C / SIGTERM stop
@@ -172,22 +174,22 @@ def _follow(cfg: DictConfig, plain: dict[str, Any], run_dir: Path, stop_after: i
 
 def _train(cfg: DictConfig, plain: dict[str, Any], task_set, references, run_dir: Path,
            stop_after: int | None) -> list[dict[str, Any]]:
-    from mtmarl.evaluation.results import print_table, write_results
-    from mtmarl.training.data import data_fingerprint
-    from mtmarl.training.checkpoint import Checkpointer
+    from mtmarl.evaluation.results import print_table
     from mtmarl.training.logging import RunLogger
-    from mtmarl.training.loop import run_training, write_json
+    from mtmarl.training.loop import run_training
+    from mtmarl.training.phases import process_start
     from mtmarl.training.rundir import prepare
-    from mtmarl.distributed import max_over_processes, wait_for_main
+    from mtmarl.distributed import max_over_processes
     from mtmarl.training.stop import Interrupted, requested
 
     resumed = prepare(run_dir, plain, OmegaConf.to_yaml(cfg, resolve=True))
     lg = plain["logger"]
-    log = RunLogger(run_dir, int(plain["training"]["updates"]), neptune=bool(lg["neptune"]),
+    log = RunLogger(run_dir, int(plain["training"]["updates"]), neptune=lg.get("neptune"),
                     project=lg.get("project"), token=lg.get("api_token"), mode=lg.get("mode"),
                     tags=tuple(lg.get("tags") or ()) + (plain["algo"]["name"], task_set.name),
                     config=plain, progress=bool(lg.get("progress", True)), start=resumed or 0,
-                    resume_file=resumed is not None)
+                    resume_file=resumed is not None, start_epoch=process_start() or _STARTED,
+                    title=f"{plain['algo']['name']} on {task_set.name}")
     try:
         out = run_training(plain, task_set, run_dir, references, log=log, stop_after=stop_after)
         if out["updates"] < int(plain["training"]["updates"]):
@@ -197,9 +199,30 @@ def _train(cfg: DictConfig, plain: dict[str, Any], task_set, references, run_dir
         signum = max_over_processes(requested() or 0)
         if signum:
             raise Interrupted(signum, out["updates"])
-        algo, carry = out["algo"], out["carry"]
         if out["population"] > 1:
-            return _final_population(plain, out, task_set, references, run_dir, log)
+            tables = _final_population(plain, out, task_set, references, run_dir, log)
+        else:
+            tables = [_final_single(plain, out, task_set, references, run_dir, log)]
+    finally:
+        log.close()
+    for rows, title, path in tables:
+        print_table(rows, title=title)
+        print(f"results: {path}")
+    # where the wall time since the process started went, the phases adding up to it
+    print(log.timer.describe() + f" ({out['updates']} updates)")
+    return [row for rows, _, _ in tables for row in rows]
+
+
+def _final_single(plain: dict[str, Any], out: dict[str, Any], task_set, references, run_dir: Path, log):
+    """The final evaluation of the best (or final) parameters; returns (rows, table title, results path)."""
+    from mtmarl.distributed import wait_for_main
+    from mtmarl.evaluation.results import write_results
+    from mtmarl.training.checkpoint import Checkpointer
+    from mtmarl.training.data import data_fingerprint
+    from mtmarl.training.loop import write_json
+
+    algo, carry = out["algo"], out["carry"]
+    with log.phase("evaluating"):
         params, which = algo.acting_params(carry.state), "final"
         if out["best_step"] is not None:
             ckpt = Checkpointer(run_dir / "checkpoints")
@@ -212,6 +235,7 @@ def _train(cfg: DictConfig, plain: dict[str, Any], task_set, references, run_dir
         rows = out["evaluator"](params, None, splits, episodes=int(plain["eval"]["episodes"]))
         elapsed = time.perf_counter() - start
         wait_for_main("final-evaluation")  # several processes: the others may exit now
+    with log.phase("saving"):
         for row in rows:
             log.log(out["updates"], {f"{row['split']}/{row['name']}": row["mean_return"]}, prefix="final")
         path = write_results(run_dir, rows, algorithm=algo.name, seed=int(plain["seed"]))
@@ -221,22 +245,18 @@ def _train(cfg: DictConfig, plain: dict[str, Any], task_set, references, run_dir
                                           "data": data_fingerprint(task_set, plain["data"]["root"],
                                                                    plain["data"]["quality"], references)})
         log.set_summary("summary/best_step", out["best_step"] if out["best_step"] is not None else -1)
-    finally:
-        log.close()
-    print_table(rows, title=f"{algo.name} on {task_set.name}: {which} params, "
-                            f"{plain['eval']['episodes']} episodes/task ({out['train_seconds']:.0f} s training)")
-    print(f"results: {path}")
-    return rows
+    title = f"{algo.name} on {task_set.name}: {which} params, {plain['eval']['episodes']} episodes/task"
+    return rows, title, path
 
 
 def _final_population(plain: dict[str, Any], out: dict[str, Any], task_set, references, run_dir: Path,
-                      log) -> list[dict[str, Any]]:
+                      log) -> list[tuple[list[dict[str, Any]], str, Path]]:
     """Seeds trained side by side (``training.population``): each seed's best parameters (by its periodic
     training-task evaluations, ``mtmarl.training.selection``; its final ones when the run had none) through
     the same evaluation programs with that seed's evaluation keys, written to ``<run dir>/seed_<s>/`` as a
     run of that seed alone writes its directory (results.json, summary.json, run.json), so seed-matrix tools
-    read them."""
-    from mtmarl.evaluation.results import print_table, write_results
+    read them. Returns (rows, table title, results path) per seed."""
+    from mtmarl.evaluation.results import write_results
     from mtmarl.training.data import data_fingerprint
     from mtmarl.distributed import wait_for_main
     from mtmarl.training.engine import seed_slice
@@ -249,31 +269,32 @@ def _final_population(plain: dict[str, Any], out: dict[str, Any], task_set, refe
     splits = [s for s in ("train", "test") if task_set.split(s)]
     episodes = int(plain["eval"]["episodes"])
     fingerprint = data_fingerprint(task_set, plain["data"]["root"], plain["data"]["quality"], references)
-    every: list[dict[str, Any]] = []
+    tables = []
     for i, seed in enumerate(population_seeds(plain)):
         step = selection.steps[i]
         which = "final" if step is None else f"best (update {step})"
-        start = time.perf_counter()
         chosen = carry if step is None else best
-        rows = out["evaluator"](algo.acting_params(seed_slice(chosen.state, i)), None, splits, episodes=episodes,
-                                seed=seed)
-        elapsed = time.perf_counter() - start
-        for row in rows:
-            log.log(out["updates"], {f"seed_{seed}/{row['split']}/{row['name']}": row["mean_return"]},
-                    prefix="final")
-        path = write_results(run_dir / f"seed_{seed}", rows, algorithm=algo.name, seed=seed)
-        write_json(run_dir / f"seed_{seed}" / "run.json",
-                   {"updates": out["updates"], "best_step": step, "best_train_score": selection.scores[i],
-                    "evaluated": which,
-                    "population": out["population"], "train_seconds": out["train_seconds"],
-                    "eval_seconds": elapsed, "data": fingerprint})
-        print_table(rows, title=f"{algo.name} on {task_set.name}, seed {seed} of a population of "
-                                f"{out['population']}: {which} params, {episodes} episodes/task "
-                                f"({out['train_seconds']:.0f} s training, all seeds)")
-        print(f"results: {path}")
-        every += [{**row, "seed": seed} for row in rows]
-    wait_for_main("final-evaluation")  # several processes: the others may exit now
-    return every
+        with log.phase("evaluating"):
+            start = time.perf_counter()
+            rows = out["evaluator"](algo.acting_params(seed_slice(chosen.state, i)), None, splits,
+                                    episodes=episodes, seed=seed)
+            elapsed = time.perf_counter() - start
+        with log.phase("saving"):
+            for row in rows:
+                log.log(out["updates"], {f"seed_{seed}/{row['split']}/{row['name']}": row["mean_return"]},
+                        prefix="final")
+            path = write_results(run_dir / f"seed_{seed}", rows, algorithm=algo.name, seed=seed)
+            write_json(run_dir / f"seed_{seed}" / "run.json",
+                       {"updates": out["updates"], "best_step": step, "best_train_score": selection.scores[i],
+                        "evaluated": which,
+                        "population": out["population"], "train_seconds": out["train_seconds"],
+                        "eval_seconds": elapsed, "data": fingerprint})
+        title = (f"{algo.name} on {task_set.name}, seed {seed} of a population of {out['population']}: "
+                 f"{which} params, {episodes} episodes/task")
+        tables.append(([{**row, "seed": seed} for row in rows], title, path))
+    with log.phase("evaluating"):
+        wait_for_main("final-evaluation")  # several processes: the others may exit now
+    return tables
 
 
 if __name__ == "__main__":

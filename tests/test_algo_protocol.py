@@ -147,6 +147,14 @@ def test_toy_two_stage_algorithm_trains_and_resumes_across_the_stage_boundary(co
     assert [r.get("train/pretrain_count") for r in train] == [2.5, 6.5, None, None]
     assert [r.get("train/train_count") for r in train] == [None, None, 2.5, 6.5]
     assert [r.get("train/pretrain_seq_len") for r in train] == [2.0, 2.0, None, None]  # the stage's own sampler
+    # beside metrics.jsonl: TensorBoard events holding the same scalars, and the learning-curve picture
+    from PIL import Image
+
+    from test_logs import jsonl_scalars, read_scalars, same_scalars
+
+    same_scalars(read_scalars(straight), jsonl_scalars(straight / "metrics.jsonl"))
+    with Image.open(straight / "curves.png") as image:
+        assert image.format == "PNG"
     carry, meta = _final_state(straight)
     assert int(carry.state["pretrained"]) == PRETRAIN and int(carry.state["trained"]) == TRAIN
     assert int(carry.step) == PRETRAIN + TRAIN and meta["stage"] == "done"
@@ -303,6 +311,11 @@ def test_a_resumed_population_keeps_each_seeds_best_as_a_straight_run_does(conf,
     _train(conf, tmp_path / "straight", *extra)
     assert _train(conf, tmp_path / "broken", *extra, stop_after=PRETRAIN + K) == []
     _train(conf, tmp_path / "broken", *extra, "resume=true")
+    from test_logs import jsonl_scalars, read_scalars, same_scalars
+
+    # two sessions' TensorBoard files read as one run, equal to the resumed metrics.jsonl
+    assert len(list((tmp_path / "broken").glob("events.out.tfevents.*"))) == 2
+    same_scalars(read_scalars(tmp_path / "broken"), jsonl_scalars(tmp_path / "broken" / "metrics.jsonl"))
     runs = {}
     for name in ("straight", "broken"):
         ckpt = Checkpointer(tmp_path / name / "checkpoints")

@@ -380,6 +380,7 @@ def test_signal_checkpoints_prints_resume_line_and_second_run_is_refused(data_ro
     assert _params(run)[0] == step and step % 4 == 0 and step < 40000
     records = [json.loads(ln) for ln in (run / "metrics.jsonl").read_text().splitlines()]
     assert records[-1]["step"] == step
+    assert (run / "curves.png").is_file()  # drawn on the way out of an interrupted run too
     assert (run / ".lock").read_text() == ""  # released on the way out
     # The interrupted run is protected: rerunning it needs resume=true, and a resume with a changed config is
     # refused before anything is written (checked in-process: both refusals come before any compile).

@@ -9,6 +9,7 @@ resumed run reads its checkpoint on process 0 only.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import time
 from pathlib import Path
@@ -279,17 +280,9 @@ def _round_to(every: int, k: int) -> int:
     return 0 if every <= 0 else max(k, (every // k) * k)
 
 
-def run_training(cfg: Mapping[str, Any], task_set: TaskSet, run_dir: Path, references: dict[str, float],
-                 log=None, stop_after: int | None = None) -> dict[str, Any]:
-    """Train, evaluate periodically, checkpoint; returns the final carry, algo and the best step.
-
-    ``cfg`` is the resolved config as plain containers. ``stop_after`` ends the run
-    after that many updates (tests use it to simulate a crash).
-    """
-    training, seed = cfg["training"], int(cfg["seed"])
-    main = is_main()  # process 0 (the only one in a single-process run)
-    if not main:  # process 0 fetches first; on a shared file system the others then find the vaults there
-        await_start()
+def _load(cfg: Mapping[str, Any], task_set: TaskSet, run_dir: Path, main: bool):
+    """The run's data on the learner's devices: (learner, algorithm, total updates, updates per call, population)."""
+    training = cfg["training"]
     fetch_missing(task_set, cfg["data"]["root"], cfg["data"].get("hub"), cfg["data"].get("hub_manifest"))
     if main:
         announce_start()  # a refusal before this point is announced by mtmarl.train
@@ -314,21 +307,41 @@ def run_training(cfg: Mapping[str, Any], task_set: TaskSet, run_dir: Path, refer
         raise UserInputError(f"training.updates ({total}) must be a multiple of updates_per_call ({K})")
     population = int(training.get("population", 1))
     learner = Learner(algo, buffers, K, training.get("devices"), updates=total, population=population)
+    return learner, algo, total, K, population
+
+
+def run_training(cfg: Mapping[str, Any], task_set: TaskSet, run_dir: Path, references: dict[str, float],
+                 log=None, stop_after: int | None = None) -> dict[str, Any]:
+    """Train, evaluate periodically, checkpoint; returns the final carry, algo and the best step.
+
+    ``cfg`` is the resolved config as plain containers. ``stop_after`` ends the run
+    after that many updates (tests use it to simulate a crash).
+    """
+    training, seed = cfg["training"], int(cfg["seed"])
+    # The logger times each phase and names it on the progress bar (processes other than 0 have no logger).
+    phase = log.phase if log is not None else lambda name: contextlib.nullcontext()
+    main = is_main()  # process 0 (the only one in a single-process run)
+    if not main:  # process 0 fetches first; on a shared file system the others then find the vaults there
+        await_start()
+    with phase("loading data"):
+        learner, algo, total, K, population = _load(cfg, task_set, run_dir, main)
     log_every = _round_to(int(training["log_every"]), K) or K
     eval_every = _round_to(int(training["eval_every"]), K)
     ckpt_every = _round_to(int(training["checkpoint_every"]), K)
 
     ckpt = (Checkpointer if main else NoCheckpoints)(run_dir / "checkpoints", int(training["keep_checkpoints"]))
-    carry = learner.init(seed)
+    with phase("compiling"):
+        carry = learner.init(seed)
     template = carry
     selection, done = Selection(population), 0
     earlier_seconds = 0.0  # training time of the sessions before a resume (their checkpoint records it)
     if cfg.get("resume") and ckpt.latest_step() is not None:
         check_same_algorithm(ckpt.meta("latest"), algo, ckpt.directory)
-        carry, meta = ckpt.restore(template, "latest")
-        done, selection = int(meta["updates"]), Selection.from_meta(population, meta)
-        if population > 1 and selection.any:  # the other seeds' slices of the composite best
-            selection.carry, _ = ckpt.restore(template, "best")
+        with phase("loading data"):
+            carry, meta = ckpt.restore(template, "latest")
+            done, selection = int(meta["updates"]), Selection.from_meta(population, meta)
+            if population > 1 and selection.any:  # the other seeds' slices of the composite best
+                selection.carry, _ = ckpt.restore(template, "best")
         earlier_seconds = float(meta.get("train_seconds", 0.0))
         print(f"resumed from update {done} of {total}")
         if log is not None:
@@ -355,9 +368,10 @@ def run_training(cfg: Mapping[str, Any], task_set: TaskSet, run_dir: Path, refer
     if periodic is not None:
         on_accelerator = learner.devices[0].platform != "cpu"
         first = carry.state if population == 1 else seed_slice(carry.state, 0)  # the programs take one seed's
-        periodic.compile(algo.acting_params(first), eval_splits, background=on_accelerator)
-        if not on_accelerator:
-            release_freed_memory()
+        with phase("compiling"):
+            periodic.compile(algo.acting_params(first), eval_splits, background=on_accelerator)
+            if not on_accelerator:
+                release_freed_memory()
 
     def evaluate_and_select(step: int, carry: Carry):
         """Process 0 evaluates (each seed of a population with its own keys) and checkpoints the best; the
@@ -365,6 +379,11 @@ def run_training(cfg: Mapping[str, Any], task_set: TaskSet, run_dir: Path, refer
         if periodic is None:  # not process 0
             wait_for_main(f"evaluated-{step}")
             return
+        with phase("evaluating"):
+            _evaluate_and_select(periodic, step, carry)
+        wait_for_main(f"evaluated-{step}")
+
+    def _evaluate_and_select(periodic: PeriodicEvaluator, step: int, carry: Carry):
         if population == 1:
             per = [periodic(algo.acting_params(carry.state), step, eval_splits)]
         else:
@@ -377,10 +396,10 @@ def run_training(cfg: Mapping[str, Any], task_set: TaskSet, run_dir: Path, refer
                     per_seed({k: np.array([m[k] for m in metrics]) for k in metrics[0]}, seed), prefix="eval")
         if "train_score" in metrics[0] and selection.offer(step, carry, [m["train_score"] for m in metrics]):
             scores = selection.scores[0] if population == 1 else selection.scores
-            ckpt.save_best(step, selection.carry, {**describe(step), **selection.meta(), "score": scores,
-                                                   "rows": [_strip(rows) for rows in per] if population > 1
-                                                   else _strip(per[0])})
-        wait_for_main(f"evaluated-{step}")
+            with phase("saving"):
+                ckpt.save_best(step, selection.carry, {**describe(step), **selection.meta(), "score": scores,
+                                                       "rows": [_strip(rows) for rows in per] if population > 1
+                                                       else _strip(per[0])})
 
     # the run config a checkpoint carries, without secrets (a Neptune token given on the command line)
     run_config = {**cfg, "logger": {k: v for k, v in (cfg.get("logger") or {}).items() if k != "api_token"}}
@@ -397,9 +416,13 @@ def run_training(cfg: Mapping[str, Any], task_set: TaskSet, run_dir: Path, refer
     try:
         t_train = time.perf_counter()
         last_saved = done or None  # a resumed run starts from its latest checkpoint
+        compiled: set[int] = set()  # stages whose program this process has compiled
         while done < total:
             stage = learner.stage(done)
-            carry, metrics = learner.run(carry)
+            # a stage's first call compiles its program (and then runs its first updates_per_call updates)
+            with phase("training" if stage.number in compiled else "compiling"):
+                carry, metrics = learner.run(carry)
+            compiled.add(stage.number)
             try:
                 check_finite(metrics, carry, done + 1, done + K, ckpt.directory, last_saved)
             except NonFiniteMetricError:  # the same on every process: the carry and metrics are global
@@ -415,15 +438,17 @@ def run_training(cfg: Mapping[str, Any], task_set: TaskSet, run_dir: Path, refer
             if eval_every and done % eval_every == 0 and done < total:
                 evaluate_and_select(done, carry)
             if (ckpt_every and done % ckpt_every == 0) or done == total:
-                ckpt.save_latest(done, carry, {**describe(done), **selection.meta()})
+                with phase("saving"):
+                    ckpt.save_latest(done, carry, {**describe(done), **selection.meta()})
                 last_saved = done
             # Ctrl-C / SIGTERM (mtmarl.training.stop): checkpoint this call's result, stop. Several processes stop
             # together when any of them got a signal (each asks the others once per call).
             signum = max_over_processes(requested() or 0) or None
             if signum is not None and done < total:
-                if last_saved != done:
-                    ckpt.save_latest(done, carry, {**describe(done), **selection.meta()})
-                ckpt.close()
+                with phase("saving"):
+                    if last_saved != done:
+                        ckpt.save_latest(done, carry, {**describe(done), **selection.meta()})
+                    ckpt.close()
                 raise Interrupted(signum, done)
             if stop_after is not None and done >= stop_after:
                 break
@@ -433,7 +458,8 @@ def run_training(cfg: Mapping[str, Any], task_set: TaskSet, run_dir: Path, refer
     finally:
         if periodic is not None:  # a run that ends early leaves no compile running on
             periodic.close()
-    ckpt.close()
+    with phase("saving"):  # waits for the checkpoints still being written
+        ckpt.close()
     return {"carry": carry, "algo": algo, "learner": learner, "evaluator": periodic, "updates": done,
             "best_step": selection.steps[0], "best_score": selection.scores[0], "selection": selection,
             "train_seconds": train_seconds, "template": template, "population": population}

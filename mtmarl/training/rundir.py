@@ -35,8 +35,9 @@ LOCK_NAME = ".lock"
 CONFIG_NAME = "config.yaml"
 METRICS_NAME = "metrics.jsonl"
 # What a training run writes; overwrite=true removes exactly these.
-RUN_FILES = (CONFIG_NAME, METRICS_NAME, "algo.json", "run.json", "results.json", "summary.json")
+RUN_FILES = (CONFIG_NAME, METRICS_NAME, "algo.json", "run.json", "results.json", "summary.json", "curves.png")
 RUN_DIRS = ("checkpoints", ".neptune")
+RUN_GLOBS = ("events.out.tfevents.*",)  # TensorBoard: one event file per session of the run
 # Settings a resume may change: how the run is logged, evaluated, checkpointed, fed, extended, or spread over
 # devices and processes; none of them changes the parameters trained (devices, processes: data parallelism is
 # exact up to float rounding; a resumed multi-node job gets other nodes, so another coordinator address).
@@ -197,6 +198,9 @@ def prepare(run_dir: Path, cfg: Mapping[str, Any], config_text: str) -> int | No
                 (run_dir / name).unlink(missing_ok=True)
             for name in RUN_DIRS:
                 shutil.rmtree(run_dir / name, ignore_errors=True)
+            for pattern in RUN_GLOBS:
+                for path in run_dir.glob(pattern):
+                    path.unlink(missing_ok=True)
             print(f"overwrite=true: removed the previous run in {run_dir}")
         elif resume:
             stored = run_dir / CONFIG_NAME
