@@ -54,10 +54,13 @@ def run_updates(budget: int, per_update: int, name: str, bar=None) -> int:
     budget rounded up to a whole update; one line says so when that is more than the budget."""
     updates = -(-int(budget) // int(per_update))
     if updates * per_update != budget:
-        say = bar.console.print if bar is not None else (lambda text: print(text, file=sys.stderr))
-        say(f"{name}: the collect budget of {budget:,} env steps is not a whole number of updates "
-            f"({per_update:,} env steps each); running {updates:,} update{'s' * (updates > 1)} = "
-            f"{updates * per_update:,} env steps")
+        text = (f"{name}: the collect budget of {budget:,} env steps is not a whole number of updates "
+                f"({per_update:,} env steps each); running {updates:,} update{'s' * (updates > 1)} = "
+                f"{updates * per_update:,} env steps")
+        if bar is not None:  # above the progress bar, as one line however wide
+            bar.console.print(text, soft_wrap=True, markup=False, highlight=False)
+        else:
+            print(text, file=sys.stderr)
     return updates
 
 
