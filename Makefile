@@ -71,15 +71,15 @@ COLLECT_ONE := XLA_FLAGS=--xla_force_host_platform_device_count=1 $(PY) -m mtmar
 demo-data: $(addprefix demo-data-,$(DATA_SETS))
 data: $(addprefix data-,$(DATA_SETS))
 demo-data-%: install
-	$(COLLECT_ONE) +budget=demo +tasks=$* collect.root=$(DEMO_ROOT) collect.progress=false
+	$(COLLECT_ONE) +budget=demo +tasks=$* collect.root=$(DEMO_ROOT) collect.write_bundled=true collect.progress=false
 data-%: install
 	$(COLLECT_ONE) +budget=full +tasks=$* collect.root=$(FULL_ROOT)
 # SMAX (seed 002's sets): expert + medium datasets of the training maps, test maps online for a reference only
 # (budget/smax_demo.yaml: 1M steps per training map, 300k per test map on a CPU; budget/smax.yaml: 3M, for a GPU).
 demo-data-smax_%: install
-	$(COLLECT_ONE) +budget=smax_demo +tasks=smax_$* split=train collect.root=$(DEMO_ROOT) collect.progress=false
+	$(COLLECT_ONE) +budget=smax_demo +tasks=smax_$* split=train collect.root=$(DEMO_ROOT) collect.write_bundled=true collect.progress=false
 	$(COLLECT_ONE) +budget=smax_demo +tasks=smax_$* split=test collect.env_budget.smax=300000 \
-		collect.root=$(DEMO_ROOT) collect.progress=false
+		collect.root=$(DEMO_ROOT) collect.write_bundled=true collect.progress=false
 data-smax_%: install
 	$(COLLECT_ONE) +budget=smax +tasks=smax_$* collect.root=$(FULL_ROOT)
 

@@ -7,7 +7,8 @@ record datasets, write reference returns.
 For every task of the set (``split``), the env's collector
 (:mod:`mtmarl.online.collectors`) runs on the task itself (unpadded): by default an
 Anakin online learner (``online=mappo``, the default, or ``online=sable``; built by
-:mod:`mtmarl.online.anakin`) trains for ``collect.budget`` env steps. After every
+:mod:`mtmarl.online.anakin`) trains for ``collect.budget`` env steps (rounded up to a
+whole update, said in one line when that adds steps; the last chunk is then shorter). After every
 chunk of K updates it logs the mean return of the episodes finished in training to
 ``<log_dir>/<env>/<task>.jsonl`` (plus a PNG of the curve) and, for train tasks,
 records R envs x T steps with the stochastic policy (completed episodes only). At
@@ -17,6 +18,12 @@ merged into ``references.json`` (key: the task's ad-hoc string); train tasks get
 their recordings written as one vault with :func:`mtmarl.data.vault.write_vault`.
 RWARE can instead use the scripted planner (``collect.scripted.envs``) or its DAgger
 student (``collect.dagger.envs``).
+
+Everything goes under ``collect.root`` (default ``outputs/vault_data`` in the working
+directory). The repository's bundled ``vault_data/`` (tracked vaults and the
+``references.json`` that normalises them) is written only with
+``collect.write_bundled=true`` (``make demo-data``); otherwise a root, references
+file or log directory inside it is refused before anything runs.
 
 Resumable: a task whose outputs exist (vault and reference for train tasks,
 reference for test tasks) is skipped, so a killed run restarts at the task it
@@ -46,6 +53,8 @@ from mtmarl.online.quality import QUALITIES, min_episodes
 from mtmarl.runtime import enable_compilation_cache, hydra_cli, user_errors_exit
 
 ROOT = Path(__file__).resolve().parent.parent
+BUNDLED = ROOT / "vault_data"  # the data shipped with the repository (tracked vaults and references.json)
+DEFAULT_ROOT = Path("outputs") / "vault_data"  # collect.root's default, under the working directory
 
 
 # --------------------------------------------------------------------------- helpers
@@ -85,6 +94,31 @@ def _path(value, default: Path) -> Path:
     return path if path.is_absolute() else Path.cwd() / path
 
 
+def refuse_bundled(cfg: DictConfig, paths: dict[str, Path]) -> None:
+    """Collecting writes into the bundled ``vault_data/`` only when asked with ``collect.write_bundled=true``.
+
+    Why: a collection there rewrites tracked vaults and merges its references into the
+    ``references.json`` that normalises every later training and evaluation of those tasks.
+    """
+    if cfg.collect.get("write_bundled", False) is True:
+        return
+    bundled = BUNDLED.resolve()
+    for key, path in paths.items():
+        if path.resolve().is_relative_to(bundled):
+            raise UserInputError(f"{key}={path} is inside the bundled data {bundled} (tracked vaults and the "
+                                 f"references.json that normalises them); add collect.write_bundled=true to "
+                                 f"write there, or leave {key} at its default (<cwd>/{DEFAULT_ROOT})")
+
+
+def output_paths(cfg: DictConfig) -> tuple[Path, Path, Path]:
+    """(vault root, references file, log directory) of a collection, refused inside the bundled data."""
+    root = _path(cfg.collect.root, Path.cwd() / DEFAULT_ROOT)
+    ref_path = _path(cfg.collect.references, root / "references.json")
+    log_dir = _path(cfg.collect.log_dir, root / "logs")
+    refuse_bundled(cfg, {"collect.root": root, "collect.references": ref_path, "collect.log_dir": log_dir})
+    return root, ref_path, log_dir
+
+
 @user_errors_exit
 def run(cfg: DictConfig) -> list[dict[str, Any]]:
     from rich.console import Console
@@ -93,6 +127,7 @@ def run(cfg: DictConfig) -> list[dict[str, Any]]:
     from mtmarl.config_check import check_keys
 
     check_keys(OmegaConf.to_container(cfg, resolve=True), "collect")  # +key=... typos (Hydra allows new keys)
+    root, ref_path, log_dir = output_paths(cfg)
     enable_compilation_cache()
     for env in envs.ENVS:
         if env_budget(cfg, env) < 1:
@@ -114,9 +149,6 @@ def run(cfg: DictConfig) -> list[dict[str, Any]]:
     split = "train" if cfg.get("task") else str(cfg.split)
     splits = ["train", "test"] if split == "all" else [split]
     todo = [(s, spec) for s in splits for spec in task_set.split(s)]
-    root = _path(cfg.collect.root, ROOT / "vault_data")
-    ref_path = _path(cfg.collect.references, root / "references.json")
-    log_dir = _path(cfg.collect.log_dir, root / "logs")
     console = Console(stderr=True)
     results = []
     columns = (TextColumn("{task.description}"), BarColumn(), TextColumn("{task.completed:,.0f} steps"),

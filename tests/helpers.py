@@ -56,11 +56,12 @@ def random_params(init_fn, key, sample_obs, scale_spread: float = 0.1):
     return jax.tree.unflatten(tree, out)
 
 
-def tiny_collect(tmp_path, task: str, online: dict, budget: int = 64):
+def tiny_collect(tmp_path, task: str, online: dict, budget: int | None = None):
     """One tiny online collection of ``task`` into ``tmp_path/vaults``; returns (result, vault experience, spec).
 
     Checks what every collector must satisfy: env steps = devices x envs x rollout x updates per chunk
-    (``budget`` is one chunk), the vault holds the reported transitions of the task's shape, finite return.
+    (``budget``, default one chunk, is one chunk), the vault holds the reported transitions of the task's
+    shape, finite return.
     """
     from omegaconf import OmegaConf
 
@@ -68,17 +69,17 @@ def tiny_collect(tmp_path, task: str, online: dict, budget: int = 64):
     from mtmarl.data.vault import read_vault, vault_path
     from mtmarl.tasks import TaskSpec
 
+    chunk = jax.local_device_count() * online["num_envs"] * online["rollout_len"] * online["updates_per_chunk"]
     cfg = OmegaConf.create({
         "task": task, "split": "train", "seed": 0, "online": online, "online_env": {},
-        "collect": {"budget": budget, "root": str(tmp_path / "vaults"), "uid": "default", "references": None,
+        "collect": {"budget": budget or chunk, "root": str(tmp_path / "vaults"), "uid": "default", "references": None,
                     "log_dir": None, "record": True, "progress": False, "initial_eval": False},
         "eval": {"episodes": 8, "devices": None, "greedy": False}})
     (res,) = collect.run(cfg)
     spec = TaskSpec.parse(task)
     exp = read_vault(vault_path(tmp_path / "vaults", spec), spec)
     env, length = spec.build(), exp["actions"].shape[1]
-    assert res["env_steps"] == jax.local_device_count() * online["num_envs"] * online["rollout_len"] \
-        * online["updates_per_chunk"]
+    assert res["env_steps"] == chunk
     assert length == res["transitions"] > 0 and np.isfinite(res["return"])
     assert exp["observations"].shape == (1, length, env.num_agents, env.obs_dim)
     return res, exp, spec

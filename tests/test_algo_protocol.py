@@ -137,6 +137,8 @@ def _final_state(run_dir):
 
 
 def test_toy_two_stage_algorithm_trains_and_resumes_across_the_stage_boundary(conf, tmp_path):
+    from mtmarl.training.checkpoint import write_checksums
+
     straight = tmp_path / "straight"
     rows = _train(conf, straight)
     assert len(rows) == 1 and rows[0]["split"] == "train" and np.isfinite(rows[0]["mean_return"])
@@ -171,6 +173,7 @@ def test_toy_two_stage_algorithm_trains_and_resumes_across_the_stage_boundary(co
     assert meta8["train_seconds"] > 0
     (meta_file,) = (broken / "checkpoints" / "latest").glob(f"{PRETRAIN}/meta/metadata")
     meta_file.write_text(json.dumps({**json.loads(meta_file.read_text()), "train_seconds": 1000.0}))
+    write_checksums(meta_file.parent.parent)  # as if saved so: the edit is not a corruption
     _train(conf, broken, "resume=true")
     resumed, resumed_meta = _final_state(broken)
     assert 1000.0 < resumed_meta["train_seconds"] < 1000.0 + 600

@@ -204,11 +204,11 @@ def _stopping_system(monkeypatch, on_call: int, action):
         def __getattr__(self, name):
             return getattr(self._inner, name)
 
-        def train_chunk(self, state):
+        def train_chunk(self, state, updates=None):
             calls.append(1)
             if len(calls) == on_call:
                 action()
-            return self._inner.train_chunk(state)
+            return self._inner.train_chunk(state, updates)
 
     monkeypatch.setattr(collectors, "get_system", lambda *a: Wrapped(original(*a)))
     return calls
@@ -266,3 +266,23 @@ def test_a_time_limit_stops_each_tasks_training_at_the_first_chunk_past_it(tmp_p
         cfg.collect.time_limit_min = bad
         with pytest.raises(UserInputError, match=rf"collect.time_limit_min={bad!r}; allowed: null or a number"):
             collect.run.__wrapped__(cfg)
+
+
+def test_the_budget_is_the_env_steps_run_rounded_up_to_a_whole_update(tmp_path, capsys):
+    """Not rounded up to a whole chunk: 5 updates of 2 per chunk run as chunks of 2, 2 and 1."""
+    import jax
+
+    from mtmarl import collect
+    from mtmarl.online.collectors import run_updates
+
+    per_update = jax.local_device_count() * TINY["num_envs"] * TINY["rollout_len"]
+    assert run_updates(3 * per_update, per_update, "t") == 3 and capsys.readouterr().err == ""  # exact: no line
+    cfg = _cfg(tmp_path, "mixed")
+    cfg.collect.budget = 4 * per_update + 1
+    (res,) = collect.run(cfg)
+    assert res["env_steps"] == 5 * per_update
+    log = [json.loads(line) for line in next((tmp_path / "vaults" / "logs").rglob("*.jsonl")).read_text().splitlines()]
+    assert [r["updates"] for r in log] == [2, 4, 5] and [r["env_steps"] for r in log] == [2 * per_update,
+                                                                                      4 * per_update, 5 * per_update]
+    said = [line for line in capsys.readouterr().err.splitlines() if "not a whole number of updates" in line]
+    assert len(said) == 1 and f"running 5 updates = {5 * per_update:,} env steps" in said[0], said

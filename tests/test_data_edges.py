@@ -44,6 +44,28 @@ def test_export_round_trips_through_the_vault_reader(vault, tmp_path):
     assert [p.name for p in out.parent.iterdir()] == ["data.npz"]  # no temp file left behind
 
 
+def test_export_refuses_to_overwrite_without_force_and_to_write_inside_the_vault(vault, tmp_path):
+    def tree():
+        return {p.relative_to(vault).as_posix(): p.read_bytes() for p in sorted(vault.rglob("*")) if p.is_file()}
+
+    out = tmp_path / "data.npz"
+    out.write_bytes(b"mine")
+    rc, err = _main(data_cli.main, ["export", str(vault), str(out)])
+    assert rc == 2 and err.strip() == f"error: export target {out} exists; pass --force to replace it"
+    assert out.read_bytes() == b"mine"
+    assert _main(data_cli.main, ["export", str(vault), str(out), "--force"])[0] == 0
+    with np.load(out) as got:
+        assert "observations" in got.files
+
+    before = tree()
+    (uid,) = [p.name for p in vault.iterdir() if p.is_dir()]
+    for target_vault, target in ((vault, vault / "x.npz"), (vault / uid, vault / uid / "x.npz"),
+                                 (vault / uid, vault / "x.npz"), (vault, vault / uid / "d" / "x.npz")):
+        rc, err = _main(data_cli.main, ["export", str(target_vault), str(target), "--force"])
+        assert rc == 2 and "\n" not in err.strip() and "is inside the vault" in err, err
+    assert tree() == before  # nothing written into the vault
+
+
 def test_vault_without_metadata_is_read_with_a_warning(vault, tmp_path):
     copy = tmp_path / vault.name
     shutil.copytree(vault, copy)

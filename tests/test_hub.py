@@ -15,6 +15,7 @@ import io
 import json
 import shutil
 import threading
+import time
 import zipfile
 from pathlib import Path
 
@@ -31,6 +32,7 @@ class Handler(http.server.BaseHTTPRequestHandler):
     log: list[dict] = []
     drop_next: set[str] = set()  # paths whose next response is cut half-way
     ignore_range: bool = False
+    pause: float = 0.0  # seconds to wait half-way through each body (overlapping downloads)
 
     def log_message(self, *args):  # keep pytest output clean
         pass
@@ -66,12 +68,17 @@ class Handler(http.server.BaseHTTPRequestHandler):
             self.wfile.flush()
             self.close_connection = True
             return
+        if self.pause:
+            self.wfile.write(payload[: len(payload) // 2])
+            self.wfile.flush()
+            time.sleep(self.pause)
+            payload = payload[len(payload) // 2:]
         self.wfile.write(payload)
 
 
 @pytest.fixture
 def server():
-    Handler.files, Handler.log, Handler.drop_next, Handler.ignore_range = {}, [], set(), False
+    Handler.files, Handler.log, Handler.drop_next, Handler.ignore_range, Handler.pause = {}, [], set(), False, 0.0
     srv = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
     thread = threading.Thread(target=srv.serve_forever, daemon=True)
     thread.start()
@@ -294,3 +301,137 @@ def test_a_bundled_smax_vault_with_two_datasets_round_trips_through_the_hub(tmp_
         a, b = V.read_vault(src, spec, uid=uid), V.read_vault(got, spec, uid=uid)
         np.testing.assert_array_equal(a["actions"], b["actions"])
         np.testing.assert_array_equal(a["rewards"], b["rewards"])
+
+
+# ---------------------------------------------------------------- confinement, pack refusals, races, full disk
+
+def _zip_of(tmp_path: Path, name: str, members: dict[str, bytes]) -> bytes:
+    path = tmp_path / name
+    with zipfile.ZipFile(path, "w") as zf:
+        for member, data in members.items():
+            zf.writestr(member, data)
+    return path.read_bytes()
+
+
+def _one_line_refusal(capsys, argv: list[str], wants: str) -> str:
+    assert hub.main(argv) == 2
+    captured = capsys.readouterr()
+    err = captured.err.strip()
+    assert captured.out == "" and "\n" not in err and err.startswith("error: ") and wants in err, err
+    return err
+
+
+def _files(root: Path) -> set[str]:
+    return {p.relative_to(root).as_posix() for p in root.rglob("*")}
+
+
+@pytest.mark.parametrize("env", ["../../escaped", "..", "a/b", "/abs", ".hidden"])
+def test_an_archives_env_name_never_installs_outside_to(tmp_path, server, capsys, env):
+    """mtmarl.json's task.env is the archive's say; a name that is not one plain component is refused."""
+    vlt = _make_vault(tmp_path / "src")
+    meta = json.loads((vlt / V.META_FILE).read_text())
+    meta["task"]["env"] = env
+    (vlt / V.META_FILE).write_text(json.dumps(meta))
+    hub.pack(vlt, tmp_path / "evil.zip")
+    Handler.files["/evil.zip"] = (tmp_path / "evil.zip").read_bytes()
+    box = tmp_path / "box"
+    to = box / "a" / "b" / "vault_data"
+    outside = lambda: {f for f in _files(tmp_path) if not f.startswith("box")}  # noqa: E731
+    outside_before = outside()
+    _one_line_refusal(capsys, ["download", f"{server}/evil.zip", "--to", str(to), "--quiet"],
+                      "not a plain directory")
+    assert outside() == outside_before  # nothing escaped --to
+    assert _files(to) == {".downloads"} and not list((to / ".downloads").iterdir())  # nor installed, nor left
+    # --env, when given, is the env directory (checked itself), and the archive's name is not consulted.
+    assert hub.download(f"{server}/evil.zip", to, env="connector", progress=False)[0] == (
+        to / "connector" / "toy.vlt", "installed")
+
+
+@pytest.mark.parametrize("member", ["../escaped.vlt/x", "toy.vlt/../../escaped", "/abs/toy.vlt/x", "C:/toy.vlt/x",
+                                    "toy.vlt\\..\\..\\x"])
+def test_zip_member_names_outside_the_staging_dir_are_refused(tmp_path, server, capsys, member):
+    Handler.files["/m.zip"] = _zip_of(tmp_path, "m.zip", {member: b"x"})
+    to = tmp_path / "box" / "vault_data"
+    _one_line_refusal(capsys, ["download", f"{server}/m.zip", "--to", str(to), "--quiet"], "unsafe path")
+    assert _files(tmp_path / "box") == {"vault_data", "vault_data/.downloads"}
+    assert not (tmp_path / "escaped").exists() and not (tmp_path / "escaped.vlt").exists()
+
+
+@pytest.mark.parametrize("bad", ["..", ".", ".hidden", "a/b", "x\n"])
+def test_env_and_source_names_must_be_plain_components(tmp_path, bad):
+    with pytest.raises(UserInputError, match="plain directory name"):
+        hub.download("http://127.0.0.1:9/toy.zip", tmp_path / "v", env=bad, progress=False)
+    with pytest.raises(UserInputError, match="must look like ogmarl"):
+        hub.resolve_source(f"ogmarl:core/{bad}/3m")
+    assert not (tmp_path / "v").exists()
+
+
+def test_pack_refuses_an_output_inside_its_vault_or_onto_a_directory(tmp_path, capsys):
+    vlt = _make_vault(tmp_path / "src")
+    before = _tree_bytes(vlt)
+    for out in (vlt / V.META_FILE, vlt / "default" / "x.zip", vlt):
+        _one_line_refusal(capsys, ["pack", str(vlt), str(out)], "inside the vault")
+    (tmp_path / "outdir").mkdir()
+    _one_line_refusal(capsys, ["pack", str(vlt), str(tmp_path / "outdir")], "existing directory")
+    assert _tree_bytes(vlt) == before
+    assert not [p for p in tmp_path.rglob("*") if ".part" in p.name]
+    assert not list((tmp_path / "outdir").iterdir())
+
+
+def test_two_downloads_of_one_archive_at_once_both_succeed(tmp_path, server, packed):
+    """Each download writes a file of its own; the slower install finds the vault in place and keeps it."""
+    data, sha, src = packed
+    Handler.files["/toy.zip"] = data
+    Handler.pause = 0.3  # both transfers are half-way at the same time
+    root = tmp_path / "vault_data"
+    results, errors = [], []
+
+    def fetch():
+        try:
+            results.append(hub.download(f"{server}/toy.zip", root, sha256=sha, progress=False))
+        except Exception as err:  # noqa: BLE001  (reported by the assertion below)
+            errors.append(err)
+
+    threads = [threading.Thread(target=fetch) for _ in range(2)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(30)
+    assert errors == [] and len(results) == 2
+    assert len([r for r in Handler.log if r["path"] == "/toy.zip"]) == 2  # they did overlap: two transfers
+    assert all(r[0][0] == root / "connector" / "toy.vlt" for r in results)
+    assert _tree_bytes(root / "connector" / "toy.vlt") == _tree_bytes(src)
+    assert not list((root / ".downloads").iterdir()) and not list(root.glob(".extract-*"))
+
+
+def test_a_full_disk_is_one_line_and_leaves_nothing_that_blocks_a_retry(tmp_path, server, packed, monkeypatch,
+                                                                        capsys):
+    import errno
+
+    from mtmarl.hub import transfer
+
+    data, sha, src = packed
+    Handler.files["/toy.zip"] = data
+    root = tmp_path / "vault_data"
+
+    class Full(io.FileIO):
+        def write(self, block):
+            raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(transfer, "open", lambda path, mode: Full(path, mode.replace("b", "")), raising=False)
+    _one_line_refusal(capsys, ["download", f"{server}/toy.zip", "--to", str(root), "--quiet", "--retries", "2"],
+                      "no space left")
+    assert not list((root / ".downloads").iterdir())  # the partial download is removed, not kept to block
+    monkeypatch.undo()
+
+    # Full while extracting: the staging directory and the zip are removed, nothing installed.
+    def no_space(self, *args, **kwargs):
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(zipfile.ZipFile, "extractall", no_space)
+    _one_line_refusal(capsys, ["download", f"{server}/toy.zip", "--to", str(root), "--quiet"], "cannot extract")
+    assert _files(root) == {".downloads"} and not list((root / ".downloads").iterdir())
+    monkeypatch.undo()
+
+    assert hub.download(f"{server}/toy.zip", root, sha256=sha, progress=False)[0][1] == "installed"  # the retry
+    assert _tree_bytes(root / "connector" / "toy.vlt") == _tree_bytes(src)

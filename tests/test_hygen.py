@@ -240,7 +240,7 @@ def test_collector_reports_curve_hybrid_ratio_jp_and_tt(run_dir, tmp_path):
             "online": online,
             "online_env": {},
             "collect": {
-                "budget": 1,
+                "budget": ENVS * SEQ * CHUNK,  # one chunk
                 "root": str(tmp_path / "vaults"),
                 "uid": "default",
                 "references": None,
@@ -289,7 +289,8 @@ def test_sources_play_the_sets_training_tasks_and_eval_set_reports_every_task(ru
     assert env.spec == hygen.task_env(TaskSpec.parse(TASK).build(), tiny(run_dir)).spec  # the run's layout
     cfg = OmegaConf.create({
         "task": TASK, "split": "train", "seed": 3, "online": online, "online_env": {},
-        "collect": {"budget": 1, "root": str(tmp_path / "vaults"), "uid": "default", "references": None,
+        "collect": {"budget": ENVS * SEQ * CHUNK, "root": str(tmp_path / "vaults"), "uid": "default",
+                    "references": None,
                     "log_dir": str(tmp_path / "logs"), "record": False, "progress": False, "initial_eval": False},
         "eval": {"episodes": 4, "devices": None, "greedy": True}})
     (res,) = collect.run(cfg)

@@ -118,8 +118,8 @@ def test_collector_reports_jp_and_tt_for_qmix(chunk_run, tmp_path):
               "buffer_size": 5, "eps_decay_steps": 16, "record_envs": 2, "record_len": 4, "tt_threshold": -1.0}
     assert online_config(online) == chunk_run[0]  # the fixture's config: its compiled system is reused
     cfg = OmegaConf.create({"task": TASK, "split": "train", "seed": 0, "online": online, "online_env": {},
-                            "collect": {"budget": 1, "root": str(tmp_path / "vaults"), "uid": "default",
-                                        "references": None, "log_dir": str(tmp_path / "logs"), "record": False,
+                            "collect": {"budget": ENVS * SEQ * CHUNK, "root": str(tmp_path / "vaults"),
+                                        "uid": "default", "references": None, "log_dir": str(tmp_path / "logs"), "record": False,
                                         "progress": False, "initial_eval": True},
                             "eval": {"episodes": 2, "devices": None, "greedy": True}})
     (res,) = collect.run(cfg)

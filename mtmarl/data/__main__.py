@@ -1,7 +1,8 @@
 """``python -m mtmarl.data stats <vault | task set> [--hist out.png]``: dataset cards of vaults;
 ``python -m mtmarl.data report <task set> [--markdown]``: references and vault sizes per task;
 ``python -m mtmarl.data quality <task set> [--markdown]``: expert/medium datasets beside seed 002's Table 5;
-``python -m mtmarl.data export <vault> <out.npz> [--uid UID]``: one vault as a numpy ``.npz``."""
+``python -m mtmarl.data export <vault> <out.npz> [--uid UID] [--force]``: one vault as a numpy ``.npz`` (outside
+the vault; an existing file replaced only with ``--force``)."""
 
 from __future__ import annotations
 
@@ -41,6 +42,7 @@ def main(argv: list[str] | None = None) -> int:
     e.add_argument("out", help="output .npz file")
     e.add_argument("--uid", default=None, help="dataset uid inside the .vlt (default: the only one)")
     e.add_argument("--no-verify", dest="verify", action="store_false", help="skip the sha256 check")
+    e.add_argument("--force", action="store_true", help="replace the output file if it exists")
     args = parser.parse_args(argv)
     if args.command == "report":
         return report(args)
@@ -78,7 +80,7 @@ def export(args) -> int:
     from mtmarl.data.vault import export_npz
 
     try:
-        out, shapes = export_npz(args.vault, args.out, uid=args.uid, verify=args.verify)
+        out, shapes = export_npz(args.vault, args.out, uid=args.uid, verify=args.verify, force=args.force)
     except UserInputError as err:
         print(f"error: {err}", file=sys.stderr)
         return 2

@@ -24,13 +24,16 @@ else the ``task.env`` of the vault's ``mtmarl.json``, else the directory the
 
 Integrity: the zip's sha256 is checked when given (``--sha256`` or a
 ``--manifest`` JSON file mapping the source name or zip file name to a sha256).
-The download goes to ``<to>/.downloads/<name>.part`` and resumes with an HTTP
-Range request (``If-Range`` guards against a changed file; a server answering
-200 instead of 206 restarts it). The zip is extracted to a temporary directory
-inside ``<to>``, each vault is checked (Flashbax metadata present, sha256 of the
-files listed in ``mtmarl.json``) and only then renamed into place, so a failed or
-corrupt download never replaces good data. A vault already present and valid is
-skipped (``--force`` replaces it).
+Each download writes a file of its own in ``<to>/.downloads/`` (two downloads of
+one archive at once never share one); an interrupted one is left as
+``<name>.part`` and resumed with an HTTP Range request (``If-Range`` guards
+against a changed file; a server answering 200 instead of 206 restarts it); a
+full disk removes it. The zip is extracted to a temporary directory inside
+``<to>``, each vault is checked (Flashbax metadata present, sha256 of the files
+listed in ``mtmarl.json``) and only then renamed into place, so a failed or
+corrupt download never replaces good data. Nothing the archive names (members,
+env and vault names) may land outside ``<to>``. A vault already present and
+valid is skipped (``--force`` replaces it).
 
 Modules, one concern each: :mod:`.sources` (names, URLs, manifests),
 :mod:`.transfer` (resumable download of one file), :mod:`.vaults` (checked,

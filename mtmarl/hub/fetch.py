@@ -10,13 +10,14 @@ from __future__ import annotations
 import hashlib
 import os
 import re
+import secrets
 import tempfile
 from pathlib import Path
 from typing import Mapping
 
 from mtmarl.data.stats import DEFAULT_ROOT
 from mtmarl.errors import UserInputError
-from mtmarl.hub.sources import SAFE_NAME, expected_sha256, load_manifest, resolve_source
+from mtmarl.hub.sources import expected_sha256, is_safe_name, load_manifest, resolve_source
 from mtmarl.hub.transfer import download_file
 from mtmarl.hub.vaults import extract_vaults, is_valid_vault
 
@@ -27,8 +28,9 @@ def download(name: str, to: str | os.PathLike = DEFAULT_ROOT, *, sha256: str | N
              progress: bool | None = None) -> list[tuple[Path, str]]:
     """Download and install a vault zip; returns [(vault path, status)] (see :mod:`mtmarl.hub`)."""
     source = resolve_source(name)
-    if env is not None and not SAFE_NAME.match(env):
-        raise UserInputError(f"invalid env name {env!r}")
+    if env is not None and not is_safe_name(env):
+        raise UserInputError(f"--env {env!r} is not a plain directory name (letters, digits, _ . + -, not "
+                             f"starting with a dot); the env directory is created inside --to")
     if isinstance(manifest, (str, os.PathLike)):
         manifest = load_manifest(manifest)
     expected = expected_sha256(name, source, sha256, manifest)
@@ -42,8 +44,12 @@ def download(name: str, to: str | os.PathLike = DEFAULT_ROOT, *, sha256: str | N
         if present:
             return [(present[0], "skipped (already present)")]
     key = hashlib.sha256(source.url.encode()).hexdigest()[:10]
-    zip_path = to / ".downloads" / f"{key}-{source.filename or 'download.zip'}"
-    download_file(source.url, zip_path, sha256=expected, retries=retries, timeout=timeout, progress=progress)
+    name = f"{key}-{source.filename or 'download.zip'}"
+    # The finished zip has a name of its own (two downloads of one archive at once each extract and delete
+    # their own); an interrupted one waits under the URL's name for the next call to resume.
+    zip_path = to / ".downloads" / f"{os.getpid()}-{secrets.token_hex(4)}-{name}"
+    download_file(source.url, zip_path, sha256=expected, retries=retries, timeout=timeout, progress=progress,
+                  partial=to / ".downloads" / f"{name}.part")
     try:
         return extract_vaults(zip_path, to, env=env, scenario=source.scenario, force=force)
     finally:

@@ -21,7 +21,13 @@ from typing import Mapping
 from mtmarl.errors import UserInputError
 
 OGMARL_REPO = "InstaDeepAI/og-marl"
-SAFE_NAME = re.compile(r"^[A-Za-z0-9_.+-]+$")  # one path component: env, source and scenario names
+SAFE_NAME = re.compile(r"^[A-Za-z0-9_+-][A-Za-z0-9_.+-]*$")  # one path component, not '.', '..' or hidden
+
+
+def is_safe_name(name: object) -> bool:
+    """``name`` is one plain path component (env, source, scenario or vault name): no separator, no
+    ``.``/``..``, no leading dot; what an archive or a command line may name inside ``--to``."""
+    return isinstance(name, str) and SAFE_NAME.fullmatch(name) is not None
 
 
 @dataclasses.dataclass(frozen=True)
@@ -41,7 +47,7 @@ def resolve_source(name: str) -> Source:
     name = name.strip()
     if name.startswith("ogmarl:"):
         parts = name[len("ogmarl:"):].strip("/").split("/")
-        if len(parts) != 3 or not all(SAFE_NAME.match(p) for p in parts):
+        if len(parts) != 3 or not all(is_safe_name(p) for p in parts):
             raise UserInputError(f"og-marl dataset {name!r} must look like ogmarl:<source>/<env>/<scenario> "
                                  f"(e.g. ogmarl:alberdice/rware/tiny-2ag or ogmarl:core/smac_v1/3m)")
         source, env, scenario = parts

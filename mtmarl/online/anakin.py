@@ -92,7 +92,7 @@ class System(NamedTuple):
     config: ppo.PPOSettings
     num_devices: int
     init: Callable[[jax.Array], TrainState]
-    train_chunk: Callable[[TrainState], tuple[TrainState, UpdateMetrics]]  # metrics (D, K)
+    train_chunk: Callable[..., tuple[TrainState, UpdateMetrics]]  # (state, updates=K) -> metrics (D, updates)
     record: Callable[[TrainState, jax.Array], Transition]  # (D, T, B_dev, ...)
     policy: Policy  # for make_evaluator, with params = actor_params(state)
     env_steps_per_update: int
@@ -163,10 +163,11 @@ def build(env, cfg: ppo.PPOSettings, learner: Learner, num_devices: int | None =
         key, param_key, pool_key = jax.random.split(key, 3)
         return pinit(jax.random.split(key, n_dev), param_key, pools(pool_key, (n_dev, B, 1)))
 
-    def train_chunk(state):
-        # The chunk's reset pools come from the state's key stream (device 0's key).
+    def train_chunk(state, updates: int | None = None):
+        # The chunk's reset pools come from the state's key stream (device 0's key). ``updates`` (default
+        # ``updates_per_chunk``) sets the scan's length: a shorter last chunk ends a budget on a whole update.
         pool_key = jax.random.fold_in(np.asarray(jax.device_get(state.key[0])), 0x5EED)
-        return ptrain(state, pools(pool_key, (n_dev, cfg.updates_per_chunk, B, cfg.resets_per_env)))
+        return ptrain(state, pools(pool_key, (n_dev, updates or cfg.updates_per_chunk, B, cfg.resets_per_env)))
 
     def record(state, key, greedy: bool = False):
         pool_key, key = jax.random.split(key)

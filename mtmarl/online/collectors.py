@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import json
 import signal
+import sys
 import time
 from pathlib import Path
 from typing import Any
@@ -46,6 +47,21 @@ def env_budget(cfg: DictConfig, env: str) -> int:
     per_env = cfg.collect.get("env_budget") or {}
     value = per_env.get(env)
     return int(cfg.collect.budget if value is None else value)
+
+
+def run_updates(budget: int, per_update: int, name: str, bar=None) -> int:
+    """The updates a budget of env steps buys: ``ceil(budget / per_update)``, so the steps run are the
+    budget rounded up to a whole update; one line says so when that is more than the budget."""
+    updates = -(-int(budget) // int(per_update))
+    if updates * per_update != budget:
+        text = (f"{name}: the collect budget of {budget:,} env steps is not a whole number of updates "
+                f"({per_update:,} env steps each); running {updates:,} update{'s' * (updates > 1)} = "
+                f"{updates * per_update:,} env steps")
+        if bar is not None:  # above the progress bar, as one line however wide
+            bar.console.print(text, soft_wrap=True, markup=False, highlight=False)
+        else:
+            print(text, file=sys.stderr)
+    return updates
 
 
 def env_quality(cfg: DictConfig, env: str) -> str:
@@ -202,20 +218,26 @@ def collect_task(spec, split: str, cfg: DictConfig, root: Path, ref_path: Path, 
     rows, parts, snapshots, steps, chunk, steady_s = [], [], [], 0, 0, 0.0
     if record and quality == "levels":
         snapshots.append(jax.device_get(state.params))  # level 0: the untrained policy
-    per_chunk = system.env_steps_per_update * mcfg.updates_per_chunk
-    job = bar.add_task(f"{split}: {spec.name}", total=budget, ret=float("nan")) if bar else None
+    per_update = system.env_steps_per_update
+    updates = run_updates(budget, per_update, spec.name, bar)
+    job = bar.add_task(f"{split}: {spec.name}", total=updates * per_update, ret=float("nan")) if bar else None
     start, limit_s, stopped = time.perf_counter(), time_limit_s(cfg), None
+    done, first_steps = 0, 0
     with open(log_path, "w") as log:  # a restarted task starts its log over
-        while steps < budget and stopped is None:
+        while done < updates and stopped is None:
+            n = min(mcfg.updates_per_chunk, updates - done)  # the last chunk may be shorter (its own program)
             t0 = time.perf_counter()
-            state, metrics = system.train_chunk(state)
+            state, metrics = system.train_chunk(state, n)
             summary = chunk_summary(metrics)  # blocks on the chunk
-            steps += per_chunk
+            steps += n * per_update
+            done += n
             dt = time.perf_counter() - t0
             if chunk:  # the first chunk includes compilation
                 steady_s += dt
-            row = {"env_steps": steps, "updates": (chunk + 1) * mcfg.updates_per_chunk,
-                   "wall_s": round(time.perf_counter() - start, 3), "chunk_sps": round(per_chunk / dt, 1),
+            else:
+                first_steps = steps
+            row = {"env_steps": steps, "updates": done,
+                   "wall_s": round(time.perf_counter() - start, 3), "chunk_sps": round(n * per_update / dt, 1),
                    **{k: (None if v != v else round(v, 5)) for k, v in summary.items()}}
             if record and quality == "mixed":
                 exp = to_experience(system.record(state, jax.random.fold_in(rec_key, chunk)))
@@ -228,8 +250,8 @@ def collect_task(spec, split: str, cfg: DictConfig, root: Path, ref_path: Path, 
             log.flush()
             chunk += 1
             if bar:
-                bar.update(job, completed=min(steps, budget), ret=summary["return"])
-            if steps < budget:
+                bar.update(job, completed=steps, ret=summary["return"])
+            if done < updates:
                 stopped = early_stop(start, limit_s)
     train_s = time.perf_counter() - start
     if rows and any(r["return"] is not None for r in rows):
@@ -242,7 +264,7 @@ def collect_task(spec, split: str, cfg: DictConfig, root: Path, ref_path: Path, 
               "std": float(np.std(stats.returns)), "episodes": int(cfg.eval.episodes),
               "env_steps": steps, "train_seconds": round(train_s, 1),
               "env_steps_per_second": round(steps / max(train_s, 1e-9), 1),
-              "train_steps_per_second": round((steps - per_chunk) / steady_s, 1) if steady_s else None,
+              "train_steps_per_second": round((steps - first_steps) / steady_s, 1) if steady_s else None,
               "greedy": bool(cfg.eval.greedy), "seed": int(cfg.seed), "initial_return": initial,
               "system": mcfg.system}
     if stopped is not None:  # the data and reference say it: this policy had less than the budget
@@ -265,7 +287,7 @@ def collect_task(spec, split: str, cfg: DictConfig, root: Path, ref_path: Path, 
         parts = record_levels(system, state, snapshots, cfg, evaluate, rec_key, meta, env.spec.has_success)
     write_outputs(spec, cfg, root, ref_path, result, parts if record else None, meta)
     if bar:
-        bar.update(job, completed=budget, ret=final)
+        bar.update(job, completed=steps, ret=final)
     return result
 
 

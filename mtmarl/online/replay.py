@@ -215,9 +215,10 @@ def make_replay_system(env, cfg, learner: ReplayLearner) -> System:
         key, pool_key = jax.random.split(key)
         return pinit(key[None], pools(pool_key, (1, Bn, 1)))
 
-    def train_chunk(state):
+    def train_chunk(state, updates: int | None = None):  # updates: as anakin's (default updates_per_chunk)
         pool_key = jax.random.fold_in(np.asarray(jax.device_get(state.key[0])), 0x5EED)
-        return ptrain(state, pools(pool_key, (1, cfg.updates_per_chunk, Bn, cfg.resets_per_env)), learner.offline)
+        return ptrain(state, pools(pool_key, (1, updates or cfg.updates_per_chunk, Bn, cfg.resets_per_env)),
+                      learner.offline)
 
     def record(state, key, greedy: bool = False):
         pool_key, key = jax.random.split(key)

@@ -17,19 +17,34 @@ was never interrupted.
 
 The best checkpoint is chosen by :func:`train_score`, which reads the
 training tasks only: held-out test tasks never influence model selection.
+
+Integrity: Orbax keeps no checksum of the array data (a flipped byte restores
+silently as other numbers), so after each save the sha256 of every file of the
+step is written to ``<step>/checksums.json`` (written last, atomically), and
+every read (``meta``, ``restore``: evaluation and resuming alike) first checks
+them: a changed, missing or unlisted-but-required file is refused in one line
+naming it. A checkpoint without ``checksums.json`` (written before checksums
+existed, or cut off between Orbax's commit and the manifest) loads with a
+warning; if Orbax then cannot read it, that too is one line.
 """
 
 from __future__ import annotations
 
+import json
 import math
+import os
+import sys
 from pathlib import Path
 from typing import Any, Sequence
 
 import jax
 import numpy as np
 
+from mtmarl.data.vault.check import sha256_file
 from mtmarl.errors import UserInputError
 from mtmarl.training.engine import Carry
+
+CHECKSUMS = "checksums.json"
 
 
 def train_score(rows: Sequence[dict[str, Any]]) -> float:
@@ -111,6 +126,43 @@ def _from_legacy(tree: dict[str, Any], template: Carry) -> Carry:
     return Carry(state, np.asarray(tree["key"]), np.asarray(tree["step"]))
 
 
+def write_checksums(step_dir: Path) -> None:
+    """Record the sha256 of every file of a saved step in ``<step_dir>/checksums.json`` (atomically)."""
+    files = {p.relative_to(step_dir).as_posix(): sha256_file(p)
+             for p in sorted(step_dir.rglob("*")) if p.is_file() and p.name != CHECKSUMS}
+    tmp = step_dir / f".{CHECKSUMS}.tmp-{os.getpid()}"
+    tmp.write_text(json.dumps({"format": 1, "sha256": files}, indent=1))
+    os.replace(tmp, step_dir / CHECKSUMS)
+
+
+def verify_checksums(step_dir: Path, label: str) -> bool:
+    """Check a step's files against its ``checksums.json``; False when it has none (an older checkpoint).
+
+    Raises :class:`UserInputError` naming the first missing or changed file.
+    """
+    manifest = step_dir / CHECKSUMS
+    if not step_dir.is_dir():
+        raise UserInputError(f"checkpoint {label}: its directory {step_dir} is missing")
+    if not manifest.is_file():
+        return False
+    try:
+        files = json.loads(manifest.read_text())["sha256"]
+        if not isinstance(files, dict) or not files:
+            raise ValueError("no files listed")
+    except (OSError, ValueError, KeyError, TypeError) as err:
+        raise UserInputError(f"checkpoint {label}: {manifest} is unreadable ({err}); the checkpoint cannot be "
+                             f"verified") from None
+    for rel, want in files.items():
+        path = step_dir / rel
+        if not path.is_file():
+            raise UserInputError(f"checkpoint {label} is incomplete: {path} is missing (listed in {CHECKSUMS})")
+        got = sha256_file(path)
+        if got != want:
+            raise UserInputError(f"checkpoint {label} is corrupt: {path} has sha256 {got[:12]}..., "
+                                 f"{CHECKSUMS} records {want[:12]}...")
+    return True
+
+
 class Checkpointer:
     """Periodic + best checkpoints of one run (synchronous saves, so a crash never leaves half a step)."""
 
@@ -132,6 +184,7 @@ class Checkpointer:
             **{"max_to_keep": n, "create": True, "enable_async_checkpointing": False, **alone})
         self.latest = ocp.CheckpointManager(self.directory / "latest", options=opts(max(1, keep)))
         self.best = ocp.CheckpointManager(self.directory / "best", options=opts(1))
+        self._checked: set[tuple[str, int]] = set()  # (kind, step) verified by this process
 
     def _save(self, manager, step: int, carry: Carry, meta: dict[str, Any]) -> None:
         ocp = self.ocp
@@ -140,6 +193,8 @@ class Checkpointer:
         manager.save(int(step), args=ocp.args.Composite(state=ocp.args.StandardSave(tree),
                                                         meta=ocp.args.JsonSave(meta)), force=True)
         manager.wait_until_finished()
+        write_checksums(Path(manager.directory) / str(int(step)))
+        self._checked -= {("latest", int(step)), ("best", int(step))}  # rewritten: verify it again when read
 
     def save_latest(self, step: int, carry: Carry, meta: dict[str, Any]) -> None:
         self._save(self.latest, step, carry, meta)
@@ -161,11 +216,31 @@ class Checkpointer:
             raise UserInputError(f"no {which} checkpoint in {self.directory}")
         return step
 
+    def verify(self, which: str, step: int) -> None:
+        """Refuse a corrupt or incomplete checkpoint (see the module's Integrity); each step is hashed once."""
+        if (which, step) in self._checked:
+            return
+        label = f"{which}/{step} in {self.directory}"
+        if not verify_checksums(Path(self._manager(which).directory) / str(step), label):
+            print(f"warning: checkpoint {label} has no {CHECKSUMS} (saved before checkpoints carried checksums); "
+                  f"loading it unverified", file=sys.stderr)
+        self._checked.add((which, step))
+
+    def _read(self, which: str, step: int, args) -> dict:
+        """Orbax's restore of a verified step; what it still cannot read (an unverified step) is one line."""
+        self.verify(which, step)
+        try:
+            return self._manager(which).restore(step, args=args)
+        except (OSError, ValueError, KeyError, TypeError, RuntimeError) as err:
+            first = (str(err).strip().splitlines() or [type(err).__name__])[0][:300]
+            raise UserInputError(f"checkpoint {which}/{step} in {self.directory} cannot be read "
+                                 f"({type(err).__name__}: {first})") from None
+
     def meta(self, which: str = "latest", step: int | None = None) -> dict:
         """The JSON ``meta`` of a checkpoint alone (what to rebuild before restoring the arrays)."""
         ocp = self.ocp
         step = self._step(which, step)
-        out = self._manager(which).restore(step, args=ocp.args.Composite(meta=ocp.args.JsonRestore()))
+        out = self._read(which, step, ocp.args.Composite(meta=ocp.args.JsonRestore()))
         return dict(out["meta"])
 
     def restore(self, template: Carry, which: str = "latest", step: int | None = None) -> tuple[Carry, dict]:
@@ -175,7 +250,6 @@ class Checkpointer:
         a checkpoint of another structure is refused, naming both.
         """
         ocp = self.ocp
-        manager = self._manager(which)
         step = self._step(which, step)
         saved_meta = self.meta(which, step)
         saved = saved_meta.get("structure")
@@ -189,8 +263,8 @@ class Checkpointer:
                                  f"it was trained with (its meta 'algorithm' entry)")
         abstract = jax.tree.map(lambda x: x if isinstance(x, jax.ShapeDtypeStruct)
                                 else ocp.utils.to_shape_dtype_struct(np.asarray(x)), _to_tree(template))
-        out = manager.restore(step, args=ocp.args.Composite(state=ocp.args.StandardRestore(abstract),
-                                                            meta=ocp.args.JsonRestore()))
+        out = self._read(which, step, ocp.args.Composite(state=ocp.args.StandardRestore(abstract),
+                                                         meta=ocp.args.JsonRestore()))
         return _from_tree(out["state"], template), dict(out["meta"])
 
     def _restore_legacy(self, template: Carry, which: str, step: int) -> tuple[Carry, dict]:
@@ -201,8 +275,8 @@ class Checkpointer:
                                  f"the algorithm restoring it has another state")
         abstract = jax.tree.map(lambda x: x if isinstance(x, jax.ShapeDtypeStruct)
                                 else ocp.utils.to_shape_dtype_struct(np.asarray(x)), _legacy_tree(template))
-        out = self._manager(which).restore(step, args=ocp.args.Composite(state=ocp.args.StandardRestore(abstract),
-                                                                         meta=ocp.args.JsonRestore()))
+        out = self._read(which, step, ocp.args.Composite(state=ocp.args.StandardRestore(abstract),
+                                                         meta=ocp.args.JsonRestore()))
         return _from_legacy(out["state"], template), dict(out["meta"])
 
     def close(self) -> None:

@@ -110,17 +110,25 @@ def flat_arrays(experience: Mapping[str, Any]) -> dict[str, np.ndarray]:
 
 
 def export_npz(path: str | os.PathLike, out: str | os.PathLike, *, uid: str | None = None,
-               verify: bool = True) -> tuple[Path, dict[str, tuple[int, ...]]]:
+               verify: bool = True, force: bool = False) -> tuple[Path, dict[str, tuple[int, ...]]]:
     """Write one vault as an uncompressed ``.npz`` (og-marl keys, :func:`read_vault`'s dtypes), atomically.
 
     Why: numpy is the lowest common denominator for other tools; no Flashbax or tensorstore is
     needed to read the result (``np.load(out)["observations"]``, shapes ``(1, T, ...)``).
+    An existing file is replaced only with ``force``; a target inside the vault (its ``.vlt``
+    directory, a dataset's folder) is refused: its checksums list the files there.
     """
     out = Path(out)
     if out.suffix != ".npz":
         raise UserInputError(f"export target {out} must end in .npz")
     if out.is_dir():
         raise UserInputError(f"export target {out} is a directory")
+    src = Path(path).resolve()
+    vlt = src.parent if (src / FBX_META_FILE).is_file() else src  # a dataset (uid) folder: its .vlt
+    if out.resolve().is_relative_to(vlt):
+        raise UserInputError(f"export target {out} is inside the vault {vlt}; write it outside the vault")
+    if out.exists() and not force:
+        raise UserInputError(f"export target {out} exists; pass --force to replace it")
     arrays = flat_arrays(read_vault(path, uid=uid, verify=verify))
     tmp = out.with_name(f".{out.name}.tmp-{os.getpid()}")
     try:
