@@ -70,6 +70,9 @@ def collector(cfg: DictConfig, env: str):
 
 
 def resolve_task_set(cfg: DictConfig) -> task_registry.TaskSet:
+    from mtmarl.config_check import check_one_task_source
+
+    check_one_task_source(cfg)
     if cfg.get("task"):
         return task_registry.load(str(cfg.task))
     if cfg.get("tasks") is None:
@@ -90,9 +93,12 @@ def run(cfg: DictConfig) -> list[dict[str, Any]]:
     from rich.console import Console
     from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 
-    from mtmarl.config_check import check_keys
+    from mtmarl.config_check import SEED_MAX, check_finite, check_keys, check_values, int_in
 
-    check_keys(OmegaConf.to_container(cfg, resolve=True), "collect")  # +key=... typos (Hydra allows new keys)
+    plain = OmegaConf.to_container(cfg, resolve=True)
+    check_keys(plain, "collect")  # +key=... typos (Hydra allows new keys)
+    check_values(plain, {"seed": int_in(0, SEED_MAX)})
+    check_finite(plain)
     enable_compilation_cache()
     for env in envs.ENVS:
         if env_budget(cfg, env) < 1:
@@ -122,10 +128,13 @@ def run(cfg: DictConfig) -> list[dict[str, Any]]:
     columns = (TextColumn("{task.description}"), BarColumn(), TextColumn("{task.completed:,.0f} steps"),
                TextColumn("return {task.fields[ret]:.3f}"), TimeElapsedColumn(), TimeRemainingColumn())
     from mtmarl.online.collectors import time_limit_s
+    from mtmarl.training.rundir import RunDirLock
     from mtmarl.training.stop import catch_signals, requested
 
     time_limit_s(cfg)  # refused now, not after the first task
-    with Progress(*columns, console=console, disable=not cfg.collect.progress) as bar, catch_signals():
+    # One collector per data root: two would write the same vaults and references.json.
+    with RunDirLock(root, elsewhere="choose another collect.root"), \
+            Progress(*columns, console=console, disable=not cfg.collect.progress) as bar, catch_signals():
         for s, spec in todo:
             if requested() is not None:  # Ctrl-C / SIGTERM: the task it stopped is written; no new one starts
                 console.print(f"stopped on a signal before {s} task {spec.name}; run the same command again "

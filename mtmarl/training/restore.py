@@ -49,7 +49,7 @@ def load_run(run_dir: str | Path, which: str | None = None, seed: int | None = N
     """(algo, acting params, resolved run config, info) of a training run directory (``which`` as above).
 
     A run that trained several seeds side by side (``training.population``) holds them all in one checkpoint;
-    ``seed`` names the one to load (required there, ignored for a one-seed run).
+    ``seed`` names the one to load (required there; for a one-seed run it may only name that run's seed).
 
     The checkpoint describes itself (``mtmarl.training.checkpoint``): the
     algorithm and the run config come from its meta. Checkpoints written before
@@ -86,6 +86,10 @@ def load_run(run_dir: str | Path, which: str | None = None, seed: int | None = N
                                      f"`mtmarl.collect online.init_seed=S`")
             index = seeds.index(seed)
             template = jax.tree.map(lambda x: jax.ShapeDtypeStruct((len(seeds), *x.shape), x.dtype), template)
+        elif seed is not None and seed != cfg.get("seed", 0):
+            raise UserInputError(f"{run_dir} trained one seed ({cfg.get('seed', 0)}), not a population "
+                                 f"(training.population > 1), so it has no seed {seed}: leave the seed out "
+                                 f"(`mtmarl.evaluate checkpoint_seed=`, `mtmarl.diagnose --seed`)")
         carry, meta = ckpt.restore(template, which)
         if index is not None:
             carry = jax.tree.map(lambda x: x[index], carry)
