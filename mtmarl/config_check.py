@@ -169,6 +169,9 @@ SEED_MAX = 2**32 - 1
 # a typo, which would otherwise end in an out-of-memory error or a compile of many minutes after the run started.
 MAX_BATCH_SIZE = 2**16
 MAX_SEQ_LEN = 2**12
+# A sequence longer than this and than every training episode is warned about: the training program unrolls
+# every step of it, so its compile time grows with it (the presets unroll 10-20 steps).
+LONG_SEQ_LEN = 64
 
 TRAIN_RULES: dict[str, Callable[[Any], str | None]] = {
     "seed": int_in(0, SEED_MAX),
@@ -325,8 +328,9 @@ def check_batch(algo: Mapping[str, Any], training: Mapping[str, Any], available:
 
 
 def check_seq_len(seq_len: int, horizon: int, key: str = "training.seq_len") -> str | None:
-    """A warning when one training sequence is longer than the tasks' longest episode (``horizon`` steps)."""
-    if seq_len <= horizon:
+    """A warning when one training sequence is long (:data:`LONG_SEQ_LEN`) and longer than the tasks' longest
+    episode (``horizon`` steps)."""
+    if seq_len <= max(horizon, LONG_SEQ_LEN):
         return None
     return (f"warning: {key}={seq_len} is longer than the training tasks' longest episode ({horizon} steps): "
             f"each sequence spans several episodes, and every update unrolls all {seq_len} steps, which makes "

@@ -23,7 +23,6 @@ import time
 from pathlib import Path
 from typing import Any
 
-import hydra
 import jax
 import jax.numpy as jnp
 from omegaconf import DictConfig, OmegaConf
@@ -135,23 +134,29 @@ _STARTED = time.time()  # before Hydra runs: a run dir created after this by Hyd
 def run(cfg: DictConfig, run_dir: Path | None = None) -> list[dict[str, Any]]:
     """Evaluate into ``run_dir`` (default: Hydra's run dir). Everything is checked before the directory is
     locked; a refused evaluation leaves a directory that was there as it was, and removes one Hydra made."""
-    if run_dir is not None:
-        return _run(cfg, run_dir)
-    run_dir = Path(hydra.core.hydra_config.HydraConfig.get().runtime.output_dir)
+    from hydra.core.hydra_config import HydraConfig
+
+    from mtmarl.config_check import check_evaluate_config
+
+    from_hydra = run_dir is None and HydraConfig.initialized()
+    if from_hydra:
+        run_dir = Path(HydraConfig.get().runtime.output_dir)
     try:
+        check_evaluate_config(OmegaConf.to_container(cfg, resolve=True))
+        if run_dir is None:
+            raise ValueError("evaluate.run outside a Hydra app needs run_dir")
         return _run(cfg, run_dir)
     except (UserInputError, OSError):
-        from mtmarl.training.rundir import drop_new_dir
+        if from_hydra:
+            from mtmarl.training.rundir import drop_new_dir
 
-        drop_new_dir(run_dir, _STARTED)
+            drop_new_dir(run_dir, _STARTED)
         raise
 
 
 def _run(cfg: DictConfig, run_dir: Path) -> list[dict[str, Any]]:
-    from mtmarl.config_check import check_evaluate_config
     from mtmarl.training.rundir import RunDirLock, holds_training
 
-    check_evaluate_config(OmegaConf.to_container(cfg, resolve=True))
     enable_compilation_cache()
     obs_dim, own = None, None
     if cfg.get("checkpoint"):
