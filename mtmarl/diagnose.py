@@ -235,6 +235,7 @@ def main(argv=None) -> dict[str, Any]:
     args = parser.parse_args(argv)
     from mtmarl.atomic import atomic_write_text
     from mtmarl.data.stats import rich_table
+    from mtmarl.training.restore import check_run_seed
     from mtmarl.training.rundir import RunDirLock
 
     for flag, value, least in (("--batches", args.batches, 1), ("--eval-episodes", args.eval_episodes, 0)):
@@ -243,6 +244,7 @@ def main(argv=None) -> dict[str, Any]:
     if not Path(args.run_dir, "checkpoints").is_dir():
         raise UserInputError(f"{args.run_dir} is not a training run directory (no checkpoints/); "
                              f"pass the directory `python -m mtmarl.train` wrote")
+    check_run_seed(args.run_dir, args.seed)  # before seed_<s>/ is made for it
     out = Path(args.out or (Path(args.run_dir) / f"seed_{args.seed}" if args.seed is not None else args.run_dir))
     # The output directory has one writer at a time (a training run writing it included); a refused or failed
     # diagnosis removes the directory again if it made it.

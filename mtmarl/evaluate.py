@@ -109,12 +109,13 @@ def evaluate_set(task_set: task_registry.TaskSet, splits: list[str], policy: Pol
 
 def _trained(cfg: DictConfig):
     """(policy, params, algorithm, description, load_trained info, the run's own task set) from checkpoint=."""
-    from mtmarl.training.restore import load_trained
+    from mtmarl.training.restore import check_run_seed, load_trained
 
     if cfg.get("policy") is not None:
         raise UserInputError(f"give either policy={cfg.policy} or checkpoint=<run dir>, not both")
     greedy = cfg.get("greedy")
     seed = cfg.get("checkpoint_seed")
+    check_run_seed(cfg.checkpoint, None if seed is None else int(seed))
     policy, params, name, info = load_trained(cfg.checkpoint, cfg.get("checkpoint_kind"),
                                               None if greedy is None else bool(greedy),
                                               None if seed is None else int(seed))
@@ -143,8 +144,6 @@ def run(cfg: DictConfig, run_dir: Path | None = None) -> list[dict[str, Any]]:
         run_dir = Path(HydraConfig.get().runtime.output_dir)
     try:
         check_evaluate_config(OmegaConf.to_container(cfg, resolve=True))
-        if run_dir is None:
-            raise ValueError("evaluate.run outside a Hydra app needs run_dir")
         return _run(cfg, run_dir)
     except (UserInputError, OSError):
         if from_hydra:
@@ -154,7 +153,7 @@ def run(cfg: DictConfig, run_dir: Path | None = None) -> list[dict[str, Any]]:
         raise
 
 
-def _run(cfg: DictConfig, run_dir: Path) -> list[dict[str, Any]]:
+def _run(cfg: DictConfig, run_dir: Path | None) -> list[dict[str, Any]]:
     from mtmarl.training.rundir import RunDirLock, holds_training
 
     enable_compilation_cache()
@@ -177,6 +176,8 @@ def _run(cfg: DictConfig, run_dir: Path) -> list[dict[str, Any]]:
         check_trained_fits([s for split in splits for s in task_set.split(split)], obs_dim, info["n_actions"],
                            str(cfg.checkpoint))
     references = load_references(cfg.references or (info["references"] if own is not None else None))
+    if run_dir is None:
+        raise ValueError("evaluate.run outside a Hydra app needs run_dir")
     if holds_training(run_dir):
         raise UserInputError(f"run dir {run_dir} holds a training run, whose results.json and summary.json an "
                              f"evaluation would replace; write elsewhere: hydra.run.dir={run_dir / 'evaluate'}")

@@ -40,6 +40,7 @@ METRICS_NAME = "metrics.jsonl"
 # What a training run writes; overwrite=true removes exactly these.
 RUN_FILES = (CONFIG_NAME, METRICS_NAME, "algo.json", "run.json", "results.json", "summary.json")
 RUN_DIRS = ("checkpoints", ".neptune")
+NAME_MAX = 255  # bytes in one file name on Linux's and macOS's file systems
 # Settings a resume may change: how the run is logged, evaluated, checkpointed, fed, extended, or spread over
 # devices and processes; none of them changes the parameters trained (devices, processes: data parallelism is
 # exact up to float rounding; a resumed multi-node job gets other nodes, so another coordinator address).
@@ -132,16 +133,14 @@ def check_run_path(run_dir: str | Path, elsewhere: str = "choose another hydra.r
     """Refuse a run directory that cannot be created or written, before anything (Hydra included) tries:
     a name too long, a file in the way, a read-only or foreign place."""
     path = Path(run_dir).absolute()
-    existing = next(p for p in (path, *path.parents) if p.exists())
-    try:
-        name_max = os.pathconf(existing if existing.is_dir() else existing.parent, "PC_NAME_MAX")
-    except (OSError, ValueError):
-        name_max = 255
-    long = [part for part in path.parts if len(os.fsencode(part)) > name_max]
-    why = (f"the name {long[0][:40]}... is longer than the {name_max} bytes a file name may have" if long else
-           f"{existing} is a file, not a directory" if not existing.is_dir() else
-           f"{existing} is not writable (read-only or not permitted)"
-           if not os.access(existing, os.W_OK | os.X_OK) else None)
+    long = [part for part in path.parts if len(os.fsencode(part)) > NAME_MAX]
+    if long:  # (asking whether such a path exists is already an error)
+        why: str | None = f"the name {long[0][:40]}... is longer than the {NAME_MAX} bytes a file name may have"
+    else:
+        existing = next(p for p in (path, *path.parents) if p.exists())
+        why = (f"{existing} is a file, not a directory" if not existing.is_dir() else
+               f"{existing} is not writable (read-only or not permitted)"
+               if not os.access(existing, os.W_OK | os.X_OK) else None)
     if why is not None:
         raise UserInputError(f"cannot use run dir {run_dir}: {why} ({elsewhere})")
 
