@@ -30,6 +30,7 @@ This module is the CLI: task set, budgets, output paths, skipping, progress.
 
 from __future__ import annotations
 
+import contextlib
 from pathlib import Path
 from typing import Any
 
@@ -132,9 +133,7 @@ def run(cfg: DictConfig) -> list[dict[str, Any]]:
     from mtmarl.training.stop import catch_signals, requested
 
     time_limit_s(cfg)  # refused now, not after the first task
-    # One collector per data root: two would write the same vaults and references.json.
-    with RunDirLock(root, elsewhere="choose another collect.root"), \
-            Progress(*columns, console=console, disable=not cfg.collect.progress) as bar, catch_signals():
+    with Progress(*columns, console=console, disable=not cfg.collect.progress) as bar, catch_signals():
         for s, spec in todo:
             if requested() is not None:  # Ctrl-C / SIGTERM: the task it stopped is written; no new one starts
                 console.print(f"stopped on a signal before {s} task {spec.name}; run the same command again "
@@ -146,7 +145,12 @@ def run(cfg: DictConfig) -> list[dict[str, Any]]:
                 console.print(f"skip {s} task {spec.name}: already collected")
                 results.append({"name": spec.name, "split": s, "skipped": True})
                 continue
-            res = collector(cfg, spec.env)(spec, s, cfg, root, ref_path, log_dir, bar)
+            # One writer per vault: collectors of other tasks may share the root (references.json merges are
+            # locked), two of one task would write the same dataset.
+            records = s == "train" and bool(cfg.collect.record)
+            with RunDirLock(vault_io.vault_path(root, spec), elsewhere="wait for it, or choose another "
+                            "collect.root", tidy=True) if records else contextlib.nullcontext():
+                res = collector(cfg, spec.env)(spec, s, cfg, root, ref_path, log_dir, bar)
             console.print(f"{s} task {spec.name}: final return {res['return']:.3f} after "
                           f"{res['env_steps']:,} steps ({res['env_steps_per_second']:,.0f} steps/s)"
                           + (f", vault {res['vault']} ({res['transitions']:,} transitions)" if "vault" in res else "")

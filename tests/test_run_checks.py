@@ -254,14 +254,17 @@ def test_refused_evaluate_through_hydra_leaves_no_dir(tmp_path, monkeypatch, cap
     assert not (tmp_path / "new").exists() and _snapshot(old) == {"notes.txt": b"mine"}
 
 
-def test_collect_takes_its_data_roots_lock(tmp_path, capsys):
+def test_collect_takes_the_lock_of_the_vault_it_writes(tmp_path, capsys):
     from mtmarl import collect
+    from mtmarl.data.vault import vault_path
+    from mtmarl.tasks import TaskSpec
 
     root = tmp_path / "data"
+    vlt = vault_path(root, TaskSpec.parse(TASK))
     cfg = _compose("collect", [f"task='{TASK}'", f"collect.root={root}", "collect.progress=false"])
-    with RunDirLock(root):
+    with RunDirLock(vlt):
         err = _refused(capsys, collect.run, cfg)
-    assert f"run dir {root} is in use by pid {os.getpid()}" in err and "choose another collect.root" in err
+    assert f"run dir {vlt} is in use by pid {os.getpid()}" in err and "choose another collect.root" in err
 
 
 def test_diagnose_takes_its_output_dirs_lock(tmp_path, capsys):
@@ -288,6 +291,9 @@ def test_failed_command_removes_what_its_lock_created(tmp_path):
     with RunDirLock(new):
         pass
     assert (new / ".lock").read_text() == ""  # a finished command keeps its directory
+    with RunDirLock(tmp_path / "data", tidy=True):
+        pass
+    assert not list((tmp_path / "data").iterdir())  # a data directory keeps no lock file
 
 
 # ------------------------------------------------------------------------- paths the file system refuses

@@ -55,13 +55,15 @@ class RunDirLock:
 
     ``elsewhere``: how the user names another directory (in the refusals). Leaving the context on an exception
     removes what acquiring created (the lock file; the directory, if it is empty again), so a failed command
-    leaves a directory as it found it.
+    leaves a directory as it found it; ``tidy``: the lock file it created goes on success too (a data
+    directory, whose files other tools list).
     """
 
-    def __init__(self, run_dir: str | Path, elsewhere: str = "choose another hydra.run.dir"):
+    def __init__(self, run_dir: str | Path, elsewhere: str = "choose another hydra.run.dir", tidy: bool = False):
         self.run_dir = Path(run_dir)
         self.path = self.run_dir / LOCK_NAME
         self.elsewhere = elsewhere
+        self.tidy = tidy
         self._fd: int | None = None
         self._created: list[Path] = []
 
@@ -105,9 +107,9 @@ class RunDirLock:
             return
         with contextlib.suppress(OSError):  # (a full disk): releasing must not become a second error
             os.ftruncate(self._fd, 0)
-        if discard and self._created:
-            if self._created[0] == self.path:
-                self.path.unlink(missing_ok=True)
+        if (discard or self.tidy) and self._created and self._created[0] == self.path:
+            self.path.unlink(missing_ok=True)  # while still held: a process that opened it meanwhile is refused
+        if discard:
             _remove_new_dirs([p for p in self._created if p != self.path])
         fcntl.flock(self._fd, fcntl.LOCK_UN)
         os.close(self._fd)
