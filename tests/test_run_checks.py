@@ -94,6 +94,19 @@ def test_long_sequences_warn_of_the_compile_cost():
     assert "compile" in warning
 
 
+def test_train_warns_of_a_sequence_longer_than_its_episodes(capsys):
+    from mtmarl import tasks, train
+
+    task_set = tasks.load(TASK)  # episodes of 8 steps
+    plain = {"training": {"seq_len": None}, "algo": {"seq_len": 20}}
+    train._warn_long_sequences(plain, task_set)
+    assert capsys.readouterr().err == ""
+    plain["training"]["seq_len"] = 1000
+    train._warn_long_sequences(plain, task_set)
+    assert capsys.readouterr().err.startswith("warning: training.seq_len=1000 is longer than the training tasks' "
+                                              "longest episode (8 steps)")
+
+
 def test_typed_fields_name_key_value_and_type():
     types = {"n": int, "x": float, "b": bool, "s": str, "k": int | None}
     config_check.check_typed_fields({"n": 3, "x": 2, "b": False, "s": "a", "k": None}, types)
