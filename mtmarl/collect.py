@@ -37,6 +37,7 @@ This module is the CLI: task set, budgets, output paths, skipping, progress.
 
 from __future__ import annotations
 
+import contextlib
 from pathlib import Path
 from typing import Any
 
@@ -79,6 +80,9 @@ def collector(cfg: DictConfig, env: str):
 
 
 def resolve_task_set(cfg: DictConfig) -> task_registry.TaskSet:
+    from mtmarl.config_check import check_one_task_source
+
+    check_one_task_source(cfg)
     if cfg.get("task"):
         return task_registry.load(str(cfg.task))
     if cfg.get("tasks") is None:
@@ -124,9 +128,12 @@ def run(cfg: DictConfig) -> list[dict[str, Any]]:
     from rich.console import Console
     from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 
-    from mtmarl.config_check import check_keys
+    from mtmarl.config_check import SEED_MAX, check_finite, check_keys, check_values, int_in
 
-    check_keys(OmegaConf.to_container(cfg, resolve=True), "collect")  # +key=... typos (Hydra allows new keys)
+    plain = OmegaConf.to_container(cfg, resolve=True)
+    check_keys(plain, "collect")  # +key=... typos (Hydra allows new keys)
+    check_values(plain, {"seed": int_in(0, SEED_MAX)})
+    check_finite(plain)
     root, ref_path, log_dir = output_paths(cfg)
     enable_compilation_cache()
     for env in envs.ENVS:
@@ -154,6 +161,7 @@ def run(cfg: DictConfig) -> list[dict[str, Any]]:
     columns = (TextColumn("{task.description}"), BarColumn(), TextColumn("{task.completed:,.0f} steps"),
                TextColumn("return {task.fields[ret]:.3f}"), TimeElapsedColumn(), TimeRemainingColumn())
     from mtmarl.online.collectors import time_limit_s
+    from mtmarl.training.rundir import RunDirLock
     from mtmarl.training.stop import catch_signals, requested
 
     time_limit_s(cfg)  # refused now, not after the first task
@@ -169,7 +177,12 @@ def run(cfg: DictConfig) -> list[dict[str, Any]]:
                 console.print(f"skip {s} task {spec.name}: already collected")
                 results.append({"name": spec.name, "split": s, "skipped": True})
                 continue
-            res = collector(cfg, spec.env)(spec, s, cfg, root, ref_path, log_dir, bar)
+            # One writer per vault: collectors of other tasks may share the root (references.json merges are
+            # locked), two of one task would write the same dataset.
+            records = s == "train" and bool(cfg.collect.record)
+            with RunDirLock(vault_io.vault_path(root, spec), elsewhere="wait for it, or choose another "
+                            "collect.root", tidy=True) if records else contextlib.nullcontext():
+                res = collector(cfg, spec.env)(spec, s, cfg, root, ref_path, log_dir, bar)
             console.print(f"{s} task {spec.name}: final return {res['return']:.3f} after "
                           f"{res['env_steps']:,} steps ({res['env_steps_per_second']:,.0f} steps/s)"
                           + (f", vault {res['vault']} ({res['transitions']:,} transitions)" if "vault" in res else "")

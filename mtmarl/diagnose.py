@@ -233,13 +233,25 @@ def main(argv=None) -> dict[str, Any]:
                         "seed_<s>/ for one seed of a population run)")
     parser.add_argument("--seed", type=int, default=None, help="which seed of a population run (training.population)")
     args = parser.parse_args(argv)
+    from mtmarl.atomic import atomic_write_text
     from mtmarl.data.stats import rich_table
+    from mtmarl.training.restore import check_run_seed
+    from mtmarl.training.rundir import RunDirLock
 
-    result = diagnose(args.run_dir, args.batches, args.eval_episodes, args.which, run_seed=args.seed)
+    for flag, value, least in (("--batches", args.batches, 1), ("--eval-episodes", args.eval_episodes, 0)):
+        if value < least:
+            raise UserInputError(f"{flag} must be >= {least}, got {value}")
+    if not Path(args.run_dir, "checkpoints").is_dir():
+        raise UserInputError(f"{args.run_dir} is not a training run directory (no checkpoints/); "
+                             f"pass the directory `python -m mtmarl.train` wrote")
+    check_run_seed(args.run_dir, args.seed)  # before seed_<s>/ is made for it
     out = Path(args.out or (Path(args.run_dir) / f"seed_{args.seed}" if args.seed is not None else args.run_dir))
-    out.mkdir(parents=True, exist_ok=True)
-    (out / "diagnostics.json").write_text(json.dumps(result, indent=1))
-    (out / "diagnostics.md").write_text(markdown(result))
+    # The output directory has one writer at a time (a training run writing it included); a refused or failed
+    # diagnosis removes the directory again if it made it.
+    with RunDirLock(out, elsewhere="pass --out <another dir>"):
+        result = diagnose(args.run_dir, args.batches, args.eval_episodes, args.which, run_seed=args.seed)
+        atomic_write_text(out / "diagnostics.json", json.dumps(result, indent=1))
+        atomic_write_text(out / "diagnostics.md", markdown(result))
     cols = [c for c in COLUMNS if any(c in r for r in result["rows"])]
     rich_table(f"{result['algo']} diagnostics ({result['checkpoint']}, update {result['update']})", cols,
                [[_fmt(r.get(c)) for c in cols] for r in result["rows"]]

@@ -3,6 +3,9 @@
 Command-line entry points print these as one line instead of a traceback.
 """
 
+import errno
+import os
+
 
 class UserInputError(ValueError):
     """A task, config or data request that cannot be satisfied as given."""
@@ -14,3 +17,17 @@ class NonFiniteMetricError(UserInputError):
     A :class:`UserInputError` so the command line prints it as one line and exits
     non-zero: the fix is a setting (learning rate, value support, data), not code.
     """
+
+
+# What the file system says when a path cannot hold a run: full, read-only, not permitted, a name too long,
+# a file where a directory should be. The fix is another place or more space, not code: one line, no traceback.
+FILE_ERRNOS = frozenset({errno.ENOSPC, errno.EDQUOT, errno.EFBIG, errno.EROFS, errno.EACCES, errno.EPERM,
+                         errno.ENAMETOOLONG, errno.EEXIST, errno.ENOTDIR, errno.EISDIR})
+
+
+def file_error(err: BaseException) -> UserInputError | None:
+    """A :class:`UserInputError` naming the path and the reason for an ``OSError`` of :data:`FILE_ERRNOS`, else None."""
+    if not isinstance(err, OSError) or err.errno not in FILE_ERRNOS:
+        return None
+    where = f" ({err.filename})" if err.filename else ""
+    return UserInputError(f"cannot write{where}: {err.strerror or os.strerror(err.errno)}")

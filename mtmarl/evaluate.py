@@ -23,7 +23,6 @@ import time
 from pathlib import Path
 from typing import Any
 
-import hydra
 import jax
 import jax.numpy as jnp
 from omegaconf import DictConfig, OmegaConf
@@ -44,7 +43,10 @@ def file_safe(name: str) -> str:
 
 
 def resolve_task_set(cfg: DictConfig, default: task_registry.TaskSet | None = None) -> task_registry.TaskSet:
-    """``task=`` (a one-task set), else ``+tasks=<set>``, else ``default`` (if given)."""
+    """``task=`` (a one-task set), else ``+tasks=<set>``, else ``default`` (if given); not both."""
+    from mtmarl.config_check import check_one_task_source
+
+    check_one_task_source(cfg)
     if cfg.get("task"):
         return task_registry.load(str(cfg.task))
     if cfg.get("tasks") is None and default is not None:
@@ -107,12 +109,13 @@ def evaluate_set(task_set: task_registry.TaskSet, splits: list[str], policy: Pol
 
 def _trained(cfg: DictConfig):
     """(policy, params, algorithm, description, load_trained info, the run's own task set) from checkpoint=."""
-    from mtmarl.training.restore import load_trained
+    from mtmarl.training.restore import check_run_seed, load_trained
 
     if cfg.get("policy") is not None:
         raise UserInputError(f"give either policy={cfg.policy} or checkpoint=<run dir>, not both")
     greedy = cfg.get("greedy")
     seed = cfg.get("checkpoint_seed")
+    check_run_seed(cfg.checkpoint, None if seed is None else int(seed))
     policy, params, name, info = load_trained(cfg.checkpoint, cfg.get("checkpoint_kind"),
                                               None if greedy is None else bool(greedy),
                                               None if seed is None else int(seed))
@@ -125,14 +128,35 @@ def _trained(cfg: DictConfig):
     return policy, params, name, what, info, own
 
 
-@user_errors_exit
-def run(cfg: DictConfig) -> list[dict[str, Any]]:
-    from mtmarl.config_check import check_keys
+_STARTED = time.time()  # before Hydra runs: a run dir created after this by Hydra is this process's own
 
-    check_keys(OmegaConf.to_container(cfg, resolve=True), "evaluate")  # +key=... typos (Hydra allows new keys)
+
+@user_errors_exit
+def run(cfg: DictConfig, run_dir: Path | None = None) -> list[dict[str, Any]]:
+    """Evaluate into ``run_dir`` (default: Hydra's run dir). Everything is checked before the directory is
+    locked; a refused evaluation leaves a directory that was there as it was, and removes one Hydra made."""
+    from hydra.core.hydra_config import HydraConfig
+
+    from mtmarl.config_check import check_evaluate_config
+
+    from_hydra = run_dir is None and HydraConfig.initialized()
+    if from_hydra:
+        run_dir = Path(HydraConfig.get().runtime.output_dir)
+    try:
+        check_evaluate_config(OmegaConf.to_container(cfg, resolve=True))
+        return _run(cfg, run_dir)
+    except (UserInputError, OSError):
+        if from_hydra:
+            from mtmarl.training.rundir import drop_new_dir
+
+            drop_new_dir(run_dir, _STARTED)
+        raise
+
+
+def _run(cfg: DictConfig, run_dir: Path | None) -> list[dict[str, Any]]:
+    from mtmarl.training.rundir import RunDirLock, holds_training
+
     enable_compilation_cache()
-    if cfg.eval.episodes < 1:
-        raise UserInputError(f"eval.episodes must be >= 1, got {cfg.eval.episodes}")
     obs_dim, own = None, None
     if cfg.get("checkpoint"):
         policy, params, algorithm, what, info, own = _trained(cfg)
@@ -151,23 +175,27 @@ def run(cfg: DictConfig) -> list[dict[str, Any]]:
     if obs_dim is not None:
         check_trained_fits([s for split in splits for s in task_set.split(split)], obs_dim, info["n_actions"],
                            str(cfg.checkpoint))
-    run_dir = Path(hydra.core.hydra_config.HydraConfig.get().runtime.output_dir)
     references = load_references(cfg.references or (info["references"] if own is not None else None))
-
-    start = time.perf_counter()
-    rows = evaluate_set(task_set, splits, policy, params, cfg.eval.episodes, cfg.seed,
-                        references, cfg.eval.devices, obs_dim=obs_dim)
-    elapsed = time.perf_counter() - start
-    path = write_results(run_dir, rows, algorithm=algorithm, seed=cfg.seed)
-    print_table(rows, title=f"{what} on {task_set.name} ({', '.join(splits)}), "
-                            f"{cfg.eval.episodes} episodes/task, {elapsed:.0f} s")
-    if cfg.render:
-        for split in splits:
-            for spec in task_set.split(split):
-                env = task_set.evaluation_env(spec, obs_dim)
-                states = record_episode(env, policy, params, task_key(cfg.seed, spec), cfg.render_max_steps)
-                gif = save_gif(env, states, run_dir / f"{file_safe(spec.name)}.gif")
-                print(f"animation: {gif}")
+    if run_dir is None:
+        raise ValueError("evaluate.run outside a Hydra app needs run_dir")
+    if holds_training(run_dir):
+        raise UserInputError(f"run dir {run_dir} holds a training run, whose results.json and summary.json an "
+                             f"evaluation would replace; write elsewhere: hydra.run.dir={run_dir / 'evaluate'}")
+    with RunDirLock(run_dir):
+        start = time.perf_counter()
+        rows = evaluate_set(task_set, splits, policy, params, cfg.eval.episodes, cfg.seed,
+                            references, cfg.eval.devices, obs_dim=obs_dim)
+        elapsed = time.perf_counter() - start
+        path = write_results(run_dir, rows, algorithm=algorithm, seed=cfg.seed)
+        print_table(rows, title=f"{what} on {task_set.name} ({', '.join(splits)}), "
+                                f"{cfg.eval.episodes} episodes/task, {elapsed:.0f} s")
+        if cfg.render:
+            for split in splits:
+                for spec in task_set.split(split):
+                    env = task_set.evaluation_env(spec, obs_dim)
+                    states = record_episode(env, policy, params, task_key(cfg.seed, spec), cfg.render_max_steps)
+                    gif = save_gif(env, states, run_dir / f"{file_safe(spec.name)}.gif")
+                    print(f"animation: {gif}")
     print(f"results: {path}")
     return rows
 

@@ -11,7 +11,7 @@ from typing import Callable
 import jax
 
 from mtmarl.configs import CONFIG_DIR
-from mtmarl.errors import UserInputError
+from mtmarl.errors import UserInputError, file_error
 
 CACHE_DIR = Path(os.environ.get("MTMARL_CACHE", Path.home() / ".cache" / "mtmarl"))
 CACHE_MAX_BYTES = 8 << 30  # least recently used executables are evicted beyond this
@@ -73,13 +73,17 @@ def tune_garbage_collector() -> None:
 
 
 def user_errors_exit(fn: Callable) -> Callable:
-    """Print a :class:`UserInputError` as one line and exit 2 instead of a traceback."""
+    """Print a :class:`UserInputError` (or a file system's refusal: :func:`mtmarl.errors.file_error`) as one
+    line and exit 2 instead of a traceback."""
     @functools.wraps(fn)
     def wrapper(*args, **kwargs):
         try:
             return fn(*args, **kwargs)
-        except UserInputError as err:
-            print(f"error: {err}", file=sys.stderr)
+        except (UserInputError, OSError) as err:
+            message = err if isinstance(err, UserInputError) else file_error(err)
+            if message is None:
+                raise
+            print(f"error: {message}", file=sys.stderr)
             sys.exit(2)
     return wrapper
 
@@ -118,7 +122,20 @@ def hydra_cli(config_name: str, run: Callable) -> None:
         return run(cfg)
 
     sys.argv = quote_task_overrides(sys.argv)
+    _check_run_dir_argument(sys.argv[1:])
     hydra.main(version_base=None, config_path=str(CONFIG_DIR), config_name=config_name)(task)()
+
+
+@user_errors_exit
+def _check_run_dir_argument(argv: list[str]) -> None:
+    """``hydra.run.dir=<path>``: a path no run can use is refused before Hydra creates it (its own error is a
+    traceback)."""
+    from mtmarl.training.rundir import check_run_path
+
+    for arg in argv:
+        key, eq, value = arg.partition("=")
+        if eq and key.lstrip("+") == "hydra.run.dir" and "${" not in value:
+            check_run_path(value.strip("'\""))
 
 
 def save_figure(fig, path: Path, dpi: int = 110) -> None:

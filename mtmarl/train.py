@@ -33,7 +33,6 @@ wait for its final evaluation before they exit.
 from __future__ import annotations
 
 import sys
-import contextlib
 import time
 from pathlib import Path
 from typing import Any
@@ -47,7 +46,7 @@ from mtmarl.runtime import enable_compilation_cache, hydra_cli, user_errors_exit
 
 def _resolve(cfg: DictConfig) -> dict[str, Any]:
     """The resolved config as plain containers, checked before anything is written (mtmarl.config_check)."""
-    from mtmarl.config_check import check_train_config
+    from mtmarl.config_check import check_batch, check_train_config
 
     from mtmarl.algos import registry
 
@@ -61,6 +60,9 @@ def _resolve(cfg: DictConfig) -> dict[str, Any]:
     algo = algo_settings(plain["algo"], plain["training"], plain["data"], plain["agents"])
     registry.check(algo["name"], algo, plain.get("network"), int(plain["training"]["updates"]),
                    int(plain["training"]["updates_per_call"]))
+    import jax
+
+    check_batch(algo, plain["training"], jax.local_device_count() if jax.process_count() == 1 else jax.device_count())
     return plain
 
 
@@ -74,13 +76,6 @@ def _overrides() -> list[str]:
 _STARTED = time.time()  # before Hydra runs: a run dir created after this by Hydra is this process's own
 
 
-def _drop_hydra_dir(run_dir: Path) -> None:
-    """Hydra creates the run dir before calling us; a refused run removes it again if it is new and empty."""
-    with contextlib.suppress(OSError):  # best effort: the refusal itself is what the user must see
-        if run_dir.stat().st_ctime >= _STARTED and not any(run_dir.iterdir()):
-            run_dir.rmdir()
-
-
 @user_errors_exit
 def run(cfg: DictConfig, run_dir: Path | None = None, stop_after: int | None = None) -> list[dict[str, Any]]:
     if run_dir is not None:
@@ -88,11 +83,12 @@ def run(cfg: DictConfig, run_dir: Path | None = None, stop_after: int | None = N
     run_dir = Path(hydra.core.hydra_config.HydraConfig.get().runtime.output_dir)
     try:
         return _run(cfg, run_dir, stop_after)
-    except UserInputError:
+    except (UserInputError, OSError):
         from mtmarl.distributed import is_main
+        from mtmarl.training.rundir import drop_new_dir
 
         if is_main():  # the directory is process 0's alone
-            _drop_hydra_dir(run_dir)
+            drop_new_dir(run_dir, _STARTED)
         raise
 
 
@@ -121,6 +117,7 @@ def _lead(cfg: DictConfig, plain: dict[str, Any], run_dir: Path, stop_after: int
     from mtmarl.training.stop import Interrupted, catch_signals, resume_command
 
     task_set = resolve_task_set(cfg)
+    _warn_long_sequences(plain, task_set)
     references = load_references(cfg.references or default_path(cfg.data.root))
     if not plain["data"].get("hub"):
         check_datasets(task_set, plain["data"]["root"], plain["data"]["quality"])  # data.hub fetches them later
@@ -137,6 +134,18 @@ def _lead(cfg: DictConfig, plain: dict[str, Any], run_dir: Path, stop_after: int
             print(f"stopped at once; resume from the last periodic checkpoint with: "
                   f"{resume_command(_overrides(), run_dir)}", flush=True)
             sys.exit(130)
+
+
+def _warn_long_sequences(plain: dict[str, Any], task_set) -> None:
+    """A training sequence longer than every training task's episode compiles slowly: say so before it does."""
+    from mtmarl.config_check import check_seq_len
+
+    seq_len = int(plain["training"].get("seq_len") or plain["algo"]["seq_len"])
+    horizon = max(spec.build().horizon for spec in task_set.train)
+    key = "training.seq_len" if plain["training"].get("seq_len") else "algo.seq_len"
+    warning = check_seq_len(seq_len, int(horizon), key)
+    if warning:
+        print(warning, file=sys.stderr, flush=True)
 
 
 def _start_processes(dist_cfg) -> bool:
@@ -174,15 +183,37 @@ def _follow(cfg: DictConfig, plain: dict[str, Any], run_dir: Path, stop_after: i
 
 def _train(cfg: DictConfig, plain: dict[str, Any], task_set, references, run_dir: Path,
            stop_after: int | None) -> list[dict[str, Any]]:
+    """Prepare the locked run directory and train; a failure says what became of the run (removed, if it
+    had no checkpoint yet and was not resumed: the same command then simply runs again)."""
+    from mtmarl.errors import file_error
+    from mtmarl.training.rundir import discard_unstarted, latest_checkpoint, prepare
+    from mtmarl.training.stop import resume_command
+
+    resumed = prepare(run_dir, plain, OmegaConf.to_yaml(cfg, resolve=True))
+    try:
+        return _train_prepared(plain, task_set, references, run_dir, stop_after, resumed)
+    except (UserInputError, OSError) as err:
+        failure = err if isinstance(err, UserInputError) else file_error(err)
+        if failure is None:
+            raise
+        if resumed is None and discard_unstarted(run_dir):
+            note = f"; the run in {run_dir} had no checkpoint yet and was removed"
+        elif (step := latest_checkpoint(run_dir)) is not None:
+            note = f"; the checkpoint of update {step} stands: resume with {resume_command(_overrides(), run_dir)}"
+        else:
+            note = ""
+        raise type(failure)(f"{failure}{note}") from None
+
+
+def _train_prepared(plain: dict[str, Any], task_set, references, run_dir: Path, stop_after: int | None,
+                    resumed: int | None) -> list[dict[str, Any]]:
     from mtmarl.evaluation.results import print_table
     from mtmarl.training.logging import RunLogger
-    from mtmarl.training.loop import run_training
     from mtmarl.training.phases import process_start
-    from mtmarl.training.rundir import prepare
+    from mtmarl.training.loop import run_training
     from mtmarl.distributed import max_over_processes
     from mtmarl.training.stop import Interrupted, requested
 
-    resumed = prepare(run_dir, plain, OmegaConf.to_yaml(cfg, resolve=True))
     lg = plain["logger"]
     log = RunLogger(run_dir, int(plain["training"]["updates"]), neptune=lg.get("neptune"),
                     project=lg.get("project"), token=lg.get("api_token"), mode=lg.get("mode"),

@@ -20,7 +20,7 @@ from __future__ import annotations
 
 import dataclasses
 import difflib
-from typing import Any, Callable, ClassVar, NamedTuple
+from typing import Any, Callable, ClassVar, NamedTuple, get_type_hints
 
 import jax
 import jax.numpy as jnp
@@ -59,6 +59,10 @@ class BatchConfig:
         if missing:
             raise UserInputError(f"algorithm {d.get('name')!r} config ({cls.__module__}.{cls.__name__}) has "
                                  f"missing keys {missing}: its yaml (mtmarl/configs/algo/<name>.yaml) owns every default")
+        from mtmarl.config_check import check_typed_fields
+
+        hints = get_type_hints(cls)
+        check_typed_fields(d, {f.name: hints[f.name] for f in dataclasses.fields(cls)})
         return cls(**d)
 
     def sampler(self):

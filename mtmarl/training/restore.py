@@ -45,11 +45,30 @@ def load_trained(run_dir: str | Path, which: str | None = None, greedy: bool | N
     return make_policy(algo, greedy), params, algo.name, {**info, "greedy": greedy}
 
 
+def check_run_seed(run_dir: str | Path, seed: int | None) -> None:
+    """Refuse ``seed`` (``checkpoint_seed=`` / ``--seed``) for a one-seed run, from its ``config.yaml``, before
+    anything is loaded or written (:func:`load_run` checks again against the checkpoint's own config)."""
+    path = Path(run_dir).expanduser() / CONFIG_NAME
+    if seed is not None and path.is_file():
+        import yaml
+
+        cfg = yaml.safe_load(path.read_text()) or {}
+        if population_seeds(cfg) is None:
+            _check_one_seed(Path(run_dir), cfg, seed)
+
+
+def _check_one_seed(run_dir: Path, cfg, seed: int | None) -> None:
+    if seed is not None and seed != cfg.get("seed", 0):
+        raise UserInputError(f"{run_dir} trained one seed ({cfg.get('seed', 0)}), not a population "
+                             f"(training.population > 1), so it has no seed {seed}: leave the seed out "
+                             f"(`mtmarl.evaluate checkpoint_seed=`, `mtmarl.diagnose --seed`)")
+
+
 def load_run(run_dir: str | Path, which: str | None = None, seed: int | None = None):
     """(algo, acting params, resolved run config, info) of a training run directory (``which`` as above).
 
     A run that trained several seeds side by side (``training.population``) holds them all in one checkpoint;
-    ``seed`` names the one to load (required there, ignored for a one-seed run).
+    ``seed`` names the one to load (required there; for a one-seed run it may only name that run's seed).
 
     The checkpoint describes itself (``mtmarl.training.checkpoint``): the
     algorithm and the run config come from its meta. Checkpoints written before
@@ -86,6 +105,8 @@ def load_run(run_dir: str | Path, which: str | None = None, seed: int | None = N
                                      f"`mtmarl.collect online.init_seed=S`")
             index = seeds.index(seed)
             template = jax.tree.map(lambda x: jax.ShapeDtypeStruct((len(seeds), *x.shape), x.dtype), template)
+        else:
+            _check_one_seed(run_dir, cfg, seed)
         carry, meta = ckpt.restore(template, which)
         if index is not None:
             carry = jax.tree.map(lambda x: x[index], carry)

@@ -8,7 +8,9 @@ its old checkpoints behind), and a resume with a changed config rewrote
 * :class:`RunDirLock` holds an ``flock`` on ``<run dir>/.lock`` for the whole
   run; the file names the owner (pid, host, start time). The kernel drops the
   lock when its process dies, so a lock file still naming an owner while the
-  lock is free is stale and is taken over with a warning.
+  lock is free is stale and is taken over with a warning. Every command that
+  writes a directory (train, evaluate, diagnose, collect) takes it; one that
+  fails removes the lock file and the directory again if it created them.
 * :func:`prepare` runs under the lock before anything is written: a directory
   holding a run needs ``resume=true`` (same config) or ``overwrite=true``
   (the old run's files are removed first); a refused request writes nothing.
@@ -16,6 +18,7 @@ its old checkpoints behind), and a resume with a changed config rewrote
 
 from __future__ import annotations
 
+import contextlib
 import datetime
 import fcntl
 import json
@@ -38,6 +41,7 @@ METRICS_NAME = "metrics.jsonl"
 RUN_FILES = (CONFIG_NAME, METRICS_NAME, "algo.json", "run.json", "results.json", "summary.json", "curves.png")
 RUN_DIRS = ("checkpoints", ".neptune")
 RUN_GLOBS = ("events.out.tfevents.*",)  # TensorBoard: one event file per session of the run
+NAME_MAX = 255  # bytes in one file name on Linux's and macOS's file systems
 # Settings a resume may change: how the run is logged, evaluated, checkpointed, fed, extended, or spread over
 # devices and processes; none of them changes the parameters trained (devices, processes: data parallelism is
 # exact up to float rounding; a resumed multi-node job gets other nodes, so another coordinator address).
@@ -48,27 +52,40 @@ RESUMABLE_CHANGES = ("resume", "overwrite", "logger", "eval", "distributed", "tr
 
 
 class RunDirLock:
-    """Exclusive ownership of a run directory (a context manager); creates the directory."""
+    """Exclusive ownership of a run directory (a context manager); creates the directory.
 
-    def __init__(self, run_dir: str | Path):
+    ``elsewhere``: how the user names another directory (in the refusals). Leaving the context on an exception
+    removes what acquiring created (the lock file; the directory, if it is empty again), so a failed command
+    leaves a directory as it found it; ``tidy``: the lock file it created goes on success too (a data
+    directory, whose files other tools list).
+    """
+
+    def __init__(self, run_dir: str | Path, elsewhere: str = "choose another hydra.run.dir", tidy: bool = False):
         self.run_dir = Path(run_dir)
         self.path = self.run_dir / LOCK_NAME
+        self.elsewhere = elsewhere
+        self.tidy = tidy
         self._fd: int | None = None
+        self._created: list[Path] = []
 
     def acquire(self) -> "RunDirLock":
+        missing = [p for p in (self.run_dir, *self.run_dir.parents) if not p.exists()]
         try:
             self.run_dir.mkdir(parents=True, exist_ok=True)
+            had_lock = self.path.exists()
             fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
         except OSError as err:
+            _remove_new_dirs(missing)
             raise UserInputError(f"cannot use run dir {self.run_dir}: {err.strerror or err} "
-                                 f"(choose another hydra.run.dir)") from None
+                                 f"({self.elsewhere})") from None
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
             owner = _read_owner(fd)
             os.close(fd)
             raise UserInputError(f"run dir {self.run_dir} is in use by {_describe(owner)}; wait for that run "
-                                 f"to end or choose another hydra.run.dir") from None
+                                 f"to end or {self.elsewhere}") from None
+        self._created = ([] if had_lock else [self.path]) + missing
         stale = _read_owner(fd)
         if stale:
             gone = "no longer running" if not _alive(stale) else "did not release it"
@@ -82,11 +99,19 @@ class RunDirLock:
         self._fd = fd
         return self
 
-    def release(self) -> None:
-        """Empty the file (a clean exit leaves no owner named), then drop the lock."""
+    def release(self, discard: bool = False) -> None:
+        """Empty the file (a clean exit leaves no owner named), then drop the lock.
+
+        ``discard``: also remove what :meth:`acquire` created (the lock file, removed while still held, and
+        the directories it made, where empty)."""
         if self._fd is None:
             return
-        os.ftruncate(self._fd, 0)
+        with contextlib.suppress(OSError):  # (a full disk): releasing must not become a second error
+            os.ftruncate(self._fd, 0)
+        if (discard or self.tidy) and self._created and self._created[0] == self.path:
+            self.path.unlink(missing_ok=True)  # while still held: a process that opened it meanwhile is refused
+        if discard:
+            _remove_new_dirs([p for p in self._created if p != self.path])
         fcntl.flock(self._fd, fcntl.LOCK_UN)
         os.close(self._fd)
         self._fd = None
@@ -94,8 +119,41 @@ class RunDirLock:
     def __enter__(self) -> "RunDirLock":
         return self.acquire()
 
-    def __exit__(self, *exc) -> None:
-        self.release()
+    def __exit__(self, kind, *exc) -> None:
+        self.release(discard=kind is not None and not issubclass(kind, SystemExit))
+
+
+def _remove_new_dirs(dirs: list[Path]) -> None:
+    """Remove directories this process created (innermost first), each only while empty."""
+    for path in dirs:
+        try:
+            path.rmdir()
+        except OSError:
+            return  # not empty (or gone): the directories above it hold it, so they stay too
+
+
+def check_run_path(run_dir: str | Path, elsewhere: str = "choose another hydra.run.dir") -> None:
+    """Refuse a run directory that cannot be created or written, before anything (Hydra included) tries:
+    a name too long, a file in the way, a read-only or foreign place."""
+    path = Path(run_dir).absolute()
+    long = [part for part in path.parts if len(os.fsencode(part)) > NAME_MAX]
+    if long:  # (asking whether such a path exists is already an error)
+        why: str | None = f"the name {long[0][:40]}... is longer than the {NAME_MAX} bytes a file name may have"
+    else:
+        existing = next(p for p in (path, *path.parents) if p.exists())
+        why = (f"{existing} is a file, not a directory" if not existing.is_dir() else
+               f"{existing} is not writable (read-only or not permitted)"
+               if not os.access(existing, os.W_OK | os.X_OK) else None)
+    if why is not None:
+        raise UserInputError(f"cannot use run dir {run_dir}: {why} ({elsewhere})")
+
+
+def drop_new_dir(run_dir: Path, since: float) -> None:
+    """Remove ``run_dir`` if it is empty and was made after ``since`` (Hydra creates a command's run dir
+    before the command runs: a refused command takes back the one it got, and keeps one that was there)."""
+    with contextlib.suppress(OSError):  # best effort: the refusal itself is what the user must see
+        if run_dir.stat().st_ctime >= since and not any(run_dir.iterdir()):
+            run_dir.rmdir()
 
 
 def _read_owner(fd: int) -> dict[str, Any] | None:
@@ -135,6 +193,28 @@ def latest_checkpoint(run_dir: Path) -> int | None:
     return max(steps, default=None)
 
 
+def holds_training(run_dir: Path) -> bool:
+    """True for a directory ``mtmarl.train`` wrote (its config, metrics or checkpoints), finished or not."""
+    return any((run_dir / name).exists() for name in (CONFIG_NAME, METRICS_NAME, "checkpoints"))
+
+
+def discard_unstarted(run_dir: Path) -> bool:
+    """Remove the run files of a fresh run that failed before its first checkpoint, so that the same command
+    can simply be run again (a run with a checkpoint stays: it resumes). True if anything was removed."""
+    if latest_checkpoint(run_dir) is not None:
+        return False
+    removed = False
+    for name in RUN_FILES:
+        with contextlib.suppress(FileNotFoundError):
+            (run_dir / name).unlink()
+            removed = True
+    for name in RUN_DIRS:
+        if (run_dir / name).exists():
+            shutil.rmtree(run_dir / name, ignore_errors=True)
+            removed = True
+    return removed
+
+
 def holds_run(run_dir: Path) -> bool:
     """True once a run trained here: a checkpoint, a metrics record or results.
 
@@ -155,6 +235,10 @@ def _flatten(tree: Any, prefix: str = "") -> dict[str, Any]:
     return out
 
 
+def _same(x: Any, y: Any) -> bool:
+    return x == y or (isinstance(x, float) and isinstance(y, float) and x != x and y != y)  # nan == nan here
+
+
 def config_changes(old: Mapping[str, Any], new: Mapping[str, Any]) -> list[str]:
     """``key (old -> new)`` for every setting that differs, except those a resume may change."""
     a, b = _flatten(old), _flatten(new)
@@ -162,7 +246,7 @@ def config_changes(old: Mapping[str, Any], new: Mapping[str, Any]) -> list[str]:
     for key in sorted(set(a) | set(b)):
         if any(key == k or key.startswith(k + ".") for k in RESUMABLE_CHANGES):
             continue
-        if a.get(key, "<absent>") != b.get(key, "<absent>"):
+        if not _same(a.get(key, "<absent>"), b.get(key, "<absent>")):
             out.append(f"{key} ({a.get(key, '<absent>')!r} -> {b.get(key, '<absent>')!r})")
     return out
 
