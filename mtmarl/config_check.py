@@ -131,10 +131,6 @@ def boolean(v: Any) -> str | None:
     return None if isinstance(v, bool) else "true or false"
 
 
-def boolean_or_null(v: Any) -> str | None:
-    return None if v is None or isinstance(v, bool) else "true, false or null"
-
-
 def one_of(*choices: str) -> Callable[[Any], str | None]:
     return lambda v: None if v in choices else "one of " + ", ".join(choices)
 
