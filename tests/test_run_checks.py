@@ -398,3 +398,30 @@ def test_disk_full_in_training_is_one_line_and_the_rerun_is_not_blocked(checkpoi
         assert (run / "config.yaml").exists() and (run / "metrics.jsonl").read_text()
     else:
         assert "had no checkpoint yet and was removed" in err and not run.exists()
+
+
+@pytest.mark.parametrize("damage", ["malformed", "wrong_env"])
+def test_a_bad_vault_is_one_line_and_leaves_no_run_behind(damage, tmp_path, capsys, data_root):
+    """A vault whose metadata is not JSON, or one recorded on another env, is refused while loading; the fresh
+    run directory (config, metrics, TensorBoard events) goes with it, so the same command can run again."""
+    import shutil
+
+    from mtmarl import train
+    from mtmarl.tasks import TaskSpec
+
+    root = tmp_path / "vault_data"
+    shutil.copytree(data_root, root)
+    vault = next(root.glob("*/*.vlt"))
+    if damage == "malformed":
+        (vault / "mtmarl.json").write_text("{not json")
+    else:  # an LBF vault where the Connector task's vault belongs
+        shutil.rmtree(vault)
+        other = tmp_path / "other"
+        synthetic_vault(other, "lbf:grid=5,agents=2,food=1")
+        shutil.copytree(next(other.glob("*/*.vlt")), vault)
+    run = tmp_path / "run"
+    cfg = _compose("train", ["+algo=mt_bc_sable", f"task='{TASK}'", f"data.root={root}", "training=quick",
+                             "logger.neptune=false", "logger.progress=false"])
+    err = _refused(capsys, train.run, cfg, run_dir=run)
+    assert str(vault) in err and "had no checkpoint yet and was removed" in err
+    assert not run.exists() and TaskSpec.parse(TASK).env == "connector"

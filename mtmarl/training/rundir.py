@@ -208,6 +208,10 @@ def discard_unstarted(run_dir: Path) -> bool:
         with contextlib.suppress(FileNotFoundError):
             (run_dir / name).unlink()
             removed = True
+    for pattern in RUN_GLOBS:
+        for path in run_dir.glob(pattern):
+            path.unlink(missing_ok=True)
+            removed = True
     for name in RUN_DIRS:
         if (run_dir / name).exists():
             shutil.rmtree(run_dir / name, ignore_errors=True)
