@@ -23,7 +23,11 @@ stochastic, so the env state carries its own key.
 
 from __future__ import annotations
 
+import contextlib
+import os
 import re
+import sys
+from types import ModuleType
 from typing import Any
 
 import jax
@@ -61,6 +65,40 @@ def parse_map(name: str) -> tuple[list[int], list[int]]:
     return allies, parse_side(sides[-1], name)
 
 
+def jaxmarl_smax() -> ModuleType:
+    """JaxMARL's SMAX package. Its first import prints what it loads; those lines go to stderr, so that the
+    stdout of ``--json`` commands (``python -m mtmarl.tasks SET --json``) holds JSON only."""
+    if "jaxmarl.environments.smax" not in sys.modules:
+        with _stdout_to_stderr():
+            import jaxmarl.environments.smax  # noqa: F401
+    return sys.modules["jaxmarl.environments.smax"]
+
+
+@contextlib.contextmanager
+def _stdout_to_stderr():
+    """Send stdout to stderr, for Python's ``sys.stdout`` and for file descriptor 1. Both: JaxMARL's import
+    sets ``sys.stdout``/``sys.stderr`` back to the process's own streams midway (around its optional brax
+    import) and prints after that; the streams in use before (a test's captured ones) are restored after."""
+    streams = sys.stdout, sys.stderr
+    for stream in {*streams, sys.__stdout__} - {None}:
+        stream.flush()
+    sys.stdout = sys.stderr
+    try:
+        saved = os.dup(1)
+        os.dup2(2, 1)
+    except OSError:  # no file descriptor 1 or 2 (an embedded interpreter)
+        saved = None
+    try:
+        yield
+    finally:
+        for stream in {sys.stdout, sys.__stdout__} - {None}:
+            stream.flush()  # what the import wrote while descriptor 1 was stderr's
+        if saved is not None:
+            os.dup2(saved, 1)
+            os.close(saved)
+        sys.stdout, sys.stderr = streams
+
+
 @struct.dataclass
 class SmaxState:
     inner: Any       # JaxMARL's HeuristicEnemySMAX state
@@ -71,14 +109,13 @@ class SmaxEnv(MultiAgentEnv):
     name = "smax"
 
     def __init__(self, map: str, horizon: int = 100):  # noqa: A002 (the SMAC term)
-        from jaxmarl.environments.smax import HeuristicEnemySMAX, Scenario
-
+        smax = jaxmarl_smax()
         allies, enemies = parse_map(map)
         self.map_name, self.horizon = str(map), int(horizon)
         self.num_allies, self.num_enemies = len(allies), len(enemies)
         self.unit_types = (allies, enemies)
-        scenario = Scenario(jnp.asarray(allies + enemies, jnp.uint8), len(allies), len(enemies), False, False)
-        self.smax = HeuristicEnemySMAX(scenario=scenario, max_steps=self.horizon)
+        scenario = smax.Scenario(jnp.asarray(allies + enemies, jnp.uint8), len(allies), len(enemies), False, False)
+        self.smax = smax.HeuristicEnemySMAX(scenario=scenario, max_steps=self.horizon)
         unit, own = len(self.smax.unit_features), len(self.smax.own_features)
         obs = ObsLayout((EntityGroup("allies", len(allies) - 1, unit), EntityGroup("enemies", len(enemies), unit),
                          EntityGroup("own", 1, own)))

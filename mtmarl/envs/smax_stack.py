@@ -55,15 +55,16 @@ class SmaxStack(MultiAgentEnv):
     name = "smax"
 
     def __init__(self, maps):
-        from jaxmarl.environments.smax import HeuristicEnemySMAX, Scenario
+        from mtmarl.envs.smax import jaxmarl_smax
 
+        smax = jaxmarl_smax()
         self.maps = list(maps)
         self.horizon = self.maps[0].horizon
         A = self.num_allies = max(m.num_allies for m in self.maps)
         E = self.num_enemies = max(m.num_enemies for m in self.maps)
         N = A + E
-        scenario = Scenario(jnp.zeros((N,), jnp.uint8), A, E, False, False)
-        self.smax = HeuristicEnemySMAX(scenario=scenario, max_steps=self.horizon)
+        scenario = smax.Scenario(jnp.zeros((N,), jnp.uint8), A, E, False, False)
+        self.smax = smax.HeuristicEnemySMAX(scenario=scenario, max_steps=self.horizon)
         unit, own = len(self.smax.unit_features), len(self.smax.own_features)
         obs = ObsLayout((EntityGroup("allies", A - 1, unit), EntityGroup("enemies", E, unit),
                          EntityGroup("own", 1, own)))
