@@ -38,6 +38,7 @@ from flax import struct
 
 from mtmarl.envs.base import MultiAgentEnv, Observation, TimeStep
 from mtmarl.envs.layout import ActionLayout, EntityGroup, EnvSpec, ObsLayout
+from mtmarl.envs.smax_import import jaxmarl_smax
 
 STOP = 4  # JaxMARL: 0-3 move, 4 stop, 5 + k attack enemy k (mtmarl.envs.smax.STOP)
 
@@ -55,8 +56,6 @@ class SmaxStack(MultiAgentEnv):
     name = "smax"
 
     def __init__(self, maps):
-        from mtmarl.envs.smax import jaxmarl_smax
-
         smax = jaxmarl_smax()
         self.maps = list(maps)
         self.horizon = self.maps[0].horizon
