@@ -7,9 +7,10 @@
 
 A trained policy (``checkpoint=``, a directory written by ``mtmarl.train``;
 ``checkpoint_kind=best|latest``, default best if there is one) sees every task
-padded to its network's observation size (zero features appended); a task with
-more observation features or another action count than it was trained on is
-refused with both sizes named. Any agent count works.
+padded to the layout its network was trained on (``mtmarl.evaluation.trained``:
+zero features appended, or SMAX's allies and enemies padded in place with
+attacks on missing enemies illegal); a task that does not fit inside that
+layout is refused with both sizes named. Any agent count works.
 
 Prints a table per task (mean, standard error, normalised return) and writes
 ``results.json`` (marl-eval layout) and ``summary.json`` into the Hydra run
@@ -27,13 +28,15 @@ import jax
 import jax.numpy as jnp
 from omegaconf import DictConfig, OmegaConf
 
+from mtmarl import envs
 from mtmarl import tasks as task_registry
 from mtmarl.errors import UserInputError
 from mtmarl.evaluation.policies import POLICIES, Policy
 from mtmarl.evaluation.references import load_references, reference_for
-from mtmarl.evaluation.render import record_episode, save_gif
+from mtmarl.evaluation.render import check_renders, record_episode, save_gif
 from mtmarl.evaluation.results import print_table, summarise, task_info, write_results
 from mtmarl.evaluation.rollout import make_task_set_evaluator, task_key
+from mtmarl.evaluation.trained import check_trained_fits
 from mtmarl.runtime import enable_compilation_cache, hydra_cli, user_errors_exit
 
 
@@ -57,19 +60,6 @@ def resolve_task_set(cfg: DictConfig, default: task_registry.TaskSet | None = No
     return task_registry.from_config(OmegaConf.to_container(cfg.tasks, resolve=True))
 
 
-def check_trained_fits(specs, obs_dim: int, n_actions: int, source: str) -> None:
-    """One clear error if a task cannot be fed to a trained net of this input/output size."""
-    for spec in specs:
-        env = spec.build()
-        if env.obs_dim > obs_dim:
-            raise UserInputError(
-                f"task {spec.name} has {env.obs_dim} observation features but the trained model ({source}) "
-                f"takes {obs_dim} (its training set's padded size); only tasks with <= {obs_dim} features fit")
-        if env.num_actions != n_actions:
-            raise UserInputError(f"task {spec.name} has {env.num_actions} actions but the trained model "
-                                 f"({source}) outputs {n_actions}")
-
-
 # Episodes played at once per device, summed over the tasks of the set: bounds the memory of the batched env
 # states and policy carries; a slot whose episode ends starts the task's next one, in one call.
 CALL_EPISODES = 1024
@@ -85,23 +75,24 @@ def call_batch(episodes: int, num_tasks: int, num_devices: int) -> int:
 def evaluate_set(task_set: task_registry.TaskSet, splits: list[str], policy: Policy, params: Any,
                  episodes: int, seed: int, references: dict[str, float],
                  devices: int | None = None, progress: bool = True,
-                 obs_dim: int | None = None) -> list[dict[str, Any]]:
+                 layout: envs.EnvSpec | None = None) -> list[dict[str, Any]]:
     """Evaluate every task of the given splits (one compiled program per agent count); one summary row per task.
 
-    ``obs_dim``: pad observations to this size instead of the set's (a trained net's input size).
+    ``layout``: pad observations and actions to this layout instead of the set's (a trained net's, ``info["layout"]``
+    of ``mtmarl.training.restore.load_run``).
     """
     todo = [(split, spec) for split in splits for spec in task_set.split(split)]
     if not todo:
         return []
-    envs = [task_set.evaluation_env(spec, obs_dim) for _, spec in todo]
+    played = [task_set.evaluation_env(spec, layout) for _, spec in todo]
     n_dev = len(jax.local_devices()[: devices or jax.local_device_count()])
-    fn = make_task_set_evaluator(envs, policy, episodes, devices, call_batch(episodes, len(todo), n_dev),
+    fn = make_task_set_evaluator(played, policy, episodes, devices, call_batch(episodes, len(todo), n_dev),
                                  capacity=-(-episodes // n_dev))
     if progress:
         print(f"evaluating {len(todo)} tasks x {episodes} episodes, one compiled program per agent count", flush=True)
     stats = jax.device_get(fn(params, jnp.stack([task_key(seed, spec) for _, spec in todo])))
     rows = []
-    for i, ((split, spec), env) in enumerate(zip(todo, envs)):
+    for i, ((split, spec), env) in enumerate(zip(todo, played)):
         rows.append(summarise(task_info(split, spec, env), jax.tree.map(lambda x: x[i], stats),
                               reference_for(spec, references)))
     return rows
@@ -157,10 +148,10 @@ def _run(cfg: DictConfig, run_dir: Path | None) -> list[dict[str, Any]]:
     from mtmarl.training.rundir import RunDirLock, holds_training
 
     enable_compilation_cache()
-    obs_dim, own = None, None
+    layout, own = None, None
     if cfg.get("checkpoint"):
         policy, params, algorithm, what, info, own = _trained(cfg)
-        obs_dim = info["obs_dim"]
+        layout = info["layout"]
     else:
         algorithm = what = "random" if cfg.get("policy") is None else str(cfg.policy)
         if algorithm not in POLICIES:
@@ -172,9 +163,10 @@ def _run(cfg: DictConfig, run_dir: Path | None) -> list[dict[str, Any]]:
         splits = ["train"]  # an ad-hoc task forms a one-task set
     for split in splits:
         task_set.split(split)  # validates the split name
-    if obs_dim is not None:
-        check_trained_fits([s for split in splits for s in task_set.split(split)], obs_dim, info["n_actions"],
-                           str(cfg.checkpoint))
+    if cfg.render:
+        check_renders([s for split in splits for s in task_set.split(split)])
+    if layout is not None:
+        check_trained_fits([s for split in splits for s in task_set.split(split)], layout, str(cfg.checkpoint))
     references = load_references(cfg.references or (info["references"] if own is not None else None))
     if run_dir is None:
         raise ValueError("evaluate.run outside a Hydra app needs run_dir")
@@ -184,7 +176,7 @@ def _run(cfg: DictConfig, run_dir: Path | None) -> list[dict[str, Any]]:
     with RunDirLock(run_dir):
         start = time.perf_counter()
         rows = evaluate_set(task_set, splits, policy, params, cfg.eval.episodes, cfg.seed,
-                            references, cfg.eval.devices, obs_dim=obs_dim)
+                            references, cfg.eval.devices, layout=layout)
         elapsed = time.perf_counter() - start
         path = write_results(run_dir, rows, algorithm=algorithm, seed=cfg.seed)
         print_table(rows, title=f"{what} on {task_set.name} ({', '.join(splits)}), "
@@ -192,7 +184,7 @@ def _run(cfg: DictConfig, run_dir: Path | None) -> list[dict[str, Any]]:
         if cfg.render:
             for split in splits:
                 for spec in task_set.split(split):
-                    env = task_set.evaluation_env(spec, obs_dim)
+                    env = task_set.evaluation_env(spec, layout)
                     states = record_episode(env, policy, params, task_key(cfg.seed, spec), cfg.render_max_steps)
                     gif = save_gif(env, states, run_dir / f"{file_safe(spec.name)}.gif")
                     print(f"animation: {gif}")

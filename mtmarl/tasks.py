@@ -158,10 +158,11 @@ class TaskSet:
     def padded(self, spec: TaskSpec) -> envs.PaddedEnv:
         return envs.PaddedEnv(spec.build(), self.env_spec)
 
-    def evaluation_env(self, spec: TaskSpec, obs_dim: int | None = None) -> envs.PaddedEnv:
+    def evaluation_env(self, spec: TaskSpec, layout: envs.EnvSpec | None = None) -> envs.PaddedEnv:
         """``spec`` as evaluation plays it: the set's observation, action and state layout (what the
-        network reads; or observations of ``obs_dim`` features, a trained net's input size) with agent slots
-        for the task's agents rounded up to a power of two (at most the set's count).
+        network reads; or ``layout``'s observations and actions, the padded layout a trained network
+        read: ``mtmarl.evaluation.trained``) with agent slots for the task's agents rounded up to a power
+        of two (at most the set's count).
 
         Why: a padded agent changes nothing a real agent sees or gets, yet the policy decodes it at every
         step. The set evaluator groups tasks by agent count (``mtmarl.evaluation.rollout.run_task_episodes``),
@@ -170,10 +171,11 @@ class TaskSet:
         ``benchmarks/eval_agent_groups.py``), while a 2-agent task is no longer played as 12 agents.
         """
         inner = spec.build()
-        slots = min(1 << max(inner.num_agents - 1, 0).bit_length(), self.env_spec.num_agents)
-        if obs_dim is None:
-            return envs.PaddedEnv(inner, self.env_spec, num_agents=slots)
-        return envs.PaddedEnv(inner, num_agents=slots, obs_dim=int(obs_dim), state_dim=self.padding["state_dim"])
+        own = self.env_spec
+        slots = min(1 << max(inner.num_agents - 1, 0).bit_length(), own.num_agents)
+        if layout is not None:
+            own = dataclasses.replace(own, obs=layout.obs, actions=layout.actions)
+        return envs.PaddedEnv(inner, own, num_agents=slots)
 
     def describe(self) -> dict[str, Any]:
         return {"name": self.name, "env": self.env, "padding": self.padding,

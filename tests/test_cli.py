@@ -74,3 +74,31 @@ def test_evaluate_bad_input_exits_2_with_one_line_from_a_new_process():
     assert proc.stderr.strip().splitlines()[-1].startswith("error: no tasks given")
     assert "Traceback" not in proc.stderr
 
+
+
+def test_render_of_an_env_without_a_viewer_is_refused_before_any_work(tmp_path, monkeypatch, capsys):
+    """``render=true`` on SMAX (no viewer): one line naming why and the envs that render, exit 2, before any
+    episode is played (the evaluation is replaced by a failure here) and with nothing written."""
+    from hydra.core.global_hydra import GlobalHydra
+
+    from mtmarl import evaluate, runtime
+
+    def no_work(*args, **kwargs):
+        raise AssertionError("the evaluation ran before render=true was refused")
+
+    monkeypatch.setattr(evaluate, "evaluate_set", no_work)
+    out = tmp_path / "run"
+    monkeypatch.setattr(sys, "argv", ["mtmarl.evaluate", "task=smax:map=3m", "render=true", "eval.episodes=2",
+                                      f"hydra.run.dir={out}", "hydra/job_logging=none", "hydra/hydra_logging=none"])
+    try:
+        with pytest.raises(SystemExit) as exit_:
+            runtime.hydra_cli("evaluate", evaluate.run)
+    finally:
+        GlobalHydra.instance().clear()
+    err = capsys.readouterr().err
+    assert exit_.value.code == 2 and "Traceback" not in err, err
+    line = err.strip().splitlines()[-1]  # (JaxMARL's import chatter may come before it on stderr)
+    assert line.startswith("error: render=true: smax tasks (smax:map=3m) cannot be rendered"), err
+    assert "connector, lbf, rware" in line
+    # nothing of the evaluation's: at most what Hydra writes into a run directory before the command starts
+    assert not out.exists() or {p.name for p in out.iterdir()} <= {".hydra", "evaluate.log"}

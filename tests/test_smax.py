@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import functools
 import json
+from pathlib import Path
 
 import jax
 import jax.numpy as jnp
@@ -52,6 +53,31 @@ def test_task_sets_and_their_padded_layout(name, train, test, agents, obs, actio
     assert spec.actions.noop == STOP and spec.actions.target_offset("enemies") == 5
     desc = ts.describe()
     assert all(t["success"] for t in desc["train"] + desc["test"])
+
+
+def test_a_checkpoint_of_a_set_plays_its_tasks_and_adhoc_maps_that_fit_its_layout():
+    """A network trained on smax_marine_hard reads and writes the set's padded layout (``load_run``'s
+    ``info["layout"]``, the set's ``env_spec``): every task of the set and an ad-hoc map whose allies and
+    enemies fit are played in that layout (enemy k's attack keeps its index, attacks on missing enemies are
+    illegal); a map with more allies or enemies than the layout is refused, naming both sizes."""
+    from mtmarl.evaluation.trained import check_trained_fits
+
+    ts = tasks.load("smax_marine_hard")
+    layout = ts.env_spec
+    check_trained_fits(ts.train + ts.test, layout, "run")
+    for spec in ts.train + ts.test:  # as the run's own final evaluation played them
+        assert ts.evaluation_env(spec, layout).spec == ts.evaluation_env(spec).spec
+    fits = TaskSpec.parse("smax:map=6m_vs_7m")
+    check_trained_fits([fits], layout, "run")
+    env = tasks.load(fits.adhoc).evaluation_env(fits, layout)
+    assert (env.spec.obs, env.spec.actions, env.num_agents) == (layout.obs, layout.actions, 6)
+    src, legal = env.inner.spec.actions.action_map(env.spec.actions)  # what the padded env steps and masks
+    assert legal.tolist() == [True] * 5 + [k < 7 for k in range(15)]
+    assert src[:5 + 7].tolist() == list(range(5 + 7)) and set(src[5 + 7:].tolist()) == {STOP}
+    for name, what in (("14m_vs_15m", "has 13 allies x 13 features but the trained model .run. reads at most 12 x 13"),
+                       ("12m_vs_16m", "has 16 enemies x 13 features but the trained model .run. reads at most 15 x 13")):
+        with pytest.raises(UserInputError, match=f"task smax:map={name} {what}"):
+            check_trained_fits([TaskSpec.parse(f"smax:map={name}")], layout, "run")
 
 
 def _key_seq(key, n):
@@ -326,3 +352,70 @@ def test_a_map_with_fewer_allies_reports_what_the_map_alone_reports_in_the_same_
     np.testing.assert_allclose(ts.observation.agents_view, want.observation.agents_view, rtol=1e-6, atol=1e-7)
     for a, b in zip(jax.tree.leaves(ts), jax.tree.leaves(want)):
         np.testing.assert_allclose(a, b, rtol=1e-6, atol=1e-7)
+
+
+def _evaluate_cli(args, monkeypatch, capsys):
+    """``python -m mtmarl.evaluate ARGS`` as the command line runs it, in this process: (exit code, stdout, stderr)."""
+    import sys
+
+    from hydra.core.global_hydra import GlobalHydra
+
+    from mtmarl import evaluate, runtime
+
+    monkeypatch.setattr(sys, "argv", ["mtmarl.evaluate", *args, "hydra/job_logging=none", "hydra/hydra_logging=none"])
+    code = 0
+    try:
+        runtime.hydra_cli("evaluate", evaluate.run)
+    except SystemExit as exit_:
+        code = exit_.code
+    finally:
+        GlobalHydra.instance().clear()
+    out = capsys.readouterr()
+    return code, out.out, out.err
+
+
+@pytest.mark.slow  # a tiny training run with its final evaluation, then three evaluations of its checkpoint
+def test_a_trained_smax_checkpoint_evaluates_from_the_command_line(tmp_path, monkeypatch, capsys):
+    """MT Oryx trained on a two-map set (3m on the bundled expert data; 4m_vs_5m held out) and evaluated through
+    ``mtmarl.evaluate checkpoint=``: its own set plays exactly the episodes the run's final evaluation played
+    (tasks padded to the layout trained on), an ad-hoc map inside that layout plays, and one with more allies
+    is refused before any work, naming both sizes."""
+    import yaml
+
+    from mtmarl import train
+    from mtmarl.experiments.config import compose_train
+
+    root = Path(__file__).resolve().parents[1]
+    (tmp_path / "conf" / "tasks").mkdir(parents=True)
+    (tmp_path / "conf" / "tasks" / "smax_pair.yaml").write_text(yaml.safe_dump(
+        {"name": "smax_pair", "env": "smax", "train": [{"name": "3m", "map": "3m"}],
+         "test": [{"name": "4m_vs_5m", "map": "4m_vs_5m"}]}))
+    run = tmp_path / "run"
+    cfg = compose_train(["+algo=mt_oryx", "+tasks=smax_pair", f"hydra.searchpath=[file://{tmp_path / 'conf'}]",
+                         f"data.root={root / 'vault_data'}", "data.quality=expert", "training=quick",
+                         "training.updates=2", "training.updates_per_call=1", "training.batch_size=4",
+                         "training.seq_len=4", "eval.episodes=4", "logger.neptune=false", "logger.progress=false"])
+    train.run(cfg, run_dir=run)
+
+    def returns(run_dir, task):
+        res = json.loads((run_dir / "results.json").read_text())["smax"][task]["mt_oryx"]["seed_0"]
+        return res["absolute_metrics"]["return"]
+
+    code, out, err = _evaluate_cli([f"checkpoint={run}", "eval.episodes=4", f"hydra.run.dir={tmp_path / 'own'}"],
+                                   monkeypatch, capsys)
+    assert code == 0, err
+    # the test split, as the run played it (float rounding aside: another program sums the rewards)
+    np.testing.assert_allclose(returns(tmp_path / "own", "4m_vs_5m"), returns(run, "4m_vs_5m"), rtol=1e-5)
+
+    adhoc = "smax:map=2m_vs_4m"  # 1 other ally and 4 enemies: inside the layout's 3 and 5 (4m_vs_5m)
+    code, out, err = _evaluate_cli([f"checkpoint={run}", f"task={adhoc}", "eval.episodes=4",
+                                    f"hydra.run.dir={tmp_path / 'adhoc'}"], monkeypatch, capsys)
+    assert code == 0, err
+    assert len(returns(tmp_path / "adhoc", adhoc)) == 4
+
+    code, out, err = _evaluate_cli([f"checkpoint={run}", "task=smax:map=5m", f"hydra.run.dir={tmp_path / 'big'}"],
+                                   monkeypatch, capsys)
+    assert code == 2 and "Traceback" not in err, err
+    assert err.strip().splitlines()[-1] == (f"error: task smax:map=5m has 4 allies x 13 features but the trained "
+                                            f"model ({run}) reads at most 3 x 13 (its training set's padded layout)")
+    assert not (tmp_path / "big" / "results.json").exists()

@@ -10,8 +10,12 @@ all 52 tasks is ``-m slow``.
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 import json
+import os
+import subprocess
+import sys
 
 import jax
 import jax.numpy as jnp
@@ -19,7 +23,7 @@ import numpy as np
 import pytest
 
 from mtmarl import tasks
-from mtmarl.envs import NOOP
+from mtmarl.envs import NOOP, ObsLayout
 from mtmarl.errors import UserInputError
 from mtmarl.tasks import TaskSet, TaskSpec
 
@@ -332,6 +336,17 @@ def test_cli_json(capsys, described):
         [t["name"] for t in desc["train"][:2]]
 
 
+def test_cli_json_stdout_is_json_only_when_jaxmarl_prints_on_import():
+    """A new process (JaxMARL prints on its first import, and resets ``sys.stdout`` to the process's own
+    midway): what a script reads from stdout parses."""
+    env = {**os.environ, "PYTHONWARNINGS": "ignore", "JAX_PLATFORMS": "cpu"}
+    proc = subprocess.run([sys.executable, "-m", "mtmarl.tasks", "smax_marine_hard", "--json"], env=env,
+                          capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr
+    desc = json.loads(proc.stdout)
+    assert desc["name"] == "smax_marine_hard" and [t["name"] for t in desc["train"]] == ["3m", "5m_vs_6m", "9m_vs_10m"]
+
+
 def test_cli_unknown_set(capsys):
     assert tasks.main(["nope"]) == 2
     out, err = capsys.readouterr()
@@ -373,4 +388,5 @@ def test_evaluation_envs_keep_the_sets_layout_with_agents_rounded_up_to_a_power_
         assert env.num_agents == min(next(p for p in (1, 2, 4, 8, 16) if p >= n), full.num_agents) >= n
         assert (env.obs_dim, env.state_dim, env.num_actions) == (full.obs_dim, full.state_dim, full.num_actions)
     assert sorted({e.num_agents for e in played}) == [2, 4, 8, 12]
-    assert task_set.evaluation_env(specs[0], obs_dim=full.obs_dim + 3).obs_dim == full.obs_dim + 3
+    wider = dataclasses.replace(full.spec, obs=ObsLayout.flat(full.obs_dim + 3))  # a trained net's layout
+    assert task_set.evaluation_env(specs[0], wider).obs_dim == full.obs_dim + 3

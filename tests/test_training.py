@@ -543,17 +543,21 @@ def test_evaluate_checkpoint_errors_are_one_line(tmp_path, capsys, args, message
 
 
 def test_trained_net_input_size_fits_smaller_observations_only():
-    from mtmarl.evaluate import check_trained_fits
+    from mtmarl.envs import NOOP, ActionLayout, EnvSpec, ObsLayout
+    from mtmarl.evaluation.trained import check_trained_fits
     from mtmarl.tasks import load
 
+    def trained(obs_dim, actions):  # a run's padded layout of flat observations
+        return EnvSpec(3, ObsLayout.flat(obs_dim), ActionLayout(basic=actions, noop=NOOP))
+
     rware, lbf = TaskSpec.parse("rware:rows=1,cols=3,height=8,agents=2"), TaskSpec.parse("lbf:grid=8,agents=2,food=2")
-    check_trained_fits([rware], 128, 5, "run")  # 66 features <= 128: fine, zero-padded
-    env = load(rware.adhoc).evaluation_env(rware, 128)
+    check_trained_fits([rware], trained(128, 5), "run")  # 66 features <= 128: fine, zero-padded
+    env = load(rware.adhoc).evaluation_env(rware, trained(128, 5))
     assert env.obs_dim == 128 and env.num_agents == 2
     with pytest.raises(UserInputError, match="has 66 observation features but the trained model .run. takes 32"):
-        check_trained_fits([rware], 32, 5, "run")
+        check_trained_fits([rware], trained(32, 5), "run")
     with pytest.raises(UserInputError, match="has 6 actions but the trained model .run. outputs 5"):
-        check_trained_fits([lbf], 128, 5, "run")
+        check_trained_fits([lbf], trained(128, 5), "run")
 
 
 @pytest.mark.slow

@@ -32,6 +32,7 @@ from flax import struct
 
 from mtmarl.envs.base import MultiAgentEnv, Observation, TimeStep
 from mtmarl.envs.layout import ActionLayout, EntityGroup, EnvSpec, ObsLayout
+from mtmarl.envs.smax_import import jaxmarl_smax
 from mtmarl.errors import UserInputError
 
 # Unit letters of SMAC map names -> JaxMARL unit type ids.
@@ -71,14 +72,13 @@ class SmaxEnv(MultiAgentEnv):
     name = "smax"
 
     def __init__(self, map: str, horizon: int = 100):  # noqa: A002 (the SMAC term)
-        from jaxmarl.environments.smax import HeuristicEnemySMAX, Scenario
-
+        smax = jaxmarl_smax()
         allies, enemies = parse_map(map)
         self.map_name, self.horizon = str(map), int(horizon)
         self.num_allies, self.num_enemies = len(allies), len(enemies)
         self.unit_types = (allies, enemies)
-        scenario = Scenario(jnp.asarray(allies + enemies, jnp.uint8), len(allies), len(enemies), False, False)
-        self.smax = HeuristicEnemySMAX(scenario=scenario, max_steps=self.horizon)
+        scenario = smax.Scenario(jnp.asarray(allies + enemies, jnp.uint8), len(allies), len(enemies), False, False)
+        self.smax = smax.HeuristicEnemySMAX(scenario=scenario, max_steps=self.horizon)
         unit, own = len(self.smax.unit_features), len(self.smax.own_features)
         obs = ObsLayout((EntityGroup("allies", len(allies) - 1, unit), EntityGroup("enemies", len(enemies), unit),
                          EntityGroup("own", 1, own)))

@@ -38,6 +38,7 @@ from flax import struct
 
 from mtmarl.envs.base import MultiAgentEnv, Observation, TimeStep
 from mtmarl.envs.layout import ActionLayout, EntityGroup, EnvSpec, ObsLayout
+from mtmarl.envs.smax_import import jaxmarl_smax
 
 STOP = 4  # JaxMARL: 0-3 move, 4 stop, 5 + k attack enemy k (mtmarl.envs.smax.STOP)
 
@@ -55,15 +56,14 @@ class SmaxStack(MultiAgentEnv):
     name = "smax"
 
     def __init__(self, maps):
-        from jaxmarl.environments.smax import HeuristicEnemySMAX, Scenario
-
+        smax = jaxmarl_smax()
         self.maps = list(maps)
         self.horizon = self.maps[0].horizon
         A = self.num_allies = max(m.num_allies for m in self.maps)
         E = self.num_enemies = max(m.num_enemies for m in self.maps)
         N = A + E
-        scenario = Scenario(jnp.zeros((N,), jnp.uint8), A, E, False, False)
-        self.smax = HeuristicEnemySMAX(scenario=scenario, max_steps=self.horizon)
+        scenario = smax.Scenario(jnp.zeros((N,), jnp.uint8), A, E, False, False)
+        self.smax = smax.HeuristicEnemySMAX(scenario=scenario, max_steps=self.horizon)
         unit, own = len(self.smax.unit_features), len(self.smax.own_features)
         obs = ObsLayout((EntityGroup("allies", A - 1, unit), EntityGroup("enemies", E, unit),
                          EntityGroup("own", 1, own)))

@@ -8,7 +8,23 @@ from typing import Any
 import jax
 import jax.numpy as jnp
 
+from mtmarl import envs
+from mtmarl.errors import UserInputError
 from mtmarl.evaluation.policies import Policy
+
+
+def renders(env: str) -> bool:
+    """Whether tasks of ``env`` can be drawn: its class has a viewer of its own (``MultiAgentEnv.animate``)."""
+    return envs.ENVS[env].animate is not envs.MultiAgentEnv.animate
+
+
+def check_renders(specs) -> None:
+    """``render=true`` refused at start-up, before any episode is played, if a task's env has no viewer."""
+    for spec in specs:
+        if not renders(spec.env):
+            allowed = ", ".join(sorted(name for name in envs.ENVS if renders(name)))
+            raise UserInputError(f"render=true: {spec.env} tasks ({spec.name}) cannot be rendered; rendering works "
+                                 f"for {allowed} tasks (leave render=false to evaluate {spec.name})")
 
 
 def record_episode(env, policy: Policy, params: Any, key: jax.Array, max_steps: int) -> list:

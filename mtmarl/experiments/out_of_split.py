@@ -66,7 +66,7 @@ def evaluate_policies(task_set: tasks.TaskSet, runs: dict[str, str], episodes: i
         for run_seed in population_seeds(Path(run_dir)) or [None]:  # each seed of a population run
             policy, params, _, info = load_trained(run_dir, seed=run_seed)
             key = label if run_seed is None else f"{label}/s{run_seed}"
-            out[key] = evaluate_set(task_set, ["train"], policy, params, episodes, seed, {}, obs_dim=info["obs_dim"])
+            out[key] = evaluate_set(task_set, ["train"], policy, params, episodes, seed, {}, layout=info["layout"])
     out["random"] = evaluate_set(task_set, ["train"], POLICIES["random"], (), episodes, seed, {})
     return out
 

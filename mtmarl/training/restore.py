@@ -6,7 +6,9 @@ from the data; older runs: ``algo.json``), restores
 the best checkpoint (else the latest) and returns an evaluator ``Policy``,
 its params, the algorithm name and the run's task-set config. The network's
 observation input has the run's padded size (``info["obs_dim"]``): tasks with
-smaller observations are evaluated zero-padded, larger ones do not fit. The
+smaller observations are evaluated zero-padded, larger ones do not fit;
+``info["layout"]`` is the run's whole padded layout (entity groups, targeted
+actions), into which evaluation pads a task (``mtmarl.evaluation.trained``). The
 agent count is free (retention over agents has no maximum).
 """
 
@@ -75,7 +77,8 @@ def load_run(run_dir: str | Path, which: str | None = None, seed: int | None = N
     they did fall back to the run directory's ``algo.json`` and ``config.yaml``.
     ``info`` holds ``tasks`` (the run's task-set config, or None for an ad-hoc
     ``task``), ``task``, ``checkpoint`` (kind, update count, stage and meta), ``seed``,
-    ``obs_dim`` and ``n_actions`` (the network's input and output sizes) and ``references``.
+    ``obs_dim`` and ``n_actions`` (the network's input and output sizes), ``layout`` (the run's padded
+    ``EnvSpec``: the observation groups and actions the network reads and writes) and ``references``.
     """
     run_dir = Path(run_dir).expanduser()
     if not (run_dir / "checkpoints").is_dir():
@@ -91,7 +94,8 @@ def load_run(run_dir: str | Path, which: str | None = None, seed: int | None = N
         if spec is None or cfg is None:
             spec, cfg = _legacy_description(run_dir)
         algo = registry.from_spec(spec)
-        obs_dim = _obs_dim(cfg)
+        layout = run_task_set(cfg).env_spec
+        obs_dim = layout.obs_dim
         sample = jax.ShapeDtypeStruct((1, 1, 1, obs_dim), jnp.float32)
         state = jax.eval_shape(algo.init, jax.ShapeDtypeStruct((2,), jnp.uint32), sample)
         template = Carry(state, jax.ShapeDtypeStruct((2,), jnp.uint32), jax.ShapeDtypeStruct((), jnp.int32))
@@ -117,7 +121,7 @@ def load_run(run_dir: str | Path, which: str | None = None, seed: int | None = N
     info = {"tasks": cfg.get("tasks"), "task": cfg.get("task"),
             "seed": cfg.get("seed", 0) if index is None else seed,
             "checkpoint": {"kind": which, "step": step, "stage": meta.get("stage"), "meta": meta},
-            "obs_dim": obs_dim, "n_actions": int(spec["n_actions"]),
+            "obs_dim": obs_dim, "n_actions": int(spec["n_actions"]), "layout": layout,
             # the references the run normalised by (its own setting, else its data root's)
             "references": str(cfg.get("references") or default_path((cfg.get("data") or {}).get("root")))}
     return algo, algo.acting_params(carry.state), cfg, info
@@ -139,7 +143,3 @@ def run_task_set(cfg: dict[str, Any]):
     if cfg.get("task"):
         return task_registry.load(str(cfg["task"]))
     return task_registry.from_config(cfg["tasks"])
-
-
-def _obs_dim(cfg: dict[str, Any]) -> int:
-    return run_task_set(cfg).padding["obs_dim"]
