@@ -221,7 +221,7 @@ def test_evaluate_refuses_a_training_run_dir_naming_where_else(tmp_path, capsys)
     monkey_trained = pytest.MonkeyPatch()
     # the checkpoint itself is fake: stand in for loading it (its checks ran already)
     monkey_trained.setattr(evaluate, "_trained", lambda cfg: (None, (), "x", "x", {
-        "obs_dim": 10**6, "n_actions": 5, "task": TASK, "references": None}, None))
+        "layout": None, "n_actions": 5, "task": TASK, "references": None}, None))
     try:
         err = _refused(capsys, evaluate.run, cfg, run_dir=run)
     finally:
