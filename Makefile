@@ -31,8 +31,7 @@ test-slow: install
 	$(PY) -m pytest -q -m slow -n $(TEST_WORKERS) --dist loadfile
 
 # The main job: MT Oryx on the bundled rware_15 data (mtmarl/configs/training/default.yaml), then zero-shot on the
-# held-out tasks (measured 2026-11-24: 5 min 13 s on 2 idle cores with a cold XLA cache, 2.65 GiB peak RSS;
-# README, Training).
+# held-out tasks (a few minutes on 2 CPU cores; README, Training).
 # Other runs: make train TRAIN_ARGS='+algo=mt_oryx +tasks=connector_10' or '+algo=mt_bc_sable +tasks=lbf_5'.
 TRAIN_ARGS ?= +algo=mt_oryx +tasks=rware_15
 train: install
@@ -45,13 +44,13 @@ bench: install
 	$(PY) benchmarks/env_throughput.py
 	$(PY) benchmarks/train_step.py
 
-# Seed 004 Fig. 5b (model size on rware_15) at the quick budget on this machine; SLURM:
+# The multi-task Oryx paper's Fig. 5b (model size on rware_15) at the quick budget on this machine; SLURM:
 #   make sweep SWEEP_ARGS='paper launcher=slurm jobs=15'   (see README, Experiments)
 SWEEP_ARGS ?= quick
 sweep: install
 	$(PY) experiment_scripts/model_size.py $(SWEEP_ARGS)
 
-# Every experiment of seed 004 at the given budget (runs shared between them are trained once).
+# Every experiment of the multi-task Oryx paper at the given budget (runs shared between them are trained once).
 EXPERIMENT_ARGS ?= quick
 experiments: install
 	for e in task_diversity table1 dataset_size model_size ablations; do \
@@ -74,7 +73,7 @@ demo-data-%: install
 	$(COLLECT_ONE) +budget=demo +tasks=$* collect.root=$(DEMO_ROOT) collect.write_bundled=true collect.progress=false
 data-%: install
 	$(COLLECT_ONE) +budget=full +tasks=$* collect.root=$(FULL_ROOT)
-# SMAX (seed 002's sets): expert + medium datasets of the training maps, test maps online for a reference only
+# SMAX (the HyGen paper's sets): expert + medium datasets of the training maps, test maps online for a reference only
 # (budget/smax_demo.yaml: 1M steps per training map, 300k per test map on a CPU; budget/smax.yaml: 3M, for a GPU).
 demo-data-smax_%: install
 	$(COLLECT_ONE) +budget=smax_demo +tasks=smax_$* split=train collect.root=$(DEMO_ROOT) collect.write_bundled=true collect.progress=false

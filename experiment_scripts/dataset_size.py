@@ -1,4 +1,4 @@
-"""Seed 004 Fig. 5a: train and test return vs the amount of data from a fixed set of 5 RWARE tasks.
+"""The multi-task Oryx paper's Fig. 5a: train and test return vs the amount of data from a fixed set of 5 RWARE tasks.
 
     python experiment_scripts/dataset_size.py quick            # MT Oryx, fractions 0.1, 0.3, 1.0, 1 seed
     python experiment_scripts/dataset_size.py paper            # 3 algorithms, 6 fractions, 3 seeds

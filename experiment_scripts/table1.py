@@ -1,4 +1,4 @@
-"""Seed 004 Table 1: test return of the three algorithms trained on each full task set.
+"""The multi-task Oryx paper's Table 1: test return of the three algorithms trained on each full task set.
 
     python experiment_scripts/table1.py quick                  # 3 sets x 3 algorithms, 1 seed
     python experiment_scripts/table1.py paper                  # 3 seeds, full budget

@@ -1,4 +1,4 @@
-"""Seed 004 Fig. 4 and Fig. 1: return vs the number of training tasks; single-task vs multi-task.
+"""The multi-task Oryx paper's Fig. 4 and Fig. 1: return vs the number of training tasks; single-task vs multi-task.
 
     python experiment_scripts/task_diversity.py quick          # k in {1, M} per set, 3 algorithms, 1 seed
     python experiment_scripts/task_diversity.py paper          # every k = 1..M, 3 seeds

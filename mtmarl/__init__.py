@@ -2,7 +2,7 @@
 
 On CPU, XLA exposes one device however many cores there are, and one jitted
 program does not keep both cores of a small machine busy; ``pmap`` over forced
-host devices does (measured: about 2x env throughput on 2 cores). So, unless
+host devices does. So, unless
 the user already chose (``XLA_FLAGS`` with a device count, or
 ``MTMARL_HOST_DEVICES``), importing mtmarl before JAX asks for one host device
 per core, at most 8. This has no effect on GPU/TPU runs.

@@ -1,4 +1,4 @@
-"""What a trained run's critic and policy weights learned, per training task (issue 14).
+"""What a trained run's critic and policy weights learned, per training task.
 
     python -m mtmarl.diagnose <run_dir> [--batches 20] [--eval-episodes 0] [--out DIR]
 

@@ -1,4 +1,4 @@
-"""Process memory: give freed heap back to the OS (peak RSS of training runs, issue 20)."""
+"""Process memory: give freed heap back to the OS (peak RSS of training runs)."""
 
 from __future__ import annotations
 

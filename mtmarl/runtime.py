@@ -61,8 +61,7 @@ def tune_garbage_collector() -> None:
 
     Why: tracing and lowering a JAX program allocates a great many short-lived containers, so at CPython's
     default thresholds the collector runs all the time, and each full collection (also every
-    ``release_freed_memory``) walks the 280k+ objects of jax, flax, jumanji and hydra (0.14 s a walk).
-    Measured on the test suite, tracing-bound like a run's start (benchmarks/README.md, *Garbage collection*).
+    ``release_freed_memory``) walks the hundreds of thousands of objects of jax, flax, jumanji and hydra.
     Objects alive at the call are never collected afterwards: call it once, after the imports.
     """
     import gc

@@ -166,9 +166,9 @@ class TaskSet:
 
         Why: a padded agent changes nothing a real agent sees or gets, yet the policy decodes it at every
         step. The set evaluator groups tasks by agent count (``mtmarl.evaluation.rollout.run_task_episodes``),
-        one traced policy per group; powers of two keep the groups few (rware_15: 4 instead of 7 exact
-        counts), which keeps the program's compile time and memory nearer one group's (measured in
-        ``benchmarks/eval_agent_groups.py``), while a 2-agent task is no longer played as 12 agents.
+        one traced policy per group; powers of two keep the groups few, which keeps the program's compile
+        time and memory nearer one group's (``benchmarks/eval_agent_groups.py``), while a 2-agent task is not
+        played as 12 agents.
         """
         inner = spec.build()
         own = self.env_spec

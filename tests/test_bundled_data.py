@@ -69,7 +69,7 @@ def test_every_train_task_has_a_bundled_vault_matching_its_spec(set_name):
 
 @pytest.mark.parametrize("set_name", SETS)
 def test_every_bundled_vault_spans_low_to_high_returns(set_name):
-    """Mixed quality (seed 004's recipe, issue 14): each training vault's episode returns reach from
+    """Mixed quality (the multi-task Oryx paper's recipe, issue 14): each training vault's episode returns reach from
     near the worst to at least the reference level, a spread of more than half the reference return."""
     refs = json.loads((DATA / "references.json").read_text())
     for spec in task_registry.load(set_name).split("train"):
@@ -146,7 +146,7 @@ def _episode_returns(exp) -> np.ndarray:
 
 @pytest.mark.parametrize("set_name", SMAX_SETS)
 def test_every_smax_train_map_has_expert_and_medium_data_with_their_win_rates(set_name):
-    """Seed 002's two datasets per training map, from the recorded CPU budget; the win rate written to each
+    """The HyGen paper's two datasets per training map, from the recorded CPU budget; the win rate written to each
     dataset's metadata is recounted from its arrays (SMAX: a won episode earns the win bonus, return > 1.99)."""
     for spec in task_registry.load(set_name).split("train"):
         vlt = vault_io.vault_path(DATA, spec)

@@ -381,7 +381,7 @@ def test_driver_end_to_end_with_stand_in_trainer(stand_in, capsys):
     test64 = next(r for r in rows if r["embed_dim"] == 64 and r["split"] == "test")
     assert test64["metric"] == "return" and math.isclose(test64["mean"], 2.0)   # 1 + mean(0, 1, 2)
     test128 = next(r for r in rows if r["embed_dim"] == 128 and r["split"] == "test")
-    assert 0 < test64["parameters"] < test128["parameters"]  # (rware_15 at 64: 116420; seed 004: ~116k)
+    assert 0 < test64["parameters"] < test128["parameters"]  # (rware_15 at 64: 116420; the multi-task Oryx paper: ~116k)
     plotted = json.loads((out / "fig5b_model_size.json").read_text())["rows"]
     assert len(plotted) == 4 and {r["split"] for r in plotted} == {"train", "test"}
     assert "model_size" in capsys.readouterr().out
@@ -518,13 +518,13 @@ def test_pooled_seeds_of_two_outputs_aggregate_like_one_output_and_a_run_counts_
 
 def test_pooled_outputs_render_as_the_smax_driver_with_seed_002_beside(tmp_path):
     # two SMAX panels run as separate outputs become one smax.md: each panel's mean ± se over its seeds, and
-    # seed 002's column of the algorithm beside it
+    # the HyGen paper's column of the algorithm beside it
     import csv
 
     from helpers import experiment_module
 
     from mtmarl.errors import UserInputError
-    from mtmarl.experiments import seed002
+    from mtmarl.experiments import hygen_table1
 
     pool = experiment_module("pool_seeds")
     wins = {("smax_marine_hard", 0): [0.2, 0.4], ("smax_marine_hard", 1): [0.6, 0.8],
@@ -551,7 +551,7 @@ def test_pooled_outputs_render_as_the_smax_driver_with_seed_002_beside(tmp_path)
         assert test_cell == f"{per_seed.mean():.3f} ± {per_seed.std(ddof=1) / np.sqrt(2):.3f}"
     assert cells[1] == "n/a"  # no train records
     paper_cells = [c.strip() for c in paper.strip("|").split("|")]
-    assert paper_cells[2] == f"{seed002.split_mean('smax_marine_hard', 'medium', 'BC-best', 'test'):.3f}"
+    assert paper_cells[2] == f"{hygen_table1.split_mean('smax_marine_hard', 'medium', 'BC-best', 'test'):.3f}"
     with pytest.raises(UserInputError, match="not one of"):
         pool.main([str(tmp_path / "smax_marine_hard"), "--experiment", "smaxx", "--out", str(tmp_path / "x")])
 
@@ -695,7 +695,7 @@ def test_finetune_driver_reads_jp_and_tt_per_threshold_off_each_curve(tmp_path, 
 
 
 def test_finetune_driver_continues_a_hygen_run_in_its_hybrid_stage_and_fine_tunes_the_rest(tmp_path):
-    """An algo=hygen run goes on through online=hygen (seed 002's hybrid stage), any other run (M3, the Sable
+    """An algo=hygen run goes on through online=hygen (the HyGen paper's hybrid stage), any other run (M3, the Sable
     policies, a directory without config.yaml) through online=finetune; the run and its seed are passed on."""
     ft = experiment_module("finetune")
     for algo in ("hygen", "m3"):

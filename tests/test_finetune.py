@@ -1,4 +1,4 @@
-"""Online fine-tuning of a pretrained policy (seed 003's online stage, ``online.system=finetune``): M3, and
+"""Online fine-tuning of a pretrained policy (the M3 paper's online stage, ``online.system=finetune``): M3, and
 MT BC-Sable (whose random agent order per step replay must draw again from act's keys).
 
 Before any update the learner replays its own rollout's behaviour log-probabilities and sits at KL 0

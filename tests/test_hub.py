@@ -284,7 +284,7 @@ def test_training_fetches_only_missing_vaults_from_data_hub(tmp_path, server):
 
 
 def test_a_bundled_smax_vault_with_two_datasets_round_trips_through_the_hub(tmp_path, server):
-    """Seed 002's expert + medium datasets live in one <task>.vlt: packed, served and installed, both
+    """The HyGen paper's expert + medium datasets live in one <task>.vlt: packed, served and installed, both
     uids read back with the same arrays."""
     from mtmarl import tasks
     from mtmarl.collect import ROOT

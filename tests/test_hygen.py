@@ -172,7 +172,7 @@ def test_td_loss_consistency_and_rh_scaled_cql_match_naive_loops():
     assert abs(cql) > 1e-3
     for r, (value, _) in total.items():
         assert float(value) == pytest.approx(naive_td + alpha * naive_kl + eta * r * cql, rel=1e-4), r
-    # seed 002 Table 2's fixed CQL: eta at every R_h (the same loss as dynamic at R_h = 1)
+    # the HyGen paper's Table 2's fixed CQL: eta at every R_h (the same loss as dynamic at R_h = 1)
     fixed = jax.jit(_algo(dist_weight=alpha, cql_weight=eta, cql_schedule="fixed").hybrid_loss)
     for r in (0.0, 0.5):
         value, _ = fixed(params, target, skills, batch, r)

@@ -1,4 +1,4 @@
-"""M3 pretraining (seed 003): the VQ layer against a naive numpy reference (nearest code, the
+"""M3 pretraining (the M3 paper): the VQ layer against a naive numpy reference (nearest code, the
 straight-through gradient, Eq. 5's codebook and commitment terms), the agent-invariance KL against a
 hand-computed value, one M3 update on a tiny batch, and M3 trained from a toy vault through the CLI."""
 

@@ -292,7 +292,7 @@ def test_presets_and_param_counts():
         counts[e] = sum(int(np.prod(x.shape)) for x in jax.tree.leaves(shapes))
     print("\nSable params (1 block, 4 heads, 51 HL-Gauss bins, obs 66, 5 actions): "
           + ", ".join(f"embed {e}: {c:,}" for e, c in counts.items())
-          + "  (seed 004 reports 116k at 64, 13M at 768)")
+          + "  (the multi-task Oryx paper reports 116k at 64, 13M at 768)")
     assert counts[64] < counts[128] < counts[768]
 
 

@@ -85,7 +85,7 @@ TRAIN_BAD = [
     (["data.tasks_per_batch=0"], ["data.tasks_per_batch=0", ">= 1"]),
     (["data.balanced=false", "data.tasks_per_batch=2"], ["data.tasks_per_batch=2 needs data.balanced=true"]),
     (["data.hub_manifest=/nonexistent.json"], ["data.hub_manifest"]),
-    (["data.quality=nope"], ["no dataset 'nope'", "it has default"]),  # seed 002's expert / medium on SMAX
+    (["data.quality=nope"], ["no dataset 'nope'", "it has default"]),  # the HyGen paper's expert / medium on SMAX
     (["agents.shuffle=nope"], ["agents.shuffle='nope'"]),
     (["agents.mask=2"], ["agents.mask=2"]),
     (["logger.neptune=sometimes"], ["logger.neptune='sometimes'"]),

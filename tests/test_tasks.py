@@ -200,7 +200,7 @@ def _ranges(rows: list[dict]) -> tuple[range, range]:
 
 @pytest.mark.parametrize("name", SETS)
 def test_test_tasks_extrapolate_and_interpolate(name, described):
-    """Seed 004 Fig. 3: held-out tasks both inside and beyond the training range."""
+    """The multi-task Oryx paper's Fig. 3: held-out tasks both inside and beyond the training range."""
     train, test = described[name]["train"], described[name]["test"]
     agents, prop = _ranges(train)
     more_agents = [t["name"] for t in test if t["agents"] > agents[-1]]

@@ -1,4 +1,4 @@
-"""BC-r: behaviour cloning conditioned on the return-to-go (seed 002's BC-r baseline).
+"""BC-r: behaviour cloning conditioned on the return-to-go (the HyGen paper's BC-r baseline).
 
 Why: mixed-quality data (medium, or expert plus failures) holds both good and
 bad actions in the same situations; plain BC (BC-t) averages them. Conditioning
@@ -16,7 +16,7 @@ Acting: the carry holds each episode's history tokens and its return-to-go,
 set to ``target_return`` at the episode's first step and lowered by every team
 reward received (``Algorithm.observe``), as the data's return-to-go is.
 
-Target rule: seed 002 conditions on 20, the top of SMAC's normalised 0-20
+Target rule: the HyGen paper conditions on 20, the top of SMAC's normalised 0-20
 return scale, i.e. the best return a task allows. Here ``target_return`` is
 in the env's own reward units and defaults to the best episode return of the
 env's scale: SMAX's shared reward pays the enemies' total health as a fraction

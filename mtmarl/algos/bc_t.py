@@ -1,4 +1,4 @@
-"""BC-t: behaviour cloning with the entity transformer (seed 002's BC-t baseline; ODIS's agent network).
+"""BC-t: behaviour cloning with the entity transformer (the HyGen paper's BC-t baseline; ODIS's agent network).
 
 Cross-entropy of each active agent's dataset action under the entity agent's
 logits (:mod:`mtmarl.networks.entity`), the history token unrolled over each

@@ -135,10 +135,9 @@ def network_for(cfg: AlgoConfig, net_cfg: SableConfig, n_actions: int) -> SableN
 def learning_rate(cfg: AlgoConfig) -> float | optax.Schedule:
     """``cfg.lr``, or its cosine decay to ``lr * lr_end`` over ``lr_decay_updates`` updates.
 
-    Why: at a constant lr of 1e-3 MT Oryx on RWARE peaks after about 2000 updates and then oscillates
-    (RESULTS.md, *The cpu budget*); a decaying rate keeps the early speed and settles the late updates.
-    Measured (RESULTS.md, *Cosine learning-rate decay*): steadier over 6000 updates, but worse over the default
-    1500, which end before the peak; hence off (0) by default.
+    Why: at a constant rate a long run oscillates once it has peaked; a decaying rate keeps the early speed
+    and settles the late updates. A short run ends before the peak, so it is off (0) by default
+    (docs/decisions.md).
     The schedule reads Adam's own update count (part of the optimiser state), so it is checkpointed and
     resumes where it stopped. Decay over a whole run: ``algo.lr_decay_updates='${training.updates}'``.
     """
@@ -285,7 +284,7 @@ def lambda_returns(rewards, discounts, next_v, valid, gamma: float, lam: float):
     false: the sequence ends, or its episode was cut there). ``lam=0`` is the
     one-step target; ``lam=1`` the discounted return up to the sequence's end.
     Returns propagate ``1 / (1 - gamma * lam)`` steps per target-network update
-    instead of one, which is what a short training budget lacks (issue 14).
+    instead of one, which is what a short training budget lacks.
     ``rewards`` / ``discounts`` are (B, T-1, 1) or (B, T-1, N).
     """
     shape = next_v.shape

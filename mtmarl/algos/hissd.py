@@ -1,4 +1,4 @@
-"""HiSSD (seed 000; Liu et al. 2025): common skills from a planner, task-specific skills from a controller.
+"""HiSSD (Liu et al. 2025): common skills from a planner, task-specific skills from a controller.
 
 Why this shape: HiSSD transfers across maps by splitting what every task shares
 (a *common* skill that must carry the team's temporal knowledge: it has to
@@ -18,7 +18,7 @@ shared parameters, so it reads any map of a set.
   each sequence, positive = the target (momentum) encoder's key of an agent of
   the same sequence within ``ssl_window`` steps, negatives = the other
   sequences' keys from other tasks (a ``negatives_fraction`` of them:
-  0.5 is seed 000's half-negatives ablation). Weight ``contrastive_coef``.
+  0.5 is the HiSSD paper's half-negatives ablation). Weight ``contrastive_coef``.
 * controller: (history token, obs, c, z) -> action logits; cross-entropy of the
   dataset action (trains the controller, the planner and the encoder).
 * values: per-agent V mixed into V_tot by the multi-task attention mixer (the code's

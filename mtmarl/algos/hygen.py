@@ -1,4 +1,4 @@
-"""HyGen's offline side (seed 002's HyGen paper): ODIS-style skill discovery, then hybrid-ready skill Q-learning.
+"""HyGen's offline side (the HyGen paper): ODIS-style skill discovery, then hybrid-ready skill Q-learning.
 
 Why: HyGen keeps ODIS's recipe (team-level skills learnt offline from every task's data, a policy that
 picks skills from local observations, a decoder that turns a skill into an action on any map) but
@@ -68,7 +68,7 @@ class Config(odis.Config):
     KL; ``cql_weight`` = eta, scaled by R_h) plus ``refine_decoder``."""
 
     refine_decoder: bool  # stage 2 also trains the action decoder on the (mixed) batch
-    cql_schedule: str     # dynamic: eta * R_h (Eq. 6); fixed: eta at every R_h (seed 002 Table 2's ablation)
+    cql_schedule: str     # dynamic: eta * R_h (Eq. 6); fixed: eta at every R_h (the HyGen paper's Table 2 ablation)
 
     def __post_init__(self):
         updet.MixerAlgoConfig.__post_init__(self)

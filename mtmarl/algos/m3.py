@@ -1,6 +1,6 @@
-"""M3 offline pretraining (seed 003): an agent-invariant, context-prompted VQ-VAE policy.
+"""M3 offline pretraining (the M3 paper): an agent-invariant, context-prompted VQ-VAE policy.
 
-Why: seed 003 pretrains one policy on multi-task offline data by encoding each agent's
+Why: the M3 paper pretrains one policy on multi-task offline data by encoding each agent's
 action-observation history into a latent space split into an agent-sharing part, quantised
 by a learnable codebook ("expert dictionary"), and an agent-specific part; the discrete
 code is meant to be a transferable, reusable policy representation across tasks.
@@ -14,15 +14,15 @@ Model (one step of one agent, parameters shared by all agents and tasks):
   agent-sharing code ``z_tau`` and the agent-specific Gaussian ``q(z_i | tau) = N(mu, sigma^2)``.
 * Task context: ``z_e = p(c) * z_tau`` (elementwise), ``p(c)`` an MLP embedding of the
   context ``c`` (:func:`task_context`, see "Simplified" below).
-* Codebook: ``z_q = e_k``, ``k = argmin_j ||z_e - e_j||`` (seed 003 Eq. 4), gradient straight
+* Codebook: ``z_q = e_k``, ``k = argmin_j ||z_e - e_j||`` (the M3 paper's Eq. 4), gradient straight
   through to ``z_e`` (:mod:`mtmarl.networks.vq`).
 * Decoder: an MLP of ``[z_q, z_i]`` (``z_i`` sampled by reparameterisation) reconstructs the
   step's input ``[o_i^t, onehot(a_i^{t-1})]``.
 * Action head: an MLP giving logits over the padded action set from ``z_q`` (straight-through,
-  ``policy_input: quantized``, the default) or from ``z_e`` (``continuous``, seed 003's literal
+  ``policy_input: quantized``, the default) or from ``z_e`` (``continuous``, the M3 paper's literal
   ``pi = p(a_i | z_e)``).
 
-Loss, seed 003 Eq. 6 (each term reduced per task, then over tasks, over active agents), with a
+Loss, the M3 paper's Eq. 6 (each term reduced per task, then over tasks, over active agents), with a
 weight per term (all 1 by default, as Eq. 6 has none):
 
 * ``L_SL``: cross-entropy of the dataset action under the legal-action softmax;
@@ -38,12 +38,12 @@ the legal actions, then sampled or arg-maxed.
 Simplified, and why: the algorithm protocol gives a policy no task id or description at acting
 time (``Batch.task_ids`` are never a model input), so the context ``c`` is what the agent sees of
 the map's composition at each step: per entity group, the fraction of its slots holding an entity
-and the mean feature vector of those entities (unit types, in SMAX), instead of seed 003's
+and the mean feature vector of those entities (unit types, in SMAX), instead of the M3 paper's
 semantic task description. Codes no entry of a batch chose are moved onto random encoder outputs
-after each update (``restart_dead_codes``, Jukebox's random restart; not in seed 003): without it the
+after each update (``restart_dead_codes``, Jukebox's random restart; not in the M3 paper): without it the
 codebook collapsed to one code within 100 updates on the toy data (perplexity 1.0), which leaves a
-policy reading ``z_q`` blind to its input. ``beta`` is not given in seed 003 ("described in [31]"): 0.25, the
-VQ-VAE paper's value. The online fine-tuning stage (seed 003 Eq. 7: MAPPO from this policy with a KL/AWAC
+policy reading ``z_q`` blind to its input. ``beta`` is not given in the M3 paper ("described in [31]"): 0.25, the
+VQ-VAE paper's value. The online fine-tuning stage (the M3 paper's Eq. 7: MAPPO from this policy with a KL/AWAC
 term to it) is :mod:`mtmarl.online.finetune` (``online.system=finetune``), which trains through ``replay``.
 """
 
@@ -84,7 +84,7 @@ class Config(common.BatchConfig):
     as_weight: float
     emb_weight: float
     policy_input: str     # 'quantized' (z_q, straight-through) or 'continuous' (z_e)
-    restart_dead_codes: bool  # codes no entry of a batch chose move onto random encoder outputs (not in seed 003)
+    restart_dead_codes: bool  # codes no entry of a batch chose move onto random encoder outputs (not in the M3 paper)
 
     def __post_init__(self):
         for key in ("num_codes", "code_dim", "agent_dim", "head_width"):

@@ -1,8 +1,8 @@
-"""ODIS: offline skill discovery, then skill-conditioned offline Q-learning (seed 002; LAMDA-RL/ODIS).
+"""ODIS: offline skill discovery, then skill-conditioned offline Q-learning (the HyGen paper; LAMDA-RL/ODIS).
 
 Why: a policy that picks among a few team-level *skills* learnt from every task's
 data, each skill decoded into actions by a network that reads any map, transfers
-to unseen maps better than one that scores raw actions (seed 002's claim over
+to unseen maps better than one that scores raw actions (the HyGen paper's claim over
 UPDeT and BC). Two stages (:class:`~mtmarl.algos.protocol.Stage`):
 
 **1. skill discovery** (``skill_updates``: a count, or a share of ``training.updates``;

@@ -1,6 +1,6 @@
 """Reductions over a batch for losses and metrics: masked and task-balanced means, ICQ softmaxes.
 
-Loss reduction (seed 004 eq. 1): with ``task_mean=True`` each task's elements
+Loss reduction (the multi-task Oryx paper's eq. 1): with ``task_mean=True`` each task's elements
 are averaged (masked mean over its active agents and valid steps) and the
 per-task means are averaged over the tasks present in the batch; with
 ``task_mean=False`` it is one masked mean over the batch (equal to eq. 1 in
@@ -64,7 +64,7 @@ def masked_mean(x, weight, axis_name: str | None = None):
 
 
 def task_mean(x, weight, task_ids, enabled: bool = True, axis_name: str | None = None):
-    """Seed 004 eq. 1 over a batch: mean over tasks present of each task's masked mean.
+    """The multi-task Oryx paper's eq. 1 over a batch: mean over tasks present of each task's masked mean.
 
     ``x``/``weight`` are (B, ...) with per-sample ``task_ids`` (B,). Tasks are
     grouped by comparing ids (no static task count needed); a task whose
@@ -126,7 +126,7 @@ def task_softmax(x, mask, temperature: float, task_ids, axis_name: str | None = 
     axes), but each sample's softmax runs only over the samples of its own task,
     and ``n`` is that task's count of valid entries at the position. Without it a
     batch-wide softmax hands nearly all the weight to the task with the largest
-    values once the critic has learned (issue 14, cause 2). Every task present at
+    values once the critic has learned. Every task present at
     a position gets weights summing to 1 there. No gradient flows through them.
     """
     x = jax.lax.stop_gradient(x)
@@ -145,7 +145,7 @@ def task_scale(x, mask, task_ids, axis_name: str | None = None, floor: float = 1
     """(B, 1, ...) standard deviation of ``x`` over each sample's task (masked, global batch), at least ``floor``.
 
     Dividing advantages by it makes a policy temperature mean the same thing on
-    every task and at every stage of critic learning (issue 14: a return of ~7
+    every task and at every stage of critic learning (a return of ~7
     with action effects of a few hundredths gives flat weights at temperature 0.1).
     """
     x = jax.lax.stop_gradient(x)

@@ -1,6 +1,6 @@
-"""UPDeT-m and UPDeT-l: offline conservative Q-learning on the entity transformer (seed 002's baselines).
+"""UPDeT-m and UPDeT-l: offline conservative Q-learning on the entity transformer (the HyGen paper's baselines).
 
-Why: seed 002 (ODIS) compares its skills against plain value decomposition on
+Why: the HyGen paper (ODIS) compares its skills against plain value decomposition on
 the same transferable agent: UPDeT's transformer (here the entity agent of
 :mod:`mtmarl.networks.entity`, one Q value per action, attack Qs from the enemy
 tokens) with the multi-task attention mixer (UPDeT-m,

@@ -1,6 +1,6 @@
 """``python -m mtmarl.data stats <vault | task set> [--hist out.png]``: dataset cards of vaults;
 ``python -m mtmarl.data report <task set> [--markdown]``: references and vault sizes per task;
-``python -m mtmarl.data quality <task set> [--markdown]``: expert/medium datasets beside seed 002's Table 5;
+``python -m mtmarl.data quality <task set> [--markdown]``: expert/medium datasets beside the HyGen paper's Table 5;
 ``python -m mtmarl.data export <vault> <out.npz> [--uid UID] [--force]``: one vault as a numpy ``.npz`` (outside
 the vault; an existing file replaced only with ``--force``)."""
 
@@ -33,7 +33,7 @@ def main(argv: list[str] | None = None) -> int:
     r.add_argument("--root", default=str(stats.DEFAULT_ROOT), help="vault root (default: %(default)s)")
     r.add_argument("--references", default=None, help="references file (default: <root>/references.json)")
     r.add_argument("--markdown", action="store_true", help="print a Markdown table (for a data card)")
-    q = sub.add_parser("quality", help="per expert/medium dataset: episodes, return, win rates, seed 002's")
+    q = sub.add_parser("quality", help="per expert/medium dataset: episodes, return, win rates, the HyGen paper's")
     q.add_argument("target", help="a task set name or an ad-hoc task")
     q.add_argument("--root", default=str(stats.DEFAULT_ROOT), help="vault root (default: %(default)s)")
     q.add_argument("--markdown", action="store_true", help="print a Markdown table (for a data card)")

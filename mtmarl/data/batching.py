@@ -1,4 +1,4 @@
-"""Task-balanced sequence batching over padded per-task buffers (seed 004, section 2.2).
+"""Task-balanced sequence batching over padded per-task buffers (the multi-task Oryx paper, section 2.2).
 
 All training tasks live on device in one set of arrays stacked over tasks and
 padded to the set's longest dataset ``L``, most agents ``N`` and largest

@@ -1,10 +1,10 @@
-"""Data card of expert/medium datasets (``collect.quality=expert_medium``) beside seed 002's Table 5.
+"""Data card of expert/medium datasets (``collect.quality=expert_medium``) beside the HyGen paper's Table 5.
 
 ``python -m mtmarl.data quality <task set> [--root vault_data] [--markdown]``: one row per
 training task and dataset: its episodes and transitions, the mean episode return and the
 share of its episodes that were won (both from the recording itself), the win rate the
 recorded policy scored when it was chosen (``collect.quality_episodes`` greedy episodes),
-and seed 002's numbers for the SMAC dataset of the same map and quality. Returns are not
+and the HyGen paper's numbers for the SMAC dataset of the same map and quality. Returns are not
 comparable across the two (SMAC's scale is 0-20, SMAX's about 0-2); win rates are.
 Metadata only, no arrays.
 """
@@ -17,7 +17,7 @@ from typing import Any, Sequence
 
 from mtmarl.data import vault as V
 
-# Seed 002 (HyGen), Table 5: trajectories, win rate (%) and mean return of the SMAC datasets (from ODIS).
+# The HyGen paper (HyGen), Table 5: trajectories, win rate (%) and mean return of the SMAC datasets (from ODIS).
 SEED002_TABLE5: dict[tuple[str, str], tuple[int, float, float]] = {
     ("3m", "expert"): (2000, 99.10, 19.8929), ("3m", "medium"): (2000, 54.02, 13.9869),
     ("5m_vs_6m", "expert"): (2000, 71.85, 17.3424), ("5m_vs_6m", "medium"): (2000, 27.51, 12.6408),
@@ -29,8 +29,8 @@ SEED002_TABLE5: dict[tuple[str, str], tuple[int, float, float]] = {
 
 COLUMNS = (("task", "task"), ("uid", "quality"), ("episodes", "episodes"), ("transitions", "transitions"),
            ("mean_return", "mean return"), ("data_win", "data win %"), ("policy_win", "policy win %"),
-           ("paper_episodes", "seed 002 trajectories"), ("paper_win", "seed 002 win %"),
-           ("paper_return", "seed 002 return (SMAC scale)"), ("mib", "MiB"))
+           ("paper_episodes", "the HyGen paper trajectories"), ("paper_win", "the HyGen paper win %"),
+           ("paper_return", "the HyGen paper return (SMAC scale)"), ("mib", "MiB"))
 
 
 def quality_rows(set_name: str, root: str | os.PathLike) -> list[dict[str, Any]]:

@@ -55,7 +55,7 @@ def task_rows(set_name: str, root: str | os.PathLike, references: str | os.PathL
 
 def normalised(x: float | None, initial: float | None, final: float | None) -> float | None:
     """``x`` on the task's untrained (0) to final (1) scale: the quality mix of a vault at a glance
-    (near 1: mostly expert data, little for offline RL to improve on over BC; issue 14)."""
+    (near 1: mostly expert data, little for offline RL to improve on over BC)."""
     if x is None or initial is None or final is None or final == initial:
         return None
     return (x - initial) / (final - initial)

@@ -121,7 +121,7 @@ class MultiAgentEnv(abc.ABC):
         return ""
 
     def size_property(self) -> int:
-        """The task property seed 004 Fig. 3 plots against agent count (shelves, level, grid size)."""
+        """The task property the multi-task Oryx paper's Fig. 3 plots against agent count (shelves, level, grid size)."""
         return 0
 
     def __repr__(self) -> str:

@@ -18,7 +18,7 @@ How it stays Jumanji's RWARE, draw for draw:
   shelves not queued at each delivery): JAX gives item i the i-th of n random words and sorts by them, so
   the same words drawn for the stack's largest n, those past the task's n left out, give the same order.
   Only the first few items are ever used, so they are picked by argmin instead of a sort (a sort of every
-  slot's shelves at every step made the stacked step 1.8x slower than Jumanji's; now it is faster).
+  slot's shelves at every step would make the stacked step slower than Jumanji's own).
 
 So a task of the stack gets exactly the episodes Jumanji's env gives it for the same keys and actions
 (tests/test_rware_stack.py checks every time step, deliveries and collisions included).

@@ -2,7 +2,7 @@
 
 The data pipeline writes ``vault_data/references.json``: a mapping from a task
 (its ad-hoc string, e.g. ``rware:rows=2,cols=3,height=8,agents=4``, or its
-name) to at least ``{"return": <final online return>}``. Seed 004 normalises
+name) to at least ``{"return": <final online return>}``. The multi-task Oryx paper normalises
 each task's return by the online system's final return on it.
 """
 

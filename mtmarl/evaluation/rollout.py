@@ -25,9 +25,9 @@ from mtmarl.errors import UserInputError
 from mtmarl.evaluation.policies import Policy
 from mtmarl.memory import release_freed_memory
 
-# XLA CPU backend optimisation level for evaluation programs. Compiles dominate a short evaluation
-# (an RWARE task: 17 s to compile, 2 s to play 32 episodes); level 1 compiled the same program in
-# 12 s and it ran no slower, while level 0 halved the compile but ran 3-4x slower.
+# XLA CPU backend optimisation level for evaluation programs. Compiles dominate a short evaluation;
+# level 1 compiles faster than the default and runs no slower, while level 0 compiles faster still but
+# runs several times slower.
 COMPILER_OPTIONS = {"xla_backend_optimization_level": 1}
 # How many of a task set's programs (one per agent group) compile at once. An XLA:CPU compile used no more
 # CPU time than wall time (mostly one core), so 2 at once on 2 cores cut rware_15's compile by 26% and the
@@ -490,8 +490,7 @@ class TaskSetEvaluator:
         ``background=True`` starts the compiles in a worker thread and returns at once (XLA compiles
         outside the GIL), so a learner on an accelerator goes on updating meanwhile while the host's
         cores compile; any later call (or the first evaluation) waits for them. Not for a learner on the
-        CPU: on 2 cores the overlapped compiles took 140 s instead of 92 and slowed the updates 2.4x
-        (benchmarks/README.md, The main job with evaluation compiled beside training).
+        CPU: there the overlapped compiles and the updates compete for the same cores, so neither gains.
         """
         if self._compiling[0] is None:
             shapes = jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype), (params, keys))

@@ -1,4 +1,4 @@
-"""Experiment matrices over ``mtmarl.train`` (seed 004's figures and Table 1).
+"""Experiment matrices over ``mtmarl.train`` (the multi-task Oryx paper's figures and Table 1).
 
 * :mod:`.runner`: resumable (config, seed) matrices, one subprocess per run (or SLURM via Hydra submitit);
 * :mod:`.config`: experiment configs in ``mtmarl/configs/experiments/`` (budget presets ``quick`` / ``paper``);

@@ -1,4 +1,4 @@
-"""Seed 004 Fig. 6: ablations of HL-Gauss, agent masking+shuffling and task-balanced batching.
+"""The multi-task Oryx paper's Fig. 6: ablations of HL-Gauss, agent masking+shuffling and task-balanced batching.
 
     python experiment_scripts/ablations.py quick               # 2 algorithms x 4 variants, 1 seed
     python experiment_scripts/ablations.py paper               # the same with 3 seeds, full budget

@@ -37,7 +37,7 @@ def jaxpr_flops(jaxpr) -> float:
 def scaling_fits(rows) -> list[dict]:
     """Least-squares exponent b of seconds per update ~ x^b, x = agents x context (N * T), per dtype and embed.
 
-    Why: issue 20 asks that cost grow at most linearly in agents x context; b <= 1 says it does. Over agents
+    Why: cost should grow at most linearly in agents x context; b <= 1 says it does. Over agents
     (at one T) and over T (at one N) the same fit is reported too: retention inside a chunk is quadratic in
     its N * chunk tokens, so agents can cost more than context does.
     """

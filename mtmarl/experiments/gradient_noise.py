@@ -1,4 +1,4 @@
-"""How one update's policy gradient changes when its batch comes from k tasks instead of all (issue 14, finding 5).
+"""How one update's policy gradient changes when its batch comes from k tasks instead of all (finding 5).
 
 MT Oryx generalises better when each update sees one or two tasks than all fifteen of rware_15, and the
 gain needs its ICQ-weighted policy loss (BC shows none). This probe asks what such a batch does to the

@@ -1,4 +1,4 @@
-"""Issue 14: learning per update. Oryx variants and BC side by side, with the critic diagnostics of each run.
+"""learning per update. Oryx variants and BC side by side, with the critic diagnostics of each run.
 
     python experiment_scripts/learning.py                         # default budget, 1 seed, lbf_5 + rware_15
     python experiment_scripts/learning.py 'task_sets=[rware_15]' 'only=[oryx,bc]'

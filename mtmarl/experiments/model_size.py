@@ -1,4 +1,4 @@
-"""Seed 004 Fig. 5b (`make sweep`): train and test return vs model size on the full rware_15 set.
+"""The multi-task Oryx paper's Fig. 5b (`make sweep`): train and test return vs model size on the full rware_15 set.
 
     python experiment_scripts/model_size.py quick    # this machine, 1 seed, embed 64-256, 1000 tiny-batch updates per run
     python experiment_scripts/model_size.py paper              # 3 algorithms x 5 sizes x 3 seeds, full budget

@@ -1,4 +1,4 @@
-"""Zero-shot on layouts that appear in no task set: multi-task vs single-task vs random (issue 14).
+"""Zero-shot on layouts that appear in no task set: multi-task vs single-task vs random.
 
     python experiment_scripts/out_of_split.py --env lbf --run mt=<train run dir> --run st=<train run dir> \
         [--episodes 128] [--out results/out_of_split_lbf]

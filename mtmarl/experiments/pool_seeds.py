@@ -12,7 +12,7 @@ IQM with a stratified bootstrap interval over seeds x tasks). Writes ``<out>/poo
 
 ``--experiment NAME`` also renders the pooled records as that experiment's driver renders its own
 (``experiment_scripts/NAME.py``'s ``analyse``, with ``--set`` overrides of its config naming what the
-tables list), e.g. one SMAX table from panels run as separate outputs, seed 002's columns beside::
+tables list), e.g. one SMAX table from panels run as separate outputs, the HyGen paper's columns beside::
 
     python experiment_scripts/pool_seeds.py results/smax_mh_medium_3seeds results/smax_sz_medium_3seeds \\
         --by task_set quality algo --experiment smax --set 'task_sets=[smax_marine_hard,smax_stalker_zealot]' \\

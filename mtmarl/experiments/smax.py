@@ -1,4 +1,4 @@
-"""SMAX win rates: every algorithm x task set x data quality (seed 002's expert / medium datasets).
+"""SMAX win rates: every algorithm x task set x data quality (the HyGen paper's expert / medium datasets).
 
     python experiment_scripts/smax.py                                   # default budget, 1 seed
     python experiment_scripts/smax.py 'algos=[mt_bc_sable]' 'qualities=[medium]'
@@ -8,7 +8,7 @@ Each run is ``python -m mtmarl.train +algo=<a> +tasks=<set> data.quality=<qualit
 are the evaluator's (episodes where every enemy died and an ally lived); mean ± standard
 error over seeds (one seed: over tasks) and IQM with its stratified bootstrap CI, per
 split. Writes ``results/smax/``: ``smax.md`` (algorithm x set/quality, train and test; then
-the same table from seed 002's Table 1, ``mtmarl/experiments/seed002.py``),
+the same table from the HyGen paper's Table 1, ``mtmarl/experiments/hygen_table1.py``),
 ``smax_long.{json,csv,md}``, ``smax_tasks.md`` (every task's win rate, then the paper's),
 ``fig_smax.png`` (+ .json/.csv), ``records.json``, ``runs.json``.
 """
@@ -18,7 +18,7 @@ from __future__ import annotations
 from collections import defaultdict
 from pathlib import Path
 
-from mtmarl.experiments import seed002
+from mtmarl.experiments import hygen_table1
 from mtmarl.experiments.analysis import aggregate, bootstrap_args, find, fmt, report, save_markdown, table_cells
 from mtmarl.experiments.config import run_overrides
 from mtmarl.experiments.driver import Experiment, main
@@ -50,11 +50,11 @@ def analyse(cfg, records, out: Path) -> list[Path]:
         lines.append(f"| {algo} | " + " | ".join(cells) + " |")
     lines += ["", "Win rate (0-1) per task, averaged over the split's tasks: mean ± standard error over seeds "
               "(* = one seed: over tasks). IQM and 95% CIs in smax_long.md; every task in smax_tasks.md."]
-    lines += ["", "**seed 002 Table 1 (SMAC, 5 seeds)**", "", lines[0], lines[1]]
+    lines += ["", "**the HyGen paper's Table 1 (SMAC, 5 seeds)**", "", lines[0], lines[1]]
     for algo in cfg.algos:
-        method = seed002.paper_method(algo)
-        cells = [fmt(seed002.split_mean(s, q, method, split))
-                 if method and (s, q) in seed002.PANELS else "n/a"
+        method = hygen_table1.paper_method(algo)
+        cells = [fmt(hygen_table1.split_mean(s, q, method, split))
+                 if method and (s, q) in hygen_table1.PANELS else "n/a"
                  for s, q in columns for split in ("train", "test")]
         lines.append(f"| {algo} | " + " | ".join(cells) + " |")
     lines += ["", "The paper's win rate (0-1) of the column each algorithm compares with (bc_t/bc_r: BC-best, "
@@ -72,15 +72,15 @@ def analyse(cfg, records, out: Path) -> list[Path]:
                 vals = [per_task.get((s, q, split, t, a)) for a in cfg.algos]
                 tlines.append(f"| {s} | {q} | {split} | {t} | "
                               + " | ".join(fmt(sum(v) / len(v)) if v else "n/a" for v in vals) + " |")
-    tlines += ["", "**seed 002 Table 1 per task** (SMAC win rate %, mean ± std over 5 seeds)", "",
-               "| set / quality | split | task | " + " | ".join(seed002.METHODS) + " |",
-               "|" + "---|" * (3 + len(seed002.METHODS))]
+    tlines += ["", "**the HyGen paper's Table 1 per task** (SMAC win rate %, mean ± std over 5 seeds)", "",
+               "| set / quality | split | task | " + " | ".join(hygen_table1.METHODS) + " |",
+               "|" + "---|" * (3 + len(hygen_table1.METHODS))]
     for s, q in columns:
-        if (s, q) not in seed002.PANELS:
+        if (s, q) not in hygen_table1.PANELS:
             continue
         for split in ("train", "test"):
-            for t in seed002.split_tasks(s, split):
-                cells = (seed002.TABLE1[(s, q, m, t)] for m in seed002.METHODS)
+            for t in hygen_table1.split_tasks(s, split):
+                cells = (hygen_table1.TABLE1[(s, q, m, t)] for m in hygen_table1.METHODS)
                 tlines.append(f"| {s} {q} | {split} | {t} | " + " | ".join(f"{m:.1f} ± {d:g}" for m, d in cells) + " |")
     (out / "smax_tasks.md").write_text("\n".join(tlines) + "\n")
     files.append(out / "smax_tasks.md")

@@ -3,7 +3,7 @@
 A *score matrix* has one row per run (seed) and one column per task. Two
 summaries are reported side by side:
 
-* **mean +- standard error**, seed 004's protocol: the mean over all cells, and
+* **mean +- standard error**, the multi-task Oryx paper's protocol: the mean over all cells, and
   the standard error over seeds of each seed's mean over tasks (with a single
   seed, over tasks of each task's mean instead; ``stderr_over`` says which);
 * **interquartile mean (IQM)** with a **stratified bootstrap** confidence

@@ -41,9 +41,8 @@ class EntityConfig(NetworkConfig):
     ff_mult: int = 4     # feed-forward width = ff_mult * width
     # Trace a training sequence's steps as straight-line code rather than a loop (``lax.scan(unroll=True)``).
     # Why: XLA then fuses across steps instead of writing and re-reading each step's activations through
-    # the loop. Measured on 2 CPU cores, smax_marine_hard, batch 32 x 20 steps (benchmarks/README.md):
-    # 1.18-1.31x faster updates (BC-t 0.51 -> 0.39 s), for 1-18 s more compile per program. The compile
-    # grows with the sequence length, so set it false for long sequences.
+    # the loop: faster updates for a longer compile (benchmarks/README.md). The compile grows with the
+    # sequence length, so set it false for long sequences.
     unroll_time: bool = True
 
     def __post_init__(self):

@@ -1,6 +1,6 @@
 """HL-Gauss: value regression as classification (Farebrother et al., 2024).
 
-Seed 004 learns values with a categorical loss so tasks with very different
+The multi-task Oryx paper learns values with a categorical loss so tasks with very different
 reward scales give gradients of similar size. A scalar target ``x`` becomes a
 histogram over K equal bins on ``[v_min, v_max]``: the mass a Gaussian
 N(x, sigma^2), sigma = sigma_ratio * bin_width, puts in each bin, renormalised

@@ -31,8 +31,7 @@ def fastest_matmul_dtype(backend: str | None = None, cpu_flags: set[str] | None 
     TPUs, CPUs with AMX or AVX512-BF16), else ``float32``.
 
     Why: without bf16 instructions XLA converts the operands and multiplies in float32 anyway, so bf16 is
-    slower *and* inexact. Measured on an AVX2-only 2-core EPYC (benchmarks/train_step.py, MT Oryx,
-    12 agents, T 20, embed 64, batch 32): 5.60 updates/s in float32 vs 4.22 in bfloat16.
+    slower *and* inexact (``benchmarks/train_step.py`` compares the two).
     """
     backend = backend or jax.default_backend()
     if backend != "cpu":

@@ -1,4 +1,4 @@
-"""Sable encoder-decoder retention network (Mahjoub et al. 2025), as used by Oryx / seed 004.
+"""Sable encoder-decoder retention network (Mahjoub et al. 2025), as used by Oryx / the multi-task Oryx paper.
 
 Encoder: observation embedding -> blocks of [non-causal self-retention over all
 agents of a timestep and the past, RMSNorm, SwiGLU FFN, RMSNorm] -> obs_rep (and

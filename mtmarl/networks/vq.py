@@ -1,13 +1,13 @@
 """Vector quantisation (VQ-VAE, van den Oord et al. 2017) with a straight-through estimator.
 
-Why its own module: M3 (seed 003) quantises its agent-sharing code with a learnable codebook,
+Why its own module: M3 (the M3 paper) quantises its agent-sharing code with a learnable codebook,
 and other skill methods (HyGen-like discrete skills) can reuse the same layer.
 
 * :func:`nearest_codes`: index of the codebook row nearest (squared L2) to each vector.
 * :func:`straight_through`: the forward value is the quantised vector ``e_k``; the backward
   pass copies the gradient w.r.t. ``e_k`` onto the encoder output ``z_e`` unchanged
   (``z_e + sg[e_k - z_e]``), since the arg-min has no gradient.
-* :func:`vq_losses`: seed 003 Eq. 5 split in its two terms, per vector (summed over the code
+* :func:`vq_losses`: the M3 paper's Eq. 5 split in its two terms, per vector (summed over the code
   dimension): the codebook term ``||sg[z_e] - e||^2`` moves the chosen codes towards the
   encoder outputs; the commitment term ``||z_e - sg[e]||^2`` (weighted by ``beta`` by the
   caller) keeps the encoder near its codes.
@@ -37,7 +37,7 @@ def straight_through(z_e, z_q):
 
 
 def vq_losses(z_e, z_q):
-    """Per-vector (codebook, commitment) terms of seed 003 Eq. 5, each (...,), summed over the last axis.
+    """Per-vector (codebook, commitment) terms of the M3 paper's Eq. 5, each (...,), summed over the last axis.
 
     ``codebook = ||sg[z_e] - z_q||^2`` (gradient to the codebook only);
     ``commitment = ||z_e - sg[z_q]||^2`` (gradient to the encoder only). Eq. 5 is

@@ -10,7 +10,7 @@ vault first, the reference last: its presence marks the task finished). The CLI
   the task's budget; after every chunk it logs the training return and, for train
   tasks, records the stochastic policy (``collect.quality=mixed``), or keeps its
   parameters to record an *expert* and a *medium* dataset at the end
-  (``collect.quality=expert_medium``, :func:`pick_medium`: seed 002's datasets) or one
+  (``collect.quality=expert_medium``, :func:`pick_medium`: the HyGen paper's datasets) or one
   dataset of equal parts per quality level (``collect.quality=levels``);
 * :func:`collect_scripted_task`: the RWARE planner at decreasing epsilons;
 * :func:`collect_dagger_task`: a local-view DAgger student of the planner.
@@ -124,7 +124,7 @@ def task_log(log_dir: Path, spec) -> Path:
 
 
 def jump_and_threshold(curve: list[tuple[int, float | None]], threshold: float | None) -> dict[str, Any]:
-    """Seed 003's JP and TT from an online learning curve ``[(env_steps, return), ...]`` in step order.
+    """The M3 paper's JP and TT from an online learning curve ``[(env_steps, return), ...]`` in step order.
 
     ``jp`` (jump point): the return of the first entry, which must be the evaluation before any update
     (env step 0; else None). ``tt`` (time to threshold): the env steps of the first entry whose return
@@ -277,7 +277,7 @@ def collect_task(spec, split: str, cfg: DictConfig, root: Path, ref_path: Path, 
         result["win_rate"] = float(np.mean(stats.successes))
     result.update(final_report(mcfg, system, state, seed=int(cfg.seed), episodes=int(cfg.eval.episodes),
                                greedy=bool(cfg.eval.greedy)))
-    # JP / TT (seed 003): the initial evaluation, then each chunk's training return (stochastic policy)
+    # JP / TT (the M3 paper): the initial evaluation, then each chunk's training return (stochastic policy)
     curve = ([(0, initial)] if initial is not None else []) + [(r["env_steps"], r["return"]) for r in rows]
     result.update(jump_and_threshold(curve, mcfg.tt_threshold))
     if record and quality == "expert_medium":

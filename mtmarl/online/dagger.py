@@ -2,8 +2,8 @@
 
 The planner (:mod:`mtmarl.online.scripted_rware`) reads the whole warehouse, so data
 recorded from it cannot be imitated by a policy that sees only its own sensor: every
-offline method learned a blurred average of it (issue 14). The data should come from
-a learner that sees what the offline policy sees, as seed 004 records it from an
+offline method learned a blurred average of it. The data should come from
+a learner that sees what the offline policy sees, as the multi-task Oryx paper records it from an
 online Sable. Online MARL needs millions of RWARE steps (sparse deliveries, episodes
 end at the first collision); DAgger reaches a useful local-view policy in tens of
 thousands, because every visited state gets a planner label:

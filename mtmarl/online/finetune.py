@@ -1,6 +1,6 @@
-"""Online fine-tuning of an offline-pretrained policy (seed 003, M3's online stage): ``online.system=finetune``.
+"""Online fine-tuning of an offline-pretrained policy (the M3 paper, M3's online stage): ``online.system=finetune``.
 
-Seed 003 loads the pretrained policy as the shared actor of MAPPO (its Eq. 7: the PPO-clip objective
+The M3 paper loads the pretrained policy as the shared actor of MAPPO (its Eq. 7: the PPO-clip objective
 summed over agents, with a centralised critic) and keeps the fine-tuned policy near the pretrained one
 with "the AWAC trick": AWAC solves ``max E[A]`` subject to ``KL(pi || pi_beta) <= eps`` (KKT), whose
 solution is ``pi*(a|o) ∝ pi_beta(a|o) exp(A(o, a) / lambda)``. Here ``pi_beta`` is the frozen

@@ -27,7 +27,7 @@ steps long, so online and offline rows share one shape.
 
 Source tasks: by default the collector's task (its env padded to the offline run's layout like
 ``finetune``). ``online.sources`` names several tasks of the offline run's set (``train``: all its training
-tasks, seed 002's G_source), played by one :class:`~mtmarl.envs.TaskMixture` whose every episode draws one of
+tasks, the HyGen paper's G_source), played by one :class:`~mtmarl.envs.TaskMixture` whose every episode draws one of
 them; the collector's task then only names the run, and its JP, curve and final evaluation are over that
 mixture. ``online.eval_set`` evaluates the final policy zero-shot on every train and test task of the set
 (Table 1's HyGen column) into the reference entry's ``set_eval``. The offline rows come from all the offline

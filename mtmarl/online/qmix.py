@@ -1,4 +1,4 @@
-"""Online QMIX, the online baseline HyGen is compared with (seed 002, Fig. 4): ``online.system=qmix``.
+"""Online QMIX, the online baseline HyGen is compared with (the HyGen paper, Fig. 4): ``online.system=qmix``.
 
 Why: HyGen's claim is that mixing offline data into online skill Q-learning learns faster than online
 value learning alone. To test it with nothing else changed, the baseline here is the value learner of

@@ -2,13 +2,13 @@
 
 Why: recording after every chunk (``collect.quality=mixed``, the default) mirrors the
 learning curve, so a learner that is good early fills its vault with expert data and
-leaves an offline RL method nothing to improve on over BC (issue 14: Connector's vaults
+leaves an offline RL method nothing to improve on over BC (Connector's vaults
 held 69% episodes at >= 0.8 of the reference). Two modes score every snapshot on the
 same episodes and then record chosen ones:
 
-* ``expert_medium`` (seed 002's SMAC data): the final policy (expert) and the snapshot
+* ``expert_medium`` (the HyGen paper's SMAC data): the final policy (expert) and the snapshot
   nearest half the expert's score (medium), as two datasets;
-* ``levels`` (seed 004's "mixed quality in equal parts"): for each target in
+* ``levels`` (the multi-task Oryx paper's "mixed quality in equal parts"): for each target in
   ``collect.quality_levels`` (fractions of the way from the untrained policy's score to
   the final one) the nearest snapshot, each recorded equally often, into one dataset.
 """
@@ -43,7 +43,7 @@ def pick_levels(scores: list[float], low: float, high: float, levels: list[float
 
 
 def pick_medium(scores: list[float], expert: float) -> int:
-    """The snapshot whose score is closest to half the expert's (seed 002: a medium policy has about half
+    """The snapshot whose score is closest to half the expert's (the HyGen paper: a medium policy has about half
     the expert's win rate); the earliest one on ties."""
     return pick_levels(scores, 0.0, expert, [0.5])[0]
 
@@ -89,7 +89,7 @@ def min_episodes(cfg: DictConfig) -> int | None:
         return None
     if isinstance(value, bool) or not isinstance(value, int) or value < 1:
         raise UserInputError(f"collect.quality_min_episodes={value!r}; allowed: null or an integer >= 1 "
-                             "(episodes per expert/medium dataset, e.g. 2000 as in seed 002)")
+                             "(episodes per expert/medium dataset, e.g. 2000 as in the HyGen paper)")
     return value
 
 

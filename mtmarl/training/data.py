@@ -73,7 +73,7 @@ def fetch_missing(task_set: TaskSet, root: str | Path, hub: str | None,
 
 
 def run_quality(data_cfg: dict[str, Any]) -> str | None:
-    """The dataset a saved run trained on: its ``data.quality`` (named ``data.uid`` before 2026-11-25)."""
+    """The dataset a saved run trained on: its ``data.quality`` (older runs name it ``data.uid``)."""
     return data_cfg.get("quality", data_cfg.get("uid"))
 
 

@@ -363,8 +363,8 @@ def run_training(cfg: Mapping[str, Any], task_set: TaskSet, run_dir: Path, refer
     # freed afterwards but kept mapped by glibc; the evaluator trims after each, and after every evaluation), so
     # their peak does not stack on the training program's memory. With the learner on an accelerator they
     # compile in a worker thread while it trains: the host's cores are idle then. On a CPU learner they are
-    # not: overlapped on 2 cores, the compiles took 140 s instead of 92 and slowed 500 updates from 36 s to
-    # 87 s, so the main job got no faster (5:49 vs 5:41) and its peak RSS rose (2.87 vs 2.65 GiB).
+    # not: overlapped, the compiles and the updates compete for the same cores, so the run gets no faster
+    # and its peak memory rises.
     if periodic is not None:
         on_accelerator = learner.devices[0].platform != "cpu"
         first = carry.state if population == 1 else seed_slice(carry.state, 0)  # the programs take one seed's

@@ -1,4 +1,4 @@
-"""Seed 002's reference numbers: Table 1 of the HyGen paper (SMAC, offline multi-task MARL).
+"""The HyGen paper's reference numbers: Table 1 of the HyGen paper (SMAC, offline multi-task MARL).
 
 Average test win rates (%) of the final policies, mean ± std over 5 random seeds, of BC-best,
 UPDeT-best, ODIS, HiSSD and HyGen on the SMAC task sets marine-hard and stalker-zealot, trained
