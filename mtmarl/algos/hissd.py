@@ -50,7 +50,7 @@ from mtmarl.algos.reductions import batch_noise
 from mtmarl.algos.registry import register
 from mtmarl.envs.layout import EnvSpec
 from mtmarl.errors import UserInputError
-from mtmarl.networks.entity import NEG, Block, EntityConfig
+from mtmarl.networks.entity import NEG, EntityConfig, Tokens, action_logits
 from mtmarl.networks.mixer import AttentionMixer, MixerConfig, vdn
 
 
@@ -100,25 +100,6 @@ class Config(common.BatchConfig):
 
 # ---------------------------------------------------------------- networks
 
-class Tokens(nn.Module):
-    """Entity transformer over ``[extra tokens (..., K, W), entity tokens of obs]`` -> (outputs, present)."""
-
-    env: EnvSpec
-    cfg: EntityConfig
-
-    @nn.compact
-    def __call__(self, extra, obs):
-        groups = self.env.obs.split(obs)
-        tokens, present = [extra], [jnp.ones(extra.shape[:-1], bool)]
-        for g in self.env.obs.groups:
-            tokens.append(nn.Dense(self.cfg.width, name=f"embed_{g.name}")(groups[g.name]))
-            present.append(jnp.any(groups[g.name] != 0, axis=-1))
-        x, keep = jnp.concatenate(tokens, axis=-2), jnp.concatenate(present, axis=-1)
-        for _ in range(self.cfg.depth):
-            x = Block(self.cfg)(x, keep)
-        return jnp.where(keep[..., None], nn.LayerNorm()(x), 0.0), keep
-
-
 class Planner(nn.Module):
     """(history, obs) -> (history, common skill c)."""
 
@@ -156,14 +137,7 @@ class Controller(nn.Module):
     def __call__(self, h, obs, c, z):
         skills = [nn.Dense(self.cfg.width, name="common")(c), nn.Dense(self.cfg.width, name="specific")(z)]
         x, keep = Tokens(self.env, self.cfg)(jnp.stack([h] + skills, axis=-2), obs)
-        logits, start, starts = [nn.Dense(self.env.actions.basic, name="basic_head")(x[..., 0, :])], 3, {}
-        for g in self.env.obs.groups:
-            starts[g.name], start = start, start + g.count
-        for name, count in self.env.actions.targets:
-            s = starts[name]
-            score = nn.Dense(1, name=f"target_head_{name}")(x[..., s: s + count, :])[..., 0]
-            logits.append(jnp.where(keep[..., s: s + count], score, NEG))
-        return x[..., 0, :], jnp.concatenate(logits, axis=-1)
+        return x[..., 0, :], action_logits(self.env, x, keep, first=3)
 
 
 class Value(nn.Module):
