@@ -1,4 +1,4 @@
-"""The Anakin online builder: any Learner plugs in, by name only through the registry."""
+"""The Anakin online builder: any PPOLearner plugs in, by name only through the registry."""
 
 from __future__ import annotations
 
@@ -19,7 +19,7 @@ from mtmarl.online.system import MappoConfig
 ONLINE = Path(anakin.__file__).resolve().parent
 
 
-def counting_learner(env, sequences: bool) -> anakin.Learner:
+def counting_learner(env, sequences: bool) -> anakin.PPOLearner:
     """A toy learner: logits = obs @ w, team value = b; its carry counts the steps since the episode began.
 
     Its loss checks what the builder hands it: sequence samples keep (B', T) with the carry each env had
@@ -49,7 +49,7 @@ def counting_learner(env, sequences: bool) -> anakin.Learner:
         return jax.random.categorical(key, obs.agents_view @ params["w"]), carry
 
     policy = Policy(init_carry=lambda params, num_agents: (), act=policy_act)
-    return anakin.Learner(
+    return anakin.PPOLearner(
         init=lambda key: {"w": 0.1 * jax.random.normal(key, (o, a)), "b": jnp.zeros(())},
         init_carry=lambda b: jnp.zeros((b,), jnp.int32),
         rollout=lambda params, envs, carry, pool, key, length, greedy=False: carried_rollout(

@@ -3,7 +3,7 @@
 A learner module (one per online learner) provides ``CONFIG`` (a
 :class:`~mtmarl.online.ppo.PPOSettings` subclass whose ``SYSTEM`` is its name),
 ``LABEL`` (for logs and plots) and ``make_learner(env, cfg) ->``
-:class:`~mtmarl.online.anakin.Learner`, and optionally ``task_env(env, cfg) -> env``, the task's
+:class:`~mtmarl.online.anakin.PPOLearner`, and optionally ``task_env(env, cfg) -> env``, the task's
 env as the learner must see it (fine-tuning pads it to the pretrained network's layout; see
 :func:`task_env`). Adding a learner is one entry in :data:`LEARNERS`; the builder and the collectors
 never ask which one runs. A module whose loop is not PPO's (HyGen's replay-based Q-learning) provides
