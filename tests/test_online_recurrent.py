@@ -16,7 +16,7 @@ from mtmarl.errors import UserInputError
 from mtmarl.online import ppo
 from mtmarl.online.anakin import chunk_summary, to_experience
 from mtmarl.online.collectors import get_system
-from mtmarl.online.registry import make_online_system, online_config
+from mtmarl.algos.registry import make_online_system, online_config
 from mtmarl.online.rollout import carried_rollout, make_reset_pool, reset_where, start_from_pool
 from mtmarl.online.system import Critic, MappoConfig, RecurrentActor, act_batch, actor_policy, replay_actor
 

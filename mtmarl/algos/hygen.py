@@ -115,7 +115,7 @@ def kl_categorical(logp, logq):
     return jnp.sum(jnp.exp(logp) * (logp - logq), axis=-1)
 
 
-@register("hygen", Config, network=EntityConfig)
+@register("hygen", Config, network=EntityConfig, online="hygen")
 def make(cfg: Config, network: dict, env: EnvSpec) -> HyGenAlgorithm:
     net_cfg = EntityConfig.from_dict(dict(network))
     K = cfg.skill_dim or net_cfg.heads

@@ -47,7 +47,7 @@ import jax.numpy as jnp
 from mtmarl.envs import TimeStep
 from mtmarl.errors import UserInputError
 from mtmarl.online import ppo
-from mtmarl.online.anakin import PPOLearner
+from mtmarl.online.anakin import PPOLearner, build
 from mtmarl.online.rollout import Transition, carried_rollout
 from mtmarl.online.system import make_critic
 
@@ -227,5 +227,9 @@ def make_learner(env, cfg: FinetuneConfig) -> PPOLearner:
                    greedy_policy=make_policy(algo, greedy=True))
 
 
-CONFIG = FinetuneConfig
+def make_system(env, cfg, num_devices: int | None = None):
+    """fine-tuning on ``env``: :func:`make_learner` in the Anakin builder."""
+    return build(env, cfg, make_learner(env, cfg), num_devices)
 
+
+CONFIG = FinetuneConfig

@@ -190,7 +190,7 @@ def final_report(cfg: HyGenOnlineConfig, system, state, seed: int, episodes: int
     row per task, as ``python -m mtmarl.evaluate`` writes them), as the reference entry's ``set_eval``."""
     if not cfg.eval_set:
         return {}
-    from mtmarl.evaluate import evaluate_set
+    from mtmarl.evaluation.sets import evaluate_set
     from mtmarl.evaluation.references import load_references
     from mtmarl.training.policy import make_policy
 

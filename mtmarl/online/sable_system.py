@@ -37,7 +37,7 @@ from mtmarl.evaluation.policies import Policy
 from mtmarl.networks.retention import Ctx
 from mtmarl.networks.sable import SableConfig, SableModule, SableNet, make_sable
 from mtmarl.online import ppo
-from mtmarl.online.anakin import PPOLearner
+from mtmarl.online.anakin import PPOLearner, build
 from mtmarl.online.rollout import EnvBatch, ResetPool, Transition, step_with_pool, transition
 
 LABEL = "Sable"
@@ -148,6 +148,11 @@ def make_learner(env, cfg: SableOnlineConfig) -> PPOLearner:
                    rollout=functools.partial(sable_rollout, net, env), loss=loss, sequences=True,
                    actor_params=lambda params: params, policy=sable_policy(net),
                    greedy_policy=sable_policy(net, greedy=True))
+
+
+def make_system(env, cfg, num_devices: int | None = None):
+    """online Sable on ``env``: :func:`make_learner` in the Anakin builder."""
+    return build(env, cfg, make_learner(env, cfg), num_devices)
 
 
 CONFIG = SableOnlineConfig

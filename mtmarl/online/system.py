@@ -45,7 +45,7 @@ from mtmarl.errors import UserInputError
 from mtmarl.evaluation.policies import Policy
 from mtmarl.networks.entity import EntityAgent, EntityConfig
 from mtmarl.online import ppo
-from mtmarl.online.anakin import PPOLearner
+from mtmarl.online.anakin import PPOLearner, build
 from mtmarl.online.rollout import Transition, carried_rollout, reset_where
 
 LABEL = "MAPPO"
@@ -268,6 +268,11 @@ def make_learner(env, cfg: MappoConfig) -> PPOLearner:
     return PPOLearner(init=init, init_carry=lambda b: actor.initial_carry((b, n)), rollout=rollout, loss=loss,
                    sequences=cfg.carries_state, actor_params=lambda params: params["actor"],
                    policy=actor_policy(actor), greedy_policy=actor_policy(actor, greedy=True))
+
+
+def make_system(env, cfg, num_devices: int | None = None):
+    """MAPPO on ``env``: :func:`make_learner` in the Anakin builder."""
+    return build(env, cfg, make_learner(env, cfg), num_devices)
 
 
 CONFIG = MappoConfig
