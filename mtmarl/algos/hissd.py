@@ -137,7 +137,8 @@ class Controller(nn.Module):
     def __call__(self, h, obs, c, z):
         skills = [nn.Dense(self.cfg.width, name="common")(c), nn.Dense(self.cfg.width, name="specific")(z)]
         x, keep = Tokens(self.env, self.cfg)(jnp.stack([h] + skills, axis=-2), obs)
-        return x[..., 0, :], action_logits(self.env, x, keep, first=3)
+        logits = action_logits(self.env, x, keep, first=3)
+        return x[..., 0, :], logits
 
 
 class Value(nn.Module):

@@ -68,15 +68,14 @@ class Block(nn.Module):
         return x + nn.Dense(self.cfg.width)(nn.gelu(h))
 
 
-def entity_tokens(env: EnvSpec, cfg: EntityConfig, extra, obs, cond=None):
+def entity_tokens(env: EnvSpec, cfg: EntityConfig, extra, groups, cond=None):
     """The entity transformer's tokens, called inside a compact module (its layers become that module's).
 
     ``extra`` (..., K, W): tokens placed first, always present (a history token, skill tokens); then one
-    token per entity of each of ``env``'s observation groups, embedded by that group's own linear map;
-    ``cond`` (..., C), optional: extra features read as one more token after the entities. Returns the
-    outputs (..., K + entities (+ 1), W), zero where absent, and which tokens are present.
+    token per entity of each of ``env``'s observation groups (``groups = env.obs.split(obs)``), embedded by
+    that group's own linear map; ``cond`` (..., C), optional: extra features read as one more token after the
+    entities. Returns the outputs (..., K + entities (+ 1), W), zero where absent, and which tokens are present.
     """
-    groups = env.obs.split(obs)
     tokens, present = [extra], [jnp.ones(extra.shape[:-1], bool)]
     for g in env.obs.groups:
         x = groups[g.name]
@@ -97,10 +96,11 @@ def entity_tokens(env: EnvSpec, cfg: EntityConfig, extra, obs, cond=None):
     return jnp.where(sees[..., None, None], x, jax.lax.stop_gradient(x)), keep
 
 
-def action_logits(env: EnvSpec, x, keep, first: int):
+def action_logits(env: EnvSpec, x, keep, first: int, token0=None):
     """Inside a compact module: logits of ``env``'s actions from :func:`entity_tokens`' outputs, the basic
-    actions from token 0 and attack-entity-k from entity k's token (entity tokens start at ``first``)."""
-    logits = [nn.Dense(env.actions.basic, name="basic_head")(x[..., 0, :])]
+    actions from token 0 (``token0``: ``x[..., 0, :]`` where the caller has it) and attack-entity-k from
+    entity k's token (entity tokens start at ``first``)."""
+    logits = [nn.Dense(env.actions.basic, name="basic_head")(x[..., 0, :] if token0 is None else token0)]
     starts, start = {}, first
     for g in env.obs.groups:
         starts[g.name], start = start, start + g.count
@@ -119,7 +119,7 @@ class Tokens(nn.Module):
 
     @nn.compact
     def __call__(self, extra, obs):
-        return entity_tokens(self.env, self.cfg, extra, obs)
+        return entity_tokens(self.env, self.cfg, extra, self.env.obs.split(obs))
 
 
 class EntityAgent(nn.Module):
@@ -134,8 +134,10 @@ class EntityAgent(nn.Module):
 
     @nn.compact
     def __call__(self, hidden, obs, cond=None):
-        x, keep = entity_tokens(self.env, self.cfg, hidden[..., None, :], obs, cond)
-        return x[..., 0, :], action_logits(self.env, x, keep, first=1)
+        groups = self.env.obs.split(obs)
+        x, keep = entity_tokens(self.env, self.cfg, hidden[..., None, :], groups, cond)
+        new_hidden = x[..., 0, :]
+        return new_hidden, action_logits(self.env, x, keep, first=1, token0=new_hidden)
 
 
 def unroll(agent: EntityAgent, params, obs, resets, hidden0=None, cond=None, hiddens: bool = False):
