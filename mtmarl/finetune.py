@@ -29,10 +29,10 @@ def collector_config(cfg: DictConfig) -> DictConfig:
     return OmegaConf.create({
         "task": cfg.get("task"), "split": str(cfg.split), "seed": int(cfg.seed),
         "online": OmegaConf.to_container(cfg.online, resolve=True),
-        "online_env": OmegaConf.to_container(cfg.get("online_env") or {}, resolve=True),
+        "online_env": OmegaConf.to_container(cfg.online_env, resolve=True) if cfg.get("online_env") else {},
         "collect": {"budget": ft.budget, "env_budget": {}, "initial_eval": bool(ft.initial_eval),
-                    "root": str(ft.out), "record": False, "quality": "mixed", "time_limit_min": ft.time_limit_min,
-                    "progress": bool(ft.progress)},
+                    "root": str(ft.out), "uid": "default", "record": False, "quality": "mixed",
+                    "time_limit_min": ft.time_limit_min, "progress": bool(ft.progress)},
         "eval": OmegaConf.to_container(cfg.eval, resolve=True)})
 
 

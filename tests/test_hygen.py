@@ -248,7 +248,7 @@ def test_collector_reports_curve_hybrid_ratio_jp_and_tt(run_dir, tmp_path):
     assert 0.0 <= row["win_rate"] <= 1.0 and row["episodes"] > 0 and row["offline_rows"] > 0
     entry = json.loads((tmp_path / "references.json").read_text())[TASK]
     assert entry["jp"] == res["jp"] and entry["tt"] == 0
-    assert launcher.run(cfg) == [{"name": "2v2", "split": "train", "skipped": True}]  # its entry exists: resumes
+    assert launcher.run(cfg) == [{"name": TASK, "split": "train", "skipped": True}]  # its entry exists: resumes
 
 
 def test_sources_play_the_sets_training_tasks_and_eval_set_reports_every_task(run_dir, tmp_path, monkeypatch):
