@@ -175,7 +175,7 @@ def from_spec(spec: Mapping[str, Any]):
 # --------------------------------------------------------------------------- online stages
 def online_stage(name: str) -> OnlineStage:
     if name not in ONLINE:
-        raise UserInputError(f"unknown online stage online.system={name!r}; known: {', '.join(ONLINE)}")
+        raise UserInputError(f"unknown online.system={name!r}; known: {', '.join(ONLINE)}")
     return ONLINE[name]
 
 
