@@ -6,7 +6,7 @@ SMAX maps against MAPPO from scratch, over seeds.
 
 Each ``--runs`` entry is a ``python -m mtmarl.train`` run (a ``training.population`` run holds every seed;
 seed ``s`` fine-tunes that run's seed ``s``). Every (learner, seed, map) is one
-``python -m mtmarl.collect online=finetune online.init_from=<run> online.init_seed=<s> task=smax:map=<m>``
+``python -m mtmarl.finetune online=finetune online.init_from=<run> online.init_seed=<s> task=smax:map=<m>``
 (``online=hygen`` for an ``algo=hygen`` run: the HyGen paper's hybrid stage, so HyGen's Fig. 4 comparison with
 online QMIX runs from the same driver) into ``<out>/<learner>/seed_<s>/<map>/``; MAPPO from scratch is
 ``online=mappo`` with the same seed. A run whose reference entry exists is not run again, so a stopped

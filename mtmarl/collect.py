@@ -6,9 +6,10 @@ record datasets, write reference returns.
 
 For every task of the set (``split``), the env's collector
 (:mod:`mtmarl.online.collectors`) runs on the task itself (unpadded): by default an
-Anakin online learner (``online=mappo``, the default, or ``online=sable``; built by
-:mod:`mtmarl.online.anakin`) trains for ``collect.budget`` env steps (rounded up to a
-whole update, said in one line when that adds steps; the last chunk is then shorter). After every
+online learner that starts from scratch (``online=mappo``, the default, ``online=sable`` or
+``online=qmix``; the stages that continue an offline run are ``python -m mtmarl.finetune``'s)
+trains for ``collect.budget`` env steps (rounded up to a whole update, said in one line when that adds
+steps; the last chunk is then shorter). After every
 chunk of K updates it logs the mean return of the episodes finished in training to
 ``<log_dir>/<env>/<task>.jsonl`` (plus a PNG of the curve) and, for train tasks,
 records R envs x T steps with the stochastic policy (completed episodes only). At
@@ -45,6 +46,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from mtmarl import envs
 from mtmarl import tasks as task_registry
+from mtmarl.algos.registry import ONLINE, online_stage
 from mtmarl.data import vault as vault_io
 from mtmarl.errors import UserInputError
 from mtmarl.evaluation.references import read_entries
@@ -132,6 +134,12 @@ def run(cfg: DictConfig) -> list[dict[str, Any]]:
 
     plain = OmegaConf.to_container(cfg, resolve=True)
     check_keys(plain, "collect")  # +key=... typos (Hydra allows new keys)
+    stage = str(OmegaConf.select(cfg, "online.system", default="mappo"))
+    if online_stage(stage).pretrained:
+        collectors = ", ".join(n for n, s in ONLINE.items() if not s.pretrained)
+        raise UserInputError(f"online={stage} continues an offline run and records no data: launch it with "
+                             f"python -m mtmarl.finetune online={stage} online.init_from=<run dir> task=...; "
+                             f"mtmarl.collect collects data with {collectors}")
     check_values(plain, {"seed": int_in(0, SEED_MAX)})
     check_finite(plain)
     root, ref_path, log_dir = output_paths(cfg)

@@ -24,18 +24,16 @@ import time
 from pathlib import Path
 from typing import Any
 
-import jax
-import jax.numpy as jnp
 from omegaconf import DictConfig, OmegaConf
 
-from mtmarl import envs
 from mtmarl import tasks as task_registry
 from mtmarl.errors import UserInputError
-from mtmarl.evaluation.policies import POLICIES, Policy
-from mtmarl.evaluation.references import load_references, reference_for
+from mtmarl.evaluation.policies import POLICIES
+from mtmarl.evaluation.references import load_references
 from mtmarl.evaluation.render import check_renders, record_episode, save_gif
-from mtmarl.evaluation.results import print_table, summarise, task_info, write_results
-from mtmarl.evaluation.rollout import make_task_set_evaluator, task_key
+from mtmarl.evaluation.results import print_table, write_results
+from mtmarl.evaluation.rollout import task_key
+from mtmarl.evaluation.sets import evaluate_set
 from mtmarl.evaluation.trained import check_trained_fits
 from mtmarl.runtime import enable_compilation_cache, hydra_cli, user_errors_exit
 
@@ -58,44 +56,6 @@ def resolve_task_set(cfg: DictConfig, default: task_registry.TaskSet | None = No
         raise UserInputError("no tasks given: add +tasks=<set> (one of "
                              f"{', '.join(task_registry.available_sets())}) or task=<env:key=value,...>")
     return task_registry.from_config(OmegaConf.to_container(cfg.tasks, resolve=True))
-
-
-# Episodes played at once per device, summed over the tasks of the set: bounds the memory of the batched env
-# states and policy carries; a slot whose episode ends starts the task's next one, in one call.
-CALL_EPISODES = 1024
-
-
-def call_batch(episodes: int, num_tasks: int, num_devices: int) -> int:
-    """Slots (episodes played at once) per task per device: within :data:`CALL_EPISODES`, split evenly."""
-    per_device = -(-episodes // num_devices)
-    calls = -(-per_device // max(1, CALL_EPISODES // max(num_tasks, 1)))
-    return -(-per_device // calls)
-
-
-def evaluate_set(task_set: task_registry.TaskSet, splits: list[str], policy: Policy, params: Any,
-                 episodes: int, seed: int, references: dict[str, float],
-                 devices: int | None = None, progress: bool = True,
-                 layout: envs.EnvSpec | None = None) -> list[dict[str, Any]]:
-    """Evaluate every task of the given splits (one compiled program per agent count); one summary row per task.
-
-    ``layout``: pad observations and actions to this layout instead of the set's (a trained net's, ``info["layout"]``
-    of ``mtmarl.training.restore.load_run``).
-    """
-    todo = [(split, spec) for split in splits for spec in task_set.split(split)]
-    if not todo:
-        return []
-    played = [task_set.evaluation_env(spec, layout) for _, spec in todo]
-    n_dev = len(jax.local_devices()[: devices or jax.local_device_count()])
-    fn = make_task_set_evaluator(played, policy, episodes, devices, call_batch(episodes, len(todo), n_dev),
-                                 capacity=-(-episodes // n_dev))
-    if progress:
-        print(f"evaluating {len(todo)} tasks x {episodes} episodes, one compiled program per agent count", flush=True)
-    stats = jax.device_get(fn(params, jnp.stack([task_key(seed, spec) for _, spec in todo])))
-    rows = []
-    for i, ((split, spec), env) in enumerate(zip(todo, played)):
-        rows.append(summarise(task_info(split, spec, env), jax.tree.map(lambda x: x[i], stats),
-                              reference_for(spec, references)))
-    return rows
 
 
 def _trained(cfg: DictConfig):

@@ -272,3 +272,10 @@ def assert_stack_plays_alone(want, got, n: int, reward_rtol: float = 0.0):
     np.testing.assert_allclose(got.reward, want.reward, rtol=reward_rtol, atol=reward_rtol)
     for field in ("terminal", "truncated"):
         np.testing.assert_array_equal(getattr(got, field), getattr(want, field), err_msg=field)
+
+
+def compact(golden: dict) -> str:
+    """Golden values as JSON text, one compact line per entry (a regenerated entry shows as one changed line)."""
+    import json
+
+    return "{\n" + ",\n".join(f"{json.dumps(k)}: {json.dumps(v, separators=(',', ':'))}" for k, v in golden.items()) + "\n}\n"

@@ -146,7 +146,7 @@ def test_greedy_recording_takes_the_argmax_of_the_recorded_observation():
     import jax.numpy as jnp
 
     from mtmarl.online.collectors import get_system
-    from mtmarl.online.registry import online_config
+    from mtmarl.algos.registry import online_config
     from mtmarl.online.system import Actor
     from mtmarl.tasks import TaskSpec
 

@@ -709,6 +709,7 @@ def test_finetune_driver_continues_a_hygen_run_in_its_hybrid_stage_and_fine_tune
     for name, cmd in cmds.items():
         assert f"online.init_from={tmp_path / name}" in cmd and "online.init_seed=2" in cmd and cmd[-1] == "a=b"
     assert "online=qmix" in ft.command("qmix", None, 0, "3m", 100, tmp_path / "o", 8, [])
+    assert all(cmd[1:3] == ["-m", "mtmarl.finetune"] for cmd in cmds.values())
 
 
 def test_finetune_driver_tabulates_the_set_evaluation_of_hybrid_runs(tmp_path):

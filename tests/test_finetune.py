@@ -25,7 +25,7 @@ from mtmarl.errors import UserInputError
 from mtmarl.online import finetune, ppo
 from mtmarl.online.anakin import chunk_summary
 from mtmarl.online.collectors import jump_and_threshold
-from mtmarl.online.registry import make_online_system, online_config, task_env
+from mtmarl.algos.registry import make_online_system, online_config, online_task_env
 from mtmarl.online.rollout import make_reset_pool, start_from_pool
 from mtmarl.tasks import TaskSpec
 
@@ -107,7 +107,7 @@ def tiny(run_dir, **kw):
 @pytest.fixture(scope="module")
 def pieces(run_dir):
     cfg = tiny(run_dir)
-    env = task_env(TaskSpec.parse(TASK).build(), cfg)
+    env = online_task_env(TaskSpec.parse(TASK).build(), cfg)
     learner = finetune.make_learner(env, cfg)
     algo, pre = finetune.pretrained(cfg)
     params = learner.init(jax.random.PRNGKey(0))
@@ -117,7 +117,7 @@ def pieces(run_dir):
 def test_env_is_padded_to_the_pretrained_layout(pieces):
     cfg, env, _, algo, _, _ = pieces
     assert env.num_agents == 3 and env.spec.to_json() == algo.spec["env"]
-    assert task_env(env, cfg) is env  # already padded: unchanged
+    assert online_task_env(env, cfg) is env  # already padded: unchanged
 
 
 def test_before_any_update_replay_equals_behaviour_logp_and_kl_is_zero(pieces):
@@ -240,21 +240,33 @@ def test_jump_point_and_time_to_threshold_from_a_hand_made_curve():
 
 @pytest.mark.slow  # the JP/TT arithmetic is tested on a hand-made curve in the fast suite
 def test_collector_reports_jp_and_tt(run_dir, tmp_path):
-    """Through ``python -m mtmarl.collect``'s run: JP is the initial evaluation, TT against the chunk returns."""
-    from mtmarl import collect
+    """Through ``python -m mtmarl.finetune``'s run: JP is the initial evaluation, TT against the chunk returns."""
+    from mtmarl import finetune as launcher
 
     online = {**PRESET, "init_from": str(run_dir), "num_envs": B, "rollout_len": T, "minibatches": 2, "epochs": 1,
               "updates_per_chunk": 1, "hidden": [8], "record_envs": 2, "record_len": 4, "tt_threshold": -1.0}
     cfg = OmegaConf.create({
         "task": TASK, "split": "train", "seed": 0, "online": online, "online_env": {},
-        "collect": {"budget": 1, "root": str(tmp_path / "vaults"), "uid": "default", "references": None,
-                    "log_dir": None, "record": False, "progress": False, "initial_eval": True},
+        "finetune": {"budget": 1, "out": str(tmp_path / "vaults"), "initial_eval": True, "time_limit_min": None,
+                     "progress": False},
         "eval": {"episodes": 4, "devices": None, "greedy": False}})
-    (res,) = collect.run(cfg)
+    (res,) = launcher.run(cfg)
     assert res["jp"] == res["initial_return"] and np.isfinite(res["jp"])
     assert res["tt"] == 0 and res["tt_threshold"] == -1.0  # returns are >= 0 > -1: reached before any update
     entry = json.loads((tmp_path / "vaults" / "references.json").read_text())[TASK]
     assert entry["jp"] == res["jp"] and entry["tt"] == 0
+
+
+def test_collect_refuses_a_stage_that_continues_an_offline_run(capsys):
+    from mtmarl import collect
+
+    cfg = OmegaConf.create({"task": TASK, "split": "train", "seed": 0, "online": {**PRESET, "init_from": "run"},
+                            "collect": {"budget": 1}, "eval": {"episodes": 1}})
+    with pytest.raises(SystemExit) as exit_:
+        collect.run(cfg)
+    err = capsys.readouterr().err.strip()
+    assert exit_.value.code == 2 and "\n" not in err
+    assert "online=finetune continues an offline run" in err and "python -m mtmarl.finetune online=finetune" in err
 
 
 def test_bad_init_from_is_a_one_line_error_naming_key_and_value(run_dir, tmp_path, monkeypatch):
@@ -263,7 +275,7 @@ def test_bad_init_from_is_a_one_line_error_naming_key_and_value(run_dir, tmp_pat
         online_config({**PRESET, "init_from": ""})
     for bad in (str(tmp_path / "nowhere"), str(tmp_path)):  # missing; a directory but not a training run
         with pytest.raises(UserInputError) as err:
-            task_env(env, online_config({**PRESET, "init_from": bad}))
+            online_task_env(env, online_config({**PRESET, "init_from": bad}))
         msg = str(err.value)
         assert "\n" not in msg and f"online.init_from={bad!r}" in msg, msg
 
@@ -280,7 +292,7 @@ def test_bad_init_from_is_a_one_line_error_naming_key_and_value(run_dir, tmp_pat
     try:
         name = json.loads((run_dir / "algo.json").read_text())["name"]
         with pytest.raises(UserInputError, match=rf"holds a '{name}' run, which cannot be fine-tuned.*replay") as err:
-            task_env(env, online_config({**PRESET, "init_from": str(run_dir) + "/"}))
+            online_task_env(env, online_config({**PRESET, "init_from": str(run_dir) + "/"}))
         assert "online.init_from=" in str(err.value) and "\n" not in str(err.value)
     finally:
         finetune._restore.cache_clear()

@@ -22,7 +22,7 @@ from mtmarl.configs import CONFIG_DIR
 from mtmarl.errors import UserInputError
 from mtmarl.networks.entity import unroll
 from mtmarl.online import hygen, replay
-from mtmarl.online.registry import make_online_system, online_config, task_env
+from mtmarl.algos.registry import make_online_system, online_config, online_task_env
 from mtmarl.tasks import TaskSpec
 
 TASK = "toy_duel:agents=2,enemies=2,hp=3,horizon=4"  # padded to the duel set's 3 agents, 4 enemies
@@ -195,7 +195,7 @@ def chunk_run(run_dir):
 
     cfg = tiny(run_dir, tt_threshold=-1.0)  # the collector test's config: it reuses this compiled system
     spec = TaskSpec.parse(TASK)
-    system = get_system(spec, task_env(spec.build(), cfg), cfg)
+    system = get_system(spec, online_task_env(spec.build(), cfg), cfg)
     s0 = system.init(jax.random.PRNGKey(0))
     s1, metrics = system.train_chunk(s0)
     return cfg, system, jax.device_get(s0), jax.device_get(s1), jax.device_get(metrics)
@@ -229,30 +229,15 @@ def test_one_chunk_trains_q_keeps_frozen_parts_and_fills_the_ring(chunk_run):
 
 
 def test_collector_reports_curve_hybrid_ratio_jp_and_tt(run_dir, tmp_path):
-    from mtmarl import collect
+    from mtmarl import finetune as launcher
 
     online = tiny_online(run_dir, tt_threshold=-1.0)
-    cfg = OmegaConf.create(
-        {
-            "task": TASK,
-            "split": "train",
-            "seed": 0,
-            "online": online,
-            "online_env": {},
-            "collect": {
-                "budget": ENVS * SEQ * CHUNK,  # one chunk
-                "root": str(tmp_path / "vaults"),
-                "uid": "default",
-                "references": None,
-                "log_dir": str(tmp_path / "logs"),
-                "record": False,
-                "progress": False,
-                "initial_eval": True,
-            },
-            "eval": {"episodes": 2, "devices": None, "greedy": True},
-        }
-    )
-    (res,) = collect.run(cfg)
+    cfg = OmegaConf.create({
+        "task": TASK, "split": "train", "seed": 0, "online": online, "online_env": {},
+        "finetune": {"budget": ENVS * SEQ * CHUNK, "out": str(tmp_path), "initial_eval": True, "time_limit_min": None,
+                     "progress": False},
+        "eval": {"episodes": 2, "devices": None, "greedy": True}})
+    (res,) = launcher.run(cfg)
     assert res["system"] == "hygen" and res["env_steps"] == ENVS * SEQ * CHUNK
     assert res["jp"] == res["initial_return"] and np.isfinite(res["jp"]) and res["tt"] == 0
     assert "win_rate" in res
@@ -261,8 +246,9 @@ def test_collector_reports_curve_hybrid_ratio_jp_and_tt(run_dir, tmp_path):
     assert row["hybrid_ratio"] == pytest.approx(np.mean([1.0, 1.0 - 0.9 * ENVS * SEQ / 16]), abs=1e-4)
     assert row["policy_loss"] is None  # PPO columns are null for this system
     assert 0.0 <= row["win_rate"] <= 1.0 and row["episodes"] > 0 and row["offline_rows"] > 0
-    entry = json.loads((tmp_path / "vaults" / "references.json").read_text())[TASK]
+    entry = json.loads((tmp_path / "references.json").read_text())[TASK]
     assert entry["jp"] == res["jp"] and entry["tt"] == 0
+    assert launcher.run(cfg) == [{"name": TASK, "split": "train", "skipped": True}]  # its entry exists: resumes
 
 
 def test_sources_play_the_sets_training_tasks_and_eval_set_reports_every_task(run_dir, tmp_path, monkeypatch):
@@ -272,9 +258,9 @@ def test_sources_play_the_sets_training_tasks_and_eval_set_reports_every_task(ru
     listing the allowed ones."""
     from test_env_protocol import stacking_duels
 
-    from mtmarl import collect
+    from mtmarl import finetune as launcher
     from mtmarl.envs import TaskMixture
-    from mtmarl.evaluate import evaluate_set
+    from mtmarl.evaluation.sets import evaluate_set
     from mtmarl.evaluation.references import load_references
     from mtmarl.online.collectors import get_system
     from mtmarl.training.policy import make_policy
@@ -283,22 +269,21 @@ def test_sources_play_the_sets_training_tasks_and_eval_set_reports_every_task(ru
     online = tiny_online(run_dir, sources=["train"], eval_set=True)
     mcfg = online_config(online)
     assert mcfg.sources == ("train",) and mcfg.eval_set
-    env = task_env(TaskSpec.parse(TASK).build(), mcfg)
+    env = online_task_env(TaskSpec.parse(TASK).build(), mcfg)
     inner = env.inner if not isinstance(env, TaskMixture) else env
     assert isinstance(inner, TaskMixture) and inner.names == ["2v2", "3v1"]
     assert env.spec == hygen.task_env(TaskSpec.parse(TASK).build(), tiny(run_dir)).spec  # the run's layout
     cfg = OmegaConf.create({
         "task": TASK, "split": "train", "seed": 3, "online": online, "online_env": {},
-        "collect": {"budget": ENVS * SEQ * CHUNK, "root": str(tmp_path / "vaults"), "uid": "default",
-                    "references": None,
-                    "log_dir": str(tmp_path / "logs"), "record": False, "progress": False, "initial_eval": False},
+        "finetune": {"budget": ENVS * SEQ * CHUNK, "out": str(tmp_path), "initial_eval": False, "time_limit_min": None,
+                     "progress": False},
         "eval": {"episodes": 4, "devices": None, "greedy": True}})
-    (res,) = collect.run(cfg)
+    (res,) = launcher.run(cfg)
     rows = res["set_eval"]
     assert [(r["name"], r["split"]) for r in rows] == [("2v2", "train"), ("3v1", "train"), ("2v4", "test")]
-    entry = json.loads((tmp_path / "vaults" / "references.json").read_text())[TASK]
+    entry = json.loads((tmp_path / "references.json").read_text())[TASK]
     assert [r["mean_return"] for r in entry["set_eval"]] == [r["mean_return"] for r in rows]
-    # the report evaluates the learner's current Q agent and skills: the rows of mtmarl.evaluate's evaluate_set
+    # the report evaluates the learner's current Q agent and skills: the rows of evaluate_set
     # on the algorithm's acting params of the trained learner state
     system = get_system(TaskSpec.parse(TASK), env, mcfg)
     algo, _, _ = hygen.pretrained(mcfg)
@@ -311,7 +296,7 @@ def test_sources_play_the_sets_training_tasks_and_eval_set_reports_every_task(ru
     assert [r["mean_return"] for r in report] == [r["mean_return"] for r in again]
     assert all(np.isfinite(r["mean_return"]) for r in again)
     with pytest.raises(UserInputError) as e:
-        task_env(TaskSpec.parse(TASK).build(), tiny(run_dir, sources=["2v2", "9v9"]))
+        online_task_env(TaskSpec.parse(TASK).build(), tiny(run_dir, sources=["2v2", "9v9"]))
     msg = str(e.value)
     assert "\n" not in msg and "online.sources=['2v2', '9v9']" in msg and "'9v9'" in msg
     assert "allowed: train, or names among 2v2, 3v1, 2v4" in msg
@@ -336,7 +321,7 @@ def test_bad_configs_are_one_line_errors_naming_the_key(run_dir, tmp_path, monke
     assert "algo.skill_dim=1" in err(lambda: _algo(skill_dim=1))
     assert "network.heads=1" in err(lambda: registry.build("hygen", {}, {**NET, "heads": 1}, SPEC))
     missing = str(tmp_path / "nowhere")
-    assert f"online.init_from={missing!r}" in err(lambda: task_env(env, tiny(run_dir, init_from=missing)))
+    assert f"online.init_from={missing!r}" in err(lambda: online_task_env(env, tiny(run_dir, init_from=missing)))
 
     from mtmarl.training import restore
 
@@ -349,7 +334,7 @@ def test_bad_configs_are_one_line_errors_naming_the_key(run_dir, tmp_path, monke
     monkeypatch.setattr(restore, "load_run", as_odis)
     hygen._restore.cache_clear()
     try:
-        msg = err(lambda: task_env(env, tiny(str(run_dir) + "/")))
+        msg = err(lambda: online_task_env(env, tiny(str(run_dir) + "/")))
         assert "online.init_from=" in msg and "holds a 'odis' run" in msg and "algo=hygen" in msg
     finally:
         hygen._restore.cache_clear()

@@ -1,6 +1,8 @@
-"""The package's modules import each other without cycles (module- and function-level imports alike)."""
+"""The package's modules import each other without cycles and only downwards in ARCHITECTURE.md's layer table
+(module- and function-level imports alike)."""
 
 import ast
+import re
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -66,3 +68,58 @@ def test_engine_sees_algorithms_only_through_the_protocol_and_registry():
     for module in engine:
         algos = {m for m in graph[module] if m.startswith("mtmarl.algos")}
         assert algos <= allowed, f"{module} imports {sorted(algos - allowed)}"
+
+
+def architecture_layers() -> list[tuple[str, list[str]]]:
+    """ARCHITECTURE.md's layer table, lowest first: (layer, the module prefixes of its ``modules`` column)."""
+    text = (ROOT / "ARCHITECTURE.md").read_text()
+    table = text[text.index("## Layers"):].split("\n## ", 1)[0]
+    layers = []
+    for row in table.splitlines():
+        cells = [c.strip() for c in row.strip().strip("|").split("|")]
+        if len(cells) < 3 or cells[0] in ("layer", "---"):
+            continue
+        paths = re.findall(r"`(mtmarl/[^`]*)`", cells[1])
+        layers.append((cells[0], [p.removesuffix(".py").rstrip("/").replace("/", ".") for p in paths]))
+    return layers
+
+
+def layer_of(module: str, layers) -> int | None:
+    """The index of the layer whose longest prefix names ``module`` (None: no layer does)."""
+    best = None
+    for i, (_, prefixes) in enumerate(layers):
+        for p in prefixes:
+            if (module == p or module.startswith(p + ".")) and (best is None or len(p) > best[1]):
+                best = (i, len(p))
+    return None if best is None else best[0]
+
+
+def upward_imports(graph: dict[str, set[str]], layers) -> list[str]:
+    """Every import of a module of a higher layer, as ``importer (layer) -> imported (layer)``."""
+    out = []
+    for module in sorted(graph):
+        mine = layer_of(module, layers)
+        for dep in sorted(graph[module]):
+            theirs = layer_of(dep, layers)
+            if mine is not None and theirs is not None and theirs > mine:
+                out.append(f"{module} ({layers[mine][0]}) -> {dep} ({layers[theirs][0]})")
+    return out
+
+
+def test_layer_check_reads_the_table_and_finds_an_upward_import():
+    layers = architecture_layers()
+    names = [name for name, _ in layers]
+    assert names.index("algorithms") < names.index("engine") < names.index("entry points")
+    assert layer_of("mtmarl.tasks", layers) == names.index("envs")
+    assert layer_of("mtmarl.training.loop", layers) == names.index("engine")
+    graph = {"mtmarl.algos.x": {"mtmarl.training.y", "mtmarl.envs.z"}, "mtmarl.training.y": {"mtmarl.algos.x"}}
+    assert upward_imports(graph, layers) == ["mtmarl.algos.x (algorithms) -> mtmarl.training.y (engine)"]
+
+
+def test_every_module_has_a_layer_and_imports_no_higher_one():
+    layers = architecture_layers()
+    graph = import_graph()
+    unplaced = sorted(m for m in graph if m != "mtmarl" and layer_of(m, layers) is None)
+    assert not unplaced, f"modules in no layer of ARCHITECTURE.md's table: {unplaced}"
+    bad = upward_imports({m: deps - {"mtmarl"} for m, deps in graph.items() if m != "mtmarl"}, layers)
+    assert not bad, "imports of a higher layer:\n" + "\n".join(bad)

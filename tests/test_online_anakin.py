@@ -1,4 +1,4 @@
-"""The Anakin online builder: any Learner plugs in, by name only through the registry."""
+"""The Anakin online builder: any PPOLearner plugs in, by name only through the registry."""
 
 from __future__ import annotations
 
@@ -12,14 +12,15 @@ import pytest
 from test_online import ToyEnv  # episodes of 2-4 steps
 
 from mtmarl.evaluation.policies import Policy
-from mtmarl.online import anakin, ppo, registry
+from mtmarl.algos import registry
+from mtmarl.online import anakin, ppo
 from mtmarl.online.rollout import carried_rollout
 from mtmarl.online.system import MappoConfig
 
 ONLINE = Path(anakin.__file__).resolve().parent
 
 
-def counting_learner(env, sequences: bool) -> anakin.Learner:
+def counting_learner(env, sequences: bool) -> anakin.PPOLearner:
     """A toy learner: logits = obs @ w, team value = b; its carry counts the steps since the episode began.
 
     Its loss checks what the builder hands it: sequence samples keep (B', T) with the carry each env had
@@ -49,7 +50,7 @@ def counting_learner(env, sequences: bool) -> anakin.Learner:
         return jax.random.categorical(key, obs.agents_view @ params["w"]), carry
 
     policy = Policy(init_carry=lambda params, num_agents: (), act=policy_act)
-    return anakin.Learner(
+    return anakin.PPOLearner(
         init=lambda key: {"w": 0.1 * jax.random.normal(key, (o, a)), "b": jnp.zeros(())},
         init_carry=lambda b: jnp.zeros((b,), jnp.int32),
         rollout=lambda params, envs, carry, pool, key, length, greedy=False: carried_rollout(
@@ -90,13 +91,16 @@ def _strings_and_names(path: Path) -> set[str]:
             | {n.attr.lower() for n in ast.walk(tree) if isinstance(n, ast.Attribute)})
 
 
-def test_the_builder_and_collectors_never_name_a_learner():
+def test_the_builder_collectors_and_launchers_never_branch_on_a_stage_name():
+    stages = tuple(registry.ONLINE)
     for name in ("anakin.py", "collectors.py"):
-        found = {w for w in _strings_and_names(ONLINE / name) for s in registry.SYSTEMS if s in w}
+        found = {w for w in _strings_and_names(ONLINE / name) for s in stages if s in w}
         assert not found, (name, found)
-    # the registry dispatches by a table, not by comparing names
-    tree = ast.parse((ONLINE / "registry.py").read_text())
-    compares = [n for n in ast.walk(tree) if isinstance(n, ast.Compare)
-                and any(isinstance(c, ast.Constant) and c.value in registry.SYSTEMS for c in n.comparators)]
-    assert not compares
-    assert {registry.learner_module(s).CONFIG.SYSTEM for s in registry.SYSTEMS} == set(registry.SYSTEMS)
+    # the registry and the launchers dispatch by the table, never by comparing names
+    package = ONLINE.parent
+    for path in (package / "algos" / "registry.py", package / "collect.py", package / "finetune.py"):
+        tree = ast.parse(path.read_text())
+        compares = [n for n in ast.walk(tree) if isinstance(n, ast.Compare)
+                    and any(isinstance(c, ast.Constant) and c.value in stages for c in [n.left, *n.comparators])]
+        assert not compares, path
+    assert {registry.online_module(s).CONFIG.SYSTEM for s in stages} == set(stages)

@@ -44,7 +44,7 @@ CONFIGS = {
 
 
 def record(name) -> dict:
-    from mtmarl.online.registry import make_online_system, online_config
+    from mtmarl.algos.registry import make_online_system, online_config
     from mtmarl.tasks import TaskSpec
 
     assert jax.local_device_count() == 2, "the golden values are for 2 devices"

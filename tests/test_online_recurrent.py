@@ -16,9 +16,9 @@ from mtmarl.errors import UserInputError
 from mtmarl.online import ppo
 from mtmarl.online.anakin import chunk_summary, to_experience
 from mtmarl.online.collectors import get_system
-from mtmarl.online.registry import make_online_system, online_config
+from mtmarl.algos.registry import make_online_system, online_config
 from mtmarl.online.rollout import carried_rollout, make_reset_pool, reset_where, start_from_pool
-from mtmarl.online.system import Critic, MappoConfig, RecurrentActor, act_batch, make_policy, replay_actor
+from mtmarl.online.system import Critic, MappoConfig, RecurrentActor, act_batch, actor_policy, replay_actor
 
 
 TASK = "connector:grid=5,agents=2"
@@ -128,7 +128,7 @@ def test_hidden_state_is_reset_after_done():
 
 def test_policy_carries_hidden_state():
     env, actor, params, _ = toy_pieces()
-    policy = make_policy(actor)
+    policy = actor_policy(actor)
     carry = policy.init_carry(params["actor"], env.num_agents)
     assert carry.shape == (env.num_agents, G) and not np.asarray(carry).any()
     _, ts = env.reset(jax.random.PRNGKey(0))

@@ -16,7 +16,7 @@ from mtmarl.online import ppo
 from mtmarl.online.anakin import chunk_summary, to_experience
 from mtmarl.online.collectors import get_system
 from mtmarl.networks import make_sable
-from mtmarl.online.registry import online_config
+from mtmarl.algos.registry import online_config
 from mtmarl.online.rollout import make_reset_pool, start_from_pool
 from mtmarl.online.sable_system import (SableOnlineConfig, batch_major, sable_rollout, teacher_forced)
 from mtmarl.online.system import MappoConfig

@@ -21,7 +21,7 @@ from mtmarl.algos import updet
 from mtmarl.configs import CONFIG_DIR
 from mtmarl.errors import UserInputError
 from mtmarl.online import qmix
-from mtmarl.online.registry import online_config
+from mtmarl.algos.registry import online_config
 from mtmarl.tasks import TaskSpec
 
 TASK = "toy_duel:agents=2,enemies=2,hp=3,horizon=4"

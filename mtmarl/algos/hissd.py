@@ -50,7 +50,7 @@ from mtmarl.algos.reductions import batch_noise
 from mtmarl.algos.registry import register
 from mtmarl.envs.layout import EnvSpec
 from mtmarl.errors import UserInputError
-from mtmarl.networks.entity import NEG, Block, EntityConfig
+from mtmarl.networks.entity import NEG, EntityConfig, Tokens, action_logits
 from mtmarl.networks.mixer import AttentionMixer, MixerConfig, vdn
 
 
@@ -100,25 +100,6 @@ class Config(common.BatchConfig):
 
 # ---------------------------------------------------------------- networks
 
-class Tokens(nn.Module):
-    """Entity transformer over ``[extra tokens (..., K, W), entity tokens of obs]`` -> (outputs, present)."""
-
-    env: EnvSpec
-    cfg: EntityConfig
-
-    @nn.compact
-    def __call__(self, extra, obs):
-        groups = self.env.obs.split(obs)
-        tokens, present = [extra], [jnp.ones(extra.shape[:-1], bool)]
-        for g in self.env.obs.groups:
-            tokens.append(nn.Dense(self.cfg.width, name=f"embed_{g.name}")(groups[g.name]))
-            present.append(jnp.any(groups[g.name] != 0, axis=-1))
-        x, keep = jnp.concatenate(tokens, axis=-2), jnp.concatenate(present, axis=-1)
-        for _ in range(self.cfg.depth):
-            x = Block(self.cfg)(x, keep)
-        return jnp.where(keep[..., None], nn.LayerNorm()(x), 0.0), keep
-
-
 class Planner(nn.Module):
     """(history, obs) -> (history, common skill c)."""
 
@@ -156,14 +137,8 @@ class Controller(nn.Module):
     def __call__(self, h, obs, c, z):
         skills = [nn.Dense(self.cfg.width, name="common")(c), nn.Dense(self.cfg.width, name="specific")(z)]
         x, keep = Tokens(self.env, self.cfg)(jnp.stack([h] + skills, axis=-2), obs)
-        logits, start, starts = [nn.Dense(self.env.actions.basic, name="basic_head")(x[..., 0, :])], 3, {}
-        for g in self.env.obs.groups:
-            starts[g.name], start = start, start + g.count
-        for name, count in self.env.actions.targets:
-            s = starts[name]
-            score = nn.Dense(1, name=f"target_head_{name}")(x[..., s: s + count, :])[..., 0]
-            logits.append(jnp.where(keep[..., s: s + count], score, NEG))
-        return x[..., 0, :], jnp.concatenate(logits, axis=-1)
+        logits = action_logits(self.env, x, keep, first=3)
+        return x[..., 0, :], logits
 
 
 class Value(nn.Module):
@@ -239,6 +214,95 @@ def _pick_agent(u, active):
     return jnp.argmax(active & (jnp.cumsum(active, -1) - 1 == idx[:, None]), -1)
 
 
+def _apply(nets: dict, name: str, params, *args):
+    return nets[name].apply(params[name], *args)
+
+
+def _unroll(nets: dict, params, target, obs, resets, z):
+    """Planner, controller and both values over (B, T, N, O); histories zeroed at episode starts."""
+    ecfg = nets["planner"].cfg
+    h0 = jnp.zeros(obs.shape[:1] + obs.shape[2:-1] + (ecfg.width,))
+
+    def step(hs, xs):
+        o, r, zt = xs
+        hp, hc, hv, ht = (jnp.where(r[:, None, None], 0.0, h) for h in hs)
+        hp, c = _apply(nets, "planner", params, hp, o)
+        hc, logits = _apply(nets, "controller", params, hc, o, c, zt)
+        hv, v = _apply(nets, "value", params, hv, o)
+        ht, vt = _apply(nets, "value", target, ht, o)
+        return (hp, hc, hv, ht), (c, logits, v, vt, hv, ht)
+
+    xs = tuple(jnp.moveaxis(x, 1, 0) for x in (obs, resets, z))
+    _, out = jax.lax.scan(step, (h0,) * 4, xs, unroll=ecfg.unroll_time)
+    return tuple(jnp.moveaxis(x, 0, 1) for x in out)
+
+
+def _mix(cfg: Config, nets: dict, params, v, hidden, active):
+    if cfg.mixer == "vdn":
+        return vdn(v, active)
+    return nets["mixer"].apply(params["mixer"], v, jax.lax.stop_gradient(hidden), active)
+
+
+def contrastive(params, target, batch, z, key, cfg: Config, nets: dict, ax):
+    """The task encoder's InfoNCE (module docstring), reduced per task over the anchors that have negatives."""
+    B, T, _ = batch.active.shape
+    u = batch_noise(jax.random.uniform, key, (B, 5), ax)  # one draw per global row: sharding changes no choice
+    rows = jnp.arange(B)
+    t = jnp.floor(u[:, 0] * T).astype(jnp.int32)
+    tp = jnp.minimum(t + jnp.floor(u[:, 1] * cfg.ssl_window).astype(jnp.int32), T - 1)
+    n = _pick_agent(u[:, 2], batch.active[rows, t])
+    npos = _pick_agent(u[:, 3], batch.active[rows, tp])
+    anchor = z[rows, t, n]
+    pos = jax.lax.stop_gradient(_apply(nets, "encoder", target, batch.obs[rows, tp, npos]))
+    all_ids, keys = common.gather_batch(batch.task_ids, ax), common.gather_batch(pos, ax)
+    scores = batch_noise(jax.random.uniform, jax.random.fold_in(key, 1), (B, *all_ids.shape), ax)
+    neg = negative_mask(batch.task_ids, all_ids, scores, cfg.negatives_fraction)
+    per = info_nce(anchor, pos, keys, neg, params["contrast_w"])
+    ok = neg.any(-1) & batch.active[rows, t, n]
+    return common.task_mean(jnp.where(ok, per, 0.0), ok, batch.task_ids, cfg.task_mean, ax)
+
+
+def loss(params, target_params, batch, key, cfg: Config, nets: dict, axis_name: str | None = None):
+    """HiSSD's joint loss (module docstring): behaviour cloning of the controller, the IQL expectile value
+    loss, the TD-weighted forward prediction of the planner and the encoder's contrastive term."""
+    ax = axis_name
+    z = _apply(nets, "encoder", params, batch.obs)                                 # (B, T, N, S)
+    c, logits, v, vt, hv, ht = _unroll(nets, params, target_params, batch.obs, batch.resets, z)
+    active = batch.active
+
+    # controller: likelihood of the dataset actions
+    nll = -common.take_action(common.legal_log_softmax(logits, batch.legals), batch.actions)
+    bc = common.task_mean(nll, active, batch.task_ids, cfg.task_mean, ax)
+
+    # values: IQL expectile on the team value (attention mixer or VDN sum over active agents)
+    v_tot = _mix(cfg, nets, params, v, hv, active)                                # (B, T)
+    vt_tot = jax.lax.stop_gradient(_mix(cfg, nets, target_params, vt, ht, active))
+    valid = common.td_valid(batch)                                                # (B, T-1)
+    y = batch.rewards[:, :-1] + cfg.gamma * batch.discounts[:, :-1] * vt_tot[:, 1:]
+    u = y - v_tot[:, :-1]
+    value = expectile_loss(u, valid, cfg.expectile, batch.task_ids, cfg.code_faithful, cfg.task_mean, ax)
+
+    # planner: forward prediction of the next observation, weighted by exp(td_weight * TD)
+    weight = planner_weights(u, valid, cfg.td_weight, cfg.weight_cap, cfg.code_faithful, ax)
+    if cfg.forward_prediction:
+        pred = _apply(nets, "predictor", params, c[:, :-1])
+        err = jnp.mean(jnp.square(pred - batch.obs[:, 1:]), -1)                  # (B, T-1, N)
+        ok = valid[..., None] & ~batch.resets[:, 1:, None] & active[:, :-1] & active[:, 1:]
+        planner = common.task_mean(weight[..., None] * err, ok, batch.task_ids, cfg.task_mean, ax)
+        pred_err = common.masked_mean(err, ok, ax)
+    else:
+        planner = pred_err = jnp.zeros(())
+
+    ssl = contrastive(params, target_params, batch, z, key, cfg, nets, ax)
+    total = bc + value + cfg.prediction_coef * planner + cfg.contrastive_coef * ssl
+    hit = jnp.where(batch.legals, logits, NEG).argmax(-1) == batch.actions
+    return total, {"bc_loss": common.global_sum(bc, ax), "value_loss": common.global_sum(value, ax),
+                   "planner_loss": common.global_sum(planner, ax), "prediction_error": pred_err,
+                   "contrastive_loss": common.global_sum(ssl, ax), "accuracy": common.masked_mean(hit, active, ax),
+                   "v_tot": common.masked_mean(v_tot[:, :-1], valid, ax), "td": common.masked_mean(u, valid, ax),
+                   "planner_weight": common.masked_mean(weight, valid, ax)}
+
+
 # ---------------------------------------------------------------- the algorithm
 
 @dataclasses.dataclass(frozen=True, kw_only=True)
@@ -251,8 +315,8 @@ def make(cfg: Config, network: dict, env: EnvSpec) -> HissdAlgorithm:
     ecfg = EntityConfig.from_dict(dict(network))
     W, S = ecfg.width, cfg.skill_dim
     nets = {"planner": Planner(env, ecfg, S), "encoder": TaskEncoder(env, ecfg, S), "controller": Controller(env, ecfg),
-            "value": Value(env, ecfg), "predictor": Predictor(env.obs_dim)}
-    mixer = AttentionMixer(cfg.mixer_config())
+            "value": Value(env, ecfg), "predictor": Predictor(env.obs_dim), "mixer": AttentionMixer(cfg.mixer_config())}
+    mixer = nets["mixer"]
     critic = ("value", "mixer")
     # value and the rest clipped and stepped apart (the code steps them in separate optimiser calls)
     adamw = lambda lr: optax.chain(optax.clip_by_global_norm(cfg.max_grad_norm),  # noqa: E731
@@ -273,91 +337,13 @@ def make(cfg: Config, network: dict, env: EnvSpec) -> HissdAlgorithm:
             params["mixer"] = mixer.init(ks[5], jnp.zeros(lead), jnp.zeros(lead + (W,)), jnp.ones(lead, bool))
         return common.TrainState(params, jax.tree.map(jnp.array, params), tx.init(params))
 
-    def apply(name, params, *args):
-        return nets[name].apply(params[name], *args)
-
-    def unroll(params, target, obs, resets, z):
-        """Planner, controller and both values over (B, T, N, O); histories zeroed at episode starts."""
-        h0 = jnp.zeros(obs.shape[:1] + obs.shape[2:-1] + (W,))
-
-        def step(hs, xs):
-            o, r, zt = xs
-            hp, hc, hv, ht = (jnp.where(r[:, None, None], 0.0, h) for h in hs)
-            hp, c = apply("planner", params, hp, o)
-            hc, logits = apply("controller", params, hc, o, c, zt)
-            hv, v = apply("value", params, hv, o)
-            ht, vt = apply("value", target, ht, o)
-            return (hp, hc, hv, ht), (c, logits, v, vt, hv, ht)
-
-        xs = tuple(jnp.moveaxis(x, 1, 0) for x in (obs, resets, z))
-        _, out = jax.lax.scan(step, (h0,) * 4, xs, unroll=ecfg.unroll_time)
-        return tuple(jnp.moveaxis(x, 0, 1) for x in out)
-
-    def mix(params, v, hidden, active):
-        if cfg.mixer == "vdn":
-            return vdn(v, active)
-        return mixer.apply(params["mixer"], v, jax.lax.stop_gradient(hidden), active)
-
-    def contrastive(params, target, batch, z, key, ax):
-        B, T, _ = batch.active.shape
-        u = batch_noise(jax.random.uniform, key, (B, 5), ax)  # one draw per global row: sharding changes no choice
-        rows = jnp.arange(B)
-        t = jnp.floor(u[:, 0] * T).astype(jnp.int32)
-        tp = jnp.minimum(t + jnp.floor(u[:, 1] * cfg.ssl_window).astype(jnp.int32), T - 1)
-        n = _pick_agent(u[:, 2], batch.active[rows, t])
-        npos = _pick_agent(u[:, 3], batch.active[rows, tp])
-        anchor = z[rows, t, n]
-        pos = jax.lax.stop_gradient(apply("encoder", target, batch.obs[rows, tp, npos]))
-        all_ids, keys = common.gather_batch(batch.task_ids, ax), common.gather_batch(pos, ax)
-        scores = batch_noise(jax.random.uniform, jax.random.fold_in(key, 1), (B, *all_ids.shape), ax)
-        neg = negative_mask(batch.task_ids, all_ids, scores, cfg.negatives_fraction)
-        per = info_nce(anchor, pos, keys, neg, params["contrast_w"])
-        ok = neg.any(-1) & batch.active[rows, t, n]
-        return common.task_mean(jnp.where(ok, per, 0.0), ok, batch.task_ids, cfg.task_mean, ax)
-
-    def loss(params, target_params, batch, key, axis_name=None):
-        ax = axis_name
-        z = apply("encoder", params, batch.obs)                                   # (B, T, N, S)
-        c, logits, v, vt, hv, ht = unroll(params, target_params, batch.obs, batch.resets, z)
-        active = batch.active
-
-        # controller: likelihood of the dataset actions
-        nll = -common.take_action(common.legal_log_softmax(logits, batch.legals), batch.actions)
-        bc = common.task_mean(nll, active, batch.task_ids, cfg.task_mean, ax)
-
-        # values: IQL expectile on the team value (attention mixer or VDN sum over active agents)
-        v_tot = mix(params, v, hv, active)                                        # (B, T)
-        vt_tot = jax.lax.stop_gradient(mix(target_params, vt, ht, active))
-        valid = common.td_valid(batch)                                            # (B, T-1)
-        y = batch.rewards[:, :-1] + cfg.gamma * batch.discounts[:, :-1] * vt_tot[:, 1:]
-        u = y - v_tot[:, :-1]
-        value = expectile_loss(u, valid, cfg.expectile, batch.task_ids, cfg.code_faithful, cfg.task_mean, ax)
-
-        # planner: forward prediction of the next observation, weighted by exp(td_weight * TD)
-        weight = planner_weights(u, valid, cfg.td_weight, cfg.weight_cap, cfg.code_faithful, ax)
-        if cfg.forward_prediction:
-            pred = apply("predictor", params, c[:, :-1])
-            err = jnp.mean(jnp.square(pred - batch.obs[:, 1:]), -1)              # (B, T-1, N)
-            ok = valid[..., None] & ~batch.resets[:, 1:, None] & active[:, :-1] & active[:, 1:]
-            planner = common.task_mean(weight[..., None] * err, ok, batch.task_ids, cfg.task_mean, ax)
-            pred_err = common.masked_mean(err, ok, ax)
-        else:
-            planner = pred_err = jnp.zeros(())
-
-        ssl = contrastive(params, target_params, batch, z, key, ax)
-        total = bc + value + cfg.prediction_coef * planner + cfg.contrastive_coef * ssl
-        hit = jnp.where(batch.legals, logits, NEG).argmax(-1) == batch.actions
-        return total, {"bc_loss": common.global_sum(bc, ax), "value_loss": common.global_sum(value, ax),
-                       "planner_loss": common.global_sum(planner, ax), "prediction_error": pred_err,
-                       "contrastive_loss": common.global_sum(ssl, ax), "accuracy": common.masked_mean(hit, active, ax),
-                       "v_tot": common.masked_mean(v_tot[:, :-1], valid, ax), "td": common.masked_mean(u, valid, ax),
-                       "planner_weight": common.masked_mean(weight, valid, ax)}
+    bound = lambda p, tp, b, k, axis_name=None: loss(p, tp, b, k, cfg, nets, axis_name)  # noqa: E731
 
     def act(params, carry, obs, action_mask, active, reset, key, greedy=False):
         del active
         carry = jnp.where(reset, 0.0, carry)
-        hp, c = apply("planner", params, carry[:, 0], obs)
-        hc, logits = apply("controller", params, carry[:, 1], obs, c, apply("encoder", params, obs))
+        hp, c = _apply(nets, "planner", params, carry[:, 0], obs)
+        hc, logits = _apply(nets, "controller", params, carry[:, 1], obs, c, _apply(nets, "encoder", params, obs))
         logits = jnp.where(action_mask, logits, NEG)
         actions = jnp.where(greedy, logits.argmax(-1), jax.random.categorical(key, logits))
         return actions.astype(jnp.int32), None, jnp.stack([hp, hc], axis=1)
@@ -365,6 +351,6 @@ def make(cfg: Config, network: dict, env: EnvSpec) -> HissdAlgorithm:
     spec = {"name": cfg.name, "n_actions": env.num_actions, "env": env.to_json(),
             "algo": dataclasses.asdict(cfg), "network": dataclasses.asdict(ecfg)}
     return HissdAlgorithm(name=cfg.name, cfg=cfg, sampler=cfg.sampler(), init=init,
-                          stages=(Stage("train", common.gradient_stage(loss, tx, cfg.tau)),), act=act,
+                          stages=(Stage("train", common.gradient_stage(bound, tx, cfg.tau)),), act=act,
                           init_carry=lambda num_agents=None: jnp.zeros((num_agents or env.num_agents, 2, W)),
-                          spec=spec, loss=loss)
+                          spec=spec, loss=bound)

@@ -115,7 +115,45 @@ def kl_categorical(logp, logq):
     return jnp.sum(jnp.exp(logp) * (logp - logq), axis=-1)
 
 
-@register("hygen", Config, network=EntityConfig)
+def hybrid_loss(params, target_params, skill_params, batch, r_h, cfg: Config, nets: dict, axis_name: str | None = None):
+    """Stage 2 (Eq. 4-6): TD through the mixer on the frozen encoder's skill labels, ``eta * R_h`` times the
+    conservative term (``eta`` alone with ``cql_schedule: fixed``), ``alpha`` times the consistency KL of the
+    local head to the encoder's skill distribution."""
+    ax = axis_name
+    K = nets["local_head"].features
+    _, mix = updet.make_mix(cfg)
+    agent = nets["agent"]
+    enc = jax.lax.stop_gradient(odis.skill_logits(nets, skill_params, batch.obs, batch.actions, batch.active))
+    labels = enc.argmax(-1)
+    any_skill = jnp.ones(labels.shape + (K,), bool)
+    q, h = unroll(agent, params["agent"], batch.obs, batch.resets, hiddens=True)
+    qt, ht = unroll(agent, target_params["agent"], batch.obs, batch.resets, hiddens=True)
+    y = updet.td_targets(cfg, mix, target_params, jax.lax.stop_gradient(q) if cfg.double_q else qt, qt, ht, any_skill, batch)
+    td, cql, metrics = updet.value_losses(cfg, mix, params, q, h, labels, any_skill, y, batch, ax)
+    local = jax.nn.log_softmax(nets["local_head"].apply(params["local_head"], h), axis=-1)
+    consistency = common.task_mean(
+        kl_categorical(local, jax.nn.log_softmax(enc, axis=-1)), batch.active, batch.task_ids, cfg.task_mean, ax
+    )
+    eta = cfg.cql_weight * (r_h if cfg.cql_schedule == "dynamic" else 1.0)
+    total = td + eta * cql + cfg.dist_weight * consistency
+    return total, dict(
+        metrics,
+        consistency_loss=common.global_sum(consistency, ax),
+        label_agreement=common.masked_mean(q.argmax(-1) == labels, batch.active, ax),
+    )
+
+
+def decoder_loss(dec_params, skill_params, batch, cfg: Config, nets: dict, axis_name: str | None = None):
+    """The decoder's refinement: the data actions' likelihood given the frozen encoder's arg-max skill."""
+    K = nets["local_head"].features
+    enc = odis.skill_logits(nets, skill_params, batch.obs, batch.actions, batch.active)
+    z = jax.nn.one_hot(jax.lax.stop_gradient(enc).argmax(-1), K, dtype=batch.obs.dtype)
+    logits = unroll(nets["decoder"], dec_params, batch.obs, batch.resets, cond=z)
+    nll = -common.take_action(common.legal_log_softmax(logits, batch.legals), batch.actions)
+    return common.task_mean(nll, batch.active, batch.task_ids, cfg.task_mean, axis_name)
+
+
+@register("hygen", Config, network=EntityConfig, online="hygen")
 def make(cfg: Config, network: dict, env: EnvSpec) -> HyGenAlgorithm:
     net_cfg = EntityConfig.from_dict(dict(network))
     K = cfg.skill_dim or net_cfg.heads
@@ -127,7 +165,6 @@ def make(cfg: Config, network: dict, env: EnvSpec) -> HyGenAlgorithm:
     base = odis.make(dataclasses.replace(cfg, skill_dim=K), network, env)  # stage 1 and the networks
     nets = dict(base.nets, local_head=nn.Dense(K))
     agent, decoder = nets["agent"], nets["decoder"]
-    _, mix = updet.make_mix(cfg)
     width, A = net_cfg.width, env.num_actions
     adam = lambda: optax.chain(optax.clip_by_global_norm(cfg.max_grad_norm), optax.adam(cfg.lr))  # noqa: E731
     tx_skills, tx_values, tx_decoder = adam(), adam(), adam()
@@ -148,42 +185,17 @@ def make(cfg: Config, network: dict, env: EnvSpec) -> HyGenAlgorithm:
         return state_from_params({**s.skills.params, **s.values.params, "local_head": nets["local_head"].init(k_head, hidden)})
 
     # ------------------------------------------------------------ stage 2: the (hybrid) high-level policy
-    def hybrid_loss(params, target_params, skill_params, batch, r_h, axis_name=None):
-        ax = axis_name
-        enc = jax.lax.stop_gradient(base.skill_logits(skill_params, batch.obs, batch.actions, batch.active))
-        labels = enc.argmax(-1)
-        any_skill = jnp.ones(labels.shape + (K,), bool)
-        q, h = unroll(agent, params["agent"], batch.obs, batch.resets, hiddens=True)
-        qt, ht = unroll(agent, target_params["agent"], batch.obs, batch.resets, hiddens=True)
-        y = updet.td_targets(cfg, mix, target_params, jax.lax.stop_gradient(q) if cfg.double_q else qt, qt, ht, any_skill, batch)
-        td, cql, metrics = updet.value_losses(cfg, mix, params, q, h, labels, any_skill, y, batch, ax)
-        local = jax.nn.log_softmax(nets["local_head"].apply(params["local_head"], h), axis=-1)
-        consistency = common.task_mean(
-            kl_categorical(local, jax.nn.log_softmax(enc, axis=-1)), batch.active, batch.task_ids, cfg.task_mean, ax
-        )
-        eta = cfg.cql_weight * (r_h if cfg.cql_schedule == "dynamic" else 1.0)
-        total = td + eta * cql + cfg.dist_weight * consistency
-        return total, dict(
-            metrics,
-            consistency_loss=common.global_sum(consistency, ax),
-            label_agreement=common.masked_mean(q.argmax(-1) == labels, batch.active, ax),
-        )
-
-    def decoder_loss(dec_params, skill_params, batch, axis_name=None):
-        enc = base.skill_logits(skill_params, batch.obs, batch.actions, batch.active)
-        z = jax.nn.one_hot(jax.lax.stop_gradient(enc).argmax(-1), K, dtype=batch.obs.dtype)
-        logits = unroll(decoder, dec_params, batch.obs, batch.resets, cond=z)
-        nll = -common.take_action(common.legal_log_softmax(logits, batch.legals), batch.actions)
-        return common.task_mean(nll, batch.active, batch.task_ids, cfg.task_mean, axis_name)
+    hybrid_loss_ = lambda p, tp, sp, b, r_h, axis_name=None: hybrid_loss(p, tp, sp, b, r_h, cfg, nets, axis_name)  # noqa: E731
 
     def hybrid_update(state: HyGenState, batch, r_h, key, axis_name=None):
         skill_params = state.skills.params
-        loss = lambda p, tp, b, k, axis_name=None: hybrid_loss(p, tp, skill_params, b, r_h, axis_name)  # noqa: E731
+        loss = lambda p, tp, b, k, axis_name=None: hybrid_loss_(p, tp, skill_params, b, r_h, axis_name)  # noqa: E731
         values, metrics = updet.value_update(cfg, loss, tx_values)(state.values, batch, key, axis_name)
         metrics = dict(metrics, hybrid_ratio=jnp.asarray(r_h, jnp.float32))
         if not cfg.refine_decoder:
             return state._replace(values=values), metrics
-        dec_loss, grads = jax.value_and_grad(decoder_loss)(skill_params["decoder"], skill_params, batch, axis_name)
+        dec_loss, grads = jax.value_and_grad(decoder_loss)(skill_params["decoder"], skill_params, batch, cfg, nets,
+                                                           axis_name)
         if axis_name is not None:
             grads = jax.lax.psum(grads, axis_name)
         updates, dec_opt = tx_decoder.update(grads, state.decoder_opt, skill_params["decoder"])
@@ -237,7 +249,7 @@ def make(cfg: Config, network: dict, env: EnvSpec) -> HyGenAlgorithm:
         acting_params=acting_params,
         num_skills=K,
         hybrid_update=hybrid_update,
-        hybrid_loss=hybrid_loss,
+        hybrid_loss=hybrid_loss_,
         act_skills=act_skills,
         state_from_params=state_from_params,
         skill_logits=base.skill_logits,

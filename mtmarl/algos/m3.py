@@ -187,7 +187,7 @@ class M3Algorithm(Algorithm):
     loss: object
 
 
-@register("m3", Config, network=EntityConfig)
+@register("m3", Config, network=EntityConfig, online="finetune")
 def make(cfg: Config, network: dict, env: EnvSpec) -> Algorithm:
     net = M3Net(env, EntityConfig.from_dict(dict(network)), cfg)
     tx = optax.chain(optax.clip_by_global_norm(cfg.max_grad_norm), optax.adam(cfg.lr))

@@ -35,6 +35,6 @@ def loss(params, target_params, batch, key, cfg: Config, net: SableNet, axis_nam
                    "accuracy": common.masked_mean(greedy, batch.active, axis_name)}
 
 
-@register("mt_bc_sable", Config, network=SableConfig)
+@register("mt_bc_sable", Config, network=SableConfig, online="finetune")
 def make(cfg: Config, network: dict, env: EnvSpec) -> common.SableAlgorithm:
     return common.assemble(cfg, network, env, loss)

@@ -117,6 +117,6 @@ def loss(params, target_params, batch, key, cfg: Config, net: SableNet, axis_nam
                    "nll": common.masked_mean(-logp_data, act_mask, ax)}
 
 
-@register("mt_oryx", Config, network=SableConfig)
+@register("mt_oryx", Config, network=SableConfig, online="finetune")
 def make(cfg: Config, network: dict, env: EnvSpec) -> common.SableAlgorithm:
     return common.assemble(cfg, network, env, loss)

@@ -60,6 +60,7 @@ is 27 updates here; sequences of ``seq_len`` steps instead of whole episodes.
 from __future__ import annotations
 
 import dataclasses
+import functools
 from typing import Any, Callable, NamedTuple
 
 import flax.linen as nn
@@ -131,6 +132,55 @@ def kl_to_uniform(logits):
     return jnp.sum(jnp.exp(logp) * (logp + jnp.log(logits.shape[-1])), axis=-1)
 
 
+def skill_logits(nets: dict, params, obs, actions, active):
+    """The skill head's logits (..., N, skill_dim) on the state encoder's reading of the team and its actions."""
+    A = nets["decoder"].env.num_actions
+    enc = nets["state_encoder"].apply(params["state_encoder"], obs, jax.nn.one_hot(actions, A, dtype=obs.dtype), active)
+    return nets["skill_head"].apply(params["skill_head"], enc)
+
+
+def skill_loss(params, target_params, batch, key, cfg: Config, nets: dict, axis_name: str | None = None):
+    """Stage 1, skill discovery: the decoder's reconstruction of the data actions from a Gumbel-softmax skill,
+    plus ``beta`` times the KL of the skill logits to uniform (module docstring)."""
+    del target_params
+    ax = axis_name
+    logits = skill_logits(nets, params, batch.obs, batch.actions, batch.active)         # (B, T, N, K)
+    noise = batch_noise(jax.random.gumbel, key, logits.shape, ax)  # the same per sample on 1 or n devices
+    z = jax.nn.softmax((logits + noise) / cfg.gumbel_temperature, axis=-1)
+    dec = unroll(nets["decoder"], params["decoder"], batch.obs, batch.resets, cond=z)  # (B, T, N, A)
+    nll = -common.take_action(common.legal_log_softmax(dec, batch.legals), batch.actions)
+    recon = common.task_mean(nll, batch.active, batch.task_ids, cfg.task_mean, ax)
+    kl = common.task_mean(kl_to_uniform(logits), batch.active, batch.task_ids, cfg.task_mean, ax)
+    hit = jnp.where(batch.legals, dec, common.NEG).argmax(-1) == batch.actions
+    used = jax.nn.one_hot(logits.argmax(-1), cfg.skill_dim) * batch.active[..., None]
+    share = common.global_sum(used.sum((0, 1, 2)), ax) / jnp.maximum(common.global_sum(used.sum(), ax), 1.0)
+    return recon + cfg.beta * kl, {"recon_loss": common.global_sum(recon, ax), "kl_loss": common.global_sum(kl, ax),
+                                   "recon_accuracy": common.masked_mean(hit, batch.active, ax),
+                                   "skill_share_max": jnp.max(share)}
+
+
+def value_loss(params, target_params, skill_params, batch, key, cfg: Config, nets: dict,
+               axis_name: str | None = None):
+    """Stage 2, skill-conditioned Q-learning: UPDeT-m's losses with the frozen encoder's skill labels in
+    the place of actions, plus ``dist_weight`` times the labels' cross-entropy under the frozen skill head
+    on the Q agent's token (module docstring)."""
+    del key
+    ax = axis_name
+    _, mix = updet.make_mix(cfg)
+    labels = jax.lax.stop_gradient(skill_logits(nets, skill_params, batch.obs, batch.actions, batch.active)).argmax(-1)
+    any_skill = jnp.ones(labels.shape + (cfg.skill_dim,), bool)
+    q, h = unroll(nets["agent"], params["agent"], batch.obs, batch.resets, hiddens=True)   # (B,T,N,K), (B,T,N,W)
+    qt, ht = unroll(nets["agent"], target_params["agent"], batch.obs, batch.resets, hiddens=True)
+    y = updet.td_targets(cfg, mix, target_params, jax.lax.stop_gradient(q) if cfg.double_q else qt, qt, ht,
+                         any_skill, batch)
+    td_loss, cql_loss, metrics = updet.value_losses(cfg, mix, params, q, h, labels, any_skill, y, batch, ax)
+    dist_logp = jax.nn.log_softmax(nets["skill_head"].apply(skill_params["skill_head"], h), axis=-1)
+    dist = common.task_mean(-common.take_action(dist_logp, labels), batch.active, batch.task_ids, cfg.task_mean, ax)
+    total = td_loss + cfg.cql_weight * cql_loss + cfg.dist_weight * dist
+    return total, dict(metrics, dist_loss=common.global_sum(dist, ax),
+                       label_agreement=common.masked_mean(q.argmax(-1) == labels, batch.active, ax))
+
+
 @register("odis", Config, network=EntityConfig)
 def make(cfg: Config, network: dict, env: EnvSpec) -> ODISAlgorithm:
     net_cfg = EntityConfig.from_dict(dict(network))
@@ -139,9 +189,13 @@ def make(cfg: Config, network: dict, env: EnvSpec) -> ODISAlgorithm:
     skill_head = nn.Dense(K)
     decoder = EntityAgent(env, net_cfg)
     agent = EntityAgent(dataclasses.replace(env, actions=ActionLayout(basic=K)), net_cfg)  # Q over skills
-    mixer, mix = updet.make_mix(cfg)
+    mixer, _ = updet.make_mix(cfg)
     adam = lambda: optax.chain(optax.clip_by_global_norm(cfg.max_grad_norm), optax.adam(cfg.lr))  # noqa: E731
     tx_skills, tx_values = adam(), adam()
+    nets = {"state_encoder": state_encoder, "skill_head": skill_head, "decoder": decoder, "agent": agent,
+            "mixer": mixer}
+    skill_loss_ = lambda p, tp, b, k, axis_name=None: skill_loss(p, tp, b, k, cfg, nets, axis_name)  # noqa: E731
+    value_loss_ = lambda p, tp, sp, b, k, axis_name=None: value_loss(p, tp, sp, b, k, cfg, nets, axis_name)  # noqa: E731
 
     def init(key, sample_obs):
         ks = jax.random.split(key, 5)
@@ -156,57 +210,16 @@ def make(cfg: Config, network: dict, env: EnvSpec) -> ODISAlgorithm:
                          updet.ValueState(values, jax.tree.map(jnp.array, values), tx_values.init(values),
                                           jnp.zeros((), jnp.int32)))
 
-    def skill_logits(params, obs, actions, active):
-        enc = state_encoder.apply(params["state_encoder"], obs, jax.nn.one_hot(actions, A, dtype=obs.dtype), active)
-        return skill_head.apply(params["skill_head"], enc)
-
-    # ------------------------------------------------------------ stage 1: skill discovery
-    def skill_loss(params, target_params, batch, key, axis_name=None):
-        del target_params
-        ax = axis_name
-        logits = skill_logits(params, batch.obs, batch.actions, batch.active)              # (B, T, N, K)
-        noise = batch_noise(jax.random.gumbel, key, logits.shape, ax)  # the same per sample on 1 or n devices
-        z = jax.nn.softmax((logits + noise) / cfg.gumbel_temperature, axis=-1)
-        dec = unroll(decoder, params["decoder"], batch.obs, batch.resets, cond=z)           # (B, T, N, A)
-        nll = -common.take_action(common.legal_log_softmax(dec, batch.legals), batch.actions)
-        recon = common.task_mean(nll, batch.active, batch.task_ids, cfg.task_mean, ax)
-        kl = common.task_mean(kl_to_uniform(logits), batch.active, batch.task_ids, cfg.task_mean, ax)
-        hit = jnp.where(batch.legals, dec, common.NEG).argmax(-1) == batch.actions
-        used = jax.nn.one_hot(logits.argmax(-1), K) * batch.active[..., None]
-        share = common.global_sum(used.sum((0, 1, 2)), ax) / jnp.maximum(common.global_sum(used.sum(), ax), 1.0)
-        return recon + cfg.beta * kl, {"recon_loss": common.global_sum(recon, ax), "kl_loss": common.global_sum(kl, ax),
-                                       "recon_accuracy": common.masked_mean(hit, batch.active, ax),
-                                       "skill_share_max": jnp.max(share)}
-
-    skill_step = common.gradient_stage(skill_loss, tx_skills, 0.0)
+    skill_step = common.gradient_stage(skill_loss_, tx_skills, 0.0)
 
     def skill_update(state: ODISState, batch, key, axis_name=None):
         skills, metrics = skill_step(state.skills, batch, key, axis_name)
         return state._replace(skills=skills), metrics
 
     # ------------------------------------------------------------ stage 2: skill-conditioned Q-learning
-    def forward(params, batch):
-        return unroll(agent, params["agent"], batch.obs, batch.resets, hiddens=True)      # (B,T,N,K), (B,T,N,W)
-
-    def value_loss(params, target_params, skill_params, batch, key, axis_name=None):
-        del key
-        ax = axis_name
-        labels = jax.lax.stop_gradient(skill_logits(skill_params, batch.obs, batch.actions, batch.active)).argmax(-1)
-        any_skill = jnp.ones(labels.shape + (K,), bool)
-        q, h = forward(params, batch)
-        qt, ht = forward(target_params, batch)
-        y = updet.td_targets(cfg, mix, target_params, jax.lax.stop_gradient(q) if cfg.double_q else qt, qt, ht,
-                             any_skill, batch)
-        td_loss, cql_loss, metrics = updet.value_losses(cfg, mix, params, q, h, labels, any_skill, y, batch, ax)
-        dist_logp = jax.nn.log_softmax(skill_head.apply(skill_params["skill_head"], h), axis=-1)
-        dist = common.task_mean(-common.take_action(dist_logp, labels), batch.active, batch.task_ids, cfg.task_mean, ax)
-        total = td_loss + cfg.cql_weight * cql_loss + cfg.dist_weight * dist
-        return total, dict(metrics, dist_loss=common.global_sum(dist, ax),
-                           label_agreement=common.masked_mean(q.argmax(-1) == labels, batch.active, ax))
-
     def value_update(state: ODISState, batch, key, axis_name=None):
         frozen = state.skills.params
-        loss = lambda p, tp, b, k, axis_name=None: value_loss(p, tp, frozen, b, k, axis_name)  # noqa: E731
+        loss = lambda p, tp, b, k, axis_name=None: value_loss_(p, tp, frozen, b, k, axis_name)  # noqa: E731
         values, metrics = updet.value_update(cfg, loss, tx_values)(state.values, batch, key, axis_name)
         return state._replace(values=values), metrics
 
@@ -230,6 +243,5 @@ def make(cfg: Config, network: dict, env: EnvSpec) -> ODISAlgorithm:
         stages=(Stage("skills", skill_update, cfg.skill_updates), Stage("policy", value_update)),
         act=act, init_carry=init_carry, spec=spec,
         acting_params=lambda s: {"agent": s.values.params["agent"], "decoder": s.skills.params["decoder"]},
-        skill_loss=skill_loss, value_loss=value_loss, skill_logits=skill_logits,
-        nets={"state_encoder": state_encoder, "skill_head": skill_head, "decoder": decoder, "agent": agent,
-              "mixer": mixer})
+        skill_loss=skill_loss_, value_loss=value_loss_, skill_logits=functools.partial(skill_logits, nets),
+        nets=nets)

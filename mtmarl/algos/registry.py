@@ -13,6 +13,18 @@ through a Hydra search path holding its yaml).
 
 The built-in modules are imported on first lookup, so importing the registry
 costs nothing and the engine never imports an algorithm by name.
+
+Online stages (``online=<name>``: a learner trained in the env, from scratch or continuing an offline
+run) are registered here too, in :data:`ONLINE`, by module path; they are launched by
+``python -m mtmarl.finetune`` (and the from-scratch ones collect data through ``python -m mtmarl.collect``).
+An online stage's module provides ``CONFIG`` (a :class:`~mtmarl.online.ppo.PPOSettings` subclass whose
+``SYSTEM`` is its name), ``LABEL`` (for logs and plots) and ``make_system(env, cfg, num_devices) ->``
+:class:`~mtmarl.online.anakin.System`; optionally ``task_env(env, cfg) -> env``, the task's env as the
+stage must see it (a continuing stage pads it to the offline run's layout), and ``final_report(cfg, system,
+state, seed=, episodes=, greedy=) -> dict``, merged into the task's reference entry after the final
+evaluation. An algorithm names the stage that continues its runs online (``register(..., online=)``).
+Nothing here, in the online builder or in the launchers asks which stage runs; stage modules are imported
+on first use, so picking MAPPO does not import the Sable network.
 """
 
 from __future__ import annotations
@@ -32,26 +44,40 @@ BUILTIN = ("mt_oryx", "mt_cql_sable", "mt_bc_sable", "bc_t", "updet", "bc_r", "o
 CONFIG_DIR = PACKAGE_CONFIGS / "algo"
 
 
+class OnlineStage(NamedTuple):
+    module: str          # the stage's module path
+    pretrained: bool     # continues an offline run (``online.init_from``): not a data collector
+
+
+ONLINE = {"mappo": OnlineStage("mtmarl.online.system", False),
+          "sable": OnlineStage("mtmarl.online.sable_system", False),
+          "qmix": OnlineStage("mtmarl.online.qmix", False),
+          "finetune": OnlineStage("mtmarl.online.finetune", True),
+          "hygen": OnlineStage("mtmarl.online.hygen", True)}
+
+
 class Entry(NamedTuple):
     name: str
     config: Any                       # its config dataclass (``from_dict`` names unknown keys)
     make: Callable[[Any, dict, EnvSpec], Any]
     network: Any = None               # network config dataclass (``from_dict``), checked before a run
     config_file: Path | None = None   # the yaml holding its defaults (None: every key given explicitly)
+    online: str | None = None         # the online stage (:data:`ONLINE`) that continues its runs, if any
 
 
 _REGISTRY: dict[str, Entry] = {}
 
 
-def register(name: str, config: Any, network: Any = None, config_file: str | Path | None = None):
+def register(name: str, config: Any, network: Any = None, config_file: str | Path | None = None,
+             online: str | None = None):
     """Decorator registering ``make(cfg, network_dict, env_spec) -> Algorithm`` under ``name``.
 
-    ``config_file`` defaults to ``mtmarl/configs/algo/<name>.yaml`` when that exists.
-    Registering a name twice replaces the entry (re-imported test modules).
+    ``config_file`` defaults to ``mtmarl/configs/algo/<name>.yaml`` when that exists; ``online``: the
+    online stage that continues its runs. Registering a name twice replaces the entry (re-imported test modules).
     """
     def deco(make):
         path = Path(config_file) if config_file is not None else CONFIG_DIR / f"{name}.yaml"
-        _REGISTRY[name] = Entry(name, config, make, network, path if path.is_file() else None)
+        _REGISTRY[name] = Entry(name, config, make, network, path if path.is_file() else None, online)
         return make
     return deco
 
@@ -144,3 +170,50 @@ def from_spec(spec: Mapping[str, Any]):
     # checkpoints from before env specs hold only the action count
     env = EnvSpec.from_json(spec["env"]) if "env" in spec else int(spec["n_actions"])
     return build(spec["name"], dict(spec["algo"]), spec.get("network"), env)
+
+
+# --------------------------------------------------------------------------- online stages
+def online_stage(name: str) -> OnlineStage:
+    if name not in ONLINE:
+        raise UserInputError(f"unknown online.system={name!r}; known: {', '.join(ONLINE)}")
+    return ONLINE[name]
+
+
+def online_module(name: str):
+    """The module of online stage ``name`` (imported on first use)."""
+    return importlib.import_module(online_stage(name).module)
+
+
+def online_config(online: Mapping[str, Any]):
+    """A frozen, hashable config from the ``online`` mapping; its ``system`` key picks the stage."""
+    return online_module(online.get("system", "mappo")).CONFIG.from_mapping(online)
+
+
+def online_label(cfg) -> str:
+    """The stage's display name (``MAPPO``, ``Sable``, ...)."""
+    return online_module(cfg.system).LABEL
+
+
+def online_task_env(env, cfg):
+    """``env`` as ``cfg``'s stage sees it (its module's ``task_env``; unchanged for most stages).
+    Launchers step and evaluate this env, so a stage never sees two shapes of one task."""
+    adapt = getattr(online_module(cfg.system), "task_env", None)
+    return env if adapt is None else adapt(env, cfg)
+
+
+def online_final_report(cfg, system, state, *, seed: int, episodes: int, greedy: bool) -> dict[str, Any]:
+    """What the stage adds to the task's reference entry after its final evaluation (its module's
+    ``final_report``; nothing for most stages)."""
+    report = getattr(online_module(cfg.system), "final_report", None)
+    return {} if report is None else report(cfg, system, state, seed=seed, episodes=episodes, greedy=greedy)
+
+
+def make_online_system(env, cfg, num_devices: int | None = None):
+    """The compiled :class:`~mtmarl.online.anakin.System` of ``cfg``'s stage on ``env`` (after :func:`online_task_env`)."""
+    return online_module(cfg.system).make_system(online_task_env(env, cfg), cfg, num_devices)
+
+
+def continuing_stage(algo_name: str) -> str | None:
+    """The online stage registered to continue runs of algorithm ``algo_name`` (None: none)."""
+    return get(algo_name).online
+

@@ -26,7 +26,7 @@ import jax
 import jax.numpy as jnp
 
 from mtmarl import tasks as task_registry
-from mtmarl.evaluate import evaluate_set
+from mtmarl.evaluation.sets import evaluate_set
 from mtmarl.networks.entity import NEG
 from mtmarl.evaluation.references import load_references
 from mtmarl.evaluation.results import print_table

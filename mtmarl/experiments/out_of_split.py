@@ -56,7 +56,7 @@ def outside_every_split(env: str, layouts: list[str]) -> tasks.TaskSet:
 
 def evaluate_policies(task_set: tasks.TaskSet, runs: dict[str, str], episodes: int, seed: int = 0) -> dict:
     """{label: [row per layout]} for every run (every seed of a population run) and the random policy (same keys for all)."""
-    from mtmarl.evaluate import evaluate_set
+    from mtmarl.evaluation.sets import evaluate_set
     from mtmarl.evaluation.policies import POLICIES
     from mtmarl.experiments.runner import population_seeds
     from mtmarl.training.restore import load_trained

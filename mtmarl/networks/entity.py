@@ -67,6 +67,60 @@ class Block(nn.Module):
         return x + nn.Dense(self.cfg.width)(nn.gelu(h))
 
 
+def entity_tokens(env: EnvSpec, cfg: EntityConfig, extra, groups, cond=None):
+    """The entity transformer's tokens, called inside a compact module (its layers become that module's).
+
+    ``extra`` (..., K, W): tokens placed first, always present (a history token, skill tokens); then one
+    token per entity of each of ``env``'s observation groups (``groups = env.obs.split(obs)``), embedded by
+    that group's own linear map; ``cond`` (..., C), optional: extra features read as one more token after the
+    entities. Returns the outputs (..., K + entities (+ 1), W), zero where absent, and which tokens are present.
+    """
+    tokens, present = [extra], [jnp.ones(extra.shape[:-1], bool)]
+    for g in env.obs.groups:
+        x = groups[g.name]
+        tokens.append(nn.Dense(cfg.width, name=f"embed_{g.name}")(x))
+        present.append(jnp.any(x != 0, axis=-1))
+    if cond is not None:
+        tokens.append(nn.Dense(cfg.width, name="embed_cond")(cond)[..., None, :])
+        present.append(jnp.ones(extra.shape[:-2] + (1,), bool))
+    x, keep = jnp.concatenate(tokens, axis=-2), jnp.concatenate(present, axis=-1)
+    for _ in range(cfg.depth):
+        x = Block(cfg)(x, keep)
+    x = jnp.where(keep[..., None], nn.LayerNorm()(x), 0.0)
+    # An agent that observes no entity (a padded slot, a dead unit) passes no gradient: its extra tokens
+    # are then a fixed point of this step, constant at initialisation (zero biases), where every
+    # LayerNorm's Jacobian is 1/sqrt(eps) ~ 1e3; through time that overflows to inf/NaN within a few
+    # steps once a loss weighs such an agent's output (a mixer over all agents' outputs).
+    sees = jnp.any(jnp.concatenate(present[1: 1 + len(env.obs.groups)], axis=-1), axis=-1)
+    return jnp.where(sees[..., None, None], x, jax.lax.stop_gradient(x)), keep
+
+
+def action_logits(env: EnvSpec, x, keep, first: int, token0=None):
+    """Inside a compact module: logits of ``env``'s actions from :func:`entity_tokens`' outputs, the basic
+    actions from token 0 (``token0``: ``x[..., 0, :]`` where the caller has it) and attack-entity-k from
+    entity k's token (entity tokens start at ``first``)."""
+    logits = [nn.Dense(env.actions.basic, name="basic_head")(x[..., 0, :] if token0 is None else token0)]
+    starts, start = {}, first
+    for g in env.obs.groups:
+        starts[g.name], start = start, start + g.count
+    for name, count in env.actions.targets:
+        s = starts[name]
+        score = nn.Dense(1, name=f"target_head_{name}")(x[..., s: s + count, :])[..., 0]
+        logits.append(jnp.where(keep[..., s: s + count], score, NEG))
+    return jnp.concatenate(logits, axis=-1)
+
+
+class Tokens(nn.Module):
+    """:func:`entity_tokens` as a module of its own: ``(extra (..., K, W), obs) -> (outputs, present)``."""
+
+    env: EnvSpec
+    cfg: EntityConfig
+
+    @nn.compact
+    def __call__(self, extra, obs):
+        return entity_tokens(self.env, self.cfg, extra, self.env.obs.split(obs))
+
+
 class EntityAgent(nn.Module):
     """One step of one agent: ``(hidden (..., W), obs (..., O)) -> (new hidden, logits (..., A))``.
 
@@ -80,34 +134,9 @@ class EntityAgent(nn.Module):
     @nn.compact
     def __call__(self, hidden, obs, cond=None):
         groups = self.env.obs.split(obs)
-        tokens, present = [hidden[..., None, :]], [jnp.ones(hidden.shape[:-1] + (1,), bool)]
-        for g in self.env.obs.groups:
-            x = groups[g.name]
-            tokens.append(nn.Dense(self.cfg.width, name=f"embed_{g.name}")(x))
-            present.append(jnp.any(x != 0, axis=-1))
-        if cond is not None:
-            tokens.append(nn.Dense(self.cfg.width, name="embed_cond")(cond)[..., None, :])
-            present.append(jnp.ones(hidden.shape[:-1] + (1,), bool))
-        x, keep = jnp.concatenate(tokens, axis=-2), jnp.concatenate(present, axis=-1)
-        for _ in range(self.cfg.depth):
-            x = Block(self.cfg)(x, keep)
-        x = jnp.where(keep[..., None], nn.LayerNorm()(x), 0.0)
-        # An agent that observes no entity (a padded slot, a dead unit) passes no gradient: its history
-        # token is then a fixed point of this step, constant at initialisation (zero biases), where every
-        # LayerNorm's Jacobian is 1/sqrt(eps) ~ 1e3; through time that overflows to inf/NaN within a few
-        # steps once a loss weighs such an agent's output (a mixer over all agents' Qs).
-        sees = jnp.any(jnp.concatenate(present[1: 1 + len(self.env.obs.groups)], axis=-1), axis=-1)
-        x = jnp.where(sees[..., None, None], x, jax.lax.stop_gradient(x))
+        x, keep = entity_tokens(self.env, self.cfg, hidden[..., None, :], groups, cond)
         new_hidden = x[..., 0, :]
-        logits = [nn.Dense(self.env.actions.basic, name="basic_head")(new_hidden)]
-        starts, start = {}, 1
-        for g in self.env.obs.groups:
-            starts[g.name], start = start, start + g.count
-        for name, count in self.env.actions.targets:
-            ent = x[..., starts[name]: starts[name] + count, :]
-            score = nn.Dense(1, name=f"target_head_{name}")(ent)[..., 0]
-            logits.append(jnp.where(keep[..., starts[name]: starts[name] + count], score, NEG))
-        return new_hidden, jnp.concatenate(logits, axis=-1)
+        return new_hidden, action_logits(self.env, x, keep, first=1, token0=new_hidden)
 
 
 def unroll(agent: EntityAgent, params, obs, resets, hidden0=None, cond=None, hiddens: bool = False):

@@ -2,7 +2,7 @@
 
 Every online learner (MAPPO feed-forward or recurrent, online Sable, later the
 online phases of HyGen / M3) shares the same loop, so it lives here once and a
-learner only supplies its network-specific pure functions as a :class:`Learner`
+learner only supplies its network-specific pure functions as a :class:`PPOLearner`
 (like an optax ``GradientTransformation``: a tuple of functions, no state). The
 builder never asks which learner it holds.
 
@@ -34,11 +34,11 @@ import numpy as np
 from mtmarl.evaluation.policies import Policy
 from mtmarl.online import ppo
 from mtmarl.online.rollout import EnvBatch, PoolMaker, ResetPool, Transition, start_from_pool
+from mtmarl.training.engine import AXIS
 
-AXIS = "device"
 
 
-class Learner(NamedTuple):
+class PPOLearner(NamedTuple):
     """What a learner plugs into :func:`build`: pure functions, traced inside ``pmap`` (keys are passed in).
 
     ``init(key) -> params``; ``init_carry(B)`` the per-env recurrent state at an episode
@@ -62,7 +62,7 @@ class Learner(NamedTuple):
     greedy_policy: Policy
 
 
-class TrainState(NamedTuple):
+class PPOState(NamedTuple):
     params: Any
     opt_state: Any
     envs: EnvBatch
@@ -91,16 +91,16 @@ class System(NamedTuple):
 
     config: ppo.PPOSettings
     num_devices: int
-    init: Callable[[jax.Array], TrainState]
-    train_chunk: Callable[..., tuple[TrainState, UpdateMetrics]]  # (state, updates=K) -> metrics (D, updates)
-    record: Callable[[TrainState, jax.Array], Transition]  # (D, T, B_dev, ...)
+    init: Callable[[jax.Array], PPOState]
+    train_chunk: Callable[..., tuple[PPOState, UpdateMetrics]]  # (state, updates=K) -> metrics (D, updates)
+    record: Callable[[PPOState, jax.Array], Transition]  # (D, T, B_dev, ...)
     policy: Policy  # for make_evaluator, with params = actor_params(state)
     env_steps_per_update: int
     pools: PoolMaker
     greedy_policy: Policy  # argmax over legal actions
-    learner: Learner
+    learner: PPOLearner
 
-    def actor_params(self, state: TrainState) -> Any:
+    def actor_params(self, state: PPOState) -> Any:
         return jax.tree.map(lambda x: x[0], self.learner.actor_params(state.params))
 
 
@@ -119,7 +119,7 @@ def samples(sequences: bool, traj: Transition, adv, targets, carry0) -> tuple:
     return jax.tree.map(flat, (traj, adv, targets)) + ((),)
 
 
-def build(env, cfg: ppo.PPOSettings, learner: Learner, num_devices: int | None = None) -> System:
+def build(env, cfg: ppo.PPOSettings, learner: PPOLearner, num_devices: int | None = None) -> System:
     """The compiled system of ``learner`` on ``env`` with the PPO settings ``cfg``."""
     devices = jax.local_devices()[: num_devices or jax.local_device_count()]
     n_dev = len(devices)
@@ -132,10 +132,10 @@ def build(env, cfg: ppo.PPOSettings, learner: Learner, num_devices: int | None =
 
     def init_one(state_key, param_key, pool: ResetPool):
         params = learner.init(param_key)
-        return TrainState(params, tx.init(params), start_from_pool(pool), learner.init_carry(B), state_key,
+        return PPOState(params, tx.init(params), start_from_pool(pool), learner.init_carry(B), state_key,
                           jnp.int32(0))
 
-    def update(state: TrainState, pool: ResetPool):
+    def update(state: PPOState, pool: ResetPool):
         key, roll_key, shuffle_key = jax.random.split(state.key, 3)
         envs = state.envs._replace(cursor=jnp.zeros_like(state.envs.cursor))  # fresh pool
         carry0 = state.carry
@@ -144,12 +144,12 @@ def build(env, cfg: ppo.PPOSettings, learner: Learner, num_devices: int | None =
         data = samples(learner.sequences, traj, adv, targets, carry0)
         (params, opt_state), infos = ppo.optimise(learner.loss, tx, state.params, state.opt_state, data,
                                                   shuffle_key, cfg.epochs, cfg.minibatches, AXIS)
-        return TrainState(params, opt_state, envs, carry, key, state.update + 1), update_metrics(traj, infos)
+        return PPOState(params, opt_state, envs, carry, key, state.update + 1), update_metrics(traj, infos)
 
-    def chunk(state: TrainState, pools: ResetPool):
+    def chunk(state: PPOState, pools: ResetPool):
         return jax.lax.scan(update, state, pools)
 
-    def record_one(state: TrainState, pool: ResetPool, key, greedy: bool):
+    def record_one(state: PPOState, pool: ResetPool, key, greedy: bool):
         _, _, traj = learner.rollout(state.params, start_from_pool(pool), learner.init_carry(rec_envs), pool, key,
                                      cfg.record_len, greedy=greedy)
         return traj

@@ -6,7 +6,7 @@ vault first, the reference last: its presence marks the task finished). The CLI
 (:mod:`mtmarl.collect`) picks a collector per env and skips finished tasks.
 
 * :func:`collect_task`: the Anakin online learner named by ``online.system``
-  (:mod:`mtmarl.online.registry`, built by :mod:`mtmarl.online.anakin`) trains for
+  (:data:`mtmarl.algos.registry.ONLINE`, built by :mod:`mtmarl.online.anakin`) trains for
   the task's budget; after every chunk it logs the training return and, for train
   tasks, records the stochastic policy (``collect.quality=mixed``), or keeps its
   parameters to record an *expert* and a *medium* dataset at the end
@@ -29,14 +29,13 @@ import jax
 import numpy as np
 from omegaconf import DictConfig, OmegaConf
 
+from mtmarl.algos.registry import make_online_system, online_config, online_final_report, online_label, online_task_env
 from mtmarl.data import vault as vault_io
 from mtmarl.errors import UserInputError
 from mtmarl.evaluation.references import merge_entry
 from mtmarl.evaluation.rollout import make_evaluator, task_key
 from mtmarl.online.anakin import chunk_summary, to_experience
 from mtmarl.online.quality import record_expert_medium, record_levels
-from mtmarl.online.registry import label as learner_label
-from mtmarl.online.registry import final_report, make_online_system, online_config, task_env
 from mtmarl.runtime import save_figure
 from mtmarl.training import stop as stop_signal
 
@@ -195,8 +194,8 @@ def collect_task(spec, split: str, cfg: DictConfig, root: Path, ref_path: Path, 
     """The online learner ``online.system`` trains on the task; chunk by chunk it logs and records."""
     online = env_online(cfg, spec.env)
     mcfg = online_config(online)
-    env = task_env(spec.build(), mcfg)  # fine-tuning: padded to the pretrained network's layout
-    label = learner_label(mcfg)
+    env = online_task_env(spec.build(), mcfg)  # fine-tuning: padded to the pretrained network's layout
+    label = online_label(mcfg)
     if getattr(mcfg, "critic_input", None) == "state" and env.state_dim == 0:
         raise UserInputError(f"{spec.name} has no global state; use online.critic_input=obs")
     system = get_system(spec, env, mcfg)
@@ -275,7 +274,7 @@ def collect_task(spec, split: str, cfg: DictConfig, root: Path, ref_path: Path, 
             "env_steps": steps, **({"stopped": result["stopped"]} if stopped else {})}
     if env.spec.has_success:
         result["win_rate"] = float(np.mean(stats.successes))
-    result.update(final_report(mcfg, system, state, seed=int(cfg.seed), episodes=int(cfg.eval.episodes),
+    result.update(online_final_report(mcfg, system, state, seed=int(cfg.seed), episodes=int(cfg.eval.episodes),
                                greedy=bool(cfg.eval.greedy)))
     # JP / TT (the M3 paper): the initial evaluation, then each chunk's training return (stochastic policy)
     curve = ([(0, initial)] if initial is not None else []) + [(r["env_steps"], r["return"]) for r in rows]

@@ -34,7 +34,7 @@ from mtmarl.evaluation.policies import masked_sample
 from mtmarl.online import scripted_rware as planner
 from mtmarl.online.rollout import (EnvBatch, Transition, fresh_pool, make_reset_pool, rollout,
                                    start_from_pool, step_with_pool)
-from mtmarl.online.system import Actor, make_policy
+from mtmarl.online.system import Actor, actor_policy
 
 
 @dataclasses.dataclass(frozen=True)
@@ -174,5 +174,5 @@ def make_dagger(env, cfg: DaggerConfig) -> Dagger:
         return rollout(env, act, no_value, params, start_from_pool(pool), pool, run_key, length)[1]
 
     return Dagger(cfg, actor, jax.jit(init), jax.jit(iterate), jax.jit(record, static_argnums=(2, 3)),
-                  make_policy(actor), make_policy(actor, greedy=True))
+                  actor_policy(actor), actor_policy(actor, greedy=True))
 

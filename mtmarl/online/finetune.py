@@ -47,7 +47,7 @@ import jax.numpy as jnp
 from mtmarl.envs import TimeStep
 from mtmarl.errors import UserInputError
 from mtmarl.online import ppo
-from mtmarl.online.anakin import Learner
+from mtmarl.online.anakin import PPOLearner, build
 from mtmarl.online.rollout import Transition, carried_rollout
 from mtmarl.online.system import make_critic
 
@@ -159,8 +159,8 @@ def regulariser(cfg: FinetuneConfig, logits, pre_logits, mask, actions, behaviou
 
 
 # --------------------------------------------------------------------------- the learner
-def make_learner(env, cfg: FinetuneConfig) -> Learner:
-    """The pretrained actor + MAPPO's critic as a sequence :class:`~mtmarl.online.anakin.Learner`.
+def make_learner(env, cfg: FinetuneConfig) -> PPOLearner:
+    """The pretrained actor + MAPPO's critic as a sequence :class:`~mtmarl.online.anakin.PPOLearner`.
 
     Params ``{"actor", "critic", "pretrained"}``; the carry is ``(actor carry, pretrained carry)``.
     """
@@ -222,10 +222,14 @@ def make_learner(env, cfg: FinetuneConfig) -> Learner:
         total = info.total + cfg.kl_coef * reg
         return total, info._replace(total=total, extra={"kl_pretrained": kl, "regulariser": reg})
 
-    return Learner(init=init, init_carry=init_carry, rollout=rollout, loss=loss, sequences=True,
+    return PPOLearner(init=init, init_carry=init_carry, rollout=rollout, loss=loss, sequences=True,
                    actor_params=lambda params: params["actor"], policy=make_policy(algo),
                    greedy_policy=make_policy(algo, greedy=True))
 
 
-CONFIG = FinetuneConfig
+def make_system(env, cfg, num_devices: int | None = None):
+    """fine-tuning on ``env``: :func:`make_learner` in the Anakin builder."""
+    return build(env, cfg, make_learner(env, cfg), num_devices)
 
+
+CONFIG = FinetuneConfig

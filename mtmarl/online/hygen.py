@@ -25,10 +25,10 @@ epsilon-greedily over skills (then the decoder's legal arg-max action), their se
 and each update mixes the two sources. Sequences are ``rollout_len`` = the offline run's ``algo.seq_len``
 steps long, so online and offline rows share one shape.
 
-Source tasks: by default the collector's task (its env padded to the offline run's layout like
+Source tasks: by default the launched task (its env padded to the offline run's layout like
 ``finetune``). ``online.sources`` names several tasks of the offline run's set (``train``: all its training
 tasks, the HyGen paper's G_source), played by one :class:`~mtmarl.envs.TaskMixture` whose every episode draws one of
-them; the collector's task then only names the run, and its JP, curve and final evaluation are over that
+them; the launched task then only names the run, and its JP, curve and final evaluation are over that
 mixture. ``online.eval_set`` evaluates the final policy zero-shot on every train and test task of the set
 (Table 1's HyGen column) into the reference entry's ``set_eval``. The offline rows come from all the offline
 run's training tasks (the multi-task dataset D, with the engine's task-balanced sampler); online rows carry
@@ -70,7 +70,7 @@ class HyGenOnlineConfig(ppo.PPOSettings):
     buffer_size: int = 2000  # online ring buffer capacity, in sequences (HyGen's code: 2000)
     updates_per_rollout: int = 1  # hybrid updates per iteration
     batch_size: int | None = None  # B; None: the offline run's algo.batch_size
-    sources: tuple[str, ...] | None = None  # None: the collector's task; ("train",): the set's training tasks
+    sources: tuple[str, ...] | None = None  # None: the launched task; ("train",): the set's training tasks
     eval_set: bool = False  # after the stage: every train and test task of the offline run's set, zero-shot
 
     SYSTEM = "hygen"
@@ -190,7 +190,7 @@ def final_report(cfg: HyGenOnlineConfig, system, state, seed: int, episodes: int
     row per task, as ``python -m mtmarl.evaluate`` writes them), as the reference entry's ``set_eval``."""
     if not cfg.eval_set:
         return {}
-    from mtmarl.evaluate import evaluate_set
+    from mtmarl.evaluation.sets import evaluate_set
     from mtmarl.evaluation.references import load_references
     from mtmarl.training.policy import make_policy
 

@@ -29,8 +29,9 @@ import numpy as np
 
 from mtmarl.data.batching import Batch, Buffers, SamplerConfig, sample
 from mtmarl.online import ppo
-from mtmarl.online.anakin import AXIS, Learner, System, UpdateMetrics
+from mtmarl.online.anakin import PPOLearner, System, UpdateMetrics
 from mtmarl.online.rollout import EnvBatch, PoolMaker, ResetPool, carried_rollout, start_from_pool
+from mtmarl.training.engine import AXIS
 
 
 def linear(start: float, end: float, steps: int, t):
@@ -225,7 +226,7 @@ def make_replay_system(env, cfg, learner: ReplayLearner) -> System:
         return precord(state, pools(pool_key, (1, cfg.record_envs, rec_resets)), key[None], bool(greedy))
 
     unused = lambda *a, **k: None  # noqa: E731  (the PPO learner interface; this system has its own loop)
-    shell = Learner(init=unused, init_carry=batch_carry, rollout=unused, loss=unused, sequences=True,
+    shell = PPOLearner(init=unused, init_carry=batch_carry, rollout=unused, loss=unused, sequences=True,
                     actor_params=lambda params: jax.device_get(learner.acting_params(params)),  # host copies
                     policy=make_policy(algo), greedy_policy=make_policy(algo, greedy=True))
     return System(cfg, 1, init, train_chunk, record, shell.policy, per_iter, pools, shell.greedy_policy, shell)

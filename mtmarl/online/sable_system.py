@@ -37,7 +37,7 @@ from mtmarl.evaluation.policies import Policy
 from mtmarl.networks.retention import Ctx
 from mtmarl.networks.sable import SableConfig, SableModule, SableNet, make_sable
 from mtmarl.online import ppo
-from mtmarl.online.anakin import Learner
+from mtmarl.online.anakin import PPOLearner, build
 from mtmarl.online.rollout import EnvBatch, ResetPool, Transition, step_with_pool, transition
 
 LABEL = "Sable"
@@ -119,7 +119,7 @@ def batch_major(traj: Transition) -> Transition:
     return jax.tree.map(lambda x: jnp.swapaxes(x, 0, 1), traj)
 
 
-def make_policy(net: SableNet, greedy: bool = False) -> Policy:
+def sable_policy(net: SableNet, greedy: bool = False) -> Policy:
     """One-episode evaluator policy over the network params (agents in index order, as in training)."""
     def act(params, obs, carry, key):
         actions, _, carry = net.act(params, carry, obs.agents_view, obs.action_mask, obs.active,
@@ -129,8 +129,8 @@ def make_policy(net: SableNet, greedy: bool = False) -> Policy:
 
 
 # --------------------------------------------------------------------------- the learner
-def make_learner(env, cfg: SableOnlineConfig) -> Learner:
-    """Online Sable on ``env`` as a :class:`~mtmarl.online.anakin.Learner` (params: the whole network)."""
+def make_learner(env, cfg: SableOnlineConfig) -> PPOLearner:
+    """Online Sable on ``env`` as a :class:`~mtmarl.online.anakin.PPOLearner` (params: the whole network)."""
     net = make_sable(cfg.network, env.num_actions)
     o = env.obs_dim
 
@@ -144,10 +144,15 @@ def make_learner(env, cfg: SableOnlineConfig) -> Learner:
                             targets, cfg.clip_eps, cfg.vf_coef, cfg.ent_coef, weight=active, value_weight=active)
         return info.total, info
 
-    return Learner(init=lambda key: net.init(key, jnp.zeros((1, 1, 1, o))), init_carry=net.init_carry,
+    return PPOLearner(init=lambda key: net.init(key, jnp.zeros((1, 1, 1, o))), init_carry=net.init_carry,
                    rollout=functools.partial(sable_rollout, net, env), loss=loss, sequences=True,
-                   actor_params=lambda params: params, policy=make_policy(net),
-                   greedy_policy=make_policy(net, greedy=True))
+                   actor_params=lambda params: params, policy=sable_policy(net),
+                   greedy_policy=sable_policy(net, greedy=True))
+
+
+def make_system(env, cfg, num_devices: int | None = None):
+    """online Sable on ``env``: :func:`make_learner` in the Anakin builder."""
+    return build(env, cfg, make_learner(env, cfg), num_devices)
 
 
 CONFIG = SableOnlineConfig

@@ -1,7 +1,7 @@
 """The MAPPO learner of the Anakin online builder (:mod:`mtmarl.online.anakin`).
 
 Only what is MAPPO's lives here: its config, networks, acting and PPO loss, handed
-to the builder as a :class:`~mtmarl.online.anakin.Learner` by :func:`make_learner`
+to the builder as a :class:`~mtmarl.online.anakin.PPOLearner` by :func:`make_learner`
 (the loop, pools, pmap and recording are the builder's).
 
 The actor is one MLP shared by every agent, reading only that agent's
@@ -45,7 +45,7 @@ from mtmarl.errors import UserInputError
 from mtmarl.evaluation.policies import Policy
 from mtmarl.networks.entity import EntityAgent, EntityConfig
 from mtmarl.online import ppo
-from mtmarl.online.anakin import Learner
+from mtmarl.online.anakin import PPOLearner, build
 from mtmarl.online.rollout import Transition, carried_rollout, reset_where
 
 LABEL = "MAPPO"
@@ -197,7 +197,7 @@ def act_batch(actor: nn.Module, value_fn: Callable, params, ts: TimeStep, carry,
     return actions, ppo.log_prob(logits, obs.action_mask, actions), value_fn(params, ts), carry
 
 
-def make_policy(actor: nn.Module, greedy: bool = False) -> Policy:
+def actor_policy(actor: nn.Module, greedy: bool = False) -> Policy:
     """One-episode policy over actor params (the evaluator's interface).
 
     The recurrent actor's carry is the (N, gru_hidden) hidden state, zeros at the episode's start.
@@ -234,8 +234,8 @@ def make_critic(env, cfg) -> tuple[Critic, int, Callable, Callable]:
     return critic, critic_dim, critic_in, value_fn
 
 
-def make_learner(env, cfg: MappoConfig) -> Learner:
-    """MAPPO on ``env`` as a :class:`~mtmarl.online.anakin.Learner` (params ``{"actor", "critic"}``)."""
+def make_learner(env, cfg: MappoConfig) -> PPOLearner:
+    """MAPPO on ``env`` as a :class:`~mtmarl.online.anakin.PPOLearner` (params ``{"actor", "critic"}``)."""
     critic, critic_dim, critic_in, value_fn = make_critic(env, cfg)
     n, o, a = env.num_agents, env.obs_dim, env.num_actions
     if cfg.actor == "entity":
@@ -265,9 +265,14 @@ def make_learner(env, cfg: MappoConfig) -> Learner:
                             mb.value, targets, cfg.clip_eps, cfg.vf_coef, cfg.ent_coef, weight=active)
         return info.total, info
 
-    return Learner(init=init, init_carry=lambda b: actor.initial_carry((b, n)), rollout=rollout, loss=loss,
+    return PPOLearner(init=init, init_carry=lambda b: actor.initial_carry((b, n)), rollout=rollout, loss=loss,
                    sequences=cfg.carries_state, actor_params=lambda params: params["actor"],
-                   policy=make_policy(actor), greedy_policy=make_policy(actor, greedy=True))
+                   policy=actor_policy(actor), greedy_policy=actor_policy(actor, greedy=True))
+
+
+def make_system(env, cfg, num_devices: int | None = None):
+    """MAPPO on ``env``: :func:`make_learner` in the Anakin builder."""
+    return build(env, cfg, make_learner(env, cfg), num_devices)
 
 
 CONFIG = MappoConfig
