@@ -1,22 +1,6 @@
 """Critic learning curves without environment evaluation (issue 14): does Q follow the data's returns?
 
-    python experiment_scripts/critic_probe.py --tasks lbf_5 --updates 1500 --every 250 \\
-        --variant base: --variant tau0.05:algo.tau=0.05 --variant mse:algo.hl_gauss=false
-
-Each ``--variant NAME:OVERRIDES`` (comma-separated ``mtmarl.train`` overrides on
-top of ``+algo=mt_oryx +tasks=<set>`` and the default training budget) trains
-from the same seed on the same buffers, and every ``--every`` updates
-``mtmarl.diagnose`` probes the critic on ``--batches`` batches of training data:
-Spearman of Q(s, a_data) with the Monte-Carlo return, Q's spread over states
-against the returns' spread, and the policy-weight spread. Evaluation
-compiles are what make a training run slow on a CPU; these curves cost only
-the updates. Writes ``<out>/critic_probe.{json,md,png}``.
-
-``--variant NAME:mc,OVERRIDES`` (the word ``mc`` among the overrides) is the
-critic's ceiling rather than a learner: Q(s, a_data) is fitted to the data's
-Monte-Carlo return-to-go itself (no bootstrapping, same net, loss and policy
-term), so its Spearman says how well this network can rank the data's states
-at all, and the gap to a TD variant is what bootstrapping has not propagated yet.
+Usage and options: the docstring of ``mtmarl/experiments/config.py`` (or ``--help``).
 """
 
 from __future__ import annotations

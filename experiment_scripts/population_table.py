@@ -1,17 +1,6 @@
 """Tables of population runs (``training.population``): mean ± se over seeds and IQM [95% CI] per
-algorithm and set, train and test, from ``<root>/<algo>/<set>/seed_<s>/summary.json``.
 
-    python experiment_scripts/population_table.py results/gpu_budget_h200
-
-Writes ``<root>/table.{md,json,csv}`` and prints it. Also reports, per run, the updates reached and the
-training seconds (``seed_<s>/run.json``) and the updates per second of all seeds together.
-
-    python experiment_scripts/population_table.py results/gpu_budget_h200 --adopt table1
-
-``--adopt <experiment>`` copies each run (checkpoints excepted) into the run directory that experiment's
-``gpu`` budget gives the same algorithm and set (``results/runs/<config>/seed_0``), where its driver finds it
-finished, provided its config is the one that run would train (``mtmarl.experiments.runner.stale_keys``);
-``python experiment_scripts/table1.py gpu`` then trains only the runs still missing.
+Usage and options: the docstring of ``mtmarl/experiments/analysis.py`` (or ``--help``).
 """
 
 from __future__ import annotations

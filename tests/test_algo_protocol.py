@@ -122,12 +122,12 @@ def _final_state(run_dir):
     """(carry, meta) of the run's latest checkpoint, rebuilt from the checkpoint's own description."""
     from mtmarl.training.checkpoint import Checkpointer
     from mtmarl.training.engine import Carry
-    from mtmarl.training.restore import _obs_dim
+    from mtmarl.training.restore import run_task_set
 
     ckpt = Checkpointer(run_dir / "checkpoints")
     try:
         meta = ckpt.meta("latest")
-        algo, obs_dim = registry.from_spec(meta["algorithm"]), _obs_dim(meta["config"])
+        algo, obs_dim = registry.from_spec(meta["algorithm"]), run_task_set(meta["config"]).env_spec.obs_dim
         state = jax.eval_shape(algo.init, jax.ShapeDtypeStruct((2,), jnp.uint32),
                                jax.ShapeDtypeStruct((1, 1, 1, obs_dim), jnp.float32))
         template = Carry(state, jax.ShapeDtypeStruct((2,), jnp.uint32), jax.ShapeDtypeStruct((), jnp.int32))

@@ -418,7 +418,7 @@ def test_cosine_lr_scales_each_adam_step_by_the_schedule():
 
 
 @pytest.mark.parametrize("key,value,wants", [("lr_decay_updates", -1, "integer >= 0"),
-                                             ("lr_decay_updates", 2.5, "integer >= 0"),
+                                             ("lr_decay_updates", 2.5, "want an integer"),
                                              ("lr_end", 1.5, "[0, 1]")])
 def test_bad_lr_schedule_names_the_key(key, value, wants):
     with pytest.raises(Exception, match=rf"algo\.{key}.*{re.escape(wants)}.*"):

@@ -6,7 +6,7 @@ SMAX maps against MAPPO from scratch, over seeds.
 
 Each ``--runs`` entry is a ``python -m mtmarl.train`` run (a ``training.population`` run holds every seed;
 seed ``s`` fine-tunes that run's seed ``s``). Every (learner, seed, map) is one
-``python -m mtmarl.collect online=finetune online.init_from=<run> online.init_seed=<s> task=smax:map=<m>``
+``python -m mtmarl.finetune online=finetune online.init_from=<run> online.init_seed=<s> task=smax:map=<m>``
 (``online=hygen`` for an ``algo=hygen`` run: the HyGen paper's hybrid stage, so HyGen's Fig. 4 comparison with
 online QMIX runs from the same driver) into ``<out>/<learner>/seed_<s>/<map>/``; MAPPO from scratch is
 ``online=mappo`` with the same seed. A run whose reference entry exists is not run again, so a stopped
@@ -56,18 +56,17 @@ def entry(path: Path, map_name: str) -> dict | None:
     return json.loads(refs.read_text()).get(task_name(map_name)) if refs.is_file() else None
 
 
-# The online system that continues an offline run, by the run's algorithm: HyGen's skill Q-learner goes on in
-# its hybrid stage (the HyGen paper), every policy with a replay (M3, the Sable policies) is fine-tuned (the M3 paper).
-CONTINUES = {"hygen": "hygen"}
-
-
 def continuing_system(source: str) -> str:
-    """``online=`` for the offline run in ``source`` (its ``config.yaml``'s ``algo.name``)."""
+    """``online=`` for the offline run in ``source``: the online stage its algorithm (``config.yaml``'s
+    ``algo.name``) registered to continue its runs (HyGen's hybrid stage for HyGen, M3's fine-tuning for M3 and
+    the Sable policies); fine-tuning for a directory without a config."""
     from omegaconf import OmegaConf
+
+    from mtmarl.algos.registry import continuing_stage
 
     cfg = Path(source) / "config.yaml"
     algo = OmegaConf.load(cfg).algo.name if cfg.is_file() else None
-    return CONTINUES.get(algo, "finetune")
+    return (continuing_stage(algo) if algo else None) or "finetune"
 
 
 def command(learner: str, source: str | None, seed: int, map_name: str, budget: int, path: Path,
@@ -75,9 +74,9 @@ def command(learner: str, source: str | None, seed: int, map_name: str, budget: 
     """``source`` None: ``learner`` is an online system trained from scratch."""
     online = [f"online={learner}"] if source is None else [
         f"online={continuing_system(source)}", f"online.init_from={source}", f"online.init_seed={seed}"]
-    return [sys.executable, "-m", "mtmarl.collect", *online, f"task={task_name(map_name)}", f"seed={seed}",
-            "collect.record=false", f"collect.budget={budget}", f"collect.root={path}", "online.tt_threshold=1.8",
-            f"eval.episodes={episodes}", "collect.progress=false", *extra]
+    return [sys.executable, "-m", "mtmarl.finetune", *online, f"task={task_name(map_name)}", f"seed={seed}",
+            f"finetune.budget={budget}", f"finetune.out={path}", "online.tt_threshold=1.8",
+            f"eval.episodes={episodes}", "finetune.progress=false", *extra]
 
 
 def curve(path: Path, map_name: str, jp: float | None) -> list[tuple[int, float | None]]:
@@ -189,10 +188,10 @@ def main(argv: list[str] | None = None) -> int:
                    help="online systems trained from scratch and their env steps (none: --scratch with no value)")
     p.add_argument("--thresholds", nargs="+", type=float, default=[1.2, 1.5, 1.8])
     p.add_argument("--episodes", type=int, default=64)
-    p.add_argument("--extra", nargs="*", default=[], help="more overrides for every collect run")
+    p.add_argument("--extra", nargs="*", default=[], help="more overrides for every run")
     p.add_argument("--out", type=Path, default=ROOT / "results" / "finetune")
     args = p.parse_args(argv)
-    from mtmarl.online.registry import SYSTEMS
+    from mtmarl.algos.registry import ONLINE as SYSTEMS
 
     sources: dict[str, str | None] = {}
     budgets: dict[str, int] = {}
@@ -220,11 +219,11 @@ def main(argv: list[str] | None = None) -> int:
             cmd = command(learner, sources[learner], seed, map_name, budget, path, args.episodes, args.extra)
             print(f"[{i}/{len(jobs)}] {learner} seed {seed} {map_name}: {' '.join(cmd[1:])}", flush=True)
             start = time.time()
-            with open(path / "collect.log", "w") as log:
+            with open(path / "finetune.log", "w") as log:
                 rc = subprocess.run(cmd, stdout=log, stderr=subprocess.STDOUT, cwd=ROOT).returncode
             print(f"    rc {rc} in {time.time() - start:.0f} s", flush=True)
             if rc:
-                print(f"    failed: see {path / 'collect.log'}", flush=True)
+                print(f"    failed: see {path / 'finetune.log'}", flush=True)
                 continue
         else:
             print(f"[{i}/{len(jobs)}] {learner} seed {seed} {map_name}: done before", flush=True)

@@ -1,4 +1,4 @@
-"""Pool the per-task records of several experiment outputs (e.g. seeds run in different sessions) into one table.
+"""Pool the per-task records of several experiment outputs (e.g. seeds run on different machines) into one table.
 
 Each experiment driver writes ``results/<output>/records.csv`` (one row per run, task and split). Run
 directories do not outlive a machine, so more seeds of a configuration measured later land in another

@@ -67,10 +67,10 @@ class RunLogger:
         self.latest: dict[str, float] = {}
         self.warnings: list[str] = []
         self._watch = MetricWatch()
-        # purge_step: TensorBoard drops the earlier sessions' events from this update on (a resume restarts
+        # purge_step: TensorBoard drops the earlier runs' events from this update on (a resume restarts
         # after its checkpoint's update ``start``; metrics.jsonl was cut there too)
-        # The file name is events.out.tfevents.<second>.<host><suffix>, opened "wb": the session number as the
-        # suffix keeps two sessions started in the same second apart, and in order.
+        # The file name is events.out.tfevents.<second>.<host><suffix>, opened "wb": the count of earlier event files as the
+        # suffix keeps two starts in the same second apart, and in order.
         session = len(list(self.run_dir.glob(f"{TB_PREFIX}*")))
         self._tb = SummaryWriter(logdir=str(self.run_dir), purge_step=start + 1 if resume_file else None,
                                  flush_secs=10, filename_suffix=f".{session}")

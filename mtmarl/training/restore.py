@@ -106,7 +106,7 @@ def load_run(run_dir: str | Path, which: str | None = None, seed: int | None = N
                 raise UserInputError(f"{run_dir} trained seeds {seeds} side by side (training.population="
                                      f"{len(seeds)}); name one of them (got {seed}): `mtmarl.diagnose --seed S`, "
                                      f"`mtmarl.evaluate checkpoint_seed=S`, "
-                                     f"`mtmarl.collect online.init_seed=S`")
+                                     f"`mtmarl.finetune online.init_seed=S`")
             index = seeds.index(seed)
             template = jax.tree.map(lambda x: jax.ShapeDtypeStruct((len(seeds), *x.shape), x.dtype), template)
         else:
