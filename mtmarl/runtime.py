@@ -125,12 +125,29 @@ def hydra_cli(config_name: str, run: Callable) -> None:
     hydra.main(version_base=None, config_path=str(CONFIG_DIR), config_name=config_name)(task)()
 
 
+NAME_MAX = 255  # bytes in one file name on Linux's and macOS's file systems
+
+
+def check_run_path(run_dir: str | Path, elsewhere: str = "choose another hydra.run.dir") -> None:
+    """Refuse a run directory that cannot be created or written, before anything (Hydra included) tries:
+    a name too long, a file in the way, a read-only or foreign place."""
+    path = Path(run_dir).absolute()
+    long = [part for part in path.parts if len(os.fsencode(part)) > NAME_MAX]
+    if long:  # (asking whether such a path exists is already an error)
+        why: str | None = f"the name {long[0][:40]}... is longer than the {NAME_MAX} bytes a file name may have"
+    else:
+        existing = next(p for p in (path, *path.parents) if p.exists())
+        why = (f"{existing} is a file, not a directory" if not existing.is_dir() else
+               f"{existing} is not writable (read-only or not permitted)"
+               if not os.access(existing, os.W_OK | os.X_OK) else None)
+    if why is not None:
+        raise UserInputError(f"cannot use run dir {run_dir}: {why} ({elsewhere})")
+
+
 @user_errors_exit
 def _check_run_dir_argument(argv: list[str]) -> None:
     """``hydra.run.dir=<path>``: a path no run can use is refused before Hydra creates it (its own error is a
     traceback)."""
-    from mtmarl.training.rundir import check_run_path
-
     for arg in argv:
         key, eq, value = arg.partition("=")
         if eq and key.lstrip("+") == "hydra.run.dir" and "${" not in value:

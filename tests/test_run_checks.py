@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 from helpers import synthetic_vault
 
-from mtmarl import config_check
+from mtmarl import config_check, runtime
 from mtmarl.configs import CONFIG_DIR
 from mtmarl.errors import UserInputError
 from mtmarl.training import rundir
@@ -317,11 +317,11 @@ def test_run_paths_the_file_system_refuses(tmp_path, monkeypatch):
                        (tmp_path / "afile" / "run", "afile is a file, not a directory"),
                        (tmp_path / ("x" * 300), "is longer than the")):
         with pytest.raises(UserInputError, match=f"cannot use run dir .*: .*{want}.*choose another hydra.run.dir"):
-            rundir.check_run_path(path)
-    rundir.check_run_path(tmp_path / "new" / "run")  # a place that can be made is fine
+            runtime.check_run_path(path)
+    runtime.check_run_path(tmp_path / "new" / "run")  # a place that can be made is fine
     monkeypatch.setattr(os, "access", lambda *a, **k: False)  # as on a read-only file system
     with pytest.raises(UserInputError, match="is not writable"):
-        rundir.check_run_path(tmp_path / "new" / "run")
+        runtime.check_run_path(tmp_path / "new" / "run")
     assert sorted(p.name for p in tmp_path.iterdir()) == ["afile"]
 
 

@@ -41,7 +41,6 @@ METRICS_NAME = "metrics.jsonl"
 RUN_FILES = (CONFIG_NAME, METRICS_NAME, "algo.json", "run.json", "results.json", "summary.json", "curves.png")
 RUN_DIRS = ("checkpoints", ".neptune")
 RUN_GLOBS = ("events.out.tfevents.*",)  # TensorBoard: one event file per session of the run
-NAME_MAX = 255  # bytes in one file name on Linux's and macOS's file systems
 # Settings a resume may change: how the run is logged, evaluated, checkpointed, fed, extended, or spread over
 # devices and processes; none of them changes the parameters trained (devices, processes: data parallelism is
 # exact up to float rounding; a resumed multi-node job gets other nodes, so another coordinator address).
@@ -130,22 +129,6 @@ def _remove_new_dirs(dirs: list[Path]) -> None:
             path.rmdir()
         except OSError:
             return  # not empty (or gone): the directories above it hold it, so they stay too
-
-
-def check_run_path(run_dir: str | Path, elsewhere: str = "choose another hydra.run.dir") -> None:
-    """Refuse a run directory that cannot be created or written, before anything (Hydra included) tries:
-    a name too long, a file in the way, a read-only or foreign place."""
-    path = Path(run_dir).absolute()
-    long = [part for part in path.parts if len(os.fsencode(part)) > NAME_MAX]
-    if long:  # (asking whether such a path exists is already an error)
-        why: str | None = f"the name {long[0][:40]}... is longer than the {NAME_MAX} bytes a file name may have"
-    else:
-        existing = next(p for p in (path, *path.parents) if p.exists())
-        why = (f"{existing} is a file, not a directory" if not existing.is_dir() else
-               f"{existing} is not writable (read-only or not permitted)"
-               if not os.access(existing, os.W_OK | os.X_OK) else None)
-    if why is not None:
-        raise UserInputError(f"cannot use run dir {run_dir}: {why} ({elsewhere})")
 
 
 def drop_new_dir(run_dir: Path, since: float) -> None:
