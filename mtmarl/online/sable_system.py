@@ -55,6 +55,7 @@ class SableOnlineConfig(ppo.PPOSettings):
     chunk_size: int = 16  # timesteps per chunk of the training pass (speed only)
     ffn_mult: float = 1.0
     matmul_dtype: str = "float32"
+    head_init: float = 0.01  # orthogonal-init scale of the policy-logit and value output layers
 
     SYSTEM = "sable"
     FOREIGN = ("hidden", "critic_input")
@@ -65,6 +66,9 @@ class SableOnlineConfig(ppo.PPOSettings):
             raise UserInputError(f"online.num_envs={self.num_envs} is not divisible by "
                                  f"online.minibatches={self.minibatches} (Sable minibatches split the envs)")
         self.network  # validates the network fields
+        if not self.head_init > 0:
+            raise UserInputError(f"online.head_init={self.head_init!r}; allowed: a positive float (the "
+                                 "orthogonal-init scale of the policy and value output layers)")
 
     @property
     def network(self) -> SableConfig:
@@ -73,6 +77,28 @@ class SableOnlineConfig(ppo.PPOSettings):
 
 
 # --------------------------------------------------------------------------- pure pieces
+OUTPUT_LAYERS = ("policy_head", "value_head")  # each an MLP whose last Dense is ``layers_2``
+
+
+def init_params(net: SableNet, obs_dim: int, key, head_init: float):
+    """Network params with the policy-logit and value output kernels re-drawn orthogonal(``head_init``), biases 0.
+
+    Why: with the network's default init the logits of the untrained policy spread over about one unit,
+    so the first policy favours some actions in every state, and the value head starts far from the
+    returns. A small output scale (the PPO practice, also Mava's Sable heads) starts from a near-uniform
+    policy and a near-zero value; sparse-reward tasks need that uniform exploration until a first reward.
+    """
+    init_key, *head_keys = jax.random.split(key, 1 + len(OUTPUT_LAYERS))
+    params = net.init(init_key, jnp.zeros((1, 1, 1, obs_dim)))
+    inner = dict(params["params"])
+    for name, k in zip(OUTPUT_LAYERS, head_keys):
+        last = inner[name]["layers_2"]
+        out = {"kernel": jax.nn.initializers.orthogonal(head_init)(k, last["kernel"].shape, jnp.float32),
+               "bias": jnp.zeros_like(last["bias"])}
+        inner[name] = {**inner[name], "layers_2": out}
+    return {**params, "params": inner}
+
+
 def encoder_value(net: SableNet, params, carry, ts: TimeStep) -> jax.Array:
     """(B, N) values of ``ts``'s observations continuing each env's episode from ``carry``."""
     obs = ts.observation
@@ -144,7 +170,7 @@ def make_learner(env, cfg: SableOnlineConfig) -> PPOLearner:
                             targets, cfg.clip_eps, cfg.vf_coef, cfg.ent_coef, weight=active, value_weight=active)
         return info.total, info
 
-    return PPOLearner(init=lambda key: net.init(key, jnp.zeros((1, 1, 1, o))), init_carry=net.init_carry,
+    return PPOLearner(init=lambda key: init_params(net, o, key, cfg.head_init), init_carry=net.init_carry,
                    rollout=functools.partial(sable_rollout, net, env), loss=loss, sequences=True,
                    actor_params=lambda params: params, policy=sable_policy(net),
                    greedy_policy=sable_policy(net, greedy=True))
