@@ -11,11 +11,8 @@ the parameters' and optimiser state's change over the chunks, the rest as they a
 within ``RTOL``. A reordered key split, a lost reset or a different minibatch layout
 changes the actions, keys or the update by far more than that.
 
-The values were first hashed bit for bit (recorded on branch online-builder, aef3234,
-before the online systems shared one builder). On a CPU with other vector units (AVX2,
-2026-11-24) that commit's code disagreed with them in the last float bits, and today's
-code matched that commit there bit for bit; the fingerprints were then recorded from
-today's code (the session note of issue 20).
+Online Sable's values include its output-layer init (``online.head_init``); a change to the init or the
+update is a change to these values, recorded on purpose.
 
 The values were recorded with XLA's optimisations on; the suite compiles with most of them off (conftest),
 which moves them by less than ``RTOL`` (measured below) and halves this file's time. Regenerate only on purpose:
