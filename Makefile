@@ -58,9 +58,8 @@ experiments: install
 
 # Datasets (vault_data/README.md). One device per collector, so results match the recorded ones;
 # each task set is its own target (data-<set>, demo-data-<set>), so `make -j2 data` collects two sets at once.
-# demo-data: the bundled data (mtmarl/configs/budget/demo.yaml; Connector + LBF 33 min of one CPU core, RWARE DAgger 49 min of shared-core wall time);
-# data: the full-size benchmark data into vault_data_full/ (mtmarl/configs/budget/full.yaml; measured on one core
-#   per set: see README, Datasets);
+# demo-data: the bundled data (mtmarl/configs/budget/demo.yaml; tens of minutes of one CPU core per set);
+# data: the full-size benchmark data into vault_data_full/ (mtmarl/configs/budget/full.yaml; times: README, Datasets);
 # collect: any collection, e.g. make collect COLLECT_ARGS='+tasks=lbf_5 collect.budget=500000'.
 DATA_SETS ?= connector_10 lbf_5 rware_15 smax_marine_hard smax_stalker_zealot smax_m3_easy
 DEMO_ROOT ?= vault_data

@@ -29,10 +29,8 @@ from mtmarl.memory import release_freed_memory
 # level 1 compiles faster than the default and runs no slower, while level 0 compiles faster still but
 # runs several times slower.
 COMPILER_OPTIONS = {"xla_backend_optimization_level": 1}
-# How many of a task set's programs (one per agent group) compile at once. An XLA:CPU compile used no more
-# CPU time than wall time (mostly one core), so 2 at once on 2 cores cut rware_15's compile by 26% and the
-# main job's time to its first update by 69 s, for 0.31 GiB more peak memory (their transient memory adds
-# up; benchmarks/README.md, Evaluation programs compiled two at a time).
+# How many of a task set's programs (one per agent group) compile at once. An XLA:CPU compile runs mostly on
+# one core, so two at once use two cores; their transient memory adds up (docs/decisions.md).
 COMPILE_THREADS = 2
 # A stacked env resets the slots due a restart this many at a time (``_StackedEnv``).
 RESET_CHUNK = 4
@@ -190,8 +188,7 @@ class _EachEnv:
 class _OneTask:
     """One task's env as a stack of one (``reset(key, task)`` ignores the task), so that a group of one task
     plays through :class:`_StackedEnv`'s loop: resets of only the slots due one, no ``lax.cond`` around the
-    step. Through :class:`_EachEnv` the 15x15-10a Connector task alone took 62.7 ms for 64 random episodes
-    in 16 slots, 11.0 ms this way (same episodes; notes in benchmarks/README.md)."""
+    step, which is several times faster than :class:`_EachEnv` for one task (docs/decisions.md)."""
 
     def __init__(self, env):
         self.env, self.spec, self.horizon = env, env.spec, env.horizon
@@ -210,7 +207,7 @@ class _StackedEnv:
 
     Resets: the slots due a restart reset ``RESET_CHUNK`` at a time, in a loop that runs as many chunks as there
     are restarts this step (none on most steps of long episodes). Why: a reset costs tens of env steps
-    (Connector's random walk: 13-69 us per env against 0.2-0.8 us per step; benchmarks/README.md), and
+    (Connector's reset is a random walk), and
     a ``vmap`` over a fixed batch of slots pays for every slot of the batch whenever any one of them restarts:
     with a quarter of the slots (at least one task's) per loop step, random play on connector_10 spent most of its
     time in resets of slots that had nothing to restart. Every slot due a restart restarts in its step."""
@@ -444,11 +441,9 @@ class TaskSetEvaluator:
     :class:`Evaluator`: one traced copy of the policy, decoding only that many
     agents); the programs compile one after another, each compile's freed heap
     handed back to the OS before the next. Why not one program for the whole
-    set: compiling rware_15's 23 tasks in one program took 2.03 GiB of transient
-    memory, the main job's peak RSS; its four agent groups took 1.28 GiB in the
-    same compile time and played the 320-episode final evaluation in the same
-    time (``benchmarks/eval_programs.py``; benchmarks/README.md, Evaluation
-    programs per agent count).
+    set: one program's compile needs far more transient memory (the main job's
+    peak) than the per-group programs, for the same compile and play time
+    (``benchmarks/eval_programs.py``; docs/decisions.md).
     """
 
     def __init__(self, envs, policy: Policy, num_episodes: int, num_devices: int | None = None,

@@ -41,7 +41,7 @@ class EntityConfig(NetworkConfig):
     ff_mult: int = 4     # feed-forward width = ff_mult * width
     # Trace a training sequence's steps as straight-line code rather than a loop (``lax.scan(unroll=True)``).
     # Why: XLA then fuses across steps instead of writing and re-reading each step's activations through
-    # the loop: faster updates for a longer compile (benchmarks/README.md). The compile grows with the
+    # the loop: faster updates for a longer compile (``benchmarks/``). The compile grows with the
     # sequence length, so set it false for long sequences.
     unroll_time: bool = True
 

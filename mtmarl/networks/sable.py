@@ -79,9 +79,9 @@ class SableConfig(NetworkConfig):
         ``CHUNK_TOKENS // n_agents`` (at least 1).
 
         Why: inside a chunk retention is quadratic in its tokens (timesteps x agents), across chunks it is
-        sequential. A fixed 16 timesteps made a chunk of 12 agents 192 tokens, and the update's FLOPs grew
-        as agents^1.12; about 32 tokens per chunk was the fastest measured at 4, 8 and 12 agents
-        (``benchmarks/train_step.py --chunk-size``; benchmarks/README.md, Retention chunks).
+        sequential, so a fixed number of timesteps makes chunks of many agents costly; a fixed token budget
+        per chunk keeps the cost flat in the agent count (``benchmarks/train_step.py --chunk-size``;
+        docs/decisions.md).
         """
         return max(1, CHUNK_TOKENS // n_agents) if self.chunk_size == "auto" else int(self.chunk_size)
 
