@@ -5,6 +5,7 @@ Both are dev dependencies (``pip install -e '.[dev]'``); in an environment witho
 test is skipped with that reason rather than passing silently.
 """
 
+import re
 import shutil
 import subprocess
 import sys
@@ -79,3 +80,50 @@ def test_package_code_yaml_and_help_texts_carry_no_history():
             if kinds := history_in(line):
                 found.append(f"{path.relative_to(ROOT)}:{n}: {', '.join(kinds)}: {line.strip()[:100]}")
     assert not found, "\n".join(found)
+
+
+# --------------------------------------------------------------- RESULTS.md cites artefacts that exist
+
+def cited_artefacts(text: str) -> list[str]:
+    """Every ``results/...`` path in ``text`` (prose and commands), each as glob patterns: ``{a,b}`` and
+    ``<a|b>`` expand to their alternatives, ``[x]`` to with and without ``x``, any other ``<placeholder>``
+    matches any name."""
+    out = []
+    for path in re.findall(r"(?<![\w/])results/[^\s`'\"()]+", text):
+        out.extend(_expand(path.rstrip(".,:;")))
+    return out
+
+
+def _expand(path: str) -> list[str]:
+    alt = re.search(r"\{([^{}]*)\}|<([^<>|]*\|[^<>]*)>|\[([^\[\]]*)\]", path)
+    if alt is None:
+        return [re.sub(r"<[^<>]*>", "*", path)]
+    if alt.group(3) is not None:
+        options = ["", alt.group(3)]
+    else:
+        options = (alt.group(1) if alt.group(1) is not None else alt.group(2)).replace("|", ",").split(",")
+    return [p for o in options for p in _expand(path[:alt.start()] + o + path[alt.end():])]
+
+
+def test_the_artefact_scanner_expands_alternatives_and_placeholders():
+    text = "see `results/a_{x,y}/` and (`results/s_<mh|sz>_<q>/`).\n```\n--out results/h_<p>_set[_rh1]\n```\n"
+    assert cited_artefacts(text) == ["results/a_x/", "results/a_y/", "results/s_mh_*/", "results/s_sz_*/",
+                                     "results/h_*_set", "results/h_*_set_rh1"]
+
+
+def test_every_artefact_results_md_cites_is_in_the_tree():
+    cited = cited_artefacts((ROOT / "RESULTS.md").read_text())
+    assert len(cited) > 20  # the scanner still finds the tables' artefacts
+    missing = [c for c in cited if not list(ROOT.glob(c.rstrip("/")))]
+    assert not missing, f"RESULTS.md cites artefacts that are not in results/: {missing}"
+
+
+def test_every_artefact_in_results_is_cited_by_a_document():
+    """results/ keeps only what RESULTS.md, the README, docs/ or the data's README cite."""
+    import fnmatch
+
+    docs = [ROOT / "RESULTS.md", ROOT / "README.md", ROOT / "vault_data" / "README.md", *(ROOT / "docs").glob("*.md")]
+    cited = [c.rstrip("/") for doc in docs for c in cited_artefacts(doc.read_text())]
+    uncited = [d.name for d in (ROOT / "results").iterdir()
+               if not any(fnmatch.fnmatch(f"results/{d.name}", c) for c in cited)]
+    assert not uncited, f"results/ holds artefacts no document cites: {sorted(uncited)}"
