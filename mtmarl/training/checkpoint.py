@@ -40,7 +40,7 @@ from typing import Any, Sequence
 import jax
 import numpy as np
 
-from mtmarl.data.vault.check import sha256_file
+from mtmarl.data.vault.check import first_bad_file, sha256_file
 from mtmarl.errors import UserInputError
 from mtmarl.training.engine import Carry
 
@@ -152,14 +152,13 @@ def verify_checksums(step_dir: Path, label: str) -> bool:
     except (OSError, ValueError, KeyError, TypeError) as err:
         raise UserInputError(f"checkpoint {label}: {manifest} is unreadable ({err}); the checkpoint cannot be "
                              f"verified") from None
-    for rel, want in files.items():
-        path = step_dir / rel
-        if not path.is_file():
+    bad = first_bad_file(step_dir, files)
+    if bad is not None:
+        path, got, want = bad
+        if got is None:
             raise UserInputError(f"checkpoint {label} is incomplete: {path} is missing (listed in {CHECKSUMS})")
-        got = sha256_file(path)
-        if got != want:
-            raise UserInputError(f"checkpoint {label} is corrupt: {path} has sha256 {got[:12]}..., "
-                                 f"{CHECKSUMS} records {want[:12]}...")
+        raise UserInputError(f"checkpoint {label} is corrupt: {path} has sha256 {got[:12]}..., "
+                             f"{CHECKSUMS} records {want[:12]}...")
     return True
 
 

@@ -41,6 +41,19 @@ def read_metadata(vlt: str | os.PathLike) -> dict[str, Any] | None:
     return meta
 
 
+def first_bad_file(root: Path, sha256: Mapping[str, str]) -> tuple[Path, str | None, str] | None:
+    """The first of ``sha256``'s files (paths relative to ``root``) that is missing (``got`` None) or whose
+    sha256 differs from the recorded one, as ``(path, got, want)``; None when all match."""
+    for rel, want in sha256.items():
+        path = root / rel
+        if not path.is_file():
+            return path, None, want
+        got = sha256_file(path)
+        if got != want:
+            return path, got, want
+    return None
+
+
 def verify_files(vlt: str | os.PathLike, uid: str, meta: Mapping | None = None) -> int:
     """Check the sha256 of every file ``mtmarl.json`` lists for ``uid``; returns how many."""
     vlt = Path(vlt)
@@ -48,14 +61,13 @@ def verify_files(vlt: str | os.PathLike, uid: str, meta: Mapping | None = None) 
     entry = (meta or {}).get("datasets", {}).get(uid)
     if not entry or not entry.get("sha256"):
         return 0
-    for rel, want in entry["sha256"].items():
-        path = vlt / rel
-        if not path.is_file():
+    bad = first_bad_file(vlt, entry["sha256"])
+    if bad is not None:
+        path, got, want = bad
+        if got is None:
             raise UserInputError(f"vault {vlt}: file {path} listed in {META_FILE} is missing")
-        got = sha256_file(path)
-        if got != want:
-            raise UserInputError(f"vault {vlt}: file {path} is corrupt (sha256 {got[:12]}..., "
-                                 f"{META_FILE} records {want[:12]}...)")
+        raise UserInputError(f"vault {vlt}: file {path} is corrupt (sha256 {got[:12]}..., "
+                             f"{META_FILE} records {want[:12]}...)")
     return len(entry["sha256"])
 
 
