@@ -305,6 +305,7 @@ def test_stage_plan_places_the_open_stage_and_rejects_bad_counts():
         plan_stages((_stage("pre", 0.5), _stage("main")), total=None)
 
 
+@pytest.mark.slow  # three population runs; resume = straight run is checked fast for one seed (test_training)
 def test_a_resumed_population_keeps_each_seeds_best_as_a_straight_run_does(conf, tmp_path):
     """Per-seed model selection survives a crash: the resumed run restores the composite best checkpoint,
     so it ends with the best updates, scores and parameters of a run that was never interrupted."""

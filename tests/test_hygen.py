@@ -251,6 +251,7 @@ def test_collector_reports_curve_hybrid_ratio_jp_and_tt(run_dir, tmp_path):
     assert launcher.run(cfg) == [{"name": TASK, "split": "train", "skipped": True}]  # its entry exists: resumes
 
 
+@pytest.mark.slow  # two hybrid stages and a set evaluation; the launcher and its report run fast in the collector test
 def test_sources_play_the_sets_training_tasks_and_eval_set_reports_every_task(run_dir, tmp_path, monkeypatch):
     """online.sources=train: the collector's task only names the run, the envs play a mixture of the offline
     run's training tasks (each drawn per episode); online.eval_set: the final policy on every task of the set,
@@ -358,6 +359,7 @@ def test_critic_init_returns_to_go_by_hand():
     assert probe.max_discounted_return(data, g) == pytest.approx(by_hand)
 
 
+@pytest.mark.slow  # an experiment probe over two variants x two seeds; its return-to-go maths runs fast above
 def test_critic_init_reports_the_value_stage_at_each_seeds_init_and_applies_each_variant(run_dir, tmp_path,
                                                                                           monkeypatch):
     # experiment_scripts/critic_init.py on the toy duel: per seed, the hybrid stage's metrics at the trainer's
