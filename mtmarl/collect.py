@@ -125,6 +125,19 @@ def output_paths(cfg: DictConfig) -> tuple[Path, Path, Path]:
     return root, ref_path, log_dir
 
 
+def done_elsewhere(cfg: DictConfig) -> tuple[Path | None, dict[str, Any]]:
+    """``collect.done_in``: the references file of collections whose vaults are kept elsewhere (a GPU window
+    brings back only what it collected), and its entries; tasks with an entry there are not collected again."""
+    value = cfg.collect.get("done_in")
+    if value is None:
+        return None, {}
+    path = _path(value, Path.cwd())
+    if not path.is_file():
+        raise UserInputError(f"collect.done_in={value}: no such file; want a references.json of earlier "
+                             f"collections (or null)")
+    return path, read_entries(path)
+
+
 @user_errors_exit
 def run(cfg: DictConfig) -> list[dict[str, Any]]:
     from rich.console import Console
@@ -173,6 +186,7 @@ def run(cfg: DictConfig) -> list[dict[str, Any]]:
     from mtmarl.training.stop import catch_signals, requested
 
     time_limit_s(cfg)  # refused now, not after the first task
+    done_path, done = done_elsewhere(cfg)
     with Progress(*columns, console=console, disable=not cfg.collect.progress) as bar, catch_signals():
         for s, spec in todo:
             if requested() is not None:  # Ctrl-C / SIGTERM: the task it stopped is written; no new one starts
@@ -181,8 +195,9 @@ def run(cfg: DictConfig) -> list[dict[str, Any]]:
                 break
             # the dataset a finished task has last
             uid = "medium" if qualities[spec.env] == "expert_medium" else str(cfg.collect.uid)
-            if is_finished(spec, s, root, uid, read_entries(ref_path), bool(cfg.collect.record)):
-                console.print(f"skip {s} task {spec.name}: already collected")
+            if is_finished(spec, s, root, uid, read_entries(ref_path), bool(cfg.collect.record)) or spec.adhoc in done:
+                where = f"listed in {done_path}" if spec.adhoc in done else "already collected"
+                console.print(f"skip {s} task {spec.name}: {where}")
                 results.append({"name": spec.name, "split": s, "skipped": True})
                 continue
             # One writer per vault: collectors of other tasks may share the root (references.json merges are
