@@ -75,8 +75,10 @@ def test_merge_keeps_finished_tasks_and_drops_the_one_the_deadline_cut(tmp_path)
     assert sorted(p.name for p in (into / "logs" / "lbf").iterdir()) == ["a.jsonl", "c.jsonl"]
     # the next window collected b (the only task not in its done_in) and adds it beside the others
     _window_root(tmp_path / "w2", {b: {"name": "b", "return": 0.9}}, {b: "b"})
-    gpu_collect.pack(tmp_path / "w2", tmp_path / "out2", "lbf_5", part_bytes=1 << 20, parts=7)
-    gpu_collect.merge("lbf_5", tmp_path / "out2", into)
+    (tmp_path / "out2").mkdir()
+    (tmp_path / "out2" / "lbf_5.tar.gz.001").write_bytes(b"an earlier window's part")
+    assert len(gpu_collect.pack(tmp_path / "w2", tmp_path / "out2", "lbf_5", part_bytes=1 << 20, parts=7)) == 1
+    gpu_collect.merge("lbf_5", tmp_path / "out2", into)  # (the stale part is gone, or the tar would not read)
     refs = json.loads((into / "references.json").read_text())
     assert sorted(refs) == sorted([a, b, c]) and refs[b]["return"] == 0.9 and (into / "lbf" / "b.vlt").is_dir()
 

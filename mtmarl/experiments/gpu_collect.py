@@ -99,6 +99,8 @@ def pack(root: Path, out: Path, task_set: str, part_bytes: int, parts: int) -> l
                              f"{size / 2**20:.1f} MiB: record less per task (online.record_envs, "
                              f"collect.quality_records) or collect fewer tasks per window")
     out.mkdir(parents=True, exist_ok=True)
+    for stale in out.glob(f"{task_set}.tar.gz.*"):  # an earlier window's parts would be joined to these
+        stale.unlink()
     written = []
     for k, piece in enumerate(pieces):
         written.append(out / f"{task_set}.tar.gz.{k:03d}")
