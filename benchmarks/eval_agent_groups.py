@@ -1,10 +1,10 @@
-"""The set evaluator with every task padded to the set's agent count vs each task at its own (issue 20).
+"""The set evaluator with every task padded to the set's agent count vs each task at its own.
 
     python benchmarks/eval_agent_groups.py <training run dir> [--tasks rware_15] [--batch 16] [--dtype float32]
 
 Both ways play the same trained policy, keys and episode count in one process, one after the other:
 ``padded`` builds every task as ``TaskSet.padded`` (one group of the set's largest agent count, the
-evaluator before 2026-11-24), ``own`` as ``TaskSet.evaluation_env`` (each task its own agents, grouped by
+earlier evaluator), ``own`` as ``TaskSet.evaluation_env`` (each task its own agents, grouped by
 agent count in the one program). Reports compile seconds, seconds of one compiled call (``batch`` episodes
 per task per device), mean return and length. The two ways draw agent orders and action samples from
 different key splits (the padded agents take part in the draws), so returns agree in distribution, not

@@ -7,7 +7,7 @@ main job's time. This script times both ways on the same policy, parameters
 and keys, in one process, and checks that they give the same per-task returns
 and episode lengths:
 
-  per-task  today's path before issue 20: ``make_evaluator`` per task, all
+  per-task  the earlier path: ``make_evaluator`` per task, all
             compiled at once in threads (``compile_all``), then run one by one;
   set       ``make_task_set_evaluator``: all tasks of the set in one program
             per agent group, SMAX maps through one stacked env (``MultiAgentEnv.stack``);

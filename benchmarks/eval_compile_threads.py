@@ -2,7 +2,7 @@
 
 Why: an XLA:CPU compile uses mostly one core (an lbf_5 set compile took 74.6 s of wall time and 68.1 s of
 CPU time, measured while another job ran), so on a 2-core machine two of a set's agent-group programs can
-compile side by side; their transient memory then adds up, and issue 20 caps the main job's peak RSS at
+compile side by side; their transient memory then adds up, and the main job's peak RSS is to stay under
 3 GiB. Run each setting in a fresh process (peak RSS is per process) with the persistent XLA cache off:
 
     MTMARL_XLA_CACHE=off python benchmarks/eval_compile_threads.py rware_15 1

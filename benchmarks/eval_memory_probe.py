@@ -1,10 +1,10 @@
-"""RSS around one task set's evaluation program: compile + run, ``malloc_trim``, a second run (issue 20).
+"""RSS around one task set's evaluation program: compile + run, ``malloc_trim``, a second run.
 
     python benchmarks/eval_memory_probe.py <training run dir> [--tasks rware_15] [--episodes 16]
 
-Measured 2026-11-23 on the main job's run (rware_15, 16 episodes, 2 busy cores): 816 MB after restoring,
-2340 MB after the first evaluation (170 s, compile included), 1549 MB after trimming, 1595 MB after the
-second evaluation (16 s). What the trim returns is heap the compile freed and glibc kept mapped.
+On the main job's run (rware_15, 16 episodes, 2 busy cores) RSS is about 0.8 GB after restoring, 2.3 GB after
+the first evaluation (compile included), 1.5 GB after trimming and 1.6 GB after the second evaluation. What the
+trim returns is heap the compile freed and glibc kept mapped.
 """
 
 from __future__ import annotations

@@ -1,4 +1,4 @@
-"""A task set's evaluation as one program for the whole set vs one program per agent count (issue 20).
+"""A task set's evaluation as one program for the whole set vs one program per agent count.
 
     python benchmarks/eval_programs.py <training run dir> [--set rware_15] [--final-episodes 320]
 
@@ -6,7 +6,7 @@ Each way runs in a fresh process (XLA cache off) with the run's trained policy a
 compile time, the compile's transient memory (peak RSS while compiling minus RSS before it, sampled
 every 50 ms), RSS once the freed heap is trimmed, a 16-episode periodic call and the final call. The
 per-group way is what training and ``mtmarl.evaluate`` use (``make_task_set_evaluator``); the
-one-program way rebuilds the evaluator before 2026-11-24 (every group's loop inside one jit) from
+one-program way rebuilds the earlier evaluator (every group's loop inside one jit) from
 the same pieces. Per-task returns must agree. Writes ``results/eval_programs_<set>.json``.
 """
 
@@ -32,7 +32,7 @@ def rss_gib() -> float:
 
 
 def one_program(envs, policy, episodes: int, batch: int, capacity: int):
-    """Every agent group's loop inside one compiled program (the evaluator before 2026-11-24)."""
+    """Every agent group's loop inside one compiled program (the earlier evaluator)."""
     import jax
     import jax.numpy as jnp
 

@@ -1,6 +1,6 @@
 """Where an update's time goes, per source operation, and which operations grow faster than the work.
 
-Why: issue 20 asks that cost grow at most linearly in agents x context. XLA's FLOP count of the update grows
+Why: cost should grow at most linearly in agents x context. XLA's FLOP count of the update grows
 linearly (``train_step.py --costs-only``) while its time does not, so the question is which of the compiled
 program's operations take more time per token in the larger setting. This script runs the MT Oryx learner
 of ``train_step.py`` (same algorithm, synthetic buffers, ``Learner.run`` on one device) at two or more

@@ -1,4 +1,4 @@
-"""Peak resident memory of a command, sampled every second from /proc (issue 20: where the main job's RSS goes).
+"""Peak resident memory of a command, sampled every second from /proc (where the main job's RSS goes).
 
     python benchmarks/peak_rss.py --out benchmarks/results/peak_rss_main_job.txt -- \\
         python -m mtmarl.train +algo=mt_oryx +tasks=rware_15 hydra.run.dir=/tmp/rss_run

@@ -1,6 +1,6 @@
 """Env-step cost of the set evaluator that training runs use, against raw Jumanji stepping.
 
-Why this exists: issue 20 asks for evaluation stepping within 2x of raw Jumanji
+Why this exists: evaluation stepping should stay within 2x of raw Jumanji
 stepping. ``env_throughput.py`` measures the per-task evaluator; training and
 ``mtmarl.evaluate`` now play a whole task set through ``make_task_set_evaluator``,
 where the tasks of one agent group step through one stacked env (grids, shelves,
@@ -21,7 +21,7 @@ end: the sum of the returned lengths), so idle or waiting slots count against it
 Raw Jumanji's cost of the same work is, summed over tasks, (episodes x its seconds
 per reset) + (useful steps x its seconds per step): every episode starts with a
 reset on both sides (short episodes, such as random play on Connector, are mostly
-resets). The ratio of the two is the overhead factor the issue bounds at 2; the
+resets). The ratio of the two is the overhead factor the target bounds at 2; the
 factor against raw steps alone is reported beside it.
 
     python benchmarks/set_throughput.py --set lbf_5

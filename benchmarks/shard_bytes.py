@@ -1,4 +1,4 @@
-"""Training-data bytes each device holds, replicated vs ``training.shard_data=true`` (issue 20).
+"""Training-data bytes each device holds, replicated vs ``training.shard_data=true``.
 
     python benchmarks/shard_bytes.py --tasks rware_15 lbf_5 connector_10 --devices 2 4 8 \\
         --out benchmarks/results/shard_bytes.json

@@ -120,7 +120,7 @@ def update_costs(algo, buffers, sampler) -> dict:
 def static_costs(settings, batch: int, chunk_size) -> list[dict]:
     """``--costs-only``: each setting's update compiled, not run; least-squares exponents of its FLOPs, bytes
     accessed and temporary bytes over agents x context. Why: whether a cost that grows faster than the work
-    (issue 20's exponent) is in the program itself or in the machine running it."""
+    (an exponent above 1) is in the program itself or in the machine running it."""
     rows = []
     for n, t, e, d in settings:
         algo = benchmarked_algo(t, e, d, batch, chunk_size)

@@ -1,4 +1,4 @@
-"""MT Oryx's train step against og-marl's Oryx step, side by side in one run (issue 20).
+"""MT Oryx's train step against og-marl's Oryx step, side by side in one run.
 
 Why a driver of its own: speed ratios only mean something when both sides run on the same
 machine at the same time. Machine load drifts over minutes, so the two are *alternated*:

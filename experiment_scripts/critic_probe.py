@@ -1,4 +1,4 @@
-"""Critic learning curves without environment evaluation (issue 14): does Q follow the data's returns?
+"""Critic learning curves without environment evaluation: does Q follow the data's returns?
 
 Usage and options: the docstring of ``mtmarl/experiments/config.py`` (or ``--help``).
 """

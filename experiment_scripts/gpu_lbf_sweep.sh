@@ -1,11 +1,11 @@
 #!/usr/bin/env bash
-# Issue 14's two LBF targets at once (test return >= 0.85 and Spearman(Q, MC) >= 0.6 on the training tasks), mapped
+# The two LBF targets at once (test return >= 0.85 and Spearman(Q, MC) >= 0.6 on the training tasks), mapped
 # over learner variants and budgets on one GPU. On the CPU the 50-step TD(lambda 0.95) critic with policy temperature
 # 0.05 met the return at 6000 updates (0.868, Spearman 0.567) and the critic at 12,000 (0.667, return 0.783): the two
-# peak at different budgets (RESULTS.md, *LBF's critic: 50-step TD(lambda) with a sharper policy softmax*). Each
-# variant here is one chain of 3 seeds in one program (training.population), trained to each of STAGES in turn
-# (resumed, so one trajectory per variant), and at each stage evaluated (final parameters, 64 episodes per task) and
-# diagnosed (`python -m mtmarl.diagnose --which latest`, every seed). The chains run side by side under MPS.
+# peak at different budgets. Each variant here is one chain of 3 seeds in one program (training.population), trained
+# to each of STAGES in turn (resumed, so one trajectory per variant), and at each stage evaluated (final parameters,
+# 64 episodes per task) and diagnosed (`python -m mtmarl.diagnose --which latest`, every seed). The chains run side
+# by side under MPS.
 #
 #   bash experiment_scripts/gpu_lbf_sweep.sh OUT_DIR [DEADLINE_S]        # on the GPU machine, repo root, .whl/ carried
 #
@@ -16,8 +16,8 @@
 # OUT_DIR gets lbf_sweep.jsonl (one line per variant, stage: per-seed test / train return, Spearman, weight std),
 # lbf_sweep.log, and per variant <variant>.tar.gz (<variant>/u<updates>/lbf_5/{config.yaml,metrics.jsonl,
 # seed_<s>/*.json}, the layout experiment_scripts/population_table.py reads, and logs/: the run's logs), rewritten
-# after each stage: the first lease (2026-11-27) wrote one tarball at the end, and the call's time limit, shorter
-# than the script's deadline, killed it before that.
+# after each stage: written once at the end, they are lost when the call's time limit, shorter than the script's
+# deadline, kills the script first.
 set -u
 out=${1:?OUT_DIR}; deadline=${2:-330}
 py=${PY:-python3}; stages=${STAGES:-"6000 8000 10000"}; seeds=${SEEDS:-3}

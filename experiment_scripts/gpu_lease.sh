@@ -3,9 +3,9 @@
 # files of the steps that finished always come back (a lease is 15 minutes of device time, machine start included).
 #   1. MT Oryx (the default learner, tau 0.05) for UPDATES updates, 3 seeds side by side per set, the three
 #      Jumanji sets as three processes (gpu_population.sh, deadline POP_DEADLINE s), with the last checkpoint
-#      in each tarball for `python -m mtmarl.diagnose <run> --seed S` back here (issue 14's critic targets).
-#   2. The README's main job (`make train`'s command) with a cold XLA cache, timed (issue 20: <= 90 s on one GPU).
-#   3. benchmarks/train_step.py at 4 agents, T 20, embed 128, fp32, 1 and 8 seeds in one program (issue 20).
+#      in each tarball for `python -m mtmarl.diagnose <run> --seed S` back here (the critic targets).
+#   2. The README's main job (`make train`'s command) with a cold XLA cache, timed (target: <= 90 s on one GPU).
+#   3. benchmarks/train_step.py at 4 agents, T 20, embed 128, fp32, 1 and 8 seeds in one program.
 #
 #   bash experiment_scripts/gpu_lease.sh OUT_DIR [BUDGET_S]        # on the GPU machine, repo root, .whl/ carried
 #

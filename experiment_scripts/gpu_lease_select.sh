@@ -1,8 +1,8 @@
 #!/usr/bin/env bash
-# One GPU lease for issue 14's LBF targets and issue 20's main-job time, every step bounded by BUDGET_S:
+# One GPU lease for the LBF targets and the main job's time, every step bounded by BUDGET_S:
 #   1. MT Oryx on lbf_5 at the paper budget (LBF_UPDATES, 100k), 3 seeds in one program, evaluated on the
 #      training tasks every EVAL_EVERY updates (5000) so that each seed keeps its own best update (LBF's return peaks
-#      early and then falls: RESULTS.md, *Where LBF peaks and falls*); beside it, under MPS, the same with
+#      early and then falls with longer training); beside it, under MPS, the same with
 #      50-step sequences and TD(lambda 0.95) (T50_UPDATES, 40k: 2.5x the cost per update), the critic variant
 #      that ranked LBF's states best in the CPU probe, with the policy softmax at temperature 0.03 (T50_EXTRA; on
 #      an H200 at 8000 updates: 0.919 test and Spearman 0.61-0.62, results/gpu_h200_lbf_sweep/). Both tarballs keep the last and the best checkpoint for

@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# og-marl's Oryx step beside ours on one GPU (issue 20: >= 2x at 4 agents), alternated in one run by
+# og-marl's Oryx step beside ours on one GPU (target: >= 2x at 4 agents), alternated in one run by
 # benchmarks/vs_og_marl.py, float32 on both sides (og-marl's only path), one device each.
 #
 # Set-up here, before the lease (all three folders are git-ignored and travel with `carry`):

@@ -1,4 +1,4 @@
-"""How one update's policy gradient changes when its batch comes from k tasks instead of all (issue 14, finding 5).
+"""How one update's policy gradient changes when its batch comes from k tasks instead of all.
 
 Usage and options: the docstring of ``mtmarl/experiments/gradient_noise.py`` (or ``--help``).
 """

@@ -1,4 +1,4 @@
-"""Issue 14: learning per update. Oryx variants and BC side by side, with the critic diagnostics of each run.
+"""Learning per update: Oryx variants and BC side by side, with the critic diagnostics of each run.
 
 Usage and options: the docstring of ``mtmarl/experiments/driver.py`` (or ``--help``).
 """

@@ -1,6 +1,6 @@
 """Online Sable vs shared-parameter MAPPO (feed-forward or recurrent): learning curves per env step and per second.
 
-Decides which online learner the collector should use on this machine (issue 3):
+Decides which online learner the collector should use on this machine:
 both systems train on the same tasks, seeds and env-step budget with their
 collector presets (``mtmarl/configs/online/{mappo,sable}.yaml``), and each chunk of K
 updates logs the mean return of the training episodes that finished in it,

@@ -1,4 +1,4 @@
-"""Zero-shot on layouts that appear in no task set: multi-task vs single-task vs random (issue 14).
+"""Zero-shot on layouts that appear in no task set: multi-task vs single-task vs random.
 
 Usage and options: the docstring of ``mtmarl/experiments/out_of_split.py`` (or ``--help``).
 """

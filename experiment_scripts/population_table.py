@@ -27,8 +27,8 @@ def main() -> None:
         algo, task_set = run_dir.parent.name, run_dir.name
         records += collect_population(run_dir, {"algo": algo, "task_set": task_set})
         run = json.loads(next(run_dir.glob("seed_*/run.json")).read_text())
-        # A run resumed before 2026-11-27 recorded only its last session's seconds (~0 for one resumed only to be
-        # evaluated): no rate is better than a wrong one.
+        # A run resumed by an older version recorded only the seconds since its resume (~0 for one resumed only to
+        # be evaluated): no rate is better than a wrong one.
         seconds = run["train_seconds"] if run["train_seconds"] >= 1 else None
         speed.append(f"| {algo} | {task_set} | {run['population']} | {run['updates']} | "
                      + (f"{seconds:.0f} | {run['updates'] / seconds:.0f} |" if seconds else "- | - |"))

@@ -18,7 +18,7 @@ import pytest  # noqa: E402
 
 from mtmarl import runtime  # noqa: E402
 
-# One persistent XLA cache per test session, empty at the start (so the suite is measured
+# One persistent XLA cache per pytest run, empty at the start (so the suite is measured
 # cold) and shared by both workers, every module (compiled programs are dropped after each,
 # see below) and every CLI a test starts: the same env and learner programs recur across
 # test files. ``MTMARL_TEST_XLA_CACHE`` names it; the first process (the xdist controller,
@@ -81,7 +81,7 @@ def _release_compiled_programs():
             print(f"\n[maps after module: {sum(1 for _ in f)}]")
 
 
-# The files with the most compile and run time (measured 2026-11-26, `--durations=0` of the whole suite, two
+# The files with the most compile and run time (measured with `--durations=0` of the whole suite, two
 # workers): with `--dist loadfile` each file goes to one worker in collection order, so a long file collected
 # last leaves the other worker idle at the end. Longest first (the classic longest-processing-time order).
 LONGEST_FIRST = ("test_evaluation.py", "test_smax.py", "test_hygen.py", "test_distributed.py", "test_finetune.py",

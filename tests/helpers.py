@@ -10,11 +10,11 @@ ROOT = Path(__file__).resolve().parents[1]
 
 # How every process of the suite compiles and runs (conftest.py, and each process a test starts):
 # - XLA:CPU's older (non-MLIR) fusion emitters compile the suite's unoptimised programs faster: tests/test_training.py
-#   + tests/test_evaluation.py took 126-136 s with them vs 174-182 s without (alternated, one process, 2026-11-25).
+#   + tests/test_evaluation.py take about a quarter less time with them (alternated, one process).
 #   Tests only: optimised training and RWARE evaluation ran slower with them (benchmarks/README.md).
 # - One LLVM codegen part per program and single-threaded Eigen: the suite runs one process per core already,
-#   so parallel codegen threads and intra-op threads only contend. Cold suite, 2 workers, idle 2-core machine
-#   (2026-11-27, one run each): 5:56 without either, 5:22 with one codegen part, 5:03 with both.
+#   so parallel codegen threads and intra-op threads only contend: together they cut the cold suite's time (2 workers,
+#   idle 2-core machine) by about 15%.
 SUITE_XLA_FLAGS = ("--xla_cpu_use_fusion_emitters=false --xla_cpu_parallel_codegen_split_count=1 "
                    "--xla_cpu_multi_thread_eigen=false")
 

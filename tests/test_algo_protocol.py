@@ -168,8 +168,8 @@ def test_toy_two_stage_algorithm_trains_and_resumes_across_the_stage_boundary(co
     assert _train(conf, broken, stop_after=PRETRAIN) == []
     carry8, meta8 = _final_state(broken)
     assert int(carry8.step) == PRETRAIN and meta8["stage"] == "train" and int(carry8.state["trained"]) == 0
-    # a resumed run's training time counts every session: the first one's comes from its checkpoint, here made
-    # far longer than this toy run can take, so a count of the last session alone falls short of it
+    # a resumed run's training time counts every part of it: the part before the stop comes from its checkpoint,
+    # here made far longer than this toy run can take, so counting only the time since the resume falls short
     assert meta8["train_seconds"] > 0
     (meta_file,) = (broken / "checkpoints" / "latest").glob(f"{PRETRAIN}/meta/metadata")
     meta_file.write_text(json.dumps({**json.loads(meta_file.read_text()), "train_seconds": 1000.0}))

@@ -385,7 +385,7 @@ def test_lambda_returns_match_a_naive_loop():
 
 
 def test_oryx_td_lambda_changes_only_the_critic_target(batch):
-    """lambda 0 is today's one-step loss exactly; lambda > 0 changes the critic loss, not the policy loss."""
+    """lambda 0 is the one-step loss exactly; lambda > 0 changes the critic loss, not the policy loss."""
     base = make_algo("mt_oryx", OVERRIDES, NET, A)
     params = _random_params(base, jax.random.key(9), batch)
     metrics = {}

@@ -1,4 +1,4 @@
-"""Numbers the benchmarks report: the train-step scaling fit, the per-algorithm FLOP count (issue 20)."""
+"""Numbers the benchmarks report: the train-step scaling fit, the per-algorithm FLOP count."""
 
 import pytest
 

@@ -69,7 +69,7 @@ def test_every_train_task_has_a_bundled_vault_matching_its_spec(set_name):
 
 @pytest.mark.parametrize("set_name", SETS)
 def test_every_bundled_vault_spans_low_to_high_returns(set_name):
-    """Mixed quality (the multi-task Oryx paper's recipe, issue 14): each training vault's episode returns reach from
+    """Mixed quality (the multi-task Oryx paper's recipe): each training vault's episode returns reach from
     near the worst to at least the reference level, a spread of more than half the reference return."""
     refs = json.loads((DATA / "references.json").read_text())
     for spec in task_registry.load(set_name).split("train"):

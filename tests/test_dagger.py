@@ -93,7 +93,7 @@ def test_student_learns_the_labels(small_run):
 
 @pytest.mark.slow
 def test_student_improves_its_return_on_the_smallest_train_task():
-    """The online RWARE learner (issue 14): a few DAgger iterations lift the pure student's return
+    """The online RWARE learner: a few DAgger iterations lift the pure student's return
     well above the untrained (near-uniform) student on tiny-2ag."""
     env = TaskSpec.parse(SMALLEST).build()
     cfg = DaggerConfig(hidden=(128, 128), num_envs=16, steps=128, iterations=5, sgd_steps=150, minibatch=1024)

@@ -1,4 +1,4 @@
-"""Issue 15, data side: vaults without mtmarl.json warn, hub checks --to before downloading,
+"""Data-side input checks: vaults without mtmarl.json warn, hub checks --to before downloading,
 numpy export round-trips, and bad hub / data command lines are one error line (entry points in-process)."""
 
 import contextlib

@@ -516,7 +516,7 @@ def test_pooled_seeds_of_two_outputs_aggregate_like_one_output_and_a_run_counts_
         pool.main([str(tmp_path / "a"), str(tmp_path / "c"), "--out", str(tmp_path / "q")])
 
 
-def test_pooled_outputs_render_as_the_smax_driver_with_seed_002_beside(tmp_path):
+def test_pooled_outputs_render_as_the_smax_driver_with_the_hygen_column_beside(tmp_path):
     # two SMAX panels run as separate outputs become one smax.md: each panel's mean ± se over its seeds, and
     # the HyGen paper's column of the algorithm beside it
     import csv

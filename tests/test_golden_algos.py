@@ -11,9 +11,9 @@ lost Polyak step changes the update by far more than that.
 
 Why tolerances and not bits: the golden values were first hashed bit for bit (recorded
 on main 78e54a2, before the algorithm protocol), and on a CPU with other vector units
-(AVX2, 2026-11-24) that very commit's code disagreed in the last bits (metrics up to
-5e-4 relative), while today's code matched it there bit for bit. The fingerprints were
-recorded from today's code on that CPU after that check (the session note of issue 20).
+(AVX2) that very commit's code disagreed in the last bits (metrics up to 5e-4 relative),
+while the protocol's code matched it there bit for bit. The fingerprints were then
+recorded from the protocol's code on that CPU.
 
 The values were recorded with XLA's optimisations on; the suite compiles with most of them off (conftest),
 which moves these quantities by less than the tolerances (measured above), and saves about 20 s of compiling per
@@ -38,7 +38,7 @@ METRIC_RTOL = 2e-3   # cross-CPU: at most 4.8e-4 measured (MT CQL-Sable's gradie
 # than another CPU): MT Oryx / MT BC-Sable below 1e-4, MT CQL-Sable 1.1e-2 (its target parameters); a lost
 # Polyak step alone moves the target change by about a third.
 CHANGE_RTOL = {"mt_bc_sable": 1e-2, "mt_oryx": 1e-2, "mt_cql_sable": 5e-2}
-# tau pinned: the values were recorded at tau 0.005, MT Oryx's default until 2026-11-26 (now 0.05)
+# tau pinned: the values were recorded at tau 0.005, MT Oryx's earlier default (now 0.05)
 OVERRIDES = {"num_bins": 11, "v_min": -3.0, "v_max": 3.0, "batch_size": 4, "seq_len": 4, "lr": 2e-3, "tau": 0.005}
 
 

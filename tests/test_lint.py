@@ -70,15 +70,33 @@ def test_history_scanner_flags_what_it_should(text, kinds):
     assert history_in(text) == kinds
 
 
-def test_package_code_yaml_and_help_texts_carry_no_history():
-    """Every .py and .yaml file of the package (help texts and config descriptions live there)."""
+def history_lines(paths) -> list[str]:
+    """``file:line: kinds: text`` for every line of ``paths`` that carries lab history."""
     found = []
-    for path in sorted((ROOT / "mtmarl").rglob("*")):
-        if path.suffix not in (".py", ".yaml"):
-            continue
+    for path in paths:
         for n, line in enumerate(path.read_text().splitlines(), 1):
             if kinds := history_in(line):
                 found.append(f"{path.relative_to(ROOT)}:{n}: {', '.join(kinds)}: {line.strip()[:100]}")
+    return found
+
+
+def files_under(folder: str, suffixes: tuple[str, ...]) -> list[Path]:
+    return sorted(path for path in (ROOT / folder).rglob("*") if path.suffix in suffixes)
+
+
+def test_package_code_yaml_and_help_texts_carry_no_history():
+    """Every .py and .yaml file of the package (help texts and config descriptions live there)."""
+    found = history_lines(files_under("mtmarl", (".py", ".yaml")))
+    assert not found, "\n".join(found)
+
+
+def test_tests_benchmarks_and_scripts_carry_no_history():
+    """Every .py, .sh and .yaml file of tests/, benchmarks/ and experiment_scripts/, the Makefile and
+    pyproject.toml; not this file, whose scanner examples carry history on purpose."""
+    paths = [ROOT / "Makefile", ROOT / "pyproject.toml"]
+    for folder in ("tests", "benchmarks", "experiment_scripts"):
+        paths += files_under(folder, (".py", ".sh", ".yaml"))
+    found = history_lines(path for path in paths if path != Path(__file__).resolve())
     assert not found, "\n".join(found)
 
 

@@ -68,7 +68,7 @@ def test_vdn_sums_active_agents_and_bad_sizes_are_refused():
 def test_init_scale_shrinks_the_initial_mixing_gain_and_keeps_it_monotonic():
     """dQ_tot/dq_i at init is a product of the two hypernetwork weights: scaling their kernels' variance by
     0.1 scales it by about 0.1 (each |w| by sqrt(0.1)); it stays >= 0. At the default the gain is several
-    times a VDN sum's 1, which made UPDeT-m's TD targets diverge on SMAX (RESULTS.md)."""
+    times a VDN sum's 1, which made UPDeT-m's TD targets diverge on SMAX (docs/decisions.md, ``algo.mixer_init_scale``)."""
     qs = 0.1 * jax.random.normal(jax.random.PRNGKey(0), (64, 6))
     emb = jax.random.normal(jax.random.PRNGKey(1), (64, 6, 16))
     mask = jnp.ones((64, 6), bool)

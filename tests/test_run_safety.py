@@ -1,4 +1,4 @@
-"""Issue 15: bad input is one clear error before anything is written; run directories have one owner;
+"""Run safety: bad input is one clear error before anything is written; run directories have one owner;
 a run is never overwritten or changed by accident; Ctrl-C / SIGTERM checkpoint and say how to resume."""
 
 import json

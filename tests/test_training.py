@@ -584,7 +584,7 @@ def test_evaluate_checkpoint_end_to_end(diverged_run, tmp_path):
     assert results["connector"][task]["mt_bc_sable"]["seed_0"]["absolute_metrics"]["episode_count"] == [3]
 
 
-# ---------------------------------------------------------------- diagnostics of a trained run (issue 14)
+# ---------------------------------------------------------------- diagnostics of a trained run
 
 def test_mc_returns_match_a_naive_loop():
     from mtmarl.diagnose import mc_returns

@@ -1,4 +1,4 @@
-"""JaxMARL's own SMAX MAPPO as an anchor for our online learner (issue 17): same env, their code.
+"""JaxMARL's own SMAX MAPPO as an anchor for our online learner: same env, their code.
 
 Why: our MAPPO stalls on marine-hard's 5m_vs_6m at about 5% wins. This runs JaxMARL's published recurrent
 MAPPO (``baselines/MAPPO/mappo_rnn_smax.py`` with ``config/mappo_homogenous_rnn_smax.yaml``, read from a
