@@ -125,6 +125,18 @@ def output_paths(cfg: DictConfig) -> tuple[Path, Path, Path]:
     return root, ref_path, log_dir
 
 
+def shard(cfg: DictConfig) -> tuple[int, None, int]:
+    """``collect.shard=[i, n]`` as the slice ``i::n`` of the task list (null: every task)."""
+    value = cfg.collect.get("shard")
+    if value is None:
+        return 0, None, 1
+    pair = list(value) if not isinstance(value, (str, int, float)) else None
+    if not (pair and len(pair) == 2 and all(type(v) is int for v in pair) and 0 <= pair[0] < pair[1]):
+        raise UserInputError(f"collect.shard={value}; allowed: null or [i, n] with integers 0 <= i < n "
+                             f"(process i of n collects every n-th task from the i-th)")
+    return pair[0], None, pair[1]
+
+
 def done_elsewhere(cfg: DictConfig) -> tuple[Path | None, dict[str, Any]]:
     """``collect.done_in``: the references file of collections whose vaults are kept elsewhere (a GPU window
     brings back only what it collected), and its entries; tasks with an entry there are not collected again."""
@@ -177,6 +189,7 @@ def run(cfg: DictConfig) -> list[dict[str, Any]]:
     split = "train" if cfg.get("task") else str(cfg.split)
     splits = ["train", "test"] if split == "all" else [split]
     todo = [(s, spec) for s in splits for spec in task_set.split(s)]
+    todo = todo[slice(*shard(cfg))]
     console = Console(stderr=True)
     results = []
     columns = (TextColumn("{task.description}"), BarColumn(), TextColumn("{task.completed:,.0f} steps"),

@@ -34,6 +34,23 @@ def test_done_in_skips_the_tasks_it_lists_before_building_anything(tmp_path, cap
     assert not (tmp_path / "root" / "references.json").exists()  # nothing collected, nothing merged
 
 
+def test_a_shard_takes_every_nth_task_of_the_set_and_a_bad_one_is_refused(tmp_path, capsys):
+    from mtmarl.tasks import load
+
+    with initialize_config_dir(str(CONFIG_DIR), version_base=None):
+        cfg = compose("collect", ["+tasks=lbf_5", f"collect.root={tmp_path}", f"collect.done_in={tmp_path / 'd.json'}",
+                                  "collect.shard=[1,3]"])
+    every = [spec for s in ("train", "test") for spec in load("lbf_5").split(s)]
+    (tmp_path / "d.json").write_text(json.dumps({spec.adhoc: {"return": 0.0} for spec in every}))
+    assert [r["name"] for r in collect.run(cfg)] == [spec.name for spec in every[1::3]]  # all listed: skipped
+    capsys.readouterr()
+    for bad in ("[3,3]", "[-1,2]", "[0]", "5"):
+        with pytest.raises(SystemExit) as exit_:
+            collect.run(_compose([f"collect.root={tmp_path}", f"collect.shard={bad}"]))
+        err = capsys.readouterr().err.strip()
+        assert exit_.value.code == 2 and "\n" not in err and "collect.shard=" in err and "0 <= i < n" in err
+
+
 def test_a_missing_done_in_file_is_one_line_naming_the_key(tmp_path, capsys):
     with pytest.raises(SystemExit) as exit_:
         collect.run(_compose([f"collect.root={tmp_path / 'root'}", f"collect.done_in={tmp_path / 'nope.json'}"]))
@@ -97,18 +114,20 @@ def test_a_window_collects_and_the_next_skips_what_was_merged(tmp_path):
     conf.mkdir(parents=True)
     (conf / "tiny_lbf.yaml").write_text(
         "# @package tasks\nname: tiny_lbf\nenv: lbf\nnum_train: null\nsingle: null\n"
-        "train:\n  - {name: t6, grid: 6, agents: 2, food: 1, level: 2, fov: 3}\ntest: []\n")
+        "train:\n  - {name: t6, grid: 6, agents: 2, food: 1, level: 2, fov: 3}\n"
+        "test:\n  - {name: t7, grid: 7, agents: 2, food: 1, level: 2, fov: 3}\n")
     overrides = [f"hydra.searchpath=[file://{tmp_path / 'conf'}]", "collect.budget=2048", "online.num_envs=8",
                  "eval.episodes=4", "collect.initial_eval=false", f"hydra.run.dir={tmp_path / 'hydra'}"]
     into = tmp_path / "acc"
-    first = gpu_collect.window("tiny_lbf", 8, tmp_path / "out1", overrides, into)
-    assert first["returncode"] == 0 and not first["cut_at_deadline"], (tmp_path / "out1" / "window.log").read_text()
-    (key,) = first["tasks"]
-    assert first["tasks"][key]["env_steps"] >= 2048
+    first = gpu_collect.window("tiny_lbf", 8, tmp_path / "out1", overrides, into, procs=2)  # a task each
+    log = (tmp_path / "out1" / "window.log").read_text()
+    assert first["returncodes"] == [0, 0] and not first["cut_at_deadline"], log
+    assert "collect.shard=[0,2]" in log and "collect.shard=[1,2]" in log
+    assert len(first["tasks"]) == 2 and all(t["env_steps"] >= 2048 for t in first["tasks"].values())
     gpu_collect.merge("tiny_lbf", tmp_path / "out1", into)
-    assert (into / "lbf" / "t6.vlt" / "mtmarl.json").is_file()
+    assert (into / "lbf" / "t6.vlt" / "mtmarl.json").is_file() and (into / "logs" / "lbf" / "t7.jsonl").is_file()
     second = gpu_collect.window("tiny_lbf", 8, tmp_path / "out2", overrides, into)
-    assert second["returncode"] == 0 and second["tasks"] == {}  # skipped: listed in the merged references
+    assert second["returncodes"] == [0] and second["tasks"] == {}  # skipped: listed in the merged references
     assert "listed in" in (tmp_path / "out2" / "window.log").read_text()
 
 

@@ -9,8 +9,8 @@ On the device machine, from the checkout (``.whl/`` and ``outputs/gpu_collect/<s
 ``../shared/gpu/README.md`` installs the wheels)::
 
     python3 -m pip install -q --no-index --no-deps --no-compile --target /tmp/site .whl/*.whl
-    PYTHONPATH=/tmp/site:$PWD python3 experiment_scripts/gpu_collect.py window lbf_5 --minutes 8 --out $OUT -- \\
-        online.num_envs=512 collect.budget=30000000 collect.time_limit_min=2
+    PYTHONPATH=/tmp/site:$PWD python3 experiment_scripts/gpu_collect.py window lbf_5 --minutes 8 --procs 4 --out $OUT \\
+        -- online.num_envs=512 collect.budget=30000000 collect.time_limit_min=2 collect.quality=levels
 
 Here, once the window's files are back::
 
@@ -30,6 +30,7 @@ from __future__ import annotations
 import argparse
 import io
 import json
+import os
 import shutil
 import signal
 import subprocess
@@ -50,40 +51,63 @@ def accumulated(task_set: str, into: Path | None = None) -> Path:
 
 
 def window(task_set: str, minutes: float, out: Path, overrides: list[str], into: Path | None = None,
-           part_mib: int = 10, parts: int = 6, grace_s: float = GRACE_S) -> dict:
-    """Collect until ``minutes`` have passed, then pack the collection into ``out``; returns a summary."""
-    if not minutes > 0 or part_mib < 1 or parts < 1:
-        raise UserInputError(f"--minutes={minutes}, --part-mib={part_mib}, --parts={parts}: want positive values")
+           part_mib: int = 10, parts: int = 6, procs: int = 1, grace_s: float = GRACE_S) -> dict:
+    """Collect until ``minutes`` have passed, then pack the collection into ``out``; returns a summary.
+
+    ``procs`` collectors share the set (``collect.shard=[i, procs]``) and the device: one online learner of
+    small networks leaves most of a GPU idle, so several side by side collect that many tasks per window.
+    """
+    if not minutes > 0 or part_mib < 1 or parts < 1 or procs < 1:
+        raise UserInputError(f"--minutes={minutes}, --part-mib={part_mib}, --parts={parts}, --procs={procs}: "
+                             f"want positive values")
     out.mkdir(parents=True, exist_ok=True)
     done = accumulated(task_set, into) / "references.json"
     root = Path(tempfile.mkdtemp(prefix=f"gpu_collect_{task_set}_"))
-    cmd = [sys.executable, "-m", "mtmarl.collect", f"+tasks={task_set}", f"collect.root={root}",
-           "collect.progress=false", *([f"collect.done_in={done.resolve()}"] if done.is_file() else []), *overrides]
+    base = [sys.executable, "-m", "mtmarl.collect", f"+tasks={task_set}", f"collect.root={root}",
+            "collect.progress=false", *([f"collect.done_in={done.resolve()}"] if done.is_file() else []), *overrides]
+    env = {**os.environ, **({"XLA_PYTHON_CLIENT_PREALLOCATE": "false"} if procs > 1 else {})}
     deadline = time.monotonic() + 60.0 * minutes
-    with open(out / "window.log", "w") as log:
-        log.write(" ".join(cmd) + "\n")
-        log.flush()
-        proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT)
-        try:
-            proc.wait(timeout=max(1.0, deadline - grace_s - time.monotonic()))
-            cut = False
-        except subprocess.TimeoutExpired:
-            cut = True
-            proc.send_signal(signal.SIGTERM)
-            try:
-                proc.wait(timeout=grace_s)
-            except subprocess.TimeoutExpired:
-                proc.kill()
-                proc.wait()
+    logs = [root.with_name(f"{root.name}.{i}.log") for i in range(procs)]
+    running = []
+    for i, log in enumerate(logs):
+        cmd = [*base, *([f"collect.shard=[{i},{procs}]"] if procs > 1 else [])]
+        with open(log, "w") as fh:
+            fh.write(" ".join(cmd) + "\n")
+            fh.flush()
+            running.append(subprocess.Popen(cmd, stdout=fh, stderr=subprocess.STDOUT, env=env))
+    cut = not _wait_all(running, deadline - grace_s)
+    if cut:  # each collector ends the task it is on at its chunk and writes it (stopped: signal)
+        for proc in running:
+            if proc.poll() is None:
+                proc.send_signal(signal.SIGTERM)
+        if not _wait_all(running, time.monotonic() + grace_s):
+            for proc in running:
+                if proc.poll() is None:
+                    proc.kill()
+            _wait_all(running, None)
+    with open(out / "window.log", "w") as fh:
+        for log in logs:
+            fh.write(log.read_text())
+            log.unlink()
     written = pack(root, out, task_set, part_mib << 20, parts)
     entries = json.loads((root / "references.json").read_text()) if (root / "references.json").is_file() else {}
     shutil.rmtree(root, ignore_errors=True)
-    summary = {"task_set": task_set, "returncode": proc.returncode, "cut_at_deadline": cut,
+    summary = {"task_set": task_set, "returncodes": [p.returncode for p in running], "cut_at_deadline": cut,
                "tasks": {k: {"return": v.get("return"), "env_steps": v.get("env_steps"), "stopped": v.get("stopped")}
                          for k, v in entries.items()},
                "parts": [p.name for p in written]}
     (out / "window.json").write_text(json.dumps(summary, indent=1) + "\n")
     return summary
+
+
+def _wait_all(procs: list[subprocess.Popen], until: float | None) -> bool:
+    """Wait for every process until the monotonic time ``until`` (None: for ever); whether all ended."""
+    for proc in procs:
+        try:
+            proc.wait(timeout=None if until is None else max(0.0, until - time.monotonic()))
+        except subprocess.TimeoutExpired:
+            return False
+    return True
 
 
 def pack(root: Path, out: Path, task_set: str, part_bytes: int, parts: int) -> list[Path]:
@@ -160,6 +184,7 @@ def main(argv: list[str] | None = None) -> dict:
     w.add_argument("--minutes", type=float, required=True, help="the window's wall time, packing included")
     w.add_argument("--out", type=Path, required=True, help="where the parts, window.log and window.json go")
     w.add_argument("--into", type=Path, help=f"the accumulated collection (default {DEFAULT_INTO}/<set>)")
+    w.add_argument("--procs", type=int, default=1, help="collectors side by side, each on every procs-th task")
     # The device brings back at most 8 files and 64 MiB: 6 parts of 10 MiB, window.log and window.json.
     w.add_argument("--part-mib", type=int, default=10)
     w.add_argument("--parts", type=int, default=6)
@@ -171,7 +196,8 @@ def main(argv: list[str] | None = None) -> dict:
     extra = argv[argv.index("--") + 1:] if "--" in argv else []  # (argparse mishandles -- after a subcommand)
     args = parser.parse_args(argv[:len(argv) - len(extra) - bool(extra or "--" in argv)])
     if args.command == "window":
-        result = window(args.task_set, args.minutes, args.out, extra, args.into, args.part_mib, args.parts)
+        result = window(args.task_set, args.minutes, args.out, extra, args.into, args.part_mib, args.parts,
+                        args.procs)
     else:
         result = merge(args.task_set, args.files, args.into)
     print(json.dumps(result, indent=1))
