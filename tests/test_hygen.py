@@ -228,15 +228,20 @@ def test_one_chunk_trains_q_keeps_frozen_parts_and_fills_the_ring(chunk_run):
     assert np.isfinite(m.loss.total).all()
 
 
+def finetune_config(online: dict, out, seed: int, initial_eval: bool, episodes: int):
+    """``python -m mtmarl.finetune``'s config for one chunk of the stage ``online`` on the toy task."""
+    return OmegaConf.create({
+        "task": TASK, "split": "train", "seed": seed, "online": online, "online_env": {},
+        "finetune": {"budget": ENVS * SEQ * CHUNK, "out": str(out), "initial_eval": initial_eval,
+                     "time_limit_min": None, "progress": False},
+        "eval": {"episodes": episodes, "devices": None, "greedy": True}})
+
+
 def test_collector_reports_curve_hybrid_ratio_jp_and_tt(run_dir, tmp_path):
     from mtmarl import finetune as launcher
 
     online = tiny_online(run_dir, tt_threshold=-1.0)
-    cfg = OmegaConf.create({
-        "task": TASK, "split": "train", "seed": 0, "online": online, "online_env": {},
-        "finetune": {"budget": ENVS * SEQ * CHUNK, "out": str(tmp_path), "initial_eval": True, "time_limit_min": None,
-                     "progress": False},
-        "eval": {"episodes": 2, "devices": None, "greedy": True}})
+    cfg = finetune_config(online, tmp_path, seed=0, initial_eval=True, episodes=2)
     (res,) = launcher.run(cfg)
     assert res["system"] == "hygen" and res["env_steps"] == ENVS * SEQ * CHUNK
     assert res["jp"] == res["initial_return"] and np.isfinite(res["jp"]) and res["tt"] == 0
@@ -274,11 +279,7 @@ def test_sources_play_the_sets_training_tasks_and_eval_set_reports_every_task(ru
     inner = env.inner if not isinstance(env, TaskMixture) else env
     assert isinstance(inner, TaskMixture) and inner.names == ["2v2", "3v1"]
     assert env.spec == hygen.task_env(TaskSpec.parse(TASK).build(), tiny(run_dir)).spec  # the run's layout
-    cfg = OmegaConf.create({
-        "task": TASK, "split": "train", "seed": 3, "online": online, "online_env": {},
-        "finetune": {"budget": ENVS * SEQ * CHUNK, "out": str(tmp_path), "initial_eval": False, "time_limit_min": None,
-                     "progress": False},
-        "eval": {"episodes": 4, "devices": None, "greedy": True}})
+    cfg = finetune_config(online, tmp_path, seed=3, initial_eval=False, episodes=4)
     (res,) = launcher.run(cfg)
     rows = res["set_eval"]
     assert [(r["name"], r["split"]) for r in rows] == [("2v2", "train"), ("3v1", "train"), ("2v4", "test")]
