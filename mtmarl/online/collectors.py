@@ -53,7 +53,7 @@ def run_updates(budget: int, per_update: int, name: str, bar=None) -> int:
     budget rounded up to a whole update; one line says so when that is more than the budget."""
     updates = -(-int(budget) // int(per_update))
     if updates * per_update != budget:
-        text = (f"{name}: the collect budget of {budget:,} env steps is not a whole number of updates "
+        text = (f"{name}: the budget of {budget:,} env steps is not a whole number of updates "
                 f"({per_update:,} env steps each); running {updates:,} update{'s' * (updates > 1)} = "
                 f"{updates * per_update:,} env steps")
         if bar is not None:  # above the progress bar, as one line however wide
