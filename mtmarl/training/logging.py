@@ -71,9 +71,9 @@ class RunLogger:
         # after its checkpoint's update ``start``; metrics.jsonl was cut there too)
         # The file name is events.out.tfevents.<second>.<host><suffix>, opened "wb": the count of earlier event files as the
         # suffix keeps two starts in the same second apart, and in order.
-        session = len(list(self.run_dir.glob(f"{TB_PREFIX}*")))
+        earlier = len(list(self.run_dir.glob(f"{TB_PREFIX}*")))
         self._tb = SummaryWriter(logdir=str(self.run_dir), purge_step=start + 1 if resume_file else None,
-                                 flush_secs=10, filename_suffix=f".{session}")
+                                 flush_secs=10, filename_suffix=f".{earlier}")
         self.neptune_run = None
         if neptune_wanted(neptune, project):
             self.neptune_run = _init_neptune(self.run_dir, project, token, mode, tags, config)

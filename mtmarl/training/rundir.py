@@ -40,7 +40,7 @@ METRICS_NAME = "metrics.jsonl"
 # What a training run writes; overwrite=true removes exactly these.
 RUN_FILES = (CONFIG_NAME, METRICS_NAME, "algo.json", "run.json", "results.json", "summary.json", "curves.png")
 RUN_DIRS = ("checkpoints", ".neptune")
-RUN_GLOBS = ("events.out.tfevents.*",)  # TensorBoard: one event file per session of the run
+RUN_GLOBS = ("events.out.tfevents.*",)  # TensorBoard: one event file per start of the run (resumes add one)
 # Settings a resume may change: how the run is logged, evaluated, checkpointed, fed, extended, or spread over
 # devices and processes; none of them changes the parameters trained (devices, processes: data parallelism is
 # exact up to float rounding; a resumed multi-node job gets other nodes, so another coordinator address).
