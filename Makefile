@@ -81,6 +81,13 @@ demo-data-smax_%: install
 data-smax_%: install
 	$(COLLECT_ONE) +budget=smax +tasks=smax_$* collect.root=$(FULL_ROOT)
 
+# converged-<set>: every task trained to a plateau (mtmarl/configs/budget/converged.yaml) into $(CONVERGED_ROOT);
+# interruptible: the same command resumes at the first unfinished task (README, Datasets).
+CONVERGED_ROOT ?= vault_data_converged
+converged-%: install
+	$(PY) -m mtmarl.collect +budget=converged +tasks=$* collect.root=$(CONVERGED_ROOT) collect.progress=false \
+		hydra.run.dir=outputs/converged/$*
+
 collect: install
 	$(PY) -m mtmarl.collect $(COLLECT_ARGS)
 

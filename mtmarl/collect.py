@@ -39,6 +39,7 @@ This module is the CLI: task set, budgets, output paths, skipping, progress.
 from __future__ import annotations
 
 import contextlib
+import json
 from pathlib import Path
 from typing import Any
 
@@ -50,8 +51,8 @@ from mtmarl.algos.registry import ONLINE, online_stage
 from mtmarl.data import vault as vault_io
 from mtmarl.errors import UserInputError
 from mtmarl.evaluation.references import read_entries
-from mtmarl.online.collectors import (collect_dagger_task, collect_scripted_task, collect_task, env_budget,
-                                      env_quality)
+from mtmarl.online.collectors import (collect_dagger_task, collect_scripted_task, collect_task, collector_kind,
+                                      env_budget, env_quality, task_options)
 from mtmarl.online.quality import QUALITIES, min_episodes
 from mtmarl.runtime import enable_compilation_cache, hydra_cli, user_errors_exit
 
@@ -65,20 +66,53 @@ def vault_done(root: Path, spec, uid: str) -> bool:
     return (vault_io.vault_path(root, spec) / uid / vault_io.FBX_META_FILE).is_file()
 
 
-def is_finished(spec, split: str, root: Path, uid: str, references: dict[str, Any], record: bool) -> bool:
-    if spec.adhoc not in references:
-        return False
-    return split != "train" or not record or vault_done(root, spec, uid)
+def interrupted(entry: Any) -> bool:
+    """An entry written when a signal stopped the task's training (or no entry at all): not done."""
+    return not isinstance(entry, dict) or str(entry.get("stopped", "")).startswith("signal")
+
+
+def _flat(value: Any, prefix: str = "") -> dict[str, Any]:
+    if isinstance(value, dict):
+        return {k: v for key, sub in value.items() for k, v in _flat(sub, f"{prefix}{key}.").items()}
+    return {prefix.rstrip("."): value}
+
+
+def option_changes(before: dict[str, Any], now: dict[str, Any]) -> list[str]:
+    """``key: old -> new`` for every option that differs (JSON values, so a tuple equals its list)."""
+    old, new = _flat(json.loads(json.dumps(before))), _flat(json.loads(json.dumps(now)))
+    return [f"{k}: {old.get(k, '(unset)')} -> {new.get(k, '(unset)')}" for k in sorted(set(old) | set(new))
+            if old.get(k) != new.get(k)]
+
+
+def skip_reason(spec, split: str, root: Path, uid: str, entry: Any, record: bool, options: dict[str, Any],
+                redo: bool, where: Path) -> str | None:
+    """Why a task is not collected again (None: collect it).
+
+    A task is done when its reference entry says its training ended (budget, plateau rule or time limit, not a
+    signal) and, for a recorded train task, its vault is there; a done task collected with other options is
+    refused (one line naming them) unless ``collect.redo=true`` asks to collect it again."""
+    if interrupted(entry) or (split == "train" and record and not vault_done(root, spec, uid)):
+        return None
+    before = entry.get("options")
+    if before is None or not isinstance(before, dict):
+        if redo:
+            return None
+        raise UserInputError(f"{split} task {spec.name} is in {where} without the options it was collected with, "
+                             "so this run cannot tell whether it matches; add collect.redo=true to collect it "
+                             "again, or choose another collect.root")
+    changes = option_changes(before, options)
+    if not changes:
+        return f"already collected ({where})"
+    if redo:
+        return None
+    raise UserInputError(f"{split} task {spec.name} was collected with other options ({'; '.join(changes)}); "
+                         "add collect.redo=true to collect it again with these, or choose another collect.root")
 
 
 def collector(cfg: DictConfig, env: str):
-    """The collector of one env: DAgger (``collect.dagger.envs``), the planner (``collect.scripted.envs``)
-    or the online learner; naming an env in both lists is an error."""
-    dagger = env in (cfg.collect.get("dagger") or {}).get("envs", [])
-    scripted = env in (cfg.collect.get("scripted") or {}).get("envs", [])
-    if dagger and scripted:
-        raise UserInputError(f"{env} is in both collect.dagger.envs and collect.scripted.envs; pick one")
-    return collect_dagger_task if dagger else collect_scripted_task if scripted else collect_task
+    """The collector of one env (:func:`mtmarl.online.collectors.collector_kind`)."""
+    return {"dagger": collect_dagger_task, "scripted": collect_scripted_task,
+            "online": collect_task}[collector_kind(cfg, env)]
 
 
 def resolve_task_set(cfg: DictConfig) -> task_registry.TaskSet:
@@ -208,8 +242,14 @@ def run(cfg: DictConfig) -> list[dict[str, Any]]:
                 break
             # the dataset a finished task has last
             uid = "medium" if qualities[spec.env] == "expert_medium" else str(cfg.collect.uid)
-            if is_finished(spec, s, root, uid, read_entries(ref_path), bool(cfg.collect.record)) or spec.adhoc in done:
-                where = f"listed in {done_path}" if spec.adhoc in done else "already collected"
+            options, redo = task_options(cfg, spec), cfg.collect.get("redo", False) is True
+            where = skip_reason(spec, s, root, uid, read_entries(ref_path).get(spec.adhoc),
+                                bool(cfg.collect.record), options, redo, ref_path)
+            if where is None and spec.adhoc in done and not interrupted(done[spec.adhoc]):
+                # its vault is kept elsewhere: the entry alone says it is done
+                where = skip_reason(spec, s, root, uid, done[spec.adhoc], False, options, redo, done_path) and \
+                    f"listed in {done_path}"
+            if where is not None:
                 console.print(f"skip {s} task {spec.name}: {where}")
                 results.append({"name": spec.name, "split": s, "skipped": True})
                 continue

@@ -228,7 +228,8 @@ def _read_run(tmp_path):
 
 def test_ctrl_c_stops_training_after_its_chunk_and_still_scores_and_records_the_policy(tmp_path, monkeypatch):
     """The first SIGINT during training: the chunk in flight finishes, the policy reached is judged,
-    recorded and referenced with ``stopped``, and the CLI exits 130; the same command then skips the task."""
+    recorded and referenced with ``stopped``, and the CLI exits 130; the same command then collects the task
+    again (an interrupted task is not done), to its whole budget."""
     import os
     import signal
 
@@ -247,7 +248,11 @@ def test_ctrl_c_stops_training_after_its_chunk_and_still_scores_and_records_the_
     assert ref["stopped"] == meta["stopped"] == f"signal SIGINT at {steps:,} of {meta['budget']:,} steps"
     assert signal.getsignal(signal.SIGINT) == before  # the collector's handler is gone afterwards
     (again,) = collect.run(_cfg(tmp_path, "expert_medium"))
-    assert again["skipped"] and len(calls) == 2
+    uids, ref, meta, log = _read_run(tmp_path)
+    assert not again.get("skipped") and again["env_steps"] == meta["budget"] == log[-1]["env_steps"]
+    assert "stopped" not in ref and ref["ended"] == "budget" and len(calls) == 2 + len(log) > 4
+    (third,) = collect.run(_cfg(tmp_path, "expert_medium"))
+    assert third["skipped"] and len(calls) == 2 + len(log)
 
 
 def test_a_time_limit_stops_each_tasks_training_at_the_first_chunk_past_it(tmp_path, monkeypatch):

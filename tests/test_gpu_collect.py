@@ -14,6 +14,7 @@ from helpers import experiment_module
 from mtmarl import collect
 from mtmarl.configs import CONFIG_DIR
 from mtmarl.errors import UserInputError
+from mtmarl.online.collectors import task_options
 from mtmarl.tasks import TaskSpec
 
 gpu_collect = experiment_module("gpu_collect")
@@ -27,8 +28,10 @@ def _compose(args: list[str]):
 
 def test_done_in_skips_the_tasks_it_lists_before_building_anything(tmp_path, capsys):
     done = tmp_path / "earlier.json"
-    done.write_text(json.dumps({TaskSpec.parse(TASK).adhoc: {"return": 1.0}}))
-    out = collect.run(_compose([f"collect.root={tmp_path / 'root'}", f"collect.done_in={done}"]))
+    cfg = _compose([f"collect.root={tmp_path / 'root'}", f"collect.done_in={done}"])
+    spec = TaskSpec.parse(TASK)
+    done.write_text(json.dumps({spec.adhoc: {"return": 1.0, "options": task_options(cfg, spec)}}))
+    out = collect.run(cfg)
     assert out == [{"name": TaskSpec.parse(TASK).name, "split": "train", "skipped": True}]
     assert f"listed in {done}" in "".join(capsys.readouterr().err.split("\n"))  # (rich wraps long lines)
     assert not (tmp_path / "root" / "references.json").exists()  # nothing collected, nothing merged
@@ -41,7 +44,8 @@ def test_a_shard_takes_every_nth_task_of_the_set_and_a_bad_one_is_refused(tmp_pa
         cfg = compose("collect", ["+tasks=lbf_5", f"collect.root={tmp_path}", f"collect.done_in={tmp_path / 'd.json'}",
                                   "collect.shard=[1,3]"])
     every = [spec for s in ("train", "test") for spec in load("lbf_5").split(s)]
-    (tmp_path / "d.json").write_text(json.dumps({spec.adhoc: {"return": 0.0} for spec in every}))
+    (tmp_path / "d.json").write_text(json.dumps({spec.adhoc: {"return": 0.0, "options": task_options(cfg, spec)}
+                                                 for spec in every}))
     assert [r["name"] for r in collect.run(cfg)] == [spec.name for spec in every[1::3]]  # all listed: skipped
     capsys.readouterr()
     for bad in ("[3,3]", "[-1,2]", "[0]", "5"):

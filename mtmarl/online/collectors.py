@@ -35,7 +35,8 @@ from mtmarl.errors import UserInputError
 from mtmarl.evaluation.references import merge_entry
 from mtmarl.evaluation.rollout import make_evaluator, task_key
 from mtmarl.online.anakin import chunk_summary, to_experience
-from mtmarl.online.quality import record_expert_medium, record_levels
+from mtmarl.online.plateau import plateaued, rule_for
+from mtmarl.online.quality import IntervalSnapshots, record_expert_medium, record_intervals, record_levels
 from mtmarl.runtime import save_figure
 from mtmarl.training import stop as stop_signal
 
@@ -166,7 +167,42 @@ def get_evaluator(spec, env, system, greedy: bool, episodes: int, devices):
 
 
 REFERENCE_KEYS = ("return", "name", "split", "episodes", "std", "env_steps", "seed", "train_seconds",
-                  "initial_return", "win_rate", "jp", "tt", "tt_threshold", "set_eval", "stopped")
+                  "initial_return", "win_rate", "jp", "tt", "tt_threshold", "set_eval", "stopped", "ended",
+                  "stop_rule", "learner", "devices")
+
+
+def task_options(cfg: DictConfig, spec) -> dict[str, Any]:
+    """Every option that decides one task's data and reference (not where they are written, not the progress bar).
+
+    Kept in its reference entry as ``options``: a rerun with other options is refused rather than
+    taking the task as done (:mod:`mtmarl.collect`)."""
+    plain = OmegaConf.to_container(cfg.collect, resolve=True)
+    kind = collector_kind(cfg, spec.env)
+    opts: dict[str, Any] = {"collector": kind, "seed": int(cfg.seed), "budget": env_budget(cfg, spec.env),
+                            "record": bool(plain.get("record", True)), "uid": str(plain.get("uid")),
+                            "eval_episodes": int(cfg.eval.episodes), "eval_greedy": bool(cfg.eval.greedy),
+                            "time_limit_min": plain.get("time_limit_min")}
+    if kind == "online":
+        rule = rule_for(cfg, spec.env)
+        opts.update(online=env_online(cfg, spec.env), initial_eval=bool(plain.get("initial_eval", False)),
+                    plateau=rule.to_json() if rule else None, quality=env_quality(cfg, spec.env),
+                    **{k: plain.get(k) for k in ("quality_levels", "quality_records", "quality_min_episodes",
+                                                 "quality_episodes")})
+    else:
+        opts[kind] = plain.get(kind)
+    return opts
+
+
+def collector_kind(cfg: DictConfig, env: str) -> str:
+    """``dagger`` (``collect.dagger.envs``), ``scripted`` (``collect.scripted.envs``) or ``online``; naming
+    an env in both lists is an error."""
+    dagger = env in (cfg.collect.get("dagger") or {}).get("envs", [])
+    scripted = env in (cfg.collect.get("scripted") or {}).get("envs", [])
+    if dagger and scripted:
+        raise UserInputError(f"{env} is in both collect.dagger.envs and collect.scripted.envs; pick one")
+    return "dagger" if dagger else "scripted" if scripted else "online"
+
+
 def write_outputs(spec, cfg: DictConfig, root: Path, ref_path: Path, result: dict[str, Any],
                   parts: list[dict[str, Any]] | dict[str, list] | None, meta: dict[str, Any],
                   **reference_extra) -> None:
@@ -186,7 +222,7 @@ def write_outputs(spec, cfg: DictConfig, root: Path, ref_path: Path, result: dic
     entry = {k: result[k] for k in REFERENCE_KEYS if result.get(k) is not None}
     if result.get("tt_threshold") is not None:
         entry["tt"] = result.get("tt")  # null: the threshold was never reached
-    merge_entry(ref_path, spec.adhoc, {**entry, **reference_extra})
+    merge_entry(ref_path, spec.adhoc, {**entry, **reference_extra, "options": task_options(cfg, spec)})
 
 
 def collect_task(spec, split: str, cfg: DictConfig, root: Path, ref_path: Path, log_dir: Path,
@@ -213,8 +249,12 @@ def collect_task(spec, split: str, cfg: DictConfig, root: Path, ref_path: Path, 
         initial = float(np.mean(jax.device_get(evaluate(system.actor_params(state), eval_key)).returns))
 
     quality = env_quality(cfg, spec.env)  # checked by mtmarl.collect.run
+    rule = rule_for(cfg, spec.env)
     log_path = task_log(log_dir, spec)
     rows, parts, snapshots, steps, chunk, steady_s = [], [], [], 0, 0, 0.0
+    intervals = IntervalSnapshots(4 * int(cfg.collect.quality_records)) if record and quality == "intervals" else None
+    if intervals is not None:
+        intervals.add(0, 0, state.params)
     if record and quality == "levels":
         snapshots.append(jax.device_get(state.params))  # level 0: the untrained policy
     per_update = system.env_steps_per_update
@@ -242,6 +282,8 @@ def collect_task(spec, split: str, cfg: DictConfig, root: Path, ref_path: Path, 
                 exp = to_experience(system.record(state, jax.random.fold_in(rec_key, chunk)))
                 parts.append(exp)
                 row["recorded"] = int(sum(p["actions"].shape[1] for p in parts))
+            elif intervals is not None:
+                intervals.add(chunk + 1, steps, state.params)
             elif record:
                 snapshots.append(jax.device_get(state.params))
             rows.append(row)
@@ -250,6 +292,8 @@ def collect_task(spec, split: str, cfg: DictConfig, root: Path, ref_path: Path, 
             chunk += 1
             if bar:
                 bar.update(job, completed=steps, ret=summary["return"])
+            if rule is not None and plateaued(rule, [r["env_steps"] for r in rows], [r["return"] for r in rows]):
+                break
             if done < updates:
                 stopped = early_stop(start, limit_s)
     train_s = time.perf_counter() - start
@@ -265,13 +309,16 @@ def collect_task(spec, split: str, cfg: DictConfig, root: Path, ref_path: Path, 
               "env_steps_per_second": round(steps / max(train_s, 1e-9), 1),
               "train_steps_per_second": round((steps - first_steps) / steady_s, 1) if steady_s else None,
               "greedy": bool(cfg.eval.greedy), "seed": int(cfg.seed), "initial_return": initial,
-              "system": mcfg.system}
+              "system": mcfg.system, "learner": label, "devices": jax.local_device_count(),
+              "stop_rule": rule.describe() if rule else None,
+              "ended": "budget" if done >= updates else None if stopped else f"plateau at {steps:,} steps"}
     if stopped is not None:  # the data and reference say it: this policy had less than the budget
         result["stopped"] = f"{stopped} at {steps:,} of {budget:,} steps"
     meta = {"collector": f"mtmarl.collect (Anakin {label})", "online": online,
             "budget": budget, "seed": int(cfg.seed), "final_return": final,
             "record_every_updates": mcfg.updates_per_chunk, "learning_curve": str(log_path), "quality": quality,
-            "env_steps": steps, **({"stopped": result["stopped"]} if stopped else {})}
+            "env_steps": steps, "stop_rule": result["stop_rule"], "ended": result["ended"],
+            **({"stopped": result["stopped"]} if stopped else {})}
     if env.spec.has_success:
         result["win_rate"] = float(np.mean(stats.successes))
     result.update(online_final_report(mcfg, system, state, seed=int(cfg.seed), episodes=int(cfg.eval.episodes),
@@ -282,6 +329,9 @@ def collect_task(spec, split: str, cfg: DictConfig, root: Path, ref_path: Path, 
     if record and quality == "expert_medium":
         parts = record_expert_medium(system, state, snapshots, stats, cfg, evaluate, rec_key, meta,
                                      env.spec.has_success)
+    elif intervals is not None:
+        picked = intervals.pick(int(cfg.collect.quality_records), chunk, steps, jax.device_get(state.params))
+        parts = record_intervals(system, state, picked, cfg, rec_key, meta, env.spec.has_success)
     elif record and quality == "levels":
         parts = record_levels(system, state, snapshots, cfg, evaluate, rec_key, meta, env.spec.has_success)
     write_outputs(spec, cfg, root, ref_path, result, parts if record else None, meta)

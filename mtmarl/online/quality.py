@@ -8,9 +8,13 @@ same episodes and then record chosen ones:
 
 * ``expert_medium`` (the HyGen paper's SMAC data): the final policy (expert) and the snapshot
   nearest half the expert's score (medium), as two datasets;
-* ``levels`` (the multi-task Oryx paper's "mixed quality in equal parts"): for each target in
-  ``collect.quality_levels`` (fractions of the way from the untrained policy's score to
-  the final one) the nearest snapshot, each recorded equally often, into one dataset.
+* ``levels``: for each target in ``collect.quality_levels`` (fractions of the way from the untrained
+  policy's score to the final one) the nearest snapshot, each recorded equally often, into one dataset.
+
+A third needs no scoring: ``intervals`` (the multi-task Oryx paper's datasets: rollouts recorded at fixed
+intervals of one online run) records ``collect.quality_records`` snapshots evenly spaced in env steps from
+the untrained policy to the final one, once each, into one dataset; :class:`IntervalSnapshots` keeps a
+bounded, evenly strided set of them while the run's length is still unknown (a plateau rule ends it).
 """
 
 from __future__ import annotations
@@ -25,7 +29,7 @@ from omegaconf import DictConfig
 from mtmarl.errors import UserInputError
 from mtmarl.online.anakin import recorded_wins, to_experience
 
-QUALITIES = ("mixed", "expert_medium", "levels")
+QUALITIES = ("mixed", "expert_medium", "levels", "intervals")
 
 
 def quality_score(stats, has_success: bool) -> float:
@@ -75,6 +79,11 @@ def record_levels(system, state, snapshots: list, cfg: DictConfig, evaluate, rec
     trajs = [t for j, i in enumerate(picked)
              for t in _recordings(system, state, snapshots[i], cfg,
                                   [jax.random.fold_in(rec_key, 1000 * j + r) for r in range(n)])]
+    return _one_dataset(trajs, cfg, meta, has_success)
+
+
+def _one_dataset(trajs: list, cfg: DictConfig, meta: dict[str, Any], has_success: bool) -> list:
+    """The recordings as one dataset (uid ``collect.uid``); where the env reports wins, its win count to ``meta``."""
     if has_success:
         episodes, won = np.sum([recorded_wins(t) for t in trajs], axis=0)
         meta["data_wins"] = {str(cfg.collect.uid): {"episodes": int(episodes), "wins": int(won),
@@ -132,3 +141,41 @@ def record_expert_medium(system, state, snapshots: list, stats, cfg: DictConfig,
     if wins:
         meta["data_wins"] = wins  # per dataset: its recorded episodes won (the data card's win rate)
     return out
+
+
+class IntervalSnapshots:
+    """Host copies of the parameters after every ``stride``-th chunk (chunk 0: the untrained policy).
+
+    When more than ``cap`` are held, every other one is dropped and the stride doubles, so the kept ones stay
+    evenly spaced in chunks (hence in env steps) and memory stays bounded however long the run goes on.
+    """
+
+    def __init__(self, cap: int):
+        if cap < 2:
+            raise ValueError(f"cap={cap}: want >= 2")
+        self.cap, self.stride, self.kept = cap, 1, []  # kept: (chunk, env_steps, params)
+
+    def add(self, chunk: int, steps: int, params) -> None:
+        if chunk % self.stride:
+            return
+        self.kept.append((chunk, steps, jax.device_get(params)))
+        if len(self.kept) > self.cap:
+            self.kept = self.kept[::2]
+            self.stride *= 2
+
+    def pick(self, n: int, chunk: int, steps: int, params) -> list[tuple[int, Any]]:
+        """``n`` (env_steps, params), the kept snapshot nearest each of ``n`` evenly spaced points from 0 to the
+        final ``steps`` (whose parameters ``params`` are added first if not kept)."""
+        kept = self.kept if self.kept and self.kept[-1][0] == chunk else [*self.kept, (chunk, steps, params)]
+        at = np.asarray([s for _, s, _ in kept], np.float64)
+        picked = [int(np.argmin(np.abs(at - t))) for t in np.linspace(0.0, float(steps), n)]
+        return [(kept[i][1], kept[i][2]) for i in picked]
+
+
+def record_intervals(system, state, picked: list[tuple[int, Any]], cfg: DictConfig, rec_key,
+                     meta: dict[str, Any], has_success: bool) -> list:
+    """One dataset: one recording of each snapshot of ``picked`` (:meth:`IntervalSnapshots.pick`)."""
+    meta.update(interval_steps=[int(s) for s, _ in picked])
+    trajs = [t for j, (_, params) in enumerate(picked)
+             for t in _recordings(system, state, params, cfg, [jax.random.fold_in(rec_key, j)])]
+    return _one_dataset(trajs, cfg, meta, has_success)

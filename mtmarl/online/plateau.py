@@ -1,0 +1,91 @@
+"""When an online run has converged: the plateau rule that ends a collector's training before its budget.
+
+``collect.plateau`` (null: train for the whole budget):
+
+    min_steps: {rware: 20000000, lbf: 5000000, ...}   # no stop before this many env steps (per env)
+    window: 0.2                                       # w: the fraction of the steps so far in each window
+    min_gain: 0.02                                    # g: the relative improvement that counts as learning
+
+After each chunk at ``s >= min_steps`` env steps, with ``m_last`` the mean training return of the chunks in
+``(s - w s, s]`` and ``m_prev`` that of the chunks in ``(s - 2 w s, s - w s]``, the run has plateaued when
+
+    m_last - m_prev < g * max(|m_prev|, eps)
+
+(eps keeps a run stuck at zero return from counting a numerical wobble as learning). The budget
+(``collect.budget`` / ``collect.env_budget``) stays the cap.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Any
+
+import numpy as np
+
+from mtmarl.errors import UserInputError
+
+EPS = 1e-6
+
+
+@dataclasses.dataclass(frozen=True)
+class PlateauRule:
+    min_steps: int
+    window: float
+    min_gain: float
+
+    def describe(self) -> str:
+        w = f"{self.window:g}"
+        return (f"at least {self.min_steps:,} env steps, then stop when the mean training return of the last "
+                f"{w} of the steps improves by less than {self.min_gain:g} (relative) on the {w} before it")
+
+    def to_json(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+
+def rule_for(cfg, env: str) -> PlateauRule | None:
+    """``collect.plateau`` for one env, checked (None: no rule, the budget alone ends training)."""
+    value = cfg.collect.get("plateau")
+    if value is None:
+        return None
+    known = {"min_steps", "window", "min_gain"}
+    unknown = sorted(set(value) - known)
+    if unknown:
+        raise UserInputError(f"collect.plateau.{unknown[0]} is not a key of the plateau rule; allowed: "
+                             f"{', '.join(sorted(known))}")
+    per_env = value.get("min_steps")
+    steps = per_env.get(env) if hasattr(per_env, "get") else per_env
+    if isinstance(steps, bool) or not isinstance(steps, int) or steps < 0:
+        key = "collect.plateau.min_steps" + (f".{env}" if hasattr(per_env, "get") else "")
+        raise UserInputError(f"{key}={steps!r} is not allowed: want an integer >= 0 (or a mapping env: integer)")
+    for key, low, high in (("window", 0.0, 0.5), ("min_gain", 0.0, float("inf"))):
+        v = value.get(key)
+        if isinstance(v, bool) or not isinstance(v, (int, float)) or not low <= v <= high or (key == "window" and v == 0):
+            allowed = "a number in (0, 0.5]" if key == "window" else "a number >= 0"
+            raise UserInputError(f"collect.plateau.{key}={v!r} is not allowed: want {allowed}")
+    return PlateauRule(int(steps), float(value["window"]), float(value["min_gain"]))
+
+
+def window_means(steps: np.ndarray, returns: np.ndarray, window: float) -> tuple[float, float] | None:
+    """(m_prev, m_last): mean returns of the chunks ending in the last two windows of ``window * steps[-1]``
+    env steps; None while either window holds no chunk with a return."""
+    end = float(steps[-1])
+    width = window * end
+    finite = np.isfinite(returns)
+    last = finite & (steps > end - width)
+    prev = finite & (steps > end - 2 * width) & (steps <= end - width)
+    if not last.any() or not prev.any():
+        return None
+    return float(returns[prev].mean()), float(returns[last].mean())
+
+
+def plateaued(rule: PlateauRule, steps, returns) -> bool:
+    """True when the run (chunk end steps and their training returns, None for a chunk without a finished
+    episode) has reached ``rule.min_steps`` and its last window improves by less than ``min_gain``."""
+    steps = np.asarray(steps, dtype=np.float64)
+    if steps.size == 0 or steps[-1] < rule.min_steps:
+        return False
+    means = window_means(steps, np.asarray([np.nan if r is None else r for r in returns], np.float64), rule.window)
+    if means is None:
+        return False
+    prev, last = means
+    return last - prev < rule.min_gain * max(abs(prev), EPS)

@@ -1,0 +1,155 @@
+"""Collection to a plateau, recorded at fixed intervals, and safe to rerun: the stopping rule, the snapshots it
+keeps, and which tasks a rerun counts as done (finished with the same options), refuses (other options) or
+collects again (interrupted, or ``collect.redo=true``)."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+from omegaconf import OmegaConf
+
+from mtmarl import collect
+from mtmarl.configs import CONFIG_DIR
+from mtmarl.errors import UserInputError
+from mtmarl.online.plateau import PlateauRule, plateaued, rule_for
+from mtmarl.online.quality import IntervalSnapshots
+
+TASK = "connector:grid=5,agents=2"
+MAPPO = OmegaConf.to_container(OmegaConf.load(CONFIG_DIR / "online" / "mappo.yaml"))
+TINY = {**MAPPO, "num_envs": 4, "rollout_len": 8, "updates_per_chunk": 2, "record_envs": 4, "record_len": 24}
+
+
+def _naive_plateau(rule, steps, returns):
+    """The rule written out chunk by chunk: the windows by their end steps, the means over their chunks."""
+    end = steps[-1]
+    if end < rule.min_steps:
+        return False
+    w = rule.window * end
+    last = [r for s, r in zip(steps, returns) if r is not None and s > end - w]
+    prev = [r for s, r in zip(steps, returns) if r is not None and end - 2 * w < s <= end - w]
+    if not last or not prev:
+        return False
+    gain = sum(last) / len(last) - sum(prev) / len(prev)
+    return gain < rule.min_gain * max(abs(sum(prev) / len(prev)), 1e-6)
+
+
+def test_the_plateau_rule_matches_its_definition_on_hand_made_and_random_curves():
+    rule = PlateauRule(min_steps=100, window=0.2, min_gain=0.02)
+    steps = list(range(10, 210, 10))  # 20 chunks of 10 steps
+    rising = [float(s) for s in steps]
+    flat = [1.0] * 20
+    # at 200 steps: the last window (160, 200] holds 170..200 (mean 185), the one before (120, 160] 130..160 (145)
+    assert not plateaued(rule, steps, rising) and plateaued(rule, steps, flat)
+    assert not plateaued(rule, steps[:9], flat[:9])  # 90 < min_steps: never before it
+    assert plateaued(rule, steps[:10], flat[:10])
+    # 1.5% better than the window before: below 2%, a plateau; 2.5%: still learning
+    assert plateaued(rule, steps, [1.0] * 16 + [1.015] * 4) and not plateaued(rule, steps, [1.0] * 16 + [1.025] * 4)
+    # negative returns: the gain is relative to |m_prev|
+    assert not plateaued(rule, steps, [-2.0] * 16 + [-1.9] * 4) and plateaued(rule, steps, [-2.0] * 16 + [-1.99] * 4)
+    # chunks without a finished episode (None) are left out; a window with none of them does not decide
+    assert not plateaued(rule, steps, flat[:16] + [None] * 4)
+    rng = np.random.default_rng(0)
+    for _ in range(300):
+        n = int(rng.integers(1, 40))
+        s = np.cumsum(rng.integers(1, 50, n)).tolist()
+        r = [None if rng.random() < 0.1 else float(x) for x in rng.normal(1.0, 0.3, n).cumsum()]
+        rule = PlateauRule(int(rng.integers(0, 300)), float(rng.uniform(0.05, 0.5)), float(rng.uniform(0, 0.1)))
+        assert plateaued(rule, s, r) == _naive_plateau(rule, s, r), (rule, s, r)
+
+
+def test_a_bad_plateau_rule_is_one_line_naming_the_key():
+    def cfg(**plateau):
+        return OmegaConf.create({"collect": {"plateau": {"min_steps": {"lbf": 10}, "window": 0.2, "min_gain": 0.02,
+                                                         **plateau}}})
+
+    assert rule_for(cfg(), "lbf") == PlateauRule(10, 0.2, 0.02)
+    assert rule_for(OmegaConf.create({"collect": {"plateau": None}}), "lbf") is None
+    for over, key in (({"min_steps": {"lbf": -1}}, "collect.plateau.min_steps.lbf=-1"),
+                      ({"min_steps": {"lbf": 1.5}}, "collect.plateau.min_steps.lbf=1.5"),
+                      ({"min_steps": {"rware": 5}}, "collect.plateau.min_steps.lbf=None"),
+                      ({"window": 0.0}, "collect.plateau.window=0.0"), ({"window": 0.6}, "collect.plateau.window=0.6"),
+                      ({"min_gain": -0.1}, "collect.plateau.min_gain=-0.1"), ({"min_gain": "x"}, "collect.plateau.min_gain='x'"),
+                      ({"windw": 0.2}, "collect.plateau.windw is not a key")):
+        with pytest.raises(UserInputError, match="^" + key.replace(".", r"\.").replace("(", r"\(")) as err:
+            rule_for(cfg(**over), "lbf")
+        assert "\n" not in str(err.value)
+
+
+def test_interval_snapshots_stay_evenly_strided_and_pick_the_nearest_to_even_points():
+    snaps = IntervalSnapshots(cap=8)
+    for chunk in range(0, 101):
+        snaps.add(chunk, 10 * chunk, {"w": np.float32(chunk)})
+    chunks = [c for c, _, _ in snaps.kept]
+    assert len(chunks) <= 8 and chunks[0] == 0 and len(set(np.diff(chunks))) == 1  # untrained kept, one stride
+    assert chunks == list(range(0, 101, snaps.stride))
+    picked = snaps.pick(4, 103, 1030, {"w": np.float32(103)})  # the final policy, off the stride
+    kept_steps = [s for _, s, _ in snaps.kept] + [1030]
+    want = [min(kept_steps, key=lambda s: abs(s - t)) for t in np.linspace(0, 1030, 4)]
+    assert [s for s, _ in picked] == want and picked[0][0] == 0 and picked[-1] == (1030, {"w": np.float32(103)})
+    assert [float(p["w"]) for _, p in picked] == [s / 10 for s in want]
+
+
+def _cfg(tmp_path, **collect_over):
+    return OmegaConf.create({
+        "task": TASK, "split": "train", "seed": 0, "online": TINY, "online_env": {},
+        "collect": {"budget": 48 * 64, "root": str(tmp_path / "vaults"), "uid": "default", "references": None,
+                    "log_dir": None, "record": True, "progress": False, "initial_eval": False, "quality": "intervals",
+                    "quality_records": 3, "quality_episodes": 8, "quality_levels": [0.0, 1.0],
+                    "quality_min_episodes": None, **collect_over},
+        "eval": {"episodes": 8, "devices": None, "greedy": False}})
+
+
+def test_a_plateaued_run_ends_early_is_recorded_at_intervals_and_a_rerun_checks_its_options(tmp_path, capsys):
+    from mtmarl.data.vault import read_vault, vault_path
+    from mtmarl.tasks import TaskSpec
+
+    # min_gain 1e9: any run has plateaued once min_steps are reached, so the end is known in advance
+    plateau = {"min_steps": {"connector": 8 * 64}, "window": 0.25, "min_gain": 1e9}
+    (res,) = collect.run(_cfg(tmp_path, plateau=plateau))
+    refs = json.loads((tmp_path / "vaults" / "references.json").read_text())
+    ref = refs[TASK]
+    log = [json.loads(x) for x in next((tmp_path / "vaults" / "logs").rglob("*.jsonl")).read_text().splitlines()]
+    first = next(r["env_steps"] for r in log if r["env_steps"] >= 8 * 64 and r["return"] is not None)
+    assert res["env_steps"] == ref["env_steps"] == log[-1]["env_steps"] == first < 48 * 64
+    assert ref["ended"] == f"plateau at {first:,} steps" and ref["stop_rule"].startswith("at least 512 env steps")
+    assert ref["options"]["plateau"] == {"min_steps": 512, "window": 0.25, "min_gain": 1e9}
+    spec = TaskSpec.parse(TASK)
+    meta = json.loads((vault_path(tmp_path / "vaults", spec) / "mtmarl.json").read_text())
+    collector = meta["datasets"]["default"]["collector"]
+    assert collector["interval_steps"][0] == 0 and collector["interval_steps"][-1] == first
+    assert len(collector["interval_steps"]) == 3 and read_vault(vault_path(tmp_path / "vaults", spec), spec)
+
+    # the same command: done; other options: one line naming each of them, nothing run or written
+    assert collect.run(_cfg(tmp_path, plateau=plateau))[0]["skipped"]
+    capsys.readouterr()
+    before = (tmp_path / "vaults" / "references.json").read_text()
+    changed = _cfg(tmp_path, plateau=plateau, quality_records=5)
+    changed.seed, changed.online.num_envs = 7, 8
+    with pytest.raises(SystemExit) as exit_:
+        collect.run(changed)
+    err = capsys.readouterr().err.strip()
+    assert exit_.value.code == 2 and "\n" not in err and "collected with other options" in err
+    for said in ("online.num_envs: 4 -> 8", "quality_records: 3 -> 5", "seed: 0 -> 7", "collect.redo=true"):
+        assert said in err, err
+    assert (tmp_path / "vaults" / "references.json").read_text() == before
+
+    # collect.redo=true: collected again with the new options
+    changed.collect.redo = True
+    (again,) = collect.run(changed)
+    assert not again.get("skipped")
+    assert json.loads((tmp_path / "vaults" / "references.json").read_text())[TASK]["options"]["seed"] == 7
+
+
+def test_an_entry_without_its_options_is_refused_not_taken_as_done(tmp_path, capsys):
+    from mtmarl.tasks import TaskSpec
+
+    root = tmp_path / "vaults"
+    root.mkdir()
+    (root / "references.json").write_text(json.dumps({TaskSpec.parse(TASK).adhoc: {"return": 1.0}}))
+    cfg = _cfg(tmp_path, record=False)
+    with pytest.raises(SystemExit) as exit_:
+        collect.run(cfg)
+    err = capsys.readouterr().err.strip()
+    assert exit_.value.code == 2 and "\n" not in err and "without the options it was collected with" in err
