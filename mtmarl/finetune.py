@@ -8,8 +8,10 @@ The stage is looked up in :data:`mtmarl.algos.registry.ONLINE` (fine-tuning a pr
 hybrid stage, or an online learner from scratch as the baseline); the loop, logs and scoring are the online
 collector's (:func:`mtmarl.online.collectors.collect_task` with recording off): a learning curve per task
 in ``<finetune.out>/logs/<env>/<task>.jsonl``, the final evaluation with JP / TT (and what the stage adds,
-e.g. HyGen's ``set_eval``) in ``<finetune.out>/references.json``. A task whose entry exists is skipped,
-so a stopped sweep resumes. Data collection is ``python -m mtmarl.collect``.
+e.g. HyGen's ``set_eval``) in ``<finetune.out>/references.json``. A finished task (its entry written after its
+whole budget, with the same options) is skipped, so a stopped sweep resumes; a task a signal stopped runs again,
+and one finished with other options is refused unless ``finetune.redo=true``. ``finetune.out`` may not lie in
+the bundled ``vault_data/``. Data collection is ``python -m mtmarl.collect``.
 """
 
 from __future__ import annotations
@@ -32,7 +34,8 @@ def collector_config(cfg: DictConfig) -> DictConfig:
         "online_env": OmegaConf.to_container(cfg.online_env, resolve=True) if cfg.get("online_env") else {},
         "collect": {"budget": ft.budget, "env_budget": {}, "initial_eval": bool(ft.initial_eval),
                     "root": str(ft.out), "uid": "default", "record": False, "quality": "mixed",
-                    "time_limit_min": ft.time_limit_min, "progress": bool(ft.progress)},
+                    "time_limit_min": ft.time_limit_min, "progress": bool(ft.progress),
+                    "redo": ft.get("redo", False) is True},
         "eval": OmegaConf.to_container(cfg.eval, resolve=True)})
 
 
@@ -40,7 +43,8 @@ def collector_config(cfg: DictConfig) -> DictConfig:
 def run(cfg: DictConfig) -> list[dict[str, Any]]:
     from rich.console import Console
 
-    from mtmarl.collect import resolve_task_set
+    from mtmarl.collect import BUNDLED, resolve_task_set, skip_reason
+    from mtmarl.online.collectors import task_options
     from mtmarl.config_check import check_keys
     from mtmarl.evaluation.references import read_entries
     from mtmarl.online.collectors import collect_task, time_limit_s
@@ -60,6 +64,10 @@ def run(cfg: DictConfig) -> list[dict[str, Any]]:
         raise UserInputError(f"split={split!r}; allowed: train, test, all")
     todo = [(s, spec) for s in (["train", "test"] if split == "all" else [split]) for spec in task_set.split(s)]
     out = Path(str(cfg.finetune.out))
+    if out.resolve().is_relative_to(BUNDLED.resolve()):
+        raise UserInputError(f"finetune.out={cfg.finetune.out} is inside the bundled data {BUNDLED.resolve()} (tracked "
+                             "vaults and the references.json that normalises them); choose another folder, e.g. "
+                             "the default outputs/finetune")
     out.mkdir(parents=True, exist_ok=True)
     ref_path, log_dir = out / "references.json", out / "logs"
     console = Console(stderr=True)
@@ -69,8 +77,10 @@ def run(cfg: DictConfig) -> list[dict[str, Any]]:
             if requested() is not None:
                 console.print(f"stopped on a signal before {s} task {spec.name}; run the same command again to go on")
                 break
-            if spec.adhoc in read_entries(ref_path):
-                console.print(f"skip {s} task {spec.name}: already in {ref_path}")
+            where = skip_reason(spec, s, out, "default", read_entries(ref_path).get(spec.adhoc), False,
+                                task_options(ccfg, spec), bool(ccfg.collect.redo), ref_path)
+            if where is not None:
+                console.print(f"skip {s} task {spec.name}: {where}")
                 results.append({"name": spec.name, "split": s, "skipped": True})
                 continue
             res = collect_task(spec, s, ccfg, out, ref_path, log_dir)

@@ -153,3 +153,57 @@ def test_an_entry_without_its_options_is_refused_not_taken_as_done(tmp_path, cap
         collect.run(cfg)
     err = capsys.readouterr().err.strip()
     assert exit_.value.code == 2 and "\n" not in err and "without the options it was collected with" in err
+
+
+def _finetune_cfg(tmp_path, seed=0, out=None):
+    return OmegaConf.create({
+        "task": TASK, "split": "train", "seed": seed, "online": TINY, "online_env": {},
+        "finetune": {"budget": 3 * 64, "out": str(out or tmp_path / "ft"), "initial_eval": False,
+                     "time_limit_min": None, "progress": False},
+        "eval": {"episodes": 4, "devices": None, "greedy": False}})
+
+
+def test_finetune_reruns_an_interrupted_task_refuses_changed_options_and_the_bundled_data(tmp_path, monkeypatch,
+                                                                                          capsys):
+    import os
+    import signal
+
+    from mtmarl import finetune
+    from mtmarl.collect import BUNDLED
+    from mtmarl.online import collectors
+
+    original, calls = collectors.get_system, []
+
+    class Interrupting:  # the system, with SIGINT sent to this process during its first compiled chunk
+        def __init__(self, inner):
+            self._inner = inner
+
+        def __getattr__(self, name):
+            return getattr(self._inner, name)
+
+        def train_chunk(self, state, updates=None):
+            calls.append(1)
+            if len(calls) == 1:
+                os.kill(os.getpid(), signal.SIGINT)
+            return self._inner.train_chunk(state, updates)
+
+    monkeypatch.setattr(collectors, "get_system", lambda *a: Interrupting(original(*a)))
+    with pytest.raises(SystemExit) as exit_:
+        finetune.run(_finetune_cfg(tmp_path))
+    refs = tmp_path / "ft" / "references.json"
+    assert exit_.value.code == 130 and json.loads(refs.read_text())[TASK]["stopped"].startswith("signal SIGINT")
+    (again,) = finetune.run(_finetune_cfg(tmp_path))  # interrupted: not done, so it runs again, to its budget
+    assert not again.get("skipped") and "stopped" not in json.loads(refs.read_text())[TASK]
+    assert finetune.run(_finetune_cfg(tmp_path))[0]["skipped"]
+    capsys.readouterr()
+    with pytest.raises(SystemExit) as exit_:
+        finetune.run(_finetune_cfg(tmp_path, seed=3))
+    err = capsys.readouterr().err.strip()
+    assert exit_.value.code == 2 and "\n" not in err and "seed: 0 -> 3" in err
+
+    before = sorted(p.name for p in BUNDLED.iterdir())
+    with pytest.raises(SystemExit) as exit_:
+        finetune.run(_finetune_cfg(tmp_path, out=BUNDLED))
+    err = capsys.readouterr().err.strip()
+    assert exit_.value.code == 2 and "\n" not in err and "finetune.out=" in err and "inside the bundled data" in err
+    assert sorted(p.name for p in BUNDLED.iterdir()) == before

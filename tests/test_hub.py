@@ -435,3 +435,22 @@ def test_a_full_disk_is_one_line_and_leaves_nothing_that_blocks_a_retry(tmp_path
 
     assert hub.download(f"{server}/toy.zip", root, sha256=sha, progress=False)[0][1] == "installed"  # the retry
     assert _tree_bytes(root / "connector" / "toy.vlt") == _tree_bytes(src)
+
+
+def test_the_cli_never_writes_into_the_bundled_data_unless_asked(tmp_path, server, packed, capsys, monkeypatch):
+    """The default --to is outputs/vault_data under the working directory; --to inside the bundled vault_data/
+    is refused before anything is fetched (with --force it replaced tracked vaults) unless --write-bundled."""
+    from mtmarl.hub.fetch import DEFAULT_ROOT
+
+    Handler.files["/toy.zip"] = packed[0]
+    before = _tree_bytes(DEFAULT_ROOT / "lbf")
+    for to in ([], ["--to", str(DEFAULT_ROOT)], ["--to", str(DEFAULT_ROOT / "lbf")]):
+        monkeypatch.chdir(tmp_path)
+        argv = ["download", f"{server}/toy.zip", *to, "--force", "--quiet"]
+        if to:
+            _one_line_refusal(capsys, argv, "inside the bundled data")
+        else:
+            assert hub.main(argv) == 0
+            assert any((tmp_path / "outputs" / "vault_data").rglob("*.vlt"))
+            capsys.readouterr()
+    assert _tree_bytes(DEFAULT_ROOT / "lbf") == before

@@ -495,3 +495,26 @@ def test_garbage_collector_tuning_freezes_what_is_alive_and_still_collects_later
     del after
     gc.collect()
     assert ref_after() is None
+
+
+def test_resume_without_a_latest_checkpoint_continues_from_the_newest_other_one(data_root, tmp_path, capsys):
+    """``checkpoints/latest`` gone, ``best`` there: resume=true continues from best (one line says so), never
+    a fresh start that would replace the run's checkpoints and metrics."""
+    import shutil
+
+    from mtmarl import train
+    from mtmarl.runtime import quote_task_overrides
+
+    run = tmp_path / "run"
+    args = [o for o in quote_task_overrides(_train_cmd(data_root, run, "training.eval_every=4")[3:])
+            if not o.startswith("hydra.")]
+    train.run(_compose([*args, "training.updates=8"]), run_dir=run)
+    best = max(int(p.name) for p in (run / "checkpoints" / "best").iterdir() if p.name.isdigit())
+    shutil.rmtree(run / "checkpoints" / "latest")
+    capsys.readouterr()
+    train.run(_compose([*args, "training.updates=12", "resume=true"]), run_dir=run)
+    out = capsys.readouterr().out
+    assert f"resuming from best/{best}" in out and f"resumed from update {best} of 12" in out, out
+    assert "starting from scratch" not in out
+    records = [json.loads(ln) for ln in (run / "metrics.jsonl").read_text().splitlines()]
+    assert records[0]["step"] <= best and records[-1]["step"] == 12

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import argparse
 import sys
+from pathlib import Path
 
 from mtmarl.errors import UserInputError
 from mtmarl.hub.fetch import DEFAULT_ROOT, download
@@ -22,7 +23,10 @@ def main(argv: list[str] | None = None) -> int:
     d = sub.add_parser("download", help="download and install a vault zip")
     d.add_argument("source", help="http(s)/file URL, hf://<owner>/<repo>/<path>.zip or "
                                   "ogmarl:<source>/<env>/<scenario>")
-    d.add_argument("--to", default=str(DEFAULT_ROOT), help="vault root (default: %(default)s)")
+    d.add_argument("--to", default=str(Path("outputs") / "vault_data"),
+                   help="vault root (default: %(default)s under the working directory; train with data.root=<it>)")
+    d.add_argument("--write-bundled", action="store_true",
+                   help=f"allow --to inside the bundled data {DEFAULT_ROOT} (tracked vaults)")
     d.add_argument("--sha256", default=None, help="expected sha256 of the zip")
     d.add_argument("--manifest", default=None, help="JSON file mapping names to sha256")
     d.add_argument("--env", default=None, help="env directory to install into (default: from the vault)")
@@ -38,6 +42,9 @@ def main(argv: list[str] | None = None) -> int:
             sha = pack(args.vault, args.zip)
             print(f"{sha}  {args.zip}")
             return 0
+        if not args.write_bundled and Path(args.to).resolve().is_relative_to(DEFAULT_ROOT.resolve()):
+            raise UserInputError(f"--to {args.to} is inside the bundled data {DEFAULT_ROOT} (tracked vaults); add "
+                                 f"--write-bundled to install there, or leave --to at its default (outputs/vault_data)")
         results = download(args.source, args.to, sha256=args.sha256, manifest=args.manifest, env=args.env,
                            force=args.force, retries=max(0, args.retries),
                            progress=False if args.quiet else None)

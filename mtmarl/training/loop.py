@@ -257,6 +257,23 @@ def check_finite(metrics: Mapping[str, float], carry: Carry, first: int, last: i
                                f"{kept} (try a lower algo.lr or a wider value support)")
 
 
+def resume_from(ckpt, population: int) -> str | None:
+    """The checkpoint kind ``resume=true`` continues from: ``latest``; without it, the newest other one (``best``,
+    a whole training state of a one-seed run, said in one line); None when the run has no checkpoint at all.
+    A population's ``best`` mixes its seeds' best updates, so without ``latest`` it is refused."""
+    if ckpt.latest_step() is not None:
+        return "latest"
+    best = ckpt.latest_step("best")
+    if best is None:
+        return None
+    if population > 1:
+        raise UserInputError(f"resume=true but {ckpt.directory} has no latest checkpoint, and its best/{best} mixes "
+                             f"the seeds' best updates, which is no state to train on from; start again with "
+                             f"overwrite=true")
+    print(f"resume=true: no latest checkpoint in {ckpt.directory}; resuming from best/{best}, the newest one there")
+    return "best"
+
+
 def check_same_algorithm(meta: Mapping[str, Any], algo: Algorithm, where: Path) -> None:
     """Refuse to resume a checkpoint of another algorithm or configuration, naming what differs."""
     saved, now = meta.get("algorithm"), json.loads(json.dumps(algo.spec))
@@ -335,10 +352,11 @@ def run_training(cfg: Mapping[str, Any], task_set: TaskSet, run_dir: Path, refer
     template = carry
     selection, done = Selection(population), 0
     earlier_seconds = 0.0  # training time of the sessions before a resume (their checkpoint records it)
-    if cfg.get("resume") and ckpt.latest_step() is not None:
-        check_same_algorithm(ckpt.meta("latest"), algo, ckpt.directory)
+    which = resume_from(ckpt, population) if cfg.get("resume") else None
+    if which is not None:
+        check_same_algorithm(ckpt.meta(which), algo, ckpt.directory)
         with phase("loading data"):
-            carry, meta = ckpt.restore(template, "latest")
+            carry, meta = ckpt.restore(template, which)
             done, selection = int(meta["updates"]), Selection.from_meta(population, meta)
             if population > 1 and selection.any:  # the other seeds' slices of the composite best
                 selection.carry, _ = ckpt.restore(template, "best")
