@@ -83,10 +83,12 @@ data-smax_%: install
 
 # converged-<set>: every task trained to a plateau (mtmarl/configs/budget/converged.yaml) into $(CONVERGED_ROOT);
 # interruptible: the same command resumes at the first unfinished task (README, Datasets).
+# Several collectors share a set: make converged-<set> CONVERGED_ARGS='collect.shard=[i,n]' for i < n.
 CONVERGED_ROOT ?= vault_data_converged
+CONVERGED_ARGS ?=
 converged-%: install
 	$(PY) -m mtmarl.collect +budget=converged +tasks=$* collect.root=$(CONVERGED_ROOT) collect.progress=false \
-		hydra.run.dir=outputs/converged/$*
+		$(CONVERGED_ARGS)
 
 collect: install
 	$(PY) -m mtmarl.collect $(COLLECT_ARGS)

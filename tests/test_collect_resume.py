@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 
+import jax
 import numpy as np
 import pytest
 from omegaconf import OmegaConf
@@ -207,3 +208,52 @@ def test_finetune_reruns_an_interrupted_task_refuses_changed_options_and_the_bun
     err = capsys.readouterr().err.strip()
     assert exit_.value.code == 2 and "\n" not in err and "finetune.out=" in err and "inside the bundled data" in err
     assert sorted(p.name for p in BUNDLED.iterdir()) == before
+
+
+def test_an_interrupted_task_continues_from_its_partial_run_to_the_same_result(tmp_path, monkeypatch):
+    """SIGINT after the second chunk, then the same command: the task continues from the saved run (no chunk
+    trained twice) and ends with the reference, curve and vault of a run that was never interrupted."""
+    import os
+    import signal
+
+    from mtmarl.data.vault import read_vault, vault_path
+    from mtmarl.online import collectors
+    from mtmarl.tasks import TaskSpec
+
+    def refs(root):
+        entry = json.loads((root / "references.json").read_text())[TASK]
+        return {k: entry[k] for k in ("return", "std", "env_steps", "initial_return")}
+
+    whole = _cfg(tmp_path / "whole", initial_eval=True)
+    collect.run(whole)
+    original, calls = collectors.get_system, []
+
+    class Interrupting:
+        def __init__(self, inner):
+            self._inner = inner
+
+        def __getattr__(self, name):
+            return getattr(self._inner, name)
+
+        def train_chunk(self, state, updates=None):
+            calls.append(1)
+            if len(calls) == 2:
+                os.kill(os.getpid(), signal.SIGINT)
+            return self._inner.train_chunk(state, updates)
+
+    monkeypatch.setattr(collectors, "get_system", lambda *a: Interrupting(original(*a)))
+    cut = _cfg(tmp_path / "cut", initial_eval=True)
+    with pytest.raises(SystemExit):
+        collect.run(cut)
+    root = tmp_path / "cut" / "vaults"
+    assert (root / ".partial" / "connector" / "grid=5,agents=2.pkl").is_file()
+    collect.run(cut)
+    log = lambda r: [json.loads(x) for x in next((r / "logs").rglob("*.jsonl")).read_text().splitlines()]  # noqa: E731
+    whole_root = tmp_path / "whole" / "vaults"
+    assert len(calls) == len(log(root)) and refs(root) == refs(whole_root)
+    assert [r["return"] for r in log(root)] == [r["return"] for r in log(whole_root)]
+    spec = TaskSpec.parse(TASK)
+    a, b = read_vault(vault_path(root, spec), spec), read_vault(vault_path(whole_root, spec), spec)
+    for x, y in zip(jax.tree.leaves(a), jax.tree.leaves(b)):
+        np.testing.assert_array_equal(x, y)
+    assert not (root / ".partial" / "connector" / "grid=5,agents=2.pkl").exists()  # finished: removed

@@ -64,6 +64,7 @@ def test_a_missing_done_in_file_is_one_line_naming_the_key(tmp_path, capsys):
     assert exit_.value.code == 2 and "\n" not in err and "collect.done_in=" in err and "no such file" in err
 
 
+SET = "my_lbf"  # a set outside mtmarl/configs/tasks: merge keeps every task of the collection
 A, B, C = "lbf:grid=6,agents=2,food=1", "lbf:grid=8,agents=2,food=2", "lbf:grid=9,agents=3,food=3"
 
 
@@ -85,7 +86,7 @@ def _collection(root: Path, tasks: dict[str, dict], vaults=None) -> None:
 
 
 def _pack(root: Path, out: Path, part_bytes: int = 1 << 20, parts=None) -> list[str]:
-    return packed.pack(root, out, "lbf_5", part_bytes, parts, {"task_set": "lbf_5"})
+    return packed.pack(root, out, SET, part_bytes, parts, {"task_set": SET})
 
 
 def _tree(root: Path) -> dict[str, bytes]:
@@ -99,7 +100,7 @@ def test_merge_keeps_finished_tasks_and_drops_the_one_a_signal_cut(tmp_path):
     into = tmp_path / "acc"
     parts = _pack(tmp_path / "w1", tmp_path / "out1", part_bytes=4000)
     assert len(parts) > 1 and all((tmp_path / "out1" / p).stat().st_size <= 4000 for p in parts)
-    got = packed.merge("lbf_5", tmp_path / "out1", into)
+    got = packed.merge(SET, tmp_path / "out1", into)
     assert got["merged"] == [A, C] and got["dropped (cut by a signal)"] == [B]
     refs = json.loads((into / "references.json").read_text())
     assert refs == {A: first[A], C: first[C]}  # a per-task time limit is a finished task; a signal is not
@@ -110,7 +111,7 @@ def test_merge_keeps_finished_tasks_and_drops_the_one_a_signal_cut(tmp_path):
     # the next run collected B (the only task not in its done_in); its parts replace the first run's in out1
     _collection(tmp_path / "w2", {B: _entry(B, 0.9)})
     _pack(tmp_path / "w2", tmp_path / "out1")
-    packed.merge("lbf_5", tmp_path / "out1", into)
+    packed.merge(SET, tmp_path / "out1", into)
     refs = json.loads((into / "references.json").read_text())
     assert sorted(refs) == sorted([A, B, C]) and refs[B]["return"] == 0.9
     assert not [p for p in into.rglob(".*") if p.name != ".references.json.lock"]  # no staging left behind
@@ -123,10 +124,10 @@ def _refused(fn, *args, match: str):
 
 
 @pytest.mark.parametrize("case,want", [
-    ("missing part", "part lbf_5.tar.gz.001 of 3 is missing"),
+    ("missing part", "part my_lbf.tar.gz.001 of 3 is missing"),
     ("altered part", "does not match its sha256"),
     ("stray part", "does not list"),
-    ("another set", "a packed run of connector_10, not lbf_5"),
+    ("another set", "a packed run of connector_10, not my_lbf"),
     ("no vault", f"train task {B} .* is finished but its vault is missing"),
     ("vault of another task", "records task .* which has no reference entry"),
     ("misplaced vault", "whose vault belongs elsewhere"),
@@ -138,7 +139,7 @@ def test_merge_verifies_everything_before_it_changes_anything(tmp_path, case, wa
     into = tmp_path / "acc"
     _collection(tmp_path / "w0", {C: _entry(C, 0.3)})
     _pack(tmp_path / "w0", tmp_path / "out0")
-    packed.merge("lbf_5", tmp_path / "out0", into)
+    packed.merge(SET, tmp_path / "out0", into)
     before = _tree(into)
     tasks, vaults = {A: _entry(A, 0.5), B: _entry(B, 0.2), C: _entry(C, 0.7)}, None
     if case == "no vault":
@@ -158,22 +159,22 @@ def test_merge_verifies_everything_before_it_changes_anything(tmp_path, case, wa
         data.write_bytes(data.read_bytes()[: data.stat().st_size // 2])
     out = tmp_path / "out"
     _pack(root, out, part_bytes=max(1, sum(len(b) for b in _tree(root).values()) // 6))
-    n = len(list(out.glob("lbf_5.tar.gz.*")))
+    n = len(list(out.glob("my_lbf.tar.gz.*")))
     if case == "missing part":
-        for p in sorted(out.glob("lbf_5.tar.gz.*"))[3:]:
+        for p in sorted(out.glob("my_lbf.tar.gz.*"))[3:]:
             p.unlink()
         manifest = json.loads((out / "manifest.json").read_text())
         manifest["parts"] = manifest["parts"][:3]
         (out / "manifest.json").write_text(json.dumps(manifest))
-        (out / "lbf_5.tar.gz.001").unlink()
+        (out / "my_lbf.tar.gz.001").unlink()
     if case == "altered part":
-        (out / "lbf_5.tar.gz.000").write_bytes((out / "lbf_5.tar.gz.000").read_bytes()[:-1] + b"x")
+        (out / "my_lbf.tar.gz.000").write_bytes((out / "my_lbf.tar.gz.000").read_bytes()[:-1] + b"x")
     if case == "stray part":
-        (out / f"lbf_5.tar.gz.{n + 1:03d}").write_bytes(b"another run's part")
+        (out / f"my_lbf.tar.gz.{n + 1:03d}").write_bytes(b"another run's part")
     if case == "another set":
         manifest = json.loads((out / "manifest.json").read_text())
         (out / "manifest.json").write_text(json.dumps({**manifest, "task_set": "connector_10"}))
-    _refused(packed.merge, "lbf_5", out, into, match=want)
+    _refused(packed.merge, SET, out, into, match=want)
     assert _tree(into) == before
 
 
@@ -181,7 +182,7 @@ def test_a_failed_copy_leaves_the_accumulated_collection_as_it_was(tmp_path, mon
     into = tmp_path / "acc"
     _collection(tmp_path / "w0", {A: _entry(A, 0.5), C: _entry(C, 0.3)})
     _pack(tmp_path / "w0", tmp_path / "out0")
-    packed.merge("lbf_5", tmp_path / "out0", into)
+    packed.merge(SET, tmp_path / "out0", into)
     before = _tree(into)
     _collection(tmp_path / "w1", {A: _entry(A, 0.9), C: _entry(C, 0.8)})  # re-collected: both replace the old
     _pack(tmp_path / "w1", tmp_path / "out1")
@@ -194,7 +195,7 @@ def test_a_failed_copy_leaves_the_accumulated_collection_as_it_was(tmp_path, mon
         return real(src, dst, *a, **k)
 
     monkeypatch.setattr(packed.shutil, "copytree", full_disk)
-    _refused(packed.merge, "lbf_5", tmp_path / "out1", into, match="No space left on device")
+    _refused(packed.merge, SET, tmp_path / "out1", into, match="No space left on device")
     assert _tree(into) == before and len(calls) == 2
 
 
@@ -202,8 +203,8 @@ def test_a_collection_too_large_for_its_parts_is_kept_and_merge_takes_it_as_it_i
     _collection(tmp_path / "w", {A: _entry(A, 0.1)})
     _refused(_pack, tmp_path / "w", tmp_path / "out", 200, 2, match=f"more than 2 parts .* kept in {tmp_path / 'w'}")
     assert not list((tmp_path / "out").glob("*")) if (tmp_path / "out").exists() else True
-    assert packed.merge("lbf_5", tmp_path / "w", tmp_path / "acc")["merged"] == [A]
-    _refused(packed.merge, "lbf_5", tmp_path / "empty", tmp_path / "acc", match="holds no manifest.json")
+    assert packed.merge(SET, tmp_path / "w", tmp_path / "acc")["merged"] == [A]
+    _refused(packed.merge, SET, tmp_path / "empty", tmp_path / "acc", match="holds no manifest.json")
 
 
 def test_a_run_refuses_overrides_it_owns_and_a_deadline_inside_its_grace(tmp_path):
@@ -288,3 +289,21 @@ def test_the_command_line_passes_what_follows_the_double_dash_to_the_collector(m
     packed.main(["run", "lbf_5", "--minutes", "8", "--out", str(tmp_path), "--", "online.num_envs=512"])
     packed.main(["run", "lbf_5", "--minutes", "8", "--out", str(tmp_path)])
     assert [c[:4] for c in calls] == [("lbf_5", 8.0, tmp_path, ["online.num_envs=512"]), ("lbf_5", 8.0, tmp_path, [])]
+
+
+def test_merge_takes_only_the_sets_tasks_and_whole_set_wants_all_of_them(tmp_path):
+    from mtmarl import tasks
+    from mtmarl.data.stats import DEFAULT_ROOT as BUNDLED
+
+    lbf = [spec.adhoc for s in ("train", "test") for spec in tasks.load("lbf_5").split(s)]
+    other = "connector:grid=5,agents=2"
+    root = tmp_path / "w"
+    _collection(root, {lbf[0]: _entry(lbf[0], 0.5), other: _entry(other, 1.0)})
+    got = packed.merge("lbf_5", root, tmp_path / "acc")
+    assert got["merged"] == [lbf[0]] and got["left out (not in the set)"] == [other]
+    assert list(json.loads((tmp_path / "acc" / "references.json").read_text())) == [lbf[0]]
+    _refused(packed.merge, "lbf_5", root, tmp_path / "acc2", True, match=f"{len(lbf) - 1} of the {len(lbf)} tasks")
+    assert not (tmp_path / "acc2" / "references.json").exists()
+    before = _tree(BUNDLED / "lbf")
+    _refused(packed.merge, "lbf_5", root, BUNDLED, match="add --write-bundled")
+    assert _tree(BUNDLED / "lbf") == before

@@ -63,12 +63,27 @@ def default_path(data_root: str | Path | None) -> Path:
     return candidate if candidate is not None and candidate.is_file() else DEFAULT_PATH
 
 
+MIN_REFERENCE = 1e-6  # below it a normalised return (return / reference) is noise blown up, not a score
+
+
+def check_reference(key: str, value: Any, where: str | Path) -> float:
+    """A reference return as a float: a number (not a bool), finite, 0 (no reference: returns stay raw) or at
+    least ``MIN_REFERENCE``; anything else would flip or blow up every normalised return of the task."""
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value) \
+            or value < 0 or 0 < value < MIN_REFERENCE:
+        raise UserInputError(f"reference file {where}: task {key} has return {value!r}; want a finite number >= "
+                             f"{MIN_REFERENCE:g} (the online learner's final return that normalises the task), or 0 "
+                             f"for none")
+    return float(value)
+
+
 def load_references(path: str | Path | None = None) -> dict[str, float]:
-    """Reference returns by task key; an absent file means no references."""
+    """Reference returns by task key (each checked by :func:`check_reference`); an absent file means none."""
     path = Path(path) if path else DEFAULT_PATH
     try:
-        return {k: float(v["return"] if isinstance(v, dict) else v) for k, v in read_entries(path).items()}
-    except (ValueError, KeyError, TypeError) as err:
+        return {k: check_reference(k, v["return"] if isinstance(v, dict) else v, path)
+                for k, v in read_entries(path).items()}
+    except (KeyError, TypeError) as err:
         raise UserInputError(f"reference file {path} is malformed: {err}") from None
 
 

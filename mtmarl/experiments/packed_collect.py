@@ -15,7 +15,10 @@ with it even when it is killed. A collection too large for ``--parts`` parts sta
 error, and ``merge`` takes that root as it is. ``merge`` refuses the whole merge, changing nothing, when a part
 is missing or altered, a vault fails its checksums or names another task, a train task lacks its vault, or a
 reference is not a finite number; it stages the new files beside the old and swaps them in. A task a signal
-cut short is dropped (the next run collects it again). Train with ``data.root=<the accumulated folder>``.
+cut short is dropped (the next run collects it again), and tasks of another set are left out. Train with
+``data.root=<the accumulated folder>``. A finished collection becomes the bundled data of its set as a whole::
+
+    python experiment_scripts/packed_collect.py merge lbf_5 vault_data_converged --into vault_data --whole-set --write-bundled
 """
 
 from __future__ import annotations
@@ -261,14 +264,41 @@ def check_collection(root: Path) -> tuple[dict, dict, list[str]]:
     return merged, vaults, dropped
 
 
-def merge(task_set: str, files: Path, into: Path | None = None) -> dict:
-    """Add a packed run's collection (``files``: its parts and manifest, or a kept root) to the accumulated one."""
+def set_tasks(task_set: str, entries: dict, whole_set: bool) -> tuple[dict, list[str]]:
+    """The entries of ``task_set``'s tasks and the keys left out (another set's). With ``whole_set``, every
+    task of the set must be there (a set switches to new data only as a whole); an unknown set (one defined
+    outside ``mtmarl/configs/tasks``) keeps every entry."""
+    from mtmarl import tasks
+
+    if task_set not in tasks.available_sets():
+        if whole_set:
+            raise UserInputError(f"--whole-set needs a set of mtmarl/configs/tasks; {task_set} is none of "
+                                 f"{', '.join(tasks.available_sets())}")
+        return entries, []
+    keys = {spec.adhoc for split in ("train", "test") for spec in tasks.load(task_set).split(split)}
+    missing = sorted(keys - set(entries))
+    if whole_set and missing:
+        raise UserInputError(f"{len(missing)} of the {len(keys)} tasks of {task_set} are not finished there "
+                             f"(first: {missing[0]}); a set switches to new data only when all its tasks have it")
+    return {k: v for k, v in entries.items() if k in keys}, sorted(set(entries) - keys)
+
+
+def merge(task_set: str, files: Path, into: Path | None = None, whole_set: bool = False,
+          write_bundled: bool = False) -> dict:
+    """Add a packed run's collection (``files``: its parts and manifest, or a collection root) to the accumulated
+    one: only ``task_set``'s tasks (all of them with ``whole_set``); into the bundled data only with
+    ``write_bundled``."""
+    from mtmarl.data.stats import DEFAULT_ROOT as BUNDLED
     from mtmarl.evaluation.references import merge_entry
 
     dest = accumulated(task_set, into)
+    if dest.resolve().is_relative_to(BUNDLED.resolve()) and not write_bundled:
+        raise UserInputError(f"--into {dest} is inside the bundled data {BUNDLED} (tracked vaults and the references "
+                             f"that normalise them); add --write-bundled to switch a set's data there")
     with tempfile.TemporaryDirectory() as tmp:
         root = unpack(task_set, files, Path(tmp))
         entries, vaults, dropped = check_collection(root)
+        entries, others = set_tasks(task_set, entries, whole_set)
         try:
             dest.mkdir(parents=True, exist_ok=True)
             stage = Path(tempfile.mkdtemp(prefix=".merge-", dir=dest))
@@ -305,7 +335,8 @@ def merge(task_set: str, files: Path, into: Path | None = None) -> dict:
                                  f"unchanged except tasks already swapped in, each whole") from None
         finally:
             shutil.rmtree(stage, ignore_errors=True)
-    return {"into": str(dest), "merged": sorted(entries), "dropped (cut by a signal)": dropped}
+    return {"into": str(dest), "merged": sorted(entries), "dropped (cut by a signal)": dropped,
+            "left out (not in the set)": others}
 
 
 # --------------------------------------------------------------------------- command line
@@ -325,13 +356,15 @@ def main(argv: list[str] | None = None) -> dict:
     m.add_argument("task_set")
     m.add_argument("files", type=Path, help="the folder holding the run's parts and manifest, or a kept root")
     m.add_argument("--into", type=Path, help=f"the accumulated collection (default {DEFAULT_INTO}/<set>)")
+    m.add_argument("--whole-set", action="store_true", help="refuse unless every task of the set is finished there")
+    m.add_argument("--write-bundled", action="store_true", help="allow --into inside the bundled vault_data/")
     argv = list(sys.argv[1:] if argv is None else argv)
     extra = argv[argv.index("--") + 1:] if "--" in argv else []  # (argparse mishandles -- after a subcommand)
     args = parser.parse_args(argv[:len(argv) - len(extra) - bool(extra or "--" in argv)])
     if args.command == "run":
         result = run(args.task_set, args.minutes, args.out, extra, args.into, args.part_mib, args.parts, args.procs)
     else:
-        result = merge(args.task_set, args.files, args.into)
+        result = merge(args.task_set, args.files, args.into, args.whole_set, args.write_bundled)
     print(json.dumps(result, indent=1))
     return result
 

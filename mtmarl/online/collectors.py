@@ -35,6 +35,7 @@ from mtmarl.errors import UserInputError
 from mtmarl.evaluation.references import merge_entry
 from mtmarl.evaluation.rollout import make_evaluator, task_key
 from mtmarl.online.anakin import chunk_summary, to_experience
+from mtmarl.online import partial
 from mtmarl.online.plateau import plateaued, rule_for
 from mtmarl.online.quality import IntervalSnapshots, record_expert_medium, record_intervals, record_levels
 from mtmarl.runtime import save_figure
@@ -144,6 +145,9 @@ def concat_experience(parts: list[dict[str, Any]]) -> dict[str, Any]:
 
 
 # --------------------------------------------------------------------------- one task
+# What a partial run keeps (mtmarl.online.partial), in this order.
+PROGRESS = ("state", "rows", "parts", "snapshots", "intervals", "steps", "chunk", "steady_s", "done", "first_steps",
+            "elapsed", "initial")
 _SYSTEMS: dict[tuple, Any] = {}
 
 
@@ -259,10 +263,19 @@ def collect_task(spec, split: str, cfg: DictConfig, root: Path, ref_path: Path, 
         snapshots.append(jax.device_get(state.params))  # level 0: the untrained policy
     per_update = system.env_steps_per_update
     updates = run_updates(budget, per_update, spec.name, bar)
+    done, first_steps, elapsed = 0, 0, 0.0
+    saved_at, every_s = partial.path(root, spec), 60.0 * float(cfg.collect.get("checkpoint_min") or 5.0)
+    options = task_options(cfg, spec)
+    resumed = partial.load(saved_at, options, state)
+    if resumed is not None:
+        (state, rows, parts, snapshots, intervals, steps, chunk, steady_s, done, first_steps, elapsed,
+         initial) = (resumed[k] for k in PROGRESS)
+        (bar.console.print if bar else print)(f"{spec.name}: continuing its partial run at {steps:,} env steps")
     job = bar.add_task(f"{split}: {spec.name}", total=updates * per_update, ret=float("nan")) if bar else None
-    start, limit_s, stopped = time.perf_counter(), time_limit_s(cfg), None
-    done, first_steps = 0, 0
-    with open(log_path, "w") as log:  # a restarted task starts its log over
+    start, limit_s, stopped = time.perf_counter() - elapsed, time_limit_s(cfg), None
+    last_save = time.perf_counter()
+    with open(log_path, "w") as log:  # the curve so far (a continued run's rows), then each chunk's
+        log.writelines(json.dumps(row) + "\n" for row in rows)
         while done < updates and stopped is None:
             n = min(mcfg.updates_per_chunk, updates - done)  # the last chunk may be shorter (its own program)
             t0 = time.perf_counter()
@@ -296,6 +309,13 @@ def collect_task(spec, split: str, cfg: DictConfig, root: Path, ref_path: Path, 
                 break
             if done < updates:
                 stopped = early_stop(start, limit_s)
+            signalled = stopped is not None and stopped.startswith("signal")
+            if done < updates and (signalled or (stopped is None and time.perf_counter() - last_save >= every_s)):
+                elapsed = time.perf_counter() - start
+                values = (state, rows, parts, snapshots, intervals, steps, chunk, steady_s, done, first_steps,
+                          elapsed, initial)
+                partial.save(saved_at, options, dict(zip(PROGRESS, values)))
+                last_save = time.perf_counter()
     train_s = time.perf_counter() - start
     if rows and any(r["return"] is not None for r in rows):
         plot_curve([r for r in rows if r["return"] is not None], log_path.with_suffix(".png"),
@@ -335,6 +355,8 @@ def collect_task(spec, split: str, cfg: DictConfig, root: Path, ref_path: Path, 
     elif record and quality == "levels":
         parts = record_levels(system, state, snapshots, cfg, evaluate, rec_key, meta, env.spec.has_success)
     write_outputs(spec, cfg, root, ref_path, result, parts if record else None, meta)
+    if stopped is None or not stopped.startswith("signal"):  # a signal's run is continued by the next one
+        partial.remove(saved_at)
     if bar:
         bar.update(job, completed=steps, ret=final)
     return result
