@@ -25,6 +25,17 @@ ROOT = collect.ROOT
 DATA = ROOT / "vault_data"
 SETS = ("rware_15", "lbf_5", "connector_10")
 DEMO = OmegaConf.load(CONFIG_DIR / "budget" / "demo.yaml")
+CONVERGED = OmegaConf.load(CONFIG_DIR / "budget" / "converged.yaml")
+# the sets whose bundled data is at the converged recipe (make converged-<set>); the others are the demo budget's
+CONVERGED_SETS = ("lbf_5",)
+CONVERGED_ENVS = {task_registry.load(s).env for s in CONVERGED_SETS}
+
+
+def check_converged(collector_or_entry: dict, env: str, name: str) -> None:
+    """Trained to the converged recipe: at least its minimum steps, ended by the plateau rule or the cap."""
+    assert collector_or_entry["env_steps"] >= CONVERGED.collect.plateau.min_steps[env], name
+    assert collector_or_entry["ended"].startswith(("plateau at", "budget")), name
+    assert "stopped" not in collector_or_entry, name
 # the DAgger settings of the demo budget: mtmarl/configs/collect.yaml's, updated by the budget's
 DEMO_DAGGER = OmegaConf.merge(OmegaConf.load(CONFIG_DIR / "collect.yaml").collect.dagger, DEMO.collect.dagger)
 
@@ -41,8 +52,14 @@ def test_every_train_task_has_a_bundled_vault_matching_its_spec(set_name):
             env.num_agents, env.obs_dim, env.num_actions, env.state_dim), spec.name
         entry = meta["datasets"][vault_io.DEFAULT_UID]
         assert entry["transitions"] > 0 and entry["returns"]["episodes"] > 0, spec.name
-        # produced by the recorded demo budget, and every checksummed file is present
-        if spec.env in DEMO.collect.dagger.envs:
+        # produced by the recorded demo budget (or the converged recipe), and every checksummed file is present
+        if spec.env in CONVERGED_ENVS:
+            check_converged(entry["collector"], spec.env, spec.name)
+            assert entry["collector"]["quality"] == CONVERGED.collect.quality == "intervals"
+            steps = entry["collector"]["interval_steps"]
+            assert len(steps) == CONVERGED.collect.quality_records and steps[0] == 0, spec.name
+            assert steps[-1] == entry["collector"]["env_steps"] and steps == sorted(steps), spec.name
+        elif spec.env in DEMO.collect.dagger.envs:
             levels = entry["collector"]["levels"]
             every = DEMO_DAGGER.record_every
             assert entry["collector"]["dagger"]["record_envs"] == DEMO.collect.dagger.record_envs
@@ -88,7 +105,11 @@ def test_references_cover_every_task_of_the_bundled_sets():
                 assert entry is not None, f"no reference for {set_name} {split} task {spec.name}"
                 assert entry["name"] == spec.name and entry["split"] == split
                 assert math.isfinite(entry["return"]) and math.isfinite(entry["initial_return"])
-                if spec.env in DEMO.collect.dagger.envs:
+                if spec.env in CONVERGED_ENVS:
+                    check_converged(entry, spec.env, spec.name)
+                    assert entry["episodes"] == 320 and entry["options"]["plateau"]["min_steps"] == \
+                        CONVERGED.collect.plateau.min_steps[spec.env], spec.name
+                elif spec.env in DEMO.collect.dagger.envs:
                     assert entry["behaviour"].startswith("DAgger student")
                     assert entry["return"] > entry["initial_return"] + 1.0, (spec.name, entry)
                 else:

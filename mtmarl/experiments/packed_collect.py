@@ -239,7 +239,9 @@ def check_collection(root: Path) -> tuple[dict, dict, list[str]]:
     vaults: dict[str, Path] = {}
     for vlt in sorted(root.glob("*/*.vlt")):
         meta = read_metadata(vlt)
-        key = ((meta or {}).get("task") or {}).get("adhoc")
+        if meta is None:  # no mtmarl.json: a vault still being written (its task has no entry yet)
+            continue
+        key = (meta.get("task") or {}).get("adhoc")
         entry = entries.get(key)
         if not isinstance(entry, dict):
             raise UserInputError(f"vault {vlt.relative_to(root)} records task {key!r}, which has no reference entry")

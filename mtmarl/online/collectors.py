@@ -117,6 +117,12 @@ def plot_curve(rows: list[dict[str, Any]], path: Path, title: str) -> None:
     save_figure(fig, path)
 
 
+def shown(path: Path) -> str:
+    """``path`` relative to the working directory when it lies inside it (what the metadata records)."""
+    path = Path(path).absolute()
+    return str(path.relative_to(Path.cwd())) if path.is_relative_to(Path.cwd()) else str(path)
+
+
 def task_log(log_dir: Path, spec) -> Path:
     """``<log_dir>/<env>/<task>.jsonl`` (its folder made); the curve's PNG goes next to it."""
     path = log_dir / spec.env / f"{vault_io.task_dirname(spec)}.jsonl"
@@ -336,7 +342,7 @@ def collect_task(spec, split: str, cfg: DictConfig, root: Path, ref_path: Path, 
         result["stopped"] = f"{stopped} at {steps:,} of {budget:,} steps"
     meta = {"collector": f"mtmarl.collect (Anakin {label})", "online": online,
             "budget": budget, "seed": int(cfg.seed), "final_return": final,
-            "record_every_updates": mcfg.updates_per_chunk, "learning_curve": str(log_path), "quality": quality,
+            "record_every_updates": mcfg.updates_per_chunk, "learning_curve": shown(log_path), "quality": quality,
             "env_steps": steps, "stop_rule": result["stop_rule"], "ended": result["ended"],
             **({"stopped": result["stopped"]} if stopped else {})}
     if env.spec.has_success:
@@ -419,7 +425,7 @@ def collect_scripted_task(spec, split: str, cfg: DictConfig, root: Path, ref_pat
               "initial_return": initial}
     meta = {"collector": "mtmarl.collect (scripted RWARE planner)",
             "scripted": OmegaConf.to_container(scfg, resolve=True), "seed": int(cfg.seed),
-            "final_return": final, "levels": rows, "learning_curve": str(log_path)}
+            "final_return": final, "levels": rows, "learning_curve": shown(log_path)}
     write_outputs(spec, cfg, root, ref_path, result, parts if do_record else None, meta,
                   behaviour=f"scripted planner, epsilon {levels[-1]}")
     if bar:
@@ -492,7 +498,7 @@ def collect_dagger_task(spec, split: str, cfg: DictConfig, root: Path, ref_path:
               "initial_return": initial}
     meta = {"collector": "mtmarl.collect (DAgger student of the RWARE planner, local view)",
             "dagger": OmegaConf.to_container(cfg.collect.dagger, resolve=True), "seed": int(cfg.seed),
-            "final_return": final, "levels": curve, "learning_curve": str(log_path)}
+            "final_return": final, "levels": curve, "learning_curve": shown(log_path)}
     write_outputs(spec, cfg, root, ref_path, result, parts if do_record else None, meta,
                   behaviour="DAgger student of the planner (local view), sampled actions")
     if bar:
