@@ -38,7 +38,6 @@ This module is the CLI: task set, budgets, output paths, skipping, progress.
 
 from __future__ import annotations
 
-import contextlib
 import json
 from pathlib import Path
 from typing import Any
@@ -53,6 +52,7 @@ from mtmarl.errors import UserInputError
 from mtmarl.evaluation.references import read_entries
 from mtmarl.online.collectors import (collect_dagger_task, collect_scripted_task, collect_task, collector_kind,
                                       env_budget, env_quality, task_options)
+from mtmarl.online.partial import path as partial_path
 from mtmarl.online.quality import QUALITIES, min_episodes
 from mtmarl.runtime import enable_compilation_cache, hydra_cli, user_errors_exit
 
@@ -159,6 +159,20 @@ def output_paths(cfg: DictConfig) -> tuple[Path, Path, Path]:
     return root, ref_path, log_dir
 
 
+def check_writable(paths: dict[str, Path]) -> None:
+    """Refuse, before any training, an output folder that cannot be written (found at a task's end otherwise)."""
+    import tempfile
+
+    for key, path in paths.items():
+        try:
+            path.mkdir(parents=True, exist_ok=True)
+            with tempfile.NamedTemporaryFile(dir=path, prefix=".write-test-"):
+                pass
+        except OSError as err:
+            raise UserInputError(f"{key}: {path} cannot be written ({err.strerror or err}); choose a writable "
+                                 "folder") from None
+
+
 def shard(cfg: DictConfig) -> tuple[int, None, int]:
     """``collect.shard=[i, n]`` as the slice ``i::n`` of the task list (null: every task)."""
     value = cfg.collect.get("shard")
@@ -223,7 +237,12 @@ def run(cfg: DictConfig) -> list[dict[str, Any]]:
     split = "train" if cfg.get("task") else str(cfg.split)
     splits = ["train", "test"] if split == "all" else [split]
     todo = [(s, spec) for s in splits for spec in task_set.split(s)]
+    every = len(todo)
     todo = todo[slice(*shard(cfg))]
+    if not todo:
+        raise UserInputError(f"collect.shard={list(cfg.collect.shard)} selects none of the {every} tasks "
+                             f"(split={split}); want i < the number of tasks")
+    check_writable({"collect.root": root, "collect.references": ref_path.parent, "collect.log_dir": log_dir})
     console = Console(stderr=True)
     results = []
     columns = (TextColumn("{task.description}"), BarColumn(), TextColumn("{task.completed:,.0f} steps"),
@@ -253,12 +272,23 @@ def run(cfg: DictConfig) -> list[dict[str, Any]]:
                 console.print(f"skip {s} task {spec.name}: {where}")
                 results.append({"name": spec.name, "split": s, "skipped": True})
                 continue
-            # One writer per vault: collectors of other tasks may share the root (references.json merges are
-            # locked), two of one task would write the same dataset.
-            records = s == "train" and bool(cfg.collect.record)
-            with RunDirLock(vault_io.vault_path(root, spec), elsewhere="wait for it, or choose another "
-                            "collect.root", tidy=True) if records else contextlib.nullcontext():
+            # One collector per task: collectors of other tasks may share the root (references.json merges are
+            # locked), two of one task would write the same dataset, reference and partial run.
+            lock = RunDirLock(partial_path(root, spec).with_suffix(""), tidy=True)
+            try:
+                lock.acquire()
+            except UserInputError:
+                console.print(f"skip {s} task {spec.name}: another collector has it ({lock.run_dir})")
+                results.append({"name": spec.name, "split": s, "skipped": True, "busy": True})
+                continue
+            try:
                 res = collector(cfg, spec.env)(spec, s, cfg, root, ref_path, log_dir, bar)
+            except KeyboardInterrupt:  # a second Ctrl-C: no clean stop, but one line, not a traceback
+                console.print(f"stopped at once on a second signal during {s} task {spec.name}; the next run "
+                              "continues it from its last partial save")
+                raise SystemExit(130) from None
+            finally:
+                lock.release(discard=True)
             console.print(f"{s} task {spec.name}: final return {res['return']:.3f} after "
                           f"{res['env_steps']:,} steps ({res['env_steps_per_second']:,.0f} steps/s)"
                           + (f", vault {res['vault']} ({res['transitions']:,} transitions)" if "vault" in res else "")

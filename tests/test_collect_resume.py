@@ -257,3 +257,27 @@ def test_an_interrupted_task_continues_from_its_partial_run_to_the_same_result(t
     for x, y in zip(jax.tree.leaves(a), jax.tree.leaves(b)):
         np.testing.assert_array_equal(x, y)
     assert not (root / ".partial" / "connector" / "grid=5,agents=2.pkl").exists()  # finished: removed
+
+
+def test_a_task_another_collector_holds_is_skipped_and_the_rest_go_on(tmp_path, capsys):
+    from mtmarl.online.partial import path as partial_path
+    from mtmarl.tasks import TaskSpec
+    from mtmarl.training.rundir import RunDirLock
+
+    cfg = _cfg(tmp_path, record=False)
+    with RunDirLock(partial_path(tmp_path / "vaults", TaskSpec.parse(TASK)).with_suffix("")):
+        (res,) = collect.run(cfg)
+    assert res["skipped"] and res["busy"] and "another collector has it" in capsys.readouterr().err
+    assert not (tmp_path / "vaults" / "references.json").exists()
+
+
+def test_a_shard_without_tasks_and_an_unwritable_output_are_refused_before_any_training(tmp_path, capsys):
+    blocker = tmp_path / "a_file"
+    blocker.write_text("")
+    for over, want in (({"shard": [3, 5]}, "selects none of the 1 tasks"),
+                       ({"references": str(blocker / "refs.json")}, "collect.references: ")):
+        with pytest.raises(SystemExit) as exit_:
+            collect.run(_cfg(tmp_path, **over))
+        err = capsys.readouterr().err.strip()
+        assert exit_.value.code == 2 and "\n" not in err and want in err, err
+    assert not (tmp_path / "vaults" / "logs").exists()
