@@ -32,8 +32,8 @@ def as_bool(key: str, value: Any) -> bool:
     raise UserInputError(f"{key}={value!r} is not a boolean; allowed: true/false, yes/no, 1/0")
 
 
-def as_int(key: str, value: Any, minimum: int | None = None) -> int:
-    """An integer (``"8"`` or 8, not 8.5, not a bool), at least ``minimum``."""
+def as_int(key: str, value: Any, minimum: int | None = None, maximum: int | None = None) -> int:
+    """An integer (``"8"`` or 8, not 8.5, not a bool), at least ``minimum`` and at most ``maximum``."""
     if isinstance(value, bool):
         raise UserInputError(f"{key}={value!r} is not an integer")
     if isinstance(value, int):
@@ -45,11 +45,18 @@ def as_int(key: str, value: Any, minimum: int | None = None) -> int:
             raise UserInputError(f"{key}={value!r} is not an integer") from None
     if minimum is not None and out < minimum:
         raise UserInputError(f"{key}={value!r} must be an integer >= {minimum}")
+    if maximum is not None and out > maximum:
+        raise UserInputError(f"{key}={value!r} must be an integer <= {maximum:,}")
     return out
 
 
-def _int(minimum: int) -> Callable[[str, Any], int]:
-    return lambda key, value: as_int(key, value, minimum)
+# Sizes past these do not fit the envs' arrays: step counters are int32, and a grid's cells are allocated
+# per env and per agent view (a 10,000-wide grid is 10^8 cells per env).
+MAX_SIZE, MAX_AGENTS, MAX_STEPS = 1024, 1024, 2**31 - 1
+
+
+def _int(minimum: int, maximum: int | None = None) -> Callable[[str, Any], int]:
+    return lambda key, value: as_int(key, value, minimum, maximum)
 
 
 def _optional_int(minimum: int) -> Callable[[str, Any], int | None]:
@@ -62,12 +69,13 @@ def _optional_int(minimum: int) -> Callable[[str, Any], int | None]:
 
 # One entry per constructor argument of mtmarl.envs.<env> (tests check the keys agree).
 SCHEMAS: dict[str, dict[str, Callable[[str, Any], Any]]] = {
-    "rware": {"rows": _int(1), "cols": _int(1), "height": _int(1), "agents": _int(1), "sensor": _int(1),
-              "request": _optional_int(1), "horizon": _int(1)},
-    "lbf": {"grid": _int(5), "agents": _int(1), "food": _int(1), "level": _int(2), "fov": _int(1),
-            "coop": as_bool, "horizon": _int(1)},
-    "connector": {"grid": _int(2), "agents": _int(1), "horizon": _int(1)},
-    "smax": {"map": lambda key, value: _smax_map(value), "horizon": _int(1)},
+    "rware": {"rows": _int(1, MAX_SIZE), "cols": _int(1, MAX_SIZE), "height": _int(1, MAX_SIZE),
+              "agents": _int(1, MAX_AGENTS), "sensor": _int(1, MAX_SIZE), "request": _optional_int(1),
+              "horizon": _int(1, MAX_STEPS)},
+    "lbf": {"grid": _int(5, MAX_SIZE), "agents": _int(1, MAX_AGENTS), "food": _int(1, MAX_SIZE**2),
+            "level": _int(2, MAX_SIZE), "fov": _int(1, MAX_SIZE), "coop": as_bool, "horizon": _int(1, MAX_STEPS)},
+    "connector": {"grid": _int(2, MAX_SIZE), "agents": _int(1, MAX_AGENTS), "horizon": _int(1, MAX_STEPS)},
+    "smax": {"map": lambda key, value: _smax_map(value), "horizon": _int(1, MAX_STEPS)},
 }
 
 

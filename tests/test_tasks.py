@@ -290,6 +290,8 @@ def test_adhoc_bool_and_string():
     ("rware:", ["env:key=value"]),
     ("rware:rows=2,cols=5,height=8", ["agents"]),
     ("rware:rows=1,cols=4,height=8,agents=2", ["cols=4", "odd"]),
+    ("lbf:grid=100000,agents=2,food=1", ["grid='100000'", "<= 1,024"]),
+    ("connector:grid=5,agents=2,horizon=10000000000", ["horizon='10000000000'", "<= 2,147,483,647"]),
 ])
 def test_adhoc_errors_name_the_problem(text, wants):
     with pytest.raises(UserInputError) as err:
