@@ -299,3 +299,24 @@ def test_data_card_writes_table_and_figures(tmp_path, written):
     assert len(table) == 5 and f"| {STEPS} |" in table[2] and "| 1.500 |" in table[2]
     for fig in ("returns", "curves"):
         assert (out / f"{TASK}_{fig}.png").stat().st_size > 5000
+
+
+def test_a_full_disk_while_writing_is_one_line_leaves_no_temporary_and_keeps_the_old_vault(tmp_path, spec,
+                                                                                          experience, monkeypatch):
+    from mtmarl.data.vault import write as W
+
+    root = tmp_path / "vault_data"
+    old = V.write_vault(root, spec, experience, {"policy": "random"})
+    before = {p: p.read_bytes() for p in sorted(old.parent.rglob("*")) if p.is_file()}
+    real = W._fbx_write
+
+    def filling(vlt, uid, exp, meta):  # half the data lands, then the device is full (tensorstore: ValueError)
+        real(vlt, uid, jax.tree.map(lambda x: x[:, : x.shape[1] // 2], exp), meta)
+        raise ValueError("Error writing local file: No space left on device [tensorstore]")
+
+    monkeypatch.setattr(W, "_fbx_write", filling)
+    with pytest.raises(UserInputError, match="No space left on device.*the vault there is unchanged") as err:
+        V.write_vault(root, spec, experience, {"policy": "random"}, overwrite=True)
+    assert "\n" not in str(err.value)
+    assert {p: p.read_bytes() for p in sorted(old.parent.rglob("*")) if p.is_file()} == before
+    assert not list(old.parent.glob(".*.tmp-*"))

@@ -73,7 +73,13 @@ def write_vault(path_root: str | os.PathLike, spec, experience: Mapping[str, Any
     for stale in vlt.glob(f".{uid}.tmp-*"):  # ours, or left by a writer that was killed
         if stale.name == tmp_uid or not _pid_alive(stale.name.rsplit("-", 1)[-1]):
             shutil.rmtree(stale, ignore_errors=True)
-    _fbx_write(vlt, tmp_uid, _nest(stored), {ENCODING_KEY: encoding})
+    try:
+        _fbx_write(vlt, tmp_uid, _nest(stored), {ENCODING_KEY: encoding})
+    except (OSError, ValueError, RuntimeError) as err:  # tensorstore reports a full disk as a ValueError
+        shutil.rmtree(vlt / tmp_uid, ignore_errors=True)
+        first = (str(err).strip().splitlines() or [type(err).__name__])[0][:300]
+        raise UserInputError(f"writing vault {final} failed ({type(err).__name__}: {first}); "
+                             f"{'the vault there is unchanged' if final.exists() else 'nothing was written'}") from None
     if final.exists():
         shutil.rmtree(final)
     os.replace(vlt / tmp_uid, final)
