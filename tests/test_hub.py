@@ -454,3 +454,17 @@ def test_the_cli_never_writes_into_the_bundled_data_unless_asked(tmp_path, serve
             assert any((tmp_path / "outputs" / "vault_data").rglob("*.vlt"))
             capsys.readouterr()
     assert _tree_bytes(DEFAULT_ROOT / "lbf") == before
+
+
+def test_an_adhoc_tasks_vault_round_trips_through_pack_and_download(tmp_path, server):
+    """mtmarl names an ad-hoc task's vault by its parameters (``grid=6,agents=2,food=1.vlt``): packed, served
+    and installed under the same name."""
+    from helpers import synthetic_vault
+
+    spec = synthetic_vault(tmp_path / "src", "lbf:grid=6,agents=2,food=1", episodes=3)
+    src = V.vault_path(tmp_path / "src", spec)
+    sha = hub.pack(src, tmp_path / "adhoc.zip")
+    Handler.files["/adhoc.zip"] = (tmp_path / "adhoc.zip").read_bytes()
+    (path, status), = hub.download(f"{server}/adhoc.zip", tmp_path / "to", sha256=sha, progress=False)
+    assert status == "installed" and path == V.vault_path(tmp_path / "to", spec)
+    assert _tree_bytes(path) == _tree_bytes(src)

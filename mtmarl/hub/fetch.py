@@ -29,7 +29,7 @@ def download(name: str, to: str | os.PathLike = DEFAULT_ROOT, *, sha256: str | N
     """Download and install a vault zip; returns [(vault path, status)] (see :mod:`mtmarl.hub`)."""
     source = resolve_source(name)
     if env is not None and not is_safe_name(env):
-        raise UserInputError(f"--env {env!r} is not a plain directory name (letters, digits, _ . + -, not "
+        raise UserInputError(f"--env {env!r} is not a plain directory name (letters, digits, _ . + - , =, not "
                              f"starting with a dot); the env directory is created inside --to")
     if isinstance(manifest, (str, os.PathLike)):
         manifest = load_manifest(manifest)

@@ -21,7 +21,7 @@ from typing import Mapping
 from mtmarl.errors import UserInputError
 
 OGMARL_REPO = "InstaDeepAI/og-marl"
-SAFE_NAME = re.compile(r"^[A-Za-z0-9_+-][A-Za-z0-9_.+-]*$")  # one path component, not '.', '..' or hidden
+SAFE_NAME = re.compile(r"^[A-Za-z0-9_+-][A-Za-z0-9_.+,=-]*$")  # one path component, not '.', '..' or hidden
 
 
 def is_safe_name(name: object) -> bool:
