@@ -21,7 +21,7 @@ preset with ``recurrent=true``, the GRU actor), e.g. feed-forward vs recurrent M
     XLA_FLAGS=--xla_force_host_platform_device_count=1 taskset -c 1 \\
         .venv/bin/python experiment_scripts/online_sable_vs_mappo.py --systems mappo mappo_gru \\
         --tasks lbf:grid=8,agents=2,food=2,level=2,fov=3 connector:grid=7,agents=3 --budget 204800 \\
-        --seeds 0 --out results/online_comparison/recurrent
+        --seeds 0 --out results/online_learners/recurrent
 
 Writes ``<out>/results.json`` (after every run, so a killed job keeps what
 finished and a rerun skips it), ``<out>/curves.png`` and ``<out>/summary.md``
@@ -201,7 +201,7 @@ def main(argv=None) -> None:
     p.add_argument("--mappo", nargs="*", default=[], help="overrides of mtmarl/configs/online/mappo.yaml, key=value")
     p.add_argument("--sable", nargs="*", default=[], help="overrides of mtmarl/configs/online/sable.yaml, key=value")
     p.add_argument("--mappo-gru", nargs="*", default=[], help="overrides of mappo_gru (mappo.yaml, recurrent=true)")
-    p.add_argument("--out", type=Path, default=ROOT / "results" / "online_comparison")
+    p.add_argument("--out", type=Path, default=ROOT / "results" / "online_learners")
     args = p.parse_args(argv)
 
     enable_compilation_cache()
