@@ -267,17 +267,17 @@ def test_refused_evaluate_through_hydra_leaves_no_dir(tmp_path, monkeypatch, cap
     assert not (tmp_path / "new").exists() and _snapshot(old) == {"notes.txt": b"mine"}
 
 
-def test_collect_takes_the_lock_of_the_vault_it_writes(tmp_path, capsys):
+def test_collect_takes_each_tasks_lock_and_skips_a_task_another_collector_holds(tmp_path, capsys):
     from mtmarl import collect
-    from mtmarl.data.vault import vault_path
+    from mtmarl.online.partial import path as partial_path
     from mtmarl.tasks import TaskSpec
 
     root = tmp_path / "data"
-    vlt = vault_path(root, TaskSpec.parse(TASK))
+    held = partial_path(root, TaskSpec.parse(TASK)).with_suffix("")
     cfg = _compose("collect", [f"task='{TASK}'", f"collect.root={root}", "collect.progress=false"])
-    with RunDirLock(vlt):
-        err = _refused(capsys, collect.run, cfg)
-    assert f"run dir {vlt} is in use by pid {os.getpid()}" in err and "choose another collect.root" in err
+    with RunDirLock(held):
+        (res,) = collect.run(cfg)
+    assert res["busy"] and f"another collector has it ({held})" in "".join(capsys.readouterr().err.split("\n"))
 
 
 def test_diagnose_takes_its_output_dirs_lock(tmp_path, capsys):
