@@ -279,3 +279,27 @@ def compact(golden: dict) -> str:
     import json
 
     return "{\n" + ",\n".join(f"{json.dumps(k)}: {json.dumps(v, separators=(',', ':'))}" for k, v in golden.items()) + "\n}\n"
+
+
+def stopping_system(monkeypatch, on_call: int, action):
+    """The collectors' ``get_system`` wrapped so that ``action()`` (e.g. a SIGINT to this process) runs when
+    ``train_chunk`` is called for the ``on_call``-th time; returns the list that counts the calls."""
+    from mtmarl.online import collectors
+
+    original, calls = collectors.get_system, []
+
+    class Wrapped:
+        def __init__(self, inner):
+            self._inner = inner
+
+        def __getattr__(self, name):
+            return getattr(self._inner, name)
+
+        def train_chunk(self, state, updates=None):
+            calls.append(1)
+            if len(calls) == on_call:
+                action()
+            return self._inner.train_chunk(state, updates)
+
+    monkeypatch.setattr(collectors, "get_system", lambda *a: Wrapped(original(*a)))
+    return calls

@@ -8,6 +8,7 @@ import numpy as np
 import pytest
 from omegaconf import OmegaConf
 
+from helpers import stopping_system
 from mtmarl.configs import CONFIG_DIR
 from mtmarl.errors import UserInputError
 from mtmarl.evaluation.rollout import EpisodeStats
@@ -191,29 +192,6 @@ def test_recorded_wins_count_the_won_episodes_a_dataset_keeps():
     assert wins == int(term.sum()) and 0 < wins < episodes  # a random policy wins some 2-hp duels, not all
 
 
-def _stopping_system(monkeypatch, on_call: int, action):
-    """get_system wrapped so that ``action()`` runs when train_chunk is called for the ``on_call``-th time."""
-    from mtmarl.online import collectors
-
-    original, calls = collectors.get_system, []
-
-    class Wrapped:
-        def __init__(self, inner):
-            self._inner = inner
-
-        def __getattr__(self, name):
-            return getattr(self._inner, name)
-
-        def train_chunk(self, state, updates=None):
-            calls.append(1)
-            if len(calls) == on_call:
-                action()
-            return self._inner.train_chunk(state, updates)
-
-    monkeypatch.setattr(collectors, "get_system", lambda *a: Wrapped(original(*a)))
-    return calls
-
-
 def _read_run(tmp_path):
     from mtmarl.data.vault import list_uids, vault_path
     from mtmarl.tasks import TaskSpec
@@ -235,7 +213,7 @@ def test_ctrl_c_stops_training_after_its_chunk_and_still_scores_and_records_the_
 
     from mtmarl import collect
 
-    calls = _stopping_system(monkeypatch, 2, lambda: os.kill(os.getpid(), signal.SIGINT))
+    calls = stopping_system(monkeypatch, 2, lambda: os.kill(os.getpid(), signal.SIGINT))
     before = signal.getsignal(signal.SIGINT)  # the default handler, or SIG_IGN in a background job
     with pytest.raises(SystemExit) as exit_info:
         collect.run(_cfg(tmp_path, "expert_medium"))

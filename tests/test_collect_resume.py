@@ -11,6 +11,7 @@ import numpy as np
 import pytest
 from omegaconf import OmegaConf
 
+from helpers import stopping_system
 from mtmarl import collect
 from mtmarl.configs import CONFIG_DIR
 from mtmarl.errors import UserInputError
@@ -171,24 +172,8 @@ def test_finetune_reruns_an_interrupted_task_refuses_changed_options_and_the_bun
 
     from mtmarl import finetune
     from mtmarl.collect import BUNDLED
-    from mtmarl.online import collectors
 
-    original, calls = collectors.get_system, []
-
-    class Interrupting:  # the system, with SIGINT sent to this process during its first compiled chunk
-        def __init__(self, inner):
-            self._inner = inner
-
-        def __getattr__(self, name):
-            return getattr(self._inner, name)
-
-        def train_chunk(self, state, updates=None):
-            calls.append(1)
-            if len(calls) == 1:
-                os.kill(os.getpid(), signal.SIGINT)
-            return self._inner.train_chunk(state, updates)
-
-    monkeypatch.setattr(collectors, "get_system", lambda *a: Interrupting(original(*a)))
+    stopping_system(monkeypatch, 1, lambda: os.kill(os.getpid(), signal.SIGINT))
     with pytest.raises(SystemExit) as exit_:
         finetune.run(_finetune_cfg(tmp_path))
     refs = tmp_path / "ft" / "references.json"
@@ -217,7 +202,6 @@ def test_an_interrupted_task_continues_from_its_partial_run_to_the_same_result(t
     import signal
 
     from mtmarl.data.vault import read_vault, vault_path
-    from mtmarl.online import collectors
     from mtmarl.tasks import TaskSpec
 
     def refs(root):
@@ -226,22 +210,7 @@ def test_an_interrupted_task_continues_from_its_partial_run_to_the_same_result(t
 
     whole = _cfg(tmp_path / "whole", initial_eval=True)
     collect.run(whole)
-    original, calls = collectors.get_system, []
-
-    class Interrupting:
-        def __init__(self, inner):
-            self._inner = inner
-
-        def __getattr__(self, name):
-            return getattr(self._inner, name)
-
-        def train_chunk(self, state, updates=None):
-            calls.append(1)
-            if len(calls) == 2:
-                os.kill(os.getpid(), signal.SIGINT)
-            return self._inner.train_chunk(state, updates)
-
-    monkeypatch.setattr(collectors, "get_system", lambda *a: Interrupting(original(*a)))
+    calls = stopping_system(monkeypatch, 2, lambda: os.kill(os.getpid(), signal.SIGINT))
     cut = _cfg(tmp_path / "cut", initial_eval=True)
     with pytest.raises(SystemExit):
         collect.run(cut)

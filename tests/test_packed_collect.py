@@ -215,14 +215,19 @@ def test_a_run_refuses_overrides_it_owns_and_a_deadline_inside_its_grace(tmp_pat
     assert not list(tmp_path.iterdir())
 
 
-@pytest.mark.slow  # two collector processes (one compiles and trains)
-def test_a_run_collects_and_the_next_skips_what_was_merged(tmp_path):
+def _lbf_set(tmp_path: Path, name: str, train: list[int], test: list[int]) -> None:
+    """A task set ``name`` in ``<tmp_path>/conf/tasks`` (hydra.searchpath): one small LBF task ``t<grid>`` per grid."""
     conf = tmp_path / "conf" / "tasks"
     conf.mkdir(parents=True)
-    (conf / "tiny_lbf.yaml").write_text(
-        "# @package tasks\nname: tiny_lbf\nenv: lbf\nnum_train: null\nsingle: null\n"
-        "train:\n  - {name: t6, grid: 6, agents: 2, food: 1, level: 2, fov: 3}\n"
-        "test:\n  - {name: t7, grid: 7, agents: 2, food: 1, level: 2, fov: 3}\n")
+    tasks = {s: "".join(f"\n  - {{name: t{g}, grid: {g}, agents: 2, food: 1, level: 2, fov: 3}}" for g in grids)
+             or " []" for s, grids in (("train", train), ("test", test))}
+    (conf / f"{name}.yaml").write_text(f"# @package tasks\nname: {name}\nenv: lbf\nnum_train: null\nsingle: null\n"
+                                       f"train:{tasks['train']}\ntest:{tasks['test']}\n")
+
+
+@pytest.mark.slow  # two collector processes (one compiles and trains)
+def test_a_run_collects_and_the_next_skips_what_was_merged(tmp_path):
+    _lbf_set(tmp_path, "tiny_lbf", train=[6], test=[7])
     overrides = [f"hydra.searchpath=[file://{tmp_path / 'conf'}]", "collect.budget=2048", "online.num_envs=8",
                  "eval.episodes=4", "collect.initial_eval=false"]
     into = tmp_path / "acc"
@@ -252,12 +257,7 @@ def test_a_signal_to_a_run_ends_its_collector_and_packs_what_finished(tmp_path):
     import sys
     import time
 
-    conf = tmp_path / "conf" / "tasks"
-    conf.mkdir(parents=True)
-    (conf / "two_lbf.yaml").write_text(
-        "# @package tasks\nname: two_lbf\nenv: lbf\nnum_train: null\nsingle: null\n"
-        "train:\n  - {name: t6, grid: 6, agents: 2, food: 1, level: 2, fov: 3}\n"
-        "  - {name: t8, grid: 8, agents: 2, food: 1, level: 2, fov: 3}\ntest: []\n")
+    _lbf_set(tmp_path, "two_lbf", train=[6, 8], test=[])
     cmd = [sys.executable, "-c", _SIGNALLED_RUN, "run", "two_lbf", "--minutes", "20", "--out", str(tmp_path / "out"),
            "--into", str(tmp_path / "acc"), "--", f"hydra.searchpath=[file://{tmp_path / 'conf'}]",
            "online.num_envs=8", "eval.episodes=4", "collect.initial_eval=false", "collect.budget=50000000",
