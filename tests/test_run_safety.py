@@ -267,6 +267,18 @@ def _snapshot(d: Path) -> dict:
     return {str(p.relative_to(d)): (p.read_bytes() if p.is_file() else None) for p in sorted(d.rglob("*"))}
 
 
+@pytest.mark.parametrize("text", ["", "- just\n- a list\n", "seed: [unclosed\n"])
+def test_resume_with_an_empty_or_broken_config_is_one_line_not_a_diff_of_every_key(tmp_path, text):
+    run = tmp_path / "run"
+    _fake_run(run, 50, finished=False)
+    (run / "config.yaml").write_text(text)
+    before = _snapshot(run)
+    with pytest.raises(UserInputError, match="is empty or not a config mapping") as err:
+        rundir.prepare(run, {"resume": True, "seed": 0, "network": {"embed_dim": 64}}, "seed: 0\n")
+    assert "\n" not in str(err.value) and "embed_dim" not in str(err.value)
+    assert _snapshot(run) == before
+
+
 @pytest.mark.parametrize("finished", [True, False])
 def test_dir_with_a_run_needs_resume_or_overwrite(tmp_path, finished):
     run = tmp_path / "run"

@@ -276,7 +276,16 @@ def prepare(run_dir: Path, cfg: Mapping[str, Any], config_text: str) -> int | No
         elif resume:
             stored = run_dir / CONFIG_NAME
             if stored.exists():
-                changes = config_changes(yaml.safe_load(stored.read_text()) or {}, cfg)
+                try:
+                    saved = yaml.safe_load(stored.read_text())
+                except yaml.YAMLError as err:
+                    saved = err
+                if not isinstance(saved, dict) or not saved:
+                    # an empty or broken file: comparing it would list every key as changed
+                    raise UserInputError(f"resume=true refused: {stored} is empty or not a config mapping, so "
+                                         f"this run's settings cannot be checked against it; restore the file, "
+                                         f"or start again with overwrite=true")
+                changes = config_changes(saved, cfg)
                 if changes:
                     raise UserInputError(
                         f"resume=true refused: the config differs from {stored} in {'; '.join(changes)}. "
