@@ -29,7 +29,8 @@ def check_vaults(task_set: TaskSet, root: str | Path, hub: str | None = None) ->
             f"{len(missing)} of {len(task_set.train)} training vault(s) of {task_set.name} are missing "
             f"under {root}:\n  {listing}\n{tried}"
             f"Get the data with `python -m mtmarl.hub download <url or hf://owner/repo/file.zip> "
-            f"--to {root}` (one zip per vault) or data.hub=<source> (see mtmarl/configs/train.yaml), generate it "
+            f"--to {root}{bundled_flag(root)}` (one zip per vault) or data.hub=<source> (see "
+            f"mtmarl/configs/train.yaml), generate it "
             f"with the data collector, or point data.root=<dir> at an existing vault root.")
 
 
@@ -178,3 +179,10 @@ def build_shards(task_set: TaskSet, data: Sequence[dict[str, Any]], ids: Sequenc
                                length=length, table_size=256 if compact else None, host=True)
         out.append(with_slots(buffers, mine, slots))
     return out
+
+
+def bundled_flag(root) -> str:
+    """`` --write-bundled`` when ``root`` is the bundled data (the hub's command line asks for it there)."""
+    from mtmarl.hub import DEFAULT_ROOT
+
+    return " --write-bundled" if Path(root).resolve().is_relative_to(DEFAULT_ROOT.resolve()) else ""
