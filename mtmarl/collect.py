@@ -161,13 +161,15 @@ def output_paths(cfg: DictConfig) -> tuple[Path, Path, Path]:
 
 def check_writable(paths: dict[str, Path]) -> None:
     """Refuse, before any training, an output folder that cannot be written (found at a task's end otherwise)."""
+    import os
     import tempfile
 
     for key, path in paths.items():
         try:
             path.mkdir(parents=True, exist_ok=True)
-            with tempfile.NamedTemporaryFile(dir=path, prefix=".write-test-"):
-                pass
+            fd, probe = tempfile.mkstemp(dir=path, prefix=".write-test-")
+            os.close(fd)
+            os.unlink(probe)
         except OSError as err:
             raise UserInputError(f"{key}: {path} cannot be written ({err.strerror or err}); choose a writable "
                                  "folder") from None

@@ -86,12 +86,9 @@ def run(task_set: str, minutes: float, out: Path, overrides: list[str], into: Pa
     ``procs`` collectors share the set (``collect.shard=[i, procs]``): one online learner of small networks
     leaves most of an accelerator idle, so several side by side collect that many tasks at once."""
     check_run_args(minutes, part_mib, parts, procs, overrides, grace_s)
-    try:
-        out.mkdir(parents=True, exist_ok=True)
-        with tempfile.NamedTemporaryFile(dir=out):
-            pass
-    except OSError as err:
-        raise UserInputError(f"--out {out} cannot be written ({err.strerror or err}); choose a writable folder") from None
+    from mtmarl.collect import check_writable
+
+    check_writable({"--out": out})
     done = accumulated(task_set, into) / "references.json"
     root = Path(tempfile.mkdtemp(prefix=f"packed_collect_{task_set}_"))
     base = [sys.executable, "-m", "mtmarl.collect", f"+tasks={task_set}", f"collect.root={root}",

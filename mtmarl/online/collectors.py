@@ -252,12 +252,6 @@ def collect_task(spec, split: str, cfg: DictConfig, root: Path, ref_path: Path, 
     state = system.init(init_key)
     evaluate = get_evaluator(spec, env, system, bool(cfg.eval.greedy), int(cfg.eval.episodes),
                              cfg.eval.devices)
-    initial = None
-    if bool(cfg.collect.get("initial_eval", False)):
-        # The untrained actor (orthogonal init, gain 0.01) is close to uniform over legal actions:
-        # its return is the task's near-random baseline and the start of the learning curve.
-        initial = float(np.mean(jax.device_get(evaluate(system.actor_params(state), eval_key)).returns))
-
     quality = env_quality(cfg, spec.env)  # checked by mtmarl.collect.run
     rule = rule_for(cfg, spec.env)
     log_path = task_log(log_dir, spec)
@@ -273,6 +267,11 @@ def collect_task(spec, split: str, cfg: DictConfig, root: Path, ref_path: Path, 
     saved_at, every_s = partial.path(root, spec), 60.0 * float(cfg.collect.get("checkpoint_min") or 5.0)
     options = task_options(cfg, spec)
     resumed = partial.load(saved_at, options, state)
+    initial = None
+    if resumed is None and bool(cfg.collect.get("initial_eval", False)):
+        # The untrained actor (orthogonal init, gain 0.01) is close to uniform over legal actions:
+        # its return is the task's near-random baseline and the start of the learning curve.
+        initial = float(np.mean(jax.device_get(evaluate(system.actor_params(state), eval_key)).returns))
     if resumed is not None:
         (state, rows, parts, snapshots, intervals, steps, chunk, steady_s, done, first_steps, elapsed,
          initial) = (resumed[k] for k in PROGRESS)
