@@ -1,7 +1,7 @@
 """Multi-task offline training from vaults, then zero-shot evaluation of the best checkpoint.
 
-    python -m mtmarl.train +algo=mt_oryx +tasks=rware_15                 # ~15 min preset
-    python -m mtmarl.train +algo=mt_bc_sable +tasks=lbf_5 training=quick  # ~1 min smoke run
+    python -m mtmarl.train +algo=mt_oryx +tasks=rware_15                 # make train (time: benchmarks/README.md)
+    python -m mtmarl.train +algo=mt_bc_sable +tasks=lbf_5 training=quick  # smoke run
     python -m mtmarl.train +algo=mt_oryx +tasks=rware_15 training=paper network.embed_dim=256
     python -m mtmarl.train +algo=mt_oryx +tasks=rware_15 algo.hl_gauss=false data.balanced=false \\
         agents.shuffle=false agents.mask=false                            # ablation switches
@@ -54,6 +54,9 @@ def _resolve(cfg: DictConfig) -> dict[str, Any]:
         raise UserInputError(f"no algorithm given: add +algo=<{'|'.join(registry.names())}>")
     plain = OmegaConf.to_container(cfg, resolve=True)
     check_train_config(plain)
+    from mtmarl.training.logging import check_neptune
+
+    check_neptune(plain["logger"].get("neptune"), plain["logger"].get("project"))
     # the algorithm's and network's own value checks (dataclass __post_init__), before any file is written
     from mtmarl.training.loop import algo_settings
 
@@ -198,7 +201,10 @@ def _train(cfg: DictConfig, plain: dict[str, Any], task_set, references, run_dir
             raise
         if resumed is None and discard_unstarted(run_dir):
             note = f"; the run in {run_dir} had no checkpoint yet and was removed"
-        elif (step := latest_checkpoint(run_dir)) is not None:
+        elif (step := latest_checkpoint(run_dir)) is not None and step == resumed:
+            note = (f"; the checkpoint of update {step} stands, but this command resumed from it and stopped before "
+                    f"saving a newer one: running it again meets the same failure until its cause above is fixed")
+        elif step is not None:
             note = f"; the checkpoint of update {step} stands: resume with {resume_command(_overrides(), run_dir)}"
         else:
             note = ""

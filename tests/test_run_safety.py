@@ -530,3 +530,79 @@ def test_resume_without_a_latest_checkpoint_continues_from_the_newest_other_one(
     assert "starting from scratch" not in out
     records = [json.loads(ln) for ln in (run / "metrics.jsonl").read_text().splitlines()]
     assert records[0]["step"] <= best and records[-1]["step"] == 12
+
+
+def _flip_a_byte(step_dir: Path) -> None:
+    path = max((p for p in (step_dir / "state").rglob("*") if p.is_file()), key=lambda p: p.stat().st_size)
+    data = bytearray(path.read_bytes())
+    data[len(data) // 2] ^= 0xFF
+    path.write_bytes(bytes(data))
+
+
+def test_resume_past_a_corrupt_latest_step_continues_from_the_one_before(data_root, tmp_path, capsys):
+    """latest/8 damaged, latest/4 intact: resume=true sets 8 aside (kept, renamed, one warning), continues from
+    4 with the metrics cut back to 4, and saves new steps that a later resume reads; a run whose every
+    checkpoint is damaged is refused in one line, never started over."""
+    from mtmarl import train
+    from mtmarl.runtime import quote_task_overrides
+
+    run = tmp_path / "run"
+    args = [o for o in quote_task_overrides(_train_cmd(data_root, run, "training.checkpoint_every=4")[3:])
+            if not o.startswith("hydra.")]
+    train.run(_compose([*args, "training.updates=8"]), run_dir=run)
+    latest = run / "checkpoints" / "latest"
+    assert sorted(p.name for p in latest.iterdir()) == ["4", "8"]
+    _flip_a_byte(latest / "8")
+    capsys.readouterr()
+    train.run(_compose([*args, "training.updates=12", "resume=true"]), run_dir=run)
+    out, err = capsys.readouterr()
+    assert "resumed from update 4 of 12" in out, out
+    assert "latest/8" in err and "is corrupt" in err and "8.corrupt" in err, err
+    assert (latest / "8.corrupt").is_dir() and sorted(int(p.name) for p in latest.iterdir() if p.name.isdigit()) == \
+        [8, 12]
+    steps = [json.loads(ln)["step"] for ln in (run / "metrics.jsonl").read_text().splitlines()
+             if "train/loss" in json.loads(ln)]
+    assert steps == [4, 8, 12], steps  # the rows after update 4 of the first session are gone, none twice
+
+    for kind in ("latest", "best"):
+        for step in (p for p in (run / "checkpoints" / kind).iterdir() if p.name.isdigit()):
+            _flip_a_byte(step)
+    before = sorted(p.name for p in (run / "checkpoints").rglob("*") if p.parent.parent == run / "checkpoints")
+    with pytest.raises(SystemExit) as exit_:
+        train.run(_compose([*args, "training.updates=16", "resume=true"]), run_dir=run)
+    err = capsys.readouterr().err
+    assert exit_.value.code == 2 and "no checkpoint" in err and "can be read" in err, err
+    assert (run / "results.json").is_file()  # the finished session's results stand
+    assert not any(p.name.isdigit() for p in (run / "checkpoints" / "latest").iterdir()), before
+
+
+def test_a_failure_hint_offers_resume_only_when_resuming_can_get_further(data_root, tmp_path, capsys, monkeypatch):
+    """A run that fails after saving a checkpoint says how to resume; a resume that fails before saving a newer
+    one does not send the user back to the command that just failed."""
+    from mtmarl import train
+    from mtmarl.runtime import quote_task_overrides
+
+    run = tmp_path / "run"
+    args = [o for o in quote_task_overrides(_train_cmd(data_root, run, "training.checkpoint_every=4")[3:])
+            if not o.startswith("hydra.")]
+    real = train._train_prepared
+
+    def fail_after(*a, **k):  # trains (saving update 4), then fails as a full disk would at the end
+        real(*a, **k)
+        raise UserInputError("disk full")
+
+    monkeypatch.setattr(train, "_train_prepared", fail_after)
+    with pytest.raises(SystemExit):
+        train.run(_compose([*args, "training.updates=4"]), run_dir=run)
+    err = capsys.readouterr().err
+    assert "disk full; the checkpoint of update 4 stands: resume with python -m mtmarl.train" in err, err
+
+    def fail_at_once(*a, **k):
+        raise UserInputError("bad restore")
+
+    monkeypatch.setattr(train, "_train_prepared", fail_at_once)
+    with pytest.raises(SystemExit):
+        train.run(_compose([*args, "training.updates=8", "resume=true"]), run_dir=run)
+    err = capsys.readouterr().err
+    assert "bad restore; the checkpoint of update 4 stands, but this command resumed from it" in err, err
+    assert "resume with" not in err

@@ -23,9 +23,14 @@ silently as other numbers), so after each save the sha256 of every file of the
 step is written to ``<step>/checksums.json`` (written last, atomically), and
 every read (``meta``, ``restore``: evaluation and resuming alike) first checks
 them: a changed, missing or unlisted-but-required file is refused in one line
-naming it. A checkpoint without ``checksums.json`` (written before checksums
-existed, or cut off between Orbax's commit and the manifest) loads with a
-warning; if Orbax then cannot read it, that too is one line.
+naming it. A checkpoint without ``checksums.json`` (a save cut off between
+Orbax's commit and the manifest) loads with a warning; if Orbax then cannot
+read it, that too is one line.
+
+Resuming (:meth:`Checkpointer.newest_readable`) takes the newest periodic step
+that verifies and reads; a newer one that does not is renamed ``<step>.corrupt``
+(Orbax only lists integer step names, so it drops out of the run, and its files
+stay for inspection) with one warning line.
 """
 
 from __future__ import annotations
@@ -105,27 +110,6 @@ def _from_tree(tree: dict[str, Any], template: Carry) -> Carry:
     return jax.tree.unflatten(jax.tree.structure(template), [find(names) for names, _ in _paths(template)])
 
 
-def _legacy_tree(carry: Carry) -> dict[str, Any]:
-    """The layout of checkpoints written before the algorithm protocol (a Sable ``TrainState``)."""
-    s = carry.state
-    tree = {"params": s.params, "opt_state": s.opt_state, "step": carry.step, "key": carry.key}
-    if s.target_params is not None:
-        tree["target_params"] = s.target_params
-    return tree
-
-
-def _from_legacy(tree: dict[str, Any], template: Carry) -> Carry:
-    s = template.state
-
-    def rebuild(item, like):  # Orbax restores containers as dicts/lists: the template's structure, leaf by leaf
-        return jax.tree.unflatten(jax.tree.structure(like), jax.tree.leaves(item))
-
-    state = type(s)(rebuild(tree["params"], s.params),
-                    None if s.target_params is None else rebuild(tree["target_params"], s.target_params),
-                    rebuild(tree["opt_state"], s.opt_state))
-    return Carry(state, np.asarray(tree["key"]), np.asarray(tree["step"]))
-
-
 def write_checksums(step_dir: Path) -> None:
     """Record the sha256 of every file of a saved step in ``<step_dir>/checksums.json`` (atomically)."""
     files = {p.relative_to(step_dir).as_posix(): sha256_file(p)
@@ -136,7 +120,7 @@ def write_checksums(step_dir: Path) -> None:
 
 
 def verify_checksums(step_dir: Path, label: str) -> bool:
-    """Check a step's files against its ``checksums.json``; False when it has none (an older checkpoint).
+    """Check a step's files against its ``checksums.json``; False when it has none (a cut-off save).
 
     Raises :class:`UserInputError` naming the first missing or changed file.
     """
@@ -215,13 +199,51 @@ class Checkpointer:
             raise UserInputError(f"no {which} checkpoint in {self.directory}")
         return step
 
+    def newest_readable(self, which: str = "latest") -> int | None:
+        """The newest step of ``which`` whose files verify and whose meta reads; each newer step that fails is
+        set aside as ``<step>.corrupt`` (one warning line each). None when no step is left."""
+        manager = self._manager(which)
+        found, moved = None, False
+        for step in sorted(manager.all_steps(), reverse=True):
+            try:
+                self.meta(which, step)
+                found = step
+                break
+            except UserInputError as err:
+                path = Path(manager.directory) / str(step)
+                aside = path.with_name(f"{step}.corrupt")
+                n = 1
+                while aside.exists():
+                    n += 1
+                    aside = path.with_name(f"{step}.corrupt{n}")
+                os.replace(path, aside)
+                moved = True
+                print(f"warning: {err}; set aside as {aside}, trying the step before it", file=sys.stderr, flush=True)
+        if moved:
+            manager.reload()
+        return found
+
+    def resume_point(self) -> tuple[str, int] | None:
+        """(kind, step) a resumed run continues from: the newest readable ``latest`` step, else the newest readable
+        ``best`` one. None when the run never saved a checkpoint; refused when every saved one is unreadable
+        (each is set aside first), so a resume never silently starts over."""
+        saved = self.latest_step() is not None or self.latest_step("best") is not None
+        for kind in ("latest", "best"):
+            step = self.newest_readable(kind)
+            if step is not None:
+                return kind, step
+        if saved:
+            raise UserInputError(f"resume=true but no checkpoint in {self.directory} can be read (each was set aside "
+                                 f"as <step>.corrupt, see the warnings above); start again with overwrite=true")
+        return None
+
     def verify(self, which: str, step: int) -> None:
         """Refuse a corrupt or incomplete checkpoint (see the module's Integrity); each step is hashed once."""
         if (which, step) in self._checked:
             return
         label = f"{which}/{step} in {self.directory}"
         if not verify_checksums(Path(self._manager(which).directory) / str(step), label):
-            print(f"warning: checkpoint {label} has no {CHECKSUMS} (saved before checkpoints carried checksums); "
+            print(f"warning: checkpoint {label} has no {CHECKSUMS} (its save was cut off before the manifest); "
                   f"loading it unverified", file=sys.stderr)
         self._checked.add((which, step))
 
@@ -252,8 +274,9 @@ class Checkpointer:
         step = self._step(which, step)
         saved_meta = self.meta(which, step)
         saved = saved_meta.get("structure")
-        if saved is None:  # written before checkpoints described themselves: the old Sable layout
-            return self._restore_legacy(template, which, step)
+        if saved is None:
+            raise UserInputError(f"checkpoint {which}/{step} in {self.directory} records no carry structure in its "
+                                 f"meta, so it was not written by mtmarl.training.checkpoint; it cannot be restored")
         if saved != structure(template):
             algo = (saved_meta.get("algorithm") or {}).get("name", "?")
             raise UserInputError(f"checkpoint {which}/{step} in {self.directory} holds a train state of algorithm "
@@ -265,18 +288,6 @@ class Checkpointer:
         out = self._read(which, step, ocp.args.Composite(state=ocp.args.StandardRestore(abstract),
                                                          meta=ocp.args.JsonRestore()))
         return _from_tree(out["state"], template), dict(out["meta"])
-
-    def _restore_legacy(self, template: Carry, which: str, step: int) -> tuple[Carry, dict]:
-        ocp = self.ocp
-        if not all(hasattr(template.state, f) for f in ("params", "target_params", "opt_state")):
-            raise UserInputError(f"checkpoint {which}/{step} in {self.directory} predates self-describing "
-                                 f"checkpoints and holds a Sable train state (params, target_params, opt_state); "
-                                 f"the algorithm restoring it has another state")
-        abstract = jax.tree.map(lambda x: x if isinstance(x, jax.ShapeDtypeStruct)
-                                else ocp.utils.to_shape_dtype_struct(np.asarray(x)), _legacy_tree(template))
-        out = self._read(which, step, ocp.args.Composite(state=ocp.args.StandardRestore(abstract),
-                                                         meta=ocp.args.JsonRestore()))
-        return _from_legacy(out["state"], template), dict(out["meta"])
 
     def close(self) -> None:
         self.latest.close()
@@ -297,6 +308,12 @@ class NoCheckpoints(Checkpointer):
         """Nothing to write: process 0 saves the same carry."""
 
     def latest_step(self, which: str = "latest") -> int | None:
+        return None
+
+    def newest_readable(self, which: str = "latest") -> int | None:
+        return None
+
+    def resume_point(self) -> tuple[str, int] | None:
         return None
 
     def close(self) -> None:

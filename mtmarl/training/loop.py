@@ -258,28 +258,28 @@ def check_finite(metrics: Mapping[str, float], carry: Carry, first: int, last: i
 
 
 def resume_from(ckpt, population: int) -> str | None:
-    """The checkpoint kind ``resume=true`` continues from: ``latest``; without it, the newest other one (``best``,
-    a whole training state of a one-seed run, said in one line); None when the run has no checkpoint at all.
+    """The checkpoint kind ``resume=true`` continues from (:meth:`Checkpointer.resume_point`): ``latest``, else
+    ``best`` (a whole training state of a one-seed run, said in one line); None when the run has no checkpoint.
     A population's ``best`` mixes its seeds' best updates, so without ``latest`` it is refused."""
-    if ckpt.latest_step() is not None:
-        return "latest"
-    best = ckpt.latest_step("best")
-    if best is None:
-        return None
+    point = ckpt.resume_point()
+    if point is None or point[0] == "latest":
+        return None if point is None else "latest"
+    best = point[1]
     if population > 1:
-        raise UserInputError(f"resume=true but {ckpt.directory} has no latest checkpoint, and its best/{best} mixes "
-                             f"the seeds' best updates, which is no state to train on from; start again with "
+        raise UserInputError(f"resume=true but {ckpt.directory} has no readable latest checkpoint, and its best/{best} "
+                             f"mixes the seeds' best updates, which is no state to train on from; start again with "
                              f"overwrite=true")
-    print(f"resume=true: no latest checkpoint in {ckpt.directory}; resuming from best/{best}, the newest one there")
+    print(f"resume=true: no readable latest checkpoint in {ckpt.directory}; resuming from best/{best}, the newest "
+          f"one there")
     return "best"
 
 
 def check_same_algorithm(meta: Mapping[str, Any], algo: Algorithm, where: Path) -> None:
     """Refuse to resume a checkpoint of another algorithm or configuration, naming what differs."""
-    saved, now = meta.get("algorithm"), json.loads(json.dumps(algo.spec))
-    if saved is None or saved == now:
+    saved, now = meta.get("algorithm") or {}, json.loads(json.dumps(algo.spec))
+    if saved == now:
         return
-    # A key absent from an older checkpoint reads as null: keys added later default to null (= off).
+    # A key on one side only shows as None on the other.
     diff = sorted(f"{part}.{k}: checkpoint {(saved.get(part) or {}).get(k)!r} vs now {(now.get(part) or {}).get(k)!r}"
                   for part in ("algo", "network") for k in {*(saved.get(part) or {}), *(now.get(part) or {})}
                   if (saved.get(part) or {}).get(k) != (now.get(part) or {}).get(k))

@@ -2,7 +2,7 @@
 
 ``load_trained(run_dir)`` rebuilds the algorithm from the checkpoint's own
 description (the exact configs trained, including the HL-Gauss support taken
-from the data; older runs: ``algo.json``), restores
+from the data), restores
 the best checkpoint (else the latest) and returns an evaluator ``Policy``,
 its params, the algorithm name and the run's task-set config. The network's
 observation input has the run's padded size (``info["obs_dim"]``): tasks with
@@ -14,13 +14,11 @@ agent count is free (retention over agents has no maximum).
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 from typing import Any
 
 import jax
 import jax.numpy as jnp
-from omegaconf import OmegaConf
 
 from mtmarl.algos import registry
 from mtmarl.config_check import population_seeds
@@ -28,7 +26,6 @@ from mtmarl.errors import UserInputError
 from mtmarl.evaluation.references import default_path
 from mtmarl.training.checkpoint import Checkpointer
 from mtmarl.training.engine import Carry
-from mtmarl.training.loop import ALGO_FILE
 from mtmarl.training.rundir import CONFIG_NAME
 from mtmarl.training.policy import make_policy
 
@@ -73,8 +70,7 @@ def load_run(run_dir: str | Path, which: str | None = None, seed: int | None = N
     ``seed`` names the one to load (required there; for a one-seed run it may only name that run's seed).
 
     The checkpoint describes itself (``mtmarl.training.checkpoint``): the
-    algorithm and the run config come from its meta. Checkpoints written before
-    they did fall back to the run directory's ``algo.json`` and ``config.yaml``.
+    algorithm and the run config come from its meta.
     ``info`` holds ``tasks`` (the run's task-set config, or None for an ad-hoc
     ``task``), ``task``, ``checkpoint`` (kind, update count, stage and meta), ``seed``,
     ``obs_dim`` and ``n_actions`` (the network's input and output sizes), ``layout`` (the run's padded
@@ -92,7 +88,9 @@ def load_run(run_dir: str | Path, which: str | None = None, seed: int | None = N
         meta = ckpt.meta(which)
         spec, cfg = meta.get("algorithm"), meta.get("config")
         if spec is None or cfg is None:
-            spec, cfg = _legacy_description(run_dir)
+            raise UserInputError(f"checkpoint {which}/{step} in {run_dir} does not describe its algorithm and run "
+                                 f"config (its meta has no 'algorithm' / 'config'), so it was not written by "
+                                 f"`python -m mtmarl.train`")
         algo = registry.from_spec(spec)
         layout = run_task_set(cfg).env_spec
         obs_dim = layout.obs_dim
@@ -125,15 +123,6 @@ def load_run(run_dir: str | Path, which: str | None = None, seed: int | None = N
             # the references the run normalised by (its own setting, else its data root's)
             "references": str(cfg.get("references") or default_path((cfg.get("data") or {}).get("root")))}
     return algo, algo.acting_params(carry.state), cfg, info
-
-
-def _legacy_description(run_dir: Path):
-    """(algorithm spec, run config) from the files a run directory kept before checkpoints described themselves."""
-    algo_file, cfg_file = run_dir / ALGO_FILE, run_dir / CONFIG_NAME
-    if not algo_file.is_file() or not cfg_file.is_file():
-        raise UserInputError(f"the checkpoints in {run_dir} do not describe their algorithm and the directory has "
-                             f"no {ALGO_FILE} / {CONFIG_NAME}; pass the directory `python -m mtmarl.train` wrote")
-    return json.loads(algo_file.read_text()), OmegaConf.to_container(OmegaConf.load(cfg_file), resolve=True)
 
 
 def run_task_set(cfg: dict[str, Any]):

@@ -1,9 +1,9 @@
 """Run-directory ownership: one training per directory, and no run overwritten or changed by accident.
 
-Why: two trainings started in one directory used to interleave their
-checkpoints and metrics, rerunning a finished run silently replaced it (leaving
-its old checkpoints behind), and a resume with a changed config rewrote
-``config.yaml`` before failing, so the original could no longer be resumed.
+Why: without these checks two trainings started in one directory interleave
+their checkpoints and metrics, rerunning a finished run silently replaces it
+(leaving its checkpoints behind), and a resume with a changed config rewrites
+``config.yaml`` before failing, so the original cannot be resumed.
 
 * :class:`RunDirLock` holds an ``flock`` on ``<run dir>/.lock`` for the whole
   run; the file names the owner (pid, host, start time). The kernel drops the
@@ -176,6 +176,20 @@ def latest_checkpoint(run_dir: Path) -> int | None:
     return max(steps, default=None)
 
 
+def resume_step(run_dir: Path) -> int | None:
+    """The update a resume continues from (:meth:`Checkpointer.resume_point`, which sets unreadable steps aside)."""
+    from mtmarl.training.checkpoint import Checkpointer
+
+    if not (run_dir / "checkpoints").is_dir():
+        return None
+    ckpt = Checkpointer(run_dir / "checkpoints")
+    try:
+        point = ckpt.resume_point()
+    finally:
+        ckpt.close()
+    return None if point is None else point[1]
+
+
 def holds_training(run_dir: Path) -> bool:
     """True for a directory ``mtmarl.train`` wrote (its config, metrics or checkpoints), finished or not."""
     return any((run_dir / name).exists() for name in (CONFIG_NAME, METRICS_NAME, "checkpoints"))
@@ -290,7 +304,7 @@ def prepare(run_dir: Path, cfg: Mapping[str, Any], config_text: str) -> int | No
                     raise UserInputError(
                         f"resume=true refused: the config differs from {stored} in {'; '.join(changes)}. "
                         f"Resume with the run's own settings, or start a new run in another hydra.run.dir")
-            start = step or 0
+            start = resume_step(run_dir) or 0
             truncate_metrics(run_dir / METRICS_NAME, start)
         else:
             state = ("a finished run" if (run_dir / "results.json").exists() else
