@@ -27,7 +27,7 @@ SETS = ("rware_15", "lbf_5", "connector_10")
 DEMO = OmegaConf.load(CONFIG_DIR / "budget" / "demo.yaml")
 CONVERGED = OmegaConf.load(CONFIG_DIR / "budget" / "converged.yaml")
 # the sets whose bundled data is at the converged recipe (make converged-<set>); the others are the demo budget's
-CONVERGED_SETS = ("lbf_5",)
+CONVERGED_SETS = ("lbf_5", "connector_10")
 CONVERGED_ENVS = {task_registry.load(s).env for s in CONVERGED_SETS}
 
 
