@@ -6,16 +6,26 @@ STAMP := $(VENV)/.installed
 # Two host devices let pmap use both CPU cores (ignored on GPU/TPU).
 export XLA_FLAGS ?= --xla_force_host_platform_device_count=2
 
-.PHONY: install lint test test-slow train evaluate figures bench clean sweep experiments data demo-data collect
+.PHONY: install lock lint test test-slow train figures bench clean sweep experiments data demo-data collect
 
+# pyproject.toml states compatible ranges; constraints.txt pins the verified set inside them, so every install
+# (and CI) gets the same versions. [dev] adds the test tools and the optional extras (neptune, slurm).
+CONSTRAINTS := constraints.txt
 install: $(STAMP)
 
-$(STAMP): pyproject.toml
+$(STAMP): pyproject.toml $(CONSTRAINTS)
 	@command -v $(PYTHON) >/dev/null || { echo "need $(PYTHON) on PATH (set PYTHON=...)"; exit 1; }
 	test -d $(VENV) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet --upgrade pip
-	$(PY) -m pip install --quiet -e '.[dev]'
+	$(PY) -m pip install --quiet -c $(CONSTRAINTS) -e '.[dev]'
 	touch $(STAMP)
+
+# After upgrading packages in .venv (within pyproject.toml's ranges) and passing the tests: pin what is installed.
+lock:
+	@test -x $(PY) || { echo "no $(VENV): run make install first"; exit 1; }
+	{ echo "# The verified set of every package mtmarl[dev] installs (make lock writes it from $(VENV))."; \
+	  $(PY) -m pip freeze --exclude-editable; } > $(CONSTRAINTS).tmp
+	mv $(CONSTRAINTS).tmp $(CONSTRAINTS)
 
 lint: install
 	$(VENV)/bin/ruff check .
@@ -31,7 +41,7 @@ test-slow: install
 	$(PY) -m pytest -q -m slow -n $(TEST_WORKERS) --dist loadfile
 
 # The main job: MT Oryx on the bundled rware_15 data (mtmarl/configs/training/default.yaml), then zero-shot on the
-# held-out tasks (a few minutes on 2 CPU cores; README, Training).
+# held-out tasks (its measured time: benchmarks/README.md).
 # Other runs: make train TRAIN_ARGS='+algo=mt_oryx +tasks=connector_10' or '+algo=mt_bc_sable +tasks=lbf_5'.
 TRAIN_ARGS ?= +algo=mt_oryx +tasks=rware_15
 train: install
@@ -58,38 +68,38 @@ experiments: install
 
 # Datasets (vault_data/README.md). One device per collector, so results match the recorded ones;
 # each task set is its own target (data-<set>, demo-data-<set>), so `make -j2 data` collects two sets at once.
-# demo-data: the bundled data (mtmarl/configs/budget/demo.yaml; tens of minutes of one CPU core per set);
-# data: the full-size benchmark data into vault_data_full/ (mtmarl/configs/budget/full.yaml; times: README, Datasets);
+# demo-data: the bundled data (mtmarl/configs/recipe/demo.yaml; tens of minutes of one CPU core per set);
+# data: the full-size benchmark data into vault_data_full/ (mtmarl/configs/recipe/full.yaml; times: README, Datasets);
 # collect: any collection, e.g. make collect COLLECT_ARGS='+tasks=lbf_5 collect.budget=500000'.
 DATA_SETS ?= connector_10 lbf_5 rware_15 smax_marine_hard smax_stalker_zealot smax_m3_easy
-# the sets bundled at the demo budget (lbf_5 and connector_10 are bundled at the converged recipe: make converged-<set>)
+# the sets bundled at the demo recipe (lbf_5 and connector_10 are bundled at the converged recipe: make converged-<set>)
 DEMO_SETS ?= rware_15 smax_marine_hard smax_stalker_zealot smax_m3_easy
 DEMO_ROOT ?= vault_data
 FULL_ROOT ?= vault_data_full
-COLLECT_ARGS ?= +budget=demo +tasks=lbf_5
+COLLECT_ARGS ?= +recipe=demo +tasks=lbf_5
 COLLECT_ONE := XLA_FLAGS=--xla_force_host_platform_device_count=1 $(PY) -m mtmarl.collect
 demo-data: $(addprefix demo-data-,$(DEMO_SETS))
 data: $(addprefix data-,$(DATA_SETS))
 demo-data-%: install
-	$(COLLECT_ONE) +budget=demo +tasks=$* collect.root=$(DEMO_ROOT) collect.write_bundled=true collect.progress=false
+	$(COLLECT_ONE) +recipe=demo +tasks=$* collect.root=$(DEMO_ROOT) collect.write_bundled=true collect.progress=false
 data-%: install
-	$(COLLECT_ONE) +budget=full +tasks=$* collect.root=$(FULL_ROOT)
+	$(COLLECT_ONE) +recipe=full +tasks=$* collect.root=$(FULL_ROOT)
 # SMAX (the HyGen paper's sets): expert + medium datasets of the training maps, test maps online for a reference only
-# (budget/smax_demo.yaml: 1M steps per training map, 300k per test map on a CPU; budget/smax.yaml: 3M, for a GPU).
+# (recipe/smax_demo.yaml: 1M steps per training map, 300k per test map on a CPU; recipe/smax.yaml: 10M, for a GPU).
 demo-data-smax_%: install
-	$(COLLECT_ONE) +budget=smax_demo +tasks=smax_$* split=train collect.root=$(DEMO_ROOT) collect.write_bundled=true collect.progress=false
-	$(COLLECT_ONE) +budget=smax_demo +tasks=smax_$* split=test collect.env_budget.smax=300000 \
+	$(COLLECT_ONE) +recipe=smax_demo +tasks=smax_$* split=train collect.root=$(DEMO_ROOT) collect.write_bundled=true collect.progress=false
+	$(COLLECT_ONE) +recipe=smax_demo +tasks=smax_$* split=test collect.env_budget.smax=300000 \
 		collect.root=$(DEMO_ROOT) collect.write_bundled=true collect.progress=false
 data-smax_%: install
-	$(COLLECT_ONE) +budget=smax +tasks=smax_$* collect.root=$(FULL_ROOT)
+	$(COLLECT_ONE) +recipe=smax +tasks=smax_$* collect.root=$(FULL_ROOT)
 
-# converged-<set>: every task trained to a plateau (mtmarl/configs/budget/converged.yaml) into $(CONVERGED_ROOT);
+# converged-<set>: every task trained to a plateau (mtmarl/configs/recipe/converged.yaml) into $(CONVERGED_ROOT);
 # interruptible: the same command resumes at the first unfinished task (README, Datasets).
 # Several collectors share a set: make converged-<set> CONVERGED_ARGS='collect.shard=[i,n]' for i < n.
 CONVERGED_ROOT ?= vault_data_converged
 CONVERGED_ARGS ?=
 converged-%: install
-	$(PY) -m mtmarl.collect +budget=converged +tasks=$* collect.root=$(CONVERGED_ROOT) collect.progress=false \
+	$(PY) -m mtmarl.collect +recipe=converged +tasks=$* collect.root=$(CONVERGED_ROOT) collect.progress=false \
 		$(CONVERGED_ARGS)
 
 collect: install

@@ -35,11 +35,12 @@ import numpy as np  # noqa: E402
 from omegaconf import OmegaConf  # noqa: E402
 
 from mtmarl import tasks as task_registry  # noqa: E402
-from mtmarl.experiments.costs import jaxpr_flops  # noqa: E402
 from mtmarl.experiments.config import compose_train  # noqa: E402
 from mtmarl.training.data import build_buffers, load_task_data  # noqa: E402
 from mtmarl.training.engine import Carry, Learner, make_update_step  # noqa: E402
 from mtmarl.training.loop import algo_for_data  # noqa: E402
+
+from costs import jaxpr_flops  # noqa: E402  (benchmarks/costs.py: this script's folder is on sys.path)
 
 
 def stage_flops(algo, span, learner) -> float:

@@ -52,8 +52,9 @@ from mtmarl.algos.registry import build as make_algo  # noqa: E402
 from mtmarl.configs import CONFIG_DIR  # noqa: E402
 from mtmarl.data.batching import make_buffers, sample  # noqa: E402
 from mtmarl.networks.sable import load_preset  # noqa: E402
-from mtmarl.experiments.costs import scaling_fits  # noqa: E402
 from mtmarl.training.engine import Carry, Learner, make_update_step  # noqa: E402
+
+from costs import scaling_fits  # noqa: E402  (benchmarks/costs.py: this script's folder is on sys.path)
 
 OUT = Path(__file__).resolve().parent / "results" / "train_step.json"
 COSTS_OUT = OUT.with_name("train_step_costs.json")

@@ -38,7 +38,7 @@ def run_og_marl(args, agents: int) -> dict:
     """One og-marl process: compile, then ``--og-repeats`` timed calls of ``--og-updates`` updates."""
     with tempfile.NamedTemporaryFile("r", suffix=".jsonl") as out:
         env = {**os.environ, "XLA_FLAGS": ""}  # og-marl as its users run it: one device
-        if args.og_pythonpath:  # e.g. og-marl's extra packages and benchmarks/og_marl_shim (the GPU machines)
+        if args.og_pythonpath:  # e.g. og-marl's extra packages and benchmarks/og_marl_shim
             env["PYTHONPATH"] = os.pathsep.join([args.og_pythonpath, env.get("PYTHONPATH", "")])
         subprocess.run([args.og_python, str(args.anchor), "--agents", str(agents), "--updates", str(args.og_updates),
                         "--repeats", str(args.og_repeats), "--T", "100000", "--ogm", args.ogm,
@@ -73,8 +73,8 @@ def main():
     p.add_argument("--seconds", type=float, default=12.0, help="timing per mtmarl process")
     p.add_argument("--og-updates", type=int, default=25, help="updates per og-marl learn() call")
     p.add_argument("--og-repeats", type=int, default=3)
-    p.add_argument("--og-pythonpath", default="", help="put before PYTHONPATH for og-marl's process only: on the "
-                   "GPU machines its extra packages and benchmarks/og_marl_shim (stand-ins for its logging imports)")
+    p.add_argument("--og-pythonpath", default="", help="put before PYTHONPATH for og-marl's process only: e.g. "
+                   "its extra packages and benchmarks/og_marl_shim (stand-ins for logging imports it lacks)")
     p.add_argument("--out", type=Path, default=OUT)
     a = p.parse_args()
     if not a.anchor.exists():

@@ -48,13 +48,13 @@ from omegaconf import OmegaConf  # noqa: E402
 from mtmarl.configs import CONFIG_DIR  # noqa: E402
 from mtmarl.evaluation.rollout import make_evaluator  # noqa: E402
 from mtmarl.online.anakin import chunk_summary  # noqa: E402
-from mtmarl.algos.registry import ONLINE, make_online_system, online_config, online_module  # noqa: E402
+from mtmarl.algos.registry import ONLINE, make_online_system, online_config  # noqa: E402
 from mtmarl.runtime import enable_compilation_cache, save_figure  # noqa: E402
 from mtmarl.tasks import TaskSpec  # noqa: E402
 
 # learner name -> (preset in mtmarl/configs/online, overrides applied before the command line's)
 PRESETS = {"mappo": ("mappo", []), "sable": ("sable", []), "mappo_gru": ("mappo", ["recurrent=true"])}
-LABELS = {**{n: online_module(n).LABEL for n in ONLINE}, "mappo_gru": "MAPPO-GRU"}
+LABELS = {**{n: stage.label for n, stage in ONLINE.items()}, "mappo_gru": "MAPPO-GRU"}
 
 DEFAULT_TASKS = ["connector:grid=5,agents=2", "connector:grid=7,agents=3",
                  "lbf:grid=8,agents=2,food=2,level=2,fov=3"]

@@ -164,14 +164,14 @@ def eval_returns(algo, params, task_set, episodes: int, seed: int) -> dict[str, 
 def load_with_data(run_dir: str | Path, which: str | None = None, run_seed: int | None = None):
     """A trained run and the training data it was trained on: (algo, params, cfg, info, task_set, data, buffers).
 
-    For tools that probe a checkpoint on its own batches (this module, experiment_scripts/loss_gradients.py)."""
-    from mtmarl.training.data import build_buffers, load_task_data, run_quality
+    For tools that probe a checkpoint on its own batches (this module's diagnostics)."""
+    from mtmarl.training.data import build_buffers, load_task_data
     from mtmarl.training.restore import load_run, run_task_set
 
     algo, params, cfg, info = load_run(run_dir, which, run_seed)
     task_set = run_task_set(cfg)
     data_cfg = cfg.get("data") or {}
-    data = load_task_data(task_set, data_cfg.get("root", "vault_data"), run_quality(data_cfg), False,
+    data = load_task_data(task_set, data_cfg.get("root", "vault_data"), data_cfg.get("quality"), False,
                           float(data_cfg.get("fraction", 1.0)))
     return algo, params, cfg, info, task_set, data, build_buffers(task_set, data, algo.cfg.seq_len)
 

@@ -31,3 +31,24 @@ def file_error(err: BaseException) -> UserInputError | None:
         return None
     where = f" ({err.filename})" if err.filename else ""
     return UserInputError(f"cannot write{where}: {err.strerror or os.strerror(err.errno)}")
+
+
+# pyproject.toml's optional extras: for each, the (module, distribution) pairs its features import.
+EXTRAS = {
+    "neptune": (("neptune", "neptune"),),
+    "slurm": (("hydra_plugins.hydra_submitit_launcher", "hydra-submitit-launcher"), ("submitit", "submitit")),
+}
+
+
+def require_extra(extra: str, feature: str, otherwise: str = "") -> None:
+    """Raise a one-line :class:`UserInputError` when ``feature`` (what the user asked for, e.g. ``logger.neptune=true``)
+    needs a package of the optional ``extra`` that is not importable; ``otherwise`` names a way to do without it."""
+    import importlib
+
+    for module, dist in EXTRAS[extra]:
+        try:
+            importlib.import_module(module)
+        except ImportError:
+            alternative = f" (or {otherwise})" if otherwise else ""
+            raise UserInputError(f"{feature} needs the package {dist}, which is not installed: "
+                                 f"pip install 'mtmarl[{extra}]'{alternative}") from None

@@ -11,7 +11,7 @@ from typing import Callable
 import jax
 
 from mtmarl.configs import CONFIG_DIR
-from mtmarl.errors import UserInputError, file_error
+from mtmarl.errors import UserInputError, file_error, require_extra
 
 CACHE_DIR = Path(os.environ.get("MTMARL_CACHE", Path.home() / ".cache" / "mtmarl"))
 CACHE_MAX_BYTES = 8 << 30  # least recently used executables are evicted beyond this
@@ -122,6 +122,7 @@ def hydra_cli(config_name: str, run: Callable) -> None:
 
     sys.argv = quote_task_overrides(sys.argv)
     _check_run_dir_argument(sys.argv[1:])
+    _check_launcher_argument(sys.argv[1:])
     hydra.main(version_base=None, config_path=str(CONFIG_DIR), config_name=config_name)(task)()
 
 
@@ -152,6 +153,16 @@ def _check_run_dir_argument(argv: list[str]) -> None:
         key, eq, value = arg.partition("=")
         if eq and key.lstrip("+") == "hydra.run.dir" and "${" not in value:
             check_run_path(value.strip("'\""))
+
+
+@user_errors_exit
+def _check_launcher_argument(argv: list[str]) -> None:
+    """``hydra/launcher=submitit_*`` needs the optional extra that provides Hydra's submitit launcher; without it,
+    one line naming the extra instead of Hydra's report of a missing config."""
+    for arg in argv:
+        key, eq, value = arg.partition("=")
+        if eq and key.lstrip("+~") == "hydra/launcher" and value.startswith("submitit"):
+            require_extra("slurm", f"hydra/launcher={value}")
 
 
 def save_figure(fig, path: Path, dpi: int = 110) -> None:

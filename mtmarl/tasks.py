@@ -44,7 +44,7 @@ class TaskSpec:
                 raise UserInputError(f"task {label or env}: unknown key {key!r} for {env}; "
                                      f"valid keys: {', '.join(allowed)}")
         # Typed values (ad-hoc strings included) and a layout that can exist, before any env is built.
-        return cls(env, tuple(check_task(env, params, label or env).items()), label)
+        return cls(env, tuple(check_task(envs.env_class(env), params, label or env).items()), label)
 
     @classmethod
     def parse(cls, text: str) -> "TaskSpec":
@@ -167,7 +167,7 @@ class TaskSet:
         Why: a padded agent changes nothing a real agent sees or gets, yet the policy decodes it at every
         step. The set evaluator groups tasks by agent count (``mtmarl.evaluation.rollout.run_task_episodes``),
         one traced policy per group; powers of two keep the groups few, which keeps the program's compile
-        time and memory nearer one group's (``benchmarks/eval_agent_groups.py``), while a 2-agent task is not
+        time and memory nearer one group's (``benchmarks/eval_layouts.py``), while a 2-agent task is not
         played as 12 agents.
         """
         inner = spec.build()

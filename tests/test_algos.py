@@ -290,6 +290,23 @@ def test_oryx_without_critic_and_flat_weights_is_bc(batch, switches):
     assert abs(float(l_sharp) - float(l_bc)) > 1e-3
 
 
+def test_oryx_critic_and_policy_losses_each_reach_only_their_own_head(batch):
+    """The policy loss holds Q constant and the critic loss never reads the policy head: with critic_coef 0 no
+    gradient reaches ``q_head``, and the critic's part (the full loss's gradient minus that one) none reaches
+    ``policy_head``; both reach the shared torso."""
+    algo = make_algo("mt_oryx", OVERRIDES, NET, A)
+    policy_only = make_algo("mt_oryx", {**OVERRIDES, "critic_coef": 0.0}, NET, A)
+    params = _random_params(algo, jax.random.key(11), batch)
+    grad = lambda a: jax.jit(jax.grad(lambda p: a.loss(p, params, batch, jax.random.key(0))[0]))(params)  # noqa: E731
+    policy = grad(policy_only)["params"]
+    critic = jax.tree.map(jnp.subtract, grad(algo)["params"], policy)
+    norm = lambda tree: float(jnp.sqrt(sum(jnp.sum(x * x) for x in jax.tree.leaves(tree))))  # noqa: E731
+    shared = lambda g: {k: v for k, v in g.items() if k not in ("policy_head", "q_head")}  # noqa: E731
+    assert norm(policy["q_head"]) == 0 and norm(policy["policy_head"]) > 0
+    assert norm(critic["policy_head"]) <= 1e-6 * norm(policy["policy_head"]) and norm(critic["q_head"]) > 0
+    assert norm(shared(critic)) > 0 and norm(shared(policy)) > 0
+
+
 @pytest.mark.parametrize("name", ["mt_cql_sable", "mt_oryx"])
 def test_hl_gauss_and_mse_both_run(name, batch):
     hl, update, state = _setup(name, batch)

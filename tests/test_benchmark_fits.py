@@ -1,8 +1,15 @@
 """Numbers the benchmarks report: the train-step scaling fit, the per-algorithm FLOP count."""
 
+import importlib.util
+from pathlib import Path
+
 import pytest
 
-from mtmarl.experiments.costs import jaxpr_flops, scaling_fits
+# benchmarks/ is a folder of scripts, not a package: load its cost models by path.
+_SPEC = importlib.util.spec_from_file_location("benchmark_costs", Path(__file__).parents[1] / "benchmarks" / "costs.py")
+costs = importlib.util.module_from_spec(_SPEC)
+_SPEC.loader.exec_module(costs)
+jaxpr_flops, scaling_fits = costs.jaxpr_flops, costs.scaling_fits
 
 
 def test_scaling_fit_recovers_the_exponent():

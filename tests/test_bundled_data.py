@@ -1,4 +1,4 @@
-"""Bundled demo data (vault_data/) and the per-env collection budgets that produced it.
+"""Bundled demo data (vault_data/) and the collection recipes that produced it.
 
 The data checks read only JSON metadata (no vault arrays), so they stay fast.
 """
@@ -24,9 +24,9 @@ from mtmarl.envs import Observation
 ROOT = collect.ROOT
 DATA = ROOT / "vault_data"
 SETS = ("rware_15", "lbf_5", "connector_10")
-DEMO = OmegaConf.load(CONFIG_DIR / "budget" / "demo.yaml")
-CONVERGED = OmegaConf.load(CONFIG_DIR / "budget" / "converged.yaml")
-# the sets whose bundled data is at the converged recipe (make converged-<set>); the others are the demo budget's
+DEMO = OmegaConf.load(CONFIG_DIR / "recipe" / "demo.yaml")
+CONVERGED = OmegaConf.load(CONFIG_DIR / "recipe" / "converged.yaml")
+# the sets whose bundled data is at the converged recipe (make converged-<set>); the others are the demo recipe's
 CONVERGED_SETS = ("lbf_5", "connector_10")
 CONVERGED_ENVS = {task_registry.load(s).env for s in CONVERGED_SETS}
 
@@ -36,7 +36,7 @@ def check_converged(collector_or_entry: dict, env: str, name: str) -> None:
     assert collector_or_entry["env_steps"] >= CONVERGED.collect.plateau.min_steps[env], name
     assert collector_or_entry["ended"].startswith(("plateau at", "budget")), name
     assert "stopped" not in collector_or_entry, name
-# the DAgger settings of the demo budget: mtmarl/configs/collect.yaml's, updated by the budget's
+# the DAgger settings of the demo recipe: mtmarl/configs/collect.yaml's, updated by the recipe's
 DEMO_DAGGER = OmegaConf.merge(OmegaConf.load(CONFIG_DIR / "collect.yaml").collect.dagger, DEMO.collect.dagger)
 
 
@@ -52,7 +52,7 @@ def test_every_train_task_has_a_bundled_vault_matching_its_spec(set_name):
             env.num_agents, env.obs_dim, env.num_actions, env.state_dim), spec.name
         entry = meta["datasets"][vault_io.DEFAULT_UID]
         assert entry["transitions"] > 0 and entry["returns"]["episodes"] > 0, spec.name
-        # produced by the recorded demo budget (or the converged recipe), and every checksummed file is present
+        # produced by the recorded demo recipe (or the converged recipe), and every checksummed file is present
         if spec.env in CONVERGED_ENVS:
             check_converged(entry["collector"], spec.env, spec.name)
             assert entry["collector"]["quality"] == CONVERGED.collect.quality == "intervals"
@@ -69,7 +69,7 @@ def test_every_train_task_has_a_bundled_vault_matching_its_spec(set_name):
             assert max(r["return"] for r in levels[1:]) > levels[0]["return"] + 1.0, (spec.name, levels)
         else:
             assert entry["collector"]["budget"] == DEMO.collect.env_budget[spec.env], spec.name
-            # recorded as the demo budget says (by quality level for LBF and Connector), so `make demo-data`
+            # recorded as the demo recipe says (by quality level for LBF and Connector), so `make demo-data`
             # reproduces what is bundled; levels run from the untrained to the final snapshot's score
             quality = DEMO.collect.env_quality.get(spec.env, "mixed")
             assert entry["collector"]["quality"] == quality, spec.name
@@ -145,13 +145,13 @@ def test_to_experience_without_global_state():
 
 
 SMAX_SETS = ("smax_marine_hard", "smax_stalker_zealot", "smax_m3_easy")
-SMAX_DEMO = OmegaConf.load(CONFIG_DIR / "budget" / "smax_demo.yaml")
-SMAX_FULL = OmegaConf.load(CONFIG_DIR / "budget" / "smax.yaml")
+SMAX_DEMO = OmegaConf.load(CONFIG_DIR / "recipe" / "smax_demo.yaml")
+SMAX_FULL = OmegaConf.load(CONFIG_DIR / "recipe" / "smax.yaml")
 
 
 def _smax_recipe_matches(coll) -> bool:
-    """A SMAX vault's online run is one of the two recorded recipes: the CPU demo budget (1M steps), or the
-    full budget's learner and steps (JaxMARL's recipe, 10M; the hard marine-hard maps, vault_data/README.md)."""
+    """A SMAX vault's online run is one of the two recorded recipes: the CPU demo recipe (1M steps), or the
+    full recipe's learner and steps (JaxMARL's recipe, 10M; the hard marine-hard maps, vault_data/README.md)."""
     if coll["budget"] == SMAX_DEMO.collect.env_budget.smax:
         return all(coll["online"][k] == v for k, v in SMAX_DEMO.online_env.smax.items())
     full = OmegaConf.to_container(SMAX_FULL.online_env.smax)
@@ -167,7 +167,7 @@ def _episode_returns(exp) -> np.ndarray:
 
 @pytest.mark.parametrize("set_name", SMAX_SETS)
 def test_every_smax_train_map_has_expert_and_medium_data_with_their_win_rates(set_name):
-    """The HyGen paper's two datasets per training map, from the recorded CPU budget; the win rate written to each
+    """The HyGen paper's two datasets per training map, from the recorded CPU recipe; the win rate written to each
     dataset's metadata is recounted from its arrays (SMAX: a won episode earns the win bonus, return > 1.99)."""
     for spec in task_registry.load(set_name).split("train"):
         vlt = vault_io.vault_path(DATA, spec)

@@ -85,14 +85,16 @@ def test_expert_medium_collection_writes_both_datasets(tmp_path):
     expert, medium = (read_vault(vlt, spec, uid=u) for u in ("expert", "medium"))
     assert expert["actions"].shape[1] > 0 and medium["actions"].shape[1] > 0
     assert res["transitions"] == expert["actions"].shape[1] + medium["actions"].shape[1]
-    from mtmarl.data.quality_card import markdown, quality_rows
-    rows = quality_rows(TASK, tmp_path / "vaults")  # the data card: one row per dataset, from metadata
+    from mtmarl.data.card import dataset_rows, markdown, task_rows
+    rows = dataset_rows(TASK, tmp_path / "vaults")  # the data card's dataset table: one row per dataset, from metadata
     assert [r["uid"] for r in rows] == ["expert", "medium"]
     for r, exp in zip(rows, (expert, medium)):
         ends = exp["terminals"][0, :, 0] + exp["truncations"][0, :, 0]
         assert r["episodes"] == int(ends.sum()) >= 30 and r["transitions"] == exp["actions"].shape[1]
         assert r["data_win"] is None and r["paper_win"] is None  # Connector reports no wins; not a SMAC map
-    assert markdown(rows).count("\n") == 3
+    tables = markdown(task_rows(TASK, tmp_path / "vaults"), rows).split("\n\n")  # tasks, totals, datasets
+    assert len(tables) == 3 and tables[2].count("\n") == 3  # header, rule, expert, medium
+    assert "win %" not in tables[2] and "HyGen" not in tables[2]  # columns no dataset fills are left out
     with pytest.raises(UserInputError, match="collect.quality='best'; allowed: mixed, expert_medium, levels"):
         collect.run.__wrapped__(_cfg(tmp_path / "bad", "best"))
     assert not (tmp_path / "bad").exists()  # refused before anything is trained or written

@@ -3,6 +3,8 @@ numpy export round-trips, and bad hub / data command lines are one error line (e
 
 import contextlib
 import io
+import json
+import re
 import shutil
 import zipfile
 
@@ -102,7 +104,8 @@ BAD = [
     ("data", ["stats", "connector:grid=2,agents=10"], "grid=2"),
     ("data", ["stats", "lbf:grid=8,agents=2,food=2,coop=maybe"], "coop='maybe'"),
     ("data", ["stats", "{vault}", "--hist", "/proc/mtmarl-nope/x.png"], "--hist"),
-    ("data", ["report", "nosuchset"], "nosuchset"),
+    ("data", ["card", "nosuchset"], "nosuchset"),
+    ("data", ["card", TASK, "--root", "{tmp}", "--out", "/proc/mtmarl-nope/card"], "--out /proc/mtmarl-nope/card"),
     ("data", ["export", "/nonexistent.vlt", "{tmp}/o.npz"], "/nonexistent.vlt"),
     ("data", ["export", "{vault}", "{tmp}/o.txt"], ".npz"),
     ("data", ["export", "{vault}", "{tmp}/o.npz", "--uid", "nope"], "'nope'"),
@@ -119,11 +122,26 @@ def test_bad_hub_and_data_commands_are_one_error(cli, argv, want, vault, tmp_pat
     assert want.format(tmp=tmp_path) in err, err
 
 
-def test_a_saved_runs_dataset_is_read_under_its_new_and_its_old_key():
-    """Runs saved before ``data.uid`` became ``data.quality`` still name their dataset (diagnose, HyGen online)."""
-    from mtmarl.training.data import run_quality
-
-    assert run_quality({"quality": "expert", "root": "x"}) == "expert"
-    assert run_quality({"uid": "medium"}) == "medium"
-    assert run_quality({"quality": None, "uid": "medium"}) is None  # a new run that picked the only dataset
-    assert run_quality({}) is None
+@pytest.mark.parametrize("damage", ["obs_dim", "no_task"])
+def test_stats_validate_and_export_apply_one_rule_to_the_metadata(vault, tmp_path, damage):
+    """Every reader checks the arrays (against the task's env with ``stats --validate``, else against the sizes
+    ``mtmarl.json`` records) and then ``mtmarl.json``'s sizes against them, so a vault whose metadata disagrees
+    with its arrays and task is refused by ``stats --validate`` as by ``export``; ``--validate`` on a vault whose
+    metadata names no task is one error line."""
+    copy = tmp_path / vault.name
+    shutil.copytree(vault, copy)
+    meta = json.loads((copy / META_FILE).read_text())
+    if damage == "obs_dim":
+        meta["obs_dim"] += 1
+    else:
+        del meta["task"]
+    (copy / META_FILE).write_text(json.dumps(meta))
+    rc, err = _main(data_cli.main, ["stats", str(copy), "--validate", "--json"])
+    assert rc == 2 and err.startswith("error: ") and "Traceback" not in err, err
+    assert (f"records obs_dim={meta['obs_dim']}" if damage == "obs_dim" else "records no task (key task.adhoc)") in err
+    rc, err = _main(data_cli.main, ["export", str(copy), str(tmp_path / "o.npz")])
+    if damage == "obs_dim":  # the arrays against the recorded sizes
+        want = rf"key 'observations' has shape .*, expected \(1, \d+, 2, {meta['obs_dim']}\)"
+        assert rc == 2 and re.search(want, err), err
+    else:  # export needs no task: the arrays match the recorded sizes
+        assert rc == 0, err

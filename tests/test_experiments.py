@@ -76,7 +76,40 @@ def test_presets_differ_as_documented():
     assert {compose_train(r.overrides).network.embed_dim for r in distinct} == {64, 128, 256, 512, 768}
 
 
+def test_one_preset_vocabulary_each_name_meaning_one_learner():
+    """``budget=<p>`` (experiments) trains the learner of ``training=<p>`` wherever both exist; the collection
+    recipes are their own group (``+recipe=``), share no name with the other two, and ``mtmarl.collect`` refuses
+    ``+budget=<recipe>`` as an unknown key (*budget* names only the experiments' group)."""
+    from omegaconf import OmegaConf
+
+    from mtmarl.config_check import check_keys
+    from mtmarl.errors import UserInputError
+    from mtmarl.experiments.config import _compose
+    from mtmarl.runtime import CONFIG_DIR
+
+    def names(group):
+        return {p.stem for p in (CONFIG_DIR / group).glob("*.yaml")}
+
+    training, recipes = names("training"), names("recipe")
+    assert names("experiments/budget") == set(PRESETS) and not (CONFIG_DIR / "budget").exists()
+    assert not recipes & (training | set(PRESETS))
+    for preset in sorted(training & set(PRESETS)):
+        cfg = compose_experiment("learning", [f"budget={preset}"])
+        ran = compose_train([*cfg.budget.train, "+algo=mt_oryx", "+tasks=lbf_5"])
+        alone = compose_train([f"training={preset}", "+algo=mt_oryx", "+tasks=lbf_5"])
+        assert ran.network == alone.network, preset
+        for key in ("batch_size", "seq_len", "updates_per_call"):
+            assert ran.training[key] == alone.training[key], (preset, key)
+    for recipe in sorted(recipes):  # each recipe composes with mtmarl.collect's config and sets its env steps
+        assert _compose(CONFIG_DIR, "collect", [f"+recipe={recipe}", "+tasks=lbf_5"]).collect.env_budget
+    # Hydra adds +budget=demo as a plain key; mtmarl.collect's first check (config_check.check_keys) refuses it
+    old = OmegaConf.to_container(_compose(CONFIG_DIR, "collect", ["+budget=demo", "+tasks=lbf_5"]), resolve=True)
+    with pytest.raises(UserInputError, match="unknown config key 'budget'"):
+        check_keys(old, "collect")
+
+
 def test_slurm_launcher_composes():
+    pytest.importorskip("hydra_plugins.hydra_submitit_launcher", reason="the optional extra mtmarl[slurm]")
     run = Run.make({}, ["training=quick", "+algo=mt_oryx", "+tasks=rware_15"], 1)
     cmd = train_command(run, Path("/tmp/sweep/seed_1"), "slurm", ["hydra.launcher.timeout_min=30"])
     assert cmd[1:4] == ["-m", "mtmarl.train", "--multirun"]
@@ -525,7 +558,7 @@ def test_pooled_outputs_render_as_the_smax_driver_with_the_hygen_column_beside(t
     from helpers import experiment_module
 
     from mtmarl.errors import UserInputError
-    from mtmarl.experiments import hygen_table1
+    from mtmarl.experiments.smax import paper_table
 
     pool = experiment_module("pool_seeds")
     wins = {("smax_marine_hard", 0): [0.2, 0.4], ("smax_marine_hard", 1): [0.6, 0.8],
@@ -552,7 +585,7 @@ def test_pooled_outputs_render_as_the_smax_driver_with_the_hygen_column_beside(t
         assert test_cell == f"{per_seed.mean():.3f} ± {per_seed.std(ddof=1) / np.sqrt(2):.3f}"
     assert cells[1] == "n/a"  # no train records
     paper_cells = [c.strip() for c in paper.strip("|").split("|")]
-    assert paper_cells[2] == f"{hygen_table1.split_mean('smax_marine_hard', 'medium', 'BC-best', 'test'):.3f}"
+    assert paper_cells[2] == f"{paper_table().split_mean('smax_marine_hard', 'medium', 'BC-best', 'test'):.3f}"
     with pytest.raises(UserInputError, match="not one of"):
         pool.main([str(tmp_path / "smax_marine_hard"), "--experiment", "smaxx", "--out", str(tmp_path / "x")])
 
@@ -630,34 +663,12 @@ def test_learning_diagnoses_each_seed_of_a_population_run_once(tmp_path, monkeyp
     assert calls == [[str(run_dir), "--batches", "3", "--seed", "1"], [str(run_dir), "--batches", "3"]]
 
 
-def test_gradient_noise_statistics_match_a_naive_loop():
-    """gradient_noise.py's per-k numbers against plain loops over the batches, and its effective weight share."""
-    gn = experiment_module("gradient_noise")
-    rng = np.random.default_rng(0)
-    grads, reference = rng.normal(size=(6, 9)) + 0.5, rng.normal(size=9)
-    got = gn.statistics(grads, reference)
-    mean = [sum(g[j] for g in grads) / len(grads) for j in range(9)]
-    norm = lambda v: math.sqrt(sum(x * x for x in v))  # noqa: E731
-    cos = lambda a, b: sum(x * y for x, y in zip(a, b)) / (norm(a) * norm(b))  # noqa: E731
-    noise = sum(sum((g[j] - mean[j]) ** 2 for j in range(9)) for g in grads) / (len(grads) - 1)
-    assert got["norm"] == pytest.approx(sum(norm(g) for g in grads) / len(grads))
-    assert got["mean_norm"] == pytest.approx(norm(mean))
-    assert got["rel_noise"] == pytest.approx(noise / norm(mean) ** 2)
-    assert got["cos_to_all"] == pytest.approx(cos(mean, reference))
-    assert got["cos_batch_all"] == pytest.approx(sum(cos(g, reference) for g in grads) / len(grads))
-    same = gn.statistics(np.tile(reference, (4, 1)), reference)  # no noise, no bias
-    assert same["rel_noise"] == pytest.approx(0, abs=1e-12) and same["cos_to_all"] == pytest.approx(1)
-    assert gn.effective_share(np.ones(5)) == pytest.approx(1)
-    assert gn.effective_share(np.array([5.0, 0, 0, 0, 0])) == pytest.approx(1 / 5)
-    assert gn.effective_share(np.array([1.0, 3.0])) == pytest.approx(16 / (2 * 10))
-
-
 def test_finetune_driver_reads_jp_and_tt_per_threshold_off_each_curve(tmp_path, capsys):
-    """finetune.py over finished runs (their reference entries and logs written by hand, so nothing is run
+    """finetune_sweep.py over finished runs (their reference entries and logs written by hand, so nothing is run
     again): JP, final return and win rate as mean ± se over seeds; TT per threshold as the median env steps
     of the seeds whose curve (JP at step 0, then each chunk's return) reaches it; MAPPO's training return at
     the fine-tuning budget is its last chunk at or before it."""
-    ft = experiment_module("finetune")
+    ft = experiment_module("finetune_sweep")
     curves = {  # (learner, seed): (JP, [(env steps, chunk return), ...], final, win rate)
         ("m3", 0): (1.0, [(100, 1.3), (200, 1.6)], 1.5, 0.5),
         ("m3", 1): (1.4, [(100, 1.2), (200, 1.1)], 1.2, 0.3),
@@ -698,7 +709,7 @@ def test_finetune_driver_reads_jp_and_tt_per_threshold_off_each_curve(tmp_path, 
 def test_finetune_driver_continues_a_hygen_run_in_its_hybrid_stage_and_fine_tunes_the_rest(tmp_path):
     """An algo=hygen run goes on through online=hygen (the HyGen paper's hybrid stage), any other run (M3, the Sable
     policies, a directory without config.yaml) through online=finetune; the run and its seed are passed on."""
-    ft = experiment_module("finetune")
+    ft = experiment_module("finetune_sweep")
     for algo in ("hygen", "m3"):
         (tmp_path / algo).mkdir()
         (tmp_path / algo / "config.yaml").write_text(f"algo:\n  name: {algo}\n  lr: 0.001\n")
@@ -716,7 +727,7 @@ def test_finetune_driver_continues_a_hygen_run_in_its_hybrid_stage_and_fine_tune
 def test_finetune_driver_tabulates_the_set_evaluation_of_hybrid_runs(tmp_path):
     """Runs whose reference entry holds set_eval rows (HyGen with online.eval_set) get a zero-shot table: per task
     the mean ± se of the win rate over seeds, per split the mean over seeds of each seed's split mean."""
-    ft = experiment_module("finetune")
+    ft = experiment_module("finetune_sweep")
     evals = {0: {("train", "3m"): 0.5, ("train", "5m"): 0.1, ("test", "4m"): 0.2},
              1: {("train", "3m"): 0.7, ("train", "5m"): 0.3, ("test", "4m"): 0.0}}
     for seed, rows in evals.items():

@@ -22,7 +22,8 @@ from test_entity import duel_vaults, toy_env  # noqa: F401  (toy_env is a fixtur
 
 from mtmarl.configs import CONFIG_DIR
 from mtmarl.errors import UserInputError
-from mtmarl.online import finetune, ppo
+from mtmarl.online import ppo
+from mtmarl.online import pretrained_ppo
 from mtmarl.online.anakin import chunk_summary
 from mtmarl.online.collectors import jump_and_threshold
 from mtmarl.algos.registry import make_online_system, online_config, online_task_env
@@ -108,8 +109,8 @@ def tiny(run_dir, **kw):
 def pieces(run_dir):
     cfg = tiny(run_dir)
     env = online_task_env(TaskSpec.parse(TASK).build(), cfg)
-    learner = finetune.make_learner(env, cfg)
-    algo, pre = finetune.pretrained(cfg)
+    learner = pretrained_ppo.make_learner(env, cfg)
+    algo, pre = pretrained_ppo.pretrained(cfg)
     params = learner.init(jax.random.PRNGKey(0))
     return cfg, env, learner, algo, pre, params
 
@@ -181,11 +182,11 @@ def test_kl_term_value_and_gradient_against_hand_computation():
             out.append(float((p * np.log(p / r)).sum()))
         return np.array(out)
 
-    kl = finetune.pretrained_kl(logits, pre, mask)
+    kl = pretrained_ppo.pretrained_kl(logits, pre, mask)
     want = naive(logits, pre, mask)
     np.testing.assert_allclose(np.asarray(kl), want, rtol=1e-5)
     # gradient of sum KL w.r.t. the logits: p_i (log p_i - log q_i - KL) on legal actions, 0 on illegal
-    grad = np.asarray(jax.grad(lambda z: finetune.pretrained_kl(z, pre, mask).sum())(logits))
+    grad = np.asarray(jax.grad(lambda z: pretrained_ppo.pretrained_kl(z, pre, mask).sum())(logits))
     for i in range(2):
         m = np.asarray(mask[i])
         z, q = np.asarray(logits[i])[m], np.asarray(pre[i])[m]
@@ -193,18 +194,18 @@ def test_kl_term_value_and_gradient_against_hand_computation():
         np.testing.assert_allclose(grad[i][m], p * (np.log(p) - np.log(r) - want[i]), rtol=1e-4, atol=1e-7)
         np.testing.assert_allclose(grad[i][~m], 0.0, atol=1e-12)
     # the uniform term is the (weighted) mean; a zero weight drops a row
-    cfg = dataclasses.replace(finetune.FinetuneConfig(init_from="x"), kl_weighting="uniform")
-    term, mean = finetune.regulariser(cfg, logits, pre, mask, jnp.array([0, 1]), jnp.zeros(2), jnp.zeros(2),
+    cfg = dataclasses.replace(pretrained_ppo.FinetuneConfig(init_from="x"), kl_weighting="uniform")
+    term, mean = pretrained_ppo.regulariser(cfg, logits, pre, mask, jnp.array([0, 1]), jnp.zeros(2), jnp.zeros(2),
                                       jnp.array([1.0, 0.0]))
     assert float(term) == pytest.approx(want[0], rel=1e-5) and float(mean) == pytest.approx(want[0], rel=1e-5)
     # AWAC weights: exp(A / lambda) * pi_0(a) / pi_old(a), clipped
-    w = finetune.awac_weights(jnp.array([0.0, 1.0, 10.0]), jnp.log(jnp.array([0.5, 0.2, 0.5])),
+    w = pretrained_ppo.awac_weights(jnp.array([0.0, 1.0, 10.0]), jnp.log(jnp.array([0.5, 0.2, 0.5])),
                               jnp.log(jnp.array([0.25, 0.2, 0.5])), 0.5, 20.0)
     np.testing.assert_allclose(np.asarray(w), [2.0, np.exp(2.0), 20.0], rtol=1e-5)
     awac = dataclasses.replace(cfg, kl_weighting="awac", awac_temperature=1.0)
     actions, old = jnp.array([0, 1]), jnp.log(jnp.array([0.5, 0.5]))
     adv = jnp.array([0.0, 1.0])
-    term, _ = finetune.regulariser(awac, logits, pre, mask, actions, old, adv, None)
+    term, _ = pretrained_ppo.regulariser(awac, logits, pre, mask, actions, old, adv, None)
     logp = np.asarray(ppo.log_prob(logits, mask, actions))
     pre_p = np.exp(np.asarray(ppo.log_prob(pre, mask, actions)))
     hand = -np.mean(np.minimum(np.exp(np.asarray(adv)) * pre_p / 0.5, 20.0) * logp)
@@ -288,14 +289,14 @@ def test_bad_init_from_is_a_one_line_error_naming_key_and_value(run_dir, tmp_pat
         return dataclasses.replace(algo, replay=None), params, cfg, info
 
     monkeypatch.setattr(restore, "load_run", without_replay)
-    finetune._restore.cache_clear()
+    pretrained_ppo._restore.cache_clear()
     try:
         name = json.loads((run_dir / "algo.json").read_text())["name"]
         with pytest.raises(UserInputError, match=rf"holds a '{name}' run, which cannot be fine-tuned.*replay") as err:
             online_task_env(env, online_config({**PRESET, "init_from": str(run_dir) + "/"}))
         assert "online.init_from=" in str(err.value) and "\n" not in str(err.value)
     finally:
-        finetune._restore.cache_clear()
+        pretrained_ppo._restore.cache_clear()
 
 
 def test_a_population_run_fine_tunes_from_the_seed_named_by_init_seed(toy_env, tmp_path):  # noqa: F811
@@ -315,9 +316,9 @@ def test_a_population_run_fine_tunes_from_the_seed_named_by_init_seed(toy_env, t
                          *ALGOS["m3"]])
     run = root / "run"
     train.run(cfg, run_dir=run)
-    finetune._restore.cache_clear()
+    pretrained_ppo._restore.cache_clear()
     try:
-        _, own = finetune.pretrained(tiny(run, init_seed=4))
+        _, own = pretrained_ppo.pretrained(tiny(run, init_seed=4))
         _, want, _, _ = load_run(run, seed=4)
         _, other, _, _ = load_run(run, seed=3)
         for a, b in zip(jax.tree.leaves(own), jax.tree.leaves(want), strict=True):
@@ -326,8 +327,26 @@ def test_a_population_run_fine_tunes_from_the_seed_named_by_init_seed(toy_env, t
                    for a, b in zip(jax.tree.leaves(own), jax.tree.leaves(other), strict=True))
         for seed in (None, 7):
             with pytest.raises(UserInputError) as err:
-                finetune.pretrained(tiny(run, init_seed=seed))
+                pretrained_ppo.pretrained(tiny(run, init_seed=seed))
             msg = str(err.value)
             assert "\n" not in msg and "online.init_seed=S" in msg and "[3, 4]" in msg and f"got {seed}" in msg
     finally:
-        finetune._restore.cache_clear()
+        pretrained_ppo._restore.cache_clear()
+
+
+def test_a_task_larger_than_the_pretrained_network_is_one_line_naming_the_run_not_padding():
+    """Fine-tuning pads a task to the network's layout; a task too large for it is refused in words about the
+    network and the run it came from (no advice to pad, which cannot help)."""
+    from mtmarl import tasks
+    from mtmarl.envs import pad_to_network
+
+    small = tasks.load("connector:grid=5,agents=2").train[0].build()
+    large = tasks.load("connector:grid=5,agents=3").train[0].build()
+    assert pad_to_network(small, small.spec, "online.init_from=run") is small
+    padded = pad_to_network(small, large.spec, "online.init_from=run")
+    assert padded.num_agents == 3
+    with pytest.raises(UserInputError) as err:
+        pad_to_network(large, small.spec, "online.init_from=run")
+    text = str(err.value)
+    assert "does not fit the network of online.init_from=run" in text and "3 agents" in text, text
+    assert "at most 2 agents" in text and "padding" not in text and "\n" not in text, text

@@ -12,7 +12,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
-from helpers import experiment_module, smax_layout_update_and_act
+from helpers import smax_layout_update_and_act
 from omegaconf import OmegaConf
 from test_entity import duel_vaults, toy_env  # noqa: F401  (toy_env is a fixture)
 from test_updet import SPEC, tiny_batch
@@ -340,58 +340,3 @@ def test_bad_configs_are_one_line_errors_naming_the_key(run_dir, tmp_path, monke
         assert "online.init_from=" in msg and "holds a 'odis' run" in msg and "algo=hygen" in msg
     finally:
         hygen._restore.cache_clear()
-
-
-def test_odis_probe_counts_hygens_skills_by_its_heads():
-    # experiment_scripts/odis_probe.py replays HyGen too: skill_dim 0 means one skill per attention head
-    probe = experiment_module("odis_probe")
-    assert probe.skill_count(_algo()) == NET["heads"]
-    assert probe.skill_count(_algo(skill_dim=3)) == 3
-    assert probe.skill_count(registry.build("odis", {"skill_dim": 4}, NET, SPEC)) == 4
-
-
-def test_critic_init_returns_to_go_by_hand():
-    probe = experiment_module("critic_init")
-    g = 0.9
-    # two episodes of one task: [1, 0, 2] ending in a terminal, then [1, 3] cut by a truncation
-    data = [{"rewards": np.array([[1.0], [0.0], [2.0], [1.0], [3.0]]),
-             "terminals": np.array([[0], [0], [1], [0], [0]]), "truncations": np.array([[0], [0], [0], [0], [1]])}]
-    by_hand = max(2.0, 0.0 + g * 2.0, 1.0 + g * (g * 2.0), 3.0, 1.0 + g * 3.0)
-    assert probe.max_discounted_return(data, g) == pytest.approx(by_hand)
-
-
-@pytest.mark.slow  # an experiment probe over two variants x two seeds; its return-to-go maths runs fast above
-def test_critic_init_reports_the_value_stage_at_each_seeds_init_and_applies_each_variant(run_dir, tmp_path,
-                                                                                          monkeypatch):
-    # experiment_scripts/critic_init.py on the toy duel: per seed, the hybrid stage's metrics at the trainer's
-    # init; a smaller mixer init scale must shrink the TD targets (the mixer's gain scales with its weights)
-    probe = experiment_module("critic_init")
-    root = run_dir.parent
-    shared = ["+algo=hygen", "+tasks=duel", f"hydra.searchpath=[file://{root / 'conf'}]", f"data.root={root / 'vaults'}",
-              "network.width=16", "network.heads=2", f"training.batch_size={BATCH}", f"training.seq_len={SEQ}",
-              "algo.mixer_width=8", "algo.mixer_mix_width=8", "logger.neptune=false"]
-    out = tmp_path / "probe"
-    built = []  # each variant's (algo, buffers, learner, best), as the probe built them
-    setup = probe.setup
-
-    def recording_setup(overrides):
-        built.append(setup(overrides))
-        return built[-1]
-
-    monkeypatch.setattr(probe, "setup", recording_setup)
-    results = probe.main([*shared, "--variant", "big:algo.mixer_init_scale=1.0", "--variant",
-                          "small:algo.mixer_init_scale=0.0001", "--seeds", "0", "1", "--batches", "1", "--out", str(out)])
-    assert json.loads((out / "critic_init.json").read_text()) == json.loads(json.dumps(results))
-    assert "| small | 1 |" in (out / "critic_init.md").read_text()
-    big, small = ({r["seed"]: r["metrics"] for r in res["rows"]} for res in results)
-    assert big[0]["q_tot"]["mean"] != big[1]["q_tot"]["mean"]  # each seed its own init
-    for seed in (0, 1):
-        assert abs(small[seed]["td_target"]["mean"]) < abs(big[seed]["td_target"]["mean"])
-        assert small[seed]["q_data"] == big[seed]["q_data"]  # the agent's init is the same; only the mixer's scale moved
-    # the metrics are those of the init parameters, before the update: seed 0's hybrid loss on the first batch
-    algo, buffers, learner, _ = built[0]  # the "big" variant's
-    state = learner.init(0).state
-    _, m = jax.jit(algo.hybrid_loss)(state.values.params, state.values.target_params, state.skills.params,
-                                     probe.probe_batch(algo, buffers, 0), 1.0)
-    assert big[0]["q_tot"]["mean"] == pytest.approx(float(m["q_tot"]), rel=1e-4)
-    assert big[0]["td_target"]["mean"] == pytest.approx(float(m["td_target"]), rel=1e-4)

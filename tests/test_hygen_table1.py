@@ -1,4 +1,4 @@
-"""The HyGen paper's Table 1 (SMAC win rates) as transcribed in mtmarl.experiments.hygen_table1."""
+"""The HyGen paper's Table 1 (SMAC win rates) as transcribed in mtmarl/configs/experiments/smax_hygen_table1.yaml."""
 
 from __future__ import annotations
 
@@ -10,8 +10,10 @@ from omegaconf import OmegaConf
 
 from helpers import experiment_module
 from mtmarl import tasks
-from mtmarl.experiments import hygen_table1
-from mtmarl.experiments.hygen_table1 import TABLE1, split_mean
+from mtmarl.experiments.smax import paper_table
+
+PAPER_TABLE = paper_table()
+TABLE1, split_mean = PAPER_TABLE.cells, PAPER_TABLE.split_mean
 
 PAPER = Path(__file__).parents[2] / "shared/seeds/002_cf0be8ec217c2e80.txt"
 SETS = ("smax_marine_hard", "smax_stalker_zealot")
@@ -38,11 +40,11 @@ def paper_text() -> str:
 def test_every_panel_has_every_method_and_task_of_our_task_sets(set_name):
     ts = tasks.load(set_name)
     train, test = [s.name for s in ts.train], [s.name for s in ts.test]
-    assert hygen_table1.split_tasks(set_name, "train") == tuple(train)
-    assert hygen_table1.split_tasks(set_name, "test") == tuple(test)
+    assert PAPER_TABLE.split_tasks(set_name, "train") == tuple(train)
+    assert PAPER_TABLE.split_tasks(set_name, "test") == tuple(test)
     for quality in ("expert", "medium"):
         keys = {k for k in TABLE1 if k[:2] == (set_name, quality)}
-        assert keys == {(set_name, quality, m, t) for m in hygen_table1.METHODS for t in train + test}
+        assert keys == {(set_name, quality, m, t) for m in PAPER_TABLE.methods for t in train + test}
         assert len(keys) == 5 * (3 + len(test))
     assert len(TABLE1) == 5 * 2 * (12 + 13)
 
@@ -65,10 +67,10 @@ def test_split_mean_by_hand():
 
 
 def test_our_algorithms_map_to_paper_columns():
-    assert hygen_table1.paper_method("bc_r") == "BC-best" and hygen_table1.paper_method("updet_m") == "UPDeT-best"
-    assert hygen_table1.paper_method("odis") == "ODIS" and hygen_table1.paper_method("hissd") == "HiSSD"
-    assert hygen_table1.paper_method("mt_oryx") is None and hygen_table1.paper_method("mt_bc_sable") is None
-    assert set(hygen_table1.OUR_ALGOS) == set(hygen_table1.METHODS)
+    assert PAPER_TABLE.method_of("bc_r") == "BC-best" and PAPER_TABLE.method_of("updet_m") == "UPDeT-best"
+    assert PAPER_TABLE.method_of("odis") == "ODIS" and PAPER_TABLE.method_of("hissd") == "HiSSD"
+    assert PAPER_TABLE.method_of("mt_oryx") is None and PAPER_TABLE.method_of("mt_bc_sable") is None
+    assert set(PAPER_TABLE.our_algos) == set(PAPER_TABLE.methods)
 
 
 def test_spot_cells_occur_in_the_paper():
@@ -84,9 +86,9 @@ def test_transcription_matches_the_flattened_layout():
     """Columns of the flattened text: every source block, and every unseen block except marine-hard's
     UPDeT-best / ODIS / HiSSD, which the flattening wrote as one (UPDeT-best, ODIS, HiSSD) line triplet per task."""
     text = paper_text()
-    for (set_name, quality) in hygen_table1.PANELS:
-        train, test = (hygen_table1.split_tasks(set_name, s) for s in ("train", "test"))
-        for method in hygen_table1.METHODS:
+    for (set_name, quality) in PAPER_TABLE.panels:
+        train, test = (PAPER_TABLE.split_tasks(set_name, s) for s in ("train", "test"))
+        for method in PAPER_TABLE.methods:
             assert block_in(text, [(set_name, quality, method, t) for t in train]), (set_name, quality, method)
             if set_name == "smax_stalker_zealot" or method in ("BC-best", "HyGen"):
                 assert block_in(text, [(set_name, quality, method, t) for t in test]), (set_name, quality, method)

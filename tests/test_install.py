@@ -9,6 +9,12 @@ that install on ``PYTHONPATH``. PYTHONPATH entries come before site-packages, an
 setuptools' editable finder (the ``.venv`` holds an editable install) is appended to
 ``sys.meta_path`` after the path finder, so the installed copy is the one imported; the
 test checks that rather than assuming it.
+
+The core install (no optional extras) is checked in a fresh virtual environment that sees the wheel's
+install and the test environment's packages except those of the extras (``neptune``, ``slurm``): a
+directory of links to every other entry of this environment's site-packages, nothing downloaded. There
+the package imports, a feature that needs a missing extra is one error line, and (``slow``) the README's
+quick run trains and evaluates.
 """
 
 from __future__ import annotations
@@ -17,6 +23,7 @@ import os
 import shutil
 import subprocess
 import sys
+import sysconfig
 import zipfile
 from pathlib import Path
 
@@ -111,3 +118,83 @@ def test_installed_hub_cli_runs(cli):
     """Subpackages (``mtmarl.hub`` with its ``__main__``) are in the wheel too."""
     out = cli("-m", "mtmarl.hub", "--help")
     assert "python -m mtmarl.hub" in out and "{download,pack}" in out
+
+
+# The optional extras' top-level modules and distributions (pyproject.toml's neptune and slurm; mtmarl.errors.EXTRAS).
+EXTRA_NAMES = {"neptune", "submitit", "hydra_submitit_launcher"}
+
+
+def _link_all_but_the_extras(src: Path, dst: Path) -> None:
+    """``dst``: links to the entries of site-packages ``src``, less the extras, the editable mtmarl and .pth files
+    (``hydra_plugins`` is a namespace every plugin adds to: its other members stay)."""
+    dst.mkdir()
+    for entry in src.iterdir():
+        if (entry.name.split("-")[0].lower() in EXTRA_NAMES or entry.name.startswith(("mtmarl", "__editable__"))
+                or entry.suffix == ".pth"):
+            continue
+        if entry.name == "hydra_plugins":
+            _link_all_but_the_extras(entry, dst / entry.name)
+        else:
+            (dst / entry.name).symlink_to(entry)
+
+
+@pytest.fixture(scope="module")
+def core(installed, tmp_path_factory):
+    """Run ``<core venv python> <args>`` (from a directory outside the repository whose ``vault_data`` is the
+    repository's) -> the completed process, whatever its exit code."""
+    _, site = installed
+    tmp = tmp_path_factory.mktemp("core")
+    _link_all_but_the_extras(Path(sysconfig.get_paths()["purelib"]), tmp / "deps")
+    subprocess.run([sys.executable, "-m", "venv", "--without-pip", str(tmp / "venv")], check=True)
+    python = tmp / "venv" / "bin" / "python"
+    venv_site = subprocess.run([python, "-c", "import sysconfig; print(sysconfig.get_paths()['purelib'])"],
+                               check=True, capture_output=True, text=True).stdout.strip()
+    (Path(venv_site) / "mtmarl_core.pth").write_text(f"{site}\n{tmp / 'deps'}\n")
+    cwd = tmp / "clone"
+    cwd.mkdir()
+    (cwd / "vault_data").symlink_to(ROOT / "vault_data")
+    env = {k: v for k, v in os.environ.items() if k not in ("PYTHONPATH", "PYTHONSAFEPATH")}
+    env["PYTHONWARNINGS"] = "ignore"
+    return lambda *args: subprocess.run([str(python), *args], cwd=cwd, env=env, capture_output=True, text=True,
+                                        timeout=900)
+
+
+def test_core_install_imports_without_the_extras(installed, core):
+    _, site = installed
+    proc = core("-c", "import importlib.util, sys, mtmarl, mtmarl.train, mtmarl.evaluate, mtmarl.collect, "
+                      "mtmarl.experiments.driver, mtmarl.training.logging\n"
+                      "print(mtmarl.__file__)\n"
+                      "print(sorted(m for m in ('neptune', 'submitit', 'hydra_plugins.hydra_submitit_launcher') "
+                      "if importlib.util.find_spec(m) is not None))")
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    package, found = proc.stdout.splitlines()
+    assert Path(package).resolve().is_relative_to(site.resolve())
+    assert found == "[]"  # the extras really are absent there
+
+
+def test_core_install_names_the_missing_extra(core, tmp_path):
+    proc = core("-m", "mtmarl.train", "+algo=mt_oryx", "+tasks=lbf_5", "--multirun", "hydra/launcher=submitit_slurm")
+    assert proc.returncode == 2 and proc.stderr == (
+        "error: hydra/launcher=submitit_slurm needs the package hydra-submitit-launcher, which is not installed: "
+        "pip install 'mtmarl[slurm]'\n"), proc.stderr[-3000:]
+    run_dir = tmp_path / "run"
+    proc = core("-m", "mtmarl.train", "+algo=mt_oryx", "+tasks=lbf_5", "training=quick", "logger.neptune=true",
+                f"hydra.run.dir={run_dir}")
+    assert proc.returncode == 2, proc.stderr[-3000:]
+    assert proc.stderr.splitlines()[-1] == (
+        "error: logger.neptune=true needs the package neptune, which is not installed: "
+        "pip install 'mtmarl[neptune]' (or logger.neptune=false)"), proc.stderr[-3000:]
+    assert "Traceback" not in proc.stderr and not run_dir.exists()
+
+
+@pytest.mark.slow
+def test_core_install_runs_the_readme_quick_run(core, tmp_path):
+    """README, Quick start: train MT Oryx on lbf_5 at the quick budget, then evaluate its checkpoint."""
+    run = tmp_path / "quick"
+    proc = core("-m", "mtmarl.train", "+algo=mt_oryx", "+tasks=lbf_5", "training=quick", f"hydra.run.dir={run}",
+                "logger.progress=false")
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    assert (run / "results.json").is_file() and (run / "checkpoints" / "best").is_dir()
+    proc = core("-m", "mtmarl.evaluate", f"checkpoint={run}", "eval.episodes=8", f"hydra.run.dir={tmp_path / 'eval'}")
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    assert (tmp_path / "eval" / "results.json").is_file()

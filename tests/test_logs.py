@@ -1,5 +1,6 @@
 """The run's logs: phase times that add up, loss/grad-norm warnings, TensorBoard events equal to
-metrics.jsonl, the learning-curve picture, and Neptune only when a project is configured (all in-process)."""
+metrics.jsonl, the learning-curve picture, and Neptune only when a project is configured, a one-line error when
+it is asked for without the package (all in-process)."""
 
 from __future__ import annotations
 
@@ -7,11 +8,14 @@ import json
 import logging
 import math
 import struct
+import sys
 import time
+import types
 from pathlib import Path
 
 import pytest
 
+from mtmarl.errors import UserInputError
 from mtmarl.training.anomaly import MetricWatch
 from mtmarl.training.curves import plot_learning_curve
 from mtmarl.training.logging import RunLogger, neptune_wanted
@@ -238,11 +242,27 @@ def test_neptune_only_when_a_project_is_configured(tmp_path, monkeypatch):
         return FakeRun()
 
     monkeypatch.setattr(logging_module, "_init_neptune", fake_init)
+    monkeypatch.setitem(sys.modules, "neptune", types.ModuleType("neptune"))  # the optional extra, installed or not
     RunLogger(tmp_path / "off", 2, progress=False).close()  # the default: no project, no Neptune
     assert started == [] and not (tmp_path / "off" / ".neptune").exists()
     monkeypatch.setenv("NEPTUNE_PROJECT", "team/env")
     RunLogger(tmp_path / "env", 2, progress=False).close()
     assert started == [None, "stopped"]  # the project comes from the environment inside _init_neptune
+
+
+def test_neptune_asked_for_without_the_package_is_one_line_before_any_file(tmp_path, monkeypatch):
+    monkeypatch.setitem(sys.modules, "neptune", None)  # not installed: importing it raises ImportError
+    monkeypatch.delenv("NEPTUNE_PROJECT", raising=False)
+    with pytest.raises(UserInputError) as err:
+        RunLogger(tmp_path / "run", 2, neptune=True, progress=False)
+    assert str(err.value) == ("logger.neptune=true needs the package neptune, which is not installed: "
+                              "pip install 'mtmarl[neptune]' (or logger.neptune=false)")
+    assert not (tmp_path / "run").exists()
+    monkeypatch.setenv("NEPTUNE_PROJECT", "team/env")  # null with a project: asked for too
+    with pytest.raises(UserInputError, match=r"logger.neptune=null with a Neptune project set .*mtmarl\[neptune\]"):
+        RunLogger(tmp_path / "run", 2, progress=False)
+    RunLogger(tmp_path / "run", 2, neptune=False, progress=False).close()  # switched off: no package needed
+    assert (tmp_path / "run" / "metrics.jsonl").is_file()
 
 
 def test_overwrite_removes_the_event_files_and_curve(tmp_path):

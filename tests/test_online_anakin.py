@@ -103,4 +103,4 @@ def test_the_builder_collectors_and_launchers_never_branch_on_a_stage_name():
         compares = [n for n in ast.walk(tree) if isinstance(n, ast.Compare)
                     and any(isinstance(c, ast.Constant) and c.value in stages for c in [n.left, *n.comparators])]
         assert not compares, path
-    assert {registry.online_module(s).CONFIG.SYSTEM for s in stages} == set(stages)
+    assert {registry.online_stage(s).config.SYSTEM for s in stages} == set(stages)

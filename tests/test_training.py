@@ -11,7 +11,7 @@ from pathlib import Path
 import jax
 import numpy as np
 import pytest
-from helpers import experiment_module, xla_flags
+from helpers import xla_flags
 
 from mtmarl.algos.registry import build as make_algo
 from mtmarl.configs import CONFIG_DIR
@@ -281,6 +281,8 @@ def test_missing_vaults_name_the_files_and_how_to_get_data(tmp_path, task_set):
 def test_run_logger_writes_strict_jsonl(tmp_path, neptune):
     from mtmarl.training.logging import RunLogger
 
+    if neptune:
+        pytest.importorskip("neptune", reason="the optional extra mtmarl[neptune]")
     log = RunLogger(tmp_path, 10, neptune=neptune, config={"seed": 0}, progress=True)
     log.log(5, {"loss": 1.5, "bad": float("nan")})
     log.advance(5)
@@ -396,16 +398,6 @@ def test_train_cli_population_writes_one_directory_per_seed(data_root, tmp_path)
     assert (i5["seed"], i6["seed"]) == (5, 6) and tree_max_abs_diff(p5, p6) > 1e-4
     result = diagnose.main([str(out), "--batches", "1", "--seed", "6"])
     assert result["seed"] == 6 and (out / "seed_6" / "diagnostics.md").exists()
-    # the critic / policy split of the update (experiment_scripts/loss_gradients.py): each loss reaches its own
-    # head only (Q is held constant in the policy loss, the policy head is not in the critic's), both the torso
-    split = experiment_module("loss_gradients").probe(str(out), 6, 1)
-    assert split["critic/policy_head"] == 0 and split["policy/q_head"] == 0
-    assert split["critic/q_head"] > 0 and split["policy/policy_head"] > 0
-    assert 0 < split["critic_share_of_shared"] < 1
-    # the gradient of batches from k tasks (experiment_scripts/gradient_noise.py): k = 0 means all of them
-    rows = experiment_module("gradient_noise").probe(str(out), 6, [0, 1], 2)
-    assert [r["k"] for r in rows] == [len(TRAIN), 1]
-    assert all(0 < r["ess"] <= 1 and r["rel_noise"] >= 0 and r["mean_norm"] > 0 for r in rows)
 
 
 @pytest.mark.slow

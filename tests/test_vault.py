@@ -1,5 +1,5 @@
 """Vaults: write/read round trip (with storage compaction), og-marl layout, corruption,
-shape validation, checksums, episode returns and ``python -m mtmarl.data stats``.
+shape validation, checksums, episode returns, ``python -m mtmarl.data stats`` and the data card.
 
 One small Connector task (2 agents, 5x5 grid, horizon 8) is rolled out once with
 random legal actions in a jitted scan; every test reuses that data.
@@ -22,8 +22,6 @@ from mtmarl.data import vault as V
 from mtmarl.data.__main__ import main as data_main
 from mtmarl.errors import UserInputError
 from mtmarl.tasks import TaskSpec
-
-from helpers import experiment_module
 
 TASK = "connector:grid=5,agents=2,horizon=8"
 STEPS = 60
@@ -261,13 +259,13 @@ def test_stats_cli(tmp_path, written, experience, spec, capsys):
     assert data_main(["stats", str(tmp_path / "nothing.vlt")]) == 2
 
 
-def test_report_joins_references_and_vault_metadata(tmp_path, written, experience, capsys):
+def test_card_joins_references_and_vault_metadata(tmp_path, written, experience, capsys):
     hand = _returns_by_hand(experience)
     root = written.parents[2]
     refs = tmp_path / "refs.json"
     refs.write_text(json.dumps({TASK: {"return": 2.0, "initial_return": 0.5, "env_steps": 1000,
                                        "train_seconds": 4.0}}))
-    assert data_main(["report", TASK, "--root", str(root), "--references", str(refs), "--markdown"]) == 0
+    assert data_main(["card", TASK, "--root", str(root), "--references", str(refs), "--markdown"]) == 0
     lines = capsys.readouterr().out.splitlines()
     header = [c.strip() for c in lines[0].strip("| ").split("|")]
     row = dict(zip(header, (c.strip() for c in lines[2].strip("| ").split("|"))))
@@ -281,7 +279,7 @@ def test_report_joins_references_and_vault_metadata(tmp_path, written, experienc
     assert lines[-1].startswith("1 tasks:") and "no reference" not in lines[-1]
 
     # A set with neither references nor vaults under the root: listed as missing, exit 1.
-    assert data_main(["report", "connector_10", "--root", str(root), "--references", str(refs)]) == 1
+    assert data_main(["card", "connector_10", "--root", str(root), "--references", str(refs)]) == 1
     captured = capsys.readouterr()
     assert "no vault: 6x6-3a" in captured.out.replace("\n", " ") and "no reference or vault" in captured.err
 
@@ -294,9 +292,11 @@ def test_data_card_writes_table_and_figures(tmp_path, written):
     log.parent.mkdir(parents=True, exist_ok=True)
     log.write_text("".join(json.dumps({"env_steps": 64 * i, "return": 0.5 * i}) + "\n" for i in range(1, 4)))
     out = tmp_path / "card"
-    experiment_module("data_card").main([TASK, "--root", str(root), "--out", str(out)])
+    assert data_main(["card", TASK, "--root", str(root), "--out", str(out)]) == 0
     table = (out / f"{TASK}.md").read_text().splitlines()
+    # one dataset per vault: the task table and its totals only
     assert len(table) == 5 and f"| {STEPS} |" in table[2] and "| 1.500 |" in table[2]
+    assert table[4].startswith("1 tasks:")
     for fig in ("returns", "curves"):
         assert (out / f"{TASK}_{fig}.png").stat().st_size > 5000
 

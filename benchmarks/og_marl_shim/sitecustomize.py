@@ -1,4 +1,4 @@
-"""Stand-ins for og-marl's logging imports where they are not installed (the GPU machines' image).
+"""Stand-ins for og-marl's logging imports where they are not installed.
 
 og-marl's Oryx module imports its logger, whose module imports ``neptune`` (and
 ``neptune.utils.stringify_unsupported``) and a pandas helper

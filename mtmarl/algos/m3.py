@@ -44,7 +44,7 @@ after each update (``restart_dead_codes``, Jukebox's random restart; not in the 
 codebook collapsed to one code within 100 updates on the toy data (perplexity 1.0), which leaves a
 policy reading ``z_q`` blind to its input. ``beta`` is not given in the M3 paper ("described in [31]"): 0.25, the
 VQ-VAE paper's value. The online fine-tuning stage (the M3 paper's Eq. 7: MAPPO from this policy with a KL/AWAC
-term to it) is :mod:`mtmarl.online.finetune` (``online.system=finetune``), which trains through ``replay``.
+term to it) is :mod:`mtmarl.online.pretrained_ppo` (``online.system=finetune``), which trains through ``replay``.
 """
 
 from __future__ import annotations

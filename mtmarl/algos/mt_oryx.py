@@ -1,4 +1,4 @@
-"""MT Oryx: sequential (autoregressive) ICQ on Sable, as in Oryx (Formanek et al. 2025).
+"""MT Oryx: sequential (autoregressive) ICQ on Sable, as in the Oryx paper (README, References).
 
 Agent k's policy logits and Q(s, a^k | a^{<k}) come from the decoder, teacher-
 forced on the dataset actions of earlier agents in the batch's shuffled order.

@@ -1,6 +1,6 @@
-"""``python -m mtmarl.data stats <vault | task set> [--hist out.png]``: dataset cards of vaults;
-``python -m mtmarl.data report <task set> [--markdown]``: references and vault sizes per task;
-``python -m mtmarl.data quality <task set> [--markdown]``: expert/medium datasets beside the HyGen paper's Table 5;
+"""``python -m mtmarl.data card <task set> [--markdown] [--out DIR]``: the data card of a task set (references,
+collection cost and vaults per task, datasets by quality; with ``--out``, as Markdown with two figures);
+``python -m mtmarl.data stats <vault | task set> [--hist out.png] [--validate]``: per-vault statistics from the arrays;
 ``python -m mtmarl.data export <vault> <out.npz> [--uid UID] [--force]``: one vault as a numpy ``.npz`` (outside
 the vault; an existing file replaced only with ``--force``)."""
 
@@ -27,16 +27,18 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--no-verify", dest="verify", action="store_false",
                    help="skip the sha256 check of files listed in mtmarl.json")
     p.add_argument("--validate", action="store_true",
-                   help="also check shapes against the task's env (builds each env; slow for RWARE)")
-    r = sub.add_parser("report", help="per task: untrained vs final online return, time, vault size")
-    r.add_argument("target", help="a task set name or an ad-hoc task")
-    r.add_argument("--root", default=str(stats.DEFAULT_ROOT), help="vault root (default: %(default)s)")
-    r.add_argument("--references", default=None, help="references file (default: <root>/references.json)")
-    r.add_argument("--markdown", action="store_true", help="print a Markdown table (for a data card)")
-    q = sub.add_parser("quality", help="per expert/medium dataset: episodes, return, win rates, the HyGen paper's")
-    q.add_argument("target", help="a task set name or an ad-hoc task")
-    q.add_argument("--root", default=str(stats.DEFAULT_ROOT), help="vault root (default: %(default)s)")
-    q.add_argument("--markdown", action="store_true", help="print a Markdown table (for a data card)")
+                   help="check the arrays against the task's env, not only against the sizes mtmarl.json "
+                        "records (a vault path: the task mtmarl.json names; builds each env; slow for RWARE)")
+    c = sub.add_parser("card", help="the data card: per task the reference, collection cost and vault; "
+                                    "datasets by quality; figures with --out")
+    c.add_argument("target", help="a task set name or an ad-hoc task")
+    c.add_argument("--root", default=str(stats.DEFAULT_ROOT), help="vault root (default: %(default)s)")
+    c.add_argument("--references", default=None, help="references file (default: <root>/references.json)")
+    c.add_argument("--markdown", action="store_true", help="print the card as Markdown")
+    c.add_argument("--out", default=None,
+                   help="write <out>/<set>.md, <set>_returns.png and <set>_curves.png instead of printing")
+    c.add_argument("--no-verify", dest="verify", action="store_false",
+                   help="skip the sha256 check of the vaults the returns figure reads")
     e = sub.add_parser("export", help="write one vault as a numpy .npz (og-marl keys, infos/legals, ...)")
     e.add_argument("vault", help="a .vlt (or .vlt/<uid>) directory")
     e.add_argument("out", help="output .npz file")
@@ -44,33 +46,31 @@ def main(argv: list[str] | None = None) -> int:
     e.add_argument("--no-verify", dest="verify", action="store_false", help="skip the sha256 check")
     e.add_argument("--force", action="store_true", help="replace the output file if it exists")
     args = parser.parse_args(argv)
-    if args.command == "report":
-        return report(args)
+    if args.command == "card":
+        return card(args)
     if args.command == "export":
         return export(args)
-    if args.command == "quality":
-        return quality(args)
     try:
-        cards, missing = stats.collect(args.target, args.root, verify=args.verify, validate=args.validate)
-        if args.hist and cards:
+        rows, missing = stats.target_stats(args.target, args.root, verify=args.verify, validate=args.validate)
+        if args.hist and rows:
             try:
-                out = stats.save_histogram(cards, args.hist)
+                out = stats.save_histogram(rows, args.hist)
             except OSError as err:
                 raise UserInputError(f"--hist {args.hist}: cannot write it ({err.strerror or err})") from None
     except UserInputError as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
     if args.json:
-        print(json.dumps({"vaults": [{k: v for k, v in c.items() if k != "returns"} for c in cards],
+        print(json.dumps({"vaults": [{k: v for k, v in r.items() if k != "returns"} for r in rows],
                           "missing": missing}, indent=2))
     else:
-        stats.print_table(cards, f"datasets: {args.target}", missing)
+        stats.print_table(rows, f"datasets: {args.target}", missing)
     if args.hist:
-        if cards:
+        if rows:
             print(f"histogram saved to {out}", file=sys.stderr)
         else:
             print("no vault found: histogram not written", file=sys.stderr)
-    if missing and not cards:
+    if missing and not rows:
         print(f"error: no vault found for {args.target} under {args.root}", file=sys.stderr)
         return 1
     return 0
@@ -90,42 +90,28 @@ def export(args) -> int:
     return 0
 
 
-def quality(args) -> int:
-    from mtmarl.data import quality_card as Q
+def card(args) -> int:
+    from mtmarl.data import card as C
 
     try:
-        rows = Q.quality_rows(args.target, args.root)
+        rows = C.task_rows(args.target, args.root, args.references)
+        if args.out:
+            paths = C.write_card(args.target, args.root, args.out, args.references, verify=args.verify)
+        else:
+            datasets = C.dataset_rows(args.target, args.root)
     except UserInputError as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
-    if args.markdown:
-        print(Q.markdown(rows))
+    if args.out:
+        print("wrote " + ", ".join(str(p) for p in paths))
+    elif args.markdown:
+        print(C.markdown(rows, datasets))
     else:
-        from mtmarl.data.stats import rich_table
-
-        rich_table(f"datasets by quality: {args.target} ({args.root})", [h for _, h in Q.COLUMNS], Q.cells(rows))
-    if not any(r["uid"] for r in rows):
-        print(f"error: no dataset for {args.target} under {args.root}", file=sys.stderr)
+        C.print_card(rows, datasets, f"data card: {args.target} ({args.root})")
+    if not any(r["has_reference"] or r.get("has_vault") for r in rows):
+        print(f"error: no reference or vault for {args.target} under {args.root}", file=sys.stderr)
         return 1
     return 0
-
-
-def report(args) -> int:
-    from mtmarl.data import report as R
-
-    try:
-        rows = R.task_rows(args.target, args.root, args.references)
-    except UserInputError as err:
-        print(f"error: {err}", file=sys.stderr)
-        return 2
-    if args.markdown:
-        print(R.markdown(rows))
-    else:
-        R.print_table(rows, f"collection: {args.target} ({args.root})")
-    found = any(r["has_reference"] or r.get("has_vault") for r in rows)
-    if not found:
-        print(f"error: no reference or vault for {args.target} under {args.root}", file=sys.stderr)
-    return 0 if found else 1
 
 
 if __name__ == "__main__":

@@ -1,9 +1,10 @@
-"""Dataset cards: transitions, episodes and the episode-return distribution of vaults.
+"""Per-vault statistics read from the arrays: transitions, episodes and the episode-return distribution.
 
-``python -m mtmarl.data stats <vault path | task set | ad-hoc task> [--hist out.png]``
+``python -m mtmarl.data stats <vault path | task set | ad-hoc task> [--hist out.png] [--validate]``
 prints one row per dataset (a ``.vlt`` may hold several uids, e.g. og-marl's
 Good/Medium/Poor). For a task set, each training task's vault is looked up at
-``<root>/<env>/<task name>.vlt`` and missing ones are listed.
+``<root>/<env>/<task name>.vlt`` and missing ones are listed. The data card of a task set
+(references, collection cost, datasets by quality, figures) is :mod:`mtmarl.data.card`.
 """
 
 from __future__ import annotations
@@ -30,8 +31,8 @@ def summarise(returns: np.ndarray) -> dict[str, Any]:
     return out
 
 
-def vault_cards(path: str | os.PathLike, spec=None, *, verify: bool = True) -> list[dict[str, Any]]:
-    """One card per dataset of a ``.vlt`` (or uid) directory."""
+def vault_stats(path: str | os.PathLike, spec=None, *, verify: bool = True) -> list[dict[str, Any]]:
+    """One row of statistics per dataset of a ``.vlt`` (or uid) directory."""
     path = Path(path)
     if (path / V.FBX_META_FILE).is_file():
         uids = [path.name]
@@ -40,29 +41,29 @@ def vault_cards(path: str | os.PathLike, spec=None, *, verify: bool = True) -> l
         uids = V.list_uids(path)
         if not uids:
             V.resolve(path)  # raises with the reason
-    cards = []
+    rows = []
     for uid in uids:
         desc = V.describe_vault(path, spec, uid=uid, verify=verify)
-        cards.append({**desc, **summarise(desc["returns"])})
-    return cards
+        rows.append({**desc, **summarise(desc["returns"])})
+    return rows
 
 
-def task_set_cards(name: str, root: str | os.PathLike, *, verify: bool = True,
-                   validate: bool = False) -> tuple[list[dict[str, Any]], list[str]]:
-    """Cards for every training task of a task set (or an ad-hoc task), and missing vault paths."""
+def set_stats(name: str, root: str | os.PathLike, *, verify: bool = True,
+              validate: bool = False) -> tuple[list[dict[str, Any]], list[str]]:
+    """Statistics of every training task's datasets of a task set (or an ad-hoc task), and missing vault paths."""
     from mtmarl import tasks
 
     task_set = tasks.load(name)
-    cards, missing = [], []
+    rows, missing = [], []
     for spec in task_set.train:
         vlt = V.vault_path(root, spec)
         if not V.list_uids(vlt):
             missing.append(f"{spec.name}: {vlt}")
             continue
-        for card in vault_cards(vlt, spec if validate else None, verify=verify):
-            card["task"] = spec.name
-            cards.append(card)
-    return cards, missing
+        for row in vault_stats(vlt, spec if validate else None, verify=verify):
+            row["task"] = spec.name
+            rows.append(row)
+    return rows, missing
 
 
 def _fmt(x: Any) -> str:
@@ -92,15 +93,15 @@ def rich_table(title: str, headers: Sequence[str], cells: Sequence[Sequence[str]
     return console
 
 
-def print_table(cards: Sequence[dict[str, Any]], title: str, missing: Sequence[str] = ()) -> None:
-    console = rich_table(title, COLUMNS, [[_fmt(card.get(col)) for col in COLUMNS] for card in cards])
+def print_table(rows: Sequence[dict[str, Any]], title: str, missing: Sequence[str] = ()) -> None:
+    console = rich_table(title, COLUMNS, [[_fmt(row.get(col)) for col in COLUMNS] for row in rows])
     if missing:
         console.print(f"[bold red]missing vaults ({len(missing)}):[/]")
         for line in missing:
             console.print(f"  {line}", markup=False)
 
 
-def save_histogram(cards: Sequence[dict[str, Any]], out: str | os.PathLike, bins: int = 30) -> Path:
+def save_histogram(rows: Sequence[dict[str, Any]], out: str | os.PathLike, bins: int = 30) -> Path:
     """Histogram of episode returns, one series per dataset."""
     import matplotlib
 
@@ -108,12 +109,12 @@ def save_histogram(cards: Sequence[dict[str, Any]], out: str | os.PathLike, bins
     import matplotlib.pyplot as plt
 
     fig, ax = plt.subplots(figsize=(7, 4))
-    for card in cards:
-        if len(card["returns"]):
-            ax.hist(card["returns"], bins=bins, alpha=0.5, label=f"{card['task']}/{card['uid']}")
+    for row in rows:
+        if len(row["returns"]):
+            ax.hist(row["returns"], bins=bins, alpha=0.5, label=f"{row['task']}/{row['uid']}")
     ax.set_xlabel("episode return")
     ax.set_ylabel("episodes")
-    if len(cards) <= 12:
+    if len(rows) <= 12:
         ax.legend(fontsize="small")
     fig.tight_layout()
     out = Path(out)
@@ -123,9 +124,10 @@ def save_histogram(cards: Sequence[dict[str, Any]], out: str | os.PathLike, bins
     return out
 
 
-def collect(target: str, root: str | os.PathLike, *, verify: bool = True,
-            validate: bool = False) -> tuple[list[dict[str, Any]], list[str]]:
-    """Cards for a vault path, else for a task set / ad-hoc task name."""
+def target_stats(target: str, root: str | os.PathLike, *, verify: bool = True,
+                 validate: bool = False) -> tuple[list[dict[str, Any]], list[str]]:
+    """Statistics of a vault path, else of a task set / ad-hoc task name; ``validate`` also checks the
+    arrays against the task's env (the one ``mtmarl.json`` records, for a path)."""
     path = Path(target)
     if path.exists():
         spec = None
@@ -136,8 +138,8 @@ def collect(target: str, root: str | os.PathLike, *, verify: bool = True,
             meta = V.read_metadata(vlt)
             if meta is None:
                 raise UserInputError(f"--validate needs {vlt / V.META_FILE} to know the task")
-            spec = TaskSpec.parse(meta["task"]["adhoc"])
-        return vault_cards(path, spec, verify=verify), []
+            spec = TaskSpec.parse(V.recorded_task(vlt, meta))
+        return vault_stats(path, spec, verify=verify), []
     if "/" in target or target.endswith(".vlt"):
         raise UserInputError(f"vault {target} does not exist")
-    return task_set_cards(target, root, verify=verify, validate=validate)
+    return set_stats(target, root, verify=verify, validate=validate)

@@ -15,7 +15,7 @@ flat per-agent row and its rewards into one team reward.
 from __future__ import annotations
 
 import abc
-from typing import Any
+from typing import Any, Callable, ClassVar, Mapping
 
 import chex
 import jax
@@ -72,6 +72,16 @@ class MultiAgentEnv(abc.ABC):
     name: str = "base"
     horizon: int
     spec: EnvSpec
+    # Its task parameters (the constructor's arguments) -> ``parse(key, value)``, the typed value or a
+    # UserInputError naming key, value and what is allowed (mtmarl.task_params). None: typed from the
+    # constructor's annotations (int and bool checked, anything else kept as given).
+    TASK_PARAMS: ClassVar[Mapping[str, Callable[[str, Any], Any]] | None] = None
+
+    @classmethod
+    def check_layout(cls, params: Mapping[str, Any]) -> None:
+        """Raise :class:`UserInputError` for typed task parameters that give no valid level (called before
+        the env is built; a key may be missing, which :func:`mtmarl.envs.make` reports). The default accepts
+        every layout."""
 
     @abc.abstractmethod
     def reset(self, key: chex.PRNGKey) -> tuple[Any, TimeStep]:

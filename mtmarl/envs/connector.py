@@ -16,6 +16,9 @@ from jumanji.environments.routing.connector.generator import RandomWalkGenerator
 
 from mtmarl.envs.base import JumanjiEnv
 from mtmarl.envs.connector_stack import ConnectorStack
+from mtmarl.envs.registry import register
+from mtmarl.errors import UserInputError
+from mtmarl.task_params import MAX_AGENTS, MAX_SIZE, MAX_STEPS, integer
 
 RADIUS = 2  # window is (2*RADIUS+1)^2 cells around the agent's head
 OFFSET_SCALE = 10.0  # target offsets are divided by this fixed constant
@@ -62,8 +65,19 @@ def owner_planes(grid: jax.Array) -> jax.Array:
     return jnp.stack([owner * (kind == k) for k in range(3)])
 
 
+@register("connector")
 class ConnectorEnv(JumanjiEnv):
     name = "connector"
+    TASK_PARAMS = {"grid": integer(2, MAX_SIZE), "agents": integer(1, MAX_AGENTS), "horizon": integer(1, MAX_STEPS)}
+
+    @classmethod
+    def check_layout(cls, p):
+        if not {"grid", "agents"} <= p.keys():
+            return
+        # Every agent needs its own start and target cell.
+        if p["grid"] ** 2 < 2 * p["agents"]:
+            raise UserInputError(f"grid={p['grid']} has {p['grid'] ** 2} cells, too few for agents={p['agents']} "
+                                 f"(each needs a start and a target: grid^2 >= 2 * agents)")
 
     def __init__(self, grid: int, agents: int, horizon: int = 50):
         env = Connector(generator=RandomWalkGenerator(grid_size=grid, num_agents=agents),

@@ -15,6 +15,9 @@ from jumanji.environments.routing.lbf.generator import RandomGenerator
 
 from mtmarl.envs.base import JumanjiEnv
 from mtmarl.envs.lbf_stack import LbfStack
+from mtmarl.envs.registry import register
+from mtmarl.errors import UserInputError
+from mtmarl.task_params import MAX_AGENTS, MAX_SIZE, MAX_STEPS, as_bool, integer
 
 # Per-channel divisors: agent levels (<= 4 in our tasks), food levels (<= the
 # sum of the levels of the agents that may load it), accessibility (0/1).
@@ -32,8 +35,24 @@ def scaled_view(view):
     return view.reshape(view.shape[0], -1)
 
 
+@register("lbf")
 class LbfEnv(JumanjiEnv):
     name = "lbf"
+    TASK_PARAMS = {"grid": integer(5, MAX_SIZE), "agents": integer(1, MAX_AGENTS), "food": integer(1, MAX_SIZE**2),
+                   "level": integer(2, MAX_SIZE), "fov": integer(1, MAX_SIZE), "coop": as_bool,
+                   "horizon": integer(1, MAX_STEPS)}
+
+    @classmethod
+    def check_layout(cls, p):
+        if not {"grid", "agents", "food"} <= p.keys():
+            return
+        # Jumanji places food off the edges and apart: it needs (grid-2)^2 - agents > 5 * food cells.
+        inner = (p["grid"] - 2) ** 2 - p["agents"]
+        if inner <= 5 * p["food"]:
+            raise UserInputError(f"grid={p['grid']} is too small for agents={p['agents']} and food={p['food']}: "
+                                 f"LBF needs (grid-2)^2 - agents > 5 * food")
+        if "fov" in p and p["fov"] > p["grid"]:
+            raise UserInputError(f"fov={p['fov']} must be <= grid={p['grid']}")
 
     def __init__(self, grid: int, agents: int, food: int, level: int = 2,
                  fov: int = 2, coop: bool = False, horizon: int = 100):

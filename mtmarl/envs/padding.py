@@ -100,3 +100,19 @@ class PaddedEnv(MultiAgentEnv):
 
     def __repr__(self) -> str:
         return f"PaddedEnv({self.inner!r}, agents={self.num_agents}, obs={self.obs_dim})"
+
+
+def pad_to_network(env: MultiAgentEnv, target: EnvSpec, network: str) -> MultiAgentEnv:
+    """``env`` seen with ``target``, the layout a trained network reads (``network`` says whose, e.g.
+    ``online.init_from=<run>``); a task larger than that layout is refused in one line naming both sizes,
+    since no padding can shrink a task to fit a network."""
+    if env.spec == target:
+        return env
+    try:
+        return PaddedEnv(env, target)
+    except UserInputError as err:
+        reason = str(err).split("; ")[0].replace("but the padding allows", "but the network takes")
+        raise UserInputError(f"task {env.name} does not fit the network of {network} ({reason}); that network "
+                             f"reads at most {target.num_agents} agents with observations of size {target.obs_dim}: "
+                             f"fine-tune a task that fits, or pretrain on a task set that holds tasks this "
+                             f"large") from None

@@ -12,7 +12,10 @@ from jumanji.environments.routing.robot_warehouse.generator import RandomGenerat
 from jumanji.environments.routing.robot_warehouse.utils import is_collision
 
 from mtmarl.envs.base import JumanjiEnv
+from mtmarl.envs.registry import register
 from mtmarl.envs.rware_stack import RwareStack, permutes_in_one_round
+from mtmarl.errors import UserInputError
+from mtmarl.task_params import MAX_AGENTS, MAX_SIZE, MAX_STEPS, integer, optional_integer
 
 # Jumanji's view starts with the agent's absolute (x, y) cell; every other
 # feature is a 0/1 flag. Dividing the coordinates by a fixed 16 keeps them near
@@ -48,8 +51,28 @@ class HostLayoutGenerator(RandomGenerator):
         self._not_in_queue_size = jnp.asarray(np.int32(len(shelves) - self.request_queue_size))
 
 
+@register("rware")
 class RwareEnv(JumanjiEnv):
     name = "rware"
+    TASK_PARAMS = {"rows": integer(1, MAX_SIZE), "cols": integer(1, MAX_SIZE), "height": integer(1, MAX_SIZE),
+                   "agents": integer(1, MAX_AGENTS), "sensor": integer(1, MAX_SIZE), "request": optional_integer(1),
+                   "horizon": integer(1, MAX_STEPS)}
+
+    @classmethod
+    def check_layout(cls, p):
+        if not {"rows", "cols", "height"} <= p.keys():
+            return
+        if p["cols"] % 2 == 0:
+            raise UserInputError(f"cols={p['cols']} must be odd (RWARE puts an aisle between column pairs)")
+        # Jumanji's layout: two shelf columns per cluster, minus the cluster in front of the goals.
+        shelves = 2 * p["height"] * (p["rows"] * p["cols"] - 1)
+        request = p.get("request")
+        what = f"request={request}"
+        if request is None and "agents" in p:
+            request, what = p["agents"], f"request (default agents={p['agents']})"
+        if request is not None and request > shelves:
+            raise UserInputError(f"{what} exceeds the {shelves} shelves of rows={p['rows']}, cols={p['cols']}, "
+                                 f"height={p['height']}")
 
     def __init__(self, rows: int, cols: int, height: int, agents: int,
                  sensor: int = 1, request: int | None = None, horizon: int = 500):

@@ -32,8 +32,10 @@ from flax import struct
 
 from mtmarl.envs.base import MultiAgentEnv, Observation, TimeStep
 from mtmarl.envs.layout import ActionLayout, EntityGroup, EnvSpec, ObsLayout
+from mtmarl.envs.registry import register
 from mtmarl.envs.smax_import import jaxmarl_smax
 from mtmarl.errors import UserInputError
+from mtmarl.task_params import MAX_STEPS, integer
 
 # Unit letters of SMAC map names -> JaxMARL unit type ids.
 UNIT_TYPES = {"m": 0, "M": 1, "s": 2, "z": 3, "zg": 4, "h": 5}
@@ -68,8 +70,16 @@ class SmaxState:
     key: jax.Array   # for the next (stochastic) step
 
 
+def _map_param(key: str, value: Any) -> str:
+    """A SMAC map name whose units can be read (:func:`parse_map` names what is allowed)."""
+    parse_map(str(value))
+    return str(value).strip()
+
+
+@register("smax")
 class SmaxEnv(MultiAgentEnv):
     name = "smax"
+    TASK_PARAMS = {"map": _map_param, "horizon": integer(1, MAX_STEPS)}
 
     def __init__(self, map: str, horizon: int = 100):  # noqa: A002 (the SMAC term)
         smax = jaxmarl_smax()

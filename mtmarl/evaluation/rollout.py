@@ -443,7 +443,7 @@ class TaskSetEvaluator:
     handed back to the OS before the next. Why not one program for the whole
     set: one program's compile needs far more transient memory (the main job's
     peak) than the per-group programs, for the same compile and play time
-    (``benchmarks/eval_programs.py``; docs/decisions.md).
+    (``benchmarks/eval_layouts.py``; docs/decisions.md).
     """
 
     def __init__(self, envs, policy: Policy, num_episodes: int, num_devices: int | None = None,

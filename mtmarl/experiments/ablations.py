@@ -1,7 +1,7 @@
 """The multi-task Oryx paper's Fig. 6: ablations of HL-Gauss, agent masking+shuffling and task-balanced batching.
 
     python experiment_scripts/ablations.py quick               # 2 algorithms x 4 variants, 1 seed
-    python experiment_scripts/ablations.py paper               # the same with 3 seeds, full budget
+    python experiment_scripts/ablations.py paper               # the same with 3 seeds, paper budget
     python experiment_scripts/ablations.py quick 'algos=[mt_oryx]'
 
 On the full ``tasks`` set (rware_15) trains MT Oryx and MT CQL-Sable as they are

@@ -47,7 +47,8 @@ def _records(result_dir: Path, factors: dict[str, Any], seed: int) -> list[dict[
 
 def collect_population(run_dir: str | Path, factors: dict[str, Any]) -> list[dict[str, Any]]:
     """The records of :func:`collect` from one population run directory made outside the experiment runner
-    (e.g. ``experiment_scripts/gpu_population.sh``): its finished ``seed_<s>/``, each as one run of ``factors``."""
+    (a ``python -m mtmarl.train ... training.population=S`` run; ``experiment_scripts/population_table.py``): its
+    finished ``seed_<s>/``, each as one run of ``factors``."""
     run_dir = Path(run_dir)
     records = []
     for seed_dir in sorted(run_dir.glob("seed_*/")):

@@ -19,6 +19,7 @@ from typing import Any, Callable, Sequence
 
 from omegaconf import DictConfig, OmegaConf
 
+from mtmarl.errors import require_extra
 from mtmarl.experiments.analysis import collect, save_rows
 from mtmarl.experiments.config import compose_experiment, compose_train, plain
 from mtmarl.experiments.runner import Run, is_finished, run_matrix, train_command
@@ -35,6 +36,8 @@ class Experiment:
 def check_runs(cfg: DictConfig, runs: Sequence[Run]) -> None:
     """Compose every distinct run config now, so a typo fails before hours of training (and, for
     ``launcher=slurm``, compose the first one with the submitit launcher)."""
+    if cfg.launcher == "slurm":
+        require_extra("slurm", "launcher=slurm")
     seen = set()
     for run in runs:
         if run.overrides not in seen:

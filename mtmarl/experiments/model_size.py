@@ -1,7 +1,7 @@
 """The multi-task Oryx paper's Fig. 5b (`make sweep`): train and test return vs model size on the full rware_15 set.
 
     python experiment_scripts/model_size.py quick    # this machine, 1 seed, embed 64-256, 1000 tiny-batch updates per run
-    python experiment_scripts/model_size.py paper              # 3 algorithms x 5 sizes x 3 seeds, full budget
+    python experiment_scripts/model_size.py paper              # 3 algorithms x 5 sizes x 3 seeds, paper budget
     python experiment_scripts/model_size.py paper launcher=slurm jobs=15 \\
         'slurm=["hydra.launcher.partition=gpu","hydra.launcher.gpus_per_node=1","hydra.launcher.timeout_min=720"]'
     python experiment_scripts/model_size.py quick embed_dims=[64,256] dry_run=true

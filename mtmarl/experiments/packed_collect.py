@@ -6,7 +6,7 @@ stops the collectors before its deadline and packs the finished tasks into parts
 ``merge``, where the collection accumulates, verifies the parts and every vault in them and adds them.
 The accumulated ``references.json`` is what the next run skips (``collect.done_in``)::
 
-    python experiment_scripts/packed_collect.py run lbf_5 --minutes 30 --out <dir> [--procs 2] -- +budget=converged
+    python experiment_scripts/packed_collect.py run lbf_5 --minutes 30 --out <dir> [--procs 2] -- +recipe=converged
     python experiment_scripts/packed_collect.py merge lbf_5 <dir>          # into outputs/packed_collect/lbf_5
 
 ``run`` owns where the collectors write (a temporary root it names); a signal to it (Ctrl-C, SIGTERM) ends
@@ -343,7 +343,7 @@ def main(argv: list[str] | None = None) -> dict:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     sub = parser.add_subparsers(dest="command", required=True)
     w = sub.add_parser("run", help="collect until the deadline, then pack the finished tasks",
-                       epilog="mtmarl.collect overrides follow a --, e.g. -- +budget=converged online.num_envs=512")
+                       epilog="mtmarl.collect overrides follow a --, e.g. -- +recipe=converged online.num_envs=512")
     w.add_argument("task_set")
     w.add_argument("--minutes", type=float, required=True, help="the run's wall time, packing included")
     w.add_argument("--out", type=Path, required=True, help="where the parts, manifest.json and run.log go")

@@ -8,22 +8,75 @@ Each run is ``python -m mtmarl.train +algo=<a> +tasks=<set> data.quality=<qualit
 are the evaluator's (episodes where every enemy died and an ally lived); mean ± standard
 error over seeds (one seed: over tasks) and IQM with its stratified bootstrap CI, per
 split. Writes ``results/smax/``: ``smax.md`` (algorithm x set/quality, train and test; then
-the same table from the HyGen paper's Table 1, ``mtmarl/experiments/hygen_table1.py``),
+the same table from the HyGen paper's Table 1, ``mtmarl/configs/experiments/smax_hygen_table1.yaml``),
 ``smax_long.{json,csv,md}``, ``smax_tasks.md`` (every task's win rate, then the paper's),
 ``fig_smax.png`` (+ .json/.csv), ``records.json``, ``runs.json``.
 """
 
 from __future__ import annotations
 
+import dataclasses
+import functools
 from collections import defaultdict
 from pathlib import Path
 
-from mtmarl.experiments import hygen_table1
+import yaml
+
 from mtmarl.experiments.analysis import aggregate, bootstrap_args, find, fmt, report, save_markdown, table_cells
-from mtmarl.experiments.config import run_overrides
+from mtmarl.experiments.config import EXPERIMENT_DIR, run_overrides
 from mtmarl.experiments.driver import Experiment, main
 from mtmarl.experiments.plots import bar_figure
 from mtmarl.experiments.runner import Run
+
+PAPER_TABLE = EXPERIMENT_DIR / "smax_hygen_table1.yaml"
+
+
+@dataclasses.dataclass(frozen=True)
+class PaperTable:
+    """The HyGen paper's Table 1 as ``smax_hygen_table1.yaml`` holds it (win rates in %)."""
+
+    sets: dict[str, dict[str, tuple[str, ...]]]         # set -> {"train": source tasks, "test": unseen tasks}
+    our_algos: dict[str, tuple[str, ...]]               # paper column -> our algorithms it compares with
+    cells: dict[tuple[str, str, str, str], tuple[float, float]]  # (set, quality, column, task) -> (mean, std)
+
+    @property
+    def methods(self) -> tuple[str, ...]:
+        return tuple(self.our_algos)
+
+    @property
+    def panels(self) -> set[tuple[str, str]]:
+        """The (set, quality) pairs the paper reports."""
+        return {key[:2] for key in self.cells}
+
+    def method_of(self, algo: str) -> str | None:
+        """The paper's column for one of our algorithms; None where the paper has none (e.g. mt_oryx)."""
+        return next((m for m, ours in self.our_algos.items() if algo in ours), None)
+
+    def split_tasks(self, set_name: str, split: str) -> tuple[str, ...]:
+        return self.sets[set_name][split]
+
+    def split_mean(self, set_name: str, quality: str, method: str, split: str) -> float:
+        """Mean win rate in [0, 1] of a paper column over the source ("train") or unseen ("test") tasks."""
+        tasks = self.split_tasks(set_name, split)
+        return sum(self.cells[(set_name, quality, method, t)][0] for t in tasks) / len(tasks) / 100.0
+
+
+@functools.cache
+def paper_table() -> PaperTable:
+    raw = yaml.safe_load(PAPER_TABLE.read_text())
+    sets = {name: {split: tuple(str(t) for t in tasks) for split, tasks in splits.items()}
+            for name, splits in raw["sets"].items()}
+    cells = {}
+    for set_name, qualities in raw["panels"].items():
+        tasks = sets[set_name]["train"] + sets[set_name]["test"]
+        for quality, methods in qualities.items():
+            for method, text in methods.items():
+                row = [tuple(float(x) for x in cell.split("±")) for cell in text.split()]
+                if len(row) != len(tasks):
+                    raise ValueError(f"{PAPER_TABLE.name}: {set_name} {quality} {method} has {len(row)} cells, "
+                                     f"one per task of {len(tasks)} expected")
+                cells.update({(set_name, quality, method, t): (mean, std) for t, (mean, std) in zip(tasks, row)})
+    return PaperTable(sets, {m: tuple(ours) for m, ours in raw["our_algos"].items()}, cells)
 
 
 def build(cfg) -> list[Run]:
@@ -50,11 +103,12 @@ def analyse(cfg, records, out: Path) -> list[Path]:
         lines.append(f"| {algo} | " + " | ".join(cells) + " |")
     lines += ["", "Win rate (0-1) per task, averaged over the split's tasks: mean ± standard error over seeds "
               "(* = one seed: over tasks). IQM and 95% CIs in smax_long.md; every task in smax_tasks.md."]
+    paper = paper_table()
     lines += ["", "**the HyGen paper's Table 1 (SMAC, 5 seeds)**", "", lines[0], lines[1]]
     for algo in cfg.algos:
-        method = hygen_table1.paper_method(algo)
-        cells = [fmt(hygen_table1.split_mean(s, q, method, split))
-                 if method and (s, q) in hygen_table1.PANELS else "n/a"
+        method = paper.method_of(algo)
+        cells = [fmt(paper.split_mean(s, q, method, split))
+                 if method and (s, q) in paper.panels else "n/a"
                  for s, q in columns for split in ("train", "test")]
         lines.append(f"| {algo} | " + " | ".join(cells) + " |")
     lines += ["", "The paper's win rate (0-1) of the column each algorithm compares with (bc_t/bc_r: BC-best, "
@@ -73,14 +127,14 @@ def analyse(cfg, records, out: Path) -> list[Path]:
                 tlines.append(f"| {s} | {q} | {split} | {t} | "
                               + " | ".join(fmt(sum(v) / len(v)) if v else "n/a" for v in vals) + " |")
     tlines += ["", "**the HyGen paper's Table 1 per task** (SMAC win rate %, mean ± std over 5 seeds)", "",
-               "| set / quality | split | task | " + " | ".join(hygen_table1.METHODS) + " |",
-               "|" + "---|" * (3 + len(hygen_table1.METHODS))]
+               "| set / quality | split | task | " + " | ".join(paper.methods) + " |",
+               "|" + "---|" * (3 + len(paper.methods))]
     for s, q in columns:
-        if (s, q) not in hygen_table1.PANELS:
+        if (s, q) not in paper.panels:
             continue
         for split in ("train", "test"):
-            for t in hygen_table1.split_tasks(s, split):
-                cells = (hygen_table1.TABLE1[(s, q, m, t)] for m in hygen_table1.METHODS)
+            for t in paper.split_tasks(s, split):
+                cells = (paper.cells[(s, q, m, t)] for m in paper.methods)
                 tlines.append(f"| {s} {q} | {split} | {t} | " + " | ".join(f"{m:.1f} ± {d:g}" for m, d in cells) + " |")
     (out / "smax_tasks.md").write_text("\n".join(tlines) + "\n")
     files.append(out / "smax_tasks.md")

@@ -1,7 +1,7 @@
 """The multi-task Oryx paper's Table 1: test return of the three algorithms trained on each full task set.
 
     python experiment_scripts/table1.py quick                  # 3 sets x 3 algorithms, 1 seed
-    python experiment_scripts/table1.py paper                  # 3 seeds, full budget
+    python experiment_scripts/table1.py paper                  # 3 seeds, paper budget
     python experiment_scripts/table1.py quick 'task_sets=[lbf_5]'
 
 Mean ± standard error of the per-task test return for each algorithm on each

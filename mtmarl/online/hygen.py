@@ -47,10 +47,9 @@ from pathlib import Path
 
 import jax
 
+from mtmarl.algos.registry import register_online
 from mtmarl.errors import UserInputError
 from mtmarl.online import ppo, replay
-
-LABEL = "HyGen (hybrid skill Q-learning)"
 
 
 @dataclasses.dataclass(frozen=True)
@@ -117,7 +116,7 @@ def hybrid_ratio(cfg: HyGenOnlineConfig, t):
 @functools.lru_cache(maxsize=2)
 def _restore(run_dir: str, seed: int | None):
     from mtmarl.algos.hygen import HyGenAlgorithm
-    from mtmarl.training.data import build_buffers, load_task_data, run_quality
+    from mtmarl.training.data import build_buffers, load_task_data
     from mtmarl.training.restore import load_run, run_task_set
 
     path = Path(run_dir).expanduser()
@@ -139,7 +138,7 @@ def _restore(run_dir: str, seed: int | None):
     tasks = load_task_data(
         task_set,
         data.get("root", "vault_data"),
-        run_quality(data),
+        data.get("quality"),
         bool(data.get("verify", True)),
         float(data.get("fraction", 1.0)),
     )
@@ -174,7 +173,7 @@ def source_tasks(task_set, sources: tuple[str, ...]) -> list:
 def task_env(env, cfg: HyGenOnlineConfig):
     """``env`` (or, with ``online.sources``, the mixture of those tasks) seen with the offline run's padded
     EnvSpec (what its networks read)."""
-    from mtmarl.envs import EnvSpec, PaddedEnv, TaskMixture
+    from mtmarl.envs import EnvSpec, TaskMixture, pad_to_network
 
     algo, _, _ = pretrained(cfg)
     target = EnvSpec.from_json(algo.spec["env"])
@@ -182,7 +181,7 @@ def task_env(env, cfg: HyGenOnlineConfig):
         task_set, _ = offline_task_set(cfg)
         specs = source_tasks(task_set, cfg.sources)
         env = TaskMixture([task_set.padded(spec) for spec in specs], [spec.name for spec in specs])
-    return env if env.spec == target else PaddedEnv(env, target)
+    return pad_to_network(env, target, f"online.init_from={cfg.init_from}")
 
 
 def final_report(cfg: HyGenOnlineConfig, system, state, seed: int, episodes: int, greedy: bool) -> dict:
@@ -202,6 +201,8 @@ def final_report(cfg: HyGenOnlineConfig, system, state, seed: int, episodes: int
 
 
 # --------------------------------------------------------------------------- the compiled system
+@register_online("hygen", HyGenOnlineConfig, "HyGen (hybrid skill Q-learning)", pretrained=True, task_env=task_env,
+                 final_report=final_report)
 def make_system(env, cfg: HyGenOnlineConfig, num_devices: int | None = None):
     """The compiled hybrid stage on ``env`` (already :func:`task_env`-padded): the replay loop
     (:func:`mtmarl.online.replay.make_replay_system`) with HyGen's learner, acting epsilon-greedy over
@@ -216,6 +217,3 @@ def make_system(env, cfg: HyGenOnlineConfig, num_devices: int | None = None):
         ratio=functools.partial(hybrid_ratio, cfg), offline=buffers,
         sampler=dataclasses.replace(algo.sampler, batch_size=B))
     return replay.make_replay_system(env, cfg, learner)
-
-
-CONFIG = HyGenOnlineConfig

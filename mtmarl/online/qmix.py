@@ -24,11 +24,11 @@ import json
 import jax.numpy as jnp
 from omegaconf import OmegaConf
 
+from mtmarl.algos.registry import register_online
 from mtmarl.configs import CONFIG_DIR
 from mtmarl.errors import UserInputError
 from mtmarl.online import ppo, replay
 
-LABEL = "QMIX (online, entity transformer)"
 LEARNERS = ("updet_m", "updet_l")
 AS_QMIX = {"cql_weight": 0.0, "task_mean": False}  # online rows carry no task and need no conservative term
 
@@ -93,6 +93,7 @@ def algorithm(env, cfg: QmixConfig):
     return _algorithm(cfg.learner, cfg.target_update_interval, cfg.algo, cfg.network, env_json)
 
 
+@register_online("qmix", QmixConfig, "QMIX (online, entity transformer)")
 def make_system(env, cfg: QmixConfig, num_devices: int | None = None):
     """Online QMIX on ``env``: the replay loop with the learner's fresh state and online rows only."""
     del num_devices  # one device, as HyGen's hybrid stage
@@ -106,6 +107,3 @@ def make_system(env, cfg: QmixConfig, num_devices: int | None = None):
         acting_params=algo.acting_params, seq_len=T, batch_size=B,
         metrics=("td_loss", "cql_loss", "q_tot", "td_target", "grad_norm"))
     return replay.make_replay_system(env, cfg, learner)
-
-
-CONFIG = QmixConfig

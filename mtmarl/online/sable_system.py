@@ -31,6 +31,7 @@ from typing import Any
 import jax
 import jax.numpy as jnp
 
+from mtmarl.algos.registry import register_online
 from mtmarl.envs import TimeStep
 from mtmarl.errors import UserInputError
 from mtmarl.evaluation.policies import Policy
@@ -40,7 +41,6 @@ from mtmarl.online import ppo
 from mtmarl.online.anakin import PPOLearner, build
 from mtmarl.online.rollout import EnvBatch, ResetPool, Transition, step_with_pool, transition
 
-LABEL = "Sable"
 NETWORK_FIELDS = ("embed_dim", "n_blocks", "n_heads", "chunk_size", "ffn_mult", "matmul_dtype")
 
 
@@ -176,9 +176,7 @@ def make_learner(env, cfg: SableOnlineConfig) -> PPOLearner:
                    greedy_policy=sable_policy(net, greedy=True))
 
 
+@register_online("sable", SableOnlineConfig, "Sable")
 def make_system(env, cfg, num_devices: int | None = None):
     """online Sable on ``env``: :func:`make_learner` in the Anakin builder."""
     return build(env, cfg, make_learner(env, cfg), num_devices)
-
-
-CONFIG = SableOnlineConfig

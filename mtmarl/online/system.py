@@ -40,6 +40,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
+from mtmarl.algos.registry import register_online
 from mtmarl.envs import EnvSpec, Observation, TimeStep
 from mtmarl.errors import UserInputError
 from mtmarl.evaluation.policies import Policy
@@ -47,8 +48,6 @@ from mtmarl.networks.entity import EntityAgent, EntityConfig
 from mtmarl.online import ppo
 from mtmarl.online.anakin import PPOLearner, build
 from mtmarl.online.rollout import Transition, carried_rollout, reset_where
-
-LABEL = "MAPPO"
 
 
 @dataclasses.dataclass(frozen=True)
@@ -213,7 +212,7 @@ def actor_policy(actor: nn.Module, greedy: bool = False) -> Policy:
 
 def make_critic(env, cfg) -> tuple[Critic, int, Callable, Callable]:
     """MAPPO's centralised team critic on ``env`` (``cfg.hidden``, ``cfg.critic_input``), also the critic of
-    other learners (:mod:`mtmarl.online.finetune`): ``(module, input size, critic_in(obs, state),
+    other learners (:mod:`mtmarl.online.pretrained_ppo`): ``(module, input size, critic_in(obs, state),
     value_fn(params, timestep))``; ``value_fn`` reads ``params["critic"]``."""
     if cfg.critic_input not in ("obs", "state"):
         raise ValueError(f"critic_input must be obs or state, got {cfg.critic_input!r}")
@@ -270,9 +269,7 @@ def make_learner(env, cfg: MappoConfig) -> PPOLearner:
                    policy=actor_policy(actor), greedy_policy=actor_policy(actor, greedy=True))
 
 
+@register_online("mappo", MappoConfig, "MAPPO")
 def make_system(env, cfg, num_devices: int | None = None):
     """MAPPO on ``env``: :func:`make_learner` in the Anakin builder."""
     return build(env, cfg, make_learner(env, cfg), num_devices)
-
-
-CONFIG = MappoConfig

@@ -73,11 +73,6 @@ def fetch_missing(task_set: TaskSet, root: str | Path, hub: str | None,
     return out
 
 
-def run_quality(data_cfg: dict[str, Any]) -> str | None:
-    """The dataset a saved run trained on: its ``data.quality`` (older runs name it ``data.uid``)."""
-    return data_cfg.get("quality", data_cfg.get("uid"))
-
-
 def load_task_data(task_set: TaskSet, root: str | Path, uid: str | None = None,
                    verify: bool = True, fraction: float = 1.0,
                    tasks: Sequence[int] | None = None) -> list[dict[str, np.ndarray]]:

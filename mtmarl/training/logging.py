@@ -7,10 +7,10 @@ run's event files purge the updates after its checkpoint, as ``metrics.jsonl`` d
 ``curves.png`` is redrawn after every evaluation and when the logger closes
 (also on an interrupted run); a failed drawing only warns.
 
-Neptune (``logger.neptune``): null (the default) logs to it only when a project is set
-(``logger.project`` or ``NEPTUNE_PROJECT``), ``async`` with an API token; true logs
-always (``offline`` into ``<run dir>/.neptune`` without project and token, upload later
-with ``neptune sync``); false never.
+Neptune (``logger.neptune``, the optional extra ``mtmarl[neptune]``): null (the default) logs
+to it only when a project is set (``logger.project`` or ``NEPTUNE_PROJECT``), ``async`` with an
+API token; true logs always (``offline`` into ``<run dir>/.neptune`` without project and
+token, upload later with ``neptune sync``); false never.
 
 Losses and gradient norms are watched (:mod:`mtmarl.training.anomaly`): a
 non-finite value or a jump by orders of magnitude is logged as a one-line warning.
@@ -31,6 +31,7 @@ from typing import Any, Iterator, Mapping
 from tensorboardX import SummaryWriter
 from tensorboardX.proto.summary_pb2 import Summary
 
+from mtmarl.errors import require_extra
 from mtmarl.training.anomaly import MetricWatch
 from mtmarl.training.curves import CURVE_NAME, plot_learning_curve
 from mtmarl.training.phases import PhaseTimer
@@ -48,6 +49,14 @@ def neptune_wanted(neptune: bool | None, project: str | None) -> bool:
     return bool(neptune)
 
 
+def check_neptune(neptune: bool | None, project: str | None) -> None:
+    """A one-line error when the settings ask for Neptune and the optional package is not installed."""
+    if neptune_wanted(neptune, project):
+        asked = ("logger.neptune=true" if neptune else
+                 "logger.neptune=null with a Neptune project set (logger.project or NEPTUNE_PROJECT)")
+        require_extra("neptune", asked, otherwise="logger.neptune=false")
+
+
 class RunLogger:
     """The run's logs. ``start_epoch`` (a ``time.time()`` value) is when the run's process started: the
     phase timer's total counts from there. ``phase(name)`` times a phase and shows it on the bar."""
@@ -57,6 +66,7 @@ class RunLogger:
                  tags: tuple[str, ...] = (), config: Mapping[str, Any] | None = None,
                  progress: bool = True, start: int = 0, resume_file: bool = False,
                  start_epoch: float | None = None, title: str | None = None):
+        check_neptune(neptune, project)  # before any file is opened
         self.run_dir = Path(run_dir)
         self.run_dir.mkdir(parents=True, exist_ok=True)
         self.path = self.run_dir / "metrics.jsonl"

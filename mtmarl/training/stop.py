@@ -1,7 +1,7 @@
 """Ctrl-C / SIGTERM during training: finish the compiled call, checkpoint, print how to resume.
 
-Why: a signal used to interrupt JAX mid-call with a traceback, losing the
-updates since the last periodic checkpoint and giving no hint how to go on.
+Why: Python's default handler interrupts JAX mid-call with a traceback, losing
+the updates since the last periodic checkpoint and giving no hint how to go on.
 The handler only sets a flag; the training loop polls it between compiled
 calls (:func:`requested`) and raises :class:`Interrupted` after saving.
 A second signal while the first is being handled stops at once.

@@ -38,7 +38,8 @@ vaults have no ``mtmarl.json`` and are read as they are, with a
 folder copied without its ``mtmarl.json`` should not pass unnoticed).
 """
 
-from mtmarl.data.vault.check import _file_hashes, check_experience, read_metadata, sha256_file, verify_files
+from mtmarl.data.vault.check import (_file_hashes, check_experience, check_recorded, read_metadata, recorded_dims,
+                                     recorded_task, sha256_file, verify_files)
 from mtmarl.data.vault.layout import (DEFAULT_UID, ENCODING_KEY, FBX_META_FILE, FLAG_KEYS, FORMAT_VERSION, META_FILE,
                                       OUT_DTYPES, _decode, _encode_real, list_uids, resolve, task_dirname,
                                       vault_path)
@@ -47,7 +48,8 @@ from mtmarl.data.vault.returns import episode_ends, episode_returns, return_stat
 from mtmarl.data.vault.write import _fbx_write, package_versions, write_vault
 
 __all__ = ["DEFAULT_UID", "ENCODING_KEY", "FBX_META_FILE", "FLAG_KEYS", "FORMAT_VERSION", "META_FILE", "OUT_DTYPES",
-           "NoMetadataWarning", "check_experience", "describe_vault", "episode_ends", "episode_returns",
-           "export_npz", "flat_arrays", "list_uids", "package_versions", "read_metadata", "read_vault",
-           "resolve", "return_stats", "sha256_file", "task_dirname", "team_rewards", "vault_path",
+           "NoMetadataWarning", "check_experience", "check_recorded", "describe_vault", "episode_ends",
+           "episode_returns", "export_npz", "flat_arrays", "list_uids", "package_versions", "read_metadata",
+           "read_vault", "recorded_dims", "recorded_task", "resolve", "return_stats", "sha256_file",
+           "task_dirname", "team_rewards", "vault_path",
            "verify_files", "write_vault", "_decode", "_encode_real", "_fbx_write", "_file_hashes"]

@@ -127,5 +127,35 @@ def check_experience(flat: Mapping[str, np.ndarray], where: str, dims: Mapping[s
     return {"batch": batch, "steps": steps, **want}
 
 
+# mtmarl.json's size keys -> the names check_experience's dims use
+RECORDED_DIMS = {"agents": "agents", "obs_dim": "obs", "num_actions": "actions", "state_dim": "state"}
+
+
+def recorded_dims(meta: Mapping[str, Any] | None) -> dict[str, int] | None:
+    """The sizes ``mtmarl.json`` records (None when it records none: og-marl vaults, or no metadata)."""
+    if meta is None or not all(k in meta for k in ("agents", "obs_dim", "num_actions")):
+        return None
+    return {name: meta.get(key, 0) for key, name in RECORDED_DIMS.items()}
+
+
+def check_recorded(meta: Mapping[str, Any] | None, dims: Mapping[str, int], where: str, what: str) -> None:
+    """Refuse a vault whose ``mtmarl.json`` records other sizes than ``dims`` (those its arrays were just checked
+    against: the task's env, or the recorded ones), so every reader accepts the same vaults whatever it checks
+    the arrays against."""
+    for key, name in RECORDED_DIMS.items():
+        if meta is not None and key in meta and meta[key] != dims.get(name, 0):
+            raise UserInputError(f"{where}: {META_FILE} records {key}={meta[key]}, but its arrays and task "
+                                 f"{what or '?'} have {dims.get(name, 0)}")
+
+
+def recorded_task(vlt: str | os.PathLike, meta: Mapping[str, Any] | None) -> str:
+    """The ad-hoc task string ``mtmarl.json`` records (what a check against the env builds)."""
+    task = (meta or {}).get("task")
+    if not isinstance(task, dict) or not isinstance(task.get("adhoc"), str):
+        raise UserInputError(f"vault {vlt}: {Path(vlt) / META_FILE} records no task (key task.adhoc), so there is "
+                             f"no env to check it against")
+    return task["adhoc"]
+
+
 def _fmt(shape) -> str:
     return "(" + ", ".join(str(s) for s in shape) + ")"

@@ -12,7 +12,7 @@ from typing import Any, Mapping
 
 import numpy as np
 
-from mtmarl.data.vault.check import check_experience, read_metadata, verify_files
+from mtmarl.data.vault.check import check_experience, check_recorded, read_metadata, recorded_dims, verify_files
 from mtmarl.data.vault.layout import ENCODING_KEY, FBX_META_FILE, META_FILE, _decode, _dims, _flatten, _nest, resolve
 from mtmarl.data.vault.returns import episode_returns, return_stats
 from mtmarl.errors import UserInputError
@@ -75,18 +75,19 @@ def read_vault(path: str | os.PathLike, spec=None, *, uid: str | None = None,
             flat[key] = _decode(arr, encoding.get(key), key)
         except UserInputError as err:
             raise UserInputError(f"vault {base}: {err}") from None
-    dims = None
-    what = ""
+    # The arrays against the task's env when given, else against the sizes mtmarl.json records; then those
+    # records against the sizes just checked (one rule for training, stats --validate and export alike).
     if spec is not None:
         dims, what = _dims(spec), spec.adhoc
-    elif meta is not None and all(k in meta for k in ("agents", "obs_dim", "num_actions")):
-        dims = {"agents": meta["agents"], "obs": meta["obs_dim"], "actions": meta["num_actions"],
-                "state": meta.get("state_dim", 0)}
-        what = meta.get("task", {}).get("adhoc", "")
+    else:
+        task = (meta or {}).get("task")
+        dims, what = recorded_dims(meta), task.get("adhoc", "") if isinstance(task, dict) else ""
     if dims is not None and not dims.get("state"):
         if "infos.state" in flat and flat["infos.state"].shape[-1:] == (0,):
             flat.pop("infos.state")
     check_experience(flat, f"vault {base}", dims, what)
+    if dims is not None:
+        check_recorded(meta, dims, f"vault {base}", what)
     return _nest(flat)
 
 
