@@ -127,7 +127,7 @@ def test_obs_layout_pads_each_group_in_place():
     assert ObsLayout.join([small, big]) == big and big.size == 9
     np.testing.assert_array_equal(big.split(want[None])["enemies"][0], [[10, 11], [20, 21], [0, 0]])
     np.testing.assert_array_equal(small.entity_mask(big)["enemies"], [True, True, False])
-    with pytest.raises(UserInputError, match="'enemies' has 3 x 2 but the padding allows 2 x 2"):
+    with pytest.raises(UserInputError, match="'enemies' has 3 x 2 but the target layout allows 2 x 2"):
         big.pad(want[None], ObsLayout((EntityGroup("own", 1, 3), EntityGroup("enemies", 2, 2))))
     with pytest.raises(UserInputError, match="same groups"):
         ObsLayout.join([small, ObsLayout.flat(6)])

@@ -271,7 +271,7 @@ def test_padding(name):
 ])
 def test_padding_too_small_raises(field, kwargs):
     env = get_env("lbf")
-    with pytest.raises(UserInputError, match=f"has \\d+ {field} but the padding allows at most"):
+    with pytest.raises(UserInputError, match=f"has \\d+ {field} but the target layout allows at most"):
         PaddedEnv(env, **kwargs(env))
 
 

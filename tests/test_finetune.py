@@ -348,5 +348,6 @@ def test_a_task_larger_than_the_pretrained_network_is_one_line_naming_the_run_no
     with pytest.raises(UserInputError) as err:
         pad_to_network(large, small.spec, "online.init_from=run")
     text = str(err.value)
-    assert "does not fit the network of online.init_from=run" in text and "3 agents" in text, text
+    assert "does not fit the network of online.init_from=run" in text, text
+    assert "has 3 agents but the target layout allows at most 2" in text, text
     assert "at most 2 agents" in text and "padding" not in text and "\n" not in text, text

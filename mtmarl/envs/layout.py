@@ -93,7 +93,7 @@ class ObsLayout:
         _same_names("observation", [self, target], lambda lay: tuple(g.name for g in lay.groups))
         for g, t in zip(self.groups, target.groups):
             if g.count > t.count or g.features > t.features:
-                raise UserInputError(f"entity group {g.name!r} has {g.count} x {g.features} but the padding "
+                raise UserInputError(f"entity group {g.name!r} has {g.count} x {g.features} but the target layout "
                                      f"allows {t.count} x {t.features}")
 
     def pad(self, obs, target: "ObsLayout"):
@@ -157,7 +157,7 @@ class ActionLayout:
         src, valid = list(range(self.basic)), [True] * self.basic
         for (name, count), (_, cap) in zip(self.targets, target.targets):
             if count > cap:
-                raise UserInputError(f"{count} actions target group {name!r} but the padding allows {cap}")
+                raise UserInputError(f"{count} actions target group {name!r} but the target layout allows {cap}")
             first = self.target_offset(name)
             src += [first + k if k < count else self.noop for k in range(cap)]
             valid += [k < count for k in range(cap)]

@@ -45,7 +45,7 @@ class PaddedEnv(MultiAgentEnv):
                                 ("state size", env.state_dim, spec.state_dim)):
             if have > cap:
                 raise UserInputError(
-                    f"{env!r} has {have} {what} but the padding allows at most {cap}; "
+                    f"{env!r} has {have} {what} but the target layout allows at most {cap}; "
                     f"pad to at least {have} (e.g. evaluate the task on its own).")
         env.spec.obs.check_fits(spec.obs)
         self.spec = spec
@@ -111,7 +111,7 @@ def pad_to_network(env: MultiAgentEnv, target: EnvSpec, network: str) -> MultiAg
     try:
         return PaddedEnv(env, target)
     except UserInputError as err:
-        reason = str(err).split("; ")[0].replace("but the padding allows", "but the network takes")
+        reason = str(err).split("; ")[0]  # the misfit itself, without PaddedEnv's advice to pad further
         raise UserInputError(f"task {env.name} does not fit the network of {network} ({reason}); that network "
                              f"reads at most {target.num_agents} agents with observations of size {target.obs_dim}: "
                              f"fine-tune a task that fits, or pretrain on a task set that holds tasks this "
