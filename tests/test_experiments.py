@@ -10,6 +10,7 @@ import numpy as np
 import pytest
 
 from mtmarl import tasks
+from mtmarl.errors import UserInputError
 from mtmarl.experiments import runner
 from mtmarl.experiments.analysis import aggregate, score_matrix
 from mtmarl.experiments.config import EXPERIMENTS, PRESETS, compose_experiment, compose_train
@@ -29,7 +30,7 @@ REPO = Path(__file__).resolve().parents[1]
 @pytest.mark.parametrize("name", EXPERIMENTS)
 def test_every_script_config_composes_for_every_preset(name, preset):
     if (preset == "cpu" and name != "learning") or (preset == "default" and name not in
-                                                     ("learning", "table1", "task_diversity")):
+                                                     ("learning", "table1", "task_diversity", "tuning")):
         pytest.skip(f"no '{preset}' preset (make-train learner) for {name}")
     cfg = compose_experiment(name, [f"budget={preset}"])
     assert cfg.name == name and cfg.budget.name == preset
@@ -244,7 +245,8 @@ if args.get("crash") == "kill":  # what the out-of-memory killer does
 run = Path(args["hydra.run.dir"]); run.mkdir(parents=True, exist_ok=True)
 dim, seed = int(args.get("network.embed_dim", 1)), int(args["seed"])
 smax = args.get("+tasks", "").startswith("smax")  # an env with wins: rows carry a win rate
-rows = [{"name": f"t{i}", "env": "smax" if smax else "rware", "split": split, "mean_return": dim / 64 + i + seed,
+lr = float(args.get("algo.lr", 0.0))  # shifts the return, so a tuning grid over algo.lr has a best point
+rows = [{"name": f"t{i}", "env": "smax" if smax else "rware", "split": split, "mean_return": dim / 64 + i + seed + lr,
          "normalised_return": None, "win_rate": (i + seed) / 4 if smax else None}
         for split in ("train", "test") for i in range(3)]
 (run / "summary.json").write_text(json.dumps(rows))
@@ -449,6 +451,38 @@ def test_other_drivers_end_to_end_with_stand_in_trainer(stand_in, name):
     for f in files:
         if f.endswith(".png"):
             assert Path(f).with_suffix(".json").is_file() and Path(f).with_suffix(".csv").is_file()
+
+
+def test_tuning_grids_must_be_the_same_size_and_override_algo_keys():
+    build = experiment_module("tuning").build
+    runs = build(compose_experiment("tuning", ["task_sets=[lbf_5]"]))
+    sizes = {a: sum(r.key["algo"] == a for r in runs) for a in ("mt_oryx", "mt_cql_sable", "mt_bc_sable")}
+    assert sizes == {"mt_oryx": 4, "mt_cql_sable": 4, "mt_bc_sable": 4} and len(runs) == 12
+    decay = compose_train(next(r for r in runs if r.key["config"] == "lr=0.001,lr_decay_updates=${training.updates}")
+                          .overrides)
+    assert decay.algo.lr == 0.001 and decay.algo.lr_decay_updates == decay.training.updates == 1500
+    unequal = compose_experiment("tuning", ["~grids", "+grids={mt_oryx: {tau: [0.005, 0.05]}, mt_bc_sable: {lr: [0.001]}}"])
+    with pytest.raises(UserInputError, match=r"same number of configurations.*'mt_oryx': 2, 'mt_bc_sable': 1"):
+        build(unequal)
+
+
+def test_tuning_driver_chooses_on_training_tasks_and_keeps_no_test_record(stand_in):
+    res = stand_in / "results"
+    grids = "+grids={mt_oryx: {lr: [0.001, 0.003]}, mt_bc_sable: {lr: [0.003, 0.001]}}"
+    main(experiment_module("tuning").EXPERIMENT, ["quick", f"results={res}", "task_sets=[lbf_5]", "bootstrap.reps=50",
+                                                  "progress=false", "~grids", grids])
+    out = res / "tuning"
+    records = json.loads((out / "records.json").read_text())["rows"]
+    assert len(records) == 4 * 3 and {r["split"] for r in records} == {"train"}
+    rows = json.loads((out / "tuning.json").read_text())["rows"]
+    assert {r["split"] for r in rows} == {"train"} and len(rows) == 4
+    # the stand-in's train returns at seed 0: mean over tasks 0, 1, 2, plus 1 / 64 (no embed_dim), plus algo.lr
+    assert math.isclose(next(r for r in rows if r["algo"] == "mt_oryx" and r["config"] == "lr=0.001")["mean"],
+                        1 + 1 / 64 + 0.001)
+    chosen = json.loads((out / "choice.json").read_text())["chosen"]
+    assert {(c["algo"], c["config"]) for c in chosen} == {("mt_oryx", "lr=0.003"), ("mt_bc_sable", "lr=0.003")}
+    assert all(c["overrides"] == ["algo.lr=0.003"] and math.isclose(c["train_mean"], 1 + 1 / 64 + 0.003) for c in chosen)
+    assert "| lbf_5 | mt_bc_sable | lr=0.003 |" in (out / "choice.md").read_text()
 
 
 # ------------------------------------------------------------------ driver with the real trainer

@@ -12,7 +12,7 @@ from mtmarl.errors import UserInputError
 from mtmarl.runtime import CONFIG_DIR, quote_task_overrides
 
 EXPERIMENT_DIR = CONFIG_DIR / "experiments"
-EXPERIMENTS = ("task_diversity", "dataset_size", "model_size", "ablations", "table1", "learning", "smax")
+EXPERIMENTS = ("task_diversity", "dataset_size", "model_size", "ablations", "table1", "learning", "smax", "tuning")
 PRESETS = ("quick", "default", "cpu", "paper", "gpu")
 
 

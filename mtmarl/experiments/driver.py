@@ -31,6 +31,7 @@ class Experiment:
     name: str
     build: Callable[[DictConfig], list[Run]]                                   # the run matrix
     analyse: Callable[[DictConfig, list[dict[str, Any]], Path], list[Path]]    # figures/tables -> files
+    splits: tuple[str, ...] = ("train", "test")  # the evaluated splits whose records are kept (and saved)
 
 
 def check_runs(cfg: DictConfig, runs: Sequence[Run]) -> None:
@@ -78,7 +79,7 @@ def main(exp: Experiment, argv: Sequence[str] | None = None) -> dict[str, Any]:
     if not cfg.aggregate_only:
         outcomes = run_matrix(runs, cfg.results, cfg.launcher, int(cfg.jobs), list(cfg.slurm),
                               manifest=out / "runs.json", progress=bool(cfg.progress))
-    records = collect(runs, cfg.results)
+    records = [r for r in collect(runs, cfg.results) if r["split"] in exp.splits]
     save_rows(out / "records", records, {"experiment": exp.name, "budget": cfg.budget.name})
     files: list[Path] = []
     if records:
