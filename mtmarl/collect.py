@@ -77,9 +77,15 @@ def _flat(value: Any, prefix: str = "") -> dict[str, Any]:
     return {prefix.rstrip("."): value}
 
 
+# Options that appeared after data were recorded, with the value that reproduces what those runs did: an entry
+# recorded without the key was collected with that value.
+ADDED_OPTIONS: dict[str, Any] = {"online.clip_per_network": False}
+
+
 def option_changes(before: dict[str, Any], now: dict[str, Any]) -> list[str]:
     """``key: old -> new`` for every option that differs (JSON values, so a tuple equals its list)."""
     old, new = _flat(json.loads(json.dumps(before))), _flat(json.loads(json.dumps(now)))
+    old = {**{k: v for k, v in ADDED_OPTIONS.items() if k.split(".")[0] in before}, **old}
     return [f"{k}: {old.get(k, '(unset)')} -> {new.get(k, '(unset)')}" for k in sorted(set(old) | set(new))
             if old.get(k) != new.get(k)]
 

@@ -130,6 +130,46 @@ def test_lr_decay_updates_lowers_each_adam_step_linearly_to_zero_over_that_many_
             MappoConfig.from_mapping({"lr_decay_updates": bad})
 
 
+def test_clip_per_network_clips_actor_and_critic_on_their_own_norms():
+    grads = {"actor": {"w": jnp.array([0.3, 0.4])}, "critic": {"v": jnp.array([3.0, 4.0])}}  # norms 0.5 and 5
+    each = ppo.clip_each_entry(1.0)
+    clipped, _ = each.update(grads, each.init(grads))
+    np.testing.assert_allclose(clipped["actor"]["w"], [0.3, 0.4], rtol=1e-6)  # under the limit: unchanged
+    np.testing.assert_allclose(clipped["critic"]["v"], [0.6, 0.8], rtol=1e-6)  # scaled to norm 1
+
+    def actor_steps(clip_per_network: bool) -> list[float]:
+        """Two Adam steps; the actor's gradient is the same both times, the critic's norm jumps 100x."""
+        tx = MappoConfig.from_mapping({"lr": 0.01, "max_grad_norm": 1.0, "clip_per_network": clip_per_network}
+                                      ).optimiser()
+        params = {"actor": {"w": jnp.zeros(())}, "critic": {"v": jnp.zeros(())}}
+        state, steps = tx.init(params), []
+        for critic_grad in (0.1, 10.0):
+            upd, state = tx.update({"actor": {"w": jnp.ones(()) * 0.5}, "critic": {"v": jnp.ones(()) * critic_grad}},
+                                   state, params)
+            steps.append(-float(upd["actor"]["w"]))
+        return steps
+
+    # apart: a constant actor gradient, so each Adam step is the learning rate; one norm: the critic's jump shrinks
+    # the actor's second gradient (0.5 -> 0.5 / |(0.5, 10)|) and with it the step
+    np.testing.assert_allclose(actor_steps(True), [0.01, 0.01], rtol=1e-3)
+    joint = actor_steps(False)
+    assert joint[0] == pytest.approx(0.01, rel=1e-3) and joint[1] < 0.8 * 0.01
+    from mtmarl.errors import UserInputError
+    with pytest.raises(UserInputError, match="online.clip_per_network must be true or false"):
+        MappoConfig.from_mapping({"clip_per_network": "yes"})
+
+
+def test_options_added_later_match_entries_recorded_before_them():
+    from mtmarl.collect import ADDED_OPTIONS, option_changes
+
+    recorded = {"seed": 0, "online": {"lr": 0.001}}  # written before online.clip_per_network existed
+    assert ADDED_OPTIONS["online.clip_per_network"] is False
+    assert option_changes(recorded, {"seed": 0, "online": {"lr": 0.001, "clip_per_network": False}}) == []
+    assert option_changes(recorded, {"seed": 0, "online": {"lr": 0.001, "clip_per_network": True}}) == \
+        ["online.clip_per_network: False -> True"]
+    assert option_changes({"seed": 0, "dagger": {}}, {"seed": 0, "dagger": {}}) == []  # no online section: none added
+
+
 @pytest.mark.parametrize("activation", ["tanh", "relu"])
 def test_actor_and_critic_layers_use_the_chosen_activation(activation):
     """online.activation: the actor's logits and the critic's value equal a hand-written forward pass."""

@@ -38,6 +38,7 @@ class PPOSettings:
     ent_coef: float = 0.01
     vf_coef: float = 0.5
     max_grad_norm: float = 0.5
+    clip_per_network: bool = False  # clip each top-level entry of the params (MAPPO: actor, critic) on its own norm
     resets_per_env: int = 4  # reset pool entries per env per update (wraps if exceeded)
     updates_per_chunk: int = 10  # K: one compiled call; a recording follows each chunk
     record_envs: int = 8  # R (total over devices)
@@ -52,6 +53,8 @@ class PPOSettings:
         from mtmarl.errors import UserInputError
         if self.system != self.SYSTEM:
             raise UserInputError(f"{type(self).__name__} is for online.system={self.SYSTEM}, got {self.system!r}")
+        if not isinstance(self.clip_per_network, bool):
+            raise UserInputError(f"online.clip_per_network must be true or false, got {self.clip_per_network!r}")
         decay = self.lr_decay_updates
         if decay is not None and (isinstance(decay, bool) or not isinstance(decay, int) or decay < 1):
             raise UserInputError(f"online.lr_decay_updates={decay!r}; allowed: null (a constant lr) or an integer "
@@ -77,11 +80,28 @@ class PPOSettings:
 
     def optimiser(self) -> optax.GradientTransformation:
         """Adam behind a global-norm clip. With ``lr_decay_updates`` the step size falls linearly to 0 over
-        that many updates (each of ``epochs x minibatches`` steps), as JaxMARL's SMAX MAPPO anneals it."""
+        that many updates (each of ``epochs x minibatches`` steps), as JaxMARL's SMAX MAPPO anneals it.
+
+        The clip scales a gradient g to ``g * min(1, max_grad_norm / |g|)``. One norm over actor and critic
+        lets a large value-loss gradient shrink the policy's step; ``clip_per_network`` takes the norm of
+        each top-level entry of the params apart (JaxMARL's SMAX MAPPO: one optimiser per network). Adam is
+        per coordinate, so only the clip differs."""
         lr: float | optax.Schedule = self.lr
         if self.lr_decay_updates is not None:
             lr = optax.linear_schedule(self.lr, 0.0, self.lr_decay_updates * self.epochs * self.minibatches)
-        return optax.chain(optax.clip_by_global_norm(self.max_grad_norm), optax.adam(lr, eps=1e-5))
+        clip = clip_each_entry(self.max_grad_norm) if self.clip_per_network else \
+            optax.clip_by_global_norm(self.max_grad_norm)
+        return optax.chain(clip, optax.adam(lr, eps=1e-5))
+
+
+def clip_each_entry(max_norm: float) -> optax.GradientTransformation:
+    """``optax.clip_by_global_norm`` applied to each top-level entry of a dict of gradients on its own."""
+    whole = optax.clip_by_global_norm(max_norm)
+
+    def update(updates, state, params=None):
+        return {key: whole.update(sub, whole.init(sub))[0] for key, sub in updates.items()}, state
+
+    return optax.GradientTransformation(lambda params: optax.EmptyState(), update)
 
 
 def gae(rewards: jax.Array, values: jax.Array, next_values: jax.Array, terminals: jax.Array,
