@@ -31,27 +31,34 @@ def _naive_plateau(rule, steps, returns):
     w = rule.window * end
     last = [r for s, r in zip(steps, returns) if r is not None and s > end - w]
     prev = [r for s, r in zip(steps, returns) if r is not None and end - 2 * w < s <= end - w]
-    if not last or not prev:
+    first = [r for s, r in zip(steps, returns) if r is not None and s <= w]
+    if not last or not prev or not first:
         return False
-    gain = sum(last) / len(last) - sum(prev) / len(prev)
-    return gain < rule.min_gain * max(abs(sum(prev) / len(prev)), 1e-6)
+    mean = lambda xs: sum(xs) / len(xs)  # noqa: E731
+    learned = mean(last) - mean(first) >= rule.min_gain * max(abs(mean(first)), 1e-6)
+    return learned and mean(last) - mean(prev) < rule.min_gain * max(abs(mean(prev)), 1e-6)
 
 
 def test_the_plateau_rule_matches_its_definition_on_hand_made_and_random_curves():
     rule = PlateauRule(min_steps=100, window=0.2, min_gain=0.02)
     steps = list(range(10, 210, 10))  # 20 chunks of 10 steps
     rising = [float(s) for s in steps]
-    flat = [1.0] * 20
+    flat = [0.5] * 4 + [1.0] * 16  # learned in the first window (0, 40], flat since
     # at 200 steps: the last window (160, 200] holds 170..200 (mean 185), the one before (120, 160] 130..160 (145)
     assert not plateaued(rule, steps, rising) and plateaued(rule, steps, flat)
     assert not plateaued(rule, steps[:9], flat[:9])  # 90 < min_steps: never before it
-    assert plateaued(rule, steps[:10], flat[:10])
+    assert plateaued(rule, steps[:10], flat[:10])  # at 100: first window (0, 20] at 0.5, the last two at 1.0
+    # never above its start (a sparse reward not found yet, or stuck at zero): no plateau, the cap ends it
+    assert not plateaued(rule, steps, [1.0] * 20) and not plateaued(rule, steps, [0.0] * 20)
+    assert not plateaued(rule, steps, [0.02] * 4 + [0.0] * 16)  # learned nothing, then got worse
     # 1.5% better than the window before: below 2%, a plateau; 2.5%: still learning
-    assert plateaued(rule, steps, [1.0] * 16 + [1.015] * 4) and not plateaued(rule, steps, [1.0] * 16 + [1.025] * 4)
-    # negative returns: the gain is relative to |m_prev|
-    assert not plateaued(rule, steps, [-2.0] * 16 + [-1.9] * 4) and plateaued(rule, steps, [-2.0] * 16 + [-1.99] * 4)
+    assert plateaued(rule, steps, flat[:16] + [1.015] * 4) and not plateaued(rule, steps, flat[:16] + [1.025] * 4)
+    # negative returns: the gains are relative to |m_prev| and |m_first|
+    start = [-4.0] * 4 + [-2.0] * 12
+    assert not plateaued(rule, steps, start + [-1.9] * 4) and plateaued(rule, steps, start + [-1.99] * 4)
     # chunks without a finished episode (None) are left out; a window with none of them does not decide
     assert not plateaued(rule, steps, flat[:16] + [None] * 4)
+    assert not plateaued(rule, steps, [None] * 4 + flat[4:])
     rng = np.random.default_rng(0)
     for _ in range(300):
         n = int(rng.integers(1, 40))
@@ -103,11 +110,16 @@ def _cfg(tmp_path, **collect_over):
         "eval": {"episodes": 8, "devices": None, "greedy": False}})
 
 
-def test_a_plateaued_run_ends_early_is_recorded_at_intervals_and_a_rerun_checks_its_options(tmp_path, capsys):
+def test_a_plateaued_run_ends_early_is_recorded_at_intervals_and_a_rerun_checks_its_options(tmp_path, capsys,
+                                                                                            monkeypatch):
     from mtmarl.data.vault import read_vault, vault_path
+    from mtmarl.online import collectors
     from mtmarl.tasks import TaskSpec
 
-    # min_gain 1e9: any run has plateaued once min_steps are reached, so the end is known in advance
+    # the rule's verdict (tested above) made known in advance: plateaued at the first chunk with a return once
+    # min_steps are reached, so where the run ends is known
+    monkeypatch.setattr(collectors, "plateaued", lambda rule, steps, returns: steps[-1] >= rule.min_steps
+                        and returns[-1] is not None)
     plateau = {"min_steps": {"connector": 8 * 64}, "window": 0.25, "min_gain": 1e9}
     (res,) = collect.run(_cfg(tmp_path, plateau=plateau))
     refs = json.loads((tmp_path / "vaults" / "references.json").read_text())

@@ -7,12 +7,14 @@
     min_gain: 0.02                                    # g: the relative improvement that counts as learning
 
 After each chunk at ``s >= min_steps`` env steps, with ``m_last`` the mean training return of the chunks in
-``(s - w s, s]`` and ``m_prev`` that of the chunks in ``(s - 2 w s, s - w s]``, the run has plateaued when
+``(s - w s, s]``, ``m_prev`` that of the chunks in ``(s - 2 w s, s - w s]`` and ``m_first`` that of the chunks
+in ``(0, w s]``, the run has plateaued when it has learned and stopped learning:
 
-    m_last - m_prev < g * max(|m_prev|, eps)
+    m_last - m_first >= g * max(|m_first|, eps)    and    m_last - m_prev < g * max(|m_prev|, eps)
 
-(eps keeps a run stuck at zero return from counting a numerical wobble as learning). The budget
-(``collect.budget`` / ``collect.env_budget``) stays the cap.
+(eps keeps a wobble around zero return from counting as learning). A run that never rose above its start
+(a sparse reward not yet found: its return flat at the untrained policy's) trains on; the budget
+(``collect.budget`` / ``collect.env_budget``) stays the cap, and the reference entry says how the run ended.
 """
 
 from __future__ import annotations
@@ -36,7 +38,8 @@ class PlateauRule:
     def describe(self) -> str:
         w = f"{self.window:g}"
         return (f"at least {self.min_steps:,} env steps, then stop when the mean training return of the last "
-                f"{w} of the steps improves by less than {self.min_gain:g} (relative) on the {w} before it")
+                f"{w} of the steps improves by less than {self.min_gain:g} (relative) on the {w} before it, once "
+                f"it is at least {self.min_gain:g} (relative) above that of the first {w}")
 
     def to_json(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
@@ -65,27 +68,30 @@ def rule_for(cfg, env: str) -> PlateauRule | None:
     return PlateauRule(int(steps), float(value["window"]), float(value["min_gain"]))
 
 
-def window_means(steps: np.ndarray, returns: np.ndarray, window: float) -> tuple[float, float] | None:
-    """(m_prev, m_last): mean returns of the chunks ending in the last two windows of ``window * steps[-1]``
-    env steps; None while either window holds no chunk with a return."""
+def window_means(steps: np.ndarray, returns: np.ndarray, window: float) -> tuple[float, float, float] | None:
+    """(m_first, m_prev, m_last): mean returns of the chunks ending in the first window of ``window * steps[-1]``
+    env steps and in the last two; None while any of them holds no chunk with a return."""
     end = float(steps[-1])
     width = window * end
     finite = np.isfinite(returns)
-    last = finite & (steps > end - width)
-    prev = finite & (steps > end - 2 * width) & (steps <= end - width)
-    if not last.any() or not prev.any():
+    masks = (finite & (steps <= width), finite & (steps > end - 2 * width) & (steps <= end - width),
+             finite & (steps > end - width))
+    if not all(m.any() for m in masks):
         return None
-    return float(returns[prev].mean()), float(returns[last].mean())
+    first, prev, last = (float(returns[m].mean()) for m in masks)
+    return first, prev, last
 
 
 def plateaued(rule: PlateauRule, steps, returns) -> bool:
     """True when the run (chunk end steps and their training returns, None for a chunk without a finished
-    episode) has reached ``rule.min_steps`` and its last window improves by less than ``min_gain``."""
+    episode) has reached ``rule.min_steps``, has risen above its first window and its last window improves by
+    less than ``min_gain`` on the one before."""
     steps = np.asarray(steps, dtype=np.float64)
     if steps.size == 0 or steps[-1] < rule.min_steps:
         return False
     means = window_means(steps, np.asarray([np.nan if r is None else r for r in returns], np.float64), rule.window)
     if means is None:
         return False
-    prev, last = means
-    return last - prev < rule.min_gain * max(abs(prev), EPS)
+    first, prev, last = means
+    learned = last - first >= rule.min_gain * max(abs(first), EPS)
+    return learned and last - prev < rule.min_gain * max(abs(prev), EPS)
