@@ -38,7 +38,6 @@ This module is the CLI: task set, budgets, output paths, skipping, progress.
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 from typing import Any
 
@@ -52,6 +51,7 @@ from mtmarl.errors import UserInputError
 from mtmarl.evaluation.references import read_entries
 from mtmarl.online.collectors import (collect_dagger_task, collect_scripted_task, collect_task, collector_kind,
                                       env_budget, env_quality, task_options)
+from mtmarl.online.options import option_changes
 from mtmarl.online.partial import path as partial_path
 from mtmarl.online.quality import QUALITIES, min_episodes
 from mtmarl.runtime import enable_compilation_cache, hydra_cli, user_errors_exit
@@ -69,25 +69,6 @@ def vault_done(root: Path, spec, uid: str) -> bool:
 def interrupted(entry: Any) -> bool:
     """An entry written when a signal stopped the task's training (or no entry at all): not done."""
     return not isinstance(entry, dict) or str(entry.get("stopped", "")).startswith("signal")
-
-
-def _flat(value: Any, prefix: str = "") -> dict[str, Any]:
-    if isinstance(value, dict):
-        return {k: v for key, sub in value.items() for k, v in _flat(sub, f"{prefix}{key}.").items()}
-    return {prefix.rstrip("."): value}
-
-
-# Options that appeared after data were recorded, with the value that reproduces what those runs did: an entry
-# recorded without the key was collected with that value.
-ADDED_OPTIONS: dict[str, Any] = {"online.clip_per_network": False}
-
-
-def option_changes(before: dict[str, Any], now: dict[str, Any]) -> list[str]:
-    """``key: old -> new`` for every option that differs (JSON values, so a tuple equals its list)."""
-    old, new = _flat(json.loads(json.dumps(before))), _flat(json.loads(json.dumps(now)))
-    old = {**{k: v for k, v in ADDED_OPTIONS.items() if k.split(".")[0] in before}, **old}
-    return [f"{k}: {old.get(k, '(unset)')} -> {new.get(k, '(unset)')}" for k in sorted(set(old) | set(new))
-            if old.get(k) != new.get(k)]
 
 
 def skip_reason(spec, split: str, root: Path, uid: str, entry: Any, record: bool, options: dict[str, Any],

@@ -262,3 +262,20 @@ def test_a_shard_without_tasks_and_an_unwritable_output_are_refused_before_any_t
         err = capsys.readouterr().err.strip()
         assert exit_.value.code == 2 and "\n" not in err and want in err, err
     assert not (tmp_path / "vaults" / "logs").exists()
+
+
+def test_a_partial_run_saved_before_an_option_existed_continues_and_one_with_other_options_starts_over(tmp_path,
+                                                                                                     capsys):
+    import jax.numpy as jnp
+
+    from mtmarl.online import partial
+
+    file = tmp_path / "run.pkl"
+    state = {"w": jnp.arange(3.0)}
+    old = {"seed": 0, "online": {"lr": 0.001}}  # saved before online.clip_per_network existed
+    partial.save(file, old, {"state": state, "steps": 7})
+    now = {"seed": 0, "online": {"lr": 0.001, "clip_per_network": False}}
+    resumed = partial.load(file, now, {"w": jnp.zeros(3)})
+    assert resumed is not None and resumed["steps"] == 7 and resumed["state"]["w"].tolist() == [0.0, 1.0, 2.0]
+    assert partial.load(file, {"seed": 0, "online": {"lr": 0.002, "clip_per_network": False}}, state) is None
+    assert "other options (online.lr: 0.001 -> 0.002)" in capsys.readouterr().err

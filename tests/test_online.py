@@ -160,7 +160,7 @@ def test_clip_per_network_clips_actor_and_critic_on_their_own_norms():
 
 
 def test_options_added_later_match_entries_recorded_before_them():
-    from mtmarl.collect import ADDED_OPTIONS, option_changes
+    from mtmarl.online.options import ADDED_OPTIONS, option_changes
 
     recorded = {"seed": 0, "online": {"lr": 0.001}}  # written before online.clip_per_network existed
     assert ADDED_OPTIONS["online.clip_per_network"] is False

@@ -18,6 +18,7 @@ from typing import Any
 import jax
 
 from mtmarl.data.vault.layout import task_dirname
+from mtmarl.online.options import option_changes
 
 
 def path(root: Path, spec) -> Path:
@@ -42,8 +43,9 @@ def load(file: Path, options: dict[str, Any], fresh_state) -> dict[str, Any] | N
         with open(file, "rb") as fh:
             saved = pickle.load(fh)
         progress = saved["progress"]
-        if saved["options"] != options or saved["devices"] != jax.local_device_count():
-            why = "other options" if saved["options"] != options else f"{saved['devices']} device(s)"
+        changed = option_changes(saved["options"], options)
+        if changed or saved["devices"] != jax.local_device_count():
+            why = f"other options ({'; '.join(changed)})" if changed else f"{saved['devices']} device(s)"
             print(f"{file}: a partial run with {why}; starting the task over", file=sys.stderr)
             return None
         progress["state"] = jax.tree.map(lambda like, x: jax.device_put(x, like.sharding), fresh_state,
