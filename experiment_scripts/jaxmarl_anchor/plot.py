@@ -33,7 +33,7 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--ours", action="append", required=True,
                     help="label=path of an mtmarl.collect per-chunk log (jsonl); repeat for several")
-    ap.add_argument("--jaxmarl", type=Path, required=True, help="run.py's log (jsonl)")
+    ap.add_argument("--jaxmarl", type=Path, help="run.py's log (jsonl); without it, our curves alone")
     ap.add_argument("--out", type=Path, required=True, help="prefix: <out>.png and <out>.md")
     ap.add_argument("--window", type=float, default=1e6)
     args = ap.parse_args()
@@ -43,23 +43,25 @@ def main() -> None:
         if not sep:
             ap.error(f"--ours {item!r}: expected label=path")
         ours[label] = read(Path(path), "env_steps", ("return",))
-    theirs = read(args.jaxmarl, "env_step", ("returns", "win_rate"))
-    # JaxMARL logs each update's episodes under the steps done before it; ours after the chunk
-    theirs["steps"] = theirs["steps"] + (theirs["steps"][1] - theirs["steps"][0] if len(theirs["steps"]) > 1 else 0)
-    top = max(max(c["steps"].max() for c in ours.values()), theirs["steps"].max())
+    theirs = read(args.jaxmarl, "env_step", ("returns", "win_rate")) if args.jaxmarl else None
+    if theirs is not None:
+        # JaxMARL logs each update's episodes under the steps done before it; ours after the chunk
+        theirs["steps"] = theirs["steps"] + (theirs["steps"][1] - theirs["steps"][0] if len(theirs["steps"]) > 1 else 0)
+    top = max([c["steps"].max() for c in ours.values()] + ([theirs["steps"].max()] if theirs else []))
     edges = np.arange(0.0, top + args.window, args.window)
     cols = [window_means(c["steps"], c["return"], edges) for c in ours.values()]
-    cols += [window_means(theirs["steps"], theirs["returns"], edges),
-             window_means(theirs["steps"], theirs["win_rate"], edges)]
+    if theirs is not None:
+        cols += [window_means(theirs["steps"], theirs["returns"], edges),
+                 window_means(theirs["steps"], theirs["win_rate"], edges)]
 
     def cell(x):
         return "-" if x is None else f"{x:.3f}"
 
     head = [f"ours ({label}): training return" for label in ours]
-    head += ["JaxMARL: training return", "JaxMARL: training win rate"]
+    head += ["JaxMARL: training return", "JaxMARL: training win rate"] if theirs else []
     lines = ["| env steps | " + " | ".join(head) + " |", "|---|" + "---|" * len(head)]
     for i, (lo, hi) in enumerate(zip(edges[:-1], edges[1:])):
-        lines.append(f"| {lo / 1e6:.0f}-{hi / 1e6:.0f}M | " + " | ".join(cell(c[i]) for c in cols) + " |")
+        lines.append(f"| {lo / 1e6:g}-{hi / 1e6:g}M | " + " | ".join(cell(c[i]) for c in cols) + " |")
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.with_suffix(".md").write_text("\n".join(lines) + "\n")
     print("\n".join(lines))
@@ -71,10 +73,11 @@ def main() -> None:
     fig, ax = plt.subplots(figsize=(6, 3.5))
     for label, c in ours.items():
         ax.plot(c["steps"] / 1e6, c["return"], lw=0.8, label=f"mtmarl MAPPO ({label})")
-    ax.plot(theirs["steps"] / 1e6, theirs["returns"], lw=0.8, label="JaxMARL MAPPO (its baseline)")
+    if theirs is not None:
+        ax.plot(theirs["steps"] / 1e6, theirs["returns"], lw=0.8, label="JaxMARL MAPPO (its baseline)")
     ax.set_xlabel("env steps (M)")
     ax.set_ylabel("training return")
-    ax.set_title(args.jaxmarl.stem)
+    ax.set_title(args.out.stem)
     ax.legend()
     fig.tight_layout()
     fig.savefig(args.out.with_suffix(".png"), dpi=120)
