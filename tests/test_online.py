@@ -168,6 +168,7 @@ def test_options_added_later_match_entries_recorded_before_them():
     assert option_changes(recorded, {"seed": 0, "online": {"lr": 0.001, "clip_per_network": True}}) == \
         ["online.clip_per_network: False -> True"]
     assert option_changes({"seed": 0, "dagger": {}}, {"seed": 0, "dagger": {}}) == []  # no online section: none added
+    assert option_changes(recorded, {"seed": 0, "online": {"lr": 0.001}}) == []  # a stage without the option
 
 
 @pytest.mark.parametrize("activation", ["tanh", "relu"])

@@ -23,6 +23,6 @@ def _flat(value: Any, prefix: str = "") -> dict[str, Any]:
 def option_changes(before: dict[str, Any], now: dict[str, Any]) -> list[str]:
     """``key: old -> new`` for every option that differs (JSON values, so a tuple equals its list)."""
     old, new = _flat(json.loads(json.dumps(before))), _flat(json.loads(json.dumps(now)))
-    old = {**{k: v for k, v in ADDED_OPTIONS.items() if k.split(".")[0] in before}, **old}
+    old = {**{k: v for k, v in ADDED_OPTIONS.items() if k in new}, **old}  # only where the run now has the option
     return [f"{k}: {old.get(k, '(unset)')} -> {new.get(k, '(unset)')}" for k in sorted(set(old) | set(new))
             if old.get(k) != new.get(k)]
