@@ -485,6 +485,25 @@ def test_tuning_driver_chooses_on_training_tasks_and_keeps_no_test_record(stand_
     assert "| lbf_5 | mt_bc_sable | lr=0.003 |" in (out / "choice.md").read_text()
 
 
+def test_table1_trains_each_pair_with_its_tuning_choice(tmp_path):
+    choice = tmp_path / "choice.json"
+    choice.write_text(json.dumps({"chosen": [
+        {"task_set": "lbf_5", "algo": "mt_oryx", "overrides": ["algo.tau=0.005"]},
+        {"task_set": "lbf_5", "algo": "mt_bc_sable", "overrides": ["algo.lr=0.001"]}]}))
+    build = experiment_module("table1").build
+    runs = build(compose_experiment("table1", ["quick", "task_sets=[lbf_5]", "algos=[mt_oryx,mt_bc_sable]",
+                                               f"choices=[{choice}]"]))
+    cfgs = {r.key["algo"]: compose_train(r.overrides) for r in runs}
+    assert cfgs["mt_oryx"].algo.tau == 0.005 and cfgs["mt_bc_sable"].algo.lr == 0.001
+    plain_runs = build(compose_experiment("table1", ["quick", "task_sets=[lbf_5]", "algos=[mt_oryx]"]))
+    assert compose_train(plain_runs[0].overrides).algo.tau != 0.005  # no choices: the yaml's defaults
+    assert plain_runs[0].directory("res") != next(r for r in runs if r.key["algo"] == "mt_oryx").directory("res")
+    with pytest.raises(UserInputError, match=r"no tuning choice for task set 'lbf_5' and algorithm 'mt_cql_sable'"):
+        build(compose_experiment("table1", ["quick", "task_sets=[lbf_5]", f"choices=[{choice}]"]))
+    with pytest.raises(UserInputError, match=r"choices: .*missing.json does not exist"):
+        build(compose_experiment("table1", ["quick", f"choices=[{tmp_path / 'missing.json'}]"]))
+
+
 # ------------------------------------------------------------------ driver with the real trainer
 
 @pytest.mark.slow

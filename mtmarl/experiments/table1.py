@@ -3,6 +3,10 @@
     python experiment_scripts/table1.py quick                  # 3 sets x 3 algorithms, 1 seed
     python experiment_scripts/table1.py paper                  # 3 seeds, paper budget
     python experiment_scripts/table1.py quick 'task_sets=[lbf_5]'
+    python experiment_scripts/table1.py cpu 'task_sets=[lbf_5]' 'choices=[results/tuning_lbf_5/choice.json]'
+
+``choices`` names tuning.py's ``choice.json`` files: each (set, algorithm) then trains with the overrides
+chosen for it on that set's training tasks (every pair of the matrix needs one).
 
 Mean ± standard error of the per-task test return for each algorithm on each
 set and on all test tasks combined, with the IQM and its stratified bootstrap
@@ -21,12 +25,15 @@ from mtmarl.experiments.config import run_overrides
 from mtmarl.experiments.driver import Experiment, main
 from mtmarl.experiments.plots import bar_figure
 from mtmarl.experiments.runner import Run
+from mtmarl.experiments.tuning import load_choices, tuned
 
 COMBINED = "combined"
 
 
 def build(cfg) -> list[Run]:
-    return [Run.make({"task_set": s, "algo": algo}, run_overrides(cfg, [f"+algo={algo}", f"+tasks={s}"]), seed)
+    chosen = load_choices(cfg.get("choices") or [])
+    return [Run.make({"task_set": s, "algo": algo},
+                     run_overrides(cfg, [f"+algo={algo}", f"+tasks={s}", *tuned(chosen, s, algo)]), seed)
             for s in cfg.task_sets for algo in cfg.algos for seed in cfg.budget.seeds]
 
 

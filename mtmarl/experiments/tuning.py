@@ -53,6 +53,29 @@ def build(cfg) -> list[Run]:
             for seed in cfg.budget.seeds]
 
 
+def load_choices(paths) -> dict[tuple[str, str], list[str]]:
+    """(task set, algorithm) -> the chosen overrides, from the ``choice.json`` files this experiment wrote."""
+    chosen: dict[tuple[str, str], list[str]] = {}
+    for path in paths:
+        if not Path(path).is_file():
+            raise UserInputError(f"choices: {path} does not exist (a tuning run's choice.json, e.g. "
+                                 f"results/tuning_lbf_5/choice.json)")
+        for c in json.loads(Path(path).read_text())["chosen"]:
+            chosen[(c["task_set"], c["algo"])] = list(c["overrides"])
+    return chosen
+
+
+def tuned(chosen: dict[tuple[str, str], list[str]], task_set: str, algo: str) -> list[str]:
+    """The overrides chosen for one (set, algorithm); none when no choice files are given."""
+    if not chosen:
+        return []
+    if (task_set, algo) not in chosen:
+        have = sorted(f"{s}/{a}" for s, a in chosen)
+        raise UserInputError(f"choices: no tuning choice for task set {task_set!r} and algorithm {algo!r} "
+                             f"(the files hold {have}); run experiment_scripts/tuning.py on that set first")
+    return chosen[(task_set, algo)]
+
+
 def choose(rows: list[dict]) -> list[dict]:
     """Per (task set, algorithm) the row with the highest training-task mean (the first of equal ones)."""
     best: dict[tuple, dict] = {}
