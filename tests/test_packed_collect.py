@@ -307,3 +307,25 @@ def test_merge_takes_only_the_sets_tasks_and_whole_set_wants_all_of_them(tmp_pat
     before = _tree(BUNDLED / "lbf")
     _refused(packed.merge, "lbf_5", root, BUNDLED, match="add --write-bundled")
     assert _tree(BUNDLED / "lbf") == before
+
+
+def test_a_task_its_run_did_not_learn_keeps_the_data_already_held(tmp_path):
+    into = tmp_path / "acc"
+    _collection(tmp_path / "w1", {A: _entry(A, 0.5, initial_return=0.1), B: _entry(B, 0.4, initial_return=0.1)})
+    packed.merge(SET, tmp_path / "w1", into)
+    held = _tree(into)
+    # A's new run ended at its untrained return, B's below it, C's (no data held) likewise: A and B keep theirs
+    _collection(tmp_path / "w2", {A: _entry(A, 0.0, initial_return=0.0), B: _entry(B, 0.05, initial_return=0.1),
+                                  C: _entry(C, 0.0, initial_return=0.0)})
+    got = packed.merge(SET, tmp_path / "w2", into)
+    assert got["kept (the new run did not learn)"] == [A, B] and got["merged"] == [C]
+    after = _tree(into)
+    assert {k: v for k, v in after.items() if "grid=9" not in k and k != "references.json"} == \
+        {k: v for k, v in held.items() if k != "references.json"}
+    refs = json.loads((into / "references.json").read_text())
+    assert refs[A]["return"] == 0.5 and refs[B]["return"] == 0.4 and refs[C]["return"] == 0.0
+    # a run that learned replaces what is held
+    _collection(tmp_path / "w3", {A: _entry(A, 0.7, initial_return=0.0)})
+    assert packed.merge(SET, tmp_path / "w3", into)["merged"] == [A]
+    assert json.loads((into / "references.json").read_text())[A]["return"] == 0.7
+

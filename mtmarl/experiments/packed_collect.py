@@ -15,7 +15,10 @@ with it even when it is killed. A collection too large for ``--parts`` parts sta
 error, and ``merge`` takes that root as it is. ``merge`` refuses the whole merge, changing nothing, when a part
 is missing or altered, a vault fails its checksums or names another task, a train task lacks its vault, or a
 reference is not a finite number; it stages the new files beside the old and swaps them in. A task a signal
-cut short is dropped (the next run collects it again), and tasks of another set are left out. Train with
+cut short is dropped (the next run collects it again), and tasks of another set are left out. A task whose run
+never rose above its untrained return (``return <= initial_return``: the learner did not learn it within its
+cap) keeps what the accumulated collection already holds for it, its vault and reference, as the best data
+available; with nothing there, its new entry is taken (a reference of 0 leaves its returns raw). Train with
 ``data.root=<the accumulated folder>``. A finished collection becomes the bundled data of its set as a whole::
 
     python experiment_scripts/packed_collect.py merge lbf_5 vault_data_converged --into vault_data --whole-set --write-bundled
@@ -282,13 +285,19 @@ def set_tasks(task_set: str, entries: dict, whole_set: bool) -> tuple[dict, list
     return {k: v for k, v in entries.items() if k in keys}, sorted(set(entries) - keys)
 
 
+def did_not_learn(entry: dict) -> bool:
+    """The run ended no better than its untrained policy (entries without an initial return count as learned)."""
+    start = entry.get("initial_return")
+    return isinstance(start, (int, float)) and not isinstance(start, bool) and entry["return"] <= start
+
+
 def merge(task_set: str, files: Path, into: Path | None = None, whole_set: bool = False,
           write_bundled: bool = False) -> dict:
     """Add a packed run's collection (``files``: its parts and manifest, or a collection root) to the accumulated
     one: only ``task_set``'s tasks (all of them with ``whole_set``); into the bundled data only with
     ``write_bundled``."""
     from mtmarl.data.stats import DEFAULT_ROOT as BUNDLED
-    from mtmarl.evaluation.references import merge_entry
+    from mtmarl.evaluation.references import merge_entry, read_entries
 
     dest = accumulated(task_set, into)
     if dest.resolve().is_relative_to(BUNDLED.resolve()) and not write_bundled:
@@ -298,6 +307,9 @@ def merge(task_set: str, files: Path, into: Path | None = None, whole_set: bool 
         root = unpack(task_set, files, Path(tmp))
         entries, vaults, dropped = check_collection(root)
         entries, others = set_tasks(task_set, entries, whole_set)
+        held = read_entries(dest / "references.json")
+        kept = sorted(k for k, e in entries.items() if did_not_learn(e) and k in held)
+        entries = {k: e for k, e in entries.items() if k not in kept}
         try:
             dest.mkdir(parents=True, exist_ok=True)
             stage = Path(tempfile.mkdtemp(prefix=".merge-", dir=dest))
@@ -335,7 +347,7 @@ def merge(task_set: str, files: Path, into: Path | None = None, whole_set: bool 
         finally:
             shutil.rmtree(stage, ignore_errors=True)
     return {"into": str(dest), "merged": sorted(entries), "dropped (cut by a signal)": dropped,
-            "left out (not in the set)": others}
+            "kept (the new run did not learn)": kept, "left out (not in the set)": others}
 
 
 # --------------------------------------------------------------------------- command line
