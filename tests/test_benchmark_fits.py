@@ -42,3 +42,36 @@ def test_jaxpr_flops_counts_loops_as_often_as_they_run():
     assert flops(jax.make_jaxpr(jax.grad(unrolled))(w, x0).jaxpr) == 15 * one
     branch = lambda p, w, x: jax.lax.cond(p, lambda: x @ w @ w, lambda: x @ w)  # noqa: E731
     assert flops(jax.make_jaxpr(branch)(True, w, x0).jaxpr) == 2 * one
+
+
+def _script(name: str):
+    spec = importlib.util.spec_from_file_location(name, Path(__file__).parents[1] / "benchmarks" / f"{name}.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_anchor_windows_and_our_side_composes_at_the_anchor_settings(tmp_path):
+    """The anchor table's windows are the means of the points logged inside each, and our side's command composes
+    to 64 envs in total at the recipe the anchor names (a wrong key would fail only after a long run)."""
+    import numpy as np
+    from hydra import compose, initialize_config_dir
+
+    from mtmarl.configs import CONFIG_DIR
+
+    anchors = _script("anchors")
+    steps, values = np.array([10.0, 20, 30, 40, 50]), np.array([1.0, 2, 3, 4, 6])
+    assert anchors.windows(steps, values, 60, 2) == [2.0, 5.0]
+    assert np.isnan(anchors.windows(steps, values, 200, 2)[1])
+    for anchor, devices in (("rware", 2), ("smax", 1)):
+        cmd = anchors.ours_command(anchor, 4096, 3, devices, tmp_path)
+        with initialize_config_dir(str(CONFIG_DIR), version_base=None):
+            cfg = compose("collect", [o.replace("task=", "task='", 1) + "'" if o.startswith("task=") else o
+                                      for o in cmd[3:]])
+        envs = cfg.online.num_envs if anchor == "rware" else cfg.online_env.smax.num_envs
+        assert envs * devices == 64 and cfg.seed == 3 and not cfg.collect.record
+        if anchor == "rware":
+            assert (cfg.online.rollout_len, cfg.online.epochs, cfg.online.minibatches) == (32, 4, 2)
+            assert list(cfg.online.hidden) == [64, 64] and cfg.online.activation == "tanh"
+        else:
+            assert cfg.online_env.smax.recurrent and cfg.collect.env_budget.smax == 4096
