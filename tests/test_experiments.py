@@ -498,10 +498,36 @@ def test_table1_trains_each_pair_with_its_tuning_choice(tmp_path):
     plain_runs = build(compose_experiment("table1", ["quick", "task_sets=[lbf_5]", "algos=[mt_oryx]"]))
     assert compose_train(plain_runs[0].overrides).algo.tau != 0.005  # no choices: the yaml's defaults
     assert plain_runs[0].directory("res") != next(r for r in runs if r.key["algo"] == "mt_oryx").directory("res")
+    td = experiment_module("task_diversity").build(compose_experiment(
+        "task_diversity", ["quick", "task_sets=[lbf_5]", "algos=[mt_oryx,mt_bc_sable]", f"choices=[{choice}]"]))
+    assert {r.directory("res") for r in runs} == {r.directory("res") for r in td if r.key["k"] == 5}
     with pytest.raises(UserInputError, match=r"no tuning choice for task set 'lbf_5' and algorithm 'mt_cql_sable'"):
         build(compose_experiment("table1", ["quick", "task_sets=[lbf_5]", f"choices=[{choice}]"]))
     with pytest.raises(UserInputError, match=r"choices: .*missing.json does not exist"):
         build(compose_experiment("table1", ["quick", f"choices=[{tmp_path / 'missing.json'}]"]))
+
+
+def test_single_task_point_trains_each_fixed_task_alone_and_averages_them():
+    td = experiment_module("task_diversity")
+    cfg = compose_experiment("task_diversity", ["quick", "task_sets=[lbf_5]", "algos=[mt_oryx]",
+                                                "single_tasks={lbf_5: [8x8-2p-2f, 12x12-4p-2f]}"])
+    runs = td.build(cfg)
+    singles = [r for r in runs if r.key["k"] == 1]
+    assert [r.key["single"] for r in singles] == ["8x8-2p-2f", "12x12-4p-2f"]
+    for r in singles:
+        composed = compose_train(r.overrides)
+        assert composed.tasks.single == r.key["single"] and composed.tasks.num_train is None
+    assert len({r.directory("res") for r in runs}) == 3  # two single-task runs and the full set
+    rec = dict(task_set="lbf_5", algo="mt_oryx", k=1, seed=0, split="test", env="lbf", task="t")
+    pooled = td.mean_over_single_tasks([{**rec, "single": "a", "return": 1.0, "normalised": 0.5},
+                                        {**rec, "single": "b", "return": 3.0, "normalised": 1.5},
+                                        {**rec, "seed": 1, "single": "a", "return": 5.0, "normalised": 2.0},
+                                        {**rec, "k": 5, "return": 7.0, "normalised": 3.0}])
+    by_seed = {(r["seed"], r["k"]): r for r in pooled}
+    assert len(pooled) == 3 and "single" not in by_seed[(0, 1)]
+    assert by_seed[(0, 1)]["return"] == 2.0 and by_seed[(0, 1)]["normalised"] == 1.0
+    assert by_seed[(0, 1)]["singles_averaged"] == 2 and by_seed[(1, 1)]["return"] == 5.0
+    assert by_seed[(0, 5)]["return"] == 7.0
 
 
 # ------------------------------------------------------------------ driver with the real trainer

@@ -8,7 +8,11 @@ For every task set in ``k`` (rware_15, lbf_5, connector_10) trains each
 algorithm on the first k training tasks (``tasks.num_train=k``; nested subsets)
 and evaluates on the set's fixed test tasks. Fig. 4: train and test return vs k.
 Fig. 1: test return of single-task (k=1) vs multi-task (k=M) training averaged
-over the algorithms, with the % gain. Writes ``results/task_diversity/``:
+over the algorithms, with the % gain. ``single_tasks.<set>`` names training tasks
+fixed before the runs: k=1 then trains each of them alone (``tasks.single``) and
+its score per seed and test task is the mean over them, so single-task training
+is not one arbitrary task. ``choices`` (as in table1.py) trains each (set, algorithm)
+with its training-task tuning choice; its k = M runs are then Table 1's with the same choices. Writes ``results/task_diversity/``:
 ``fig4_task_diversity.png``, ``fig1_st_vs_mt.png`` (each + .json/.csv),
 ``task_diversity.{json,csv,md}``, ``fig1_gain.md``, ``records.json``, ``runs.json``.
 The k = M runs are exactly Table 1's runs (shared in ``results/runs/``).
@@ -27,9 +31,11 @@ from mtmarl.experiments.driver import Experiment, main
 from mtmarl.experiments.plots import bar_figure, line_figure
 from mtmarl.experiments.runner import Run
 from mtmarl.experiments.stats import percent_change
+from mtmarl.experiments.tuning import load_choices, tuned
 
 
 def build(cfg) -> list[Run]:
+    chosen = load_choices(cfg.get("choices") or [])
     runs = []
     for task_set in cfg.task_sets:
         if task_set not in cfg.k:
@@ -39,12 +45,41 @@ def build(cfg) -> list[Run]:
             if not 1 <= int(k) <= M:
                 raise ValueError(f"k={k} is outside 1..{M} for {task_set}")
             # the full set is given without num_train, so it is the same run as Table 1's
-            specific = [f"+tasks={task_set}", *([f"tasks.num_train={k}"] if int(k) < M else [])]
-            for algo in cfg.algos:
-                for seed in cfg.budget.seeds:
-                    runs.append(Run.make({"task_set": task_set, "algo": algo, "k": int(k)},
-                                         run_overrides(cfg, [f"+algo={algo}", *specific]), seed))
+            singles = list((cfg.single_tasks or {}).get(task_set) or []) if int(k) == 1 else []
+            for single in singles or [None]:
+                specific = [f"+tasks={task_set}", *([f"tasks.num_train={k}"] if int(k) < M and not single else []),
+                            *([f"tasks.single={single}"] if single else [])]
+                extra = {"single": single} if single else {}
+                for algo in cfg.algos:
+                    for seed in cfg.budget.seeds:
+                        runs.append(Run.make({"task_set": task_set, "algo": algo, "k": int(k), **extra},
+                                             run_overrides(cfg, [f"+algo={algo}", *specific,
+                                                                 *tuned(chosen, task_set, algo)]), seed))
     return runs
+
+
+def mean_over_single_tasks(records: list[dict]) -> list[dict]:
+    """k=1 records of runs trained on different single tasks, averaged per (set, algorithm, seed, split, task):
+    one record per evaluated task, as from one run (the other records pass through)."""
+    out, pooled = [], {}
+    for r in records:
+        if r.get("single") is None:
+            out.append(r)
+            continue
+        key = (r["task_set"], r["algo"], r["k"], r["seed"], r["split"], r["env"], r["task"])
+        pooled.setdefault(key, []).append(r)
+    for group in pooled.values():
+        merged = {k: v for k, v in group[0].items() if k != "single"}
+        for name, value in group[0].items():
+            if isinstance(value, (int, float)) and not isinstance(value, bool) and name not in ("k", "seed"):
+                values = [g.get(name) for g in group]
+                if all(isinstance(v, (int, float)) for v in values):
+                    merged[name] = float(np.mean(values))
+        merged["singles_averaged"] = len(group)
+        if "config_id" in merged:
+            merged["config_id"] = "+".join(g["config_id"] for g in group)
+        out.append(merged)
+    return out
 
 
 def st_vs_mt(cfg, rows) -> list[dict]:
@@ -70,6 +105,7 @@ def st_vs_mt(cfg, rows) -> list[dict]:
 
 
 def analyse(cfg, records, out: Path) -> list[Path]:
+    records = mean_over_single_tasks(list(records))
     rows = aggregate(records, ["task_set", "algo", "k"], **bootstrap_args(cfg))
     meta = {"budget": cfg.budget.name, "k": {s: list(cfg.k[s]) for s in cfg.task_sets}}
     files = report(rows, ["task_set", "algo", "k"], out, "task_diversity",
