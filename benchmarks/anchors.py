@@ -5,7 +5,8 @@ both see the same machine load:
 
 * ``rware``: Mava's feed-forward MAPPO (``experiment_scripts/mava_anchor/run.py``) on RWARE tiny-2ag, 64 envs in
   total, rollout 32, 4 epochs, 2 minibatches, actor and critic MLPs [64, 64] tanh (our ``online=mappo``
-  defaults at ``online.num_envs=64/devices``);
+  defaults at ``online.num_envs=64/devices``); Mava keeps its own learning rate (2.5e-4, ours 5e-4) unless
+  ``--match-lr``;
 * ``smax``: JaxMARL's recurrent SMAX MAPPO (``experiment_scripts/jaxmarl_anchor/run.py``) on 3m, 64 envs, against
   ours with the SMAX recipe (``+recipe=smax``: JaxMARL's published hyperparameters on our MAPPO).
 
@@ -55,12 +56,19 @@ def ours_command(anchor: str, steps: int, seed: int, devices: int, root: Path) -
 
 def theirs_command(anchor: str, args: argparse.Namespace, steps: int, seed: int, log: Path) -> list[str]:
     if anchor == "rware":
+        lr = ["--lr", str(our_lr())] if args.match_lr else []
         return [sys.executable, str(ROOT / "experiment_scripts/mava_anchor/run.py"), "--mava", str(args.mava),
                 *(["--extra", str(args.mava_extra)] if args.mava_extra else []), "--steps", str(steps),
-                "--num-envs", str(ENVS), "--seed", str(seed), "--log", str(log)]
+                "--num-envs", str(ENVS), "--seed", str(seed), *lr, "--log", str(log)]
     return [sys.executable, str(ROOT / "experiment_scripts/jaxmarl_anchor/run.py"), "--jaxmarl", str(args.jaxmarl),
             *(["--extra", str(args.jaxmarl_extra)] if args.jaxmarl_extra else []), "--map", "3m", "--steps",
             str(steps), "--num-envs", str(ENVS), "--seed", str(seed), "--log", str(log)]
+
+
+def our_lr() -> float:
+    from omegaconf import OmegaConf
+
+    return float(OmegaConf.load(ROOT / "mtmarl/configs/online/mappo.yaml").lr)
 
 
 def curve(rows: list[dict], step_key: str, return_key: str) -> tuple[np.ndarray, np.ndarray]:
@@ -105,6 +113,7 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--mava-extra", type=Path)
     ap.add_argument("--jaxmarl", type=Path, help="a JaxMARL checkout (smax)")
     ap.add_argument("--jaxmarl-extra", type=Path)
+    ap.add_argument("--match-lr", action="store_true", help="rware: Mava at our learning rate (default: Mava's own)")
     ap.add_argument("--steps", type=int, default=None, help="env steps per run (default: rware 3,276,800; smax 1.5M)")
     ap.add_argument("--seeds", type=int, nargs="+", default=[0])
     ap.add_argument("--devices", type=int, default=1, help="host devices per process (64 envs split over them)")
@@ -136,7 +145,8 @@ def main(argv: list[str] | None = None) -> None:
 
 
 def write(args: argparse.Namespace, steps: int, runs: list[dict]) -> None:
-    theirs_name = "Mava FF-MAPPO" if args.anchor == "rware" else "JaxMARL MAPPO (recurrent)"
+    theirs_name = "JaxMARL MAPPO (recurrent)" if args.anchor == "smax" else \
+        f"Mava FF-MAPPO (lr {our_lr():g})" if args.match_lr else "Mava FF-MAPPO (its lr)"
     cpu = next((line.split(":", 1)[1].strip() for line in Path("/proc/cpuinfo").read_text().splitlines()
                 if line.startswith("model name")), platform.processor()) if Path("/proc/cpuinfo").exists() else ""
     machine = {"cpu": cpu, "cores_allowed": len(os.sched_getaffinity(0)), "devices_per_process": args.devices}

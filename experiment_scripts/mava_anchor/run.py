@@ -94,6 +94,7 @@ def overrides(args: argparse.Namespace, mava: Path, envs_per_device: int) -> lis
         f"arch.num_envs={envs_per_device}", "system.update_batch_size=1",
         "system.rollout_length=32", "system.ppo_epochs=4", "system.num_minibatches=2",
         f"system.total_timesteps={int(args.steps)}", f"system.seed={args.seed}",
+        *([f"system.actor_lr={args.lr}", f"system.critic_lr={args.lr}"] if args.lr else []),
         *(f"{torso.format(net)}.{key}={value}" for net in ("actor", "critic")
           for key, value in (("layer_sizes", "[64,64]"), ("activation", "tanh"))),
         "logger.use_console=False", "logger.checkpointing.save_model=False",
@@ -107,6 +108,7 @@ def main() -> None:
     ap.add_argument("--steps", type=float, default=3276800)
     ap.add_argument("--num-envs", type=int, default=64, help="in total, over all devices")
     ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--lr", type=float, default=None, help="actor and critic learning rate (default: Mava's)")
     ap.add_argument("--log", type=Path, required=True)
     args = ap.parse_args()
     mava = args.mava.resolve()
@@ -153,7 +155,8 @@ def main() -> None:
     print(f"Mava ff_mappo on {config.env.scenario.task_name} {dict(config.env.scenario.task_config)}, "
           f"time limit {config.env.kwargs.time_limit}; {devices} device(s) x {config.arch.num_envs} envs, rollout "
           f"{config.system.rollout_length}, {config.system.ppo_epochs} epochs x {config.system.num_minibatches} "
-          f"minibatches, actor MLP {mlps[0]}, critic MLP {mlps[1]}; compiled in {start - compile_start:.0f} s; "
+          f"minibatches, lr {config.system.actor_lr} / {config.system.critic_lr} (actor / critic), actor MLP "
+          f"{mlps[0]}, critic MLP {mlps[1]}; compiled in {start - compile_start:.0f} s; "
           f"{calls} calls of {per_call} updates ({steps_per_call:,} env steps each)", flush=True)
     with args.log.open("a") as log:
         for call in range(calls):
