@@ -16,9 +16,10 @@ error, and ``merge`` takes that root as it is. ``merge`` refuses the whole merge
 is missing or altered, a vault fails its checksums or names another task, a train task lacks its vault, or a
 reference is not a finite number; it stages the new files beside the old and swaps them in. A task a signal
 cut short is dropped (the next run collects it again), and tasks of another set are left out. A task whose run
-never rose above its untrained return (``return <= initial_return``: the learner did not learn it within its
-cap) keeps what the accumulated collection already holds for it, its vault and reference, as the best data
-available; with nothing there, its new entry is taken (a reference of 0 leaves its returns raw). Train with
+never rose above its untrained return (``return <= initial_return``, or ``ended: no learning by ...``: the
+learner did not learn it within its cap) keeps what the accumulated collection already holds for it, its vault
+and reference, as the best data available; with nothing there, its new entry is taken (a reference of 0 leaves
+its returns raw). Train with
 ``data.root=<the accumulated folder>``. A finished collection becomes the bundled data of its set as a whole::
 
     python experiment_scripts/packed_collect.py merge lbf_5 vault_data_converged --into vault_data --whole-set --write-bundled
@@ -286,7 +287,10 @@ def set_tasks(task_set: str, entries: dict, whole_set: bool) -> tuple[dict, list
 
 
 def did_not_learn(entry: dict) -> bool:
-    """The run ended no better than its untrained policy (entries without an initial return count as learned)."""
+    """The run ended no better than its untrained policy, or gave up for not learning (the plateau rule's
+    ``stall_steps``); entries without an initial return count as learned."""
+    if str(entry.get("ended") or "").startswith("no learning"):
+        return True
     start = entry.get("initial_return")
     return isinstance(start, (int, float)) and not isinstance(start, bool) and entry["return"] <= start
 
