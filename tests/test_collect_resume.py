@@ -15,7 +15,7 @@ from helpers import stopping_system
 from mtmarl import collect
 from mtmarl.configs import CONFIG_DIR
 from mtmarl.errors import UserInputError
-from mtmarl.online.plateau import PlateauRule, plateaued, rule_for
+from mtmarl.online.plateau import PlateauRule, plateaued, rule_for, stalled
 from mtmarl.online.quality import IntervalSnapshots
 
 TASK = "connector:grid=5,agents=2"
@@ -68,19 +68,42 @@ def test_the_plateau_rule_matches_its_definition_on_hand_made_and_random_curves(
         assert plateaued(rule, s, r) == _naive_plateau(rule, s, r), (rule, s, r)
 
 
+def test_a_run_that_has_not_learned_by_the_stall_limit_gives_up_and_says_so():
+    from mtmarl.online.collectors import ended
+
+    rule = PlateauRule(min_steps=100, window=0.2, min_gain=0.02, stall_steps=150)
+    steps = list(range(10, 210, 10))
+    zeros, rising = [0.0] * 20, [float(s) for s in steps]
+    assert [n for n in range(1, 21) if stalled(rule, steps[:n], zeros[:n])] == list(range(15, 21))  # from 150 on
+    assert not any(stalled(rule, steps[:n], rising[:n]) for n in range(1, 21))
+    assert not stalled(PlateauRule(100, 0.2, 0.02), steps, zeros)  # no limit: the cap ends it
+    assert not stalled(rule, steps, [None] * 20)  # no finished episode in a window: not decided
+    # learned, then fell back to its start: not learning any more, so it gives up too
+    assert stalled(rule, steps, [0.0] * 4 + [1.0] * 10 + [0.0] * 6)
+    assert ended(False, None, True, 150) == "no learning by 150 steps"
+    assert ended(False, None, False, 150) == "plateau at 150 steps" and ended(True, None, True, 200) == "budget"
+    assert ended(False, "time limit", False, 120) is None
+    # a limit, not a compared option: runs recorded before it existed stay finished
+    assert rule.to_json() == {"min_steps": 100, "window": 0.2, "min_gain": 0.02}
+    assert "by 150 env steps stops there" in rule.describe()
+
+
 def test_a_bad_plateau_rule_is_one_line_naming_the_key():
     def cfg(**plateau):
         return OmegaConf.create({"collect": {"plateau": {"min_steps": {"lbf": 10}, "window": 0.2, "min_gain": 0.02,
                                                          **plateau}}})
 
     assert rule_for(cfg(), "lbf") == PlateauRule(10, 0.2, 0.02)
+    assert rule_for(cfg(stall_steps={"rware": 50}), "lbf") == PlateauRule(10, 0.2, 0.02)  # no limit for lbf
+    assert rule_for(cfg(stall_steps={"lbf": 50}), "lbf") == PlateauRule(10, 0.2, 0.02, 50)
     assert rule_for(OmegaConf.create({"collect": {"plateau": None}}), "lbf") is None
     for over, key in (({"min_steps": {"lbf": -1}}, "collect.plateau.min_steps.lbf=-1"),
                       ({"min_steps": {"lbf": 1.5}}, "collect.plateau.min_steps.lbf=1.5"),
                       ({"min_steps": {"rware": 5}}, "collect.plateau.min_steps.lbf=None"),
                       ({"window": 0.0}, "collect.plateau.window=0.0"), ({"window": 0.6}, "collect.plateau.window=0.6"),
                       ({"min_gain": -0.1}, "collect.plateau.min_gain=-0.1"), ({"min_gain": "x"}, "collect.plateau.min_gain='x'"),
-                      ({"windw": 0.2}, "collect.plateau.windw is not a key")):
+                      ({"windw": 0.2}, "collect.plateau.windw is not a key"),
+                      ({"stall_steps": {"lbf": -5}}, "collect.plateau.stall_steps.lbf=-5")):
         with pytest.raises(UserInputError, match="^" + key.replace(".", r"\.").replace("(", r"\(")) as err:
             rule_for(cfg(**over), "lbf")
         assert "\n" not in str(err.value)

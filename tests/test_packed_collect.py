@@ -324,6 +324,9 @@ def test_a_task_its_run_did_not_learn_keeps_the_data_already_held(tmp_path):
         {k: v for k, v in held.items() if k != "references.json"}
     refs = json.loads((into / "references.json").read_text())
     assert refs[A]["return"] == 0.5 and refs[B]["return"] == 0.4 and refs[C]["return"] == 0.0
+    # a run that gave up for not learning keeps what is held, whatever its final return
+    _collection(tmp_path / "w4", {B: _entry(B, 0.2, initial_return=0.1, ended="no learning by 300 steps")})
+    assert packed.merge(SET, tmp_path / "w4", into)["kept (the new run did not learn)"] == [B]
     # a run that learned replaces what is held
     _collection(tmp_path / "w3", {A: _entry(A, 0.7, initial_return=0.0)})
     assert packed.merge(SET, tmp_path / "w3", into)["merged"] == [A]

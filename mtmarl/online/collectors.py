@@ -36,7 +36,7 @@ from mtmarl.evaluation.references import merge_entry
 from mtmarl.evaluation.rollout import make_evaluator, task_key
 from mtmarl.online.anakin import chunk_summary, to_experience
 from mtmarl.online import partial
-from mtmarl.online.plateau import plateaued, rule_for
+from mtmarl.online.plateau import plateaued, rule_for, stalled
 from mtmarl.online.quality import IntervalSnapshots, record_expert_medium, record_intervals, record_levels
 from mtmarl.runtime import save_figure
 from mtmarl.training import stop as stop_signal
@@ -203,6 +203,15 @@ def task_options(cfg: DictConfig, spec) -> dict[str, Any]:
     return opts
 
 
+def ended(budget_done: bool, stopped: str | None, gave_up: bool, steps: int) -> str | None:
+    """How an online run's training ended, as its reference entry says it (None: stopped short by ``stopped``)."""
+    if budget_done:
+        return "budget"
+    if stopped:
+        return None
+    return f"no learning by {steps:,} steps" if gave_up else f"plateau at {steps:,} steps"
+
+
 def collector_kind(cfg: DictConfig, env: str) -> str:
     """``dagger`` (``collect.dagger.envs``), ``scripted`` (``collect.scripted.envs``) or ``online``; naming
     an env in both lists is an error."""
@@ -277,7 +286,7 @@ def collect_task(spec, split: str, cfg: DictConfig, root: Path, ref_path: Path, 
          initial) = (resumed[k] for k in PROGRESS)
         (bar.console.print if bar else print)(f"{spec.name}: continuing its partial run at {steps:,} env steps")
     job = bar.add_task(f"{split}: {spec.name}", total=updates * per_update, ret=float("nan")) if bar else None
-    start, limit_s, stopped = time.perf_counter() - elapsed, time_limit_s(cfg), None
+    start, limit_s, stopped, gave_up = time.perf_counter() - elapsed, time_limit_s(cfg), None, False
     last_save = time.perf_counter()
     with open(log_path, "w") as log:  # the curve so far (a continued run's rows), then each chunk's
         log.writelines(json.dumps(row) + "\n" for row in rows)
@@ -312,6 +321,9 @@ def collect_task(spec, split: str, cfg: DictConfig, root: Path, ref_path: Path, 
                 bar.update(job, completed=steps, ret=summary["return"])
             if rule is not None and plateaued(rule, [r["env_steps"] for r in rows], [r["return"] for r in rows]):
                 break
+            if rule is not None and stalled(rule, [r["env_steps"] for r in rows], [r["return"] for r in rows]):
+                gave_up = True
+                break
             if done < updates:
                 stopped = early_stop(start, limit_s)
             signalled = stopped is not None and stopped.startswith("signal")
@@ -336,7 +348,7 @@ def collect_task(spec, split: str, cfg: DictConfig, root: Path, ref_path: Path, 
               "greedy": bool(cfg.eval.greedy), "seed": int(cfg.seed), "initial_return": initial,
               "system": mcfg.system, "learner": label, "devices": jax.local_device_count(),
               "stop_rule": rule.describe() if rule else None,
-              "ended": "budget" if done >= updates else None if stopped else f"plateau at {steps:,} steps"}
+              "ended": ended(done >= updates, stopped, gave_up, steps)}
     if stopped is not None:  # the data and reference say it: this policy had less than the budget
         result["stopped"] = f"{stopped} at {steps:,} of {budget:,} steps"
     meta = {"collector": f"mtmarl.collect (Anakin {label})", "online": online,
