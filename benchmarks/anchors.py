@@ -28,7 +28,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
 import subprocess
 import sys
 import tempfile
@@ -147,13 +146,14 @@ def main(argv: list[str] | None = None) -> None:
 def write(args: argparse.Namespace, steps: int, runs: list[dict]) -> None:
     theirs_name = "JaxMARL MAPPO (recurrent)" if args.anchor == "smax" else \
         f"Mava FF-MAPPO (lr {our_lr():g})" if args.match_lr else "Mava FF-MAPPO (its lr)"
-    cpu = next((line.split(":", 1)[1].strip() for line in Path("/proc/cpuinfo").read_text().splitlines()
-                if line.startswith("model name")), platform.processor()) if Path("/proc/cpuinfo").exists() else ""
-    machine = {"cpu": cpu, "cores_allowed": len(os.sched_getaffinity(0)), "devices_per_process": args.devices}
+    from mtmarl.experiments.provenance import commit, machine as this_machine
+
+    machine = {**this_machine(), "devices_per_process": args.devices}
+    cpu = machine["cpu"]
     edges = np.linspace(0, steps, args.windows + 1)
     head = ["", "env steps/s", *(f"return {lo / 1e6:.2f}-{hi / 1e6:.2f}M" for lo, hi in zip(edges[:-1], edges[1:]))]
     lines = [f"# {args.anchor}: ours vs {theirs_name}, {ENVS} envs, {steps:,} env steps, seeds {args.seeds}", "",
-             f"Machine: {cpu}, {machine['cores_allowed']} core(s) allowed, {args.devices} device(s) per process. "
+             f"Machine: {cpu}, {machine['cores']} core(s) allowed, {args.devices} device(s) per process. "
              f"Mean over seeds [min, max].", "", "| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     for side, label in (("ours", "mtmarl MAPPO"), ("theirs", theirs_name)):
         mine = [r for r in runs if r["side"] == side]
@@ -164,7 +164,7 @@ def write(args: argparse.Namespace, steps: int, runs: list[dict]) -> None:
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.with_suffix(".md").write_text("\n".join(lines) + "\n")
     args.out.with_suffix(".json").write_text(json.dumps(
-        {"anchor": args.anchor, "steps": steps, "envs": ENVS, "seeds": args.seeds, "machine": machine,
+        {"anchor": args.anchor, "steps": steps, "envs": ENVS, "seeds": args.seeds, "machine": machine, **commit(),
          "command": " ".join([Path(sys.argv[0]).name, *sys.argv[1:]]), "runs": runs}, indent=1))
     print("\n".join(lines))
 

@@ -445,7 +445,11 @@ def test_other_drivers_end_to_end_with_stand_in_trainer(stand_in, name):
         assert all(math.isclose(r["mean"], 0.25) for r in rows)
         assert "| mt_oryx |" in (res / "smax" / "smax.md").read_text()
         assert (res / "smax" / "smax_tasks.md").read_text().count("| smax_marine_hard | medium | test |") == 3
-    files = json.loads((res / out / "experiment.json").read_text())["files"]
+    manifest = json.loads((res / out / "experiment.json").read_text())
+    if (Path(__file__).parents[1] / ".git").exists():  # a git checkout: its HEAD and whether it was changed
+        assert len(manifest["commit"]) == 40 and isinstance(manifest["dirty"], bool)
+    assert manifest["machine"]["cores"] >= 1 and manifest["machine"]["cpu"]
+    files = manifest["files"]
     assert all(Path(f).parent == res / out for f in files)
     assert any(f.endswith(".png") for f in files) and all(Path(f).is_file() for f in files)
     for f in files:

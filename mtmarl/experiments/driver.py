@@ -22,6 +22,7 @@ from omegaconf import DictConfig, OmegaConf
 from mtmarl.errors import require_extra
 from mtmarl.experiments.analysis import collect, save_rows
 from mtmarl.experiments.config import compose_experiment, compose_train, plain
+from mtmarl.experiments.provenance import commit, machine
 from mtmarl.experiments.runner import Run, is_finished, run_matrix, train_command
 from mtmarl.runtime import user_errors_exit
 
@@ -89,6 +90,7 @@ def main(exp: Experiment, argv: Sequence[str] | None = None) -> dict[str, Any]:
     finished = sum(is_finished(r.directory(cfg.results)) for r in runs)  # (a population run is one run)
     meta = {"experiment": exp.name, "budget": cfg.budget.name, "argv": argv,
             "command": " ".join(["python", f"experiment_scripts/{exp.name}.py", *argv]),
+            **commit(), "machine": machine(),
             "config": plain(cfg), "runs": len(runs), "finished": finished,
             "failed": sum(o.status == "failed" for o in outcomes),
             "wall_seconds": round(time.time() - start, 1), "files": [str(f) for f in files]}
