@@ -511,6 +511,23 @@ def test_table1_trains_each_pair_with_its_tuning_choice(tmp_path):
         build(compose_experiment("table1", ["quick", f"choices=[{tmp_path / 'missing.json'}]"]))
 
 
+def test_table1_task_table_gives_raw_and_normalised_returns_and_counts_those_above_the_bar(tmp_path):
+    t1 = experiment_module("table1")
+    base = dict(algo="mt_oryx", task_set="lbf_5", split="test", env="lbf")
+    records = [{**base, "task": "a", "seed": 0, "return": 1.0, "normalised": 1.0},
+               {**base, "task": "a", "seed": 1, "return": 3.0, "normalised": 1.2},
+               {**base, "task": "b", "seed": 0, "return": 5.0, "normalised": 1.15},
+               {**base, "task": "b", "seed": 1, "return": 5.0, "normalised": 0.5},
+               {**base, "task": "c", "seed": 0, "split": "train", "return": 9.0, "normalised": 9.0}]
+    rows = {r["task"]: r for r in t1.task_rows(records)}
+    assert set(rows) == {"a", "b"}  # test tasks only
+    assert rows["a"]["return"] == 2.0 and math.isclose(rows["a"]["return_stderr"], 1.0)  # std 1.414 / sqrt 2
+    assert math.isclose(rows["a"]["normalised"], 1.1) and rows["a"]["above"] == 1 and rows["b"]["above"] == 1
+    text = t1.task_table(list(rows.values()), tmp_path).read_text()
+    assert "| lbf_5 | a | mt_oryx | 2.000 ± 1.000 | 1.100 ± 0.100 |" in text
+    assert "| mt_oryx | lbf_5 | 2 of 4 |" in text
+
+
 def test_single_task_point_trains_each_fixed_task_alone_and_averages_them():
     td = experiment_module("task_diversity")
     cfg = compose_experiment("task_diversity", ["quick", "task_sets=[lbf_5]", "algos=[mt_oryx]",
