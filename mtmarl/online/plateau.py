@@ -16,7 +16,7 @@ in ``(0, w s]``, the run has plateaued when it has learned and stopped learning:
 (a sparse reward not yet found: its return flat at the untrained policy's) trains on; the budget
 (``collect.budget`` / ``collect.env_budget``) stays the cap, and the reference entry says how the run ended.
 
-    stall_steps: {rware: 30000000}                    # optional, per env: give up on a run that has not learned
+    stall_steps: {rware: 15000000}                    # optional, per env: give up on a run that has not learned
 
 After each chunk at ``s >= stall_steps``, a run that has not learned (the first condition above is false) ends
 there: its entry says ``no learning by <s> steps``. Such a run would have reached the cap unchanged (no learning,
