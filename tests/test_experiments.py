@@ -505,6 +505,20 @@ def test_table1_trains_each_pair_with_its_tuning_choice(tmp_path):
     td = experiment_module("task_diversity").build(compose_experiment(
         "task_diversity", ["quick", "task_sets=[lbf_5]", "algos=[mt_oryx,mt_bc_sable]", f"choices=[{choice}]"]))
     assert {r.directory("res") for r in runs} == {r.directory("res") for r in td if r.key["k"] == 5}
+    # the findings' drivers: the choice applied, and the runs they share with Table 1 / task_diversity shared
+    on_lbf = ["cpu", "tasks=lbf_5", "algos=[mt_oryx]", f"choices=[{choice}]"]
+    abl = experiment_module("ablations").build(compose_experiment("ablations", on_lbf))
+    assert all(compose_train(r.overrides).algo.tau == 0.005 for r in abl)
+    t1_cpu = build(compose_experiment("table1", ["cpu", "task_sets=[lbf_5]", "algos=[mt_oryx]", f"choices=[{choice}]"]))
+    assert {r.directory("res") for r in abl if r.key["variant"] == "full"} == {r.directory("res") for r in t1_cpu}
+    ds = experiment_module("dataset_size").build(compose_experiment("dataset_size", [*on_lbf, "num_train=3"]))
+    td_cpu = experiment_module("task_diversity").build(compose_experiment(
+        "task_diversity", ["cpu", "task_sets=[lbf_5]", "algos=[mt_oryx]", "k.lbf_5=[3]", f"choices=[{choice}]"]))
+    assert {r.directory("res") for r in ds if r.key["fraction"] == 1.0} == {r.directory("res") for r in td_cpu}
+    assert all(compose_train(r.overrides).algo.tau == 0.005 for r in ds)
+    ms = experiment_module("model_size").build(compose_experiment("model_size", on_lbf))
+    assert {(compose_train(r.overrides).algo.tau, compose_train(r.overrides).network.embed_dim) for r in ms} == {
+        (0.005, d) for d in (64, 128, 256, 512)}
     with pytest.raises(UserInputError, match=r"no tuning choice for task set 'lbf_5' and algorithm 'mt_cql_sable'"):
         build(compose_experiment("table1", ["quick", "task_sets=[lbf_5]", f"choices=[{choice}]"]))
     with pytest.raises(UserInputError, match=r"choices: .*missing.json does not exist"):

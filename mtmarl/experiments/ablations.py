@@ -8,7 +8,8 @@ On the full ``tasks`` set (rware_15) trains MT Oryx and MT CQL-Sable as they are
 ('full') and with one component switched off per variant (``variants`` in
 mtmarl/configs/experiments/ablations.yaml: ``algo.hl_gauss=false``;
 ``agents.mask=false agents.shuffle=false``; ``data.balanced=false``), and
-reports each variant's test return and its % change against 'full'. Writes
+reports each variant's test return and its % change against 'full'. ``choices`` (as in table1.py)
+trains each algorithm with its training-task tuning choice. Writes
 ``results/ablations/``: ``fig6_ablations.png`` (+ .json/.csv),
 ``ablations.{json,csv,md}``, ``ablation_change.md``, ``records.json``, ``runs.json``.
 """
@@ -24,6 +25,7 @@ from mtmarl.experiments.driver import Experiment, main
 from mtmarl.experiments.plots import bar_figure
 from mtmarl.experiments.runner import Run
 from mtmarl.experiments.stats import percent_change
+from mtmarl.experiments.tuning import load_choices, tuned
 
 REFERENCE = "full"
 
@@ -31,8 +33,11 @@ REFERENCE = "full"
 def build(cfg) -> list[Run]:
     if REFERENCE not in cfg.variants:
         raise ValueError(f"variants must include {REFERENCE!r} (the reference each ablation is compared with)")
+    chosen = load_choices(cfg.get("choices") or [])
+    # 'full' has the overrides of Table 1's run of the same (set, algorithm, choice): one run serves both
     return [Run.make({"algo": algo, "variant": name},
-                     run_overrides(cfg, [f"+algo={algo}", f"+tasks={cfg.tasks}", *extra]), seed)
+                     run_overrides(cfg, [f"+algo={algo}", f"+tasks={cfg.tasks}", *tuned(chosen, cfg.tasks, algo), *extra]),
+                     seed)
             for algo in cfg.algos for name, extra in cfg.variants.items() for seed in cfg.budget.seeds]
 
 

@@ -7,6 +7,7 @@
 Trains on the first ``num_train`` training tasks of ``tasks`` (``tasks.num_train``)
 keeping the first ``fraction`` of every task's transitions (``data.fraction``:
 cut at the end of the last whole episode) and evaluates on the set's test tasks.
+``choices`` (as in table1.py) trains each algorithm with its training-task tuning choice.
 Writes ``results/dataset_size/``: ``fig5a_dataset_size.png`` (+ .json/.csv),
 ``dataset_size.{json,csv,md}``, ``records.json``, ``runs.json``.
 """
@@ -20,16 +21,19 @@ from mtmarl.experiments.config import run_overrides
 from mtmarl.experiments.driver import Experiment, main
 from mtmarl.experiments.plots import line_figure
 from mtmarl.experiments.runner import Run
+from mtmarl.experiments.tuning import load_choices, tuned
 
 
-def specific(cfg, algo: str, fraction: float) -> list[str]:
-    # fraction 1.0 is the default: leaving it out lets the run be shared with task_diversity's k = num_train
+def specific(cfg, algo: str, fraction: float, chosen: dict) -> list[str]:
+    # fraction 1.0 is the default: leaving it out (and the order of the rest) lets the run be shared with
+    # task_diversity's k = num_train
     return [f"+algo={algo}", f"+tasks={cfg.tasks}", f"tasks.num_train={cfg.num_train}",
-            *([f"data.fraction={fraction}"] if float(fraction) < 1.0 else [])]
+            *tuned(chosen, cfg.tasks, algo), *([f"data.fraction={fraction}"] if float(fraction) < 1.0 else [])]
 
 
 def build(cfg) -> list[Run]:
-    return [Run.make({"algo": algo, "fraction": float(f)}, run_overrides(cfg, specific(cfg, algo, f)), seed)
+    chosen = load_choices(cfg.get("choices") or [])
+    return [Run.make({"algo": algo, "fraction": float(f)}, run_overrides(cfg, specific(cfg, algo, f, chosen)), seed)
             for algo in cfg.algos for f in cfg.fractions for seed in cfg.budget.seeds]
 
 

@@ -7,7 +7,8 @@
     python experiment_scripts/model_size.py quick embed_dims=[64,256] dry_run=true
 
 Varies ``network.embed_dim`` of the 'base' Sable network over ``embed_dims``
-(64..768) and reports each model's parameter count (computed from shapes).
+(64..768) and reports each model's parameter count (computed from shapes). ``choices`` (as in
+table1.py) trains each algorithm with its training-task tuning choice on ``tasks``.
 Writes ``results/model_size/``: ``fig5b_model_size.png`` (+ .json/.csv with the
 numbers plotted), ``model_size.{json,csv,md}`` (mean ± se and IQM [95% CI] per
 algorithm, size and split), ``records.json`` (per run and task), ``runs.json``.
@@ -23,14 +24,17 @@ from mtmarl.experiments.config import run_overrides
 from mtmarl.experiments.driver import Experiment, main
 from mtmarl.experiments.plots import line_figure
 from mtmarl.experiments.runner import Run
+from mtmarl.experiments.tuning import load_choices, tuned
 
 
-def specific(cfg, algo: str, dim: int) -> list[str]:
-    return [f"+algo={algo}", f"+tasks={cfg.tasks}", f"network={cfg.network}", f"network.embed_dim={dim}"]
+def specific(cfg, algo: str, dim: int, chosen=None) -> list[str]:
+    return [f"+algo={algo}", f"+tasks={cfg.tasks}", *tuned(chosen or {}, cfg.tasks, algo), f"network={cfg.network}",
+            f"network.embed_dim={dim}"]
 
 
 def build(cfg) -> list[Run]:
-    return [Run.make({"algo": algo, "embed_dim": int(dim)}, run_overrides(cfg, specific(cfg, algo, dim)), seed)
+    chosen = load_choices(cfg.get("choices") or [])
+    return [Run.make({"algo": algo, "embed_dim": int(dim)}, run_overrides(cfg, specific(cfg, algo, dim, chosen)), seed)
             for algo in cfg.algos for dim in cfg.embed_dims for seed in cfg.budget.seeds]
 
 
