@@ -77,6 +77,11 @@ def test_ppo_loss_pieces_by_hand():
                         jnp.array([1.0, 1.0]), v, v_old, g, 0.2, 0.5, 0.01)
     assert float(info.policy) == pytest.approx(-1.0, rel=1e-5) and float(info.approx_kl) == pytest.approx(0, abs=1e-6)
     assert float(info.total) == pytest.approx(-1.0 + 0.5 * want_v - 0.01 * np.log(3), rel=1e-5)
+    # Per-agent advantages (..., N) stay per agent; a team advantage (...) applies to every agent.
+    np.testing.assert_array_equal(ppo.per_agent(jnp.array([1.0, 2.0]), jnp.zeros((2, 3))), [[1.0] * 3, [2.0] * 3])
+    each = ppo.ppo_loss(jnp.zeros((2, 3)), jnp.ones((2, 3), bool), jnp.array([0, 1]), jnp.log(jnp.full(2, 1 / 3)),
+                        jnp.array([2.0, -1.0]), v, v_old, g, 0.2, 0.5, 0.01)
+    assert float(each.policy) == pytest.approx(-np.mean([2.0, -1.0]), rel=1e-5)  # ratio 1: -mean of A_i
 
 
 # --------------------------------------------------------------------------- auto-reset
@@ -192,6 +197,37 @@ def test_actor_and_critic_layers_use_the_chosen_activation(activation):
         np.testing.assert_allclose(np.asarray(got), want, rtol=1e-5, atol=1e-6)
     with pytest.raises(UserInputError, match="online.activation='gelu'; allowed: tanh, relu"):
         MappoConfig.from_mapping({"activation": "gelu"})
+
+
+def test_state_agent_critic_values_each_agent_from_the_state_and_its_id():
+    """online.critic_input=state_agent: input (..., N, state + N) = the state beside agent i's one-hot id, one value
+    per agent; a chunk trains with per-agent values (GAE per agent, each from the team reward)."""
+    from mtmarl.errors import UserInputError
+    from mtmarl.online.system import make_critic
+
+    spec = TaskSpec.parse(TASK)
+    env = spec.build()
+    mcfg = MappoConfig.from_mapping({**CONFIG, "critic_input": "state_agent", "num_envs": 4, "rollout_len": 8,
+                                     "updates_per_chunk": 2})
+    critic, dim, critic_in, value_fn = make_critic(env, mcfg)
+    n, s = env.num_agents, env.state_dim
+    assert dim == s + n and s > 0
+    state = np.asarray(jax.random.normal(jax.random.key(0), (3, s)))
+    x = np.asarray(critic_in(None, jnp.asarray(state)))
+    assert x.shape == (3, n, s + n)
+    for i in range(n):
+        np.testing.assert_array_equal(x[:, i, :s], state)
+        np.testing.assert_array_equal(x[:, i, s:], np.broadcast_to(np.eye(n)[i], (3, n)))
+    params = critic.init(jax.random.key(1), jnp.zeros((1, dim)))
+    assert critic.apply(params, x).shape == (3, n)
+    system = get_system(spec, env, mcfg)
+    s0 = system.init(jax.random.PRNGKey(0))
+    s1, metrics = system.train_chunk(s0)
+    changed = [not np.array_equal(a, b) for a, b in zip(jax.tree.leaves(s0.params["critic"]),
+                                                        jax.tree.leaves(s1.params["critic"]))]
+    assert all(changed) and np.isfinite(np.asarray(metrics.loss.total)).all()
+    with pytest.raises(UserInputError, match="online.critic_input='agents'; allowed: obs, state, state_agent"):
+        MappoConfig.from_mapping({"critic_input": "agents"})
 
 
 def test_rollout_auto_resets_from_the_pool():

@@ -251,7 +251,7 @@ def collect_task(spec, split: str, cfg: DictConfig, root: Path, ref_path: Path, 
     mcfg = online_config(online)
     env = online_task_env(spec.build(), mcfg)  # fine-tuning: padded to the pretrained network's layout
     label = online_label(mcfg)
-    if getattr(mcfg, "critic_input", None) == "state" and env.state_dim == 0:
+    if getattr(mcfg, "critic_input", "obs") != "obs" and env.state_dim == 0:
         raise UserInputError(f"{spec.name} has no global state; use online.critic_input=obs")
     system = get_system(spec, env, mcfg)
     budget = env_budget(cfg, spec.env)

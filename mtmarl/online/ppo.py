@@ -176,17 +176,22 @@ class LossInfo(NamedTuple):
     extra: dict = {}  # a learner's own scalar diagnostics (e.g. fine-tuning's KL to the pretrained policy)
 
 
+def per_agent(advantages: jax.Array, like: jax.Array) -> jax.Array:
+    """A team advantage (...) or per-agent advantages (..., N) as the (..., N) array of every agent."""
+    return jnp.broadcast_to(advantages.reshape(advantages.shape + (1,) * (like.ndim - advantages.ndim)), like.shape)
+
+
 def ppo_loss(logits: jax.Array, action_mask: jax.Array, actions: jax.Array, old_logp: jax.Array,
              advantages: jax.Array, values: jax.Array, old_values: jax.Array, targets: jax.Array,
              clip_eps: float, vf_coef: float, ent_coef: float,
              weight: jax.Array | None = None, value_weight: jax.Array | None = None) -> LossInfo:
     """Total PPO loss = policy + vf_coef * value - ent_coef * entropy, with diagnostics.
 
-    Policy terms are per agent (``logits`` (..., N, A), ``advantages`` broadcast to
-    (..., N)); the value terms have the critic's own shape.
+    Policy terms are per agent (``logits`` (..., N, A); ``advantages`` a team advantage (...) or per-agent
+    ones (..., N), see :func:`per_agent`); the value terms have the critic's own shape.
     """
     logp = log_prob(logits, action_mask, actions)
-    adv = jnp.broadcast_to(advantages, logp.shape)
+    adv = per_agent(advantages, logp)
     pol = clipped_surrogate(logp, old_logp, adv, clip_eps, weight)
     val = clipped_value_loss(values, old_values, targets, clip_eps, value_weight)
     ent = _mean(entropy(logits, action_mask), weight)

@@ -67,7 +67,7 @@ class FinetuneConfig(ppo.PPOSettings):
     awac_temperature: float = 1.0  # lambda of the AWAC weights (on normalised advantages)
     awac_max_weight: float = 20.0  # AWAC weights are clipped to this
     hidden: tuple[int, ...] = (64, 64)  # the critic's MLP
-    critic_input: str = "obs"      # obs | state, as MAPPO's
+    critic_input: str = "obs"      # obs | state | state_agent, as MAPPO's
 
     SYSTEM = "finetune"
     FOREIGN = ("embed_dim", "n_blocks", "actor", "recurrent")
@@ -212,9 +212,9 @@ def make_learner(env, cfg: FinetuneConfig) -> PPOLearner:
         pre_logits = jax.lax.stop_gradient(replay_logits(params["pretrained"], pre_carry, mb))
         values = critic.apply(params["critic"], critic_in(mb.obs, mb.state))
         active = mb.obs.active.astype(jnp.float32)
-        info = ppo.ppo_loss(logits, mb.obs.action_mask, mb.actions, mb.logp, adv[..., None], values,
+        info = ppo.ppo_loss(logits, mb.obs.action_mask, mb.actions, mb.logp, adv, values,
                             mb.value, targets, cfg.clip_eps, cfg.vf_coef, cfg.ent_coef, weight=active)
-        reg, kl = regulariser(cfg, logits, pre_logits, mb.obs.action_mask, mb.actions, mb.logp, adv[..., None],
+        reg, kl = regulariser(cfg, logits, pre_logits, mb.obs.action_mask, mb.actions, mb.logp, ppo.per_agent(adv, mb.logp),
                               active)
         total = info.total + cfg.kl_coef * reg
         return total, info._replace(total=total, extra={"kl_pretrained": kl, "regulariser": reg})

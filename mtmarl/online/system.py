@@ -7,7 +7,10 @@ to the builder as a :class:`~mtmarl.online.anakin.PPOLearner` by :func:`make_lea
 The actor is one MLP shared by every agent, reading only that agent's
 observation (no agent id), so it applies to any agent count; the centralised
 critic reads every agent's observation concatenated (``critic_input=obs``) or
-the env's global state (``critic_input=state``) and predicts the team value.
+the env's global state (``critic_input=state``) and predicts the team value;
+``critic_input=state_agent`` reads the global state with the agent's one-hot id
+and predicts one value per agent (JaxMARL's SMAX MAPPO critic), each trained on
+the team reward, so GAE and the policy loss are per agent.
 Feed-forward MAPPO trains on single steps (the default, what the bundled data
 were collected with).
 
@@ -54,7 +57,7 @@ from mtmarl.online.rollout import Transition, carried_rollout, reset_where
 class MappoConfig(ppo.PPOSettings):
     system: str = "mappo"
     hidden: tuple[int, ...] = (64, 64)
-    critic_input: str = "obs"  # obs | state
+    critic_input: str = "obs"  # obs | state | state_agent
     recurrent: bool = False  # GRU actor (minibatches then split the envs)
     gru_hidden: int = 64
     activation: str = "tanh"  # tanh | relu: the MLP layers of actor and critic (JaxMARL's SMAX MAPPO: relu)
@@ -68,6 +71,8 @@ class MappoConfig(ppo.PPOSettings):
         super().__post_init__()
         if self.actor not in ("mlp", "entity"):
             raise UserInputError(f"online.actor={self.actor!r}; allowed: mlp, entity")
+        if self.critic_input not in CRITIC_INPUTS:
+            raise UserInputError(f"online.critic_input={self.critic_input!r}; allowed: {', '.join(CRITIC_INPUTS)}")
         if self.activation not in ACTIVATIONS:
             raise UserInputError(f"online.activation={self.activation!r}; allowed: {', '.join(ACTIVATIONS)}")
         if self.carries_state and self.num_envs % self.minibatches:
@@ -93,6 +98,7 @@ class MappoConfig(ppo.PPOSettings):
 
 
 ACTIVATIONS = {"tanh": nn.tanh, "relu": nn.relu}
+CRITIC_INPUTS = ("obs", "state", "state_agent")
 
 
 def torso(x: jax.Array, hidden: Sequence[int], activation: str = "tanh") -> jax.Array:
@@ -214,17 +220,22 @@ def make_critic(env, cfg) -> tuple[Critic, int, Callable, Callable]:
     """MAPPO's centralised team critic on ``env`` (``cfg.hidden``, ``cfg.critic_input``), also the critic of
     other learners (:mod:`mtmarl.online.pretrained_ppo`): ``(module, input size, critic_in(obs, state),
     value_fn(params, timestep))``; ``value_fn`` reads ``params["critic"]``."""
-    if cfg.critic_input not in ("obs", "state"):
-        raise ValueError(f"critic_input must be obs or state, got {cfg.critic_input!r}")
-    if cfg.critic_input == "state" and env.state_dim == 0:
+    if cfg.critic_input not in CRITIC_INPUTS:
+        raise ValueError(f"critic_input must be one of {', '.join(CRITIC_INPUTS)}, got {cfg.critic_input!r}")
+    if cfg.critic_input != "obs" and env.state_dim == 0:
         raise ValueError(f"{env!r} has no global state; use critic_input=obs")
     n, o = env.num_agents, env.obs_dim
     critic = Critic(cfg.hidden, getattr(cfg, "activation", "tanh"))
-    critic_dim = n * o if cfg.critic_input == "obs" else env.state_dim
+    critic_dim = {"obs": n * o, "state": env.state_dim, "state_agent": env.state_dim + n}[cfg.critic_input]
 
     def critic_in(ts_obs: Observation, state: jax.Array) -> jax.Array:
+        """(..., critic_dim) for a team value; (..., N, critic_dim) for per-agent values (state_agent)."""
         if cfg.critic_input == "obs":
             return ts_obs.agents_view.reshape(ts_obs.agents_view.shape[:-2] + (n * o,))
+        if cfg.critic_input == "state_agent":
+            lead = state.shape[:-1]
+            ids = jnp.broadcast_to(jnp.eye(n, dtype=state.dtype), lead + (n, n))
+            return jnp.concatenate([jnp.broadcast_to(state[..., None, :], lead + (n, state.shape[-1])), ids], -1)
         return state
 
     def value_fn(params, ts: TimeStep) -> jax.Array:
@@ -260,7 +271,7 @@ def make_learner(env, cfg: MappoConfig) -> PPOLearner:
             _, logits = actor.apply(params["actor"], (), mb.obs.agents_view)
         values = critic.apply(params["critic"], critic_in(mb.obs, mb.state))
         active = mb.obs.active.astype(jnp.float32)
-        info = ppo.ppo_loss(logits, mb.obs.action_mask, mb.actions, mb.logp, adv[..., None], values,
+        info = ppo.ppo_loss(logits, mb.obs.action_mask, mb.actions, mb.logp, adv, values,
                             mb.value, targets, cfg.clip_eps, cfg.vf_coef, cfg.ent_coef, weight=active)
         return info.total, info
 
