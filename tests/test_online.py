@@ -230,6 +230,30 @@ def test_state_agent_critic_values_each_agent_from_the_state_and_its_id():
         MappoConfig.from_mapping({"critic_input": "agents"})
 
 
+def test_recurrent_actor_head_is_mlp_layers_between_the_gru_and_the_logits():
+    """online.gru_head: the logits equal torso -> GRU cell -> head layers -> logits written out by hand; without a
+    head the parameters are the plain recurrent actor's (same names, so earlier runs load unchanged)."""
+    import flax.linen as nn
+
+    from mtmarl.online.system import RecurrentActor
+
+    x = np.asarray(jax.random.normal(jax.random.key(0), (6, 7)))
+    h0 = np.asarray(jax.random.normal(jax.random.key(1), (6, 5)))
+    actor = RecurrentActor((8,), 5, 3, "relu", head=(4,))
+    params = actor.init(jax.random.key(2), h0, x)["params"]
+    assert set(params) == {"Dense_0", "GRUCell_0", "Dense_1", "Dense_2"} and params["Dense_1"]["kernel"].shape == (5, 4)
+    dense = lambda z, p: z @ np.asarray(p["kernel"]) + np.asarray(p["bias"])  # noqa: E731
+    z = np.maximum(dense(x, params["Dense_0"]), 0.0)
+    h1, y = nn.GRUCell(5).apply({"params": params["GRUCell_0"]}, jnp.asarray(h0), jnp.asarray(z))
+    want = dense(np.maximum(dense(np.asarray(y), params["Dense_1"]), 0.0), params["Dense_2"])
+    got_h, got = actor.apply({"params": params}, h0, x)
+    np.testing.assert_allclose(np.asarray(got), want, rtol=1e-5, atol=1e-5)
+    np.testing.assert_allclose(np.asarray(got_h), np.asarray(h1), rtol=1e-6)
+    plain = RecurrentActor((8,), 5, 3, "relu").init(jax.random.key(2), h0, x)["params"]
+    assert set(plain) == {"Dense_0", "GRUCell_0", "Dense_1"} and plain["Dense_1"]["kernel"].shape == (5, 3)
+    assert MappoConfig.from_mapping({"gru_head": [128]}).gru_head == (128,)
+
+
 def test_rollout_auto_resets_from_the_pool():
     env, B, K, T = ToyEnv(), 3, 6, 14
     pool = make_reset_pool(env, jax.random.PRNGKey(1), B, K)

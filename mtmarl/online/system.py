@@ -60,6 +60,7 @@ class MappoConfig(ppo.PPOSettings):
     critic_input: str = "obs"  # obs | state | state_agent
     recurrent: bool = False  # GRU actor (minibatches then split the envs)
     gru_hidden: int = 64
+    gru_head: tuple[int, ...] = ()  # recurrent: MLP layers between the GRU and the logits (JaxMARL's SMAX actor: [128])
     activation: str = "tanh"  # tanh | relu: the MLP layers of actor and critic (JaxMARL's SMAX MAPPO: relu)
     actor: str = "mlp"  # mlp | entity (the entity transformer over the env's entity groups; recurrent)
     entity_width: int = 64
@@ -86,8 +87,9 @@ class MappoConfig(ppo.PPOSettings):
 
     @staticmethod
     def coerce(kw: dict) -> dict:
-        if "hidden" in kw:
-            kw["hidden"] = tuple(int(h) for h in kw["hidden"])
+        for key in ("hidden", "gru_head"):
+            if key in kw:
+                kw[key] = tuple(int(h) for h in kw[key])
         if "recurrent" in kw:
             if not isinstance(kw["recurrent"], bool):
                 raise UserInputError(f"online.recurrent must be true or false, got {kw['recurrent']!r}")
@@ -129,12 +131,14 @@ class Actor(nn.Module):
 
 
 class RecurrentActor(nn.Module):
-    """MLP torso -> GRU cell -> logits, over any leading axes: ``(h, view) -> (h', logits)``."""
+    """MLP torso -> GRU cell -> MLP head (``head``, may be empty) -> logits, over any leading axes:
+    ``(h, view) -> (h', logits)``."""
 
     hidden: Sequence[int]
     gru_hidden: int
     num_actions: int
     activation: str = "tanh"
+    head: Sequence[int] = ()
 
     def initial_carry(self, lead_shape: tuple[int, ...]) -> jax.Array:
         """The episode-start state: zeros of ``lead_shape + (gru_hidden,)``."""
@@ -143,7 +147,7 @@ class RecurrentActor(nn.Module):
     @nn.compact
     def __call__(self, h: jax.Array, agents_view: jax.Array) -> tuple[jax.Array, jax.Array]:
         h, x = nn.GRUCell(self.gru_hidden)(h, torso(agents_view, self.hidden, self.activation))
-        return h, logits_head(x, self.num_actions)
+        return h, logits_head(torso(x, self.head, self.activation), self.num_actions)
 
 
 class EntityActor(nn.Module):
@@ -251,7 +255,7 @@ def make_learner(env, cfg: MappoConfig) -> PPOLearner:
     if cfg.actor == "entity":
         actor: nn.Module = EntityActor(env.spec, cfg.entity_width)
     else:
-        actor = (RecurrentActor(cfg.hidden, cfg.gru_hidden, a, cfg.activation) if cfg.recurrent
+        actor = (RecurrentActor(cfg.hidden, cfg.gru_hidden, a, cfg.activation, cfg.gru_head) if cfg.recurrent
                  else Actor(cfg.hidden, a, cfg.activation))
 
     def init(param_key):
