@@ -27,8 +27,8 @@ from mtmarl.experiments.runner import Run
 from mtmarl.experiments.tuning import load_choices, tuned
 
 
-def specific(cfg, algo: str, dim: int, chosen=None) -> list[str]:
-    return [f"+algo={algo}", f"+tasks={cfg.tasks}", *tuned(chosen or {}, cfg.tasks, algo), f"network={cfg.network}",
+def specific(cfg, algo: str, dim: int, chosen: dict) -> list[str]:
+    return [f"+algo={algo}", f"+tasks={cfg.tasks}", *tuned(chosen, cfg.tasks, algo), f"network={cfg.network}",
             f"network.embed_dim={dim}"]
 
 
@@ -44,7 +44,7 @@ def analyse(cfg, records, out: Path) -> list[Path]:
     for row in rows:
         key = (row["algo"], row["embed_dim"])
         if key not in counts:
-            counts[key] = parameter_count(run_overrides(cfg, specific(cfg, *key)))
+            counts[key] = parameter_count(run_overrides(cfg, specific(cfg, *key, {})))  # shapes only
         row["parameters"] = counts[key]
     meta = {"budget": cfg.budget.name, "tasks": cfg.tasks, "network": cfg.network}
     files = report(rows, ["algo", "embed_dim", "parameters"], out, "model_size",
