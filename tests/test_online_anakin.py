@@ -33,7 +33,7 @@ def counting_learner(env, sequences: bool) -> anakin.PPOLearner:
         actions = jax.random.categorical(key, logits)
         return actions, ppo.log_prob(logits, ts.observation.action_mask, actions), value(params, ts), carry + 1
 
-    def value(params, ts):
+    def value(params, ts, carry=()):
         return jnp.broadcast_to(params["b"], ts.reward.shape)
 
     def loss(params, traj, adv, targets, carry0):

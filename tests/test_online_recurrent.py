@@ -54,7 +54,7 @@ def toy_pieces():
     # The initial logits head is near zero (orthogonal 0.01); scale it so the hidden state visibly matters.
     params["actor"]["params"]["Dense_1"]["kernel"] *= 300.0
 
-    return env, actor, params, lambda p, ts: critic_values(p, ts.observation)
+    return env, actor, params, lambda p, ts, *carry: critic_values(p, ts.observation)
 
 
 def critic_values(params, obs):
@@ -159,3 +159,37 @@ def test_collect_with_recurrent_mappo_writes_a_readable_vault(tmp_path):
     s = chunk_summary(metrics)
     assert all(np.isfinite(s[k]) for k in ("return", "policy_loss", "value_loss", "entropy", "approx_kl")), s
     assert episode_returns(to_experience(system.record(state, jax.random.PRNGKey(1)))).size > 0
+
+
+@pytest.mark.parametrize("critic_input", ["state", "state_agent"])
+def test_recurrent_critic_bootstraps_with_its_carry_and_replays_its_values(critic_input):
+    """online.critic_recurrent: the carry is (actor's, critic's); a step's bootstrap value is the value the critic
+    gives the next step from the same state (where no episode ended), and the loss re-runs the critic over the
+    rollout to the values acting recorded (value loss 0 against those values as targets)."""
+    from mtmarl.tasks import TaskSpec
+    from mtmarl.online.system import make_learner
+
+    env = TaskSpec.parse(TASK).build()
+    n = env.num_agents
+    cfg = online_config({**TINY, "critic_input": critic_input, "critic_recurrent": True})
+    assert cfg.carries_state and online_config({**TINY, "recurrent": False, "critic_recurrent": True}).carries_state
+    learner = make_learner(env, cfg)
+    params = learner.init(jax.random.PRNGKey(0))
+    ha, hc = learner.init_carry(B)
+    assert ha.shape == (B, n, G) and hc.shape == ((B, n, G) if critic_input == "state_agent" else (B, G))
+    hc = jax.random.normal(jax.random.PRNGKey(1), hc.shape)  # a non-zero start the replay must use
+    pool = make_reset_pool(env, jax.random.PRNGKey(2), B, 8)
+    _, (_, hc_end), traj = jax.jit(lambda h: learner.rollout(params, start_from_pool(pool), h, pool,
+                                                             jax.random.PRNGKey(3), 3 * T))((ha, hc))
+    done = np.asarray(traj.done)
+    assert done.any() and (~done[:-1]).any()
+    value, next_value = np.asarray(traj.value), np.asarray(traj.next_value)
+    t, b = np.nonzero(~done[:-1])
+    np.testing.assert_allclose(next_value[t, b], value[t + 1, b], atol=1e-5)
+    assert np.abs(np.asarray(hc_end)).max() > 0
+    batch_major = jax.tree.map(lambda x: jnp.swapaxes(x, 0, 1), traj)
+    adv = jnp.zeros(batch_major.value.shape)
+    _, info = learner.loss(params, batch_major, adv, batch_major.value, (ha, hc))
+    assert float(info.value) < 1e-10
+    _, wrong = learner.loss(params, batch_major, adv, batch_major.value, (ha, jnp.zeros_like(hc)))
+    assert float(wrong.value) > 1e-6  # the critic's start state matters, so the check above can fail

@@ -194,8 +194,8 @@ def make_learner(env, cfg: FinetuneConfig) -> PPOLearner:
         return actions, logp, value_fn(params, ts), (new_actor, new_pre), keys  # keys: for replay
 
     def rollout(params, envs, carry, pool, key, length, greedy=False):
-        return carried_rollout(env, functools.partial(act_batch, greedy=greedy), value_fn, params, envs, carry,
-                               pool, key, length)
+        return carried_rollout(env, functools.partial(act_batch, greedy=greedy), lambda p, ts, c: value_fn(p, ts),
+                               params, envs, carry, pool, key, length)
 
     def replay_logits(params, carry0, mb: Transition) -> jax.Array:
         """Batch-major (B', T, N, A) logits of whole env rollouts from their start carry."""

@@ -156,7 +156,7 @@ def make_replay_system(env, cfg, learner: ReplayLearner) -> System:
 
         return act_batch
 
-    zero_value = lambda params, ts: jnp.zeros(ts.reward.shape)  # noqa: E731
+    zero_value = lambda params, ts, carry: jnp.zeros(ts.reward.shape)  # noqa: E731
 
     def batch_carry(b):
         return jax.tree.map(lambda x: jnp.broadcast_to(x, (b,) + x.shape), algo.init_carry())

@@ -64,6 +64,9 @@ ValueFn = Callable[[Any, TimeStep], jax.Array]
 # A recurrent policy: ``act(params, timestep, carry, key) -> (actions, logp, value, carry[, extras])``;
 # ``extras`` (any pytree per env) is kept in ``Transition.extras``.
 CarriedActFn = Callable[[Any, TimeStep, Any, jax.Array], tuple[jax.Array, jax.Array, jax.Array, Any]]
+# Its ``value(params, timestep, carry)`` gets the carry after the step that produced ``timestep`` (what a
+# recurrent critic reads the next state's value with).
+CarriedValueFn = Callable[[Any, TimeStep, Any], jax.Array]
 
 
 def make_reset_pool(env, key: jax.Array, num_envs: int, per_env: int) -> ResetPool:
@@ -161,7 +164,8 @@ def rollout(env, act: ActFn, value: ValueFn, params: Any, batch: EnvBatch, pool:
     Pass a fresh ``pool`` with ``batch.cursor`` zeroed (:func:`fresh_pool`) per chunk.
     """
     stateless = lambda p, ts, carry, k: (*act(p, ts, k), carry)  # noqa: E731
-    batch, _, traj = carried_rollout(env, stateless, value, params, batch, (), pool, key, length)
+    batch, _, traj = carried_rollout(env, stateless, lambda p, ts, carry: value(p, ts), params, batch, (), pool, key,
+                                     length)
     return batch, traj
 
 
@@ -170,7 +174,7 @@ def reset_where(done: jax.Array, carry: Any) -> Any:
     return _where(done, jax.tree.map(jnp.zeros_like, carry), carry)
 
 
-def carried_rollout(env, act: CarriedActFn, value: ValueFn, params: Any, batch: EnvBatch, carry: Any,
+def carried_rollout(env, act: CarriedActFn, value: CarriedValueFn, params: Any, batch: EnvBatch, carry: Any,
                     pool: ResetPool, key: jax.Array, length: int) -> tuple[EnvBatch, Any, Transition]:
     """:func:`rollout` for a recurrent policy: ``carry`` (per env, leading axis B) goes from step to step.
 
@@ -183,8 +187,8 @@ def carried_rollout(env, act: CarriedActFn, value: ValueFn, params: Any, batch: 
         batch, carry = c
         actions, logp, v, carry, *extras = act(params, batch.timestep, carry, step_key)
         new, real = step_with_pool(env, batch, actions, pool)
-        return (new, reset_where(real.done, carry)), transition(batch, real, actions, logp, v, value(params, real),
-                                                                extras[0] if extras else ())
+        record = transition(batch, real, actions, logp, v, value(params, real, carry), extras[0] if extras else ())
+        return (new, reset_where(real.done, carry)), record
 
     (batch, carry), traj = jax.lax.scan(body, (batch, carry), jax.random.split(key, length))
     return batch, carry, traj

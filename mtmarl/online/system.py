@@ -24,7 +24,12 @@ builder stores every env's hidden state at the start of its rollout, and the los
 re-runs the GRU over the rollout's time axis from it, with the same resets
 (:func:`replay_actor`), so before the first gradient step it reproduces the
 behaviour log-probabilities (tested); PPO minibatches then split the envs, not
-the time steps. The critic stays feed-forward.
+the time steps. The critic is feed-forward unless ``critic_recurrent=true``: then
+it too has a GRU (``gru_hidden`` units after its MLP, ``gru_head`` layers after
+the GRU; JaxMARL's SMAX MAPPO critic), whose hidden state is per env (team value)
+or per (env, agent) (``state_agent``); the carry is then ``(actor's, critic's)``,
+the bootstrap value of a step's next timestep is read with the critic state after
+that step, and the loss re-runs the critic over the rollout like the actor.
 
 ``actor=entity`` replaces the MLP by the entity transformer of
 :mod:`mtmarl.networks.entity` over the env's declared entity groups; its history
@@ -64,6 +69,7 @@ class MappoConfig(ppo.PPOSettings):
     activation: str = "tanh"  # tanh | relu: the MLP layers of actor and critic (JaxMARL's SMAX MAPPO: relu)
     actor: str = "mlp"  # mlp | entity (the entity transformer over the env's entity groups; recurrent)
     entity_width: int = 64
+    critic_recurrent: bool = False  # a GRU in the critic too (carry (actor's, critic's); a sequence learner)
 
     SYSTEM = "mappo"
     FOREIGN = ("embed_dim", "n_blocks", "n_heads", "chunk_size", "ffn_mult", "matmul_dtype")
@@ -82,17 +88,17 @@ class MappoConfig(ppo.PPOSettings):
 
     @property
     def carries_state(self) -> bool:
-        """The actor has a hidden state across steps (the GRU, or the entity actor's history token)."""
-        return self.recurrent or self.actor == "entity"
+        """A network has a hidden state across steps (the actor's GRU or entity history token, the critic's GRU)."""
+        return self.recurrent or self.actor == "entity" or self.critic_recurrent
 
     @staticmethod
     def coerce(kw: dict) -> dict:
         for key in ("hidden", "gru_head"):
             if key in kw:
                 kw[key] = tuple(int(h) for h in kw[key])
-        if "recurrent" in kw:
-            if not isinstance(kw["recurrent"], bool):
-                raise UserInputError(f"online.recurrent must be true or false, got {kw['recurrent']!r}")
+        for key in ("recurrent", "critic_recurrent"):
+            if key in kw and not isinstance(kw[key], bool):
+                raise UserInputError(f"online.{key} must be true or false, got {kw[key]!r}")
         for key in ("gru_hidden", "entity_width"):
             if key in kw:
                 kw[key] = int(kw[key])
@@ -166,19 +172,8 @@ class EntityActor(nn.Module):
 
 
 def replay_actor(actor: nn.Module, params, h0: jax.Array, traj: Transition) -> jax.Array:
-    """Logits (B, T, N, A) of batch-major transitions, the GRU re-run from ``h0`` (B, N, G).
-
-    The same steps as acting in :func:`carried_rollout`: the state after a step that
-    ended an episode is zeroed before the next step.
-    """
-    def body(h, x):
-        view, done = x
-        h, logits = actor.apply(params, h, view)
-        return reset_where(done, h), logits
-
-    time_major = lambda x: jnp.swapaxes(x, 0, 1)  # noqa: E731
-    _, logits = jax.lax.scan(body, h0, (time_major(traj.obs.agents_view), time_major(traj.done)))
-    return time_major(logits)
+    """Logits (B, T, N, A) of batch-major transitions, the actor re-run from ``h0`` (B, N, G) by :func:`replay`."""
+    return replay(functools.partial(actor.apply, params), h0, traj.obs.agents_view, traj.done)
 
 
 class Critic(nn.Module):
@@ -189,6 +184,37 @@ class Critic(nn.Module):
     def __call__(self, x: jax.Array) -> jax.Array:
         x = torso(x, self.hidden, self.activation)  # first: flax numbers the Dense layers in creation order
         return nn.Dense(1, kernel_init=nn.initializers.orthogonal(1.0))(x)[..., 0]
+
+
+class RecurrentCritic(nn.Module):
+    """MLP torso -> GRU cell -> MLP head -> value, over any leading axes: ``(h, x) -> (h', value)``."""
+
+    hidden: Sequence[int]
+    gru_hidden: int
+    activation: str = "tanh"
+    head: Sequence[int] = ()
+
+    def initial_carry(self, lead_shape: tuple[int, ...]) -> jax.Array:
+        return jnp.zeros(tuple(lead_shape) + (self.gru_hidden,))
+
+    @nn.compact
+    def __call__(self, h: jax.Array, x: jax.Array) -> tuple[jax.Array, jax.Array]:
+        h, y = nn.GRUCell(self.gru_hidden)(h, torso(x, self.hidden, self.activation))
+        return h, nn.Dense(1, kernel_init=nn.initializers.orthogonal(1.0))(torso(y, self.head, self.activation))[..., 0]
+
+
+def replay(step: Callable, h0: Any, inputs: jax.Array, done: jax.Array) -> jax.Array:
+    """Outputs (B, T, ...) of a recurrent ``step(h, x) -> (h', y)`` over batch-major ``inputs`` (B, T, ...) from
+    ``h0``: the same steps as acting in :func:`carried_rollout` (the state after a step that ended an episode,
+    ``done`` (B, T), is zeroed before the next step)."""
+    def body(h, x):
+        inp, d = x
+        h, y = step(h, inp)
+        return reset_where(d, h), y
+
+    time_major = lambda x: jnp.swapaxes(x, 0, 1)  # noqa: E731
+    _, ys = jax.lax.scan(body, h0, (time_major(inputs), time_major(done)))
+    return time_major(ys)
 
 
 def masked_sample(key: jax.Array, logits: jax.Array, mask: jax.Array) -> jax.Array:
@@ -257,29 +283,59 @@ def make_learner(env, cfg: MappoConfig) -> PPOLearner:
     else:
         actor = (RecurrentActor(cfg.hidden, cfg.gru_hidden, a, cfg.activation, cfg.gru_head) if cfg.recurrent
                  else Actor(cfg.hidden, a, cfg.activation))
+    # The critic's hidden state per value: per (env, agent) for state_agent's per-agent values, else per env.
+    value_lead = (n,) if cfg.critic_input == "state_agent" else ()
+    if cfg.critic_recurrent:
+        critic = RecurrentCritic(cfg.hidden, cfg.gru_hidden, cfg.activation, cfg.gru_head)
+
+    def critic_step(params, hc, obs: Observation, state: jax.Array):
+        return critic.apply(params["critic"], hc, critic_in(obs, state))
 
     def init(param_key):
+        critic_carry = (critic.initial_carry((1,)),) if cfg.critic_recurrent else ()
         return {"actor": actor.init(param_key, actor.initial_carry((1,)), jnp.zeros((1, o))),
-                "critic": critic.init(jax.random.fold_in(param_key, 1), jnp.zeros((1, critic_dim)))}
+                "critic": critic.init(jax.random.fold_in(param_key, 1), *critic_carry, jnp.zeros((1, critic_dim)))}
+
+    def init_carry(b: int):
+        if cfg.critic_recurrent:
+            return actor.initial_carry((b, n)), critic.initial_carry((b,) + value_lead)
+        return actor.initial_carry((b, n))
+
+    def act(params, ts: TimeStep, carry, key, greedy=False):
+        if not cfg.critic_recurrent:
+            return act_batch(actor, value_fn, params, ts, carry, key, greedy)
+        ha, hc = carry
+        actions, logp, _, ha = act_batch(actor, lambda p, t: (), params, ts, ha, key, greedy)
+        hc, value = critic_step(params, hc, ts.observation, ts.state)
+        return actions, logp, value, (ha, hc)
+
+    def next_value(params, ts: TimeStep, carry):
+        """The value of a step's next timestep, with the critic state after that step."""
+        return critic_step(params, carry[1], ts.observation, ts.state)[1] if cfg.critic_recurrent else value_fn(params, ts)
 
     def rollout(params, envs, carry, pool, key, length, greedy=False):
-        act_fn = functools.partial(act_batch, actor, value_fn, greedy=greedy)
-        return carried_rollout(env, act_fn, value_fn, params, envs, carry, pool, key, length)
+        return carried_rollout(env, functools.partial(act, greedy=greedy), next_value, params, envs, carry, pool,
+                               key, length)
 
     def loss(params, mb: Transition, adv, targets, h0):
-        """Feed-forward: a minibatch of (flattened) steps; recurrent: of whole env rollouts (B', T) + h0."""
+        """Feed-forward: a minibatch of (flattened) steps; sequences: of whole env rollouts (B', T) + h0."""
         adv = (adv - adv.mean()) / (adv.std() + 1e-8)  # per minibatch
+        h_actor = h0[0] if cfg.critic_recurrent else h0
         if cfg.carries_state:
-            logits = replay_actor(actor, params["actor"], h0, mb)
+            logits = replay_actor(actor, params["actor"], h_actor, mb)
         else:
             _, logits = actor.apply(params["actor"], (), mb.obs.agents_view)
-        values = critic.apply(params["critic"], critic_in(mb.obs, mb.state))
+        if cfg.critic_recurrent:
+            values = replay(functools.partial(critic.apply, params["critic"]), h0[1], critic_in(mb.obs, mb.state),
+                            mb.done)
+        else:
+            values = critic.apply(params["critic"], critic_in(mb.obs, mb.state))
         active = mb.obs.active.astype(jnp.float32)
         info = ppo.ppo_loss(logits, mb.obs.action_mask, mb.actions, mb.logp, adv, values,
                             mb.value, targets, cfg.clip_eps, cfg.vf_coef, cfg.ent_coef, weight=active)
         return info.total, info
 
-    return PPOLearner(init=init, init_carry=lambda b: actor.initial_carry((b, n)), rollout=rollout, loss=loss,
+    return PPOLearner(init=init, init_carry=init_carry, rollout=rollout, loss=loss,
                    sequences=cfg.carries_state, actor_params=lambda params: params["actor"],
                    policy=actor_policy(actor), greedy_policy=actor_policy(actor, greedy=True))
 
