@@ -128,7 +128,7 @@ def documents() -> list[Path]:
 def test_documents_and_results_carry_no_history():
     """No dates, issue numbers, papers by seed number, run counters or one set-up's limits in any document."""
     docs = documents()
-    assert ROOT / "vault_data" / "README.md" in docs and len(docs) > 100
+    assert ROOT / "vault_data" / "README.md" in docs and len(docs) > 60
     found = history_lines(docs, DOC_HISTORY)
     assert not found, "\n".join(found)
 
@@ -211,7 +211,7 @@ def test_the_path_scanner_reads_code_spans_and_links_and_finds_a_missing_path():
 
 def test_every_path_a_document_cites_is_in_the_tree():
     docs = [d for d in documents() if d.name == "README.md" or d.parent in (ROOT, ROOT / "docs")]
-    assert ROOT / "ARCHITECTURE.md" in docs and ROOT / "results" / "gpu_h100_select" / "README.md" in docs
+    assert ROOT / "ARCHITECTURE.md" in docs and ROOT / "results" / "smax_mappo_vs_jaxmarl_128envs" / "README.md" in docs
     missing = [f"{d.relative_to(ROOT)}: {c}" for d in docs for c in missing_paths(d, cited_paths(d.read_text()))]
     assert not missing, "documents cite paths that are not in the tree:\n" + "\n".join(missing)
 
