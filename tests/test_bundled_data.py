@@ -176,7 +176,9 @@ def _episode_returns(exp) -> np.ndarray:
 @pytest.mark.parametrize("set_name", SMAX_SETS)
 def test_every_smax_train_map_has_expert_and_medium_data_with_their_win_rates(set_name):
     """The HyGen paper's two datasets per training map, from the recorded CPU recipe; the win rate written to each
-    dataset's metadata is recounted from its arrays (SMAX: a won episode earns the win bonus, return > 1.99)."""
+    dataset's metadata is recounted from its arrays (SMAX declares the return a won episode exceeds)."""
+    from mtmarl.envs.smax import SmaxEnv
+
     for spec in task_registry.load(set_name).split("train"):
         vlt = vault_io.vault_path(DATA, spec)
         meta = vault_io.read_metadata(vlt)
@@ -189,7 +191,7 @@ def test_every_smax_train_map_has_expert_and_medium_data_with_their_win_rates(se
             returns = _episode_returns(vault_io.read_vault(vlt, spec, uid=uid))
             wins = coll["data_wins"][uid]
             assert wins["episodes"] == len(returns) == entry["returns"]["episodes"], (spec.name, uid)
-            assert wins["wins"] == int((returns > 1.99).sum()), (spec.name, uid)
+            assert wins["wins"] == int((returns > SmaxEnv.WIN_RETURN).sum()), (spec.name, uid)
             scores[uid] = wins["win_rate"]
             assert all((vlt / f).is_file() for f in entry["sha256"])
         half = 0.5 * coll["expert_score"]  # the medium policy is the snapshot scoring nearest half the expert

@@ -9,6 +9,7 @@ import os
 import shutil
 from pathlib import Path
 
+import numpy as np
 import pytest
 from hydra import compose, initialize_config_dir
 
@@ -332,3 +333,20 @@ def test_a_task_its_run_did_not_learn_keeps_the_data_already_held(tmp_path):
     assert packed.merge(SET, tmp_path / "w3", into)["merged"] == [A]
     assert json.loads((into / "references.json").read_text())[A]["return"] == 0.7
 
+
+
+def test_merge_can_bundle_a_cut_of_each_vault(tmp_path):
+    """``--max-episodes``: the merged vaults hold each dataset's first episodes (a prefix of the collected arrays),
+    marked as a cut; references and curves merge as without it."""
+    from mtmarl.data import vault as V
+
+    _collection(tmp_path / "w", {A: _entry(A, 0.5)})
+    into = tmp_path / "acc"
+    got = packed.main(["merge", SET, str(tmp_path / "w"), "--into", str(into), "--max-episodes", "2"])
+    assert got["merged"] == [A]
+    src, dst = (root / "lbf" / "grid=6,agents=2,food=1.vlt" for root in (tmp_path / "w", into))
+    full, cut = V.read_vault(src), V.read_vault(dst)
+    assert len(V.episode_returns(full)) == 3 and len(V.episode_returns(cut)) == 2
+    np.testing.assert_array_equal(cut["observations"], full["observations"][:, :cut["observations"].shape[1]])
+    assert V.read_metadata(dst)["datasets"]["default"]["collector"]["cut"]["of_episodes"] == 3
+    assert json.loads((into / "references.json").read_text()) == {A: _entry(A, 0.5)}

@@ -320,3 +320,48 @@ def test_a_full_disk_while_writing_is_one_line_leaves_no_temporary_and_keeps_the
     assert "\n" not in str(err.value)
     assert {p: p.read_bytes() for p in sorted(old.parent.rglob("*")) if p.is_file()} == before
     assert not list(old.parent.glob(".*.tmp-*"))
+
+
+def test_a_cut_keeps_each_datasets_first_episodes_and_says_so(tmp_path, spec, experience):
+    """write_cut: the first n completed episodes of every uid, arrays identical to the original's prefix, the
+    collector metadata kept with ``cut``; Connector has no win rule, so a win count is dropped."""
+    ends = np.flatnonzero((experience["terminals"][0, :, 0] + experience["truncations"][0, :, 0]) > 0)
+    assert len(ends) >= 3
+    src = V.write_vault(tmp_path / "full", spec, experience, {"collector": "test", "data_wins": {"a": {}}}, uid="a")
+    V.write_vault(tmp_path / "full", spec, experience, {"collector": "test"}, uid="b")
+    out = V.write_cut(src.parent, tmp_path / "cut", 2)
+    assert out == V.vault_path(tmp_path / "cut", spec) and sorted(V.list_uids(out)) == ["a", "b"]
+    for uid in ("a", "b"):
+        cut = V.read_vault(out, spec, uid=uid)
+        stop = ends[1] + 1
+        for key in ("observations", "actions", "rewards", "terminals", "truncations"):
+            np.testing.assert_array_equal(cut[key], experience[key][:, :stop])
+        np.testing.assert_array_equal(cut["infos"]["legals"], experience["infos"]["legals"][:, :stop])
+        assert V.episode_returns(cut).tolist() == pytest.approx(_returns_by_hand(experience)[:2])
+        collector = V.read_metadata(out)["datasets"][uid]["collector"]
+        assert collector["cut"] == {"episodes": 2, "of_episodes": len(ends), "of_transitions": STEPS}
+        assert collector["collector"] == "test" and "data_wins" not in collector
+    whole = V.write_cut(src.parent, tmp_path / "whole", len(ends) + 5)  # fewer episodes than asked: all of them
+    np.testing.assert_array_equal(V.read_vault(whole, spec, uid="a")["actions"], experience["actions"])
+    with pytest.raises(UserInputError, match="max_episodes=0"):
+        V.write_cut(src.parent, tmp_path / "none", 0)
+
+
+def test_a_cut_of_smax_data_recounts_its_wins(tmp_path):
+    """SMAX declares that a won episode returns 2 (any other at most 1): a cut's win count is recounted from the
+    returns it keeps, and agrees with the wins counted when the bundled 3m data were recorded (all episodes)."""
+    from mtmarl.envs.smax import SmaxEnv
+
+    vlt = Path(__file__).resolve().parents[1] / "vault_data" / "smax" / "3m.vlt"
+    meta = V.read_metadata(vlt)
+    out = V.write_cut(vlt, tmp_path, 40)
+    cut_meta = V.read_metadata(out)
+    for uid in ("expert", "medium"):
+        full = V.episode_returns(V.read_vault(vlt, uid=uid))
+        recorded = meta["datasets"][uid]["collector"]["data_wins"][uid]
+        assert recorded["wins"] == int((full > SmaxEnv.WIN_RETURN).sum())  # the rule agrees with the recorder
+        wins = cut_meta["datasets"][uid]["collector"]["data_wins"]
+        assert wins[uid] == {"episodes": 40, "wins": int((full[:40] > SmaxEnv.WIN_RETURN).sum()),
+                             "win_rate": pytest.approx(int((full[:40] > SmaxEnv.WIN_RETURN).sum()) / 40)}
+        assert set(wins) == {"expert", "medium"}
+        assert len(V.episode_returns(V.read_vault(out, uid=uid))) == 40

@@ -76,6 +76,9 @@ class MultiAgentEnv(abc.ABC):
     # UserInputError naming key, value and what is allowed (mtmarl.task_params). None: typed from the
     # constructor's annotations (int and bool checked, anything else kept as given).
     TASK_PARAMS: ClassVar[Mapping[str, Callable[[str, Any], Any]] | None] = None
+    # Where the reward makes a win readable from an episode's return: the return above which it was won (so a
+    # dataset's win count can be recounted from its arrays, e.g. for a cut of it). None: not readable.
+    WIN_RETURN: ClassVar[float | None] = None
 
     @classmethod
     def check_layout(cls, params: Mapping[str, Any]) -> None:

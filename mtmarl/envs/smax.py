@@ -80,6 +80,9 @@ def _map_param(key: str, value: Any) -> str:
 class SmaxEnv(MultiAgentEnv):
     name = "smax"
     TASK_PARAMS = {"map": _map_param, "horizon": integer(1, MAX_STEPS)}
+    # The shaped reward sums to the share of enemy health removed (at most 1) and a win adds 1, so a won episode
+    # returns 2 and any other at most 1.
+    WIN_RETURN = 1.5
 
     def __init__(self, map: str, horizon: int = 100):  # noqa: A002 (the SMAC term)
         smax = jaxmarl_smax()

@@ -23,6 +23,9 @@ its returns raw). Train with
 ``data.root=<the accumulated folder>``. A finished collection becomes the bundled data of its set as a whole::
 
     python experiment_scripts/packed_collect.py merge lbf_5 vault_data_converged --into vault_data --whole-set --write-bundled
+
+A collection too large to bundle (SMAX's 2000 episodes per dataset) is bundled as a cut: ``--max-episodes N`` keeps
+each dataset's first N episodes (:mod:`mtmarl.data.vault.cut`).
 """
 
 from __future__ import annotations
@@ -296,11 +299,13 @@ def did_not_learn(entry: dict) -> bool:
 
 
 def merge(task_set: str, files: Path, into: Path | None = None, whole_set: bool = False,
-          write_bundled: bool = False) -> dict:
+          write_bundled: bool = False, max_episodes: int | None = None) -> dict:
     """Add a packed run's collection (``files``: its parts and manifest, or a collection root) to the accumulated
     one: only ``task_set``'s tasks (all of them with ``whole_set``); into the bundled data only with
-    ``write_bundled``."""
+    ``write_bundled``; with ``max_episodes``, each vault's cut to that many episodes per dataset
+    (:func:`mtmarl.data.vault.write_cut`)."""
     from mtmarl.data.stats import DEFAULT_ROOT as BUNDLED
+    from mtmarl.data.vault import write_cut
     from mtmarl.evaluation.references import merge_entry, read_entries
 
     dest = accumulated(task_set, into)
@@ -325,7 +330,10 @@ def merge(task_set: str, files: Path, into: Path | None = None, whole_set: bool 
                 env, _, params = key.partition(":")
                 if key in vaults:
                     rel = vaults[key].relative_to(root)
-                    shutil.copytree(vaults[key], stage / rel)
+                    if max_episodes is None:
+                        shutil.copytree(vaults[key], stage / rel)
+                    elif write_cut(vaults[key], stage, max_episodes) != stage / rel:
+                        raise UserInputError(f"{vaults[key]}: its metadata names another task than its folder")
                     moves.append((stage / rel, dest / rel))
                 for curve in sorted((root / "logs" / env).glob("*")):  # <task>.jsonl and .png
                     if curve.stem in (entry.get("name"), params):
@@ -373,13 +381,15 @@ def main(argv: list[str] | None = None) -> dict:
     m.add_argument("--into", type=Path, help=f"the accumulated collection (default {DEFAULT_INTO}/<set>)")
     m.add_argument("--whole-set", action="store_true", help="refuse unless every task of the set is finished there")
     m.add_argument("--write-bundled", action="store_true", help="allow --into inside the bundled vault_data/")
+    m.add_argument("--max-episodes", type=int, default=None,
+                   help="keep each dataset's first this many episodes (a cut of a large collection to bundle)")
     argv = list(sys.argv[1:] if argv is None else argv)
     extra = argv[argv.index("--") + 1:] if "--" in argv else []  # (argparse mishandles -- after a subcommand)
     args = parser.parse_args(argv[:len(argv) - len(extra) - bool(extra or "--" in argv)])
     if args.command == "run":
         result = run(args.task_set, args.minutes, args.out, extra, args.into, args.part_mib, args.parts, args.procs)
     else:
-        result = merge(args.task_set, args.files, args.into, args.whole_set, args.write_bundled)
+        result = merge(args.task_set, args.files, args.into, args.whole_set, args.write_bundled, args.max_episodes)
     print(json.dumps(result, indent=1))
     return result
 

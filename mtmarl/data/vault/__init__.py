@@ -1,7 +1,8 @@
 """Per-task Flashbax vaults in og-marl's layout: writing, reading, validation, returns.
 
 One package, one module per concern: ``layout`` (constants, paths, encodings), ``check``
-(checksums, shapes), ``returns``, ``write`` and ``read``; everything public is re-exported here.
+(checksums, shapes), ``returns``, ``write``, ``read`` and ``cut`` (the first episodes of a vault, for bundling);
+everything public is re-exported here.
 
 Layout (og-marl compatible)::
 
@@ -46,10 +47,11 @@ from mtmarl.data.vault.layout import (DEFAULT_UID, ENCODING_KEY, FBX_META_FILE, 
 from mtmarl.data.vault.read import NoMetadataWarning, describe_vault, export_npz, flat_arrays, read_vault
 from mtmarl.data.vault.returns import episode_ends, episode_returns, return_stats, team_rewards
 from mtmarl.data.vault.write import _fbx_write, package_versions, write_vault
+from mtmarl.data.vault.cut import write_cut
 
 __all__ = ["DEFAULT_UID", "ENCODING_KEY", "FBX_META_FILE", "FLAG_KEYS", "FORMAT_VERSION", "META_FILE", "OUT_DTYPES",
            "NoMetadataWarning", "check_experience", "check_recorded", "describe_vault", "episode_ends",
            "episode_returns", "export_npz", "flat_arrays", "list_uids", "package_versions", "read_metadata",
            "read_vault", "recorded_dims", "recorded_task", "resolve", "return_stats", "sha256_file",
            "task_dirname", "team_rewards", "vault_path",
-           "verify_files", "write_vault", "_decode", "_encode_real", "_fbx_write", "_file_hashes"]
+           "verify_files", "write_cut", "write_vault", "_decode", "_encode_real", "_fbx_write", "_file_hashes"]
