@@ -93,13 +93,14 @@ demo-data-%: install
 data-%: install
 	$(COLLECT_ONE) +recipe=full +tasks=$* collect.root=$(FULL_ROOT)
 # SMAX (the HyGen paper's sets): expert + medium datasets of the training maps, test maps online for a reference only
-# (recipe/smax_demo.yaml: 1M steps per training map, 300k per test map on a CPU; recipe/smax.yaml: 10M, for a GPU).
+# (recipe/smax_demo.yaml: 1M steps per training map, 300k per test map; recipe/smax.yaml: each map to a plateau,
+# at least 10M steps, 2000 episodes per dataset, into vault_data_smax/; interruptible, the same command resumes).
 demo-data-smax_%: install
 	$(COLLECT_ONE) +recipe=smax_demo +tasks=smax_$* split=train collect.root=$(DEMO_ROOT) collect.write_bundled=true collect.progress=false
 	$(COLLECT_ONE) +recipe=smax_demo +tasks=smax_$* split=test collect.env_budget.smax=300000 \
 		collect.root=$(DEMO_ROOT) collect.write_bundled=true collect.progress=false
 data-smax_%: install
-	$(COLLECT_ONE) +recipe=smax +tasks=smax_$* collect.root=$(FULL_ROOT)
+	$(COLLECT_ONE) +recipe=smax +tasks=smax_$*
 
 # converged-<set>: every task trained to a plateau (mtmarl/configs/recipe/converged.yaml) into $(CONVERGED_ROOT);
 # interruptible: the same command resumes at the first unfinished task (README, Datasets).
