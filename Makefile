@@ -80,8 +80,8 @@ experiments: install
 # data: the full-size benchmark data into vault_data_full/ (mtmarl/configs/recipe/full.yaml; times: README, Datasets);
 # collect: any collection, e.g. make collect COLLECT_ARGS='+tasks=lbf_5 collect.budget=500000'.
 DATA_SETS ?= connector_10 lbf_5 rware_15 smax_marine_hard smax_stalker_zealot smax_m3_easy
-# the sets bundled at the demo recipe (lbf_5 and connector_10 are bundled at the converged recipe: make converged-<set>)
-DEMO_SETS ?= rware_15 smax_marine_hard smax_stalker_zealot smax_m3_easy
+# the sets bundled at the demo recipe (the Jumanji sets are bundled at the converged recipe: make converged-<set>)
+DEMO_SETS ?= smax_marine_hard smax_stalker_zealot smax_m3_easy
 DEMO_ROOT ?= vault_data
 FULL_ROOT ?= vault_data_full
 COLLECT_ARGS ?= +recipe=demo +tasks=lbf_5

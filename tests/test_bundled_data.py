@@ -27,8 +27,17 @@ SETS = ("rware_15", "lbf_5", "connector_10")
 DEMO = OmegaConf.load(CONFIG_DIR / "recipe" / "demo.yaml")
 CONVERGED = OmegaConf.load(CONFIG_DIR / "recipe" / "converged.yaml")
 # the sets whose bundled data is at the converged recipe (make converged-<set>); the others are the demo recipe's
-CONVERGED_SETS = ("lbf_5", "connector_10")
+CONVERGED_SETS = ("rware_15", "lbf_5", "connector_10")
 CONVERGED_ENVS = {task_registry.load(s).env for s in CONVERGED_SETS}
+# the converged attempts that did not learn their task (which then keeps its earlier data)
+ATTEMPTS = json.loads((ROOT / "vault_data_converged" / "references.json").read_text())
+
+
+def kept_after_no_learning(adhoc: str) -> bool:
+    """The task's converged run learned nothing, so the bundled data keep the earlier recipe's for it."""
+    from mtmarl.experiments.packed_collect import did_not_learn
+
+    return adhoc in ATTEMPTS and did_not_learn(ATTEMPTS[adhoc])
 
 
 def check_converged(collector_or_entry: dict, env: str, name: str) -> None:
@@ -53,7 +62,7 @@ def test_every_train_task_has_a_bundled_vault_matching_its_spec(set_name):
         entry = meta["datasets"][vault_io.DEFAULT_UID]
         assert entry["transitions"] > 0 and entry["returns"]["episodes"] > 0, spec.name
         # produced by the recorded demo recipe (or the converged recipe), and every checksummed file is present
-        if spec.env in CONVERGED_ENVS:
+        if spec.env in CONVERGED_ENVS and not kept_after_no_learning(spec.adhoc):
             check_converged(entry["collector"], spec.env, spec.name)
             assert entry["collector"]["quality"] == CONVERGED.collect.quality == "intervals"
             steps = entry["collector"]["interval_steps"]
@@ -105,7 +114,7 @@ def test_references_cover_every_task_of_the_bundled_sets():
                 assert entry is not None, f"no reference for {set_name} {split} task {spec.name}"
                 assert entry["name"] == spec.name and entry["split"] == split
                 assert math.isfinite(entry["return"]) and math.isfinite(entry["initial_return"])
-                if spec.env in CONVERGED_ENVS:
+                if spec.env in CONVERGED_ENVS and not kept_after_no_learning(spec.adhoc):
                     check_converged(entry, spec.env, spec.name)
                     assert entry["episodes"] == 320 and entry["options"]["plateau"]["min_steps"] == \
                         CONVERGED.collect.plateau.min_steps[spec.env], spec.name
