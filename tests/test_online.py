@@ -235,11 +235,11 @@ def test_recurrent_actor_head_is_mlp_layers_between_the_gru_and_the_logits():
     head the parameters are the plain recurrent actor's (same names, so earlier runs load unchanged)."""
     import flax.linen as nn
 
-    from mtmarl.online.system import RecurrentActor
+    from mtmarl.online.system import RecurrentNet
 
     x = np.asarray(jax.random.normal(jax.random.key(0), (6, 7)))
     h0 = np.asarray(jax.random.normal(jax.random.key(1), (6, 5)))
-    actor = RecurrentActor((8,), 5, 3, "relu", head=(4,))
+    actor = RecurrentNet((8,), 5, 3, "relu", head=(4,))
     params = actor.init(jax.random.key(2), h0, x)["params"]
     assert set(params) == {"Dense_0", "GRUCell_0", "Dense_1", "Dense_2"} and params["Dense_1"]["kernel"].shape == (5, 4)
     dense = lambda z, p: z @ np.asarray(p["kernel"]) + np.asarray(p["bias"])  # noqa: E731
@@ -249,7 +249,7 @@ def test_recurrent_actor_head_is_mlp_layers_between_the_gru_and_the_logits():
     got_h, got = actor.apply({"params": params}, h0, x)
     np.testing.assert_allclose(np.asarray(got), want, rtol=1e-5, atol=1e-5)
     np.testing.assert_allclose(np.asarray(got_h), np.asarray(h1), rtol=1e-6)
-    plain = RecurrentActor((8,), 5, 3, "relu").init(jax.random.key(2), h0, x)["params"]
+    plain = RecurrentNet((8,), 5, 3, "relu").init(jax.random.key(2), h0, x)["params"]
     assert set(plain) == {"Dense_0", "GRUCell_0", "Dense_1"} and plain["Dense_1"]["kernel"].shape == (5, 3)
     assert MappoConfig.from_mapping({"gru_head": [128]}).gru_head == (128,)
 

@@ -18,7 +18,7 @@ from mtmarl.online.anakin import chunk_summary, to_experience
 from mtmarl.online.collectors import get_system
 from mtmarl.algos.registry import make_online_system, online_config
 from mtmarl.online.rollout import carried_rollout, make_reset_pool, reset_where, start_from_pool
-from mtmarl.online.system import Critic, MappoConfig, RecurrentActor, act_batch, actor_policy, replay_actor
+from mtmarl.online.system import Critic, MappoConfig, RecurrentNet, act_batch, actor_policy, replay_actor
 
 
 TASK = "connector:grid=5,agents=2"
@@ -47,7 +47,7 @@ def test_reset_where_zeroes_only_ended_envs():
 
 def toy_pieces():
     env = ToyEnv()
-    actor, critic = RecurrentActor((16,), G, env.num_actions), Critic((16,))
+    actor, critic = RecurrentNet((16,), G, env.num_actions), Critic((16,))
     k1, k2 = jax.random.split(jax.random.PRNGKey(3))
     params = {"actor": actor.init(k1, jnp.zeros((1, G)), jnp.zeros((1, env.obs_dim))),
               "critic": critic.init(k2, jnp.zeros((1, env.num_agents * env.obs_dim)))}

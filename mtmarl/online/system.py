@@ -121,7 +121,7 @@ def logits_head(x: jax.Array, num_actions: int) -> jax.Array:
 
 
 class Actor(nn.Module):
-    """MLP torso -> logits. Same interface as :class:`RecurrentActor`, with an empty carry ``()``
+    """MLP torso -> logits. Same interface as :class:`RecurrentNet`, with an empty carry ``()``
     passed through, so acting, recording and evaluation never ask which actor they hold."""
 
     hidden: Sequence[int]
@@ -136,24 +136,27 @@ class Actor(nn.Module):
         return carry, logits_head(torso(agents_view, self.hidden, self.activation), self.num_actions)
 
 
-class RecurrentActor(nn.Module):
-    """MLP torso -> GRU cell -> MLP head (``head``, may be empty) -> logits, over any leading axes:
-    ``(h, view) -> (h', logits)``."""
+class RecurrentNet(nn.Module):
+    """MLP torso -> GRU cell -> MLP head (``head``, may be empty) -> ``outputs`` linear outputs, over any leading axes:
+    ``(h, x) -> (h', out)``. The recurrent actor (outputs = the logits, last layer initialised at scale 0.01 so the
+    first policy is near uniform) and the recurrent critic (one output at scale 1.0)."""
 
     hidden: Sequence[int]
     gru_hidden: int
-    num_actions: int
+    outputs: int
     activation: str = "tanh"
     head: Sequence[int] = ()
+    out_scale: float = 0.01
 
     def initial_carry(self, lead_shape: tuple[int, ...]) -> jax.Array:
         """The episode-start state: zeros of ``lead_shape + (gru_hidden,)``."""
         return jnp.zeros(tuple(lead_shape) + (self.gru_hidden,))
 
     @nn.compact
-    def __call__(self, h: jax.Array, agents_view: jax.Array) -> tuple[jax.Array, jax.Array]:
-        h, x = nn.GRUCell(self.gru_hidden)(h, torso(agents_view, self.hidden, self.activation))
-        return h, logits_head(torso(x, self.head, self.activation), self.num_actions)
+    def __call__(self, h: jax.Array, x: jax.Array) -> tuple[jax.Array, jax.Array]:
+        h, y = nn.GRUCell(self.gru_hidden)(h, torso(x, self.hidden, self.activation))
+        y = torso(y, self.head, self.activation)  # first: flax numbers the Dense layers in creation order
+        return h, nn.Dense(self.outputs, kernel_init=nn.initializers.orthogonal(self.out_scale))(y)
 
 
 class EntityActor(nn.Module):
@@ -184,23 +187,6 @@ class Critic(nn.Module):
     def __call__(self, x: jax.Array) -> jax.Array:
         x = torso(x, self.hidden, self.activation)  # first: flax numbers the Dense layers in creation order
         return nn.Dense(1, kernel_init=nn.initializers.orthogonal(1.0))(x)[..., 0]
-
-
-class RecurrentCritic(nn.Module):
-    """MLP torso -> GRU cell -> MLP head -> value, over any leading axes: ``(h, x) -> (h', value)``."""
-
-    hidden: Sequence[int]
-    gru_hidden: int
-    activation: str = "tanh"
-    head: Sequence[int] = ()
-
-    def initial_carry(self, lead_shape: tuple[int, ...]) -> jax.Array:
-        return jnp.zeros(tuple(lead_shape) + (self.gru_hidden,))
-
-    @nn.compact
-    def __call__(self, h: jax.Array, x: jax.Array) -> tuple[jax.Array, jax.Array]:
-        h, y = nn.GRUCell(self.gru_hidden)(h, torso(x, self.hidden, self.activation))
-        return h, nn.Dense(1, kernel_init=nn.initializers.orthogonal(1.0))(torso(y, self.head, self.activation))[..., 0]
 
 
 def replay(step: Callable, h0: Any, inputs: jax.Array, done: jax.Array) -> jax.Array:
@@ -281,15 +267,17 @@ def make_learner(env, cfg: MappoConfig) -> PPOLearner:
     if cfg.actor == "entity":
         actor: nn.Module = EntityActor(env.spec, cfg.entity_width)
     else:
-        actor = (RecurrentActor(cfg.hidden, cfg.gru_hidden, a, cfg.activation, cfg.gru_head) if cfg.recurrent
+        actor = (RecurrentNet(cfg.hidden, cfg.gru_hidden, a, cfg.activation, cfg.gru_head) if cfg.recurrent
                  else Actor(cfg.hidden, a, cfg.activation))
     # The critic's hidden state per value: per (env, agent) for state_agent's per-agent values, else per env.
     value_lead = (n,) if cfg.critic_input == "state_agent" else ()
     if cfg.critic_recurrent:
-        critic = RecurrentCritic(cfg.hidden, cfg.gru_hidden, cfg.activation, cfg.gru_head)
+        critic = RecurrentNet(cfg.hidden, cfg.gru_hidden, 1, cfg.activation, cfg.gru_head, out_scale=1.0)
 
-    def critic_step(params, hc, obs: Observation, state: jax.Array):
-        return critic.apply(params["critic"], hc, critic_in(obs, state))
+    def critic_step(critic_params, hc, x):
+        """The recurrent critic's step: ``(hc, critic input) -> (hc', value)``."""
+        hc, value = critic.apply(critic_params, hc, x)
+        return hc, value[..., 0]
 
     def init(param_key):
         critic_carry = (critic.initial_carry((1,)),) if cfg.critic_recurrent else ()
@@ -306,12 +294,14 @@ def make_learner(env, cfg: MappoConfig) -> PPOLearner:
             return act_batch(actor, value_fn, params, ts, carry, key, greedy)
         ha, hc = carry
         actions, logp, _, ha = act_batch(actor, lambda p, t: (), params, ts, ha, key, greedy)
-        hc, value = critic_step(params, hc, ts.observation, ts.state)
+        hc, value = critic_step(params["critic"], hc, critic_in(ts.observation, ts.state))
         return actions, logp, value, (ha, hc)
 
     def next_value(params, ts: TimeStep, carry):
         """The value of a step's next timestep, with the critic state after that step."""
-        return critic_step(params, carry[1], ts.observation, ts.state)[1] if cfg.critic_recurrent else value_fn(params, ts)
+        if cfg.critic_recurrent:
+            return critic_step(params["critic"], carry[1], critic_in(ts.observation, ts.state))[1]
+        return value_fn(params, ts)
 
     def rollout(params, envs, carry, pool, key, length, greedy=False):
         return carried_rollout(env, functools.partial(act, greedy=greedy), next_value, params, envs, carry, pool,
@@ -326,8 +316,7 @@ def make_learner(env, cfg: MappoConfig) -> PPOLearner:
         else:
             _, logits = actor.apply(params["actor"], (), mb.obs.agents_view)
         if cfg.critic_recurrent:
-            values = replay(functools.partial(critic.apply, params["critic"]), h0[1], critic_in(mb.obs, mb.state),
-                            mb.done)
+            values = replay(functools.partial(critic_step, params["critic"]), h0[1], critic_in(mb.obs, mb.state), mb.done)
         else:
             values = critic.apply(params["critic"], critic_in(mb.obs, mb.state))
         active = mb.obs.active.astype(jnp.float32)
