@@ -161,8 +161,7 @@ def test_collect_with_recurrent_mappo_writes_a_readable_vault(tmp_path):
     assert episode_returns(to_experience(system.record(state, jax.random.PRNGKey(1)))).size > 0
 
 
-@pytest.mark.parametrize("critic_input", ["state", "state_agent"])
-def test_recurrent_critic_bootstraps_with_its_carry_and_replays_its_values(critic_input):
+def test_recurrent_critic_bootstraps_with_its_carry_and_replays_its_values():
     """online.critic_recurrent: the carry is (actor's, critic's); a step's bootstrap value is the value the critic
     gives the next step from the same state (where no episode ended), and the loss re-runs the critic over the
     rollout to the values acting recorded (value loss 0 against those values as targets)."""
@@ -171,12 +170,14 @@ def test_recurrent_critic_bootstraps_with_its_carry_and_replays_its_values(criti
 
     env = TaskSpec.parse(TASK).build()
     n = env.num_agents
-    cfg = online_config({**TINY, "critic_input": critic_input, "critic_recurrent": True})
+    cfg = online_config({**TINY, "critic_input": "state_agent", "critic_recurrent": True})
     assert cfg.carries_state and online_config({**TINY, "recurrent": False, "critic_recurrent": True}).carries_state
+    team = make_learner(env, online_config({**TINY, "critic_input": "state", "critic_recurrent": True}))
+    assert team.init_carry(B)[1].shape == (B, G)  # a team value: one critic state per env
     learner = make_learner(env, cfg)
     params = learner.init(jax.random.PRNGKey(0))
     ha, hc = learner.init_carry(B)
-    assert ha.shape == (B, n, G) and hc.shape == ((B, n, G) if critic_input == "state_agent" else (B, G))
+    assert ha.shape == (B, n, G) and hc.shape == (B, n, G)  # per-agent values: one per (env, agent)
     hc = jax.random.normal(jax.random.PRNGKey(1), hc.shape)  # a non-zero start the replay must use
     pool = make_reset_pool(env, jax.random.PRNGKey(2), B, 8)
     _, (_, hc_end), traj = jax.jit(lambda h: learner.rollout(params, start_from_pool(pool), h, pool,
