@@ -207,15 +207,22 @@ def masked_sample(key: jax.Array, logits: jax.Array, mask: jax.Array) -> jax.Arr
     return jax.random.categorical(key, jnp.where(mask, logits, ppo.NEG_INF), axis=-1)
 
 
-def act_batch(actor: nn.Module, value_fn: Callable, params, ts: TimeStep, carry, key, greedy: bool = False):
-    """Sampled (or greedy) actions of B envs: ``(actions, logp, value, carry')`` (a :func:`carried_rollout` act)."""
+def actor_step(actor: nn.Module, params, ts: TimeStep, carry, key, greedy: bool = False):
+    """Sampled (or greedy) actions of B envs by the actor alone: ``(actions, logp, actor carry')``."""
     obs = ts.observation
     carry, logits = actor.apply(params["actor"], carry, obs.agents_view)
     if greedy:
         actions = jnp.argmax(jnp.where(obs.action_mask, logits, ppo.NEG_INF), -1)
     else:
         actions = jax.vmap(masked_sample)(jax.random.split(key, logits.shape[0]), logits, obs.action_mask)
-    return actions, ppo.log_prob(logits, obs.action_mask, actions), value_fn(params, ts), carry
+    return actions, ppo.log_prob(logits, obs.action_mask, actions), carry
+
+
+def act_batch(actor: nn.Module, value_fn: Callable, params, ts: TimeStep, carry, key, greedy: bool = False):
+    """:func:`actor_step` with a feed-forward critic's value: ``(actions, logp, value, carry')`` (a
+    :func:`carried_rollout` act)."""
+    actions, logp, carry = actor_step(actor, params, ts, carry, key, greedy)
+    return actions, logp, value_fn(params, ts), carry
 
 
 def actor_policy(actor: nn.Module, greedy: bool = False) -> Policy:
@@ -293,7 +300,7 @@ def make_learner(env, cfg: MappoConfig) -> PPOLearner:
         if not cfg.critic_recurrent:
             return act_batch(actor, value_fn, params, ts, carry, key, greedy)
         ha, hc = carry
-        actions, logp, _, ha = act_batch(actor, lambda p, t: (), params, ts, ha, key, greedy)
+        actions, logp, ha = actor_step(actor, params, ts, ha, key, greedy)
         hc, value = critic_step(params["critic"], hc, critic_in(ts.observation, ts.state))
         return actions, logp, value, (ha, hc)
 
