@@ -194,3 +194,70 @@ def test_recurrent_critic_bootstraps_with_its_carry_and_replays_its_values():
     assert float(info.value) < 1e-10
     _, wrong = learner.loss(params, batch_major, adv, batch_major.value, (ha, jnp.zeros_like(hc)))
     assert float(wrong.value) > 1e-6  # the critic's start state matters, so the check above can fail
+
+
+@pytest.mark.parametrize("variant", [
+    {"recurrent": True, "critic_recurrent": True},  # sequences with both carries (the SMAX recipe's learner)
+    pytest.param({"recurrent": False}, marks=pytest.mark.slow),  # feed-forward: single steps
+])
+def test_agent_minibatches_hold_single_agents_and_one_minibatch_gives_the_same_update(variant):
+    """online.agent_minibatches: sample s*N+i is agent i of env (or step) s alone, with its critic input, start
+    state and the env's flags; with one minibatch the update equals the whole-env update (same entries)."""
+    from mtmarl.online.anakin import AXIS, advantages, samples
+    from mtmarl.online.system import make_learner
+    from mtmarl.tasks import TaskSpec
+
+    env = TaskSpec.parse(TASK).build()
+    n = env.num_agents
+    base = {**TINY, **variant, "critic_input": "state_agent", "epochs": 2, "minibatches": 1}
+    cfg, split_cfg = online_config(base), online_config({**base, "agent_minibatches": True})
+    whole, split = make_learner(env, cfg), make_learner(env, split_cfg)
+    assert whole.samples is None and split.samples is not None
+    params = whole.init(jax.random.PRNGKey(0))
+    carry0 = jax.tree.map(lambda h: jax.random.normal(jax.random.PRNGKey(1), h.shape), whole.init_carry(B))
+    pool = make_reset_pool(env, jax.random.PRNGKey(2), B, 8)
+    _, _, traj = jax.jit(lambda c: whole.rollout(params, start_from_pool(pool), c, pool, jax.random.PRNGKey(3),
+                                                  3 * T))(carry0)
+    assert np.asarray(traj.done).any()
+    adv, targets = advantages(cfg, traj)
+    ref = samples(cfg.carries_state, traj, adv, targets, carry0)
+    mb_traj, mb_adv, _, mb_carry = split.samples(traj, adv, targets, carry0)
+    seq = cfg.carries_state
+    s = B if seq else B * 3 * T
+    assert mb_traj.actions.shape[0] == s * n and mb_adv.shape == ((s * n, 3 * T, 1) if seq else (s * n, 1))
+    ids = np.eye(n)
+    for k in (0, n + 1, s * n - 1):
+        row, i = divmod(k, n)
+        at = (lambda x: x[row, :, i]) if seq else (lambda x: x[row, i])  # noqa: E731
+        one = (lambda x: x[k, :, 0]) if seq else (lambda x: x[k, 0])  # noqa: E731
+        for field in ("actions", "logp", "value"):
+            np.testing.assert_array_equal(one(getattr(mb_traj, field)), at(getattr(ref[0], field)))
+        np.testing.assert_array_equal(one(mb_traj.obs.agents_view), at(ref[0].obs.agents_view))
+        np.testing.assert_array_equal(one(mb_adv), at(ref[1]))
+        np.testing.assert_array_equal(mb_traj.reward[k], ref[0].reward[row])
+        np.testing.assert_array_equal(mb_traj.done[k], ref[0].done[row])
+        state = one(mb_traj.state)  # the critic's input: the env's state and agent i's one-hot id
+        np.testing.assert_array_equal(state[..., :env.state_dim], ref[0].state[row])
+        np.testing.assert_array_equal(state[..., env.state_dim:], np.broadcast_to(ids[i], state.shape[:-1] + (n,)))
+        for h, h_ref in zip(jax.tree.leaves(mb_carry), jax.tree.leaves(ref[3])):
+            np.testing.assert_array_equal(h[k, 0], h_ref[row, i])
+
+    def update(learner, data):
+        tx = cfg.optimiser()
+        return ppo.optimise(learner.loss, tx, params, tx.init(params), data, jax.random.PRNGKey(4), cfg.epochs,
+                            cfg.minibatches, AXIS)[0][0]
+
+    one_device = lambda f, *a: jax.jit(jax.vmap(f, axis_name=AXIS))(*jax.tree.map(lambda x: x[None], a))  # noqa: E731
+    p_whole = one_device(lambda d: update(whole, d), ref)
+    p_split = one_device(lambda d: update(split, d), split.samples(traj, adv, targets, carry0))
+    moved = [float(np.abs(a - b).max()) for a, b in zip(jax.tree.leaves(p_whole), jax.tree.leaves(params))]
+    assert max(moved) > 1e-4  # the update moves the params, so the equality below can fail
+    for a, b in zip(jax.tree.leaves(p_whole), jax.tree.leaves(p_split)):
+        np.testing.assert_allclose(a[0], b[0], rtol=1e-4, atol=1e-6)
+
+
+def test_agent_minibatches_need_per_agent_values():
+    with pytest.raises(UserInputError, match="online.agent_minibatches=true needs one value per agent"):
+        online_config({**TINY, "critic_input": "state", "agent_minibatches": True})
+    with pytest.raises(UserInputError, match="online.agent_minibatches must be true or false"):
+        online_config({**TINY, "critic_input": "state_agent", "agent_minibatches": "yes"})

@@ -25,6 +25,7 @@ og-marl's layout, keeping only completed episodes.
 
 from __future__ import annotations
 
+import functools
 from typing import Any, Callable, NamedTuple
 
 import jax
@@ -49,7 +50,8 @@ class PPOLearner(NamedTuple):
     (``carry0`` is the rollout-start carry of sequence samples, ``()`` for step samples);
     ``sequences``: samples are whole env rollouts (B, T, ...), else single steps (B*T, ...);
     ``actor_params(params)`` is what ``policy`` / ``greedy_policy`` (the evaluator's
-    interface: sampled and argmax actions) read.
+    interface: sampled and argmax actions) read; ``samples(traj, adv, targets, carry0)``, when given,
+    replaces :func:`samples` (e.g. :func:`agent_samples`: one sample per (env, agent)).
     """
 
     init: Callable[[jax.Array], Any]
@@ -60,6 +62,7 @@ class PPOLearner(NamedTuple):
     actor_params: Callable[[Any], Any]
     policy: Policy
     greedy_policy: Policy
+    samples: Callable[..., tuple] | None = None
 
 
 class PPOState(NamedTuple):
@@ -119,6 +122,39 @@ def samples(sequences: bool, traj: Transition, adv, targets, carry0) -> tuple:
     return jax.tree.map(flat, (traj, adv, targets)) + ((),)
 
 
+# Transition fields with an agent axis (the rest are per env); ``state`` may hold per-agent inputs (below).
+AGENT_FIELDS = ("actions", "logp", "value", "next_value")
+OBS_AGENT_FIELDS = ("agents_view", "action_mask", "active")
+
+
+def agent_samples(data: tuple, num_agents: int, sequences: bool, agent_state: bool) -> tuple:
+    """:func:`samples` output -> one sample per (env, agent): JaxMARL's SMAX MAPPO draws its minibatches from
+    every (env, agent) sequence, not from whole envs.
+
+    An agent's leaf (S, [T,] N, ...) becomes (S*N, [T,] 1, ...), sample ``s*N + i`` being agent ``i`` of sample
+    ``s``; a per-env leaf (S, ...) is repeated N times to match; the start carry (S, N, ...) of a sequence
+    learner becomes (S*N, 1, ...). Per-agent values are required (adv and targets are split like them);
+    ``agent_state``: ``traj.state`` holds per-agent inputs (S, [T,] N, ...) too (a critic's input with the
+    agent's id), else it is the env's state."""
+    traj, adv, targets, carry0 = data
+    axis = 2 if sequences else 1  # the agent axis of a transition leaf
+
+    def agent(x):
+        x = jnp.moveaxis(x, axis, 1)  # (S, N, [T,] ...)
+        x = x.reshape((x.shape[0] * x.shape[1],) + x.shape[2:])
+        return jnp.expand_dims(x, axis)
+
+    env = lambda x: jnp.repeat(x, num_agents, axis=0)  # noqa: E731
+    obs = traj.obs.replace(**{f: agent(getattr(traj.obs, f)) for f in OBS_AGENT_FIELDS},
+                           step_count=env(traj.obs.step_count))
+    per_agent = {f: agent(getattr(traj, f)) for f in AGENT_FIELDS}
+    rest = {f: jax.tree.map(env, getattr(traj, f)) for f in traj._fields
+            if f not in AGENT_FIELDS + ("obs", "state")}
+    traj = traj._replace(obs=obs, state=agent(traj.state) if agent_state else env(traj.state), **per_agent, **rest)
+    carry0 = jax.tree.map(lambda h: h.reshape((h.shape[0] * h.shape[1], 1) + h.shape[2:]), carry0)
+    return traj, agent(adv), agent(targets), carry0
+
+
 def build(env, cfg: ppo.PPOSettings, learner: PPOLearner, num_devices: int | None = None) -> System:
     """The compiled system of ``learner`` on ``env`` with the PPO settings ``cfg``."""
     devices = jax.local_devices()[: num_devices or jax.local_device_count()]
@@ -141,7 +177,7 @@ def build(env, cfg: ppo.PPOSettings, learner: PPOLearner, num_devices: int | Non
         carry0 = state.carry
         envs, carry, traj = learner.rollout(state.params, envs, carry0, pool, roll_key, T)
         adv, targets = advantages(cfg, traj)
-        data = samples(learner.sequences, traj, adv, targets, carry0)
+        data = (learner.samples or functools.partial(samples, learner.sequences))(traj, adv, targets, carry0)
         (params, opt_state), infos = ppo.optimise(learner.loss, tx, state.params, state.opt_state, data,
                                                   shuffle_key, cfg.epochs, cfg.minibatches, AXIS)
         return PPOState(params, opt_state, envs, carry, key, state.update + 1), update_metrics(traj, infos)

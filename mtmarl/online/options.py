@@ -12,7 +12,7 @@ from typing import Any
 # Options that appeared after data were recorded, with the value that reproduces what those runs did: options
 # recorded without the key were made with that value.
 ADDED_OPTIONS: dict[str, Any] = {"online.clip_per_network": False, "online.gru_head": [],
-                                 "online.critic_recurrent": False}
+                                 "online.critic_recurrent": False, "online.agent_minibatches": False}
 
 
 def _flat(value: Any, prefix: str = "") -> dict[str, Any]:

@@ -31,6 +31,12 @@ or per (env, agent) (``state_agent``); the carry is then ``(actor's, critic's)``
 the bootstrap value of a step's next timestep is read with the critic state after
 that step, and the loss re-runs the critic over the rollout like the actor.
 
+``agent_minibatches=true`` (with ``state_agent``'s per-agent values) draws the minibatches from (env, agent)
+samples, each agent's steps or rollout alone with its own critic input and start state, as JaxMARL's SMAX
+MAPPO does; by default a minibatch holds whole envs, all their agents together. The samples and the loss per
+entry are the same either way, so with one minibatch the update is too (tested); only how the entries are
+grouped into minibatches differs.
+
 ``actor=entity`` replaces the MLP by the entity transformer of
 :mod:`mtmarl.networks.entity` over the env's declared entity groups; its history
 token is the recurrent state, trained like the GRU (a sequence learner), and
@@ -54,7 +60,7 @@ from mtmarl.errors import UserInputError
 from mtmarl.evaluation.policies import Policy
 from mtmarl.networks.entity import EntityAgent, EntityConfig
 from mtmarl.online import ppo
-from mtmarl.online.anakin import PPOLearner, build
+from mtmarl.online.anakin import PPOLearner, agent_samples, build, samples
 from mtmarl.online.rollout import Transition, carried_rollout, reset_where
 
 
@@ -70,6 +76,7 @@ class MappoConfig(ppo.PPOSettings):
     actor: str = "mlp"  # mlp | entity (the entity transformer over the env's entity groups; recurrent)
     entity_width: int = 64
     critic_recurrent: bool = False  # a GRU in the critic too (carry (actor's, critic's); a sequence learner)
+    agent_minibatches: bool = False  # minibatches of (env, agent) samples, not whole envs (needs state_agent)
 
     SYSTEM = "mappo"
     FOREIGN = ("embed_dim", "n_blocks", "n_heads", "chunk_size", "ffn_mult", "matmul_dtype")
@@ -82,6 +89,9 @@ class MappoConfig(ppo.PPOSettings):
             raise UserInputError(f"online.critic_input={self.critic_input!r}; allowed: {', '.join(CRITIC_INPUTS)}")
         if self.activation not in ACTIVATIONS:
             raise UserInputError(f"online.activation={self.activation!r}; allowed: {', '.join(ACTIVATIONS)}")
+        if self.agent_minibatches and self.critic_input != "state_agent":
+            raise UserInputError(f"online.agent_minibatches=true needs one value per agent: online.critic_input="
+                                 f"state_agent, got {self.critic_input}")
         if self.carries_state and self.num_envs % self.minibatches:
             raise UserInputError(f"online.num_envs={self.num_envs} is not divisible by online.minibatches="
                                  f"{self.minibatches} (recurrent MAPPO minibatches split the envs)")
@@ -96,7 +106,7 @@ class MappoConfig(ppo.PPOSettings):
         for key in ("hidden", "gru_head"):
             if key in kw:
                 kw[key] = tuple(int(h) for h in kw[key])
-        for key in ("recurrent", "critic_recurrent"):
+        for key in ("recurrent", "critic_recurrent", "agent_minibatches"):
             if key in kw and not isinstance(kw[key], bool):
                 raise UserInputError(f"online.{key} must be true or false, got {kw[key]!r}")
         for key in ("gru_hidden", "entity_width"):
@@ -314,18 +324,26 @@ def make_learner(env, cfg: MappoConfig) -> PPOLearner:
         return carried_rollout(env, functools.partial(act, greedy=greedy), next_value, params, envs, carry, pool,
                                key, length)
 
+    def split_samples(traj: Transition, adv, targets, carry0):
+        """One sample per (env, agent), its critic input (the state with its id) computed before the split."""
+        traj = traj._replace(state=critic_in(traj.obs, traj.state))
+        return agent_samples(samples(cfg.carries_state, traj, adv, targets, carry0), n, cfg.carries_state,
+                             agent_state=True)
+
     def loss(params, mb: Transition, adv, targets, h0):
-        """Feed-forward: a minibatch of (flattened) steps; sequences: of whole env rollouts (B', T) + h0."""
+        """Feed-forward: a minibatch of (flattened) steps; sequences: of whole env rollouts (B', T) + h0;
+        ``agent_minibatches``: of single agents' steps or rollouts (``mb.state`` is then the critic's input)."""
         adv = (adv - adv.mean()) / (adv.std() + 1e-8)  # per minibatch
+        critic_x = mb.state if cfg.agent_minibatches else critic_in(mb.obs, mb.state)
         h_actor = h0[0] if cfg.critic_recurrent else h0
         if cfg.carries_state:
             logits = replay_actor(actor, params["actor"], h_actor, mb)
         else:
             _, logits = actor.apply(params["actor"], (), mb.obs.agents_view)
         if cfg.critic_recurrent:
-            values = replay(functools.partial(critic_step, params["critic"]), h0[1], critic_in(mb.obs, mb.state), mb.done)
+            values = replay(functools.partial(critic_step, params["critic"]), h0[1], critic_x, mb.done)
         else:
-            values = critic.apply(params["critic"], critic_in(mb.obs, mb.state))
+            values = critic.apply(params["critic"], critic_x)
         active = mb.obs.active.astype(jnp.float32)
         info = ppo.ppo_loss(logits, mb.obs.action_mask, mb.actions, mb.logp, adv, values,
                             mb.value, targets, cfg.clip_eps, cfg.vf_coef, cfg.ent_coef, weight=active)
@@ -333,7 +351,8 @@ def make_learner(env, cfg: MappoConfig) -> PPOLearner:
 
     return PPOLearner(init=init, init_carry=init_carry, rollout=rollout, loss=loss,
                    sequences=cfg.carries_state, actor_params=lambda params: params["actor"],
-                   policy=actor_policy(actor), greedy_policy=actor_policy(actor, greedy=True))
+                   policy=actor_policy(actor), greedy_policy=actor_policy(actor, greedy=True),
+                   samples=split_samples if cfg.agent_minibatches else None)
 
 
 @register_online("mappo", MappoConfig, "MAPPO")
