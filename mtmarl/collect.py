@@ -72,16 +72,19 @@ def interrupted(entry: Any) -> bool:
 
 
 def skip_reason(spec, split: str, root: Path, uid: str, entry: Any, record: bool, options: dict[str, Any],
-                redo: bool, where: Path) -> str | None:
+                redo: bool | str, where: Path) -> str | None:
     """Why a task is not collected again (None: collect it).
 
     A task is done when its reference entry says its training ended (budget, plateau rule or time limit, not a
     signal) and, for a recorded train task, its vault is there; a done task collected with other options is
-    refused (one line naming them) unless ``collect.redo=true`` asks to collect it again."""
+    refused (one line naming them) unless ``collect.redo=true`` asks to collect it again, or ``collect.redo=keep``
+    to keep it as it was collected (its entry records its own options)."""
     if interrupted(entry) or (split == "train" and record and not vault_done(root, spec, uid)):
         return None
     before = entry.get("options")
     if before is None or not isinstance(before, dict):
+        if redo == "keep":
+            return f"kept as collected ({where}; its options are not recorded)"
         if redo:
             return None
         raise UserInputError(f"{split} task {spec.name} is in {where} without the options it was collected with, "
@@ -90,10 +93,13 @@ def skip_reason(spec, split: str, root: Path, uid: str, entry: Any, record: bool
     changes = option_changes(before, options)
     if not changes:
         return f"already collected ({where})"
+    if redo == "keep":
+        return f"kept as collected ({where}; with {'; '.join(changes)})"
     if redo:
         return None
     raise UserInputError(f"{split} task {spec.name} was collected with other options ({'; '.join(changes)}); "
-                         "add collect.redo=true to collect it again with these, or choose another collect.root")
+                         "add collect.redo=true to collect it again with these, collect.redo=keep to keep it as it "
+                         "is, or choose another collect.root")
 
 
 def collector(cfg: DictConfig, env: str):
@@ -241,6 +247,10 @@ def run(cfg: DictConfig) -> list[dict[str, Any]]:
     from mtmarl.training.stop import catch_signals, requested
 
     time_limit_s(cfg)  # refused now, not after the first task
+    redo = cfg.collect.get("redo", False)
+    if not (isinstance(redo, bool) or redo == "keep"):
+        raise UserInputError(f"collect.redo={redo!r}; allowed: false (refuse a finished task collected with other "
+                             "options), true (collect it again), keep (keep it as it is)")
     done_path, done = done_elsewhere(cfg)
     with Progress(*columns, console=console, disable=not cfg.collect.progress) as bar, catch_signals():
         for s, spec in todo:
@@ -250,7 +260,7 @@ def run(cfg: DictConfig) -> list[dict[str, Any]]:
                 break
             # the dataset a finished task has last
             uid = "medium" if qualities[spec.env] == "expert_medium" else str(cfg.collect.uid)
-            options, redo = task_options(cfg, spec), cfg.collect.get("redo", False) is True
+            options = task_options(cfg, spec)
             where = skip_reason(spec, s, root, uid, read_entries(ref_path).get(spec.adhoc),
                                 bool(cfg.collect.record), options, redo, ref_path)
             if where is None and spec.adhoc in done and not interrupted(done[spec.adhoc]):

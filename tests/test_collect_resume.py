@@ -172,6 +172,15 @@ def test_a_plateaued_run_ends_early_is_recorded_at_intervals_and_a_rerun_checks_
         assert said in err, err
     assert (tmp_path / "vaults" / "references.json").read_text() == before
 
+    # collect.redo=keep: kept as it was collected, the differences named; anything else is one line
+    changed.collect.redo = "keep"
+    (kept,) = collect.run(changed)
+    assert kept["skipped"] and "kept as collected" in capsys.readouterr().err
+    assert (tmp_path / "vaults" / "references.json").read_text() == before
+    changed.collect.redo = "yes"
+    with pytest.raises(SystemExit):
+        collect.run(changed)
+    assert "collect.redo='yes'; allowed: false" in capsys.readouterr().err
     # collect.redo=true: collected again with the new options
     changed.collect.redo = True
     (again,) = collect.run(changed)
