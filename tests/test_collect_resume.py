@@ -31,11 +31,11 @@ def _naive_plateau(rule, steps, returns):
     w = rule.window * end
     last = [r for s, r in zip(steps, returns) if r is not None and s > end - w]
     prev = [r for s, r in zip(steps, returns) if r is not None and end - 2 * w < s <= end - w]
-    first = [r for s, r in zip(steps, returns) if r is not None and s <= w]
-    if not last or not prev or not first:
+    start = [r for r in returns if r is not None][:1]  # the first chunk with a return
+    if not last or not prev:
         return False
     mean = lambda xs: sum(xs) / len(xs)  # noqa: E731
-    learned = mean(last) - mean(first) >= rule.min_gain * max(abs(mean(first)), 1e-6)
+    learned = mean(last) - start[0] >= rule.min_gain * max(abs(start[0]), 1e-6)
     return learned and mean(last) - mean(prev) < rule.min_gain * max(abs(mean(prev)), 1e-6)
 
 
@@ -47,13 +47,17 @@ def test_the_plateau_rule_matches_its_definition_on_hand_made_and_random_curves(
     # at 200 steps: the last window (160, 200] holds 170..200 (mean 185), the one before (120, 160] 130..160 (145)
     assert not plateaued(rule, steps, rising) and plateaued(rule, steps, flat)
     assert not plateaued(rule, steps[:9], flat[:9])  # 90 < min_steps: never before it
-    assert plateaued(rule, steps[:10], flat[:10])  # at 100: first window (0, 20] at 0.5, the last two at 1.0
+    assert plateaued(rule, steps[:10], flat[:10])  # at 100: the first chunk at 0.5, the last two windows at 1.0
+    # solved within the first fifth: the first chunk 3% below the rest, the first window's mean within 1% of it;
+    # learned all the same, so it plateaus at min_steps instead of training on to the cap
+    solved = [0.97] + [1.0] * 19
+    assert [n for n in range(1, 21) if plateaued(rule, steps[:n], solved[:n])] == list(range(10, 21))
     # never above its start (a sparse reward not found yet, or stuck at zero): no plateau, the cap ends it
     assert not plateaued(rule, steps, [1.0] * 20) and not plateaued(rule, steps, [0.0] * 20)
     assert not plateaued(rule, steps, [0.02] * 4 + [0.0] * 16)  # learned nothing, then got worse
     # 1.5% better than the window before: below 2%, a plateau; 2.5%: still learning
     assert plateaued(rule, steps, flat[:16] + [1.015] * 4) and not plateaued(rule, steps, flat[:16] + [1.025] * 4)
-    # negative returns: the gains are relative to |m_prev| and |m_first|
+    # negative returns: the gains are relative to |m_prev| and |r_0|
     start = [-4.0] * 4 + [-2.0] * 12
     assert not plateaued(rule, steps, start + [-1.9] * 4) and plateaued(rule, steps, start + [-1.99] * 4)
     # chunks without a finished episode (None) are left out; a window with none of them does not decide

@@ -7,14 +7,18 @@
     min_gain: 0.02                                    # g: the relative improvement that counts as learning
 
 After each chunk at ``s >= min_steps`` env steps, with ``m_last`` the mean training return of the chunks in
-``(s - w s, s]``, ``m_prev`` that of the chunks in ``(s - 2 w s, s - w s]`` and ``m_first`` that of the chunks
-in ``(0, w s]``, the run has plateaued when it has learned and stopped learning:
+``(s - w s, s]``, ``m_prev`` that of the chunks in ``(s - 2 w s, s - w s]`` and ``r_0`` the training return of
+the run's first chunk with a finished episode (its start), the run has plateaued when it has learned and stopped
+learning:
 
-    m_last - m_first >= g * max(|m_first|, eps)    and    m_last - m_prev < g * max(|m_prev|, eps)
+    m_last - r_0 >= g * max(|r_0|, eps)    and    m_last - m_prev < g * max(|m_prev|, eps)
 
 (eps keeps a wobble around zero return from counting as learning). A run that never rose above its start
 (a sparse reward not yet found: its return flat at the untrained policy's) trains on; the budget
 (``collect.budget`` / ``collect.env_budget``) stays the cap, and the reference entry says how the run ended.
+Learning is measured from the first chunk, not from a window that grows with the run: a task solved within the
+first fifth of the steps would otherwise never count as learned (its first window already holds the solved
+return) and would train on to the cap.
 
     stall_steps: {rware: 15000000}                    # optional, per env: give up on a run that has not learned
 
@@ -47,9 +51,9 @@ class PlateauRule:
         w = f"{self.window:g}"
         text = (f"at least {self.min_steps:,} env steps, then stop when the mean training return of the last "
                 f"{w} of the steps improves by less than {self.min_gain:g} (relative) on the {w} before it, once "
-                f"it is at least {self.min_gain:g} (relative) above that of the first {w}")
+                f"it is at least {self.min_gain:g} (relative) above the first chunk's")
         if self.stall_steps is not None:
-            text += f"; a run not that far above its first {w} by {self.stall_steps:,} env steps stops there"
+            text += f"; a run not that far above its first chunk by {self.stall_steps:,} env steps stops there"
         return text
 
     def to_json(self) -> dict[str, Any]:
@@ -88,17 +92,17 @@ def rule_for(cfg, env: str) -> PlateauRule | None:
 
 
 def window_means(steps: np.ndarray, returns: np.ndarray, window: float) -> tuple[float, float, float] | None:
-    """(m_first, m_prev, m_last): mean returns of the chunks ending in the first window of ``window * steps[-1]``
-    env steps and in the last two; None while any of them holds no chunk with a return."""
+    """(r_0, m_prev, m_last): the first chunk's return (the first one with a return) and the mean returns of the
+    chunks ending in the last two windows of ``window * steps[-1]`` env steps; None while either window holds no
+    chunk with a return."""
     end = float(steps[-1])
     width = window * end
     finite = np.isfinite(returns)
-    masks = (finite & (steps <= width), finite & (steps > end - 2 * width) & (steps <= end - width),
-             finite & (steps > end - width))
+    masks = (finite & (steps > end - 2 * width) & (steps <= end - width), finite & (steps > end - width))
     if not all(m.any() for m in masks):
         return None
-    first, prev, last = (float(returns[m].mean()) for m in masks)
-    return first, prev, last
+    prev, last = (float(returns[m].mean()) for m in masks)
+    return float(returns[finite][0]), prev, last
 
 
 def _learned(first: float, last: float, rule: PlateauRule) -> bool:
@@ -112,7 +116,7 @@ def _means(rule: PlateauRule, steps, returns) -> tuple[float, float, float] | No
 
 def stalled(rule: PlateauRule, steps, returns) -> bool:
     """True when the run has reached ``rule.stall_steps`` without learning (its last window not ``min_gain``
-    above its first); never without a stall limit or while a window holds no return."""
+    above its first chunk); never without a stall limit or while a window holds no return."""
     if rule.stall_steps is None or len(steps) == 0 or steps[-1] < rule.stall_steps:
         return False
     means = _means(rule, steps, returns)
@@ -121,7 +125,7 @@ def stalled(rule: PlateauRule, steps, returns) -> bool:
 
 def plateaued(rule: PlateauRule, steps, returns) -> bool:
     """True when the run (chunk end steps and their training returns, None for a chunk without a finished
-    episode) has reached ``rule.min_steps``, has risen above its first window and its last window improves by
+    episode) has reached ``rule.min_steps``, has risen above its first chunk and its last window improves by
     less than ``min_gain`` on the one before."""
     if len(steps) == 0 or steps[-1] < rule.min_steps:
         return False
