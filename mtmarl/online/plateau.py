@@ -91,7 +91,7 @@ def rule_for(cfg, env: str) -> PlateauRule | None:
     return PlateauRule(int(steps), float(value["window"]), float(value["min_gain"]), stall)
 
 
-def window_means(steps: np.ndarray, returns: np.ndarray, window: float) -> tuple[float, float, float] | None:
+def start_and_window_means(steps: np.ndarray, returns: np.ndarray, window: float) -> tuple[float, float, float] | None:
     """(r_0, m_prev, m_last): the first chunk's return (the first one with a return) and the mean returns of the
     chunks ending in the last two windows of ``window * steps[-1]`` env steps; None while either window holds no
     chunk with a return."""
@@ -105,13 +105,13 @@ def window_means(steps: np.ndarray, returns: np.ndarray, window: float) -> tuple
     return float(returns[finite][0]), prev, last
 
 
-def _learned(first: float, last: float, rule: PlateauRule) -> bool:
-    return last - first >= rule.min_gain * max(abs(first), EPS)
+def _learned(start: float, last: float, rule: PlateauRule) -> bool:
+    return last - start >= rule.min_gain * max(abs(start), EPS)
 
 
 def _means(rule: PlateauRule, steps, returns) -> tuple[float, float, float] | None:
     steps = np.asarray(steps, dtype=np.float64)
-    return window_means(steps, np.asarray([np.nan if r is None else r for r in returns], np.float64), rule.window)
+    return start_and_window_means(steps, np.asarray([np.nan if r is None else r for r in returns], np.float64), rule.window)
 
 
 def stalled(rule: PlateauRule, steps, returns) -> bool:
@@ -132,5 +132,5 @@ def plateaued(rule: PlateauRule, steps, returns) -> bool:
     means = _means(rule, steps, returns)
     if means is None:
         return False
-    first, prev, last = means
-    return _learned(first, last, rule) and last - prev < rule.min_gain * max(abs(prev), EPS)
+    start, prev, last = means
+    return _learned(start, last, rule) and last - prev < rule.min_gain * max(abs(prev), EPS)
