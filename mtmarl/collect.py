@@ -260,7 +260,7 @@ def run(cfg: DictConfig) -> list[dict[str, Any]]:
                 break
             # the dataset a finished task has last
             uid = "medium" if qualities[spec.env] == "expert_medium" else str(cfg.collect.uid)
-            options = task_options(cfg, spec)
+            options = task_options(cfg, spec, s)
             where = skip_reason(spec, s, root, uid, read_entries(ref_path).get(spec.adhoc),
                                 bool(cfg.collect.record), options, redo, ref_path)
             if where is None and spec.adhoc in done and not interrupted(done[spec.adhoc]):

@@ -78,7 +78,7 @@ def run(cfg: DictConfig) -> list[dict[str, Any]]:
                 console.print(f"stopped on a signal before {s} task {spec.name}; run the same command again to go on")
                 break
             where = skip_reason(spec, s, out, "default", read_entries(ref_path).get(spec.adhoc), False,
-                                task_options(ccfg, spec), bool(ccfg.collect.redo), ref_path)
+                                task_options(ccfg, spec, s), bool(ccfg.collect.redo), ref_path)
             if where is not None:
                 console.print(f"skip {s} task {spec.name}: {where}")
                 results.append({"name": spec.name, "split": s, "skipped": True})

@@ -100,6 +100,37 @@ def test_expert_medium_collection_writes_both_datasets(tmp_path):
     assert not (tmp_path / "bad").exists()  # refused before anything is trained or written
 
 
+def test_early_updates_run_one_per_chunk_and_each_leaves_a_snapshot_on_train_tasks_only(tmp_path):
+    """A map won within its first chunk needs snapshots inside it to have a medium: collect.quality_early_updates."""
+    from mtmarl import collect
+    from mtmarl.online.collectors import task_options
+    from mtmarl.tasks import TaskSpec
+
+    cfg = _cfg(tmp_path, "expert_medium")
+    cfg.collect.quality_early_updates = 3
+    collect.run(cfg)
+    from mtmarl.data.vault import vault_path
+    from mtmarl.online.collectors import task_log
+
+    spec = TaskSpec.parse(TASK)
+    per_update = 4 * 8 * 2  # envs x rollout x the 2 forced devices
+    log = task_log(tmp_path / "vaults" / "logs", spec)
+    steps = [json.loads(line)["env_steps"] for line in log.read_text().splitlines()]
+    assert steps == [per_update * u for u in (1, 2, 3, 5, 6)]  # 3 single updates, then chunks of 2 (the last cut short)
+    meta = json.loads((vault_path(tmp_path / "vaults", spec) / "mtmarl.json").read_text())
+    scores = meta["datasets"]["medium"]["collector"]["snapshot_scores"]
+    assert len(scores) == len(steps)  # a snapshot after every chunk
+    entry = json.loads((tmp_path / "vaults" / "references.json").read_text())[spec.adhoc]
+    assert entry["options"]["quality_early_updates"] == 3
+    # where it changes nothing (a test task, a run that records nothing), it is not an option: such runs keep theirs
+    assert "quality_early_updates" not in task_options(cfg, spec, "test")
+    cfg.collect.record = False
+    assert "quality_early_updates" not in task_options(cfg, spec, "train")
+    cfg.collect.quality_early_updates = -1
+    with pytest.raises(UserInputError, match="collect.quality_early_updates=-1; allowed: an integer >= 0"):
+        task_options(cfg, spec, "test")
+
+
 def test_levels_collection_records_equal_parts_of_the_chosen_snapshots_into_one_dataset(tmp_path, monkeypatch):
     from mtmarl import collect
     from mtmarl.data.vault import list_uids, read_vault, vault_path

@@ -181,11 +181,12 @@ REFERENCE_KEYS = ("return", "name", "split", "episodes", "std", "env_steps", "se
                   "stop_rule", "learner", "devices")
 
 
-def task_options(cfg: DictConfig, spec) -> dict[str, Any]:
+def task_options(cfg: DictConfig, spec, split: str = "train") -> dict[str, Any]:
     """Every option that decides one task's data and reference (not where they are written, not the progress bar).
 
     Kept in its reference entry as ``options``: a rerun with other options is refused rather than
-    taking the task as done (:mod:`mtmarl.collect`)."""
+    taking the task as done (:mod:`mtmarl.collect`). ``collect.quality_early_updates`` is one only where it
+    changes something (a train task's snapshots), so a collection without it keeps its options."""
     plain = OmegaConf.to_container(cfg.collect, resolve=True)
     kind = collector_kind(cfg, spec.env)
     opts: dict[str, Any] = {"collector": kind, "seed": int(cfg.seed), "budget": env_budget(cfg, spec.env),
@@ -198,9 +199,22 @@ def task_options(cfg: DictConfig, spec) -> dict[str, Any]:
                     plateau=rule.to_json() if rule else None, quality=env_quality(cfg, spec.env),
                     **{k: plain.get(k) for k in ("quality_levels", "quality_records", "quality_min_episodes",
                                                  "quality_episodes")})
+        if early_updates(cfg, spec, split):
+            opts["quality_early_updates"] = early_updates(cfg, spec, split)
     else:
         opts[kind] = plain.get(kind)
     return opts
+
+
+def early_updates(cfg: DictConfig, spec, split: str) -> int:
+    """``collect.quality_early_updates`` where it applies (train tasks whose datasets are chosen from scored
+    snapshots: expert_medium, levels), else 0."""
+    n = cfg.collect.get("quality_early_updates") or 0
+    if isinstance(n, bool) or not isinstance(n, int) or n < 0:
+        raise UserInputError(f"collect.quality_early_updates={n!r}; allowed: an integer >= 0 (0: every chunk "
+                             "runs online.updates_per_chunk updates)")
+    applies = split == "train" and bool(cfg.collect.record) and env_quality(cfg, spec.env) in ("expert_medium", "levels")
+    return n if applies else 0
 
 
 def ended(budget_done: bool, stopped: str | None, gave_up: bool, steps: int) -> str | None:
@@ -241,7 +255,8 @@ def write_outputs(spec, cfg: DictConfig, root: Path, ref_path: Path, result: dic
     entry = {k: result[k] for k in REFERENCE_KEYS if result.get(k) is not None}
     if result.get("tt_threshold") is not None:
         entry["tt"] = result.get("tt")  # null: the threshold was never reached
-    merge_entry(ref_path, spec.adhoc, {**entry, **reference_extra, "options": task_options(cfg, spec)})
+    merge_entry(ref_path, spec.adhoc, {**entry, **reference_extra,
+                                       "options": task_options(cfg, spec, result.get("split", "train"))})
 
 
 def collect_task(spec, split: str, cfg: DictConfig, root: Path, ref_path: Path, log_dir: Path,
@@ -274,7 +289,10 @@ def collect_task(spec, split: str, cfg: DictConfig, root: Path, ref_path: Path, 
     updates = run_updates(budget, per_update, spec.name, bar)
     done, first_steps, elapsed = 0, 0, 0.0
     saved_at, every_s = partial.path(root, spec), 60.0 * float(cfg.collect.get("checkpoint_min") or 5.0)
-    options = task_options(cfg, spec)
+    options = task_options(cfg, spec, split)
+    # A task solved within its first chunk has no snapshot between untrained and solved, so no medium: the first
+    # ``early`` updates then run one per chunk, each leaving a snapshot.
+    early = early_updates(cfg, spec, split)
     resumed = partial.load(saved_at, options, state)
     initial = None
     if resumed is None and bool(cfg.collect.get("initial_eval", False)):
@@ -291,7 +309,8 @@ def collect_task(spec, split: str, cfg: DictConfig, root: Path, ref_path: Path, 
     with open(log_path, "w") as log:  # the curve so far (a continued run's rows), then each chunk's
         log.writelines(json.dumps(row) + "\n" for row in rows)
         while done < updates and stopped is None:
-            n = min(mcfg.updates_per_chunk, updates - done)  # the last chunk may be shorter (its own program)
+            # the last chunk may be shorter (its own program), and so are the early ones
+            n = min(1 if done < early else mcfg.updates_per_chunk, updates - done)
             t0 = time.perf_counter()
             state, metrics = system.train_chunk(state, n)
             summary = chunk_summary(metrics)  # blocks on the chunk
