@@ -103,15 +103,13 @@ def test_expert_medium_collection_writes_both_datasets(tmp_path):
 def test_early_updates_run_one_per_chunk_and_each_leaves_a_snapshot_on_train_tasks_only(tmp_path):
     """A map won within its first chunk needs snapshots inside it to have a medium: collect.quality_early_updates."""
     from mtmarl import collect
-    from mtmarl.online.collectors import task_options
+    from mtmarl.data.vault import vault_path
+    from mtmarl.online.collectors import task_log, task_options
     from mtmarl.tasks import TaskSpec
 
     cfg = _cfg(tmp_path, "expert_medium")
     cfg.collect.quality_early_updates = 3
     collect.run(cfg)
-    from mtmarl.data.vault import vault_path
-    from mtmarl.online.collectors import task_log
-
     spec = TaskSpec.parse(TASK)
     per_update = 4 * 8 * 2  # envs x rollout x the 2 forced devices
     log = task_log(tmp_path / "vaults" / "logs", spec)

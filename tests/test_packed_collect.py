@@ -33,7 +33,7 @@ def test_done_in_skips_the_tasks_it_lists_before_building_anything(tmp_path, cap
     done = tmp_path / "earlier.json"
     cfg = _compose([f"collect.root={tmp_path / 'root'}", f"collect.done_in={done}"])
     spec = TaskSpec.parse(TASK)
-    done.write_text(json.dumps({spec.adhoc: {"return": 1.0, "options": task_options(cfg, spec)}}))
+    done.write_text(json.dumps({spec.adhoc: {"return": 1.0, "options": task_options(cfg, spec, "train")}}))
     out = collect.run(cfg)
     assert out == [{"name": TaskSpec.parse(TASK).name, "split": "train", "skipped": True}]
     assert f"listed in {done}" in "".join(capsys.readouterr().err.split("\n"))  # (rich wraps long lines)
@@ -46,10 +46,10 @@ def test_a_shard_takes_every_nth_task_of_the_set_and_a_bad_one_is_refused(tmp_pa
     with initialize_config_dir(str(CONFIG_DIR), version_base=None):
         cfg = compose("collect", ["+tasks=lbf_5", f"collect.root={tmp_path}", f"collect.done_in={tmp_path / 'd.json'}",
                                   "collect.shard=[1,3]"])
-    every = [spec for s in ("train", "test") for spec in load("lbf_5").split(s)]
-    (tmp_path / "d.json").write_text(json.dumps({spec.adhoc: {"return": 0.0, "options": task_options(cfg, spec)}
-                                                 for spec in every}))
-    assert [r["name"] for r in collect.run(cfg)] == [spec.name for spec in every[1::3]]  # all listed: skipped
+    every = [(s, spec) for s in ("train", "test") for spec in load("lbf_5").split(s)]
+    (tmp_path / "d.json").write_text(json.dumps({spec.adhoc: {"return": 0.0, "options": task_options(cfg, spec, s)}
+                                                 for s, spec in every}))
+    assert [r["name"] for r in collect.run(cfg)] == [spec.name for _, spec in every[1::3]]  # all listed: skipped
     capsys.readouterr()
     for bad in ("[3,3]", "[-1,2]", "[0]", "5"):
         with pytest.raises(SystemExit) as exit_:

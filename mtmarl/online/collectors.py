@@ -181,7 +181,7 @@ REFERENCE_KEYS = ("return", "name", "split", "episodes", "std", "env_steps", "se
                   "stop_rule", "learner", "devices")
 
 
-def task_options(cfg: DictConfig, spec, split: str = "train") -> dict[str, Any]:
+def task_options(cfg: DictConfig, spec, split: str) -> dict[str, Any]:
     """Every option that decides one task's data and reference (not where they are written, not the progress bar).
 
     Kept in its reference entry as ``options``: a rerun with other options is refused rather than
@@ -199,8 +199,9 @@ def task_options(cfg: DictConfig, spec, split: str = "train") -> dict[str, Any]:
                     plateau=rule.to_json() if rule else None, quality=env_quality(cfg, spec.env),
                     **{k: plain.get(k) for k in ("quality_levels", "quality_records", "quality_min_episodes",
                                                  "quality_episodes")})
-        if early_updates(cfg, spec, split):
-            opts["quality_early_updates"] = early_updates(cfg, spec, split)
+        early = early_updates(cfg, spec, split)
+        if early:
+            opts["quality_early_updates"] = early
     else:
         opts[kind] = plain.get(kind)
     return opts
@@ -255,8 +256,7 @@ def write_outputs(spec, cfg: DictConfig, root: Path, ref_path: Path, result: dic
     entry = {k: result[k] for k in REFERENCE_KEYS if result.get(k) is not None}
     if result.get("tt_threshold") is not None:
         entry["tt"] = result.get("tt")  # null: the threshold was never reached
-    merge_entry(ref_path, spec.adhoc, {**entry, **reference_extra,
-                                       "options": task_options(cfg, spec, result.get("split", "train"))})
+    merge_entry(ref_path, spec.adhoc, {**entry, **reference_extra, "options": task_options(cfg, spec, result["split"])})
 
 
 def collect_task(spec, split: str, cfg: DictConfig, root: Path, ref_path: Path, log_dir: Path,
