@@ -36,17 +36,17 @@ def test_a_dataset_records_on_until_it_holds_the_minimum_episodes(monkeypatch):
     from mtmarl.online import quality
 
     episodes = {0: 3, 1: 3, 2: 3, 3: 3, 4: 3}  # recording key -> completed episodes (wins: 1 each)
-    monkeypatch.setattr(quality, "_recordings", lambda system, state, params, cfg, keys: list(keys))
+    monkeypatch.setattr(quality, "_recordings", lambda system, state, params, greedy, keys: list(keys))
     monkeypatch.setattr(quality, "recorded_wins", lambda k: (episodes.get(k, 0), 1 if episodes.get(k, 0) else 0))
 
     def cfg(target):
         return OmegaConf.create({"collect": {"quality_records": 2, "quality_min_episodes": target}})
 
-    assert quality.record_dataset(None, None, None, cfg(None), lambda i: i) == ([0, 1], 6, 2)
-    assert quality.record_dataset(None, None, None, cfg(6), lambda i: i) == ([0, 1], 6, 2)
-    assert quality.record_dataset(None, None, None, cfg(10), lambda i: i) == ([0, 1, 2, 3], 12, 4)
+    assert quality.record_dataset(None, None, None, cfg(None), False, lambda i: i) == ([0, 1], 6, 2)
+    assert quality.record_dataset(None, None, None, cfg(6), False, lambda i: i) == ([0, 1], 6, 2)
+    assert quality.record_dataset(None, None, None, cfg(10), False, lambda i: i) == ([0, 1, 2, 3], 12, 4)
     with pytest.warns(UserWarning, match="completed no episode; the dataset stops at 15 of"):
-        assert quality.record_dataset(None, None, None, cfg(100), lambda i: i)[1:] == (15, 5)
+        assert quality.record_dataset(None, None, None, cfg(100), False, lambda i: i)[1:] == (15, 5)
     for bad in (0, -5, "many", True, 2.5):
         with pytest.raises(UserInputError, match=rf"collect.quality_min_episodes={bad!r}; allowed: null or"):
             quality.min_episodes(cfg(bad))
@@ -100,6 +100,58 @@ def test_expert_medium_collection_writes_both_datasets(tmp_path):
     assert not (tmp_path / "bad").exists()  # refused before anything is trained or written
 
 
+def test_a_sampled_medium_beside_a_greedy_expert_is_scored_and_recorded_sampled(tmp_path, monkeypatch):
+    """``collect.quality_medium_greedy=false`` with ``eval.greedy=true``: the expert is scored and recorded greedily,
+    every snapshot is scored and the medium recorded with sampled actions (a greedy policy that wins all or nothing
+    has no snapshot near half the expert)."""
+    from mtmarl import collect
+    from mtmarl.data.vault import vault_path
+    from mtmarl.online import collectors, quality
+    from mtmarl.online.collectors import task_options
+    from mtmarl.tasks import TaskSpec
+
+    built, judged, recorded = {}, [], []
+    original_get, original_judge, original_rec = collectors.get_evaluator, quality._judge, quality._recordings
+
+    def get_spy(spec, env, system, greedy, episodes, devices):
+        ev = original_get(spec, env, system, greedy, episodes, devices)
+        built[id(ev)] = greedy
+        return ev
+
+    def judge_spy(system, state, snapshots, cfg, evaluate, rec_key, has_success):
+        judged.append(built[id(evaluate)])
+        return original_judge(system, state, snapshots, cfg, evaluate, rec_key, has_success)
+
+    def rec_spy(system, state, params, greedy, keys):
+        import jax
+        recorded.extend((greedy, np.asarray(jax.tree.leaves(params)[0]).copy()) for _ in keys)
+        return original_rec(system, state, params, greedy, keys)
+
+    monkeypatch.setattr(collectors, "get_evaluator", get_spy)
+    monkeypatch.setattr(quality, "_judge", judge_spy)
+    monkeypatch.setattr(quality, "_recordings", rec_spy)
+    cfg = _cfg(tmp_path, "expert_medium")
+    cfg.eval.greedy = True
+    cfg.collect.quality_medium_greedy = False
+    collect.run(cfg)
+    spec = TaskSpec.parse(TASK)
+    assert judged == [False]  # the snapshots: scored by the sampled evaluator
+    assert [g for g, _ in recorded] == [True, True, False, False]  # 2 expert recordings greedy, 2 medium sampled
+    meta = json.loads((vault_path(tmp_path / "vaults", spec) / "mtmarl.json").read_text())
+    collector = meta["datasets"]["medium"]["collector"]
+    assert collector["medium_greedy"] is False
+    entry = json.loads((tmp_path / "vaults" / "references.json").read_text())[spec.adhoc]
+    assert entry["options"]["quality_medium_greedy"] is False and entry["options"]["eval_greedy"] is True
+    # where it changes nothing (the medium acts as eval.greedy says anyway, a test task), it is not an option
+    cfg.collect.quality_medium_greedy = True
+    assert "quality_medium_greedy" not in task_options(cfg, spec, "train")
+    cfg.collect.quality_medium_greedy = False
+    assert "quality_medium_greedy" not in task_options(cfg, spec, "test")
+    cfg.collect.quality_medium_greedy = "sampled"
+    with pytest.raises(UserInputError, match="collect.quality_medium_greedy='sampled'; allowed: null"):
+        task_options(cfg, spec, "train")
+
+
 def test_early_updates_run_one_per_chunk_and_each_leaves_a_snapshot_on_train_tasks_only(tmp_path):
     """A map won within its first chunk needs snapshots inside it to have a medium: collect.quality_early_updates."""
     from mtmarl import collect
@@ -138,11 +190,11 @@ def test_levels_collection_records_equal_parts_of_the_chosen_snapshots_into_one_
     recorded = []  # (snapshot's first leaf, key) of every recording: which snapshot each level recorded
     original = quality._recordings
 
-    def spy(system, state, params, cfg, keys):
+    def spy(system, state, params, greedy, keys):
         import jax
         recorded.extend((np.asarray(jax.tree.leaves(params)[0]).copy(), np.asarray(jax.random.key_data(k)))
                         for k in keys)
-        return original(system, state, params, cfg, keys)
+        return original(system, state, params, greedy, keys)
 
     monkeypatch.setattr(quality, "_recordings", spy)
     (res,) = collect.run(_cfg(tmp_path, "levels"))

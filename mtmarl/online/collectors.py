@@ -185,8 +185,9 @@ def task_options(cfg: DictConfig, spec, split: str) -> dict[str, Any]:
     """Every option that decides one task's data and reference (not where they are written, not the progress bar).
 
     Kept in its reference entry as ``options``: a rerun with other options is refused rather than
-    taking the task as done (:mod:`mtmarl.collect`). ``collect.quality_early_updates`` is one only where it
-    changes something (a train task's snapshots), so a collection without it keeps its options."""
+    taking the task as done (:mod:`mtmarl.collect`). ``collect.quality_early_updates`` and
+    ``collect.quality_medium_greedy`` are options only where they change something (a train task's snapshots, its
+    medium dataset), so a collection without them keeps its options."""
     plain = OmegaConf.to_container(cfg.collect, resolve=True)
     kind = collector_kind(cfg, spec.env)
     opts: dict[str, Any] = {"collector": kind, "seed": int(cfg.seed), "budget": env_budget(cfg, spec.env),
@@ -202,6 +203,9 @@ def task_options(cfg: DictConfig, spec, split: str) -> dict[str, Any]:
         early = early_updates(cfg, spec, split)
         if early:
             opts["quality_early_updates"] = early
+        acting = medium_greedy(cfg, spec, split)
+        if acting is not None:
+            opts["quality_medium_greedy"] = acting
     else:
         opts[kind] = plain.get(kind)
     return opts
@@ -216,6 +220,18 @@ def early_updates(cfg: DictConfig, spec, split: str) -> int:
                              "runs online.updates_per_chunk updates)")
     applies = split == "train" and bool(cfg.collect.record) and env_quality(cfg, spec.env) in ("expert_medium", "levels")
     return n if applies else 0
+
+
+def medium_greedy(cfg: DictConfig, spec, split: str) -> bool | None:
+    """``collect.quality_medium_greedy`` where it changes something (an expert_medium train task that records,
+    its medium to act otherwise than ``eval.greedy``), else None: the medium is scored and recorded like the
+    expert."""
+    value = cfg.collect.get("quality_medium_greedy")
+    if value is not None and not isinstance(value, bool):
+        raise UserInputError(f"collect.quality_medium_greedy={value!r}; allowed: null (the medium acts as "
+                             "eval.greedy says), true (greedy) or false (sampled actions)")
+    applies = split == "train" and bool(cfg.collect.record) and env_quality(cfg, spec.env) == "expert_medium"
+    return value if applies and value is not None and value != bool(cfg.eval.greedy) else None
 
 
 def ended(budget_done: bool, stopped: str | None, gave_up: bool, steps: int) -> str | None:
@@ -383,7 +399,10 @@ def collect_task(spec, split: str, cfg: DictConfig, root: Path, ref_path: Path, 
     curve = ([(0, initial)] if initial is not None else []) + [(r["env_steps"], r["return"]) for r in rows]
     result.update(jump_and_threshold(curve, mcfg.tt_threshold))
     if record and quality == "expert_medium":
-        parts = record_expert_medium(system, state, snapshots, stats, cfg, evaluate, rec_key, meta,
+        acting = medium_greedy(cfg, spec, split)
+        medium_acting = bool(cfg.eval.greedy) if acting is None else acting
+        judge = get_evaluator(spec, env, system, medium_acting, int(cfg.eval.episodes), cfg.eval.devices)
+        parts = record_expert_medium(system, state, snapshots, stats, cfg, judge, medium_acting, rec_key, meta,
                                      env.spec.has_success)
     elif intervals is not None:
         picked = intervals.pick(int(cfg.collect.quality_records), chunk, steps, jax.device_get(state.params))

@@ -59,10 +59,10 @@ def _judge(system, state, snapshots: list, cfg: DictConfig, evaluate, rec_key, h
     return [quality_score(s, has_success) for s in judged]
 
 
-def _recordings(system, state, params, cfg: DictConfig, keys) -> list:
-    """Recordings of one snapshot, acting like the evaluator that scored it (``eval.greedy``)."""
+def _recordings(system, state, params, greedy: bool, keys) -> list:
+    """Recordings of one snapshot, acting like the evaluator that scored it (``greedy``: argmax, else sampled)."""
     st = state._replace(params=params)
-    return [system.record(st, k, greedy=bool(cfg.eval.greedy)) for k in keys]
+    return [system.record(st, k, greedy=greedy) for k in keys]
 
 
 def record_levels(system, state, snapshots: list, cfg: DictConfig, evaluate, rec_key,
@@ -77,7 +77,7 @@ def record_levels(system, state, snapshots: list, cfg: DictConfig, evaluate, rec
                 level_scores=[scores[i] for i in picked])
     n = int(cfg.collect.quality_records)
     trajs = [t for j, i in enumerate(picked)
-             for t in _recordings(system, state, snapshots[i], cfg,
+             for t in _recordings(system, state, snapshots[i], bool(cfg.eval.greedy),
                                   [jax.random.fold_in(rec_key, 1000 * j + r) for r in range(n)])]
     return _one_dataset(trajs, cfg, meta, has_success)
 
@@ -102,16 +102,16 @@ def min_episodes(cfg: DictConfig) -> int | None:
     return value
 
 
-def record_dataset(system, state, params, cfg: DictConfig, key_of) -> tuple[list, int, int]:
-    """(recordings, episodes, wins) of one snapshot: ``collect.quality_records`` recordings, then more
+def record_dataset(system, state, params, cfg: DictConfig, greedy: bool, key_of) -> tuple[list, int, int]:
+    """(recordings, episodes, wins) of one snapshot acting ``greedy``: ``collect.quality_records`` recordings, then more
     until the completed episodes reach ``collect.quality_min_episodes`` (if set). Recording ``i`` uses
     ``key_of(i)``, so the first recordings do not depend on the target. A recording that completes no
     episode ends the loop (episodes longer than ``online.record_len`` would never reach the target)."""
-    trajs = _recordings(system, state, params, cfg, [key_of(i) for i in range(int(cfg.collect.get("quality_records", 10)))])
+    trajs = _recordings(system, state, params, greedy, [key_of(i) for i in range(int(cfg.collect.get("quality_records", 10)))])
     counts = [recorded_wins(t) for t in trajs]
     target = min_episodes(cfg)
     while target is not None and sum(e for e, _ in counts) < target:
-        (traj,) = _recordings(system, state, params, cfg, [key_of(len(trajs))])
+        (traj,) = _recordings(system, state, params, greedy, [key_of(len(trajs))])
         trajs.append(traj)
         counts.append(recorded_wins(traj))
         if counts[-1][0] == 0:
@@ -121,19 +121,23 @@ def record_dataset(system, state, params, cfg: DictConfig, key_of) -> tuple[list
     return trajs, sum(e for e, _ in counts), sum(w for _, w in counts)
 
 
-def record_expert_medium(system, state, snapshots: list, stats, cfg: DictConfig, evaluate, rec_key,
-                         meta: dict[str, Any], has_success: bool) -> dict[str, list]:
-    """``{"expert": parts, "medium": parts}``: the final policy and the training snapshot
-    :func:`pick_medium` chooses (every snapshot is evaluated on ``collect.quality_episodes`` episodes,
-    the same ones for all), each recorded by :func:`record_dataset`; scores go to ``meta``. Recordings act
-    like the evaluator that scored them (``eval.greedy``: argmax, else sampled)."""
+def record_expert_medium(system, state, snapshots: list, stats, cfg: DictConfig, evaluate, medium_greedy: bool,
+                         rec_key, meta: dict[str, Any], has_success: bool) -> dict[str, list]:
+    """``{"expert": parts, "medium": parts}``: the final policy (scored by ``stats``) and the training snapshot
+    :func:`pick_medium` chooses (every snapshot is scored by ``evaluate`` on ``collect.quality_episodes``
+    episodes, the same ones for all), each recorded by :func:`record_dataset`; scores go to ``meta``.
+    Recordings act like the evaluator that scored them: the expert as ``eval.greedy`` says, the snapshots as
+    ``medium_greedy`` (``evaluate``'s acting). A greedy policy that wins all or nothing has no greedy snapshot
+    near half the expert; sampled, the same snapshots pass through the levels between."""
     expert = quality_score(stats, has_success)
     scores = _judge(system, state, snapshots, cfg, evaluate, rec_key, has_success)
     medium = pick_medium(scores, expert)
-    meta.update(expert_score=expert, snapshot_scores=scores, medium_snapshot=medium, medium_score=scores[medium])
+    meta.update(expert_score=expert, snapshot_scores=scores, medium_snapshot=medium, medium_score=scores[medium],
+                medium_greedy=medium_greedy)
     out, wins = {}, {}
-    for uid, params in (("expert", state.params), ("medium", snapshots[medium])):
-        trajs, episodes, won = record_dataset(system, state, params, cfg,
+    for uid, params, greedy in (("expert", state.params, bool(cfg.eval.greedy)),
+                                ("medium", snapshots[medium], medium_greedy)):
+        trajs, episodes, won = record_dataset(system, state, params, cfg, greedy,
                                               lambda i, uid=uid: jax.random.fold_in(rec_key, 1000 * (uid == "medium") + i))
         out[uid] = [to_experience(t) for t in trajs]
         if has_success:
@@ -177,5 +181,5 @@ def record_intervals(system, state, picked: list[tuple[int, Any]], cfg: DictConf
     """One dataset: one recording of each snapshot of ``picked`` (:meth:`IntervalSnapshots.pick`)."""
     meta.update(interval_steps=[int(s) for s, _ in picked])
     trajs = [t for j, (_, params) in enumerate(picked)
-             for t in _recordings(system, state, params, cfg, [jax.random.fold_in(rec_key, j)])]
+             for t in _recordings(system, state, params, bool(cfg.eval.greedy), [jax.random.fold_in(rec_key, j)])]
     return _one_dataset(trajs, cfg, meta, has_success)
