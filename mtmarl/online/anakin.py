@@ -180,6 +180,11 @@ def build(env, cfg: ppo.PPOSettings, learner: PPOLearner, num_devices: int | Non
         data = (learner.samples or functools.partial(samples, learner.sequences))(traj, adv, targets, carry0)
         (params, opt_state), infos = ppo.optimise(learner.loss, tx, state.params, state.opt_state, data,
                                                   shuffle_key, cfg.epochs, cfg.minibatches, AXIS)
+        # An env whose episodes end more often than its pool row holds starts wraps around the row and replays its
+        # start states (with their env keys): fewer distinct episodes per update. Reported as a share of episodes.
+        replayed = jax.lax.psum(jnp.maximum(envs.cursor - pool.timestep.reward.shape[1], 0).sum(), AXIS)
+        share = replayed / jnp.maximum(jax.lax.psum(traj.done.sum(), AXIS), 1)
+        infos = infos._replace(extra={**infos.extra, "replayed_starts": share.astype(jnp.float32)})
         return PPOState(params, opt_state, envs, carry, key, state.update + 1), update_metrics(traj, infos)
 
     def chunk(state: PPOState, pools: ResetPool):

@@ -22,6 +22,7 @@ import json
 import signal
 import sys
 import time
+import warnings
 from pathlib import Path
 from typing import Any
 
@@ -176,6 +177,9 @@ def get_evaluator(spec, env, system, greedy: bool, episodes: int, devices):
     return _EVALUATORS[key]
 
 
+# A chunk whose episodes replayed start states more than this share (the reset pool wrapped) is warned about once.
+REPLAYED_WARN = 0.01
+
 REFERENCE_KEYS = ("return", "name", "split", "episodes", "std", "env_steps", "seed", "train_seconds",
                   "initial_return", "win_rate", "jp", "tt", "tt_threshold", "set_eval", "stopped", "ended",
                   "stop_rule", "learner", "devices")
@@ -321,6 +325,7 @@ def collect_task(spec, split: str, cfg: DictConfig, root: Path, ref_path: Path, 
         (bar.console.print if bar else print)(f"{spec.name}: continuing its partial run at {steps:,} env steps")
     job = bar.add_task(f"{split}: {spec.name}", total=updates * per_update, ret=float("nan")) if bar else None
     start, limit_s, stopped, gave_up = time.perf_counter() - elapsed, time_limit_s(cfg), None, False
+    warned_replay = False
     last_save = time.perf_counter()
     with open(log_path, "w") as log:  # the curve so far (a continued run's rows), then each chunk's
         log.writelines(json.dumps(row) + "\n" for row in rows)
@@ -330,6 +335,12 @@ def collect_task(spec, split: str, cfg: DictConfig, root: Path, ref_path: Path, 
             t0 = time.perf_counter()
             state, metrics = system.train_chunk(state, n)
             summary = chunk_summary(metrics)  # blocks on the chunk
+            if summary.get("replayed_starts", 0.0) > REPLAYED_WARN and not warned_replay:
+                warned_replay = True
+                warnings.warn(f"{spec.name}: {summary['replayed_starts']:.0%} of a chunk's episodes started from a "
+                              f"replayed start state (online.resets_per_env={mcfg.resets_per_env} per env and update, "
+                              f"episodes of {summary['length']:.0f} steps in {mcfg.rollout_len}-step rollouts); "
+                              "raise online.resets_per_env", stacklevel=2)
             steps += n * per_update
             done += n
             dt = time.perf_counter() - t0

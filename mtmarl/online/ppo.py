@@ -39,7 +39,8 @@ class PPOSettings:
     vf_coef: float = 0.5
     max_grad_norm: float = 0.5
     clip_per_network: bool = False  # clip each top-level entry of the params (MAPPO: actor, critic) on its own norm
-    resets_per_env: int = 4  # reset pool entries per env per update (wraps if exceeded)
+    resets_per_env: int = 4  # reset pool entries per env per update; an env whose episodes end more often than
+                             # this replays its row's start states (the curve's replayed_starts share)
     updates_per_chunk: int = 10  # K: one compiled call; a recording follows each chunk
     record_envs: int = 8  # R (total over devices)
     record_len: int = 128  # T steps per recorded env
