@@ -2,7 +2,7 @@
 env steps, plus a table of each curve's mean over every 1M steps.
 
     python experiment_scripts/jaxmarl_anchor/plot.py --ours default=vault_data/logs/smax/5m_vs_6m.jsonl \\
-        --jaxmarl results/smax_mappo_10m/jaxmarl_5m_vs_6m.jsonl --out results/smax_mappo_10m/5m_vs_6m_vs_jaxmarl
+        --jaxmarl jaxmarl_5m_vs_6m.jsonl --out results/smax_mappo_vs_jaxmarl/5m_vs_6m
 """
 
 from __future__ import annotations

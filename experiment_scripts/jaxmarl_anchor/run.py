@@ -1,13 +1,14 @@
 """JaxMARL's own SMAX MAPPO as an anchor for our online learner: same env, their code.
 
-Why: our MAPPO stalls on marine-hard's 5m_vs_6m at about 5% wins. This runs JaxMARL's published recurrent
-MAPPO (``baselines/MAPPO/mappo_rnn_smax.py`` with ``config/mappo_homogenous_rnn_smax.yaml``, read from a
-JaxMARL checkout, not copied here) on one map, so the two learning curves can be laid side by side
-(``plot.py``). Its training metrics (return and win rate of the episodes finished in each update) go to
-a JSON-lines file through the ``wandb`` stand-in in this folder.
+Why: the SMAX data are only as good as our learner, and JaxMARL's baseline is the public measure of it. This runs
+JaxMARL's published recurrent MAPPO (``baselines/MAPPO/mappo_rnn_smax.py`` with
+``config/mappo_homogenous_rnn_smax.yaml``, read from a JaxMARL checkout, not copied here) on one map, so the two
+learning curves can be laid side by side (``plot.py``; ``results/smax_mappo_vs_jaxmarl/``). Its training
+metrics (return and win rate of the episodes finished in each update) go to a JSON-lines file through the
+``wandb`` stand-in in this folder.
 
     python experiment_scripts/jaxmarl_anchor/run.py --jaxmarl <checkout> --extra <site-dir> \\
-        --map 5m_vs_6m --steps 10000000 --log results/smax_mappo_10m/jaxmarl_5m_vs_6m.jsonl
+        --map 5m_vs_6m --steps 10000000 --log jaxmarl_5m_vs_6m.jsonl
 
 ``--extra``: a directory holding what the baseline imports beyond our stack (distrax 0.1.5 and a
 tensorflow-probability that runs on our jax: tfp-nightly 0.26.0.dev20261027, with decorator and gast).
