@@ -799,7 +799,11 @@ def test_finetune_driver_reads_jp_and_tt_per_threshold_off_each_curve(tmp_path, 
     (tmp_path / "m3_run").mkdir()
     assert ft.main(["--runs", f"m3={tmp_path / 'm3_run'}", "--maps", "3m", "--seeds", "0", "1", "--budget", "200",
                     "--scratch", "mappo=300", "--thresholds", "1.3", "1.5", "--out", str(tmp_path / "out")]) == 0
-    rows = {r["learner"]: r for r in json.loads((tmp_path / "out" / "finetune.json").read_text())["rows"]}
+    out = json.loads((tmp_path / "out" / "finetune.json").read_text())
+    assert out["command"].startswith("python experiment_scripts/finetune_sweep.py --runs m3=")
+    assert "--budget 200" in out["command"]
+    assert len(out["commit"]) == 40 and isinstance(out["dirty"], bool) and out["machine"]["cores"] >= 1
+    rows = {r["learner"]: r for r in out["rows"]}
     m3, mappo = rows["m3"], rows["mappo"]
     assert m3["jp"] == pytest.approx([1.2, 0.2]) and m3["final"] == pytest.approx([1.35, 0.15])
     assert m3["win_rate"][0] == pytest.approx(0.4)

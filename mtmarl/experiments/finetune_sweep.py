@@ -17,9 +17,10 @@ JP is the return of the evaluation before any update (stochastic policy, ``eval.
 to a threshold is read off the learning curve as the collector reads it (that evaluation, then each
 chunk's training return), for every ``--thresholds`` value: the M3 paper's 18 of SMAC's 20 is 1.8 on SMAX's
 0-2 scale, which no learner reached in the first measurement, so lower ones are reported beside it.
-Writes ``finetune.md`` (mean ± standard error over seeds), ``finetune.json`` (every run) and
-``curves.png`` (mean training return against env steps). HyGen's hybrid stage over the set's source tasks
-with the final policy evaluated on the whole set (the HyGen paper's Table 1's HyGen column) adds a zero-shot table:
+Writes ``finetune.md`` (mean ± standard error over seeds), ``finetune.json`` (every run, with the command, the
+code's commit and the machine) and ``curves.png`` (mean training return against env steps). HyGen's hybrid
+stage over the set's source tasks with the final policy evaluated on the whole set (the HyGen paper's Table 1's
+HyGen column) adds a zero-shot table:
 
     python experiment_scripts/finetune_sweep.py --runs hybrid=<algo=hygen run> --maps 3m --seeds 0 1 2 --budget 20480 \
         --scratch --extra online.sources=train online.eval_set=true --out results/<name>
@@ -37,6 +38,7 @@ from pathlib import Path
 import numpy as np
 
 from mtmarl.experiments.analysis import fmt as fmt_value
+from mtmarl.experiments.provenance import commit, machine
 from mtmarl.experiments.stats import mean_stderr
 from mtmarl.online.collectors import jump_and_threshold
 
@@ -190,6 +192,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--episodes", type=int, default=64)
     p.add_argument("--extra", nargs="*", default=[], help="more overrides for every run")
     p.add_argument("--out", type=Path, default=ROOT / "results" / "finetune")
+    argv = sys.argv[1:] if argv is None else argv
     args = p.parse_args(argv)
     from mtmarl.algos.registry import ONLINE as SYSTEMS
 
@@ -234,9 +237,9 @@ def main(argv: list[str] | None = None) -> int:
                         "set_eval": e.get("set_eval")})
     rows = summarise(records, args.thresholds, args.budget)
     zero_shot = set_table(records)
-    (args.out / "finetune.json").write_text(json.dumps({"args": {k: str(v) if isinstance(v, Path) else v
-                                                                 for k, v in vars(args).items()},
-                                                        "rows": rows, "records": records}, indent=1))
+    manifest = {"command": " ".join(["python", "experiment_scripts/finetune_sweep.py", *argv]), **commit(),
+                "machine": machine(), "args": {k: str(v) if isinstance(v, Path) else v for k, v in vars(args).items()}}
+    (args.out / "finetune.json").write_text(json.dumps({**manifest, "rows": rows, "records": records}, indent=1))
     table = markdown(rows, args.thresholds, args.budget) + (f"\n{zero_shot}" if zero_shot else "")
     (args.out / "finetune.md").write_text(table)
     plot(records, args.out / "curves.png")
