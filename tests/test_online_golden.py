@@ -54,7 +54,7 @@ def record(name) -> dict:
         state, m = system.train_chunk(state)
         metrics.append(m)
     traj = system.record(state, jax.random.PRNGKey(1))
-    # ``replayed_starts`` joined the metrics after the golden values (its own test: tests/test_online.py)
+    # ``replayed_starts`` is not part of the golden values (its own test: tests/test_online.py)
     metrics = [m._replace(loss=m.loss._replace(extra={k: v for k, v in m.loss.extra.items() if k != "replayed_starts"}))
                for m in metrics]
     return {"initial": fingerprint(initial),

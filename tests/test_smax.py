@@ -418,3 +418,17 @@ def test_a_trained_smax_checkpoint_evaluates_from_the_command_line(tmp_path, mon
     assert err.strip().splitlines()[-1] == (f"error: task smax:map=5m has 4 allies x 13 features but the trained "
                                             f"model ({run}) reads at most 3 x 13 (its training set's padded layout)")
     assert not (tmp_path / "big" / "results.json").exists()
+
+
+def test_scenario_of_a_map_jaxmarl_lists_is_jaxmarls_own():
+    """Our maps are built from their SMAC names; where JaxMARL lists the map, the scenario is the same (units in
+    order, counts, fixed positions), so a map JaxMARL does not list is built as JaxMARL would build it."""
+    from jaxmarl.environments.smax.smax_env import MAP_NAME_TO_SCENARIO
+
+    from mtmarl.envs.smax import scenario
+
+    for name in ("3m", "5m_vs_6m", "2s3z", "3s5z", "10m_vs_11m", "3s_vs_5z"):
+        ours, theirs = scenario(name), MAP_NAME_TO_SCENARIO[name]
+        np.testing.assert_array_equal(np.asarray(ours.unit_types), np.asarray(theirs.unit_types), err_msg=name)
+        assert (ours.num_allies, ours.num_enemies) == (theirs.num_allies, theirs.num_enemies), name
+        assert not (ours.smacv2_position_generation or ours.smacv2_unit_type_generation), name

@@ -48,14 +48,10 @@ def main() -> None:
     import mappo_rnn_smax  # the baseline, from the checkout
     from jaxmarl.environments.smax import smax_env
 
-    if args.map not in smax_env.MAP_NAME_TO_SCENARIO:  # a SMAC map JaxMARL does not list (e.g. 9m_vs_10m): built
-        import jax.numpy as jnp                         # as JaxMARL builds its own (fixed units and positions)
+    if args.map not in smax_env.MAP_NAME_TO_SCENARIO:  # a SMAC map JaxMARL does not list (e.g. 9m_vs_10m)
+        from mtmarl.envs.smax import scenario
 
-        from mtmarl.envs.smax import parse_map
-
-        allies, enemies = parse_map(args.map)
-        smax_env.MAP_NAME_TO_SCENARIO[args.map] = smax_env.Scenario(
-            jnp.asarray(allies + enemies, jnp.uint8), len(allies), len(enemies), False, False)
+        smax_env.MAP_NAME_TO_SCENARIO[args.map] = scenario(args.map)
 
     config = OmegaConf.to_container(OmegaConf.load(baseline / "config" / "mappo_homogenous_rnn_smax.yaml"))
     config.update(MAP_NAME=args.map, TOTAL_TIMESTEPS=args.steps, SEED=args.seed)

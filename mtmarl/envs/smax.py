@@ -64,6 +64,13 @@ def parse_map(name: str) -> tuple[list[int], list[int]]:
     return allies, parse_side(sides[-1], name)
 
 
+def scenario(name: str):
+    """JaxMARL's ``Scenario`` of a SMAC map name: its units in order, fixed start positions (no SMACv2
+    generation), as JaxMARL builds the maps it lists."""
+    allies, enemies = parse_map(name)
+    return jaxmarl_smax().Scenario(jnp.asarray(allies + enemies, jnp.uint8), len(allies), len(enemies), False, False)
+
+
 @struct.dataclass
 class SmaxState:
     inner: Any       # JaxMARL's HeuristicEnemySMAX state
@@ -90,8 +97,7 @@ class SmaxEnv(MultiAgentEnv):
         self.map_name, self.horizon = str(map), int(horizon)
         self.num_allies, self.num_enemies = len(allies), len(enemies)
         self.unit_types = (allies, enemies)
-        scenario = smax.Scenario(jnp.asarray(allies + enemies, jnp.uint8), len(allies), len(enemies), False, False)
-        self.smax = smax.HeuristicEnemySMAX(scenario=scenario, max_steps=self.horizon)
+        self.smax = smax.HeuristicEnemySMAX(scenario=scenario(map), max_steps=self.horizon)
         unit, own = len(self.smax.unit_features), len(self.smax.own_features)
         obs = ObsLayout((EntityGroup("allies", len(allies) - 1, unit), EntityGroup("enemies", len(enemies), unit),
                          EntityGroup("own", 1, own)))
